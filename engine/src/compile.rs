@@ -1,0 +1,1170 @@
+//! CEL expressions: parsed once, checked against the event schema, and lowered to a native
+//! evaluator where their shape allows, with the `cel` interpreter as the fallback.
+//!
+//! The native form covers what policies mostly are: field reads, literals, `has()`, `==`,
+//! `!=`, `<`…`>=`, `in` over literal lists, `&&`, `||`, `!`, `? :`, `startsWith`,
+//! `endsWith`, `contains`, tag lookups, `now`, `duration("…")`/`timestamp("…")` literals and
+//! simple time and integer arithmetic. It reads the typed event in place and has the `cel`
+//! crate's semantics (tested for parity), including errors absorbed by `&&` and `||`.
+//! Anything else (macros, `matches`, `size`, conversions, ...) runs in the interpreter on a
+//! CEL value holding only the event fields some fallback policy reads.
+
+use std::borrow::Cow;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use cel::common::ast::{operators, CallExpr, Expr as Ast, LiteralValue};
+use cel::objects::{Key, Map, Value};
+use cel::IdedExpr;
+use chrono::{DateTime, Duration, FixedOffset, Utc};
+
+use crate::event::{Event, Timestamp};
+use crate::fields::{self, did_you_mean, FieldId, FieldType, FieldValue};
+use crate::policy::Expr;
+
+/// A runtime value of the native evaluator.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum V<'e> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    Double(f64),
+    Str(Cow<'e, str>),
+    Time(Timestamp),
+    Dur(Duration),
+}
+
+/// The static type of an expression, where known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ty {
+    Null,
+    Bool,
+    Int,
+    UInt,
+    Double,
+    Str,
+    Time,
+    Dur,
+}
+
+impl Ty {
+    fn name(self) -> &'static str {
+        match self {
+            Ty::Null => "null",
+            Ty::Bool => "bool",
+            Ty::Int => "int",
+            Ty::UInt => "uint",
+            Ty::Double => "double",
+            Ty::Str => "string",
+            Ty::Time => "timestamp",
+            Ty::Dur => "duration",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cmp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Arith {
+    Add,
+    Sub,
+    Mul,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StrOp {
+    StartsWith,
+    EndsWith,
+    Contains,
+}
+
+/// A natively evaluable expression.
+#[derive(Debug, Clone)]
+pub(crate) enum Native {
+    Lit(V<'static>),
+    Field(FieldId),
+    Tag(String),
+    HasTag(String),
+    Now,
+    Has(FieldId),
+    Not(Box<Native>),
+    And(Box<Native>, Box<Native>),
+    Or(Box<Native>, Box<Native>),
+    Cond(Box<Native>, Box<Native>, Box<Native>),
+    Cmp(Cmp, Box<Native>, Box<Native>),
+    Arith(Arith, Box<Native>, Box<Native>),
+    In(Box<Native>, Vec<V<'static>>),
+    StrFn(StrOp, Box<Native>, Box<Native>),
+}
+
+/// An evaluation error (recorded in `Decision.errors`).
+pub(crate) type EvalResult<'e> = Result<V<'e>, String>;
+
+fn no_such_key(k: &str) -> String {
+    format!("No such key: {k}")
+}
+
+impl Native {
+    pub(crate) fn eval<'e>(&self, ev: &'e Event, now: Timestamp) -> EvalResult<'e> {
+        match self {
+            Native::Lit(v) => Ok(v.clone()),
+            Native::Now => Ok(V::Time(now)),
+            Native::Field(id) => match fields::read(ev, *id) {
+                Ok(Some(v)) => Ok(from_field(v)),
+                Ok(None) => {
+                    let path = fields::field(*id).path;
+                    Err(no_such_key(path.rsplit('.').next().unwrap_or(path)))
+                }
+                Err(parent) => Err(no_such_key(parent)),
+            },
+            Native::Tag(k) => ev
+                .resource
+                .tags
+                .get(k)
+                .map(|v| V::Str(Cow::Borrowed(v.as_str())))
+                .ok_or_else(|| no_such_key(k)),
+            Native::HasTag(k) => Ok(V::Bool(ev.resource.tags.contains_key(k))),
+            Native::Has(id) => match fields::read(ev, *id) {
+                Ok(v) => Ok(V::Bool(v.is_some())),
+                Err(parent) => Err(no_such_key(parent)),
+            },
+            Native::Not(a) => match a.eval(ev, now)? {
+                V::Bool(b) => Ok(V::Bool(!b)),
+                other => Err(format!("no such overload: !{}", vname(&other))),
+            },
+            Native::And(a, b) => logic(a.eval(ev, now), || b.eval(ev, now), false),
+            Native::Or(a, b) => logic(a.eval(ev, now), || b.eval(ev, now), true),
+            Native::Cond(c, a, b) => match c.eval(ev, now)? {
+                V::Bool(true) => a.eval(ev, now),
+                V::Bool(false) => b.eval(ev, now),
+                other => Err(format!("no such overload: {} ? _ : _", vname(&other))),
+            },
+            Native::Cmp(op, a, b) => {
+                let (a, b) = (a.eval(ev, now)?, b.eval(ev, now)?);
+                compare(*op, &a, &b).map(V::Bool)
+            }
+            Native::Arith(op, a, b) => arith(*op, a.eval(ev, now)?, b.eval(ev, now)?),
+            Native::In(a, list) => {
+                let a = a.eval(ev, now)?;
+                Ok(V::Bool(list.iter().any(|v| *v == a)))
+            }
+            Native::StrFn(op, a, b) => match (a.eval(ev, now)?, b.eval(ev, now)?) {
+                (V::Str(a), V::Str(b)) => Ok(V::Bool(match op {
+                    StrOp::StartsWith => a.starts_with(b.as_ref()),
+                    StrOp::EndsWith => a.ends_with(b.as_ref()),
+                    StrOp::Contains => a.contains(b.as_ref()),
+                })),
+                (a, b) => Err(format!(
+                    "no such overload for {op:?}({}, {})",
+                    vname(&a),
+                    vname(&b)
+                )),
+            },
+        }
+    }
+}
+
+/// `&&` and `||` as the `cel` crate has them: the absorbing value wins over an error on
+/// either side; otherwise errors propagate.
+fn logic<'e>(
+    left: EvalResult<'e>,
+    right: impl FnOnce() -> EvalResult<'e>,
+    absorbing: bool,
+) -> EvalResult<'e> {
+    let left = match left {
+        Ok(V::Bool(b)) => Ok(b),
+        Ok(other) => Err(format!(
+            "no such overload: logical operator on {}",
+            vname(&other)
+        )),
+        Err(e) => Err(e),
+    };
+    if left == Ok(absorbing) {
+        return Ok(V::Bool(absorbing));
+    }
+    let right = right()?;
+    match (left, right) {
+        (Ok(_), V::Bool(r)) => Ok(V::Bool(r)),
+        (Err(_), V::Bool(r)) if r == absorbing => Ok(V::Bool(absorbing)),
+        (Err(e), _) => Err(e),
+        (Ok(_), other) => Err(format!(
+            "no such overload: logical operator on {}",
+            vname(&other)
+        )),
+    }
+}
+
+fn vname(v: &V<'_>) -> &'static str {
+    match v {
+        V::Null => "null",
+        V::Bool(_) => "bool",
+        V::Int(_) => "int",
+        V::UInt(_) => "uint",
+        V::Double(_) => "double",
+        V::Str(_) => "string",
+        V::Time(_) => "timestamp",
+        V::Dur(_) => "duration",
+    }
+}
+
+fn from_field(v: FieldValue<'_>) -> V<'_> {
+    match v {
+        FieldValue::Str(s) => V::Str(Cow::Borrowed(s)),
+        FieldValue::Int(i) => V::Int(i),
+        FieldValue::Bool(b) => V::Bool(b),
+        FieldValue::Time(t) => V::Time(t),
+        // Never lowered natively: the lowering only reads scalar fields.
+        FieldValue::StrMap(_) | FieldValue::Details(_) | FieldValue::Object => V::Null,
+    }
+}
+
+fn compare(op: Cmp, a: &V<'_>, b: &V<'_>) -> Result<bool, String> {
+    use std::cmp::Ordering;
+    if matches!(op, Cmp::Eq | Cmp::Ne) {
+        let eq = a == b;
+        return Ok(if op == Cmp::Eq { eq } else { !eq });
+    }
+    let ord: Option<Ordering> = match (a, b) {
+        (V::Int(x), V::Int(y)) => Some(x.cmp(y)),
+        (V::UInt(x), V::UInt(y)) => Some(x.cmp(y)),
+        (V::Double(x), V::Double(y)) => x.partial_cmp(y),
+        (V::Str(x), V::Str(y)) => Some(x.cmp(y)),
+        (V::Time(x), V::Time(y)) => Some(x.cmp(y)),
+        (V::Dur(x), V::Dur(y)) => Some(x.cmp(y)),
+        (V::Bool(x), V::Bool(y)) => Some(x.cmp(y)),
+        _ => return Err(format!("{} can not be compared to {}", vname(a), vname(b))),
+    };
+    let Some(ord) = ord else {
+        return Ok(false);
+    };
+    Ok(match op {
+        Cmp::Lt => ord == Ordering::Less,
+        Cmp::Le => ord != Ordering::Greater,
+        Cmp::Gt => ord == Ordering::Greater,
+        Cmp::Ge => ord != Ordering::Less,
+        Cmp::Eq | Cmp::Ne => false,
+    })
+}
+
+fn arith<'e>(op: Arith, a: V<'e>, b: V<'e>) -> EvalResult<'e> {
+    let overflow = || "overflow".to_string();
+    match (op, a, b) {
+        (Arith::Add, V::Int(x), V::Int(y)) => x.checked_add(y).map(V::Int).ok_or_else(overflow),
+        (Arith::Sub, V::Int(x), V::Int(y)) => x.checked_sub(y).map(V::Int).ok_or_else(overflow),
+        (Arith::Mul, V::Int(x), V::Int(y)) => x.checked_mul(y).map(V::Int).ok_or_else(overflow),
+        (Arith::Add, V::Str(x), V::Str(y)) => Ok(V::Str(Cow::Owned(format!("{x}{y}")))),
+        (Arith::Sub, V::Time(x), V::Time(y)) => Ok(V::Dur(x.signed_duration_since(y))),
+        (Arith::Add, V::Time(x), V::Dur(y)) | (Arith::Add, V::Dur(y), V::Time(x)) => {
+            x.checked_add_signed(y).map(V::Time).ok_or_else(overflow)
+        }
+        (Arith::Sub, V::Time(x), V::Dur(y)) => {
+            x.checked_sub_signed(y).map(V::Time).ok_or_else(overflow)
+        }
+        (Arith::Add, V::Dur(x), V::Dur(y)) => x.checked_add(&y).map(V::Dur).ok_or_else(overflow),
+        (Arith::Sub, V::Dur(x), V::Dur(y)) => x.checked_sub(&y).map(V::Dur).ok_or_else(overflow),
+        (op, a, b) => Err(format!(
+            "no such overload: {op:?}({}, {})",
+            vname(&a),
+            vname(&b)
+        )),
+    }
+}
+
+/// A load-time problem in an expression: a character offset into it and a message.
+#[derive(Debug, Clone)]
+pub(crate) struct ExprProblem {
+    pub offset: usize,
+    pub message: String,
+    pub help: Option<String>,
+}
+
+/// An equality or `in` test on a discrete field at the top level of a conjunction: the
+/// policy can only match events whose field has one of `values`.
+#[derive(Debug, Clone)]
+pub(crate) struct IndexAtom {
+    pub field: FieldId,
+    pub values: Vec<String>,
+}
+
+/// A compiled expression.
+#[derive(Debug)]
+pub(crate) struct Compiled {
+    pub native: Option<Native>,
+    pub program: cel::Program,
+    /// Static result type, where known.
+    pub ty: Option<Ty>,
+    pub atoms: Vec<IndexAtom>,
+    /// Event paths the interpreter needs (only when `native` is `None`); `None` entries mean
+    /// "the whole event".
+    pub reads: BTreeSet<Option<FieldId>>,
+}
+
+/// Variables an expression may use.
+const VARIABLES: &[&str] = &["event", "now"];
+
+/// Functions and macros of the CEL standard library as the `cel` crate ships it, used only to
+/// suggest a fix for a likely typo.
+const KNOWN_FUNCTIONS: &[&str] = &[
+    "size",
+    "has",
+    "all",
+    "exists",
+    "exists_one",
+    "map",
+    "filter",
+    "matches",
+    "contains",
+    "startsWith",
+    "endsWith",
+    "int",
+    "uint",
+    "double",
+    "string",
+    "bytes",
+    "bool",
+    "timestamp",
+    "duration",
+    "type",
+    "dyn",
+    "max",
+    "min",
+    "getFullYear",
+    "getMonth",
+    "getDayOfYear",
+    "getDayOfMonth",
+    "getDate",
+    "getDayOfWeek",
+    "getHours",
+    "getMinutes",
+    "getSeconds",
+    "getMilliseconds",
+    "lowerAscii",
+    "upperAscii",
+    "trim",
+    "split",
+    "join",
+    "replace",
+    "indexOf",
+    "lastIndexOf",
+    "substring",
+    "charAt",
+];
+
+/// Parses, checks and lowers one expression. Problems are returned with offsets into the
+/// expression's text.
+pub(crate) fn compile(expr: &Expr) -> Result<Compiled, Vec<ExprProblem>> {
+    let program = match cel::Program::compile(&expr.text) {
+        Ok(p) => p,
+        Err(errs) => {
+            return Err(errs
+                .errors
+                .iter()
+                .map(|e| ExprProblem {
+                    offset: line_col_to_offset(&expr.text, e.pos.0, e.pos.1),
+                    message: format!("CEL syntax error: {}", strip_syntax_prefix(&e.msg)),
+                    help: None,
+                })
+                .collect())
+        }
+    };
+    let mut ck = Checker {
+        program: &program,
+        problems: Vec::new(),
+        reads: BTreeSet::new(),
+    };
+    ck.check(program.expression(), &mut Vec::new());
+    let lowered = ck.lower(program.expression());
+    if !ck.problems.is_empty() {
+        return Err(ck.problems);
+    }
+    let (native, ty) = match lowered {
+        Lowered::Native(n, t) => (Some(n), Some(t)),
+        Lowered::Fallback(t) => (None, t),
+    };
+    let mut atoms = Vec::new();
+    collect_atoms(program.expression(), &mut atoms);
+    let reads = if native.is_some() {
+        BTreeSet::new()
+    } else {
+        ck.reads
+    };
+    Ok(Compiled {
+        native,
+        program,
+        ty,
+        atoms,
+        reads,
+    })
+}
+
+fn strip_syntax_prefix(msg: &str) -> &str {
+    msg.strip_prefix("Syntax error: ").unwrap_or(msg)
+}
+
+/// Converts the `cel` parser's 1-based (line, column) to a character offset.
+fn line_col_to_offset(text: &str, line: isize, col: isize) -> usize {
+    let line = usize::try_from(line.max(1)).unwrap_or(1);
+    let col = usize::try_from(col.max(1)).unwrap_or(1);
+    let mut offset = 0;
+    for (n, l) in text.split('\n').enumerate() {
+        let len = l.chars().count();
+        if n + 1 == line {
+            return offset + (col - 1).min(len);
+        }
+        offset += len + 1;
+    }
+    text.chars().count()
+}
+
+enum Lowered {
+    Native(Native, Ty),
+    Fallback(Option<Ty>),
+}
+
+struct Checker<'p> {
+    program: &'p cel::Program,
+    problems: Vec<ExprProblem>,
+    reads: BTreeSet<Option<FieldId>>,
+}
+
+/// `event.a.b` as ["a", "b"] with the id of each select, if `e` is a select chain on `event`.
+fn event_path(e: &IdedExpr) -> Option<Vec<(&str, u64)>> {
+    let mut segs = Vec::new();
+    let mut cur = e;
+    loop {
+        match &cur.expr {
+            Ast::Select(s) if !s.test => {
+                segs.push((s.field.as_str(), cur.id));
+                cur = &s.operand;
+            }
+            Ast::Ident(name) if name == "event" => {
+                segs.reverse();
+                return Some(segs);
+            }
+            _ => return None,
+        }
+    }
+}
+
+impl Checker<'_> {
+    fn offset(&self, id: u64) -> usize {
+        self.program
+            .source_info()
+            .offset_for(id)
+            .map(|(s, _)| s as usize)
+            .unwrap_or(0)
+    }
+
+    fn problem(&mut self, id: u64, message: String, help: Option<String>) {
+        let offset = self.offset(id);
+        self.problems.push(ExprProblem {
+            offset,
+            message,
+            help,
+        });
+    }
+
+    /// Validates a path below `event`; returns the deepest known field it names.
+    fn check_path(&mut self, segs: &[(&str, u64)]) -> Option<FieldId> {
+        let mut path = String::new();
+        let mut last = None;
+        for (i, (seg, id)) in segs.iter().enumerate() {
+            let parent = path.clone();
+            if !path.is_empty() {
+                path.push('.');
+            }
+            path.push_str(seg);
+            if let Some((_, why)) = fields::UNREADABLE.iter().find(|(p, _)| *p == path) {
+                self.problem(
+                    *id,
+                    format!("`event.{path}` cannot be read by policies: {why}"),
+                    None,
+                );
+                return None;
+            }
+            match fields::lookup(&path) {
+                Some(f) => {
+                    last = Some(f);
+                    match fields::field(f).ty {
+                        FieldType::Object => continue,
+                        // `event.resource.tags.<key>` is a map lookup.
+                        FieldType::StrMap if i + 1 < segs.len() => {
+                            if i + 2 < segs.len() {
+                                self.problem(
+                                    segs[i + 2].1,
+                                    format!("`event.{path}.{}` is a string", segs[i + 1].0),
+                                    None,
+                                );
+                            }
+                            return last;
+                        }
+                        ty if i + 1 < segs.len() => {
+                            self.problem(
+                                segs[i + 1].1,
+                                format!(
+                                    "`event.{path}` is a {}, it has no field `{}`",
+                                    ty.name(),
+                                    segs[i + 1].0
+                                ),
+                                None,
+                            );
+                            return None;
+                        }
+                        _ => return last,
+                    }
+                }
+                None => {
+                    let within = if parent.is_empty() {
+                        "`event`".to_string()
+                    } else {
+                        format!("`event.{parent}`")
+                    };
+                    let help = did_you_mean(seg, fields::children(&parent))
+                        .map(|s| format!("did you mean `{s}`?"))
+                        .or_else(|| {
+                            Some(format!(
+                                "fields of {within}: {}",
+                                fields::children(&parent).collect::<Vec<_>>().join(", ")
+                            ))
+                        });
+                    self.problem(*id, format!("unknown field `{seg}` in {within}"), help);
+                    return None;
+                }
+            }
+        }
+        last
+    }
+
+    /// Walks the whole expression: paths, variables, function names, enum literals.
+    fn check(&mut self, e: &IdedExpr, scope: &mut Vec<String>) {
+        if let Some(segs) = event_path(e) {
+            let f = self.check_path(&segs);
+            self.reads.insert(f);
+            return;
+        }
+        match &e.expr {
+            Ast::Ident(name) => {
+                if name == "event" {
+                    self.reads.insert(None);
+                } else if !VARIABLES.contains(&name.as_str()) && !scope.iter().any(|s| s == name) {
+                    let help = did_you_mean(name, VARIABLES.iter().copied())
+                        .map(|s| format!("did you mean `{s}`?"))
+                        .or_else(|| Some("policies can read `event` and `now`".into()));
+                    self.problem(e.id, format!("unknown variable `{name}`"), help);
+                }
+            }
+            Ast::Select(s) => {
+                if s.test {
+                    if let Some(segs) = event_path(&s.operand) {
+                        let mut all = segs.clone();
+                        all.push((s.field.as_str(), e.id));
+                        let f = self.check_path(&all);
+                        self.reads.insert(f);
+                        return;
+                    }
+                }
+                self.check(&s.operand, scope)
+            }
+            Ast::Call(c) => {
+                self.check_call(e.id, c);
+                if let Some(t) = &c.target {
+                    self.check(t, scope);
+                }
+                for a in &c.args {
+                    self.check(a, scope);
+                }
+            }
+            Ast::List(l) => {
+                for x in &l.elements {
+                    self.check(x, scope);
+                }
+            }
+            Ast::Map(m) => {
+                for entry in &m.entries {
+                    if let cel::common::ast::EntryExpr::MapEntry(me) = &entry.expr {
+                        self.check(&me.key, scope);
+                        self.check(&me.value, scope);
+                    }
+                }
+            }
+            Ast::Comprehension(c) => {
+                self.check(&c.iter_range, scope);
+                self.check(&c.accu_init, scope);
+                let n = scope.len();
+                scope.push(c.iter_var.clone());
+                if let Some(v2) = &c.iter_var2 {
+                    scope.push(v2.clone());
+                }
+                scope.push(c.accu_var.clone());
+                self.check(&c.loop_cond, scope);
+                self.check(&c.loop_step, scope);
+                self.check(&c.result, scope);
+                scope.truncate(n);
+            }
+            Ast::Struct(_) => self.problem(
+                e.id,
+                "message construction is not supported in Keel policies".into(),
+                None,
+            ),
+            Ast::Literal(_) | Ast::Unspecified => {}
+        }
+    }
+
+    fn check_call(&mut self, id: u64, c: &CallExpr) {
+        let name = c.func_name.as_str();
+        if name.starts_with('_')
+            || name.starts_with('@')
+            || name.starts_with('!')
+            || name.starts_with('-')
+        {
+            // Operators; enum literal checks for == / != / in.
+            match name {
+                operators::EQUALS | operators::NOT_EQUALS if c.args.len() == 2 => {
+                    self.check_enum_literal(&c.args[0], &c.args[1]);
+                    self.check_enum_literal(&c.args[1], &c.args[0]);
+                }
+                operators::IN if c.args.len() == 2 => {
+                    if let Ast::List(l) = &c.args[1].expr {
+                        for x in &l.elements {
+                            self.check_enum_literal(&c.args[0], x);
+                        }
+                    }
+                }
+                _ => {}
+            }
+            return;
+        }
+        if !KNOWN_FUNCTIONS.contains(&name) {
+            if let Some(s) = did_you_mean(name, KNOWN_FUNCTIONS.iter().copied()) {
+                self.problem(
+                    id,
+                    format!("unknown function `{name}`"),
+                    Some(format!("did you mean `{s}`?")),
+                );
+            }
+        }
+    }
+
+    fn check_enum_literal(&mut self, field: &IdedExpr, lit: &IdedExpr) {
+        let Some(segs) = event_path(field) else {
+            return;
+        };
+        let path: Vec<&str> = segs.iter().map(|(s, _)| *s).collect();
+        let Some(f) = fields::lookup(&path.join(".")) else {
+            return;
+        };
+        let FieldType::Enum(names) = fields::field(f).ty else {
+            return;
+        };
+        if let Ast::Literal(LiteralValue::String(s)) = &lit.expr {
+            let s: &str = s.inner();
+            if !names.contains(&s) {
+                let help = did_you_mean(s, names.iter().copied())
+                    .map(|n| format!("did you mean \"{n}\"?"))
+                    .or_else(|| Some(format!("values: {}", names.join(", "))));
+                self.problem(
+                    lit.id,
+                    format!(
+                        "\"{s}\" is not a value of `event.{}`, so this test never holds",
+                        path.join(".")
+                    ),
+                    help,
+                );
+            }
+        }
+    }
+
+    fn lower(&mut self, e: &IdedExpr) -> Lowered {
+        use Lowered::{Fallback, Native as N};
+        if let Some(segs) = event_path(e) {
+            let path: Vec<&str> = segs.iter().map(|(s, _)| *s).collect();
+            // `event.resource.tags.<key>`
+            if path.len() == 3 && path[0] == "resource" && path[1] == "tags" {
+                return N(Native::Tag(path[2].to_string()), Ty::Str);
+            }
+            let Some(f) = fields::lookup(&path.join(".")) else {
+                return Fallback(None);
+            };
+            return match fields::field(f).ty {
+                FieldType::Str | FieldType::Enum(_) => N(Native::Field(f), Ty::Str),
+                FieldType::Int => N(Native::Field(f), Ty::Int),
+                FieldType::Bool => N(Native::Field(f), Ty::Bool),
+                FieldType::Time => N(Native::Field(f), Ty::Time),
+                _ => Fallback(None),
+            };
+        }
+        match &e.expr {
+            Ast::Literal(l) => match literal(l) {
+                Some(v) => {
+                    let t = type_of(&v);
+                    N(Native::Lit(v), t)
+                }
+                None => Fallback(None),
+            },
+            Ast::Ident(n) if n == "now" => N(Native::Now, Ty::Time),
+            Ast::Select(s) if s.test => {
+                let Some(mut segs) = event_path(&s.operand) else {
+                    return Fallback(Some(Ty::Bool));
+                };
+                segs.push((s.field.as_str(), e.id));
+                let path: Vec<&str> = segs.iter().map(|(s, _)| *s).collect();
+                if path.len() == 3 && path[0] == "resource" && path[1] == "tags" {
+                    return N(Native::HasTag(path[2].to_string()), Ty::Bool);
+                }
+                match fields::lookup(&path.join(".")) {
+                    Some(f) => N(Native::Has(f), Ty::Bool),
+                    None => Fallback(Some(Ty::Bool)),
+                }
+            }
+            Ast::Call(c) => self.lower_call(e.id, c),
+            _ => Fallback(None),
+        }
+    }
+
+    fn lower_call(&mut self, id: u64, c: &CallExpr) -> Lowered {
+        use Lowered::{Fallback, Native as N};
+        let name = c.func_name.as_str();
+        let args = &c.args;
+        let bx = Box::new;
+        match (name, &c.target, args.len()) {
+            (operators::LOGICAL_NOT, None, 1) => match self.lower(&args[0]) {
+                N(a, Ty::Bool) => N(Native::Not(bx(a)), Ty::Bool),
+                _ => Fallback(Some(Ty::Bool)),
+            },
+            (operators::LOGICAL_AND | operators::LOGICAL_OR, None, 2) => {
+                match (self.lower(&args[0]), self.lower(&args[1])) {
+                    (N(a, Ty::Bool), N(b, Ty::Bool)) => {
+                        let n = if name == operators::LOGICAL_AND {
+                            Native::And(bx(a), bx(b))
+                        } else {
+                            Native::Or(bx(a), bx(b))
+                        };
+                        N(n, Ty::Bool)
+                    }
+                    _ => Fallback(Some(Ty::Bool)),
+                }
+            }
+            (operators::CONDITIONAL, None, 3) => {
+                match (
+                    self.lower(&args[0]),
+                    self.lower(&args[1]),
+                    self.lower(&args[2]),
+                ) {
+                    (N(c, Ty::Bool), N(a, ta), N(b, tb)) if ta == tb => {
+                        N(Native::Cond(bx(c), bx(a), bx(b)), ta)
+                    }
+                    _ => Fallback(None),
+                }
+            }
+            (
+                operators::EQUALS
+                | operators::NOT_EQUALS
+                | operators::LESS
+                | operators::LESS_EQUALS
+                | operators::GREATER
+                | operators::GREATER_EQUALS,
+                None,
+                2,
+            ) => {
+                let op = match name {
+                    operators::EQUALS => Cmp::Eq,
+                    operators::NOT_EQUALS => Cmp::Ne,
+                    operators::LESS => Cmp::Lt,
+                    operators::LESS_EQUALS => Cmp::Le,
+                    operators::GREATER => Cmp::Gt,
+                    _ => Cmp::Ge,
+                };
+                match (self.lower(&args[0]), self.lower(&args[1])) {
+                    (N(a, ta), N(b, tb)) if ta == tb && comparable(op, ta) => {
+                        N(Native::Cmp(op, bx(a), bx(b)), Ty::Bool)
+                    }
+                    (N(_, ta), N(_, tb))
+                        if ta != tb && !numeric(ta, tb) && ta != Ty::Null && tb != Ty::Null =>
+                    {
+                        let what = if matches!(op, Cmp::Eq | Cmp::Ne) {
+                            "is never equal to"
+                        } else {
+                            "cannot be ordered against"
+                        };
+                        self.problem(
+                            id,
+                            format!("type mismatch: a {} {what} a {}", ta.name(), tb.name()),
+                            None,
+                        );
+                        Fallback(Some(Ty::Bool))
+                    }
+                    _ => Fallback(Some(Ty::Bool)),
+                }
+            }
+            (operators::ADD | operators::SUBSTRACT | operators::MULTIPLY, None, 2) => {
+                let op = match name {
+                    operators::ADD => Arith::Add,
+                    operators::SUBSTRACT => Arith::Sub,
+                    _ => Arith::Mul,
+                };
+                match (self.lower(&args[0]), self.lower(&args[1])) {
+                    (N(a, ta), N(b, tb)) => match arith_type(op, ta, tb) {
+                        Some(t) => N(Native::Arith(op, bx(a), bx(b)), t),
+                        None => Fallback(None),
+                    },
+                    _ => Fallback(None),
+                }
+            }
+            (operators::IN, None, 2) => {
+                // `"key" in event.resource.tags`
+                if let (Some(segs), Ast::Literal(LiteralValue::String(k))) =
+                    (event_path(&args[1]), &args[0].expr)
+                {
+                    let path: Vec<&str> = segs.iter().map(|(s, _)| *s).collect();
+                    if path == ["resource", "tags"] {
+                        let k: &str = k.inner();
+                        return N(Native::HasTag(k.to_string()), Ty::Bool);
+                    }
+                }
+                let Ast::List(l) = &args[1].expr else {
+                    return Fallback(Some(Ty::Bool));
+                };
+                let N(a, ta) = self.lower(&args[0]) else {
+                    return Fallback(Some(Ty::Bool));
+                };
+                let mut vals = Vec::new();
+                for x in &l.elements {
+                    match &x.expr {
+                        Ast::Literal(lit) => match literal(lit) {
+                            Some(v) if type_of(&v) == ta => vals.push(v),
+                            _ => return Fallback(Some(Ty::Bool)),
+                        },
+                        _ => return Fallback(Some(Ty::Bool)),
+                    }
+                }
+                if !l.optional_indices.is_empty() {
+                    return Fallback(Some(Ty::Bool));
+                }
+                N(Native::In(bx(a), vals), Ty::Bool)
+            }
+            ("startsWith" | "endsWith" | "contains", Some(t), 1) => {
+                let op = match name {
+                    "startsWith" => StrOp::StartsWith,
+                    "endsWith" => StrOp::EndsWith,
+                    _ => StrOp::Contains,
+                };
+                match (self.lower(t), self.lower(&args[0])) {
+                    (N(a, Ty::Str), N(b, Ty::Str)) => N(Native::StrFn(op, bx(a), bx(b)), Ty::Bool),
+                    _ => Fallback(Some(Ty::Bool)),
+                }
+            }
+            ("duration", None, 1) => match &args[0].expr {
+                Ast::Literal(LiteralValue::String(s)) => match parse_cel_duration(s.inner()) {
+                    Some(d) => N(Native::Lit(V::Dur(d)), Ty::Dur),
+                    None => {
+                        self.problem(
+                            args[0].id,
+                            format!("invalid duration \"{}\"", s.inner()),
+                            Some("write durations like \"90s\", \"15m\", \"1h30m\"".into()),
+                        );
+                        Fallback(Some(Ty::Dur))
+                    }
+                },
+                _ => Fallback(Some(Ty::Dur)),
+            },
+            ("timestamp", None, 1) => match &args[0].expr {
+                Ast::Literal(LiteralValue::String(s)) => {
+                    match DateTime::parse_from_rfc3339(s.inner()) {
+                        Ok(t) => N(Native::Lit(V::Time(t.with_timezone(&Utc))), Ty::Time),
+                        Err(_) => {
+                            self.problem(
+                                args[0].id,
+                                format!("invalid timestamp \"{}\": expected RFC 3339", s.inner()),
+                                None,
+                            );
+                            Fallback(Some(Ty::Time))
+                        }
+                    }
+                }
+                _ => Fallback(Some(Ty::Time)),
+            },
+            ("size", _, _) | ("int", None, 1) => Fallback(Some(Ty::Int)),
+            ("string", None, 1) => Fallback(Some(Ty::Str)),
+            ("matches", _, _) | ("exists", _, _) | ("all", _, _) | ("exists_one", _, _) => {
+                Fallback(Some(Ty::Bool))
+            }
+            _ => Fallback(None),
+        }
+    }
+}
+
+fn comparable(op: Cmp, t: Ty) -> bool {
+    match op {
+        Cmp::Eq | Cmp::Ne => true,
+        _ => !matches!(t, Ty::Null),
+    }
+}
+
+fn numeric(a: Ty, b: Ty) -> bool {
+    matches!(a, Ty::Int | Ty::UInt | Ty::Double) && matches!(b, Ty::Int | Ty::UInt | Ty::Double)
+}
+
+fn arith_type(op: Arith, a: Ty, b: Ty) -> Option<Ty> {
+    match (op, a, b) {
+        (_, Ty::Int, Ty::Int) => Some(Ty::Int),
+        (Arith::Add, Ty::Str, Ty::Str) => Some(Ty::Str),
+        (Arith::Sub, Ty::Time, Ty::Time) => Some(Ty::Dur),
+        (Arith::Add, Ty::Time, Ty::Dur) | (Arith::Add, Ty::Dur, Ty::Time) => Some(Ty::Time),
+        (Arith::Sub, Ty::Time, Ty::Dur) => Some(Ty::Time),
+        (Arith::Add | Arith::Sub, Ty::Dur, Ty::Dur) => Some(Ty::Dur),
+        _ => None,
+    }
+}
+
+fn literal(l: &LiteralValue) -> Option<V<'static>> {
+    Some(match l {
+        LiteralValue::Boolean(b) => V::Bool(*b.inner()),
+        LiteralValue::Int(i) => V::Int(*i.inner()),
+        LiteralValue::UInt(u) => V::UInt(*u.inner()),
+        LiteralValue::Double(d) => V::Double(*d.inner()),
+        LiteralValue::String(s) => V::Str(Cow::Owned(s.inner().to_string())),
+        LiteralValue::Null => V::Null,
+        LiteralValue::Bytes(_) => return None,
+    })
+}
+
+fn type_of(v: &V<'_>) -> Ty {
+    match v {
+        V::Null => Ty::Null,
+        V::Bool(_) => Ty::Bool,
+        V::Int(_) => Ty::Int,
+        V::UInt(_) => Ty::UInt,
+        V::Double(_) => Ty::Double,
+        V::Str(_) => Ty::Str,
+        V::Time(_) => Ty::Time,
+        V::Dur(_) => Ty::Dur,
+    }
+}
+
+/// A CEL duration string: a sequence of `<number><unit>` with units h, m, s, ms, us, ns
+/// (e.g. `1h30m`, `90s`, `1.5h`), optionally negative.
+pub(crate) fn parse_cel_duration(s: &str) -> Option<Duration> {
+    let (neg, mut rest) = match s.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, s),
+    };
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total_ns: i128 = 0;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let num: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let (unit_ns, unit_len): (f64, usize) = if rest.starts_with("ms") {
+            (1e6, 2)
+        } else if rest.starts_with("us") {
+            (1e3, 2)
+        } else if rest.starts_with("ns") {
+            (1.0, 2)
+        } else if rest.starts_with('h') {
+            (3.6e12, 1)
+        } else if rest.starts_with('m') {
+            (6e10, 1)
+        } else if rest.starts_with('s') {
+            (1e9, 1)
+        } else {
+            return None;
+        };
+        rest = &rest[unit_len..];
+        total_ns += (num * unit_ns) as i128;
+    }
+    let ns = i64::try_from(if neg { -total_ns } else { total_ns }).ok()?;
+    Some(Duration::nanoseconds(ns))
+}
+
+/// Collects index atoms from the top-level conjunction.
+fn collect_atoms(e: &IdedExpr, out: &mut Vec<IndexAtom>) {
+    let Ast::Call(c) = &e.expr else {
+        return;
+    };
+    match (c.func_name.as_str(), c.args.len()) {
+        (operators::LOGICAL_AND, 2) => {
+            collect_atoms(&c.args[0], out);
+            collect_atoms(&c.args[1], out);
+        }
+        (operators::EQUALS, 2) => {
+            for (f, l) in [(&c.args[0], &c.args[1]), (&c.args[1], &c.args[0])] {
+                if let (Some(field), Ast::Literal(LiteralValue::String(s))) =
+                    (discrete_field(f), &l.expr)
+                {
+                    out.push(IndexAtom {
+                        field,
+                        values: vec![s.inner().to_string()],
+                    });
+                }
+            }
+        }
+        (operators::IN, 2) => {
+            let (Some(field), Ast::List(l)) = (discrete_field(&c.args[0]), &c.args[1].expr) else {
+                return;
+            };
+            let mut values = Vec::new();
+            for x in &l.elements {
+                match &x.expr {
+                    Ast::Literal(LiteralValue::String(s)) => values.push(s.inner().to_string()),
+                    _ => return,
+                }
+            }
+            out.push(IndexAtom { field, values });
+        }
+        _ => {}
+    }
+}
+
+fn discrete_field(e: &IdedExpr) -> Option<FieldId> {
+    let segs = event_path(e)?;
+    let path: Vec<&str> = segs.iter().map(|(s, _)| *s).collect();
+    let f = fields::lookup(&path.join("."))?;
+    fields::field(f).discrete.then_some(f)
+}
+
+/// Builds the CEL value of `event` holding only `reads` (all fields when `reads` has `None`).
+pub(crate) fn event_value(ev: &Event, reads: &BTreeSet<Option<FieldId>>) -> Value {
+    let all = reads.contains(&None);
+    let wanted = |path: &str| {
+        all || reads.iter().flatten().any(|&f| {
+            let p = fields::field(f).path;
+            p == path
+                || path.starts_with(p) && path.as_bytes().get(p.len()) == Some(&b'.')
+                || p.starts_with(path) && p.as_bytes().get(path.len()) == Some(&b'.')
+        })
+    };
+    build_object(ev, "", &wanted)
+}
+
+fn build_object(ev: &Event, prefix: &str, wanted: &dyn Fn(&str) -> bool) -> Value {
+    let mut map = std::collections::HashMap::new();
+    for child in fields::children(prefix) {
+        let path = if prefix.is_empty() {
+            child.to_string()
+        } else {
+            format!("{prefix}.{child}")
+        };
+        if !wanted(&path) {
+            continue;
+        }
+        let Some(id) = fields::lookup(&path) else {
+            continue;
+        };
+        let v = match fields::read(ev, id) {
+            Ok(Some(FieldValue::Object)) => build_object(ev, &path, wanted),
+            Ok(Some(v)) => to_cel(v),
+            Ok(None) | Err(_) => continue,
+        };
+        map.insert(Key::String(Arc::new(child.to_string())), v);
+    }
+    Value::Map(Map { map: Arc::new(map) })
+}
+
+fn to_cel(v: FieldValue<'_>) -> Value {
+    match v {
+        FieldValue::Str(s) => Value::String(Arc::new(s.to_string())),
+        FieldValue::Int(i) => Value::Int(i),
+        FieldValue::Bool(b) => Value::Bool(b),
+        FieldValue::Time(t) => Value::Timestamp(to_fixed(t)),
+        FieldValue::StrMap(m) => {
+            let map = m
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        Key::String(Arc::new(k.clone())),
+                        Value::String(Arc::new(v.clone())),
+                    )
+                })
+                .collect();
+            Value::Map(Map { map: Arc::new(map) })
+        }
+        FieldValue::Details(d) => Value::List(Arc::new(
+            d.iter()
+                .map(|d| {
+                    let mut m = std::collections::HashMap::new();
+                    m.insert(
+                        Key::String(Arc::new("code".into())),
+                        Value::String(Arc::new(d.code.clone())),
+                    );
+                    if let Some(msg) = &d.message {
+                        m.insert(
+                            Key::String(Arc::new("message".into())),
+                            Value::String(Arc::new(msg.clone())),
+                        );
+                    }
+                    if let Some(t) = &d.target {
+                        m.insert(
+                            Key::String(Arc::new("target".into())),
+                            Value::String(Arc::new(t.clone())),
+                        );
+                    }
+                    Value::Map(Map { map: Arc::new(m) })
+                })
+                .collect(),
+        )),
+        FieldValue::Object => Value::Null,
+    }
+}
+
+/// A UTC time as the `cel` crate's timestamp.
+pub(crate) fn to_fixed(t: Timestamp) -> DateTime<FixedOffset> {
+    t.fixed_offset()
+}
+
+/// Converts an interpreter result into a native value, for parity and for `reason_expr` and
+/// `until`.
+pub(crate) fn from_cel(v: &Value) -> Option<V<'static>> {
+    Some(match v {
+        Value::Null => V::Null,
+        Value::Bool(b) => V::Bool(*b),
+        Value::Int(i) => V::Int(*i),
+        Value::UInt(u) => V::UInt(*u),
+        Value::Float(f) => V::Double(*f),
+        Value::String(s) => V::Str(Cow::Owned(s.to_string())),
+        Value::Timestamp(t) => V::Time(t.with_timezone(&Utc)),
+        Value::Duration(d) => V::Dur(*d),
+        _ => return None,
+    })
+}
+
+/// The outcome of [`parity_check`]: native and interpreter results, each `Ok(value)` in a
+/// printable form or `Err(message)`.
+pub type ParityOutcome = (Result<String, String>, Result<String, String>);
+
+/// Evaluates `expr` both natively and in the `cel` interpreter (on the whole event) and
+/// returns both outcomes; `None` when the expression does not compile or is not lowered
+/// natively. For the engine's parity tests; not a stable API.
+pub fn parity_check(expr: &str, ev: &Event, now: Timestamp) -> Option<ParityOutcome> {
+    let e = Expr {
+        text: expr.to_string(),
+        positions: Arc::from(Vec::new()),
+    };
+    let c = compile(&e).ok()?;
+    let native = c.native.as_ref()?;
+    let n = native.eval(ev, now).map(|v| format!("{v:?}"));
+    let mut ctx = cel::Context::with_env(Arc::new(cel::Env::stdlib()));
+    let mut all = BTreeSet::new();
+    all.insert(None);
+    ctx.add_variable_from_value("event", event_value(ev, &all));
+    ctx.add_variable_from_value("now", Value::Timestamp(to_fixed(now)));
+    let i = match c.program.execute(&ctx) {
+        Ok(v) => from_cel(&v)
+            .map(|v| format!("{v:?}"))
+            .ok_or_else(|| format!("unsupported {v:?}")),
+        Err(e) => Err(e.to_string()),
+    };
+    Some((n, i))
+}

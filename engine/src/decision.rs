@@ -1,0 +1,270 @@
+//! What the engine decides: [`Decision`], and what a caller passes in: [`Ctx`].
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::event::Timestamp;
+
+/// What to do about an event.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Do nothing.
+    None,
+    /// Approve the maintenance early (Azure StartRequests) or let it through.
+    Acknowledge,
+    /// Decide again later, at [`Decision::due`].
+    Defer,
+    /// Retry the failed operation, at [`Retry::not_before`].
+    Retry,
+    /// Retry a VM create without the VM agent and agent-dependent extensions.
+    RetryWithoutAgent,
+    /// Move the workload off the VM.
+    Drain,
+    /// Tell a human (pages; deduplicated by key). Collected in [`Decision::escalations`].
+    Escalate,
+}
+
+impl Action {
+    /// Every action.
+    pub const ALL: [Action; 7] = [
+        Action::RetryWithoutAgent,
+        Action::Retry,
+        Action::Drain,
+        Action::Defer,
+        Action::Escalate,
+        Action::Acknowledge,
+        Action::None,
+    ];
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::None => "none",
+            Action::Acknowledge => "acknowledge",
+            Action::Defer => "defer",
+            Action::Retry => "retry",
+            Action::RetryWithoutAgent => "retry_without_agent",
+            Action::Drain => "drain",
+            Action::Escalate => "escalate",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Action> {
+        Action::ALL.into_iter().find(|a| a.as_str() == s)
+    }
+
+    /// Tie-break rank among remediations of equal priority: higher wins
+    /// (drain > retry_without_agent > retry > defer > acknowledge > none).
+    pub fn severity(self) -> u8 {
+        match self {
+            Action::Drain => 6,
+            Action::RetryWithoutAgent => 5,
+            Action::Retry => 4,
+            Action::Defer => 3,
+            Action::Acknowledge => 2,
+            Action::None => 1,
+            Action::Escalate => 0,
+        }
+    }
+}
+
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How much work [`crate::Engine::decide`] may skip.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Stop as soon as no remaining candidate can win (escalate policies are still all
+    /// evaluated); skipped candidates are listed in [`Decision::not_evaluated`].
+    #[default]
+    Fast,
+    /// Evaluate every candidate the index selects and record a per-policy [`Decision::trace`].
+    Full,
+}
+
+/// The context of one decision. Time comes in here: the engine never reads a clock.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct Ctx {
+    /// The current time, as CEL `now`, and the base of `defer` and `retry` delays.
+    pub now: Timestamp,
+    /// Fast or full evaluation.
+    pub mode: Mode,
+}
+
+impl Ctx {
+    /// A fast-mode context at `now`.
+    pub fn new(now: Timestamp) -> Ctx {
+        Ctx {
+            now,
+            mode: Mode::Fast,
+        }
+    }
+
+    /// The same context in `mode`.
+    pub fn with_mode(mut self, mode: Mode) -> Ctx {
+        self.mode = mode;
+        self
+    }
+}
+
+/// Severity of an escalation.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// For information.
+    Info,
+    /// Needs attention.
+    Warning,
+    /// Needs action (the default).
+    #[default]
+    Error,
+    /// Needs action now.
+    Critical,
+}
+
+impl Severity {
+    /// Every severity's wire name.
+    pub const NAMES: &'static [&'static str] = &["info", "warning", "error", "critical"];
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<Severity> {
+        match s {
+            "info" => Some(Severity::Info),
+            "warning" => Some(Severity::Warning),
+            "error" => Some(Severity::Error),
+            "critical" => Some(Severity::Critical),
+            _ => None,
+        }
+    }
+}
+
+/// The outcome of one decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Decision {
+    /// The id of the event decided.
+    pub event_id: String,
+    /// The winning remediation, or the configured default when nothing matched.
+    pub action: Action,
+    /// The winning policy; absent when the default applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// The winner's reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The winner's parameters (validated per action), for runbooks.
+    #[serde(default)]
+    pub params: serde_json::Map<String, serde_json::Value>,
+    /// Every matching escalate policy, deduplicated by key.
+    #[serde(default)]
+    pub escalations: Vec<Escalation>,
+    /// For `retry` and `retry_without_agent`: what to resubmit and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
+    /// For `defer`: when to decide the event again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub due: Option<Timestamp>,
+    /// Every policy that matched (in fast mode, among those evaluated), best first.
+    #[serde(default)]
+    pub matched: Vec<Matched>,
+    /// Candidates fast mode skipped because they could no longer win.
+    #[serde(default)]
+    pub not_evaluated: Vec<String>,
+    /// Policies that failed to evaluate. Never fatal.
+    #[serde(default)]
+    pub errors: Vec<PolicyError>,
+    /// Things worth knowing that did not stop the decision.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// Per-policy outcome, in full mode.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trace: Vec<TraceEntry>,
+}
+
+/// An escalation raised by a matching `escalate` policy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Escalation {
+    /// The policy that raised it.
+    pub policy: String,
+    /// Why.
+    pub reason: String,
+    /// Deduplication key: hex SHA-256 of the policy name, its `dedup.by` values and the
+    /// event's time bucket. Independent hosts fed the same fleet events produce the same key.
+    pub key: String,
+    /// How urgent.
+    pub severity: Severity,
+}
+
+/// What to retry, and when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Retry {
+    /// The request body to resubmit (for `retry_without_agent`, the transformed body).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<serde_json::Value>,
+    /// Not before this time (from `retry_after_s`, or the policy's delay and backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<Timestamp>,
+}
+
+/// A policy that matched.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Matched {
+    /// The policy.
+    pub policy: String,
+    /// Its action.
+    pub action: Action,
+    /// Its priority.
+    pub priority: i64,
+}
+
+/// A policy that failed to evaluate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyError {
+    /// The policy.
+    pub policy: String,
+    /// What went wrong, e.g. `no such key: failure`.
+    pub message: String,
+}
+
+/// What happened to one policy during a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Not a candidate: its `on` kinds or indexed tests exclude the event.
+    SkippedByIndex,
+    /// Evaluated to false.
+    False,
+    /// Matched.
+    Matched,
+    /// Matched, but its retry budget (`max_attempts`) is spent, so it cannot win.
+    Exhausted,
+    /// Failed to evaluate (see [`Decision::errors`]).
+    Errored,
+    /// Skipped by fast mode: it could no longer win.
+    NotEvaluated,
+}
+
+/// One policy's outcome in [`Decision::trace`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TraceEntry {
+    /// The policy.
+    pub policy: String,
+    /// What happened to it.
+    pub outcome: Outcome,
+}

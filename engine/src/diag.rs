@@ -1,0 +1,119 @@
+//! Load-time diagnostics with file, line and column.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// One problem found while loading a policy set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    file: PathBuf,
+    line: usize,
+    column: usize,
+    message: String,
+    help: Option<String>,
+}
+
+impl Diagnostic {
+    pub(crate) fn new(file: &Path, pos: Pos, message: impl Into<String>) -> Diagnostic {
+        Diagnostic {
+            file: file.to_path_buf(),
+            line: pos.line,
+            column: pos.column,
+            message: message.into(),
+            help: None,
+        }
+    }
+
+    pub(crate) fn with_help(mut self, help: Option<String>) -> Diagnostic {
+        self.help = help;
+        self
+    }
+
+    /// The file the problem is in.
+    pub fn file(&self) -> &Path {
+        &self.file
+    }
+
+    /// 1-based line (0 when the problem concerns the whole file).
+    pub fn line(&self) -> usize {
+        self.line
+    }
+
+    /// 1-based column, in characters (0 when the problem concerns the whole file).
+    pub fn column(&self) -> usize {
+        self.column
+    }
+
+    /// What is wrong.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// A suggestion, such as a did-you-mean.
+    pub fn help(&self) -> Option<&str> {
+        self.help.as_deref()
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = self.file.display().to_string();
+        if self.line == 0 {
+            write!(f, "{}: {}", escape(&file), self.message)?;
+        } else {
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                escape(&file),
+                self.line,
+                self.column,
+                self.message
+            )?;
+        }
+        if let Some(help) = &self.help {
+            write!(f, "\n  help: {help}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A 1-based position in a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Pos {
+    pub line: usize,
+    pub column: usize,
+}
+
+impl Pos {
+    pub(crate) const FILE: Pos = Pos { line: 0, column: 0 };
+}
+
+/// 1-based (line, column) of byte `offset` in `bytes` (columns count characters).
+pub(crate) fn line_col_of_byte(bytes: &[u8], offset: usize) -> (usize, usize) {
+    let upto = &bytes[..offset.min(bytes.len())];
+    let line = upto.iter().filter(|&&b| b == b'\n').count() + 1;
+    let line_start = upto
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map(|p| p + 1)
+        .unwrap_or(0);
+    let column = String::from_utf8_lossy(&upto[line_start..]).chars().count() + 1;
+    (line, column)
+}
+
+/// Escapes control characters so that untrusted text cannot forge log lines or terminal
+/// sequences.
+pub fn escape(s: &str) -> String {
+    if !s.chars().any(|c| c.is_control() && c != '\n') {
+        return s.to_string();
+    }
+    s.chars()
+        .flat_map(|c| {
+            if c.is_control() && c != '\n' {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,786 @@
+//! [`Engine`]: a loaded, validated, indexed policy set, and [`Engine::decide`].
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use chrono::Duration;
+use sha2::{Digest, Sha256};
+
+use crate::compile::{self, Compiled, Native, Ty, V};
+use crate::decision::{
+    Action, Ctx, Decision, Escalation, Matched, Mode, Outcome, PolicyError, Retry, Severity,
+    TraceEntry,
+};
+use crate::diag::{Diagnostic, Pos};
+use crate::event::{Event, Kind, Timestamp};
+use crate::fields::{self, FieldId, FieldValue};
+use crate::policy::{self, Backoff, Expr, LoadError, PolicySpec};
+
+/// Default escalation dedup window: one hour.
+pub const DEFAULT_DEDUP_WINDOW_S: i64 = 3600;
+
+/// Builds an [`Engine`] from policy files and sources.
+#[derive(Debug, Default)]
+pub struct EngineBuilder {
+    inputs: Vec<Input>,
+    default_action: Option<Action>,
+}
+
+#[derive(Debug)]
+enum Input {
+    Path(PathBuf),
+    Source(PathBuf, String),
+}
+
+impl EngineBuilder {
+    /// Adds every policy file below `dir` (recursively; `*.test.yaml` files are skipped), or
+    /// the file itself if `dir` is a file.
+    pub fn add_path(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.inputs.push(Input::Path(dir.into()));
+        self
+    }
+
+    /// Adds policy YAML held in memory; `name` is used in diagnostics.
+    pub fn add_source(mut self, name: impl Into<PathBuf>, yaml: impl Into<String>) -> Self {
+        self.inputs.push(Input::Source(name.into(), yaml.into()));
+        self
+    }
+
+    /// The action when no policy matches (default `none`). `escalate` is not allowed here.
+    pub fn default_action(mut self, action: Action) -> Self {
+        self.default_action = Some(action);
+        self
+    }
+
+    /// Loads, validates, compiles and indexes everything. Every problem in every file is
+    /// reported; nothing is half-applied.
+    pub fn build(self) -> Result<Engine, LoadError> {
+        let mut diags = Vec::new();
+        let mut specs = Vec::new();
+        let mut digest = Sha256::new();
+        for input in &self.inputs {
+            match input {
+                Input::Path(p) => {
+                    let files = policy::find_files(p, &mut diags);
+                    if files.is_empty() && diags.is_empty() {
+                        diags.push(Diagnostic::new(
+                            p,
+                            Pos::FILE,
+                            "no policy files (*.yaml, *.yml) found",
+                        ));
+                    }
+                    for f in files {
+                        match std::fs::read(&f) {
+                            Ok(bytes) => {
+                                digest_file(&mut digest, &f, &bytes);
+                                specs.extend(policy::parse_file(&f, &bytes, &mut diags));
+                            }
+                            Err(e) => diags.push(Diagnostic::new(
+                                &f,
+                                Pos::FILE,
+                                format!("cannot read: {e}"),
+                            )),
+                        }
+                    }
+                }
+                Input::Source(name, text) => {
+                    digest_file(&mut digest, name, text.as_bytes());
+                    specs.extend(policy::parse_file(name, text.as_bytes(), &mut diags));
+                }
+            }
+        }
+        if self.inputs.is_empty() {
+            diags.push(Diagnostic::new(
+                Path::new("<engine>"),
+                Pos::FILE,
+                "no policies given",
+            ));
+        }
+        let default_action = self.default_action.unwrap_or(Action::None);
+        if default_action == Action::Escalate {
+            diags.push(Diagnostic::new(
+                Path::new("<engine>"),
+                Pos::FILE,
+                "the default action cannot be `escalate`",
+            ));
+        }
+        let policies = compile_all(specs, &mut diags);
+        if !diags.is_empty() {
+            return Err(LoadError::new(diags));
+        }
+        let digest = hex(&digest.finalize());
+        Ok(Engine::index(policies, default_action, digest))
+    }
+}
+
+fn digest_file(d: &mut Sha256, name: &Path, bytes: &[u8]) {
+    d.update(name.to_string_lossy().as_bytes());
+    d.update([0]);
+    d.update((bytes.len() as u64).to_le_bytes());
+    d.update(bytes);
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// One compiled policy.
+#[derive(Debug)]
+struct Policy {
+    spec: PolicySpec,
+    when: Option<Compiled>,
+    reason_expr: Option<Compiled>,
+    until: Option<Compiled>,
+    dedup_by: Vec<FieldId>,
+}
+
+impl Policy {
+    fn reads(&self) -> impl Iterator<Item = &Option<FieldId>> {
+        [&self.when, &self.reason_expr, &self.until]
+            .into_iter()
+            .flatten()
+            .filter(|c| c.native.is_none())
+            .flat_map(|c| c.reads.iter())
+    }
+}
+
+fn compile_expr(
+    spec: &PolicySpec,
+    e: &Expr,
+    want: Option<Ty>,
+    what: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Compiled> {
+    match compile::compile(e) {
+        Ok(c) => {
+            if let (Some(want), Some(got)) = (want, c.ty) {
+                if want != got {
+                    diags.push(Diagnostic::new(
+                        &spec.file,
+                        e.pos_at(0),
+                        format!(
+                            "{what} must be a {}, but this expression is a {}",
+                            ty_name(want),
+                            ty_name(got)
+                        ),
+                    ));
+                    return None;
+                }
+            }
+            Some(c)
+        }
+        Err(problems) => {
+            for p in problems {
+                diags.push(
+                    Diagnostic::new(&spec.file, e.pos_at(p.offset), p.message).with_help(p.help),
+                );
+            }
+            None
+        }
+    }
+}
+
+fn ty_name(t: Ty) -> &'static str {
+    match t {
+        Ty::Bool => "bool",
+        Ty::Str => "string",
+        Ty::Time => "timestamp",
+        Ty::Int => "int",
+        Ty::UInt => "uint",
+        Ty::Double => "double",
+        Ty::Dur => "duration",
+        Ty::Null => "null",
+    }
+}
+
+fn compile_all(specs: Vec<PolicySpec>, diags: &mut Vec<Diagnostic>) -> Vec<Policy> {
+    let mut seen: HashMap<String, (Arc<Path>, Pos)> = HashMap::new();
+    let mut out = Vec::new();
+    for spec in specs {
+        if let Some((file, pos)) = seen.get(&spec.name) {
+            diags.push(Diagnostic::new(
+                &spec.file,
+                spec.pos,
+                format!(
+                    "duplicate policy name `{}` (first defined at {}:{}:{})",
+                    spec.name,
+                    file.display(),
+                    pos.line,
+                    pos.column
+                ),
+            ));
+            continue;
+        }
+        seen.insert(spec.name.clone(), (spec.file.clone(), spec.pos));
+        let before = diags.len();
+        let when = spec
+            .when
+            .as_ref()
+            .and_then(|e| compile_expr(&spec, e, Some(Ty::Bool), "`when`", diags));
+        let reason_expr = spec
+            .reason_expr
+            .as_ref()
+            .and_then(|e| compile_expr(&spec, e, Some(Ty::Str), "`reason_expr`", diags));
+        let until = spec
+            .params
+            .until
+            .as_ref()
+            .and_then(|e| compile_expr(&spec, e, Some(Ty::Time), "`params.until`", diags));
+        if spec.action == Action::Defer
+            && spec.params.until.is_none()
+            && spec.params.delay.is_none()
+        {
+            diags.push(
+                Diagnostic::new(
+                    &spec.file,
+                    spec.pos,
+                    "a `defer` policy needs `params.until` or `params.delay`",
+                )
+                .with_help(Some("e.g. `params: { delay: 15m }`".into())),
+            );
+        }
+        let mut dedup_by = Vec::new();
+        for (path, pos) in &spec.params.dedup_by {
+            let p = path.strip_prefix("event.").unwrap_or(path);
+            match fields::lookup(p) {
+                Some(f) => dedup_by.push(f),
+                None => {
+                    let parent = p.rsplit_once('.').map(|(a, _)| a).unwrap_or("");
+                    let last = p.rsplit('.').next().unwrap_or(p);
+                    let help = fields::did_you_mean(last, fields::children(parent)).map(|s| {
+                        let full = if parent.is_empty() {
+                            s.to_string()
+                        } else {
+                            format!("{parent}.{s}")
+                        };
+                        format!("did you mean `{full}`?")
+                    });
+                    diags.push(
+                        Diagnostic::new(
+                            &spec.file,
+                            *pos,
+                            format!("unknown event path `{path}` in `dedup.by`"),
+                        )
+                        .with_help(help),
+                    );
+                }
+            }
+        }
+        if spec.params.dedup_by.is_empty() {
+            dedup_by.extend(fields::lookup("resource.id"));
+        }
+        if diags.len() == before {
+            out.push(Policy {
+                spec,
+                when,
+                reason_expr,
+                until,
+                dedup_by,
+            });
+        }
+    }
+    out
+}
+
+/// The candidates for one event kind.
+#[derive(Debug, Default)]
+struct KindIndex {
+    /// Policies with no usable index atom, in rank order.
+    always: Vec<u32>,
+    /// For each indexed field, value → policies (in rank order).
+    by_field: Vec<(FieldId, HashMap<String, Vec<u32>>)>,
+    /// Event paths the interpreter needs for this kind's fallback policies.
+    reads: BTreeSet<Option<FieldId>>,
+}
+
+/// A loaded policy set. Build it once (with [`Engine::builder`] or [`Engine::from_dir`]),
+/// share it behind an `Arc`, and call [`Engine::decide`] from any thread: it does no I/O,
+/// reads no clock and keeps no state.
+pub struct Engine {
+    /// Policies sorted by rank: priority (desc), action severity (desc), name.
+    policies: Vec<Policy>,
+    kinds: [KindIndex; 3],
+    default_action: Action,
+    env: Arc<cel::Env>,
+    digest: String,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("policies", &self.policies.len())
+            .field("default_action", &self.default_action)
+            .field("digest", &self.digest)
+            .finish()
+    }
+}
+
+/// What a caller may know about a loaded policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PolicyInfo {
+    /// The policy's name.
+    pub name: String,
+    /// Its description.
+    pub description: Option<String>,
+    /// Its action.
+    pub action: Action,
+    /// Its priority.
+    pub priority: i64,
+    /// The event kinds it applies to.
+    pub on: Vec<Kind>,
+    /// The file it is defined in.
+    pub file: PathBuf,
+    /// The 1-based line of its definition.
+    pub line: usize,
+    /// Whether its `when` runs natively (true) or in the CEL interpreter.
+    pub native: bool,
+}
+
+fn kind_slot(k: Kind) -> usize {
+    match k {
+        Kind::Maintenance => 0,
+        Kind::Health => 1,
+        Kind::OperationFailure => 2,
+    }
+}
+
+impl Engine {
+    /// A builder.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::default()
+    }
+
+    /// Loads every policy file below `dir`.
+    pub fn from_dir(dir: impl Into<PathBuf>) -> Result<Engine, LoadError> {
+        Engine::builder().add_path(dir).build()
+    }
+
+    fn index(mut policies: Vec<Policy>, default_action: Action, digest: String) -> Engine {
+        policies.sort_by(|a, b| {
+            b.spec
+                .priority
+                .cmp(&a.spec.priority)
+                .then(b.spec.action.severity().cmp(&a.spec.action.severity()))
+                .then(a.spec.name.cmp(&b.spec.name))
+        });
+        let mut kinds: [KindIndex; 3] = Default::default();
+        for (i, p) in policies.iter().enumerate() {
+            let i = i as u32;
+            let atom = p
+                .when
+                .as_ref()
+                .and_then(|w| w.atoms.iter().min_by_key(|a| a.values.len()).cloned());
+            for k in &p.spec.on {
+                let slot = &mut kinds[kind_slot(*k)];
+                slot.reads.extend(p.reads().copied());
+                match &atom {
+                    Some(a) => {
+                        let pos = match slot.by_field.iter().position(|(f, _)| *f == a.field) {
+                            Some(pos) => pos,
+                            None => {
+                                slot.by_field.push((a.field, HashMap::new()));
+                                slot.by_field.len() - 1
+                            }
+                        };
+                        for v in &a.values {
+                            let list = slot.by_field[pos].1.entry(v.clone()).or_default();
+                            if !list.contains(&i) {
+                                list.push(i);
+                            }
+                        }
+                    }
+                    None => slot.always.push(i),
+                }
+            }
+        }
+        Engine {
+            policies,
+            kinds,
+            default_action,
+            env: Arc::new(cel::Env::stdlib()),
+            digest,
+        }
+    }
+
+    /// Hex SHA-256 of the policy files' names and contents: identifies the policy set in
+    /// decision logs.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The loaded policies, in rank order.
+    pub fn policies(&self) -> impl Iterator<Item = PolicyInfo> + '_ {
+        self.policies.iter().map(|p| PolicyInfo {
+            name: p.spec.name.clone(),
+            description: p.spec.description.clone(),
+            action: p.spec.action,
+            priority: p.spec.priority,
+            on: p.spec.on.clone(),
+            file: p.spec.file.to_path_buf(),
+            line: p.spec.pos.line,
+            native: p.when.as_ref().is_none_or(|w| w.native.is_some()),
+        })
+    }
+
+    /// The number of loaded policies.
+    pub fn len(&self) -> usize {
+        self.policies.len()
+    }
+
+    /// Whether the set holds no policy.
+    pub fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+
+    fn candidates(&self, ev: &Event) -> (Vec<u32>, &KindIndex) {
+        let idx = &self.kinds[kind_slot(ev.kind)];
+        let mut out = idx.always.clone();
+        for (f, map) in &idx.by_field {
+            if let Ok(Some(FieldValue::Str(v))) = fields::read(ev, *f) {
+                if let Some(list) = map.get(v) {
+                    out.extend_from_slice(list);
+                }
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        (out, idx)
+    }
+
+    /// Decides what to do about `event` at `ctx.now`. Never fails: a policy that cannot be
+    /// evaluated is reported in [`Decision::errors`] and the others still decide.
+    pub fn decide(&self, event: &Event, ctx: &Ctx) -> Decision {
+        let (cands, idx) = self.candidates(event);
+        let full = ctx.mode == Mode::Full;
+        let mut d = Decision {
+            event_id: event.id.clone(),
+            action: self.default_action,
+            policy: None,
+            reason: None,
+            params: serde_json::Map::new(),
+            escalations: Vec::new(),
+            retry: None,
+            due: None,
+            matched: Vec::new(),
+            not_evaluated: Vec::new(),
+            errors: Vec::new(),
+            warnings: Vec::new(),
+            trace: Vec::new(),
+        };
+        let mut interp = Interp {
+            env: &self.env,
+            reads: &idx.reads,
+            ctx: None,
+        };
+        let mut outcomes: Vec<(u32, Outcome)> = Vec::with_capacity(cands.len());
+        let mut winner: Option<u32> = None;
+        for &pi in &cands {
+            let p = &self.policies[pi as usize];
+            let escalate = p.spec.action == Action::Escalate;
+            if !escalate && winner.is_some() && !full {
+                d.not_evaluated.push(p.spec.name.clone());
+                outcomes.push((pi, Outcome::NotEvaluated));
+                continue;
+            }
+            let res = match &p.when {
+                None => Ok(true),
+                Some(w) => match interp.eval(w, event, ctx.now) {
+                    Ok(V::Bool(b)) => Ok(b),
+                    Ok(other) => Err(format!("`when` evaluated to {other:?}, not a bool")),
+                    Err(e) => Err(e),
+                },
+            };
+            let outcome = match res {
+                Ok(false) => Outcome::False,
+                Err(e) => {
+                    d.errors.push(PolicyError {
+                        policy: p.spec.name.clone(),
+                        message: e,
+                    });
+                    Outcome::Errored
+                }
+                Ok(true) if escalate => {
+                    d.matched.push(matched(p));
+                    self.escalate(p, event, ctx, &mut interp, &mut d, None);
+                    Outcome::Matched
+                }
+                Ok(true) if exhausted(p, event) => {
+                    d.warnings.push(format!(
+                        "policy `{}` matched but its retry budget is spent (max_attempts {})",
+                        p.spec.name,
+                        p.spec.params.max_attempts.unwrap_or(0)
+                    ));
+                    Outcome::Exhausted
+                }
+                Ok(true) => {
+                    d.matched.push(matched(p));
+                    if winner.is_none() {
+                        winner = Some(pi);
+                    }
+                    Outcome::Matched
+                }
+            };
+            outcomes.push((pi, outcome));
+        }
+        if let Some(w) = winner {
+            self.apply_winner(&self.policies[w as usize], event, ctx, &mut interp, &mut d);
+        }
+        if full {
+            let mut all: Vec<Outcome> = vec![Outcome::SkippedByIndex; self.policies.len()];
+            for (pi, o) in outcomes {
+                all[pi as usize] = o;
+            }
+            d.trace = self
+                .policies
+                .iter()
+                .zip(all)
+                .map(|(p, outcome)| TraceEntry {
+                    policy: p.spec.name.clone(),
+                    outcome,
+                })
+                .collect();
+        }
+        d
+    }
+
+    fn reason(
+        &self,
+        p: &Policy,
+        ev: &Event,
+        ctx: &Ctx,
+        interp: &mut Interp<'_>,
+        d: &mut Decision,
+    ) -> String {
+        if let Some(r) = &p.spec.reason {
+            return r.clone();
+        }
+        if let Some(c) = &p.reason_expr {
+            match interp.eval(c, ev, ctx.now) {
+                Ok(V::Str(s)) => return s.into_owned(),
+                Ok(other) => d.errors.push(PolicyError {
+                    policy: p.spec.name.clone(),
+                    message: format!("`reason_expr` evaluated to {other:?}, not a string"),
+                }),
+                Err(e) => d.errors.push(PolicyError {
+                    policy: p.spec.name.clone(),
+                    message: format!("`reason_expr`: {e}"),
+                }),
+            }
+        }
+        p.spec
+            .description
+            .clone()
+            .unwrap_or_else(|| p.spec.name.clone())
+    }
+
+    fn apply_winner(
+        &self,
+        p: &Policy,
+        ev: &Event,
+        ctx: &Ctx,
+        interp: &mut Interp<'_>,
+        d: &mut Decision,
+    ) {
+        d.action = p.spec.action;
+        d.policy = Some(p.spec.name.clone());
+        d.reason = Some(self.reason(p, ev, ctx, interp, d));
+        d.params = p.spec.params.json.clone();
+        match p.spec.action {
+            Action::Retry | Action::RetryWithoutAgent => {
+                let failure = ev.failure.as_ref();
+                let attempt = failure.map(|f| f.attempt.max(1)).unwrap_or(1);
+                let delay = failure.and_then(|f| f.retry_after_s).or_else(|| {
+                    p.spec
+                        .params
+                        .delay_s
+                        .map(|base| match p.spec.params.backoff {
+                            Some(Backoff::Exponential) => {
+                                let shift = u32::try_from(attempt - 1).unwrap_or(0).min(20);
+                                base.saturating_mul(1i64 << shift)
+                            }
+                            _ => base,
+                        })
+                });
+                let not_before =
+                    delay.and_then(|s| ctx.now.checked_add_signed(Duration::seconds(s)));
+                let request = match p.spec.action {
+                    Action::Retry => failure.and_then(|f| f.request.clone()),
+                    _ => {
+                        if failure.is_some_and(|f| f.request.is_some()) {
+                            d.warnings.push(
+                                "retry_without_agent: this engine does not transform request bodies yet; the runbook must build the request".into(),
+                            );
+                        }
+                        None
+                    }
+                };
+                d.retry = Some(Retry {
+                    request,
+                    not_before,
+                });
+            }
+            Action::Defer => {
+                let due = if let Some(c) = &p.until {
+                    match interp.eval(c, ev, ctx.now) {
+                        Ok(V::Time(t)) => Some(t),
+                        Ok(other) => {
+                            d.errors.push(PolicyError {
+                                policy: p.spec.name.clone(),
+                                message: format!(
+                                    "`params.until` evaluated to {other:?}, not a timestamp"
+                                ),
+                            });
+                            None
+                        }
+                        Err(e) => {
+                            d.errors.push(PolicyError {
+                                policy: p.spec.name.clone(),
+                                message: format!("`params.until`: {e}"),
+                            });
+                            None
+                        }
+                    }
+                } else {
+                    p.spec
+                        .params
+                        .delay
+                        .and_then(|s| ctx.now.checked_add_signed(Duration::seconds(s)))
+                };
+                match due {
+                    Some(due) => {
+                        d.due = Some(due);
+                        let nb = ev.maintenance.as_ref().and_then(|m| m.not_before);
+                        if let Some(nb) = nb.filter(|nb| due > *nb) {
+                            let reason = format!(
+                                "deferral until {} is past the event's not_before {}",
+                                due.to_rfc3339(),
+                                nb.to_rfc3339()
+                            );
+                            d.warnings
+                                .push(format!("policy `{}`: {reason}", p.spec.name));
+                            self.escalate(p, ev, ctx, interp, d, Some(reason));
+                        }
+                    }
+                    None => {
+                        // A deferral with no due time would never come back: fall back to the
+                        // default action rather than losing the event.
+                        d.action = self.default_action;
+                        d.warnings.push(format!(
+                            "policy `{}` could not compute its due time; the default action applies",
+                            p.spec.name
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn escalate(
+        &self,
+        p: &Policy,
+        ev: &Event,
+        ctx: &Ctx,
+        interp: &mut Interp<'_>,
+        d: &mut Decision,
+        reason: Option<String>,
+    ) {
+        let reason = match reason {
+            Some(r) => r,
+            None => self.reason(p, ev, ctx, interp, d),
+        };
+        let window = p
+            .spec
+            .params
+            .dedup_window_s
+            .unwrap_or(DEFAULT_DEDUP_WINDOW_S)
+            .max(1);
+        let key = dedup_key(&p.spec.name, &p.dedup_by, ev, window);
+        if d.escalations.iter().any(|e| e.key == key) {
+            return;
+        }
+        d.escalations.push(Escalation {
+            policy: p.spec.name.clone(),
+            reason,
+            key,
+            severity: p.spec.params.severity.unwrap_or(Severity::Error),
+        });
+    }
+}
+
+fn matched(p: &Policy) -> Matched {
+    Matched {
+        policy: p.spec.name.clone(),
+        action: p.spec.action,
+        priority: p.spec.priority,
+    }
+}
+
+fn exhausted(p: &Policy, ev: &Event) -> bool {
+    matches!(p.spec.action, Action::Retry | Action::RetryWithoutAgent)
+        && match (p.spec.params.max_attempts, &ev.failure) {
+            (Some(max), Some(f)) => f.attempt > max,
+            _ => false,
+        }
+}
+
+/// The escalation dedup key: hex SHA-256 of the policy name, the values of its `dedup.by`
+/// paths and `floor(event.time / window)`. Uses the vendor's event time, never a clock, so
+/// independent hosts agree. An event near a window edge may land in the next bucket on
+/// another host and page twice.
+pub fn dedup_key(policy: &str, by: &[FieldId], ev: &Event, window_s: i64) -> String {
+    let mut h = Sha256::new();
+    h.update(policy.as_bytes());
+    for f in by {
+        h.update([0x1f]);
+        h.update(fields::field(*f).path.as_bytes());
+        h.update([b'=']);
+        match fields::read(ev, *f) {
+            Ok(Some(FieldValue::Str(s))) => h.update(s.as_bytes()),
+            Ok(Some(FieldValue::Int(i))) => h.update(i.to_string().as_bytes()),
+            Ok(Some(FieldValue::Bool(b))) => h.update(if b { b"true" as &[u8] } else { b"false" }),
+            Ok(Some(FieldValue::Time(t))) => h.update(t.to_rfc3339().as_bytes()),
+            _ => h.update([0]),
+        }
+    }
+    h.update([0x1e]);
+    let bucket = ev.time.timestamp().div_euclid(window_s.max(1));
+    h.update(bucket.to_string().as_bytes());
+    hex(&h.finalize())
+}
+
+/// The interpreter fallback, with its CEL context built at most once per decision.
+struct Interp<'a> {
+    env: &'a Arc<cel::Env>,
+    reads: &'a BTreeSet<Option<FieldId>>,
+    ctx: Option<cel::Context<'a, 'a>>,
+}
+
+impl Interp<'_> {
+    fn eval<'e>(&mut self, c: &Compiled, ev: &'e Event, now: Timestamp) -> Result<V<'e>, String> {
+        if let Some(n) = &c.native {
+            return eval_native(n, ev, now);
+        }
+        let ctx = self.ctx.get_or_insert_with(|| {
+            let mut cx = cel::Context::with_env(self.env.clone());
+            cx.add_variable_from_value("event", compile::event_value(ev, self.reads));
+            cx.add_variable_from_value("now", cel::Value::Timestamp(compile::to_fixed(now)));
+            cx
+        });
+        match c.program.execute(ctx) {
+            Ok(v) => compile::from_cel(&v).ok_or_else(|| format!("unsupported result value {v:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+fn eval_native<'e>(n: &Native, ev: &'e Event, now: Timestamp) -> Result<V<'e>, String> {
+    n.eval(ev, now)
+}

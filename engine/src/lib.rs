@@ -1,0 +1,98 @@
+//! # keel-engine
+//!
+//! The pure core of Keel, a resilience policy engine for cloud VMs. It turns platform
+//! signals (maintenance notices, resource-health changes, failed management operations) into
+//! one normalized [`Event`] shape, evaluates operator-written CEL policies against them, and
+//! returns a [`Decision`]: retry without agent, retry, drain, defer, acknowledge, escalate, or
+//! nothing.
+//!
+//! The engine does no I/O after loading and never reads a clock: the current time comes in
+//! with [`Ctx`]. It has no tokio and no wasmtime in its dependency tree, so it embeds in any
+//! Rust agent and builds for `wasm32-unknown-unknown` and `wasm32-wasip1`.
+//!
+//! ## How the types relate
+//!
+//! * [`EngineBuilder`] loads policy YAML (files, directories or strings), validates all of it
+//!   (YAML, CEL syntax, every `event.…` path against the event schema, names, actions,
+//!   parameters) and builds an [`Engine`], or returns a [`LoadError`] listing every problem
+//!   with its file, line and column. A set with any problem is never half-applied.
+//! * [`Engine`] is immutable and `Send + Sync`: build it once, share it behind an `Arc`.
+//! * [`Engine::decide`] takes an [`Event`] and a [`Ctx`] (`now`, fast or full [`Mode`]) and
+//!   returns a [`Decision`]. A policy that fails at run time (a missing field, a type
+//!   mismatch) is recorded in [`Decision::errors`]; it never aborts the decision.
+//!
+//! ## Example: an agent embedding the engine
+//!
+//! ```
+//! use std::sync::Arc;
+//! use keel_engine::{Action, Ctx, Engine, Event};
+//!
+//! let engine = Arc::new(
+//!     Engine::builder()
+//!         .add_source(
+//!             "inline.yaml",
+//!             r#"
+//! policies:
+//!   - name: azure.vm-agent-missing.retry-without-agent
+//!     on: [operation_failure]
+//!     when: >
+//!       event.failure.category == "vm_agent" && event.resource.os == "windows"
+//!       && event.failure.operation == "create" && event.failure.attempt < 2
+//!     action: retry_without_agent
+//!     priority: 100
+//!     reason: VM agent artifact unavailable; retrying without the agent
+//! "#,
+//!         )
+//!         .build()?,
+//! );
+//!
+//! let event = Event::from_json_str(r#"{
+//!     "id": "azure.arm:op-1", "time": "2021-10-13T14:05:00Z",
+//!     "source": "azure.arm", "kind": "operation_failure",
+//!     "resource": { "name": "web-1", "os": "windows", "region": "eastus2" },
+//!     "failure": { "operation": "create", "code": "ArtifactVersionNotFound",
+//!                  "category": "vm_agent", "transient": false, "attempt": 1 }
+//! }"#)?;
+//!
+//! // The caller reads the clock, never the engine.
+//! let now = "2021-10-13T14:05:03Z".parse()?;
+//! let decision = engine.decide(&event, &Ctx::new(now));
+//! assert_eq!(decision.action, Action::RetryWithoutAgent);
+//! assert_eq!(decision.policy.as_deref(), Some("azure.vm-agent-missing.retry-without-agent"));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! `engine/examples/embed.rs` is the same as a runnable program
+//! (`cargo run -p keel-engine --example embed`).
+
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+mod compile;
+mod decision;
+mod diag;
+mod engine;
+mod event;
+pub mod fields;
+mod policy;
+pub mod schema;
+
+pub use decision::{
+    Action, Ctx, Decision, Escalation, Matched, Mode, Outcome, PolicyError, Retry, Severity,
+    TraceEntry,
+};
+pub use diag::{escape, Diagnostic};
+pub use engine::{dedup_key, Engine, EngineBuilder, PolicyInfo, DEFAULT_DEDUP_WINDOW_S};
+pub use event::{
+    Category, Event, EventError, Failure, FailureDetail, Health, HealthState, Initiator, Kind,
+    Maintenance, MaintenanceStatus, MaintenanceType, Operation, ReasonType, Resource, Source,
+    Timestamp, MAX_EVENT_BYTES,
+};
+pub use policy::{
+    is_policy_file, LoadError, FORMAT_VERSION, MAX_POLICY_DEPTH, MAX_POLICY_FILE_BYTES,
+};
+
+#[doc(hidden)]
+pub mod __private {
+    //! Internals exposed for the engine's own benchmarks and parity tests. Not a stable API.
+    pub use crate::compile::parity_check;
+}

@@ -456,12 +456,16 @@ fn event_path(e: &IdedExpr) -> Option<Vec<(&str, u64)>> {
 }
 
 impl Checker<'_> {
+    /// The character offset of node `id`; for a field selection the parser points at the
+    /// dot, so step onto the field name.
     fn offset(&self, id: u64) -> usize {
-        self.program
-            .source_info()
-            .offset_for(id)
-            .map(|(s, _)| s as usize)
-            .unwrap_or(0)
+        let info = self.program.source_info();
+        let at = info.offset_for(id).map(|(s, _)| s as usize).unwrap_or(0);
+        if info.source.chars().nth(at) == Some('.') {
+            at + 1
+        } else {
+            at
+        }
     }
 
     fn problem(&mut self, id: u64, message: String, help: Option<String>) {

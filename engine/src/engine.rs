@@ -107,6 +107,9 @@ impl EngineBuilder {
         }
         let policies = compile_all(specs, &mut diags);
         if !diags.is_empty() {
+            diags.sort_by(|a, b| {
+                (a.file(), a.line(), a.column()).cmp(&(b.file(), b.line(), b.column()))
+            });
             return Err(LoadError::new(diags));
         }
         let digest = hex(&digest.finalize());

@@ -1,1 +1,48 @@
-fn main() {}
+//! `keel`: the command-line face of Keel.
+//!
+//! Each subcommand lives in `cmd/<name>.rs` with its `Args` and a function returning an
+//! [`ExitCode`]. Exit codes are documented in `keel --help`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+mod render;
+
+/// Exit code: success.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: usage error, or an input (event file) that cannot be read or parsed.
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code: the policy set is invalid.
+pub const EXIT_INVALID_POLICY: u8 = 3;
+
+#[derive(Parser)]
+#[command(
+    name = "keel",
+    version,
+    about = "Keel: resilience policies for cloud VMs",
+    long_about = "Keel normalizes cloud platform events (maintenance notices, resource-health \
+changes, failed management operations), evaluates CEL policies against them, and decides an \
+action: retry_without_agent, retry, drain, defer, acknowledge, escalate, or none.",
+    after_help = "Exit codes:\n  0  success\n  1  failures (reserved for `keel test`)\n  2  usage error, or an unreadable or malformed input\n  3  invalid policy set\n\nExamples:\n  keel check policies/\n  keel eval --policies policies/ --event event.json --explain"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Eval(cmd::eval::Args),
+    Check(cmd::check::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Eval(args) => cmd::eval::run(args),
+        Command::Check(args) => cmd::check::run(args),
+    };
+    ExitCode::from(code)
+}

@@ -1,0 +1,52 @@
+//! `keel check DIR`: validate a policy set and print every problem.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use keel_engine::Engine;
+
+use crate::{render, EXIT_INVALID_POLICY, EXIT_OK};
+
+/// Validate a policy set and print every problem with its position.
+#[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  keel check policies/\n  keel check policies/azure/vm-agent.yaml\n\nExit codes: 0 valid, 3 invalid (every problem is printed, not only the first)."
+)]
+pub struct Args {
+    /// A policy directory (loaded recursively; *.test.yaml files are skipped) or one file.
+    #[arg(value_name = "PATH")]
+    pub path: PathBuf,
+}
+
+/// Runs `keel check`.
+pub fn run(args: Args) -> u8 {
+    match Engine::from_dir(&args.path) {
+        Ok(engine) => {
+            let native = engine.policies().filter(|p| p.native).count();
+            println!(
+                "ok: {} policies ({} native, {} interpreted), set {}",
+                engine.len(),
+                native,
+                engine.len() - native,
+                &engine.digest()[..12]
+            );
+            EXIT_OK
+        }
+        Err(err) => {
+            let mut stderr = std::io::stderr().lock();
+            let _ = render::diagnostics(&mut stderr, &err);
+            let n = err.diagnostics().len();
+            let mut files: Vec<_> = err.diagnostics().iter().map(|d| d.file()).collect();
+            files.sort();
+            files.dedup();
+            let _ = writeln!(
+                stderr,
+                "error: {n} problem{} in {} file{}; the policy set was not loaded",
+                if n == 1 { "" } else { "s" },
+                files.len(),
+                if files.len() == 1 { "" } else { "s" }
+            );
+            EXIT_INVALID_POLICY
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! `keel eval`: decide one event against a policy set and print the decision.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use keel_engine::{escape, Ctx, Decision, Engine, Event, Mode, Outcome, MAX_EVENT_BYTES};
+
+use crate::{render, EXIT_INVALID_POLICY, EXIT_OK, EXIT_USAGE};
+
+/// Output format.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Format {
+    /// Human-readable.
+    Text,
+    /// One JSON object, valid against engine/schema/decision.schema.json.
+    Json,
+}
+
+/// Decide one normalized event against a policy set.
+#[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  keel eval --policies policies/ --event event.json\n  keel eval --policies policies/ --event - --now 2021-10-13T14:05:00Z --explain < event.json\n  keel eval --policies policies/ --event event.json --format json\n\nThe event is a normalized event (engine/schema/event.schema.json). `now` defaults to the\nsystem clock, read here and passed to the engine, which never reads a clock itself."
+)]
+pub struct Args {
+    /// Policy directory (recursive) or file.
+    #[arg(long, value_name = "DIR")]
+    pub policies: PathBuf,
+    /// Normalized event JSON file, or `-` for standard input.
+    #[arg(long, value_name = "FILE|-")]
+    pub event: String,
+    /// The decision time (RFC 3339). Default: now.
+    #[arg(long, value_name = "TIME")]
+    pub now: Option<String>,
+    /// Evaluate every candidate policy and show each policy's outcome.
+    #[arg(long)]
+    pub explain: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+}
+
+fn read_event(spec: &str) -> Result<Event, String> {
+    let mut bytes = Vec::new();
+    let limit = (MAX_EVENT_BYTES + 1) as u64;
+    let (name, res) = if spec == "-" {
+        (
+            "<stdin>".to_string(),
+            std::io::stdin().lock().take(limit).read_to_end(&mut bytes),
+        )
+    } else {
+        match std::fs::File::open(spec) {
+            Ok(f) => (spec.to_string(), f.take(limit).read_to_end(&mut bytes)),
+            Err(e) => return Err(format!("{}: cannot open event: {e}", escape(spec))),
+        }
+    };
+    res.map_err(|e| format!("{}: cannot read event: {e}", escape(&name)))?;
+    Event::from_json_bytes(&bytes).map_err(|e| {
+        format!(
+            "{}: invalid event: {}",
+            escape(&name),
+            escape(&e.to_string())
+        )
+    })
+}
+
+/// Runs `keel eval`.
+pub fn run(args: Args) -> u8 {
+    let now: DateTime<Utc> = match &args.now {
+        Some(s) => match DateTime::parse_from_rfc3339(s) {
+            Ok(t) => t.with_timezone(&Utc),
+            Err(e) => {
+                eprintln!(
+                    "error: --now {}: not an RFC 3339 time ({e}); e.g. 2021-10-13T14:05:00Z",
+                    escape(s)
+                );
+                return EXIT_USAGE;
+            }
+        },
+        None => Utc::now(),
+    };
+    let engine = match Engine::from_dir(&args.policies) {
+        Ok(e) => e,
+        Err(err) => {
+            let _ = render::diagnostics(&mut std::io::stderr().lock(), &err);
+            eprintln!("error: the policy set is invalid");
+            return EXIT_INVALID_POLICY;
+        }
+    };
+    let event = match read_event(&args.event) {
+        Ok(e) => e,
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            return EXIT_USAGE;
+        }
+    };
+    let mode = if args.explain { Mode::Full } else { Mode::Fast };
+    let decision = engine.decide(&event, &Ctx::new(now).with_mode(mode));
+    let mut out = std::io::stdout().lock();
+    let res = match args.format {
+        Format::Json => serde_json::to_writer(&mut out, &decision)
+            .map_err(std::io::Error::other)
+            .and_then(|_| writeln!(out)),
+        Format::Text => text(&mut out, &decision),
+    };
+    match res {
+        Ok(()) => EXIT_OK,
+        // A closed pipe (`keel eval … | head`) is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => EXIT_OK,
+        Err(e) => {
+            eprintln!("error: writing the decision: {e}");
+            EXIT_USAGE
+        }
+    }
+}
+
+fn text(out: &mut dyn Write, d: &Decision) -> std::io::Result<()> {
+    writeln!(out, "event:    {}", escape(&d.event_id))?;
+    writeln!(out, "action:   {}", d.action)?;
+    writeln!(
+        out,
+        "policy:   {}",
+        d.policy
+            .as_deref()
+            .map(escape)
+            .unwrap_or_else(|| "- (default)".into())
+    )?;
+    if let Some(r) = &d.reason {
+        writeln!(out, "reason:   {}", escape(r))?;
+    }
+    if !d.params.is_empty() {
+        writeln!(
+            out,
+            "params:   {}",
+            escape(&serde_json::Value::Object(d.params.clone()).to_string())
+        )?;
+    }
+    if let Some(r) = &d.retry {
+        let when = r
+            .not_before
+            .map(|t| t.to_rfc3339())
+            .unwrap_or_else(|| "now".into());
+        writeln!(
+            out,
+            "retry:    not before {when}{}",
+            if r.request.is_some() {
+                ", with request body"
+            } else {
+                ""
+            }
+        )?;
+    }
+    if let Some(due) = d.due {
+        writeln!(out, "due:      {}", due.to_rfc3339())?;
+    }
+    for e in &d.escalations {
+        writeln!(
+            out,
+            "escalate: [{}] {}: {} (key {})",
+            serde_json::to_value(e.severity)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
+            escape(&e.policy),
+            escape(&e.reason),
+            &e.key[..16.min(e.key.len())]
+        )?;
+    }
+    for e in &d.errors {
+        writeln!(
+            out,
+            "error:    {}: {}",
+            escape(&e.policy),
+            escape(&e.message)
+        )?;
+    }
+    for w in &d.warnings {
+        writeln!(out, "warning:  {}", escape(w))?;
+    }
+    if !d.not_evaluated.is_empty() {
+        writeln!(
+            out,
+            "not evaluated (could not win): {}",
+            d.not_evaluated.len()
+        )?;
+    }
+    if !d.trace.is_empty() {
+        writeln!(out, "explain:")?;
+        for t in &d.trace {
+            let o = match t.outcome {
+                Outcome::SkippedByIndex => "skipped by index",
+                Outcome::False => "evaluated false",
+                Outcome::Matched => "matched",
+                Outcome::Exhausted => "matched, retries spent",
+                Outcome::Errored => "errored",
+                Outcome::NotEvaluated => "not evaluated",
+            };
+            let won = if d.policy.as_deref() == Some(t.policy.as_str()) {
+                "  <- wins"
+            } else {
+                ""
+            };
+            writeln!(out, "  {o:<22} {}{won}", escape(&t.policy))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,308 @@
+//! Runs the built `keel` binary as a user would.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn keel(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap()
+}
+
+fn keel_stdin(args: &[&str], stdin: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(args)
+        .current_dir(root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The child may exit before reading everything (e.g. on a size limit).
+    let _ = child.stdin.take().unwrap().write_all(stdin);
+    child.wait_with_output().unwrap()
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+const WIN: &str = "engine/tests/data/events/vm-agent-windows-2021-10-13.json";
+const LIN: &str = "engine/tests/data/events/vm-agent-linux-2021-10-13.json";
+const NOW: &str = "2021-10-13T14:05:03Z";
+
+fn validate_decision(json: &str) -> serde_json::Value {
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("engine/schema/decision.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let value: serde_json::Value = serde_json::from_str(json).unwrap();
+    let errors: Vec<String> = validator
+        .iter_errors(&value)
+        .map(|e| e.to_string())
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "decision does not match the schema: {errors:?}"
+    );
+    value
+}
+
+#[test]
+fn eval_2021_10_13_windows_retries_without_agent() {
+    let out = keel(&[
+        "eval",
+        "--policies",
+        "policies",
+        "--event",
+        WIN,
+        "--now",
+        NOW,
+        "--format",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let d = validate_decision(&text(&out.stdout));
+    assert_eq!(d["action"], "retry_without_agent");
+    assert_eq!(d["policy"], "azure.vm-agent-missing.retry-without-agent");
+    assert_eq!(d["escalations"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn eval_2021_10_13_linux_twin_gets_none() {
+    let out = keel(&[
+        "eval",
+        "--policies",
+        "policies",
+        "--event",
+        LIN,
+        "--now",
+        NOW,
+        "--format",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let d = validate_decision(&text(&out.stdout));
+    assert_eq!(d["action"], "none");
+    assert!(d.get("policy").is_none());
+}
+
+#[test]
+fn eval_reads_stdin_and_explains() {
+    let ev = std::fs::read(root().join(WIN)).unwrap();
+    let out = keel_stdin(
+        &[
+            "eval",
+            "--policies",
+            "policies",
+            "--event",
+            "-",
+            "--now",
+            NOW,
+            "--explain",
+        ],
+        &ev,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(s.contains("action:   retry_without_agent"), "{s}");
+    assert!(s.contains("explain:"), "{s}");
+    assert!(
+        s.contains("matched                azure.vm-agent-missing.retry-without-agent  <- wins"),
+        "{s}"
+    );
+}
+
+#[test]
+fn eval_explain_json_has_trace() {
+    let out = keel(&[
+        "eval",
+        "--policies",
+        "policies",
+        "--event",
+        LIN,
+        "--now",
+        NOW,
+        "--format",
+        "json",
+        "--explain",
+    ]);
+    let d = validate_decision(&text(&out.stdout));
+    let trace = d["trace"].as_array().unwrap();
+    assert!(trace.iter().any(
+        |t| t["policy"] == "azure.vm-agent-missing.retry-without-agent" && t["outcome"] == "false"
+    ));
+}
+
+#[test]
+fn check_reports_three_errors_in_two_files_with_positions() {
+    let out = keel(&["check", "host/tests/data/bad-two-files"]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = text(&out.stderr);
+    // The typo sits on the second line of a folded `when: >` block: folding joins the lines,
+    // yet the position is the one in the file.
+    assert!(
+        err.contains("host/tests/data/bad-two-files/a.yaml:6:16: error: unknown field `maintenence` in `event`"),
+        "{err}"
+    );
+    assert!(err.contains("help: did you mean `maintenance`?"), "{err}");
+    assert!(
+        err.contains(
+            "host/tests/data/bad-two-files/a.yaml:11:13: error: unknown action `acknowlege`"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("host/tests/data/bad-two-files/b.yaml:4:85: error: CEL syntax error"),
+        "{err}"
+    );
+    assert!(err.contains("3 problems in 2 files"), "{err}");
+}
+
+#[test]
+fn check_valid_set_exits_zero() {
+    let out = keel(&["check", "policies"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("ok: "));
+}
+
+fn tmp() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+#[test]
+fn check_bad_inputs_exit_nonzero_with_file_and_position() {
+    let d = tmp();
+    // Malformed YAML.
+    write(
+        d.path(),
+        "a.yaml",
+        b"policies:\n  - name: x\n    on: [maintenance\n",
+    );
+    let out = keel(&["check", d.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        text(&out.stderr).contains("a.yaml:"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Non-UTF-8.
+    let d = tmp();
+    write(d.path(), "b.yaml", b"policies:\n  - name: \xff\xfe\n");
+    let out = keel(&["check", d.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        text(&out.stderr).contains("b.yaml:2:11: error: policy file is not valid UTF-8"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Empty and missing directories.
+    let d = tmp();
+    let out = keel(&["check", d.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(text(&out.stderr).contains("no policy files"));
+    let out = keel(&["check", "/nonexistent/keel/policies"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(text(&out.stderr).contains("cannot read policy path"));
+
+    // A 50 MB policy file.
+    let d = tmp();
+    let mut big = b"policies:\n".to_vec();
+    big.resize(50 << 20, b'#');
+    write(d.path(), "big.yaml", &big);
+    let out = keel(&["check", d.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        text(&out.stderr).contains("big.yaml: error: policy file is 52428800 bytes"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn eval_bad_events_exit_2_with_position() {
+    let d = tmp();
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("trunc.json", br#"{"id": "x", "time": "#.to_vec(), "line 1"),
+        ("unknown-field.json", br#"{"id":"x","time":"2021-10-13T14:05:00Z","source":"ingest","kind":"health","colour":1}"#.to_vec(), "unknown field `colour`"),
+        ("bad-enum.json", br#"{"id":"x","time":"2021-10-13T14:05:00Z","source":"ingest","kind":"weather"}"#.to_vec(), "unknown variant `weather`"),
+        ("bad-type.json", br#"{"id":"x","time":"2021-10-13T14:05:00Z","source":"ingest","kind":"operation_failure","failure":{"operation":"create","code":"X","category":"vm_agent","attempt":"one"}}"#.to_vec(), "invalid type"),
+        ("non-utf8.json", b"{\"id\": \"\xff\"}".to_vec(), "not UTF-8"),
+    ];
+    for (name, bytes, want) in cases {
+        let p = write(d.path(), name, &bytes);
+        let out = keel(&[
+            "eval",
+            "--policies",
+            "policies",
+            "--event",
+            &p,
+            "--now",
+            NOW,
+        ]);
+        assert_eq!(out.status.code(), Some(2), "{name}");
+        let err = text(&out.stderr);
+        assert!(err.contains(name) && err.contains(want), "{name}: {err}");
+    }
+    // A 10,000-deep nested event.
+    let mut deep = String::from(
+        r#"{"id":"x","time":"2021-10-13T14:05:00Z","source":"ingest","kind":"health","raw":"#,
+    );
+    deep.push_str(&"[".repeat(10_000));
+    deep.push_str(&"]".repeat(10_000));
+    deep.push('}');
+    let p = write(d.path(), "deep.json", deep.as_bytes());
+    let out = keel(&[
+        "eval",
+        "--policies",
+        "policies",
+        "--event",
+        &p,
+        "--now",
+        NOW,
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("recursion limit"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = keel(&[
+        "eval",
+        "--policies",
+        "policies",
+        "--event",
+        WIN,
+        "--now",
+        "yesterday",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("--now yesterday: not an RFC 3339 time"));
+}
+
+#[test]
+fn help_shows_examples() {
+    for cmd in [&["--help"][..], &["eval", "--help"], &["check", "--help"]] {
+        let out = keel(cmd);
+        assert_eq!(out.status.code(), Some(0));
+        assert!(text(&out.stdout).contains("Examples:"), "{cmd:?}");
+    }
+}

@@ -373,13 +373,34 @@ impl Engine {
                 .then(b.spec.action.severity().cmp(&a.spec.action.severity()))
                 .then(a.spec.name.cmp(&b.spec.name))
         });
+        // Key each policy on its most selective atom: the field with the most distinct
+        // values across the set (a region or error code beats an enum of five), per value
+        // listed.
+        let mut distinct: HashMap<FieldId, BTreeSet<&str>> = HashMap::new();
+        for p in &policies {
+            for a in p.when.iter().flat_map(|w| &w.atoms) {
+                distinct
+                    .entry(a.field)
+                    .or_default()
+                    .extend(a.values.iter().map(String::as_str));
+            }
+        }
+        let selectivity = |a: &compile::IndexAtom| {
+            let d = distinct.get(&a.field).map_or(1, BTreeSet::len);
+            (d * 1000) / a.values.len().max(1)
+        };
+        let chosen: Vec<Option<compile::IndexAtom>> = policies
+            .iter()
+            .map(|p| {
+                p.when
+                    .as_ref()
+                    .and_then(|w| w.atoms.iter().max_by_key(|a| selectivity(a)).cloned())
+            })
+            .collect();
+        drop(distinct);
         let mut kinds: [KindIndex; 3] = Default::default();
-        for (i, p) in policies.iter().enumerate() {
+        for (i, (p, atom)) in policies.iter().zip(chosen).enumerate() {
             let i = i as u32;
-            let atom = p
-                .when
-                .as_ref()
-                .and_then(|w| w.atoms.iter().min_by_key(|a| a.values.len()).cloned());
             for k in &p.spec.on {
                 let slot = &mut kinds[kind_slot(*k)];
                 slot.reads.extend(p.reads().copied());
@@ -446,9 +467,19 @@ impl Engine {
         let idx = &self.kinds[kind_slot(ev.kind)];
         let mut out = idx.always.clone();
         for (f, map) in &idx.by_field {
-            if let Ok(Some(FieldValue::Str(v))) = fields::read(ev, *f) {
-                if let Some(list) = map.get(v) {
-                    out.extend_from_slice(list);
+            match fields::read(ev, *f) {
+                Ok(Some(FieldValue::Str(v))) => {
+                    if let Some(list) = map.get(v) {
+                        out.extend_from_slice(list);
+                    }
+                }
+                // The field is absent: reading it is a run-time error that must reach
+                // `Decision.errors` (unless `&&` absorbs it), so only evaluation can tell;
+                // every policy keyed on it stays a candidate.
+                _ => {
+                    for list in map.values() {
+                        out.extend_from_slice(list);
+                    }
                 }
             }
         }

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Every test Keel has: formatting, lints, unit/integration/property tests, doc tests, the
+# engine's wasm32 builds, and the shipped policies validated by `keel check`.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+echo "== cargo fmt";   cargo fmt --all -- --check
+echo "== cargo clippy"; cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== cargo test";  cargo test --workspace --locked
+echo "== wasm32 builds of keel-engine (no default features)"
+for t in wasm32-unknown-unknown wasm32-wasip1; do
+  cargo build -p keel-engine --no-default-features --target "$t" --locked
+done
+echo "== keel-engine has no tokio or wasmtime in its default dependency tree"
+if cargo tree -p keel-engine -e normal --locked | grep -E "^.* (tokio|wasmtime) v"; then echo "tokio or wasmtime leaked into keel-engine"; exit 1; fi
+echo "== keel check policies/"; cargo run -q -p keel-host --locked -- check policies/
+echo "all tests passed"

@@ -4,6 +4,8 @@
 //! interpreter. Plus loading and compiling 1000 policies.
 //!
 //! Run: `cargo bench -p keel-engine --bench decide`
+// Benchmarks run on generated, known-valid inputs: a failure here is a bug in the generator.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::hint::black_box;
 use std::time::Duration;

@@ -155,7 +155,7 @@ impl Native {
             Native::Arith(op, a, b) => arith(*op, a.eval(ev, now)?, b.eval(ev, now)?),
             Native::In(a, list) => {
                 let a = a.eval(ev, now)?;
-                Ok(V::Bool(list.iter().any(|v| *v == a)))
+                Ok(V::Bool(list.contains(&a)))
             }
             Native::StrFn(op, a, b) => match (a.eval(ev, now)?, b.eval(ev, now)?) {
                 (V::Str(a), V::Str(b)) => Ok(V::Bool(match op {

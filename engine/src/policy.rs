@@ -718,10 +718,8 @@ impl Cx<'_, '_> {
                     }
                 }
                 "dedup" => self.dedup(v, &mut p),
-                "vars" => {
-                    if !matches!(v.data, YamlData::Mapping(_)) {
-                        self.err(pos(v), "`vars` must be a map");
-                    }
+                "vars" if !matches!(v.data, YamlData::Mapping(_)) => {
+                    self.err(pos(v), "`vars` must be a map");
                 }
                 _ => {}
             }

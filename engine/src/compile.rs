@@ -16,7 +16,7 @@ use std::sync::Arc;
 use cel::common::ast::{operators, CallExpr, Expr as Ast, LiteralValue};
 use cel::objects::{Key, Map, Value};
 use cel::IdedExpr;
-use chrono::{DateTime, Duration, FixedOffset, Utc};
+use chrono::{DateTime, Datelike, Duration, FixedOffset, Utc};
 
 use crate::event::{Event, Timestamp};
 use crate::fields::{self, did_you_mean, FieldId, FieldType, FieldValue};
@@ -255,6 +255,17 @@ fn compare(op: Cmp, a: &V<'_>, b: &V<'_>) -> Result<bool, String> {
     })
 }
 
+/// Whether `t` is within CEL's timestamp range, 0001-01-01T00:00:00Z to
+/// 9999-12-31T23:59:59.999999999Z; the `cel` crate fails arithmetic whose result is not.
+fn cel_time(t: Timestamp) -> Option<Timestamp> {
+    (1..=9999).contains(&t.year()).then_some(t)
+}
+
+/// A CEL duration must fit an `i64` count of nanoseconds, as in the `cel` crate.
+fn cel_dur(d: Duration) -> Option<Duration> {
+    d.num_nanoseconds().map(|_| d)
+}
+
 fn arith<'e>(op: Arith, a: V<'e>, b: V<'e>) -> EvalResult<'e> {
     let overflow = || "overflow".to_string();
     match (op, a, b) {
@@ -262,15 +273,29 @@ fn arith<'e>(op: Arith, a: V<'e>, b: V<'e>) -> EvalResult<'e> {
         (Arith::Sub, V::Int(x), V::Int(y)) => x.checked_sub(y).map(V::Int).ok_or_else(overflow),
         (Arith::Mul, V::Int(x), V::Int(y)) => x.checked_mul(y).map(V::Int).ok_or_else(overflow),
         (Arith::Add, V::Str(x), V::Str(y)) => Ok(V::Str(Cow::Owned(format!("{x}{y}")))),
-        (Arith::Sub, V::Time(x), V::Time(y)) => Ok(V::Dur(x.signed_duration_since(y))),
-        (Arith::Add, V::Time(x), V::Dur(y)) | (Arith::Add, V::Dur(y), V::Time(x)) => {
-            x.checked_add_signed(y).map(V::Time).ok_or_else(overflow)
-        }
-        (Arith::Sub, V::Time(x), V::Dur(y)) => {
-            x.checked_sub_signed(y).map(V::Time).ok_or_else(overflow)
-        }
-        (Arith::Add, V::Dur(x), V::Dur(y)) => x.checked_add(&y).map(V::Dur).ok_or_else(overflow),
-        (Arith::Sub, V::Dur(x), V::Dur(y)) => x.checked_sub(&y).map(V::Dur).ok_or_else(overflow),
+        (Arith::Sub, V::Time(x), V::Time(y)) => cel_dur(x.signed_duration_since(y))
+            .map(V::Dur)
+            .ok_or_else(overflow),
+        (Arith::Add, V::Time(x), V::Dur(y)) | (Arith::Add, V::Dur(y), V::Time(x)) => x
+            .checked_add_signed(y)
+            .and_then(cel_time)
+            .map(V::Time)
+            .ok_or_else(overflow),
+        (Arith::Sub, V::Time(x), V::Dur(y)) => x
+            .checked_sub_signed(y)
+            .and_then(cel_time)
+            .map(V::Time)
+            .ok_or_else(overflow),
+        (Arith::Add, V::Dur(x), V::Dur(y)) => x
+            .checked_add(&y)
+            .and_then(cel_dur)
+            .map(V::Dur)
+            .ok_or_else(overflow),
+        (Arith::Sub, V::Dur(x), V::Dur(y)) => x
+            .checked_sub(&y)
+            .and_then(cel_dur)
+            .map(V::Dur)
+            .ok_or_else(overflow),
         (op, a, b) => Err(format!(
             "no such overload: {op:?}({}, {})",
             vname(&a),
@@ -362,6 +387,7 @@ const KNOWN_FUNCTIONS: &[&str] = &[
 /// Parses, checks and lowers one expression. Problems are returned with offsets into the
 /// expression's text.
 pub(crate) fn compile(expr: &Expr) -> Result<Compiled, Vec<ExprProblem>> {
+    precheck(&expr.text).map_err(|p| vec![p])?;
     let program = match cel::Program::compile(&expr.text) {
         Ok(p) => p,
         Err(errs) => {
@@ -376,6 +402,18 @@ pub(crate) fn compile(expr: &Expr) -> Result<Compiled, Vec<ExprProblem>> {
                 .collect())
         }
     };
+    let depth = ast_depth(program.expression());
+    if depth > MAX_AST_DEPTH {
+        return Err(vec![ExprProblem {
+            offset: 0,
+            message: format!(
+                "expression nests {depth} operations deep; the limit is {MAX_AST_DEPTH}"
+            ),
+            help: Some(
+                "split it into several policies, or use `in [...]` instead of long chains".into(),
+            ),
+        }]);
+    }
     let mut ck = Checker {
         program: &program,
         problems: Vec::new(),
@@ -404,6 +442,125 @@ pub(crate) fn compile(expr: &Expr) -> Result<Compiled, Vec<ExprProblem>> {
         atoms,
         reads,
     })
+}
+
+/// The longest expression accepted, in characters.
+pub(crate) const MAX_EXPR_CHARS: usize = 4096;
+/// The deepest bracket nesting accepted before parsing (the `cel` parser recurses per level).
+pub(crate) const MAX_BRACKET_DEPTH: usize = 24;
+/// The deepest AST accepted after parsing (evaluation recurses per level).
+pub(crate) const MAX_AST_DEPTH: usize = 48;
+const MAX_UNARY_RUN: usize = 8;
+
+/// Rejects, before the `cel` parser sees it, text that would exhaust the stack: the parser
+/// recurses once per bracket level and per unary operator.
+fn precheck(text: &str) -> Result<(), ExprProblem> {
+    let n = text.chars().count();
+    if n > MAX_EXPR_CHARS {
+        return Err(ExprProblem {
+            offset: 0,
+            message: format!("expression is {n} characters long; the limit is {MAX_EXPR_CHARS}"),
+            help: None,
+        });
+    }
+    let mut depth = 0usize;
+    let mut unary = 0usize;
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for (i, c) in text.chars().enumerate() {
+        if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '"' | '\'' => quote = Some(c),
+            '(' | '[' | '{' => {
+                depth += 1;
+                if depth > MAX_BRACKET_DEPTH {
+                    return Err(ExprProblem {
+                        offset: i,
+                        message: format!(
+                            "brackets nested more than {MAX_BRACKET_DEPTH} levels deep"
+                        ),
+                        help: None,
+                    });
+                }
+            }
+            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        match c {
+            '!' | '-' => {
+                unary += 1;
+                if unary > MAX_UNARY_RUN {
+                    return Err(ExprProblem {
+                        offset: i,
+                        message: format!("more than {MAX_UNARY_RUN} `!` or `-` in a row"),
+                        help: None,
+                    });
+                }
+            }
+            c if c.is_whitespace() || c == '(' => {}
+            _ => unary = 0,
+        }
+    }
+    Ok(())
+}
+
+/// The depth of an AST, computed without recursion.
+fn ast_depth(e: &IdedExpr) -> usize {
+    let mut max = 0;
+    let mut stack = vec![(e, 1usize)];
+    while let Some((e, d)) = stack.pop() {
+        max = max.max(d);
+        if d > MAX_AST_DEPTH {
+            break;
+        }
+        match &e.expr {
+            Ast::Call(c) => {
+                stack.extend(c.args.iter().map(|a| (a, d + 1)));
+                if let Some(t) = &c.target {
+                    stack.push((t, d + 1));
+                }
+            }
+            Ast::Select(s) => stack.push((&s.operand, d + 1)),
+            Ast::List(l) => stack.extend(l.elements.iter().map(|a| (a, d + 1))),
+            Ast::Map(m) => {
+                for entry in &m.entries {
+                    if let cel::common::ast::EntryExpr::MapEntry(me) = &entry.expr {
+                        stack.push((&me.key, d + 1));
+                        stack.push((&me.value, d + 1));
+                    }
+                }
+            }
+            Ast::Struct(st) => {
+                for entry in &st.entries {
+                    if let cel::common::ast::EntryExpr::StructField(f) = &entry.expr {
+                        stack.push((&f.value, d + 1));
+                    }
+                }
+            }
+            Ast::Comprehension(c) => {
+                for x in [
+                    &c.iter_range,
+                    &c.accu_init,
+                    &c.loop_cond,
+                    &c.loop_step,
+                    &c.result,
+                ] {
+                    stack.push((x, d + 1));
+                }
+            }
+            Ast::Ident(_) | Ast::Literal(_) | Ast::Unspecified => {}
+        }
+    }
+    max
 }
 
 fn strip_syntax_prefix(msg: &str) -> &str {
@@ -456,20 +613,34 @@ fn event_path(e: &IdedExpr) -> Option<Vec<(&str, u64)>> {
 }
 
 impl Checker<'_> {
-    /// The character offset of node `id`; for a field selection the parser points at the
-    /// dot, so step onto the field name.
-    fn offset(&self, id: u64) -> usize {
+    /// The character offset of node `id`. The parser points a selection at its dot, a `has()`
+    /// at its parenthesis and a method call at its parenthesis, so when the node names
+    /// something, step onto the nearest occurrence of that name.
+    fn offset(&self, id: u64, name: Option<&str>) -> usize {
         let info = self.program.source_info();
         let at = info.offset_for(id).map(|(s, _)| s as usize).unwrap_or(0);
-        if info.source.chars().nth(at) == Some('.') {
-            at + 1
-        } else {
-            at
+        let Some(name) = name.filter(|n| !n.is_empty()) else {
+            return at;
+        };
+        let chars: Vec<char> = info.source.chars().collect();
+        let needle: Vec<char> = name.chars().collect();
+        let matches_at = |i: usize| chars.get(i..i + needle.len()) == Some(&needle[..]);
+        let after = (at..chars.len().min(at + 256)).find(|&i| matches_at(i));
+        let before = (at.saturating_sub(256)..at).rev().find(|&i| matches_at(i));
+        match (before, after) {
+            (Some(b), Some(a)) if at - b < a - at => b,
+            (_, Some(a)) => a,
+            (Some(b), None) => b,
+            (None, None) => at,
         }
     }
 
     fn problem(&mut self, id: u64, message: String, help: Option<String>) {
-        let offset = self.offset(id);
+        self.problem_at(id, None, message, help)
+    }
+
+    fn problem_at(&mut self, id: u64, name: Option<&str>, message: String, help: Option<String>) {
+        let offset = self.offset(id, name);
         self.problems.push(ExprProblem {
             offset,
             message,
@@ -488,8 +659,9 @@ impl Checker<'_> {
             }
             path.push_str(seg);
             if let Some((_, why)) = fields::UNREADABLE.iter().find(|(p, _)| *p == path) {
-                self.problem(
+                self.problem_at(
                     *id,
+                    Some(seg),
                     format!("`event.{path}` cannot be read by policies: {why}"),
                     None,
                 );
@@ -503,8 +675,9 @@ impl Checker<'_> {
                         // `event.resource.tags.<key>` is a map lookup.
                         FieldType::StrMap if i + 1 < segs.len() => {
                             if i + 2 < segs.len() {
-                                self.problem(
+                                self.problem_at(
                                     segs[i + 2].1,
+                                    Some(segs[i + 2].0),
                                     format!("`event.{path}.{}` is a string", segs[i + 1].0),
                                     None,
                                 );
@@ -512,8 +685,9 @@ impl Checker<'_> {
                             return last;
                         }
                         ty if i + 1 < segs.len() => {
-                            self.problem(
+                            self.problem_at(
                                 segs[i + 1].1,
+                                Some(segs[i + 1].0),
                                 format!(
                                     "`event.{path}` is a {}, it has no field `{}`",
                                     ty.name(),
@@ -540,7 +714,12 @@ impl Checker<'_> {
                                 fields::children(&parent).collect::<Vec<_>>().join(", ")
                             ))
                         });
-                    self.problem(*id, format!("unknown field `{seg}` in {within}"), help);
+                    self.problem_at(
+                        *id,
+                        Some(seg),
+                        format!("unknown field `{seg}` in {within}"),
+                        help,
+                    );
                     return None;
                 }
             }
@@ -563,7 +742,7 @@ impl Checker<'_> {
                     let help = did_you_mean(name, VARIABLES.iter().copied())
                         .map(|s| format!("did you mean `{s}`?"))
                         .or_else(|| Some("policies can read `event` and `now`".into()));
-                    self.problem(e.id, format!("unknown variable `{name}`"), help);
+                    self.problem_at(e.id, Some(name), format!("unknown variable `{name}`"), help);
                 }
             }
             Ast::Select(s) => {
@@ -649,8 +828,9 @@ impl Checker<'_> {
         }
         if !KNOWN_FUNCTIONS.contains(&name) {
             if let Some(s) = did_you_mean(name, KNOWN_FUNCTIONS.iter().copied()) {
-                self.problem(
+                self.problem_at(
                     id,
+                    Some(name),
                     format!("unknown function `{name}`"),
                     Some(format!("did you mean `{s}`?")),
                 );
@@ -883,7 +1063,20 @@ impl Checker<'_> {
             ("timestamp", None, 1) => match &args[0].expr {
                 Ast::Literal(LiteralValue::String(s)) => {
                     match DateTime::parse_from_rfc3339(s.inner()) {
-                        Ok(t) => N(Native::Lit(V::Time(t.with_timezone(&Utc))), Ty::Time),
+                        Ok(t) if cel_time(t.with_timezone(&Utc)).is_some() => {
+                            N(Native::Lit(V::Time(t.with_timezone(&Utc))), Ty::Time)
+                        }
+                        Ok(_) => {
+                            self.problem(
+                                args[0].id,
+                                format!(
+                                    "invalid timestamp \"{}\": out of range (years 0001 to 9999)",
+                                    s.inner()
+                                ),
+                                None,
+                            );
+                            Fallback(Some(Ty::Time))
+                        }
                         Err(_) => {
                             self.problem(
                                 args[0].id,
@@ -961,6 +1154,10 @@ pub(crate) fn parse_cel_duration(s: &str) -> Option<Duration> {
         Some(r) => (true, r),
         None => (false, s),
     };
+    if rest == "0" {
+        // A bare zero needs no unit, as in the `cel` crate (and Go).
+        return Some(Duration::zero());
+    }
     if rest.is_empty() {
         return None;
     }

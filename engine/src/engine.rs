@@ -56,6 +56,38 @@ impl EngineBuilder {
     /// Loads, validates, compiles and indexes everything. Every problem in every file is
     /// reported; nothing is half-applied.
     pub fn build(self) -> Result<Engine, LoadError> {
+        // The `cel` parser recurses deeply (about 170 KiB of stack per bracket level in a
+        // debug build); load on a thread with a stack that any accepted expression fits in,
+        // whatever the caller's thread has. Targets without threads load in place.
+        #[cfg(not(target_family = "wasm"))]
+        {
+            const LOAD_STACK: usize = 64 << 20;
+            let spawned = std::thread::Builder::new()
+                .name("keel-load".into())
+                .stack_size(LOAD_STACK)
+                .spawn(move || self.build_here());
+            match spawned {
+                Ok(h) => h.join().unwrap_or_else(|_| {
+                    Err(LoadError::new(vec![Diagnostic::new(
+                        Path::new("<engine>"),
+                        Pos::FILE,
+                        "internal error: the policy loader panicked",
+                    )]))
+                }),
+                Err(e) => Err(LoadError::new(vec![Diagnostic::new(
+                    Path::new("<engine>"),
+                    Pos::FILE,
+                    format!("cannot start the policy loader thread: {e}"),
+                )])),
+            }
+        }
+        #[cfg(target_family = "wasm")]
+        {
+            self.build_here()
+        }
+    }
+
+    fn build_here(self) -> Result<Engine, LoadError> {
         let mut diags = Vec::new();
         let mut specs = Vec::new();
         let mut digest = Sha256::new();
@@ -808,9 +840,16 @@ impl Interp<'_> {
             cx.add_variable_from_value("now", cel::Value::Timestamp(compile::to_fixed(now)));
             cx
         });
-        match c.program.execute(ctx) {
-            Ok(v) => compile::from_cel(&v).ok_or_else(|| format!("unsupported result value {v:?}")),
-            Err(e) => Err(e.to_string()),
+        // The `cel` interpreter can panic on inputs it does not guard (chrono overflow in
+        // time arithmetic, for one): a policy error, never a crash of the caller.
+        let program = &c.program;
+        let ctx = &*ctx;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| program.execute(ctx))) {
+            Ok(Ok(v)) => {
+                compile::from_cel(&v).ok_or_else(|| format!("unsupported result value {v:?}"))
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("the CEL interpreter failed on this input".to_string()),
         }
     }
 }

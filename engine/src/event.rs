@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +23,7 @@ pub struct Event {
     /// A re-read of the same notice yields the same id.
     pub id: String,
     /// The vendor's time for the event where there is one, else when it was observed.
+    #[serde(deserialize_with = "rfc3339")]
     pub time: Timestamp,
     /// Which normalizer produced the event.
     pub source: Source,
@@ -182,10 +183,18 @@ pub struct Maintenance {
     /// Where the event is in its lifecycle.
     pub status: MaintenanceStatus,
     /// The earliest time the platform may start (absent once started, or when unknown).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "rfc3339_opt"
+    )]
     pub not_before: Option<Timestamp>,
     /// The end of the announced window, where the vendor gives one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "rfc3339_opt"
+    )]
     pub not_after: Option<Timestamp>,
     /// Expected impact in seconds; absent when unknown (never 0 for unknown).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -383,10 +392,18 @@ pub struct Health {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub annotation: Option<String>,
     /// When the change happened.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "rfc3339_opt"
+    )]
     pub occurred_at: Option<Timestamp>,
     /// When the platform expects resolution.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "rfc3339_opt"
+    )]
     pub resolution_eta: Option<Timestamp>,
 }
 
@@ -426,6 +443,28 @@ pub struct Failure {
 
 fn one() -> i64 {
     1
+}
+
+/// A timestamp with RFC 3339's four-digit year. chrono also reads years such as `+262142`,
+/// and time arithmetic on those overflows chrono inside the `cel` interpreter, which panics;
+/// they are rejected here, with the JSON position. (Years -1 and 10000 are allowed: a
+/// four-digit year with an offset can land there in UTC.)
+fn rfc3339<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
+    let t = Timestamp::deserialize(d)?;
+    if (-1..=10000).contains(&t.year()) {
+        Ok(t)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "timestamp {} is out of range: RFC 3339 years have four digits",
+            t.to_rfc3339()
+        )))
+    }
+}
+
+fn rfc3339_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Timestamp>, D::Error> {
+    #[derive(Deserialize)]
+    struct Checked(#[serde(deserialize_with = "rfc3339")] Timestamp);
+    Ok(Option::<Checked>::deserialize(d)?.map(|c| c.0))
 }
 
 /// One entry of an error's `details[]`.

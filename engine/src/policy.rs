@@ -589,6 +589,15 @@ impl Cx<'_, '_> {
             (None, Some(_)) => None,
         };
         if self.diags.len() != before {
+            // The policy is rejected for its shape; still report its expressions' problems,
+            // so that one `keel check` shows everything.
+            for e in [&when, &reason_expr].into_iter().flatten() {
+                if let Err(problems) = crate::compile::compile(e) {
+                    for p in problems {
+                        self.err_help(e.pos_at(p.offset), p.message, p.help);
+                    }
+                }
+            }
             return None;
         }
         Some(PolicySpec {

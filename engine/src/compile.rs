@@ -18,8 +18,10 @@ use cel::objects::{Key, Map, Value};
 use cel::IdedExpr;
 use chrono::{DateTime, Datelike, Duration, FixedOffset, Utc};
 
+use crate::decision::Action;
 use crate::event::{Event, Timestamp};
 use crate::fields::{self, did_you_mean, FieldId, FieldType, FieldValue};
+use crate::history::{self, History, Val as HVal};
 use crate::policy::Expr;
 
 /// A runtime value of the native evaluator.
@@ -104,6 +106,14 @@ pub(crate) enum Native {
     Arith(Arith, Box<Native>, Box<Native>),
     In(Box<Native>, Vec<V<'static>>),
     StrFn(StrOp, Box<Native>, Box<Native>),
+    /// `history.count(filter, window)` or `history.resources(filter, window)`.
+    History {
+        distinct: bool,
+        filter: Vec<(FieldId, Native)>,
+        window: Box<Native>,
+    },
+    /// `history.actions(resource, action, window)`.
+    Actions(Box<Native>, Action, Box<Native>),
 }
 
 /// An evaluation error (recorded in `Decision.errors`).
@@ -114,7 +124,12 @@ fn no_such_key(k: &str) -> String {
 }
 
 impl Native {
-    pub(crate) fn eval<'e>(&self, ev: &'e Event, now: Timestamp) -> EvalResult<'e> {
+    pub(crate) fn eval<'e>(
+        &self,
+        ev: &'e Event,
+        now: Timestamp,
+        h: Option<&History>,
+    ) -> EvalResult<'e> {
         match self {
             Native::Lit(v) => Ok(v.clone()),
             Native::Now => Ok(V::Time(now)),
@@ -137,27 +152,52 @@ impl Native {
                 Ok(v) => Ok(V::Bool(v.is_some())),
                 Err(parent) => Err(no_such_key(parent)),
             },
-            Native::Not(a) => match a.eval(ev, now)? {
+            Native::Not(a) => match a.eval(ev, now, h)? {
                 V::Bool(b) => Ok(V::Bool(!b)),
                 other => Err(format!("no such overload: !{}", vname(&other))),
             },
-            Native::And(a, b) => logic(a.eval(ev, now), || b.eval(ev, now), false),
-            Native::Or(a, b) => logic(a.eval(ev, now), || b.eval(ev, now), true),
-            Native::Cond(c, a, b) => match c.eval(ev, now)? {
-                V::Bool(true) => a.eval(ev, now),
-                V::Bool(false) => b.eval(ev, now),
+            Native::And(a, b) => logic(a.eval(ev, now, h), || b.eval(ev, now, h), false),
+            Native::Or(a, b) => logic(a.eval(ev, now, h), || b.eval(ev, now, h), true),
+            Native::Cond(c, a, b) => match c.eval(ev, now, h)? {
+                V::Bool(true) => a.eval(ev, now, h),
+                V::Bool(false) => b.eval(ev, now, h),
                 other => Err(format!("no such overload: {} ? _ : _", vname(&other))),
             },
             Native::Cmp(op, a, b) => {
-                let (a, b) = (a.eval(ev, now)?, b.eval(ev, now)?);
+                let (a, b) = (a.eval(ev, now, h)?, b.eval(ev, now, h)?);
                 compare(*op, &a, &b).map(V::Bool)
             }
-            Native::Arith(op, a, b) => arith(*op, a.eval(ev, now)?, b.eval(ev, now)?),
+            Native::Arith(op, a, b) => arith(*op, a.eval(ev, now, h)?, b.eval(ev, now, h)?),
             Native::In(a, list) => {
-                let a = a.eval(ev, now)?;
+                let a = a.eval(ev, now, h)?;
                 Ok(V::Bool(list.contains(&a)))
             }
-            Native::StrFn(op, a, b) => match (a.eval(ev, now)?, b.eval(ev, now)?) {
+            Native::History {
+                distinct,
+                filter,
+                window,
+            } => {
+                let window = duration_of(window.eval(ev, now, h)?)?;
+                let mut f = Vec::with_capacity(filter.len());
+                for (id, n) in filter {
+                    f.push((*id, history_val(n.eval(ev, now, h)?)?));
+                }
+                Ok(V::Int(match h {
+                    None => 0,
+                    Some(h) if *distinct => h.resources(&f, ev.time, window),
+                    Some(h) => h.count(&f, ev.time, window),
+                }))
+            }
+            Native::Actions(resource, action, window) => {
+                let window = duration_of(window.eval(ev, now, h)?)?;
+                let V::Str(r) = resource.eval(ev, now, h)? else {
+                    return Err("history.actions: the resource must be a string".into());
+                };
+                Ok(V::Int(
+                    h.map_or(0, |h| h.actions(&r, *action, ev.time, window)),
+                ))
+            }
+            Native::StrFn(op, a, b) => match (a.eval(ev, now, h)?, b.eval(ev, now, h)?) {
                 (V::Str(a), V::Str(b)) => Ok(V::Bool(match op {
                     StrOp::StartsWith => a.starts_with(b.as_ref()),
                     StrOp::EndsWith => a.ends_with(b.as_ref()),
@@ -170,6 +210,29 @@ impl Native {
                 )),
             },
         }
+    }
+}
+
+fn duration_of(v: V<'_>) -> Result<Duration, String> {
+    match v {
+        V::Dur(d) if d > Duration::zero() => Ok(d),
+        V::Dur(_) => Err("a history window must be positive".into()),
+        other => Err(format!(
+            "a history window must be a duration, not {}",
+            vname(&other)
+        )),
+    }
+}
+
+fn history_val(v: V<'_>) -> Result<HVal, String> {
+    match v {
+        V::Str(s) => Ok(HVal::Str(Arc::from(s.as_ref()))),
+        V::Int(i) => Ok(HVal::Int(i)),
+        V::Bool(b) => Ok(HVal::Bool(b)),
+        other => Err(format!(
+            "a history filter value must be a string, int or bool, not {}",
+            vname(&other)
+        )),
     }
 }
 
@@ -331,10 +394,14 @@ pub(crate) struct Compiled {
     /// Event paths the interpreter needs (only when `native` is `None`); `None` entries mean
     /// "the whole event".
     pub reads: BTreeSet<Option<FieldId>>,
+    /// Whether the expression queries the correlation history.
+    pub uses_history: bool,
+    /// The constant history windows it uses (for truncation warnings).
+    pub windows: Vec<Duration>,
 }
 
 /// Variables an expression may use.
-const VARIABLES: &[&str] = &["event", "now"];
+const VARIABLES: &[&str] = &["event", "now", "history"];
 
 /// Functions and macros of the CEL standard library as the `cel` crate ships it, used only to
 /// suggest a fix for a likely typo.
@@ -418,6 +485,8 @@ pub(crate) fn compile(expr: &Expr) -> Result<Compiled, Vec<ExprProblem>> {
         program: &program,
         problems: Vec::new(),
         reads: BTreeSet::new(),
+        uses_history: false,
+        windows: Vec::new(),
     };
     ck.check(program.expression(), &mut Vec::new());
     let lowered = ck.lower(program.expression());
@@ -428,8 +497,17 @@ pub(crate) fn compile(expr: &Expr) -> Result<Compiled, Vec<ExprProblem>> {
         Lowered::Native(n, t) => (Some(n), Some(t)),
         Lowered::Fallback(t) => (None, t),
     };
+    if ck.uses_history && native.is_none() {
+        return Err(vec![ExprProblem {
+            offset: 0,
+            message: "an expression that queries `history` must be evaluable natively, and this one uses constructs only the CEL interpreter runs".into(),
+            help: Some("keep history queries in expressions of field tests, comparisons, `in` lists, `&&`, `||`, `!` and `has()`; move `matches`, `size` or macros into another policy".into()),
+        }]);
+    }
     let mut atoms = Vec::new();
     collect_atoms(program.expression(), &mut atoms);
+    let uses_history = ck.uses_history;
+    let windows = std::mem::take(&mut ck.windows);
     let reads = if native.is_some() {
         BTreeSet::new()
     } else {
@@ -441,6 +519,8 @@ pub(crate) fn compile(expr: &Expr) -> Result<Compiled, Vec<ExprProblem>> {
         ty,
         atoms,
         reads,
+        uses_history,
+        windows,
     })
 }
 
@@ -591,6 +671,8 @@ struct Checker<'p> {
     program: &'p cel::Program,
     problems: Vec<ExprProblem>,
     reads: BTreeSet<Option<FieldId>>,
+    uses_history: bool,
+    windows: Vec<Duration>,
 }
 
 /// `event.a.b` as ["a", "b"] with the id of each select, if `e` is a select chain on `event`.
@@ -738,6 +820,13 @@ impl Checker<'_> {
             Ast::Ident(name) => {
                 if name == "event" {
                     self.reads.insert(None);
+                } else if name == "history" {
+                    self.problem_at(
+                        e.id,
+                        Some(name),
+                        "`history` is only used as history.count(filter, window), history.resources(filter, window) or history.actions(resource, action, window)".into(),
+                        None,
+                    );
                 } else if !VARIABLES.contains(&name.as_str()) && !scope.iter().any(|s| s == name) {
                     let help = did_you_mean(name, VARIABLES.iter().copied())
                         .map(|s| format!("did you mean `{s}`?"))
@@ -756,6 +845,10 @@ impl Checker<'_> {
                     }
                 }
                 self.check(&s.operand, scope)
+            }
+            Ast::Call(c) if is_history_call(c) => {
+                self.uses_history = true;
+                self.check_history(e.id, c, scope);
             }
             Ast::Call(c) => {
                 self.check_call(e.id, c);
@@ -836,6 +929,155 @@ impl Checker<'_> {
                 );
             }
         }
+    }
+
+    /// Checks `history.count/resources(filter, window)` and `history.actions(resource,
+    /// action, window)`: the function, the filter's paths and the action.
+    fn check_history(&mut self, id: u64, c: &CallExpr, scope: &mut Vec<String>) {
+        let name = c.func_name.as_str();
+        let want = 3 - usize::from(name != "actions");
+        if !matches!(name, "count" | "resources" | "actions") {
+            let help = did_you_mean(name, ["count", "resources", "actions"])
+                .map(|s| format!("did you mean `history.{s}`?"));
+            self.problem_at(
+                id,
+                Some(name),
+                format!("unknown history function `history.{name}`"),
+                help,
+            );
+            return;
+        }
+        if c.args.len() != want {
+            self.problem_at(
+                id,
+                Some(name),
+                format!(
+                    "`history.{name}` takes {want} arguments, not {}",
+                    c.args.len()
+                ),
+                None,
+            );
+            return;
+        }
+        if name == "actions" {
+            match &c.args[1].expr {
+                Ast::Literal(LiteralValue::String(a)) if Action::parse(a.inner()).is_some() => {}
+                _ => self.problem(
+                    c.args[1].id,
+                    "the second argument of `history.actions` is an action name in quotes, e.g. \"drain\"".into(),
+                    None,
+                ),
+            }
+            self.check(&c.args[0], scope);
+        } else {
+            let Ast::Map(m) = &c.args[0].expr else {
+                self.problem(
+                    c.args[0].id,
+                    format!("the filter of `history.{name}` is a map of event paths to values, e.g. {{\"failure.category\": \"vm_agent\"}}"),
+                    None,
+                );
+                return;
+            };
+            for entry in &m.entries {
+                let cel::common::ast::EntryExpr::MapEntry(me) = &entry.expr else {
+                    continue;
+                };
+                match &me.key.expr {
+                    Ast::Literal(LiteralValue::String(k)) => {
+                        let k: &str = k.inner();
+                        let path = k.strip_prefix("event.").unwrap_or(k);
+                        match fields::lookup(path) {
+                            Some(f) if history::correlatable(f) => {
+                                if let (FieldType::Enum(names), Ast::Literal(LiteralValue::String(v))) =
+                                    (fields::field(f).ty, &me.value.expr)
+                                {
+                                    let v: &str = v.inner();
+                                    if !names.contains(&v) {
+                                        let help = did_you_mean(v, names.iter().copied())
+                                            .map(|n| format!("did you mean \"{n}\"?"));
+                                        self.problem(me.value.id, format!("\"{v}\" is not a value of `event.{path}`"), help);
+                                    }
+                                }
+                            }
+                            Some(_) => self.problem(
+                                me.key.id,
+                                format!("`{path}` cannot be used in a history filter: use a discrete field (kind, source, region, os, code, category, type, status, ...) or the resource's id, name, availability set, scale set, fault or update domain"),
+                                None,
+                            ),
+                            None => {
+                                let last = path.rsplit('.').next().unwrap_or(path);
+                                let parent = path.rsplit_once('.').map(|(a, _)| a).unwrap_or("");
+                                let help = did_you_mean(last, fields::children(parent))
+                                    .map(|s| format!("did you mean `{}{s}`?", if parent.is_empty() { String::new() } else { format!("{parent}.") }));
+                                self.problem(me.key.id, format!("unknown event path `{path}` in a history filter"), help);
+                            }
+                        }
+                    }
+                    _ => self.problem(
+                        me.key.id,
+                        "history filter keys are event paths in quotes".into(),
+                        None,
+                    ),
+                }
+                self.check(&me.value, scope);
+            }
+        }
+        self.check(&c.args[want - 1], scope);
+    }
+
+    fn lower_history(&mut self, c: &CallExpr) -> Lowered {
+        use Lowered::{Fallback, Native as N};
+        let name = c.func_name.as_str();
+        let last = c.args.len().saturating_sub(1);
+        let Some(N(window, Ty::Dur)) = c.args.get(last).map(|w| self.lower(w)) else {
+            return Fallback(Some(Ty::Int));
+        };
+        if let Native::Lit(V::Dur(d)) = &window {
+            self.windows.push(*d);
+        }
+        if name == "actions" {
+            let (Some(N(resource, Ty::Str)), Some(Ast::Literal(LiteralValue::String(a)))) = (
+                c.args.first().map(|r| self.lower(r)),
+                c.args.get(1).map(|a| &a.expr),
+            ) else {
+                return Fallback(Some(Ty::Int));
+            };
+            let Some(action) = Action::parse(a.inner()) else {
+                return Fallback(Some(Ty::Int));
+            };
+            return N(
+                Native::Actions(Box::new(resource), action, Box::new(window)),
+                Ty::Int,
+            );
+        }
+        let Some(Ast::Map(m)) = c.args.first().map(|f| &f.expr) else {
+            return Fallback(Some(Ty::Int));
+        };
+        let mut filter = Vec::new();
+        for entry in &m.entries {
+            let cel::common::ast::EntryExpr::MapEntry(me) = &entry.expr else {
+                return Fallback(Some(Ty::Int));
+            };
+            let Ast::Literal(LiteralValue::String(k)) = &me.key.expr else {
+                return Fallback(Some(Ty::Int));
+            };
+            let k: &str = k.inner();
+            let Some(f) = fields::lookup(k.strip_prefix("event.").unwrap_or(k)) else {
+                return Fallback(Some(Ty::Int));
+            };
+            match self.lower(&me.value) {
+                N(v, Ty::Str | Ty::Int | Ty::Bool) => filter.push((f, v)),
+                _ => return Fallback(Some(Ty::Int)),
+            }
+        }
+        N(
+            Native::History {
+                distinct: name == "resources",
+                filter,
+                window: Box::new(window),
+            },
+            Ty::Int,
+        )
     }
 
     fn check_enum_literal(&mut self, field: &IdedExpr, lit: &IdedExpr) {
@@ -919,6 +1161,9 @@ impl Checker<'_> {
         let name = c.func_name.as_str();
         let args = &c.args;
         let bx = Box::new;
+        if is_history_call(c) {
+            return self.lower_history(c);
+        }
         match (name, &c.target, args.len()) {
             (operators::LOGICAL_NOT, None, 1) => match self.lower(&args[0]) {
                 N(a, Ty::Bool) => N(Native::Not(bx(a)), Ty::Bool),
@@ -1097,6 +1342,10 @@ impl Checker<'_> {
             _ => Fallback(None),
         }
     }
+}
+
+fn is_history_call(c: &CallExpr) -> bool {
+    matches!(c.target.as_deref().map(|t| &t.expr), Some(Ast::Ident(n)) if n == "history")
 }
 
 fn comparable(op: Cmp, t: Ty) -> bool {
@@ -1355,7 +1604,7 @@ pub fn parity_check(expr: &str, ev: &Event, now: Timestamp) -> Option<ParityOutc
     };
     let c = compile(&e).ok()?;
     let native = c.native.as_ref()?;
-    let n = native.eval(ev, now).map(|v| format!("{v:?}"));
+    let n = native.eval(ev, now, None).map(|v| format!("{v:?}"));
     let mut ctx = cel::Context::with_env(Arc::new(cel::Env::stdlib()));
     let mut all = BTreeSet::new();
     all.insert(None);

@@ -205,6 +205,9 @@ pub struct Escalation {
     pub key: String,
     /// How urgent.
     pub severity: Severity,
+    /// True when the caller's history has seen this key fire before: page only once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub repeat: bool,
 }
 
 /// What to retry, and when.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use chrono::Duration;
 use sha2::{Digest, Sha256};
 
-use crate::compile::{self, Compiled, Native, Ty, V};
+use crate::compile::{self, Compiled, Ty, V};
 use crate::decision::{
     Action, Ctx, Decision, Escalation, Matched, Mode, Outcome, PolicyError, Retry, Severity,
     TraceEntry,
@@ -15,6 +15,7 @@ use crate::decision::{
 use crate::diag::{Diagnostic, Pos};
 use crate::event::{Event, Kind, Timestamp};
 use crate::fields::{self, FieldId, FieldValue};
+use crate::history::History;
 use crate::policy::{self, Backoff, Expr, LoadError, PolicySpec};
 
 /// Default escalation dedup window: one hour.
@@ -25,6 +26,18 @@ pub const DEFAULT_DEDUP_WINDOW_S: i64 = 3600;
 pub struct EngineBuilder {
     inputs: Vec<Input>,
     default_action: Option<Action>,
+    mutation: Option<Mutation>,
+}
+
+/// A deliberate change to one policy, used by `keel test --mutate` to prove that test cases
+/// are not vacuous: with any one policy disabled or never matching, some case must fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Mutation {
+    /// Leave the named policy out.
+    Disable(String),
+    /// Keep the named policy, but make its `when` always false.
+    ForceFalse(String),
 }
 
 #[derive(Debug)]
@@ -50,6 +63,12 @@ impl EngineBuilder {
     /// The action when no policy matches (default `none`). `escalate` is not allowed here.
     pub fn default_action(mut self, action: Action) -> Self {
         self.default_action = Some(action);
+        self
+    }
+
+    /// Applies a [`Mutation`] to the set (for mutation testing).
+    pub fn mutation(mut self, m: Mutation) -> Self {
+        self.mutation = Some(m);
         self
     }
 
@@ -137,7 +156,20 @@ impl EngineBuilder {
                 "the default action cannot be `escalate`",
             ));
         }
-        let policies = compile_all(specs, &mut diags);
+        let mut policies = compile_all(specs, &mut diags);
+        match &self.mutation {
+            Some(Mutation::Disable(name)) => policies.retain(|p| p.spec.name != *name),
+            Some(Mutation::ForceFalse(name)) => {
+                for p in policies.iter_mut().filter(|p| p.spec.name == *name) {
+                    let never = Expr {
+                        text: "false".into(),
+                        positions: Arc::from(vec![Pos::default(); 6]),
+                    };
+                    p.when = compile::compile(&never).ok();
+                }
+            }
+            None => {}
+        }
         if !diags.is_empty() {
             diags.sort_by(|a, b| {
                 (a.file(), a.line(), a.column()).cmp(&(b.file(), b.line(), b.column()))
@@ -522,7 +554,22 @@ impl Engine {
 
     /// Decides what to do about `event` at `ctx.now`. Never fails: a policy that cannot be
     /// evaluated is reported in [`Decision::errors`] and the others still decide.
+    ///
+    /// Policies that query `history` see an empty one (and the decision says so in a
+    /// warning): use [`Engine::decide_with`] to correlate.
     pub fn decide(&self, event: &Event, ctx: &Ctx) -> Decision {
+        self.decide_inner(event, ctx, None)
+    }
+
+    /// Decides with the correlation [`History`], which the caller owns: record the event in it
+    /// first ([`History::record`]) and the decision after ([`History::record_decision`]).
+    /// Escalations whose key the history has seen fire are marked
+    /// [`crate::Escalation::repeat`].
+    pub fn decide_with(&self, event: &Event, ctx: &Ctx, history: &History) -> Decision {
+        self.decide_inner(event, ctx, Some(history))
+    }
+
+    fn decide_inner(&self, event: &Event, ctx: &Ctx, history: Option<&History>) -> Decision {
         let (cands, idx) = self.candidates(event);
         let full = ctx.mode == Mode::Full;
         let mut d = Decision {
@@ -542,6 +589,7 @@ impl Engine {
         };
         let mut interp = Interp {
             env: &self.env,
+            history,
             reads: &idx.reads,
             ctx: None,
         };
@@ -554,6 +602,9 @@ impl Engine {
                 d.not_evaluated.push(p.spec.name.clone());
                 outcomes.push((pi, Outcome::NotEvaluated));
                 continue;
+            }
+            if let Some(w) = p.when.as_ref().filter(|w| w.uses_history) {
+                history_warnings(&mut d, &p.spec.name, w, event, history);
             }
             let res = match &p.when {
                 None => Ok(true),
@@ -676,17 +727,24 @@ impl Engine {
                 });
                 let not_before =
                     delay.and_then(|s| ctx.now.checked_add_signed(Duration::seconds(s)));
-                let request = match p.spec.action {
-                    Action::Retry => failure.and_then(|f| f.request.clone()),
-                    _ => {
-                        if failure.is_some_and(|f| f.request.is_some()) {
-                            d.warnings.push(
-                                "retry_without_agent: this engine does not transform request bodies yet; the runbook must build the request".into(),
-                            );
+                let mut transform_error = None;
+                let request = match (p.spec.action, failure.and_then(|f| f.request.as_ref())) {
+                    (Action::Retry, req) => req.cloned(),
+                    (_, None) => None,
+                    (_, Some(req)) => match crate::normalize::transform::retry_without_agent(req) {
+                        Ok(body) => Some(body),
+                        Err(e) => {
+                            transform_error = Some(e.to_string());
+                            None
                         }
-                        None
-                    }
+                    },
                 };
+                if let Some(e) = transform_error {
+                    let reason = format!("retry_without_agent cannot rewrite the request: {e}");
+                    d.warnings
+                        .push(format!("policy `{}`: {reason}", p.spec.name));
+                    self.escalate(p, ev, ctx, interp, d, Some(reason));
+                }
                 d.retry = Some(Retry {
                     request,
                     not_before,
@@ -772,12 +830,35 @@ impl Engine {
         if d.escalations.iter().any(|e| e.key == key) {
             return;
         }
+        let repeat = interp.history.is_some_and(|h| h.fired(&key));
         d.escalations.push(Escalation {
             policy: p.spec.name.clone(),
             reason,
             key,
             severity: p.spec.params.severity.unwrap_or(Severity::Error),
+            repeat,
         });
+    }
+}
+
+fn history_warnings(
+    d: &mut Decision,
+    policy: &str,
+    w: &Compiled,
+    ev: &Event,
+    history: Option<&History>,
+) {
+    let msg = match history {
+        None => format!(
+            "policy `{policy}` queries the correlation history, but none was given: its counts are 0"
+        ),
+        Some(h) if w.windows.iter().any(|win| h.truncated(ev.time, *win)) => format!(
+            "policy `{policy}`: the history reached its size bound and dropped entries inside the query window; counts may be low"
+        ),
+        Some(_) => return,
+    };
+    if !d.warnings.contains(&msg) {
+        d.warnings.push(msg);
     }
 }
 
@@ -825,6 +906,7 @@ pub fn dedup_key(policy: &str, by: &[FieldId], ev: &Event, window_s: i64) -> Str
 /// The interpreter fallback, with its CEL context built at most once per decision.
 struct Interp<'a> {
     env: &'a Arc<cel::Env>,
+    history: Option<&'a History>,
     reads: &'a BTreeSet<Option<FieldId>>,
     ctx: Option<cel::Context<'a, 'a>>,
 }
@@ -832,7 +914,7 @@ struct Interp<'a> {
 impl Interp<'_> {
     fn eval<'e>(&mut self, c: &Compiled, ev: &'e Event, now: Timestamp) -> Result<V<'e>, String> {
         if let Some(n) = &c.native {
-            return eval_native(n, ev, now);
+            return n.eval(ev, now, self.history);
         }
         let ctx = self.ctx.get_or_insert_with(|| {
             let mut cx = cel::Context::with_env(self.env.clone());
@@ -852,8 +934,4 @@ impl Interp<'_> {
             Err(_) => Err("the CEL interpreter failed on this input".to_string()),
         }
     }
-}
-
-fn eval_native<'e>(n: &Native, ev: &'e Event, now: Timestamp) -> Result<V<'e>, String> {
-    n.eval(ev, now)
 }

@@ -239,6 +239,11 @@ macro_rules! wire_enum {
             pub fn as_str(self) -> &'static str {
                 match self { $($name::$variant => $wire),+ }
             }
+
+            /// Parses a wire name.
+            pub fn parse(s: &str) -> Option<Self> {
+                match s { $($wire => Some($name::$variant),)+ _ => None }
+            }
         }
     };
 }

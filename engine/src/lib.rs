@@ -73,20 +73,24 @@ mod diag;
 mod engine;
 mod event;
 pub mod fields;
+pub mod history;
+pub mod normalize;
 mod policy;
 pub mod schema;
+pub mod testing;
 
 pub use decision::{
     Action, Ctx, Decision, Escalation, Matched, Mode, Outcome, PolicyError, Retry, Severity,
     TraceEntry,
 };
 pub use diag::{escape, Diagnostic};
-pub use engine::{dedup_key, Engine, EngineBuilder, PolicyInfo, DEFAULT_DEDUP_WINDOW_S};
+pub use engine::{dedup_key, Engine, EngineBuilder, Mutation, PolicyInfo, DEFAULT_DEDUP_WINDOW_S};
 pub use event::{
     Category, Event, EventError, Failure, FailureDetail, Health, HealthState, Initiator, Kind,
     Maintenance, MaintenanceStatus, MaintenanceType, Operation, ReasonType, Resource, Source,
     Timestamp, MAX_EVENT_BYTES,
 };
+pub use history::History;
 pub use policy::{
     is_policy_file, LoadError, FORMAT_VERSION, MAX_POLICY_DEPTH, MAX_POLICY_FILE_BYTES,
 };

@@ -175,17 +175,43 @@ pub(crate) fn parse_file(
     bytes: &[u8],
     diags: &mut Vec<Diagnostic>,
 ) -> Vec<PolicySpec> {
+    with_yaml_doc(
+        file,
+        bytes,
+        diags,
+        "policy file",
+        "`policies:`",
+        |cx, doc| {
+            let mut out = Vec::new();
+            cx.file_doc(doc, &mut out);
+            out
+        },
+    )
+    .unwrap_or_default()
+}
+
+/// Checks a YAML file's bytes (size, UTF-8, nesting, aliases), loads its one document with
+/// positions and hands it to `f`. Problems go to `diags`; `None` when there is no document to
+/// hand over.
+pub(crate) fn with_yaml_doc<R>(
+    file: &Path,
+    bytes: &[u8],
+    diags: &mut Vec<Diagnostic>,
+    what: &str,
+    top: &str,
+    f: impl FnOnce(&mut Cx<'_, '_>, &MarkedYaml<'_>) -> R,
+) -> Option<R> {
     if bytes.len() > MAX_POLICY_FILE_BYTES {
         diags.push(Diagnostic::new(
             file,
             Pos::FILE,
             format!(
-                "policy file is {} bytes; the limit is {} bytes (8 MiB)",
+                "{what} is {} bytes; the limit is {} bytes (8 MiB)",
                 bytes.len(),
                 MAX_POLICY_FILE_BYTES
             ),
         ));
-        return Vec::new();
+        return None;
     }
     let text = match std::str::from_utf8(bytes) {
         Ok(t) => t,
@@ -194,19 +220,14 @@ pub(crate) fn parse_file(
             diags.push(Diagnostic::new(
                 file,
                 Pos { line, column },
-                "policy file is not valid UTF-8",
+                format!("{what} is not valid UTF-8"),
             ));
-            return Vec::new();
+            return None;
         }
     };
-    parse_str(file, text, diags)
-}
-
-/// Parses YAML text into policy specs.
-pub(crate) fn parse_str(file: &Path, text: &str, diags: &mut Vec<Diagnostic>) -> Vec<PolicySpec> {
     if let Err(d) = precheck(file, text) {
         diags.push(d);
-        return Vec::new();
+        return None;
     }
     let docs = match MarkedYaml::load_from_str(text) {
         Ok(d) => d,
@@ -220,7 +241,7 @@ pub(crate) fn parse_str(file: &Path, text: &str, diags: &mut Vec<Diagnostic>) ->
                 },
                 format!("YAML syntax error: {}", e.info()),
             ));
-            return Vec::new();
+            return None;
         }
     };
     let mut cx = Cx {
@@ -229,19 +250,23 @@ pub(crate) fn parse_str(file: &Path, text: &str, diags: &mut Vec<Diagnostic>) ->
         chars: None,
         diags,
     };
-    let mut out = Vec::new();
     match docs.as_slice() {
-        [] => cx.err(
-            Pos::FILE,
-            "empty policy file: expected a map with `policies:`",
-        ),
-        [doc] => cx.file_doc(doc, &mut out),
-        [_, second, ..] => cx.err(
-            pos(second),
-            "a policy file holds one YAML document; put every policy under one `policies:` list",
-        ),
+        [] => {
+            cx.err(
+                Pos::FILE,
+                format!("empty {what}: expected a map with {top}"),
+            );
+            None
+        }
+        [doc] => Some(f(&mut cx, doc)),
+        [_, second, ..] => {
+            cx.err(
+                pos(second),
+                format!("a {what} holds one YAML document; put everything under one {top}"),
+            );
+            None
+        }
     }
-    out
 }
 
 /// Rejects what the tree loader should never see: aliases (no billion laughs) and nesting
@@ -285,7 +310,7 @@ fn precheck(file: &Path, text: &str) -> Result<(), Diagnostic> {
     Ok(())
 }
 
-fn pos(n: &MarkedYaml<'_>) -> Pos {
+pub(crate) fn pos(n: &MarkedYaml<'_>) -> Pos {
     Pos {
         line: n.span.start.line(),
         column: n.span.start.col() + 1,
@@ -293,7 +318,7 @@ fn pos(n: &MarkedYaml<'_>) -> Pos {
 }
 
 /// A scalar's string form, if it is a scalar.
-fn scalar_str<'a>(n: &'a MarkedYaml<'_>) -> Option<std::borrow::Cow<'a, str>> {
+pub(crate) fn scalar_str<'a>(n: &'a MarkedYaml<'_>) -> Option<std::borrow::Cow<'a, str>> {
     match &n.data {
         YamlData::Value(Scalar::String(s)) => Some(std::borrow::Cow::Borrowed(s.as_ref())),
         YamlData::Value(Scalar::Integer(i)) => Some(i.to_string().into()),
@@ -305,7 +330,7 @@ fn scalar_str<'a>(n: &'a MarkedYaml<'_>) -> Option<std::borrow::Cow<'a, str>> {
     }
 }
 
-fn type_name(n: &MarkedYaml<'_>) -> &'static str {
+pub(crate) fn type_name(n: &MarkedYaml<'_>) -> &'static str {
     match &n.data {
         YamlData::Value(Scalar::String(_)) | YamlData::Representation(..) => "a string",
         YamlData::Value(Scalar::Integer(_)) => "an integer",
@@ -320,28 +345,29 @@ fn type_name(n: &MarkedYaml<'_>) -> &'static str {
     }
 }
 
-struct Cx<'t, 'd> {
+/// Conversion of a YAML tree with positions, collecting every problem.
+pub(crate) struct Cx<'t, 'd> {
     file: Arc<Path>,
     text: &'t str,
     chars: Option<Vec<char>>,
-    diags: &'d mut Vec<Diagnostic>,
+    pub(crate) diags: &'d mut Vec<Diagnostic>,
 }
 
-type Entries<'n, 'i> = Vec<(String, &'n MarkedYaml<'i>, &'n MarkedYaml<'i>)>;
+pub(crate) type Entries<'n, 'i> = Vec<(String, &'n MarkedYaml<'i>, &'n MarkedYaml<'i>)>;
 
 impl Cx<'_, '_> {
-    fn err(&mut self, at: Pos, msg: impl Into<String>) {
+    pub(crate) fn err(&mut self, at: Pos, msg: impl Into<String>) {
         self.diags.push(Diagnostic::new(&self.file, at, msg));
     }
 
-    fn err_help(&mut self, at: Pos, msg: impl Into<String>, help: Option<String>) {
+    pub(crate) fn err_help(&mut self, at: Pos, msg: impl Into<String>, help: Option<String>) {
         self.diags
             .push(Diagnostic::new(&self.file, at, msg).with_help(help));
     }
 
     /// The entries of a map whose keys must be among `allowed`; unknown and duplicate keys
     /// are reported. `None` when `n` is not a map.
-    fn map<'n, 'i>(
+    pub(crate) fn map<'n, 'i>(
         &mut self,
         n: &'n MarkedYaml<'i>,
         what: &str,
@@ -377,7 +403,7 @@ impl Cx<'_, '_> {
         Some(out)
     }
 
-    fn string(&mut self, n: &MarkedYaml<'_>, what: &str) -> Option<String> {
+    pub(crate) fn string(&mut self, n: &MarkedYaml<'_>, what: &str) -> Option<String> {
         match &n.data {
             YamlData::Value(Scalar::String(s)) => Some(s.to_string()),
             YamlData::Representation(s, _, _) => Some(s.to_string()),
@@ -391,7 +417,7 @@ impl Cx<'_, '_> {
         }
     }
 
-    fn int(&mut self, n: &MarkedYaml<'_>, what: &str, min: i64) -> Option<i64> {
+    pub(crate) fn int(&mut self, n: &MarkedYaml<'_>, what: &str, min: i64) -> Option<i64> {
         match &n.data {
             YamlData::Value(Scalar::Integer(i)) if *i >= min => Some(*i),
             YamlData::Value(Scalar::Integer(i)) => {
@@ -409,7 +435,7 @@ impl Cx<'_, '_> {
     }
 
     /// A CEL expression from a string scalar, with the file position of every character.
-    fn expr(&mut self, n: &MarkedYaml<'_>, what: &str) -> Option<Expr> {
+    pub(crate) fn expr(&mut self, n: &MarkedYaml<'_>, what: &str) -> Option<Expr> {
         let text = self.string(n, what)?;
         let positions = self.align(n, &text);
         Some(Expr {
@@ -764,7 +790,7 @@ impl Cx<'_, '_> {
     }
 
     /// A duration: an integer number of seconds, or a string such as `90s`, `15m`, `2h`, `1d`.
-    fn duration(&mut self, n: &MarkedYaml<'_>, what: &str) -> Option<i64> {
+    pub(crate) fn duration(&mut self, n: &MarkedYaml<'_>, what: &str) -> Option<i64> {
         if let YamlData::Value(Scalar::Integer(i)) = &n.data {
             if *i > 0 {
                 return Some(*i);
@@ -784,7 +810,7 @@ impl Cx<'_, '_> {
     }
 
     /// A YAML node as JSON (for params handed to runbooks).
-    fn json(&mut self, n: &MarkedYaml<'_>, depth: usize) -> serde_json::Value {
+    pub(crate) fn json(&mut self, n: &MarkedYaml<'_>, depth: usize) -> serde_json::Value {
         use serde_json::Value as J;
         if depth > MAX_POLICY_DEPTH {
             return J::Null;

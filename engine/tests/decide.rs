@@ -704,12 +704,47 @@ fn retry_carries_the_request_and_retry_without_agent_warns() {
     assert_eq!(d.retry.unwrap().request, Some(body.clone()));
     assert!(d.warnings.is_empty());
 
+    // A body the transform refuses (not a VM create): no request to resubmit, a warning and
+    // an escalation so that a human knows the retry cannot happen.
     let win = failure_with(json!({"os": "windows"}), json!({ "request": body }));
     let d = fast(&e, &win);
     assert_eq!(d.action, Action::RetryWithoutAgent);
     assert_eq!(d.retry.unwrap().request, None);
     assert_eq!(d.warnings.len(), 1);
-    assert!(d.warnings[0].contains("does not transform request bodies"));
+    assert!(
+        d.warnings[0].contains("retry_without_agent cannot rewrite the request"),
+        "{:?}",
+        d.warnings
+    );
+    assert_eq!(d.escalations.len(), 1);
+    assert_eq!(d.escalations[0].policy, "rwa");
+
+    // A real Windows VM create body is rewritten: no agent, no extension operations.
+    let create = json!({
+        "location": "eastus2",
+        "properties": {
+            "hardwareProfile": {"vmSize": "Standard_D2s_v5"},
+            "storageProfile": {
+                "imageReference": {"publisher": "MicrosoftWindowsServer", "offer": "WindowsServer", "sku": "2022-datacenter", "version": "latest"},
+                "osDisk": {"createOption": "FromImage", "osType": "Windows"}
+            },
+            "osProfile": {"computerName": "web-1", "adminUsername": "azureuser", "windowsConfiguration": {"provisionVMAgent": true}},
+            "networkProfile": {"networkInterfaces": [{"id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Network/networkInterfaces/nic"}]}
+        }
+    });
+    let win = failure_with(json!({"os": "windows"}), json!({ "request": create }));
+    let d = fast(&e, &win);
+    assert_eq!(d.action, Action::RetryWithoutAgent);
+    assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+    let req = d.retry.unwrap().request.unwrap();
+    assert_eq!(
+        req["properties"]["osProfile"]["windowsConfiguration"]["provisionVMAgent"],
+        json!(false)
+    );
+    assert_eq!(
+        req["properties"]["osProfile"]["allowExtensionOperations"],
+        json!(false)
+    );
 }
 
 #[test]

@@ -15,9 +15,11 @@ fn load(when: &str) -> Result<Engine, LoadError> {
 }
 
 fn event() -> Event {
-    Event::from_json_str(r#"{"id":"e","time":"2021-10-13T14:05:00Z","source":"azure.arm","kind":"operation_failure",
+    Event::from_json_str(
+        r#"{"id":"e","time":"2021-10-13T14:05:00Z","source":"azure.arm","kind":"operation_failure",
         "resource":{"name":"web-1","os":"windows"},
-        "failure":{"operation":"create","code":"X","category":"vm_agent","attempt":1}}"#)
+        "failure":{"operation":"create","code":"X","category":"vm_agent","attempt":1}}"#,
+    )
     .unwrap()
 }
 
@@ -40,7 +42,10 @@ fn deep_brackets_are_a_load_error_not_a_crash() {
     for n in [30, 200, 2000] {
         let when = format!("{}true{}", "(".repeat(n), ")".repeat(n));
         let err = on_small_stack(move || load(&when).unwrap_err());
-        assert!(first_message(&err).contains("brackets nested more than 24 levels deep"), "{n}: {err}");
+        assert!(
+            first_message(&err).contains("brackets nested more than 24 levels deep"),
+            "{n}: {err}"
+        );
         assert_eq!(err.diagnostics()[0].line(), 4);
     }
 }
@@ -49,7 +54,11 @@ fn deep_brackets_are_a_load_error_not_a_crash() {
 fn moderately_nested_expressions_load_and_decide_on_a_small_stack() {
     // 20 bracket levels load (on the loader's own thread), and a 40-deep chain is decided on a
     // 512 KiB stack, natively and in the interpreter.
-    let nested = format!("{}event.failure.attempt{} == 1", "(".repeat(20), ")".repeat(20));
+    let nested = format!(
+        "{}event.failure.attempt{} == 1",
+        "(".repeat(20),
+        ")".repeat(20)
+    );
     // The deepest chain the loader accepts (depth 48).
     let chain = format!("size(event.resource.name{}) > 0", " + \"a\"".repeat(43));
     for when in [nested, chain] {
@@ -66,7 +75,10 @@ fn moderately_nested_expressions_load_and_decide_on_a_small_stack() {
 fn long_operator_chains_are_a_load_error() {
     let when = format!("1{} == 1", " + 1".repeat(1000));
     let err = on_small_stack(move || load(&when).unwrap_err());
-    assert!(first_message(&err).contains("operations deep; the limit is 48"), "{err}");
+    assert!(
+        first_message(&err).contains("operations deep; the limit is 48"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -95,9 +107,18 @@ fn positions_point_at_the_name_in_has_and_method_calls() {
 #[test]
 fn shape_and_expression_problems_of_one_policy_are_all_reported() {
     let yaml = "policies:\n  - name: p\n    on: [operation_failure]\n    when: event.failure.cod == \"X\"\n    action: retry\n    params: { deadline_s: 5 }\n";
-    let err = Engine::builder().add_source("p.yaml", yaml).build().unwrap_err();
+    let err = Engine::builder()
+        .add_source("p.yaml", yaml)
+        .build()
+        .unwrap_err();
     let msgs: Vec<&str> = err.diagnostics().iter().map(|d| d.message()).collect();
     assert_eq!(msgs.len(), 2, "{err}");
-    assert!(msgs.iter().any(|m| m.contains("unknown field `cod`")), "{err}");
-    assert!(msgs.iter().any(|m| m.contains("unknown key `deadline_s`")), "{err}");
+    assert!(
+        msgs.iter().any(|m| m.contains("unknown field `cod`")),
+        "{err}"
+    );
+    assert!(
+        msgs.iter().any(|m| m.contains("unknown key `deadline_s`")),
+        "{err}"
+    );
 }

@@ -25,7 +25,7 @@ pub const EXIT_INVALID_POLICY: u8 = 3;
     long_about = "Keel normalizes cloud platform events (maintenance notices, resource-health \
 changes, failed management operations), evaluates CEL policies against them, and decides an \
 action: retry_without_agent, retry, drain, defer, acknowledge, escalate, or none.",
-    after_help = "Exit codes:\n  0  success\n  1  failures (reserved for `keel test`)\n  2  usage error, or an unreadable or malformed input\n  3  invalid policy set\n\nExamples:\n  keel check policies/\n  keel eval --policies policies/ --event event.json --explain"
+    after_help = "Exit codes:\n  0  success\n  1  test failures (`keel test`)\n  2  usage error, or an unreadable or malformed input\n  3  invalid policy set\n\nExamples:\n  keel check policies/\n  keel eval --policies policies/ --event event.json --explain\n  keel normalize --from azure.scheduled_events doc.json\n  keel test policies/"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -36,6 +36,8 @@ struct Cli {
 enum Command {
     Eval(cmd::eval::Args),
     Check(cmd::check::Args),
+    Normalize(cmd::normalize::Args),
+    Test(cmd::test::Args),
 }
 
 fn main() -> ExitCode {
@@ -43,6 +45,8 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Eval(args) => cmd::eval::run(args),
         Command::Check(args) => cmd::check::run(args),
+        Command::Normalize(args) => cmd::normalize::run(args),
+        Command::Test(args) => cmd::test::run(args),
     };
     ExitCode::from(code)
 }

@@ -306,3 +306,139 @@ fn help_shows_examples() {
         assert!(text(&out.stdout).contains("Examples:"), "{cmd:?}");
     }
 }
+
+const FX: &str = "engine/tests/fixtures";
+
+#[test]
+fn normalize_lists_sources() {
+    let out = keel(&["normalize", "--list"]);
+    assert_eq!(out.status.code(), Some(0));
+    let s = text(&out.stdout);
+    for n in [
+        "azure.scheduled_events",
+        "azure.maintenance_v1",
+        "azure.resource_health",
+        "azure.arm",
+        "aws.imds",
+        "gcp.metadata",
+    ] {
+        assert!(s.contains(n), "{n}: {s}");
+    }
+}
+
+#[test]
+fn normalize_state_file_carries_the_lifecycle() {
+    let d = tmp();
+    let state = d.path().join("se.json");
+    let state = state.to_str().unwrap();
+    let steps = [
+        (
+            "azure-scheduled-events-empty.json",
+            "2026-04-11T22:00:00Z",
+            vec![],
+        ),
+        (
+            "azure-scheduled-events-freeze-live-migration-scheduled.json",
+            "2026-04-11T22:11:58Z",
+            vec!["scheduled", "scheduled"],
+        ),
+        (
+            "azure-scheduled-events-freeze-live-migration-scheduled.json",
+            "2026-04-11T22:12:58Z",
+            vec![],
+        ),
+        (
+            "azure-scheduled-events-freeze-live-migration-started.json",
+            "2026-04-11T22:27:00Z",
+            vec!["started", "started"],
+        ),
+        (
+            "azure-scheduled-events-freeze-live-migration-completed.json",
+            "2026-04-11T22:37:00Z",
+            vec!["completed", "completed"],
+        ),
+    ];
+    for (file, at, want) in steps {
+        let path = format!("{FX}/{file}");
+        let out = keel(&[
+            "normalize",
+            "--from",
+            "azure.scheduled_events",
+            "--state",
+            state,
+            "--self",
+            "WestNO_0",
+            "--observed-at",
+            at,
+            &path,
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{file}: {}", text(&out.stderr));
+        let lines: Vec<serde_json::Value> = text(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let got: Vec<&str> = lines
+            .iter()
+            .map(|e| e["maintenance"]["status"].as_str().unwrap())
+            .collect();
+        assert_eq!(got, want, "{file}");
+        if let Some(first) = lines.first() {
+            assert_eq!(first["resource"]["is_self"], true);
+        }
+    }
+}
+
+#[test]
+fn normalize_previous_document() {
+    let out = keel(&[
+        "normalize",
+        "--from",
+        "azure.scheduled_events",
+        "--observed-at",
+        "2026-04-11T22:37:00Z",
+        "--previous",
+        &format!("{FX}/azure-scheduled-events-freeze-live-migration-started.json"),
+        &format!("{FX}/azure-scheduled-events-freeze-live-migration-completed.json"),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert_eq!(s.lines().count(), 2);
+    assert!(s.contains(r#""status":"completed""#), "{s}");
+}
+
+#[test]
+fn normalize_errors_are_clear() {
+    let out = keel(&["normalize", "--from", "azure.sheduled_events", "x.json"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("did you mean `azure.scheduled_events`?"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = keel(&[
+        "normalize",
+        "--from",
+        "azure.scheduled_events",
+        "/nonexistent.json",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("/nonexistent.json: cannot read"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = keel(&[
+        "normalize",
+        "--from",
+        "azure.scheduled_events",
+        &format!("{FX}/aws-rebalance-recommendation.json"),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("not a payload `azure.scheduled_events` reads"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = keel(&["normalize", "--from", "azure.scheduled_events"]);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -2,3 +2,5 @@
 
 pub mod check;
 pub mod eval;
+pub mod normalize;
+pub mod test;

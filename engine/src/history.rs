@@ -1,0 +1,287 @@
+//! Correlation across VMs: a bounded, windowed history of events and decisions that policies
+//! query from CEL.
+//!
+//! A single VM cannot tell "my create failed" from "every Windows create in the region is
+//! failing". The [`History`] remembers recent events (their discrete fields and resource) and
+//! decisions, so a policy can ask:
+//!
+//! * `history.count({"failure.category": "vm_agent", "resource.region": event.resource.region}, duration("15m"))`:
+//!   how many matching events were seen in the window;
+//! * `history.resources({...}, duration("15m"))`: from how many distinct resources;
+//! * `history.actions(event.resource.id, "drain", duration("1h"))`: how many times that
+//!   action was decided for the resource (so "not drained twice" can be written).
+//!
+//! Windows end at the current event's time and use the events' own times, never a clock. The
+//! history is state and the [`crate::Engine`] is not: the caller owns it, records each event
+//! before deciding it ([`History::record`]) and the decision after
+//! ([`History::record_decision`]), and passes it to [`crate::Engine::decide_with`]. Memory is
+//! bounded by [`History::with_limits`]: when the bound is reached the oldest entries go, and a
+//! decision whose window reaches past them carries a warning.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use chrono::Duration;
+
+use crate::decision::{Action, Decision};
+use crate::event::{Event, Timestamp};
+use crate::fields::{self, FieldId, FieldValue};
+
+/// Default bound on remembered events.
+pub const DEFAULT_MAX_EVENTS: usize = 50_000;
+/// Default retention: entries older than this (relative to the newest event) are dropped.
+pub const DEFAULT_RETENTION_S: i64 = 24 * 3600;
+
+/// Paths a history filter may test: the discrete fields plus the resource's identity and
+/// placement.
+pub fn correlatable(id: FieldId) -> bool {
+    let f = fields::field(id);
+    f.discrete
+        || matches!(
+            f.path,
+            "resource.id"
+                | "resource.name"
+                | "resource.availability_set"
+                | "resource.scale_set"
+                | "resource.fault_domain"
+                | "resource.update_domain"
+        )
+}
+
+/// A remembered scalar value.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Val {
+    Str(Arc<str>),
+    Int(i64),
+    Bool(bool),
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    time: Timestamp,
+    resource: Option<Arc<str>>,
+    values: Box<[(FieldId, Val)]>,
+}
+
+#[derive(Debug, Clone)]
+struct DecisionEntry {
+    time: Timestamp,
+    resource: Arc<str>,
+    action: Action,
+}
+
+/// The bounded, windowed history of events and decisions. See the module docs.
+#[derive(Debug, Clone)]
+pub struct History {
+    events: VecDeque<Entry>,
+    decisions: VecDeque<DecisionEntry>,
+    fired: HashMap<String, Timestamp>,
+    interned: HashSet<Arc<str>>,
+    max_events: usize,
+    retention: Duration,
+    /// The newest time of an entry dropped because of the size bound (not of retention).
+    evicted_until: Option<Timestamp>,
+    newest: Option<Timestamp>,
+}
+
+impl Default for History {
+    fn default() -> History {
+        History::with_limits(DEFAULT_MAX_EVENTS, DEFAULT_RETENTION_S)
+    }
+}
+
+impl History {
+    /// An empty history with the default bounds.
+    pub fn new() -> History {
+        History::default()
+    }
+
+    /// An empty history that keeps at most `max_events` events (and as many decisions) and
+    /// nothing older than `retention_s` seconds before the newest event.
+    pub fn with_limits(max_events: usize, retention_s: i64) -> History {
+        History {
+            events: VecDeque::new(),
+            decisions: VecDeque::new(),
+            fired: HashMap::new(),
+            interned: HashSet::new(),
+            max_events: max_events.max(1),
+            retention: Duration::seconds(retention_s.max(1)),
+            evicted_until: None,
+            newest: None,
+        }
+    }
+
+    /// The number of remembered events.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// Whether no event is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.interned.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.interned.insert(a.clone());
+        a
+    }
+
+    /// Remembers an event. Call it before deciding the event, so that its own occurrence
+    /// counts.
+    pub fn record(&mut self, ev: &Event) {
+        let mut values = Vec::new();
+        for (id, f) in fields::FIELDS.iter().enumerate() {
+            if !correlatable(id) {
+                continue;
+            }
+            let v = match (f.get)(ev) {
+                Ok(Some(FieldValue::Str(s))) => Val::Str(self.intern(s)),
+                Ok(Some(FieldValue::Int(i))) => Val::Int(i),
+                Ok(Some(FieldValue::Bool(b))) => Val::Bool(b),
+                _ => continue,
+            };
+            values.push((id, v));
+        }
+        let resource = resource_key(ev).map(|r| self.intern(r));
+        let entry = Entry {
+            time: ev.time,
+            resource,
+            values: values.into_boxed_slice(),
+        };
+        // Keep the deque ordered by time; events mostly arrive in order.
+        let pos = self
+            .events
+            .iter()
+            .rposition(|e| e.time <= entry.time)
+            .map_or(0, |p| p + 1);
+        self.events.insert(pos, entry);
+        self.newest = Some(self.newest.map_or(ev.time, |n| n.max(ev.time)));
+        self.trim();
+    }
+
+    /// Remembers a decision: its action for the event's resource, and the keys of its
+    /// escalations (so that repeats are marked [`crate::Escalation::repeat`]).
+    pub fn record_decision(&mut self, ev: &Event, d: &Decision) {
+        if let Some(r) = resource_key(ev) {
+            let resource = self.intern(r);
+            self.decisions.push_back(DecisionEntry {
+                time: ev.time,
+                resource,
+                action: d.action,
+            });
+        }
+        for e in &d.escalations {
+            self.fired.entry(e.key.clone()).or_insert(ev.time);
+        }
+        self.trim();
+    }
+
+    /// Whether an escalation key was recorded before.
+    pub fn fired(&self, key: &str) -> bool {
+        self.fired.contains_key(key)
+    }
+
+    fn trim(&mut self) {
+        let Some(newest) = self.newest else {
+            return;
+        };
+        let horizon = newest - self.retention;
+        while self.events.front().is_some_and(|e| e.time < horizon) {
+            self.events.pop_front();
+        }
+        while self.events.len() > self.max_events {
+            if let Some(e) = self.events.pop_front() {
+                self.evicted_until = Some(self.evicted_until.map_or(e.time, |t| t.max(e.time)));
+            }
+        }
+        while self
+            .decisions
+            .front()
+            .is_some_and(|d| d.time < horizon || self.decisions.len() > self.max_events)
+        {
+            self.decisions.pop_front();
+        }
+        self.fired.retain(|_, t| *t >= horizon);
+        if self.fired.len() > self.max_events {
+            // Keep the newest keys.
+            let mut times: Vec<Timestamp> = self.fired.values().copied().collect();
+            times.sort_unstable();
+            let cut = times[times.len() - self.max_events];
+            self.fired.retain(|_, t| *t >= cut);
+        }
+        if self.interned.len() > 4 * self.max_events {
+            // Drop strings no entry refers to any more.
+            self.interned.retain(|a| Arc::strong_count(a) > 1);
+        }
+    }
+
+    /// Whether a window `[end - window, end]` reaches back past entries dropped by the size
+    /// bound (its counts may then be low).
+    pub(crate) fn truncated(&self, end: Timestamp, window: Duration) -> bool {
+        self.evicted_until.is_some_and(|t| t >= end - window)
+    }
+
+    fn matching<'a>(
+        &'a self,
+        filter: &'a [(FieldId, Val)],
+        end: Timestamp,
+        window: Duration,
+    ) -> impl Iterator<Item = &'a Entry> + 'a {
+        let start = end - window;
+        self.events
+            .iter()
+            .rev()
+            .skip_while(move |e| e.time > end)
+            .take_while(move |e| e.time > start)
+            .filter(move |e| {
+                filter
+                    .iter()
+                    .all(|(f, v)| e.values.iter().any(|(g, w)| g == f && w == v))
+            })
+    }
+
+    /// How many remembered events match `filter` in the window ending at `end`.
+    pub(crate) fn count(&self, filter: &[(FieldId, Val)], end: Timestamp, window: Duration) -> i64 {
+        self.matching(filter, end, window).count() as i64
+    }
+
+    /// From how many distinct resources the matching events came.
+    pub(crate) fn resources(
+        &self,
+        filter: &[(FieldId, Val)],
+        end: Timestamp,
+        window: Duration,
+    ) -> i64 {
+        let set: HashSet<&Arc<str>> = self
+            .matching(filter, end, window)
+            .filter_map(|e| e.resource.as_ref())
+            .collect();
+        set.len() as i64
+    }
+
+    /// How many times `action` was decided for `resource` in the window ending at `end`.
+    pub(crate) fn actions(
+        &self,
+        resource: &str,
+        action: Action,
+        end: Timestamp,
+        window: Duration,
+    ) -> i64 {
+        let start = end - window;
+        self.decisions
+            .iter()
+            .rev()
+            .filter(|d| d.time <= end && d.time > start)
+            .filter(|d| d.action == action && &*d.resource == resource)
+            .count() as i64
+    }
+}
+
+/// The resource an event is about, for distinct counts: its id, else its name.
+fn resource_key(ev: &Event) -> Option<&str> {
+    ev.resource.id.as_deref().or(ev.resource.name.as_deref())
+}

@@ -1,0 +1,287 @@
+//! Normalizers: pure functions from a vendor payload to normalized [`Event`]s.
+//!
+//! Each source has one module. A normalizer takes the payload bytes, the time Keel observed
+//! them (never a clock read) and, for stateful protocols, a [`NormalizerState`] that the caller
+//! persists between calls. It rejects malformed or hostile input with a typed
+//! [`NormalizeError`] and never panics. Unknown but well-formed values (a new event type)
+//! normalize to an explicit `unknown` rather than failing the whole document.
+//!
+//! ```
+//! use keel_engine::normalize::{normalize, Input, NormalizerState};
+//!
+//! let doc = br#"{"DocumentIncarnation": 2, "Events": [{"EventId": "C7061BAC-AFDC-4513-B24B-AA5F13A16123",
+//!   "EventStatus": "Scheduled", "EventType": "Freeze", "ResourceType": "VirtualMachine",
+//!   "Resources": ["WestNO_0", "WestNO_1"], "NotBefore": "Mon, 11 Apr 2026 22:26:58 GMT",
+//!   "Description": "Virtual machine is being paused because of a memory-preserving Live Migration operation.",
+//!   "EventSource": "Platform", "DurationInSeconds": 5}]}"#;
+//! let mut state = NormalizerState::default();
+//! let observed_at = "2026-04-11T22:11:58Z".parse()?;
+//! let events = normalize("azure.scheduled_events", &Input::new(doc, observed_at).self_name("WestNO_0"), &mut state)?;
+//! assert_eq!(events.len(), 2); // one per VM
+//! assert_eq!(events[0].resource.is_self, Some(true));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::{Event, Operation, Timestamp};
+
+pub mod aws_imds;
+pub mod azure_arm;
+pub mod azure_maintenance_v1;
+pub mod azure_resource_health;
+pub mod azure_scheduled_events;
+pub mod classify;
+pub mod gcp_metadata;
+pub(crate) mod json;
+pub mod time;
+pub mod transform;
+
+/// The largest payload a normalizer accepts (4 MiB).
+pub const MAX_PAYLOAD_BYTES: usize = 4 << 20;
+
+/// What a normalizer is given.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct Input<'a> {
+    /// The payload as received (JSON, text, or an HTTP response for the `.http` forms).
+    pub payload: &'a [u8],
+    /// When Keel observed the payload: the event time where the vendor gives none, and the
+    /// epoch of content-hash ids. Never read from a clock inside the engine.
+    pub observed_at: Timestamp,
+    /// This host's own VM name, to set `resource.is_self`.
+    pub self_name: Option<&'a str>,
+    /// The HTTP status the payload came with, where known.
+    pub http_status: Option<u16>,
+    /// The `Retry-After` header in seconds, where the payload came with one.
+    pub retry_after_s: Option<i64>,
+    /// The operation that failed, where the caller knows it and the payload may not say
+    /// (`azure.arm`: a bare error body or async operation status).
+    pub operation: Option<Operation>,
+}
+
+impl<'a> Input<'a> {
+    /// A payload observed at `observed_at`.
+    pub fn new(payload: &'a [u8], observed_at: Timestamp) -> Input<'a> {
+        Input {
+            payload,
+            observed_at,
+            self_name: None,
+            http_status: None,
+            retry_after_s: None,
+            operation: None,
+        }
+    }
+
+    /// Sets the operation that failed (see [`Input::operation`]).
+    pub fn operation(mut self, op: Operation) -> Input<'a> {
+        self.operation = Some(op);
+        self
+    }
+
+    /// Sets this host's own VM name.
+    pub fn self_name(mut self, name: &'a str) -> Input<'a> {
+        self.self_name = Some(name);
+        self
+    }
+
+    /// Sets the HTTP status of the response the payload came in.
+    pub fn http_status(mut self, status: u16) -> Input<'a> {
+        self.http_status = Some(status);
+        self
+    }
+
+    /// Sets the `Retry-After` header value in seconds.
+    pub fn retry_after_s(mut self, secs: i64) -> Input<'a> {
+        self.retry_after_s = Some(secs);
+        self
+    }
+}
+
+/// State carried between calls for stateful protocols; the caller persists it (for example
+/// `keel normalize --state FILE`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct NormalizerState {
+    /// Azure Scheduled Events: the last document and what was seen of each event.
+    #[serde(default)]
+    pub azure_scheduled_events: azure_scheduled_events::State,
+    /// Azure legacy maintenance endpoint: the last InstanceInfo.
+    #[serde(default)]
+    pub azure_maintenance_v1: azure_maintenance_v1::State,
+    /// GCP metadata: the last maintenance-event value and when it was first seen.
+    #[serde(default)]
+    pub gcp_metadata: gcp_metadata::State,
+    /// AWS IMDS: first-seen times of notices without a vendor id.
+    #[serde(default)]
+    pub aws_imds: aws_imds::State,
+}
+
+/// Why a payload could not be normalized.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NormalizeError {
+    /// No normalizer has that name.
+    #[error("unknown normalizer `{name}`{}", suggestion(.hint))]
+    UnknownNormalizer {
+        /// The name given.
+        name: String,
+        /// A close name, if any.
+        hint: Option<&'static str>,
+    },
+    /// The payload is larger than [`MAX_PAYLOAD_BYTES`].
+    #[error("payload is {size} bytes; the limit is {MAX_PAYLOAD_BYTES}")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+    },
+    /// The payload is not UTF-8.
+    #[error("payload is not UTF-8 (invalid byte at offset {offset})")]
+    NotUtf8 {
+        /// Byte offset of the first invalid byte.
+        offset: usize,
+    },
+    /// The payload is not valid JSON (or nests deeper than 128 levels).
+    #[error("invalid JSON at line {line}, column {column}: {message}")]
+    Json {
+        /// 1-based line.
+        line: usize,
+        /// 1-based column.
+        column: usize,
+        /// What was wrong.
+        message: String,
+    },
+    /// A value has the wrong shape or type.
+    #[error("`{path}`: expected {expected}, found {found}")]
+    Shape {
+        /// Where, as a JSON path (`Events[0].NotBefore`).
+        path: String,
+        /// What was expected.
+        expected: String,
+        /// What was there (escaped and truncated).
+        found: String,
+    },
+    /// A time value is not in any format the vendor uses.
+    #[error("`{path}`: invalid time {value:?}: {reason}")]
+    Time {
+        /// Where.
+        path: String,
+        /// The value (escaped and truncated).
+        value: String,
+        /// Why.
+        reason: String,
+    },
+    /// The payload is well-formed but not what this normalizer reads.
+    #[error("not a payload `{expected}` reads: {reason}")]
+    WrongPayload {
+        /// What this normalizer reads.
+        expected: &'static str,
+        /// What was found instead.
+        reason: String,
+    },
+}
+
+fn suggestion(hint: &Option<&'static str>) -> String {
+    match hint {
+        Some(h) => format!(" (did you mean `{h}`?)"),
+        None => String::new(),
+    }
+}
+
+/// A normalizer's entry in the registry.
+#[derive(Debug, Clone, Copy)]
+pub struct NormalizerInfo {
+    /// Its name, for `keel normalize --from`.
+    pub name: &'static str,
+    /// What it reads.
+    pub reads: &'static str,
+    run: fn(&Input<'_>, &mut NormalizerState) -> Result<Vec<Event>, NormalizeError>,
+}
+
+/// Every normalizer.
+pub static NORMALIZERS: &[NormalizerInfo] = &[
+    NormalizerInfo {
+        name: "azure.scheduled_events",
+        reads: "Azure IMDS /metadata/scheduledevents documents (stateful: incarnations, vanished events)",
+        run: azure_scheduled_events::normalize,
+    },
+    NormalizerInfo {
+        name: "azure.maintenance_v1",
+        reads: "the legacy Azure /metadata/v1/maintenance endpoint",
+        run: azure_maintenance_v1::normalize,
+    },
+    NormalizerInfo {
+        name: "azure.resource_health",
+        reads: "Azure Resource Health: availabilityStatuses REST responses (any api-version), activity-log ResourceHealth events, their alerts (legacy webhook and common schema), Event Grid health events",
+        run: azure_resource_health::normalize,
+    },
+    NormalizerInfo {
+        name: "azure.arm",
+        reads: "Azure Resource Manager operation failures: error bodies, async operation status, deployment wrappers, activity-log statusMessage, ingest bodies",
+        run: azure_arm::normalize,
+    },
+    NormalizerInfo {
+        name: "aws.imds",
+        reads: "AWS IMDS: spot/instance-action, spot/termination-time, events/recommendations/rebalance, events/maintenance/scheduled and history",
+        run: aws_imds::normalize,
+    },
+    NormalizerInfo {
+        name: "gcp.metadata",
+        reads: "GCP metadata: instance/maintenance-event, instance/preempted, instance/upcoming-maintenance",
+        run: gcp_metadata::normalize,
+    },
+];
+
+/// Runs the normalizer called `name`.
+pub fn normalize(
+    name: &str,
+    input: &Input<'_>,
+    state: &mut NormalizerState,
+) -> Result<Vec<Event>, NormalizeError> {
+    let Some(n) = NORMALIZERS.iter().find(|n| n.name == name) else {
+        return Err(NormalizeError::UnknownNormalizer {
+            name: crate::diag::escape(&truncate(name, 80)),
+            hint: crate::fields::did_you_mean(name, NORMALIZERS.iter().map(|n| n.name)),
+        });
+    };
+    if input.payload.len() > MAX_PAYLOAD_BYTES {
+        return Err(NormalizeError::TooLarge {
+            size: input.payload.len(),
+        });
+    }
+    (n.run)(input, state)
+}
+
+/// Truncates untrusted text for an error message.
+pub(crate) fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_string();
+    }
+    let mut out: String = s.chars().take(max).collect();
+    out.push('…');
+    out
+}
+
+/// A value quoted for an error message: escaped and truncated.
+pub(crate) fn quote(s: &str) -> String {
+    crate::diag::escape(&truncate(s, 80))
+}
+
+/// `<source>:` + 16 hex digits of SHA-256 over `parts` (for vendors without an id).
+pub(crate) fn hash_id(source: &str, parts: &[&str]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    let digest = h.finalize();
+    let mut s = String::with_capacity(source.len() + 17);
+    s.push_str(source);
+    s.push(':');
+    for b in &digest[..8] {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}

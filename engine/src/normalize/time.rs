@@ -1,0 +1,217 @@
+//! Vendor time formats, all to UTC.
+//!
+//! Accepted (DOMAIN.md section 6 rule 1 and section 8): RFC 1123 (`Mon, 11 Apr 2026 22:26:58
+//! GMT`; the weekday is optional and never cross-checked, because Microsoft's own sample has
+//! the wrong one), the AWS IMDS layout (`21 Jan 2019 09:00:43 GMT`, also with a one-digit day
+//! as AWS's tooling renders it), RFC 3339 with or without a fraction (up to nine digits, e.g.
+//! .NET's seven) and with or without an offset (none means UTC), the legacy US form
+//! (`9/15/2015 6:42:51 AM`, UTC), and the empty string (not given). Anything else is an error.
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
+
+use super::{quote, NormalizeError};
+use crate::event::Timestamp;
+
+/// Parses a vendor time at JSON path `path`. `Ok(None)` for an empty string.
+pub fn parse(path: &str, s: &str) -> Result<Option<Timestamp>, NormalizeError> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Ok(None);
+    }
+    let err = |reason: &str| NormalizeError::Time {
+        path: path.to_string(),
+        value: quote(s),
+        reason: reason.to_string(),
+    };
+    if t.len() > 64 {
+        return Err(err("too long to be a time"));
+    }
+    if let Ok(dt) = DateTime::parse_from_rfc3339(t) {
+        return Ok(Some(dt.with_timezone(&Utc)));
+    }
+    // RFC 3339 without an offset: UTC.
+    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
+        if let Ok(n) = NaiveDateTime::parse_from_str(t, fmt) {
+            return Ok(Some(Utc.from_utc_datetime(&n)));
+        }
+    }
+    if let Some(v) = rfc1123(t) {
+        return v
+            .map(Some)
+            .ok_or_else(|| err("not a valid calendar date or time"));
+    }
+    if let Some(v) = us_legacy(t) {
+        return v
+            .map(Some)
+            .ok_or_else(|| err("not a valid calendar date or time"));
+    }
+    Err(err(
+        "expected RFC 1123 (Mon, 20 Apr 2026 22:26:58 GMT), RFC 3339 (2026-04-20T22:26:58Z) or M/D/YYYY h:mm:ss AM",
+    ))
+}
+
+const MONTHS: [&str; 12] = [
+    "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+];
+
+/// `[Www, ]D[D] Mon YYYY HH:MM:SS ZONE`. `None` when the shape does not match; `Some(None)`
+/// when it matches but the date or time is impossible.
+fn rfc1123(t: &str) -> Option<Option<Timestamp>> {
+    let rest = match t.split_once(',') {
+        Some((wd, rest))
+            if wd.trim().len() == 3 && wd.trim().chars().all(|c| c.is_ascii_alphabetic()) =>
+        {
+            rest
+        }
+        Some(_) => return None,
+        None => t,
+    };
+    let parts: Vec<&str> = rest.split_whitespace().collect();
+    let [day, mon, year, hms, zone] = parts.as_slice() else {
+        return None;
+    };
+    if !(1..=2).contains(&day.len()) || !day.chars().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let month = MONTHS.iter().position(|m| m.eq_ignore_ascii_case(mon))? as u32 + 1;
+    if year.len() != 4 || !year.chars().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let offset_s: i64 = match zone.to_ascii_uppercase().as_str() {
+        "GMT" | "UTC" | "UT" | "Z" => 0,
+        z if (z.starts_with('+') || z.starts_with('-'))
+            && z.len() == 5
+            && z[1..].chars().all(|c| c.is_ascii_digit()) =>
+        {
+            let h: i64 = z[1..3].parse().ok()?;
+            let m: i64 = z[3..5].parse().ok()?;
+            let v = h * 3600 + m * 60;
+            if z.starts_with('-') {
+                -v
+            } else {
+                v
+            }
+        }
+        _ => return None,
+    };
+    let time = NaiveTime::parse_from_str(hms, "%H:%M:%S");
+    let date = NaiveDate::from_ymd_opt(year.parse().ok()?, month, day.parse().ok()?);
+    Some(match (date, time) {
+        (Some(d), Ok(tm)) => {
+            let naive = d.and_time(tm) - chrono::Duration::seconds(offset_s);
+            Some(Utc.from_utc_datetime(&naive))
+        }
+        _ => None,
+    })
+}
+
+/// `M/D/YYYY h:mm:ss AM|PM` (JSON may have escaped the slashes; serde has unescaped them).
+fn us_legacy(t: &str) -> Option<Option<Timestamp>> {
+    let (date, rest) = t.split_once(' ')?;
+    let mut dp = date.split('/');
+    let (m, d, y) = (dp.next()?, dp.next()?, dp.next()?);
+    if dp.next().is_some()
+        || [m, d, y]
+            .iter()
+            .any(|p| p.is_empty() || !p.chars().all(|c| c.is_ascii_digit()))
+    {
+        return None;
+    }
+    let (hms, ampm) = rest.trim().split_once(' ').unwrap_or((rest.trim(), ""));
+    let time = NaiveTime::parse_from_str(hms, "%H:%M:%S").ok();
+    let Some(time) = time else {
+        return Some(None);
+    };
+    let time = match ampm.to_ascii_uppercase().as_str() {
+        "" => Some(time),
+        "AM" | "PM" => {
+            use chrono::Timelike;
+            let h = time.hour();
+            if !(1..=12).contains(&h) {
+                None
+            } else {
+                let h24 = match (ampm.eq_ignore_ascii_case("PM"), h) {
+                    (false, 12) => 0,
+                    (false, h) => h,
+                    (true, 12) => 12,
+                    (true, h) => h + 12,
+                };
+                time.with_hour(h24)
+            }
+        }
+        _ => return None,
+    };
+    let date = NaiveDate::from_ymd_opt(y.parse().ok()?, m.parse().ok()?, d.parse().ok()?);
+    Some(match (date, time) {
+        (Some(d), Some(t)) => Some(Utc.from_utc_datetime(&d.and_time(t))),
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> String {
+        parse("t", s).unwrap().unwrap().to_rfc3339()
+    }
+
+    #[test]
+    fn rfc1123_with_the_wrong_weekday_is_accepted() {
+        // 11 April 2026 is a Saturday; Microsoft's sample says Monday (DOMAIN.md 8, erratum 2).
+        assert_eq!(
+            p("Mon, 11 Apr 2026 22:26:58 GMT"),
+            "2026-04-11T22:26:58+00:00"
+        );
+        assert_eq!(
+            p("Mon, 20 Apr 2026 22:26:58 GMT"),
+            "2026-04-20T22:26:58+00:00"
+        );
+    }
+
+    #[test]
+    fn aws_layout_with_a_one_digit_day() {
+        assert_eq!(p("21 Jan 2019 09:00:43 GMT"), "2019-01-21T09:00:43+00:00");
+        assert_eq!(p("5 Jan 2019 09:00:43 GMT"), "2019-01-05T09:00:43+00:00");
+    }
+
+    #[test]
+    fn rfc3339_forms() {
+        assert_eq!(
+            p("2018-09-04T15:36:24.2240867Z"),
+            "2018-09-04T15:36:24.224086700+00:00"
+        );
+        assert_eq!(
+            p("2018-09-04T15:36:24.2240867+00:00"),
+            "2018-09-04T15:36:24.224086700+00:00"
+        );
+        assert_eq!(p("2026-04-20T22:26:58Z"), "2026-04-20T22:26:58+00:00");
+        assert_eq!(p("2026-04-20T22:26:58"), "2026-04-20T22:26:58+00:00");
+        assert_eq!(p("2026-04-20T23:26:58+01:00"), "2026-04-20T22:26:58+00:00");
+    }
+
+    #[test]
+    fn us_legacy_form() {
+        assert_eq!(p("9/15/2015 6:42:51 AM"), "2015-09-15T06:42:51+00:00");
+        assert_eq!(p("9/15/2015 6:42:51 PM"), "2015-09-15T18:42:51+00:00");
+        assert_eq!(p("9/15/2015 12:05:00 AM"), "2015-09-15T00:05:00+00:00");
+    }
+
+    #[test]
+    fn empty_is_not_given_and_garbage_is_an_error() {
+        assert_eq!(parse("t", "").unwrap(), None);
+        assert_eq!(parse("t", "  ").unwrap(), None);
+        for bad in [
+            "20170702",
+            "yesterday",
+            "32 Jan 2019 09:00:43 GMT",
+            "Mon, 11 Foo 2026 22:26:58 GMT",
+            "13/45/2015 6:42:51 AM",
+            "2026-02-30T00:00:00Z",
+        ] {
+            let e = parse("Events[0].NotBefore", bad).unwrap_err();
+            assert!(matches!(e, NormalizeError::Time { .. }), "{bad}: {e:?}");
+            assert!(e.to_string().contains("Events[0].NotBefore"), "{e}");
+        }
+    }
+}

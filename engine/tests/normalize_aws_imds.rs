@@ -1,0 +1,1092 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! The `aws.imds` normalizer: every `aws-*` fixture field by field, the DOMAIN.md section 8
+//! errata for AWS (facts 15-21), edge cases, and a bounded fuzz.
+
+use chrono::{DateTime, Utc};
+use keel_engine::normalize::{normalize, Input, NormalizeError, NormalizerState};
+use keel_engine::{Event, Initiator, Kind, MaintenanceStatus, MaintenanceType, Resource, Source};
+use proptest::prelude::*;
+use serde_json::Value;
+
+const NAME: &str = "aws.imds";
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn ts(s: &str) -> DateTime<Utc> {
+    s.parse().unwrap()
+}
+
+fn observed() -> DateTime<Utc> {
+    ts("2026-04-20T12:00:00Z")
+}
+
+fn run(payload: &[u8]) -> Result<Vec<Event>, NormalizeError> {
+    normalize(
+        NAME,
+        &Input::new(payload, observed()),
+        &mut NormalizerState::default(),
+    )
+}
+
+fn run_ok(payload: &[u8]) -> Vec<Event> {
+    run(payload).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn one(payload: &[u8]) -> Event {
+    let mut evs = run_ok(payload);
+    assert_eq!(evs.len(), 1, "{evs:#?}");
+    evs.remove(0)
+}
+
+/// The engine's content-hash id scheme (normalize::hash_id), recomputed to pin it.
+fn hash_id(source: &str, parts: &[&str]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    let d = h.finalize();
+    let hex: String = d.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("{source}:{hex}")
+}
+
+fn json(payload: &[u8]) -> Value {
+    serde_json::from_slice(payload).unwrap()
+}
+
+/// Fields every AWS event shares.
+fn common(ev: &Event) {
+    assert_eq!(ev.source, Source::AwsImds);
+    assert_eq!(ev.kind, Kind::Maintenance);
+    assert!(ev.health.is_none() && ev.failure.is_none());
+    let m = ev.maintenance.as_ref().unwrap();
+    assert_eq!(m.initiator, Some(Initiator::Platform));
+    assert_eq!(m.duration_s, None);
+    assert_eq!(m.incarnation, None);
+    assert!(!m.inferred);
+    assert!(ev.id.starts_with("aws.imds:"), "{}", ev.id);
+}
+
+// ---- Spot -------------------------------------------------------------------------------
+
+#[test]
+fn spot_instance_action_terminate() {
+    let p = fixture("aws-spot-instance-action-terminate.json");
+    let ev = one(&p);
+    common(&ev);
+    assert_eq!(
+        ev.id,
+        hash_id(
+            "aws.imds",
+            &["spot/instance-action", "terminate", "2017-09-18T08:22:00Z"]
+        )
+    );
+    assert_eq!(ev.time, ts("2017-09-18T08:22:00Z"));
+    assert_eq!(ev.resource, Resource::default());
+    let m = ev.maintenance.unwrap();
+    assert_eq!(m.type_, MaintenanceType::Preempt);
+    assert_eq!(m.status, MaintenanceStatus::Scheduled);
+    assert_eq!(m.not_before, Some(ts("2017-09-18T08:22:00Z")));
+    assert_eq!(m.not_after, None);
+    assert_eq!(m.description, None);
+    assert_eq!(m.vendor_id, None);
+    assert_eq!(m.vendor_type.as_deref(), Some("terminate"));
+    assert_eq!(ev.raw, Some(json(&p)));
+}
+
+#[test]
+fn spot_instance_action_stop() {
+    let p = fixture("aws-spot-instance-action-stop.json");
+    let ev = one(&p);
+    common(&ev);
+    assert_eq!(
+        ev.id,
+        hash_id(
+            "aws.imds",
+            &["spot/instance-action", "stop", "2017-09-18T08:22:00Z"]
+        )
+    );
+    assert_eq!(ev.time, ts("2017-09-18T08:22:00Z"));
+    let m = ev.maintenance.unwrap();
+    assert_eq!(m.type_, MaintenanceType::Stop);
+    assert_eq!(m.status, MaintenanceStatus::Scheduled);
+    assert_eq!(m.not_before, Some(ts("2017-09-18T08:22:00Z")));
+    assert_eq!(m.vendor_type.as_deref(), Some("stop"));
+    assert_eq!(ev.raw, Some(json(&p)));
+}
+
+#[test]
+fn spot_hibernate_is_stop_and_new_actions_are_unknown() {
+    let ev = one(br#"{"action": "hibernate", "time": "2017-09-18T08:22:00Z"}"#);
+    let m = ev.maintenance.unwrap();
+    assert_eq!(m.type_, MaintenanceType::Stop);
+    assert_eq!(m.vendor_type.as_deref(), Some("hibernate"));
+
+    let ev = one(br#"{"action": "evaporate", "time": "2017-09-18T08:22:00Z"}"#);
+    let m = ev.maintenance.unwrap();
+    assert_eq!(m.type_, MaintenanceType::Unknown);
+    assert_eq!(m.vendor_type.as_deref(), Some("evaporate"));
+}
+
+#[test]
+fn spot_ids_are_stable_on_reread_and_new_for_a_new_time() {
+    let a = one(&fixture("aws-spot-instance-action-terminate.json"));
+    let b = normalize(
+        NAME,
+        &Input::new(
+            &fixture("aws-spot-instance-action-terminate.json"),
+            ts("2030-01-01T00:00:00Z"),
+        ),
+        &mut NormalizerState::default(),
+    )
+    .unwrap();
+    assert_eq!(a.id, b[0].id, "the observation time never enters the id");
+    let c = one(br#"{"action": "terminate", "time": "2017-09-25T08:22:00Z"}"#);
+    assert_ne!(a.id, c.id, "next week's identical notice is a new event");
+    let d = one(&fixture("aws-spot-instance-action-stop.json"));
+    assert_ne!(a.id, d.id);
+}
+
+#[test]
+fn spot_notice_without_time_is_an_error() {
+    for bad in [
+        &br#"{"action": "terminate"}"#[..],
+        br#"{"action": "terminate", "time": ""}"#,
+        br#"{"action": "terminate", "time": 5}"#,
+        br#"{"action": "", "time": "2017-09-18T08:22:00Z"}"#,
+    ] {
+        let e = run(bad).unwrap_err();
+        assert!(matches!(e, NormalizeError::Shape { .. }), "{e:?}");
+    }
+    let e = run(br#"{"action": "terminate", "time": "soon"}"#).unwrap_err();
+    assert!(
+        matches!(&e, NormalizeError::Time { path, .. } if path == "time"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn spot_termination_time_text() {
+    let p = fixture("aws-spot-termination-time.txt");
+    let ev = one(&p);
+    common(&ev);
+    assert_eq!(
+        ev.id,
+        hash_id(
+            "aws.imds",
+            &["spot/termination-time", "2015-01-05T18:02:00Z"]
+        )
+    );
+    assert_eq!(ev.time, ts("2015-01-05T18:02:00Z"));
+    assert_eq!(ev.resource, Resource::default());
+    let m = ev.maintenance.unwrap();
+    assert_eq!(m.type_, MaintenanceType::Preempt);
+    assert_eq!(m.status, MaintenanceStatus::Scheduled);
+    assert_eq!(m.not_before, Some(ts("2015-01-05T18:02:00Z")));
+    assert_eq!(m.not_after, None);
+    assert_eq!(m.vendor_type, None);
+    assert_eq!(m.vendor_id, None);
+    assert_eq!(ev.raw, Some(Value::String("2015-01-05T18:02:00Z".into())));
+}
+
+#[test]
+fn termination_time_non_time_value_is_no_notice_only_when_the_path_says_so() {
+    // AWS: termination-time "contains a value that is not a time value" when nothing is planned.
+    let t = b"GET /latest/meta-data/spot/termination-time HTTP/1.1\nHost: 169.254.169.254\n\nHTTP/1.1 200 OK\nContent-Type: text/plain\n\nnot-scheduled\n";
+    assert_eq!(run_ok(t), vec![]);
+    // Without the path, text that is not a timestamp is an error.
+    let e = run(b"not-scheduled").unwrap_err();
+    assert!(matches!(e, NormalizeError::WrongPayload { .. }), "{e:?}");
+    let e = run(b"2015-13-05T18:02:00Z").unwrap_err();
+    assert!(
+        matches!(&e, NormalizeError::Time { path, .. } if path == "spot/termination-time"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn rebalance_recommendation() {
+    let p = fixture("aws-rebalance-recommendation.json");
+    let ev = one(&p);
+    common(&ev);
+    assert_eq!(
+        ev.id,
+        hash_id(
+            "aws.imds",
+            &["events/recommendations/rebalance", "2020-10-27T08:22:00Z"]
+        )
+    );
+    assert_eq!(ev.time, ts("2020-10-27T08:22:00Z"));
+    let m = ev.maintenance.unwrap();
+    assert_eq!(m.type_, MaintenanceType::Rebalance);
+    assert_eq!(m.status, MaintenanceStatus::Scheduled);
+    assert_eq!(
+        m.not_before, None,
+        "a rebalance recommendation promises no interruption"
+    );
+    assert_eq!(m.not_after, None);
+    assert_eq!(m.vendor_type, None);
+    assert_eq!(ev.raw, Some(json(&p)));
+}
+
+#[test]
+fn in_vm_payloads_are_about_self_when_the_name_is_known() {
+    for f in [
+        "aws-spot-instance-action-terminate.json",
+        "aws-spot-termination-time.txt",
+        "aws-rebalance-recommendation.json",
+        "aws-scheduled-events-system-reboot-active.json",
+    ] {
+        let p = fixture(f);
+        let evs = normalize(
+            NAME,
+            &Input::new(&p, observed()).self_name("web-1"),
+            &mut NormalizerState::default(),
+        )
+        .unwrap();
+        assert_eq!(evs.len(), 1, "{f}");
+        assert_eq!(evs[0].resource.name.as_deref(), Some("web-1"), "{f}");
+        assert_eq!(evs[0].resource.is_self, Some(true), "{f}");
+        assert_eq!(evs[0].resource.id, None, "{f}");
+    }
+}
+
+// ---- Scheduled maintenance ----------------------------------------------------------------
+
+#[test]
+fn scheduled_system_reboot_active() {
+    let p = fixture("aws-scheduled-events-system-reboot-active.json");
+    let ev = one(&p);
+    common(&ev);
+    assert_eq!(ev.id, "aws.imds:instance-event-0d59937288b749b32");
+    assert_eq!(ev.time, ts("2019-01-21T09:00:43Z"));
+    assert_eq!(ev.resource, Resource::default());
+    let m = ev.maintenance.unwrap();
+    assert_eq!(m.type_, MaintenanceType::Reboot);
+    assert_eq!(m.status, MaintenanceStatus::Scheduled);
+    assert_eq!(m.not_before, Some(ts("2019-01-21T09:00:43Z")));
+    assert_eq!(m.not_after, Some(ts("2019-01-21T09:17:23Z")));
+    assert_eq!(m.description.as_deref(), Some("scheduled reboot"));
+    assert_eq!(
+        m.vendor_id.as_deref(),
+        Some("instance-event-0d59937288b749b32")
+    );
+    assert_eq!(m.vendor_type.as_deref(), Some("system-reboot"));
+    assert_eq!(ev.raw, json(&p).get(0).cloned());
+}
+
+#[test]
+fn scheduled_instance_reboot() {
+    let p = fixture("aws-scheduled-events-instance-reboot.json");
+    let ev = one(&p);
+    common(&ev);
+    assert_eq!(ev.id, "aws.imds:instance-event-0d59937288b749b32");
+    assert_eq!(ev.time, ts("2019-03-14T20:00:00Z"));
+    let m = ev.maintenance.unwrap();
+    assert_eq!(m.type_, MaintenanceType::Reboot);
+    assert_eq!(m.status, MaintenanceStatus::Scheduled);
+    assert_eq!(m.not_before, Some(ts("2019-03-14T20:00:00Z")));
+    assert_eq!(m.not_after, Some(ts("2019-03-14T22:00:00Z")));
+    assert_eq!(
+        m.description.as_deref(),
+        Some("The instance is scheduled for a reboot")
+    );
+    assert_eq!(
+        m.vendor_id.as_deref(),
+        Some("instance-event-0d59937288b749b32")
+    );
+    assert_eq!(m.vendor_type.as_deref(), Some("instance-reboot"));
+    assert_eq!(ev.raw, json(&p).get(0).cloned());
+}
+
+#[test]
+fn scheduled_instance_retirement_with_empty_not_after() {
+    let p = fixture("aws-scheduled-events-instance-retirement.json");
+    let ev = one(&p);
+    common(&ev);
+    assert_eq!(ev.id, "aws.imds:instance-event-0b1c2d3e4f5a6b7c8");
+    assert_eq!(ev.time, ts("2019-03-14T20:00:00Z"));
+    let m = ev.maintenance.unwrap();
+    assert_eq!(m.type_, MaintenanceType::Retire);
+    assert_eq!(m.status, MaintenanceStatus::Scheduled);
+    assert_eq!(m.not_before, Some(ts("2019-03-14T20:00:00Z")));
+    assert_eq!(m.not_after, None, "NotAfter \"\" is not given");
+    assert_eq!(
+        m.description.as_deref(),
+        Some("The instance is running on degraded hardware")
+    );
+    assert_eq!(
+        m.vendor_id.as_deref(),
+        Some("instance-event-0b1c2d3e4f5a6b7c8")
+    );
+    assert_eq!(m.vendor_type.as_deref(), Some("instance-retirement"));
+    assert_eq!(ev.raw, json(&p).get(0).cloned());
+}
+
+#[test]
+fn scheduled_system_maintenance_is_host_maintenance_with_a_one_digit_day() {
+    let p = fixture("aws-scheduled-events-system-maintenance.json");
+    let ev = one(&p);
+    common(&ev);
+    assert_eq!(ev.id, "aws.imds:instance-event-05a1b2c3d4e5f6a7b");
+    assert_eq!(ev.time, ts("2020-02-03T06:00:00Z"));
+    let m = ev.maintenance.unwrap();
+    assert_eq!(m.type_, MaintenanceType::HostMaintenance);
+    assert_eq!(m.status, MaintenanceStatus::Scheduled);
+    assert_eq!(
+        m.not_before,
+        Some(ts("2020-02-03T06:00:00Z")),
+        "`3 Feb 2020` (fact 18)"
+    );
+    assert_eq!(m.not_after, Some(ts("2020-02-03T08:00:00Z")));
+    assert_eq!(
+        m.description.as_deref(),
+        Some("The instance is scheduled for system-maintenance")
+    );
+    assert_eq!(
+        m.vendor_id.as_deref(),
+        Some("instance-event-05a1b2c3d4e5f6a7b")
+    );
+    assert_eq!(m.vendor_type.as_deref(), Some("system-maintenance"));
+    assert_eq!(ev.raw, json(&p).get(0).cloned());
+}
+
+#[test]
+fn fact_18_one_digit_day_layout() {
+    let ev = one(
+        br#"[{"NotBefore": "5 Jan 2019 09:00:43 GMT", "Code": "system-reboot", "Description": "x",
+        "EventId": "instance-event-1", "NotAfter": "5 Jan 2019 9:17:23 GMT", "State": "active"}]"#,
+    );
+    let m = ev.maintenance.unwrap();
+    assert_eq!(m.not_before, Some(ts("2019-01-05T09:00:43Z")));
+    assert_eq!(m.not_after, Some(ts("2019-01-05T09:17:23Z")));
+}
+
+#[test]
+fn scheduled_history_canceled_and_completed() {
+    let p = fixture("aws-scheduled-events-history-canceled-completed.json");
+    let evs = run_ok(&p);
+    assert_eq!(evs.len(), 2, "{evs:#?}");
+    let raw = json(&p);
+
+    let c = &evs[0];
+    common(c);
+    assert_eq!(
+        c.id,
+        "aws.imds:instance-event-0d59937288b749b32/canceled/2019-01-21T09:00:43Z"
+    );
+    assert_eq!(c.time, ts("2019-01-21T09:00:43Z"));
+    let m = c.maintenance.as_ref().unwrap();
+    assert_eq!(m.type_, MaintenanceType::Reboot);
+    assert_eq!(m.status, MaintenanceStatus::Canceled);
+    assert_eq!(m.not_before, Some(ts("2019-01-21T09:00:43Z")));
+    assert_eq!(m.not_after, Some(ts("2019-01-21T09:17:23Z")));
+    assert_eq!(
+        m.description.as_deref(),
+        Some("[Canceled] scheduled reboot")
+    );
+    assert_eq!(
+        m.vendor_id.as_deref(),
+        Some("instance-event-0d59937288b749b32")
+    );
+    assert_eq!(m.vendor_type.as_deref(), Some("system-reboot"));
+    assert_eq!(c.raw, raw.get(0).cloned());
+
+    let d = &evs[1];
+    common(d);
+    assert_eq!(
+        d.id,
+        "aws.imds:instance-event-0d59937288b749b32/completed/2019-01-29T09:00:43Z"
+    );
+    assert_eq!(d.time, ts("2019-01-29T09:00:43Z"));
+    let m = d.maintenance.as_ref().unwrap();
+    assert_eq!(m.type_, MaintenanceType::Reboot);
+    assert_eq!(m.status, MaintenanceStatus::Completed);
+    assert_eq!(m.not_before, Some(ts("2019-01-29T09:00:43Z")));
+    assert_eq!(m.not_after, Some(ts("2019-01-29T09:17:23Z")));
+    assert_eq!(
+        m.description.as_deref(),
+        Some("[Completed] scheduled reboot")
+    );
+    assert_eq!(
+        m.vendor_id.as_deref(),
+        Some("instance-event-0d59937288b749b32")
+    );
+    assert_eq!(d.raw, raw.get(1).cloned());
+}
+
+#[test]
+fn fact_21_history_dedupes_on_event_id_state_and_not_before() {
+    let entry = |state: &str, nb: &str| {
+        format!(
+            r#"{{"NotBefore": "{nb}", "Code": "system-reboot", "Description": "x", "EventId": "instance-event-0d59937288b749b32", "NotAfter": "", "State": "{state}"}}"#
+        )
+    };
+    let doc = format!(
+        "[{}, {}, {}, {}]",
+        entry("completed", "29 Jan 2019 09:00:43 GMT"),
+        entry("completed", "29 Jan 2019 09:00:43 GMT"),
+        entry("completed", "30 Jan 2019 09:00:43 GMT"),
+        entry("canceled", "29 Jan 2019 09:00:43 GMT"),
+    );
+    let evs = run_ok(doc.as_bytes());
+    let ids: Vec<&str> = evs.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "aws.imds:instance-event-0d59937288b749b32/completed/2019-01-29T09:00:43Z",
+            "aws.imds:instance-event-0d59937288b749b32/completed/2019-01-30T09:00:43Z",
+            "aws.imds:instance-event-0d59937288b749b32/canceled/2019-01-29T09:00:43Z",
+        ]
+    );
+    // A re-read of the same history gives the same ids.
+    let again: Vec<String> = run_ok(doc.as_bytes()).into_iter().map(|e| e.id).collect();
+    assert_eq!(ids, again);
+}
+
+#[test]
+fn active_event_id_survives_a_reschedule() {
+    let at = |nb: &str| {
+        one(format!(
+            r#"[{{"NotBefore": "{nb}", "Code": "instance-stop", "EventId": "instance-event-abc", "State": "active"}}]"#
+        )
+        .as_bytes())
+    };
+    let a = at("21 Jan 2019 09:00:43 GMT");
+    let b = at("23 Jan 2019 10:00:00 GMT");
+    assert_eq!(a.id, "aws.imds:instance-event-abc");
+    assert_eq!(a.id, b.id);
+    assert_eq!(
+        b.maintenance.unwrap().not_before,
+        Some(ts("2019-01-23T10:00:00Z"))
+    );
+}
+
+#[test]
+fn scheduled_codes_and_states() {
+    let doc = |code: &str, state: &str| {
+        format!(
+            r#"[{{"NotBefore": "21 Jan 2019 09:00:43 GMT", "Code": "{code}", "EventId": "instance-event-1", "State": "{state}"}}]"#
+        )
+    };
+    for (code, ty) in [
+        ("system-reboot", MaintenanceType::Reboot),
+        ("instance-reboot", MaintenanceType::Reboot),
+        ("system-maintenance", MaintenanceType::HostMaintenance),
+        ("instance-stop", MaintenanceType::Stop),
+        ("instance-retirement", MaintenanceType::Retire),
+        ("instance-teleport", MaintenanceType::Unknown),
+    ] {
+        let m = one(doc(code, "active").as_bytes()).maintenance.unwrap();
+        assert_eq!(m.type_, ty, "{code}");
+        assert_eq!(m.vendor_type.as_deref(), Some(code));
+    }
+    for (state, st, id) in [
+        (
+            "active",
+            MaintenanceStatus::Scheduled,
+            "aws.imds:instance-event-1",
+        ),
+        (
+            "completed",
+            MaintenanceStatus::Completed,
+            "aws.imds:instance-event-1/completed/2019-01-21T09:00:43Z",
+        ),
+        (
+            "canceled",
+            MaintenanceStatus::Canceled,
+            "aws.imds:instance-event-1/canceled/2019-01-21T09:00:43Z",
+        ),
+        (
+            "cancelled",
+            MaintenanceStatus::Canceled,
+            "aws.imds:instance-event-1/canceled/2019-01-21T09:00:43Z",
+        ),
+        (
+            "pending",
+            MaintenanceStatus::Scheduled,
+            "aws.imds:instance-event-1/pending/2019-01-21T09:00:43Z",
+        ),
+    ] {
+        let ev = one(doc("system-reboot", state).as_bytes());
+        assert_eq!(ev.maintenance.unwrap().status, st, "{state}");
+        assert_eq!(ev.id, id);
+    }
+    // No Code: unknown type, no vendor_type.
+    let m = one(br#"[{"NotBefore": "21 Jan 2019 09:00:43 GMT", "EventId": "instance-event-1"}]"#)
+        .maintenance
+        .unwrap();
+    assert_eq!(m.type_, MaintenanceType::Unknown);
+    assert_eq!(m.vendor_type, None);
+    assert_eq!(m.status, MaintenanceStatus::Scheduled);
+}
+
+#[test]
+fn empty_not_before_is_malformed() {
+    for doc in [
+        &br#"[{"NotBefore": "", "Code": "system-reboot", "EventId": "instance-event-1", "State": "active"}]"#[..],
+        br#"[{"Code": "system-reboot", "EventId": "instance-event-1", "State": "active"}]"#,
+    ] {
+        let e = run(doc).unwrap_err();
+        assert!(
+            matches!(&e, NormalizeError::Shape { path, .. } if path == "[0].NotBefore"),
+            "{e:?}"
+        );
+    }
+    let e = run(br#"[{"NotBefore": "21 Foo 2019 09:00:43 GMT", "EventId": "instance-event-1"}]"#)
+        .unwrap_err();
+    assert!(
+        matches!(&e, NormalizeError::Time { path, .. } if path == "[0].NotBefore"),
+        "{e:?}"
+    );
+    let e =
+        run(br#"[{"NotBefore": "21 Jan 2019 09:00:43 GMT", "NotAfter": "later", "EventId": "e"}]"#)
+            .unwrap_err();
+    assert!(
+        matches!(&e, NormalizeError::Time { path, .. } if path == "[0].NotAfter"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn hostile_ids_and_states_are_rejected() {
+    let e = run(br#"[{"NotBefore": "21 Jan 2019 09:00:43 GMT", "EventId": "a/b c"}]"#).unwrap_err();
+    assert!(
+        matches!(&e, NormalizeError::Shape { path, .. } if path == "[0].EventId"),
+        "{e:?}"
+    );
+    let e = run(
+        br#"[{"NotBefore": "21 Jan 2019 09:00:43 GMT", "EventId": "e", "State": "act ive/x"}]"#,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&e, NormalizeError::Shape { path, .. } if path == "[0].State"),
+        "{e:?}"
+    );
+    let e = run(br#"[{"NotBefore": "21 Jan 2019 09:00:43 GMT", "EventId": 7}]"#).unwrap_err();
+    assert!(
+        matches!(&e, NormalizeError::Shape { path, .. } if path == "[0].EventId"),
+        "{e:?}"
+    );
+    let e = run(br#"[1]"#).unwrap_err();
+    assert!(
+        matches!(&e, NormalizeError::Shape { path, .. } if path == "[0]"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn entries_without_event_id_get_a_content_hash() {
+    let doc = br#"[{"NotBefore": "21 Jan 2019 09:00:43 GMT", "Code": "system-reboot", "State": "active"}]"#;
+    let ev = one(doc);
+    assert_eq!(
+        ev.id,
+        hash_id(
+            "aws.imds",
+            &[
+                "events/maintenance",
+                "system-reboot",
+                "active",
+                "2019-01-21T09:00:43Z",
+                ""
+            ]
+        )
+    );
+    assert_eq!(ev.maintenance.unwrap().vendor_id, None);
+}
+
+#[test]
+fn no_scheduled_events_is_an_empty_array() {
+    assert_eq!(run_ok(b"[]"), vec![]);
+    assert_eq!(run_ok(b"[ ]\n"), vec![]);
+}
+
+// ---- EC2 API: describe-instance-status ------------------------------------------------------
+
+#[test]
+fn describe_instance_status_retirement_under_instance_stop() {
+    let p = fixture("aws-describe-instance-status-retirement-instance-stop.json");
+    let evs = normalize(
+        NAME,
+        &Input::new(&p, observed()).self_name("web-1"),
+        &mut NormalizerState::default(),
+    )
+    .unwrap();
+    assert_eq!(evs.len(), 1);
+    let ev = &evs[0];
+    common(ev);
+    assert_eq!(ev.id, "aws.imds:instance-event-0e439355b779n26");
+    assert_eq!(ev.time, ts("2015-05-23T00:00:00Z"));
+    // The query output names no instance: whose it is stays unknown.
+    assert_eq!(ev.resource, Resource::default());
+    let m = ev.maintenance.as_ref().unwrap();
+    // Classified on Code; "degraded hardware" is only a description.
+    assert_eq!(m.type_, MaintenanceType::Stop);
+    assert_eq!(m.status, MaintenanceStatus::Scheduled);
+    assert_eq!(m.not_before, Some(ts("2015-05-23T00:00:00Z")));
+    assert_eq!(m.not_after, None);
+    assert_eq!(
+        m.description.as_deref(),
+        Some("The instance is running on degraded hardware")
+    );
+    assert_eq!(
+        m.vendor_id.as_deref(),
+        Some("instance-event-0e439355b779n26")
+    );
+    assert_eq!(m.vendor_type.as_deref(), Some("instance-stop"));
+    assert_eq!(ev.raw, json(&p).pointer("/Events/0").cloned());
+}
+
+#[test]
+fn describe_instance_status_full_output_and_completed_prefix() {
+    let doc = br#"{"InstanceStatuses": [{"AvailabilityZone": "us-east-1d", "InstanceId": "i-0123456789abcdef0",
+        "Events": [
+          {"InstanceEventId": "instance-event-0a", "Code": "system-reboot", "Description": "scheduled reboot",
+           "NotBefore": "2019-01-21T09:00:43.000Z", "NotAfter": "2019-01-21T09:17:23.000Z", "NotBeforeDeadline": "2019-01-28T09:00:43.000Z"},
+          {"InstanceEventId": "instance-event-0b", "Code": "instance-stop", "Description": "[Completed] The instance is running on degraded hardware",
+           "NotBefore": "2019-01-10T00:00:00.000Z"},
+          {"InstanceEventId": "instance-event-0c", "Code": "instance-reboot", "Description": "[Canceled] scheduled reboot",
+           "NotBefore": "2019-01-11T00:00:00.000Z"}]},
+        {"InstanceId": "i-1", "Events": null}]}"#;
+    let evs = normalize(
+        NAME,
+        &Input::new(doc, observed()).self_name("i-0123456789ABCDEF0"),
+        &mut NormalizerState::default(),
+    )
+    .unwrap();
+    assert_eq!(evs.len(), 3);
+    let expected = [
+        (
+            "aws.imds:instance-event-0a",
+            MaintenanceStatus::Scheduled,
+            MaintenanceType::Reboot,
+        ),
+        (
+            "aws.imds:instance-event-0b/completed/2019-01-10T00:00:00Z",
+            MaintenanceStatus::Completed,
+            MaintenanceType::Stop,
+        ),
+        (
+            "aws.imds:instance-event-0c/canceled/2019-01-11T00:00:00Z",
+            MaintenanceStatus::Canceled,
+            MaintenanceType::Reboot,
+        ),
+    ];
+    for (ev, (id, st, ty)) in evs.iter().zip(expected) {
+        assert_eq!(ev.id, id);
+        let m = ev.maintenance.as_ref().unwrap();
+        assert_eq!((m.status, m.type_), (st, ty), "{id}");
+        assert_eq!(ev.resource.id.as_deref(), Some("i-0123456789abcdef0"));
+        assert_eq!(ev.resource.zone.as_deref(), Some("us-east-1d"));
+        assert_eq!(ev.resource.is_self, Some(true));
+        assert_eq!(ev.resource.name, None);
+    }
+    assert_eq!(
+        evs[0].maintenance.as_ref().unwrap().not_after,
+        Some(ts("2019-01-21T09:17:23Z"))
+    );
+}
+
+#[test]
+fn describe_instance_status_query_output_nested_arrays() {
+    let doc = br#"[[{"InstanceEventId": "instance-event-0e439355b779n26", "Code": "instance-stop",
+        "Description": "The instance is running on degraded hardware", "NotBefore": "2015-05-23T00:00:00.000Z"}]]"#;
+    let ev = one(doc);
+    assert_eq!(ev.id, "aws.imds:instance-event-0e439355b779n26");
+    assert_eq!(ev.maintenance.unwrap().type_, MaintenanceType::Stop);
+    let e = run(br#"[[{"InstanceEventId": "x", "NotBefore": ""}]]"#).unwrap_err();
+    assert!(
+        matches!(&e, NormalizeError::Shape { path, .. } if path == "[0][0].NotBefore"),
+        "{e:?}"
+    );
+    let e = run(br#"{"Events": [{"InstanceEventId": "x"}]}"#).unwrap_err();
+    assert!(
+        matches!(&e, NormalizeError::Shape { path, .. } if path == "Events[0].NotBefore"),
+        "{e:?}"
+    );
+}
+
+// ---- EventBridge --------------------------------------------------------------------------
+
+#[test]
+fn eventbridge_spot_interruption_warning() {
+    let p = fixture("aws-eventbridge-spot-interruption-warning.json");
+    let evs = normalize(
+        NAME,
+        &Input::new(&p, observed()).self_name("i-1234567890abcdef0"),
+        &mut NormalizerState::default(),
+    )
+    .unwrap();
+    assert_eq!(evs.len(), 1);
+    let ev = &evs[0];
+    common(ev);
+    assert_eq!(ev.id, "aws.imds:12345678-1234-1234-1234-123456789012");
+    assert_eq!(ev.time, ts("2017-09-18T08:20:00Z"));
+    assert_eq!(ev.resource.id.as_deref(), Some("i-1234567890abcdef0"));
+    assert_eq!(ev.resource.region.as_deref(), Some("us-east-2"));
+    assert_eq!(ev.resource.is_self, Some(true));
+    assert_eq!(ev.resource.name, None);
+    let m = ev.maintenance.as_ref().unwrap();
+    assert_eq!(m.type_, MaintenanceType::Preempt);
+    assert_eq!(m.status, MaintenanceStatus::Scheduled);
+    assert_eq!(
+        m.not_before, None,
+        "the envelope time is when the warning was sent"
+    );
+    assert_eq!(m.not_after, None);
+    assert_eq!(
+        m.vendor_id.as_deref(),
+        Some("12345678-1234-1234-1234-123456789012")
+    );
+    assert_eq!(m.vendor_type.as_deref(), Some("terminate"));
+    assert_eq!(ev.raw, Some(json(&p)));
+
+    // Another host's instance.
+    let other = normalize(
+        NAME,
+        &Input::new(&p, observed()).self_name("i-0000"),
+        &mut NormalizerState::default(),
+    )
+    .unwrap();
+    assert_eq!(other[0].resource.is_self, Some(false));
+}
+
+#[test]
+fn eventbridge_rebalance_and_fallbacks() {
+    let doc = br#"{"version": "0", "detail-type": "EC2 Instance Rebalance Recommendation", "source": "aws.ec2",
+        "time": "2020-10-26T14:14:14Z", "region": "us-east-2",
+        "resources": ["arn:aws:ec2:us-east-2:123456789012:instance/i-1234567890abcdef0"],
+        "detail": {"instance-id": "i-1234567890abcdef0"}}"#;
+    let ev = one(doc);
+    assert_eq!(
+        ev.id,
+        hash_id(
+            "aws.imds",
+            &[
+                "eventbridge/rebalance",
+                "",
+                "i-1234567890abcdef0",
+                "2020-10-26T14:14:14Z"
+            ]
+        )
+    );
+    assert_eq!(ev.time, ts("2020-10-26T14:14:14Z"));
+    assert_eq!(ev.resource.id.as_deref(), Some("i-1234567890abcdef0"));
+    let m = ev.maintenance.unwrap();
+    assert_eq!(m.type_, MaintenanceType::Rebalance);
+    assert_eq!(m.status, MaintenanceStatus::Scheduled);
+    assert_eq!((m.vendor_id, m.vendor_type), (None, None));
+
+    // Instance id from the ARN when detail lacks it; hibernate → stop.
+    let doc = br#"{"detail-type": "EC2 Spot Instance Interruption Warning", "time": "2017-09-18T08:20:00Z",
+        "resources": ["arn:aws:ec2:us-east-2:123456789012:instance/i-abc"], "detail": {"instance-action": "hibernate"}}"#;
+    let ev = one(doc);
+    assert_eq!(ev.resource.id.as_deref(), Some("i-abc"));
+    assert_eq!(ev.resource.region, None);
+    assert_eq!(ev.maintenance.unwrap().type_, MaintenanceType::Stop);
+
+    // Other detail-types, a missing action or time: errors.
+    let e = run(br#"{"detail-type": "EC2 Instance State-change Notification", "time": "2017-09-18T08:20:00Z"}"#)
+        .unwrap_err();
+    assert!(matches!(e, NormalizeError::WrongPayload { .. }), "{e:?}");
+    let e = run(br#"{"detail-type": "EC2 Spot Instance Interruption Warning", "time": "2017-09-18T08:20:00Z", "detail": {}}"#)
+        .unwrap_err();
+    assert!(
+        matches!(&e, NormalizeError::Shape { path, .. } if path == "detail.instance-action"),
+        "{e:?}"
+    );
+    let e = run(br#"{"detail-type": "EC2 Spot Instance Interruption Warning", "detail": {"instance-action": "stop"}}"#)
+        .unwrap_err();
+    assert!(
+        matches!(&e, NormalizeError::Shape { path, .. } if path == "time"),
+        "{e:?}"
+    );
+}
+
+// ---- 404 page, HTTP transcripts, errors (facts 15-17) -----------------------------------------
+
+#[test]
+fn imds_404_page_is_no_notice() {
+    let p = fixture("aws-imds-404-not-found.html");
+    assert_eq!(run_ok(&p), vec![]);
+    let with_status = normalize(
+        NAME,
+        &Input::new(&p, observed()).http_status(404),
+        &mut NormalizerState::default(),
+    )
+    .unwrap();
+    assert_eq!(with_status, vec![]);
+    // Re-indented, the same page.
+    let squeezed = String::from_utf8(p.clone())
+        .unwrap()
+        .replace('\n', " ")
+        .replace('\t', "  ");
+    assert_eq!(run_ok(squeezed.as_bytes()), vec![]);
+    // An empty body (with or without 404) is no notice either.
+    assert_eq!(run_ok(b""), vec![]);
+    assert_eq!(run_ok(b"  \n"), vec![]);
+    let empty404 = normalize(
+        NAME,
+        &Input::new(b"", observed()).http_status(404),
+        &mut NormalizerState::default(),
+    )
+    .unwrap();
+    assert_eq!(empty404, vec![]);
+}
+
+#[test]
+fn other_pages_and_statuses_are_errors() {
+    let p404 = String::from_utf8(fixture("aws-imds-404-not-found.html")).unwrap();
+    // IMDS's 401 page (same template): an error naming the status.
+    let p401 = p404.replace("404 - Not Found", "401 - Unauthorized");
+    let e = run(p401.as_bytes()).unwrap_err();
+    assert!(matches!(e, NormalizeError::WrongPayload { .. }), "{e:?}");
+    assert!(
+        e.to_string().contains("401 - Unauthorized") && e.to_string().contains("token"),
+        "{e}"
+    );
+    // Any other HTML.
+    let e = run(b"<html><body>Service Unavailable</body></html>").unwrap_err();
+    assert!(matches!(e, NormalizeError::WrongPayload { .. }), "{e:?}");
+    let tampered = p404.replace(
+        "<h1>404 - Not Found</h1>",
+        "<h1>404 - Not Found</h1><script/>",
+    );
+    assert!(run(tampered.as_bytes()).is_err());
+    // A 404 with a body that is not the 404 page.
+    let e = normalize(
+        NAME,
+        &Input::new(
+            br#"{"action": "terminate", "time": "2017-09-18T08:22:00Z"}"#,
+            observed(),
+        )
+        .http_status(404),
+        &mut NormalizerState::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, NormalizeError::WrongPayload { .. }), "{e:?}");
+    // Fact 15: 400, 401, 403, 503 are errors, 503 says retry.
+    for (status, word) in [
+        (400, "TTL"),
+        (401, "token"),
+        (403, "turned off"),
+        (503, "retry"),
+    ] {
+        let e = normalize(
+            NAME,
+            &Input::new(b"", observed()).http_status(status),
+            &mut NormalizerState::default(),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains(&status.to_string()) && e.to_string().contains(word),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn imdsv2_token_flow_transcript() {
+    // Fact 16: every IMDS response is text/plain, JSON included; the body decides.
+    let p = fixture("aws-imdsv2-token-flow.http");
+    let ev = one(&p);
+    common(&ev);
+    let direct = one(&fixture("aws-spot-instance-action-terminate.json"));
+    assert_eq!(
+        ev, direct,
+        "the transcript's last response is the instance-action JSON"
+    );
+    assert_eq!(
+        ev.id,
+        hash_id(
+            "aws.imds",
+            &["spot/instance-action", "terminate", "2017-09-18T08:22:00Z"]
+        )
+    );
+    let m = ev.maintenance.unwrap();
+    assert_eq!(m.type_, MaintenanceType::Preempt);
+    assert_eq!(m.status, MaintenanceStatus::Scheduled);
+    assert_eq!(m.not_before, Some(ts("2017-09-18T08:22:00Z")));
+    assert_eq!(m.vendor_type.as_deref(), Some("terminate"));
+}
+
+#[test]
+fn transcripts_with_other_endings() {
+    // Ending with the token response: nothing to normalize.
+    let t = b"PUT /latest/api/token HTTP/1.1\nX-aws-ec2-metadata-token-ttl-seconds: 21600\n\nHTTP/1.1 200 OK\n\nAQAEAHv3\n";
+    let e = run(t).unwrap_err();
+    assert!(e.to_string().contains("token"), "{e}");
+    // A 404 answer with IMDS's page.
+    let page = String::from_utf8(fixture("aws-imds-404-not-found.html")).unwrap();
+    let t = format!("GET /latest/meta-data/spot/instance-action HTTP/1.1\n\nHTTP/1.1 404 Not Found\nContent-Type: text/html\n\n{page}");
+    assert_eq!(run_ok(t.as_bytes()), vec![]);
+    // A 401 answer (expired token).
+    let t = b"GET /latest/meta-data/spot/instance-action HTTP/1.1\n\nHTTP/1.1 401 Unauthorized\n\n";
+    assert!(run(t).unwrap_err().to_string().contains("401"));
+    // A CRLF transcript with scheduled events.
+    let body =
+        String::from_utf8(fixture("aws-scheduled-events-system-reboot-active.json")).unwrap();
+    let t = format!("GET /latest/meta-data/events/maintenance/scheduled HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n{}", body.replace('\n', "\r\n"));
+    assert_eq!(
+        one(t.as_bytes()).id,
+        "aws.imds:instance-event-0d59937288b749b32"
+    );
+    // Malformed transcripts.
+    assert!(run(b"GET / HTTP/1.1\nHost: x\n\n").is_err());
+    assert!(run(b"HTTP/1.1 200 OK\nbroken header line\n\n[]").is_err());
+}
+
+#[test]
+fn wrong_payloads_name_what_was_expected() {
+    let e = run(br#"{"hello": 1}"#).unwrap_err();
+    assert!(matches!(e, NormalizeError::WrongPayload { .. }), "{e:?}");
+    assert!(
+        e.to_string().contains("hello") && e.to_string().contains("action"),
+        "{e}"
+    );
+    let e = run(b"42").unwrap_err();
+    assert!(
+        matches!(
+            e,
+            NormalizeError::Time { .. } | NormalizeError::WrongPayload { .. }
+        ),
+        "{e:?}"
+    );
+    let e = run(br#"{"action": "terminate", "#).unwrap_err();
+    assert!(matches!(e, NormalizeError::Json { .. }), "{e:?}");
+    let e = run(b"\xff\xfe").unwrap_err();
+    assert!(matches!(e, NormalizeError::NotUtf8 { .. }), "{e:?}");
+    // Untrusted strings are escaped and truncated in messages.
+    let long = format!("{{\"{}\": 1}}", "\u{1b}x".repeat(500));
+    let msg = run(long.as_bytes()).unwrap_err().to_string();
+    assert!(!msg.contains('\u{1b}') && msg.len() < 2000, "{msg}");
+}
+
+#[test]
+fn aws_state_stays_empty() {
+    let mut st = NormalizerState::default();
+    for f in [
+        "aws-spot-instance-action-terminate.json",
+        "aws-scheduled-events-history-canceled-completed.json",
+        "aws-imds-404-not-found.html",
+    ] {
+        normalize(NAME, &Input::new(&fixture(f), observed()), &mut st).unwrap();
+    }
+    assert_eq!(st, NormalizerState::default());
+}
+
+#[test]
+fn events_round_trip_through_the_event_schema() {
+    for f in [
+        "aws-spot-instance-action-terminate.json",
+        "aws-spot-instance-action-stop.json",
+        "aws-spot-termination-time.txt",
+        "aws-rebalance-recommendation.json",
+        "aws-scheduled-events-history-canceled-completed.json",
+        "aws-scheduled-events-instance-reboot.json",
+        "aws-scheduled-events-instance-retirement.json",
+        "aws-scheduled-events-system-maintenance.json",
+        "aws-scheduled-events-system-reboot-active.json",
+        "aws-describe-instance-status-retirement-instance-stop.json",
+        "aws-eventbridge-spot-interruption-warning.json",
+        "aws-imdsv2-token-flow.http",
+    ] {
+        for ev in run_ok(&fixture(f)) {
+            let s = serde_json::to_string(&ev).unwrap();
+            assert_eq!(Event::from_json_str(&s).unwrap(), ev, "{f}");
+        }
+    }
+}
+
+// ---- Fuzz ---------------------------------------------------------------------------------------
+
+const FIXTURES: &[&str] = &[
+    "aws-describe-instance-status-retirement-instance-stop.json",
+    "aws-eventbridge-spot-interruption-warning.json",
+    "aws-imds-404-not-found.html",
+    "aws-imdsv2-token-flow.http",
+    "aws-rebalance-recommendation.json",
+    "aws-scheduled-events-history-canceled-completed.json",
+    "aws-scheduled-events-instance-reboot.json",
+    "aws-scheduled-events-instance-retirement.json",
+    "aws-scheduled-events-system-maintenance.json",
+    "aws-scheduled-events-system-reboot-active.json",
+    "aws-spot-instance-action-stop.json",
+    "aws-spot-instance-action-terminate.json",
+    "aws-spot-termination-time.txt",
+];
+
+fn check(payload: &[u8], status: Option<u16>) {
+    let mut input = Input::new(payload, observed()).self_name("i-1234567890abcdef0");
+    if let Some(s) = status {
+        input = input.http_status(s);
+    }
+    let mut st = NormalizerState::default();
+    if let Ok(evs) = normalize(NAME, &input, &mut st) {
+        for ev in evs {
+            assert!(ev.id.starts_with("aws.imds:"));
+            assert_eq!(ev.source, Source::AwsImds);
+            assert!(ev.maintenance.is_some() && ev.raw.is_some());
+            let s = serde_json::to_string(&ev).unwrap();
+            assert_eq!(Event::from_json_str(&s).unwrap(), ev);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        check(&bytes, None);
+    }
+
+    #[test]
+    fn mutated_fixtures_never_panic(
+        idx in 0..FIXTURES.len(),
+        edits in proptest::collection::vec((any::<usize>(), any::<u8>(), 0u8..3), 0..8),
+        cut in proptest::option::of(any::<usize>()),
+        status in proptest::option::of(prop_oneof![Just(200u16), Just(404), Just(401), Just(503)]),
+    ) {
+        let mut p = fixture(FIXTURES[idx]);
+        for (pos, byte, op) in edits {
+            if p.is_empty() { break; }
+            let i = pos % p.len();
+            match op {
+                0 => p[i] = byte,
+                1 => p.insert(i, byte),
+                _ => { p.remove(i); }
+            }
+        }
+        if let Some(c) = cut {
+            let n = c % (p.len() + 1);
+            p.truncate(n);
+        }
+        check(&p, status);
+    }
+
+    #[test]
+    fn arbitrary_field_values_never_panic(
+        code in ".{0,24}", state in ".{0,12}", nb in ".{0,32}", na in ".{0,32}", id in ".{0,40}",
+        action in ".{0,12}", time in ".{0,32}",
+    ) {
+        let q = |s: &str| serde_json::to_string(s).unwrap();
+        let sched = format!(
+            r#"[{{"Code": {}, "State": {}, "NotBefore": {}, "NotAfter": {}, "EventId": {}, "Description": "d"}}]"#,
+            q(&code), q(&state), q(&nb), q(&na), q(&id)
+        );
+        check(sched.as_bytes(), None);
+        let spot = format!(r#"{{"action": {}, "time": {}}}"#, q(&action), q(&time));
+        check(spot.as_bytes(), None);
+        let eb = format!(
+            r#"{{"id": {}, "detail-type": "EC2 Spot Instance Interruption Warning", "time": {}, "resources": [{}], "detail": {{"instance-action": {}}}}}"#,
+            q(&id), q(&time), q(&code), q(&action)
+        );
+        check(eb.as_bytes(), None);
+        check(time.as_bytes(), None);
+    }
+}

@@ -1,0 +1,1798 @@
+//! The `azure.arm` normalizer and the classification table: every `arm-error-*` fixture field
+//! by field, the DOMAIN.md section 8 errata and additions that concern ARM errors, the error
+//! shapes of DOMAIN.md 3.1 (with the nested-deployment and activity-log payloads written here
+//! from the documented shapes), the `OperationNotAllowed` pattern table, and fuzzing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::Path;
+
+use keel_engine::normalize::classify::{self, classify, classify_response, Codes, When, RULES};
+use keel_engine::normalize::{azure_arm, normalize, Input, NormalizeError, NormalizerState};
+use keel_engine::{
+    Action, Category, Ctx, Engine, Event, FailureDetail, Kind, Operation, Resource, Source,
+    Timestamp,
+};
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+// ----------------------------------------------------------------------------------------
+// Helpers.
+
+const OBSERVED: &str = "2026-05-01T10:00:00Z";
+
+fn ts(s: &str) -> Timestamp {
+    s.parse().unwrap()
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn fixture_json(name: &str) -> Value {
+    serde_json::from_slice(&fixture(name)).unwrap()
+}
+
+/// The registry entry point, as `keel normalize --from azure.arm` calls it.
+fn norm(bytes: &[u8]) -> Result<Vec<Event>, NormalizeError> {
+    let mut st = NormalizerState::default();
+    normalize("azure.arm", &Input::new(bytes, ts(OBSERVED)), &mut st)
+}
+
+fn norm_input(input: &Input<'_>) -> Result<Vec<Event>, NormalizeError> {
+    let mut st = NormalizerState::default();
+    normalize("azure.arm", input, &mut st)
+}
+
+/// With the operation known to the caller.
+fn norm_op(bytes: &[u8], op: Operation) -> Vec<Event> {
+    azure_arm::normalize_with_operation(&Input::new(bytes, ts(OBSERVED)), op).unwrap()
+}
+
+fn only(events: Vec<Event>) -> Event {
+    assert_eq!(events.len(), 1, "{events:#?}");
+    events.into_iter().next().unwrap()
+}
+
+fn is_hash_id(id: &str) -> bool {
+    id.strip_prefix("azure.arm:")
+        .is_some_and(|h| h.len() == 16 && h.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+/// Every field of the failure, in one place so no test forgets one.
+#[allow(clippy::too_many_arguments)]
+fn assert_failure(
+    e: &Event,
+    operation: Operation,
+    code: &str,
+    message: Option<&str>,
+    http_status: Option<i64>,
+    attempt: i64,
+    details: &[FailureDetail],
+    retry_after_s: Option<i64>,
+    category: Category,
+    transient: bool,
+) {
+    assert_eq!(e.source, Source::AzureArm);
+    assert_eq!(e.kind, Kind::OperationFailure);
+    assert!(e.maintenance.is_none() && e.health.is_none());
+    let f = e.failure.as_ref().expect("failure");
+    assert_eq!(f.operation, operation, "operation");
+    assert_eq!(f.code, code, "code");
+    assert_eq!(f.message.as_deref(), message, "message");
+    assert_eq!(f.http_status, http_status, "http_status");
+    assert_eq!(f.attempt, attempt, "attempt");
+    assert_eq!(f.details, details, "details");
+    assert_eq!(f.retry_after_s, retry_after_s, "retry_after_s");
+    assert_eq!(f.category, category, "category");
+    assert_eq!(f.transient, transient, "transient");
+}
+
+fn detail(code: &str, message: Option<&str>, target: Option<&str>) -> FailureDetail {
+    serde_json::from_value(json!({"code": code, "message": message, "target": target})).unwrap()
+}
+
+fn message_of(name: &str) -> String {
+    let v = fixture_json(name);
+    let e = v.get("error").unwrap_or(&v);
+    let inner = e
+        .get("details")
+        .and_then(|d| d.get(0))
+        .filter(|_| e["code"].as_str().is_some_and(classify::is_wrapper))
+        .unwrap_or(e);
+    inner["message"].as_str().unwrap().to_string()
+}
+
+const VM_ID: &str =
+    "/subscriptions/0b1f6471-1bf0-4dda-aec3-cb9272f09590/resourceGroups/rg-web/providers/Microsoft.Compute/virtualMachines/web-1";
+
+// ----------------------------------------------------------------------------------------
+// Every fixture, field by field.
+
+#[test]
+fn fixture_artifact_version_not_found_2021_10_13_is_vm_agent() {
+    let name = "arm-error-artifact-version-not-found-2021-10-13.json";
+    let e = only(norm_op(&fixture(name), Operation::Create));
+    assert_eq!(e.id, "azure.arm:3f6d9a2e-6b1c-4c52-9f0e-2b7a1d4c8e90");
+    assert_eq!(e.time, ts("2021-10-13T07:02:14.2339455Z"), "endTime");
+    assert_eq!(e.resource, Resource::default());
+    assert_failure(
+        &e,
+        Operation::Create,
+        "ArtifactVersionNotFound",
+        Some(&message_of(name)),
+        None,
+        1,
+        &[],
+        None,
+        Category::VmAgent,
+        true,
+    );
+    assert_eq!(e.raw.as_ref(), Some(&fixture_json(name)));
+    let c = classify(
+        "ArtifactVersionNotFound",
+        Some(&message_of(name)),
+        None,
+        &[],
+    );
+    assert_eq!(c.rule, "guest-agent-artifact-not-found");
+}
+
+#[test]
+fn fixture_artifact_not_found_extension_is_not_vm_agent() {
+    let name = "arm-error-artifact-not-found-extension.json";
+    let e = only(norm_op(&fixture(name), Operation::Create));
+    assert!(is_hash_id(&e.id), "{}", e.id);
+    assert_eq!(e.time, ts(OBSERVED));
+    assert_failure(
+        &e,
+        Operation::Create,
+        "ArtifactNotFound",
+        Some("Extension with publisher 'Chef.Bootstrap.WindowsAzure', type 'LinuxChefClient', and type handler version '1210.12' could not be found in the extension repository."),
+        None,
+        1,
+        &[],
+        None,
+        Category::Extension,
+        false,
+    );
+    assert_ne!(e.failure.as_ref().unwrap().category, Category::VmAgent);
+    assert_eq!(e.raw.as_ref(), Some(&fixture_json(name)));
+}
+
+#[test]
+fn fixture_vm_artifact_repository_internal_error() {
+    let name = "arm-error-vm-artifact-repository-internal-error.json";
+    let e = only(norm_op(&fixture(name), Operation::Create));
+    assert!(is_hash_id(&e.id));
+    assert_eq!(e.time, ts(OBSERVED));
+    assert_failure(
+        &e,
+        Operation::Create,
+        "VMArtifactRepositoryInternalError",
+        Some("An error occurred while communicating with the artifact repository to retrieve VM artifact details."),
+        None,
+        1,
+        &[],
+        None,
+        Category::Internal,
+        true,
+    );
+}
+
+#[test]
+fn fixture_os_provisioning_timed_out_generalize_hint() {
+    let name = "arm-error-osprovisioningtimedout-generalize-hint.json";
+    let e = only(norm_op(&fixture(name), Operation::Create));
+    assert!(is_hash_id(&e.id));
+    assert_eq!(e.time, ts(OBSERVED));
+    assert_failure(
+        &e,
+        Operation::Create,
+        "OSProvisioningTimedOut",
+        Some(&message_of(name)),
+        None,
+        1,
+        &[],
+        None,
+        Category::ProvisioningTimeout,
+        false,
+    );
+    assert!(e
+        .failure
+        .unwrap()
+        .message
+        .unwrap()
+        .starts_with("OS Provisioning for VM 'azureocp4-s6w8x-master-2'"));
+}
+
+#[test]
+fn fixture_os_provisioning_client_error_not_generalized_is_image() {
+    let name = "arm-error-osprovisioningclienterror-not-generalized.json";
+    let e = only(norm_op(&fixture(name), Operation::Create));
+    assert!(is_hash_id(&e.id));
+    assert_eq!(e.time, ts(OBSERVED));
+    assert_failure(
+        &e,
+        Operation::Create,
+        "OSProvisioningClientError",
+        Some(&message_of(name)),
+        None,
+        1,
+        &[],
+        None,
+        Category::Image,
+        false,
+    );
+    let m = message_of(name);
+    assert_eq!(
+        classify("OSProvisioningClientError", Some(&m), None, &[]).rule,
+        "os-provisioning-image-not-prepared"
+    );
+}
+
+#[test]
+fn fixture_vm_agent_status_communication_error() {
+    let name = "arm-error-vmagentstatuscommunicationerror.json";
+    let e = only(norm_op(&fixture(name), Operation::Start));
+    assert_eq!(e.id, "azure.arm:0fd58f15-b58a-4e9a-8aff-ee4a240a66e1");
+    assert_eq!(e.time, ts("2018-03-29T13:54:30.441Z"));
+    assert_failure(
+        &e,
+        Operation::Start,
+        "VMAgentStatusCommunicationError",
+        Some("VM 'iisvm' has not reported status for VM agent or extensions. Please verify the VM has a running VM agent, and can establish outbound connections to Azure storage."),
+        None,
+        1,
+        &[],
+        None,
+        Category::VmAgent,
+        false,
+    );
+}
+
+#[test]
+fn fixture_vm_extension_provisioning_error() {
+    let name = "arm-error-vmextensionprovisioningerror.json";
+    let e = only(norm_op(&fixture(name), Operation::Extension));
+    assert_eq!(e.id, "azure.arm:c87e56e6-7d73-4863-8ae1-daa0cb9073f2");
+    assert_eq!(e.time, ts("2017-10-10T21:00:44.4626192Z"));
+    assert_failure(
+        &e,
+        Operation::Extension,
+        "VMExtensionProvisioningError",
+        Some("VM has reported a failure when processing extension 'customScript'. Error message: \"Enable failed: failed to execute command: command terminated with exit status=1\"."),
+        None,
+        1,
+        &[],
+        None,
+        Category::Extension,
+        false,
+    );
+}
+
+#[test]
+fn fixture_vm_extension_provisioning_timeout_through_the_wrapper() {
+    let name = "arm-error-vmextensionprovisioningtimeout.json";
+    let e = only(norm_op(&fixture(name), Operation::Create));
+    assert!(is_hash_id(&e.id));
+    assert_eq!(e.time, ts(OBSERVED));
+    assert_failure(
+        &e,
+        Operation::Create,
+        "VMExtensionProvisioningTimeout",
+        Some("Provisioning of VM extension 'mrpsetup' has timed out. Extension installation may be taking too long, or extension status could not be obtained."),
+        None,
+        1,
+        &[],
+        None,
+        Category::Extension,
+        false,
+    );
+}
+
+#[test]
+fn fixture_vm_extension_handler_non_transient_error() {
+    let name = "arm-error-vmextensionhandlernontransienterror.json";
+    let e = only(norm_op(&fixture(name), Operation::Extension));
+    assert!(is_hash_id(&e.id));
+    assert_failure(
+        &e,
+        Operation::Extension,
+        "VMExtensionHandlerNonTransientError",
+        Some(&message_of(name)),
+        None,
+        1,
+        &[],
+        None,
+        Category::Extension,
+        false,
+    );
+}
+
+#[test]
+fn fixture_allocation_failed_through_the_wrapper() {
+    let name = "arm-error-allocationfailed.json";
+    let e = only(norm_op(&fixture(name), Operation::Start));
+    assert!(is_hash_id(&e.id));
+    assert_eq!(e.time, ts(OBSERVED));
+    assert_failure(
+        &e,
+        Operation::Start,
+        "AllocationFailed",
+        Some("Allocation failed. Please try reducing the VM size or number of VMs, retry later, or try deploying to a different Availability Set or different Azure location."),
+        None,
+        1,
+        &[],
+        None,
+        Category::Allocation,
+        true,
+    );
+    assert_eq!(e.raw.as_ref(), Some(&fixture_json(name)));
+}
+
+#[test]
+fn fixture_zonal_allocation_failed() {
+    let name = "arm-error-zonalallocationfailed.json";
+    let e = only(norm_op(&fixture(name), Operation::Create));
+    assert!(is_hash_id(&e.id));
+    assert_failure(
+        &e,
+        Operation::Create,
+        "ZonalAllocationFailed",
+        Some(&message_of(name)),
+        None,
+        1,
+        &[],
+        None,
+        Category::Allocation,
+        true,
+    );
+}
+
+#[test]
+fn fixture_overconstrained_allocation_request() {
+    let name = "arm-error-overconstrainedallocationrequest.json";
+    let e = only(norm_op(&fixture(name), Operation::Create));
+    assert!(is_hash_id(&e.id));
+    assert_failure(
+        &e,
+        Operation::Create,
+        "OverconstrainedAllocationRequest",
+        Some("Allocation failed. VM(s) with the following constraints cannot be allocated, because the condition is too restrictive. Please remove some constraints and try again. Constraints applied are:\n  - VM Size\n"),
+        None,
+        1,
+        &[],
+        None,
+        Category::Allocation,
+        false,
+    );
+}
+
+#[test]
+fn fixture_sku_not_available() {
+    let name = "arm-error-skunotavailable.json";
+    let e = only(norm_op(&fixture(name), Operation::Create));
+    assert!(is_hash_id(&e.id));
+    assert_failure(
+        &e,
+        Operation::Create,
+        "SkuNotAvailable",
+        Some(&message_of(name)),
+        None,
+        1,
+        &[],
+        None,
+        Category::Allocation,
+        false,
+    );
+}
+
+#[test]
+fn fixture_operation_not_allowed_quota() {
+    let name = "arm-error-operationnotallowed-quota.json";
+    let input_bytes = fixture(name);
+    let input = Input::new(&input_bytes, ts(OBSERVED)).http_status(409);
+    let e = only(azure_arm::normalize_with_operation(&input, Operation::Create).unwrap());
+    assert!(is_hash_id(&e.id));
+    assert_failure(
+        &e,
+        Operation::Create,
+        "OperationNotAllowed",
+        Some(&message_of(name)),
+        Some(409),
+        1,
+        &[],
+        None,
+        Category::Quota,
+        false,
+    );
+}
+
+#[test]
+fn fixture_operation_not_allowed_marked_for_deletion() {
+    let name = "arm-error-operationnotallowed-marked-for-deletion.json";
+    let e = only(norm_op(&fixture(name), Operation::Update));
+    assert!(is_hash_id(&e.id));
+    assert_failure(
+        &e,
+        Operation::Update,
+        "OperationNotAllowed",
+        Some(&message_of(name)),
+        None,
+        1,
+        &[],
+        None,
+        Category::Conflict,
+        false,
+    );
+    let c = classify(
+        "OperationNotAllowed",
+        Some(&message_of(name)),
+        Some(409),
+        &[],
+    );
+    assert_eq!(c.rule, "operation-not-allowed-marked-for-deletion");
+}
+
+#[test]
+fn fixture_internal_execution_error() {
+    let name = "arm-error-internalexecutionerror.json";
+    let e = only(norm_op(&fixture(name), Operation::Update));
+    assert!(is_hash_id(&e.id));
+    assert_failure(
+        &e,
+        Operation::Update,
+        "InternalExecutionError",
+        Some("An internal execution error occurred. Please retry later."),
+        None,
+        1,
+        &[],
+        None,
+        Category::Internal,
+        true,
+    );
+}
+
+#[test]
+fn fixture_retryable_error() {
+    let name = "arm-error-retryableerror.json";
+    let e = only(norm_op(&fixture(name), Operation::Create));
+    assert_eq!(e.id, "azure.arm:90793864-6ba7-488d-b142-0b8128735630");
+    assert_eq!(e.time, ts("2022-05-18T15:17:05.1181192Z"));
+    assert_failure(
+        &e,
+        Operation::Create,
+        "RetryableError",
+        Some("A retryable error occurred."),
+        None,
+        1,
+        &[],
+        None,
+        Category::Internal,
+        true,
+    );
+}
+
+#[test]
+fn fixture_429_arm_throttled() {
+    let name = "arm-error-429-arm-throttled.json";
+    let bytes = fixture(name);
+    let input = Input::new(&bytes, ts(OBSERVED)).http_status(429);
+    let e = only(azure_arm::normalize_with_operation(&input, Operation::Update).unwrap());
+    assert!(is_hash_id(&e.id));
+    assert_eq!(e.time, ts(OBSERVED));
+    assert_eq!(e.resource, Resource::default());
+    assert_failure(
+        &e,
+        Operation::Update,
+        "ResourceRequestsThrottled",
+        Some("Number of requests for action 'Microsoft.Cdn/profiles/read' exceeded the limit of '50' for time interval '00:05:00'. Please try again after '372' seconds."),
+        Some(429),
+        1,
+        &[],
+        Some(372),
+        Category::Throttled,
+        true,
+    );
+    // The Retry-After header (given by the caller) wins over the message.
+    let input = Input::new(&bytes, ts(OBSERVED))
+        .http_status(429)
+        .retry_after_s(30);
+    let e = only(azure_arm::normalize_with_operation(&input, Operation::Update).unwrap());
+    assert_eq!(e.failure.unwrap().retry_after_s, Some(30));
+}
+
+#[test]
+fn fixture_429_throttled_http_response() {
+    let bytes = fixture("arm-error-429-throttled.http");
+    let e = only(norm_op(&bytes, Operation::Start));
+    assert!(is_hash_id(&e.id));
+    assert_eq!(e.time, ts(OBSERVED), "no Date header");
+    let throttle_info = "{\"operationGroup\":\"HighCostGet30Min\",\"startTime\":\"2018-06-29T19:54:21.0914017+00:00\",\"endTime\":\"2018-06-29T20:14:21.0914017+00:00\",\"allowedRequestCount\":800,\"measuredRequestCount\":1238}";
+    assert_failure(
+        &e,
+        Operation::Start,
+        "OperationNotAllowed",
+        Some("The server rejected the request because too many requests have been received for this subscription."),
+        Some(429),
+        1,
+        &[detail("TooManyRequests", Some(throttle_info), Some("HighCostGet30Min"))],
+        Some(1200),
+        Category::Throttled,
+        true,
+    );
+    // raw is the JSON body.
+    let text = String::from_utf8(bytes).unwrap();
+    let body: Value = serde_json::from_str(text.split("\n\n").nth(1).unwrap()).unwrap();
+    assert_eq!(e.raw.as_ref(), Some(&body));
+}
+
+#[test]
+fn the_429_body_without_the_http_envelope_is_throttled_by_its_detail() {
+    let text = String::from_utf8(fixture("arm-error-429-throttled.http")).unwrap();
+    let body = text.split("\n\n").nth(1).unwrap();
+    let e = only(norm_op(body.as_bytes(), Operation::Start));
+    let f = e.failure.unwrap();
+    assert_eq!(f.http_status, None);
+    assert_eq!(f.retry_after_s, None);
+    assert_eq!(f.category, Category::Throttled);
+    assert!(f.transient);
+    let c = classify(&f.code, f.message.as_deref(), None, &f.details);
+    assert_eq!(c.rule, "operation-not-allowed-throttle-detail");
+}
+
+#[test]
+fn every_arm_fixture_is_covered_and_bare_bodies_need_an_operation() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut n = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        if !name.starts_with("arm-error-") {
+            continue;
+        }
+        n += 1;
+        // A bare error body does not say which operation failed: a typed refusal, never a guess.
+        match norm(&fixture(&name)) {
+            Err(NormalizeError::WrongPayload { reason, .. }) => {
+                assert!(
+                    reason.contains("does not say which operation failed"),
+                    "{name}: {reason}"
+                )
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+        // With the operation, every one normalizes to one failure.
+        let e = only(norm_op(&fixture(&name), Operation::Create));
+        assert_eq!(e.kind, Kind::OperationFailure, "{name}");
+        assert!(e.raw.is_some());
+    }
+    assert_eq!(
+        n, 19,
+        "a new arm-error fixture needs its own field-by-field test"
+    );
+}
+
+// ----------------------------------------------------------------------------------------
+// The ingest body (DESIGN.md "ingest").
+
+fn windows_create_request() -> Value {
+    json!({
+        "location": "East US 2",
+        "zones": ["2"],
+        "tags": {"team": "web", "env": "prod"},
+        "properties": {
+            "hardwareProfile": {"vmSize": "Standard_D2s_v5"},
+            "storageProfile": {
+                "imageReference": {"publisher": "MicrosoftWindowsServer", "offer": "WindowsServer", "sku": "2019-datacenter-gensecond", "version": "latest"},
+                "osDisk": {"createOption": "FromImage", "managedDisk": {"storageAccountType": "Premium_LRS"}}
+            },
+            "osProfile": {"computerName": "web-1", "adminUsername": "azureuser", "adminPassword": "<secret>",
+                          "windowsConfiguration": {"enableAutomaticUpdates": true}},
+            "networkProfile": {"networkInterfaces": [{"id": "/subscriptions/0b1f6471-1bf0-4dda-aec3-cb9272f09590/resourceGroups/rg-web/providers/Microsoft.Network/networkInterfaces/web-1-nic"}]}
+        }
+    })
+}
+
+#[test]
+fn ingest_of_the_2021_10_13_failure_decides_retry_without_agent() {
+    let body = json!({
+        "idempotency_key": "deploy-42/web-1/create/1",
+        "resource": VM_ID,
+        "operation": "create",
+        "attempt": 1,
+        "request": windows_create_request(),
+        "error": fixture_json("arm-error-artifact-version-not-found-2021-10-13.json"),
+    });
+    let bytes = body.to_string().into_bytes();
+    let mut st = NormalizerState::default();
+    let input = Input::new(&bytes, ts(OBSERVED)).self_name("WEB-1");
+    let e = only(normalize("azure.arm", &input, &mut st).unwrap());
+    assert_eq!(e.id, "azure.arm:deploy-42/web-1/create/1");
+    assert_eq!(e.time, ts("2021-10-13T07:02:14.2339455Z"));
+    let mut tags = std::collections::BTreeMap::new();
+    tags.insert("env".to_string(), "prod".to_string());
+    tags.insert("team".to_string(), "web".to_string());
+    assert_eq!(
+        e.resource,
+        Resource {
+            id: Some(VM_ID.into()),
+            name: Some("web-1".into()),
+            type_: Some("Microsoft.Compute/virtualMachines".into()),
+            os: Some("windows".into()),
+            region: Some("eastus2".into()),
+            zone: Some("2".into()),
+            tags,
+            is_self: Some(true),
+            ..Resource::default()
+        }
+    );
+    assert_failure(
+        &e,
+        Operation::Create,
+        "ArtifactVersionNotFound",
+        Some(&message_of(
+            "arm-error-artifact-version-not-found-2021-10-13.json",
+        )),
+        None,
+        1,
+        &[],
+        None,
+        Category::VmAgent,
+        true,
+    );
+    assert_eq!(
+        e.failure.as_ref().unwrap().request.as_ref(),
+        Some(&windows_create_request())
+    );
+    assert_eq!(e.raw.as_ref(), Some(&body));
+
+    // And the standard policy picks it up.
+    let yaml = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/azure/vm-agent.yaml"),
+    )
+    .unwrap();
+    let engine = Engine::builder()
+        .add_source("vm-agent.yaml", yaml)
+        .build()
+        .unwrap();
+    let d = engine.decide(&e, &Ctx::new(ts("2021-10-13T07:02:20Z")));
+    assert_eq!(d.action, Action::RetryWithoutAgent);
+    assert_eq!(d.escalations.len(), 1);
+}
+
+#[test]
+fn ingest_of_the_extension_pin_does_not_retry_without_agent() {
+    let body = json!({
+        "idempotency_key": "k-2",
+        "resource": {"id": VM_ID, "os": "Windows", "region": "westeurope"},
+        "operation": "Microsoft.Compute/virtualMachines/write",
+        "error": fixture_json("arm-error-artifact-not-found-extension.json"),
+    });
+    let e = only(norm(body.to_string().as_bytes()).unwrap());
+    assert_eq!(e.failure.as_ref().unwrap().category, Category::Extension);
+    assert_eq!(e.failure.as_ref().unwrap().operation, Operation::Create);
+    assert_eq!(e.resource.os.as_deref(), Some("windows"));
+    assert_eq!(e.resource.name.as_deref(), Some("web-1"));
+    let yaml = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/azure/vm-agent.yaml"),
+    )
+    .unwrap();
+    let engine = Engine::builder()
+        .add_source("vm-agent.yaml", yaml)
+        .build()
+        .unwrap();
+    let d = engine.decide(&e, &Ctx::new(ts(OBSERVED)));
+    assert_eq!(d.action, Action::None);
+    assert!(d.escalations.is_empty());
+}
+
+#[test]
+fn ingest_with_an_http_response_string_and_attempt() {
+    let http = String::from_utf8(fixture("arm-error-429-throttled.http")).unwrap();
+    let body = json!({
+        "idempotency_key": "k-3",
+        "resource": {"name": "web-2"},
+        "operation": "start",
+        "attempt": "2",
+        "error": http,
+    });
+    let e = only(norm(body.to_string().as_bytes()).unwrap());
+    assert_eq!(e.id, "azure.arm:k-3");
+    let f = e.failure.unwrap();
+    assert_eq!(
+        (f.operation, f.attempt, f.http_status, f.retry_after_s),
+        (Operation::Start, 2, Some(429), Some(1200))
+    );
+    assert_eq!(f.category, Category::Throttled);
+    assert_eq!(e.resource.name.as_deref(), Some("web-2"));
+    assert_eq!(e.resource.is_self, None, "no self name given");
+}
+
+#[test]
+fn ingest_with_a_status_message_string() {
+    let status_message = json!({"status": "Failed", "error": {"code": "ResourceOperationFailure",
+        "message": "The resource operation completed with terminal provisioning state 'Failed'.",
+        "details": [{"code": "ZonalAllocationFailed", "message": "Allocation failed. We do not have sufficient capacity for the requested VM size in this zone."}]}})
+    .to_string();
+    let body = json!({"idempotency_key": "k-4", "resource": "web-3", "operation": "start", "error": status_message});
+    let e = only(norm(body.to_string().as_bytes()).unwrap());
+    let f = e.failure.unwrap();
+    assert_eq!(f.code, "ZonalAllocationFailed");
+    assert_eq!(f.category, Category::Allocation);
+    assert_eq!(e.resource.name.as_deref(), Some("web-3"));
+    assert_eq!(e.resource.id, None);
+}
+
+#[test]
+fn ingest_without_a_key_gets_a_hash_id_that_counts_the_attempt() {
+    let mk = |attempt: i64| {
+        json!({"resource": VM_ID, "operation": "create", "attempt": attempt,
+               "error": fixture_json("arm-error-skunotavailable.json")})
+        .to_string()
+    };
+    let a1 = only(norm(mk(1).as_bytes()).unwrap());
+    let a1_again = only(norm(mk(1).as_bytes()).unwrap());
+    let a2 = only(norm(mk(2).as_bytes()).unwrap());
+    assert!(is_hash_id(&a1.id));
+    assert_eq!(a1.id, a1_again.id, "a re-read is the same event");
+    assert_ne!(a1.id, a2.id, "the next attempt is another event");
+}
+
+#[test]
+fn ingest_errors_name_the_field() {
+    let cases = [
+        (
+            json!({"idempotency_key": "k", "operation": "resize", "error": {"error": {"code": "X", "message": "m"}}}),
+            "operation",
+        ),
+        (
+            json!({"idempotency_key": "k", "operation": 7, "error": {"error": {"code": "X"}}}),
+            "operation",
+        ),
+        (
+            json!({"idempotency_key": "k", "operation": "create", "attempt": 0, "error": {"error": {"code": "X"}}}),
+            "attempt",
+        ),
+        (
+            json!({"idempotency_key": "k", "operation": "create", "attempt": "two", "error": {"error": {"code": "X"}}}),
+            "attempt",
+        ),
+        (
+            json!({"idempotency_key": "k", "operation": "create"}),
+            "error",
+        ),
+        (
+            json!({"idempotency_key": "k", "operation": "create", "error": 5}),
+            "error",
+        ),
+        (
+            json!({"idempotency_key": "k", "operation": "create", "error": "Allocation failed"}),
+            "error",
+        ),
+        (
+            json!({"idempotency_key": "k", "operation": "create", "error": "{\"code\": "}),
+            "error",
+        ),
+        (
+            json!({"idempotency_key": 5, "operation": "create", "error": {"error": {"code": "X"}}}),
+            "idempotency_key",
+        ),
+        (
+            json!({"idempotency_key": "k", "operation": "create", "request": "PUT", "error": {"error": {"code": "X"}}}),
+            "request",
+        ),
+        (
+            json!({"idempotency_key": "k", "operation": "create", "resource": 5, "error": {"error": {"code": "X"}}}),
+            "resource",
+        ),
+        (
+            json!({"idempotency_key": "k", "operation": "create", "resource": {"regoin": "eastus"}, "error": {"error": {"code": "X"}}}),
+            "resource.regoin",
+        ),
+        (
+            json!({"idempotency_key": "k", "operation": "create", "resource": {"tags": {"a": 1}}, "error": {"error": {"code": "X"}}}),
+            "resource.tags.a",
+        ),
+        (
+            json!({"idempotency_key": "k", "operation": "create", "error": {"error": {"code": 12}}}),
+            "error.error.code",
+        ),
+    ];
+    for (body, path) in cases {
+        match norm(body.to_string().as_bytes()) {
+            Err(NormalizeError::Shape { path: p, .. }) => assert_eq!(p, path, "{body}"),
+            other => panic!("{body}: {other:?}"),
+        }
+    }
+    // The did-you-mean for a misspelled resource field.
+    let body = json!({"operation": "create", "resource": {"regoin": "eastus"}, "error": {"error": {"code": "X"}}});
+    let e = norm(body.to_string().as_bytes()).unwrap_err().to_string();
+    assert!(e.contains("did you mean `region`"), "{e}");
+}
+
+// ----------------------------------------------------------------------------------------
+// DOMAIN.md 3.1 shapes 4 and 5, written from the documented shapes.
+
+/// Shape 4 (template deployment) with fact 14: the Conflict's message is a JSON string (with
+/// `\r\n`) of shape 3, whose detail's message is itself JSON of a plain error.
+fn nested_deployment() -> Value {
+    let innermost = json!({"error": {"code": "OSProvisioningTimedOut",
+        "message": "OS Provisioning for VM 'vm-app-0' did not finish in the allotted time. The VM may still finish provisioning successfully. Please check provisioning state later.",
+        "details": [{"code": "Hint", "target": "osProfile", "message": "Check the image.",
+                     "details": [{"code": "SubHint", "message": "Nested."}]}]}});
+    let shape3 = json!({"status": "Failed", "error": {"code": "ResourceDeploymentFailure",
+        "message": "The resource operation completed with terminal provisioning state 'Failed'.",
+        "details": [{"code": "BadRequest", "message": serde_json::to_string(&innermost).unwrap()}]}});
+    let shape3_text = serde_json::to_string_pretty(&shape3)
+        .unwrap()
+        .replace('\n', "\r\n");
+    json!({"code": "DeploymentFailed",
+           "message": "At least one resource deployment operation failed. Please list deployment operations for details. Please see https://aka.ms/DeployOperations for usage details.",
+           "details": [{"code": "Conflict", "message": shape3_text}]})
+}
+
+#[test]
+fn deployment_wrapper_with_json_strings_at_two_levels() {
+    let doc = nested_deployment();
+    let e = only(norm_op(doc.to_string().as_bytes(), Operation::Create));
+    assert!(is_hash_id(&e.id));
+    assert_failure(
+        &e,
+        Operation::Create,
+        "OSProvisioningTimedOut",
+        Some("OS Provisioning for VM 'vm-app-0' did not finish in the allotted time. The VM may still finish provisioning successfully. Please check provisioning state later."),
+        None,
+        1,
+        &[
+            detail("Hint", Some("Check the image."), Some("osProfile")),
+            detail("SubHint", Some("Nested."), None),
+        ],
+        None,
+        Category::ProvisioningTimeout,
+        false,
+    );
+    assert_eq!(e.raw.as_ref(), Some(&doc));
+    // Never classified on a wrapper.
+    for w in [
+        "DeploymentFailed",
+        "Conflict",
+        "ResourceDeploymentFailure",
+        "BadRequest",
+    ] {
+        assert_ne!(e.failure.as_ref().unwrap().code, w);
+    }
+}
+
+#[test]
+fn nesting_beyond_the_limit_is_a_typed_error() {
+    // Wrappers in details (JSON strings double their escaping per level, so the payload size
+    // limit stops that kind of nesting first).
+    let mut v = json!({"code": "AllocationFailed", "message": "Allocation failed."});
+    for _ in 0..(azure_arm::MAX_NESTING + 2) {
+        v = json!({"code": "DeploymentFailed", "message": "m", "details": [v]});
+    }
+    let bytes = v.to_string().into_bytes();
+    match azure_arm::normalize_with_operation(&Input::new(&bytes, ts(OBSERVED)), Operation::Create)
+    {
+        Err(NormalizeError::Shape { expected, path, .. }) => {
+            assert!(expected.contains("nested at most"), "{expected}");
+            assert!(path.starts_with("details[0].details[0]"), "{path}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Within the limit it unwraps.
+    let mut v = json!({"code": "AllocationFailed", "message": "Allocation failed."});
+    for _ in 0..8 {
+        v = json!({"code": "Conflict", "message": v.to_string()});
+    }
+    let e = only(norm_op(v.to_string().as_bytes(), Operation::Create));
+    assert_eq!(e.failure.unwrap().code, "AllocationFailed");
+}
+
+const OP_ID: &str = "7b7d0f36-6f28-4a8b-9c0e-2f6a4c1e9d55";
+const EVENT_DATA_ID: &str = "e2f1c6a4-0d3b-4f51-8b0c-6a9d2e7f1b33";
+
+fn capz_vm_id() -> String {
+    "/subscriptions/0b1f6471-1bf0-4dda-aec3-cb9272f09590/resourceGroups/capz-e2e/providers/Microsoft.Compute/virtualMachines/capz-md-0-x7k2p".into()
+}
+
+/// Shape 5: an activity-log Administrative event in its REST form (operationName, status,
+/// category ... as `{"value", "localizedValue"}`, DOMAIN.md 8 erratum 10) whose
+/// `properties.statusMessage` is a JSON string of shape 3.
+fn activity_event(status: &str) -> Value {
+    let status_message = json!({"status": "Failed", "error": {"code": "ResourceOperationFailure",
+        "message": "The resource operation completed with terminal provisioning state 'Failed'.",
+        "details": [{"code": "VMExtensionProvisioningError",
+                     "message": "VM has reported a failure when processing extension 'CustomScriptExtension'. Error message: \"Error downloading https://capzartifacts.blob.core.windows.net/scripts/bootstrap.ps1 after 29 attempts: The remote name could not be resolved: 'capzartifacts.blob.core.windows.net'\"."}]}});
+    json!({
+        "authorization": {"action": "Microsoft.Compute/virtualMachines/write", "scope": capz_vm_id()},
+        "caller": "4d5e8a1c-2b3f-4c6d-9e8f-0a1b2c3d4e5f",
+        "channels": "Operation",
+        "correlationId": "1c8f2a9e-3d4b-4e6f-8a0b-2c4d6e8f0a1b",
+        "description": "",
+        "eventDataId": EVENT_DATA_ID,
+        "eventName": {"value": "EndRequest", "localizedValue": "End request"},
+        "category": {"value": "Administrative", "localizedValue": "Administrative"},
+        "eventTimestamp": "2024-07-29T14:03:21.5512345Z",
+        "id": format!("{}/events/{EVENT_DATA_ID}/ticks/638578370015512345", capz_vm_id()),
+        "level": "Error",
+        "operationId": OP_ID,
+        "operationName": {"value": "Microsoft.Compute/virtualMachines/write", "localizedValue": "Create or Update Virtual Machine"},
+        "resourceGroupName": "capz-e2e",
+        "resourceProviderName": {"value": "Microsoft.Compute", "localizedValue": "Microsoft.Compute"},
+        "resourceType": {"value": "Microsoft.Compute/virtualMachines", "localizedValue": "Microsoft.Compute/virtualMachines"},
+        "resourceId": capz_vm_id(),
+        "status": {"value": status, "localizedValue": status},
+        "subStatus": {"value": "Conflict", "localizedValue": "Conflict (HTTP Status Code: 409)"},
+        "submissionTimestamp": "2024-07-29T14:05:02.0000000Z",
+        "subscriptionId": "0b1f6471-1bf0-4dda-aec3-cb9272f09590",
+        "tenantId": "72f988bf-86f1-41af-91ab-2d7cd011db47",
+        "properties": {
+            "statusCode": "Conflict",
+            "statusMessage": status_message.to_string(),
+            "eventCategory": "Administrative",
+            "entity": capz_vm_id(),
+            "message": "Microsoft.Compute/virtualMachines/write",
+            "hierarchy": "72f988bf-86f1-41af-91ab-2d7cd011db47/0b1f6471-1bf0-4dda-aec3-cb9272f09590"
+        },
+        "relatedEvents": []
+    })
+}
+
+#[test]
+fn activity_log_event_with_a_status_message_string() {
+    let ev = activity_event("Failed");
+    let input_bytes = ev.to_string().into_bytes();
+    let input = Input::new(&input_bytes, ts(OBSERVED)).self_name("capz-md-0-x7k2p");
+    let e = only(norm_input(&input).unwrap());
+    assert_eq!(e.id, format!("azure.arm:{OP_ID}"));
+    assert_eq!(e.time, ts("2024-07-29T14:03:21.5512345Z"));
+    assert_eq!(
+        e.resource,
+        Resource {
+            id: Some(capz_vm_id()),
+            name: Some("capz-md-0-x7k2p".into()),
+            type_: Some("Microsoft.Compute/virtualMachines".into()),
+            is_self: Some(true),
+            ..Resource::default()
+        }
+    );
+    let msg = "VM has reported a failure when processing extension 'CustomScriptExtension'. Error message: \"Error downloading https://capzartifacts.blob.core.windows.net/scripts/bootstrap.ps1 after 29 attempts: The remote name could not be resolved: 'capzartifacts.blob.core.windows.net'\".";
+    assert_failure(
+        &e,
+        Operation::Create,
+        "VMExtensionProvisioningError",
+        Some(msg),
+        Some(409),
+        1,
+        &[],
+        None,
+        Category::Network,
+        false,
+    );
+    assert_eq!(e.raw.as_ref(), Some(&ev));
+}
+
+#[test]
+fn activity_log_lists_keep_only_failures() {
+    let mut started = activity_event("Started");
+    started["properties"] = json!({"eventCategory": "Administrative"});
+    let succeeded = activity_event("Succeeded");
+    let failed = activity_event("Failed");
+    let mut policy = activity_event("Failed");
+    policy["operationName"] = json!({"value": "Microsoft.Authorization/policies/audit/action", "localizedValue": "'audit' Policy action."});
+    let mut no_message = activity_event("Failed");
+    no_message["properties"] = json!({"statusCode": "Conflict"});
+    let list = json!({"value": [started, succeeded, failed.clone(), policy, no_message]});
+    let e = only(norm(list.to_string().as_bytes()).unwrap());
+    assert_eq!(e.raw.as_ref(), Some(&failed));
+    // `az monitor activity-log list` prints a bare array.
+    let arr = json!([activity_event("Succeeded"), activity_event("Failed")]);
+    assert_eq!(norm(arr.to_string().as_bytes()).unwrap().len(), 1);
+    assert!(norm(b"[]").unwrap().is_empty());
+    assert!(norm(br#"{"value": []}"#).unwrap().is_empty());
+    // A single event that is not a failure gives nothing.
+    assert!(norm(activity_event("Succeeded").to_string().as_bytes())
+        .unwrap()
+        .is_empty());
+    // A single event whose operation cannot be told is refused, not guessed.
+    let mut p = activity_event("Failed");
+    p["operationName"] = json!("Microsoft.Authorization/policies/audit/action");
+    assert!(matches!(
+        norm(p.to_string().as_bytes()),
+        Err(NormalizeError::WrongPayload { .. })
+    ));
+}
+
+#[test]
+fn activity_log_flat_form_and_alert_envelopes() {
+    // Flat strings (webhook / export form), operationName a start action, eventDataId only.
+    let flat = json!({
+        "eventDataId": EVENT_DATA_ID, "eventTimestamp": "2024-07-29T14:03:21Z",
+        "operationName": "Microsoft.Compute/virtualMachines/start/action", "status": "Failed",
+        "resourceId": capz_vm_id(),
+        "properties": {"statusCode": "Conflict", "statusMessage": "{\"error\":{\"code\":\"AllocationFailed\",\"message\":\"Allocation failed. Please try reducing the VM size or number of VMs, retry later, or try deploying to a different Availability Set or different Azure location.\"}}"}
+    });
+    let e = only(norm(flat.to_string().as_bytes()).unwrap());
+    assert_eq!(e.id, format!("azure.arm:{EVENT_DATA_ID}"));
+    let f = e.failure.as_ref().unwrap();
+    assert_eq!(
+        (f.operation, f.category, f.http_status),
+        (Operation::Start, Category::Allocation, Some(409))
+    );
+
+    // Legacy activity-log alert webhook.
+    let webhook = json!({"schemaId": "Microsoft.Insights/activityLogs",
+                         "data": {"status": "Activated", "context": {"activityLog": flat}}});
+    let w = only(norm(webhook.to_string().as_bytes()).unwrap());
+    assert_eq!(w.failure, e.failure);
+    assert_eq!(w.raw.as_ref(), Some(&webhook));
+
+    // Common alert schema: no resourceId in alertContext, the target comes from essentials.
+    let mut ctx = flat.clone();
+    ctx.as_object_mut().unwrap().remove("resourceId");
+    let common = json!({"schemaId": "azureMonitorCommonAlertSchema",
+        "data": {"essentials": {"alertTargetIDs": [capz_vm_id().to_lowercase()], "monitorCondition": "Fired"},
+                 "alertContext": ctx}});
+    let c = only(norm(common.to_string().as_bytes()).unwrap());
+    assert_eq!(c.resource.name.as_deref(), Some("capz-md-0-x7k2p"));
+    assert_eq!(c.failure.as_ref().unwrap().code, "AllocationFailed");
+}
+
+#[test]
+fn activity_log_plain_text_status_message_uses_the_status_code() {
+    let ev = json!({"operationId": "op-9", "eventTimestamp": "2024-07-29T14:03:21Z",
+        "operationName": {"value": "Microsoft.Compute/virtualMachines/delete"}, "status": {"value": "Failed"},
+        "properties": {"statusCode": "Conflict", "statusMessage": "The operation failed."}});
+    let e = only(norm(ev.to_string().as_bytes()).unwrap());
+    assert_failure(
+        &e,
+        Operation::Delete,
+        "Conflict",
+        Some("The operation failed."),
+        Some(409),
+        1,
+        &[],
+        None,
+        Category::Conflict,
+        false,
+    );
+    // Without statusMessage there is nothing to read.
+    let ev = json!({"operationId": "op-9", "operationName": "Microsoft.Compute/virtualMachines/delete", "status": "Failed", "properties": {}});
+    match norm(ev.to_string().as_bytes()) {
+        Err(NormalizeError::Shape { path, .. }) => assert_eq!(path, "properties.statusMessage"),
+        other => panic!("{other:?}"),
+    }
+}
+
+// ----------------------------------------------------------------------------------------
+// Other shapes and edge cases.
+
+#[test]
+fn async_status_that_did_not_fail_gives_nothing() {
+    for s in ["Succeeded", "InProgress", "Canceled"] {
+        let doc = json!({"status": s, "name": "op", "startTime": "2024-01-01T00:00:00Z"});
+        assert!(norm(doc.to_string().as_bytes()).unwrap().is_empty(), "{s}");
+    }
+    // A failure with an error and a numeric status (the Compute error format).
+    let doc = json!({"status": "409", "error": {"code": "Conflict", "message": "m"}});
+    let e = only(norm_op(doc.to_string().as_bytes(), Operation::Update));
+    assert_eq!(e.failure.unwrap().http_status, Some(409));
+}
+
+#[test]
+fn resource_health_flat_error_body() {
+    // DOMAIN.md 8 fact 8: {code, message, details} with `details` a string.
+    let doc = json!({"code": "InternalServerError", "message": "Encountered internal server error. Diagnostic information: timestamp '20240101T000000Z'.", "details": "Retry the request."});
+    let e = only(norm_op(doc.to_string().as_bytes(), Operation::Start));
+    assert_failure(
+        &e,
+        Operation::Start,
+        "InternalServerError",
+        Some(doc["message"].as_str().unwrap()),
+        None,
+        1,
+        &[],
+        None,
+        Category::Internal,
+        true,
+    );
+}
+
+#[test]
+fn odata_v3_message_object() {
+    let doc = json!({"odata.error": {"code": "AnotherOperationInProgress", "message": {"lang": "en-US", "value": "Another operation is in progress."}}});
+    let e = only(norm_op(doc.to_string().as_bytes(), Operation::Update));
+    let f = e.failure.unwrap();
+    assert_eq!(
+        (
+            f.code.as_str(),
+            f.message.as_deref(),
+            f.category,
+            f.transient
+        ),
+        (
+            "AnotherOperationInProgress",
+            Some("Another operation is in progress."),
+            Category::Conflict,
+            true
+        )
+    );
+}
+
+#[test]
+fn wrappers_without_an_inner_error_and_a_plain_conflict() {
+    let doc = json!({"error": {"code": "DeploymentFailed", "message": "At least one resource deployment operation failed."}});
+    let f = only(norm_op(doc.to_string().as_bytes(), Operation::Create))
+        .failure
+        .unwrap();
+    assert_eq!(
+        (f.code.as_str(), f.category, f.transient),
+        ("DeploymentFailed", Category::Unknown, false)
+    );
+    let doc = json!({"error": {"code": "Conflict", "message": "Disk resizing is allowed only when creating a VM or when the VM is deallocated.", "details": [{"message": "no code here"}]}});
+    let f = only(norm_op(doc.to_string().as_bytes(), Operation::Update))
+        .failure
+        .unwrap();
+    assert_eq!(
+        (f.code.as_str(), f.category),
+        ("Conflict", Category::Conflict)
+    );
+}
+
+#[test]
+fn http_response_with_date_and_request_id() {
+    let text = "HTTP/1.1 409 Conflict\r\nDate: Wed, 13 Oct 2021 07:02:15 GMT\r\nx-ms-request-id: 5d1e0a42-7a3e-4c3b-9a3a-1f2e3d4c5b6a\r\nRetry-After: Wed, 13 Oct 2021 07:03:15 GMT\r\n\r\n{\"error\":{\"code\":\"SkuNotAvailable\",\"message\":\"The requested VM size is currently not available in location 'eastus'.\"}}";
+    let e = only(norm_op(text.as_bytes(), Operation::Create));
+    assert_eq!(e.id, "azure.arm:5d1e0a42-7a3e-4c3b-9a3a-1f2e3d4c5b6a");
+    assert_eq!(e.time, ts("2021-10-13T07:02:15Z"));
+    let f = e.failure.unwrap();
+    assert_eq!(
+        (f.http_status, f.retry_after_s, f.category),
+        (Some(409), None, Category::Allocation),
+        "an HTTP-date Retry-After is not seconds"
+    );
+}
+
+#[test]
+fn malformed_http_and_json_are_typed_errors() {
+    for (bytes, want) in [
+        (&b"HTTP/1.1 abc Nope\r\n\r\n{}"[..], "HTTP status line"),
+        (
+            &b"HTTP/1.1 429 Too Many\r\nno colon here\r\n\r\n{}"[..],
+            "HTTP header line 2",
+        ),
+    ] {
+        match norm(bytes) {
+            Err(NormalizeError::Shape { path, .. }) => assert_eq!(path, want),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(matches!(
+        norm(b"HTTP/1.1 429 Too Many\r\n\r\n"),
+        Err(NormalizeError::WrongPayload { .. })
+    ));
+    match norm(b"HTTP/1.1 429 Too Many\r\nA: b\r\n\r\n{\"code\": ") {
+        Err(NormalizeError::Json { line, .. }) => assert_eq!(line, 4),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        norm(b"{\"error\": "),
+        Err(NormalizeError::Json { .. })
+    ));
+    assert!(matches!(
+        norm(b"\xff\xfe"),
+        Err(NormalizeError::NotUtf8 { .. })
+    ));
+    assert!(matches!(
+        norm(b"42"),
+        Err(NormalizeError::WrongPayload { .. })
+    ));
+    assert!(matches!(
+        norm(b"{}"),
+        Err(NormalizeError::WrongPayload { .. })
+    ));
+    match norm(br#"{"status":"Failed","endTime":"yesterday","error":{"code":"X"}}"#) {
+        Err(NormalizeError::Time { path, .. }) => assert_eq!(path, "endTime"),
+        other => panic!("{other:?}"),
+    }
+    match norm(br#"{"error":{"code":"X","details":[{"code":"Y","target":{"a":1}}]}}"#) {
+        Err(NormalizeError::Shape { path, .. }) => assert_eq!(path, "error.details[0].target"),
+        other => panic!("{other:?}"),
+    }
+    match norm(br#"{"error":{"message":"no code"}}"#) {
+        Err(NormalizeError::Shape { path, .. }) => assert_eq!(path, "error.code"),
+        other => panic!("{other:?}"),
+    }
+    // Untrusted text in errors is escaped.
+    let e = norm(b"{\"idempotency_key\":\"k\",\"operation\":\"\\u001b[31mred\",\"error\":{}}")
+        .unwrap_err()
+        .to_string();
+    assert!(!e.contains('\u{1b}'), "{e}");
+}
+
+#[test]
+fn hash_ids_use_the_payload_time_not_the_observation_time() {
+    let with_time = fixture("arm-error-vmextensionprovisioningtimeout.json");
+    let mut doc: Value = serde_json::from_slice(&with_time).unwrap();
+    doc["endTime"] = json!("2017-10-10T21:00:44Z");
+    let bytes = doc.to_string().into_bytes();
+    let a =
+        azure_arm::normalize_with_operation(&Input::new(&bytes, ts(OBSERVED)), Operation::Create)
+            .unwrap();
+    let b = azure_arm::normalize_with_operation(
+        &Input::new(&bytes, ts("2026-06-01T00:00:00Z")),
+        Operation::Create,
+    )
+    .unwrap();
+    assert_eq!(a[0].id, b[0].id);
+    assert_eq!(a[0].time, ts("2017-10-10T21:00:44Z"));
+    // Without a payload time, observed_at is the only epoch there is (the normalizer keeps no
+    // state): the same bytes at another moment are another report.
+    let bare = fixture("arm-error-skunotavailable.json");
+    let a =
+        azure_arm::normalize_with_operation(&Input::new(&bare, ts(OBSERVED)), Operation::Create)
+            .unwrap();
+    let a2 =
+        azure_arm::normalize_with_operation(&Input::new(&bare, ts(OBSERVED)), Operation::Create)
+            .unwrap();
+    let b = azure_arm::normalize_with_operation(
+        &Input::new(&bare, ts("2026-06-01T00:00:00Z")),
+        Operation::Create,
+    )
+    .unwrap();
+    assert_eq!(a[0].id, a2[0].id);
+    assert_ne!(a[0].id, b[0].id);
+}
+
+#[test]
+fn oversized_payloads_are_refused_on_every_entry_point() {
+    let big = vec![b' '; keel_engine::normalize::MAX_PAYLOAD_BYTES + 1];
+    assert!(matches!(norm(&big), Err(NormalizeError::TooLarge { .. })));
+    let r = azure_arm::normalize_with_operation(&Input::new(&big, ts(OBSERVED)), Operation::Create);
+    assert!(matches!(r, Err(NormalizeError::TooLarge { .. })));
+}
+
+#[test]
+fn the_callers_operation_wins() {
+    let ev = activity_event("Failed");
+    let e = only(norm_op(ev.to_string().as_bytes(), Operation::Update));
+    assert_eq!(e.failure.unwrap().operation, Operation::Update);
+}
+
+// ----------------------------------------------------------------------------------------
+// DOMAIN.md section 8: errata and additions for ARM errors.
+
+/// Erratum 5: `OperationNotAllowed` needs a message-pattern table; one test per pattern.
+#[test]
+fn erratum_5_every_operation_not_allowed_pattern_selects_its_row() {
+    let mut n = 0;
+    for (pattern, row) in classify::operation_not_allowed_patterns() {
+        n += 1;
+        let msg = format!(
+            "Operation 'x' failed: {} (upper: {})",
+            pattern,
+            pattern.to_uppercase()
+        );
+        let c = classify("OperationNotAllowed", Some(&msg), Some(409), &[]);
+        assert_eq!(c.rule, row.name, "{pattern}");
+        assert_eq!(
+            (c.category, c.transient),
+            (row.category, row.transient),
+            "{pattern}"
+        );
+    }
+    assert_eq!(n, 11, "{n} patterns: update this count with the table");
+}
+
+#[test]
+fn erratum_5_operation_not_allowed_verbatim_messages() {
+    let cases: &[(&str, Category, bool, &str)] = &[
+        ("Operation could not be completed as it results in exceeding approved standardDASv5Family Cores quota. Additional details - Deployment Model: Resource Manager, Location: eastus, Current Limit: 10, Current Usage: 8, Additional Required: 4, (Minimum) New Limit Required: 12.", Category::Quota, false, "operation-not-allowed-quota"),
+        ("Operation results in exceeding quota limits of Core. Maximum allowed: 10, Current in use: 10, Additional requested: 2.", Category::Quota, false, "operation-not-allowed-quota"),
+        ("Operation 'start' is not allowed on VM 'vm1' since the VM is marked for deletion. You can only retry the Delete operation (or wait for an ongoing one to complete).", Category::Conflict, false, "operation-not-allowed-marked-for-deletion"),
+        ("Operation 'attachDisk' is not allowed on VM 'vm1' since the VM is either deallocated or marked to be deallocated.", Category::Conflict, false, "operation-not-allowed-deallocated"),
+        ("Operation 'convertToManagedDisks' is not allowed on VM 'vm1' since the VM is not deallocated.", Category::Conflict, false, "operation-not-allowed-deallocated"),
+        ("Operation 'restart' is not allowed on VM 'vm1' since another operation is in progress.", Category::Conflict, true, "operation-not-allowed-another-operation"),
+        ("An ongoing operation is changing power state of Virtual Machine vm1 to Running. Please perform operation deallocate after some time.", Category::Conflict, true, "operation-not-allowed-after-some-time"),
+        ("Unable to resize the VM because the requested size Standard_E64s_v3 is not available in the cluster where the VM is currently allocated. To resize your VM to Standard_E64s_v3 please deallocate (this is Stop operation in the Azure portal) and try the resize operation again. Read more on VM resizing strategy at https://aka.ms/azure-resizevm.", Category::Allocation, true, "operation-not-allowed-size-not-in-cluster"),
+        ("Operation 'capture' is not allowed on VM 'vm1' since the VM is running. Please power off explicitly in case you shut down the VM from inside the guest operating system.", Category::Conflict, false, "operation-not-allowed-power-state"),
+        ("The server rejected the request because too many requests have been received for this subscription.", Category::Throttled, true, "operation-not-allowed-throttling"),
+        // A localized message matches no en-US pattern: the safe default.
+        ("Der Vorgang konnte nicht abgeschlossen werden, da das genehmigte Kontingent überschritten wird.", Category::Conflict, false, "operation-not-allowed-default"),
+    ];
+    for (msg, cat, transient, rule) in cases {
+        let c = classify("OperationNotAllowed", Some(msg), Some(409), &[]);
+        assert_eq!(
+            (c.category, c.transient, c.rule),
+            (*cat, *transient, *rule),
+            "{msg}"
+        );
+    }
+    // No message at all: the default.
+    assert_eq!(
+        classify("OperationNotAllowed", None, None, &[]).rule,
+        "operation-not-allowed-default"
+    );
+    // A localized message with HTTP 429 is still throttling.
+    let c = classify(
+        "OperationNotAllowed",
+        Some("Zu viele Anforderungen."),
+        Some(429),
+        &[],
+    );
+    assert_eq!(
+        (c.category, c.rule),
+        (Category::Throttled, "operation-not-allowed-http-429")
+    );
+}
+
+/// Erratum 6: error-code tables match case-insensitively.
+#[test]
+fn erratum_6_codes_match_in_any_case() {
+    for code in [
+        "OverConstrainedAllocationRequest",
+        "OverconstrainedAllocationRequest",
+        "overconstrainedallocationrequest",
+        "OverconstrainedZonalAllocationRequest",
+        "OverConstrainedZonalAllocationRequest",
+    ] {
+        let c = classify(code, None, None, &[]);
+        assert_eq!(
+            (c.category, c.transient, c.rule),
+            (Category::Allocation, false, "overconstrained-allocation"),
+            "{code}"
+        );
+    }
+    for code in ["operationnotallowed", "OPERATIONNOTALLOWED"] {
+        assert_eq!(
+            classify(code, Some("quota"), None, &[]).category,
+            Category::Quota
+        );
+    }
+    for code in ["artifactversionnotfound", "ARTIFACTNOTFOUND"] {
+        let m = "The VM extension with publisher 'Microsoft.WindowsAzure.GuestAgent', and type 'CRPProd', could not be found in location 'westus'.";
+        assert_eq!(
+            classify(code, Some(m), None, &[]).category,
+            Category::VmAgent,
+            "{code}"
+        );
+    }
+    // Through the normalizer, the code is kept as sent.
+    let mut doc = fixture_json("arm-error-overconstrainedallocationrequest.json");
+    doc["error"]["details"][0]["code"] = json!("OverConstrainedAllocationRequest");
+    let f = only(norm_op(doc.to_string().as_bytes(), Operation::Create))
+        .failure
+        .unwrap();
+    assert_eq!(
+        (f.code.as_str(), f.category),
+        ("OverConstrainedAllocationRequest", Category::Allocation)
+    );
+}
+
+/// Erratum 7: `throttled` only on 429 with a throttling code or exhausted rate-limit headers;
+/// Retry-After alone is not throttling.
+#[test]
+fn erratum_7_429_is_not_always_throttling() {
+    let c = classify(
+        "RetryableErrorDueToAnotherOperation",
+        Some("Operation is locked."),
+        Some(429),
+        &[],
+    );
+    assert_eq!((c.category, c.transient), (Category::Conflict, true));
+    let c = classify("SomeNewCode", None, Some(429), &[]);
+    assert_eq!(
+        (c.category, c.transient, c.rule),
+        (Category::Unknown, true, "http-429-not-throttling")
+    );
+    let c = classify_response("SomeNewCode", None, Some(429), &[], true);
+    assert_eq!(
+        (c.category, c.rule),
+        (Category::Throttled, "http-429-rate-limit-headers")
+    );
+    for code in [
+        "TooManyRequests",
+        "ResourceRequestsThrottled",
+        "subscriptionrequeststhrottled",
+    ] {
+        let c = classify(code, None, None, &[]);
+        assert_eq!(
+            (c.category, c.transient),
+            (Category::Throttled, true),
+            "{code}"
+        );
+    }
+    // A 202-style Retry-After on a non-429 failure is honoured but not throttling.
+    let text = "HTTP/1.1 500 Internal Server Error\r\nRetry-After: 60\r\nx-ms-ratelimit-remaining-subscription-writes: 1199\r\n\r\n{\"error\":{\"code\":\"SomeNewCode\",\"message\":\"m\"}}";
+    let f = only(norm_op(text.as_bytes(), Operation::Create))
+        .failure
+        .unwrap();
+    assert_eq!(
+        (f.category, f.transient, f.retry_after_s),
+        (Category::Unknown, false, Some(60))
+    );
+    // An exhausted bucket on a 429 with an unknown code: throttled.
+    let text = "HTTP/1.1 429 Too Many Requests\r\nx-ms-ratelimit-remaining-resource: Microsoft.Compute/PutVM3Min;0\r\n\r\n{\"error\":{\"code\":\"SomeNewCode\",\"message\":\"m\"}}";
+    let f = only(norm_op(text.as_bytes(), Operation::Create))
+        .failure
+        .unwrap();
+    assert_eq!(f.category, Category::Throttled);
+    // A bucket with requests left is no throttling signal.
+    let text = "HTTP/1.1 429 Too Many Requests\r\nx-ms-ratelimit-remaining-subscription-reads: 11999\r\n\r\n{\"error\":{\"code\":\"SomeNewCode\",\"message\":\"m\"}}";
+    let f = only(norm_op(text.as_bytes(), Operation::Create))
+        .failure
+        .unwrap();
+    assert_eq!((f.category, f.transient), (Category::Unknown, true));
+}
+
+/// Erratum 9: the image-not-generalized text under either provisioning code is `image`.
+#[test]
+fn erratum_9_image_not_generalized_under_both_codes() {
+    let m = "OS Provisioning for VM 'vm1' did not finish in the allotted time. However, the VM guest agent was detected running. This suggests the guest OS has not been properly prepared to be used as a VM image (with CreateOption=FromImage).";
+    for code in ["OSProvisioningTimedOut", "OSProvisioningClientError"] {
+        let c = classify(code, Some(m), None, &[]);
+        assert_eq!(
+            (c.category, c.transient),
+            (Category::Image, false),
+            "{code}"
+        );
+    }
+    let c = classify("OSProvisioningClientError", Some("Username specified for the VM is invalid for this Linux distribution. Error details: x."), None, &[]);
+    assert_eq!(c.category, Category::Image);
+    let c = classify("OSProvisioningTimedOut", Some("OS Provisioning for VM 'vm1' did not finish in the allotted time. The VM may still finish provisioning successfully. Please check provisioning state later."), None, &[]);
+    assert_eq!(c.category, Category::ProvisioningTimeout);
+}
+
+/// Fact 12: the transient Compute codes.
+#[test]
+fn fact_12_transient_compute_codes() {
+    let cases = [
+        ("VMRedeploymentFailed", Category::Internal),
+        ("VMRedeploymentTimedOut", Category::Internal),
+        ("VMStartTimedOut", Category::Internal),
+        ("TooManyVMRedeploymentRequests", Category::Throttled),
+        ("ResourceUpdateBlockedOnPlatformUpdate", Category::Conflict),
+        ("OSProvisioningInternalError", Category::Internal),
+        ("VMExtensionManagementInternalError", Category::Internal),
+        ("NetworkingInternalOperationError", Category::Internal),
+        ("StorageAccountTooBusy", Category::Internal),
+        ("DiskImageNotReady", Category::Image),
+    ];
+    for (code, cat) in cases {
+        let c = classify(code, None, None, &[]);
+        assert_eq!((c.category, c.transient), (cat, true), "{code}");
+    }
+    let c = classify("AllocationFailed", Some("The VM allocation failed due to an internal error. Please retry later or try deploying to a different location."), None, &[]);
+    assert_eq!(
+        (c.category, c.transient, c.rule),
+        (Category::Internal, true, "allocation-internal-error")
+    );
+}
+
+/// Fact 13: other codes for the same classes.
+#[test]
+fn fact_13_other_codes_for_the_same_classes() {
+    for code in ["QuotaExceeded", "ResourceQuotaExceeded"] {
+        assert_eq!(
+            classify(code, None, None, &[]).category,
+            Category::Quota,
+            "{code}"
+        );
+    }
+    let c = classify(
+        "ExtensionNotFoundForCPUArchitecture",
+        Some("Extension 'x' with publisher 'Contoso' is not available for Arm64."),
+        None,
+        &[],
+    );
+    assert_eq!((c.category, c.transient), (Category::Extension, false));
+    let c = classify("InvalidTemplateDeployment", Some("The template deployment 'vm' is not valid according to the validation procedure. The requested VM size for resource 'Following SKUs have failed for Capacity Restrictions: Standard_B2s' is currently not available in location 'eastus'."), None, &[]);
+    assert_eq!(c.category, Category::Allocation);
+    // With structured details the normalizer unwraps InvalidTemplateDeployment instead.
+    let doc = json!({"error": {"code": "InvalidTemplateDeployment", "message": "The template deployment 'vm' is not valid according to the validation procedure. See inner errors for details.",
+        "details": [{"code": "SkuNotAvailable", "message": "The requested VM size is not available."}]}});
+    let f = only(norm_op(doc.to_string().as_bytes(), Operation::Create))
+        .failure
+        .unwrap();
+    assert_eq!(
+        (f.code.as_str(), f.category),
+        ("SkuNotAvailable", Category::Allocation)
+    );
+}
+
+/// The guest-agent artifact is classified on publisher/type, not on one code; an ordinary
+/// extension pin never is `vm_agent`.
+#[test]
+fn guest_agent_artifact_on_publisher_not_code() {
+    let ga = "The VM extension with publisher 'Microsoft.WindowsAzure.GuestAgent', and type 'CRPProd', could not be found in location 'westus'.";
+    for code in [
+        "ArtifactNotFound",
+        "ArtifactVersionNotFound",
+        "ExtensionNotFoundForCPUArchitecture",
+        "SomeFutureArtifactCode",
+    ] {
+        let c = classify(code, Some(ga), None, &[]);
+        assert_eq!(
+            (c.category, c.transient),
+            (Category::VmAgent, true),
+            "{code}"
+        );
+    }
+    // Named only in a detail.
+    let d = [detail("Artifact", Some(ga), None)];
+    assert_eq!(
+        classify("ArtifactNotFound", Some("Artifact not found."), None, &d).category,
+        Category::VmAgent
+    );
+    // Ordinary extension pins.
+    for (code, m) in [
+        ("ArtifactNotFound", "Extension with publisher 'Microsoft.Compute', type 'CustomScriptExtension', and type handler version '9.9' could not be found in the extension repository."),
+        ("ArtifactVersionNotFound", "No version found in the artifact repository that satisfies the requested version '9.9' for VM extension with publisher 'Microsoft.Azure.Monitor' and type 'AzureMonitorWindowsAgent'."),
+        ("ArtifactVersionNotFound", "No version found in the artifact repository that satisfies the requested version '1.0'."),
+    ] {
+        let c = classify(code, Some(m), None, &[]);
+        assert_eq!((c.category, c.transient), (Category::Extension, false), "{m}");
+    }
+    // A guest-agent mention in an unrelated success-path message is not an artifact failure.
+    assert_eq!(
+        classify(
+            "SomeCode",
+            Some("Installed Microsoft.WindowsAzure.GuestAgent."),
+            None,
+            &[]
+        )
+        .category,
+        Category::Unknown
+    );
+}
+
+#[test]
+fn extension_network_failures_are_network() {
+    for m in [
+        "VM has reported a failure when processing extension 'cse'. Error message: \"Error downloading https://x.blob.core.windows.net/s.ps1 after 29 attempts: The remote name could not be resolved: 'x.blob.core.windows.net'\".",
+        "VM has reported a failure when processing extension 'cse'. Error message: \"Unable to connect to the remote server\".",
+    ] {
+        for code in ["VMExtensionProvisioningError", "vmextensionprovisioningtimeout", "VMExtensionHandlerNonTransientError"] {
+            assert_eq!(classify(code, Some(m), None, &[]).category, Category::Network, "{code}");
+        }
+    }
+    assert_eq!(
+        classify("VMExtensionSomethingNew", None, None, &[]).category,
+        Category::Extension
+    );
+}
+
+#[test]
+fn the_rest_of_the_catalog() {
+    let cases = [
+        (
+            "VMArtifactRepositoryInternalError",
+            Category::Internal,
+            true,
+        ),
+        ("VMAgentStatusCommunicationError", Category::VmAgent, false),
+        ("SkuNotAvailable", Category::Allocation, false),
+        ("ZonalAllocationFailed", Category::Allocation, true),
+        ("AllocationFailed", Category::Allocation, true),
+        ("RetryableError", Category::Internal, true),
+        ("InternalExecutionError", Category::Internal, true),
+        ("InternalServerError", Category::Internal, true),
+        ("Conflict", Category::Conflict, false),
+        ("AnotherOperationInProgress", Category::Conflict, true),
+        ("DeploymentQuotaExceeded", Category::Quota, false),
+        ("NeverHeardOfIt", Category::Unknown, false),
+        ("", Category::Unknown, false),
+    ];
+    for (code, cat, transient) in cases {
+        let c = classify(code, None, Some(409), &[]);
+        assert_eq!((c.category, c.transient), (cat, transient), "{code}");
+    }
+}
+
+#[test]
+fn the_table_is_public_documented_and_consistent() {
+    let mut names: Vec<&str> = RULES.iter().map(|r| r.name).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), RULES.len());
+    for r in RULES {
+        assert!(!r.source.is_empty(), "{}", r.name);
+        assert_eq!(classify::rule(r.name), Some(r));
+        // Wrappers never classify to anything but unknown.
+        if let Codes::AnyOf(codes) = r.codes {
+            if codes.iter().any(|c| classify::is_wrapper(c)) {
+                assert!(
+                    r.name == "wrapper-without-inner-error"
+                        || r.name == "invalid-template-sku-not-available",
+                    "{}",
+                    r.name
+                );
+            }
+        }
+        // Patterns are stored lower-case-insensitively: a pattern must match itself.
+        if let When::MessageContains(p) = r.when {
+            assert!(p.iter().all(|s| !s.is_empty()), "{}", r.name);
+        }
+    }
+    assert_eq!(RULES.last().unwrap().name, "unknown-code");
+}
+
+// ----------------------------------------------------------------------------------------
+// Fuzzing: no panic on any input, typed errors only.
+
+fn all_fixture_bytes() -> Vec<Vec<u8>> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut out: Vec<Vec<u8>> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("arm-error-")
+        })
+        .map(|p| std::fs::read(p).unwrap())
+        .collect();
+    out.push(nested_deployment().to_string().into_bytes());
+    out.push(activity_event("Failed").to_string().into_bytes());
+    out.push(
+        json!({"idempotency_key": "k", "resource": VM_ID, "operation": "create", "request": windows_create_request(),
+               "error": fixture_json("arm-error-allocationfailed.json")})
+        .to_string()
+        .into_bytes(),
+    );
+    out
+}
+
+fn check(bytes: &[u8]) {
+    for r in [
+        norm(bytes),
+        azure_arm::normalize_with_operation(
+            &Input::new(bytes, ts(OBSERVED))
+                .self_name("web-1")
+                .http_status(429),
+            Operation::Create,
+        ),
+    ] {
+        match r {
+            Ok(events) => {
+                for e in events {
+                    assert!(e.id.starts_with("azure.arm:"));
+                    assert_eq!(e.kind, Kind::OperationFailure);
+                    let f = e.failure.as_ref().unwrap();
+                    assert!(f.attempt >= 1);
+                    assert!(!f.code.is_empty());
+                    // The event serializes and reads back.
+                    let back = Event::from_json_str(&serde_json::to_string(&e).unwrap()).unwrap();
+                    assert_eq!(back.id, e.id);
+                }
+            }
+            Err(e) => {
+                let _ = e.to_string();
+            }
+        }
+    }
+}
+
+/// JSON built from the keys and values the normalizer looks for.
+fn arb_json() -> impl Strategy<Value = Value> {
+    let keys = prop::sample::select(vec![
+        "error",
+        "code",
+        "message",
+        "details",
+        "status",
+        "name",
+        "startTime",
+        "endTime",
+        "target",
+        "properties",
+        "statusMessage",
+        "statusCode",
+        "operationName",
+        "eventTimestamp",
+        "operationId",
+        "eventDataId",
+        "resourceId",
+        "value",
+        "idempotency_key",
+        "resource",
+        "operation",
+        "attempt",
+        "request",
+        "data",
+        "context",
+        "activityLog",
+        "alertContext",
+        "odata.error",
+        "id",
+        "os",
+        "region",
+    ]);
+    let strings = prop::sample::select(vec![
+        "Failed",
+        "Succeeded",
+        "Conflict",
+        "DeploymentFailed",
+        "ResourceDeploymentFailure",
+        "OperationNotAllowed",
+        "ArtifactNotFound",
+        "Microsoft.WindowsAzure.GuestAgent",
+        "create",
+        "Microsoft.Compute/virtualMachines/write",
+        "2021-10-13T07:02:14Z",
+        "not a time",
+        "",
+        "{\"code\":\"X\",\"message\":\"{\\\"error\\\":{\\\"code\\\":\\\"Y\\\"}}\"}",
+        "{",
+        "HTTP/1.1 429 x\r\nRetry-After: 5\r\n\r\n{\"code\":\"TooManyRequests\"}",
+        "/subscriptions/s/resourceGroups/r/providers/Microsoft.Compute/virtualMachines/v",
+        "try again after '5' seconds",
+        "é\u{1b}",
+    ]);
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| json!(n)),
+        strings.prop_map(|s| Value::String(s.to_string())),
+    ];
+    leaf.prop_recursive(6, 64, 6, move |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+            prop::collection::vec((keys.clone(), inner.clone()), 0..6).prop_map(|kv| {
+                Value::Object(kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+            }),
+            // A JSON value as a string, as statusMessage and nested messages carry it.
+            inner.prop_map(|v| Value::String(v.to_string())),
+        ]
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        check(&bytes);
+        let mut http = b"HTTP/1.1 429 Too Many Requests\r\n".to_vec();
+        http.extend_from_slice(&bytes);
+        check(&http);
+    }
+
+    #[test]
+    fn mutated_fixtures_never_panic(
+        which in any::<prop::sample::Index>(),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..8),
+        cut in any::<prop::sample::Index>(),
+        truncate in any::<bool>(),
+    ) {
+        let all = all_fixture_bytes();
+        let mut bytes = all[which.index(all.len())].clone();
+        for (at, b) in edits {
+            let i = at.index(bytes.len());
+            bytes[i] = b;
+        }
+        if truncate {
+            bytes.truncate(cut.index(bytes.len() + 1));
+        }
+        check(&bytes);
+    }
+
+    #[test]
+    fn structured_json_never_panics(v in arb_json()) {
+        check(v.to_string().as_bytes());
+        check(json!({"error": v.clone()}).to_string().as_bytes());
+        check(json!({"idempotency_key": "k", "operation": "create", "error": v}).to_string().as_bytes());
+    }
+
+    #[test]
+    fn classify_never_panics(code in ".{0,40}", message in proptest::option::of(".{0,80}"), status in proptest::option::of(0i64..700)) {
+        let c = classify(&code, message.as_deref(), status, &[]);
+        prop_assert!(classify::rule(c.rule).is_some());
+    }
+}

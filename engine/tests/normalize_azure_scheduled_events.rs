@@ -1,0 +1,595 @@
+//! Azure Scheduled Events and the legacy maintenance endpoint, on the vendors' payloads.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use keel_engine::normalize::{
+    azure_scheduled_events, normalize, Input, NormalizeError, NormalizerState,
+};
+use keel_engine::{
+    Event, Initiator, Kind, MaintenanceStatus as S, MaintenanceType as T, Source, Timestamp,
+};
+use proptest::prelude::*;
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!(
+        "{}/tests/fixtures/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+fn t(s: &str) -> Timestamp {
+    s.parse().unwrap()
+}
+
+fn se(state: &mut NormalizerState, doc: &[u8], at: &str) -> Result<Vec<Event>, NormalizeError> {
+    normalize("azure.scheduled_events", &Input::new(doc, t(at)), state)
+}
+
+fn se_self(state: &mut NormalizerState, doc: &[u8], at: &str, me: &str) -> Vec<Event> {
+    normalize(
+        "azure.scheduled_events",
+        &Input::new(doc, t(at)).self_name(me),
+        state,
+    )
+    .unwrap()
+}
+
+fn status(e: &Event) -> S {
+    e.maintenance.as_ref().unwrap().status
+}
+
+#[test]
+fn empty_document_yields_nothing() {
+    let mut st = NormalizerState::default();
+    assert!(se(
+        &mut st,
+        &fixture("azure-scheduled-events-empty.json"),
+        "2026-04-11T22:00:00Z"
+    )
+    .unwrap()
+    .is_empty());
+    assert_eq!(st.azure_scheduled_events.incarnation, Some(1));
+}
+
+#[test]
+fn freeze_scheduled_one_event_per_vm_with_is_self() {
+    let mut st = NormalizerState::default();
+    let evs = se_self(
+        &mut st,
+        &fixture("azure-scheduled-events-freeze-live-migration-scheduled.json"),
+        "2026-04-11T22:11:58Z",
+        "WestNO_1",
+    );
+    assert_eq!(evs.len(), 2);
+    let (a, b) = (&evs[0], &evs[1]);
+    assert_eq!(
+        a.id,
+        "azure.scheduled_events:c7061bac-afdc-4513-b24b-aa5f13a16123/westno_0"
+    );
+    assert_eq!(
+        b.id,
+        "azure.scheduled_events:c7061bac-afdc-4513-b24b-aa5f13a16123/westno_1"
+    );
+    assert_eq!(a.source, Source::AzureScheduledEvents);
+    assert_eq!(a.kind, Kind::Maintenance);
+    assert_eq!(a.time, t("2026-04-11T22:11:58Z"));
+    assert_eq!(a.resource.name.as_deref(), Some("WestNO_0"));
+    assert_eq!(a.resource.is_self, Some(false));
+    assert_eq!(b.resource.is_self, Some(true));
+    let m = a.maintenance.as_ref().unwrap();
+    assert_eq!(m.type_, T::Freeze);
+    assert_eq!(m.status, S::Scheduled);
+    assert_eq!(m.not_before, Some(t("2026-04-11T22:26:58Z")));
+    assert_eq!(m.duration_s, Some(5));
+    assert_eq!(m.initiator, Some(Initiator::Platform));
+    assert_eq!(
+        m.vendor_id.as_deref(),
+        Some("C7061BAC-AFDC-4513-B24B-AA5F13A16123")
+    );
+    assert_eq!(m.vendor_type.as_deref(), Some("Freeze"));
+    assert_eq!(m.incarnation, Some(2));
+    assert_eq!(m.description.as_deref(), Some("Virtual machine is being paused because of a memory-preserving Live Migration operation."));
+    assert!(!m.inferred);
+    assert!(a.raw.is_some());
+}
+
+/// DOMAIN.md 8, erratum 2: 11 April 2026 is a Saturday; the sample says Monday. The weekday
+/// must not be cross-checked.
+#[test]
+fn erratum_rfc1123_weekday_is_not_checked() {
+    let mut st = NormalizerState::default();
+    let evs = se(
+        &mut st,
+        &fixture("azure-scheduled-events-freeze-live-migration-scheduled.json"),
+        "2026-04-11T22:11:58Z",
+    )
+    .unwrap();
+    assert_eq!(
+        evs[0].maintenance.as_ref().unwrap().not_before,
+        Some(t("2026-04-11T22:26:58Z"))
+    );
+}
+
+/// The documented lifecycle as a sequence: empty (1) -> Scheduled (2) -> Started (3) -> gone (4).
+#[test]
+fn lifecycle_scheduled_started_completed() {
+    let mut st = NormalizerState::default();
+    assert!(se(
+        &mut st,
+        &fixture("azure-scheduled-events-empty.json"),
+        "2026-04-11T22:00:00Z"
+    )
+    .unwrap()
+    .is_empty());
+    let s = se(
+        &mut st,
+        &fixture("azure-scheduled-events-freeze-live-migration-scheduled.json"),
+        "2026-04-11T22:11:58Z",
+    )
+    .unwrap();
+    assert_eq!(
+        s.iter().map(status).collect::<Vec<_>>(),
+        [S::Scheduled, S::Scheduled]
+    );
+    let started = se(
+        &mut st,
+        &fixture("azure-scheduled-events-freeze-live-migration-started.json"),
+        "2026-04-11T22:27:00Z",
+    )
+    .unwrap();
+    assert_eq!(started.len(), 2);
+    assert_eq!(started[0].id, s[0].id, "the id is stable across statuses");
+    let m = started[0].maintenance.as_ref().unwrap();
+    assert_eq!(m.status, S::Started);
+    assert_eq!(m.not_before, None, "NotBefore is empty once started");
+    assert_eq!(m.incarnation, Some(3));
+    assert_eq!(
+        started[0].time,
+        t("2026-04-11T22:11:58Z"),
+        "time is when first seen"
+    );
+    let done = se(
+        &mut st,
+        &fixture("azure-scheduled-events-freeze-live-migration-completed.json"),
+        "2026-04-11T22:37:00Z",
+    )
+    .unwrap();
+    assert_eq!(done.len(), 2);
+    assert_eq!(done[0].id, s[0].id);
+    let m = done[0].maintenance.as_ref().unwrap();
+    assert_eq!(m.status, S::Completed);
+    assert!(m.inferred);
+    assert_eq!(m.incarnation, Some(4));
+    assert_eq!(done[0].time, t("2026-04-11T22:37:00Z"));
+    assert!(st.azure_scheduled_events.events.is_empty());
+}
+
+#[test]
+fn unchanged_incarnation_and_rereads_yield_nothing_new() {
+    let mut st = NormalizerState::default();
+    let doc = fixture("azure-scheduled-events-freeze-live-migration-scheduled.json");
+    assert_eq!(se(&mut st, &doc, "2026-04-11T22:11:58Z").unwrap().len(), 2);
+    assert!(se(&mut st, &doc, "2026-04-11T22:11:59Z")
+        .unwrap()
+        .is_empty());
+    // The same events in a document with a new incarnation (another event changed): still
+    // nothing new for these.
+    let bumped = String::from_utf8(doc)
+        .unwrap()
+        .replace("\"DocumentIncarnation\":  2", "\"DocumentIncarnation\":  3");
+    assert!(se(&mut st, bumped.as_bytes(), "2026-04-11T22:12:00Z")
+        .unwrap()
+        .is_empty());
+}
+
+/// DOMAIN.md 8, fact 1: IMDS sends upper-case EventIds, other channels lower-case.
+#[test]
+fn event_ids_compare_case_insensitively() {
+    let mut st = NormalizerState::default();
+    let doc = fixture("azure-scheduled-events-freeze-live-migration-scheduled.json");
+    let first = se(&mut st, &doc, "2026-04-11T22:11:58Z").unwrap();
+    let lower = String::from_utf8(doc)
+        .unwrap()
+        .replace(
+            "C7061BAC-AFDC-4513-B24B-AA5F13A16123",
+            "c7061bac-afdc-4513-b24b-aa5f13a16123",
+        )
+        .replace("\"DocumentIncarnation\":  2", "\"DocumentIncarnation\":  3");
+    assert!(se(&mut st, lower.as_bytes(), "2026-04-11T22:12:00Z")
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        first[0].id,
+        "azure.scheduled_events:c7061bac-afdc-4513-b24b-aa5f13a16123/westno_0"
+    );
+    // StartRequests echoes the id exactly as IMDS sent it.
+    let body = azure_scheduled_events::start_requests([first[0]
+        .maintenance
+        .as_ref()
+        .unwrap()
+        .vendor_id
+        .as_deref()
+        .unwrap()]);
+    assert_eq!(
+        body.to_string(),
+        r#"{"StartRequests":[{"EventId":"C7061BAC-AFDC-4513-B24B-AA5F13A16123"}]}"#
+    );
+}
+
+#[test]
+fn start_requests_body_matches_the_documented_one() {
+    let doc: serde_json::Value =
+        serde_json::from_slice(&fixture("azure-scheduled-events-ack-startrequests.json")).unwrap();
+    assert_eq!(
+        azure_scheduled_events::start_requests(["f020ba2e-3bc0-4c40-a10b-86575a9eabd5"]),
+        doc
+    );
+}
+
+/// A cancellation: Scheduled, then gone at the next incarnation, nothing approved, NotBefore
+/// still ahead.
+#[test]
+fn vanished_while_scheduled_without_gap_is_canceled() {
+    let mut st = NormalizerState::default();
+    se(
+        &mut st,
+        &fixture("azure-scheduled-events-redeploy-platform.json"),
+        "2021-10-13T09:30:00Z",
+    )
+    .unwrap();
+    let empty = br#"{"DocumentIncarnation": 8, "Events": []}"#;
+    let evs = se(&mut st, empty, "2021-10-13T09:35:00Z").unwrap();
+    assert_eq!(evs.len(), 1);
+    let m = evs[0].maintenance.as_ref().unwrap();
+    assert_eq!(m.status, S::Canceled);
+    assert!(m.inferred);
+    assert_eq!(m.type_, T::Redeploy);
+}
+
+/// DOMAIN.md 8, erratum 1: Microsoft's Node sample sees a user Reboot Scheduled at incarnation
+/// 2, approves it, and next sees incarnation 4 with the event gone: it completed, it was not
+/// canceled.
+#[test]
+fn erratum_incarnation_2_to_4_after_approval_is_not_a_cancellation() {
+    let mut st = NormalizerState::default();
+    let evs = se(
+        &mut st,
+        &fixture("azure-scheduled-events-reboot-user.json"),
+        "2021-07-22T04:36:00Z",
+    )
+    .unwrap();
+    st.azure_scheduled_events.mark_approved(
+        evs[0]
+            .maintenance
+            .as_ref()
+            .unwrap()
+            .vendor_id
+            .as_deref()
+            .unwrap(),
+    );
+    let gone = br#"{"DocumentIncarnation": 4, "Events": []}"#;
+    let evs = se(&mut st, gone, "2021-07-22T04:38:00Z").unwrap();
+    assert_eq!(evs.len(), 1);
+    assert_eq!(status(&evs[0]), S::Completed);
+    assert!(evs[0].maintenance.as_ref().unwrap().inferred);
+}
+
+#[test]
+fn vanished_with_an_incarnation_gap_or_past_not_before_is_not_canceled() {
+    // Gap, not approved, NotBefore ahead: states were missed.
+    let mut st = NormalizerState::default();
+    se(
+        &mut st,
+        &fixture("azure-scheduled-events-redeploy-platform.json"),
+        "2021-10-13T09:30:00Z",
+    )
+    .unwrap();
+    let evs = se(
+        &mut st,
+        br#"{"DocumentIncarnation": 9, "Events": []}"#,
+        "2021-10-13T09:35:00Z",
+    )
+    .unwrap();
+    assert_eq!(status(&evs[0]), S::Completed);
+    // No gap, not approved, but NotBefore has passed: it probably started unseen.
+    let mut st = NormalizerState::default();
+    se(
+        &mut st,
+        &fixture("azure-scheduled-events-redeploy-platform.json"),
+        "2021-10-13T09:30:00Z",
+    )
+    .unwrap();
+    let evs = se(
+        &mut st,
+        br#"{"DocumentIncarnation": 8, "Events": []}"#,
+        "2021-10-13T09:50:00Z",
+    )
+    .unwrap();
+    assert_eq!(status(&evs[0]), S::Completed);
+}
+
+#[test]
+fn a_restarted_poller_infers_nothing_from_its_first_document() {
+    let mut st = NormalizerState::default();
+    assert!(se(
+        &mut st,
+        &fixture("azure-scheduled-events-freeze-live-migration-completed.json"),
+        "2026-04-11T22:37:00Z"
+    )
+    .unwrap()
+    .is_empty());
+}
+
+#[test]
+fn several_events_in_one_document() {
+    let doc = br#"{"DocumentIncarnation": 12, "Events": [
+      {"EventId": "A1", "EventStatus": "Scheduled", "EventType": "Reboot", "ResourceType": "VirtualMachine", "Resources": ["vm1"], "NotBefore": "Mon, 20 Apr 2026 22:26:58 GMT", "Description": "Host server is undergoing maintenance.", "EventSource": "Platform", "DurationInSeconds": 30},
+      {"EventId": "B2", "EventStatus": "Started", "EventType": "Freeze", "ResourceType": "VirtualMachine", "Resources": ["vm2", "VM2"], "NotBefore": "", "Description": "", "EventSource": "Platform", "DurationInSeconds": 0}
+    ]}"#;
+    let mut st = NormalizerState::default();
+    let evs = se(&mut st, doc, "2026-04-20T22:15:00Z").unwrap();
+    assert_eq!(
+        evs.len(),
+        2,
+        "a VM listed twice in different case is one VM"
+    );
+    assert_eq!(evs[0].maintenance.as_ref().unwrap().type_, T::Reboot);
+    assert_eq!(evs[0].maintenance.as_ref().unwrap().duration_s, Some(30));
+    let m = evs[1].maintenance.as_ref().unwrap();
+    assert_eq!(
+        m.duration_s,
+        Some(0),
+        "0 means no interruption, not unknown"
+    );
+    assert_eq!(m.description, None, "an empty description is not given");
+    // The second document: A1 started, B2 gone (completed).
+    let doc2 = br#"{"DocumentIncarnation": 13, "Events": [
+      {"EventId": "A1", "EventStatus": "Started", "EventType": "Reboot", "ResourceType": "VirtualMachine", "Resources": ["vm1"], "NotBefore": "", "Description": "Host server is undergoing maintenance.", "EventSource": "Platform", "DurationInSeconds": 30}
+    ]}"#;
+    let evs = se(&mut st, doc2, "2026-04-20T22:27:00Z").unwrap();
+    let got: Vec<(String, S)> = evs.iter().map(|e| (e.id.clone(), status(e))).collect();
+    assert_eq!(
+        got,
+        [
+            ("azure.scheduled_events:a1/vm1".to_string(), S::Started),
+            ("azure.scheduled_events:b2/vm2".to_string(), S::Completed),
+        ]
+    );
+}
+
+#[test]
+fn duration_minus_one_or_absent_is_unknown_never_zero() {
+    let mut st = NormalizerState::default();
+    let evs = se(
+        &mut st,
+        &fixture("azure-scheduled-events-preempt-spot.json"),
+        "2022-08-09T17:07:00Z",
+    )
+    .unwrap();
+    let m = evs[0].maintenance.as_ref().unwrap();
+    assert_eq!(
+        evs[0].id,
+        "azure.scheduled_events:c1bf8322-4cbf-4fc4-9c45-b40cf3106d0e/vm-spot"
+    );
+    assert_eq!(m.type_, T::Preempt);
+    assert_eq!(m.status, S::Scheduled);
+    assert_eq!(m.duration_s, None);
+    assert_eq!(m.not_before, Some(t("2022-08-09T17:07:32Z")));
+    assert_eq!(m.description, None);
+    let mut st = NormalizerState::default();
+    let evs = se(
+        &mut st,
+        &fixture("azure-scheduled-events-freeze-started-no-duration.json"),
+        "2020-01-01T00:00:00Z",
+    )
+    .unwrap();
+    let m = evs[0].maintenance.as_ref().unwrap();
+    assert_eq!(
+        evs[0].resource.name.as_deref(),
+        Some("aks-nodepool1-21922338-vmss_47")
+    );
+    assert_eq!(m.type_, T::Freeze);
+    assert_eq!(m.status, S::Started);
+    assert_eq!(m.duration_s, None);
+    assert_eq!(m.not_before, None);
+    assert_eq!(m.incarnation, Some(208));
+    assert_eq!(
+        m.description.as_deref(),
+        Some("Host server is undergoing maintenance.")
+    );
+}
+
+#[test]
+fn user_and_platform_reboot_redeploy_terminate() {
+    let cases = [
+        (
+            "azure-scheduled-events-reboot-user.json",
+            "4caea225-a741-474d-a72e-428c86fcd853/flatcar-vm1",
+            T::Reboot,
+            Initiator::User,
+            "2021-07-22T04:50:17Z",
+            None,
+        ),
+        (
+            "azure-scheduled-events-redeploy-platform.json",
+            "9e4c2a41-3f0b-4b8e-9c5d-2d7a1f6e8b30/vmss_vm1",
+            T::Redeploy,
+            Initiator::Platform,
+            "2021-10-13T09:40:00Z",
+            Some("Virtual machine has encountered a failure."),
+        ),
+        (
+            "azure-scheduled-events-redeploy-user.json",
+            "0a6d3f57-5e1c-4c36-8f0e-7b2b1c9d4e11/vmss_vm1",
+            T::Redeploy,
+            Initiator::User,
+            "2021-10-13T10:05:00Z",
+            Some("Virtual machine is going to be redeployed as requested by authorized user."),
+        ),
+        (
+            "azure-scheduled-events-terminate-vmss.json",
+            "5dd55b64-45ad-49d3-bbc9-f57d4ea97bd7/myscaleset_3",
+            T::Terminate,
+            Initiator::User,
+            "2021-10-12T14:05:00Z",
+            None,
+        ),
+    ];
+    for (file, id, ty, init, nb, desc) in cases {
+        let mut st = NormalizerState::default();
+        let evs = se(&mut st, &fixture(file), "2021-07-01T00:00:00Z").unwrap();
+        assert_eq!(evs.len(), 1, "{file}");
+        let e = &evs[0];
+        assert_eq!(e.id, format!("azure.scheduled_events:{id}"), "{file}");
+        let m = e.maintenance.as_ref().unwrap();
+        assert_eq!(m.type_, ty, "{file}");
+        assert_eq!(m.status, S::Scheduled, "{file}");
+        assert_eq!(m.initiator, Some(init), "{file}");
+        assert_eq!(m.not_before, Some(t(nb)), "{file}");
+        assert_eq!(m.duration_s, None, "{file}");
+        assert_eq!(m.description.as_deref(), desc, "{file}");
+    }
+}
+
+#[test]
+fn event_grid_channel() {
+    let mut st = NormalizerState::default();
+    let evs = se(
+        &mut st,
+        &fixture("azure-scheduled-events-eventgrid-freeze-started.json"),
+        "2025-09-19T18:30:00Z",
+    )
+    .unwrap();
+    assert_eq!(evs.len(), 2);
+    let e = &evs[0];
+    assert_eq!(
+        e.id,
+        "azure.scheduled_events:3da1b9aa-5204-4335-8c33-c54e315dcffe/myvmss_1"
+    );
+    assert_eq!(e.time, t("2017-06-26T18:41:00.9584103Z"));
+    assert_eq!(e.resource.region.as_deref(), Some("eastus"));
+    assert_eq!(e.resource.scale_set.as_deref(), Some("{vmss-name}"));
+    let m = e.maintenance.as_ref().unwrap();
+    assert_eq!(m.type_, T::Freeze);
+    assert_eq!(m.status, S::Started);
+    assert_eq!(m.duration_s, Some(5));
+    assert_eq!(m.not_before, Some(t("2025-09-19T18:29:47Z")));
+    assert_eq!(m.incarnation, None);
+    // Stateless: the IMDS state is untouched.
+    assert_eq!(st.azure_scheduled_events.incarnation, None);
+}
+
+#[test]
+fn unknown_event_type_is_explicit_unknown() {
+    let doc = br#"{"DocumentIncarnation": 3, "Events": [{"EventId": "X", "EventStatus": "Scheduled", "EventType": "Hibernate", "ResourceType": "VirtualMachine", "Resources": ["vm"], "NotBefore": "Mon, 20 Apr 2026 22:26:58 GMT", "EventSource": "Platform"}]}"#;
+    let mut st = NormalizerState::default();
+    let evs = se(&mut st, doc, "2026-04-20T22:00:00Z").unwrap();
+    let m = evs[0].maintenance.as_ref().unwrap();
+    assert_eq!(m.type_, T::Unknown);
+    assert_eq!(m.vendor_type.as_deref(), Some("Hibernate"));
+}
+
+#[test]
+fn bad_documents_are_typed_errors_and_leave_state_alone() {
+    let cases: [(&[u8], &str); 9] = [
+        (b"{\"DocumentIncarnation\": 2, \"Events\": [", "invalid JSON"),
+        (b"[]", "expected an object"),
+        (br#"{"DocumentIncarnation": "two", "Events": []}"#, "DocumentIncarnation"),
+        (br#"{"DocumentIncarnation": 2, "Events": {}}"#, "`Events`: expected an array"),
+        (br#"{"DocumentIncarnation": 2, "Events": [{"EventId": "X", "EventStatus": "Scheduled", "EventType": "Reboot", "Resources": ["v"], "NotBefore": "20170702"}]}"#, "Events[0].NotBefore"),
+        (br#"{"DocumentIncarnation": 2, "Events": [{"EventId": "X", "EventStatus": "Paused", "EventType": "Reboot", "Resources": ["v"]}]}"#, "Events[0].EventStatus"),
+        (br#"{"DocumentIncarnation": 2, "Events": [{"EventStatus": "Scheduled", "EventType": "Reboot", "Resources": ["v"]}]}"#, "Events[0].EventId"),
+        (br#"{"DocumentIncarnation": 2, "Events": [{"EventId": "X", "EventStatus": "Scheduled", "EventType": "Reboot", "Resources": [7]}]}"#, "Events[0].Resources[0]"),
+        (&fixture_static(), "IMDS answered with an error"),
+    ];
+    for (doc, want) in cases {
+        let mut st = NormalizerState::default();
+        let err = se(&mut st, doc, "2026-04-20T22:00:00Z")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "{want}: {err}");
+        assert_eq!(st, NormalizerState::default());
+    }
+}
+
+fn fixture_static() -> Vec<u8> {
+    fixture("azure-imds-error-no-api-version.json")
+}
+
+#[test]
+fn legacy_maintenance_endpoint() {
+    let mut st = NormalizerState::default();
+    let run = |st: &mut NormalizerState, f: &str| {
+        normalize(
+            "azure.maintenance_v1",
+            &Input::new(&fixture(f), t("2015-09-15T06:43:00Z")),
+            st,
+        )
+        .unwrap()
+    };
+    assert!(run(&mut st, "azure-maintenance-v1-none.json").is_empty());
+    assert!(run(&mut st, "azure-instanceinfo-v1.json").is_empty());
+    let evs = run(&mut st, "azure-maintenance-v1-reboot-pending.json");
+    assert_eq!(evs.len(), 1);
+    let e = &evs[0];
+    assert_eq!(
+        e.id,
+        "azure.maintenance_v1:6f0a13a3-dc0d-4bbe-ab24-df710a3917e6"
+    );
+    assert_eq!(e.source, Source::AzureMaintenanceV1);
+    assert_eq!(e.time, t("2015-09-15T06:42:51Z"));
+    assert_eq!(e.resource.name.as_deref(), Some("TestVM"));
+    assert_eq!(e.resource.update_domain, Some(0));
+    assert_eq!(e.resource.fault_domain, Some(0));
+    assert_eq!(e.resource.is_self, Some(true));
+    let m = e.maintenance.as_ref().unwrap();
+    assert_eq!(m.type_, T::Reboot);
+    assert_eq!(m.status, S::Scheduled);
+    assert_eq!(m.not_before, Some(t("2015-09-15T06:47:51Z")));
+    assert_eq!(m.initiator, Some(Initiator::Platform));
+    assert_eq!(
+        m.vendor_id.as_deref(),
+        Some("6f0a13a3-dc0d-4bbe-ab24-df710a3917e6")
+    );
+    // A re-read is the same event.
+    assert_eq!(
+        run(&mut st, "azure-maintenance-v1-reboot-pending.json")[0].id,
+        e.id
+    );
+    let err = normalize(
+        "azure.maintenance_v1",
+        &Input::new(br#"{"Foo": 1}"#, t("2015-09-15T06:43:00Z")),
+        &mut st,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("EventID"), "{err}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let mut st = NormalizerState::default();
+        let _ = se(&mut st, &bytes, "2026-04-20T22:00:00Z");
+        let _ = normalize("azure.maintenance_v1", &Input::new(&bytes, t("2026-04-20T22:00:00Z")), &mut st);
+    }
+
+    #[test]
+    fn mutated_fixtures_never_panic(pos in 0usize..600, byte in any::<u8>(), which in 0usize..5) {
+        let files = [
+            "azure-scheduled-events-freeze-live-migration-scheduled.json",
+            "azure-scheduled-events-preempt-spot.json",
+            "azure-scheduled-events-eventgrid-freeze-started.json",
+            "azure-scheduled-events-terminate-vmss.json",
+            "azure-maintenance-v1-reboot-pending.json",
+        ];
+        let mut doc = fixture(files[which]);
+        let p = pos % doc.len();
+        doc[p] = byte;
+        let mut st = NormalizerState::default();
+        let _ = se(&mut st, &fixture("azure-scheduled-events-empty.json"), "2026-04-20T22:00:00Z");
+        let _ = se(&mut st, &doc, "2026-04-20T22:00:00Z");
+        let _ = normalize("azure.maintenance_v1", &Input::new(&doc, t("2026-04-20T22:00:00Z")), &mut st);
+    }
+}

@@ -1,0 +1,166 @@
+//! `keel test`: run the policy unit tests (`*.test.yaml`) and report.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use keel_engine::escape;
+use keel_engine::testing::{self, TestOptions, TestReport};
+
+use crate::{render, EXIT_INVALID_POLICY, EXIT_OK, EXIT_USAGE};
+
+/// Exit code: some test failed (or a policy file is never reached).
+pub const EXIT_FAILED: u8 = 1;
+
+/// Output format.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Format {
+    /// Human-readable, with a diff for each failure.
+    Text,
+    /// The whole report as one JSON object.
+    Json,
+    /// JUnit XML, for CI systems (test names `file::case::step`).
+    Junit,
+}
+
+/// Run the policy unit tests found under PATH against the policies under PATH.
+#[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  keel test policies/\n  keel test policies/ --run vm-agent\n  keel test policies/ --format junit > junit.xml\n  keel test policies/ --mutate\n\nExit codes: 0 all passed, 1 a case failed or a policy file is reached by no case,\n2 usage error, 3 an invalid policy or test file."
+)]
+pub struct Args {
+    /// A directory of policies with their *.test.yaml files, or one test file.
+    #[arg(value_name = "PATH", default_value = "policies")]
+    pub path: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+    /// Run only the cases whose name (`file::case::step`) contains PATTERN.
+    #[arg(long, value_name = "PATTERN")]
+    pub run: Option<String>,
+    /// Prove the cases are not vacuous: with each policy disabled, and with its `when` forced
+    /// false, at least one case must fail.
+    #[arg(long)]
+    pub mutate: bool,
+}
+
+/// Runs `keel test`.
+pub fn run(args: Args) -> u8 {
+    let mut opts = TestOptions::default();
+    if let Some(p) = &args.run {
+        opts = opts.run(p.clone());
+    }
+    if args.mutate {
+        return mutate(&args, &opts);
+    }
+    let report = match testing::run(&args.path, &opts) {
+        Ok(r) => r,
+        Err(err) => {
+            let _ = render::diagnostics(&mut std::io::stderr().lock(), &err);
+            eprintln!("error: the policy set or a test file is invalid; no test ran");
+            return EXIT_INVALID_POLICY;
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let res = match args.format {
+        Format::Text => text(&mut out, &report),
+        Format::Json => serde_json::to_writer_pretty(&mut out, &report)
+            .map_err(std::io::Error::other)
+            .and_then(|_| writeln!(out)),
+        Format::Junit => out.write_all(report.to_junit().as_bytes()),
+    };
+    if let Err(e) = res {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            eprintln!("error: writing the report: {e}");
+            return EXIT_USAGE;
+        }
+    }
+    if report.passed() {
+        EXIT_OK
+    } else {
+        EXIT_FAILED
+    }
+}
+
+fn mutate(args: &Args, opts: &TestOptions) -> u8 {
+    match testing::mutation_check(&args.path, opts) {
+        Err(err) => {
+            let _ = render::diagnostics(&mut std::io::stderr().lock(), &err);
+            EXIT_INVALID_POLICY
+        }
+        Ok((tried, survivors)) => {
+            if survivors.is_empty() {
+                println!("mutation check: all {tried} mutations were caught by at least one failing case");
+                EXIT_OK
+            } else {
+                println!(
+                    "mutation check: {} of {tried} mutations survived (no case failed):",
+                    survivors.len()
+                );
+                for s in &survivors {
+                    println!("  {} ({})", escape(&s.policy), s.mutation);
+                }
+                EXIT_FAILED
+            }
+        }
+    }
+}
+
+fn text(out: &mut dyn Write, r: &TestReport) -> std::io::Result<()> {
+    for f in &r.files {
+        writeln!(out, "{}", escape(&f.file.display().to_string()))?;
+        for c in &f.cases {
+            for s in &c.steps {
+                let short =
+                    s.id.split_once("::")
+                        .map_or(s.id.as_str(), |(_, rest)| rest);
+                if s.passed {
+                    writeln!(out, "  ok    {}", escape(short))?;
+                    continue;
+                }
+                writeln!(out, "  FAIL  {}", escape(short))?;
+                for m in &s.failures {
+                    writeln!(
+                        out,
+                        "        - {}: {}",
+                        escape(&m.what),
+                        escape(&m.expected)
+                    )?;
+                    writeln!(out, "        + {}: {}", escape(&m.what), escape(&m.actual))?;
+                }
+            }
+        }
+    }
+    let total = r.steps().count();
+    let failed = r.failed();
+    let matched = r.coverage.iter().filter(|c| c.matched > 0).count();
+    writeln!(out)?;
+    writeln!(
+        out,
+        "coverage: {matched} of {} policies matched in some case",
+        r.coverage.len()
+    )?;
+    for c in r.never_matched() {
+        writeln!(
+            out,
+            "  never matched: {} ({})",
+            escape(&c.policy),
+            escape(&c.file.display().to_string())
+        )?;
+    }
+    for c in r.coverage.iter().filter(|c| c.matched > 0 && c.won == 0) {
+        writeln!(out, "  matched but never won: {}", escape(&c.policy))?;
+    }
+    for f in &r.uncovered_files {
+        writeln!(
+            out,
+            "error: no case reaches any policy of {}",
+            escape(&f.display().to_string())
+        )?;
+    }
+    writeln!(
+        out,
+        "{}: {} passed, {failed} failed",
+        if r.passed() { "ok" } else { "FAILED" },
+        total - failed
+    )
+}

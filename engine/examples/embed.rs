@@ -17,7 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // 1. Load and validate the policy set once. A set with any problem is rejected whole,
     //    with every problem at file:line:column.
-    let engine = Arc::new(Engine::from_dir(root.join("../policies"))?);
+    let engine = Arc::new(Engine::from_dir(root.join("../policies/standard"))?);
     println!(
         "loaded {} policies (set {})",
         engine.len(),

@@ -114,6 +114,8 @@ pub(crate) enum Native {
     },
     /// `history.actions(resource, action, window)`.
     Actions(Box<Native>, Action, Box<Native>),
+    /// `string(x)` of an int or a string.
+    ToString(Box<Native>),
 }
 
 /// An evaluation error (recorded in `Decision.errors`).
@@ -197,6 +199,11 @@ impl Native {
                     h.map_or(0, |h| h.actions(&r, *action, ev.time, window)),
                 ))
             }
+            Native::ToString(a) => match a.eval(ev, now, h)? {
+                V::Int(i) => Ok(V::Str(Cow::Owned(i.to_string()))),
+                V::Str(s) => Ok(V::Str(s)),
+                other => Err(format!("no such overload: string({})", vname(&other))),
+            },
             Native::StrFn(op, a, b) => match (a.eval(ev, now, h)?, b.eval(ev, now, h)?) {
                 (V::Str(a), V::Str(b)) => Ok(V::Bool(match op {
                     StrOp::StartsWith => a.starts_with(b.as_ref()),
@@ -1335,7 +1342,10 @@ impl Checker<'_> {
                 _ => Fallback(Some(Ty::Time)),
             },
             ("size", _, _) | ("int", None, 1) => Fallback(Some(Ty::Int)),
-            ("string", None, 1) => Fallback(Some(Ty::Str)),
+            ("string", None, 1) => match self.lower(&args[0]) {
+                N(a, Ty::Int | Ty::Str) => N(Native::ToString(bx(a)), Ty::Str),
+                _ => Fallback(Some(Ty::Str)),
+            },
             ("matches", _, _) | ("exists", _, _) | ("all", _, _) | ("exists_one", _, _) => {
                 Fallback(Some(Ty::Bool))
             }

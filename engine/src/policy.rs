@@ -112,21 +112,38 @@ impl LoadError {
 /// Finds the policy files under `dir` (recursively, sorted; `*.test.yaml` and hidden entries
 /// are skipped). A file path is returned as is.
 pub(crate) fn find_files(path: &Path, diags: &mut Vec<Diagnostic>) -> Vec<PathBuf> {
+    find_matching(path, diags, "policy path", is_policy_file)
+}
+
+/// The files under `path` whose names satisfy `want` (recursively, sorted, hidden entries
+/// skipped, at most [`MAX_DIR_DEPTH`] levels), or `path` itself if it is a file.
+pub(crate) fn find_matching(
+    path: &Path,
+    diags: &mut Vec<Diagnostic>,
+    what: &str,
+    want: fn(&str) -> bool,
+) -> Vec<PathBuf> {
     let mut out = Vec::new();
     match std::fs::metadata(path) {
         Ok(m) if m.is_file() => out.push(path.to_path_buf()),
-        Ok(_) => walk(path, 0, &mut out, diags),
+        Ok(_) => walk(path, 0, &mut out, diags, want),
         Err(e) => diags.push(Diagnostic::new(
             path,
             Pos::FILE,
-            format!("cannot read policy path: {e}"),
+            format!("cannot read {what}: {e}"),
         )),
     }
     out.sort();
     out
 }
 
-fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>, diags: &mut Vec<Diagnostic>) {
+fn walk(
+    dir: &Path,
+    depth: usize,
+    out: &mut Vec<PathBuf>,
+    diags: &mut Vec<Diagnostic>,
+    want: fn(&str) -> bool,
+) {
     if depth > MAX_DIR_DEPTH {
         diags.push(Diagnostic::new(
             dir,
@@ -156,8 +173,8 @@ fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>, diags: &mut Vec<Diagno
             continue;
         };
         if ft.is_dir() {
-            walk(&p, depth + 1, out, diags);
-        } else if is_policy_file(&name) {
+            walk(&p, depth + 1, out, diags, want);
+        } else if want(&name) {
             out.push(p);
         }
     }
@@ -233,14 +250,20 @@ pub(crate) fn with_yaml_doc<R>(
         Ok(d) => d,
         Err(e) => {
             let m = e.marker();
-            diags.push(Diagnostic::new(
-                file,
-                Pos {
-                    line: m.line(),
-                    column: m.col() + 1,
-                },
-                format!("YAML syntax error: {}", e.info()),
-            ));
+            let help = e.info().contains("mapping values are not allowed").then(|| {
+                "a plain value cannot contain `: `; quote it (\"...\") or use a folded block (`>`)".to_string()
+            });
+            diags.push(
+                Diagnostic::new(
+                    file,
+                    Pos {
+                        line: m.line(),
+                        column: m.col() + 1,
+                    },
+                    format!("YAML syntax error: {}", e.info()),
+                )
+                .with_help(help),
+            );
             return None;
         }
     };

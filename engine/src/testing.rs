@@ -302,51 +302,14 @@ struct Case {
 #[derive(Debug, Clone)]
 struct TestFile {
     path: PathBuf,
+    /// The policy set the cases run against (a directory or file), as written.
+    set: PathBuf,
     cases: Vec<Case>,
 }
 
 /// Finds test files under `root` (recursively, sorted), or `root` itself.
 fn find_test_files(root: &Path, diags: &mut Vec<Diagnostic>) -> Vec<PathBuf> {
-    fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>, diags: &mut Vec<Diagnostic>) {
-        if depth > 32 {
-            return;
-        }
-        let entries = match std::fs::read_dir(dir) {
-            Ok(e) => e,
-            Err(e) => {
-                diags.push(Diagnostic::new(
-                    dir,
-                    Pos::FILE,
-                    format!("cannot read directory: {e}"),
-                ));
-                return;
-            }
-        };
-        for entry in entries.flatten() {
-            let p = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if name.starts_with('.') {
-                continue;
-            }
-            match std::fs::metadata(&p) {
-                Ok(m) if m.is_dir() => walk(&p, depth + 1, out, diags),
-                Ok(_) if is_test_file(&name) => out.push(p),
-                _ => {}
-            }
-        }
-    }
-    let mut out = Vec::new();
-    match std::fs::metadata(root) {
-        Ok(m) if m.is_file() => out.push(root.to_path_buf()),
-        Ok(_) => walk(root, 0, &mut out, diags),
-        Err(e) => diags.push(Diagnostic::new(
-            root,
-            Pos::FILE,
-            format!("cannot read: {e}"),
-        )),
-    }
-    out.sort();
-    out
+    policy::find_matching(root, diags, "test path", is_test_file)
 }
 
 fn parse_test_file(path: &Path, diags: &mut Vec<Diagnostic>) -> Option<TestFile> {
@@ -364,19 +327,21 @@ fn parse_test_file(path: &Path, diags: &mut Vec<Diagnostic>) -> Option<TestFile>
     let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     with_yaml_doc(path, &bytes, diags, "test file", "`cases:`", |cx, doc| {
         let before = cx.diags.len();
-        let cases = file_doc(cx, doc, &dir);
+        let (cases, set) = file_doc(cx, doc, &dir);
         (cx.diags.len() == before).then(|| TestFile {
             path: path.to_path_buf(),
+            set: set.unwrap_or_else(|| dir.clone()),
             cases,
         })
     })
     .flatten()
 }
 
-fn file_doc(cx: &mut Cx<'_, '_>, doc: &MarkedYaml<'_>, dir: &Path) -> Vec<Case> {
-    let Some(entries) = cx.map(doc, "the test file", &["version", "cases"]) else {
-        return Vec::new();
+fn file_doc(cx: &mut Cx<'_, '_>, doc: &MarkedYaml<'_>, dir: &Path) -> (Vec<Case>, Option<PathBuf>) {
+    let Some(entries) = cx.map(doc, "the test file", &["version", "policies", "cases"]) else {
+        return (Vec::new(), None);
     };
+    let mut set = None;
     let mut cases = Vec::new();
     let mut names = BTreeSet::new();
     let mut have = false;
@@ -390,6 +355,20 @@ fn file_doc(cx: &mut Cx<'_, '_>, doc: &MarkedYaml<'_>, dir: &Path) -> Vec<Case> 
                             format!("test format version {ver} is newer than this Keel reads"),
                         );
                     }
+                }
+            }
+            "policies" => {
+                if let Some(rel) = cx.string(v, "`policies`") {
+                    let p = dir.join(&rel);
+                    if std::fs::metadata(&p).is_err() {
+                        cx.err(
+                            pos(v),
+                            format!(
+                                "`policies`: `{rel}` (relative to the test file) does not exist"
+                            ),
+                        );
+                    }
+                    set = Some(p);
                 }
             }
             "cases" => {
@@ -417,7 +396,7 @@ fn file_doc(cx: &mut Cx<'_, '_>, doc: &MarkedYaml<'_>, dir: &Path) -> Vec<Case> 
     if !have {
         cx.err(pos(doc), "missing `cases:` list");
     }
-    cases
+    (cases, set)
 }
 
 fn time_value(cx: &mut Cx<'_, '_>, n: &MarkedYaml<'_>, what: &str) -> Option<Timestamp> {
@@ -439,12 +418,16 @@ fn offset_value(cx: &mut Cx<'_, '_>, n: &MarkedYaml<'_>, what: &str) -> Option<i
     let s = policy::scalar_str(n).map(|s| s.trim().trim_start_matches('+').to_string());
     match s.as_deref() {
         Some("0") | Some("0s") => Some(0),
-        Some(s) => match policy::parse_duration(s) {
+        Some(s) => match policy::parse_duration(s).or_else(|| {
+            crate::compile::parse_cel_duration(s)
+                .filter(|d| *d >= Duration::zero())
+                .map(|d| d.num_seconds())
+        }) {
             Some(v) => Some(v),
             None => {
                 cx.err(
                     pos(n),
-                    format!("{what} must be an offset like 0s, 30s, 15m, 2h"),
+                    format!("{what} must be an offset like 0s, 30s, 15m, 2h, 1h30m"),
                 );
                 None
             }
@@ -452,7 +435,7 @@ fn offset_value(cx: &mut Cx<'_, '_>, n: &MarkedYaml<'_>, what: &str) -> Option<i
         None => {
             cx.err(
                 pos(n),
-                format!("{what} must be an offset like 0s, 30s, 15m, 2h"),
+                format!("{what} must be an offset like 0s, 30s, 15m, 2h, 1h30m"),
             );
             None
         }
@@ -1060,23 +1043,57 @@ fn load_tests(root: &Path) -> Result<Vec<TestFile>, LoadError> {
     }
 }
 
-/// The directory whose policies a test path is run against.
-fn policy_root(root: &Path) -> PathBuf {
-    match std::fs::metadata(root) {
-        Ok(m) if m.is_file() => root
-            .parent()
-            .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
-        _ => root.to_path_buf(),
+/// One loaded policy set and the test files that run against it.
+struct Set {
+    engine: Engine,
+    files: Vec<usize>,
+}
+
+/// Groups the files by policy set (the same directory however it is written) and loads each
+/// set once. Every invalid set is reported.
+fn load_sets(
+    files: &[TestFile],
+    mutation: Option<(&Path, Mutation)>,
+) -> Result<Vec<(PathBuf, Set)>, LoadError> {
+    let mut groups: BTreeMap<PathBuf, (PathBuf, Vec<usize>)> = BTreeMap::new();
+    for (i, f) in files.iter().enumerate() {
+        let key = std::fs::canonicalize(&f.set).unwrap_or_else(|_| f.set.clone());
+        groups
+            .entry(key)
+            .or_insert_with(|| (f.set.clone(), Vec::new()))
+            .1
+            .push(i);
+    }
+    let mut diags = Vec::new();
+    let mut out = Vec::new();
+    for (key, (shown, idx)) in groups {
+        let mut b = Engine::builder().add_path(&shown);
+        if let Some((target, m)) = &mutation {
+            if key.as_path() != *target {
+                continue;
+            }
+            b = b.mutation(m.clone());
+        }
+        match b.build() {
+            Ok(engine) => out.push((key, Set { engine, files: idx })),
+            Err(e) => diags.extend(e.diagnostics().iter().cloned()),
+        }
+    }
+    if diags.is_empty() {
+        Ok(out)
+    } else {
+        Err(LoadError::new(diags))
     }
 }
 
-/// Runs every `*.test.yaml` under `root` against the policy set under `root` (or, when `root`
-/// is a test file, its directory). A policy set or test file that is invalid is an `Err`
-/// listing every problem; failing cases are in the report.
+/// Runs every `*.test.yaml` under `root` (or `root` itself, a test file). Each test file runs
+/// against the policy set named by its `policies:` key (relative to the file), by default its
+/// own directory. An invalid policy set or test file is an `Err` listing every problem;
+/// failing cases are in the report.
 pub fn run(root: &Path, opts: &TestOptions) -> Result<TestReport, LoadError> {
-    let engine = Engine::from_dir(policy_root(root))?;
     let files = load_tests(root)?;
-    Ok(run_with(&engine, &files, opts))
+    let sets = load_sets(&files, None)?;
+    Ok(run_sets(&sets, &files, opts))
 }
 
 /// A policy whose mutation no case noticed.
@@ -1084,97 +1101,131 @@ pub fn run(root: &Path, opts: &TestOptions) -> Result<TestReport, LoadError> {
 pub struct Survivor {
     /// The policy.
     pub policy: String,
+    /// Its file.
+    pub file: PathBuf,
     /// What was done to it: `disabled` or `when forced false`.
     pub mutation: String,
 }
 
-/// Proves the cases are not vacuous: for every policy, runs all cases with the policy
-/// disabled, then with its `when` forced false, and returns the mutations under which every
-/// case still passed.
-pub fn mutation_check(
-    root: &Path,
-    opts: &TestOptions,
-) -> Result<(usize, Vec<Survivor>), LoadError> {
-    let dir = policy_root(root);
-    let base = Engine::from_dir(&dir)?;
+/// The outcome of [`mutation_check`].
+#[derive(Debug, Clone, Serialize)]
+pub struct MutationReport {
+    /// Steps that fail without any mutation (the check needs a passing suite).
+    pub baseline_failures: usize,
+    /// Mutations tried.
+    pub tried: usize,
+    /// Mutations under which every case still passed.
+    pub survivors: Vec<Survivor>,
+}
+
+/// Proves the cases are not vacuous: for every policy of every set, runs the set's cases with
+/// the policy disabled, then with its `when` forced false, and reports the mutations under
+/// which every case still passed. The suite must pass unmutated first.
+pub fn mutation_check(root: &Path, opts: &TestOptions) -> Result<MutationReport, LoadError> {
     let files = load_tests(root)?;
+    let sets = load_sets(&files, None)?;
+    let baseline_failures = run_sets(&sets, &files, opts).failed();
     let mut survivors = Vec::new();
     let mut tried = 0;
-    for p in base.policies() {
-        for (m, label) in [
-            (Mutation::Disable(p.name.clone()), "disabled"),
-            (Mutation::ForceFalse(p.name.clone()), "when forced false"),
-        ] {
-            tried += 1;
-            let engine = Engine::builder().add_path(&dir).mutation(m).build()?;
-            if run_with(&engine, &files, opts).failed() == 0 {
-                survivors.push(Survivor {
-                    policy: p.name.clone(),
-                    mutation: label.into(),
-                });
+    if baseline_failures > 0 {
+        return Ok(MutationReport {
+            baseline_failures,
+            tried,
+            survivors,
+        });
+    }
+    for (key, set) in &sets {
+        let mine: Vec<TestFile> = set.files.iter().map(|&i| files[i].clone()).collect();
+        for p in set.engine.policies() {
+            for (m, label) in [
+                (Mutation::Disable(p.name.clone()), "disabled"),
+                (Mutation::ForceFalse(p.name.clone()), "when forced false"),
+            ] {
+                tried += 1;
+                let mutated = load_sets(&mine, Some((key, m)))?;
+                if run_sets(&mutated, &mine, opts).failed() == 0 {
+                    survivors.push(Survivor {
+                        policy: p.name.clone(),
+                        file: p.file.clone(),
+                        mutation: label.into(),
+                    });
+                }
             }
         }
     }
-    Ok((tried, survivors))
+    Ok(MutationReport {
+        baseline_failures,
+        tried,
+        survivors,
+    })
 }
 
-fn run_with(engine: &Engine, files: &[TestFile], opts: &TestOptions) -> TestReport {
-    let infos: Vec<_> = engine.policies().collect();
-    let mut coverage: Vec<PolicyCoverage> = infos
-        .iter()
-        .map(|p| PolicyCoverage {
+fn run_sets(sets: &[(PathBuf, Set)], files: &[TestFile], opts: &TestOptions) -> TestReport {
+    let mut coverage: Vec<PolicyCoverage> = Vec::new();
+    let mut results: Vec<Option<FileResult>> = vec![None; files.len()];
+    let mut uncovered_files = Vec::new();
+    for (_, set) in sets {
+        let start = coverage.len();
+        coverage.extend(set.engine.policies().map(|p| PolicyCoverage {
             policy: p.name.clone(),
             file: p.file.clone(),
             matched: 0,
             won: 0,
-        })
-        .collect();
-    let mut out = Vec::new();
-    for f in files {
-        let file = f.path.display().to_string();
-        let mut cases = Vec::new();
-        for c in &f.cases {
-            let ids: Vec<String> = c
-                .steps
-                .iter()
-                .map(|s| {
-                    if c.sequence {
-                        format!("{file}::{}::{}", c.name, s.name)
-                    } else {
-                        format!("{file}::{}", c.name)
+        }));
+        for &i in &set.files {
+            let f = &files[i];
+            let file = f.path.display().to_string();
+            let mut cases = Vec::new();
+            for c in &f.cases {
+                let ids: Vec<String> = c
+                    .steps
+                    .iter()
+                    .map(|s| {
+                        if c.sequence {
+                            format!("{file}::{}::{}", c.name, s.name)
+                        } else {
+                            format!("{file}::{}", c.name)
+                        }
+                    })
+                    .collect();
+                if let Some(pat) = &opts.run {
+                    if !ids.iter().any(|i| i.contains(pat.as_str())) {
+                        continue;
                     }
-                })
-                .collect();
-            if let Some(pat) = &opts.run {
-                if !ids.iter().any(|i| i.contains(pat.as_str())) {
-                    continue;
                 }
+                let steps = run_case(&set.engine, c, &ids, &file, &mut coverage[start..]);
+                cases.push(CaseResult {
+                    name: c.name.clone(),
+                    steps,
+                });
             }
-            let steps = run_case(engine, c, &ids, &file, &mut coverage);
-            cases.push(CaseResult {
-                name: c.name.clone(),
-                steps,
+            results[i] = Some(FileResult {
+                file: f.path.clone(),
+                cases,
             });
         }
-        out.push(FileResult {
-            file: f.path.clone(),
-            cases,
-        });
     }
-    let mut uncovered_files = Vec::new();
     if opts.run.is_none() {
-        let mut by_file: BTreeMap<&Path, bool> = BTreeMap::new();
+        // A policy file is reached when any case of any set matched one of its policies.
+        let mut by_file: BTreeMap<PathBuf, bool> = BTreeMap::new();
         for c in &coverage {
-            *by_file.entry(c.file.as_path()).or_insert(false) |= c.matched > 0;
+            let key = std::fs::canonicalize(&c.file).unwrap_or_else(|_| c.file.clone());
+            *by_file.entry(key).or_insert(false) |= c.matched > 0;
         }
-        uncovered_files = by_file
+        let unreached: BTreeSet<PathBuf> = by_file
             .into_iter()
             .filter(|(_, reached)| !reached)
-            .map(|(f, _)| f.to_path_buf())
+            .map(|(f, _)| f)
             .collect();
+        for c in &coverage {
+            let key = std::fs::canonicalize(&c.file).unwrap_or_else(|_| c.file.clone());
+            if unreached.contains(&key) && !uncovered_files.contains(&c.file) {
+                uncovered_files.push(c.file.clone());
+            }
+        }
     }
     TestReport {
-        files: out,
+        files: results.into_iter().flatten().collect(),
         coverage,
         uncovered_files,
     }
@@ -1454,7 +1505,11 @@ fn check(e: &Expect, d: &Decision, now: Timestamp, out: &mut Vec<Mismatch>) {
             .iter()
             .map(|x| format!("{}: {}", x.policy, x.message))
             .collect();
-        miss("errors", format!("{want_err:?}"), format!("{shown:?}"));
+        miss(
+            "errors",
+            format!("{:?}", want_err.iter().collect::<Vec<_>>()),
+            format!("{shown:?}"),
+        );
     }
     for w in &e.warnings_contain {
         if !d.warnings.iter().any(|x| x.contains(w.as_str())) {

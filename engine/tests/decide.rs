@@ -1021,7 +1021,7 @@ fn data_event(name: &str) -> Event {
 
 #[test]
 fn vm_agent_incident_with_the_standard_policies() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/standard");
     let e = Engine::from_dir(dir).unwrap();
     let win = data_event("vm-agent-windows-2021-10-13.json");
     let lin = data_event("vm-agent-linux-2021-10-13.json");
@@ -1036,7 +1036,7 @@ fn vm_agent_incident_with_the_standard_policies() {
         );
         assert_eq!(
             dw.reason.as_deref(),
-            Some("VM agent artifact unavailable; retrying without the agent")
+            Some("VM agent artifact unavailable in the region; retrying the create without the agent")
         );
         assert_eq!(dw.params.get("max_attempts"), Some(&json!(1)));
         assert!(dw.retry.is_some());
@@ -1047,16 +1047,49 @@ fn vm_agent_incident_with_the_standard_policies() {
         assert_eq!(dl.policy, None);
         assert!(dl.errors.is_empty(), "{:?}", dl.errors);
 
-        // Both page the same platform incident once: same key, critical.
+        // One VM alone is not a platform incident: the incident policy needs three VMs of the
+        // region in its correlation history, and `decide` has none (it says so).
         for d in [&dw, &dl] {
-            assert_eq!(d.escalations.len(), 1);
-            let esc = &d.escalations[0];
-            assert_eq!(esc.policy, "azure.vm-agent-missing.escalate");
-            assert_eq!(esc.severity, Severity::Critical);
-            assert_eq!(esc.reason, "VM agent artifact unavailable in eastus2");
+            assert!(d.escalations.is_empty(), "{:?}", d.escalations);
+            assert!(
+                d.warnings
+                    .iter()
+                    .any(|w| w.contains("azure.vm-agent-missing.platform-incident")),
+                "{:?}",
+                d.warnings
+            );
         }
-        assert_eq!(dw.escalations[0].key, dl.escalations[0].key);
     }
+
+    // The same two events with two more Windows VMs of the region in the history: one page,
+    // the same key for both.
+    let mut h = keel_engine::History::new();
+    let mut others = Vec::new();
+    for name in ["w2", "w3"] {
+        let mut o = win.clone();
+        o.id = format!("azure.arm:{name}");
+        o.resource.id = Some(name.into());
+        o.resource.name = Some(name.into());
+        others.push(o);
+    }
+    for ev in others.iter().chain([&win, &lin]) {
+        h.record(ev);
+    }
+    let ctx = Ctx::new(now());
+    let (dw, dl) = (e.decide_with(&win, &ctx, &h), e.decide_with(&lin, &ctx, &h));
+    for d in [&dw, &dl] {
+        assert_eq!(d.escalations.len(), 1, "{:?}", d.escalations);
+        let esc = &d.escalations[0];
+        assert_eq!(esc.policy, "azure.vm-agent-missing.platform-incident");
+        assert_eq!(esc.severity, Severity::Critical);
+        assert!(
+            esc.reason
+                .starts_with("VM agent artifact unavailable in eastus2"),
+            "{}",
+            esc.reason
+        );
+    }
+    assert_eq!(dw.escalations[0].key, dl.escalations[0].key);
 
     // A second Windows attempt is past the policy's budget (attempt < 2 in `when`).
     let mut again = win.clone();

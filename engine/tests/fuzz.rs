@@ -447,7 +447,7 @@ fn valid_policy(which: usize) -> String {
     match which {
         0 => VALID_POLICY.to_string(),
         _ => std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/azure/vm-agent.yaml"),
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/standard/azure/vm-agent.yaml"),
         )
         .unwrap(),
     }

@@ -904,8 +904,10 @@ fn native_flag_for_various_shapes() {
 
 #[test]
 fn standard_policies_load() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/standard");
     let e = Engine::from_dir(&dir).unwrap();
-    assert_eq!(e.len(), 2);
-    assert!(e.policies().all(|p| p.native));
+    assert!(e.len() >= 2);
+    // The standard library is written so that every policy runs natively.
+    let interpreted: Vec<String> = e.policies().filter(|p| !p.native).map(|p| p.name).collect();
+    assert!(interpreted.is_empty(), "{interpreted:?}");
 }

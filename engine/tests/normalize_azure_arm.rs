@@ -652,7 +652,7 @@ fn ingest_of_the_2021_10_13_failure_decides_retry_without_agent() {
 
     // And the standard policy picks it up.
     let yaml = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/azure/vm-agent.yaml"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/standard/azure/vm-agent.yaml"),
     )
     .unwrap();
     let engine = Engine::builder()
@@ -661,7 +661,8 @@ fn ingest_of_the_2021_10_13_failure_decides_retry_without_agent() {
         .unwrap();
     let d = engine.decide(&e, &Ctx::new(ts("2021-10-13T07:02:20Z")));
     assert_eq!(d.action, Action::RetryWithoutAgent);
-    assert_eq!(d.escalations.len(), 1);
+    // One VM is not yet a platform incident (that needs the correlation history).
+    assert!(d.escalations.is_empty());
 }
 
 #[test]
@@ -678,7 +679,7 @@ fn ingest_of_the_extension_pin_does_not_retry_without_agent() {
     assert_eq!(e.resource.os.as_deref(), Some("windows"));
     assert_eq!(e.resource.name.as_deref(), Some("web-1"));
     let yaml = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/azure/vm-agent.yaml"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/standard/azure/vm-agent.yaml"),
     )
     .unwrap();
     let engine = Engine::builder()

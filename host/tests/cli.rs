@@ -62,7 +62,7 @@ fn eval_2021_10_13_windows_retries_without_agent() {
     let out = keel(&[
         "eval",
         "--policies",
-        "policies",
+        "policies/standard",
         "--event",
         WIN,
         "--now",
@@ -74,7 +74,8 @@ fn eval_2021_10_13_windows_retries_without_agent() {
     let d = validate_decision(&text(&out.stdout));
     assert_eq!(d["action"], "retry_without_agent");
     assert_eq!(d["policy"], "azure.vm-agent-missing.retry-without-agent");
-    assert_eq!(d["escalations"].as_array().unwrap().len(), 1);
+    // One VM alone is not a platform incident: no page.
+    assert_eq!(d["escalations"].as_array().unwrap().len(), 0);
 }
 
 #[test]
@@ -82,7 +83,7 @@ fn eval_2021_10_13_linux_twin_gets_none() {
     let out = keel(&[
         "eval",
         "--policies",
-        "policies",
+        "policies/standard",
         "--event",
         LIN,
         "--now",
@@ -103,7 +104,7 @@ fn eval_reads_stdin_and_explains() {
         &[
             "eval",
             "--policies",
-            "policies",
+            "policies/standard",
             "--event",
             "-",
             "--now",
@@ -127,7 +128,7 @@ fn eval_explain_json_has_trace() {
     let out = keel(&[
         "eval",
         "--policies",
-        "policies",
+        "policies/standard",
         "--event",
         LIN,
         "--now",
@@ -251,7 +252,7 @@ fn eval_bad_events_exit_2_with_position() {
         let out = keel(&[
             "eval",
             "--policies",
-            "policies",
+            "policies/standard",
             "--event",
             &p,
             "--now",
@@ -272,7 +273,7 @@ fn eval_bad_events_exit_2_with_position() {
     let out = keel(&[
         "eval",
         "--policies",
-        "policies",
+        "policies/standard",
         "--event",
         &p,
         "--now",
@@ -288,7 +289,7 @@ fn eval_bad_events_exit_2_with_position() {
     let out = keel(&[
         "eval",
         "--policies",
-        "policies",
+        "policies/standard",
         "--event",
         WIN,
         "--now",
@@ -441,4 +442,114 @@ fn normalize_errors_are_clear() {
     );
     let out = keel(&["normalize", "--from", "azure.scheduled_events"]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+const TESTING: &str = "engine/tests/data/testing";
+
+#[test]
+fn test_exit_codes_and_diffs() {
+    let out = keel(&["test", "policies"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(text(&out.stdout).contains("coverage: "));
+
+    let out = keel(&["test", &format!("{TESTING}/failing")]);
+    assert_eq!(out.status.code(), Some(1));
+    let s = text(&out.stdout);
+    assert!(
+        s.contains("FAIL  wrong action\n        - action: acknowledge\n        + action: drain"),
+        "{s}"
+    );
+    assert!(s.contains("FAILED: 3 passed, 8 failed"), "{s}");
+
+    let out = keel(&["test", &format!("{TESTING}/invalid")]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        text(&out.stderr).contains("p.test.yaml:4:13: error: `expect` is empty"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = keel(&["test", &format!("{TESTING}/uncovered")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stdout).contains("error: no case reaches any policy of"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = keel(&["test", "/nonexistent/keel"]);
+    assert_eq!(out.status.code(), Some(3));
+
+    let out = keel(&["test", "policies", "--format", "yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn test_run_selects_cases_and_json_reports_them() {
+    let out = keel(&[
+        "test",
+        &format!("{TESTING}/failing"),
+        "--run",
+        "wrong action",
+        "--format",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let cases = v["files"][0]["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), 1);
+    assert_eq!(cases[0]["name"], "wrong action");
+    assert_eq!(cases[0]["steps"][0]["failures"][0]["what"], "action");
+}
+
+#[test]
+fn test_mutation_check_passes_on_the_standard_library() {
+    let out = keel(&["test", "policies", "--mutate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("were caught by at least one failing case"));
+    // A set whose cases do not notice a policy's absence is reported.
+    let out = keel(&["test", &format!("{TESTING}/vacuous"), "--mutate"]);
+    assert_eq!(out.status.code(), Some(1));
+    let s = text(&out.stdout);
+    assert!(s.contains("4 of 4 mutations survived"), "{s}");
+    assert!(s.contains("drain-reboots-too (when forced false)"), "{s}");
+    // A failing suite cannot be mutation-checked.
+    let out = keel(&["test", &format!("{TESTING}/failing"), "--mutate"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).contains("fail without any mutation"));
+}
+
+#[test]
+fn junit_output_validates_against_the_published_xsd() {
+    let d = tmp();
+    for set in ["failing", "uncovered"] {
+        let out = keel(&["test", &format!("{TESTING}/{set}"), "--format", "junit"]);
+        assert_eq!(out.status.code(), Some(1));
+        let xml = text(&out.stdout);
+        assert!(
+            xml.contains("<testcase name=\"engine/tests/data/testing/"),
+            "{xml}"
+        );
+        let report = write(d.path(), &format!("{set}.xml"), xml.as_bytes());
+        let v = Command::new("python3")
+            .arg(root().join("host/tests/validate_junit.py"))
+            .arg(&report)
+            .arg(Path::new(env!("CARGO_TARGET_TMPDIR")).join("junit-xsd"))
+            .output()
+            .expect("python3 runs the JUnit schema validation");
+        assert_eq!(v.status.code(), Some(0), "{}", text(&v.stderr));
+    }
+    // Stable names: file::case and file::case::step.
+    let out = keel(&["test", &format!("{TESTING}/failing"), "--format", "junit"]);
+    let xml = text(&out.stdout);
+    assert!(
+        xml.contains("name=\"engine/tests/data/testing/failing/p.test.yaml::sequence::step 2\""),
+        "{xml}"
+    );
 }

@@ -50,8 +50,8 @@ use chrono::SecondsFormat;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::json::{self, get_ci};
-use super::{hash_id, quote, time, Input, NormalizeError, NormalizerState};
+use super::json::{self, get_ci, join, opt_str, req_str};
+use super::{hash_id, http, quote, time, Input, NormalizeError, NormalizerState};
 use crate::event::{
     Event, Initiator, Kind, Maintenance, MaintenanceStatus, MaintenanceType, Resource, Source,
     Timestamp,
@@ -99,7 +99,7 @@ pub fn normalize(
     let ctx = Ctx {
         self_name: input.self_name.filter(|s| !s.trim().is_empty()),
     };
-    if looks_like_http(text) {
+    if http::is_transcript(text) {
         let resp = parse_http(text)?;
         let endpoint = resp.path.map(endpoint_of).unwrap_or(Endpoint::Other);
         if endpoint == Endpoint::Token {
@@ -373,13 +373,7 @@ fn scheduled_event(
     let code = opt_str(o, "Code", path)?;
     let description = opt_str(o, "Description", path)?;
     // An empty NotBefore is malformed (aws-node-termination-handler rejects it too).
-    let nb_path = join(path, "NotBefore");
-    let nb_raw = req_str(o, "NotBefore", path)?;
-    let not_before = time::parse(&nb_path, nb_raw)?.ok_or_else(|| NormalizeError::Shape {
-        path: nb_path.clone(),
-        expected: "a time".into(),
-        found: format!("string \"{}\"", quote(nb_raw)),
-    })?;
+    let not_before = req_time(o, "NotBefore", path)?;
     let not_after = match opt_str(o, "NotAfter", path)? {
         Some(s) => time::parse(&join(path, "NotAfter"), s)?,
         None => None,
@@ -426,13 +420,8 @@ fn scheduled_event(
         Channel::Imds => (self_resource(ctx), None),
         Channel::Ec2Api { instance_id, zone } => (
             Resource {
-                id: instance_id.map(str::to_string),
                 zone: zone.map(str::to_string),
-                is_self: match (ctx.self_name, instance_id) {
-                    (Some(n), Some(i)) => Some(n.trim().eq_ignore_ascii_case(i)),
-                    _ => None,
-                },
-                ..Resource::default()
+                ..instance_resource(instance_id, ctx)
             },
             instance_id,
         ),
@@ -597,13 +586,8 @@ fn eventbridge(
         ),
     };
     let resource = Resource {
-        id: instance_id.map(str::to_string),
         region: region.map(str::to_string),
-        is_self: match (ctx.self_name, instance_id) {
-            (Some(n), Some(i)) => Some(n.trim().eq_ignore_ascii_case(i)),
-            _ => None,
-        },
-        ..Resource::default()
+        ..instance_resource(instance_id, ctx)
     };
     Ok(event(id, at, resource, m, raw.clone()))
 }
@@ -651,6 +635,18 @@ fn event(id: String, time: Timestamp, resource: Resource, m: Maintenance, raw: V
     }
 }
 
+/// An EC2 instance named by id (EC2 API, EventBridge): this host's if the id is its name.
+fn instance_resource(instance_id: Option<&str>, ctx: &Ctx<'_>) -> Resource {
+    Resource {
+        id: instance_id.map(str::to_string),
+        is_self: match (ctx.self_name, instance_id) {
+            (Some(n), Some(i)) => Some(n.trim().eq_ignore_ascii_case(i)),
+            _ => None,
+        },
+        ..Resource::default()
+    }
+}
+
 /// IMDS payloads are about the VM that read them.
 fn self_resource(ctx: &Ctx<'_>) -> Resource {
     Resource {
@@ -662,42 +658,6 @@ fn self_resource(ctx: &Ctx<'_>) -> Resource {
 
 fn stamp(t: &Timestamp) -> String {
     t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
-}
-
-fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_string()
-    } else {
-        format!("{path}.{key}")
-    }
-}
-
-/// An optional string field (absent, null and blank are `None`), with a clean path in errors.
-fn opt_str<'v>(
-    o: &'v Map<String, Value>,
-    key: &str,
-    path: &str,
-) -> Result<Option<&'v str>, NormalizeError> {
-    match get_ci(o, key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.as_str())),
-        Some(other) => Err(json::shape(&join(path, key), "a string", other)),
-    }
-}
-
-fn req_str<'v>(
-    o: &'v Map<String, Value>,
-    key: &str,
-    path: &str,
-) -> Result<&'v str, NormalizeError> {
-    opt_str(o, key, path)?.ok_or_else(|| NormalizeError::Shape {
-        path: join(path, key),
-        expected: "a non-empty string".into(),
-        found: get_ci(o, key)
-            .map(json::kind)
-            .unwrap_or_else(|| "nothing".into()),
-    })
 }
 
 fn req_time(o: &Map<String, Value>, key: &str, path: &str) -> Result<Timestamp, NormalizeError> {
@@ -737,95 +697,20 @@ fn endpoint_of(path: &str) -> Endpoint {
     }
 }
 
-// ---- HTTP transcripts (`.http`): request and status lines, headers, a blank line, a body ----
-
-/// The last response of a transcript, with the request it answered.
+/// The last response of an HTTP transcript (`.http`), with the request path it answered.
 struct HttpResponse<'a> {
     status: u16,
     body: String,
     path: Option<&'a str>,
 }
 
-fn looks_like_http(text: &str) -> bool {
-    let first = text.trim_start().lines().next().unwrap_or("");
-    request_line(first).is_some() || status_line(first).is_some()
-}
-
-fn request_line(line: &str) -> Option<(&str, &str)> {
-    let mut parts = line.split_whitespace();
-    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
-    let ok = parts.next().is_none()
-        && version.starts_with("HTTP/")
-        && (1..=10).contains(&method.len())
-        && method.chars().all(|c| c.is_ascii_uppercase());
-    ok.then_some((method, target))
-}
-
-fn status_line(line: &str) -> Option<u16> {
-    let mut parts = line.split_whitespace();
-    if !parts.next()?.starts_with("HTTP/") {
-        return None;
-    }
-    let code = parts.next()?;
-    if code.len() != 3 || !code.chars().all(|c| c.is_ascii_digit()) {
-        return None;
-    }
-    code.parse().ok()
-}
-
 fn parse_http(text: &str) -> Result<HttpResponse<'_>, NormalizeError> {
-    let lines: Vec<&str> = text.lines().collect();
-    let is_start = |l: &str| request_line(l).is_some() || status_line(l).is_some();
-    let mut i = 0;
-    let mut request: Option<&str> = None;
-    let mut last: Option<HttpResponse<'_>> = None;
-    while let Some(line) = lines.get(i).copied() {
-        i += 1;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let req = request_line(line);
-        let status = status_line(line);
-        if req.is_none() && status.is_none() {
-            return Err(wrong(format!(
-                "HTTP transcript line {i}: expected a request or status line, found \"{}\"",
-                quote(line)
-            )));
-        }
-        while let Some(h) = lines.get(i).copied() {
-            if is_start(h) {
-                break;
-            }
-            i += 1;
-            if h.trim().is_empty() {
-                break;
-            }
-            if !h.contains(':') {
-                return Err(wrong(format!(
-                    "HTTP transcript line {i}: expected a header `Name: value`, found \"{}\"",
-                    quote(h)
-                )));
-            }
-        }
-        let start = i;
-        while let Some(b) = lines.get(i).copied() {
-            if is_start(b) {
-                break;
-            }
-            i += 1;
-        }
-        let body = lines.get(start..i).unwrap_or(&[]).join("\n");
-        if let Some((_, target)) = req {
-            request = Some(target);
-        } else if let Some(s) = status {
-            last = Some(HttpResponse {
-                status: s,
-                body: body.trim().to_string(),
-                path: request.take(),
-            });
-        }
-    }
-    last.ok_or_else(|| wrong("an HTTP transcript without a response".into()))
+    let r = http::parse(text, http::Form::Transcript).map_err(|e| wrong(e.to_string()))?;
+    Ok(HttpResponse {
+        status: r.status,
+        body: r.text(),
+        path: r.target(),
+    })
 }
 
 #[cfg(test)]

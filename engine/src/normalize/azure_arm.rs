@@ -60,8 +60,10 @@
 use serde_json::{Map, Value};
 
 use super::classify::{classify_response, is_wrapper};
-use super::json::{self, get_ci, kind, shape};
-use super::{hash_id, quote, time, Input, NormalizeError, NormalizerState, MAX_PAYLOAD_BYTES};
+use super::json::{self, get_ci, join, kind, opt_int, opt_str, shape, value_str};
+use super::{
+    hash_id, http, quote, time, Input, NormalizeError, NormalizerState, MAX_PAYLOAD_BYTES,
+};
 use crate::event::{Event, Failure, FailureDetail, Kind, Operation, Resource, Source, Timestamp};
 
 /// How deep errors may nest (wrappers, details and JSON strings together) before the payload
@@ -241,7 +243,7 @@ fn run(input: &Input<'_>, known: Option<Operation>) -> Result<Vec<Event>, Normal
         http.apply(&mut ctx)?;
         http.json_body()?
     } else {
-        parse_json(text, 0)?
+        json::parse_at(text, 0)?
     };
     match &doc {
         Value::Array(items) => list(items, "", &ctx, input),
@@ -1212,14 +1214,11 @@ fn resource_from_request(req: &Value) -> Resource {
 }
 
 // ----------------------------------------------------------------------------------------
-// The raw HTTP response form.
+// The raw HTTP response form: one response, its body the rest of the text.
 
 struct Http<'a> {
-    status: i64,
-    headers: Vec<(&'a str, &'a str)>,
-    body: &'a str,
-    /// Lines before the body, to give JSON errors the line in the whole payload.
-    body_line: usize,
+    response: http::Response<'a>,
+    /// Where the body is, for errors.
     path: String,
 }
 
@@ -1231,172 +1230,67 @@ fn parse_http<'a>(text: &'a str, path: &str) -> Result<Http<'a>, NormalizeError>
             format!("{path} ({what})")
         }
     };
-    let mut rest = text;
-    let mut next_line = || -> Option<&'a str> {
-        if rest.is_empty() {
-            return None;
-        }
-        let (line, tail) = match rest.find('\n') {
-            Some(i) => (rest.get(..i).unwrap_or(""), rest.get(i + 1..).unwrap_or("")),
-            None => (rest, ""),
-        };
-        rest = tail;
-        Some(line.strip_suffix('\r').unwrap_or(line))
+    let bad_status = |line: &str| NormalizeError::Shape {
+        path: where_("HTTP status line"),
+        expected: "HTTP/<version> <status> <reason>".into(),
+        found: format!("\"{}\"", quote(line)),
     };
-    let status_line = next_line().unwrap_or("");
-    let mut parts = status_line.split_whitespace();
-    let version = parts.next().unwrap_or("");
-    let code = parts.next().unwrap_or("");
-    let status = (version.starts_with("HTTP/") && code.len() == 3)
-        .then(|| code.parse::<i64>().ok())
-        .flatten()
-        .filter(|s| (100..=599).contains(s))
-        .ok_or_else(|| NormalizeError::Shape {
-            path: where_("HTTP status line"),
-            expected: "HTTP/<version> <status> <reason>".into(),
-            found: format!("\"{}\"", quote(status_line)),
-        })?;
-    let mut headers = Vec::new();
-    let mut n = 1;
-    while let Some(line) = next_line() {
-        n += 1;
-        if line.trim().is_empty() {
-            break;
-        }
-        let (name, value) = line.split_once(':').ok_or_else(|| NormalizeError::Shape {
-            path: where_(&format!("HTTP header line {n}")),
+    let response = http::parse(text, http::Form::Response).map_err(|e| match e {
+        http::Error::Header { line, text } => NormalizeError::Shape {
+            path: where_(&format!("HTTP header line {line}")),
             expected: "Name: value".into(),
-            found: format!("\"{}\"", quote(line)),
-        })?;
-        headers.push((name.trim(), value.trim()));
-    }
+            found: format!("\"{}\"", quote(text)),
+        },
+        http::Error::StartLine { text, .. } => bad_status(text),
+        http::Error::NoResponse => bad_status(""),
+    })?;
     Ok(Http {
-        status,
-        headers,
-        body: rest,
-        body_line: n,
+        response,
         path: where_("HTTP body"),
     })
 }
 
 impl Http<'_> {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| *v)
-    }
-
     fn apply(&self, ctx: &mut Ctx) -> Result<(), NormalizeError> {
-        ctx.offer_status(self.status);
+        let r = &self.response;
+        ctx.offer_status(i64::from(r.status));
         if ctx.retry_after_s.is_none() {
             // ARM sends integer seconds only ("will not support http-date", rpc).
-            ctx.retry_after_s = self
+            ctx.retry_after_s = r
                 .header("Retry-After")
                 .and_then(|v| v.trim().parse::<i64>().ok())
                 .filter(|s| *s >= 0);
         }
         // A bucket at 0 is the throttling signal (x-ms-ratelimit-remaining-* is sent on every
         // ARM response, so its mere presence is not).
-        ctx.rate_limit_exhausted |= self.headers.iter().any(|(n, v)| {
+        ctx.rate_limit_exhausted |= r.headers.iter().any(|(n, v)| {
             n.to_ascii_lowercase()
                 .starts_with("x-ms-ratelimit-remaining")
                 && v.rsplit(';').next().map(str::trim) == Some("0")
         });
-        if let Some(d) = self.header("Date") {
+        if let Some(d) = r.header("Date") {
             let path = self.path.replace("HTTP body", "HTTP header Date");
             ctx.offer_time(T_DATE, time::parse(&path, d)?);
         }
-        if let Some(id) = self.header("x-ms-request-id") {
+        if let Some(id) = r.header("x-ms-request-id") {
             ctx.offer_id(ID_REQUEST_ID, id);
         }
         Ok(())
     }
 
     fn json_body(&self) -> Result<Value, NormalizeError> {
-        if self.body.trim().is_empty() {
+        if self.response.body.trim().is_empty() {
             return Err(NormalizeError::WrongPayload {
                 expected: EXPECTED,
                 reason: "the HTTP response has no body".into(),
             });
         }
-        parse_json(self.body, self.body_line)
+        json::parse_at(self.response.body, self.response.body_line)
     }
-}
-
-fn parse_json(text: &str, line_offset: usize) -> Result<Value, NormalizeError> {
-    serde_json::from_str(text).map_err(|e| NormalizeError::Json {
-        line: e.line() + line_offset,
-        column: e.column(),
-        message: crate::event::strip_serde_position(&e.to_string()),
-    })
 }
 
 // ----------------------------------------------------------------------------------------
 // Small helpers.
-
-/// A string field that may also be `{"value": "...", "localizedValue": "..."}` (the activity
-/// log's REST form, DOMAIN.md 8 erratum 10).
-fn value_str<'v>(
-    obj: &'v Map<String, Value>,
-    key: &str,
-    path: &str,
-) -> Result<Option<&'v str>, NormalizeError> {
-    match get_ci(obj, key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.as_str())),
-        Some(Value::Object(m)) => match get_ci(m, "value") {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.as_str())),
-            Some(other) => Err(shape(
-                &format!("{}.value", join(path, key)),
-                "a string",
-                other,
-            )),
-        },
-        Some(other) => Err(shape(&join(path, key), "a string", other)),
-    }
-}
-
-fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_string()
-    } else {
-        format!("{path}.{key}")
-    }
-}
-
-/// `json::opt_str` at `path` (the root is the empty path).
-fn opt_str<'v>(
-    obj: &'v Map<String, Value>,
-    key: &str,
-    path: &str,
-) -> Result<Option<&'v str>, NormalizeError> {
-    json::opt_str(obj, key, path).map_err(rooted)
-}
-
-/// `json::opt_int` at `path` (the root is the empty path).
-fn opt_int(obj: &Map<String, Value>, key: &str, path: &str) -> Result<Option<i64>, NormalizeError> {
-    json::opt_int(obj, key, path).map_err(rooted)
-}
-
-/// The json helpers write `.key` for a key at the root; Keel's paths write `key`.
-fn rooted(e: NormalizeError) -> NormalizeError {
-    match e {
-        NormalizeError::Shape {
-            path,
-            expected,
-            found,
-        } => NormalizeError::Shape {
-            path: path.strip_prefix('.').map(str::to_string).unwrap_or(path),
-            expected,
-            found,
-        },
-        other => other,
-    }
-}
 
 /// How the root path is shown in messages.
 fn path_or_root(path: &str) -> &str {

@@ -34,7 +34,7 @@ use chrono::SecondsFormat;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::json::{self, get_ci, kind};
+use super::json::{self, get_ci, join, kind, value_str};
 use super::{hash_id, quote, time, Input, NormalizeError, NormalizerState};
 use crate::event::{Event, Health, HealthState, Kind, ReasonType, Resource, Source, Timestamp};
 
@@ -175,46 +175,40 @@ fn read_document(
     nested: bool,
 ) -> Result<(), NormalizeError> {
     let obj = json::object(v, display(path))?;
-    match detect(obj) {
-        Shape::ArmError => Err(arm_error(obj, path)),
-        Shape::FlatError => Err(flat_error(obj, path)),
-        Shape::Alert => {
-            out.push(read_alert(obj, v, path, input)?);
-            Ok(())
+    let event = match detect(obj) {
+        Shape::ArmError => return Err(arm_error(obj, path)),
+        Shape::FlatError => return Err(flat_error(obj, path)),
+        Shape::Alert => read_alert(obj, v, path, input)?,
+        Shape::List if nested => {
+            return Err(json::shape(
+                display(path),
+                "a Resource Health record, not a nested list",
+                v,
+            ))
         }
-        Shape::List if nested => Err(json::shape(
-            display(path),
-            "a Resource Health record, not a nested list",
-            v,
-        )),
-        Shape::List => read_list(obj, path, input, out),
-        Shape::EventGrid => {
-            out.push(read_event_grid(obj, v, path, input)?);
-            Ok(())
-        }
-        Shape::Exported => {
-            out.push(read_exported(obj, v, path, input)?);
-            Ok(())
-        }
+        Shape::List => return read_list(obj, path, input, out),
+        Shape::EventGrid => read_event_grid(obj, v, path, input)?,
+        Shape::Exported => read_exported(obj, v, path, input)?,
         Shape::ActivityLog => {
-            let ctx = AlertCtx::default();
-            out.push(read_activity_log(obj, None, v, path, input, &ctx)?);
-            Ok(())
+            read_activity_log(obj, None, v, path, input, &AlertCtx::default())?
         }
-        Shape::Status => {
-            out.push(read_status(obj, v, path, input)?);
-            Ok(())
+        Shape::Status => read_status(obj, v, path, input)?,
+        Shape::Unrecognized if nested => {
+            return Err(json::shape(
+                display(path),
+                "an availability status, an activity-log ResourceHealth event, an alert or an Event Grid HealthResources event",
+                v,
+            ))
         }
-        Shape::Unrecognized if nested => Err(json::shape(
-            display(path),
-            "an availability status, an activity-log ResourceHealth event, an alert or an Event Grid HealthResources event",
-            v,
-        )),
-        Shape::Unrecognized => Err(wrong(
-            "no availabilityState, activity-log ResourceHealth fields, alert schemaId or Event Grid envelope found"
-                .into(),
-        )),
-    }
+        Shape::Unrecognized => {
+            return Err(wrong(
+                "no availabilityState, activity-log ResourceHealth fields, alert schemaId or Event Grid envelope found"
+                    .into(),
+            ))
+        }
+    };
+    out.push(event);
+    Ok(())
 }
 
 fn read_list(
@@ -228,7 +222,7 @@ fn read_list(
         .find_map(|k| get_ci(obj, k).and_then(Value::as_array).map(|a| (*k, a)))
         .ok_or_else(|| wrong("no `value` list".into()))?;
     for (i, item) in items.iter().enumerate() {
-        let p = format!("{}[{i}]", at(path, key));
+        let p = format!("{}[{i}]", join(path, key));
         read_document(item, &p, input, out, true)?;
     }
     Ok(())
@@ -297,7 +291,7 @@ fn read_status(
     path: &str,
     input: &Input<'_>,
 ) -> Result<Event, NormalizeError> {
-    let ppath = at(path, "properties");
+    let ppath = join(path, "properties");
     let props = match get_ci(obj, "properties") {
         Some(v) => json::object(v, &ppath)?,
         None => {
@@ -323,7 +317,7 @@ fn read_status(
         .into_iter()
         .find(|k| get_ci(props, k).is_some_and(|v| !v.is_null()));
     if let Some(k) = rr_key {
-        let rpath = at(&ppath, k);
+        let rpath = join(&ppath, k);
         let rr = json::object(get_ci(props, k).unwrap_or(&NULL), &rpath)?;
         let unavailable_at = time_field(
             rr,
@@ -346,18 +340,7 @@ fn read_status(
         Some(a) => Some(a),
         None => health_event_id.filter(|h| looks_like_annotation(h)),
     };
-    let reason = reason_type(
-        props,
-        &[
-            "reasonType",
-            "context",
-            "category",
-            "healthEventCause",
-            "healthEventCategory",
-        ],
-        &ppath,
-        annotation,
-    )?;
+    let reason = reason_type(props, PROPERTIES_REASON_KEYS, &ppath, annotation)?;
     let occurred_at = occurred.or(resolved_at);
 
     let resource_id = status_id.map(strip_health_suffix);
@@ -445,12 +428,12 @@ fn read_alert(
     input: &Input<'_>,
 ) -> Result<Event, NormalizeError> {
     let schema = hint(obj, "schemaId").unwrap_or("");
-    let dpath = at(path, "data");
+    let dpath = join(path, "data");
     let data = json::object(get_ci(obj, "data").unwrap_or(&NULL), &dpath)?;
     if schema.eq_ignore_ascii_case("Microsoft.Insights/activityLogs") {
-        let cpath = at(&dpath, "context");
+        let cpath = join(&dpath, "context");
         let context = json::object(get_ci(data, "context").unwrap_or(&NULL), &cpath)?;
-        let apath = at(&cpath, "activityLog");
+        let apath = join(&cpath, "activityLog");
         let al = json::object(get_ci(context, "activityLog").unwrap_or(&NULL), &apath)?;
         let ctx = AlertCtx {
             resolved: hint(data, "status").is_some_and(|s| norm(s) == "resolved"),
@@ -458,7 +441,7 @@ fn read_alert(
         };
         read_activity_log(al, None, raw, &apath, input, &ctx)
     } else if norm(schema) == "azuremonitorcommonalertschema" {
-        let epath = at(&dpath, "essentials");
+        let epath = join(&dpath, "essentials");
         let essentials = match get_ci(data, "essentials") {
             None | Some(Value::Null) => None,
             Some(v) => Some(json::object(v, &epath)?),
@@ -471,7 +454,7 @@ fn read_alert(
                 )));
             }
         }
-        let cpath = at(&dpath, "alertContext");
+        let cpath = join(&dpath, "alertContext");
         let ac = json::object(get_ci(data, "alertContext").unwrap_or(&NULL), &cpath)?;
         let mut ctx = AlertCtx::default();
         if let Some(e) = essentials {
@@ -482,7 +465,7 @@ fn read_alert(
             ctx.target = match get_ci(e, "alertTargetIDs") {
                 None | Some(Value::Null) => None,
                 Some(v) => {
-                    let tpath = at(&epath, "alertTargetIDs");
+                    let tpath = join(&epath, "alertTargetIDs");
                     let ids = json::array(v, &tpath)?;
                     match ids.first() {
                         None | Some(Value::Null) => None,
@@ -510,9 +493,9 @@ fn read_exported(
     path: &str,
     input: &Input<'_>,
 ) -> Result<Event, NormalizeError> {
-    let ppath = at(path, "properties");
+    let ppath = join(path, "properties");
     let props = json::object(get_ci(obj, "properties").unwrap_or(&NULL), &ppath)?;
-    let epath = at(&ppath, "eventProperties");
+    let epath = join(&ppath, "eventProperties");
     let parsed;
     let ep = match get_ci(props, "eventProperties") {
         Some(Value::String(s)) => {
@@ -555,7 +538,7 @@ fn read_activity_log(
     ctx: &AlertCtx<'_>,
 ) -> Result<Event, NormalizeError> {
     check_resource_health_category(ev)?;
-    let own_ppath = at(path, "properties");
+    let own_ppath = join(path, "properties");
     let (props, ppath): (Option<&Map<String, Value>>, &str) = match health {
         Some((m, p)) => (Some(m), p),
         None => match get_ci(ev, "properties") {
@@ -678,9 +661,9 @@ fn read_event_grid(
 ) -> Result<Event, NormalizeError> {
     let etype = str_field(obj, &["eventType", "type"], path)?.unwrap_or("");
     let lower = etype.to_ascii_lowercase();
-    let dpath = at(path, "data");
+    let dpath = join(path, "data");
     let data = json::object(get_ci(obj, "data").unwrap_or(&NULL), &dpath)?;
-    let ipath = at(&dpath, "resourceInfo");
+    let ipath = join(&dpath, "resourceInfo");
     let info = match get_ci(data, "resourceInfo") {
         None | Some(Value::Null) => None,
         Some(v) => Some(json::object(v, &ipath)?),
@@ -703,28 +686,17 @@ fn read_event_grid(
         expected: "an object".into(),
         found: "nothing".into(),
     })?;
-    let ppath = at(&ipath, "properties");
+    let ppath = join(&ipath, "properties");
     let props = json::object(get_ci(info, "properties").unwrap_or(&NULL), &ppath)?;
 
     let state = state_field(props, &["availabilityState"], &ppath)?.unwrap_or(HealthState::Unknown);
     let previous = state_field(props, &["previousAvailabilityState"], &ppath)?;
     let annotation = str_field(props, &["annotationName"], &ppath)?;
     let summary = str_field(props, &["summary", "reason", "title"], &ppath)?;
-    let reason = reason_type(
-        props,
-        &[
-            "reasonType",
-            "context",
-            "category",
-            "healthEventCause",
-            "healthEventCategory",
-        ],
-        &ppath,
-        annotation,
-    )?;
+    let reason = reason_type(props, PROPERTIES_REASON_KEYS, &ppath, annotation)?;
     let mut occurred = time_field(props, &["occurredTime", "occuredTime"], &ppath)?;
     if occurred.is_none() {
-        let opath = at(&dpath, "operationalInfo");
+        let opath = join(&dpath, "operationalInfo");
         if let Some(v) = get_ci(data, "operationalInfo").filter(|v| !v.is_null()) {
             occurred = time_field(json::object(v, &opath)?, &["resourceEventTime"], &opath)?;
         }
@@ -815,6 +787,15 @@ fn classify_reason(s: &str) -> Says {
         _ => Says::Nothing,
     }
 }
+
+/// The reason fields of an availabilityStatus's or a HealthResources event's `properties`.
+const PROPERTIES_REASON_KEYS: &[&str] = &[
+    "reasonType",
+    "context",
+    "category",
+    "healthEventCause",
+    "healthEventCategory",
+];
 
 /// `reason_type` from the free-string fields `keys` of `obj`, then from the annotation.
 /// `None` when no field is given at all (absent, null or "").
@@ -1004,14 +985,6 @@ fn region(s: &str) -> String {
 // Field access
 // ---------------------------------------------------------------------------------------
 
-fn at(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_string()
-    } else {
-        format!("{path}.{key}")
-    }
-}
-
 fn display(path: &str) -> &str {
     if path.is_empty() {
         "(document)"
@@ -1028,26 +1001,11 @@ fn str_field<'v>(
     path: &str,
 ) -> Result<Option<&'v str>, NormalizeError> {
     for key in keys {
-        match get_ci(obj, key) {
-            None | Some(Value::Null) => {}
-            Some(Value::String(s)) if s.trim().is_empty() => {}
-            Some(Value::String(s)) => return Ok(Some(s.as_str())),
-            Some(other) => return Err(json::shape(&at(path, key), "a string", other)),
+        if let Some(s) = json::opt_str(obj, key, path)? {
+            return Ok(Some(s));
         }
     }
     Ok(None)
-}
-
-/// A field that is a flat string or a `{value, localizedValue}` object (erratum 10).
-fn value_str<'v>(
-    obj: &'v Map<String, Value>,
-    key: &str,
-    path: &str,
-) -> Result<Option<&'v str>, NormalizeError> {
-    match get_ci(obj, key) {
-        Some(Value::Object(o)) => str_field(o, &["value"], &at(path, key)),
-        _ => str_field(obj, &[key], path),
-    }
 }
 
 /// A string used only to recognize a shape: flat or `{value}`, anything else ignored.
@@ -1077,7 +1035,7 @@ fn time_field(
 ) -> Result<Option<Timestamp>, NormalizeError> {
     for key in keys {
         if let Some(s) = str_field(obj, &[key], path)? {
-            if let Some(t) = time::parse(&at(path, key), s)? {
+            if let Some(t) = time::parse(&join(path, key), s)? {
                 return Ok(Some(t));
             }
         }

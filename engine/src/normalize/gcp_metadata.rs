@@ -43,8 +43,8 @@ use chrono::{Duration, SecondsFormat};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::json::{self, get_ci};
-use super::{hash_id, quote, time, Input, NormalizeError, NormalizerState};
+use super::json::{self, get_ci, join};
+use super::{hash_id, http, quote, time, Input, NormalizeError, NormalizerState};
 use crate::event::{
     Event, Initiator, Kind, Maintenance, MaintenanceStatus, MaintenanceType, Resource, Source,
     Timestamp,
@@ -99,7 +99,7 @@ pub fn normalize(
     let text = json::text(input.payload)?;
     let st = &mut state.gcp_metadata;
     let self_name = input.self_name.filter(|s| !s.trim().is_empty());
-    if looks_like_http(text) {
+    if http::is_transcript(text) {
         let resp = parse_http(text)?;
         let ctx = Ctx {
             observed_at: input.observed_at,
@@ -553,30 +553,20 @@ fn stamp(t: &Timestamp) -> String {
     t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
-fn join(path: &str, key: &str) -> String {
-    if path.is_empty() {
-        key.to_string()
-    } else {
-        format!("{path}.{key}")
-    }
-}
-
 /// The first of `keys` present (case-insensitively), with the key as written in `keys`.
 fn first_key<'v, 'k>(o: &'v Map<String, Value>, keys: &[&'k str]) -> Option<(&'k str, &'v Value)> {
     keys.iter().find_map(|k| get_ci(o, k).map(|v| (*k, v)))
 }
 
-/// An optional string under any of `keys` (absent, null and blank are `None`).
+/// [`json::opt_str`] under the first of `keys` present.
 fn opt_str<'v>(
     o: &'v Map<String, Value>,
     keys: &[&str],
     path: &str,
 ) -> Result<Option<&'v str>, NormalizeError> {
     match first_key(o, keys) {
-        None | Some((_, Value::Null)) => Ok(None),
-        Some((_, Value::String(s))) if s.trim().is_empty() => Ok(None),
-        Some((_, Value::String(s))) => Ok(Some(s.as_str())),
-        Some((k, other)) => Err(json::shape(&join(path, k), "a string", other)),
+        None => Ok(None),
+        Some((k, _)) => json::opt_str(o, k, path),
     }
 }
 
@@ -619,9 +609,7 @@ fn etag_number(etag: &str) -> Option<i64> {
     t.parse().ok()
 }
 
-// ---- HTTP transcripts (`.http`): request and status lines, headers, a blank line, a body ----
-
-/// The last response of a transcript, with the request it answered.
+/// The last response of an HTTP transcript (`.http`), with the request path it answered.
 struct HttpResponse<'a> {
     status: u16,
     etag: Option<&'a str>,
@@ -629,91 +617,14 @@ struct HttpResponse<'a> {
     path: Option<&'a str>,
 }
 
-fn looks_like_http(text: &str) -> bool {
-    let first = text.trim_start().lines().next().unwrap_or("");
-    request_line(first).is_some() || status_line(first).is_some()
-}
-
-fn request_line(line: &str) -> Option<(&str, &str)> {
-    let mut parts = line.split_whitespace();
-    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
-    let ok = parts.next().is_none()
-        && version.starts_with("HTTP/")
-        && (1..=10).contains(&method.len())
-        && method.chars().all(|c| c.is_ascii_uppercase());
-    ok.then_some((method, target))
-}
-
-fn status_line(line: &str) -> Option<u16> {
-    let mut parts = line.split_whitespace();
-    if !parts.next()?.starts_with("HTTP/") {
-        return None;
-    }
-    let code = parts.next()?;
-    if code.len() != 3 || !code.chars().all(|c| c.is_ascii_digit()) {
-        return None;
-    }
-    code.parse().ok()
-}
-
 fn parse_http(text: &str) -> Result<HttpResponse<'_>, NormalizeError> {
-    let lines: Vec<&str> = text.lines().collect();
-    let is_start = |l: &str| request_line(l).is_some() || status_line(l).is_some();
-    let mut i = 0;
-    let mut request: Option<&str> = None;
-    let mut last: Option<HttpResponse<'_>> = None;
-    while let Some(line) = lines.get(i).copied() {
-        i += 1;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let req = request_line(line);
-        let status = status_line(line);
-        if req.is_none() && status.is_none() {
-            return Err(wrong(format!(
-                "HTTP transcript line {i}: expected a request or status line, found \"{}\"",
-                quote(line)
-            )));
-        }
-        let mut etag = None;
-        while let Some(h) = lines.get(i).copied() {
-            if is_start(h) {
-                break;
-            }
-            i += 1;
-            if h.trim().is_empty() {
-                break;
-            }
-            let Some((name, value)) = h.split_once(':') else {
-                return Err(wrong(format!(
-                    "HTTP transcript line {i}: expected a header `Name: value`, found \"{}\"",
-                    quote(h)
-                )));
-            };
-            if name.trim().eq_ignore_ascii_case("etag") {
-                etag = Some(value.trim());
-            }
-        }
-        let start = i;
-        while let Some(b) = lines.get(i).copied() {
-            if is_start(b) {
-                break;
-            }
-            i += 1;
-        }
-        let body = lines.get(start..i).unwrap_or(&[]).join("\n");
-        if let Some((_, target)) = req {
-            request = Some(target);
-        } else if let Some(s) = status {
-            last = Some(HttpResponse {
-                status: s,
-                etag,
-                body: body.trim().to_string(),
-                path: request.take(),
-            });
-        }
-    }
-    last.ok_or_else(|| wrong("an HTTP transcript without a response".into()))
+    let r = http::parse(text, http::Form::Transcript).map_err(|e| wrong(e.to_string()))?;
+    Ok(HttpResponse {
+        status: r.status,
+        etag: r.header_values("etag").last(),
+        body: r.text(),
+        path: r.target(),
+    })
 }
 
 #[cfg(test)]

@@ -7,9 +7,14 @@ use super::{quote, NormalizeError};
 
 /// Parses a payload as JSON: UTF-8 checked, nesting bounded by serde_json's limit (128).
 pub(crate) fn parse(bytes: &[u8]) -> Result<Value, NormalizeError> {
-    let text = text(bytes)?;
+    parse_at(text(bytes)?, 0)
+}
+
+/// Parses JSON text that starts after `line_offset` lines of the payload (an HTTP body), so
+/// that errors name the payload's line.
+pub(crate) fn parse_at(text: &str, line_offset: usize) -> Result<Value, NormalizeError> {
     serde_json::from_str(text).map_err(|e| NormalizeError::Json {
-        line: e.line(),
+        line: e.line() + line_offset,
         column: e.column(),
         message: crate::event::strip_serde_position(&e.to_string()),
     })
@@ -74,6 +79,19 @@ pub(crate) fn opt_str<'v>(
         Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.as_str())),
         Some(other) => Err(shape(&join(path, key), "a string", other)),
+    }
+}
+
+/// [`opt_str`] for a field that may also be `{"value": "...", "localizedValue": "..."}` (the
+/// activity log's REST form, DOMAIN.md 8 erratum 10): then its `value`.
+pub(crate) fn value_str<'v>(
+    obj: &'v Map<String, Value>,
+    key: &str,
+    path: &str,
+) -> Result<Option<&'v str>, NormalizeError> {
+    match get_ci(obj, key) {
+        Some(Value::Object(o)) => opt_str(o, "value", &join(path, key)),
+        _ => opt_str(obj, key, path),
     }
 }
 

@@ -33,6 +33,7 @@ pub mod azure_resource_health;
 pub mod azure_scheduled_events;
 pub mod classify;
 pub mod gcp_metadata;
+pub(crate) mod http;
 pub(crate) mod json;
 pub mod time;
 pub mod transform;

@@ -10,7 +10,7 @@ use crate::{render, EXIT_INVALID_POLICY, EXIT_OK};
 /// Validate a policy set and print every problem with its position.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  keel check policies/\n  keel check policies/azure/vm-agent.yaml\n\nExit codes: 0 valid, 3 invalid (every problem is printed, not only the first)."
+    after_help = "Examples:\n  keel check policies/\n  keel check policies/standard/azure/vm-agent.yaml\n\nExit codes: 0 valid, 3 invalid (every problem is printed, not only the first)."
 )]
 pub struct Args {
     /// A policy directory (loaded recursively; *.test.yaml files are skipped) or one file.

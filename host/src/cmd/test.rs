@@ -87,7 +87,15 @@ fn mutate(args: &Args, opts: &TestOptions) -> u8 {
             let _ = render::diagnostics(&mut std::io::stderr().lock(), &err);
             EXIT_INVALID_POLICY
         }
-        Ok((tried, survivors)) => {
+        Ok(r) if r.baseline_failures > 0 => {
+            println!(
+                "mutation check: {} steps fail without any mutation; fix them first (run `keel test` to see them)",
+                r.baseline_failures
+            );
+            EXIT_FAILED
+        }
+        Ok(r) => {
+            let (tried, survivors) = (r.tried, r.survivors);
             if survivors.is_empty() {
                 println!("mutation check: all {tried} mutations were caught by at least one failing case");
                 EXIT_OK

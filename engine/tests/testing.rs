@@ -1,0 +1,156 @@
+//! The policy test runner's own tests, including cases that must fail and do.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+
+use keel_engine::testing::{self, TestOptions};
+
+fn data(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data/testing")
+        .join(name)
+}
+
+fn failures_of(report: &testing::TestReport, case: &str) -> Vec<String> {
+    report
+        .steps()
+        .filter(|s| s.id.ends_with(&format!("::{case}")))
+        .flat_map(|s| s.failures.iter().map(|m| m.what.clone()))
+        .collect()
+}
+
+#[test]
+fn cases_that_must_fail_do() {
+    let r = testing::run(&data("failing"), &TestOptions::default()).unwrap();
+    assert!(!r.passed());
+    assert_eq!(r.failed(), 8);
+    assert!(failures_of(&r, "right").is_empty());
+    assert_eq!(failures_of(&r, "wrong action"), ["action"]);
+    assert_eq!(failures_of(&r, "wrong policy"), ["policy"]);
+    assert_eq!(failures_of(&r, "missing escalation"), ["escalations"]);
+    assert_eq!(failures_of(&r, "unexpected escalation"), ["escalations"]);
+    assert_eq!(failures_of(&r, "should not match"), ["not_matched"]);
+    // A runtime error fails a case that does not expect it, and only that case.
+    assert_eq!(failures_of(&r, "unexpected runtime error"), ["errors"]);
+    assert!(failures_of(&r, "expected runtime error").is_empty());
+    // State is carried across a sequence: the second page is a repeat of the first.
+    assert!(failures_of(&r, "sequence::step 1").is_empty());
+    assert_eq!(failures_of(&r, "sequence::step 2"), ["escalations"]);
+    assert_eq!(failures_of(&r, "sequence::totals"), ["totals.pages"]);
+}
+
+#[test]
+fn a_wrong_expectation_shows_expected_and_actual() {
+    let r = testing::run(&data("failing"), &TestOptions::default()).unwrap();
+    let step = r
+        .steps()
+        .find(|s| s.id.ends_with("::wrong action"))
+        .unwrap();
+    assert_eq!(step.failures[0].expected, "acknowledge");
+    assert_eq!(step.failures[0].actual, "drain");
+    assert_eq!(step.decisions.len(), 1);
+}
+
+#[test]
+fn run_pattern_selects_cases() {
+    let r = testing::run(&data("failing"), &TestOptions::default().run("policy")).unwrap();
+    let ids: Vec<&str> = r.steps().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert!(ids[0].ends_with("p.test.yaml::wrong policy"));
+    // With a filter, coverage is partial and unreached files are not reported.
+    assert!(r.uncovered_files.is_empty());
+}
+
+#[test]
+fn invalid_test_files_are_errors_with_positions_not_passes() {
+    let err = testing::run(&data("invalid"), &TestOptions::default()).unwrap_err();
+    let msgs: Vec<String> = err
+        .diagnostics()
+        .iter()
+        .map(|d| format!("{}:{}: {}", d.line(), d.column(), d.message()))
+        .collect();
+    assert!(
+        msgs.iter()
+            .any(|m| m.starts_with("4:13: `expect` is empty")),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.iter()
+            .any(|m| m.starts_with("6:12: invalid event: unknown variant `rebot`")),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.iter().any(|m| m.contains("give the event")),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs.iter()
+            .any(|m| m.starts_with("12:15: unknown key `acton`")),
+        "{msgs:?}"
+    );
+}
+
+#[test]
+fn a_directory_without_tests_is_an_error() {
+    let dir = std::env::temp_dir().join(format!("keel-no-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let err = testing::run(&dir, &TestOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("no test files"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn unreached_policy_files_fail_the_run() {
+    let r = testing::run(&data("uncovered"), &TestOptions::default()).unwrap();
+    assert_eq!(r.failed(), 0);
+    assert!(!r.passed());
+    assert_eq!(r.uncovered_files.len(), 1);
+    assert!(r.uncovered_files[0].ends_with("b.yaml"));
+    let never: Vec<&str> = r.never_matched().map(|c| c.policy.as_str()).collect();
+    assert_eq!(never, ["ack-freezes"]);
+}
+
+#[test]
+fn mutation_check_finds_vacuous_cases() {
+    let m = testing::mutation_check(&data("vacuous"), &TestOptions::default()).unwrap();
+    assert_eq!(m.baseline_failures, 0);
+    assert_eq!(m.tried, 4);
+    assert_eq!(m.survivors.len(), 4, "{:?}", m.survivors);
+    let m = testing::mutation_check(&data("failing"), &TestOptions::default()).unwrap();
+    assert!(m.baseline_failures > 0);
+    assert!(m.survivors.is_empty() && m.tried == 0);
+}
+
+#[test]
+fn the_standard_library_passes_is_covered_and_is_not_vacuous() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let r = testing::run(&root, &TestOptions::default()).unwrap();
+    let failed: Vec<_> = r
+        .steps()
+        .filter(|s| !s.passed)
+        .map(|s| (&s.id, &s.failures))
+        .collect();
+    assert!(failed.is_empty(), "{failed:#?}");
+    assert!(r.uncovered_files.is_empty(), "{:?}", r.uncovered_files);
+    let never: Vec<&str> = r.never_matched().map(|c| c.policy.as_str()).collect();
+    assert!(never.is_empty(), "{never:?}");
+    let m = testing::mutation_check(&root, &TestOptions::default()).unwrap();
+    assert!(m.survivors.is_empty(), "{:?}", m.survivors);
+    assert!(m.tried >= 80);
+}
+
+#[test]
+fn junit_names_are_stable_and_escaped() {
+    let r = testing::run(&data("failing"), &TestOptions::default()).unwrap();
+    let x = r.to_junit();
+    assert!(x.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites"));
+    assert!(x.contains("tests=\"11\" failures=\"8\""), "{x}");
+    assert!(x.contains("p.test.yaml::sequence::step 2\""), "{x}");
+    assert!(
+        x.contains("<failure message=\"action: expected acknowledge, got drain\""),
+        "{x}"
+    );
+    // The same run gives the same report.
+    let again = testing::run(&data("failing"), &TestOptions::default()).unwrap();
+    assert_eq!(again.to_junit(), x);
+}

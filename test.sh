@@ -14,4 +14,7 @@ done
 echo "== keel-engine has no tokio or wasmtime in its default dependency tree"
 if cargo tree -p keel-engine -e normal --locked | grep -E "^.* (tokio|wasmtime) v"; then echo "tokio or wasmtime leaked into keel-engine"; exit 1; fi
 echo "== keel check policies/"; cargo run -q -p keel-host --locked -- check policies/
+echo "== keel test policies/"; cargo run -q -p keel-host --locked -- test policies/
+echo "== keel test policies/ --mutate (no standard policy can be removed unnoticed)"
+cargo run -q -p keel-host --locked -- test policies/ --mutate
 echo "all tests passed"

@@ -137,6 +137,14 @@ fn the_standard_library_passes_is_covered_and_is_not_vacuous() {
     let m = testing::mutation_check(&root, &TestOptions::default()).unwrap();
     assert!(m.survivors.is_empty(), "{:?}", m.survivors);
     assert!(m.tried >= 80);
+    // Every policy says which incident or behaviour it encodes.
+    let all = keel_engine::Engine::from_dir(&root).unwrap();
+    let bare: Vec<String> = all
+        .policies()
+        .filter(|p| p.description.as_deref().is_none_or(|d| d.trim().len() < 20))
+        .map(|p| p.name.clone())
+        .collect();
+    assert!(bare.is_empty(), "policies without a description: {bare:?}");
 }
 
 #[test]

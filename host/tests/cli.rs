@@ -553,3 +553,39 @@ fn junit_output_validates_against_the_published_xsd() {
         "{xml}"
     );
 }
+
+#[test]
+fn eval_as_test_round_trips_through_keel_test() {
+    let d = tmp();
+    let mut file = format!(
+        "policies: {}\ncases:\n",
+        root().join("policies/standard").display()
+    );
+    for ev in [WIN, LIN] {
+        let out = keel(&[
+            "eval",
+            "--policies",
+            "policies/standard",
+            "--event",
+            ev,
+            "--now",
+            NOW,
+            "--as-test",
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        file.push_str(&text(&out.stdout));
+    }
+    let path = write(d.path(), "pinned.test.yaml", file.as_bytes());
+    let out = keel(&["test", &path]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "the case passes, but the set's other files are unreached from here"
+    );
+    let s = text(&out.stdout);
+    assert!(
+        s.contains("ok: ") || s.contains("2 passed, 0 failed"),
+        "{s}"
+    );
+    assert!(s.contains("2 passed, 0 failed"), "{s}");
+}

@@ -20,7 +20,7 @@ pub enum Format {
 /// Decide one normalized event against a policy set.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  keel eval --policies policies/ --event event.json\n  keel eval --policies policies/ --event - --now 2021-10-13T14:05:00Z --explain < event.json\n  keel eval --policies policies/ --event event.json --format json\n\nThe event is a normalized event (engine/schema/event.schema.json). `now` defaults to the\nsystem clock, read here and passed to the engine, which never reads a clock itself."
+    after_help = "Examples:\n  keel eval --policies policies/ --event event.json\n  keel eval --policies policies/ --event - --now 2021-10-13T14:05:00Z --explain < event.json\n  keel eval --policies policies/ --event event.json --format json\n  keel eval --policies policies/ --event event.json --as-test >> policies/my.test.yaml\n\nThe event is a normalized event (engine/schema/event.schema.json). `now` defaults to the\nsystem clock, read here and passed to the engine, which never reads a clock itself."
 )]
 pub struct Args {
     /// Policy directory (recursive) or file.
@@ -38,6 +38,9 @@ pub struct Args {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
+    /// Print a `keel test` case (YAML) that pins this decision, to paste into a *.test.yaml.
+    #[arg(long, conflicts_with_all = ["explain", "format"])]
+    pub as_test: bool,
 }
 
 fn read_event(spec: &str) -> Result<Event, String> {
@@ -94,14 +97,22 @@ pub fn run(args: Args) -> u8 {
             return EXIT_USAGE;
         }
     };
-    let mode = if args.explain { Mode::Full } else { Mode::Fast };
+    let mode = if args.explain || args.as_test {
+        Mode::Full
+    } else {
+        Mode::Fast
+    };
     let decision = engine.decide(&event, &Ctx::new(now).with_mode(mode));
     let mut out = std::io::stdout().lock();
-    let res = match args.format {
-        Format::Json => serde_json::to_writer(&mut out, &decision)
-            .map_err(std::io::Error::other)
-            .and_then(|_| writeln!(out)),
-        Format::Text => text(&mut out, &decision),
+    let res = if args.as_test {
+        as_test(&mut out, &event, &decision, now)
+    } else {
+        match args.format {
+            Format::Json => serde_json::to_writer(&mut out, &decision)
+                .map_err(std::io::Error::other)
+                .and_then(|_| writeln!(out)),
+            Format::Text => text(&mut out, &decision),
+        }
     };
     match res {
         Ok(()) => EXIT_OK,
@@ -112,6 +123,45 @@ pub fn run(args: Args) -> u8 {
             EXIT_USAGE
         }
     }
+}
+
+/// A test case pinning `d`: the event (JSON is YAML), `now`, and the decision's action,
+/// winner, pages and errors.
+fn as_test(
+    out: &mut dyn Write,
+    ev: &Event,
+    d: &Decision,
+    now: DateTime<Utc>,
+) -> std::io::Result<()> {
+    let mut ev = ev.clone();
+    ev.raw = None;
+    let event = serde_json::to_string(&ev).map_err(std::io::Error::other)?;
+    let json = |v: &str| serde_json::to_string(v).unwrap_or_default();
+    writeln!(
+        out,
+        "  - name: {}",
+        json(&format!("{} decides {}", ev.id, d.action))
+    )?;
+    writeln!(out, "    now: {}", now.to_rfc3339())?;
+    writeln!(out, "    event: {event}")?;
+    writeln!(out, "    expect:")?;
+    writeln!(out, "      action: {}", d.action)?;
+    match &d.policy {
+        Some(p) => writeln!(out, "      policy: {}", json(p))?,
+        None => writeln!(out, "      policy: null")?,
+    }
+    let pages: Vec<String> = d
+        .escalations
+        .iter()
+        .filter(|e| !e.repeat)
+        .map(|e| format!("{{ policy: {} }}", json(&e.policy)))
+        .collect();
+    writeln!(out, "      escalations: [{}]", pages.join(", "))?;
+    if !d.errors.is_empty() {
+        let errs: Vec<String> = d.errors.iter().map(|e| json(&e.policy)).collect();
+        writeln!(out, "      errors: [{}]", errs.join(", "))?;
+    }
+    Ok(())
 }
 
 fn text(out: &mut dyn Write, d: &Decision) -> std::io::Result<()> {

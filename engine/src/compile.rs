@@ -1443,7 +1443,11 @@ pub(crate) fn parse_cel_duration(s: &str) -> Option<Duration> {
             return None;
         };
         rest = &rest[unit_len..];
-        total_ns += (num * unit_ns) as i128;
+        let part = num * unit_ns;
+        if !part.is_finite() || part.abs() > 1e20 {
+            return None;
+        }
+        total_ns = total_ns.checked_add(part as i128)?;
     }
     let ns = i64::try_from(if neg { -total_ns } else { total_ns }).ok()?;
     Some(Duration::nanoseconds(ns))

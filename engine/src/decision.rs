@@ -4,6 +4,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::event::Timestamp;
+use crate::history::History;
 
 /// What to do about an event.
 #[derive(
@@ -93,26 +94,41 @@ pub enum Mode {
 /// The context of one decision. Time comes in here: the engine never reads a clock.
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
-pub struct Ctx {
+pub struct Ctx<'h> {
     /// The current time, as CEL `now`, and the base of `defer` and `retry` delays.
     pub now: Timestamp,
+    /// The correlation history that `history.*` in CEL reads (owned by the caller); `None`
+    /// reads as empty, and the decision says so in a warning.
+    pub history: Option<&'h History>,
     /// Fast or full evaluation.
     pub mode: Mode,
 }
 
-impl Ctx {
-    /// A fast-mode context at `now`.
-    pub fn new(now: Timestamp) -> Ctx {
+impl Ctx<'static> {
+    /// A fast-mode context at `now`, without history.
+    pub fn new(now: Timestamp) -> Ctx<'static> {
         Ctx {
             now,
+            history: None,
             mode: Mode::Fast,
         }
     }
+}
 
+impl<'h> Ctx<'h> {
     /// The same context in `mode`.
-    pub fn with_mode(mut self, mode: Mode) -> Ctx {
+    pub fn with_mode(mut self, mode: Mode) -> Ctx<'h> {
         self.mode = mode;
         self
+    }
+
+    /// The same context reading `history`.
+    pub fn with_history<'a>(self, history: &'a History) -> Ctx<'a> {
+        Ctx {
+            now: self.now,
+            history: Some(history),
+            mode: self.mode,
+        }
     }
 }
 
@@ -152,6 +168,7 @@ impl Severity {
 /// The outcome of one decision.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Decision {
     /// The id of the event decided.
     pub event_id: String,
@@ -195,6 +212,7 @@ pub struct Decision {
 /// An escalation raised by a matching `escalate` policy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Escalation {
     /// The policy that raised it.
     pub policy: String,
@@ -213,6 +231,7 @@ pub struct Escalation {
 /// What to retry, and when.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Retry {
     /// The request body to resubmit (for `retry_without_agent`, the transformed body).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -225,6 +244,7 @@ pub struct Retry {
 /// A policy that matched.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct Matched {
     /// The policy.
     pub policy: String,
@@ -237,6 +257,7 @@ pub struct Matched {
 /// A policy that failed to evaluate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct PolicyError {
     /// The policy.
     pub policy: String,
@@ -247,6 +268,7 @@ pub struct PolicyError {
 /// What happened to one policy during a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Outcome {
     /// Not a candidate: its `on` kinds or indexed tests exclude the event.
     SkippedByIndex,
@@ -265,6 +287,7 @@ pub enum Outcome {
 /// One policy's outcome in [`Decision::trace`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct TraceEntry {
     /// The policy.
     pub policy: String,

@@ -59,7 +59,7 @@ impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let file = self.file.display().to_string();
         if self.line == 0 {
-            write!(f, "{}: {}", escape(&file), self.message)?;
+            write!(f, "{}: {}", escape(&file), escape(&self.message))?;
         } else {
             write!(
                 f,
@@ -67,11 +67,11 @@ impl fmt::Display for Diagnostic {
                 escape(&file),
                 self.line,
                 self.column,
-                self.message
+                escape(&self.message)
             )?;
         }
         if let Some(help) = &self.help {
-            write!(f, "\n  help: {help}")?;
+            write!(f, "\n  help: {}", escape(help))?;
         }
         Ok(())
     }
@@ -101,15 +101,15 @@ pub(crate) fn line_col_of_byte(bytes: &[u8], offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// Escapes control characters so that untrusted text cannot forge log lines or terminal
-/// sequences.
+/// Escapes control characters (newlines included) so that untrusted text cannot forge log
+/// lines, diagnostics or terminal sequences.
 pub fn escape(s: &str) -> String {
-    if !s.chars().any(|c| c.is_control() && c != '\n') {
+    if !s.chars().any(char::is_control) {
         return s.to_string();
     }
     s.chars()
         .flat_map(|c| {
-            if c.is_control() && c != '\n' {
+            if c.is_control() {
                 c.escape_default().collect::<Vec<_>>()
             } else {
                 vec![c]

@@ -555,21 +555,21 @@ impl Engine {
     /// Decides what to do about `event` at `ctx.now`. Never fails: a policy that cannot be
     /// evaluated is reported in [`Decision::errors`] and the others still decide.
     ///
-    /// Policies that query `history` see an empty one (and the decision says so in a
-    /// warning): use [`Engine::decide_with`] to correlate.
-    pub fn decide(&self, event: &Event, ctx: &Ctx) -> Decision {
-        self.decide_inner(event, ctx, None)
+    /// Policies that query `history` read [`Ctx::history`]; without one they see an empty
+    /// history, and the decision says so in a warning.
+    pub fn decide(&self, event: &Event, ctx: &Ctx<'_>) -> Decision {
+        self.decide_inner(event, ctx, ctx.history)
     }
 
     /// Decides with the correlation [`History`], which the caller owns: record the event in it
     /// first ([`History::record`]) and the decision after ([`History::record_decision`]).
     /// Escalations whose key the history has seen fire are marked
     /// [`crate::Escalation::repeat`].
-    pub fn decide_with(&self, event: &Event, ctx: &Ctx, history: &History) -> Decision {
+    pub fn decide_with(&self, event: &Event, ctx: &Ctx<'_>, history: &History) -> Decision {
         self.decide_inner(event, ctx, Some(history))
     }
 
-    fn decide_inner(&self, event: &Event, ctx: &Ctx, history: Option<&History>) -> Decision {
+    fn decide_inner(&self, event: &Event, ctx: &Ctx<'_>, history: Option<&History>) -> Decision {
         let (cands, idx) = self.candidates(event);
         let full = ctx.mode == Mode::Full;
         let mut d = Decision {
@@ -595,6 +595,7 @@ impl Engine {
         };
         let mut outcomes: Vec<(u32, Outcome)> = Vec::with_capacity(cands.len());
         let mut winner: Option<u32> = None;
+        let mut no_history: Vec<&str> = Vec::new();
         for &pi in &cands {
             let p = &self.policies[pi as usize];
             let escalate = p.spec.action == Action::Escalate;
@@ -604,7 +605,10 @@ impl Engine {
                 continue;
             }
             if let Some(w) = p.when.as_ref().filter(|w| w.uses_history) {
-                history_warnings(&mut d, &p.spec.name, w, event, history);
+                match history {
+                    None => no_history.push(p.spec.name.as_str()),
+                    Some(h) => truncation_warning(&mut d, &p.spec.name, w, event, h),
+                }
             }
             let res = match &p.when {
                 None => Ok(true),
@@ -646,6 +650,16 @@ impl Engine {
             };
             outcomes.push((pi, outcome));
         }
+        if !no_history.is_empty() {
+            d.warnings.push(format!(
+                "no correlation history was given, so history queries count 0 (policies {})",
+                no_history
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
         if let Some(w) = winner {
             self.apply_winner(&self.policies[w as usize], event, ctx, &mut interp, &mut d);
         }
@@ -671,7 +685,7 @@ impl Engine {
         &self,
         p: &Policy,
         ev: &Event,
-        ctx: &Ctx,
+        ctx: &Ctx<'_>,
         interp: &mut Interp<'_>,
         d: &mut Decision,
     ) -> String {
@@ -701,7 +715,7 @@ impl Engine {
         &self,
         p: &Policy,
         ev: &Event,
-        ctx: &Ctx,
+        ctx: &Ctx<'_>,
         interp: &mut Interp<'_>,
         d: &mut Decision,
     ) {
@@ -725,8 +739,7 @@ impl Engine {
                             _ => base,
                         })
                 });
-                let not_before =
-                    delay.and_then(|s| ctx.now.checked_add_signed(Duration::seconds(s)));
+                let not_before = delay.and_then(|s| add_secs(ctx.now, s));
                 let mut transform_error = None;
                 let request = match (p.spec.action, failure.and_then(|f| f.request.as_ref())) {
                     (Action::Retry, req) => req.cloned(),
@@ -772,10 +785,7 @@ impl Engine {
                         }
                     }
                 } else {
-                    p.spec
-                        .params
-                        .delay
-                        .and_then(|s| ctx.now.checked_add_signed(Duration::seconds(s)))
+                    p.spec.params.delay.and_then(|s| add_secs(ctx.now, s))
                 };
                 match due {
                     Some(due) => {
@@ -811,7 +821,7 @@ impl Engine {
         &self,
         p: &Policy,
         ev: &Event,
-        ctx: &Ctx,
+        ctx: &Ctx<'_>,
         interp: &mut Interp<'_>,
         d: &mut Decision,
         reason: Option<String>,
@@ -841,25 +851,17 @@ impl Engine {
     }
 }
 
-fn history_warnings(
-    d: &mut Decision,
-    policy: &str,
-    w: &Compiled,
-    ev: &Event,
-    history: Option<&History>,
-) {
-    let msg = match history {
-        None => format!(
-            "policy `{policy}` queries the correlation history, but none was given: its counts are 0"
-        ),
-        Some(h) if w.windows.iter().any(|win| h.truncated(ev.time, *win)) => format!(
+fn truncation_warning(d: &mut Decision, policy: &str, w: &Compiled, ev: &Event, h: &History) {
+    if w.windows.iter().any(|win| h.truncated(ev.time, *win)) {
+        d.warnings.push(format!(
             "policy `{policy}`: the history reached its size bound and dropped entries inside the query window; counts may be low"
-        ),
-        Some(_) => return,
-    };
-    if !d.warnings.contains(&msg) {
-        d.warnings.push(msg);
+        ));
     }
+}
+
+/// `t + secs`, or `None` when that is not a representable time (never a panic).
+fn add_secs(t: Timestamp, secs: i64) -> Option<Timestamp> {
+    Duration::try_seconds(secs).and_then(|d| t.checked_add_signed(d))
 }
 
 fn matched(p: &Policy) -> Matched {
@@ -879,23 +881,35 @@ fn exhausted(p: &Policy, ev: &Event) -> bool {
 }
 
 /// The escalation dedup key: hex SHA-256 of the policy name, the values of its `dedup.by`
-/// paths and `floor(event.time / window)`. Uses the vendor's event time, never a clock, so
+/// paths and `floor(event.time / window)`. When none of the `dedup.by` values is known, the
+/// resource's name (else the event id) stands in, so unrelated events never share a key. Uses the vendor's event time, never a clock, so
 /// independent hosts agree. An event near a window edge may land in the next bucket on
 /// another host and page twice.
 pub fn dedup_key(policy: &str, by: &[FieldId], ev: &Event, window_s: i64) -> String {
     let mut h = Sha256::new();
     h.update(policy.as_bytes());
+    let mut known = 0;
     for f in by {
         h.update([0x1f]);
         h.update(fields::field(*f).path.as_bytes());
         h.update([b'=']);
+        known += 1;
         match fields::read(ev, *f) {
             Ok(Some(FieldValue::Str(s))) => h.update(s.as_bytes()),
             Ok(Some(FieldValue::Int(i))) => h.update(i.to_string().as_bytes()),
             Ok(Some(FieldValue::Bool(b))) => h.update(if b { b"true" as &[u8] } else { b"false" }),
             Ok(Some(FieldValue::Time(t))) => h.update(t.to_rfc3339().as_bytes()),
-            _ => h.update([0]),
+            _ => {
+                known -= 1;
+                h.update([0]);
+            }
         }
+    }
+    if known == 0 {
+        // Nothing to group by is known (a bare ARM error names no resource): do not merge
+        // unrelated events under one key; fall back to the resource's name, then the event.
+        h.update([0x1d]);
+        h.update(ev.resource.name.as_deref().unwrap_or(&ev.id).as_bytes());
     }
     h.update([0x1e]);
     let bucket = ev.time.timestamp().div_euclid(window_s.max(1));

@@ -287,6 +287,12 @@ wire_enum! {
         Completed = "completed",
         /// Withdrawn before it started.
         Canceled = "canceled",
+        /// Gone, and the evidence does not say whether it ran or was withdrawn (for example a
+        /// Scheduled Event that vanished after an incarnation gap: the poller may have missed
+        /// its whole Started phase).
+        Ended = "ended",
+        /// A status Keel does not know yet; `vendor_type`-like raw text is kept in `raw`.
+        Unknown = "unknown",
     }
 }
 

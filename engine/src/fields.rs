@@ -91,8 +91,16 @@ impl std::fmt::Debug for Field {
     }
 }
 
-/// Index of a [`Field`] in [`FIELDS`].
-pub type FieldId = usize;
+/// A readable path: only [`lookup`] makes one, so it always names a field of [`FIELDS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FieldId(usize);
+
+impl FieldId {
+    /// Every field, in table order.
+    pub(crate) fn all() -> impl Iterator<Item = FieldId> {
+        (0..FIELDS.len()).map(FieldId)
+    }
+}
 
 fn s(v: &Option<String>) -> Option<FieldValue<'_>> {
     v.as_deref().map(FieldValue::Str)
@@ -451,17 +459,17 @@ pub(crate) const UNREADABLE: &[(&str, &str)] = &[
 
 /// Finds a path's field.
 pub fn lookup(path: &str) -> Option<FieldId> {
-    FIELDS.iter().position(|f| f.path == path)
+    FIELDS.iter().position(|f| f.path == path).map(FieldId)
 }
 
 /// The field of `id`.
 pub fn field(id: FieldId) -> &'static Field {
-    &FIELDS[id]
+    &FIELDS[id.0]
 }
 
 /// Reads a field from an event in place.
 pub(crate) fn read(ev: &Event, id: FieldId) -> Read<'_> {
-    (FIELDS[id].get)(ev)
+    (FIELDS[id.0].get)(ev)
 }
 
 /// The fields directly below `prefix` (`""` for the top level).

@@ -29,7 +29,7 @@ use crate::fields::{self, FieldId, FieldValue};
 
 /// Default bound on remembered events.
 pub const DEFAULT_MAX_EVENTS: usize = 50_000;
-/// Default retention: entries older than this (relative to the newest event) are dropped.
+/// Default retention: entries older than this (relative to the event being recorded) are dropped.
 pub const DEFAULT_RETENTION_S: i64 = 24 * 3600;
 
 /// Paths a history filter may test: the discrete fields plus the resource's identity and
@@ -81,7 +81,6 @@ pub struct History {
     retention: Duration,
     /// The newest time of an entry dropped because of the size bound (not of retention).
     evicted_until: Option<Timestamp>,
-    newest: Option<Timestamp>,
 }
 
 impl Default for History {
@@ -97,17 +96,18 @@ impl History {
     }
 
     /// An empty history that keeps at most `max_events` events (and as many decisions) and
-    /// nothing older than `retention_s` seconds before the newest event.
+    /// nothing older than `retention_s` seconds before the event being recorded.
     pub fn with_limits(max_events: usize, retention_s: i64) -> History {
         History {
             events: VecDeque::new(),
             decisions: VecDeque::new(),
             fired: HashMap::new(),
             interned: HashSet::new(),
-            max_events: max_events.max(1),
-            retention: Duration::seconds(retention_s.max(1)),
+            // Each remembered event costs a few hundred bytes; beyond this nothing sensible fits.
+            max_events: max_events.clamp(1, 10_000_000),
+            retention: Duration::try_seconds(retention_s.clamp(1, 100 * 365 * 86400))
+                .unwrap_or(Duration::days(1)),
             evicted_until: None,
-            newest: None,
         }
     }
 
@@ -134,11 +134,11 @@ impl History {
     /// counts.
     pub fn record(&mut self, ev: &Event) {
         let mut values = Vec::new();
-        for (id, f) in fields::FIELDS.iter().enumerate() {
+        for id in FieldId::all() {
             if !correlatable(id) {
                 continue;
             }
-            let v = match (f.get)(ev) {
+            let v = match fields::read(ev, id) {
                 Ok(Some(FieldValue::Str(s))) => Val::Str(self.intern(s)),
                 Ok(Some(FieldValue::Int(i))) => Val::Int(i),
                 Ok(Some(FieldValue::Bool(b))) => Val::Bool(b),
@@ -159,8 +159,7 @@ impl History {
             .rposition(|e| e.time <= entry.time)
             .map_or(0, |p| p + 1);
         self.events.insert(pos, entry);
-        self.newest = Some(self.newest.map_or(ev.time, |n| n.max(ev.time)));
-        self.trim();
+        self.trim(ev.time);
     }
 
     /// Remembers a decision: its action for the event's resource, and the keys of its
@@ -177,7 +176,7 @@ impl History {
         for e in &d.escalations {
             self.fired.entry(e.key.clone()).or_insert(ev.time);
         }
-        self.trim();
+        self.trim(ev.time);
     }
 
     /// Whether an escalation key was recorded before.
@@ -185,11 +184,13 @@ impl History {
         self.fired.contains_key(key)
     }
 
-    fn trim(&mut self) {
-        let Some(newest) = self.newest else {
+    /// Drops what is older than the retention before `now` (the event being recorded: one
+    /// event dated far in the future must not make everything else look old) and what exceeds
+    /// the size bound.
+    fn trim(&mut self, now: Timestamp) {
+        let Some(horizon) = now.checked_sub_signed(self.retention) else {
             return;
         };
-        let horizon = newest - self.retention;
         while self.events.front().is_some_and(|e| e.time < horizon) {
             self.events.pop_front();
         }
@@ -213,7 +214,7 @@ impl History {
             let cut = times[times.len() - self.max_events];
             self.fired.retain(|_, t| *t >= cut);
         }
-        if self.interned.len() > 4 * self.max_events {
+        if self.interned.len() > self.max_events.saturating_mul(4) {
             // Drop strings no entry refers to any more.
             self.interned.retain(|a| Arc::strong_count(a) > 1);
         }
@@ -222,7 +223,10 @@ impl History {
     /// Whether a window `[end - window, end]` reaches back past entries dropped by the size
     /// bound (its counts may then be low).
     pub(crate) fn truncated(&self, end: Timestamp, window: Duration) -> bool {
-        self.evicted_until.is_some_and(|t| t >= end - window)
+        match end.checked_sub_signed(window) {
+            Some(start) => self.evicted_until.is_some_and(|t| t >= start),
+            None => self.evicted_until.is_some(),
+        }
     }
 
     fn matching<'a>(
@@ -231,7 +235,9 @@ impl History {
         end: Timestamp,
         window: Duration,
     ) -> impl Iterator<Item = &'a Entry> + 'a {
-        let start = end - window;
+        let start = end
+            .checked_sub_signed(window)
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
         self.events
             .iter()
             .rev()
@@ -271,7 +277,9 @@ impl History {
         end: Timestamp,
         window: Duration,
     ) -> i64 {
-        let start = end - window;
+        let start = end
+            .checked_sub_signed(window)
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
         self.decisions
             .iter()
             .rev()

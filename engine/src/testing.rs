@@ -594,7 +594,10 @@ fn step(
             return None;
         }
     };
-    let at = start + Duration::seconds(at);
+    let Some(at) = Duration::try_seconds(at).and_then(|d| start.checked_add_signed(d)) else {
+        cx.err(pos(n), "`at` is beyond any representable time");
+        return None;
+    };
     if let Some(prev) = earlier.last() {
         if at < prev.at {
             cx.err(pos(n), "steps must be in time order");
@@ -926,6 +929,26 @@ fn expect(cx: &mut Cx<'_, '_>, n: &MarkedYaml<'_>) -> Option<Expect> {
             "events" => e.events = cx.int(v, "`events`", 0).map(|i| i as usize),
             _ => {}
         }
+    }
+    let asserts = e.action.is_some()
+        || e.policy.is_some()
+        || e.reason.is_some()
+        || e.reason_contains.is_some()
+        || e.params.as_ref().is_some_and(|p| !p.is_empty())
+        || e.escalations.is_some()
+        || !e.matched.is_empty()
+        || !e.not_matched.is_empty()
+        || e.errors.as_ref().is_some_and(|x| !x.is_empty())
+        || !e.warnings_contain.is_empty()
+        || e.due.is_some()
+        || e.retry_not_before.is_some()
+        || e.retry_request.is_some()
+        || e.events.is_some();
+    if !asserts && cx.diags.len() == before {
+        cx.err(
+            pos(n),
+            "`expect` asserts nothing (empty lists and maps check nothing): a case must assert something",
+        );
     }
     (cx.diags.len() == before).then_some(e)
 }
@@ -1383,7 +1406,7 @@ fn show_time(t: Option<Timestamp>) -> String {
 fn resolve(spec: TimeSpec, now: Timestamp) -> Option<Timestamp> {
     match spec {
         TimeSpec::Absolute(t) => Some(t),
-        TimeSpec::After(s) => now.checked_add_signed(Duration::seconds(s)),
+        TimeSpec::After(s) => Duration::try_seconds(s).and_then(|d| now.checked_add_signed(d)),
     }
 }
 

@@ -1096,3 +1096,28 @@ fn vm_agent_incident_with_the_standard_policies() {
     again.failure.as_mut().unwrap().attempt = 2;
     assert_eq!(fast(&e, &again).action, Action::None);
 }
+
+/// The events `keel eval` is shown with are the normalizer's own output for ingest bodies that
+/// carry the vendor's 2021-10-13 error: regenerate them with `keel normalize --from azure.arm
+/// --observed-at 2021-10-13T07:02:15Z engine/tests/data/ingest/<file>` (dropping `raw`).
+#[test]
+fn the_2021_10_13_eval_events_are_normalizer_output() {
+    use keel_engine::normalize::{normalize, Input, NormalizerState};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+    for os in ["windows", "linux"] {
+        let body =
+            std::fs::read(dir.join(format!("ingest/vm-agent-{os}-2021-10-13.json"))).unwrap();
+        let at = "2021-10-13T07:02:15Z".parse().unwrap();
+        let mut evs = normalize(
+            "azure.arm",
+            &Input::new(&body, at),
+            &mut NormalizerState::default(),
+        )
+        .unwrap();
+        assert_eq!(evs.len(), 1);
+        let mut ev = evs.remove(0);
+        ev.raw = None;
+        let committed = data_event(&format!("vm-agent-{os}-2021-10-13.json"));
+        assert_eq!(ev, committed, "{os}");
+    }
+}

@@ -216,7 +216,7 @@ fn decide_without_history_warns_and_counts_nothing() {
     assert!(
         d.warnings
             .iter()
-            .any(|w| w.contains("queries the correlation history, but none was given")),
+            .any(|w| w.contains("no correlation history was given")),
         "{:?}",
         d.warnings
     );
@@ -313,4 +313,51 @@ fn history_expressions_are_checked_at_load() {
             .to_string();
         assert!(err.contains(want), "{when}: {err}");
     }
+}
+
+#[test]
+fn one_future_dated_event_does_not_blind_the_history() {
+    let e = engine(FLEET);
+    let mut h = History::new();
+    step(
+        &e,
+        &mut h,
+        &failure("far", "windows", "westus", t("2099-01-01T00:00:00Z")),
+    );
+    let start = t("2021-10-13T14:00:00Z");
+    let mut pages = 0;
+    for i in 0..3 {
+        let d = step(
+            &e,
+            &mut h,
+            &failure(
+                &format!("w{i}"),
+                "windows",
+                "eastus",
+                start + Duration::seconds(i),
+            ),
+        );
+        pages += d.escalations.iter().filter(|x| !x.repeat).count();
+    }
+    assert_eq!(pages, 1, "the three eastus failures are still one incident");
+}
+
+#[test]
+fn extreme_times_and_limits_never_panic() {
+    let mut h = History::with_limits(usize::MAX, i64::MAX);
+    let e = engine(FLEET);
+    for at in [
+        "0001-01-01T00:00:00Z",
+        "9999-12-31T23:59:59Z",
+        "1970-01-01T00:00:00Z",
+    ] {
+        let d = step(&e, &mut h, &failure("x", "windows", "eastus", t(at)));
+        assert!(d.errors.is_empty(), "{at}: {:?}", d.errors);
+    }
+    let mut h = History::with_limits(0, i64::MIN);
+    step(
+        &e,
+        &mut h,
+        &failure("y", "windows", "eastus", t("0001-01-01T00:00:00Z")),
+    );
 }

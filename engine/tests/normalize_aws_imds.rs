@@ -516,12 +516,24 @@ fn scheduled_codes_and_states() {
         assert_eq!(ev.maintenance.unwrap().status, st, "{state}");
         assert_eq!(ev.id, id);
     }
-    // No Code: unknown type, no vendor_type.
-    let m = one(br#"[{"NotBefore": "21 Jan 2019 09:00:43 GMT", "EventId": "instance-event-1"}]"#)
+    // No Code: not an AWS scheduled event (Code is required; Azure's Scheduled Events entries
+    // also have EventId and NotBefore).
+    for doc in [
+        &br#"[{"NotBefore": "21 Jan 2019 09:00:43 GMT", "EventId": "instance-event-1"}]"#[..],
+        br#"[{"NotBefore": "21 Jan 2019 09:00:43 GMT", "EventId": "instance-event-1", "Code": ""}]"#,
+    ] {
+        let e = run(doc).unwrap_err();
+        assert!(
+            matches!(&e, NormalizeError::Shape { path, .. } if path == "[0].Code"),
+            "{e:?}"
+        );
+    }
+    // An unknown code is an explicit unknown type, with the raw code.
+    let m = one(br#"[{"NotBefore": "21 Jan 2019 09:00:43 GMT", "EventId": "instance-event-1", "Code": "instance-hibernate"}]"#)
         .maintenance
         .unwrap();
     assert_eq!(m.type_, MaintenanceType::Unknown);
-    assert_eq!(m.vendor_type, None);
+    assert_eq!(m.vendor_type.as_deref(), Some("instance-hibernate"));
     assert_eq!(m.status, MaintenanceStatus::Scheduled);
 }
 
@@ -708,6 +720,38 @@ fn describe_instance_status_query_output_nested_arrays() {
         matches!(&e, NormalizeError::Shape { path, .. } if path == "Events[0].NotBefore"),
         "{e:?}"
     );
+}
+
+/// Azure Scheduled Events documents have `EventId` and `NotBefore` too: they are another
+/// vendor's payload, never AWS events.
+#[test]
+fn azure_scheduled_events_documents_are_wrong_payloads() {
+    for f in [
+        "azure-scheduled-events-empty.json",
+        "azure-scheduled-events-freeze-live-migration-scheduled.json",
+        "azure-scheduled-events-freeze-live-migration-completed.json",
+        "azure-scheduled-events-preempt-spot.json",
+        "azure-scheduled-events-reboot-user.json",
+    ] {
+        match run(&fixture(f)) {
+            Err(NormalizeError::WrongPayload { reason, .. }) => {
+                assert!(reason.contains("DocumentIncarnation"), "{f}: {reason}")
+            }
+            other => panic!("{f}: {other:?}"),
+        }
+    }
+    // The `Events` array alone, as a bare array or in describe-instance-status's `{"Events"}`.
+    let doc: serde_json::Value =
+        serde_json::from_slice(&fixture("azure-scheduled-events-reboot-user.json")).unwrap();
+    let events = doc["Events"].to_string();
+    for payload in [events.clone(), format!(r#"{{"Events": {events}}}"#)] {
+        match run(payload.as_bytes()) {
+            Err(NormalizeError::WrongPayload { reason, .. }) => {
+                assert!(reason.contains("Azure Scheduled Events entry"), "{reason}")
+            }
+            other => panic!("{payload}: {other:?}"),
+        }
+    }
 }
 
 // ---- EventBridge --------------------------------------------------------------------------
@@ -1037,6 +1081,16 @@ fn check(payload: &[u8], status: Option<u16>) {
     }
 }
 
+/// Time-like strings, with the years chrono reads and an event cannot carry.
+fn time_like() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[+-]?[0-9]{1,7}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])[T ][01][0-9]:[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?(Z|[+-](0[0-9]|1[0-4]):[0-5][0-9])?",
+        "(Mon, )?[0-9]{1,2} (Jan|Feb|Dec) [0-9]{4} [0-2][0-9]:[0-5][0-9]:[0-5][0-9] (GMT|\\+1400|-1400)",
+        "[0-9]{1,2}/[0-9]{1,2}/[0-9]{1,7} [0-9]{1,2}:[0-5][0-9]:[0-5][0-9] (AM|PM)",
+        ".{0,24}",
+    ]
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
@@ -1071,8 +1125,8 @@ proptest! {
 
     #[test]
     fn arbitrary_field_values_never_panic(
-        code in ".{0,24}", state in ".{0,12}", nb in ".{0,32}", na in ".{0,32}", id in ".{0,40}",
-        action in ".{0,12}", time in ".{0,32}",
+        code in ".{0,24}", state in ".{0,12}", nb in time_like(), na in time_like(), id in ".{0,40}",
+        action in ".{0,12}", time in time_like(),
     ) {
         let q = |s: &str| serde_json::to_string(s).unwrap();
         let sched = format!(

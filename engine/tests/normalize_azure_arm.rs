@@ -531,6 +531,64 @@ fn fixture_429_throttled_http_response() {
     assert_eq!(e.raw.as_ref(), Some(&body));
 }
 
+/// An absurd Retry-After (here i64::MAX, which overflowed chrono in the engine) is clamped to
+/// a day; one beyond i64 too; a negative one is ignored.
+#[test]
+fn fixture_429_with_an_absurd_retry_after_is_clamped_to_a_day() {
+    let text = String::from_utf8(fixture("arm-error-429-throttled.http")).unwrap();
+    assert!(text.contains("Retry-After: 1200\n"));
+    for (header, want) in [
+        ("9223372036854775807", Some(azure_arm::MAX_RETRY_AFTER_S)),
+        ("99999999999999999999999999", Some(86_400)),
+        ("86401", Some(86_400)),
+        ("86400", Some(86_400)),
+        ("0", Some(0)),
+        ("-5", None),
+        ("-9223372036854775808", None),
+    ] {
+        let edited = text.replace("Retry-After: 1200", &format!("Retry-After: {header}"));
+        let e = only(norm_op(edited.as_bytes(), Operation::Start));
+        let f = e.failure.as_ref().unwrap();
+        assert_eq!(f.retry_after_s, want, "{header}");
+        assert_eq!((f.category, f.transient), (Category::Throttled, true));
+        // The same through the registry and an ingest body.
+        let mut st = NormalizerState::default();
+        let input = Input::new(edited.as_bytes(), ts(OBSERVED)).operation(Operation::Start);
+        let e2 = only(normalize("azure.arm", &input, &mut st).unwrap());
+        assert_eq!(e2.failure.unwrap().retry_after_s, want, "{header}");
+        let body = json!({"idempotency_key": "k", "operation": "start", "error": edited});
+        let e3 = only(norm(body.to_string().as_bytes()).unwrap());
+        assert_eq!(e3.failure.unwrap().retry_after_s, want, "{header}");
+    }
+    // The caller's value is clamped too; a negative one falls back to the header.
+    let bytes = text.replace("Retry-After: 1200", "Retry-After: 9223372036854775807");
+    for (given, want) in [(i64::MAX, 86_400), (90_000, 86_400), (5, 5), (-1, 86_400)] {
+        let input = Input::new(bytes.as_bytes(), ts(OBSERVED)).retry_after_s(given);
+        let e = only(azure_arm::normalize_with_operation(&input, Operation::Start).unwrap());
+        assert_eq!(e.failure.unwrap().retry_after_s, Some(want), "{given}");
+    }
+    // "try again after 'N' seconds" in a message, absurd N.
+    let doc = json!({"error": {"code": "ResourceRequestsThrottled", "message": "Please try again after '9223372036854775807999' seconds."}});
+    let e = only(norm_op(doc.to_string().as_bytes(), Operation::Update));
+    assert_eq!(e.failure.unwrap().retry_after_s, Some(86_400));
+    // The engine decides on it without trouble: a retry a day later.
+    let edited = text.replace("Retry-After: 1200", "Retry-After: 9223372036854775807");
+    let e = only(norm_op(edited.as_bytes(), Operation::Start));
+    let yaml = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/standard/azure/provisioning.yaml"),
+    )
+    .unwrap();
+    let engine = Engine::builder()
+        .add_source("provisioning.yaml", yaml)
+        .build()
+        .unwrap();
+    let now = ts(OBSERVED);
+    let d = engine.decide(&e, &Ctx::new(now));
+    assert_eq!(d.action, Action::Retry, "{d:?}");
+    let not_before = d.retry.as_ref().and_then(|r| r.not_before);
+    assert_eq!(not_before, Some(now + chrono::Duration::seconds(86_400)));
+}
+
 #[test]
 fn the_429_body_without_the_http_envelope_is_throttled_by_its_detail() {
     let text = String::from_utf8(fixture("arm-error-429-throttled.http")).unwrap();
@@ -1232,8 +1290,9 @@ fn hash_ids_use_the_payload_time_not_the_observation_time() {
     .unwrap();
     assert_eq!(a[0].id, b[0].id);
     assert_eq!(a[0].time, ts("2017-10-10T21:00:44Z"));
-    // Without a payload time, observed_at is the only epoch there is (the normalizer keeps no
-    // state): the same bytes at another moment are another report.
+    // Without a payload time and without state (normalize_with_operation keeps none),
+    // observed_at is the only epoch there is: the same bytes at another moment are another
+    // report. With a persisted state they are not (next test).
     let bare = fixture("arm-error-skunotavailable.json");
     let a =
         azure_arm::normalize_with_operation(&Input::new(&bare, ts(OBSERVED)), Operation::Create)
@@ -1248,6 +1307,150 @@ fn hash_ids_use_the_payload_time_not_the_observation_time() {
     .unwrap();
     assert_eq!(a[0].id, a2[0].id);
     assert_ne!(a[0].id, b[0].id);
+}
+
+/// Without an id or a time of its own, a failure's id and time come from when its content was
+/// first seen (kept in the normalizer state), never from the observation time of a re-read.
+#[test]
+fn hash_ids_use_the_first_seen_time_kept_in_the_state() {
+    let bare = fixture("arm-error-skunotavailable.json");
+    let mut st = NormalizerState::default();
+    let at = |when: &str, st: &mut NormalizerState| {
+        let input = Input::new(&bare, ts(when)).operation(Operation::Create);
+        only(normalize("azure.arm", &input, st).unwrap())
+    };
+    let first = at(OBSERVED, &mut st);
+    assert!(is_hash_id(&first.id));
+    assert_eq!(first.time, ts(OBSERVED));
+    assert_eq!(st.azure_arm.first_seen.len(), 1);
+    // A re-read an hour (or a month) later: the same event.
+    let again = at("2026-05-01T11:00:00Z", &mut st);
+    assert_eq!(again.id, first.id);
+    assert_eq!(again.time, ts(OBSERVED));
+    assert_eq!(again, first);
+    // The state survives a round trip through JSON (the host's state file).
+    let mut st: NormalizerState =
+        serde_json::from_str(&serde_json::to_string(&st).unwrap()).unwrap();
+    assert_eq!(at("2026-06-01T00:00:00Z", &mut st).id, first.id);
+    // Other content, or another attempt, is another event with its own first-seen time.
+    let body = |attempt: i64| {
+        json!({"resource": VM_ID, "operation": "create", "attempt": attempt,
+               "error": fixture_json("arm-error-skunotavailable.json")})
+        .to_string()
+    };
+    let run = |b: &str, when: &str, st: &mut NormalizerState| {
+        only(normalize("azure.arm", &Input::new(b.as_bytes(), ts(when)), st).unwrap())
+    };
+    let a1 = run(&body(1), "2026-05-01T12:00:00Z", &mut st);
+    let a1_later = run(&body(1), "2026-05-02T12:00:00Z", &mut st);
+    let a2 = run(&body(2), "2026-05-02T12:00:00Z", &mut st);
+    assert_eq!(a1.id, a1_later.id);
+    assert_eq!(a1_later.time, ts("2026-05-01T12:00:00Z"));
+    assert_ne!(a1.id, a2.id);
+    assert_ne!(a1.id, first.id);
+    assert_eq!(st.azure_arm.first_seen.len(), 3);
+    // Payloads with an id or a time of their own leave the state alone.
+    let before = st.clone();
+    run(
+        &activity_event("Failed").to_string(),
+        "2026-05-03T00:00:00Z",
+        &mut st,
+    );
+    let with_id = fixture("arm-error-vmextensionprovisioningerror.json");
+    let input = Input::new(&with_id, ts("2026-05-03T00:00:00Z")).operation(Operation::Extension);
+    only(normalize("azure.arm", &input, &mut st).unwrap());
+    assert_eq!(st, before);
+    // A payload that fails leaves the state alone, even after an entry that would have been
+    // recorded (a list: the first entry is fine, the second is not).
+    let list = json!([
+        {"error": {"code": "NewCode", "message": "m"}},
+        {"error": {"code": 5}}
+    ]);
+    let bytes = list.to_string().into_bytes();
+    let input = Input::new(&bytes, ts(OBSERVED)).operation(Operation::Create);
+    assert!(normalize("azure.arm", &input, &mut st).is_err());
+    assert_eq!(st, before);
+}
+
+/// The state is bounded: at most MAX_TRACKED first-seen times, the oldest dropped.
+#[test]
+fn first_seen_state_is_bounded() {
+    let mut st = NormalizerState::default();
+    let base = ts(OBSERVED);
+    let n = azure_arm::MAX_TRACKED + 5;
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let doc = json!({"error": {"code": format!("Code{i}"), "message": "m"}}).to_string();
+        let when = base + chrono::Duration::seconds(i as i64);
+        let input = Input::new(doc.as_bytes(), when).operation(Operation::Create);
+        ids.push(only(normalize("azure.arm", &input, &mut st).unwrap()).id);
+    }
+    assert_eq!(st.azure_arm.first_seen.len(), azure_arm::MAX_TRACKED);
+    // The newest are kept: a re-read much later is the same event.
+    let doc = json!({"error": {"code": format!("Code{}", n - 1), "message": "m"}}).to_string();
+    let input =
+        Input::new(doc.as_bytes(), base + chrono::Duration::days(30)).operation(Operation::Create);
+    assert_eq!(
+        only(normalize("azure.arm", &input, &mut st).unwrap()).id,
+        ids[n - 1]
+    );
+    // The oldest was dropped: read again, it is a new first sighting.
+    let doc = json!({"error": {"code": "Code0", "message": "m"}}).to_string();
+    let input =
+        Input::new(doc.as_bytes(), base + chrono::Duration::days(30)).operation(Operation::Create);
+    assert_ne!(
+        only(normalize("azure.arm", &input, &mut st).unwrap()).id,
+        ids[0]
+    );
+    assert_eq!(st.azure_arm.first_seen.len(), azure_arm::MAX_TRACKED);
+}
+
+/// AWS scheduled events have a `Code` too: an ARM error object has `code` and `message`, and
+/// a bare object without a message is another vendor's payload, even with the operation given.
+#[test]
+fn aws_scheduled_events_are_not_arm_failures() {
+    for f in [
+        "aws-scheduled-events-history-canceled-completed.json",
+        "aws-scheduled-events-instance-reboot.json",
+        "aws-scheduled-events-instance-retirement.json",
+        "aws-scheduled-events-system-maintenance.json",
+        "aws-scheduled-events-system-reboot-active.json",
+    ] {
+        let bytes = fixture(f);
+        for r in [
+            norm(&bytes),
+            azure_arm::normalize_with_operation(
+                &Input::new(&bytes, ts(OBSERVED)),
+                Operation::Create,
+            ),
+        ] {
+            match r {
+                Err(NormalizeError::WrongPayload { reason, .. }) => {
+                    assert!(reason.contains("AWS scheduled event"), "{f}: {reason}")
+                }
+                other => panic!("{f}: {other:?}"),
+            }
+        }
+    }
+    // A bare object needs both; with the `error` wrapper the code alone is enough.
+    let r = norm_op(br#"{"error": {"code": "X"}}"#, Operation::Create);
+    assert_eq!(only(r).failure.unwrap().code, "X");
+    for doc in [
+        &br#"{"code": "X"}"#[..],
+        br#"{"Code": "X", "Description": "d"}"#,
+    ] {
+        let r =
+            azure_arm::normalize_with_operation(&Input::new(doc, ts(OBSERVED)), Operation::Create);
+        assert!(
+            matches!(r, Err(NormalizeError::WrongPayload { .. })),
+            "{r:?}"
+        );
+    }
+    let e = only(norm_op(
+        br#"{"code": "X", "message": ""}"#,
+        Operation::Create,
+    ));
+    assert_eq!(e.failure.unwrap().message, None);
 }
 
 #[test]
@@ -1668,9 +1871,11 @@ fn check(bytes: &[u8]) {
                     let f = e.failure.as_ref().unwrap();
                     assert!(f.attempt >= 1);
                     assert!(!f.code.is_empty());
-                    // The event serializes and reads back.
+                    // The event serializes and reads back, unchanged.
                     let back = Event::from_json_str(&serde_json::to_string(&e).unwrap()).unwrap();
-                    assert_eq!(back.id, e.id);
+                    assert_eq!(back, e);
+                    // A day at most.
+                    assert!(f.retry_after_s.is_none_or(|s| (0..=86_400).contains(&s)));
                 }
             }
             Err(e) => {
@@ -1754,8 +1959,42 @@ fn arb_json() -> impl Strategy<Value = Value> {
     })
 }
 
+/// Time-like strings, with the years chrono reads and an event cannot carry.
+fn time_like() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[+-]?[0-9]{1,7}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])[T ][01][0-9]:[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?(Z|[+-](0[0-9]|1[0-4]):[0-5][0-9])?",
+        "(Mon, )?[0-9]{1,2} (Jan|Feb|Dec) [0-9]{4} [0-2][0-9]:[0-5][0-9]:[0-5][0-9] (GMT|\\+1400|-1400)",
+        "[0-9]{1,2}/[0-9]{1,2}/[0-9]{1,7} [0-9]{1,2}:[0-5][0-9]:[0-5][0-9] (AM|PM)",
+        ".{0,24}",
+    ]
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Every time field the normalizer reads, with arbitrary values, and absurd Retry-After
+    /// values: every event round-trips (check).
+    #[test]
+    fn arbitrary_times_and_retry_after_round_trip(
+        end in time_like(), start in time_like(), stamp in time_like(), date in time_like(),
+        retry in "-?[0-9]{1,30}", msg_retry in "[0-9]{1,30}", given in any::<i64>(),
+    ) {
+        check(json!({"status": "Failed", "name": "op", "endTime": end, "startTime": start,
+                     "error": {"code": "AllocationFailed", "message": format!("try again after '{msg_retry}' seconds")}})
+            .to_string().as_bytes());
+        check(json!({"status": "Failed", "startTime": start,
+                     "error": {"code": "AllocationFailed", "message": "m"}}).to_string().as_bytes());
+        let mut ev = activity_event("Failed");
+        ev["eventTimestamp"] = json!(stamp);
+        check(ev.to_string().as_bytes());
+        let http = format!("HTTP/1.1 429 Too Many\r\nDate: {date}\r\nRetry-After: {retry}\r\n\r\n{{\"code\":\"TooManyRequests\",\"message\":\"m\"}}");
+        check(http.as_bytes());
+        let bytes = fixture("arm-error-429-arm-throttled.json");
+        let input = Input::new(&bytes, ts(OBSERVED)).retry_after_s(given);
+        let e = only(azure_arm::normalize_with_operation(&input, Operation::Update).unwrap());
+        let r = e.failure.unwrap().retry_after_s.unwrap();
+        prop_assert!((0..=86_400).contains(&r));
+    }
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {

@@ -1,5 +1,5 @@
 //! Azure Scheduled Events and the legacy maintenance endpoint, on the vendors' payloads.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use keel_engine::normalize::{
     azure_scheduled_events, normalize, Input, NormalizeError, NormalizerState,
@@ -247,8 +247,8 @@ fn vanished_while_scheduled_without_gap_is_canceled() {
 }
 
 /// DOMAIN.md 8, erratum 1: Microsoft's Node sample sees a user Reboot Scheduled at incarnation
-/// 2, approves it, and next sees incarnation 4 with the event gone: it completed, it was not
-/// canceled.
+/// 2, approves it, and next sees incarnation 4 with the event gone: it was not canceled (it
+/// most likely ran unseen, but nothing proves it: `ended`).
 #[test]
 fn erratum_incarnation_2_to_4_after_approval_is_not_a_cancellation() {
     let mut st = NormalizerState::default();
@@ -270,7 +270,7 @@ fn erratum_incarnation_2_to_4_after_approval_is_not_a_cancellation() {
     let gone = br#"{"DocumentIncarnation": 4, "Events": []}"#;
     let evs = se(&mut st, gone, "2021-07-22T04:38:00Z").unwrap();
     assert_eq!(evs.len(), 1);
-    assert_eq!(status(&evs[0]), S::Completed);
+    assert_eq!(status(&evs[0]), S::Ended);
     assert!(evs[0].maintenance.as_ref().unwrap().inferred);
 }
 
@@ -290,7 +290,7 @@ fn vanished_with_an_incarnation_gap_or_past_not_before_is_not_canceled() {
         "2021-10-13T09:35:00Z",
     )
     .unwrap();
-    assert_eq!(status(&evs[0]), S::Completed);
+    assert_eq!(status(&evs[0]), S::Ended);
     // No gap, not approved, but NotBefore has passed: it probably started unseen.
     let mut st = NormalizerState::default();
     se(
@@ -305,7 +305,127 @@ fn vanished_with_an_incarnation_gap_or_past_not_before_is_not_canceled() {
         "2021-10-13T09:50:00Z",
     )
     .unwrap();
-    assert_eq!(status(&evs[0]), S::Completed);
+    assert_eq!(status(&evs[0]), S::Ended);
+}
+
+/// Each piece of evidence alone rules a cancellation out; the outcome is then `ended` (it may
+/// have run unseen), never `completed`. The redeploy fixture is incarnation 7, NotBefore
+/// 09:40:00.
+#[test]
+fn vanished_while_scheduled_each_piece_of_evidence_alone() {
+    let cases = [
+        // (a) approved, no gap, NotBefore ahead.
+        ("approved", true, 8, "2021-10-13T09:35:00Z", S::Ended),
+        // (b) not approved, gap, NotBefore ahead.
+        ("gap", false, 9, "2021-10-13T09:35:00Z", S::Ended),
+        // (c) not approved, no gap, NotBefore passed.
+        ("due", false, 8, "2021-10-13T09:40:01Z", S::Ended),
+        // (c') NotBefore exactly now has passed too (the platform may start at NotBefore).
+        (
+            "due at NotBefore",
+            false,
+            8,
+            "2021-10-13T09:40:00Z",
+            S::Ended,
+        ),
+        // (d) none of these: canceled.
+        ("none", false, 8, "2021-10-13T09:39:59Z", S::Canceled),
+    ];
+    for (name, approved, incarnation, at, want) in cases {
+        let mut st = NormalizerState::default();
+        let evs = se(
+            &mut st,
+            &fixture("azure-scheduled-events-redeploy-platform.json"),
+            "2021-10-13T09:30:00Z",
+        )
+        .unwrap();
+        if approved {
+            // As IMDS sent it, and in another case: ids compare case-insensitively.
+            st.azure_scheduled_events
+                .mark_approved("9e4c2a41-3f0b-4b8e-9c5d-2d7a1f6e8b30");
+        }
+        let gone = format!(r#"{{"DocumentIncarnation": {incarnation}, "Events": []}}"#);
+        let out = se(&mut st, gone.as_bytes(), at).unwrap();
+        assert_eq!(out.len(), 1, "{name}");
+        let m = out[0].maintenance.as_ref().unwrap();
+        assert_eq!(m.status, want, "{name}");
+        assert!(m.inferred, "{name}");
+        assert_eq!(m.incarnation, Some(incarnation), "{name}");
+        assert_eq!(out[0].id, evs[0].id, "{name}");
+        assert_eq!(out[0].time, t(at), "{name}");
+        assert!(st.azure_scheduled_events.events.is_empty(), "{name}");
+    }
+}
+
+/// An EventStatus Keel does not know makes that event `unknown` (the raw entry keeps the
+/// status as sent) and does not hide the other events of the document.
+#[test]
+fn unknown_event_status_is_explicit_unknown_and_the_rest_comes_through() {
+    let doc = br#"{"DocumentIncarnation": 5, "Events": [
+      {"EventId": "C1BF8322-4CBF-4FC4-9C45-B40CF3106D0E", "EventStatus": "Scheduled", "EventType": "Preempt", "ResourceType": "VirtualMachine", "Resources": ["vm-spot"], "NotBefore": "Tue, 09 Aug 2022 17:07:32 GMT", "Description": "", "EventSource": "Platform", "DurationInSeconds": -1},
+      {"EventId": "D2", "EventStatus": "Paused", "EventType": "Reboot", "ResourceType": "VirtualMachine", "Resources": ["vm-spot"], "NotBefore": "Tue, 09 Aug 2022 17:30:00 GMT", "Description": "Host server is undergoing maintenance.", "EventSource": "Platform", "DurationInSeconds": 30}
+    ]}"#;
+    let mut st = NormalizerState::default();
+    let evs = normalize(
+        "azure.scheduled_events",
+        &Input::new(doc, t("2022-08-09T17:07:00Z")).self_name("vm-spot"),
+        &mut st,
+    )
+    .unwrap();
+    assert_eq!(evs.len(), 2);
+    let preempt = evs[0].maintenance.as_ref().unwrap();
+    assert_eq!((preempt.type_, preempt.status), (T::Preempt, S::Scheduled));
+    assert_eq!(evs[0].resource.is_self, Some(true));
+    let paused = evs[1].maintenance.as_ref().unwrap();
+    assert_eq!(evs[1].id, "azure.scheduled_events:d2/vm-spot");
+    assert_eq!((paused.type_, paused.status), (T::Reboot, S::Unknown));
+    assert_eq!(paused.vendor_id.as_deref(), Some("D2"));
+    assert_eq!(paused.not_before, Some(t("2022-08-09T17:30:00Z")));
+    assert!(!paused.inferred);
+    assert_eq!(
+        evs[1].raw.as_ref().unwrap()["EventStatus"],
+        serde_json::json!("Paused")
+    );
+    // Both are tracked; a re-read yields nothing new.
+    assert_eq!(st.azure_scheduled_events.events.len(), 2);
+    let again = String::from_utf8(doc.to_vec())
+        .unwrap()
+        .replace("\"DocumentIncarnation\": 5", "\"DocumentIncarnation\": 6");
+    assert!(se(&mut st, again.as_bytes(), "2022-08-09T17:07:05Z")
+        .unwrap()
+        .is_empty());
+    // The unknown one turns Scheduled: reported; then it vanishes while the Preempt stays.
+    let scheduled = again
+        .replace("\"Paused\"", "\"Scheduled\"")
+        .replace("\"DocumentIncarnation\": 6", "\"DocumentIncarnation\": 7");
+    let evs = se(&mut st, scheduled.as_bytes(), "2022-08-09T17:07:10Z").unwrap();
+    assert_eq!(evs.len(), 1);
+    assert_eq!(status(&evs[0]), S::Scheduled);
+    // An event whose last status was unknown vanishes as `ended`: nothing says what happened.
+    let mut st = NormalizerState::default();
+    se(&mut st, doc, "2022-08-09T17:07:00Z").unwrap();
+    let only_preempt = String::from_utf8(fixture("azure-scheduled-events-preempt-spot.json"))
+        .unwrap()
+        .replace("\"DocumentIncarnation\": 1", "\"DocumentIncarnation\": 6");
+    let evs = se(&mut st, only_preempt.as_bytes(), "2022-08-09T17:07:05Z").unwrap();
+    assert_eq!(evs.len(), 1);
+    assert_eq!(evs[0].id, "azure.scheduled_events:d2/vm-spot");
+    let m = evs[0].maintenance.as_ref().unwrap();
+    assert_eq!((m.status, m.inferred), (S::Ended, true));
+    // Event Grid: the same.
+    let eg = String::from_utf8(fixture(
+        "azure-scheduled-events-eventgrid-freeze-started.json",
+    ))
+    .unwrap()
+    .replace("\"Started\"", "\"Paused\"");
+    let evs = se(
+        &mut NormalizerState::default(),
+        eg.as_bytes(),
+        "2025-09-19T18:30:00Z",
+    )
+    .unwrap();
+    assert_eq!(evs.len(), 2);
+    assert!(evs.iter().all(|e| status(e) == S::Unknown));
 }
 
 #[test]
@@ -497,8 +617,8 @@ fn bad_documents_are_typed_errors_and_leave_state_alone() {
         (br#"{"DocumentIncarnation": "two", "Events": []}"#, "DocumentIncarnation"),
         (br#"{"DocumentIncarnation": 2, "Events": {}}"#, "`Events`: expected an array"),
         (br#"{"DocumentIncarnation": 2, "Events": [{"EventId": "X", "EventStatus": "Scheduled", "EventType": "Reboot", "Resources": ["v"], "NotBefore": "20170702"}]}"#, "Events[0].NotBefore"),
-        (br#"{"DocumentIncarnation": 2, "Events": [{"EventId": "X", "EventStatus": "Paused", "EventType": "Reboot", "Resources": ["v"]}]}"#, "Events[0].EventStatus"),
         (br#"{"DocumentIncarnation": 2, "Events": [{"EventStatus": "Scheduled", "EventType": "Reboot", "Resources": ["v"]}]}"#, "Events[0].EventId"),
+        (br#"{"DocumentIncarnation": 2, "Events": [{"EventId": "X", "EventStatus": 3, "EventType": "Reboot", "Resources": ["v"]}]}"#, "Events[0].EventStatus"),
         (br#"{"DocumentIncarnation": 2, "Events": [{"EventId": "X", "EventStatus": "Scheduled", "EventType": "Reboot", "Resources": [7]}]}"#, "Events[0].Resources[0]"),
         (&fixture_static(), "IMDS answered with an error"),
     ];
@@ -565,14 +685,136 @@ fn legacy_maintenance_endpoint() {
     assert!(err.to_string().contains("EventID"), "{err}");
 }
 
+/// Only an object with exactly the keys ID, UD and FD is InstanceInfo: other payloads with an
+/// `id` (a Resource Health status, an Event Grid envelope) are refused and never reach the
+/// state.
+#[test]
+fn legacy_instance_info_is_exactly_id_ud_fd() {
+    let at = t("2015-09-15T06:43:00Z");
+    for f in [
+        "azure-resource-health-degraded-hardware.json",
+        "azure-resource-health-unavailable-unplanned.json",
+        "azure-eventgrid-health-availability-status-changed.json",
+        "azure-scheduled-events-eventgrid-freeze-started.json",
+        "aws-eventbridge-spot-interruption-warning.json",
+    ] {
+        let mut st = NormalizerState::default();
+        match normalize(
+            "azure.maintenance_v1",
+            &Input::new(&fixture(f), at),
+            &mut st,
+        ) {
+            Err(NormalizeError::WrongPayload { reason, .. }) => {
+                assert!(reason.contains("exactly ID/UD/FD"), "{f}: {reason}")
+            }
+            other => panic!("{f}: {other:?}"),
+        }
+        assert_eq!(st, NormalizerState::default(), "{f}");
+    }
+    for doc in [
+        &br#"{"id": "_vm", "ud": "0", "fd": "0"}"#[..],
+        br#"{"ID": "_vm", "UD": "0"}"#,
+        br#"{"ID": "_vm", "UD": "0", "FD": "0", "Name": "x"}"#,
+    ] {
+        let mut st = NormalizerState::default();
+        let r = normalize("azure.maintenance_v1", &Input::new(doc, at), &mut st);
+        assert!(
+            matches!(r, Err(NormalizeError::WrongPayload { .. })),
+            "{r:?}"
+        );
+        assert_eq!(st, NormalizerState::default());
+    }
+    // The real InstanceInfo still enriches the next notice.
+    let mut st = NormalizerState::default();
+    let doc = br#"{"FD": "1", "ID": "_TestVM", "UD": "2"}"#;
+    assert!(
+        normalize("azure.maintenance_v1", &Input::new(doc, at), &mut st)
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(st.azure_maintenance_v1.name.as_deref(), Some("TestVM"));
+    assert_eq!(st.azure_maintenance_v1.update_domain, Some(2));
+    assert_eq!(st.azure_maintenance_v1.fault_domain, Some(1));
+}
+
+/// Every emitted event survives its own JSON round trip (the event schema's four-digit years
+/// included).
+fn check_round_trip(evs: &[Event]) {
+    for ev in evs {
+        let text = serde_json::to_string(ev).unwrap();
+        assert_eq!(&Event::from_json_str(&text).unwrap(), ev, "{text}");
+    }
+}
+
+fn check_se(st: &mut NormalizerState, bytes: &[u8], at: &str) {
+    if let Ok(evs) = se(st, bytes, at) {
+        for ev in &evs {
+            assert!(ev.id.starts_with("azure.scheduled_events:"));
+            assert_eq!(ev.source, Source::AzureScheduledEvents);
+            assert!(ev.maintenance.is_some());
+        }
+        check_round_trip(&evs);
+    }
+}
+
+fn check_v1(st: &mut NormalizerState, bytes: &[u8], at: &str) {
+    if let Ok(evs) = normalize("azure.maintenance_v1", &Input::new(bytes, t(at)), st) {
+        for ev in &evs {
+            assert!(ev.id.starts_with("azure.maintenance_v1:"));
+            assert_eq!(ev.source, Source::AzureMaintenanceV1);
+        }
+        check_round_trip(&evs);
+    }
+}
+
+/// Time-like strings, with the years chrono reads and an event cannot carry.
+fn time_like() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[+-]?[0-9]{1,7}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])[T ][01][0-9]:[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?(Z|[+-](0[0-9]|1[0-4]):[0-5][0-9])?",
+        "(Mon, )?[0-9]{1,2} (Jan|Feb|Dec) [0-9]{4} [0-2][0-9]:[0-5][0-9]:[0-5][0-9] (GMT|\\+1400|-1400)",
+        "[0-9]{1,2}/[0-9]{1,2}/[0-9]{1,7} [0-9]{1,2}:[0-5][0-9]:[0-5][0-9] (AM|PM)",
+        ".{0,24}",
+    ]
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
         let mut st = NormalizerState::default();
-        let _ = se(&mut st, &bytes, "2026-04-20T22:00:00Z");
-        let _ = normalize("azure.maintenance_v1", &Input::new(&bytes, t("2026-04-20T22:00:00Z")), &mut st);
+        check_se(&mut st, &bytes, "2026-04-20T22:00:00Z");
+        check_v1(&mut st, &bytes, "2026-04-20T22:00:00Z");
+    }
+
+    /// Arbitrary field values through a persisted state: no panic, and every event (inferred
+    /// ones included) round-trips.
+    #[test]
+    fn arbitrary_field_values_round_trip(
+        nb in time_like(), created in time_like(), eg_time in time_like(),
+        status in prop::sample::select(vec!["Scheduled", "Started", "Completed", "Canceled", "Paused", ""]),
+        ty in prop::sample::select(vec!["Freeze", "Reboot", "Redeploy", "Preempt", "Terminate", "Hibernate"]),
+        duration in any::<i64>(), incarnation in any::<i64>(),
+    ) {
+        let q = |s: &str| serde_json::to_string(s).unwrap();
+        let doc = format!(
+            r#"{{"DocumentIncarnation": {incarnation}, "Events": [{{"EventId": "E1", "EventStatus": {}, "EventType": {}, "Resources": ["vm1"], "NotBefore": {}, "DurationInSeconds": {duration}, "EventSource": "Platform"}}]}}"#,
+            q(status), q(ty), q(&nb)
+        );
+        let mut st = NormalizerState::default();
+        check_se(&mut st, &fixture("azure-scheduled-events-empty.json"), "2026-04-20T22:00:00Z");
+        check_se(&mut st, doc.as_bytes(), "2026-04-20T22:00:01Z");
+        let gone = format!(r#"{{"DocumentIncarnation": {}, "Events": []}}"#, incarnation.wrapping_add(1));
+        check_se(&mut st, gone.as_bytes(), "2026-04-20T22:00:02Z");
+        let eg = String::from_utf8(fixture("azure-scheduled-events-eventgrid-freeze-started.json"))
+            .unwrap()
+            .replace("2017-06-26T18:41:00.9584103Z", &eg_time)
+            .replace("Mon, 19 Sep 2025 18:29:47 GMT", &nb);
+        check_se(&mut NormalizerState::default(), eg.as_bytes(), "2026-04-20T22:00:00Z");
+        let v1 = format!(r#"{{"EventID": "e", "EventCreationTime": {}}}"#, q(&created));
+        check_v1(&mut NormalizerState::default(), v1.as_bytes(), "2026-04-20T22:00:00Z");
+        let v1 = format!(r#"{{"EventCreationTime": {}}}"#, q(&created));
+        check_v1(&mut NormalizerState::default(), v1.as_bytes(), "2026-04-20T22:00:00Z");
     }
 
     #[test]
@@ -588,8 +830,10 @@ proptest! {
         let p = pos % doc.len();
         doc[p] = byte;
         let mut st = NormalizerState::default();
-        let _ = se(&mut st, &fixture("azure-scheduled-events-empty.json"), "2026-04-20T22:00:00Z");
-        let _ = se(&mut st, &doc, "2026-04-20T22:00:00Z");
-        let _ = normalize("azure.maintenance_v1", &Input::new(&doc, t("2026-04-20T22:00:00Z")), &mut st);
+        check_se(&mut st, &fixture("azure-scheduled-events-empty.json"), "2026-04-20T22:00:00Z");
+        check_se(&mut st, &doc, "2026-04-20T22:00:00Z");
+        check_v1(&mut st, &doc, "2026-04-20T22:00:00Z");
+        // And what vanishes from it.
+        check_se(&mut st, br#"{"DocumentIncarnation": 1000, "Events": []}"#, "2026-04-20T22:00:01Z");
     }
 }

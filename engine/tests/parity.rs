@@ -661,3 +661,23 @@ fn interpreter_fallback_is_reported_as_not_lowered() {
     // Does not compile at all.
     assert!(parity_check("event.failure.attempt ==", &ev, now).is_none());
 }
+
+#[test]
+fn string_conversion_matches_the_interpreter() {
+    let ev = keel_engine::Event::from_json_str(
+        r#"{"id":"e","time":"2021-10-13T14:05:00Z","source":"azure.arm","kind":"operation_failure",
+        "failure":{"operation":"create","code":"X","category":"internal","attempt":3}}"#,
+    )
+    .unwrap();
+    let now = ev.time;
+    for expr in [
+        r#"string(event.failure.attempt) == "3""#,
+        r#"string(event.failure.code) + "!" == "X!""#,
+        r#""attempt " + string(event.failure.attempt) == "attempt 3""#,
+    ] {
+        let (native, interp) =
+            keel_engine::__private::parity_check(expr, &ev, now).expect("lowered natively");
+        assert_eq!(native, interp, "{expr}");
+        assert_eq!(native.as_deref(), Ok("Bool(true)"), "{expr}");
+    }
+}

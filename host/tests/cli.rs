@@ -407,6 +407,129 @@ fn normalize_previous_document() {
     assert!(s.contains(r#""status":"completed""#), "{s}");
 }
 
+/// `--approved EVENT_ID` records that StartRequests was sent: the event vanishing at the next
+/// incarnation, before NotBefore, is then not a cancellation.
+#[test]
+fn normalize_approved_marks_the_event_in_the_state() {
+    let d = tmp();
+    // The redeploy fixture is incarnation 7, NotBefore 09:40; incarnation 8 has it gone.
+    let gone = write(
+        d.path(),
+        "gone.json",
+        br#"{"DocumentIncarnation": 8, "Events": []}"#,
+    );
+    let first = format!("{FX}/azure-scheduled-events-redeploy-platform.json");
+    let run = |state: &str, extra: &[&str], file: &str, at: &str| {
+        let mut args = vec![
+            "normalize",
+            "--from",
+            "azure.scheduled_events",
+            "--state",
+            state,
+            "--observed-at",
+            at,
+        ];
+        args.extend_from_slice(extra);
+        args.push(file);
+        keel(&args)
+    };
+    let statuses = |out: &Output| -> Vec<String> {
+        text(&out.stdout)
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["maintenance"]["status"].as_str().unwrap().to_string()
+            })
+            .collect()
+    };
+    for (approved, want) in [
+        (None, "canceled"),
+        (Some("9e4c2a41-3F0B-4B8E-9C5D-2D7A1F6E8B30"), "ended"),
+    ] {
+        let state = d.path().join(format!("se-{}.json", approved.is_some()));
+        let state = state.to_str().unwrap();
+        let out = run(state, &[], &first, "2021-10-13T09:30:00Z");
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert_eq!(statuses(&out), ["scheduled"]);
+        let extra: Vec<&str> = approved.iter().flat_map(|id| ["--approved", *id]).collect();
+        let out = run(state, &extra, &gone, "2021-10-13T09:35:00Z");
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        assert_eq!(statuses(&out), [want], "approved: {approved:?}");
+        assert!(
+            !text(&out.stderr).contains("warning"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    // The approval is kept in the state file between runs.
+    let state = d.path().join("se-kept.json");
+    let state = state.to_str().unwrap();
+    let out = run(state, &[], &first, "2021-10-13T09:30:00Z");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let same = write(
+        d.path(),
+        "same.json",
+        &std::fs::read(root().join(&first)).unwrap(),
+    );
+    let out = run(
+        state,
+        &[
+            "--approved",
+            "9E4C2A41-3F0B-4B8E-9C5D-2D7A1F6E8B30",
+            "--approved",
+            "other-id",
+        ],
+        &same,
+        "2021-10-13T09:31:00Z",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(statuses(&out).is_empty());
+    assert!(
+        text(&out.stderr).contains("--approved other-id: no Scheduled Event"),
+        "{}",
+        text(&out.stderr)
+    );
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(state).unwrap()).unwrap();
+    let tracked = &saved["azure_scheduled_events"]["events"];
+    assert_eq!(
+        tracked["azure.scheduled_events:9e4c2a41-3f0b-4b8e-9c5d-2d7a1f6e8b30/vmss_vm1"]["approved"],
+        true,
+        "{saved}"
+    );
+    let out = run(state, &[], &gone, "2021-10-13T09:35:00Z");
+    assert_eq!(statuses(&out), ["ended"]);
+    // With --previous: the previous document is read, then the approval applies.
+    let out = keel(&[
+        "normalize",
+        "--from",
+        "azure.scheduled_events",
+        "--observed-at",
+        "2021-10-13T09:35:00Z",
+        "--previous",
+        &first,
+        "--approved",
+        "9E4C2A41-3F0B-4B8E-9C5D-2D7A1F6E8B30",
+        &gone,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(statuses(&out), ["ended"]);
+    // Only for Scheduled Events.
+    let out = keel(&[
+        "normalize",
+        "--from",
+        "azure.arm",
+        "--approved",
+        "x",
+        &format!("{FX}/arm-error-retryableerror.json"),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--approved applies to azure.scheduled_events only"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
 #[test]
 fn normalize_errors_are_clear() {
     let out = keel(&["normalize", "--from", "azure.sheduled_events", "x.json"]);
@@ -488,6 +611,31 @@ fn test_exit_codes_and_diffs() {
 
     let out = keel(&["test", "policies", "--format", "yaml"]);
     assert_eq!(out.status.code(), Some(2));
+
+    let out = keel(&["test", "policies", "--run", "no such case"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("no case matches --run"));
+}
+
+#[test]
+fn test_writes_human_json_and_junit_from_one_run() {
+    let d = tmp();
+    let (j, x) = (d.path().join("r.json"), d.path().join("r.xml"));
+    let out = keel(&[
+        "test",
+        &format!("{TESTING}/failing"),
+        "--json-out",
+        j.to_str().unwrap(),
+        "--junit-out",
+        x.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stdout).contains("FAIL  wrong action"));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&j).unwrap()).unwrap();
+    assert_eq!(v["files"][0]["cases"].as_array().unwrap().len(), 10);
+    assert!(std::fs::read_to_string(&x)
+        .unwrap()
+        .contains("failures=\"8\""));
 }
 
 #[test]

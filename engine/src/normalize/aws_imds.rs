@@ -21,7 +21,10 @@
 //! unknown state → `scheduled` (aws-node-termination-handler also treats anything that is not
 //! canceled or completed as live). Without `State` (the EC2 API shape) the `[Completed]` /
 //! `[Canceled]` prefix of `Description` decides. An empty `NotBefore` is malformed; an empty
-//! `NotAfter` is not given. `duration_s` stays absent: `NotAfter - NotBefore` is the window, not
+//! `NotAfter` is not given. `Code` is required: an entry without one is not an AWS scheduled
+//! event (Azure's Scheduled Events entries also have `EventId` and `NotBefore`, and are
+//! rejected with [`NormalizeError::WrongPayload`], as is any object with Azure's
+//! `DocumentIncarnation`). `duration_s` stays absent: `NotAfter - NotBefore` is the window, not
 //! the impact.
 //!
 //! # Ids
@@ -250,6 +253,12 @@ fn json_payload(v: &Value, ctx: &Ctx<'_>) -> Result<Vec<Event>, NormalizeError> 
     match v {
         Value::Array(items) => scheduled_list(items, ctx, &mut out)?,
         Value::Object(o) => {
+            if get_ci(o, "DocumentIncarnation").is_some() {
+                return Err(wrong(
+                    "an Azure Scheduled Events document (it has `DocumentIncarnation`); read it with azure.scheduled_events"
+                        .into(),
+                ));
+            }
             if get_ci(o, "detail-type").is_some() {
                 out.push(eventbridge(o, v, ctx)?);
             } else if get_ci(o, "action").is_some() {
@@ -416,6 +425,10 @@ fn scheduled_event(
             }
         }
     };
+    // Checked last, so that a malformed AWS entry reports its malformed field first.
+    let Some(code) = code else {
+        return Err(missing_code(o, path));
+    };
     let (resource, instance_id) = match channel {
         Channel::Imds => (self_resource(ctx), None),
         Channel::Ec2Api { instance_id, zone } => (
@@ -434,23 +447,47 @@ fn scheduled_event(
             SOURCE,
             &[
                 "events/maintenance",
-                &code.unwrap_or("").to_ascii_lowercase(),
+                &code.to_ascii_lowercase(),
                 &label,
                 &nb_stamp,
                 instance_id.unwrap_or(""),
             ],
         ),
     };
-    let mut m = maintenance(
-        code.map(code_type).unwrap_or(MaintenanceType::Unknown),
-        status,
-    );
+    let mut m = maintenance(code_type(code), status);
     m.not_before = Some(not_before);
     m.not_after = not_after;
     m.description = description.map(str::to_string);
     m.vendor_id = event_id.map(str::to_string);
-    m.vendor_type = code.map(str::to_string);
+    m.vendor_type = Some(code.to_string());
     Ok(event(id, not_before, resource, m, raw.clone()))
+}
+
+/// The error for a scheduled-event entry without `Code`: another vendor's entry, or a
+/// malformed one.
+fn missing_code(o: &Map<String, Value>, path: &str) -> NormalizeError {
+    let azure = [
+        "EventType",
+        "EventStatus",
+        "Resources",
+        "EventSource",
+        "DurationInSeconds",
+    ]
+    .iter()
+    .any(|k| get_ci(o, k).is_some());
+    if azure {
+        return wrong(format!(
+            "`{}` is an Azure Scheduled Events entry (EventType/EventStatus), not an AWS scheduled event (which has `Code`); read it with azure.scheduled_events",
+            if path.is_empty() { "$" } else { path }
+        ));
+    }
+    NormalizeError::Shape {
+        path: join(path, "Code"),
+        expected: "a scheduled-event code (system-reboot, system-maintenance, instance-reboot, instance-stop, instance-retirement, ...)".into(),
+        found: get_ci(o, "Code")
+            .map(json::kind)
+            .unwrap_or_else(|| "nothing".into()),
+    }
 }
 
 /// Maps a scheduled-event `Code`.

@@ -27,6 +27,11 @@
 //!    activity-log `statusMessage`, or as a raw HTTP response string) and `resource` an ARM
 //!    resource id, a VM name, or an object with the event's resource fields.
 //!
+//! An error object without the `error` wrapper (shapes 6 and 7) must have both `code` and
+//! `message`, as every ARM error does: other vendors' objects also have a `code` (AWS's
+//! scheduled events `[{Code, Description, EventId, NotAfter, NotBefore, State}]`), and are
+//! rejected with [`NormalizeError::WrongPayload`] rather than read as failures.
+//!
 //! Nested errors are unwrapped to the innermost one, through wrapper codes (and a `Conflict`
 //! that carries a nested error) and JSON strings, at most [`MAX_NESTING`] levels deep; the
 //! innermost code, message and flattened `details[]` are what [`classify`](super::classify)
@@ -47,16 +52,29 @@
 //! `Microsoft.Authorization/policies/audit/action`) or that carries no `statusMessage` is
 //! skipped rather than failing the list; a single such event is an error.
 //!
+//! # Retry-After
+//!
+//! `failure.retry_after_s` comes from [`Input::retry_after_s`], else the HTTP `Retry-After`
+//! header (integer seconds), else a message's "try again after 'N' seconds". Values from 0 to
+//! [`MAX_RETRY_AFTER_S`] (one day) are kept; larger ones are clamped to it (a server asking
+//! for more than a day is either broken or hostile, and the engine adds the delay to the
+//! decision time); negative ones are ignored.
+//!
 //! # Ids and times
 //!
 //! `azure.arm:<vendor id>` from, in order: the ingest `idempotency_key`, the async operation's
 //! `name`, the activity log's `operationId`, its `eventDataId`, the HTTP `x-ms-request-id`.
 //! Without one, a content hash over (code, message, resource id or name, operation, attempt)
-//! and the payload's own time (`endTime`, `eventTimestamp`, `startTime`, the HTTP `Date`), or
-//! `observed_at` when the payload has no time: this normalizer keeps no state, so a bare
-//! error body re-read at another moment gets another id.
-//! `event.time` is that payload time, else `observed_at`.
+//! and the payload's own time (`endTime`, `eventTimestamp`, `startTime`, the HTTP `Date`), or,
+//! when the payload has no time, the time the same content was first seen, kept in the
+//! [`State`] (at most [`MAX_TRACKED`] entries, the oldest dropped). A bare error body re-read
+//! at another moment therefore gets the same id, as long as the caller persists the state
+//! ([`normalize_with_operation`] has no state: there the first-seen time is `observed_at`).
+//! `event.time` is that payload time, else the first-seen time.
 
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::classify::{classify_response, is_wrapper};
@@ -69,6 +87,66 @@ use crate::event::{Event, Failure, FailureDetail, Kind, Operation, Resource, Sou
 /// How deep errors may nest (wrappers, details and JSON strings together) before the payload
 /// is rejected.
 pub const MAX_NESTING: usize = 16;
+
+/// The largest `retry_after_s` an event carries (one day); larger values are clamped to it.
+pub const MAX_RETRY_AFTER_S: i64 = 86_400;
+
+/// Bound on the first-seen times kept in the [`State`].
+pub const MAX_TRACKED: usize = 1024;
+
+/// What the normalizer remembers between calls: when failures that carry neither a vendor id
+/// nor a time of their own were first seen, so that a re-read gets the same id.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    /// First-seen time by content key (a hash of code, message, resource, operation and
+    /// attempt).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub first_seen: BTreeMap<String, Timestamp>,
+}
+
+impl State {
+    /// The first-seen time of `key`, recording `now` if it is new, then trimming the oldest
+    /// entries beyond [`MAX_TRACKED`] (never `key` itself).
+    fn remember(&mut self, key: &str, now: Timestamp) -> Timestamp {
+        if let Some(t) = self.first_seen.get(key) {
+            return *t;
+        }
+        self.first_seen.insert(key.to_string(), now);
+        while self.first_seen.len() > MAX_TRACKED {
+            let oldest = self
+                .first_seen
+                .iter()
+                .filter(|(k, _)| k.as_str() != key)
+                .min_by_key(|(_, t)| **t)
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => {
+                    self.first_seen.remove(&k);
+                }
+                None => break,
+            }
+        }
+        now
+    }
+}
+
+/// A `Retry-After` in seconds as Keel keeps it: negative is ignored, more than a day is a day.
+pub fn clamp_retry_after(secs: i64) -> Option<i64> {
+    (secs >= 0).then(|| secs.min(MAX_RETRY_AFTER_S))
+}
+
+/// A run of ASCII digits as seconds, clamped (a number too long for `i64` is more than a day).
+fn digits_to_secs(digits: &str) -> Option<i64> {
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(
+        digits
+            .parse::<i64>()
+            .map_or(MAX_RETRY_AFTER_S, |n| n.min(MAX_RETRY_AFTER_S)),
+    )
+}
 
 const SOURCE: &str = "azure.arm";
 const EXPECTED: &str = "Resource Manager error";
@@ -99,22 +177,28 @@ const RESOURCE_FIELDS: &[&str] = &[
 ];
 
 /// Normalizes one ARM failure payload (see the module documentation for the shapes). A payload
-/// that reports no failure (an operation still running or succeeded) gives no event.
+/// that reports no failure (an operation still running or succeeded) gives no event. The state
+/// changes only when the payload is read without error.
 pub fn normalize(
     input: &Input<'_>,
-    _state: &mut NormalizerState,
+    state: &mut NormalizerState,
 ) -> Result<Vec<Event>, NormalizeError> {
-    run(input, input.operation)
+    let mut seen = state.azure_arm.clone();
+    let events = run(input, input.operation, &mut seen)?;
+    state.azure_arm = seen;
+    Ok(events)
 }
 
 /// [`normalize`] for a caller that knows which operation failed (for example the host that
 /// polled the `Azure-AsyncOperation` URL of its own create); `operation` wins over what the
-/// payload says. The same as setting [`Input::operation`].
+/// payload says. The same as setting [`Input::operation`], except that no state is kept: a
+/// payload with neither an id nor a time gets an id from `observed_at` (use [`normalize`] with
+/// a persisted [`NormalizerState`] for ids that survive a re-read).
 pub fn normalize_with_operation(
     input: &Input<'_>,
     operation: Operation,
 ) -> Result<Vec<Event>, NormalizeError> {
-    run(input, Some(operation))
+    run(input, Some(operation), &mut State::default())
 }
 
 // ----------------------------------------------------------------------------------------
@@ -222,7 +306,11 @@ struct Found {
 
 // ----------------------------------------------------------------------------------------
 
-fn run(input: &Input<'_>, known: Option<Operation>) -> Result<Vec<Event>, NormalizeError> {
+fn run(
+    input: &Input<'_>,
+    known: Option<Operation>,
+    seen: &mut State,
+) -> Result<Vec<Event>, NormalizeError> {
     if input.payload.len() > MAX_PAYLOAD_BYTES {
         return Err(NormalizeError::TooLarge {
             size: input.payload.len(),
@@ -237,7 +325,7 @@ fn run(input: &Input<'_>, known: Option<Operation>) -> Result<Vec<Event>, Normal
     if let Some(s) = input.http_status {
         ctx.offer_status(i64::from(s));
     }
-    ctx.retry_after_s = input.retry_after_s.filter(|s| *s >= 0);
+    ctx.retry_after_s = input.retry_after_s.and_then(clamp_retry_after);
     let doc = if text.trim_start().starts_with("HTTP/") {
         let http = parse_http(text.trim_start(), "")?;
         http.apply(&mut ctx)?;
@@ -246,14 +334,16 @@ fn run(input: &Input<'_>, known: Option<Operation>) -> Result<Vec<Event>, Normal
         json::parse_at(text, 0)?
     };
     match &doc {
-        Value::Array(items) => list(items, "", &ctx, input),
+        Value::Array(items) => list(items, "", &ctx, input, seen),
         Value::Object(obj) => {
             if let Some(Value::Array(items)) = get_ci(obj, "value") {
                 if !has_error(obj) {
-                    return list(items, "value", &ctx, input);
+                    return list(items, "value", &ctx, input, seen);
                 }
             }
-            Ok(one(obj, "", &doc, ctx, input, true)?.into_iter().collect())
+            Ok(one(obj, "", &doc, ctx, input, true, seen)?
+                .into_iter()
+                .collect())
         }
         other => Err(NormalizeError::WrongPayload {
             expected: EXPECTED,
@@ -267,6 +357,7 @@ fn list(
     prefix: &str,
     ctx: &Ctx,
     input: &Input<'_>,
+    seen: &mut State,
 ) -> Result<Vec<Event>, NormalizeError> {
     let mut out = Vec::new();
     for (i, item) in items.iter().enumerate() {
@@ -274,7 +365,7 @@ fn list(
         let obj = json::object(item, &path)?;
         let mut c = ctx.clone();
         c.in_list = true;
-        if let Some(e) = one(obj, &path, item, c, input, true)? {
+        if let Some(e) = one(obj, &path, item, c, input, true, seen)? {
             out.push(e);
         }
     }
@@ -289,9 +380,10 @@ fn one(
     mut ctx: Ctx,
     input: &Input<'_>,
     allow_ingest: bool,
+    seen: &mut State,
 ) -> Result<Option<Event>, NormalizeError> {
     if allow_ingest && is_ingest(obj) {
-        return ingest(obj, path, raw, ctx, input);
+        return ingest(obj, path, raw, ctx, input, seen);
     }
     if let Some(Value::Object(data)) = get_ci(obj, "data") {
         if let Some(al) = get_ci(data, "context")
@@ -299,7 +391,14 @@ fn one(
             .and_then(|c| get_ci(c, "activityLog"))
             .and_then(Value::as_object)
         {
-            return activity(al, &join(path, "data.context.activityLog"), raw, ctx, input);
+            return activity(
+                al,
+                &join(path, "data.context.activityLog"),
+                raw,
+                ctx,
+                input,
+                seen,
+            );
         }
         if let Some(ac) = get_ci(data, "alertContext").and_then(Value::as_object) {
             let target = get_ci(data, "essentials")
@@ -312,13 +411,13 @@ fn one(
                 let r = resource_from_str(id);
                 fill(&mut ctx.resource, r);
             }
-            return activity(ac, &join(path, "data.alertContext"), raw, ctx, input);
+            return activity(ac, &join(path, "data.alertContext"), raw, ctx, input, seen);
         }
     }
     if is_activity(obj) {
-        return activity(obj, path, raw, ctx, input);
+        return activity(obj, path, raw, ctx, input, seen);
     }
-    error_doc(obj, path, raw, ctx, input)
+    error_doc(obj, path, raw, ctx, input, seen)
 }
 
 fn has_error(obj: &Map<String, Value>) -> bool {
@@ -362,6 +461,7 @@ fn ingest(
     raw: &Value,
     mut ctx: Ctx,
     input: &Input<'_>,
+    seen: &mut State,
 ) -> Result<Option<Event>, NormalizeError> {
     if let Some(key) = opt_str(obj, "idempotency_key", path)? {
         ctx.offer_id(ID_INGEST, key);
@@ -466,7 +566,7 @@ fn ingest(
         }
     };
     let inner = json::object(&doc, &epath)?;
-    one(inner, &epath, raw, ctx, input, false)
+    one(inner, &epath, raw, ctx, input, false, seen)
 }
 
 // ----------------------------------------------------------------------------------------
@@ -478,6 +578,7 @@ fn activity(
     raw: &Value,
     mut ctx: Ctx,
     input: &Input<'_>,
+    seen: &mut State,
 ) -> Result<Option<Event>, NormalizeError> {
     let status = match value_str(obj, "status", path)? {
         Some(s) => Some(s),
@@ -559,7 +660,7 @@ fn activity(
         }
         Some(other) => return Err(shape(&smpath, "a JSON string", other)),
     };
-    build(found, ctx, raw, input)
+    build(found, ctx, raw, input, seen)
 }
 
 // ----------------------------------------------------------------------------------------
@@ -571,6 +672,7 @@ fn error_doc(
     raw: &Value,
     mut ctx: Ctx,
     input: &Input<'_>,
+    seen: &mut State,
 ) -> Result<Option<Event>, NormalizeError> {
     let with_error = has_error(obj);
     let status = get_ci(obj, "status");
@@ -613,8 +715,26 @@ fn error_doc(
             ),
         });
     }
+    // A bare error object (no `error` member) is an ARM error only with both `code` and
+    // `message`: AWS scheduled events, for one, have a `Code` too.
+    let wrapped = json::get_any(obj, &["error", "odata.error"]).is_some();
+    if !wrapped && json::get_any(obj, &["message"]).is_none() {
+        return Err(NormalizeError::WrongPayload {
+            expected: EXPECTED,
+            reason: format!(
+                "the object at `{}` has a `code` but no `message` (and no `error` member): an \
+                 ARM error has both{}",
+                path_or_root(path),
+                if get_ci(obj, "NotBefore").is_some() || get_ci(obj, "EventId").is_some() {
+                    "; this looks like an AWS scheduled event (read it with aws.imds)"
+                } else {
+                    ""
+                }
+            ),
+        });
+    }
     let found = innermost(obj, path, 0, Vec::new())?;
-    build(found, ctx, raw, input)
+    build(found, ctx, raw, input, seen)
 }
 
 /// Follows wrappers, `error` members and JSON strings to the innermost error.
@@ -825,6 +945,7 @@ fn build(
     ctx: Ctx,
     raw: &Value,
     input: &Input<'_>,
+    seen: &mut State,
 ) -> Result<Option<Event>, NormalizeError> {
     let Some(operation) = ctx.operation else {
         if ctx.in_list {
@@ -866,32 +987,39 @@ fn build(
     }
     let attempt = ctx.attempt.unwrap_or(1);
     let payload_time = ctx.time.map(|(_, t)| t);
+    let who = resource
+        .id
+        .as_deref()
+        .or(resource.name.as_deref())
+        .unwrap_or("");
+    let attempt_s = attempt.to_string();
+    let content = [
+        code.as_str(),
+        message.as_deref().unwrap_or(""),
+        who,
+        operation.as_str(),
+        attempt_s.as_str(),
+    ];
+    // Without a time of its own, the failure's time is when this content was first seen
+    // (never the observation time of a re-read), and so is its id's epoch. Only content
+    // without a vendor id needs it.
+    let time = match (payload_time, &ctx.vendor_id) {
+        (Some(t), _) => t,
+        (None, Some(_)) => input.observed_at,
+        (None, None) => seen.remember(&hash_id(SOURCE, &content), input.observed_at),
+    };
     let id = match ctx.vendor_id {
         Some((_, v)) => format!("{SOURCE}:{v}"),
         None => {
-            let epoch = payload_time.unwrap_or(input.observed_at).to_rfc3339();
-            let who = resource
-                .id
-                .as_deref()
-                .or(resource.name.as_deref())
-                .unwrap_or("");
-            let attempt_s = attempt.to_string();
-            hash_id(
-                SOURCE,
-                &[
-                    &code,
-                    message.as_deref().unwrap_or(""),
-                    who,
-                    operation.as_str(),
-                    &attempt_s,
-                    &epoch,
-                ],
-            )
+            let epoch = time.to_rfc3339();
+            let mut parts = content.to_vec();
+            parts.push(&epoch);
+            hash_id(SOURCE, &parts)
         }
     };
     Ok(Some(Event {
         id,
-        time: payload_time.unwrap_or(input.observed_at),
+        time,
         source: Source::AzureArm,
         kind: Kind::OperationFailure,
         resource,
@@ -913,7 +1041,7 @@ fn build(
     }))
 }
 
-/// "Please try again after '372' seconds." → 372.
+/// "Please try again after '372' seconds." → 372 (clamped to [`MAX_RETRY_AFTER_S`]).
 fn retry_after_in(message: &str) -> Option<i64> {
     let lower = message.to_ascii_lowercase();
     for (i, _) in lower.match_indices("after ") {
@@ -922,7 +1050,7 @@ fn retry_after_in(message: &str) -> Option<i64> {
         };
         let rest = rest.trim_start_matches(['\'', '"']);
         let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        if digits.is_empty() || digits.len() > 9 {
+        if digits.is_empty() {
             continue;
         }
         let Some(after) = rest.get(digits.len()..) else {
@@ -933,7 +1061,7 @@ fn retry_after_in(message: &str) -> Option<i64> {
             .trim_start()
             .starts_with("second")
         {
-            return digits.parse().ok();
+            return digits_to_secs(&digits);
         }
     }
     None
@@ -1255,11 +1383,11 @@ impl Http<'_> {
         let r = &self.response;
         ctx.offer_status(i64::from(r.status));
         if ctx.retry_after_s.is_none() {
-            // ARM sends integer seconds only ("will not support http-date", rpc).
+            // ARM sends integer seconds only ("will not support http-date", rpc). A negative
+            // value or an HTTP-date is ignored; more than a day is clamped to a day.
             ctx.retry_after_s = r
                 .header("Retry-After")
-                .and_then(|v| v.trim().parse::<i64>().ok())
-                .filter(|s| *s >= 0);
+                .and_then(|v| digits_to_secs(v.trim()));
         }
         // A bucket at 0 is the throttling signal (x-ms-ratelimit-remaining-* is sent on every
         // ARM response, so its mere presence is not).
@@ -1313,7 +1441,25 @@ mod tests {
         );
         assert_eq!(retry_after_in("try again after 6 seconds"), Some(6));
         assert_eq!(retry_after_in("retry after some time"), None);
-        assert_eq!(retry_after_in("after '99999999999999' seconds"), None);
+        // Absurd values are clamped to a day, however long.
+        assert_eq!(
+            retry_after_in("after '99999999999999' seconds"),
+            Some(MAX_RETRY_AFTER_S)
+        );
+        assert_eq!(
+            retry_after_in("try again after 99999999999999999999999999 seconds"),
+            Some(MAX_RETRY_AFTER_S)
+        );
+        assert_eq!(
+            retry_after_in("try again after 86400 seconds"),
+            Some(86_400)
+        );
+        assert_eq!(
+            retry_after_in("try again after 86401 seconds"),
+            Some(86_400)
+        );
+        assert_eq!(retry_after_in("try again after 0 seconds"), Some(0));
+        assert_eq!(retry_after_in("try again after -5 seconds"), None);
         assert_eq!(retry_after_in("after 'é"), None);
     }
 

@@ -8,12 +8,14 @@
 //!
 //! An InstanceInfo document (`{"ID": "_vm", "UD": "0", "FD": "0"}`) yields no event: it is
 //! kept in the [`State`] and enriches later maintenance events with the VM name, update
-//! domain and fault domain. The endpoint only ever describes the VM it runs on, so its events
-//! are `is_self`.
+//! domain and fault domain. Only an object whose keys are exactly `ID`, `UD` and `FD`
+//! (case-sensitive, no others) is read as InstanceInfo: other payloads have an `id` too (a
+//! Resource Health status, an Event Grid envelope), and must not land in the state. The
+//! endpoint only ever describes the VM it runs on, so its events are `is_self`.
 
 use serde::{Deserialize, Serialize};
 
-use super::json::{get_ci, object, opt_int, opt_str, parse};
+use super::json::{object, opt_int, opt_str, parse};
 use super::{hash_id, time, Input, NormalizeError, NormalizerState};
 use crate::event::{
     Event, Initiator, Kind, Maintenance, MaintenanceStatus, MaintenanceType, Resource, Source,
@@ -38,6 +40,15 @@ pub struct State {
     pub fault_domain: Option<i64>,
 }
 
+/// The keys of an InstanceInfo document, exactly.
+const INSTANCE_INFO_KEYS: [&str; 3] = ["FD", "ID", "UD"];
+
+fn is_instance_info(obj: &serde_json::Map<String, serde_json::Value>) -> bool {
+    let mut keys: Vec<&str> = obj.keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    keys == INSTANCE_INFO_KEYS
+}
+
 /// Normalizes a `/metadata/v1/maintenance` or `/metadata/v1/InstanceInfo` document.
 pub fn normalize(
     input: &Input<'_>,
@@ -46,7 +57,7 @@ pub fn normalize(
     let doc = parse(input.payload)?;
     let obj = object(&doc, "$")?;
     let st = &mut state.azure_maintenance_v1;
-    if get_ci(obj, "ID").is_some() || get_ci(obj, "UD").is_some() || get_ci(obj, "FD").is_some() {
+    if is_instance_info(obj) {
         let name = opt_str(obj, "ID", "$")?.map(|n| n.trim_start_matches('_').to_string());
         let ud = opt_int(obj, "UD", "$")?;
         let fd = opt_int(obj, "FD", "$")?;
@@ -70,7 +81,7 @@ pub fn normalize(
         return Err(NormalizeError::WrongPayload {
             expected: SOURCE,
             reason: format!(
-                "expected `{{}}`, EventID/EventCreationTime or ID/UD/FD; found keys {}",
+                "expected `{{}}`, EventID/EventCreationTime or exactly ID/UD/FD; found keys {}",
                 super::quote(&keys.join(", "))
             ),
         });

@@ -9,11 +9,18 @@
 //! IMDS never reports completion: an event simply vanishes. Given the previous document (the
 //! [`State`]), the normalizer infers:
 //! * vanished after `Started`: `completed`;
-//! * vanished while `Scheduled`: `canceled` only where the evidence allows it (nothing was
+//! * vanished while `Scheduled`: `canceled` only where the evidence proves it (nothing was
 //!   approved, `NotBefore` has not passed, and `DocumentIncarnation` advanced by exactly one,
-//!   so no state was missed); otherwise `completed`, because a poller can miss the whole
-//!   Started phase (DOMAIN.md 8, erratum 1: Microsoft's own sample sees incarnation 2, approves,
-//!   and next sees 4 with the event gone). Both are marked `inferred`.
+//!   so no state was missed); otherwise `ended`: it may have run or been withdrawn, because a
+//!   poller can miss the whole Started phase (DOMAIN.md 8, erratum 1: Microsoft's own sample
+//!   sees incarnation 2, approves, and next sees 4 with the event gone);
+//! * vanished with a status Keel does not know: `ended`.
+//!
+//! All of these are marked `inferred`.
+//!
+//! An `EventStatus` Keel does not know (IMDS has Scheduled and Started, Event Grid adds
+//! Completed and Canceled) does not fail the document: that event gets status `unknown`, its
+//! raw entry (with the status as sent) stays in `raw`, and the other events come through.
 //!
 //! An unchanged `DocumentIncarnation` yields no events, and re-reading a document never yields
 //! the same (event, status) twice.
@@ -180,11 +187,17 @@ pub fn normalize(
         let no_gap = previous.is_some_and(|p| incarnation.checked_sub(p) == Some(1));
         let not_due = m.not_before.is_some_and(|nb| nb > input.observed_at);
         let status = match m.status {
+            // Only a cancellation the evidence proves: nothing approved, no document missed,
+            // NotBefore still ahead.
             MaintenanceStatus::Scheduled if !t.approved && not_due && no_gap => {
                 MaintenanceStatus::Canceled
             }
-            MaintenanceStatus::Completed | MaintenanceStatus::Canceled => continue,
-            _ => MaintenanceStatus::Completed,
+            // It may have started and finished between two polls, or been withdrawn.
+            MaintenanceStatus::Scheduled | MaintenanceStatus::Unknown => MaintenanceStatus::Ended,
+            MaintenanceStatus::Started => MaintenanceStatus::Completed,
+            MaintenanceStatus::Completed
+            | MaintenanceStatus::Canceled
+            | MaintenanceStatus::Ended => continue,
         };
         let mut ev = t.event;
         ev.time = input.observed_at;
@@ -265,19 +278,14 @@ fn parse_event(
     };
     let status_raw = req_str(obj, "EventStatus", path)?;
     // Only Scheduled and Started exist on IMDS; Event Grid adds Completed and Canceled. A
-    // status Keel does not know cannot be acted on safely, so it fails the document.
-    let status = match status_raw.to_ascii_lowercase().as_str() {
+    // status Keel does not know is `unknown` (the entry, with the status as sent, is in `raw`),
+    // so that it does not hide the other events of the document.
+    let status = match status_raw.trim().to_ascii_lowercase().as_str() {
         "scheduled" => MaintenanceStatus::Scheduled,
         "started" => MaintenanceStatus::Started,
         "completed" => MaintenanceStatus::Completed,
         "canceled" | "cancelled" => MaintenanceStatus::Canceled,
-        _ => {
-            return Err(NormalizeError::Shape {
-                path: format!("{path}.EventStatus"),
-                expected: "Scheduled, Started, Completed or Canceled".into(),
-                found: format!("\"{}\"", super::quote(status_raw)),
-            })
-        }
+        _ => MaintenanceStatus::Unknown,
     };
     let not_before = match get_ci(obj, "NotBefore") {
         None | Some(Value::Null) => None,

@@ -117,6 +117,9 @@ pub struct NormalizerState {
     /// AWS IMDS: first-seen times of notices without a vendor id.
     #[serde(default)]
     pub aws_imds: aws_imds::State,
+    /// Azure Resource Manager: first-seen times of failures with neither an id nor a time.
+    #[serde(default)]
+    pub azure_arm: azure_arm::State,
 }
 
 /// Why a payload could not be normalized.

@@ -6,8 +6,12 @@
 //! as AWS's tooling renders it), RFC 3339 with or without a fraction (up to nine digits, e.g.
 //! .NET's seven) and with or without an offset (none means UTC), the legacy US form
 //! (`9/15/2015 6:42:51 AM`, UTC), and the empty string (not given). Anything else is an error.
+//!
+//! The year, as written, must be in 1..=9999 (four digits, as RFC 3339 and RFC 1123 have it):
+//! chrono's `%Y` also reads signed and longer years (`-262143-01-01T00:00:00`), which an event
+//! cannot carry (its JSON form has RFC 3339's four-digit year) and whose arithmetic overflows.
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
 
 use super::{quote, NormalizeError};
 use crate::event::Timestamp;
@@ -26,37 +30,50 @@ pub fn parse(path: &str, s: &str) -> Result<Option<Timestamp>, NormalizeError> {
     if t.len() > 64 {
         return Err(err("too long to be a time"));
     }
+    // The year as written (before any offset moves it): 1..=9999.
+    let year_ok = |written_year: i32, utc: Timestamp| {
+        if YEARS.contains(&written_year) {
+            Ok(Some(utc))
+        } else {
+            Err(err("the year is outside 1-9999"))
+        }
+    };
     if let Ok(dt) = DateTime::parse_from_rfc3339(t) {
-        return Ok(Some(dt.with_timezone(&Utc)));
+        return year_ok(dt.year(), dt.with_timezone(&Utc));
     }
     // RFC 3339 without an offset: UTC.
     for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
         if let Ok(n) = NaiveDateTime::parse_from_str(t, fmt) {
-            return Ok(Some(Utc.from_utc_datetime(&n)));
+            return year_ok(n.year(), Utc.from_utc_datetime(&n));
         }
     }
     if let Some(v) = rfc1123(t) {
-        return v
-            .map(Some)
-            .ok_or_else(|| err("not a valid calendar date or time"));
+        return match v {
+            Some((y, utc)) => year_ok(y, utc),
+            None => Err(err("not a valid calendar date or time")),
+        };
     }
     if let Some(v) = us_legacy(t) {
-        return v
-            .map(Some)
-            .ok_or_else(|| err("not a valid calendar date or time"));
+        return match v {
+            Some(utc) => year_ok(utc.year(), utc),
+            None => Err(err("not a valid calendar date or time")),
+        };
     }
     Err(err(
         "expected RFC 1123 (Mon, 20 Apr 2026 22:26:58 GMT), RFC 3339 (2026-04-20T22:26:58Z) or M/D/YYYY h:mm:ss AM",
     ))
 }
 
+/// The years a vendor time may have, as written.
+const YEARS: std::ops::RangeInclusive<i32> = 1..=9999;
+
 const MONTHS: [&str; 12] = [
     "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
 ];
 
-/// `[Www, ]D[D] Mon YYYY HH:MM:SS ZONE`. `None` when the shape does not match; `Some(None)`
-/// when it matches but the date or time is impossible.
-fn rfc1123(t: &str) -> Option<Option<Timestamp>> {
+/// `[Www, ]D[D] Mon YYYY HH:MM:SS ZONE`, with the year as written. `None` when the shape does
+/// not match; `Some(None)` when it matches but the date or time is impossible.
+fn rfc1123(t: &str) -> Option<Option<(i32, Timestamp)>> {
     let rest = match t.split_once(',') {
         Some((wd, rest))
             if wd.trim().len() == 3 && wd.trim().chars().all(|c| c.is_ascii_alphabetic()) =>
@@ -97,10 +114,10 @@ fn rfc1123(t: &str) -> Option<Option<Timestamp>> {
     let time = NaiveTime::parse_from_str(hms, "%H:%M:%S");
     let date = NaiveDate::from_ymd_opt(year.parse().ok()?, month, day.parse().ok()?);
     Some(match (date, time) {
-        (Some(d), Ok(tm)) => {
-            let naive = d.and_time(tm) - chrono::Duration::seconds(offset_s);
-            Some(Utc.from_utc_datetime(&naive))
-        }
+        (Some(d), Ok(tm)) => d
+            .and_time(tm)
+            .checked_sub_signed(chrono::Duration::seconds(offset_s))
+            .map(|naive| (d.year(), Utc.from_utc_datetime(&naive))),
         _ => None,
     })
 }
@@ -195,6 +212,55 @@ mod tests {
         assert_eq!(p("9/15/2015 6:42:51 AM"), "2015-09-15T06:42:51+00:00");
         assert_eq!(p("9/15/2015 6:42:51 PM"), "2015-09-15T18:42:51+00:00");
         assert_eq!(p("9/15/2015 12:05:00 AM"), "2015-09-15T00:05:00+00:00");
+    }
+
+    #[test]
+    fn years_outside_1_to_9999_are_time_errors() {
+        for bad in [
+            // chrono's %Y reads signed and five-or-more-digit years.
+            "-262143-01-01T00:00:00",
+            "+262142-12-31T23:59:59",
+            "-0001-01-01T00:00:00",
+            "10000-01-01T00:00:00",
+            "+10000-01-01 00:00:00",
+            "0000-01-01T00:00:00",
+            "0000-01-01T00:00:00Z",
+            "0000-06-01T00:00:00+01:00",
+            "Mon, 01 Jan 0000 00:00:00 GMT",
+            "1 Jan 0000 00:00:00 GMT",
+            "1/1/0 1:00:00 AM",
+            "1/1/10000 1:00:00 AM",
+            "12/31/262142 1:00:00 PM",
+        ] {
+            let e = parse("Events[0].NotBefore", bad);
+            assert!(
+                matches!(&e, Err(NormalizeError::Time { path, .. }) if path == "Events[0].NotBefore"),
+                "{bad}: {e:?}"
+            );
+        }
+        // Those chrono reads are refused for their year.
+        for bad in [
+            "-262143-01-01T00:00:00",
+            "+10000-01-01 00:00:00",
+            "0000-01-01T00:00:00Z",
+            "1 Jan 0000 00:00:00 GMT",
+            "1/1/10000 1:00:00 AM",
+        ] {
+            let e = parse("t", bad).unwrap_err().to_string();
+            assert!(e.contains("the year is outside 1-9999"), "{bad}: {e}");
+        }
+        // The edges are years 1 and 9999 as written; an offset may move them by a day.
+        assert_eq!(p("0001-01-01T00:00:00Z"), "0001-01-01T00:00:00+00:00");
+        assert_eq!(p("9999-12-31T23:59:59"), "9999-12-31T23:59:59+00:00");
+        assert_eq!(
+            p("9999-12-31T23:00:00-02:00"),
+            "+10000-01-01T01:00:00+00:00"
+        );
+        assert_eq!(p("1/1/1 1:00:00 AM"), "0001-01-01T01:00:00+00:00");
+        assert_eq!(
+            p("Mon, 01 Jan 0001 00:30:00 +0100"),
+            "0000-12-31T23:30:00+00:00"
+        );
     }
 
     #[test]

@@ -102,7 +102,13 @@ pub fn run(args: Args) -> u8 {
     } else {
         Mode::Fast
     };
-    let decision = engine.decide(&event, &Ctx::new(now).with_mode(mode));
+    // One event is a fleet of one: the correlation history holds just this event.
+    let mut history = keel_engine::History::new();
+    history.record(&event);
+    let decision = engine.decide(
+        &event,
+        &Ctx::new(now).with_mode(mode).with_history(&history),
+    );
     let mut out = std::io::stdout().lock();
     let res = if args.as_test {
         as_test(&mut out, &event, &decision, now)
@@ -244,6 +250,7 @@ fn text(out: &mut dyn Write, d: &Decision) -> std::io::Result<()> {
                 Outcome::Exhausted => "matched, retries spent",
                 Outcome::Errored => "errored",
                 Outcome::NotEvaluated => "not evaluated",
+                _ => "other",
             };
             let won = if d.policy.as_deref() == Some(t.policy.as_str()) {
                 "  <- wins"

@@ -12,7 +12,7 @@ use crate::{EXIT_OK, EXIT_USAGE};
 /// Turn a vendor payload into normalized events, one JSON object per line.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  keel normalize --list\n  keel normalize --from azure.scheduled_events --self WestNO_0 doc.json\n  keel normalize --from azure.scheduled_events --previous doc-2.json doc-3.json\n  curl -s -H Metadata:true 'http://169.254.169.254/metadata/scheduledevents?api-version=2020-07-01' \\\n    | keel normalize --from azure.scheduled_events --state .keel/se-state.json -\n  keel normalize --from azure.arm --operation create error.json\n\nWith --state, the normalizer state (the previous Scheduled Events document, GCP's last\nmaintenance-event value, ...) is read from FILE if it exists and written back atomically."
+    after_help = "Examples:\n  keel normalize --list\n  keel normalize --from azure.scheduled_events --self WestNO_0 doc.json\n  keel normalize --from azure.scheduled_events --previous doc-2.json doc-3.json\n  curl -s -H Metadata:true 'http://169.254.169.254/metadata/scheduledevents?api-version=2020-07-01' \\\n    | keel normalize --from azure.scheduled_events --state .keel/se-state.json -\n  keel normalize --from azure.scheduled_events --state .keel/se-state.json \\\n    --approved C7061BAC-AFDC-4513-B24B-AA5F13A16123 doc-4.json\n  keel normalize --from azure.arm --operation create error.json\n\nWith --state, the normalizer state (the previous Scheduled Events document, GCP's last\nmaintenance-event value, ...) is read from FILE if it exists and written back atomically.\n--approved records that StartRequests was sent for an event, so that its disappearance is\nnever read as a cancellation."
 )]
 pub struct Args {
     /// The normalizer (see --list).
@@ -32,6 +32,11 @@ pub struct Args {
     /// redeploy.
     #[arg(long, value_name = "OPERATION")]
     pub operation: Option<String>,
+    /// `azure.scheduled_events`: StartRequests was sent for this EventId (repeatable; compared
+    /// case-insensitively). Marked in the state before the payload is read, so that the
+    /// event's disappearance is never read as a cancellation.
+    #[arg(long, value_name = "EVENT_ID")]
+    pub approved: Vec<String>,
     /// When the payload was observed (RFC 3339). Default: now.
     #[arg(long, value_name = "TIME")]
     pub observed_at: Option<String>,
@@ -128,6 +133,15 @@ fn run_inner(args: &Args) -> Result<(), String> {
             .map_err(|e| format!("--observed-at {}: not an RFC 3339 time ({e})", escape(s)))?,
         None => Utc::now(),
     };
+    if !args.approved.is_empty() && from != "azure.scheduled_events" {
+        return Err(format!(
+            "--approved applies to azure.scheduled_events only, not `{}`",
+            escape(from)
+        ));
+    }
+    if args.approved.iter().any(|id| id.trim().is_empty()) {
+        return Err("--approved: expected an EventId, found an empty value".into());
+    }
     let mut state = match &args.state {
         Some(p) => load_state(p)?,
         None => NormalizerState::default(),
@@ -171,6 +185,24 @@ fn run_inner(args: &Args) -> Result<(), String> {
                 escape(&prev.display().to_string())
             )
         })?;
+    }
+    for id in &args.approved {
+        let id = id.trim();
+        let se = &mut state.azure_scheduled_events;
+        let known = se.events.values().any(|t| {
+            t.event
+                .maintenance
+                .as_ref()
+                .and_then(|m| m.vendor_id.as_deref())
+                .is_some_and(|v| v.eq_ignore_ascii_case(id))
+        });
+        if !known {
+            eprintln!(
+                "warning: --approved {}: no Scheduled Event with that EventId is tracked in the state (give --state or --previous)",
+                escape(id)
+            );
+        }
+        se.mark_approved(id);
     }
     let bytes = read_payload(file)?;
     let events = normalize(

@@ -25,7 +25,7 @@ pub enum Format {
 /// Run the policy unit tests found under PATH against the policies under PATH.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  keel test policies/\n  keel test policies/ --run vm-agent\n  keel test policies/ --format junit > junit.xml\n  keel test policies/ --mutate\n\nExit codes: 0 all passed, 1 a case failed or a policy file is reached by no case,\n2 usage error, 3 an invalid policy or test file."
+    after_help = "Examples:\n  keel test policies/\n  keel test policies/ --run vm-agent\n  keel test policies/ --format junit > junit.xml\n  keel test policies/ --junit-out junit.xml --json-out report.json\n  keel test policies/ --mutate\n\nExit codes: 0 all passed, 1 a case failed or a policy file is reached by no case,\n2 usage error, 3 an invalid policy or test file."
 )]
 pub struct Args {
     /// A directory of policies with their *.test.yaml files, or one test file.
@@ -37,6 +37,12 @@ pub struct Args {
     /// Run only the cases whose name (`file::case::step`) contains PATTERN.
     #[arg(long, value_name = "PATTERN")]
     pub run: Option<String>,
+    /// Also write the JUnit XML report to FILE (one run, several outputs).
+    #[arg(long, value_name = "FILE")]
+    pub junit_out: Option<PathBuf>,
+    /// Also write the JSON report to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json_out: Option<PathBuf>,
     /// Prove the cases are not vacuous: with each policy disabled, and with its `when` forced
     /// false, at least one case must fail.
     #[arg(long)]
@@ -60,6 +66,32 @@ pub fn run(args: Args) -> u8 {
             return EXIT_INVALID_POLICY;
         }
     };
+    if let (Some(pat), 0) = (&args.run, report.steps().count()) {
+        eprintln!(
+            "error: no case matches --run {}: nothing was tested",
+            escape(pat)
+        );
+        return EXIT_USAGE;
+    }
+    for (path, body) in [
+        (
+            &args.junit_out,
+            args.junit_out.as_ref().map(|_| report.to_junit()),
+        ),
+        (
+            &args.json_out,
+            args.json_out
+                .as_ref()
+                .and_then(|_| serde_json::to_string_pretty(&report).ok()),
+        ),
+    ] {
+        if let (Some(path), Some(body)) = (path, body) {
+            if let Err(e) = std::fs::write(path, body) {
+                eprintln!("error: {}: {e}", escape(&path.display().to_string()));
+                return EXIT_USAGE;
+            }
+        }
+    }
     let mut out = std::io::stdout().lock();
     let res = match args.format {
         Format::Text => text(&mut out, &report),

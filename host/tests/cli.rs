@@ -632,7 +632,7 @@ fn test_writes_human_json_and_junit_from_one_run() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stdout).contains("FAIL  wrong action"));
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&j).unwrap()).unwrap();
-    assert_eq!(v["files"][0]["cases"].as_array().unwrap().len(), 10);
+    assert_eq!(v["files"][0]["cases"].as_array().unwrap().len(), 9);
     assert!(std::fs::read_to_string(&x)
         .unwrap()
         .contains("failures=\"8\""));

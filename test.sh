@@ -17,4 +17,5 @@ echo "== keel check policies/"; cargo run -q -p keel-host --locked -- check poli
 echo "== keel test policies/"; cargo run -q -p keel-host --locked -- test policies/
 echo "== keel test policies/ --mutate (no standard policy can be removed unnoticed)"
 cargo run -q -p keel-host --locked -- test policies/ --mutate
+echo "== keel demo (a Reboot through drain to StartRequests)"; cargo run -q -p keel-host --locked -- demo
 echo "all tests passed"

@@ -24,6 +24,12 @@ impl Diagnostic {
         }
     }
 
+    /// A diagnostic at a 1-based `line` and `column` of `file` (0, 0: the whole file), for tools
+    /// that check files of their own.
+    pub fn at(file: &Path, line: usize, column: usize, message: impl Into<String>) -> Diagnostic {
+        Diagnostic::new(file, Pos { line, column }, message)
+    }
+
     pub(crate) fn with_help(mut self, help: Option<String>) -> Diagnostic {
         self.help = help;
         self

@@ -78,6 +78,7 @@ pub mod normalize;
 mod policy;
 pub mod schema;
 pub mod testing;
+pub mod yaml;
 
 pub use decision::{
     Action, Ctx, Decision, Escalation, Matched, Mode, Outcome, PolicyError, Retry, Severity,

@@ -103,6 +103,12 @@ impl LoadError {
         LoadError { diagnostics }
     }
 
+    /// An error made of `diagnostics` (for tools that validate files of their own, such as the
+    /// host's configuration).
+    pub fn from_diagnostics(diagnostics: Vec<Diagnostic>) -> LoadError {
+        LoadError { diagnostics }
+    }
+
     /// Every problem found.
     pub fn diagnostics(&self) -> &[Diagnostic] {
         &self.diagnostics

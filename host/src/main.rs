@@ -8,7 +8,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod config;
 mod render;
+mod run;
+mod stub;
 
 /// Exit code: success.
 pub const EXIT_OK: u8 = 0;
@@ -25,7 +28,7 @@ pub const EXIT_INVALID_POLICY: u8 = 3;
     long_about = "Keel normalizes cloud platform events (maintenance notices, resource-health \
 changes, failed management operations), evaluates CEL policies against them, and decides an \
 action: retry_without_agent, retry, drain, defer, acknowledge, escalate, or none.",
-    after_help = "Exit codes:\n  0  success\n  1  test failures (`keel test`)\n  2  usage error, or an unreadable or malformed input\n  3  invalid policy set\n\nExamples:\n  keel check policies/\n  keel eval --policies policies/ --event event.json --explain\n  keel normalize --from azure.scheduled_events doc.json\n  keel test policies/"
+    after_help = "Exit codes:\n  0  success\n  1  test failures (`keel test`)\n  2  usage error, or an unreadable or malformed input\n  3  invalid policy set\n\nExamples:\n  keel check policies/\n  keel eval --policies policies/ --event event.json --explain\n  keel normalize --from azure.scheduled_events doc.json\n  keel test policies/\n  keel demo\n  keel run --config host/examples/keel.yaml"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -38,6 +41,8 @@ enum Command {
     Check(cmd::check::Args),
     Normalize(cmd::normalize::Args),
     Test(cmd::test::Args),
+    Run(cmd::run::Args),
+    Demo(cmd::demo::Args),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +52,8 @@ fn main() -> ExitCode {
         Command::Check(args) => cmd::check::run(args),
         Command::Normalize(args) => cmd::normalize::run(args),
         Command::Test(args) => cmd::test::run(args),
+        Command::Run(args) => cmd::run::run(args),
+        Command::Demo(args) => cmd::demo::run(args),
     };
     ExitCode::from(code)
 }

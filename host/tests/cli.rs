@@ -737,3 +737,54 @@ fn eval_as_test_round_trips_through_keel_test() {
     );
     assert!(s.contains("2 passed, 0 failed"), "{s}");
 }
+
+#[test]
+fn demo_plays_a_reboot_through_drain_to_start_requests() {
+    let out = keel(&["demo", "--timeout", "60"]);
+    let s = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{s}{}", text(&out.stderr));
+    assert!(
+        s.contains(
+            "StartRequests received by the stub: [\"6C0C4BD8-5B2B-4B6E-9C36-4E4B2C1D0A11\"]"
+        ),
+        "{s}"
+    );
+    // The decision log links event, decision and steps, one JSON object per line.
+    let lines: Vec<serde_json::Value> = s
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let drain = lines
+        .iter()
+        .find(|l| l["decision"]["action"] == "drain")
+        .expect("a drain decision");
+    let id = drain["decision_id"].as_str().unwrap();
+    let steps: Vec<&str> = lines
+        .iter()
+        .filter(|l| l["decision_id"] == id && l.get("step").is_some())
+        .map(|l| l["step"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, ["announce", "cordon", "approve"]);
+}
+
+#[test]
+fn run_validates_the_whole_configuration_first() {
+    let d = tmp();
+    let cfg = write(
+        d.path(),
+        "keel.yaml",
+        b"policies: /nonexistent/policies\nlisten: nowhere\nsourcez: {}\nrunbooks:\n  drian: []\n  drain:\n    - name: x\n      exec: \"kubectl cordon\"\n",
+    );
+    let out = keel(&["run", "--config", &cfg]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = text(&out.stderr);
+    for want in [
+        "keel.yaml:1:11: error: `/nonexistent/policies` does not exist",
+        "keel.yaml:2:9: error: expected an address",
+        "keel.yaml:3:1: error: unknown key `sourcez` (did you mean `sources`?)",
+        "keel.yaml:5:3: error: unknown action `drian` (did you mean `drain`?)",
+        "keel.yaml:8:13: error: `exec` is an argv list",
+    ] {
+        assert!(err.contains(want), "{want}\n{err}");
+    }
+}

@@ -1,0 +1,106 @@
+//! `keel demo`: the whole loop in one command, against a loopback Scheduled Events stub.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::{config, render, run, stub, EXIT_INVALID_POLICY, EXIT_OK, EXIT_USAGE};
+
+/// Exit code: the demo scenario did not complete.
+pub const EXIT_DEMO_FAILED: u8 = 1;
+
+/// Play a platform Reboot through drain to StartRequests, against a loopback stub.
+#[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  keel demo\n  keel demo --config host/examples/keel.yaml\n\nStarts a stub of the Azure Scheduled Events endpoint on loopback, runs the host with the\nexample configuration pointed at it (fresh state in .keel/demo.db), announces a Reboot for\nthe demo VM, and exits 0 only when the host drained the VM, approved the event with\nStartRequests, and saw it complete."
+)]
+pub struct Args {
+    /// The configuration to run (its Scheduled Events URL is pointed at the stub).
+    #[arg(long, value_name = "FILE", default_value = "host/examples/keel.yaml")]
+    pub config: PathBuf,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 60)]
+    pub timeout: u64,
+}
+
+/// Runs `keel demo`.
+pub fn run(args: Args) -> u8 {
+    let mut cfg = match config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = render::diagnostics(&mut std::io::stderr().lock(), &e);
+            return EXIT_INVALID_POLICY;
+        }
+    };
+    let Ok(rt) = tokio::runtime::Runtime::new() else {
+        eprintln!("error: cannot start the runtime");
+        return EXIT_USAGE;
+    };
+    rt.block_on(async move {
+        let stub = match stub::start(Duration::from_millis(1500)).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("error: cannot start the stub: {e}");
+                return EXIT_USAGE;
+            }
+        };
+        let Some(se) = cfg.azure_scheduled_events.as_mut() else {
+            eprintln!("error: the configuration has no azure_scheduled_events source");
+            return EXIT_USAGE;
+        };
+        se.url = stub.url();
+        se.interval = Duration::from_millis(250);
+        se.first_timeout = Duration::from_secs(5);
+        cfg.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        cfg.state = cfg.state.with_file_name("demo.db");
+        for ext in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", cfg.state.display()));
+        }
+        let vm = cfg.self_name.clone().unwrap_or_else(|| "demo-vm".into());
+        println!("keel demo: stub IMDS at {}, VM `{vm}`, state {}", stub.url(), cfg.state.display());
+        let host = match run::Host::new(cfg, Box::new(std::io::stdout())) {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_INVALID_POLICY;
+            }
+        };
+        let (tx, rx) = watch::channel(false);
+        let daemon = tokio::spawn(run::run(host.clone(), rx));
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let event_id = "6C0C4BD8-5B2B-4B6E-9C36-4E4B2C1D0A11";
+        println!("keel demo: the platform announces a Reboot of `{vm}` in 15 minutes (EventId {event_id})");
+        stub.schedule(event_id, "Reboot", &vm, Duration::from_secs(900));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
+        let ok = loop {
+            let done = stub.state.lock().map(|s| s.completed).unwrap_or(false);
+            let completed_seen = host.metrics.get("keel_decisions_total", &[("action", "none"), ("policy", "-")]) >= 1.0;
+            if done && completed_seen {
+                break true;
+            }
+            if tokio::time::Instant::now() > deadline {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let _ = tx.send(true);
+        let _ = daemon.await;
+        let steps = host.store.step_outcomes().unwrap_or_default();
+        let approvals = stub.state.lock().map(|s| s.approvals.clone()).unwrap_or_default();
+        println!("keel demo: steps run:");
+        for (name, outcome) in &steps {
+            println!("  {name:<10} {}", outcome.as_deref().unwrap_or("(unfinished)"));
+        }
+        println!("keel demo: StartRequests received by the stub: {approvals:?}");
+        let drained_then_approved = steps.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>() == ["announce", "cordon", "approve"]
+            && steps.iter().all(|(_, o)| o.as_deref() == Some("ok"));
+        if ok && drained_then_approved && approvals == [event_id] {
+            println!("keel demo: ok: the Reboot was drained, approved with StartRequests, and completed");
+            EXIT_OK
+        } else {
+            println!("keel demo: FAILED: the scenario did not complete within {}s", args.timeout);
+            EXIT_DEMO_FAILED
+        }
+    })
+}

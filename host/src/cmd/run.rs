@@ -1,0 +1,84 @@
+//! `keel run`: the host daemon.
+
+use std::path::PathBuf;
+
+use tokio::sync::watch;
+
+use crate::{config, render, run, EXIT_INVALID_POLICY, EXIT_OK, EXIT_USAGE};
+
+/// Run the host: poll the sources, decide, execute runbooks exactly once.
+#[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  keel run --config host/examples/keel.yaml\n  keel run --config /etc/keel/keel.yaml --dry-run\n\nThe configuration is validated whole before anything starts; every problem is printed with\nits position. The decision log (JSON lines) goes to standard output."
+)]
+pub struct Args {
+    /// The configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Plan and log every step, with no effect.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+/// Runs `keel run` until SIGINT or SIGTERM.
+pub fn run(args: Args) -> u8 {
+    let mut cfg = match config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = render::diagnostics(&mut std::io::stderr().lock(), &e);
+            eprintln!("error: the configuration is invalid; nothing was started");
+            return EXIT_INVALID_POLICY;
+        }
+    };
+    cfg.dry_run |= args.dry_run;
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return EXIT_USAGE;
+        }
+    };
+    rt.block_on(async move {
+        let host = match run::Host::new(cfg, Box::new(std::io::stdout())) {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return EXIT_INVALID_POLICY;
+            }
+        };
+        let (tx, rx) = watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = tx.send(true);
+        });
+        match run::run(host, rx).await {
+            Ok(()) => EXIT_OK,
+            Err(e) => {
+                eprintln!("error: {e}");
+                EXIT_USAGE
+            }
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

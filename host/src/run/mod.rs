@@ -1,0 +1,340 @@
+//! The host daemon: sources feed the normalizers, the engine decides, runbooks act, and the
+//! state store makes "exactly once" hold across crashes.
+//!
+//! What "exactly once" means here (DESIGN.md "Host"): each step's start is written with its
+//! idempotency key before its effect; after a crash an idempotent step left in doubt runs
+//! again with the same key, and a non-idempotent one never runs again and escalates.
+
+pub mod metrics;
+pub mod sources;
+pub mod steps;
+pub mod store;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use keel_engine::normalize::{normalize, Input, NormalizerState};
+use keel_engine::{escape, Action, Ctx, Decision, Engine, Event, History};
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::Config;
+use metrics::Metrics;
+use store::Store;
+
+/// A raw payload from a source.
+#[derive(Debug)]
+pub struct Payload {
+    /// The normalizer to run.
+    pub normalizer: &'static str,
+    /// The bytes.
+    pub bytes: Vec<u8>,
+    /// When it was read.
+    pub observed_at: DateTime<Utc>,
+}
+
+/// Everything the daemon's tasks share.
+pub struct Host {
+    /// The configuration.
+    pub cfg: Config,
+    /// The policy set.
+    pub engine: Engine,
+    /// The state store.
+    pub store: Store,
+    /// The HTTP client for sources and executors.
+    pub http: reqwest::Client,
+    /// Metrics.
+    pub metrics: Metrics,
+    history: Mutex<History>,
+    nstate: Mutex<NormalizerState>,
+    log: Mutex<Box<dyn std::io::Write + Send>>,
+}
+
+/// Why the host could not start.
+pub type StartError = String;
+
+fn now() -> DateTime<Utc> {
+    Utc::now()
+}
+
+fn rfc(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// `decision_id`: a stable hash of the event and its status, so a replay finds the same id.
+fn decision_id(ev: &Event) -> String {
+    let status = status_of(ev);
+    let d = Sha256::digest(format!("{}\u{1f}{status}", ev.id).as_bytes());
+    d[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn status_of(ev: &Event) -> String {
+    ev.maintenance
+        .as_ref()
+        .map(|m| m.status.as_str().to_string())
+        .or_else(|| ev.health.as_ref().map(|h| h.state.as_str().to_string()))
+        .unwrap_or_else(|| "-".into())
+}
+
+impl Host {
+    /// Loads the policies and the state and builds the host.
+    pub fn new(cfg: Config, log: Box<dyn std::io::Write + Send>) -> Result<Arc<Host>, StartError> {
+        let engine = Engine::from_dir(&cfg.policies).map_err(|e| e.to_string())?;
+        let store = Store::open(&cfg.state).map_err(|e| e.to_string())?;
+        let nstate = match store.normalizer_state().map_err(|e| e.to_string())? {
+            Some(json) => serde_json::from_str(&json).unwrap_or_default(),
+            None => NormalizerState::default(),
+        };
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Arc::new(Host {
+            cfg,
+            engine,
+            store,
+            http,
+            metrics: Metrics::default(),
+            history: Mutex::new(History::new()),
+            nstate: Mutex::new(nstate),
+            log: Mutex::new(log),
+        }))
+    }
+
+    /// Writes one JSON line to the decision log (untrusted strings are JSON-escaped).
+    pub fn log_line(&self, v: &serde_json::Value) {
+        if let Ok(mut w) = self.log.lock() {
+            let _ = writeln!(w, "{v}");
+            let _ = w.flush();
+        }
+    }
+
+    /// Normalizes a payload and decides every event it yields; returns the decisions whose
+    /// runbooks must run.
+    pub fn handle(self: &Arc<Self>, p: Payload) -> Vec<(String, Event, Decision)> {
+        let (events, state_json) = {
+            let Ok(mut st) = self.nstate.lock() else {
+                return Vec::new();
+            };
+            let mut input = Input::new(&p.bytes, p.observed_at);
+            if let Some(me) = &self.cfg.self_name {
+                input = input.self_name(me);
+            }
+            match normalize(p.normalizer, &input, &mut st) {
+                Ok(evs) => {
+                    self.metrics.set_now(
+                        "keel_source_last_success_timestamp_seconds",
+                        &[("source", p.normalizer)],
+                    );
+                    (evs, serde_json::to_string(&*st).unwrap_or_default())
+                }
+                Err(e) => {
+                    self.metrics
+                        .add("keel_source_errors_total", &[("source", p.normalizer)], 1.0);
+                    self.log_line(&serde_json::json!({
+                        "time": rfc(now()), "source": p.normalizer, "error": escape(&e.to_string()),
+                    }));
+                    return Vec::new();
+                }
+            }
+        };
+        if events.is_empty() {
+            let _ = self.store.save_normalizer_state(&state_json);
+        }
+        let mut out = Vec::new();
+        for ev in events {
+            if let Some(d) = self.decide_and_record(&ev, &state_json, p.observed_at) {
+                out.push(d);
+            }
+        }
+        out
+    }
+
+    /// Decides one event (new in this status) and records it with its decision.
+    pub fn decide_and_record(
+        self: &Arc<Self>,
+        ev: &Event,
+        state_json: &str,
+        at: DateTime<Utc>,
+    ) -> Option<(String, Event, Decision)> {
+        self.metrics.add(
+            "keel_events_total",
+            &[("source", ev.source.as_str()), ("kind", ev.kind.as_str())],
+            1.0,
+        );
+        let started = std::time::Instant::now();
+        let decision = {
+            let Ok(mut h) = self.history.lock() else {
+                return None;
+            };
+            h.record(ev);
+            let d = self.engine.decide(ev, &Ctx::new(at).with_history(&h));
+            h.record_decision(ev, &d);
+            d
+        };
+        self.metrics.add(
+            "keel_decide_seconds_sum",
+            &[],
+            started.elapsed().as_secs_f64(),
+        );
+        self.metrics.add("keel_decide_seconds_count", &[], 1.0);
+        let id = decision_id(ev);
+        let mode = if self.cfg.dry_run { "dry_run" } else { "live" };
+        let steps = self.cfg.runbooks.get(&decision.action).map_or(0, Vec::len);
+        let runbook = if steps == 0 {
+            "done"
+        } else if self.cfg.dry_run {
+            "planned"
+        } else {
+            "pending"
+        };
+        let ev_json = serde_json::to_string(ev).unwrap_or_default();
+        let d_json = serde_json::to_string(&decision).unwrap_or_default();
+        let new = match self.store.record(
+            &ev.id,
+            &status_of(ev),
+            &rfc(at),
+            state_json,
+            &id,
+            mode,
+            self.engine.digest(),
+            decision.action.as_str(),
+            &ev_json,
+            &d_json,
+            runbook,
+        ) {
+            Ok(n) => n,
+            Err(e) => {
+                self.log_line(&serde_json::json!({"time": rfc(now()), "error": e.to_string()}));
+                return None;
+            }
+        };
+        if !new {
+            return None;
+        }
+        let policy = decision.policy.clone().unwrap_or_else(|| "-".into());
+        self.metrics.add(
+            "keel_decisions_total",
+            &[("action", decision.action.as_str()), ("policy", &policy)],
+            1.0,
+        );
+        self.log_line(&serde_json::json!({
+            "decision_id": id, "time": rfc(at), "event_id": ev.id, "mode": mode,
+            "policy_set_digest": self.engine.digest(), "decision": decision,
+        }));
+        if let (Action::Defer, Some(due)) = (decision.action, decision.due) {
+            let _ = self.store.defer(&ev.id, &rfc(due), &ev_json);
+        }
+        for e in decision.escalations.iter().filter(|e| !e.repeat) {
+            self.metrics.add(
+                "keel_escalations_total",
+                &[
+                    ("policy", &e.policy),
+                    ("severity", &format!("{:?}", e.severity).to_lowercase()),
+                ],
+                1.0,
+            );
+        }
+        if self.cfg.dry_run {
+            for (i, s) in self
+                .cfg
+                .runbooks
+                .get(&decision.action)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                self.log_line(&serde_json::json!({
+                    "decision_id": id, "step": s.name, "index": i, "attempt": 0,
+                    "idempotency_key": steps::step_key(&id, i, &s.name), "outcome": "planned",
+                }));
+            }
+        }
+        (runbook == "pending").then(|| (id, ev.clone(), decision))
+    }
+
+    /// Records that StartRequests was sent for `event_id`.
+    pub fn mark_approved(&self, event_id: &str) {
+        if let Ok(mut st) = self.nstate.lock() {
+            st.azure_scheduled_events.mark_approved(event_id);
+        }
+    }
+
+    /// Decides again every deferral that is due.
+    pub fn due_deferrals(self: &Arc<Self>) -> Vec<(String, Event, Decision)> {
+        let mut out = Vec::new();
+        let Ok(due) = self.store.take_due(&rfc(now())) else {
+            return out;
+        };
+        for (_, json) in due {
+            let Ok(mut ev) = serde_json::from_str::<Event>(&json) else {
+                continue;
+            };
+            // A re-decision is a new decision for the same event: mark it so the store keeps both.
+            ev.id = format!("{}#deferred@{}", ev.id, rfc(now()));
+            if let Some(d) = self.decide_and_record(&ev, "{}", now()) {
+                out.push(d);
+            }
+        }
+        out
+    }
+}
+
+/// Runs the host until `stop` turns true: sources, decisions, runbooks, the metrics and health
+/// endpoints. Pending runbooks from before a restart are resumed first.
+pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(), StartError> {
+    let (tx, mut rx) = mpsc::channel::<Payload>(64);
+    let mut tasks = tokio::task::JoinSet::new();
+    if let Some(se) = host.cfg.azure_scheduled_events.clone() {
+        tasks.spawn(sources::poll_scheduled_events(
+            host.clone(),
+            se,
+            tx.clone(),
+            stop.clone(),
+        ));
+    }
+    drop(tx);
+    let listener = tokio::net::TcpListener::bind(host.cfg.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", host.cfg.listen))?;
+    tasks.spawn(sources::serve_http(host.clone(), listener, stop.clone()));
+    let mut runbooks = tokio::task::JoinSet::new();
+    for p in host.store.pending().map_err(|e| e.to_string())? {
+        let (Ok(ev), Ok(d)) = (
+            serde_json::from_str::<Event>(&p.event_json),
+            serde_json::from_str::<Decision>(&p.decision_json),
+        ) else {
+            continue;
+        };
+        runbooks.spawn(steps::run_runbook(host.clone(), p.decision_id, ev, d));
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = stop.changed() => {
+                if *stop.borrow() { break; }
+            }
+            p = rx.recv() => {
+                let Some(p) = p else { break };
+                for (id, ev, d) in host.handle(p) {
+                    runbooks.spawn(steps::run_runbook(host.clone(), id, ev, d));
+                }
+            }
+            _ = tick.tick() => {
+                for (id, ev, d) in host.due_deferrals() {
+                    runbooks.spawn(steps::run_runbook(host.clone(), id, ev, d));
+                }
+            }
+            Some(_) = runbooks.join_next(), if !runbooks.is_empty() => {}
+        }
+    }
+    // Graceful shutdown: in-flight runbooks get a moment to finish; the rest stay `pending`
+    // in the store and resume at the next start.
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while runbooks.join_next().await.is_some() {}
+    })
+    .await;
+    tasks.abort_all();
+    Ok(())
+}

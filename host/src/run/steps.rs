@@ -1,0 +1,269 @@
+//! Runbooks: the ordered steps of an action, run with timeouts, retries with exponential
+//! backoff and jitter, and a record of every execution in the store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use keel_engine::normalize::azure_scheduled_events::start_requests;
+use keel_engine::{escape, Decision, Event};
+use sha2::{Digest, Sha256};
+
+use super::store::StepRecord;
+use super::{rfc, Host};
+use crate::config::{Step, StepKind};
+
+/// The idempotency key of a step of a decision: the same after a restart.
+pub fn step_key(decision_id: &str, idx: usize, name: &str) -> String {
+    let d = Sha256::digest(format!("{decision_id}\u{1f}{idx}\u{1f}{name}").as_bytes());
+    d[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Runs the runbook of `d`'s action for `ev`, step after step; a step runs only when every
+/// step before it succeeded. A failed runbook escalates (in the decision log).
+pub async fn run_runbook(host: Arc<Host>, decision_id: String, ev: Event, d: Decision) {
+    let steps = host
+        .cfg
+        .runbooks
+        .get(&d.action)
+        .cloned()
+        .unwrap_or_default();
+    let mut ok = true;
+    for (idx, step) in steps.iter().enumerate() {
+        let key = step_key(&decision_id, idx, &step.name);
+        let record = match host.store.begin_step(
+            &key,
+            &decision_id,
+            idx,
+            &step.name,
+            step.idempotent,
+            &rfc(Utc::now()),
+        ) {
+            Ok(r) => r,
+            Err(e) => {
+                host.log_line(&serde_json::json!({"decision_id": decision_id, "step": step.name, "error": e.to_string()}));
+                ok = false;
+                break;
+            }
+        };
+        let outcome = match record {
+            StepRecord::Done(o) => {
+                if o == "ok" || o.starts_with("skipped") {
+                    continue;
+                }
+                ok = false;
+                break;
+            }
+            StepRecord::InDoubt if !step.idempotent => {
+                // It may have taken effect before the crash: never run it twice.
+                "in_doubt_escalated".to_string()
+            }
+            StepRecord::New | StepRecord::InDoubt => {
+                attempt(&host, step, &key, &ev, &d, &decision_id).await
+            }
+        };
+        let _ = host.store.finish_step(&key, &outcome, &rfc(Utc::now()));
+        host.log_line(&serde_json::json!({
+            "decision_id": decision_id, "step": step.name, "index": idx,
+            "idempotency_key": key, "outcome": outcome,
+        }));
+        if outcome != "ok" && !outcome.starts_with("skipped") {
+            ok = false;
+            break;
+        }
+    }
+    let state = if ok { "done" } else { "failed" };
+    let _ = host.store.finish_runbook(&decision_id, state);
+    if !ok {
+        host.metrics.add(
+            "keel_runbooks_failed_total",
+            &[("action", d.action.as_str())],
+            1.0,
+        );
+        host.log_line(&serde_json::json!({
+            "decision_id": decision_id, "escalation": {
+                "reason": format!("runbook `{}` failed for event {}", d.action, escape(&ev.id)),
+                "severity": "error",
+            },
+        }));
+    }
+}
+
+fn executor(k: &StepKind) -> &'static str {
+    match k {
+        StepKind::Exec(_) => "exec",
+        StepKind::Http { .. } => "http",
+        StepKind::AzureAck => "azure_ack",
+        StepKind::Log => "log",
+    }
+}
+
+async fn attempt(
+    host: &Arc<Host>,
+    step: &Step,
+    key: &str,
+    ev: &Event,
+    d: &Decision,
+    decision_id: &str,
+) -> String {
+    let mut delay = step.backoff;
+    let mut last = String::new();
+    for n in 0..=step.retries {
+        let res =
+            tokio::time::timeout(step.timeout, once(host, step, key, ev, d, decision_id)).await;
+        let outcome = match res {
+            Ok(Ok(o)) => o,
+            Ok(Err(e)) => format!("failed: {}", escape(&e)),
+            Err(_) => format!("failed: timed out after {:?}", step.timeout),
+        };
+        host.metrics.add(
+            "keel_step_attempts_total",
+            &[
+                ("executor", executor(&step.kind)),
+                (
+                    "outcome",
+                    if outcome == "ok" || outcome.starts_with("skipped") {
+                        "ok"
+                    } else {
+                        "failed"
+                    },
+                ),
+            ],
+            1.0,
+        );
+        if outcome == "ok" || outcome.starts_with("skipped") {
+            return outcome;
+        }
+        last = outcome;
+        if n < step.retries {
+            let jitter = Duration::from_millis(
+                u64::from(Utc::now().timestamp_subsec_millis())
+                    % (delay.as_millis() as u64 / 4 + 1),
+            );
+            tokio::time::sleep(delay + jitter).await;
+            delay = (delay * 2).min(Duration::from_secs(300));
+        }
+    }
+    last
+}
+
+/// One attempt of one step.
+async fn once(
+    host: &Arc<Host>,
+    step: &Step,
+    key: &str,
+    ev: &Event,
+    d: &Decision,
+    decision_id: &str,
+) -> Result<String, String> {
+    match &step.kind {
+        StepKind::Log => {
+            host.log_line(&serde_json::json!({
+                "decision_id": decision_id, "log": format!("{} for {}", d.action, ev.id),
+            }));
+            Ok("ok".into())
+        }
+        StepKind::Exec(argv) => {
+            let Some((prog, args)) = argv.split_first() else {
+                return Err("empty argv".into());
+            };
+            let mut cmd = tokio::process::Command::new(prog);
+            cmd.args(args)
+                .env("KEEL_DECISION_ID", decision_id)
+                .env("KEEL_IDEMPOTENCY_KEY", key)
+                .env("KEEL_ACTION", d.action.as_str())
+                .env("KEEL_EVENT_ID", &ev.id)
+                .env("KEEL_EVENT_KIND", ev.kind.as_str())
+                .env(
+                    "KEEL_RESOURCE_NAME",
+                    ev.resource.name.as_deref().unwrap_or(""),
+                )
+                .env("KEEL_RESOURCE_ID", ev.resource.id.as_deref().unwrap_or(""))
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true);
+            if let Some(m) = &ev.maintenance {
+                cmd.env("KEEL_MAINTENANCE_TYPE", m.type_.as_str());
+                if let Some(nb) = m.not_before {
+                    cmd.env("KEEL_NOT_BEFORE", nb.to_rfc3339());
+                }
+            }
+            let status = cmd
+                .status()
+                .await
+                .map_err(|e| format!("cannot run {}: {e}", escape(prog)))?;
+            if status.success() {
+                Ok("ok".into())
+            } else {
+                Err(format!("{} exited with {status}", escape(prog)))
+            }
+        }
+        StepKind::Http { url } => {
+            let body = serde_json::json!({
+                "decision_id": decision_id, "idempotency_key": key, "event_id": ev.id,
+                "action": d.action, "policy": d.policy, "reason": d.reason, "escalations": d.escalations,
+            });
+            let r = host
+                .http
+                .post(url)
+                .header("Idempotency-Key", key)
+                .json(&body)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            if r.status().is_success() {
+                Ok("ok".into())
+            } else {
+                Err(format!("HTTP {}", r.status()))
+            }
+        }
+        StepKind::AzureAck => azure_ack(host, ev).await,
+    }
+}
+
+/// Approves a Scheduled Event: only for Azure Scheduled Events, only when every VM the event
+/// lists is this host's own (the approval applies to all of them; otherwise NotBefore runs
+/// out), never in dry-run.
+async fn azure_ack(host: &Arc<Host>, ev: &Event) -> Result<String, String> {
+    let Some(se) = &host.cfg.azure_scheduled_events else {
+        return Ok("skipped: no Scheduled Events source".into());
+    };
+    let Some(vid) = ev.maintenance.as_ref().and_then(|m| m.vendor_id.clone()) else {
+        return Ok("skipped: not a Scheduled Event".into());
+    };
+    let me = host.cfg.self_name.as_deref().unwrap_or("");
+    let listed: Vec<String> = ev
+        .raw
+        .as_ref()
+        .and_then(|r| r.get("Resources"))
+        .and_then(|r| r.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    if me.is_empty() || listed.is_empty() || !listed.iter().all(|r| r.eq_ignore_ascii_case(me)) {
+        return Ok(
+            "skipped: the event lists VMs other than this one; letting NotBefore run out".into(),
+        );
+    }
+    if host.cfg.dry_run {
+        return Ok("skipped: dry run".into());
+    }
+    let r = host
+        .http
+        .post(&se.url)
+        .header("Metadata", "true")
+        .json(&start_requests([vid.as_str()]))
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if r.status().is_success() {
+        host.mark_approved(&vid);
+        Ok("ok".into())
+    } else {
+        Err(format!("StartRequests answered HTTP {}", r.status()))
+    }
+}

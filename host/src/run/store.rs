@@ -1,0 +1,279 @@
+//! Durable state behind one narrow interface: events seen, decisions, step executions (each
+//! written, with its idempotency key, before its effect), deferred work, normalizer state.
+//! SQLite in WAL mode with `synchronous=FULL` (survives power loss); portable SQL and
+//! versioned migrations, so that a PostgreSQL backend can follow.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// A store failure.
+#[derive(Debug)]
+pub enum StoreError {
+    /// The database could not be opened, migrated or written.
+    Sql(rusqlite::Error),
+    /// The lock was poisoned by a panicking thread.
+    Poisoned,
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Sql(e) => write!(f, "state database: {e}"),
+            StoreError::Poisoned => f.write_str("state database: lock poisoned"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sql(e)
+    }
+}
+
+/// The migrations, in order; `PRAGMA user_version` records how many ran.
+const MIGRATIONS: &[&str] = &["CREATE TABLE events (
+        id TEXT NOT NULL, status TEXT NOT NULL, first_seen TEXT NOT NULL,
+        PRIMARY KEY (id, status));
+     CREATE TABLE decisions (
+        decision_id TEXT PRIMARY KEY, time TEXT NOT NULL, event_id TEXT NOT NULL,
+        mode TEXT NOT NULL, policy_set TEXT NOT NULL, action TEXT NOT NULL,
+        event_json TEXT NOT NULL, decision_json TEXT NOT NULL, runbook TEXT NOT NULL);
+     CREATE TABLE steps (
+        key TEXT PRIMARY KEY, decision_id TEXT NOT NULL, idx INTEGER NOT NULL,
+        name TEXT NOT NULL, idempotent INTEGER NOT NULL, started_at TEXT NOT NULL,
+        attempts INTEGER NOT NULL, finished_at TEXT, outcome TEXT);
+     CREATE TABLE deferred (
+        event_id TEXT PRIMARY KEY, due TEXT NOT NULL, event_json TEXT NOT NULL);
+     CREATE TABLE normalizer_state (
+        name TEXT PRIMARY KEY, json TEXT NOT NULL);"];
+
+/// The state database.
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+/// A step's record when it is about to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepRecord {
+    /// Never started: run it.
+    New,
+    /// Finished before (with this outcome): do not run it again.
+    Done(String),
+    /// Started and never finished (a crash in the middle): run it again only if idempotent.
+    InDoubt,
+}
+
+/// A decision whose runbook did not finish.
+#[derive(Debug, Clone)]
+pub struct Pending {
+    /// Its id.
+    pub decision_id: String,
+    /// The event, as JSON.
+    pub event_json: String,
+    /// The decision, as JSON.
+    pub decision_json: String,
+}
+
+impl Store {
+    /// Opens (creating it and its directory) and migrates the database.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        for (i, m) in MIGRATIONS
+            .iter()
+            .enumerate()
+            .skip(usize::try_from(version).unwrap_or(0))
+        {
+            conn.execute_batch(&format!(
+                "BEGIN; {m}; PRAGMA user_version = {}; COMMIT;",
+                i + 1
+            ))?;
+        }
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn c(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
+        self.conn.lock().map_err(|_| StoreError::Poisoned)
+    }
+
+    /// The saved normalizer state, if any.
+    pub fn normalizer_state(&self) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .c()?
+            .query_row(
+                "SELECT json FROM normalizer_state WHERE name = 'all'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Records an event as seen (in this status) together with its decision, in one
+    /// transaction with the normalizer state that produced it. Returns false when the event
+    /// was seen in this status before (nothing is written then).
+    #[allow(clippy::too_many_arguments)]
+    pub fn record(
+        &self,
+        event_id: &str,
+        status: &str,
+        now: &str,
+        normalizer_state: &str,
+        decision_id: &str,
+        mode: &str,
+        policy_set: &str,
+        action: &str,
+        event_json: &str,
+        decision_json: &str,
+        runbook: &str,
+    ) -> Result<bool, StoreError> {
+        let mut c = self.c()?;
+        let tx = c.transaction()?;
+        let new = tx.execute(
+            "INSERT OR IGNORE INTO events (id, status, first_seen) VALUES (?1, ?2, ?3)",
+            params![event_id, status, now],
+        )? == 1;
+        tx.execute(
+            "INSERT INTO normalizer_state (name, json) VALUES ('all', ?1)
+             ON CONFLICT (name) DO UPDATE SET json = excluded.json",
+            params![normalizer_state],
+        )?;
+        if new {
+            tx.execute(
+                "INSERT INTO decisions (decision_id, time, event_id, mode, policy_set, action, event_json, decision_json, runbook)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![decision_id, now, event_id, mode, policy_set, action, event_json, decision_json, runbook],
+            )?;
+        }
+        tx.commit()?;
+        Ok(new)
+    }
+
+    /// Saves the normalizer state alone (a poll that produced no event).
+    pub fn save_normalizer_state(&self, json: &str) -> Result<(), StoreError> {
+        self.c()?.execute(
+            "INSERT INTO normalizer_state (name, json) VALUES ('all', ?1)
+             ON CONFLICT (name) DO UPDATE SET json = excluded.json",
+            params![json],
+        )?;
+        Ok(())
+    }
+
+    /// Writes a step's start (with its idempotency key) before its effect, or reports what is
+    /// known of it.
+    pub fn begin_step(
+        &self,
+        key: &str,
+        decision_id: &str,
+        idx: usize,
+        name: &str,
+        idempotent: bool,
+        now: &str,
+    ) -> Result<StepRecord, StoreError> {
+        let c = self.c()?;
+        let row: Option<(Option<String>,)> = c
+            .query_row(
+                "SELECT outcome FROM steps WHERE key = ?1",
+                params![key],
+                |r| Ok((r.get(0)?,)),
+            )
+            .optional()?;
+        match row {
+            Some((Some(outcome),)) => Ok(StepRecord::Done(outcome)),
+            Some((None,)) => {
+                c.execute(
+                    "UPDATE steps SET attempts = attempts + 1 WHERE key = ?1",
+                    params![key],
+                )?;
+                Ok(StepRecord::InDoubt)
+            }
+            None => {
+                c.execute(
+                    "INSERT INTO steps (key, decision_id, idx, name, idempotent, started_at, attempts)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1)",
+                    params![key, decision_id, idx as i64, name, idempotent, now],
+                )?;
+                Ok(StepRecord::New)
+            }
+        }
+    }
+
+    /// Records a step's outcome.
+    pub fn finish_step(&self, key: &str, outcome: &str, now: &str) -> Result<(), StoreError> {
+        self.c()?.execute(
+            "UPDATE steps SET outcome = ?2, finished_at = ?3 WHERE key = ?1",
+            params![key, outcome, now],
+        )?;
+        Ok(())
+    }
+
+    /// Marks a decision's runbook finished (`done`, `failed`, `planned`).
+    pub fn finish_runbook(&self, decision_id: &str, state: &str) -> Result<(), StoreError> {
+        self.c()?.execute(
+            "UPDATE decisions SET runbook = ?2 WHERE decision_id = ?1",
+            params![decision_id, state],
+        )?;
+        Ok(())
+    }
+
+    /// Decisions whose runbook is still `pending` (after a restart: resume them).
+    pub fn pending(&self) -> Result<Vec<Pending>, StoreError> {
+        let c = self.c()?;
+        let mut st = c.prepare(
+            "SELECT decision_id, event_json, decision_json FROM decisions WHERE runbook = 'pending' ORDER BY time",
+        )?;
+        let rows = st.query_map([], |r| {
+            Ok(Pending {
+                decision_id: r.get(0)?,
+                event_json: r.get(1)?,
+                decision_json: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Remembers that `event` must be decided again at `due`.
+    pub fn defer(&self, event_id: &str, due: &str, event_json: &str) -> Result<(), StoreError> {
+        self.c()?.execute(
+            "INSERT INTO deferred (event_id, due, event_json) VALUES (?1, ?2, ?3)
+             ON CONFLICT (event_id) DO UPDATE SET due = excluded.due, event_json = excluded.event_json",
+            params![event_id, due, event_json],
+        )?;
+        Ok(())
+    }
+
+    /// Takes the deferrals due at `now` (RFC 3339, compared as text in UTC).
+    pub fn take_due(&self, now: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let mut c = self.c()?;
+        let tx = c.transaction()?;
+        let due: Vec<(String, String)> = {
+            let mut st = tx.prepare("SELECT event_id, event_json FROM deferred WHERE due <= ?1")?;
+            let rows = st.query_map(params![now], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
+        for (id, _) in &due {
+            tx.execute("DELETE FROM deferred WHERE event_id = ?1", params![id])?;
+        }
+        tx.commit()?;
+        Ok(due)
+    }
+
+    /// How many step executions finished with each outcome (for tests and the demo).
+    pub fn step_outcomes(&self) -> Result<Vec<(String, Option<String>)>, StoreError> {
+        let c = self.c()?;
+        let mut st = c.prepare("SELECT name, outcome FROM steps ORDER BY started_at, idx")?;
+        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+}

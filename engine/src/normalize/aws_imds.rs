@@ -54,10 +54,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::json::{self, get_ci, join, opt_str, req_str};
+use super::platform_maintenance;
 use super::{hash_id, http, quote, time, Input, NormalizeError, NormalizerState};
 use crate::event::{
-    Event, Initiator, Kind, Maintenance, MaintenanceStatus, MaintenanceType, Resource, Source,
-    Timestamp,
+    Event, Maintenance, MaintenanceStatus, MaintenanceType, Resource, Source, Timestamp,
 };
 
 const SOURCE: &str = "aws.imds";
@@ -224,7 +224,7 @@ fn termination_time(
 ) -> Result<Vec<Event>, NormalizeError> {
     match time::parse("spot/termination-time", t) {
         Ok(Some(at)) => {
-            let mut m = maintenance(MaintenanceType::Preempt, MaintenanceStatus::Scheduled);
+            let mut m = platform_maintenance(MaintenanceType::Preempt, MaintenanceStatus::Scheduled);
             m.not_before = Some(at);
             let id = hash_id(SOURCE, &["spot/termination-time", &stamp(&at)]);
             Ok(vec![event(
@@ -454,7 +454,7 @@ fn scheduled_event(
             ],
         ),
     };
-    let mut m = maintenance(code_type(code), status);
+    let mut m = platform_maintenance(code_type(code), status);
     m.not_before = Some(not_before);
     m.not_after = not_after;
     m.description = description.map(str::to_string);
@@ -524,7 +524,7 @@ fn instance_action(
 ) -> Result<Event, NormalizeError> {
     let action = req_str(o, "action", "")?;
     let at = req_time(o, "time", "")?;
-    let mut m = maintenance(spot_action_type(action), MaintenanceStatus::Scheduled);
+    let mut m = platform_maintenance(spot_action_type(action), MaintenanceStatus::Scheduled);
     m.not_before = Some(at);
     m.vendor_type = Some(action.to_string());
     let id = hash_id(
@@ -542,7 +542,7 @@ fn instance_action(
 fn rebalance(o: &Map<String, Value>, raw: &Value, ctx: &Ctx<'_>) -> Result<Event, NormalizeError> {
     let at = req_time(o, "noticeTime", "")?;
     // A rebalance recommendation promises no interruption: no not_before.
-    let m = maintenance(MaintenanceType::Rebalance, MaintenanceStatus::Scheduled);
+    let m = platform_maintenance(MaintenanceType::Rebalance, MaintenanceStatus::Scheduled);
     let id = hash_id(SOURCE, &["events/recommendations/rebalance", &stamp(&at)]);
     Ok(event(id, at, self_resource(ctx), m, raw.clone()))
 }
@@ -594,12 +594,12 @@ fn eventbridge(
             found: "nothing".into(),
         })?;
         let action = req_str(d, "instance-action", "detail")?;
-        let mut m = maintenance(spot_action_type(action), MaintenanceStatus::Scheduled);
+        let mut m = platform_maintenance(spot_action_type(action), MaintenanceStatus::Scheduled);
         m.vendor_type = Some(action.to_string());
         (m, action.trim().to_ascii_lowercase())
     } else {
         (
-            maintenance(MaintenanceType::Rebalance, MaintenanceStatus::Scheduled),
+            platform_maintenance(MaintenanceType::Rebalance, MaintenanceStatus::Scheduled),
             String::new(),
         )
     };
@@ -640,36 +640,6 @@ fn instance_from_resources(o: &Map<String, Value>) -> Result<Option<&str>, Norma
         let (_, res) = rest.rsplit_once(':')?;
         res.strip_prefix("instance/").filter(|id| !id.is_empty())
     }))
-}
-
-fn maintenance(type_: MaintenanceType, status: MaintenanceStatus) -> Maintenance {
-    Maintenance {
-        type_,
-        status,
-        not_before: None,
-        not_after: None,
-        duration_s: None,
-        initiator: Some(Initiator::Platform),
-        description: None,
-        vendor_id: None,
-        vendor_type: None,
-        incarnation: None,
-        inferred: false,
-    }
-}
-
-fn event(id: String, time: Timestamp, resource: Resource, m: Maintenance, raw: Value) -> Event {
-    Event {
-        id,
-        time,
-        source: Source::AwsImds,
-        kind: Kind::Maintenance,
-        resource,
-        maintenance: Some(m),
-        health: None,
-        failure: None,
-        raw: Some(raw),
-    }
 }
 
 /// An EC2 instance named by id (EC2 API, EventBridge): this host's if the id is its name.
@@ -785,4 +755,8 @@ mod tests {
             None
         );
     }
+}
+
+fn event(id: String, time: Timestamp, resource: Resource, m: Maintenance, raw: Value) -> Event {
+    super::maintenance_event_of(Source::AwsImds, id, time, resource, m, raw)
 }

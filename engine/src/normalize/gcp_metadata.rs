@@ -44,10 +44,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::json::{self, get_ci, join};
+use super::platform_maintenance;
 use super::{hash_id, http, quote, time, Input, NormalizeError, NormalizerState};
 use crate::event::{
-    Event, Initiator, Kind, Maintenance, MaintenanceStatus, MaintenanceType, Resource, Source,
-    Timestamp,
+    Event, Maintenance, MaintenanceStatus, MaintenanceType, Resource, Source, Timestamp,
 };
 
 const SOURCE: &str = "gcp.metadata";
@@ -388,7 +388,7 @@ fn maintenance_event_event(
             &stamp(&since),
         ],
     );
-    let mut m = maintenance(maintenance_event_type(value), status);
+    let mut m = platform_maintenance(maintenance_event_type(value), status);
     m.not_before = since.checked_add_signed(Duration::seconds(NOTICE_S));
     m.vendor_type = Some(value.trim().to_string());
     m.incarnation = ctx.incarnation;
@@ -407,7 +407,7 @@ fn preempted(value: &str, ctx: &Ctx<'_>, st: &mut State, raw: Value) -> Vec<Even
     }
     st.preempted_since = Some(ctx.observed_at);
     let id = hash_id(SOURCE, &["instance/preempted", &stamp(&ctx.observed_at)]);
-    let mut m = maintenance(MaintenanceType::Preempt, MaintenanceStatus::Started);
+    let mut m = platform_maintenance(MaintenanceType::Preempt, MaintenanceStatus::Started);
     m.incarnation = ctx.incarnation;
     vec![event(id, ctx.observed_at, self_resource(ctx), m, raw)]
 }
@@ -468,7 +468,7 @@ fn upcoming(
         SOURCE,
         &["instance/upcoming-maintenance", &type_norm, &stamp(&epoch)],
     );
-    let mut m = maintenance(MaintenanceType::HostMaintenance, status);
+    let mut m = platform_maintenance(MaintenanceType::HostMaintenance, status);
     m.not_before = not_before;
     m.not_after = window_end;
     m.vendor_type = type_raw.map(|t| t.trim().to_string());
@@ -508,36 +508,6 @@ fn instance_resource(o: &Map<String, Value>, ctx: &Ctx<'_>) -> Result<Resource, 
         is_self,
         ..Resource::default()
     })
-}
-
-fn maintenance(type_: MaintenanceType, status: MaintenanceStatus) -> Maintenance {
-    Maintenance {
-        type_,
-        status,
-        not_before: None,
-        not_after: None,
-        duration_s: None,
-        initiator: Some(Initiator::Platform),
-        description: None,
-        vendor_id: None,
-        vendor_type: None,
-        incarnation: None,
-        inferred: false,
-    }
-}
-
-fn event(id: String, time: Timestamp, resource: Resource, m: Maintenance, raw: Value) -> Event {
-    Event {
-        id,
-        time,
-        source: Source::GcpMetadata,
-        kind: Kind::Maintenance,
-        resource,
-        maintenance: Some(m),
-        health: None,
-        failure: None,
-        raw: Some(raw),
-    }
 }
 
 /// Metadata-server payloads are about the VM that read them.
@@ -668,4 +638,8 @@ mod tests {
         );
         assert_eq!(r.path.map(key_of), Some(Key::Preempted));
     }
+}
+
+fn event(id: String, time: Timestamp, resource: Resource, m: Maintenance, raw: Value) -> Event {
+    super::maintenance_event_of(Source::GcpMetadata, id, time, resource, m, raw)
 }

@@ -257,6 +257,48 @@ pub fn normalize(
     (n.run)(input, state)
 }
 
+/// A maintenance notice from the platform, with nothing but its type and status known yet.
+pub(crate) fn platform_maintenance(
+    type_: crate::event::MaintenanceType,
+    status: crate::event::MaintenanceStatus,
+) -> crate::event::Maintenance {
+    crate::event::Maintenance {
+        type_,
+        status,
+        not_before: None,
+        not_after: None,
+        duration_s: None,
+        initiator: Some(crate::event::Initiator::Platform),
+        description: None,
+        vendor_id: None,
+        vendor_type: None,
+        incarnation: None,
+        inferred: false,
+    }
+}
+
+/// A maintenance event of `source`.
+pub(crate) fn maintenance_event_of(
+    source: crate::event::Source,
+    id: String,
+    time: Timestamp,
+    resource: crate::event::Resource,
+    m: crate::event::Maintenance,
+    raw: serde_json::Value,
+) -> Event {
+    Event {
+        id,
+        time,
+        source,
+        kind: crate::event::Kind::Maintenance,
+        resource,
+        maintenance: Some(m),
+        health: None,
+        failure: None,
+        raw: Some(raw),
+    }
+}
+
 /// Truncates untrusted text for an error message.
 pub(crate) fn truncate(s: &str, max: usize) -> String {
     if s.chars().count() <= max {

@@ -720,6 +720,10 @@ fn parse_http(text: &str) -> Result<HttpResponse<'_>, NormalizeError> {
     })
 }
 
+fn event(id: String, time: Timestamp, resource: Resource, m: Maintenance, raw: Value) -> Event {
+    super::maintenance_event_of(Source::AwsImds, id, time, resource, m, raw)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -755,8 +759,4 @@ mod tests {
             None
         );
     }
-}
-
-fn event(id: String, time: Timestamp, resource: Resource, m: Maintenance, raw: Value) -> Event {
-    super::maintenance_event_of(Source::AwsImds, id, time, resource, m, raw)
 }

@@ -597,6 +597,10 @@ fn parse_http(text: &str) -> Result<HttpResponse<'_>, NormalizeError> {
     })
 }
 
+fn event(id: String, time: Timestamp, resource: Resource, m: Maintenance, raw: Value) -> Event {
+    super::maintenance_event_of(Source::GcpMetadata, id, time, resource, m, raw)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -638,8 +642,4 @@ mod tests {
         );
         assert_eq!(r.path.map(key_of), Some(Key::Preempted));
     }
-}
-
-fn event(id: String, time: Timestamp, resource: Resource, m: Maintenance, raw: Value) -> Event {
-    super::maintenance_event_of(Source::GcpMetadata, id, time, resource, m, raw)
 }

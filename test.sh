@@ -11,6 +11,8 @@ echo "== wasm32 builds of keel-engine (no default features)"
 for t in wasm32-unknown-unknown wasm32-wasip1; do
   cargo build -p keel-engine --no-default-features --target "$t" --locked
 done
+echo "== the engine as a Wasm module (wasm32-unknown-unknown)"
+cargo build -p keel-engine-module --target wasm32-unknown-unknown --release --locked
 echo "== keel-engine has no tokio or wasmtime in its default dependency tree"
 if cargo tree -p keel-engine -e normal --locked | grep -E "^.* (tokio|wasmtime) v"; then echo "tokio or wasmtime leaked into keel-engine"; exit 1; fi
 echo "== keel check policies/"; cargo run -q -p keel-host --locked -- check policies/

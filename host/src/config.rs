@@ -24,6 +24,12 @@ pub struct Config {
     pub self_name: Option<String>,
     /// The Azure Scheduled Events source, if configured.
     pub azure_scheduled_events: Option<SeSource>,
+    /// The AWS IMDSv2 source, if configured.
+    pub aws_imds: Option<AwsImdsSource>,
+    /// The GCP metadata server source, if configured.
+    pub gcp_metadata: Option<GcpMetadataSource>,
+    /// The HTTP ingest endpoint (`POST /ingest` on `listen`), if configured.
+    pub ingest: Option<IngestSource>,
     /// Runbooks: the ordered steps of each action.
     pub runbooks: BTreeMap<Action, Vec<Step>>,
     /// A source that has failed for this long makes /readyz red.
@@ -42,6 +48,86 @@ pub struct SeSource {
     /// Timeout of the first poll (the service may take up to two minutes to start).
     pub first_timeout: Duration,
 }
+
+/// AWS EC2 instance metadata, IMDSv2: a session token from `PUT /latest/api/token`, then
+/// polls of `spot/instance-action`, `events/recommendations/rebalance` and
+/// `events/maintenance/scheduled` (404 means no notice).
+#[derive(Debug, Clone)]
+pub struct AwsImdsSource {
+    /// The IMDS base URL, without a trailing slash (`http://169.254.169.254`).
+    pub url: String,
+    /// Time between polls (AWS advises five seconds).
+    pub interval: Duration,
+    /// Timeout of one request.
+    pub timeout: Duration,
+    /// The lifetime asked for each session token (1 s to 6 h); the token is renewed before it
+    /// expires, and at once when IMDS answers 401.
+    pub token_ttl: Duration,
+    /// The longest wait between retries after failures.
+    pub max_backoff: Duration,
+}
+
+/// The GCP Compute Engine metadata server: `instance/maintenance-event` and
+/// `instance/preempted`, each with a hanging `wait_for_change=true&last_etag=...` request
+/// always open, and the `Metadata-Flavor: Google` header.
+#[derive(Debug, Clone)]
+pub struct GcpMetadataSource {
+    /// The metadata base URL, without a trailing slash
+    /// (`http://metadata.google.internal/computeMetadata/v1`).
+    pub url: String,
+    /// How long the server may hold a hanging request (`timeout_sec`, whole seconds, at least 1).
+    pub wait_timeout: Duration,
+    /// Timeout of a plain read, and the grace beyond `wait_timeout` for a hanging one.
+    pub timeout: Duration,
+    /// The least time between two requests when the server does not hang (no `ETag`, or an
+    /// unchanged value returned early).
+    pub interval: Duration,
+    /// The longest wait between retries after failures.
+    pub max_backoff: Duration,
+}
+
+/// The HTTP ingest endpoint for operation failures reported by deployment tools:
+/// `POST /ingest` with DESIGN.md's body, a bearer token, a body size limit.
+#[derive(Debug, Clone)]
+pub struct IngestSource {
+    /// The bearer token, read when the configuration is loaded from the environment
+    /// variable that `token_env` names (the host refuses to start without it). `listen` must
+    /// be a loopback address unless `allow_remote: true`.
+    pub token: Secret,
+    /// The largest body accepted (larger ones get 413).
+    pub max_body_bytes: usize,
+    /// Failures of one (resource, operation) within this window count as attempts 1, 2, ...;
+    /// after a quiet window the count starts again at 1.
+    pub attempt_window: Duration,
+}
+
+/// A secret read from the environment; its `Debug` form never shows it.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(s: String) -> Secret {
+        Secret(s)
+    }
+
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// The default body limit of the ingest endpoint (1 MiB).
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
+
+/// The shortest bearer token the ingest endpoint accepts.
+pub const MIN_TOKEN_CHARS: usize = 16;
 
 /// One runbook step.
 #[derive(Debug, Clone)]
@@ -148,6 +234,44 @@ impl V<'_> {
         }
     }
 
+    /// An `http(s)://` base URL without a trailing slash.
+    fn url(&mut self, ptr: &str, v: Option<&Value>, default: &str) -> String {
+        match v {
+            None => default.to_string(),
+            Some(Value::String(u))
+                if (u.starts_with("http://") || u.starts_with("https://"))
+                    && !u.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+            {
+                u.trim_end_matches('/').to_string()
+            }
+            Some(_) => {
+                self.err(ptr, "expected an http:// or https:// URL");
+                default.to_string()
+            }
+        }
+    }
+
+    /// A duration that must not be zero.
+    fn positive(&mut self, ptr: &str, v: Option<&Value>, default: Duration) -> Duration {
+        let d = self.duration(ptr, v, default);
+        if d.is_zero() {
+            self.err(ptr, "must be longer than zero");
+            return default;
+        }
+        d
+    }
+
+    fn boolean(&mut self, ptr: &str, v: Option<&Value>, default: bool) -> bool {
+        match v {
+            None => default,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                self.err(ptr, "expected true or false");
+                default
+            }
+        }
+    }
+
     fn duration(&mut self, ptr: &str, v: Option<&Value>, default: Duration) -> Duration {
         match v {
             None => default,
@@ -232,8 +356,20 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
         Duration::from_secs(60),
     );
     let mut se = None;
+    let mut aws = None;
+    let mut gcp = None;
+    let mut ingest = None;
     if let Some(sources) = root.get("sources") {
-        v.keys("/sources", sources, &["azure_scheduled_events"]);
+        v.keys(
+            "/sources",
+            sources,
+            &[
+                "azure_scheduled_events",
+                "aws_imds",
+                "gcp_metadata",
+                "ingest",
+            ],
+        );
         if let Some(s) = sources.get("azure_scheduled_events") {
             let p = "/sources/azure_scheduled_events";
             v.keys(p, s, &["url", "interval", "timeout", "first_timeout"]);
@@ -268,6 +404,37 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
                 ),
             });
         }
+        if let Some(s) = sources.get("aws_imds") {
+            aws = Some(parse_aws(&mut v, s));
+        }
+        if let Some(s) = sources.get("gcp_metadata") {
+            gcp = Some(parse_gcp(&mut v, s));
+        }
+        if let Some(s) = sources.get("ingest") {
+            ingest = parse_ingest(&mut v, s);
+        }
+    }
+    let remote_ingest = root
+        .get("sources")
+        .and_then(|s| s.get("ingest"))
+        .and_then(|i| i.get("allow_remote"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let has_ingest = root.get("sources").and_then(|s| s.get("ingest")).is_some();
+    if has_ingest && !remote_ingest && !listen.ip().is_loopback() {
+        let ptr = if root.get("listen").is_some() {
+            "/listen"
+        } else {
+            "/sources/ingest"
+        };
+        v.err(
+            ptr,
+            format!(
+                "`listen` is {listen}, not a loopback address, and the ingest endpoint listens there; \
+                 set `sources.ingest.allow_remote: true` to accept reports from other machines \
+                 (and put TLS in front: the bearer token travels in clear)"
+            ),
+        );
     }
     let mut runbooks = BTreeMap::new();
     if let Some(rb) = root.get("runbooks") {
@@ -313,12 +480,205 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
             dry_run,
             self_name,
             azure_scheduled_events: se,
+            aws_imds: aws,
+            gcp_metadata: gcp,
+            ingest,
             runbooks,
             unready_after,
         })
     } else {
         Err(LoadError::from_diagnostics(diags))
     }
+}
+
+fn parse_aws(v: &mut V<'_>, s: &Value) -> AwsImdsSource {
+    let p = "/sources/aws_imds";
+    v.keys(
+        p,
+        s,
+        &["url", "interval", "timeout", "token_ttl", "max_backoff"],
+    );
+    let token_ttl = v.positive(
+        &format!("{p}/token_ttl"),
+        s.get("token_ttl"),
+        Duration::from_secs(21_600),
+    );
+    let token_ttl = if token_ttl.as_secs() < 1 || token_ttl.as_secs() > 21_600 {
+        v.err(
+            &format!("{p}/token_ttl"),
+            "IMDSv2 tokens live from 1s to 6h (21600s), in whole seconds",
+        );
+        Duration::from_secs(21_600)
+    } else {
+        Duration::from_secs(token_ttl.as_secs())
+    };
+    AwsImdsSource {
+        url: v.url(&format!("{p}/url"), s.get("url"), "http://169.254.169.254"),
+        interval: v.positive(
+            &format!("{p}/interval"),
+            s.get("interval"),
+            Duration::from_secs(5),
+        ),
+        timeout: v.positive(
+            &format!("{p}/timeout"),
+            s.get("timeout"),
+            Duration::from_secs(2),
+        ),
+        token_ttl,
+        max_backoff: v.positive(
+            &format!("{p}/max_backoff"),
+            s.get("max_backoff"),
+            Duration::from_secs(30),
+        ),
+    }
+}
+
+fn parse_gcp(v: &mut V<'_>, s: &Value) -> GcpMetadataSource {
+    let p = "/sources/gcp_metadata";
+    v.keys(
+        p,
+        s,
+        &["url", "wait_timeout", "timeout", "interval", "max_backoff"],
+    );
+    let wait_timeout = v.positive(
+        &format!("{p}/wait_timeout"),
+        s.get("wait_timeout"),
+        Duration::from_secs(60),
+    );
+    let wait_timeout = if wait_timeout.as_secs() < 1 {
+        v.err(
+            &format!("{p}/wait_timeout"),
+            "the metadata server counts `timeout_sec` in whole seconds: at least 1s",
+        );
+        Duration::from_secs(60)
+    } else {
+        Duration::from_secs(wait_timeout.as_secs())
+    };
+    GcpMetadataSource {
+        url: v.url(
+            &format!("{p}/url"),
+            s.get("url"),
+            "http://metadata.google.internal/computeMetadata/v1",
+        ),
+        wait_timeout,
+        timeout: v.positive(
+            &format!("{p}/timeout"),
+            s.get("timeout"),
+            Duration::from_secs(5),
+        ),
+        interval: v.positive(
+            &format!("{p}/interval"),
+            s.get("interval"),
+            Duration::from_secs(1),
+        ),
+        max_backoff: v.positive(
+            &format!("{p}/max_backoff"),
+            s.get("max_backoff"),
+            Duration::from_secs(30),
+        ),
+    }
+}
+
+/// The ingest endpoint; `None` (with an error reported) when its token cannot be had.
+fn parse_ingest(v: &mut V<'_>, s: &Value) -> Option<IngestSource> {
+    let p = "/sources/ingest";
+    v.keys(
+        p,
+        s,
+        &[
+            "token_env",
+            "max_body_bytes",
+            "allow_remote",
+            "attempt_window",
+        ],
+    );
+    let max = keel_engine::normalize::MAX_PAYLOAD_BYTES;
+    let max_body_bytes = match s.get("max_body_bytes") {
+        None => DEFAULT_MAX_BODY_BYTES,
+        Some(n) => match n.as_u64().and_then(|n| usize::try_from(n).ok()) {
+            Some(n) if (1..=max).contains(&n) => n,
+            _ => {
+                v.err(
+                    &format!("{p}/max_body_bytes"),
+                    format!("expected a number of bytes from 1 to {max}"),
+                );
+                DEFAULT_MAX_BODY_BYTES
+            }
+        },
+    };
+    // Only its type is checked here; `load` checks it against `listen`.
+    v.boolean(&format!("{p}/allow_remote"), s.get("allow_remote"), false);
+    let attempt_window = v.positive(
+        &format!("{p}/attempt_window"),
+        s.get("attempt_window"),
+        Duration::from_secs(24 * 3600),
+    );
+    let tp = format!("{p}/token_env");
+    let token_env = match s.get("token_env") {
+        Some(Value::String(name))
+            if !name.is_empty()
+                && !name.starts_with(|c: char| c.is_ascii_digit())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+        {
+            name.clone()
+        }
+        None => {
+            v.err(
+                p,
+                "the ingest endpoint needs `token_env`: the environment variable that holds its bearer token",
+            );
+            return None;
+        }
+        Some(_) => {
+            v.err(
+                &tp,
+                "expected the name of an environment variable, such as KEEL_INGEST_TOKEN",
+            );
+            return None;
+        }
+    };
+    let token = match std::env::var(&token_env) {
+        Ok(t) if t.chars().count() < MIN_TOKEN_CHARS => {
+            v.err(
+                &tp,
+                format!(
+                    "the environment variable `{token_env}` holds a token shorter than {MIN_TOKEN_CHARS} characters"
+                ),
+            );
+            return None;
+        }
+        Ok(t) if !t.chars().all(|c| c.is_ascii_graphic()) => {
+            v.err(
+                &tp,
+                format!(
+                    "the token in `{token_env}` must be printable ASCII without spaces (it travels in an HTTP header)"
+                ),
+            );
+            return None;
+        }
+        Ok(t) => t,
+        Err(std::env::VarError::NotPresent) => {
+            v.err(
+                &tp,
+                format!(
+                    "the environment variable `{token_env}` is not set; the ingest endpoint refuses to start without its bearer token"
+                ),
+            );
+            return None;
+        }
+        Err(std::env::VarError::NotUnicode(_)) => {
+            v.err(
+                &tp,
+                format!("the environment variable `{token_env}` is not valid UTF-8"),
+            );
+            return None;
+        }
+    };
+    Some(IngestSource {
+        token: Secret::new(token),
+        max_body_bytes,
+        attempt_window,
+    })
 }
 
 /// ` (did you mean `x`?)` for a near miss.

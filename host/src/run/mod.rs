@@ -5,6 +5,8 @@
 //! idempotency key before its effect; after a crash an idempotent step left in doubt runs
 //! again with the same key, and a non-idempotent one never runs again and escalates.
 
+pub mod backoff;
+pub mod health;
 pub mod metrics;
 pub mod sources;
 pub mod steps;
@@ -17,11 +19,12 @@ use chrono::{DateTime, Utc};
 use keel_engine::normalize::{normalize, Input, NormalizerState};
 use keel_engine::{escape, Action, Ctx, Decision, Engine, Event, History};
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::Config;
+use health::{Change, Health};
 use metrics::Metrics;
-use store::Store;
+use store::{IngestRecord, NewDecision, Store, StoreError};
 
 /// A raw payload from a source.
 #[derive(Debug)]
@@ -32,6 +35,36 @@ pub struct Payload {
     pub bytes: Vec<u8>,
     /// When it was read.
     pub observed_at: DateTime<Utc>,
+}
+
+/// What the sources send to the run loop, which normalizes and decides one message at a time.
+#[derive(Debug)]
+pub enum Inbox {
+    /// A payload read by a polling source; the loop answers whether it normalized (the
+    /// normalizer's error otherwise), so that the source can count the failure and back off.
+    Poll(Payload, oneshot::Sender<Result<(), String>>),
+    /// A body posted to the ingest endpoint; the loop answers with the HTTP reply.
+    Ingest(Payload, oneshot::Sender<IngestReply>),
+}
+
+/// The ingest endpoint's answer to one body.
+#[derive(Debug, Clone)]
+pub struct IngestReply {
+    /// The HTTP status: 202 accepted, 200 duplicate (or no failure in the body), 400 bad
+    /// body, 500 the state store failed.
+    pub status: u16,
+    /// The JSON body.
+    pub body: serde_json::Value,
+}
+
+/// A decision whose runbook must run: its id, the event and the decision.
+pub type Work = (String, Event, Decision);
+
+/// An event decided and recorded.
+struct Recorded {
+    decision_id: String,
+    decision: Decision,
+    pending: bool,
 }
 
 /// Everything the daemon's tasks share.
@@ -46,6 +79,8 @@ pub struct Host {
     pub http: reqwest::Client,
     /// Metrics.
     pub metrics: Metrics,
+    /// The health of every source, for `/readyz`.
+    pub health: Health,
     history: Mutex<History>,
     nstate: Mutex<NormalizerState>,
     log: Mutex<Box<dyn std::io::Write + Send>>,
@@ -96,6 +131,7 @@ impl Host {
             store,
             http,
             metrics: Metrics::default(),
+            health: Health::default(),
             history: Mutex::new(History::new()),
             nstate: Mutex::new(nstate),
             log: Mutex::new(log),
@@ -110,45 +146,74 @@ impl Host {
         }
     }
 
+    /// Records a success of a source's channel: sets
+    /// `keel_source_last_success_timestamp_seconds{source}` when no channel of the source is
+    /// failing, and logs a recovery.
+    pub fn source_ok(&self, source: &'static str, channel: &'static str) {
+        let (change, whole) = self.health.ok(source, channel);
+        if whole {
+            self.metrics.set_now(
+                "keel_source_last_success_timestamp_seconds",
+                &[("source", source)],
+            );
+        }
+        if change == Change::Recovered {
+            self.log_line(&serde_json::json!({
+                "time": rfc(now()), "source": source, "channel": channel, "recovered": true,
+            }));
+        }
+    }
+
+    /// Records a failure of a source's channel: counts `keel_source_errors_total{source}`,
+    /// and logs the first failure of a streak (escaped).
+    pub fn source_failed(&self, source: &'static str, channel: &'static str, why: &str) {
+        self.metrics
+            .add("keel_source_errors_total", &[("source", source)], 1.0);
+        let why = escape(why);
+        if self.health.failed(source, channel, &why) == Change::StartedFailing {
+            self.log_line(&serde_json::json!({
+                "time": rfc(now()), "source": source, "channel": channel, "error": why,
+            }));
+        }
+    }
+
     /// Normalizes a payload and decides every event it yields; returns the decisions whose
-    /// runbooks must run.
-    pub fn handle(self: &Arc<Self>, p: Payload) -> Vec<(String, Event, Decision)> {
+    /// runbooks must run, or the normalizer's error (escaped).
+    pub fn handle(self: &Arc<Self>, p: Payload) -> Result<Vec<Work>, String> {
         let (events, state_json) = {
             let Ok(mut st) = self.nstate.lock() else {
-                return Vec::new();
+                return Err("normalizer state lock poisoned".into());
             };
             let mut input = Input::new(&p.bytes, p.observed_at);
             if let Some(me) = &self.cfg.self_name {
                 input = input.self_name(me);
             }
             match normalize(p.normalizer, &input, &mut st) {
-                Ok(evs) => {
-                    self.metrics.set_now(
-                        "keel_source_last_success_timestamp_seconds",
-                        &[("source", p.normalizer)],
-                    );
-                    (evs, serde_json::to_string(&*st).unwrap_or_default())
-                }
-                Err(e) => {
-                    self.metrics
-                        .add("keel_source_errors_total", &[("source", p.normalizer)], 1.0);
-                    self.log_line(&serde_json::json!({
-                        "time": rfc(now()), "source": p.normalizer, "error": escape(&e.to_string()),
-                    }));
-                    return Vec::new();
-                }
+                Ok(evs) => (evs, serde_json::to_string(&*st).unwrap_or_default()),
+                // The source counts and logs it (once per streak of failures).
+                Err(e) => return Err(escape(&e.to_string())),
             }
         };
-        if events.is_empty() {
-            let _ = self.store.save_normalizer_state(&state_json);
-        }
         let mut out = Vec::new();
+        let mut recorded = false;
         for ev in events {
-            if let Some(d) = self.decide_and_record(&ev, &state_json, p.observed_at) {
-                out.push(d);
+            match self.decide(&ev, &state_json, p.observed_at, None) {
+                Ok(Some(r)) => {
+                    recorded = true;
+                    if r.pending {
+                        out.push((r.decision_id, ev, r.decision));
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.log_line(&serde_json::json!({"time": rfc(now()), "error": e.to_string()}));
+                }
             }
         }
-        out
+        if !recorded {
+            let _ = self.store.save_normalizer_state(&state_json);
+        }
+        Ok(out)
     }
 
     /// Decides one event (new in this status) and records it with its decision.
@@ -157,16 +222,36 @@ impl Host {
         ev: &Event,
         state_json: &str,
         at: DateTime<Utc>,
-    ) -> Option<(String, Event, Decision)> {
-        self.metrics.add(
-            "keel_events_total",
-            &[("source", ev.source.as_str()), ("kind", ev.kind.as_str())],
-            1.0,
-        );
+    ) -> Option<Work> {
+        match self.decide(ev, state_json, at, None) {
+            Ok(Some(r)) => r.pending.then(|| (r.decision_id, ev.clone(), r.decision)),
+            Ok(None) => None,
+            Err(e) => {
+                self.log_line(&serde_json::json!({"time": rfc(now()), "error": e.to_string()}));
+                None
+            }
+        }
+    }
+
+    /// Decides an event not seen before in its status, and records it with its decision (and,
+    /// for an ingest body, its key) in one transaction. `Ok(None)`: seen before, nothing done.
+    fn decide(
+        self: &Arc<Self>,
+        ev: &Event,
+        state_json: &str,
+        at: DateTime<Utc>,
+        ingest: Option<IngestRecord<'_>>,
+    ) -> Result<Option<Recorded>, StoreError> {
+        let status = status_of(ev);
+        // A stateless source (AWS IMDS) re-reads the same notice every poll: decide it once,
+        // and keep the correlation history free of repeats.
+        if self.store.seen(&ev.id, &status)? {
+            return Ok(None);
+        }
         let started = std::time::Instant::now();
         let decision = {
             let Ok(mut h) = self.history.lock() else {
-                return None;
+                return Err(StoreError::Poisoned);
             };
             h.record(ev);
             let d = self.engine.decide(ev, &Ctx::new(at).with_history(&h));
@@ -191,28 +276,28 @@ impl Host {
         };
         let ev_json = serde_json::to_string(ev).unwrap_or_default();
         let d_json = serde_json::to_string(&decision).unwrap_or_default();
-        let new = match self.store.record(
-            &ev.id,
-            &status_of(ev),
-            &rfc(at),
-            state_json,
-            &id,
+        let new = self.store.record(&NewDecision {
+            event_id: &ev.id,
+            status: &status,
+            now: &rfc(at),
+            normalizer_state: state_json,
+            decision_id: &id,
             mode,
-            self.engine.digest(),
-            decision.action.as_str(),
-            &ev_json,
-            &d_json,
+            policy_set: self.engine.digest(),
+            action: decision.action.as_str(),
+            event_json: &ev_json,
+            decision_json: &d_json,
             runbook,
-        ) {
-            Ok(n) => n,
-            Err(e) => {
-                self.log_line(&serde_json::json!({"time": rfc(now()), "error": e.to_string()}));
-                return None;
-            }
-        };
+            ingest,
+        })?;
         if !new {
-            return None;
+            return Ok(None);
         }
+        self.metrics.add(
+            "keel_events_total",
+            &[("source", ev.source.as_str()), ("kind", ev.kind.as_str())],
+            1.0,
+        );
         let policy = decision.policy.clone().unwrap_or_else(|| "-".into());
         self.metrics.add(
             "keel_decisions_total",
@@ -251,7 +336,11 @@ impl Host {
                 }));
             }
         }
-        (runbook == "pending").then(|| (id, ev.clone(), decision))
+        Ok(Some(Recorded {
+            decision_id: id,
+            decision,
+            pending: runbook == "pending",
+        }))
     }
 
     /// Records that StartRequests was sent for `event_id`.
@@ -262,18 +351,28 @@ impl Host {
     }
 
     /// Decides again every deferral that is due.
-    pub fn due_deferrals(self: &Arc<Self>) -> Vec<(String, Event, Decision)> {
+    pub fn due_deferrals(self: &Arc<Self>) -> Vec<Work> {
         let mut out = Vec::new();
         let Ok(due) = self.store.take_due(&rfc(now())) else {
             return out;
         };
+        if due.is_empty() {
+            return out;
+        }
+        // The record keeps the normalizer state as it is (a deferral changes none of it).
+        let state_json = self
+            .nstate
+            .lock()
+            .ok()
+            .and_then(|st| serde_json::to_string(&*st).ok())
+            .unwrap_or_else(|| "{}".into());
         for (_, json) in due {
             let Ok(mut ev) = serde_json::from_str::<Event>(&json) else {
                 continue;
             };
             // A re-decision is a new decision for the same event: mark it so the store keeps both.
             ev.id = format!("{}#deferred@{}", ev.id, rfc(now()));
-            if let Some(d) = self.decide_and_record(&ev, "{}", now()) {
+            if let Some(d) = self.decide_and_record(&ev, &state_json, now()) {
                 out.push(d);
             }
         }
@@ -281,12 +380,21 @@ impl Host {
     }
 }
 
-/// Runs the host until `stop` turns true: sources, decisions, runbooks, the metrics and health
-/// endpoints. Pending runbooks from before a restart are resumed first.
+/// Runs the host until `stop` turns true: sources, decisions, runbooks, the metrics, health
+/// and ingest endpoints. Pending runbooks from before a restart are resumed first. A source
+/// that fails backs off and is reported; it never stops the other sources or the loop.
 pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(), StartError> {
-    let (tx, mut rx) = mpsc::channel::<Payload>(64);
+    let (tx, mut rx) = mpsc::channel::<Inbox>(64);
     let mut tasks = tokio::task::JoinSet::new();
+    let listener = tokio::net::TcpListener::bind(host.cfg.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", host.cfg.listen))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| format!("cannot listen on {}: {e}", host.cfg.listen))?;
+    host.log_line(&serde_json::json!({"time": rfc(now()), "listen": local.to_string()}));
     if let Some(se) = host.cfg.azure_scheduled_events.clone() {
+        host.health.register(sources::SE, "poll");
         tasks.spawn(sources::poll_scheduled_events(
             host.clone(),
             se,
@@ -294,11 +402,40 @@ pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(),
             stop.clone(),
         ));
     }
+    if let Some(aws) = host.cfg.aws_imds.clone() {
+        host.health.register(sources::aws_imds::SOURCE, "poll");
+        tasks.spawn(sources::aws_imds::poll(
+            host.clone(),
+            aws,
+            tx.clone(),
+            stop.clone(),
+        ));
+    }
+    if let Some(gcp) = host.cfg.gcp_metadata.clone() {
+        for key in sources::gcp_metadata::KEYS {
+            host.health.register(sources::gcp_metadata::SOURCE, key);
+            tasks.spawn(sources::gcp_metadata::watch(
+                host.clone(),
+                gcp.clone(),
+                key,
+                tx.clone(),
+                stop.clone(),
+            ));
+        }
+    }
+    let inbox = host.cfg.ingest.is_some().then(|| tx.clone());
+    if inbox.is_some() {
+        // The endpoint is up as soon as the listener is bound.
+        host.health.register(sources::ingest::SOURCE, "endpoint");
+        host.source_ok(sources::ingest::SOURCE, "endpoint");
+    }
     drop(tx);
-    let listener = tokio::net::TcpListener::bind(host.cfg.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", host.cfg.listen))?;
-    tasks.spawn(sources::serve_http(host.clone(), listener, stop.clone()));
+    tasks.spawn(sources::serve_http(
+        host.clone(),
+        listener,
+        inbox,
+        stop.clone(),
+    ));
     let mut runbooks = tokio::task::JoinSet::new();
     for p in host.store.pending().map_err(|e| e.to_string())? {
         let (Ok(ev), Ok(d)) = (
@@ -315,9 +452,25 @@ pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(),
             _ = stop.changed() => {
                 if *stop.borrow() { break; }
             }
-            p = rx.recv() => {
-                let Some(p) = p else { break };
-                for (id, ev, d) in host.handle(p) {
+            m = rx.recv() => {
+                let Some(m) = m else { break };
+                let work = match m {
+                    Inbox::Poll(p, ack) => {
+                        let res = host.handle(p);
+                        let (work, answer) = match res {
+                            Ok(w) => (w, Ok(())),
+                            Err(e) => (Vec::new(), Err(e)),
+                        };
+                        let _ = ack.send(answer);
+                        work
+                    }
+                    Inbox::Ingest(p, reply) => {
+                        let (answer, work) = host.ingest(&p);
+                        let _ = reply.send(answer);
+                        work
+                    }
+                };
+                for (id, ev, d) in work {
                     runbooks.spawn(steps::run_runbook(host.clone(), id, ev, d));
                 }
             }

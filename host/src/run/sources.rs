@@ -1,33 +1,95 @@
-//! Sources: the Azure Scheduled Events poller, and the host's own HTTP endpoints.
+//! Sources: the pollers and listeners that hand raw payloads to the run loop, and the host's
+//! own HTTP endpoints (`/metrics`, `/healthz`, `/readyz`, and `POST /ingest` when configured).
+//!
+//! One file per source: Azure Scheduled Events here, [`aws_imds`], [`gcp_metadata`],
+//! [`ingest`]. Every source backs off on failure (exponential, with jitter, honouring
+//! `Retry-After`), counts its failures in `keel_source_errors_total{source}`, reports its
+//! health for `/readyz`, and never stops the other sources or the process.
+
+pub mod aws_imds;
+pub mod gcp_metadata;
+pub mod ingest;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::Router;
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use chrono::Utc;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{Host, Payload};
+use super::backoff::{retry_after, Backoff};
+use super::{Host, Inbox, Payload};
 use crate::config::SeSource;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// The Azure Scheduled Events source's name (its metrics label, and its normalizer).
+pub const SE: &str = "azure.scheduled_events";
+
+/// Why handing a payload to the run loop did not succeed.
+#[derive(Debug)]
+pub enum Deliver {
+    /// The normalizer rejected it (its message, escaped).
+    Rejected(String),
+    /// The run loop is gone: the host is stopping.
+    Closed,
+}
+
+/// Hands a payload to the run loop and waits until it was normalized and decided.
+pub async fn deliver(tx: &mpsc::Sender<Inbox>, p: Payload) -> Result<(), Deliver> {
+    let (ack, answer) = oneshot::channel();
+    tx.send(Inbox::Poll(p, ack))
+        .await
+        .map_err(|_| Deliver::Closed)?;
+    match answer.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Deliver::Rejected(e)),
+        Err(_) => Err(Deliver::Closed),
+    }
+}
+
+/// Reads a response body, refusing one larger than the normalizers accept.
+pub async fn read_limited(mut r: reqwest::Response) -> Result<Vec<u8>, String> {
+    let max = keel_engine::normalize::MAX_PAYLOAD_BYTES;
+    if r.content_length().is_some_and(|n| n > max as u64) {
+        return Err(format!("response body larger than {max} bytes"));
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = r.chunk().await.map_err(|e| e.to_string())? {
+        if out.len() + chunk.len() > max {
+            return Err(format!("response body larger than {max} bytes"));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// Sleeps for `d`; false when the host is stopping.
+pub async fn pause(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    if *stop.borrow() {
+        return false;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(d) => true,
+        r = stop.changed() => r.is_ok() && !*stop.borrow(),
+    }
+}
+
 /// Polls IMDS Scheduled Events (with `Metadata: true`) about once a second. The first call may
-/// take up to two minutes (the service starts on demand), so it has a longer timeout. A 429
-/// or a failure backs off exponentially (honouring Retry-After), is counted, and never stops
-/// the host.
+/// take up to two minutes (the service starts on demand), so it has a longer timeout. A 429,
+/// a failure or a document the normalizer rejects backs off exponentially (honouring
+/// Retry-After), is counted, and never stops the host.
 pub async fn poll_scheduled_events(
     host: Arc<Host>,
     se: SeSource,
-    tx: mpsc::Sender<Payload>,
+    tx: mpsc::Sender<Inbox>,
     mut stop: watch::Receiver<bool>,
 ) {
-    const NAME: &str = "azure.scheduled_events";
     let mut first = true;
-    let mut backoff = se.interval;
+    let mut backoff = Backoff::new(se.interval, MAX_BACKOFF.max(se.interval));
     loop {
         let timeout = if first { se.first_timeout } else { se.timeout };
         let res = host
@@ -37,95 +99,86 @@ pub async fn poll_scheduled_events(
             .timeout(timeout)
             .send()
             .await;
-        let wait = match res {
-            Ok(r) if r.status().is_success() => match r.bytes().await {
-                Ok(b) if b.len() <= keel_engine::normalize::MAX_PAYLOAD_BYTES => {
-                    first = false;
-                    backoff = se.interval;
+        let failure: Option<(String, Option<Duration>)> = match res {
+            Ok(r) if r.status().is_success() => match read_limited(r).await {
+                Ok(b) => {
                     let p = Payload {
-                        normalizer: NAME,
-                        bytes: b.to_vec(),
+                        normalizer: SE,
+                        bytes: b,
                         observed_at: Utc::now(),
                     };
-                    if tx.send(p).await.is_err() {
-                        return;
+                    match deliver(&tx, p).await {
+                        Ok(()) => None,
+                        Err(Deliver::Rejected(e)) => Some((e, None)),
+                        Err(Deliver::Closed) => return,
                     }
-                    se.interval
                 }
-                _ => {
-                    host.metrics
-                        .add("keel_source_errors_total", &[("source", NAME)], 1.0);
-                    next(&mut backoff)
-                }
+                Err(e) => Some((e, None)),
             },
-            Ok(r) => {
-                host.metrics
-                    .add("keel_source_errors_total", &[("source", NAME)], 1.0);
-                let retry_after = r
-                    .headers()
-                    .get("retry-after")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(|s| Duration::from_secs(s.min(300)));
-                let b = next(&mut backoff);
-                retry_after.map_or(b, |r| r.max(b))
+            Ok(r) => Some((format!("HTTP {}", r.status()), retry_after(r.headers()))),
+            Err(e) => Some((e.to_string(), None)),
+        };
+        let wait = match failure {
+            None => {
+                first = false;
+                backoff.reset();
+                host.source_ok(SE, "poll");
+                se.interval
             }
-            Err(_) => {
-                host.metrics
-                    .add("keel_source_errors_total", &[("source", NAME)], 1.0);
-                next(&mut backoff)
+            Some((why, ra)) => {
+                host.source_failed(SE, "poll", &why);
+                backoff.next(ra)
             }
         };
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.changed() => if *stop.borrow() { return; }
+        if !pause(wait, &mut stop).await {
+            return;
         }
     }
 }
 
-fn next(backoff: &mut Duration) -> Duration {
-    *backoff = (*backoff * 2).min(MAX_BACKOFF);
-    // Jitter: up to a quarter of the delay, from the clock's sub-second noise.
-    let jitter = Duration::from_millis(
-        u64::from(Utc::now().timestamp_subsec_millis()) % (backoff.as_millis() as u64 / 4 + 1),
-    );
-    *backoff + jitter
+/// The state of the host's HTTP endpoints.
+#[derive(Clone)]
+pub struct App {
+    /// The host.
+    pub host: Arc<Host>,
+    /// Where ingest bodies go (when the ingest source is configured).
+    pub inbox: Option<mpsc::Sender<Inbox>>,
 }
 
 /// `/metrics` (Prometheus), `/healthz` (the process answers), `/readyz` (every source has
-/// succeeded within `unready_after`).
+/// succeeded, and none has been failing for longer than `unready_after`; a JSON report per
+/// source), and `POST /ingest` when the ingest source is configured.
 pub async fn serve_http(
     host: Arc<Host>,
     listener: tokio::net::TcpListener,
+    inbox: Option<mpsc::Sender<Inbox>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let app = Router::new()
+    let mut app = Router::new()
         .route(
             "/metrics",
-            get(|State(h): State<Arc<Host>>| async move { h.metrics.render() }),
+            get(|State(a): State<App>| async move { a.host.metrics.render() }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
             "/readyz",
-            get(|State(h): State<Arc<Host>>| async move {
-                let last = h.metrics.get(
-                    "keel_source_last_success_timestamp_seconds",
-                    &[("source", "azure.scheduled_events")],
-                );
-                let now = Utc::now().timestamp() as f64;
-                if h.cfg.azure_scheduled_events.is_none()
-                    || now - last <= h.cfg.unready_after.as_secs_f64()
-                {
-                    (StatusCode::OK, "ready\n")
+            get(|State(a): State<App>| async move {
+                let (ready, report) = a.host.health.readiness(a.host.cfg.unready_after);
+                let status = if ready {
+                    StatusCode::OK
                 } else {
-                    (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "a source has failed for too long\n",
-                    )
-                }
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                (status, Json(report))
             }),
-        )
-        .with_state(host);
+        );
+    if let (Some(cfg), Some(_)) = (&host.cfg.ingest, &inbox) {
+        app = app.route(
+            "/ingest",
+            post(ingest::post).layer(axum::extract::DefaultBodyLimit::max(cfg.max_body_bytes)),
+        );
+    }
+    let app = app.with_state(App { host, inbox });
     let _ = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             while stop.changed().await.is_ok() {

@@ -35,7 +35,8 @@ impl From<rusqlite::Error> for StoreError {
 }
 
 /// The migrations, in order; `PRAGMA user_version` records how many ran.
-const MIGRATIONS: &[&str] = &["CREATE TABLE events (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE events (
         id TEXT NOT NULL, status TEXT NOT NULL, first_seen TEXT NOT NULL,
         PRIMARY KEY (id, status));
      CREATE TABLE decisions (
@@ -49,7 +50,14 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE events (
      CREATE TABLE deferred (
         event_id TEXT PRIMARY KEY, due TEXT NOT NULL, event_json TEXT NOT NULL);
      CREATE TABLE normalizer_state (
-        name TEXT PRIMARY KEY, json TEXT NOT NULL);"];
+        name TEXT PRIMARY KEY, json TEXT NOT NULL);",
+    // 2: the ingest endpoint's idempotency keys, and failed attempts per (resource, operation).
+    "CREATE TABLE ingest_keys (
+        key TEXT PRIMARY KEY, received_at TEXT NOT NULL, event_id TEXT NOT NULL);
+     CREATE TABLE attempts (
+        resource TEXT NOT NULL, operation TEXT NOT NULL, count INTEGER NOT NULL,
+        last_at TEXT NOT NULL, PRIMARY KEY (resource, operation));",
+];
 
 /// The state database.
 pub struct Store {
@@ -65,6 +73,46 @@ pub enum StepRecord {
     Done(String),
     /// Started and never finished (a crash in the middle): run it again only if idempotent.
     InDoubt,
+}
+
+/// An event and its decision, to record together.
+#[derive(Debug, Clone, Copy)]
+pub struct NewDecision<'a> {
+    /// The event's id.
+    pub event_id: &'a str,
+    /// The event's status (an event is new once per status).
+    pub status: &'a str,
+    /// When (RFC 3339, UTC).
+    pub now: &'a str,
+    /// The normalizer state that produced the event, as JSON.
+    pub normalizer_state: &'a str,
+    /// The decision's id.
+    pub decision_id: &'a str,
+    /// `live` or `dry_run`.
+    pub mode: &'a str,
+    /// The policy set's digest.
+    pub policy_set: &'a str,
+    /// The action decided.
+    pub action: &'a str,
+    /// The event, as JSON.
+    pub event_json: &'a str,
+    /// The decision, as JSON.
+    pub decision_json: &'a str,
+    /// The runbook's state: `pending`, `planned`, `done`.
+    pub runbook: &'a str,
+    /// For an ingest body: its idempotency key and attempt, written in the same transaction.
+    pub ingest: Option<IngestRecord<'a>>,
+}
+
+/// What the ingest endpoint remembers of an accepted body.
+#[derive(Debug, Clone, Copy)]
+pub struct IngestRecord<'a> {
+    /// The body's idempotency key: a repeat is accepted once.
+    pub key: &'a str,
+    /// The resource and operation whose attempts are counted, when the resource is known.
+    pub counted: Option<(&'a str, &'a str)>,
+    /// The attempt this failure was (stamped by the host, or given by the body).
+    pub attempt: i64,
 }
 
 /// A decision whose runbook did not finish.
@@ -120,41 +168,85 @@ impl Store {
             .optional()?)
     }
 
-    /// Records an event as seen (in this status) together with its decision, in one
-    /// transaction with the normalizer state that produced it. Returns false when the event
-    /// was seen in this status before (nothing is written then).
-    #[allow(clippy::too_many_arguments)]
-    pub fn record(
+    /// Whether an event was seen before in this status.
+    pub fn seen(&self, event_id: &str, status: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .c()?
+            .query_row(
+                "SELECT 1 FROM events WHERE id = ?1 AND status = ?2",
+                params![event_id, status],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// The event an ingest idempotency key was accepted as, if it was.
+    pub fn ingest_key(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .c()?
+            .query_row(
+                "SELECT event_id FROM ingest_keys WHERE key = ?1",
+                params![key],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// How many failed attempts of `operation` on `resource` were counted since `since`
+    /// (RFC 3339, UTC); 0 when the last one is older.
+    pub fn attempts(
         &self,
-        event_id: &str,
-        status: &str,
-        now: &str,
-        normalizer_state: &str,
-        decision_id: &str,
-        mode: &str,
-        policy_set: &str,
-        action: &str,
-        event_json: &str,
-        decision_json: &str,
-        runbook: &str,
-    ) -> Result<bool, StoreError> {
+        resource: &str,
+        operation: &str,
+        since: &str,
+    ) -> Result<i64, StoreError> {
+        Ok(self
+            .c()?
+            .query_row(
+                "SELECT count FROM attempts WHERE resource = ?1 AND operation = ?2 AND last_at >= ?3",
+                params![resource, operation, since],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0))
+    }
+
+    /// Records an event as seen (in this status) together with its decision, in one
+    /// transaction with the normalizer state that produced it (and, for an ingest body, its
+    /// idempotency key and attempt count). Returns false when the event was seen in this
+    /// status before (then only the normalizer state and the ingest key are written).
+    pub fn record(&self, r: &NewDecision<'_>) -> Result<bool, StoreError> {
         let mut c = self.c()?;
         let tx = c.transaction()?;
         let new = tx.execute(
             "INSERT OR IGNORE INTO events (id, status, first_seen) VALUES (?1, ?2, ?3)",
-            params![event_id, status, now],
+            params![r.event_id, r.status, r.now],
         )? == 1;
         tx.execute(
             "INSERT INTO normalizer_state (name, json) VALUES ('all', ?1)
              ON CONFLICT (name) DO UPDATE SET json = excluded.json",
-            params![normalizer_state],
+            params![r.normalizer_state],
         )?;
         if new {
             tx.execute(
                 "INSERT INTO decisions (decision_id, time, event_id, mode, policy_set, action, event_json, decision_json, runbook)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![decision_id, now, event_id, mode, policy_set, action, event_json, decision_json, runbook],
+                params![r.decision_id, r.now, r.event_id, r.mode, r.policy_set, r.action, r.event_json, r.decision_json, r.runbook],
             )?;
+        }
+        if let Some(i) = &r.ingest {
+            tx.execute(
+                "INSERT OR IGNORE INTO ingest_keys (key, received_at, event_id) VALUES (?1, ?2, ?3)",
+                params![i.key, r.now, r.event_id],
+            )?;
+            if let (true, Some((resource, operation))) = (new, i.counted) {
+                tx.execute(
+                    "INSERT INTO attempts (resource, operation, count, last_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (resource, operation) DO UPDATE SET count = excluded.count, last_at = excluded.last_at",
+                    params![resource, operation, i.attempt, r.now],
+                )?;
+            }
         }
         tx.commit()?;
         Ok(new)
@@ -275,5 +367,72 @@ impl Store {
         let mut st = c.prepare("SELECT name, outcome FROM steps ORDER BY started_at, idx")?;
         let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec<'a>(event_id: &'a str, ingest: Option<IngestRecord<'a>>) -> NewDecision<'a> {
+        NewDecision {
+            event_id,
+            status: "-",
+            now: "2026-01-01T00:00:00.000Z",
+            normalizer_state: "{}",
+            decision_id: event_id,
+            mode: "live",
+            policy_set: "digest",
+            action: "none",
+            event_json: "{}",
+            decision_json: "{}",
+            runbook: "done",
+            ingest,
+        }
+    }
+
+    #[test]
+    fn a_version_1_database_is_migrated_and_keeps_its_rows() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|_| StoreError::Poisoned)?;
+        let path = dir.path().join("state.db");
+        {
+            let c = Connection::open(&path)?;
+            c.execute_batch(&format!(
+                "BEGIN; {}; PRAGMA user_version = 1; COMMIT;",
+                MIGRATIONS[0]
+            ))?;
+            c.execute(
+                "INSERT INTO events (id, status, first_seen) VALUES ('old', '-', 'then')",
+                [],
+            )?;
+        }
+        let s = Store::open(&path)?;
+        let version: i64 = s
+            .c()?
+            .pragma_query_value(None, "user_version", |r| r.get(0))?;
+        assert_eq!(version, MIGRATIONS.len() as i64);
+        assert!(s.seen("old", "-")?);
+        assert_eq!(s.ingest_key("k")?, None);
+        let r = IngestRecord {
+            key: "k",
+            counted: Some(("/subscriptions/x/vm", "create")),
+            attempt: 1,
+        };
+        assert!(s.record(&rec("azure.arm:k", Some(r)))?);
+        assert_eq!(s.ingest_key("k")?.as_deref(), Some("azure.arm:k"));
+        assert_eq!(
+            s.attempts("/subscriptions/x/vm", "create", "2025-12-31T00:00:00.000Z")?,
+            1
+        );
+        // Outside the window, the count starts again.
+        assert_eq!(
+            s.attempts("/subscriptions/x/vm", "create", "2026-01-02T00:00:00.000Z")?,
+            0
+        );
+        // Reopening runs no migration twice.
+        drop(s);
+        let s = Store::open(&path)?;
+        assert!(s.seen("azure.arm:k", "-")?);
+        Ok(())
     }
 }

@@ -1,0 +1,127 @@
+//! Exponential backoff with jitter for the sources, honouring `Retry-After`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The longest `Retry-After` honoured (a server asking for more is broken or hostile).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+/// Exponential backoff: the n-th consecutive failure waits about `initial * 2^(n-1)`, capped
+/// at `max`, with "equal jitter" (half the delay fixed, half random) so that many hosts that
+/// failed together do not retry together.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    initial: Duration,
+    max: Duration,
+    current: Option<Duration>,
+}
+
+impl Backoff {
+    /// A backoff starting at `initial` and never above `max`.
+    pub fn new(initial: Duration, max: Duration) -> Backoff {
+        Backoff {
+            initial: initial.min(max),
+            max,
+            current: None,
+        }
+    }
+
+    /// Forgets the failures (after a success).
+    pub fn reset(&mut self) {
+        self.current = None;
+    }
+
+    /// The wait after one more failure; at least `retry_after` (capped at
+    /// [`MAX_RETRY_AFTER`]) when the server sent one.
+    pub fn next(&mut self, retry_after: Option<Duration>) -> Duration {
+        let d = match self.current {
+            None => self.initial,
+            Some(c) => c.saturating_mul(2).min(self.max),
+        };
+        self.current = Some(d);
+        let wait = d / 2 + jitter(d / 2);
+        match retry_after {
+            Some(r) => r.min(MAX_RETRY_AFTER).max(wait),
+            None => wait,
+        }
+    }
+}
+
+/// A uniformly random duration in `[0, max]` (splitmix64 over the clock and a counter: not
+/// cryptographic, only enough to spread retries).
+pub fn jitter(max: Duration) -> Duration {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mut z = nanos
+        ^ COUNTER
+            .fetch_add(0x9e37_79b9_7f4a_7c15, Ordering::Relaxed)
+            .wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^= z >> 31;
+    let max_ns = u64::try_from(max.as_nanos()).unwrap_or(u64::MAX);
+    if max_ns == 0 {
+        return Duration::ZERO;
+    }
+    Duration::from_nanos(z % max_ns.saturating_add(1).max(1))
+}
+
+/// The `Retry-After` header: delay-seconds or an HTTP date, capped at [`MAX_RETRY_AFTER`].
+pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let v = headers
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim();
+    if let Ok(s) = v.parse::<u64>() {
+        return Some(Duration::from_secs(s).min(MAX_RETRY_AFTER));
+    }
+    let at = chrono::DateTime::parse_from_rfc2822(v).ok()?;
+    let secs = (at.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_milliseconds();
+    Some(Duration::from_millis(u64::try_from(secs).unwrap_or(0)).min(MAX_RETRY_AFTER))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn doubles_up_to_the_cap_with_jitter_and_honours_retry_after() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(400));
+        let waits: Vec<Duration> = (0..5).map(|_| b.next(None)).collect();
+        for (w, d) in waits.iter().zip([100u64, 200, 400, 400, 400]) {
+            assert!(
+                *w >= Duration::from_millis(d / 2) && *w <= Duration::from_millis(d),
+                "{w:?} not in [{}, {d}] ms",
+                d / 2
+            );
+        }
+        assert!(b.next(Some(Duration::from_secs(3))) >= Duration::from_secs(3));
+        assert_eq!(b.next(Some(Duration::from_secs(100_000))), MAX_RETRY_AFTER);
+        b.reset();
+        assert!(b.next(None) <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert(
+            reqwest::header::RETRY_AFTER,
+            reqwest::header::HeaderValue::from_static("7"),
+        );
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        h.insert(
+            reqwest::header::RETRY_AFTER,
+            reqwest::header::HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"),
+        );
+        assert_eq!(retry_after(&h), Some(Duration::ZERO));
+        h.insert(
+            reqwest::header::RETRY_AFTER,
+            reqwest::header::HeaderValue::from_static("soon"),
+        );
+        assert_eq!(retry_after(&h), None);
+    }
+}

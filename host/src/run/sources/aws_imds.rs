@@ -1,0 +1,199 @@
+//! AWS EC2 instance metadata, IMDSv2 (DOMAIN.md section 4 and section 8 facts 15-20).
+//!
+//! A session token comes from `PUT /latest/api/token` with
+//! `X-aws-ec2-metadata-token-ttl-seconds`; every GET carries it in `X-aws-ec2-metadata-token`.
+//! The token is renewed before it expires, and at once when IMDS answers 401 (the request is
+//! then sent again, once). Each poll reads `spot/instance-action`,
+//! `events/recommendations/rebalance` and `events/maintenance/scheduled`; 404 means "no
+//! notice". A round that fails anywhere (a timeout, a 5xx, a 429 or 503 from throttling, a body
+//! the normalizer rejects) is counted and backs off, honouring `Retry-After`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use reqwest::header::HeaderValue;
+use reqwest::StatusCode;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use super::{deliver, pause, read_limited, Deliver};
+use crate::config::AwsImdsSource;
+use crate::run::backoff::{retry_after, Backoff};
+use crate::run::{Host, Inbox, Payload};
+
+/// The source's name (its metrics label, and its normalizer).
+pub const SOURCE: &str = "aws.imds";
+
+/// The metadata paths polled, under `/latest/meta-data/`.
+pub const PATHS: [&str; 3] = [
+    "spot/instance-action",
+    "events/recommendations/rebalance",
+    "events/maintenance/scheduled",
+];
+
+/// The longest token accepted from IMDS (real ones are about 56 characters).
+const MAX_TOKEN_BYTES: usize = 4096;
+
+struct Token {
+    value: HeaderValue,
+    refresh_at: Instant,
+}
+
+/// Why a round failed: the reason, and the server's `Retry-After`.
+type Failure = (String, Option<Duration>);
+
+struct Poller {
+    host: Arc<Host>,
+    cfg: AwsImdsSource,
+    token: Option<Token>,
+}
+
+impl Poller {
+    /// A fresh session token.
+    async fn fetch_token(&mut self) -> Result<HeaderValue, Failure> {
+        let ttl = self.cfg.token_ttl.as_secs().clamp(1, 21_600);
+        let r = self
+            .host
+            .http
+            .put(format!("{}/latest/api/token", self.cfg.url))
+            .header("X-aws-ec2-metadata-token-ttl-seconds", ttl.to_string())
+            .timeout(self.cfg.timeout)
+            .send()
+            .await
+            .map_err(|e| (format!("token request: {e}"), None))?;
+        if !r.status().is_success() {
+            return Err((
+                format!("token request: HTTP {}", r.status()),
+                retry_after(r.headers()),
+            ));
+        }
+        let body = read_limited(r)
+            .await
+            .map_err(|e| (format!("token request: {e}"), None))?;
+        let text = String::from_utf8_lossy(&body).trim().to_string();
+        if text.is_empty() || text.len() > MAX_TOKEN_BYTES {
+            return Err(("token request: IMDS returned no usable token".into(), None));
+        }
+        let value = HeaderValue::from_str(&text).map_err(|_| {
+            (
+                "token request: the token is not a valid header value".into(),
+                None,
+            )
+        })?;
+        // Renew before expiry: a fifth of the lifetime early, at most a minute.
+        let ttl = Duration::from_secs(ttl);
+        let margin = (ttl / 5).min(Duration::from_secs(60));
+        self.token = Some(Token {
+            value: value.clone(),
+            refresh_at: Instant::now() + ttl - margin,
+        });
+        Ok(value)
+    }
+
+    async fn token(&mut self) -> Result<HeaderValue, Failure> {
+        match &self.token {
+            Some(t) if Instant::now() < t.refresh_at => Ok(t.value.clone()),
+            _ => self.fetch_token().await,
+        }
+    }
+
+    /// GETs one path: its body, or `None` for 404 (no notice). A 401 renews the token and
+    /// tries once more.
+    async fn get(&mut self, path: &str) -> Result<Option<Vec<u8>>, Failure> {
+        let url = format!("{}/latest/meta-data/{path}", self.cfg.url);
+        let mut renewed = false;
+        loop {
+            let token = self.token().await?;
+            let r = self
+                .host
+                .http
+                .get(&url)
+                .header("X-aws-ec2-metadata-token", token)
+                .timeout(self.cfg.timeout)
+                .send()
+                .await
+                .map_err(|e| (format!("{path}: {e}"), None))?;
+            match r.status() {
+                s if s.is_success() => {
+                    return read_limited(r)
+                        .await
+                        .map(Some)
+                        .map_err(|e| (format!("{path}: {e}"), None))
+                }
+                StatusCode::NOT_FOUND => return Ok(None),
+                StatusCode::UNAUTHORIZED if !renewed => {
+                    // Expired, or IMDS restarted: a new token, then once more.
+                    self.token = None;
+                    renewed = true;
+                }
+                s => {
+                    let hint = match s.as_u16() {
+                        401 => " (a fresh token was refused too)",
+                        403 => " (IMDS is turned off or the request is not allowed)",
+                        429 | 503 => " (throttled)",
+                        _ => "",
+                    };
+                    return Err((format!("{path}: HTTP {s}{hint}"), retry_after(r.headers())));
+                }
+            }
+        }
+    }
+
+    /// One round: every path, each body handed to the normalizer.
+    async fn round(&mut self, tx: &mpsc::Sender<Inbox>) -> Result<(), Option<Failure>> {
+        for path in PATHS {
+            let Some(body) = self.get(path).await.map_err(Some)? else {
+                continue;
+            };
+            let p = Payload {
+                normalizer: SOURCE,
+                bytes: body,
+                observed_at: Utc::now(),
+            };
+            match deliver(tx, p).await {
+                Ok(()) => {}
+                Err(Deliver::Rejected(e)) => return Err(Some((format!("{path}: {e}"), None))),
+                Err(Deliver::Closed) => return Err(None),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Polls IMDS every `interval` until the host stops.
+pub async fn poll(
+    host: Arc<Host>,
+    cfg: AwsImdsSource,
+    tx: mpsc::Sender<Inbox>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Backoff::new(cfg.interval, cfg.max_backoff.max(cfg.interval));
+    let interval = cfg.interval;
+    let mut p = Poller {
+        host: host.clone(),
+        cfg,
+        token: None,
+    };
+    loop {
+        let res = tokio::select! {
+            r = p.round(&tx) => r,
+            _ = stop.changed() => return,
+        };
+        let wait = match res {
+            Ok(()) => {
+                backoff.reset();
+                host.source_ok(SOURCE, "poll");
+                interval
+            }
+            Err(Some((why, ra))) => {
+                host.source_failed(SOURCE, "poll", &why);
+                backoff.next(ra)
+            }
+            Err(None) => return,
+        };
+        if !pause(wait, &mut stop).await {
+            return;
+        }
+    }
+}

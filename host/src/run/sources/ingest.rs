@@ -1,0 +1,332 @@
+//! The HTTP ingest endpoint: deployment tools report failed operations with `POST /ingest`.
+//!
+//! The body is DESIGN.md's `{idempotency_key, resource, operation, attempt?, request?,
+//! error}` (`error` being the raw ARM error body, an async operation status, an activity-log
+//! `statusMessage`, or a raw HTTP response), read by the `azure.arm` normalizer. The endpoint
+//! lives on the host's `listen` address (loopback unless `allow_remote`), wants
+//! `Authorization: Bearer <token>` (the token from the environment variable `token_env`), and
+//! refuses bodies over `max_body_bytes`.
+//!
+//! Answers: `202` accepted and decided (the reply names the event, the decision and the
+//! attempt); `200` `duplicate` for an idempotency key accepted before (nothing is decided
+//! twice), or `no_failure` when the body reports no failed operation; `400` with the
+//! normalizer's error; `401` without the right token; `413` over the size limit; `500` when the
+//! state store fails; `503` when the host is stopping.
+//!
+//! When the body gives no `attempt`, the host stamps `failure.attempt` itself: failures of one
+//! (resource, operation) within `attempt_window` of the previous one count 1, 2, 3, ... The
+//! count, the key and the decision are written in one transaction.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::Utc;
+use keel_engine::normalize::{normalize, Input};
+use keel_engine::{escape, Kind};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::oneshot;
+
+use super::App;
+use crate::run::store::IngestRecord;
+use crate::run::{now, rfc, Host, Inbox, IngestReply, Payload, Work};
+
+/// The source's name (its metrics label).
+pub const SOURCE: &str = "ingest";
+
+/// The normalizer that reads ingest bodies.
+pub const NORMALIZER: &str = "azure.arm";
+
+/// The longest idempotency key accepted.
+pub const MAX_KEY_CHARS: usize = 512;
+
+/// Compares two secrets in time that does not depend on where they differ.
+fn same_secret(a: &str, b: &str) -> bool {
+    let (x, y) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
+    x.iter()
+        .zip(y.iter())
+        .fold(0u8, |acc, (p, q)| acc | (p ^ q))
+        == 0
+}
+
+fn authorized(h: &HeaderMap, token: &str) -> bool {
+    let Some(v) = h.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let mut parts = v.trim().splitn(2, ' ');
+    match (parts.next(), parts.next()) {
+        (Some(scheme), Some(given)) if scheme.eq_ignore_ascii_case("bearer") => {
+            same_secret(given.trim(), token)
+        }
+        _ => false,
+    }
+}
+
+fn reply(host: &Host, status: StatusCode, body: Value) -> Response {
+    host.metrics.add(
+        "keel_ingest_requests_total",
+        &[("status", status.as_str())],
+        1.0,
+    );
+    let mut r = (status, Json(body)).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer"),
+        );
+    }
+    r
+}
+
+/// `POST /ingest`.
+pub async fn post(State(app): State<App>, req: Request) -> Response {
+    let host = app.host.clone();
+    let (Some(cfg), Some(inbox)) = (&host.cfg.ingest, &app.inbox) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    if !authorized(req.headers(), cfg.token.expose()) {
+        host.metrics
+            .add("keel_source_errors_total", &[("source", SOURCE)], 1.0);
+        return reply(
+            &host,
+            StatusCode::UNAUTHORIZED,
+            json!({"error": "a valid `Authorization: Bearer <token>` header is required"}),
+        );
+    }
+    // The body limit (a route layer) applies here, after the token was checked.
+    let bytes = match Bytes::from_request(req, &()).await {
+        Ok(b) => b,
+        Err(rejection) => {
+            host.metrics
+                .add("keel_source_errors_total", &[("source", SOURCE)], 1.0);
+            let status = rejection.status();
+            let msg = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                format!("the body is larger than {} bytes", cfg.max_body_bytes)
+            } else {
+                escape(&rejection.body_text())
+            };
+            return reply(&host, status, json!({"error": msg}));
+        }
+    };
+    let (tx, rx) = oneshot::channel();
+    let p = Payload {
+        normalizer: NORMALIZER,
+        bytes: bytes.to_vec(),
+        observed_at: Utc::now(),
+    };
+    if inbox.send(Inbox::Ingest(p, tx)).await.is_err() {
+        return reply(
+            &host,
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": "the host is stopping"}),
+        );
+    }
+    match rx.await {
+        Ok(IngestReply { status, body }) => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            reply(&host, status, body)
+        }
+        Err(_) => reply(
+            &host,
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": "the host is stopping"}),
+        ),
+    }
+}
+
+/// A key of a JSON object, case-insensitively (as the normalizer reads them).
+fn get_ci<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
+    v.as_object()?
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(key))
+        .map(|(_, v)| v)
+        .filter(|v| !v.is_null())
+}
+
+fn bad(msg: impl Into<String>) -> IngestReply {
+    IngestReply {
+        status: 400,
+        body: json!({"error": msg.into()}),
+    }
+}
+
+impl Host {
+    /// Accepts one ingest body: normalizes it (`azure.arm`), accepts its idempotency key
+    /// once, stamps `failure.attempt` when the body gives none, decides, and records the
+    /// decision with the key and the attempt count in one transaction. Returns the HTTP reply
+    /// and the runbook to run, if any. Called from the run loop, one body at a time.
+    pub fn ingest(self: &Arc<Self>, p: &Payload) -> (IngestReply, Vec<Work>) {
+        let (reply, work) = self.ingest_inner(p);
+        if reply.status >= 500 {
+            let why = reply.body["error"].as_str().unwrap_or("internal error");
+            self.source_failed(SOURCE, "endpoint", why);
+        } else {
+            if reply.status >= 400 {
+                self.metrics
+                    .add("keel_source_errors_total", &[("source", SOURCE)], 1.0);
+            }
+            self.source_ok(SOURCE, "endpoint");
+        }
+        (reply, work)
+    }
+
+    fn ingest_inner(self: &Arc<Self>, p: &Payload) -> (IngestReply, Vec<Work>) {
+        let none = Vec::new();
+        let internal = |e: &dyn std::fmt::Display| IngestReply {
+            status: 500,
+            body: json!({"error": escape(&e.to_string())}),
+        };
+        // The normalizer first: its error is the most precise (with a JSON position). It runs
+        // on a copy of the state; only an accepted body's changes are kept.
+        let mut scratch = match self.nstate.lock() {
+            Ok(st) => st.clone(),
+            Err(_) => return (internal(&"normalizer state lock poisoned"), none),
+        };
+        let mut input = Input::new(&p.bytes, p.observed_at);
+        if let Some(me) = &self.cfg.self_name {
+            input = input.self_name(me);
+        }
+        let mut events = match normalize(p.normalizer, &input, &mut scratch) {
+            Ok(evs) => evs,
+            Err(e) => return (bad(escape(&e.to_string())), none),
+        };
+        // The normalizer accepted it, so it is JSON.
+        let body: Value = serde_json::from_slice(&p.bytes).unwrap_or(Value::Null);
+        let key = match get_ci(&body, "idempotency_key") {
+            Some(Value::String(k)) if !k.trim().is_empty() && k.chars().count() <= MAX_KEY_CHARS => {
+                k.clone()
+            }
+            Some(_) => {
+                return (
+                    bad(format!(
+                        "`idempotency_key`: expected a non-empty string of at most {MAX_KEY_CHARS} characters"
+                    )),
+                    none,
+                )
+            }
+            None => {
+                return (
+                    bad("`idempotency_key`: required (DESIGN.md's ingest body: {idempotency_key, resource, operation, attempt?, request?, error})"),
+                    none,
+                )
+            }
+        };
+        match self.store.ingest_key(&key) {
+            Ok(Some(event_id)) => {
+                return (
+                    IngestReply {
+                        status: 200,
+                        body: json!({"status": "duplicate", "idempotency_key": key, "event_id": event_id}),
+                    },
+                    none,
+                )
+            }
+            Ok(None) => {}
+            Err(e) => return (internal(&e), none),
+        }
+        if events.len() > 1 {
+            return (
+                bad(format!(
+                    "the body holds {} failures; post one operation per body",
+                    events.len()
+                )),
+                none,
+            );
+        }
+        let Some(mut ev) = events.pop() else {
+            return (
+                IngestReply {
+                    status: 200,
+                    body: json!({"status": "no_failure", "idempotency_key": key}),
+                },
+                none,
+            );
+        };
+        let Some(failure) = ev
+            .failure
+            .as_mut()
+            .filter(|_| ev.kind == Kind::OperationFailure)
+        else {
+            return (bad("the body holds no operation failure"), none);
+        };
+        // Attempts are counted per (resource, operation); a failure of an unknown resource is
+        // never merged with another's.
+        let resource = ev
+            .resource
+            .id
+            .as_deref()
+            .or(ev.resource.name.as_deref())
+            .map(str::to_ascii_lowercase);
+        let operation = failure.operation.as_str();
+        let given = get_ci(&body, "attempt").is_some();
+        if !given {
+            if let Some(r) = &resource {
+                let window = chrono::Duration::from_std(
+                    self.cfg
+                        .ingest
+                        .as_ref()
+                        .map(|c| c.attempt_window)
+                        .unwrap_or_default(),
+                )
+                .unwrap_or(chrono::Duration::MAX);
+                let since = p
+                    .observed_at
+                    .checked_sub_signed(window)
+                    .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+                match self.store.attempts(r, operation, &rfc(since)) {
+                    Ok(n) => failure.attempt = n.saturating_add(1),
+                    Err(e) => return (internal(&e), none),
+                }
+            }
+        }
+        let attempt = failure.attempt;
+        // Keep what the normalizer learnt (only its `azure.arm` part: runbooks may have
+        // changed the rest meanwhile), and record it with the decision.
+        let state_json = match self.nstate.lock() {
+            Ok(mut st) => {
+                st.azure_arm = scratch.azure_arm;
+                serde_json::to_string(&*st).unwrap_or_default()
+            }
+            Err(_) => return (internal(&"normalizer state lock poisoned"), none),
+        };
+        let record = IngestRecord {
+            key: &key,
+            counted: resource.as_deref().map(|r| (r, operation)),
+            attempt,
+        };
+        match self.decide(&ev, &state_json, p.observed_at, Some(record)) {
+            Ok(Some(r)) => {
+                let body = json!({
+                    "status": "accepted", "idempotency_key": key, "event_id": ev.id,
+                    "decision_id": r.decision_id, "action": r.decision.action,
+                    "policy": r.decision.policy, "attempt": attempt,
+                    "attempt_stamped": !given,
+                });
+                let work = if r.pending {
+                    vec![(r.decision_id, ev, r.decision)]
+                } else {
+                    Vec::new()
+                };
+                (IngestReply { status: 202, body }, work)
+            }
+            // The event was recorded before under another key: nothing is decided twice.
+            Ok(None) => (
+                IngestReply {
+                    status: 200,
+                    body: json!({"status": "duplicate", "idempotency_key": key, "event_id": ev.id}),
+                },
+                none,
+            ),
+            Err(e) => {
+                self.log_line(
+                    &json!({"time": rfc(now()), "source": SOURCE, "error": escape(&e.to_string())}),
+                );
+                (internal(&e), none)
+            }
+        }
+    }
+}

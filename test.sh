@@ -7,6 +7,8 @@ cd "$(dirname "$0")"
 echo "== cargo fmt";   cargo fmt --all -- --check
 echo "== cargo clippy"; cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test";  cargo test --workspace --locked
+echo "== crash matrix (failpoints: abort at every step boundary, restart, count effects)"
+cargo test -p keel-host --features failpoints --test crash --locked
 echo "== wasm32 builds of keel-engine (no default features)"
 for t in wasm32-unknown-unknown wasm32-wasip1; do
   cargo build -p keel-engine --no-default-features --target "$t" --locked

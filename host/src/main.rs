@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod cmd;
 mod config;
+mod failpoint;
 mod render;
 mod run;
 mod stub;

@@ -31,6 +31,10 @@ pub fn run(args: Args) -> u8 {
         }
     };
     cfg.dry_run |= args.dry_run;
+    if let Err(e) = crate::failpoint::check() {
+        eprintln!("error: {e}");
+        return EXIT_USAGE;
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -112,6 +112,26 @@ fn status_of(ev: &Event) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
+/// The correlation history as it was before a restart: the events and decisions of the
+/// history's retention, replayed from the store in order. Without it a restart would forget,
+/// for example, that a VM was drained for the maintenance that now shows as Started, and
+/// drain it a second time as unannounced.
+fn rebuild_history(store: &Store) -> Result<History, StoreError> {
+    let mut h = History::new();
+    let since = now() - chrono::Duration::seconds(keel_engine::history::DEFAULT_RETENTION_S);
+    for (ev, d) in store.decisions_since(&rfc(since), keel_engine::history::DEFAULT_MAX_EVENTS)? {
+        let (Ok(ev), Ok(d)) = (
+            serde_json::from_str::<Event>(&ev),
+            serde_json::from_str::<Decision>(&d),
+        ) else {
+            continue;
+        };
+        h.record(&ev);
+        h.record_decision(&ev, &d);
+    }
+    Ok(h)
+}
+
 impl Host {
     /// Loads the policies and the state and builds the host.
     pub fn new(cfg: Config, log: Box<dyn std::io::Write + Send>) -> Result<Arc<Host>, StartError> {
@@ -121,6 +141,7 @@ impl Host {
             Some(json) => serde_json::from_str(&json).unwrap_or_default(),
             None => NormalizerState::default(),
         };
+        let history = rebuild_history(&store).map_err(|e| e.to_string())?;
         let http = reqwest::Client::builder()
             .no_proxy()
             .build()
@@ -132,7 +153,7 @@ impl Host {
             http,
             metrics: Metrics::default(),
             health: Health::default(),
-            history: Mutex::new(History::new()),
+            history: Mutex::new(history),
             nstate: Mutex::new(nstate),
             log: Mutex::new(log),
         }))
@@ -276,6 +297,7 @@ impl Host {
         };
         let ev_json = serde_json::to_string(ev).unwrap_or_default();
         let d_json = serde_json::to_string(&decision).unwrap_or_default();
+        crate::failpoint::hit(crate::failpoint::DECISION_BEFORE_RECORD, None);
         let new = self.store.record(&NewDecision {
             event_id: &ev.id,
             status: &status,
@@ -290,6 +312,7 @@ impl Host {
             runbook,
             ingest,
         })?;
+        crate::failpoint::hit(crate::failpoint::DECISION_AFTER_RECORD, None);
         if !new {
             return Ok(None);
         }
@@ -331,7 +354,7 @@ impl Host {
                 .enumerate()
             {
                 self.log_line(&serde_json::json!({
-                    "decision_id": id, "step": s.name, "index": i, "attempt": 0,
+                    "decision_id": id, "step": s.name, "index": i, "attempt": 1,
                     "idempotency_key": steps::step_key(&id, i, &s.name), "outcome": "planned",
                 }));
             }

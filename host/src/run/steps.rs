@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use super::store::StepRecord;
 use super::{rfc, Host};
 use crate::config::{Step, StepKind};
+use crate::failpoint;
 
 /// The idempotency key of a step of a decision: the same after a restart.
 pub fn step_key(decision_id: &str, idx: usize, name: &str) -> String {
@@ -46,7 +47,7 @@ pub async fn run_runbook(host: Arc<Host>, decision_id: String, ev: Event, d: Dec
                 break;
             }
         };
-        let outcome = match record {
+        let (outcome, tries) = match record {
             StepRecord::Done(o) => {
                 if o == "ok" || o.starts_with("skipped") {
                     continue;
@@ -56,17 +57,21 @@ pub async fn run_runbook(host: Arc<Host>, decision_id: String, ev: Event, d: Dec
             }
             StepRecord::InDoubt if !step.idempotent => {
                 // It may have taken effect before the crash: never run it twice.
-                "in_doubt_escalated".to_string()
+                ("in_doubt_escalated".to_string(), 0)
             }
             StepRecord::New | StepRecord::InDoubt => {
-                attempt(&host, step, &key, &ev, &d, &decision_id).await
+                failpoint::hit(failpoint::STEP_BEFORE_EFFECT, Some(&step.name));
+                let r = attempt(&host, step, &key, &ev, &d, &decision_id).await;
+                failpoint::hit(failpoint::STEP_AFTER_EFFECT, Some(&step.name));
+                r
             }
         };
         let _ = host.store.finish_step(&key, &outcome, &rfc(Utc::now()));
         host.log_line(&serde_json::json!({
-            "decision_id": decision_id, "step": step.name, "index": idx,
+            "decision_id": decision_id, "step": step.name, "index": idx, "attempt": tries,
             "idempotency_key": key, "outcome": outcome,
         }));
+        failpoint::hit(failpoint::STEP_AFTER_OUTCOME, Some(&step.name));
         if outcome != "ok" && !outcome.starts_with("skipped") {
             ok = false;
             break;
@@ -98,6 +103,8 @@ fn executor(k: &StepKind) -> &'static str {
     }
 }
 
+/// Runs a step with its retries: its outcome and how many tries it took (the decision log's
+/// `attempt`; a planned step in dry-run shows 1).
 async fn attempt(
     host: &Arc<Host>,
     step: &Step,
@@ -105,7 +112,7 @@ async fn attempt(
     ev: &Event,
     d: &Decision,
     decision_id: &str,
-) -> String {
+) -> (String, u32) {
     let mut delay = step.backoff;
     let mut last = String::new();
     for n in 0..=step.retries {
@@ -132,7 +139,7 @@ async fn attempt(
             1.0,
         );
         if outcome == "ok" || outcome.starts_with("skipped") {
-            return outcome;
+            return (outcome, n + 1);
         }
         last = outcome;
         if n < step.retries {
@@ -144,7 +151,7 @@ async fn attempt(
             delay = (delay * 2).min(Duration::from_secs(300));
         }
     }
-    last
+    (last, step.retries + 1)
 }
 
 /// One attempt of one step.

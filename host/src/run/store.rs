@@ -335,6 +335,25 @@ impl Store {
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
+    /// The events and decisions recorded at or after `since` (RFC 3339, UTC), oldest first,
+    /// at most `limit` (the newest): the correlation history to rebuild after a restart.
+    pub fn decisions_since(
+        &self,
+        since: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let c = self.c()?;
+        let mut st = c.prepare(
+            "SELECT event_json, decision_json FROM
+               (SELECT time, event_json, decision_json FROM decisions WHERE time >= ?1
+                ORDER BY time DESC LIMIT ?2)
+             ORDER BY time",
+        )?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = st.query_map(params![since, limit], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
     /// Remembers that `event` must be decided again at `due`.
     pub fn defer(&self, event_id: &str, due: &str, event_json: &str) -> Result<(), StoreError> {
         self.c()?.execute(
@@ -433,6 +452,30 @@ mod tests {
         drop(s);
         let s = Store::open(&path)?;
         assert!(s.seen("azure.arm:k", "-")?);
+        Ok(())
+    }
+
+    #[test]
+    fn decisions_since_gives_the_newest_within_the_window_oldest_first() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|_| StoreError::Poisoned)?;
+        let s = Store::open(&dir.path().join("state.db"))?;
+        for (id, now) in [
+            ("a", "2026-01-01T00:00:00.000Z"),
+            ("b", "2026-01-02T00:00:00.000Z"),
+            ("c", "2026-01-03T00:00:00.000Z"),
+            ("d", "2026-01-04T00:00:00.000Z"),
+        ] {
+            let json = format!("\"{id}\"");
+            s.record(&NewDecision {
+                now,
+                event_json: &json,
+                ..rec(id, None)
+            })?;
+        }
+        let got = s.decisions_since("2026-01-02T00:00:00.000Z", 2)?;
+        let ids: Vec<&str> = got.iter().map(|(e, _)| e.as_str()).collect();
+        assert_eq!(ids, ["\"c\"", "\"d\""]);
+        assert_eq!(s.decisions_since("2026-01-02T00:00:00.000Z", 10)?.len(), 3);
         Ok(())
     }
 }

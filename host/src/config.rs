@@ -34,6 +34,8 @@ pub struct Config {
     pub runbooks: BTreeMap<Action, Vec<Step>>,
     /// A source that has failed for this long makes /readyz red.
     pub unready_after: Duration,
+    /// How often the policy files are checked for changes (`policy_reload_interval`).
+    pub reload_interval: Duration,
 }
 
 /// Azure Scheduled Events polling.
@@ -147,6 +149,15 @@ pub struct Step {
     pub idempotent: bool,
 }
 
+/// The body format of an `http` step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpFormat {
+    /// Keel's own JSON body (the default).
+    Generic,
+    /// PagerDuty Events v2 (`routing_key`, `event_action: trigger`, `dedup_key`, `payload`).
+    PagerDuty,
+}
+
 /// What a step does.
 #[derive(Debug, Clone)]
 pub enum StepKind {
@@ -157,6 +168,11 @@ pub enum StepKind {
     Http {
         /// The URL.
         url: String,
+        /// The body's format.
+        format: HttpFormat,
+        /// PagerDuty's routing (integration) key, read from the environment variable that
+        /// `routing_key_env` names when the configuration is loaded.
+        routing_key: Option<Secret>,
     },
     /// Approve the Scheduled Event (StartRequests).
     AzureAck,
@@ -313,6 +329,7 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
             "sources",
             "runbooks",
             "unready_after",
+            "policy_reload_interval",
         ],
     );
     let policies = v.path(&base, "/policies", root.get("policies"), "policies");
@@ -354,6 +371,11 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
         "/unready_after",
         root.get("unready_after"),
         Duration::from_secs(60),
+    );
+    let reload_interval = v.positive(
+        "/policy_reload_interval",
+        root.get("policy_reload_interval"),
+        Duration::from_secs(3),
     );
     let mut se = None;
     let mut aws = None;
@@ -485,6 +507,7 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
             ingest,
             runbooks,
             unready_after,
+            reload_interval,
         })
     } else {
         Err(LoadError::from_diagnostics(diags))
@@ -692,6 +715,97 @@ fn strsim_hint(got: &str, names: &[&str]) -> String {
         .unwrap_or_default()
 }
 
+/// An `http` step: `{ url, format?: generic | pagerduty, routing_key_env? }`.
+fn parse_http(v: &mut V<'_>, p: &str, h: Option<&Value>) -> Option<StepKind> {
+    let Some(h @ Value::Object(_)) = h else {
+        v.err(p, "`http` needs `url: http(s)://...`");
+        return None;
+    };
+    v.keys(p, h, &["url", "format", "routing_key_env"]);
+    let url = match h.get("url").and_then(Value::as_str) {
+        Some(u)
+            if (u.starts_with("http://") || u.starts_with("https://"))
+                && !u.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+        {
+            u.to_string()
+        }
+        Some(_) => {
+            v.err(&format!("{p}/url"), "expected an http:// or https:// URL");
+            return None;
+        }
+        None => {
+            v.err(p, "`http` needs `url: http(s)://...`");
+            return None;
+        }
+    };
+    let format = match h.get("format") {
+        None => HttpFormat::Generic,
+        Some(Value::String(f)) if f == "generic" => HttpFormat::Generic,
+        Some(Value::String(f)) if f == "pagerduty" => HttpFormat::PagerDuty,
+        Some(f) => {
+            let got = f.as_str().unwrap_or("");
+            let hint = strsim_hint(got, &["generic", "pagerduty"]);
+            v.err(
+                &format!("{p}/format"),
+                format!("expected `generic` or `pagerduty`{hint}"),
+            );
+            return None;
+        }
+    };
+    let rp = format!("{p}/routing_key_env");
+    let routing_key = match (format, h.get("routing_key_env")) {
+        (HttpFormat::Generic, None) => None,
+        (HttpFormat::Generic, Some(_)) => {
+            v.err(&rp, "`routing_key_env` only applies to `format: pagerduty`");
+            return None;
+        }
+        (HttpFormat::PagerDuty, None) => {
+            v.err(
+                p,
+                "`format: pagerduty` needs `routing_key_env`: the environment variable that holds the routing key",
+            );
+            return None;
+        }
+        (HttpFormat::PagerDuty, Some(Value::String(name)))
+            if !name.is_empty()
+                && !name.starts_with(|c: char| c.is_ascii_digit())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+        {
+            match std::env::var(name) {
+                Ok(k) if !k.is_empty() && k.chars().all(|c| c.is_ascii_graphic()) => {
+                    Some(Secret::new(k))
+                }
+                Ok(_) => {
+                    v.err(
+                        &rp,
+                        format!("the environment variable `{name}` holds no printable routing key"),
+                    );
+                    return None;
+                }
+                Err(_) => {
+                    v.err(
+                        &rp,
+                        format!("the environment variable `{name}` is not set (or not UTF-8)"),
+                    );
+                    return None;
+                }
+            }
+        }
+        (HttpFormat::PagerDuty, Some(_)) => {
+            v.err(
+                &rp,
+                "expected the name of an environment variable, such as PAGERDUTY_ROUTING_KEY",
+            );
+            return None;
+        }
+    };
+    Some(StepKind::Http {
+        url,
+        format,
+        routing_key,
+    })
+}
+
 fn parse_step(v: &mut V<'_>, p: &str, item: &Value) -> Option<Step> {
     v.keys(
         p,
@@ -726,19 +840,7 @@ fn parse_step(v: &mut V<'_>, p: &str, item: &Value) -> Option<Step> {
                 return None;
             }
         },
-        ["http"] => match item
-            .get("http")
-            .and_then(|h| h.get("url"))
-            .and_then(Value::as_str)
-        {
-            Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
-                StepKind::Http { url: u.to_string() }
-            }
-            _ => {
-                v.err(&format!("{p}/http"), "`http` needs `url: http(s)://...`");
-                return None;
-            }
-        },
+        ["http"] => parse_http(v, &format!("{p}/http"), item.get("http"))?,
         ["azure_ack"] => StepKind::AzureAck,
         ["log"] => StepKind::Log,
         [] => {

@@ -8,11 +8,13 @@
 pub mod backoff;
 pub mod health;
 pub mod metrics;
+pub mod outbox;
+pub mod reload;
 pub mod sources;
 pub mod steps;
 pub mod store;
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -24,7 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::config::Config;
 use health::{Change, Health};
 use metrics::Metrics;
-use store::{IngestRecord, NewDecision, Store, StoreError};
+use store::{IngestRecord, NewDecision, NewOutbox, Store, StoreError};
 
 /// A raw payload from a source.
 #[derive(Debug)]
@@ -71,8 +73,8 @@ struct Recorded {
 pub struct Host {
     /// The configuration.
     pub cfg: Config,
-    /// The policy set.
-    pub engine: Engine,
+    /// The policy set, swapped whole when the policy files change.
+    engine: RwLock<Arc<Engine>>,
     /// The state store.
     pub store: Store,
     /// The HTTP client for sources and executors.
@@ -148,7 +150,7 @@ impl Host {
             .map_err(|e| e.to_string())?;
         Ok(Arc::new(Host {
             cfg,
-            engine,
+            engine: RwLock::new(Arc::new(engine)),
             store,
             http,
             metrics: Metrics::default(),
@@ -157,6 +159,23 @@ impl Host {
             nstate: Mutex::new(nstate),
             log: Mutex::new(log),
         }))
+    }
+
+    /// The policy set in use.
+    pub fn engine(&self) -> Arc<Engine> {
+        match self.engine.read() {
+            Ok(e) => e.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the policy set (decisions in flight finish with the old one).
+    pub fn set_engine(&self, engine: Engine) {
+        let new = Arc::new(engine);
+        match self.engine.write() {
+            Ok(mut e) => *e = new,
+            Err(p) => *p.into_inner() = new,
+        }
     }
 
     /// Writes one JSON line to the decision log (untrusted strings are JSON-escaped).
@@ -270,12 +289,13 @@ impl Host {
             return Ok(None);
         }
         let started = std::time::Instant::now();
+        let engine = self.engine();
         let decision = {
             let Ok(mut h) = self.history.lock() else {
                 return Err(StoreError::Poisoned);
             };
             h.record(ev);
-            let d = self.engine.decide(ev, &Ctx::new(at).with_history(&h));
+            let d = engine.decide(ev, &Ctx::new(at).with_history(&h));
             h.record_decision(ev, &d);
             d
         };
@@ -297,6 +317,20 @@ impl Host {
         };
         let ev_json = serde_json::to_string(ev).unwrap_or_default();
         let d_json = serde_json::to_string(&decision).unwrap_or_default();
+        // New escalations go to the outbox with the decision (never in dry-run: no effects).
+        let entries = if self.cfg.dry_run {
+            Vec::new()
+        } else {
+            outbox::decision_entries(&id, ev, &decision)
+        };
+        let outbox_rows: Vec<NewOutbox<'_>> = entries
+            .iter()
+            .map(|(k, body)| NewOutbox {
+                key: k,
+                decision_id: &id,
+                body,
+            })
+            .collect();
         crate::failpoint::hit(crate::failpoint::DECISION_BEFORE_RECORD, None);
         let new = self.store.record(&NewDecision {
             event_id: &ev.id,
@@ -305,12 +339,13 @@ impl Host {
             normalizer_state: state_json,
             decision_id: &id,
             mode,
-            policy_set: self.engine.digest(),
+            policy_set: engine.digest(),
             action: decision.action.as_str(),
             event_json: &ev_json,
             decision_json: &d_json,
             runbook,
             ingest,
+            outbox: &outbox_rows,
         })?;
         crate::failpoint::hit(crate::failpoint::DECISION_AFTER_RECORD, None);
         if !new {
@@ -329,7 +364,7 @@ impl Host {
         );
         self.log_line(&serde_json::json!({
             "decision_id": id, "time": rfc(at), "event_id": ev.id, "mode": mode,
-            "policy_set_digest": self.engine.digest(), "decision": decision,
+            "policy_set_digest": engine.digest(), "decision": decision,
         }));
         if let (Action::Defer, Some(due)) = (decision.action, decision.due) {
             let _ = self.store.defer(&ev.id, &rfc(due), &ev_json);
@@ -453,6 +488,12 @@ pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(),
         host.source_ok(sources::ingest::SOURCE, "endpoint");
     }
     drop(tx);
+    tasks.spawn(outbox::deliver(host.clone(), stop.clone()));
+    tasks.spawn(reload::watch(
+        host.clone(),
+        host.cfg.reload_interval,
+        stop.clone(),
+    ));
     tasks.spawn(sources::serve_http(
         host.clone(),
         listener,

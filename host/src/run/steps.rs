@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use super::store::StepRecord;
 use super::{rfc, Host};
-use crate::config::{Step, StepKind};
+use crate::config::{HttpFormat, Step, StepKind};
 use crate::failpoint;
 
 /// The idempotency key of a step of a decision: the same after a restart.
@@ -59,6 +59,14 @@ pub async fn run_runbook(host: Arc<Host>, decision_id: String, ev: Event, d: Dec
                 // It may have taken effect before the crash: never run it twice.
                 ("in_doubt_escalated".to_string(), 0)
             }
+            StepRecord::New | StepRecord::InDoubt
+                if d.action == keel_engine::Action::Escalate
+                    && matches!(step.kind, StepKind::Http { .. }) =>
+            {
+                // The escalate runbook's webhooks receive the escalations through the outbox
+                // (durably, with retries): the decision itself is not sent twice.
+                ("skipped: delivered through the outbox".to_string(), 1)
+            }
             StepRecord::New | StepRecord::InDoubt => {
                 failpoint::hit(failpoint::STEP_BEFORE_EFFECT, Some(&step.name));
                 let r = attempt(&host, step, &key, &ev, &d, &decision_id).await;
@@ -78,7 +86,19 @@ pub async fn run_runbook(host: Arc<Host>, decision_id: String, ev: Event, d: Dec
         }
     }
     let state = if ok { "done" } else { "failed" };
-    let _ = host.store.finish_runbook(&decision_id, state);
+    let entry = (!ok && !host.cfg.dry_run)
+        .then(|| super::outbox::runbook_failed_entry(&decision_id, &ev, &d));
+    let outbox = entry.as_ref().map(|(k, body)| super::store::NewOutbox {
+        key: k,
+        decision_id: &decision_id,
+        body,
+    });
+    if let Err(e) =
+        host.store
+            .finish_runbook_escalating(&decision_id, state, outbox.as_ref(), &rfc(Utc::now()))
+    {
+        host.log_line(&serde_json::json!({"decision_id": decision_id, "error": e.to_string()}));
+    }
     if !ok {
         host.metrics.add(
             "keel_runbooks_failed_total",
@@ -206,26 +226,98 @@ async fn once(
                 Err(format!("{} exited with {status}", escape(prog)))
             }
         }
-        StepKind::Http { url } => {
+        StepKind::Http { .. } => {
             let body = serde_json::json!({
                 "decision_id": decision_id, "idempotency_key": key, "event_id": ev.id,
                 "action": d.action, "policy": d.policy, "reason": d.reason, "escalations": d.escalations,
             });
-            let r = host
-                .http
-                .post(url)
-                .header("Idempotency-Key", key)
-                .json(&body)
-                .send()
+            post_http(host, &step.kind, key, &body)
                 .await
-                .map_err(|e| e.to_string())?;
-            if r.status().is_success() {
-                Ok("ok".into())
-            } else {
-                Err(format!("HTTP {}", r.status()))
-            }
+                .map(|()| "ok".to_string())
+                .map_err(|(e, _)| e)
         }
         StepKind::AzureAck => azure_ack(host, ev).await,
+    }
+}
+
+/// The PagerDuty Events v2 body of a generic body: `dedup_key` is its escalation key (or the
+/// idempotency key), the severity one of PagerDuty's (`error` when absent or unknown).
+pub fn pagerduty_body(
+    routing_key: &str,
+    source: &str,
+    key: &str,
+    body: &serde_json::Value,
+) -> serde_json::Value {
+    let text = |k: &str| body.get(k).and_then(serde_json::Value::as_str);
+    let severity = text("severity")
+        .filter(|s| ["critical", "error", "warning", "info"].contains(s))
+        .unwrap_or("error");
+    let summary = text("reason")
+        .map(str::to_string)
+        .or_else(|| {
+            Some(format!(
+                "{} for event {}",
+                text("action").unwrap_or("decision"),
+                text("event_id").unwrap_or("?")
+            ))
+        })
+        .unwrap_or_default();
+    // PagerDuty's summary holds at most 1024 characters.
+    let summary: String = summary.chars().take(1024).collect();
+    serde_json::json!({
+        "routing_key": routing_key,
+        "event_action": "trigger",
+        "dedup_key": text("escalation_key").unwrap_or(key),
+        "payload": {
+            "summary": summary, "source": source, "severity": severity,
+            "custom_details": body,
+        },
+    })
+}
+
+/// POSTs `body` (in the step's format) to an `http` step's webhook with `Idempotency-Key:
+/// key`; on failure the error and the server's `Retry-After`.
+pub async fn post_http(
+    host: &Arc<Host>,
+    kind: &StepKind,
+    key: &str,
+    body: &serde_json::Value,
+) -> Result<(), (String, Option<Duration>)> {
+    let StepKind::Http {
+        url,
+        format,
+        routing_key,
+    } = kind
+    else {
+        return Err(("not an http step".into(), None));
+    };
+    let payload = match (format, routing_key) {
+        (HttpFormat::PagerDuty, Some(rk)) => pagerduty_body(
+            rk.expose(),
+            host.cfg.self_name.as_deref().unwrap_or("keel"),
+            key,
+            body,
+        ),
+        (HttpFormat::PagerDuty, None) => {
+            return Err(("pagerduty step without a routing key".into(), None))
+        }
+        (HttpFormat::Generic, _) => body.clone(),
+    };
+    let r = host
+        .http
+        .post(url)
+        .header("Idempotency-Key", key)
+        .json(&payload)
+        .send()
+        .await
+        .map_err(|e| (e.to_string(), None))?;
+    if r.status().is_success() {
+        Ok(())
+    } else {
+        Err((
+            format!("HTTP {}", r.status()),
+            super::backoff::retry_after(r.headers()),
+        ))
     }
 }
 

@@ -57,6 +57,13 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE attempts (
         resource TEXT NOT NULL, operation TEXT NOT NULL, count INTEGER NOT NULL,
         last_at TEXT NOT NULL, PRIMARY KEY (resource, operation));",
+    // 3: the escalation outbox: written with the decision (or the runbook's failure), delivered
+    // with retries, kept until delivered.
+    "CREATE TABLE outbox (
+        key TEXT PRIMARY KEY, decision_id TEXT NOT NULL, created_at TEXT NOT NULL,
+        body TEXT NOT NULL, attempts INTEGER NOT NULL, next_at TEXT NOT NULL,
+        delivered_at TEXT, last_error TEXT);
+     CREATE INDEX outbox_pending ON outbox (delivered_at, next_at);",
 ];
 
 /// The state database.
@@ -102,6 +109,41 @@ pub struct NewDecision<'a> {
     pub runbook: &'a str,
     /// For an ingest body: its idempotency key and attempt, written in the same transaction.
     pub ingest: Option<IngestRecord<'a>>,
+    /// Escalations to deliver through the outbox, written in the same transaction.
+    pub outbox: &'a [NewOutbox<'a>],
+}
+
+/// An escalation to put in the outbox.
+#[derive(Debug, Clone, Copy)]
+pub struct NewOutbox<'a> {
+    /// Its idempotency key (the `Idempotency-Key` of every delivery attempt).
+    pub key: &'a str,
+    /// The decision it belongs to.
+    pub decision_id: &'a str,
+    /// What to deliver, as JSON.
+    pub body: &'a str,
+}
+
+/// An escalation in the outbox, not yet delivered.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    /// Its idempotency key.
+    pub key: String,
+    /// The decision it belongs to.
+    pub decision_id: String,
+    /// What to deliver, as JSON.
+    pub body: String,
+    /// How many delivery attempts failed so far.
+    pub attempts: i64,
+}
+
+fn insert_outbox(c: &Connection, o: &NewOutbox<'_>, now: &str) -> Result<(), StoreError> {
+    c.execute(
+        "INSERT OR IGNORE INTO outbox (key, decision_id, created_at, body, attempts, next_at)
+         VALUES (?1, ?2, ?3, ?4, 0, ?3)",
+        params![o.key, o.decision_id, now, o.body],
+    )?;
+    Ok(())
 }
 
 /// What the ingest endpoint remembers of an accepted body.
@@ -234,6 +276,9 @@ impl Store {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![r.decision_id, r.now, r.event_id, r.mode, r.policy_set, r.action, r.event_json, r.decision_json, r.runbook],
             )?;
+            for o in r.outbox {
+                insert_outbox(&tx, o, r.now)?;
+            }
         }
         if let Some(i) = &r.ingest {
             tx.execute(
@@ -310,13 +355,72 @@ impl Store {
         Ok(())
     }
 
-    /// Marks a decision's runbook finished (`done`, `failed`, `planned`).
-    pub fn finish_runbook(&self, decision_id: &str, state: &str) -> Result<(), StoreError> {
-        self.c()?.execute(
+    /// Marks a decision's runbook finished and, when it failed, puts its escalation in the
+    /// outbox, in one transaction.
+    pub fn finish_runbook_escalating(
+        &self,
+        decision_id: &str,
+        state: &str,
+        escalation: Option<&NewOutbox<'_>>,
+        now: &str,
+    ) -> Result<(), StoreError> {
+        let mut c = self.c()?;
+        let tx = c.transaction()?;
+        tx.execute(
             "UPDATE decisions SET runbook = ?2 WHERE decision_id = ?1",
             params![decision_id, state],
         )?;
+        if let Some(o) = escalation {
+            insert_outbox(&tx, o, now)?;
+        }
+        tx.commit()?;
         Ok(())
+    }
+
+    /// Up to `limit` undelivered outbox entries due at `now` (RFC 3339, UTC), oldest first.
+    pub fn outbox_due(&self, now: &str, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        let c = self.c()?;
+        let mut st = c.prepare(
+            "SELECT key, decision_id, body, attempts FROM outbox
+             WHERE delivered_at IS NULL AND next_at <= ?1 ORDER BY created_at, key LIMIT ?2",
+        )?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = st.query_map(params![now, limit], |r| {
+            Ok(OutboxRow {
+                key: r.get(0)?,
+                decision_id: r.get(1)?,
+                body: r.get(2)?,
+                attempts: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Marks an outbox entry delivered.
+    pub fn outbox_delivered(&self, key: &str, now: &str) -> Result<(), StoreError> {
+        self.c()?.execute(
+            "UPDATE outbox SET delivered_at = ?2, attempts = attempts + 1 WHERE key = ?1",
+            params![key, now],
+        )?;
+        Ok(())
+    }
+
+    /// Records a failed delivery attempt and when to try again.
+    pub fn outbox_retry(&self, key: &str, next_at: &str, error: &str) -> Result<(), StoreError> {
+        self.c()?.execute(
+            "UPDATE outbox SET attempts = attempts + 1, next_at = ?2, last_error = ?3 WHERE key = ?1",
+            params![key, next_at, error],
+        )?;
+        Ok(())
+    }
+
+    /// How many outbox entries are not delivered yet.
+    pub fn outbox_depth(&self) -> Result<i64, StoreError> {
+        Ok(self.c()?.query_row(
+            "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL",
+            [],
+            |r| r.get(0),
+        )?)
     }
 
     /// Decisions whose runbook is still `pending` (after a restart: resume them).
@@ -407,6 +511,7 @@ mod tests {
             decision_json: "{}",
             runbook: "done",
             ingest,
+            outbox: &[],
         }
     }
 

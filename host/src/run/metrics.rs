@@ -17,14 +17,18 @@ fn label_escape(s: &str) -> String {
         .replace('\n', "\\n")
 }
 
+fn render_labels(labels: &[(&str, &str)]) -> String {
+    labels
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", label_escape(v)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 impl Metrics {
     /// Adds `v` to the series `name{labels}`.
     pub fn add(&self, name: &str, labels: &[(&str, &str)], v: f64) {
-        let l = labels
-            .iter()
-            .map(|(k, v)| format!("{k}=\"{}\"", label_escape(v)))
-            .collect::<Vec<_>>()
-            .join(",");
+        let l = render_labels(labels);
         if let Ok(mut m) = self.counters.lock() {
             *m.entry((name.to_string(), l)).or_insert(0.0) += v;
         }
@@ -32,11 +36,7 @@ impl Metrics {
 
     /// Sets the series `name{labels}` to `v`.
     pub fn set(&self, name: &str, labels: &[(&str, &str)], v: f64) {
-        let l = labels
-            .iter()
-            .map(|(k, v)| format!("{k}=\"{}\"", label_escape(v)))
-            .collect::<Vec<_>>()
-            .join(",");
+        let l = render_labels(labels);
         if let Ok(mut m) = self.counters.lock() {
             m.insert((name.to_string(), l), v);
         }
@@ -53,11 +53,7 @@ impl Metrics {
 
     /// The current value of a series (0 when absent).
     pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let l = labels
-            .iter()
-            .map(|(k, v)| format!("{k}=\"{}\"", label_escape(v)))
-            .collect::<Vec<_>>()
-            .join(",");
+        let l = render_labels(labels);
         self.counters
             .lock()
             .ok()

@@ -163,11 +163,7 @@ async fn attempt(
         }
         last = outcome;
         if n < step.retries {
-            let jitter = Duration::from_millis(
-                u64::from(Utc::now().timestamp_subsec_millis())
-                    % (delay.as_millis() as u64 / 4 + 1),
-            );
-            tokio::time::sleep(delay + jitter).await;
+            tokio::time::sleep(delay + super::backoff::jitter(delay / 4)).await;
             delay = (delay * 2).min(Duration::from_secs(300));
         }
     }

@@ -36,6 +36,21 @@ pub struct Config {
     pub unready_after: Duration,
     /// How often the policy files are checked for changes (`policy_reload_interval`).
     pub reload_interval: Duration,
+    /// Limits on what runs at once.
+    pub limits: Limits,
+    /// How long finished history (decisions and their steps, seen events, delivered
+    /// escalations, ingest keys) is kept; pending work is never collected.
+    pub retention: Duration,
+    /// How often the garbage collector runs.
+    pub gc_interval: Duration,
+}
+
+/// Limits on what runs at once (`limits:`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// How many `drain` runbooks run at the same time (default 1); the others wait for a slot
+    /// until their deadline.
+    pub concurrent_drains: usize,
 }
 
 /// Azure Scheduled Events polling.
@@ -330,6 +345,9 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
             "runbooks",
             "unready_after",
             "policy_reload_interval",
+            "limits",
+            "retention",
+            "gc_interval",
         ],
     );
     let policies = v.path(&base, "/policies", root.get("policies"), "policies");
@@ -376,6 +394,17 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
         "/policy_reload_interval",
         root.get("policy_reload_interval"),
         Duration::from_secs(3),
+    );
+    let limits = parse_limits(&mut v, root.get("limits"));
+    let retention = v.positive(
+        "/retention",
+        root.get("retention"),
+        Duration::from_secs(30 * 86_400),
+    );
+    let gc_interval = v.positive(
+        "/gc_interval",
+        root.get("gc_interval"),
+        Duration::from_secs(3_600),
     );
     let mut se = None;
     let mut aws = None;
@@ -508,10 +537,32 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
             runbooks,
             unready_after,
             reload_interval,
+            limits,
+            retention,
+            gc_interval,
         })
     } else {
         Err(LoadError::from_diagnostics(diags))
     }
+}
+
+fn parse_limits(v: &mut V<'_>, l: Option<&Value>) -> Limits {
+    let mut limits = Limits {
+        concurrent_drains: 1,
+    };
+    let Some(l) = l else { return limits };
+    v.keys("/limits", l, &["concurrent_drains"]);
+    match l.get("concurrent_drains") {
+        None => {}
+        Some(n) => match n.as_u64() {
+            Some(c) if (1..=10_000).contains(&c) => limits.concurrent_drains = c as usize,
+            _ => v.err(
+                "/limits/concurrent_drains",
+                "expected how many drains may run at once, from 1 to 10000",
+            ),
+        },
+    }
+    limits
 }
 
 fn parse_aws(v: &mut V<'_>, s: &Value) -> AwsImdsSource {

@@ -83,6 +83,8 @@ pub struct Host {
     pub metrics: Metrics,
     /// The health of every source, for `/readyz`.
     pub health: Health,
+    /// One permit per drain allowed to run at once (`limits.concurrent_drains`).
+    pub drain_slots: Arc<tokio::sync::Semaphore>,
     history: Mutex<History>,
     nstate: Mutex<NormalizerState>,
     log: Mutex<Box<dyn std::io::Write + Send>>,
@@ -149,6 +151,7 @@ impl Host {
             .build()
             .map_err(|e| e.to_string())?;
         Ok(Arc::new(Host {
+            drain_slots: Arc::new(tokio::sync::Semaphore::new(cfg.limits.concurrent_drains)),
             cfg,
             engine: RwLock::new(Arc::new(engine)),
             store,
@@ -438,6 +441,42 @@ impl Host {
     }
 }
 
+/// Deletes finished history older than `retention`, at start and every `gc_interval`
+/// ([`Store::gc`]: pending work is never collected), counting the rows in
+/// `keel_gc_rows_total`.
+async fn collect_garbage(host: Arc<Host>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(host.cfg.gc_interval);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => if *stop.borrow() { return },
+            _ = tick.tick() => {}
+        }
+        let Ok(retention) = chrono::Duration::from_std(host.cfg.retention) else {
+            continue;
+        };
+        let Some(before) = now().checked_sub_signed(retention) else {
+            continue;
+        };
+        match host.store.gc(&rfc(before)) {
+            Ok(n) if n.total() > 0 => {
+                host.metrics
+                    .add("keel_gc_rows_total", &[], n.total() as f64);
+                host.log_line(&serde_json::json!({
+                    "time": rfc(now()), "gc": {
+                        "before": rfc(before), "decisions": n.decisions, "steps": n.steps,
+                        "events": n.events, "outbox": n.outbox,
+                        "ingest_keys": n.ingest_keys, "attempts": n.attempts,
+                    },
+                }));
+            }
+            Ok(_) => {}
+            Err(e) => host.log_line(&serde_json::json!({
+                "time": rfc(now()), "gc": {"error": e.to_string()},
+            })),
+        }
+    }
+}
+
 /// Runs the host until `stop` turns true: sources, decisions, runbooks, the metrics, health
 /// and ingest endpoints. Pending runbooks from before a restart are resumed first. A source
 /// that fails backs off and is reported; it never stops the other sources or the loop.
@@ -489,6 +528,7 @@ pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(),
     }
     drop(tx);
     tasks.spawn(outbox::deliver(host.clone(), stop.clone()));
+    tasks.spawn(collect_garbage(host.clone(), stop.clone()));
     tasks.spawn(reload::watch(
         host.clone(),
         host.cfg.reload_interval,

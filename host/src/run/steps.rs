@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use keel_engine::normalize::azure_scheduled_events::start_requests;
-use keel_engine::{escape, Decision, Event};
+use keel_engine::{escape, Action, Decision, Event};
 use sha2::{Digest, Sha256};
 
 use super::store::StepRecord;
@@ -20,8 +20,48 @@ pub fn step_key(decision_id: &str, idx: usize, name: &str) -> String {
     d[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// When a runbook must have finished: for a drain, the earlier of the event's `not_before`
+/// (the platform acts then, drained or not) and the decision's `deadline_s` counted from the
+/// event's time (so a runbook resumed after a restart keeps its original deadline). `None`:
+/// no deadline beyond each step's own timeouts.
+pub fn runbook_deadline(ev: &Event, d: &Decision) -> Option<DateTime<Utc>> {
+    if d.action != Action::Drain {
+        return None;
+    }
+    let by_param = d
+        .params
+        .get("deadline_s")
+        .and_then(serde_json::Value::as_f64)
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .and_then(|s| chrono::Duration::try_milliseconds((s * 1000.0) as i64))
+        .and_then(|dur| ev.time.checked_add_signed(dur));
+    let by_notice = ev.maintenance.as_ref().and_then(|m| m.not_before);
+    match (by_param, by_notice) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// The time left until `deadline` as a tokio instant (now when it has passed).
+fn instant_of(deadline: DateTime<Utc>) -> tokio::time::Instant {
+    let left = (deadline - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+    tokio::time::Instant::now() + left
+}
+
+/// Why a step did not run or did not finish: the runbook's deadline passed.
+fn missed(deadline: DateTime<Utc>) -> String {
+    format!(
+        "failed: the runbook missed its deadline ({})",
+        rfc(deadline)
+    )
+}
+
 /// Runs the runbook of `d`'s action for `ev`, step after step; a step runs only when every
-/// step before it succeeded. A failed runbook escalates (in the decision log).
+/// step before it succeeded. A drain waits for one of `limits.concurrent_drains` slots and
+/// must finish by [`runbook_deadline`]; a step that would start, or is still running, past it
+/// fails. When the platform cancels the event, the steps not yet started are skipped (no
+/// approval of a canceled event). A failed runbook escalates (in the decision log and the
+/// outbox).
 pub async fn run_runbook(host: Arc<Host>, decision_id: String, ev: Event, d: Decision) {
     let steps = host
         .cfg
@@ -29,9 +69,38 @@ pub async fn run_runbook(host: Arc<Host>, decision_id: String, ev: Event, d: Dec
         .get(&d.action)
         .cloned()
         .unwrap_or_default();
+    let deadline = runbook_deadline(&ev, &d);
+    // A drain holds a slot for its whole runbook; waiting for one counts against the deadline.
+    let _slot = if d.action == Action::Drain && !steps.is_empty() {
+        let wait = host.drain_slots.clone().acquire_owned();
+        let got = match deadline {
+            Some(dl) => tokio::time::timeout_at(instant_of(dl), wait)
+                .await
+                .ok()
+                .and_then(Result::ok),
+            None => wait.await.ok(),
+        };
+        if got.is_none() {
+            host.log_line(&serde_json::json!({
+                "decision_id": decision_id,
+                "waiting": "no drain slot was free before the runbook's deadline",
+            }));
+        }
+        got
+    } else {
+        None
+    };
     let mut ok = true;
+    let mut canceled = false;
     for (idx, step) in steps.iter().enumerate() {
         let key = step_key(&decision_id, idx, &step.name);
+        if !canceled && was_canceled(&host, &ev) {
+            canceled = true;
+            host.log_line(&serde_json::json!({
+                "decision_id": decision_id, "event_id": ev.id,
+                "canceled": "the platform canceled the event; the remaining steps are skipped",
+            }));
+        }
         let record = match host.store.begin_step(
             &key,
             &decision_id,
@@ -67,9 +136,25 @@ pub async fn run_runbook(host: Arc<Host>, decision_id: String, ev: Event, d: Dec
                 // (durably, with retries): the decision itself is not sent twice.
                 ("skipped: delivered through the outbox".to_string(), 1)
             }
+            StepRecord::New | StepRecord::InDoubt if canceled => {
+                ("skipped: the event was canceled".to_string(), 0)
+            }
+            StepRecord::New | StepRecord::InDoubt
+                if deadline.is_some_and(|dl| Utc::now() >= dl) =>
+            {
+                (deadline.map(missed).unwrap_or_default(), 0)
+            }
             StepRecord::New | StepRecord::InDoubt => {
                 failpoint::hit(failpoint::STEP_BEFORE_EFFECT, Some(&step.name));
-                let r = attempt(&host, step, &key, &ev, &d, &decision_id).await;
+                let run = attempt(&host, step, &key, &ev, &d, &decision_id);
+                let r = match deadline {
+                    // A step still running at the deadline is stopped (an `exec` child is
+                    // killed) and counts as failed.
+                    Some(dl) => tokio::time::timeout_at(instant_of(dl), run)
+                        .await
+                        .unwrap_or_else(|_| (missed(dl), 1)),
+                    None => run.await,
+                };
                 failpoint::hit(failpoint::STEP_AFTER_EFFECT, Some(&step.name));
                 r
             }
@@ -85,7 +170,11 @@ pub async fn run_runbook(host: Arc<Host>, decision_id: String, ev: Event, d: Dec
             break;
         }
     }
-    let state = if ok { "done" } else { "failed" };
+    let state = match (ok, canceled) {
+        (false, _) => "failed",
+        (true, true) => "canceled",
+        (true, false) => "done",
+    };
     let entry = (!ok && !host.cfg.dry_run)
         .then(|| super::outbox::runbook_failed_entry(&decision_id, &ev, &d));
     let outbox = entry.as_ref().map(|(k, body)| super::store::NewOutbox {
@@ -112,6 +201,16 @@ pub async fn run_runbook(host: Arc<Host>, decision_id: String, ev: Event, d: Dec
             },
         }));
     }
+}
+
+/// Whether the platform withdrew `ev` since it was decided: the store saw it `canceled`, or
+/// `ended` (gone from the document while still scheduled: canceled, or run and finished
+/// between two polls; either way there is nothing left to approve).
+fn was_canceled(host: &Host, ev: &Event) -> bool {
+    ev.maintenance.is_some()
+        && ["canceled", "ended"]
+            .iter()
+            .any(|s| host.store.seen(&ev.id, s).unwrap_or(false))
 }
 
 fn executor(k: &StepKind) -> &'static str {

@@ -157,6 +157,30 @@ pub struct IngestRecord<'a> {
     pub attempt: i64,
 }
 
+/// How many rows one garbage collection deleted, per table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GcCounts {
+    /// Decisions (with finished runbooks).
+    pub decisions: usize,
+    /// Step executions of those decisions.
+    pub steps: usize,
+    /// Seen events no decision refers to any more.
+    pub events: usize,
+    /// Delivered escalations.
+    pub outbox: usize,
+    /// Ingest idempotency keys.
+    pub ingest_keys: usize,
+    /// Attempt counts of (resource, operation).
+    pub attempts: usize,
+}
+
+impl GcCounts {
+    /// All rows deleted.
+    pub fn total(&self) -> usize {
+        self.decisions + self.steps + self.events + self.outbox + self.ingest_keys + self.attempts
+    }
+}
+
 /// A decision whose runbook did not finish.
 #[derive(Debug, Clone)]
 pub struct Pending {
@@ -484,6 +508,50 @@ impl Store {
         Ok(due)
     }
 
+    /// Deletes finished history older than `before` (RFC 3339, UTC): decisions whose runbook
+    /// is not pending and that have no undelivered escalation, their step executions, the seen
+    /// events no remaining decision refers to, delivered escalations, ingest keys and attempt
+    /// counts. Pending runbooks, deferrals and undelivered escalations are never collected.
+    /// Returns how many rows went, per table.
+    pub fn gc(&self, before: &str) -> Result<GcCounts, StoreError> {
+        let mut c = self.c()?;
+        let tx = c.transaction()?;
+        let decisions = tx.execute(
+            "DELETE FROM decisions WHERE time < ?1 AND runbook <> 'pending'
+               AND NOT EXISTS (SELECT 1 FROM outbox o
+                               WHERE o.decision_id = decisions.decision_id AND o.delivered_at IS NULL)",
+            params![before],
+        )?;
+        let steps = tx.execute(
+            "DELETE FROM steps WHERE NOT EXISTS
+               (SELECT 1 FROM decisions d WHERE d.decision_id = steps.decision_id)",
+            [],
+        )?;
+        let events = tx.execute(
+            "DELETE FROM events WHERE first_seen < ?1 AND NOT EXISTS
+               (SELECT 1 FROM decisions d WHERE d.event_id = events.id)",
+            params![before],
+        )?;
+        let outbox = tx.execute(
+            "DELETE FROM outbox WHERE delivered_at IS NOT NULL AND delivered_at < ?1",
+            params![before],
+        )?;
+        let ingest_keys = tx.execute(
+            "DELETE FROM ingest_keys WHERE received_at < ?1",
+            params![before],
+        )?;
+        let attempts = tx.execute("DELETE FROM attempts WHERE last_at < ?1", params![before])?;
+        tx.commit()?;
+        Ok(GcCounts {
+            decisions,
+            steps,
+            events,
+            outbox,
+            ingest_keys,
+            attempts,
+        })
+    }
+
     /// How many step executions finished with each outcome (for tests and the demo).
     pub fn step_outcomes(&self) -> Result<Vec<(String, Option<String>)>, StoreError> {
         let c = self.c()?;
@@ -581,6 +649,75 @@ mod tests {
         let ids: Vec<&str> = got.iter().map(|(e, _)| e.as_str()).collect();
         assert_eq!(ids, ["\"c\"", "\"d\""]);
         assert_eq!(s.decisions_since("2026-01-02T00:00:00.000Z", 10)?.len(), 3);
+        Ok(())
+    }
+
+    #[test]
+    fn gc_deletes_old_finished_history_and_never_pending_work() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|_| StoreError::Poisoned)?;
+        let s = Store::open(&dir.path().join("state.db"))?;
+        let old = "2026-01-01T00:00:00.000Z";
+        let new = "2026-03-01T00:00:00.000Z";
+        let undelivered = [NewOutbox {
+            key: "esc-1",
+            decision_id: "old-escalating",
+            body: "{}",
+        }];
+        let key = |k| {
+            Some(IngestRecord {
+                key: k,
+                counted: Some(("vm", "create")),
+                attempt: 1,
+            })
+        };
+        s.record(&NewDecision {
+            now: old,
+            ..rec("old-done", key("k-old"))
+        })?;
+        s.record(&NewDecision {
+            now: old,
+            runbook: "pending",
+            ..rec("old-pending", None)
+        })?;
+        s.record(&NewDecision {
+            now: old,
+            outbox: &undelivered,
+            ..rec("old-escalating", None)
+        })?;
+        s.record(&NewDecision {
+            now: new,
+            ..rec("new-done", key("k-new"))
+        })?;
+        s.begin_step("step-old", "old-done", 0, "cordon", false, old)?;
+        s.finish_step("step-old", "ok", old)?;
+        s.begin_step("step-pending", "old-pending", 0, "cordon", false, old)?;
+        s.defer("deferred", old, "{}")?;
+        let got = s.gc("2026-02-01T00:00:00.000Z")?;
+        assert_eq!(
+            got,
+            GcCounts {
+                decisions: 1,
+                steps: 1,
+                events: 1,
+                outbox: 0,
+                ingest_keys: 1,
+                attempts: 0,
+            }
+        );
+        assert!(!s.seen("old-done", "-")?);
+        assert!(s.seen("old-pending", "-")?);
+        assert!(s.seen("old-escalating", "-")?);
+        assert!(s.seen("new-done", "-")?);
+        assert_eq!(s.pending()?.len(), 1);
+        assert_eq!(s.ingest_key("k-old")?, None);
+        assert!(s.ingest_key("k-new")?.is_some());
+        assert_eq!(s.outbox_depth()?, 1);
+        assert_eq!(s.take_due(new)?.len(), 1, "a deferral is never collected");
+        // Once delivered and old, the escalation and its decision go too.
+        s.outbox_delivered("esc-1", old)?;
+        let got = s.gc("2026-02-01T00:00:00.000Z")?;
+        assert_eq!((got.decisions, got.outbox, got.events), (1, 1, 1));
+        assert_eq!(s.gc("2026-02-01T00:00:00.000Z")?.total(), 0);
         Ok(())
     }
 }

@@ -227,6 +227,21 @@ runbooks:
         }
     }
 
+    /// Replaces the configuration's runbooks with `runbooks` (YAML, `runbooks:` included) and
+    /// appends `extra` top-level keys.
+    pub fn set_runbooks(&self, runbooks: &str, extra: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let head = &text[..text.find("runbooks:").unwrap()];
+        std::fs::write(&self.config, format!("{head}{extra}\n{runbooks}")).unwrap();
+    }
+
+    /// Changes the Scheduled Events document (the incarnation goes up by one).
+    pub fn change_document(&self, f: impl FnOnce(&mut Vec<Value>)) {
+        let mut s = self.se.lock().unwrap();
+        f(&mut s.events);
+        s.incarnation += 1;
+    }
+
     /// Starts `keel run` on this scenario's configuration and state.
     pub fn keel(&self, extra: &[&str], env: &[(&str, &str)]) -> Keel {
         Keel::start(&self.config, extra, env)
@@ -259,9 +274,10 @@ runbooks:
             return Vec::new();
         }
         let c = self.db();
-        let mut st = c
-            .prepare("SELECT runbook FROM decisions WHERE action = 'drain'")
-            .unwrap();
+        // The host may not have created its tables yet.
+        let Ok(mut st) = c.prepare("SELECT runbook FROM decisions WHERE action = 'drain'") else {
+            return Vec::new();
+        };
         st.query_map([], |r| r.get::<_, String>(0))
             .unwrap()
             .collect::<Result<Vec<_>, _>>()

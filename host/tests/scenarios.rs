@@ -1,0 +1,274 @@
+//! Whole scenarios against the real `keel run` binary and a loopback Scheduled Events stub
+//! (incarnations, Started, cancellation, StartRequests), scaled down where the platform's own
+//! durations would make a test slow:
+//! - a platform Reboot drained, then acknowledged, then Started and completed;
+//! - a cancellation while the drain runs: the approval is skipped, the runbook is `canceled`;
+//! - a Spot Preempt with 30 seconds' notice: drained and approved well before NotBefore;
+//! - a drain that misses its deadline (NotBefore three seconds ahead, a step that hangs): the
+//!   step is stopped, nothing is approved, the runbook fails and escalates;
+//! - two drains with `limits.concurrent_drains: 1`: the second waits for the first.
+//!
+//! The other scenarios of the suite live beside the code they exercise: a webhook that
+//! succeeds on the third try (`outbox.rs`), an IMDS that answers 500 for a while
+//! (`sources.rs`), `kill -9` at every step boundary (`crash.rs`), dry run (`dry_run.rs`).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Keel, Scenario, EVENT_ID, VM};
+use serde_json::{json, Value};
+
+/// IMDS's NotBefore format, `secs` from now.
+fn not_before_in(secs: i64) -> String {
+    (chrono::Utc::now() + chrono::Duration::seconds(secs))
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string()
+}
+
+/// The statuses the store has seen the announced event in, in order.
+fn statuses(sc: &Scenario) -> Vec<String> {
+    let c = rusqlite::Connection::open(&sc.state).unwrap();
+    c.busy_timeout(Duration::from_secs(5)).unwrap();
+    let mut st = c
+        .prepare("SELECT status FROM events WHERE id LIKE ?1 ORDER BY first_seen")
+        .unwrap();
+    st.query_map([format!("%{}%", EVENT_ID.to_lowercase())], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap()
+}
+
+/// Every step line of the log: (step, outcome).
+fn steps(k: &Keel) -> Vec<(String, String)> {
+    k.json_lines()
+        .iter()
+        .filter(|l| l.get("step").is_some() && l.get("outcome").is_some())
+        .map(|l| {
+            (
+                l["step"].as_str().unwrap_or("").to_string(),
+                l["outcome"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+async fn wait_for(what: &str, within: Duration, k: &mut Keel, f: impl Fn() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        if let Ok(Some(status)) = k.child.try_wait() {
+            panic!("keel exited with {status} before {what}\n{}", k.dump());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {what} within {within:?}\n{}",
+            k.dump()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reboot_is_drained_then_acknowledged_then_completes() {
+    let sc = Scenario::new(true, &common::not_before_in_15_minutes()).await;
+    let mut k = sc.keel(&[], &[]);
+    assert_eq!(
+        sc.wait_runbook_finished(&mut k, Duration::from_secs(20))
+            .await,
+        "done"
+    );
+    assert_eq!(sc.approvals(), [EVENT_ID], "approved exactly once");
+    assert_eq!(sc.exec_runs().len(), 1, "drained exactly once");
+    // The stub turns the event Started, then removes it: the host sees it completed and
+    // does nothing more (the VM was drained for it within the hour).
+    wait_for(
+        "the completed event",
+        Duration::from_secs(10),
+        &mut k,
+        || statuses(&sc) == ["scheduled", "started", "completed"],
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        sc.drain_runbooks(),
+        ["done"],
+        "one drain, no second one for Started"
+    );
+    assert_eq!(sc.approvals(), [EVENT_ID]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cancellation_during_the_drain_skips_the_approval() {
+    let sc = Scenario::new(false, &common::not_before_in_15_minutes()).await;
+    let marker = sc.dir.path().join("draining");
+    sc.set_runbooks(
+        &format!(
+            r#"runbooks:
+  drain:
+    - name: cordon
+      exec: ["/bin/sh", "-c", "touch \"$0\"; sleep 2", "{}"]
+      timeout: 10s
+      retries: 0
+    - name: approve
+      azure_ack: {{}}
+"#,
+            marker.display()
+        ),
+        "",
+    );
+    let mut k = sc.keel(&[], &[]);
+    let m = marker.clone();
+    wait_for(
+        "the drain to start",
+        Duration::from_secs(20),
+        &mut k,
+        || m.exists(),
+    )
+    .await;
+    // The platform withdraws the event: gone from the next document, incarnation + 1, nothing
+    // approved, NotBefore still ahead.
+    sc.change_document(|evs| evs.clear());
+    assert_eq!(
+        sc.wait_runbook_finished(&mut k, Duration::from_secs(20))
+            .await,
+        "canceled"
+    );
+    assert!(
+        sc.approvals().is_empty(),
+        "a canceled event is never approved"
+    );
+    assert_eq!(statuses(&sc), ["scheduled", "canceled"]);
+    let lines = k.json_lines();
+    assert_eq!(
+        steps(&k),
+        [
+            ("cordon".to_string(), "ok".to_string()),
+            (
+                "approve".to_string(),
+                "skipped: the event was canceled".to_string()
+            )
+        ]
+    );
+    assert!(lines.iter().any(|l| l.get("canceled").is_some()));
+}
+
+fn preempt(not_before: &str) -> Value {
+    json!({
+        "EventId": EVENT_ID, "EventStatus": "Scheduled", "EventType": "Preempt",
+        "ResourceType": "VirtualMachine", "Resources": [VM], "NotBefore": not_before,
+        "Description": "", "EventSource": "Platform", "DurationInSeconds": -1,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_preempt_with_30_seconds_notice_is_drained_and_approved_before_not_before() {
+    let sc = Scenario::new(true, &common::not_before_in_15_minutes()).await;
+    let not_before = chrono::Utc::now() + chrono::Duration::seconds(30);
+    sc.change_document(|evs| {
+        *evs = vec![preempt(
+            &not_before.format("%a, %d %b %Y %H:%M:%S GMT").to_string(),
+        )]
+    });
+    let mut k = sc.keel(&[], &[]);
+    assert_eq!(
+        sc.wait_runbook_finished(&mut k, Duration::from_secs(25))
+            .await,
+        "done"
+    );
+    assert!(
+        chrono::Utc::now() < not_before,
+        "the runbook finished before NotBefore"
+    );
+    assert_eq!(sc.approvals(), [EVENT_ID]);
+    let lines = k.json_lines();
+    let d = lines
+        .iter()
+        .find(|l| l["decision"]["action"] == "drain")
+        .unwrap();
+    assert_eq!(d["decision"]["policy"], "azure.maintenance.evict.drain-now");
+    assert_eq!(sc.exec_runs().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drain_that_misses_its_deadline_is_stopped_and_escalates() {
+    let sc = Scenario::new(true, &not_before_in(3)).await;
+    sc.change_document(|evs| *evs = vec![preempt(&not_before_in(3))]);
+    sc.set_runbooks(
+        r#"runbooks:
+  drain:
+    - name: cordon
+      exec: ["/bin/sleep", "30"]
+      timeout: 60s
+      retries: 0
+    - name: approve
+      azure_ack: {}
+"#,
+        "",
+    );
+    let started = Instant::now();
+    let mut k = sc.keel(&[], &[]);
+    assert_eq!(
+        sc.wait_runbook_finished(&mut k, Duration::from_secs(20))
+            .await,
+        "failed"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the hanging step was stopped at the deadline, not at its own timeout"
+    );
+    assert!(sc.approvals().is_empty());
+    let st = steps(&k);
+    assert_eq!(st.len(), 1, "{st:?}");
+    assert!(
+        st[0]
+            .1
+            .starts_with("failed: the runbook missed its deadline"),
+        "{st:?}"
+    );
+    let lines = k.json_lines();
+    assert!(
+        lines.iter().any(|l| l.get("escalation").is_some()),
+        "a missed deadline escalates\n{}",
+        k.dump()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drains_beyond_the_limit_wait_for_a_slot() {
+    let sc = Scenario::new(false, &common::not_before_in_15_minutes()).await;
+    let log = sc.dir.path().join("drains.log");
+    sc.set_runbooks(
+        &format!(
+            r#"runbooks:
+  drain:
+    - name: cordon
+      exec: ["/bin/sh", "-c", "echo start >> \"$0\"; sleep 1; echo end >> \"$0\"", "{}"]
+      timeout: 10s
+      retries: 0
+"#,
+            log.display()
+        ),
+        "limits: { concurrent_drains: 1 }",
+    );
+    let second = "0D7B3D39-6A5B-4F0E-8E3A-C6F7C1B2D002";
+    // A second notice for this VM while the first is drained: a Spot eviction (a second
+    // Reboot would be deferred by `azure.maintenance.pending-again.defer`).
+    sc.change_document(|evs| {
+        let mut other = preempt(&common::not_before_in_15_minutes());
+        other["EventId"] = json!(second);
+        evs.push(other);
+    });
+    let mut k = sc.keel(&[], &[]);
+    let l = log.clone();
+    wait_for("two drains", Duration::from_secs(30), &mut k, || {
+        std::fs::read_to_string(&l).is_ok_and(|s| s.lines().count() == 4)
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        text.lines().collect::<Vec<_>>(),
+        ["start", "end", "start", "end"],
+        "one drain at a time"
+    );
+}

@@ -43,6 +43,9 @@ pub struct Config {
     pub retention: Duration,
     /// How often the garbage collector runs.
     pub gc_interval: Duration,
+    /// Group commit: at most this many waiting payloads and ingest bodies are decided and
+    /// committed in one transaction (default 256; 1 commits each on its own).
+    pub commit_batch_max: usize,
 }
 
 /// Limits on what runs at once (`limits:`).
@@ -348,6 +351,7 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
             "limits",
             "retention",
             "gc_interval",
+            "commit_batch_max",
         ],
     );
     let policies = v.path(&base, "/policies", root.get("policies"), "policies");
@@ -406,6 +410,16 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
         root.get("gc_interval"),
         Duration::from_secs(3_600),
     );
+    let commit_batch_max = match root.get("commit_batch_max") {
+        None => 256,
+        Some(n) => match n.as_u64() {
+            Some(c) if (1..=10_000).contains(&c) => c as usize,
+            _ => {
+                v.err("/commit_batch_max", "expected a number from 1 to 10000");
+                256
+            }
+        },
+    };
     let mut se = None;
     let mut aws = None;
     let mut gcp = None;
@@ -540,6 +554,7 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
             limits,
             retention,
             gc_interval,
+            commit_batch_max,
         })
     } else {
         Err(LoadError::from_diagnostics(diags))

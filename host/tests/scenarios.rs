@@ -74,7 +74,7 @@ async fn a_reboot_is_drained_then_acknowledged_then_completes() {
     let sc = Scenario::new(true, &common::not_before_in_15_minutes()).await;
     let mut k = sc.keel(&[], &[]);
     assert_eq!(
-        sc.wait_runbook_finished(&mut k, Duration::from_secs(20))
+        sc.wait_runbook_finished(&mut k, Duration::from_secs(60))
             .await,
         "done"
     );
@@ -84,7 +84,7 @@ async fn a_reboot_is_drained_then_acknowledged_then_completes() {
     // does nothing more (the VM was drained for it within the hour).
     wait_for(
         "the completed event",
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         &mut k,
         || statuses(&sc) == ["scheduled", "started", "completed"],
     )
@@ -102,18 +102,21 @@ async fn a_reboot_is_drained_then_acknowledged_then_completes() {
 async fn a_cancellation_during_the_drain_skips_the_approval() {
     let sc = Scenario::new(false, &common::not_before_in_15_minutes()).await;
     let marker = sc.dir.path().join("draining");
+    let release = sc.dir.path().join("release");
+    // The drain's first step holds until the test lets it go.
     sc.set_runbooks(
         &format!(
             r#"runbooks:
   drain:
     - name: cordon
-      exec: ["/bin/sh", "-c", "touch \"$0\"; sleep 2", "{}"]
-      timeout: 10s
+      exec: ["/bin/sh", "-c", "touch \"$0\"; while [ ! -e \"$1\" ]; do sleep 0.05; done", "{}", "{}"]
+      timeout: 60s
       retries: 0
     - name: approve
       azure_ack: {{}}
 "#,
-            marker.display()
+            marker.display(),
+            release.display()
         ),
         "",
     );
@@ -121,7 +124,7 @@ async fn a_cancellation_during_the_drain_skips_the_approval() {
     let m = marker.clone();
     wait_for(
         "the drain to start",
-        Duration::from_secs(20),
+        Duration::from_secs(30),
         &mut k,
         || m.exists(),
     )
@@ -129,8 +132,13 @@ async fn a_cancellation_during_the_drain_skips_the_approval() {
     // The platform withdraws the event: gone from the next document, incarnation + 1, nothing
     // approved, NotBefore still ahead.
     sc.change_document(|evs| evs.clear());
+    wait_for("the cancellation", Duration::from_secs(30), &mut k, || {
+        statuses(&sc).len() == 2
+    })
+    .await;
+    std::fs::write(&release, b"").unwrap();
     assert_eq!(
-        sc.wait_runbook_finished(&mut k, Duration::from_secs(20))
+        sc.wait_runbook_finished(&mut k, Duration::from_secs(60))
             .await,
         "canceled"
     );
@@ -172,7 +180,7 @@ async fn a_preempt_with_30_seconds_notice_is_drained_and_approved_before_not_bef
     });
     let mut k = sc.keel(&[], &[]);
     assert_eq!(
-        sc.wait_runbook_finished(&mut k, Duration::from_secs(25))
+        sc.wait_runbook_finished(&mut k, Duration::from_secs(60))
             .await,
         "done"
     );
@@ -198,8 +206,8 @@ async fn a_drain_that_misses_its_deadline_is_stopped_and_escalates() {
         r#"runbooks:
   drain:
     - name: cordon
-      exec: ["/bin/sleep", "30"]
-      timeout: 60s
+      exec: ["/bin/sleep", "300"]
+      timeout: 600s
       retries: 0
     - name: approve
       azure_ack: {}
@@ -209,12 +217,12 @@ async fn a_drain_that_misses_its_deadline_is_stopped_and_escalates() {
     let started = Instant::now();
     let mut k = sc.keel(&[], &[]);
     assert_eq!(
-        sc.wait_runbook_finished(&mut k, Duration::from_secs(20))
+        sc.wait_runbook_finished(&mut k, Duration::from_secs(60))
             .await,
         "failed"
     );
     assert!(
-        started.elapsed() < Duration::from_secs(10),
+        started.elapsed() < Duration::from_secs(60),
         "the hanging step was stopped at the deadline, not at its own timeout"
     );
     assert!(sc.approvals().is_empty());
@@ -261,7 +269,7 @@ async fn drains_beyond_the_limit_wait_for_a_slot() {
     });
     let mut k = sc.keel(&[], &[]);
     let l = log.clone();
-    wait_for("two drains", Duration::from_secs(30), &mut k, || {
+    wait_for("two drains", Duration::from_secs(60), &mut k, || {
         std::fs::read_to_string(&l).is_ok_and(|s| s.lines().count() == 4)
     })
     .await;

@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use crate::config::Config;
 use health::{Change, Health};
 use metrics::Metrics;
-use store::{IngestRecord, NewDecision, NewOutbox, Store, StoreError};
+use store::{Db, IngestRecord, NewDecision, NewOutbox, Store, StoreError};
 
 /// A raw payload from a source.
 #[derive(Debug)]
@@ -61,6 +61,20 @@ pub struct IngestReply {
 
 /// A decision whose runbook must run: its id, the event and the decision.
 pub type Work = (String, Event, Decision);
+
+/// What a batch releases once it commits: the decision-log lines and the runbooks to start.
+#[derive(Default)]
+pub struct Effects {
+    logs: Vec<serde_json::Value>,
+    work: Vec<Work>,
+    recorded: usize,
+}
+
+/// An answer to a source or an ingest client, sent once the batch is committed.
+enum Answer {
+    Poll(oneshot::Sender<Result<(), String>>, Result<(), String>),
+    Ingest(oneshot::Sender<IngestReply>, IngestReply),
+}
 
 /// An event decided and recorded.
 struct Recorded {
@@ -220,10 +234,11 @@ impl Host {
         }
     }
 
-    /// Normalizes a payload and decides every event it yields; returns the decisions whose
-    /// runbooks must run, or the normalizer's error (escaped).
-    pub fn handle(self: &Arc<Self>, p: Payload) -> Result<Vec<Work>, String> {
-        let (events, state_json) = {
+    /// Normalizes a payload and decides every event it yields, inside the batch `db`; the
+    /// runbooks to run and the log lines go to `fx` (released when the batch commits). The
+    /// normalizer's error (escaped) otherwise.
+    fn handle(self: &Arc<Self>, db: &Db<'_>, p: Payload, fx: &mut Effects) -> Result<(), String> {
+        let events = {
             let Ok(mut st) = self.nstate.lock() else {
                 return Err("normalizer state lock poisoned".into());
             };
@@ -232,63 +247,42 @@ impl Host {
                 input = input.self_name(me);
             }
             match normalize(p.normalizer, &input, &mut st) {
-                Ok(evs) => (evs, serde_json::to_string(&*st).unwrap_or_default()),
+                Ok(evs) => evs,
                 // The source counts and logs it (once per streak of failures).
                 Err(e) => return Err(escape(&e.to_string())),
             }
         };
-        let mut out = Vec::new();
-        let mut recorded = false;
         for ev in events {
-            match self.decide(&ev, &state_json, p.observed_at, None) {
+            match self.decide(db, &ev, p.observed_at, None, fx) {
                 Ok(Some(r)) => {
-                    recorded = true;
                     if r.pending {
-                        out.push((r.decision_id, ev, r.decision));
+                        fx.work.push((r.decision_id, ev, r.decision));
                     }
                 }
                 Ok(None) => {}
-                Err(e) => {
-                    self.log_line(&serde_json::json!({"time": rfc(now()), "error": e.to_string()}));
-                }
+                Err(e) => fx
+                    .logs
+                    .push(serde_json::json!({"time": rfc(now()), "error": e.to_string()})),
             }
         }
-        if !recorded {
-            let _ = self.store.save_normalizer_state(&state_json);
-        }
-        Ok(out)
-    }
-
-    /// Decides one event (new in this status) and records it with its decision.
-    pub fn decide_and_record(
-        self: &Arc<Self>,
-        ev: &Event,
-        state_json: &str,
-        at: DateTime<Utc>,
-    ) -> Option<Work> {
-        match self.decide(ev, state_json, at, None) {
-            Ok(Some(r)) => r.pending.then(|| (r.decision_id, ev.clone(), r.decision)),
-            Ok(None) => None,
-            Err(e) => {
-                self.log_line(&serde_json::json!({"time": rfc(now()), "error": e.to_string()}));
-                None
-            }
-        }
+        Ok(())
     }
 
     /// Decides an event not seen before in its status, and records it with its decision (and,
-    /// for an ingest body, its key) in one transaction. `Ok(None)`: seen before, nothing done.
+    /// for an ingest body, its key) atomically inside the batch `db`. `Ok(None)`: seen
+    /// before, nothing done.
     fn decide(
         self: &Arc<Self>,
+        db: &Db<'_>,
         ev: &Event,
-        state_json: &str,
         at: DateTime<Utc>,
         ingest: Option<IngestRecord<'_>>,
+        fx: &mut Effects,
     ) -> Result<Option<Recorded>, StoreError> {
         let status = status_of(ev);
         // A stateless source (AWS IMDS) re-reads the same notice every poll: decide it once,
         // and keep the correlation history free of repeats.
-        if self.store.seen(&ev.id, &status)? {
+        if db.seen(&ev.id, &status)? {
             return Ok(None);
         }
         let started = std::time::Instant::now();
@@ -335,11 +329,11 @@ impl Host {
             })
             .collect();
         crate::failpoint::hit(crate::failpoint::DECISION_BEFORE_RECORD, None);
-        let new = self.store.record(&NewDecision {
+        let new = db.record(&NewDecision {
             event_id: &ev.id,
             status: &status,
             now: &rfc(at),
-            normalizer_state: state_json,
+            normalizer_state: None,
             decision_id: &id,
             mode,
             policy_set: engine.digest(),
@@ -350,10 +344,13 @@ impl Host {
             ingest,
             outbox: &outbox_rows,
         })?;
-        crate::failpoint::hit(crate::failpoint::DECISION_AFTER_RECORD, None);
         if !new {
             return Ok(None);
         }
+        if let (Action::Defer, Some(due)) = (decision.action, decision.due) {
+            db.defer(&ev.id, &rfc(due), &ev_json)?;
+        }
+        fx.recorded += 1;
         self.metrics.add(
             "keel_events_total",
             &[("source", ev.source.as_str()), ("kind", ev.kind.as_str())],
@@ -365,13 +362,10 @@ impl Host {
             &[("action", decision.action.as_str()), ("policy", &policy)],
             1.0,
         );
-        self.log_line(&serde_json::json!({
+        fx.logs.push(serde_json::json!({
             "decision_id": id, "time": rfc(at), "event_id": ev.id, "mode": mode,
             "policy_set_digest": engine.digest(), "decision": decision,
         }));
-        if let (Action::Defer, Some(due)) = (decision.action, decision.due) {
-            let _ = self.store.defer(&ev.id, &rfc(due), &ev_json);
-        }
         for e in decision.escalations.iter().filter(|e| !e.repeat) {
             self.metrics.add(
                 "keel_escalations_total",
@@ -391,7 +385,7 @@ impl Host {
                 .flatten()
                 .enumerate()
             {
-                self.log_line(&serde_json::json!({
+                fx.logs.push(serde_json::json!({
                     "decision_id": id, "step": s.name, "index": i, "attempt": 1,
                     "idempotency_key": steps::step_key(&id, i, &s.name), "outcome": "planned",
                 }));
@@ -404,6 +398,79 @@ impl Host {
         }))
     }
 
+    /// The normalizer state as JSON, to save with a batch.
+    fn state_json(&self) -> String {
+        self.nstate
+            .lock()
+            .ok()
+            .and_then(|st| serde_json::to_string(&*st).ok())
+            .unwrap_or_else(|| "{}".into())
+    }
+
+    /// Group commit: normalizes and decides every message of `msgs` in one transaction
+    /// (`synchronous=FULL`: durable when it returns), saves the normalizer state once, and
+    /// only then answers the sources and the ingest clients and writes the decision log.
+    /// Returns the runbooks to start. When the commit fails, nothing of the batch happened:
+    /// the sources are told (they back off and read again) and ingest clients get 500.
+    pub fn process(self: &Arc<Self>, msgs: Vec<Inbox>) -> Vec<Work> {
+        let mut fx = Effects::default();
+        let mut answers = Vec::with_capacity(msgs.len());
+        let res = self.store.batch(|db| {
+            for m in msgs {
+                match m {
+                    Inbox::Poll(p, ack) => {
+                        let r = self.handle(db, p, &mut fx);
+                        answers.push(Answer::Poll(ack, r));
+                    }
+                    Inbox::Ingest(p, reply) => {
+                        let r = self.ingest(db, &p, &mut fx);
+                        answers.push(Answer::Ingest(reply, r));
+                    }
+                }
+            }
+            db.save_normalizer_state(&self.state_json())
+        });
+        match res {
+            Ok(()) => {
+                if fx.recorded > 0 {
+                    crate::failpoint::hit(crate::failpoint::DECISION_AFTER_RECORD, None);
+                }
+                for l in &fx.logs {
+                    self.log_line(l);
+                }
+                for a in answers {
+                    match a {
+                        Answer::Poll(ack, r) => {
+                            let _ = ack.send(r);
+                        }
+                        Answer::Ingest(reply, r) => {
+                            let _ = reply.send(r);
+                        }
+                    }
+                }
+                fx.work
+            }
+            Err(e) => {
+                let why = escape(&e.to_string());
+                self.log_line(&serde_json::json!({"time": rfc(now()), "error": why}));
+                for a in answers {
+                    match a {
+                        Answer::Poll(ack, _) => {
+                            let _ = ack.send(Err(why.clone()));
+                        }
+                        Answer::Ingest(reply, _) => {
+                            let _ = reply.send(IngestReply {
+                                status: 500,
+                                body: serde_json::json!({"error": why}),
+                            });
+                        }
+                    }
+                }
+                Vec::new()
+            }
+        }
+    }
+
     /// Records that StartRequests was sent for `event_id`.
     pub fn mark_approved(&self, event_id: &str) {
         if let Ok(mut st) = self.nstate.lock() {
@@ -411,33 +478,41 @@ impl Host {
         }
     }
 
-    /// Decides again every deferral that is due.
+    /// Decides again every deferral that is due: taking it and recording the new decision
+    /// are one transaction, so a crash between them loses nothing.
     pub fn due_deferrals(self: &Arc<Self>) -> Vec<Work> {
-        let mut out = Vec::new();
-        let Ok(due) = self.store.take_due(&rfc(now())) else {
-            return out;
-        };
-        if due.is_empty() {
-            return out;
-        }
-        // The record keeps the normalizer state as it is (a deferral changes none of it).
-        let state_json = self
-            .nstate
-            .lock()
-            .ok()
-            .and_then(|st| serde_json::to_string(&*st).ok())
-            .unwrap_or_else(|| "{}".into());
-        for (_, json) in due {
-            let Ok(mut ev) = serde_json::from_str::<Event>(&json) else {
-                continue;
-            };
-            // A re-decision is a new decision for the same event: mark it so the store keeps both.
-            ev.id = format!("{}#deferred@{}", ev.id, rfc(now()));
-            if let Some(d) = self.decide_and_record(&ev, &state_json, now()) {
-                out.push(d);
+        let mut fx = Effects::default();
+        let at = now();
+        let res = self.store.batch(|db| {
+            for (_, json) in db.take_due(&rfc(at))? {
+                let Ok(mut ev) = serde_json::from_str::<Event>(&json) else {
+                    continue;
+                };
+                // A re-decision is a new decision for the same event: mark it so the store
+                // keeps both.
+                ev.id = format!("{}#deferred@{}", ev.id, rfc(at));
+                match self.decide(db, &ev, at, None, &mut fx) {
+                    Ok(Some(r)) if r.pending => fx.work.push((r.decision_id, ev, r.decision)),
+                    Ok(_) => {}
+                    Err(e) => fx
+                        .logs
+                        .push(serde_json::json!({"time": rfc(now()), "error": e.to_string()})),
+                }
+            }
+            Ok(())
+        });
+        match res {
+            Ok(()) => {
+                for l in &fx.logs {
+                    self.log_line(l);
+                }
+                fx.work
+            }
+            Err(e) => {
+                self.log_line(&serde_json::json!({"time": rfc(now()), "error": e.to_string()}));
+                Vec::new()
             }
         }
-        out
     }
 }
 
@@ -481,7 +556,7 @@ async fn collect_garbage(host: Arc<Host>, mut stop: watch::Receiver<bool>) {
 /// and ingest endpoints. Pending runbooks from before a restart are resumed first. A source
 /// that fails backs off and is reported; it never stops the other sources or the loop.
 pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(), StartError> {
-    let (tx, mut rx) = mpsc::channel::<Inbox>(64);
+    let (tx, mut rx) = mpsc::channel::<Inbox>(host.cfg.commit_batch_max.max(64));
     let mut tasks = tokio::task::JoinSet::new();
     let listener = tokio::net::TcpListener::bind(host.cfg.listen)
         .await
@@ -558,23 +633,17 @@ pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(),
             }
             m = rx.recv() => {
                 let Some(m) = m else { break };
-                let work = match m {
-                    Inbox::Poll(p, ack) => {
-                        let res = host.handle(p);
-                        let (work, answer) = match res {
-                            Ok(w) => (w, Ok(())),
-                            Err(e) => (Vec::new(), Err(e)),
-                        };
-                        let _ = ack.send(answer);
-                        work
+                // Group commit: whatever else is already waiting joins this message's
+                // transaction (one fsync for all of them).
+                let mut msgs = vec![m];
+                while msgs.len() < host.cfg.commit_batch_max {
+                    match rx.try_recv() {
+                        Ok(m) => msgs.push(m),
+                        Err(_) => break,
                     }
-                    Inbox::Ingest(p, reply) => {
-                        let (answer, work) = host.ingest(&p);
-                        let _ = reply.send(answer);
-                        work
-                    }
-                };
-                for (id, ev, d) in work {
+                }
+                host.metrics.add("keel_commit_batches_total", &[], 1.0);
+                for (id, ev, d) in host.process(msgs) {
                     runbooks.spawn(steps::run_runbook(host.clone(), id, ev, d));
                 }
             }

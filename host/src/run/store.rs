@@ -71,6 +71,26 @@ pub struct Store {
     conn: Mutex<Connection>,
 }
 
+/// The state database inside a [`Store::batch`] (or for one call): what the decision path
+/// reads and writes. Its writes commit with the batch, all or nothing.
+pub struct Db<'a>(&'a Connection);
+
+/// Runs `f` atomically: a savepoint, which nests inside a batch's transaction and is a
+/// transaction of its own outside one.
+fn atomic<R>(c: &Connection, f: impl FnOnce() -> Result<R, StoreError>) -> Result<R, StoreError> {
+    c.execute_batch("SAVEPOINT keel_atomic")?;
+    match f() {
+        Ok(r) => {
+            c.execute_batch("RELEASE keel_atomic")?;
+            Ok(r)
+        }
+        Err(e) => {
+            let _ = c.execute_batch("ROLLBACK TO keel_atomic; RELEASE keel_atomic");
+            Err(e)
+        }
+    }
+}
+
 /// A step's record when it is about to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StepRecord {
@@ -91,8 +111,9 @@ pub struct NewDecision<'a> {
     pub status: &'a str,
     /// When (RFC 3339, UTC).
     pub now: &'a str,
-    /// The normalizer state that produced the event, as JSON.
-    pub normalizer_state: &'a str,
+    /// The normalizer state that produced the event, as JSON (`None` inside a batch, which
+    /// writes the state once, at its end).
+    pub normalizer_state: Option<&'a str>,
     /// The decision's id.
     pub decision_id: &'a str,
     /// `live` or `dry_run`.
@@ -222,6 +243,69 @@ impl Store {
         self.conn.lock().map_err(|_| StoreError::Poisoned)
     }
 
+    /// Runs `f` on the database; its writes are one transaction per call of a [`Db`] method.
+    pub fn with<R>(
+        &self,
+        f: impl FnOnce(&Db<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let c = self.c()?;
+        f(&Db(&c))
+    }
+
+    /// Group commit: runs `f` in one transaction (`BEGIN IMMEDIATE` ... `COMMIT`), holding the
+    /// database for the whole batch so that no other writer (a runbook recording a step before
+    /// its effect) lands in it. `f`'s writes are durable when this returns `Ok`, and none of
+    /// them is when it returns `Err` (`f`'s own error, or the commit's).
+    pub fn batch<R>(
+        &self,
+        f: impl FnOnce(&Db<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let c = self.c()?;
+        c.execute_batch("BEGIN IMMEDIATE")?;
+        let r = f(&Db(&c)).and_then(|r| {
+            c.execute_batch("COMMIT")?;
+            Ok(r)
+        });
+        if r.is_err() && !c.is_autocommit() {
+            let _ = c.execute_batch("ROLLBACK");
+        }
+        r
+    }
+
+    /// Whether an event was seen before in this status.
+    pub fn seen(&self, event_id: &str, status: &str) -> Result<bool, StoreError> {
+        self.with(|db| db.seen(event_id, status))
+    }
+
+    /// The event an ingest idempotency key was accepted as, if it was.
+    #[cfg(test)]
+    pub fn ingest_key(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.with(|db| db.ingest_key(key))
+    }
+
+    /// See [`Db::attempts`].
+    #[cfg(test)]
+    pub fn attempts(
+        &self,
+        resource: &str,
+        operation: &str,
+        since: &str,
+    ) -> Result<i64, StoreError> {
+        self.with(|db| db.attempts(resource, operation, since))
+    }
+
+    /// See [`Db::record`]; one transaction.
+    #[cfg(test)]
+    pub fn record(&self, r: &NewDecision<'_>) -> Result<bool, StoreError> {
+        self.with(|db| db.record(r))
+    }
+
+    /// Remembers that `event` must be decided again at `due`.
+    #[cfg(test)]
+    pub fn defer(&self, event_id: &str, due: &str, event_json: &str) -> Result<(), StoreError> {
+        self.with(|db| db.defer(event_id, due, event_json))
+    }
+
     /// The saved normalizer state, if any.
     pub fn normalizer_state(&self) -> Result<Option<String>, StoreError> {
         Ok(self
@@ -232,103 +316,6 @@ impl Store {
                 |r| r.get(0),
             )
             .optional()?)
-    }
-
-    /// Whether an event was seen before in this status.
-    pub fn seen(&self, event_id: &str, status: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .c()?
-            .query_row(
-                "SELECT 1 FROM events WHERE id = ?1 AND status = ?2",
-                params![event_id, status],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some())
-    }
-
-    /// The event an ingest idempotency key was accepted as, if it was.
-    pub fn ingest_key(&self, key: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .c()?
-            .query_row(
-                "SELECT event_id FROM ingest_keys WHERE key = ?1",
-                params![key],
-                |r| r.get(0),
-            )
-            .optional()?)
-    }
-
-    /// How many failed attempts of `operation` on `resource` were counted since `since`
-    /// (RFC 3339, UTC); 0 when the last one is older.
-    pub fn attempts(
-        &self,
-        resource: &str,
-        operation: &str,
-        since: &str,
-    ) -> Result<i64, StoreError> {
-        Ok(self
-            .c()?
-            .query_row(
-                "SELECT count FROM attempts WHERE resource = ?1 AND operation = ?2 AND last_at >= ?3",
-                params![resource, operation, since],
-                |r| r.get(0),
-            )
-            .optional()?
-            .unwrap_or(0))
-    }
-
-    /// Records an event as seen (in this status) together with its decision, in one
-    /// transaction with the normalizer state that produced it (and, for an ingest body, its
-    /// idempotency key and attempt count). Returns false when the event was seen in this
-    /// status before (then only the normalizer state and the ingest key are written).
-    pub fn record(&self, r: &NewDecision<'_>) -> Result<bool, StoreError> {
-        let mut c = self.c()?;
-        let tx = c.transaction()?;
-        let new = tx.execute(
-            "INSERT OR IGNORE INTO events (id, status, first_seen) VALUES (?1, ?2, ?3)",
-            params![r.event_id, r.status, r.now],
-        )? == 1;
-        tx.execute(
-            "INSERT INTO normalizer_state (name, json) VALUES ('all', ?1)
-             ON CONFLICT (name) DO UPDATE SET json = excluded.json",
-            params![r.normalizer_state],
-        )?;
-        if new {
-            tx.execute(
-                "INSERT INTO decisions (decision_id, time, event_id, mode, policy_set, action, event_json, decision_json, runbook)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![r.decision_id, r.now, r.event_id, r.mode, r.policy_set, r.action, r.event_json, r.decision_json, r.runbook],
-            )?;
-            for o in r.outbox {
-                insert_outbox(&tx, o, r.now)?;
-            }
-        }
-        if let Some(i) = &r.ingest {
-            tx.execute(
-                "INSERT OR IGNORE INTO ingest_keys (key, received_at, event_id) VALUES (?1, ?2, ?3)",
-                params![i.key, r.now, r.event_id],
-            )?;
-            if let (true, Some((resource, operation))) = (new, i.counted) {
-                tx.execute(
-                    "INSERT INTO attempts (resource, operation, count, last_at) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (resource, operation) DO UPDATE SET count = excluded.count, last_at = excluded.last_at",
-                    params![resource, operation, i.attempt, r.now],
-                )?;
-            }
-        }
-        tx.commit()?;
-        Ok(new)
-    }
-
-    /// Saves the normalizer state alone (a poll that produced no event).
-    pub fn save_normalizer_state(&self, json: &str) -> Result<(), StoreError> {
-        self.c()?.execute(
-            "INSERT INTO normalizer_state (name, json) VALUES ('all', ?1)
-             ON CONFLICT (name) DO UPDATE SET json = excluded.json",
-            params![json],
-        )?;
-        Ok(())
     }
 
     /// Writes a step's start (with its idempotency key) before its effect, or reports what is
@@ -482,30 +469,11 @@ impl Store {
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
 
-    /// Remembers that `event` must be decided again at `due`.
-    pub fn defer(&self, event_id: &str, due: &str, event_json: &str) -> Result<(), StoreError> {
-        self.c()?.execute(
-            "INSERT INTO deferred (event_id, due, event_json) VALUES (?1, ?2, ?3)
-             ON CONFLICT (event_id) DO UPDATE SET due = excluded.due, event_json = excluded.event_json",
-            params![event_id, due, event_json],
-        )?;
-        Ok(())
-    }
-
-    /// Takes the deferrals due at `now` (RFC 3339, compared as text in UTC).
+    /// Takes the deferrals due at `now` (RFC 3339, compared as text in UTC), in one
+    /// transaction.
+    #[cfg(test)]
     pub fn take_due(&self, now: &str) -> Result<Vec<(String, String)>, StoreError> {
-        let mut c = self.c()?;
-        let tx = c.transaction()?;
-        let due: Vec<(String, String)> = {
-            let mut st = tx.prepare("SELECT event_id, event_json FROM deferred WHERE due <= ?1")?;
-            let rows = st.query_map(params![now], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect::<Result<Vec<_>, _>>()?
-        };
-        for (id, _) in &due {
-            tx.execute("DELETE FROM deferred WHERE event_id = ?1", params![id])?;
-        }
-        tx.commit()?;
-        Ok(due)
+        self.with(|db| atomic(db.0, || db.take_due(now)))
     }
 
     /// Deletes finished history older than `before` (RFC 3339, UTC): decisions whose runbook
@@ -561,6 +529,133 @@ impl Store {
     }
 }
 
+impl Db<'_> {
+    /// Takes (reads and deletes) the deferrals due at `now` (RFC 3339, compared as text in
+    /// UTC); use inside a batch, which records their new decisions in the same transaction.
+    pub fn take_due(&self, now: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let due: Vec<(String, String)> = {
+            let mut st = self
+                .0
+                .prepare("SELECT event_id, event_json FROM deferred WHERE due <= ?1")?;
+            let rows = st.query_map(params![now], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
+        for (id, _) in &due {
+            self.0
+                .execute("DELETE FROM deferred WHERE event_id = ?1", params![id])?;
+        }
+        Ok(due)
+    }
+
+    /// Whether an event was seen before in this status.
+    pub fn seen(&self, event_id: &str, status: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT 1 FROM events WHERE id = ?1 AND status = ?2",
+                params![event_id, status],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// The event an ingest idempotency key was accepted as, if it was.
+    pub fn ingest_key(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .0
+            .query_row(
+                "SELECT event_id FROM ingest_keys WHERE key = ?1",
+                params![key],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// How many failed attempts of `operation` on `resource` were counted since `since`
+    /// (RFC 3339, UTC); 0 when the last one is older.
+    pub fn attempts(
+        &self,
+        resource: &str,
+        operation: &str,
+        since: &str,
+    ) -> Result<i64, StoreError> {
+        Ok(self.0
+            .query_row(
+                "SELECT count FROM attempts WHERE resource = ?1 AND operation = ?2 AND last_at >= ?3",
+                params![resource, operation, since],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0))
+    }
+
+    /// Records an event as seen (in this status) together with its decision, in one
+    /// transaction with the normalizer state that produced it (and, for an ingest body, its
+    /// idempotency key and attempt count). Returns false when the event was seen in this
+    /// status before (then only the normalizer state and the ingest key are written).
+    pub fn record(&self, r: &NewDecision<'_>) -> Result<bool, StoreError> {
+        let tx = self.0;
+        atomic(tx, || {
+            let new = tx.execute(
+                "INSERT OR IGNORE INTO events (id, status, first_seen) VALUES (?1, ?2, ?3)",
+                params![r.event_id, r.status, r.now],
+            )? == 1;
+            if let Some(state) = r.normalizer_state {
+                tx.execute(
+                    "INSERT INTO normalizer_state (name, json) VALUES ('all', ?1)
+                 ON CONFLICT (name) DO UPDATE SET json = excluded.json",
+                    params![state],
+                )?;
+            }
+            if new {
+                tx.execute(
+                "INSERT INTO decisions (decision_id, time, event_id, mode, policy_set, action, event_json, decision_json, runbook)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![r.decision_id, r.now, r.event_id, r.mode, r.policy_set, r.action, r.event_json, r.decision_json, r.runbook],
+            )?;
+                for o in r.outbox {
+                    insert_outbox(tx, o, r.now)?;
+                }
+            }
+            if let Some(i) = &r.ingest {
+                tx.execute(
+                "INSERT OR IGNORE INTO ingest_keys (key, received_at, event_id) VALUES (?1, ?2, ?3)",
+                params![i.key, r.now, r.event_id],
+            )?;
+                if let (true, Some((resource, operation))) = (new, i.counted) {
+                    tx.execute(
+                    "INSERT INTO attempts (resource, operation, count, last_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT (resource, operation) DO UPDATE SET count = excluded.count, last_at = excluded.last_at",
+                    params![resource, operation, i.attempt, r.now],
+                )?;
+                }
+            }
+            Ok(new)
+        })
+    }
+
+    /// Saves the normalizer state alone (a poll that produced no event).
+    pub fn save_normalizer_state(&self, json: &str) -> Result<(), StoreError> {
+        self.0.execute(
+            "INSERT INTO normalizer_state (name, json) VALUES ('all', ?1)
+             ON CONFLICT (name) DO UPDATE SET json = excluded.json",
+            params![json],
+        )?;
+        Ok(())
+    }
+
+    /// Remembers that `event` must be decided again at `due`.
+    pub fn defer(&self, event_id: &str, due: &str, event_json: &str) -> Result<(), StoreError> {
+        self.0.execute(
+            "INSERT INTO deferred (event_id, due, event_json) VALUES (?1, ?2, ?3)
+             ON CONFLICT (event_id) DO UPDATE SET due = excluded.due, event_json = excluded.event_json",
+            params![event_id, due, event_json],
+        )?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -570,7 +665,7 @@ mod tests {
             event_id,
             status: "-",
             now: "2026-01-01T00:00:00.000Z",
-            normalizer_state: "{}",
+            normalizer_state: Some("{}"),
             decision_id: event_id,
             mode: "live",
             policy_set: "digest",

@@ -32,8 +32,8 @@ use sha2::{Digest, Sha256};
 use tokio::sync::oneshot;
 
 use super::App;
-use crate::run::store::IngestRecord;
-use crate::run::{now, rfc, Host, Inbox, IngestReply, Payload, Work};
+use crate::run::store::{Db, IngestRecord};
+use crate::run::{now, rfc, Effects, Host, Inbox, IngestReply, Payload, Work};
 
 /// The source's name (its metrics label).
 pub const SOURCE: &str = "ingest";
@@ -159,8 +159,9 @@ impl Host {
     /// once, stamps `failure.attempt` when the body gives none, decides, and records the
     /// decision with the key and the attempt count in one transaction. Returns the HTTP reply
     /// and the runbook to run, if any. Called from the run loop, one body at a time.
-    pub fn ingest(self: &Arc<Self>, p: &Payload) -> (IngestReply, Vec<Work>) {
-        let (reply, work) = self.ingest_inner(p);
+    pub fn ingest(self: &Arc<Self>, db: &Db<'_>, p: &Payload, fx: &mut Effects) -> IngestReply {
+        let (reply, work) = self.ingest_inner(db, p, fx);
+        fx.work.extend(work);
         if reply.status >= 500 {
             let why = reply.body["error"].as_str().unwrap_or("internal error");
             self.source_failed(SOURCE, "endpoint", why);
@@ -171,10 +172,15 @@ impl Host {
             }
             self.source_ok(SOURCE, "endpoint");
         }
-        (reply, work)
+        reply
     }
 
-    fn ingest_inner(self: &Arc<Self>, p: &Payload) -> (IngestReply, Vec<Work>) {
+    fn ingest_inner(
+        self: &Arc<Self>,
+        db: &Db<'_>,
+        p: &Payload,
+        fx: &mut Effects,
+    ) -> (IngestReply, Vec<Work>) {
         let none = Vec::new();
         let internal = |e: &dyn std::fmt::Display| IngestReply {
             status: 500,
@@ -215,7 +221,7 @@ impl Host {
                 )
             }
         };
-        match self.store.ingest_key(&key) {
+        match db.ingest_key(&key) {
             Ok(Some(event_id)) => {
                 return (
                     IngestReply {
@@ -277,7 +283,7 @@ impl Host {
                     .observed_at
                     .checked_sub_signed(window)
                     .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
-                match self.store.attempts(r, operation, &rfc(since)) {
+                match db.attempts(r, operation, &rfc(since)) {
                     Ok(n) => failure.attempt = n.saturating_add(1),
                     Err(e) => return (internal(&e), none),
                 }
@@ -285,20 +291,17 @@ impl Host {
         }
         let attempt = failure.attempt;
         // Keep what the normalizer learnt (only its `azure.arm` part: runbooks may have
-        // changed the rest meanwhile), and record it with the decision.
-        let state_json = match self.nstate.lock() {
-            Ok(mut st) => {
-                st.azure_arm = scratch.azure_arm;
-                serde_json::to_string(&*st).unwrap_or_default()
-            }
+        // changed the rest meanwhile); the batch saves the state with the decision.
+        match self.nstate.lock() {
+            Ok(mut st) => st.azure_arm = scratch.azure_arm,
             Err(_) => return (internal(&"normalizer state lock poisoned"), none),
-        };
+        }
         let record = IngestRecord {
             key: &key,
             counted: resource.as_deref().map(|r| (r, operation)),
             attempt,
         };
-        match self.decide(&ev, &state_json, p.observed_at, Some(record)) {
+        match self.decide(db, &ev, p.observed_at, Some(record), fx) {
             Ok(Some(r)) => {
                 let body = json!({
                     "status": "accepted", "idempotency_key": key, "event_id": ev.id,
@@ -322,8 +325,8 @@ impl Host {
                 none,
             ),
             Err(e) => {
-                self.log_line(
-                    &json!({"time": rfc(now()), "source": SOURCE, "error": escape(&e.to_string())}),
+                fx.logs.push(
+                    json!({"time": rfc(now()), "source": SOURCE, "error": escape(&e.to_string())}),
                 );
                 (internal(&e), none)
             }

@@ -111,9 +111,12 @@ pub(crate) enum Native {
         distinct: bool,
         filter: Vec<(FieldId, Native)>,
         window: Box<Native>,
+        /// Count at most this many (set when the count is compared with a constant `k`:
+        /// `k + 1` decides every comparison), so a query stops early in a dense window.
+        cap: Option<i64>,
     },
-    /// `history.actions(resource, action, window)`.
-    Actions(Box<Native>, Action, Box<Native>),
+    /// `history.actions(resource, action, window)`, counted up to the cap (see `History`).
+    Actions(Box<Native>, Action, Box<Native>, Option<i64>),
     /// `string(x)` of an int or a string.
     ToString(Box<Native>),
 }
@@ -178,6 +181,7 @@ impl Native {
                 distinct,
                 filter,
                 window,
+                cap,
             } => {
                 let window = duration_of(window.eval(ev, now, h)?)?;
                 let mut f = Vec::with_capacity(filter.len());
@@ -186,18 +190,18 @@ impl Native {
                 }
                 Ok(V::Int(match h {
                     None => 0,
-                    Some(h) if *distinct => h.resources(&f, ev.time, window),
-                    Some(h) => h.count(&f, ev.time, window),
+                    Some(h) if *distinct => h.resources(&f, ev.time, window, *cap),
+                    Some(h) => h.count(&f, ev.time, window, *cap),
                 }))
             }
-            Native::Actions(resource, action, window) => {
+            Native::Actions(resource, action, window, cap) => {
                 let window = duration_of(window.eval(ev, now, h)?)?;
                 let V::Str(r) = resource.eval(ev, now, h)? else {
                     return Err("history.actions: the resource must be a string".into());
                 };
-                Ok(V::Int(
-                    h.map_or(0, |h| h.actions(&r, *action, ev.time, window)),
-                ))
+                Ok(V::Int(h.map_or(0, |h| {
+                    h.actions(&r, *action, ev.time, window, *cap)
+                })))
             }
             Native::ToString(a) => match a.eval(ev, now, h)? {
                 V::Int(i) => Ok(V::Str(Cow::Owned(i.to_string()))),
@@ -217,6 +221,22 @@ impl Native {
                 )),
             },
         }
+    }
+}
+
+/// A history count compared with a constant `k >= 0` needs counting only up to `k + 1`: every
+/// comparison (`==`, `!=`, `<`, `<=`, `>`, `>=`) of `min(n, k + 1)` with `k` has the truth
+/// value of the same comparison of `n` with `k`.
+fn cap_history(query: &mut Native, other: &Native) {
+    let Native::Lit(V::Int(k)) = other else {
+        return;
+    };
+    let Some(cap) = (*k >= 0).then(|| k.saturating_add(1)) else {
+        return;
+    };
+    match query {
+        Native::History { cap: c, .. } | Native::Actions(_, _, _, c) => *c = Some(cap),
+        _ => {}
     }
 }
 
@@ -1053,7 +1073,7 @@ impl Checker<'_> {
                 return Fallback(Some(Ty::Int));
             };
             return N(
-                Native::Actions(Box::new(resource), action, Box::new(window)),
+                Native::Actions(Box::new(resource), action, Box::new(window), None),
                 Ty::Int,
             );
         }
@@ -1082,6 +1102,7 @@ impl Checker<'_> {
                 distinct: name == "resources",
                 filter,
                 window: Box::new(window),
+                cap: None,
             },
             Ty::Int,
         )
@@ -1220,7 +1241,9 @@ impl Checker<'_> {
                     _ => Cmp::Ge,
                 };
                 match (self.lower(&args[0]), self.lower(&args[1])) {
-                    (N(a, ta), N(b, tb)) if ta == tb && comparable(op, ta) => {
+                    (N(mut a, ta), N(mut b, tb)) if ta == tb && comparable(op, ta) => {
+                        cap_history(&mut a, &b);
+                        cap_history(&mut b, &a);
                         N(Native::Cmp(op, bx(a), bx(b)), Ty::Bool)
                     }
                     (N(_, ta), N(_, tb))

@@ -67,7 +67,6 @@ struct Entry {
 struct DecisionEntry {
     time: Timestamp,
     resource: Arc<str>,
-    action: Action,
 }
 
 /// The bounded, windowed history of events and decisions. See the module docs.
@@ -75,6 +74,8 @@ struct DecisionEntry {
 pub struct History {
     events: VecDeque<Entry>,
     decisions: VecDeque<DecisionEntry>,
+    /// The decisions again, per resource, in the same order (`history.actions` reads these).
+    by_resource: HashMap<Arc<str>, VecDeque<(Timestamp, Action)>>,
     fired: HashMap<String, Timestamp>,
     interned: HashSet<Arc<str>>,
     max_events: usize,
@@ -101,6 +102,7 @@ impl History {
         History {
             events: VecDeque::new(),
             decisions: VecDeque::new(),
+            by_resource: HashMap::new(),
             fired: HashMap::new(),
             interned: HashSet::new(),
             // Each remembered event costs a few hundred bytes; beyond this nothing sensible fits.
@@ -167,10 +169,13 @@ impl History {
     pub fn record_decision(&mut self, ev: &Event, d: &Decision) {
         if let Some(r) = resource_key(ev) {
             let resource = self.intern(r);
+            self.by_resource
+                .entry(resource.clone())
+                .or_default()
+                .push_back((ev.time, d.action));
             self.decisions.push_back(DecisionEntry {
                 time: ev.time,
                 resource,
-                action: d.action,
             });
         }
         for e in &d.escalations {
@@ -204,7 +209,16 @@ impl History {
             .front()
             .is_some_and(|d| d.time < horizon || self.decisions.len() > self.max_events)
         {
-            self.decisions.pop_front();
+            let Some(d) = self.decisions.pop_front() else {
+                break;
+            };
+            // Both lists keep insertion order: the oldest of the resource's is this one.
+            if let Some(list) = self.by_resource.get_mut(&d.resource) {
+                list.pop_front();
+                if list.is_empty() {
+                    self.by_resource.remove(&d.resource);
+                }
+            }
         }
         self.fired.retain(|_, t| *t >= horizon);
         if self.fired.len() > self.max_events {
@@ -250,41 +264,62 @@ impl History {
             })
     }
 
-    /// How many remembered events match `filter` in the window ending at `end`.
-    pub(crate) fn count(&self, filter: &[(FieldId, Val)], end: Timestamp, window: Duration) -> i64 {
-        self.matching(filter, end, window).count() as i64
+    /// How many remembered events match `filter` in the window ending at `end`, counting at
+    /// most `cap`.
+    pub(crate) fn count(
+        &self,
+        filter: &[(FieldId, Val)],
+        end: Timestamp,
+        window: Duration,
+        cap: Option<i64>,
+    ) -> i64 {
+        let cap = cap.map_or(usize::MAX, |c| usize::try_from(c).unwrap_or(0));
+        self.matching(filter, end, window).take(cap).count() as i64
     }
 
-    /// From how many distinct resources the matching events came.
+    /// From how many distinct resources the matching events came, counting at most `cap`.
     pub(crate) fn resources(
         &self,
         filter: &[(FieldId, Val)],
         end: Timestamp,
         window: Duration,
+        cap: Option<i64>,
     ) -> i64 {
-        let set: HashSet<&Arc<str>> = self
-            .matching(filter, end, window)
-            .filter_map(|e| e.resource.as_ref())
-            .collect();
-        set.len() as i64
+        let cap = cap.map_or(usize::MAX, |c| usize::try_from(c).unwrap_or(0));
+        let mut set: HashSet<*const u8> = HashSet::new();
+        for e in self.matching(filter, end, window) {
+            if set.len() >= cap {
+                break;
+            }
+            // Resources are interned: one string, one pointer.
+            if let Some(r) = &e.resource {
+                set.insert(r.as_ptr());
+            }
+        }
+        set.len().min(cap) as i64
     }
 
-    /// How many times `action` was decided for `resource` in the window ending at `end`.
+    /// How many times `action` was decided for `resource` in the window ending at `end`,
+    /// counting at most `cap` (per-resource index: the cost does not grow with the fleet).
     pub(crate) fn actions(
         &self,
         resource: &str,
         action: Action,
         end: Timestamp,
         window: Duration,
+        cap: Option<i64>,
     ) -> i64 {
+        let cap = cap.map_or(usize::MAX, |c| usize::try_from(c).unwrap_or(0));
         let start = end
             .checked_sub_signed(window)
             .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
-        self.decisions
-            .iter()
+        let Some(list) = self.by_resource.get(resource) else {
+            return 0;
+        };
+        list.iter()
             .rev()
-            .filter(|d| d.time <= end && d.time > start)
-            .filter(|d| d.action == action && &*d.resource == resource)
+            .filter(|(t, a)| *t <= end && *t > start && *a == action)
+            .take(cap)
             .count() as i64
     }
 }

@@ -361,3 +361,56 @@ fn extreme_times_and_limits_never_panic() {
         &failure("y", "windows", "eastus", t("0001-01-01T00:00:00Z")),
     );
 }
+
+/// A count compared with a constant is counted only up to the constant + 1 (so that a query
+/// stops early in a dense window): every comparison must still give the uncapped answer.
+#[test]
+fn capped_history_counts_decide_every_comparison_like_the_full_count() {
+    let start = t("2021-10-13T14:00:00Z");
+    for n in 0..6i64 {
+        let mut h = History::new();
+        for i in 0..n {
+            let ev = failure(&format!("vm-{i}"), "windows", "eastus2", start);
+            h.record(&ev);
+            h.record_decision(
+                &ev,
+                &engine("policies: [{name: d, on: [operation_failure], action: drain}]")
+                    .decide_with(&ev, &Ctx::new(start), &h),
+            );
+        }
+        let probe = failure("vm-0", "windows", "eastus2", start);
+        for op in ["==", "!=", "<", "<=", ">", ">="] {
+            for k in 0..5i64 {
+                let count = format!(
+                    r#"history.count({{"failure.category": "vm_agent"}}, duration("1h")) {op} {k}"#
+                );
+                let distinct = format!(
+                    r#"history.resources({{"resource.region": "eastus2"}}, duration("1h")) {op} {k}"#
+                );
+                let reversed = format!(
+                    r#"{k} {op} history.resources({{"resource.region": "eastus2"}}, duration("1h"))"#
+                );
+                let want = |a: i64, b: i64| match op {
+                    "==" => a == b,
+                    "!=" => a != b,
+                    "<" => a < b,
+                    "<=" => a <= b,
+                    ">" => a > b,
+                    _ => a >= b,
+                };
+                for (expr, expect) in [
+                    (count, want(n, k)),
+                    (distinct, want(n, k)),
+                    (reversed, want(k, n)),
+                ] {
+                    let yaml = format!(
+                        "policies:\n  - name: p\n    on: [operation_failure]\n    when: '{expr}'\n    action: drain\n"
+                    );
+                    let d = engine(&yaml).decide_with(&probe, &Ctx::new(start), &h);
+                    assert!(d.errors.is_empty(), "{expr}: {:?}", d.errors);
+                    assert_eq!(d.action == Action::Drain, expect, "{expr} with {n} events");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,319 @@
+//! End-to-end benchmarks of the real `keel run` binary (`cargo bench -p keel-host --bench
+//! host`), with durable state (SQLite WAL, `synchronous=FULL`):
+//!
+//! 1. **ingest throughput**: concurrent clients `POST /ingest` (the 2021-10-13 VM-agent failure,
+//!    a new idempotency key and VM each time); an event counts when its `202` arrives, which
+//!    the host sends only after the transaction holding the decision committed. Measured with
+//!    group commit (`commit_batch_max: 256`, the default) and without (`1`) in the same run;
+//!    the ratio is the figure to compare.
+//! 2. **latency from poll to first step**: a loopback Scheduled Events stub announces a Spot
+//!    Preempt; the drain runbook's first step is an `http` step to a receiver in this process.
+//!    Latency = the receiver's arrival time − the time the stub first served a document holding
+//!    the event. p50, p99 and max over the samples.
+//!
+//! Timing figures are printed, not asserted (BENCHMARKS.md records them). Environment:
+//! `KEEL_BENCH_SECONDS` (default 5) per throughput run, `KEEL_BENCH_CLIENTS` (default 64),
+//! `KEEL_BENCH_SAMPLES` (default 200) latency samples.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+const TOKEN: &str = "keel-bench-token-0123456789abcdef";
+const VM: &str = "bench-vm";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn env_num(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A running `keel run`; its listen address, read from its first log line.
+struct Keel {
+    child: Child,
+    base: String,
+}
+
+impl Keel {
+    fn start(config: &Path) -> Keel {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args(["run", "--config"])
+            .arg(config)
+            .env("KEEL_BENCH_TOKEN", TOKEN)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(out).lines();
+        let first = lines.next().unwrap().unwrap();
+        let v: Value = serde_json::from_str(&first).unwrap();
+        let base = format!("http://{}", v["listen"].as_str().unwrap());
+        // Keep draining the decision log so that the host never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
+        Keel { child, base }
+    }
+}
+
+impl Drop for Keel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn write_config(dir: &Path, policies: &Path, body: &str) -> PathBuf {
+    let config = dir.join("keel.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "policies: {}\nstate: {}\nlisten: 127.0.0.1:0\nself: {VM}\n{body}",
+            policies.display(),
+            dir.join("state.db").display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+// ------------------------------------------------------------------------------------------
+// 1. Ingest throughput.
+
+async fn ingest_run(batch: usize, clients: usize, secs: u64) -> (f64, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &root().join("policies/standard"),
+        &format!(
+            "commit_batch_max: {batch}\nsources:\n  ingest:\n    token_env: KEEL_BENCH_TOKEN\n"
+        ),
+    );
+    let keel = Keel::start(&config);
+    let template: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            root().join("engine/tests/data/ingest/vm-agent-windows-2021-10-13.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(clients)
+        .build()
+        .unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let other = Arc::new(AtomicU64::new(0));
+    let seq = Arc::new(AtomicU64::new(0));
+    let counting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let url = format!("{}/ingest", keel.base);
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (http, url, template) = (http.clone(), url.clone(), template.clone());
+        let (accepted, other, seq) = (accepted.clone(), other.clone(), seq.clone());
+        let (counting, stop) = (counting.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let n = seq.fetch_add(1, Ordering::Relaxed);
+                let mut body = template.clone();
+                body["idempotency_key"] = json!(format!("bench-{n}"));
+                body["resource"]["name"] = json!(format!("web-win-{n}"));
+                body["resource"]["id"] = json!(format!(
+                    "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/web/providers/Microsoft.Compute/virtualMachines/web-win-{n}"
+                ));
+                let r = http.post(&url).bearer_auth(TOKEN).json(&body).send().await;
+                let ok = matches!(&r, Ok(r) if r.status() == StatusCode::ACCEPTED);
+                if let Ok(r) = r {
+                    let _ = r.bytes().await;
+                }
+                if counting.load(Ordering::Relaxed) {
+                    if ok {
+                        accepted.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        other.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }));
+    }
+    // One second of warm-up, then count.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    counting.store(true, Ordering::Relaxed);
+    let t0 = Instant::now();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    counting.store(false, Ordering::Relaxed);
+    let elapsed = t0.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = t.await;
+    }
+    drop(keel);
+    (
+        accepted.load(Ordering::Relaxed) as f64 / elapsed,
+        other.load(Ordering::Relaxed),
+    )
+}
+
+// ------------------------------------------------------------------------------------------
+// 2. Latency from the poll response that first holds an event to the runbook's first step.
+
+#[derive(Default)]
+struct Stub {
+    incarnation: i64,
+    events: Vec<Value>,
+    /// EventId (lower case) → when a served document first held it.
+    first_served: HashMap<String, Instant>,
+    /// EventId (lower case) → when the first step's request arrived.
+    arrived: HashMap<String, Instant>,
+}
+
+type St = Arc<Mutex<Stub>>;
+
+async fn se_get(State(st): State<St>) -> Json<Value> {
+    let mut s = st.lock().unwrap();
+    let now = Instant::now();
+    let ids: Vec<String> = s
+        .events
+        .iter()
+        .map(|e| e["EventId"].as_str().unwrap().to_lowercase())
+        .collect();
+    for id in ids {
+        s.first_served.entry(id).or_insert(now);
+    }
+    Json(json!({"DocumentIncarnation": s.incarnation, "Events": s.events}))
+}
+
+async fn hook(State(st): State<St>, _h: HeaderMap, Json(body): Json<Value>) -> StatusCode {
+    let now = Instant::now();
+    // `event_id` is `azure.scheduled_events:<eventid>/<vm>`.
+    if let Some(id) = body["event_id"]
+        .as_str()
+        .and_then(|s| s.split(':').nth(1))
+        .and_then(|s| s.split('/').next())
+    {
+        st.lock()
+            .unwrap()
+            .arrived
+            .entry(id.to_string())
+            .or_insert(now);
+    }
+    StatusCode::OK
+}
+
+async fn latency(samples: usize) -> Vec<Duration> {
+    let st: St = Arc::default();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new()
+        .route("/metadata/scheduledevents", get(se_get))
+        .route("/hook", post(hook))
+        .with_state(st.clone());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &root().join("policies/standard"),
+        &format!(
+            r#"sources:
+  azure_scheduled_events:
+    url: http://{addr}/metadata/scheduledevents?api-version=2020-07-01
+    interval: 20ms
+    timeout: 2s
+    first_timeout: 5s
+runbooks:
+  drain:
+    - name: notify
+      http: {{ url: "http://{addr}/hook" }}
+      timeout: 5s
+"#
+        ),
+    );
+    let _keel = Keel::start(&config);
+    let mut out = Vec::new();
+    for i in 0..samples + 5 {
+        let id = format!("0d7b3d39-6a5b-4f0e-8e3a-{i:012x}");
+        let not_before = (chrono::Utc::now() + chrono::Duration::seconds(60))
+            .format("%a, %d %b %Y %H:%M:%S GMT")
+            .to_string();
+        {
+            let mut s = st.lock().unwrap();
+            s.events = vec![json!({
+                "EventId": id.to_uppercase(), "EventStatus": "Scheduled", "EventType": "Preempt",
+                "ResourceType": "VirtualMachine", "Resources": [VM], "NotBefore": not_before,
+                "Description": "", "EventSource": "Platform", "DurationInSeconds": -1,
+            })];
+            s.incarnation += 1;
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            {
+                let s = st.lock().unwrap();
+                if let (Some(a), Some(f)) = (s.arrived.get(&id), s.first_served.get(&id)) {
+                    // The first few warm the host up (first poll, first connection).
+                    if i >= 5 {
+                        out.push(a.saturating_duration_since(*f));
+                    }
+                    break;
+                }
+            }
+            assert!(Instant::now() < deadline, "no first step for event {i}");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    out
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    // `cargo test --benches` runs bench targets with `--bench`-less args; only run for real
+    // under `cargo bench`.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("host benchmarks: run with `cargo bench -p keel-host --bench host`");
+        return;
+    }
+    let secs = env_num("KEEL_BENCH_SECONDS", 5);
+    let clients = env_num("KEEL_BENCH_CLIENTS", 64) as usize;
+    let samples = env_num("KEEL_BENCH_SAMPLES", 200) as usize;
+    println!("durability: SQLite WAL, synchronous=FULL (survives power loss)");
+    println!("ingest throughput, {clients} clients, {secs} s each, 202 = committed decision:");
+    let (grouped, e1) = ingest_run(256, clients, secs).await;
+    println!("  group commit (commit_batch_max 256): {grouped:>8.0} events/s  (non-202: {e1})");
+    let (single, e2) = ingest_run(1, clients, secs).await;
+    println!("  one commit per event (1):            {single:>8.0} events/s  (non-202: {e2})");
+    println!("  ratio grouped/single: {:.2}x", grouped / single.max(1.0));
+    let mut lat = latency(samples).await;
+    lat.sort();
+    println!(
+        "poll response -> first step ({} samples): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        lat.len(),
+        pct(&lat, 0.50).as_secs_f64() * 1e3,
+        pct(&lat, 0.99).as_secs_f64() * 1e3,
+        lat.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+    );
+}

@@ -65,7 +65,8 @@ pub type Work = (String, Event, Decision);
 /// What a batch releases once it commits: the decision-log lines and the runbooks to start.
 #[derive(Default)]
 pub struct Effects {
-    logs: Vec<serde_json::Value>,
+    /// Decision-log lines, serialized.
+    logs: Vec<String>,
     work: Vec<Work>,
     recorded: usize,
 }
@@ -203,6 +204,19 @@ impl Host {
         }
     }
 
+    /// Writes serialized JSON lines to the decision log, flushed once.
+    fn log_lines(&self, lines: &[String]) {
+        if lines.is_empty() {
+            return;
+        }
+        if let Ok(mut w) = self.log.lock() {
+            for line in lines {
+                let _ = writeln!(w, "{line}");
+            }
+            let _ = w.flush();
+        }
+    }
+
     /// Records a success of a source's channel: sets
     /// `keel_source_last_success_timestamp_seconds{source}` when no channel of the source is
     /// failing, and logs a recovery.
@@ -260,9 +274,9 @@ impl Host {
                     }
                 }
                 Ok(None) => {}
-                Err(e) => fx
-                    .logs
-                    .push(serde_json::json!({"time": rfc(now()), "error": e.to_string()})),
+                Err(e) => fx.logs.push(
+                    serde_json::json!({"time": rfc(now()), "error": e.to_string()}).to_string(),
+                ),
             }
         }
         Ok(())
@@ -362,10 +376,16 @@ impl Host {
             &[("action", decision.action.as_str()), ("policy", &policy)],
             1.0,
         );
-        fx.logs.push(serde_json::json!({
-            "decision_id": id, "time": rfc(at), "event_id": ev.id, "mode": mode,
-            "policy_set_digest": engine.digest(), "decision": decision,
-        }));
+        // The decision line reuses the decision's JSON serialized for the store.
+        let js = |v: &str| serde_json::Value::from(v).to_string();
+        fx.logs.push(format!(
+            r#"{{"decision_id":{},"time":{},"event_id":{},"mode":{},"policy_set_digest":{},"decision":{d_json}}}"#,
+            js(&id),
+            js(&rfc(at)),
+            js(&ev.id),
+            js(mode),
+            js(engine.digest()),
+        ));
         for e in decision.escalations.iter().filter(|e| !e.repeat) {
             self.metrics.add(
                 "keel_escalations_total",
@@ -385,10 +405,13 @@ impl Host {
                 .flatten()
                 .enumerate()
             {
-                fx.logs.push(serde_json::json!({
-                    "decision_id": id, "step": s.name, "index": i, "attempt": 1,
-                    "idempotency_key": steps::step_key(&id, i, &s.name), "outcome": "planned",
-                }));
+                fx.logs.push(
+                    serde_json::json!({
+                        "decision_id": id, "step": s.name, "index": i, "attempt": 1,
+                        "idempotency_key": steps::step_key(&id, i, &s.name), "outcome": "planned",
+                    })
+                    .to_string(),
+                );
             }
         }
         Ok(Some(Recorded {
@@ -435,9 +458,7 @@ impl Host {
                 if fx.recorded > 0 {
                     crate::failpoint::hit(crate::failpoint::DECISION_AFTER_RECORD, None);
                 }
-                for l in &fx.logs {
-                    self.log_line(l);
-                }
+                self.log_lines(&fx.logs);
                 for a in answers {
                     match a {
                         Answer::Poll(ack, r) => {
@@ -494,18 +515,16 @@ impl Host {
                 match self.decide(db, &ev, at, None, &mut fx) {
                     Ok(Some(r)) if r.pending => fx.work.push((r.decision_id, ev, r.decision)),
                     Ok(_) => {}
-                    Err(e) => fx
-                        .logs
-                        .push(serde_json::json!({"time": rfc(now()), "error": e.to_string()})),
+                    Err(e) => fx.logs.push(
+                        serde_json::json!({"time": rfc(now()), "error": e.to_string()}).to_string(),
+                    ),
                 }
             }
             Ok(())
         });
         match res {
             Ok(()) => {
-                for l in &fx.logs {
-                    self.log_line(l);
-                }
+                self.log_lines(&fx.logs);
                 fx.work
             }
             Err(e) => {

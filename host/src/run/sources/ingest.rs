@@ -326,7 +326,8 @@ impl Host {
             ),
             Err(e) => {
                 fx.logs.push(
-                    json!({"time": rfc(now()), "source": SOURCE, "error": escape(&e.to_string())}),
+                    json!({"time": rfc(now()), "source": SOURCE, "error": escape(&e.to_string())})
+                        .to_string(),
                 );
                 (internal(&e), none)
             }

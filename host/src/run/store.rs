@@ -75,13 +75,29 @@ pub struct Store {
 /// reads and writes. Its writes commit with the batch, all or nothing.
 pub struct Db<'a>(&'a Connection);
 
+/// Executes `sql` through the connection's statement cache (the decision path runs the same
+/// few statements thousands of times a second: parse them once).
+fn exec(c: &Connection, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<usize> {
+    c.prepare_cached(sql)?.execute(p)
+}
+
+/// Reads one row through the statement cache (see [`exec`]).
+fn row<T>(
+    c: &Connection,
+    sql: &str,
+    p: impl rusqlite::Params,
+    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    c.prepare_cached(sql)?.query_row(p, f)
+}
+
 /// Runs `f` atomically: a savepoint, which nests inside a batch's transaction and is a
 /// transaction of its own outside one.
 fn atomic<R>(c: &Connection, f: impl FnOnce() -> Result<R, StoreError>) -> Result<R, StoreError> {
-    c.execute_batch("SAVEPOINT keel_atomic")?;
+    exec(c, "SAVEPOINT keel_atomic", [])?;
     match f() {
         Ok(r) => {
-            c.execute_batch("RELEASE keel_atomic")?;
+            exec(c, "RELEASE keel_atomic", [])?;
             Ok(r)
         }
         Err(e) => {
@@ -159,7 +175,8 @@ pub struct OutboxRow {
 }
 
 fn insert_outbox(c: &Connection, o: &NewOutbox<'_>, now: &str) -> Result<(), StoreError> {
-    c.execute(
+    exec(
+        c,
         "INSERT OR IGNORE INTO outbox (key, decision_id, created_at, body, attempts, next_at)
          VALUES (?1, ?2, ?3, ?4, 0, ?3)",
         params![o.key, o.decision_id, now, o.body],
@@ -541,35 +558,36 @@ impl Db<'_> {
             rows.collect::<Result<Vec<_>, _>>()?
         };
         for (id, _) in &due {
-            self.0
-                .execute("DELETE FROM deferred WHERE event_id = ?1", params![id])?;
+            exec(
+                self.0,
+                "DELETE FROM deferred WHERE event_id = ?1",
+                params![id],
+            )?;
         }
         Ok(due)
     }
 
     /// Whether an event was seen before in this status.
     pub fn seen(&self, event_id: &str, status: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .0
-            .query_row(
-                "SELECT 1 FROM events WHERE id = ?1 AND status = ?2",
-                params![event_id, status],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_some())
+        Ok(row(
+            self.0,
+            "SELECT 1 FROM events WHERE id = ?1 AND status = ?2",
+            params![event_id, status],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
     }
 
     /// The event an ingest idempotency key was accepted as, if it was.
     pub fn ingest_key(&self, key: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .0
-            .query_row(
-                "SELECT event_id FROM ingest_keys WHERE key = ?1",
-                params![key],
-                |r| r.get(0),
-            )
-            .optional()?)
+        Ok(row(
+            self.0,
+            "SELECT event_id FROM ingest_keys WHERE key = ?1",
+            params![key],
+            |r| r.get(0),
+        )
+        .optional()?)
     }
 
     /// How many failed attempts of `operation` on `resource` were counted since `since`
@@ -580,14 +598,14 @@ impl Db<'_> {
         operation: &str,
         since: &str,
     ) -> Result<i64, StoreError> {
-        Ok(self.0
-            .query_row(
-                "SELECT count FROM attempts WHERE resource = ?1 AND operation = ?2 AND last_at >= ?3",
-                params![resource, operation, since],
-                |r| r.get(0),
-            )
-            .optional()?
-            .unwrap_or(0))
+        Ok(row(
+            self.0,
+            "SELECT count FROM attempts WHERE resource = ?1 AND operation = ?2 AND last_at >= ?3",
+            params![resource, operation, since],
+            |r| r.get(0),
+        )
+        .optional()?
+        .unwrap_or(0))
     }
 
     /// Records an event as seen (in this status) together with its decision, in one
@@ -597,19 +615,21 @@ impl Db<'_> {
     pub fn record(&self, r: &NewDecision<'_>) -> Result<bool, StoreError> {
         let tx = self.0;
         atomic(tx, || {
-            let new = tx.execute(
+            let new = exec(
+                tx,
                 "INSERT OR IGNORE INTO events (id, status, first_seen) VALUES (?1, ?2, ?3)",
                 params![r.event_id, r.status, r.now],
             )? == 1;
             if let Some(state) = r.normalizer_state {
-                tx.execute(
+                exec(
+                    tx,
                     "INSERT INTO normalizer_state (name, json) VALUES ('all', ?1)
                  ON CONFLICT (name) DO UPDATE SET json = excluded.json",
                     params![state],
                 )?;
             }
             if new {
-                tx.execute(
+                exec(tx,
                 "INSERT INTO decisions (decision_id, time, event_id, mode, policy_set, action, event_json, decision_json, runbook)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 params![r.decision_id, r.now, r.event_id, r.mode, r.policy_set, r.action, r.event_json, r.decision_json, r.runbook],
@@ -619,12 +639,12 @@ impl Db<'_> {
                 }
             }
             if let Some(i) = &r.ingest {
-                tx.execute(
+                exec(tx,
                 "INSERT OR IGNORE INTO ingest_keys (key, received_at, event_id) VALUES (?1, ?2, ?3)",
                 params![i.key, r.now, r.event_id],
             )?;
                 if let (true, Some((resource, operation))) = (new, i.counted) {
-                    tx.execute(
+                    exec(tx,
                     "INSERT INTO attempts (resource, operation, count, last_at) VALUES (?1, ?2, ?3, ?4)
                      ON CONFLICT (resource, operation) DO UPDATE SET count = excluded.count, last_at = excluded.last_at",
                     params![resource, operation, i.attempt, r.now],
@@ -637,7 +657,8 @@ impl Db<'_> {
 
     /// Saves the normalizer state alone (a poll that produced no event).
     pub fn save_normalizer_state(&self, json: &str) -> Result<(), StoreError> {
-        self.0.execute(
+        exec(
+            self.0,
             "INSERT INTO normalizer_state (name, json) VALUES ('all', ?1)
              ON CONFLICT (name) DO UPDATE SET json = excluded.json",
             params![json],
@@ -647,7 +668,7 @@ impl Db<'_> {
 
     /// Remembers that `event` must be decided again at `due`.
     pub fn defer(&self, event_id: &str, due: &str, event_json: &str) -> Result<(), StoreError> {
-        self.0.execute(
+        exec(self.0,
             "INSERT INTO deferred (event_id, due, event_json) VALUES (?1, ?2, ?3)
              ON CONFLICT (event_id) DO UPDATE SET due = excluded.due, event_json = excluded.event_json",
             params![event_id, due, event_json],

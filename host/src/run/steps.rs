@@ -119,7 +119,46 @@ fn executor(k: &StepKind) -> &'static str {
         StepKind::Exec(_) => "exec",
         StepKind::Http { .. } => "http",
         StepKind::AzureAck => "azure_ack",
+        StepKind::Arm { .. } => "arm",
         StepKind::Log => "log",
+    }
+}
+
+/// Why one attempt of a step failed.
+#[derive(Debug)]
+pub struct StepError {
+    /// What went wrong (escaped before it is logged).
+    pub message: String,
+    /// The server's `Retry-After`: the next attempt waits at least that long.
+    pub retry_after: Option<Duration>,
+    /// Whether another attempt cannot help (a refused request, nothing to resubmit): the
+    /// step fails at once, and the runbook escalates.
+    pub permanent: bool,
+}
+
+impl StepError {
+    /// A failure that another attempt can fix.
+    pub fn retry(message: impl Into<String>, retry_after: Option<Duration>) -> StepError {
+        StepError {
+            message: message.into(),
+            retry_after,
+            permanent: false,
+        }
+    }
+
+    /// A failure that another attempt cannot fix.
+    pub fn permanent(message: impl Into<String>) -> StepError {
+        StepError {
+            message: message.into(),
+            retry_after: None,
+            permanent: true,
+        }
+    }
+}
+
+impl From<String> for StepError {
+    fn from(message: String) -> StepError {
+        StepError::retry(message, None)
     }
 }
 
@@ -135,12 +174,22 @@ async fn attempt(
 ) -> (String, u32) {
     let mut delay = step.backoff;
     let mut last = String::new();
+    if matches!(step.kind, StepKind::Arm { .. }) && !host.cfg.dry_run {
+        // A retry is resubmitted no earlier than the decision says (Retry-After, backoff).
+        tokio::time::sleep(super::arm::wait_for_not_before(d)).await;
+    }
     for n in 0..=step.retries {
         let res =
             tokio::time::timeout(step.timeout, once(host, step, key, ev, d, decision_id)).await;
+        let mut retry_after = None;
+        let mut permanent = false;
         let outcome = match res {
             Ok(Ok(o)) => o,
-            Ok(Err(e)) => format!("failed: {}", escape(&e)),
+            Ok(Err(e)) => {
+                retry_after = e.retry_after;
+                permanent = e.permanent;
+                format!("failed: {}", escape(&e.message))
+            }
             Err(_) => format!("failed: timed out after {:?}", step.timeout),
         };
         host.metrics.add(
@@ -162,8 +211,15 @@ async fn attempt(
             return (outcome, n + 1);
         }
         last = outcome;
+        if permanent {
+            return (last, n + 1);
+        }
         if n < step.retries {
-            tokio::time::sleep(delay + super::backoff::jitter(delay / 4)).await;
+            // The server's Retry-After, when longer than the backoff, wins.
+            let wait = (delay + super::backoff::jitter(delay / 4)).max(
+                retry_after.map_or(Duration::ZERO, |r| r.min(super::backoff::MAX_RETRY_AFTER)),
+            );
+            tokio::time::sleep(wait).await;
             delay = (delay * 2).min(Duration::from_secs(300));
         }
     }
@@ -178,7 +234,7 @@ async fn once(
     ev: &Event,
     d: &Decision,
     decision_id: &str,
-) -> Result<String, String> {
+) -> Result<String, StepError> {
     match &step.kind {
         StepKind::Log => {
             host.log_line(&serde_json::json!({
@@ -188,7 +244,7 @@ async fn once(
         }
         StepKind::Exec(argv) => {
             let Some((prog, args)) = argv.split_first() else {
-                return Err("empty argv".into());
+                return Err(StepError::permanent("empty argv"));
             };
             let mut cmd = tokio::process::Command::new(prog);
             cmd.args(args)
@@ -219,7 +275,7 @@ async fn once(
             if status.success() {
                 Ok("ok".into())
             } else {
-                Err(format!("{} exited with {status}", escape(prog)))
+                Err(format!("{} exited with {status}", escape(prog)).into())
             }
         }
         StepKind::Http { .. } => {
@@ -230,9 +286,13 @@ async fn once(
             post_http(host, &step.kind, key, &body)
                 .await
                 .map(|()| "ok".to_string())
-                .map_err(|(e, _)| e)
+                .map_err(|(e, ra)| StepError::retry(e, ra))
         }
-        StepKind::AzureAck => azure_ack(host, ev).await,
+        StepKind::AzureAck => azure_ack(host, ev).await.map_err(StepError::from),
+        StepKind::Arm {
+            endpoint,
+            api_version,
+        } => super::arm::resubmit(host, endpoint, api_version, key, ev, d).await,
     }
 }
 

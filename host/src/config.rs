@@ -1208,6 +1208,32 @@ fn parse_resource_health(
                 }
             }
         };
+    let arm_endpoint = v.url(
+        &format!("{p}/arm_endpoint"),
+        s.get("arm_endpoint"),
+        DEFAULT_ARM_ENDPOINT,
+    );
+    let api_version = parse_api_version(
+        v,
+        &format!("{p}/api_version"),
+        s.get("api_version"),
+        DEFAULT_RESOURCE_HEALTH_API_VERSION,
+    );
+    let interval = v.positive(
+        &format!("{p}/interval"),
+        s.get("interval"),
+        Duration::from_secs(60),
+    );
+    let timeout = v.positive(
+        &format!("{p}/timeout"),
+        s.get("timeout"),
+        Duration::from_secs(10),
+    );
+    let max_backoff = v.positive(
+        &format!("{p}/max_backoff"),
+        s.get("max_backoff"),
+        Duration::from_secs(300),
+    );
     let parts = ["subscription_id", "resource_group", "vm_name"];
     let resource_id = if s.get("resource_id").is_some() {
         if let Some(k) = parts.iter().find(|k| s.get(**k).is_some()) {
@@ -1264,33 +1290,12 @@ fn parse_resource_health(
         }
     };
     Some(ResourceHealthSource {
-        arm_endpoint: v.url(
-            &format!("{p}/arm_endpoint"),
-            s.get("arm_endpoint"),
-            DEFAULT_ARM_ENDPOINT,
-        ),
+        arm_endpoint,
         resource_id,
-        api_version: parse_api_version(
-            v,
-            &format!("{p}/api_version"),
-            s.get("api_version"),
-            DEFAULT_RESOURCE_HEALTH_API_VERSION,
-        ),
-        interval: v.positive(
-            &format!("{p}/interval"),
-            s.get("interval"),
-            Duration::from_secs(60),
-        ),
-        timeout: v.positive(
-            &format!("{p}/timeout"),
-            s.get("timeout"),
-            Duration::from_secs(10),
-        ),
-        max_backoff: v.positive(
-            &format!("{p}/max_backoff"),
-            s.get("max_backoff"),
-            Duration::from_secs(300),
-        ),
+        api_version,
+        interval,
+        timeout,
+        max_backoff,
     })
 }
 

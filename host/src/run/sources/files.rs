@@ -91,13 +91,7 @@ async fn hand(
             Ok(())
         }
         Err(Deliver::Rejected(e)) => {
-            tally.errors += 1;
-            host.source_failed(SOURCE, channel, &format!("{at}: {e}"));
-            // Every bad payload is logged, not only the first of a streak: a replay is read
-            // once, and each bad line is worth knowing.
-            host.log_line(&serde_json::json!({
-                "time": rfc(Utc::now()), "source": SOURCE, "at": at, "error": e,
-            }));
+            fail(host, channel, tally, at, &e);
             Ok(())
         }
         Err(Deliver::Closed) => Err(()),
@@ -111,7 +105,7 @@ async fn replay<R: AsyncRead + Unpin>(
     f: &FileSource,
     input: R,
 ) -> Result<Tally, ()> {
-    let name = escape(&f.display());
+    let name = f.display();
     let mut tally = Tally {
         payloads: 0,
         errors: 0,
@@ -126,17 +120,13 @@ async fn replay<R: AsyncRead + Unpin>(
                 .await;
             let at = name.clone();
             match res {
-                Err(e) => fail(
-                    host,
-                    channel,
-                    &mut tally,
-                    &format!("{at}: cannot read: {e}"),
-                ),
+                Err(e) => fail(host, channel, &mut tally, &at, &format!("cannot read: {e}")),
                 Ok(_) if bytes.len() > MAX_PAYLOAD_BYTES => fail(
                     host,
                     channel,
                     &mut tally,
-                    &format!("{at}: larger than {MAX_PAYLOAD_BYTES} bytes"),
+                    &at,
+                    &format!("larger than {MAX_PAYLOAD_BYTES} bytes"),
                 ),
                 Ok(_) => hand(host, tx, channel, f, &at, bytes, &mut tally).await?,
             }
@@ -153,7 +143,8 @@ async fn replay<R: AsyncRead + Unpin>(
                         host,
                         channel,
                         &mut tally,
-                        &format!("{at}: line longer than {MAX_PAYLOAD_BYTES} bytes"),
+                        &at,
+                        &format!("line longer than {MAX_PAYLOAD_BYTES} bytes"),
                     ),
                     Ok(Some(true)) if buf.iter().all(u8::is_ascii_whitespace) => {}
                     Ok(Some(true)) => {
@@ -161,12 +152,7 @@ async fn replay<R: AsyncRead + Unpin>(
                         hand(host, tx, channel, f, &at, bytes, &mut tally).await?;
                     }
                     Err(e) => {
-                        fail(
-                            host,
-                            channel,
-                            &mut tally,
-                            &format!("{at}: cannot read: {e}"),
-                        );
+                        fail(host, channel, &mut tally, &at, &format!("cannot read: {e}"));
                         break;
                     }
                 }
@@ -176,11 +162,18 @@ async fn replay<R: AsyncRead + Unpin>(
     Ok(tally)
 }
 
-fn fail(host: &Host, channel: &'static str, tally: &mut Tally, why: &str) {
+/// Counts and reports a bad payload or an unreadable file. Unlike a polling source, whose
+/// log shows the first failure of a streak, every bad line is logged: a replay is read once,
+/// and each bad line is worth knowing. `at` is `file` or `file:line`.
+fn fail(host: &Host, channel: &'static str, tally: &mut Tally, at: &str, why: &str) {
     tally.errors += 1;
-    host.source_failed(SOURCE, channel, why);
+    host.metrics
+        .add("keel_source_errors_total", &[("source", SOURCE)], 1.0);
+    let at = escape(at);
+    let why = escape(why);
+    host.health.failed(SOURCE, channel, &format!("{at}: {why}"));
     host.log_line(&serde_json::json!({
-        "time": rfc(Utc::now()), "source": SOURCE, "error": escape(why),
+        "time": rfc(Utc::now()), "source": SOURCE, "at": at, "error": why,
     }));
 }
 
@@ -202,8 +195,8 @@ pub async fn read(
                         payloads: 0,
                         errors: 0,
                     };
-                    let why = format!("{}: cannot open: {e}", f.display());
-                    fail(&host, channel, &mut tally, &why);
+                    let why = format!("cannot open: {e}");
+                    fail(&host, channel, &mut tally, &f.display(), &why);
                     Ok(tally)
                 }
             },

@@ -775,3 +775,73 @@ fn azure_configuration_is_validated_with_positions() {
         assert!(err.contains(want), "{want}\n{err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_flag_reads_standard_input_in_dry_run() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "", "  files: []\n", "");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args([
+            "run",
+            "--dry-run",
+            "--replay",
+            "-",
+            "--normalizer",
+            "azure.maintenance_v1",
+            "--config",
+        ])
+        .arg(&cfg)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(b"{}\n{\"EventID\": 1\n{\"EventID\":\"7A1B\",\"EventCreationTime\":\"11/23/2026 6:42:51 AM\"}\n")
+        .await
+        .unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("keel run --replay - did not stop at the end of its input")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let d = lines
+        .iter()
+        .find(|l| l["decision"]["policy"] == "test.legacy-maintenance.drain")
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert_eq!(d["mode"], "dry_run");
+    assert_eq!(d["event_id"], "azure.maintenance_v1:7a1b");
+    assert!(lines
+        .iter()
+        .any(|l| l["decision_id"] == d["decision_id"] && l["outcome"] == "planned"));
+    let bad: Vec<&Value> = lines.iter().filter(|l| l["at"] == "-:2").collect();
+    assert_eq!(bad.len(), 1, "{stdout}");
+    // A normalizer that does not exist is a usage error.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args([
+            "run",
+            "--replay",
+            "-",
+            "--normalizer",
+            "azure.maintenanse_v1",
+            "--config",
+        ])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown normalizer"));
+}

@@ -1328,7 +1328,7 @@ fn parse_files(v: &mut V<'_>, base: &Path, s: &Value) -> Vec<FileSource> {
             }
             Some(Value::String(x)) if !x.is_empty() => {
                 let full = base.join(x);
-                if !full.is_file() {
+                if !full.exists() || full.is_dir() {
                     v.err(
                         &format!("{ip}/path"),
                         format!("`{}` is not a readable file", full.display()),

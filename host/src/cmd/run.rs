@@ -52,7 +52,7 @@ pub fn run(args: Args) -> u8 {
             return EXIT_USAGE;
         };
         let path = (file != "-").then(|| PathBuf::from(file));
-        if let Some(p) = path.as_ref().filter(|p| !p.is_file()) {
+        if let Some(p) = path.as_ref().filter(|p| !p.exists() || p.is_dir()) {
             eprintln!(
                 "error: --replay: `{}` is not a readable file",
                 keel_engine::escape(&p.display().to_string())

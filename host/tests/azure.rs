@@ -845,3 +845,35 @@ async fn replay_flag_reads_standard_input_in_dry_run() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown normalizer"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arm_step_is_only_planned_in_dry_run() {
+    let (imds_url, imds) = imds_stub().await;
+    let (arm_url, arm) = arm_stub().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!("azure_identity:\n  endpoint: {imds_url}\n"),
+        "  ingest:\n    token_env: KEEL_TEST_INGEST_TOKEN\n",
+        &format!("  retry_without_agent:\n    - name: resubmit\n      arm: {{ endpoint: \"{arm_url}\" }}\n"),
+    );
+    let mut k = Keel::start(&cfg, &["--dry-run"], &[("KEEL_TEST_INGEST_TOKEN", TOKEN)]);
+    k.wait_line("the listen line", Duration::from_secs(20), |l| {
+        l.get("listen").is_some()
+    })
+    .await;
+    let body = ingest_body(
+        "deploy/web-win-3/create/1",
+        "web-win-3",
+        Some(create_request()),
+    );
+    let (status, reply) = post_ingest(&k, &body).await;
+    assert_eq!(status, 202, "{reply}");
+    k.wait_line("the planned step", Duration::from_secs(5), |l| {
+        l["step"] == "resubmit" && l["outcome"] == "planned"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(arm.lock().unwrap().reqs.is_empty());
+    assert_eq!(imds.lock().unwrap().issued, 0);
+}

@@ -1007,8 +1007,9 @@ pub struct ResourceHealthSource {
     /// The ARM base URL, without a trailing slash.
     pub arm_endpoint: String,
     /// The VM's resource id (`/subscriptions/{sub}/resourceGroups/{rg}/providers/
-    /// Microsoft.Compute/virtualMachines/{vm}`).
-    pub resource_id: String,
+    /// Microsoft.Compute/virtualMachines/{vm}`); `None`: read from IMDS's instance metadata
+    /// (`/metadata/instance/compute`) at start.
+    pub resource_id: Option<String>,
     /// The Resource Health api-version.
     pub api_version: String,
     /// Time between polls.
@@ -1235,7 +1236,11 @@ fn parse_resource_health(
         Duration::from_secs(300),
     );
     let parts = ["subscription_id", "resource_group", "vm_name"];
-    let resource_id = if s.get("resource_id").is_some() {
+    let resource_id = if s.get("resource_id").is_none() && parts.iter().all(|k| s.get(*k).is_none())
+    {
+        // Nothing says which VM: this one, as IMDS's instance metadata names it.
+        None
+    } else if s.get("resource_id").is_some() {
         if let Some(k) = parts.iter().find(|k| s.get(**k).is_some()) {
             v.err(
                 &format!("{p}/{k}"),
@@ -1247,7 +1252,8 @@ fn parse_resource_health(
             "resource_id",
             &resource_id_ok,
             "the VM's resource id, /subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines/{vm}",
-        )?
+        )
+        .map(Some)?
     } else {
         let sub = text(
             v,
@@ -1273,14 +1279,14 @@ fn parse_resource_health(
                 .map(str::to_string)
         });
         match (sub, rg, vm) {
-            (Some(sub), Some(rg), Some(vm)) => format!(
+            (Some(sub), Some(rg), Some(vm)) => Some(format!(
                 "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines/{vm}"
-            ),
+            )),
             _ => {
                 if s.get("subscription_id").is_none() || s.get("resource_group").is_none() {
                     v.err(
                         p,
-                        "Resource Health needs the VM: `resource_id`, or `subscription_id` and `resource_group` (and `vm_name`, which defaults to `self`)",
+                        "Resource Health needs the whole VM: `resource_id`, or `subscription_id` and `resource_group` (and `vm_name`, which defaults to `self`); or none of them, to read this VM's from IMDS",
                     );
                 } else if s.get("vm_name").is_none() {
                     v.err(p, "Resource Health needs `vm_name` (or a top-level `self`)");

@@ -71,6 +71,20 @@ fn imds(st: &ImdsState, uri: &Uri, h: &HeaderMap) -> Response {
             r#"{"ID":"_test-vm","UD":"2","FD":"1"}"#.to_string(),
         )
             .into_response(),
+        "/metadata/instance/compute" => {
+            if h.get("metadata").and_then(|v| v.to_str().ok()) != Some("true")
+                || uri.query() != Some("api-version=2021-02-01")
+            {
+                return (StatusCode::BAD_REQUEST, "{}".to_string()).into_response();
+            }
+            (
+                StatusCode::OK,
+                json!({"location": "eastus2", "name": "found-vm", "resourceGroupName": "web",
+                       "subscriptionId": SUB, "resourceId": vm_id("found-vm"), "vmSize": "Standard_D2s_v3"})
+                .to_string(),
+            )
+                .into_response()
+        }
         "/metadata/identity/oauth2/token" => {
             if h.get("metadata").and_then(|v| v.to_str().ok()) != Some("true") {
                 return (
@@ -763,7 +777,7 @@ fn azure_configuration_is_validated_with_positions() {
     assert_eq!(out.status.code(), Some(3), "{err}");
     for want in [
         "keel.yaml:7:3: error: unknown key `client_idd` (did you mean `client_id`?)",
-        "error: Resource Health needs the VM",
+        "error: Resource Health needs the whole VM",
         "keel.yaml:10:22: error: expected a subscription id",
         "keel.yaml:11:15: error: must be longer than zero",
         "keel.yaml:13:13: error: `",
@@ -876,4 +890,43 @@ async fn arm_step_is_only_planned_in_dry_run() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(arm.lock().unwrap().reqs.is_empty());
     assert_eq!(imds.lock().unwrap().issued, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_health_reads_this_vm_from_instance_metadata_when_none_is_configured() {
+    let (imds_url, imds) = imds_stub().await;
+    let (arm_url, arm) = arm_stub().await;
+    arm.lock().unwrap().health =
+        health_doc("found-vm", "Degraded", "Unplanned", "2026-11-23T12:00:00Z");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!("azure_identity:\n  endpoint: {imds_url}\n"),
+        &format!("  azure_resource_health:\n    arm_endpoint: {arm_url}\n    interval: 200ms\n"),
+        "",
+    );
+    let mut k = Keel::start(&cfg, &[], &[]);
+    decision(
+        &mut k,
+        "test.health.degraded.drain",
+        Duration::from_secs(10),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let want = format!(
+        "{}/providers/Microsoft.ResourceHealth/availabilityStatuses/current",
+        vm_id("found-vm")
+    );
+    let a = arm.lock().unwrap();
+    assert!(a.reqs.len() >= 2);
+    assert!(a.reqs.iter().all(|r| r.path == want), "{:?}", a.reqs);
+    let s = imds.lock().unwrap();
+    assert_eq!(
+        s.paths
+            .iter()
+            .filter(|p| *p == "/metadata/instance/compute")
+            .count(),
+        1,
+        "the instance metadata is read once"
+    );
 }

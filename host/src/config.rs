@@ -30,6 +30,14 @@ pub struct Config {
     pub gcp_metadata: Option<GcpMetadataSource>,
     /// The HTTP ingest endpoint (`POST /ingest` on `listen`), if configured.
     pub ingest: Option<IngestSource>,
+    /// The legacy Azure maintenance endpoint (`/metadata/v1/maintenance`), if configured.
+    pub azure_maintenance_v1: Option<AzureMaintenanceV1Source>,
+    /// Azure Resource Health for this VM, if configured.
+    pub azure_resource_health: Option<ResourceHealthSource>,
+    /// Files (or standard input) replayed through a normalizer.
+    pub files: Vec<FileSource>,
+    /// The managed identity that Resource Health and `arm` steps take their tokens from.
+    pub azure_identity: AzureIdentity,
     /// Runbooks: the ordered steps of each action.
     pub runbooks: BTreeMap<Action, Vec<Step>>,
     /// A source that has failed for this long makes /readyz red.
@@ -194,6 +202,15 @@ pub enum StepKind {
     },
     /// Approve the Scheduled Event (StartRequests).
     AzureAck,
+    /// Resubmit the request in `Decision.retry` to Azure Resource Manager with a
+    /// managed-identity token.
+    Arm {
+        /// The ARM base URL, without a trailing slash (`https://management.azure.com`).
+        endpoint: String,
+        /// The `api-version` of the resubmitted request (unless the body names its own
+        /// `apiVersion`, as an ARM template resource does).
+        api_version: String,
+    },
     /// Write the decision to the log.
     Log,
 }
@@ -352,6 +369,7 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
             "retention",
             "gc_interval",
             "commit_batch_max",
+            "azure_identity",
         ],
     );
     let policies = v.path(&base, "/policies", root.get("policies"), "policies");
@@ -424,6 +442,10 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
     let mut aws = None;
     let mut gcp = None;
     let mut ingest = None;
+    let mut mv1 = None;
+    let mut rh = None;
+    let mut files = Vec::new();
+    let azure_identity = parse_identity(&mut v, root.get("azure_identity"));
     if let Some(sources) = root.get("sources") {
         v.keys(
             "/sources",
@@ -433,8 +455,20 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
                 "aws_imds",
                 "gcp_metadata",
                 "ingest",
+                "azure_maintenance_v1",
+                "azure_resource_health",
+                "files",
             ],
         );
+        if let Some(s) = sources.get("azure_maintenance_v1") {
+            mv1 = Some(parse_maintenance_v1(&mut v, s));
+        }
+        if let Some(s) = sources.get("azure_resource_health") {
+            rh = parse_resource_health(&mut v, s, self_name.as_deref());
+        }
+        if let Some(s) = sources.get("files") {
+            files = parse_files(&mut v, &base, s);
+        }
         if let Some(s) = sources.get("azure_scheduled_events") {
             let p = "/sources/azure_scheduled_events";
             v.keys(p, s, &["url", "interval", "timeout", "first_timeout"]);
@@ -548,6 +582,10 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
             aws_imds: aws,
             gcp_metadata: gcp,
             ingest,
+            azure_maintenance_v1: mv1,
+            azure_resource_health: rh,
+            files,
+            azure_identity,
             runbooks,
             unready_after,
             reload_interval,
@@ -881,6 +919,7 @@ fn parse_step(v: &mut V<'_>, p: &str, item: &Value) -> Option<Step> {
             "exec",
             "http",
             "azure_ack",
+            "arm",
             "log",
             "timeout",
             "retries",
@@ -888,7 +927,7 @@ fn parse_step(v: &mut V<'_>, p: &str, item: &Value) -> Option<Step> {
             "idempotent",
         ],
     );
-    let kinds: Vec<&str> = ["exec", "http", "azure_ack", "log"]
+    let kinds: Vec<&str> = ["exec", "http", "azure_ack", "arm", "log"]
         .into_iter()
         .filter(|k| item.get(*k).is_some())
         .collect();
@@ -908,9 +947,10 @@ fn parse_step(v: &mut V<'_>, p: &str, item: &Value) -> Option<Step> {
         },
         ["http"] => parse_http(v, &format!("{p}/http"), item.get("http"))?,
         ["azure_ack"] => StepKind::AzureAck,
+        ["arm"] => parse_arm(v, &format!("{p}/arm"), item.get("arm"))?,
         ["log"] => StepKind::Log,
         [] => {
-            v.err(p, "a step needs one of exec, http, azure_ack, log");
+            v.err(p, "a step needs one of exec, http, azure_ack, arm, log");
             return None;
         }
         _ => {
@@ -967,5 +1007,497 @@ fn parse_step(v: &mut V<'_>, p: &str, item: &Value) -> Option<Step> {
         retries,
         backoff,
         idempotent,
+    })
+}
+
+// ------------------------------------------------------------------------------------------
+// Azure: the legacy maintenance endpoint, Resource Health, the managed identity, `arm` steps,
+// and files replayed through a normalizer.
+
+/// The legacy Azure in-VM maintenance endpoint (2015 preview, DOMAIN.md 1.6):
+/// `GET {url}/metadata/v1/maintenance`, and `/metadata/v1/InstanceInfo` for the VM's name,
+/// update and fault domain.
+#[derive(Debug, Clone)]
+pub struct AzureMaintenanceV1Source {
+    /// The IMDS base URL, without a trailing slash (`http://169.254.169.254`).
+    pub url: String,
+    /// Time between polls (the endpoint gives about five minutes of notice).
+    pub interval: Duration,
+    /// Timeout of one request.
+    pub timeout: Duration,
+    /// The longest wait between retries after failures.
+    pub max_backoff: Duration,
+    /// Whether `InstanceInfo` is read (until it has been read once, or answers 404).
+    pub instance_info: bool,
+}
+
+/// The managed identity of the VM: tokens from IMDS's
+/// `GET {endpoint}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=...`.
+#[derive(Debug, Clone)]
+pub struct AzureIdentity {
+    /// The IMDS base URL, without a trailing slash (`http://169.254.169.254`).
+    pub endpoint: String,
+    /// The client id of a user-assigned identity; the system-assigned one when absent.
+    pub client_id: Option<String>,
+    /// The resource the token is for (`https://management.azure.com/`).
+    pub resource: String,
+    /// Timeout of a token request.
+    pub timeout: Duration,
+}
+
+impl Default for AzureIdentity {
+    fn default() -> AzureIdentity {
+        AzureIdentity {
+            endpoint: "http://169.254.169.254".into(),
+            client_id: None,
+            resource: DEFAULT_TOKEN_RESOURCE.into(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The resource of managed-identity tokens for Azure Resource Manager.
+pub const DEFAULT_TOKEN_RESOURCE: &str = "https://management.azure.com/";
+/// Azure Resource Manager's public endpoint.
+pub const DEFAULT_ARM_ENDPOINT: &str = "https://management.azure.com";
+/// The Resource Health api-version polled (the newest stable one, DOMAIN.md 2.1).
+pub const DEFAULT_RESOURCE_HEALTH_API_VERSION: &str = "2025-04-01";
+/// The Compute api-version of resubmitted VM requests.
+pub const DEFAULT_COMPUTE_API_VERSION: &str = "2024-07-01";
+
+/// Azure Resource Health for one VM: `GET {arm_endpoint}{resource_id}/providers/
+/// Microsoft.ResourceHealth/availabilityStatuses/current?api-version=...` with a
+/// managed-identity bearer token.
+#[derive(Debug, Clone)]
+pub struct ResourceHealthSource {
+    /// The ARM base URL, without a trailing slash.
+    pub arm_endpoint: String,
+    /// The VM's resource id (`/subscriptions/{sub}/resourceGroups/{rg}/providers/
+    /// Microsoft.Compute/virtualMachines/{vm}`); `None`: read from IMDS's instance metadata
+    /// (`/metadata/instance/compute`) at start.
+    pub resource_id: Option<String>,
+    /// The Resource Health api-version.
+    pub api_version: String,
+    /// Time between polls.
+    pub interval: Duration,
+    /// Timeout of one request.
+    pub timeout: Duration,
+    /// The longest wait between retries after failures.
+    pub max_backoff: Duration,
+}
+
+/// How a replayed file is cut into payloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    /// JSON lines: every non-blank line is one payload (the default).
+    Lines,
+    /// The whole file is one payload (a pretty-printed document, a fixture).
+    Document,
+}
+
+/// A file (or standard input) whose payloads are replayed through a normalizer.
+#[derive(Debug, Clone)]
+pub struct FileSource {
+    /// The file; `None` for standard input (`path: "-"`).
+    pub path: Option<PathBuf>,
+    /// The normalizer (a name of `keel normalize --list`).
+    pub normalizer: &'static str,
+    /// How the file is cut into payloads.
+    pub format: FileFormat,
+}
+
+impl FileSource {
+    /// The path as written in messages (`-` for standard input).
+    pub fn display(&self) -> String {
+        self.path
+            .as_ref()
+            .map_or_else(|| "-".to_string(), |p| p.display().to_string())
+    }
+}
+
+/// The normalizer called `name` (its static name), if there is one.
+pub fn normalizer_name(name: &str) -> Option<&'static str> {
+    keel_engine::normalize::NORMALIZERS
+        .iter()
+        .find(|n| n.name == name)
+        .map(|n| n.name)
+}
+
+fn parse_maintenance_v1(v: &mut V<'_>, s: &Value) -> AzureMaintenanceV1Source {
+    let p = "/sources/azure_maintenance_v1";
+    v.keys(
+        p,
+        s,
+        &["url", "interval", "timeout", "max_backoff", "instance_info"],
+    );
+    AzureMaintenanceV1Source {
+        url: v.url(&format!("{p}/url"), s.get("url"), "http://169.254.169.254"),
+        interval: v.positive(
+            &format!("{p}/interval"),
+            s.get("interval"),
+            Duration::from_secs(5),
+        ),
+        timeout: v.positive(
+            &format!("{p}/timeout"),
+            s.get("timeout"),
+            Duration::from_secs(5),
+        ),
+        max_backoff: v.positive(
+            &format!("{p}/max_backoff"),
+            s.get("max_backoff"),
+            Duration::from_secs(30),
+        ),
+        instance_info: v.boolean(&format!("{p}/instance_info"), s.get("instance_info"), true),
+    }
+}
+
+/// A name made of ASCII letters, digits and `extra`, 1 to `max` characters.
+fn name_ok(s: &str, max: usize, extra: &str) -> bool {
+    !s.is_empty()
+        && s.chars().count() <= max
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || extra.contains(c))
+}
+
+/// An api-version such as `2025-04-01` or `2023-10-01-preview`.
+pub fn api_version_ok(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() >= 10
+        && b.len() <= 32
+        && b[..10].iter().enumerate().all(|(i, c)| {
+            if i == 4 || i == 7 {
+                *c == b'-'
+            } else {
+                c.is_ascii_digit()
+            }
+        })
+        && s[10..]
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+fn parse_api_version(v: &mut V<'_>, ptr: &str, val: Option<&Value>, default: &str) -> String {
+    match val {
+        None => default.to_string(),
+        Some(Value::String(s)) if api_version_ok(s) => s.clone(),
+        Some(_) => {
+            v.err(ptr, "expected an api-version such as 2025-04-01");
+            default.to_string()
+        }
+    }
+}
+
+/// An ARM resource id: `/subscriptions/...`, no query, fragment, whitespace or `..`.
+pub fn resource_id_ok(id: &str) -> bool {
+    id.len() <= 1024
+        && id
+            .get(..15)
+            .is_some_and(|p| p.eq_ignore_ascii_case("/subscriptions/"))
+        && !id.contains("//")
+        && !id.split('/').any(|seg| seg == "." || seg == "..")
+        && id
+            .chars()
+            .all(|c| !c.is_whitespace() && !c.is_control() && !matches!(c, '?' | '#' | '%' | '\\'))
+}
+
+fn parse_identity(v: &mut V<'_>, s: Option<&Value>) -> AzureIdentity {
+    let Some(s) = s else {
+        return AzureIdentity::default();
+    };
+    let p = "/azure_identity";
+    v.keys(p, s, &["endpoint", "client_id", "resource", "timeout"]);
+    let d = AzureIdentity::default();
+    let client_id = match s.get("client_id") {
+        None => None,
+        Some(Value::String(c)) if name_ok(c, 64, "-") => Some(c.clone()),
+        Some(_) => {
+            v.err(
+                &format!("{p}/client_id"),
+                "expected the client id (a GUID) of a user-assigned identity",
+            );
+            None
+        }
+    };
+    let resource = match s.get("resource") {
+        None => d.resource.clone(),
+        Some(Value::String(r))
+            if r.starts_with("https://")
+                && !r.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+        {
+            r.clone()
+        }
+        Some(_) => {
+            v.err(
+                &format!("{p}/resource"),
+                "expected the token's resource, such as https://management.azure.com/",
+            );
+            d.resource.clone()
+        }
+    };
+    AzureIdentity {
+        endpoint: v.url(&format!("{p}/endpoint"), s.get("endpoint"), &d.endpoint),
+        client_id,
+        resource,
+        timeout: v.positive(&format!("{p}/timeout"), s.get("timeout"), d.timeout),
+    }
+}
+
+/// Resource Health; `None` (with an error reported) when the VM cannot be named.
+fn parse_resource_health(
+    v: &mut V<'_>,
+    s: &Value,
+    self_name: Option<&str>,
+) -> Option<ResourceHealthSource> {
+    let p = "/sources/azure_resource_health";
+    v.keys(
+        p,
+        s,
+        &[
+            "arm_endpoint",
+            "resource_id",
+            "subscription_id",
+            "resource_group",
+            "vm_name",
+            "api_version",
+            "interval",
+            "timeout",
+            "max_backoff",
+        ],
+    );
+    let text =
+        |v: &mut V<'_>, key: &str, ok: &dyn Fn(&str) -> bool, what: &str| -> Option<String> {
+            match s.get(key) {
+                None => None,
+                Some(Value::String(x)) if ok(x) => Some(x.clone()),
+                Some(_) => {
+                    v.err(&format!("{p}/{key}"), format!("expected {what}"));
+                    None
+                }
+            }
+        };
+    let arm_endpoint = v.url(
+        &format!("{p}/arm_endpoint"),
+        s.get("arm_endpoint"),
+        DEFAULT_ARM_ENDPOINT,
+    );
+    let api_version = parse_api_version(
+        v,
+        &format!("{p}/api_version"),
+        s.get("api_version"),
+        DEFAULT_RESOURCE_HEALTH_API_VERSION,
+    );
+    let interval = v.positive(
+        &format!("{p}/interval"),
+        s.get("interval"),
+        Duration::from_secs(60),
+    );
+    let timeout = v.positive(
+        &format!("{p}/timeout"),
+        s.get("timeout"),
+        Duration::from_secs(10),
+    );
+    let max_backoff = v.positive(
+        &format!("{p}/max_backoff"),
+        s.get("max_backoff"),
+        Duration::from_secs(300),
+    );
+    let parts = ["subscription_id", "resource_group", "vm_name"];
+    let resource_id = if s.get("resource_id").is_none() && parts.iter().all(|k| s.get(*k).is_none())
+    {
+        // Nothing says which VM: this one, as IMDS's instance metadata names it.
+        None
+    } else if s.get("resource_id").is_some() {
+        if let Some(k) = parts.iter().find(|k| s.get(**k).is_some()) {
+            v.err(
+                &format!("{p}/{k}"),
+                "give either `resource_id` or `subscription_id`/`resource_group`/`vm_name`, not both",
+            );
+        }
+        text(
+            v,
+            "resource_id",
+            &resource_id_ok,
+            "the VM's resource id, /subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines/{vm}",
+        )
+        .map(Some)?
+    } else {
+        let sub = text(
+            v,
+            "subscription_id",
+            &|x| name_ok(x, 64, "-"),
+            "a subscription id (a GUID)",
+        );
+        let rg = text(
+            v,
+            "resource_group",
+            &|x| name_ok(x, 90, "-_.()") && !x.ends_with('.'),
+            "a resource group name (letters, digits, - _ . ( ), at most 90)",
+        );
+        let vm = text(
+            v,
+            "vm_name",
+            &|x| name_ok(x, 64, "-_."),
+            "a VM name (letters, digits, - _ ., at most 64)",
+        )
+        .or_else(|| {
+            self_name
+                .filter(|n| name_ok(n, 64, "-_."))
+                .map(str::to_string)
+        });
+        match (sub, rg, vm) {
+            (Some(sub), Some(rg), Some(vm)) => Some(format!(
+                "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines/{vm}"
+            )),
+            _ => {
+                if s.get("subscription_id").is_none() || s.get("resource_group").is_none() {
+                    v.err(
+                        p,
+                        "Resource Health needs the whole VM: `resource_id`, or `subscription_id` and `resource_group` (and `vm_name`, which defaults to `self`); or none of them, to read this VM's from IMDS",
+                    );
+                } else if s.get("vm_name").is_none() {
+                    v.err(p, "Resource Health needs `vm_name` (or a top-level `self`)");
+                }
+                return None;
+            }
+        }
+    };
+    Some(ResourceHealthSource {
+        arm_endpoint,
+        resource_id,
+        api_version,
+        interval,
+        timeout,
+        max_backoff,
+    })
+}
+
+/// `files: [{path, normalizer, format?}]`; `path: "-"` is standard input (at most once).
+fn parse_files(v: &mut V<'_>, base: &Path, s: &Value) -> Vec<FileSource> {
+    let p = "/sources/files";
+    let Value::Array(items) = s else {
+        v.err(p, "expected a list of {path, normalizer, format?}");
+        return Vec::new();
+    };
+    let names: Vec<&str> = keel_engine::normalize::NORMALIZERS
+        .iter()
+        .map(|n| n.name)
+        .collect();
+    let mut out = Vec::new();
+    let mut stdin = false;
+    for (i, item) in items.iter().enumerate() {
+        let ip = format!("{p}/{i}");
+        v.keys(&ip, item, &["path", "normalizer", "format"]);
+        let path = match item.get("path") {
+            Some(Value::String(x)) if x == "-" => {
+                if stdin {
+                    v.err(
+                        &format!("{ip}/path"),
+                        "standard input can be read only once",
+                    );
+                }
+                stdin = true;
+                None
+            }
+            Some(Value::String(x)) if !x.is_empty() => {
+                let full = base.join(x);
+                if !full.exists() || full.is_dir() {
+                    v.err(
+                        &format!("{ip}/path"),
+                        format!("`{}` is not a readable file", full.display()),
+                    );
+                }
+                Some(full)
+            }
+            Some(_) => {
+                v.err(
+                    &format!("{ip}/path"),
+                    "expected a file path, or \"-\" for standard input",
+                );
+                continue;
+            }
+            None => {
+                v.err(
+                    &ip,
+                    "a replayed file needs `path` (\"-\" for standard input)",
+                );
+                continue;
+            }
+        };
+        let normalizer = match item.get("normalizer") {
+            Some(Value::String(n)) => match normalizer_name(n) {
+                Some(n) => n,
+                None => {
+                    let hint = strsim_hint(n, &names);
+                    v.err(
+                        &format!("{ip}/normalizer"),
+                        format!(
+                            "unknown normalizer `{}`{hint}; expected one of: {}",
+                            keel_engine::escape(n),
+                            names.join(", ")
+                        ),
+                    );
+                    continue;
+                }
+            },
+            Some(_) => {
+                v.err(&format!("{ip}/normalizer"), "expected a normalizer name");
+                continue;
+            }
+            None => {
+                v.err(
+                    &ip,
+                    format!(
+                        "a replayed file needs `normalizer`: one of {}",
+                        names.join(", ")
+                    ),
+                );
+                continue;
+            }
+        };
+        let format = match item.get("format") {
+            None => FileFormat::Lines,
+            Some(Value::String(f)) if f == "lines" => FileFormat::Lines,
+            Some(Value::String(f)) if f == "document" => FileFormat::Document,
+            Some(f) => {
+                let hint = strsim_hint(f.as_str().unwrap_or(""), &["lines", "document"]);
+                v.err(
+                    &format!("{ip}/format"),
+                    format!("expected `lines` or `document`{hint}"),
+                );
+                FileFormat::Lines
+            }
+        };
+        out.push(FileSource {
+            path,
+            normalizer,
+            format,
+        });
+    }
+    out
+}
+
+/// An `arm` step: `{ endpoint?, api_version? }`.
+fn parse_arm(v: &mut V<'_>, p: &str, a: Option<&Value>) -> Option<StepKind> {
+    let a = match a {
+        Some(a @ Value::Object(_)) => a,
+        Some(Value::Null) | None => &Value::Object(serde_json::Map::new()),
+        Some(_) => {
+            v.err(p, "`arm` is a map: { endpoint?, api_version? }");
+            return None;
+        }
+    };
+    v.keys(p, a, &["endpoint", "api_version"]);
+    Some(StepKind::Arm {
+        endpoint: v.url(
+            &format!("{p}/endpoint"),
+            a.get("endpoint"),
+            DEFAULT_ARM_ENDPOINT,
+        ),
+        api_version: parse_api_version(
+            v,
+            &format!("{p}/api_version"),
+            a.get("api_version"),
+            DEFAULT_COMPUTE_API_VERSION,
+        ),
     })
 }

@@ -9,7 +9,7 @@ use crate::{config, render, run, EXIT_INVALID_POLICY, EXIT_OK, EXIT_USAGE};
 /// Run the host: poll the sources, decide, execute runbooks exactly once.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  keel run --config host/examples/keel.yaml\n  keel run --config /etc/keel/keel.yaml --dry-run\n\nThe configuration is validated whole before anything starts; every problem is printed with\nits position. The decision log (JSON lines) goes to standard output."
+    after_help = "Examples:\n  keel run --config host/examples/keel.yaml\n  keel run --config /etc/keel/keel.yaml --dry-run\n  keel run --config keel.yaml --dry-run --replay capture.jsonl --normalizer azure.scheduled_events\n\nThe configuration is validated whole before anything starts; every problem is printed with\nits position. The decision log (JSON lines) goes to standard output."
 )]
 pub struct Args {
     /// The configuration file.
@@ -18,6 +18,13 @@ pub struct Args {
     /// Plan and log every step, with no effect.
     #[arg(long)]
     pub dry_run: bool,
+    /// Also replay this file (`-` for standard input) through `--normalizer`, JSON lines (one
+    /// payload per line), like a `sources.files` entry.
+    #[arg(long, value_name = "FILE|-", requires = "normalizer")]
+    pub replay: Option<String>,
+    /// The normalizer of `--replay` (see `keel normalize --list`).
+    #[arg(long, value_name = "SOURCE", requires = "replay")]
+    pub normalizer: Option<String>,
 }
 
 /// Runs `keel run` until SIGINT or SIGTERM.
@@ -31,6 +38,37 @@ pub fn run(args: Args) -> u8 {
         }
     };
     cfg.dry_run |= args.dry_run;
+    if let (Some(file), Some(name)) = (&args.replay, &args.normalizer) {
+        let Some(normalizer) = config::normalizer_name(name) else {
+            let names: Vec<&str> = keel_engine::normalize::NORMALIZERS
+                .iter()
+                .map(|n| n.name)
+                .collect();
+            eprintln!(
+                "error: unknown normalizer `{}`; expected one of: {}",
+                keel_engine::escape(name),
+                names.join(", ")
+            );
+            return EXIT_USAGE;
+        };
+        let path = (file != "-").then(|| PathBuf::from(file));
+        if let Some(p) = path.as_ref().filter(|p| !p.exists() || p.is_dir()) {
+            eprintln!(
+                "error: --replay: `{}` is not a readable file",
+                keel_engine::escape(&p.display().to_string())
+            );
+            return EXIT_USAGE;
+        }
+        if path.is_none() && cfg.files.iter().any(|f| f.path.is_none()) {
+            eprintln!("error: --replay -: the configuration already reads standard input");
+            return EXIT_USAGE;
+        }
+        cfg.files.push(config::FileSource {
+            path,
+            normalizer,
+            format: config::FileFormat::Lines,
+        });
+    }
     if let Err(e) = crate::failpoint::check() {
         eprintln!("error: {e}");
         return EXIT_USAGE;

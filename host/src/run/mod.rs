@@ -5,8 +5,10 @@
 //! idempotency key before its effect; after a crash an idempotent step left in doubt runs
 //! again with the same key, and a non-idempotent one never runs again and escalates.
 
+pub mod arm;
 pub mod backoff;
 pub mod health;
+pub mod identity;
 pub mod metrics;
 pub mod outbox;
 pub mod reload;
@@ -100,6 +102,9 @@ pub struct Host {
     pub health: Health,
     /// One permit per drain allowed to run at once (`limits.concurrent_drains`).
     pub drain_slots: Arc<tokio::sync::Semaphore>,
+    /// Managed-identity tokens (Resource Health, `arm` steps), cached; nothing is requested
+    /// until one is needed.
+    pub identity: identity::TokenClient,
     history: Mutex<History>,
     nstate: Mutex<NormalizerState>,
     log: Mutex<Box<dyn std::io::Write + Send>>,
@@ -165,11 +170,13 @@ impl Host {
             .no_proxy()
             .build()
             .map_err(|e| e.to_string())?;
+        let identity = identity::TokenClient::new(http.clone(), cfg.azure_identity.clone());
         Ok(Arc::new(Host {
             drain_slots: Arc::new(tokio::sync::Semaphore::new(cfg.limits.concurrent_drains)),
             cfg,
             engine: RwLock::new(Arc::new(engine)),
             store,
+            identity,
             http,
             metrics: Metrics::default(),
             health: Health::default(),
@@ -613,6 +620,38 @@ pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(),
                 stop.clone(),
             ));
         }
+    }
+    if let Some(mv1) = host.cfg.azure_maintenance_v1.clone() {
+        host.health
+            .register(sources::azure_maintenance_v1::SOURCE, "poll");
+        tasks.spawn(sources::azure_maintenance_v1::poll(
+            host.clone(),
+            mv1,
+            tx.clone(),
+            stop.clone(),
+        ));
+    }
+    if let Some(rh) = host.cfg.azure_resource_health.clone() {
+        host.health
+            .register(sources::azure_resource_health::SOURCE, "poll");
+        tasks.spawn(sources::azure_resource_health::poll(
+            host.clone(),
+            rh,
+            tx.clone(),
+            stop.clone(),
+        ));
+    }
+    for f in host.cfg.files.clone() {
+        // One health channel per file, named by its path (a few, fixed at start).
+        let channel: &'static str = Box::leak(f.display().into_boxed_str());
+        host.health.register(sources::files::SOURCE, channel);
+        tasks.spawn(sources::files::read(
+            host.clone(),
+            f,
+            channel,
+            tx.clone(),
+            stop.clone(),
+        ));
     }
     let inbox = host.cfg.ingest.is_some().then(|| tx.clone());
     if inbox.is_some() {

@@ -1,12 +1,15 @@
 //! Sources: the pollers and listeners that hand raw payloads to the run loop, and the host's
 //! own HTTP endpoints (`/metrics`, `/healthz`, `/readyz`, and `POST /ingest` when configured).
 //!
-//! One file per source: Azure Scheduled Events here, [`aws_imds`], [`gcp_metadata`],
-//! [`ingest`]. Every source backs off on failure (exponential, with jitter, honouring
+//! One file per source: Azure Scheduled Events here, [`azure_maintenance_v1`],
+//! [`azure_resource_health`], [`aws_imds`], [`gcp_metadata`], [`ingest`], [`files`]. Every source backs off on failure (exponential, with jitter, honouring
 //! `Retry-After`), counts its failures in `keel_source_errors_total{source}`, reports its
 //! health for `/readyz`, and never stops the other sources or the process.
 
 pub mod aws_imds;
+pub mod azure_maintenance_v1;
+pub mod azure_resource_health;
+pub mod files;
 pub mod gcp_metadata;
 pub mod ingest;
 

@@ -21,10 +21,15 @@ pub fn step_key(decision_id: &str, idx: usize, name: &str) -> String {
 }
 
 /// When a runbook must have finished: for a drain, the earlier of the event's `not_before`
-/// (the platform acts then, drained or not) and the decision's `deadline_s` counted from the
-/// event's time (so a runbook resumed after a restart keeps its original deadline). `None`:
+/// (the platform acts then, drained or not; ignored when it had passed when the decision was
+/// made) and the decision's `deadline_s` counted from the decision (so a runbook resumed
+/// after a restart keeps its original deadline). `None`:
 /// no deadline beyond each step's own timeouts.
-pub fn runbook_deadline(ev: &Event, d: &Decision) -> Option<DateTime<Utc>> {
+pub fn runbook_deadline(
+    ev: &Event,
+    d: &Decision,
+    decided_at: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
     if d.action != Action::Drain {
         return None;
     }
@@ -34,8 +39,14 @@ pub fn runbook_deadline(ev: &Event, d: &Decision) -> Option<DateTime<Utc>> {
         .and_then(serde_json::Value::as_f64)
         .filter(|s| s.is_finite() && *s > 0.0)
         .and_then(|s| chrono::Duration::try_milliseconds((s * 1000.0) as i64))
-        .and_then(|dur| ev.time.checked_add_signed(dur));
-    let by_notice = ev.maintenance.as_ref().and_then(|m| m.not_before);
+        .and_then(|dur| decided_at.checked_add_signed(dur));
+    // A NotBefore already past when the event was seen (a notice read late, a vendor
+    // document replayed) sets no deadline: draining late still limits the damage.
+    let by_notice = ev
+        .maintenance
+        .as_ref()
+        .and_then(|m| m.not_before)
+        .filter(|nb| *nb > decided_at);
     match (by_param, by_notice) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -69,7 +80,14 @@ pub async fn run_runbook(host: Arc<Host>, decision_id: String, ev: Event, d: Dec
         .get(&d.action)
         .cloned()
         .unwrap_or_default();
-    let deadline = runbook_deadline(&ev, &d);
+    let decided_at = host
+        .store
+        .decided_at(&decision_id)
+        .ok()
+        .flatten()
+        .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+        .map_or_else(Utc::now, |t| t.with_timezone(&Utc));
+    let deadline = runbook_deadline(&ev, &d, decided_at);
     // A drain holds a slot for its whole runbook; waiting for one counts against the deadline.
     let _slot = if d.action == Action::Drain && !steps.is_empty() {
         let wait = host.drain_slots.clone().acquire_owned();
@@ -218,7 +236,46 @@ fn executor(k: &StepKind) -> &'static str {
         StepKind::Exec(_) => "exec",
         StepKind::Http { .. } => "http",
         StepKind::AzureAck => "azure_ack",
+        StepKind::Arm { .. } => "arm",
         StepKind::Log => "log",
+    }
+}
+
+/// Why one attempt of a step failed.
+#[derive(Debug)]
+pub struct StepError {
+    /// What went wrong (escaped before it is logged).
+    pub message: String,
+    /// The server's `Retry-After`: the next attempt waits at least that long.
+    pub retry_after: Option<Duration>,
+    /// Whether another attempt cannot help (a refused request, nothing to resubmit): the
+    /// step fails at once, and the runbook escalates.
+    pub permanent: bool,
+}
+
+impl StepError {
+    /// A failure that another attempt can fix.
+    pub fn retry(message: impl Into<String>, retry_after: Option<Duration>) -> StepError {
+        StepError {
+            message: message.into(),
+            retry_after,
+            permanent: false,
+        }
+    }
+
+    /// A failure that another attempt cannot fix.
+    pub fn permanent(message: impl Into<String>) -> StepError {
+        StepError {
+            message: message.into(),
+            retry_after: None,
+            permanent: true,
+        }
+    }
+}
+
+impl From<String> for StepError {
+    fn from(message: String) -> StepError {
+        StepError::retry(message, None)
     }
 }
 
@@ -234,12 +291,22 @@ async fn attempt(
 ) -> (String, u32) {
     let mut delay = step.backoff;
     let mut last = String::new();
+    if matches!(step.kind, StepKind::Arm { .. }) && !host.cfg.dry_run {
+        // A retry is resubmitted no earlier than the decision says (Retry-After, backoff).
+        tokio::time::sleep(super::arm::wait_for_not_before(d)).await;
+    }
     for n in 0..=step.retries {
         let res =
             tokio::time::timeout(step.timeout, once(host, step, key, ev, d, decision_id)).await;
+        let mut retry_after = None;
+        let mut permanent = false;
         let outcome = match res {
             Ok(Ok(o)) => o,
-            Ok(Err(e)) => format!("failed: {}", escape(&e)),
+            Ok(Err(e)) => {
+                retry_after = e.retry_after;
+                permanent = e.permanent;
+                format!("failed: {}", escape(&e.message))
+            }
             Err(_) => format!("failed: timed out after {:?}", step.timeout),
         };
         host.metrics.add(
@@ -261,8 +328,15 @@ async fn attempt(
             return (outcome, n + 1);
         }
         last = outcome;
+        if permanent {
+            return (last, n + 1);
+        }
         if n < step.retries {
-            tokio::time::sleep(delay + super::backoff::jitter(delay / 4)).await;
+            // The server's Retry-After, when longer than the backoff, wins.
+            let wait = (delay + super::backoff::jitter(delay / 4)).max(
+                retry_after.map_or(Duration::ZERO, |r| r.min(super::backoff::MAX_RETRY_AFTER)),
+            );
+            tokio::time::sleep(wait).await;
             delay = (delay * 2).min(Duration::from_secs(300));
         }
     }
@@ -277,7 +351,7 @@ async fn once(
     ev: &Event,
     d: &Decision,
     decision_id: &str,
-) -> Result<String, String> {
+) -> Result<String, StepError> {
     match &step.kind {
         StepKind::Log => {
             host.log_line(&serde_json::json!({
@@ -287,7 +361,7 @@ async fn once(
         }
         StepKind::Exec(argv) => {
             let Some((prog, args)) = argv.split_first() else {
-                return Err("empty argv".into());
+                return Err(StepError::permanent("empty argv"));
             };
             let mut cmd = tokio::process::Command::new(prog);
             cmd.args(args)
@@ -318,7 +392,7 @@ async fn once(
             if status.success() {
                 Ok("ok".into())
             } else {
-                Err(format!("{} exited with {status}", escape(prog)))
+                Err(format!("{} exited with {status}", escape(prog)).into())
             }
         }
         StepKind::Http { .. } => {
@@ -329,9 +403,13 @@ async fn once(
             post_http(host, &step.kind, key, &body)
                 .await
                 .map(|()| "ok".to_string())
-                .map_err(|(e, _)| e)
+                .map_err(|(e, ra)| StepError::retry(e, ra))
         }
-        StepKind::AzureAck => azure_ack(host, ev).await,
+        StepKind::AzureAck => azure_ack(host, ev).await.map_err(StepError::from),
+        StepKind::Arm {
+            endpoint,
+            api_version,
+        } => super::arm::resubmit(host, endpoint, api_version, key, ev, d).await,
     }
 }
 

@@ -451,6 +451,17 @@ impl Store {
         )?)
     }
 
+    /// When a decision was made (RFC 3339, UTC), if it is recorded.
+    pub fn decided_at(&self, decision_id: &str) -> Result<Option<String>, StoreError> {
+        Ok(row(
+            &*self.c()?,
+            "SELECT time FROM decisions WHERE decision_id = ?1",
+            params![decision_id],
+            |r| r.get(0),
+        )
+        .optional()?)
+    }
+
     /// Decisions whose runbook is still `pending` (after a restart: resume them).
     pub fn pending(&self) -> Result<Vec<Pending>, StoreError> {
         let c = self.c()?;

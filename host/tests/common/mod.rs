@@ -97,7 +97,8 @@ async fn se_post(State(st): State<SeState>, h: HeaderMap, body: Json<Value>) -> 
     StatusCode::OK
 }
 
-async fn serve(app: Router) -> String {
+/// Serves `app` on a loopback port; its base URL.
+pub async fn serve(app: Router) -> String {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
         .await
         .unwrap();
@@ -335,7 +336,8 @@ pub struct Keel {
 }
 
 impl Keel {
-    fn start(config: &Path, extra: &[&str], env: &[(&str, &str)]) -> Keel {
+    /// Starts `keel run --config <config>` with `extra` arguments and `env`.
+    pub fn start(config: &Path, extra: &[&str], env: &[(&str, &str)]) -> Keel {
         let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
             .args(["run", "--config"])
             .arg(config)

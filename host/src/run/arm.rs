@@ -1,0 +1,303 @@
+//! The `arm` executor: resubmits the request of a `retry` or `retry_without_agent` decision to
+//! Azure Resource Manager with a managed-identity token.
+//!
+//! What is sent: `PUT {endpoint}{resource.id}?api-version=<v>` with the body in
+//! `Decision.retry.request` (for `retry_without_agent`, the body already rewritten without the
+//! agent), `Authorization: Bearer <token>` from [`crate::run::identity`], and
+//! `x-ms-client-request-id` derived from the step's idempotency key (the same after a
+//! restart, so ARM's logs show one request retried). A PUT of the whole resource is
+//! idempotent, so the step is idempotent by default: after a crash it is sent again, never
+//! twice in effect. Only failed `create` and `update` operations are resubmitted (both are a
+//! PUT of the resource); the target is the event's `resource.id`, an ARM path resolved against
+//! the configured endpoint; an absolute URL is accepted only on that endpoint's host. A body in
+//! ARM-template form carries its own `apiVersion`, which is then used, and the template-only
+//! keys (`apiVersion`, `dependsOn`, `condition`, `copy`, `comments`) are left out.
+//!
+//! When it is sent: not before `Decision.retry.not_before` (waited for, at most
+//! [`MAX_RETRY_AFTER`]); never in dry-run. A 401 forgets the token and tries once more with a
+//! fresh one; 408, 429 and 5xx are retried by the step's retries, waiting at least the
+//! server's `Retry-After`; any other refusal fails the step at once. With no request body in
+//! the decision (nothing to resubmit), with an operation that is not a PUT, or with a target
+//! elsewhere, the step fails at once and the runbook escalates (DESIGN.md "Host"). ARM's
+//! error bodies are untrusted: only their code and message, escaped and truncated, are kept.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use keel_engine::{escape, Decision, Event, Operation};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use super::backoff::{retry_after, MAX_RETRY_AFTER};
+use super::identity::TokenClient;
+use super::sources::read_limited;
+use super::steps::StepError;
+use super::Host;
+use crate::config::{api_version_ok, resource_id_ok};
+
+/// Keys of an ARM template resource that are not part of the resource's REST body.
+const TEMPLATE_ONLY: [&str; 5] = ["apiVersion", "dependsOn", "condition", "copy", "comments"];
+
+/// `: code: message` of an ARM error body (the `{"error": {...}}` envelope or a flat
+/// `{code, message}`), escaped and truncated; empty when there is none.
+pub fn error_detail(body: &[u8]) -> String {
+    let Ok(v) = serde_json::from_slice::<Value>(body) else {
+        return String::new();
+    };
+    let e = v.get("error").filter(|e| e.is_object()).unwrap_or(&v);
+    let field = |k: &str| {
+        e.get(k).and_then(Value::as_str).map(|s| {
+            let t: String = s.chars().take(300).collect();
+            escape(&t)
+        })
+    };
+    match (field("code"), field("message")) {
+        (Some(c), Some(m)) => format!(": {c}: {m}"),
+        (Some(x), None) | (None, Some(x)) => format!(": {x}"),
+        (None, None) => String::new(),
+    }
+}
+
+/// The URL of `target` (an ARM resource id, or an absolute URL on `endpoint`'s host) with
+/// `api-version`; a message (escaped) when the target is refused.
+pub fn target_url(endpoint: &str, target: &str, api_version: &str) -> Result<reqwest::Url, String> {
+    let base = reqwest::Url::parse(endpoint)
+        .map_err(|_| format!("the ARM endpoint {} is not a URL", escape(endpoint)))?;
+    let path = if target.starts_with("http://") || target.starts_with("https://") {
+        let u = reqwest::Url::parse(target)
+            .map_err(|_| format!("the target {} is not a URL", escape(target)))?;
+        let same = u.scheme() == base.scheme()
+            && u.host_str() == base.host_str()
+            && u.port_or_known_default() == base.port_or_known_default();
+        if !same {
+            return Err(format!(
+                "refusing to send a token to {}: not on the ARM endpoint {}",
+                escape(target),
+                escape(endpoint)
+            ));
+        }
+        if u.query().is_some()
+            || u.fragment().is_some()
+            || !u.username().is_empty()
+            || u.password().is_some()
+        {
+            return Err(format!(
+                "the target {} carries a query, fragment or credentials",
+                escape(target)
+            ));
+        }
+        u.path().to_string()
+    } else {
+        target.to_string()
+    };
+    if !resource_id_ok(&path) {
+        return Err(format!(
+            "the target {} is not an ARM resource id (/subscriptions/...)",
+            escape(&path)
+        ));
+    }
+    let mut url = base.clone();
+    url.set_path(&format!("{}{path}", base.path().trim_end_matches('/')));
+    url.set_query(None);
+    url.set_fragment(None);
+    url.query_pairs_mut()
+        .append_pair("api-version", api_version);
+    Ok(url)
+}
+
+/// `x-ms-client-request-id`: the idempotency key's first 32 hex digits as a GUID.
+fn client_request_id(key: &str) -> Option<String> {
+    let h: String = key
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(32)
+        .collect();
+    (h.len() == 32).then(|| {
+        format!(
+            "{}-{}-{}-{}-{}",
+            &h[..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..]
+        )
+    })
+}
+
+/// The body to send and its api-version: a template resource's own `apiVersion` wins, and
+/// its template-only keys are left out.
+fn prepare(request: &Value, api_version: &str) -> Result<(Value, String), StepError> {
+    let Value::Object(obj) = request else {
+        return Err(StepError::permanent(
+            "the request in the decision is not a JSON object",
+        ));
+    };
+    let own = obj
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("apiVersion"))
+        .map(|(_, v)| v);
+    let version = match own {
+        None => api_version.to_string(),
+        Some(Value::String(v)) if api_version_ok(v) => v.clone(),
+        Some(_) => {
+            return Err(StepError::permanent(
+                "the request's `apiVersion` is not an api-version such as 2024-07-01",
+            ))
+        }
+    };
+    let body: serde_json::Map<String, Value> = obj
+        .iter()
+        .filter(|(k, _)| own.is_none() || !TEMPLATE_ONLY.iter().any(|t| t.eq_ignore_ascii_case(k)))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Ok((Value::Object(body), version))
+}
+
+/// How long to wait for the decision's `retry.not_before` (capped).
+pub fn wait_for_not_before(d: &Decision) -> Duration {
+    let Some(nb) = d.retry.as_ref().and_then(|r| r.not_before) else {
+        return Duration::ZERO;
+    };
+    let ms = (nb - Utc::now()).num_milliseconds();
+    Duration::from_millis(u64::try_from(ms).unwrap_or(0)).min(MAX_RETRY_AFTER)
+}
+
+/// One attempt of an `arm` step (see the module documentation).
+pub async fn resubmit(
+    host: &Arc<Host>,
+    endpoint: &str,
+    api_version: &str,
+    key: &str,
+    ev: &Event,
+    d: &Decision,
+) -> Result<String, StepError> {
+    if host.cfg.dry_run {
+        return Ok("skipped: dry run".into());
+    }
+    let Some(request) = d.retry.as_ref().and_then(|r| r.request.as_ref()) else {
+        return Err(StepError::permanent(
+            "the decision carries no request body to resubmit (retry.request); escalating",
+        ));
+    };
+    let op = ev.failure.as_ref().map(|f| f.operation);
+    if !matches!(op, Some(Operation::Create | Operation::Update)) {
+        return Err(StepError::permanent(format!(
+            "only failed create and update operations are resubmitted (a PUT of the resource); this one is {}",
+            op.map_or("unknown", |o| o.as_str())
+        )));
+    }
+    let Some(target) = ev.resource.id.as_deref() else {
+        return Err(StepError::permanent(
+            "the event names no resource id to resubmit the request to",
+        ));
+    };
+    let (body, version) = prepare(request, api_version)?;
+    let url = target_url(endpoint, target, &version).map_err(StepError::permanent)?;
+    let mut renewed = false;
+    loop {
+        let token = host.identity.token().await.map_err(|e| {
+            if e.transient() {
+                StepError::retry(e.to_string(), e.retry_after())
+            } else {
+                StepError::permanent(e.to_string())
+            }
+        })?;
+        let auth = TokenClient::bearer(&token).map_err(|e| StepError::permanent(e.to_string()))?;
+        let mut req = host
+            .http
+            .put(url.clone())
+            .header(reqwest::header::AUTHORIZATION, auth)
+            .json(&body);
+        if let Some(id) = client_request_id(key) {
+            req = req.header("x-ms-client-request-id", id);
+        }
+        let r = req
+            .send()
+            .await
+            .map_err(|e| StepError::retry(format!("ARM: {e}"), None))?;
+        let status = r.status();
+        host.metrics.add(
+            "keel_arm_requests_total",
+            &[("status", &status.as_u16().to_string())],
+            1.0,
+        );
+        if status.is_success() {
+            return Ok("ok".into());
+        }
+        if status == StatusCode::UNAUTHORIZED && !renewed {
+            host.identity.invalidate().await;
+            renewed = true;
+            continue;
+        }
+        let ra = retry_after(r.headers());
+        let detail = error_detail(&read_limited(r).await.unwrap_or_default());
+        let transient = matches!(status.as_u16(), 408 | 429) || status.is_server_error();
+        return Err(if transient {
+            StepError::retry(format!("ARM answered HTTP {status}{detail}"), ra)
+        } else {
+            StepError::permanent(format!("ARM refused the request: HTTP {status}{detail}"))
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: &str = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/web/providers/Microsoft.Compute/virtualMachines/web-win-1";
+
+    #[test]
+    fn targets_resolve_against_the_endpoint_and_other_hosts_are_refused() {
+        let u = target_url("https://management.azure.com", ID, "2024-07-01");
+        assert_eq!(
+            u.map(|u| u.to_string()).as_deref(),
+            Ok(format!("https://management.azure.com{ID}?api-version=2024-07-01").as_str())
+        );
+        let abs = format!("https://management.azure.com{ID}");
+        assert!(target_url("https://management.azure.com", &abs, "2024-07-01").is_ok());
+        for bad in [
+            format!("https://evil.example{ID}"),
+            format!("http://management.azure.com{ID}"),
+            format!("https://management.azure.com:444{ID}"),
+            format!("https://management.azure.com{ID}?x=1"),
+            format!("https://user@management.azure.com{ID}"),
+            "/subscriptions/x/../../tenants".to_string(),
+            "subscriptions/x".to_string(),
+            "/subscriptions/x y".to_string(),
+            "/subscriptions/x?api-version=1".to_string(),
+            "//evil.example/subscriptions/x".to_string(),
+        ] {
+            assert!(
+                target_url("https://management.azure.com", &bad, "2024-07-01").is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn template_resources_use_their_own_api_version() {
+        let t = serde_json::json!({"type": "Microsoft.Compute/virtualMachines", "apiVersion": "2023-09-01",
+            "name": "vm", "dependsOn": ["nic"], "location": "eastus", "properties": {}});
+        let Ok((body, v)) = prepare(&t, "2024-07-01") else {
+            unreachable!("a template resource")
+        };
+        assert_eq!(v, "2023-09-01");
+        assert!(body.get("apiVersion").is_none() && body.get("dependsOn").is_none());
+        assert_eq!(body["location"], "eastus");
+        let rest = serde_json::json!({"location": "eastus", "properties": {}, "comments": "kept"});
+        let Ok((body, v)) = prepare(&rest, "2024-07-01") else {
+            unreachable!("a REST body")
+        };
+        assert_eq!((body, v.as_str()), (rest, "2024-07-01"));
+        assert!(prepare(&serde_json::json!([1]), "2024-07-01").is_err());
+        assert_eq!(
+            client_request_id("0123456789abcdef0123456789abcdef").as_deref(),
+            Some("01234567-89ab-cdef-0123-456789abcdef")
+        );
+        assert!(
+            error_detail(br#"{"error":{"code":"Conflict","message":"x\u001b"}}"#)
+                .starts_with(": Conflict: x")
+        );
+    }
+}

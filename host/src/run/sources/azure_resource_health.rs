@@ -1,0 +1,229 @@
+//! Azure Resource Health for this VM (DOMAIN.md 2.1 and section 8 erratum 3).
+//!
+//! The VM is the configured one, or else this one, as IMDS's instance metadata names it
+//! (`GET {azure_identity.endpoint}/metadata/instance/compute?api-version=2021-02-01`, read
+//! once, at the first round). Every `interval` (a minute by default: Resource Health itself only learns of a change
+//! within minutes), `GET {arm_endpoint}{resource_id}/providers/Microsoft.ResourceHealth/
+//! availabilityStatuses/current?api-version=<pinned>` with `Authorization: Bearer <token>`,
+//! the token coming from the VM's managed identity ([`crate::run::identity`]). A 401 forgets
+//! the token and asks once more with a fresh one. The status is handed to the
+//! `azure.resource_health` normalizer; a repeated status is the same event and is decided
+//! once. A failed round (no token, a timeout, an error status, a body the normalizer rejects)
+//! is counted and backs off, honouring `Retry-After`. ARM's error bodies are untrusted: only
+//! their code and message, escaped and truncated, reach the log.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+
+use super::{deliver, pause, read_limited, Deliver};
+use crate::config::{resource_id_ok, ResourceHealthSource};
+use crate::run::backoff::{retry_after, Backoff};
+use crate::run::identity::TokenClient;
+use crate::run::{Host, Inbox, Payload};
+
+/// The source's name (its metrics label, and its normalizer).
+pub const SOURCE: &str = "azure.resource_health";
+
+/// Why a round failed: the reason, and the server's `Retry-After`.
+type Failure = (String, Option<Duration>);
+
+/// The IMDS api-version of the instance metadata read when no VM is configured.
+pub const INSTANCE_API_VERSION: &str = "2021-02-01";
+
+/// The URL polled for the VM `resource_id`.
+pub fn status_url(cfg: &ResourceHealthSource, resource_id: &str) -> String {
+    format!(
+        "{}{resource_id}/providers/Microsoft.ResourceHealth/availabilityStatuses/current?api-version={}",
+        cfg.arm_endpoint, cfg.api_version
+    )
+}
+
+/// This VM's resource id from an IMDS `/metadata/instance/compute` document: `resourceId`,
+/// else built from `subscriptionId`, `resourceGroupName` and `name`.
+pub fn resource_id_of(compute: &[u8]) -> Result<String, String> {
+    let v: Value = serde_json::from_slice(compute)
+        .map_err(|_| "instance metadata: the compute document is not JSON".to_string())?;
+    let field = |k: &str| v.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
+    let id = match field("resourceId") {
+        Some(id) => id.to_string(),
+        None => match (
+            field("subscriptionId"),
+            field("resourceGroupName"),
+            field("name"),
+        ) {
+            (Some(sub), Some(rg), Some(vm)) => format!(
+                "/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines/{vm}"
+            ),
+            _ => {
+                return Err(
+                    "instance metadata: no resourceId, nor subscriptionId, resourceGroupName and name"
+                        .into(),
+                )
+            }
+        },
+    };
+    if resource_id_ok(&id) {
+        Ok(id)
+    } else {
+        let t: String = id.chars().take(200).collect();
+        Err(format!(
+            "instance metadata: {} is not an ARM resource id",
+            keel_engine::escape(&t)
+        ))
+    }
+}
+
+/// This VM's resource id, read from IMDS (`Metadata: true`).
+async fn discover(host: &Host, cfg: &ResourceHealthSource) -> Result<String, Failure> {
+    let r = host
+        .http
+        .get(format!(
+            "{}/metadata/instance/compute",
+            host.cfg.azure_identity.endpoint
+        ))
+        .query(&[("api-version", INSTANCE_API_VERSION)])
+        .header("Metadata", "true")
+        .timeout(cfg.timeout)
+        .send()
+        .await
+        .map_err(|e| (format!("instance metadata: {e}"), None))?;
+    if !r.status().is_success() {
+        return Err((
+            format!("instance metadata: HTTP {}", r.status()),
+            retry_after(r.headers()),
+        ));
+    }
+    let body = read_limited(r)
+        .await
+        .map_err(|e| (format!("instance metadata: {e}"), None))?;
+    resource_id_of(&body).map_err(|e| (e, None))
+}
+
+/// One GET of the current status, renewing the token once on 401.
+async fn fetch(host: &Host, cfg: &ResourceHealthSource, url: &str) -> Result<Vec<u8>, Failure> {
+    let mut renewed = false;
+    loop {
+        let token = host
+            .identity
+            .token()
+            .await
+            .map_err(|e| (e.to_string(), e.retry_after()))?;
+        let auth = TokenClient::bearer(&token).map_err(|e| (e.to_string(), None))?;
+        let r = host
+            .http
+            .get(url)
+            .header(reqwest::header::AUTHORIZATION, auth)
+            .timeout(cfg.timeout)
+            .send()
+            .await
+            .map_err(|e| (format!("availabilityStatuses: {e}"), None))?;
+        let status = r.status();
+        if status.is_success() {
+            return read_limited(r)
+                .await
+                .map_err(|e| (format!("availabilityStatuses: {e}"), None));
+        }
+        if status == StatusCode::UNAUTHORIZED && !renewed {
+            host.identity.invalidate().await;
+            renewed = true;
+            continue;
+        }
+        let ra = retry_after(r.headers());
+        let body = read_limited(r).await.unwrap_or_default();
+        let hint = match status.as_u16() {
+            401 => " (a fresh token was refused too)",
+            403 => " (the identity needs read access to the VM, e.g. the Reader role)",
+            404 => " (no such VM: check the resource id)",
+            _ => "",
+        };
+        return Err((
+            format!(
+                "availabilityStatuses: HTTP {status}{hint}{}",
+                crate::run::arm::error_detail(&body)
+            ),
+            ra,
+        ));
+    }
+}
+
+/// Polls Resource Health every `interval` until the host stops.
+pub async fn poll(
+    host: Arc<Host>,
+    cfg: ResourceHealthSource,
+    tx: mpsc::Sender<Inbox>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut backoff = Backoff::new(
+        Duration::from_secs(1).min(cfg.interval),
+        cfg.max_backoff.max(cfg.interval),
+    );
+    let mut url = cfg.resource_id.as_deref().map(|id| status_url(&cfg, id));
+    loop {
+        let res = tokio::select! {
+            r = async {
+                let u = match &url {
+                    Some(u) => u.clone(),
+                    None => {
+                        let u = status_url(&cfg, &discover(&host, &cfg).await?);
+                        url = Some(u.clone());
+                        u
+                    }
+                };
+                fetch(&host, &cfg, &u).await
+            } => r,
+            _ = stop.changed() => return,
+        };
+        let outcome: Result<(), Failure> = match res {
+            Ok(body) => {
+                let p = Payload {
+                    normalizer: SOURCE,
+                    bytes: body,
+                    observed_at: Utc::now(),
+                };
+                match deliver(&tx, p).await {
+                    Ok(()) => Ok(()),
+                    Err(Deliver::Rejected(e)) => Err((e, None)),
+                    Err(Deliver::Closed) => return,
+                }
+            }
+            Err(f) => Err(f),
+        };
+        let wait = match outcome {
+            Ok(()) => {
+                backoff.reset();
+                host.source_ok(SOURCE, "poll");
+                cfg.interval
+            }
+            Err((why, ra)) => {
+                host.source_failed(SOURCE, "poll", &why);
+                backoff.next(ra)
+            }
+        };
+        if !pause(wait, &mut stop).await {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_vm_is_read_from_instance_metadata() {
+        let id =
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm";
+        let doc = format!(r#"{{"resourceId": "{id}", "name": "other"}}"#);
+        assert_eq!(resource_id_of(doc.as_bytes()).as_deref(), Ok(id));
+        let doc = br#"{"subscriptionId": "s", "resourceGroupName": "rg", "name": "vm", "resourceId": ""}"#;
+        assert_eq!(resource_id_of(doc).as_deref(), Ok(id));
+        assert!(resource_id_of(br#"{"name": "vm"}"#).is_err());
+        assert!(resource_id_of(br#"{"resourceId": "https://evil.example/x"}"#).is_err());
+        assert!(resource_id_of(b"[").is_err());
+    }
+}

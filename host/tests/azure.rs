@@ -1,0 +1,932 @@
+//! The Azure sources and the `arm` executor, end to end: the real `keel run` binary against
+//! loopback stubs of IMDS (the legacy `/metadata/v1/maintenance` endpoint, InstanceInfo, the
+//! managed-identity token endpoint) and of Azure Resource Manager (Resource Health's
+//! availabilityStatuses, PUT of a VM). Also files replayed through a normalizer. The policy set
+//! is `host/tests/data/azure-policies/`. Durations are scaled down.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use common::{root, serve, Keel};
+use serde_json::{json, Value};
+
+const SUB: &str = "00000000-0000-0000-0000-000000000000";
+const CLIENT_ID: &str = "11111111-2222-3333-4444-555555555555";
+const TOKEN: &str = "keel-test-token-0123456789abcdef";
+
+fn vm_id(vm: &str) -> String {
+    format!(
+        "/subscriptions/{SUB}/resourceGroups/web/providers/Microsoft.Compute/virtualMachines/{vm}"
+    )
+}
+
+// ------------------------------------------------------------------------------------------
+// IMDS stub: the legacy maintenance endpoint, InstanceInfo, and the managed-identity token
+// endpoint (`Metadata: true` required on the latter, as IMDS does).
+
+#[derive(Default)]
+struct Imds {
+    maintenance: Value,
+    /// Paths served, in order.
+    paths: Vec<String>,
+    /// Query strings of token requests.
+    token_queries: Vec<String>,
+    issued: usize,
+    /// `expires_in` of issued tokens.
+    expires_in: u64,
+}
+
+type ImdsState = Arc<Mutex<Imds>>;
+
+async fn imds_stub() -> (String, ImdsState) {
+    let st: ImdsState = Arc::new(Mutex::new(Imds {
+        maintenance: json!({}),
+        expires_in: 3599,
+        ..Imds::default()
+    }));
+    let s = st.clone();
+    let app = Router::new().fallback(move |uri: Uri, h: HeaderMap| {
+        let st = s.clone();
+        async move { imds(&st, &uri, &h) }
+    });
+    (serve(app).await, st)
+}
+
+fn imds(st: &ImdsState, uri: &Uri, h: &HeaderMap) -> Response {
+    let mut s = st.lock().unwrap();
+    s.paths.push(uri.path().to_string());
+    match uri.path() {
+        "/metadata/v1/maintenance" => (StatusCode::OK, s.maintenance.to_string()).into_response(),
+        "/metadata/v1/InstanceInfo" => (
+            StatusCode::OK,
+            r#"{"ID":"_test-vm","UD":"2","FD":"1"}"#.to_string(),
+        )
+            .into_response(),
+        "/metadata/instance/compute" => {
+            if h.get("metadata").and_then(|v| v.to_str().ok()) != Some("true")
+                || uri.query() != Some("api-version=2021-02-01")
+            {
+                return (StatusCode::BAD_REQUEST, "{}".to_string()).into_response();
+            }
+            (
+                StatusCode::OK,
+                json!({"location": "eastus2", "name": "found-vm", "resourceGroupName": "web",
+                       "subscriptionId": SUB, "resourceId": vm_id("found-vm"), "vmSize": "Standard_D2s_v3"})
+                .to_string(),
+            )
+                .into_response()
+        }
+        "/metadata/identity/oauth2/token" => {
+            if h.get("metadata").and_then(|v| v.to_str().ok()) != Some("true") {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": "invalid_request", "error_description": "Required metadata header not specified"}).to_string(),
+                )
+                    .into_response();
+            }
+            let q = uri.query().unwrap_or("").to_string();
+            s.token_queries.push(q.clone());
+            if !q.contains("api-version=2018-02-01") || !q.contains("resource=") {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": "invalid_request", "error_description": "bad query"})
+                        .to_string(),
+                )
+                    .into_response();
+            }
+            s.issued += 1;
+            let now = chrono::Utc::now().timestamp();
+            (
+                StatusCode::OK,
+                json!({
+                    "access_token": format!("mi-token-{}", s.issued), "refresh_token": "",
+                    "expires_in": s.expires_in.to_string(),
+                    "expires_on": (now + s.expires_in as i64).to_string(),
+                    "not_before": now.to_string(),
+                    "resource": "https://management.azure.com/", "token_type": "Bearer",
+                })
+                .to_string(),
+            )
+                .into_response()
+        }
+        _ => (StatusCode::NOT_FOUND, "Not Found".to_string()).into_response(),
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// ARM stub: every request recorded; a bearer token the IMDS stub issued is required (401
+// otherwise, and for tokens revoked); Resource Health GETs answer `health`; PUTs answer the
+// next scripted response (201 when none is left).
+
+#[derive(Debug, Clone)]
+struct Req {
+    method: String,
+    path: String,
+    query: String,
+    auth: Option<String>,
+    client_request_id: Option<String>,
+    body: Value,
+    at: Instant,
+}
+
+#[derive(Default)]
+struct Arm {
+    reqs: Vec<Req>,
+    health: Value,
+    /// Tokens refused from now on.
+    revoked: Vec<String>,
+    /// (status, Retry-After, body) of the next PUTs.
+    script: VecDeque<(u16, Option<u64>, Value)>,
+}
+
+type ArmState = Arc<Mutex<Arm>>;
+
+async fn arm_stub() -> (String, ArmState) {
+    let st: ArmState = Arc::default();
+    let s = st.clone();
+    let app = Router::new().fallback(move |method: Method, uri: Uri, h: HeaderMap, body: Bytes| {
+        let st = s.clone();
+        async move { arm(&st, &method, &uri, &h, &body) }
+    });
+    (serve(app).await, st)
+}
+
+fn arm(st: &ArmState, method: &Method, uri: &Uri, h: &HeaderMap, body: &Bytes) -> Response {
+    let mut s = st.lock().unwrap();
+    let header = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let auth = header("authorization");
+    s.reqs.push(Req {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+        query: uri.query().unwrap_or("").to_string(),
+        auth: auth.clone(),
+        client_request_id: header("x-ms-client-request-id"),
+        body: serde_json::from_slice(body).unwrap_or(Value::Null),
+        at: Instant::now(),
+    });
+    let token = auth.as_deref().and_then(|a| a.strip_prefix("Bearer "));
+    if !token.is_some_and(|t| t.starts_with("mi-token-") && !s.revoked.iter().any(|r| r == t)) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            json!({"error": {"code": "InvalidAuthenticationToken", "message": "The access token is invalid."}}).to_string(),
+        )
+            .into_response();
+    }
+    if method == Method::GET && uri.path().ends_with("/availabilityStatuses/current") {
+        return (StatusCode::OK, s.health.to_string()).into_response();
+    }
+    if method == Method::PUT {
+        let (status, ra, body) = s.script.pop_front().unwrap_or((
+            201,
+            None,
+            json!({"properties": {"provisioningState": "Creating"}}),
+        ));
+        let mut r = (StatusCode::from_u16(status).unwrap(), body.to_string()).into_response();
+        if let Some(ra) = ra {
+            r.headers_mut()
+                .insert("retry-after", ra.to_string().parse().unwrap());
+        }
+        return r;
+    }
+    (StatusCode::NOT_FOUND, "{}".to_string()).into_response()
+}
+
+// ------------------------------------------------------------------------------------------
+// Configuration, and reading the running host.
+
+fn policies() -> PathBuf {
+    root().join("host/tests/data/azure-policies")
+}
+
+/// A configuration with the test policies, fresh state, any loopback port and `log` runbooks
+/// (plus `runbooks`, YAML lines under `runbooks:`).
+fn write_config(dir: &Path, top: &str, sources: &str, runbooks: &str) -> PathBuf {
+    let cfg = dir.join("keel.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "policies: {}\nstate: {}\nlisten: 127.0.0.1:0\nself: test-vm\nunready_after: 1s\n{top}sources:\n{sources}runbooks:\n  drain:\n    - name: announce\n      log: {{}}\n{runbooks}",
+            policies().display(),
+            dir.join("state.db").display(),
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+fn base(k: &Keel) -> String {
+    let l = k
+        .json_lines()
+        .into_iter()
+        .find(|l| l.get("listen").is_some())
+        .unwrap();
+    format!("http://{}", l["listen"].as_str().unwrap())
+}
+
+async fn metrics(k: &Keel) -> String {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("{}/metrics", base(k)))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+async fn decision(k: &mut Keel, policy: &str, within: Duration) -> Value {
+    k.wait_line(&format!("decision of {policy}"), within, |l| {
+        l["decision"]["policy"] == policy
+    })
+    .await;
+    k.json_lines()
+        .into_iter()
+        .find(|l| l["decision"]["policy"] == policy)
+        .unwrap()
+}
+
+fn event_json(state: &Path, event_id: &str) -> Value {
+    let c = rusqlite::Connection::open(state).unwrap();
+    c.busy_timeout(Duration::from_secs(5)).unwrap();
+    let s: String = c
+        .query_row(
+            "SELECT event_json FROM decisions WHERE event_id = ?1",
+            [event_id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    serde_json::from_str(&s).unwrap()
+}
+
+// ------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_maintenance_notice_is_read_with_instance_info_and_drained_once() {
+    let (imds_url, imds) = imds_stub().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "",
+        &format!("  azure_maintenance_v1:\n    url: {imds_url}\n    interval: 100ms\n    timeout: 2s\n    max_backoff: 300ms\n"),
+        "",
+    );
+    let mut k = Keel::start(&cfg, &[], &[]);
+    // Nothing is coming: `{}` polls quietly.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !k.json_lines().iter().any(|l| l.get("decision").is_some()),
+        "{}",
+        k.dump()
+    );
+    imds.lock().unwrap().maintenance = json!({
+        "EventID": "6F0A13A3-DC0D-4BBE-AB24-DF710A3917E6",
+        "EventCreationTime": "9/15/2015 6:42:51 AM",
+    });
+    let d = decision(
+        &mut k,
+        "test.legacy-maintenance.drain",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(d["decision"]["action"], "drain");
+    let event_id = d["event_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        event_id,
+        "azure.maintenance_v1:6f0a13a3-dc0d-4bbe-ab24-df710a3917e6"
+    );
+    let id = d["decision_id"].as_str().unwrap().to_string();
+    k.wait_line("the announce step", Duration::from_secs(5), |l| {
+        l["decision_id"] == id.as_str() && l["step"] == "announce" && l["outcome"] == "ok"
+    })
+    .await;
+    // Polled many times, decided once; InstanceInfo read once, and its name and domains are
+    // on the event (from the persisted normalizer state).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let lines = k.json_lines();
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l["event_id"] == event_id.as_str())
+            .count(),
+        1
+    );
+    let m = metrics(&k).await;
+    assert_eq!(
+        metric(
+            &m,
+            "keel_events_total{source=\"azure.maintenance_v1\",kind=\"maintenance\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(
+        metric(
+            &m,
+            "keel_source_last_success_timestamp_seconds{source=\"azure.maintenance_v1\"}"
+        )
+        .is_some(),
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "keel_source_errors_total{source=\"azure.maintenance_v1\"}"
+        ),
+        None,
+        "{m}"
+    );
+    {
+        let s = imds.lock().unwrap();
+        assert_eq!(
+            s.paths
+                .iter()
+                .filter(|p| *p == "/metadata/v1/InstanceInfo")
+                .count(),
+            1
+        );
+        assert!(
+            s.paths
+                .iter()
+                .filter(|p| *p == "/metadata/v1/maintenance")
+                .count()
+                >= 5
+        );
+    }
+    k.kill();
+    let ev = event_json(&dir.path().join("state.db"), &event_id);
+    assert_eq!(ev["resource"]["name"], "test-vm", "{ev}");
+    assert_eq!(ev["resource"]["fault_domain"], 1, "{ev}");
+    assert_eq!(ev["resource"]["update_domain"], 2, "{ev}");
+    assert_eq!(
+        ev["maintenance"]["not_before"], "2015-09-15T06:47:51Z",
+        "{ev}"
+    );
+}
+
+fn health_doc(vm: &str, state: &str, reason: &str, occured: &str) -> Value {
+    json!({
+        "id": format!("{}/providers/Microsoft.ResourceHealth/availabilityStatuses/current", vm_id(vm)),
+        "name": "current",
+        "type": "Microsoft.ResourceHealth/AvailabilityStatuses",
+        "location": "eastus2",
+        "properties": {
+            "availabilityState": state, "title": state,
+            "summary": "We're sorry, your virtual machine isn't available because we're applying a maintenance update to the host",
+            "reasonType": reason, "context": "Platform Initiated", "category": reason,
+            "occuredTime": occured, "reportedTime": occured,
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_health_is_polled_with_a_cached_managed_identity_token() {
+    let (imds_url, imds) = imds_stub().await;
+    let (arm_url, arm) = arm_stub().await;
+    arm.lock().unwrap().health =
+        health_doc("test-vm", "Unavailable", "Planned", "2026-11-23T10:00:00Z");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!("azure_identity:\n  endpoint: {imds_url}\n  client_id: {CLIENT_ID}\n  timeout: 2s\n"),
+        &format!("  azure_resource_health:\n    arm_endpoint: {arm_url}\n    subscription_id: {SUB}\n    resource_group: web\n    interval: 150ms\n    timeout: 2s\n    max_backoff: 300ms\n"),
+        "",
+    );
+    let mut k = Keel::start(&cfg, &[], &[]);
+    let d = decision(
+        &mut k,
+        "test.health.planned.expected",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(d["decision"]["action"], "none");
+    assert!(d["event_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("azure.resource_health:"));
+
+    // Degraded hardware, unplanned: a new status, drained.
+    arm.lock().unwrap().health =
+        health_doc("test-vm", "Degraded", "Unplanned", "2026-11-23T11:00:00Z");
+    let d = decision(
+        &mut k,
+        "test.health.degraded.drain",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(d["decision"]["action"], "drain");
+
+    // The token was asked for once (with the client id and the ARM resource) and reused.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    {
+        let s = imds.lock().unwrap();
+        assert_eq!(s.issued, 1, "{:?}", s.token_queries);
+        let q = &s.token_queries[0];
+        assert!(q.contains(&format!("client_id={CLIENT_ID}")), "{q}");
+        assert!(
+            q.contains("resource=https%3A%2F%2Fmanagement.azure.com%2F"),
+            "{q}"
+        );
+        let a = arm.lock().unwrap();
+        assert!(a.reqs.len() >= 4, "{}", a.reqs.len());
+        let want = format!(
+            "{}/providers/Microsoft.ResourceHealth/availabilityStatuses/current",
+            vm_id("test-vm")
+        );
+        for r in &a.reqs {
+            assert_eq!((r.method.as_str(), r.path.as_str()), ("GET", want.as_str()));
+            assert_eq!(r.query, "api-version=2025-04-01");
+            assert_eq!(r.auth.as_deref(), Some("Bearer mi-token-1"));
+        }
+    }
+    // ARM stops accepting the token: one 401, a fresh token, and no source error.
+    arm.lock().unwrap().revoked.push("mi-token-1".into());
+    let t0 = Instant::now();
+    while imds.lock().unwrap().issued < 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "no token renewal\n{}",
+            k.dump()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let m = metrics(&k).await;
+    assert_eq!(
+        metric(
+            &m,
+            "keel_source_errors_total{source=\"azure.resource_health\"}"
+        ),
+        None,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "keel_events_total{source=\"azure.resource_health\",kind=\"health\"}"
+        ),
+        Some(2.0),
+        "{m}"
+    );
+    let lines = k.json_lines();
+    assert_eq!(
+        lines.iter().filter(|l| l.get("decision").is_some()).count(),
+        2
+    );
+    // No line of the log carries a token.
+    assert!(!k.dump().contains("mi-token"), "{}", k.dump());
+}
+
+/// A Windows VM create body with the agent and an extension.
+fn create_request() -> Value {
+    json!({
+        "location": "eastus2",
+        "properties": {
+            "hardwareProfile": {"vmSize": "Standard_D2s_v3"},
+            "osProfile": {
+                "computerName": "web-win-1", "adminUsername": "azureuser",
+                "windowsConfiguration": {"provisionVMAgent": true, "enableAutomaticUpdates": true}
+            },
+            "storageProfile": {"osDisk": {"createOption": "FromImage", "osType": "Windows"}},
+            "networkProfile": {"networkInterfaces": [{"id": format!("/subscriptions/{SUB}/resourceGroups/web/providers/Microsoft.Network/networkInterfaces/web-win-1-nic")}]}
+        },
+        "resources": [{
+            "type": "extensions", "name": "bginfo", "location": "eastus2",
+            "properties": {"publisher": "Microsoft.Compute", "type": "BGInfo", "typeHandlerVersion": "2.1"}
+        }]
+    })
+}
+
+fn ingest_body(key: &str, vm: &str, request: Option<Value>) -> Value {
+    let mut body: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            root().join("engine/tests/data/ingest/vm-agent-windows-2021-10-13.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    body.as_object_mut().unwrap().remove("attempt");
+    body["idempotency_key"] = json!(key);
+    body["resource"]["id"] = json!(vm_id(vm));
+    body["resource"]["name"] = json!(vm);
+    if let Some(r) = request {
+        body["request"] = r;
+    }
+    body
+}
+
+async fn post_ingest(k: &Keel, body: &Value) -> (u16, Value) {
+    let r = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(format!("{}/ingest", base(k)))
+        .bearer_auth(TOKEN)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arm_step_resubmits_the_request_without_the_agent_once_honouring_retry_after() {
+    let (imds_url, imds) = imds_stub().await;
+    let (arm_url, arm) = arm_stub().await;
+    arm.lock().unwrap().script.push_back((
+        429,
+        Some(1),
+        json!({"error": {"code": "TooManyRequests", "message": "Throttled\u{1b}[31m"}}),
+    ));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!("azure_identity:\n  endpoint: {imds_url}\n"),
+        "  ingest:\n    token_env: KEEL_TEST_INGEST_TOKEN\n",
+        &format!("  retry_without_agent:\n    - name: resubmit\n      arm:\n        endpoint: {arm_url}\n        api_version: 2024-07-01\n      timeout: 10s\n      retries: 3\n      backoff: 100ms\n"),
+    );
+    let mut k = Keel::start(&cfg, &[], &[("KEEL_TEST_INGEST_TOKEN", TOKEN)]);
+    k.wait_line("the listen line", Duration::from_secs(20), |l| {
+        l.get("listen").is_some()
+    })
+    .await;
+
+    let request = create_request();
+    let (status, reply) = post_ingest(
+        &k,
+        &ingest_body(
+            "deploy/web-win-1/create/1",
+            "web-win-1",
+            Some(request.clone()),
+        ),
+    )
+    .await;
+    assert_eq!(status, 202, "{reply}");
+    assert_eq!(reply["action"], "retry_without_agent", "{reply}");
+    let d = decision(
+        &mut k,
+        "test.vm-agent.retry-without-agent",
+        Duration::from_secs(5),
+    )
+    .await;
+    let want = keel_engine::normalize::transform::retry_without_agent(&request).unwrap();
+    assert_eq!(d["decision"]["retry"]["request"], want);
+    let id = d["decision_id"].as_str().unwrap().to_string();
+    k.wait_line("the resubmit step", Duration::from_secs(10), |l| {
+        l["decision_id"] == id.as_str() && l["step"] == "resubmit"
+    })
+    .await;
+    let step = k
+        .json_lines()
+        .into_iter()
+        .find(|l| l["decision_id"] == id.as_str() && l["step"] == "resubmit")
+        .unwrap();
+    assert_eq!(step["outcome"], "ok", "{}", k.dump());
+    assert_eq!(step["attempt"], 2, "{step}");
+
+    // Nothing more is sent later.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let puts: Vec<Req> = arm
+        .lock()
+        .unwrap()
+        .reqs
+        .iter()
+        .filter(|r| r.method == "PUT")
+        .cloned()
+        .collect();
+    assert_eq!(puts.len(), 2, "{puts:?}");
+    for p in &puts {
+        assert_eq!(p.path, vm_id("web-win-1"));
+        assert_eq!(p.query, "api-version=2024-07-01");
+        assert_eq!(p.auth.as_deref(), Some("Bearer mi-token-1"));
+        assert_eq!(
+            p.body, want,
+            "the body is the request rewritten without the agent"
+        );
+        assert_eq!(p.client_request_id, puts[0].client_request_id);
+        assert!(p.client_request_id.is_some());
+    }
+    assert_eq!(
+        want["properties"]["osProfile"]["windowsConfiguration"]["provisionVMAgent"],
+        false
+    );
+    assert_eq!(want["resources"], json!([]));
+    let gap = puts[1].at - puts[0].at;
+    assert!(
+        gap >= Duration::from_millis(950),
+        "Retry-After: 1 not honoured: {gap:?}"
+    );
+    assert_eq!(imds.lock().unwrap().issued, 1);
+
+    // No request body in the decision: nothing to resubmit, so the step fails at once (no
+    // retries) and the runbook escalates.
+    let (status, reply) = post_ingest(
+        &k,
+        &ingest_body("deploy/web-win-2/create/1", "web-win-2", None),
+    )
+    .await;
+    assert_eq!(status, 202, "{reply}");
+    let event_id = reply["event_id"].as_str().unwrap().to_string();
+    k.wait_line(
+        "the failed runbook's escalation",
+        Duration::from_secs(10),
+        |l| l.get("escalation").is_some(),
+    )
+    .await;
+    let lines = k.json_lines();
+    let d2 = lines
+        .iter()
+        .find(|l| l["event_id"] == event_id.as_str() && l.get("decision").is_some())
+        .unwrap();
+    let id2 = d2["decision_id"].as_str().unwrap();
+    let step = lines
+        .iter()
+        .find(|l| l["decision_id"] == id2 && l["step"] == "resubmit")
+        .unwrap();
+    assert_eq!(step["attempt"], 1, "{step}");
+    assert!(
+        step["outcome"]
+            .as_str()
+            .unwrap()
+            .contains("no request body"),
+        "{step}"
+    );
+    assert_eq!(
+        arm.lock()
+            .unwrap()
+            .reqs
+            .iter()
+            .filter(|r| r.method == "PUT")
+            .count(),
+        2
+    );
+    let m = metrics(&k).await;
+    assert_eq!(
+        metric(
+            &m,
+            "keel_step_attempts_total{executor=\"arm\",outcome=\"ok\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "keel_step_attempts_total{executor=\"arm\",outcome=\"failed\"}"
+        ),
+        Some(2.0),
+        "{m}"
+    );
+    assert!(!k.dump().contains("mi-token"), "{}", k.dump());
+    assert!(!k.dump().contains('\u{1b}'), "{}", k.dump());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_are_replayed_and_a_garbage_line_is_reported_without_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines = dir.path().join("capture.jsonl");
+    std::fs::write(
+        &lines,
+        "{\"ID\":\"_test-vm\",\"UD\":\"0\",\"FD\":\"3\"}\n{}\nthis is not JSON\n\n{\"EventID\":\"0C3C3B6E-7E6B-4C0B-9D7E-5E7C7E8A9B01\",\"EventCreationTime\":\"11/23/2026 6:42:51 AM\"}\n",
+    )
+    .unwrap();
+    let doc = root().join("engine/tests/fixtures/azure-resource-health-degraded-hardware.json");
+    let cfg = write_config(
+        dir.path(),
+        "",
+        &format!(
+            "  files:\n    - path: capture.jsonl\n      normalizer: azure.maintenance_v1\n    - path: {}\n      normalizer: azure.resource_health\n      format: document\n",
+            doc.display()
+        ),
+        "",
+    );
+    let mut k = Keel::start(&cfg, &[], &[]);
+    // Files are the only source: the host stops by itself once they are replayed.
+    let status = k.wait_exit(Duration::from_secs(30)).await;
+    assert!(status.success(), "{status}\n{}", k.dump());
+    let out = k.json_lines();
+    let bad: Vec<&Value> = out
+        .iter()
+        .filter(|l| l["source"] == "files" && l.get("error").is_some())
+        .collect();
+    assert_eq!(bad.len(), 1, "{bad:?}");
+    assert_eq!(bad[0]["at"], format!("{}:3", lines.display()), "{}", bad[0]);
+    assert!(
+        bad[0]["error"].as_str().unwrap().contains("JSON"),
+        "{}",
+        bad[0]
+    );
+    // The line after the garbage was read and decided.
+    let d = out
+        .iter()
+        .find(|l| l["decision"]["policy"] == "test.legacy-maintenance.drain")
+        .unwrap_or_else(|| panic!("{}", k.dump()));
+    assert_eq!(
+        d["event_id"],
+        "azure.maintenance_v1:0c3c3b6e-7e6b-4c0b-9d7e-5e7c7e8a9b01"
+    );
+    assert!(out
+        .iter()
+        .any(|l| l["decision"]["policy"] == "test.health.degraded.drain"));
+    let summary = out
+        .iter()
+        .find(|l| l["source"] == "files" && l["path"] == lines.display().to_string())
+        .unwrap();
+    assert_eq!(
+        (summary["payloads"].as_u64(), summary["errors"].as_u64()),
+        (Some(3), Some(1))
+    );
+    let ev = event_json(
+        &dir.path().join("state.db"),
+        "azure.maintenance_v1:0c3c3b6e-7e6b-4c0b-9d7e-5e7c7e8a9b01",
+    );
+    assert_eq!(ev["resource"]["fault_domain"], 3, "{ev}");
+}
+
+#[test]
+fn azure_configuration_is_validated_with_positions() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        "azure_identity:\n  client_idd: x\n",
+        "  azure_resource_health:\n    subscription_id: not a guid\n    interval: 0s\n  files:\n    - path: missing.jsonl\n      normalizer: azure.maintenance_v2\n  azure_maintenance_v1:\n    url: ftp://x\n",
+        "  retry_without_agent:\n    - arm: {endpont: x, api_version: latest}\n",
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    for want in [
+        "keel.yaml:7:3: error: unknown key `client_idd` (did you mean `client_id`?)",
+        "error: Resource Health needs the whole VM",
+        "keel.yaml:10:22: error: expected a subscription id",
+        "keel.yaml:11:15: error: must be longer than zero",
+        "keel.yaml:13:13: error: `",
+        "keel.yaml:14:19: error: unknown normalizer `azure.maintenance_v2` (did you mean `azure.maintenance_v1`?)",
+        "keel.yaml:16:10: error: expected an http:// or https:// URL",
+        "keel.yaml:22:13: error: unknown key `endpont` (did you mean `endpoint`?)",
+        "keel.yaml:22:38: error: expected an api-version such as 2025-04-01",
+    ] {
+        assert!(err.contains(want), "{want}\n{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_flag_reads_standard_input_in_dry_run() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "", "  files: []\n", "");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args([
+            "run",
+            "--dry-run",
+            "--replay",
+            "-",
+            "--normalizer",
+            "azure.maintenance_v1",
+            "--config",
+        ])
+        .arg(&cfg)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(b"{}\n{\"EventID\": 1\n{\"EventID\":\"7A1B\",\"EventCreationTime\":\"11/23/2026 6:42:51 AM\"}\n")
+        .await
+        .unwrap();
+    drop(stdin);
+    let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+        .await
+        .expect("keel run --replay - did not stop at the end of its input")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let d = lines
+        .iter()
+        .find(|l| l["decision"]["policy"] == "test.legacy-maintenance.drain")
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert_eq!(d["mode"], "dry_run");
+    assert_eq!(d["event_id"], "azure.maintenance_v1:7a1b");
+    assert!(lines
+        .iter()
+        .any(|l| l["decision_id"] == d["decision_id"] && l["outcome"] == "planned"));
+    let bad: Vec<&Value> = lines.iter().filter(|l| l["at"] == "-:2").collect();
+    assert_eq!(bad.len(), 1, "{stdout}");
+    // A normalizer that does not exist is a usage error.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args([
+            "run",
+            "--replay",
+            "-",
+            "--normalizer",
+            "azure.maintenanse_v1",
+            "--config",
+        ])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown normalizer"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arm_step_is_only_planned_in_dry_run() {
+    let (imds_url, imds) = imds_stub().await;
+    let (arm_url, arm) = arm_stub().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!("azure_identity:\n  endpoint: {imds_url}\n"),
+        "  ingest:\n    token_env: KEEL_TEST_INGEST_TOKEN\n",
+        &format!("  retry_without_agent:\n    - name: resubmit\n      arm: {{ endpoint: \"{arm_url}\" }}\n"),
+    );
+    let mut k = Keel::start(&cfg, &["--dry-run"], &[("KEEL_TEST_INGEST_TOKEN", TOKEN)]);
+    k.wait_line("the listen line", Duration::from_secs(20), |l| {
+        l.get("listen").is_some()
+    })
+    .await;
+    let body = ingest_body(
+        "deploy/web-win-3/create/1",
+        "web-win-3",
+        Some(create_request()),
+    );
+    let (status, reply) = post_ingest(&k, &body).await;
+    assert_eq!(status, 202, "{reply}");
+    k.wait_line("the planned step", Duration::from_secs(5), |l| {
+        l["step"] == "resubmit" && l["outcome"] == "planned"
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(arm.lock().unwrap().reqs.is_empty());
+    assert_eq!(imds.lock().unwrap().issued, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_health_reads_this_vm_from_instance_metadata_when_none_is_configured() {
+    let (imds_url, imds) = imds_stub().await;
+    let (arm_url, arm) = arm_stub().await;
+    arm.lock().unwrap().health =
+        health_doc("found-vm", "Degraded", "Unplanned", "2026-11-23T12:00:00Z");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!("azure_identity:\n  endpoint: {imds_url}\n"),
+        &format!("  azure_resource_health:\n    arm_endpoint: {arm_url}\n    interval: 200ms\n"),
+        "",
+    );
+    let mut k = Keel::start(&cfg, &[], &[]);
+    decision(
+        &mut k,
+        "test.health.degraded.drain",
+        Duration::from_secs(10),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let want = format!(
+        "{}/providers/Microsoft.ResourceHealth/availabilityStatuses/current",
+        vm_id("found-vm")
+    );
+    let a = arm.lock().unwrap();
+    assert!(a.reqs.len() >= 2);
+    assert!(a.reqs.iter().all(|r| r.path == want), "{:?}", a.reqs);
+    let s = imds.lock().unwrap();
+    assert_eq!(
+        s.paths
+            .iter()
+            .filter(|p| *p == "/metadata/instance/compute")
+            .count(),
+        1,
+        "the instance metadata is read once"
+    );
+}

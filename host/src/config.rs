@@ -223,7 +223,7 @@ fn secs(v: &Value) -> Option<Duration> {
     }
 }
 
-/// `500ms`, `1s`, `5m`, `2h`, or a number of seconds.
+/// `500ms`, `1s`, `5m`, `2h`, `30d`, or a number of seconds.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     if let Some(ms) = s.strip_suffix("ms") {
@@ -233,6 +233,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         's' => (&s[..s.len() - 1], 1),
         'm' => (&s[..s.len() - 1], 60),
         'h' => (&s[..s.len() - 1], 3600),
+        'd' => (&s[..s.len() - 1], 86_400),
         c if c.is_ascii_digit() => (s, 1),
         _ => return None,
     };

@@ -788,3 +788,48 @@ fn run_validates_the_whole_configuration_first() {
         assert!(err.contains(want), "{want}\n{err}");
     }
 }
+
+#[test]
+fn limits_retention_and_group_commit_are_validated_with_positions() {
+    let d = tmp();
+    let policies = root().join("policies/standard");
+    let cfg = write(
+        d.path(),
+        "keel.yaml",
+        format!(
+            "policies: {}\nlimits:\n  concurrent_drains: 0\n  concurent: 2\nretention: forever\ngc_interval: 0s\ncommit_batch_max: 100000\n",
+            policies.display()
+        )
+        .as_bytes(),
+    );
+    let out = keel(&["run", "--config", &cfg]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = text(&out.stderr);
+    for want in [
+        "keel.yaml:3:22: error: expected how many drains may run at once, from 1 to 10000",
+        "keel.yaml:4:3: error: unknown key `concurent`",
+        "keel.yaml:5:12: error:",
+        "keel.yaml:6:14: error: must be longer than zero",
+        "keel.yaml:7:19: error: expected a number from 1 to 10000",
+    ] {
+        assert!(err.contains(want), "{want}\n{err}");
+    }
+    // The same keys, valid (`30d` is a duration): the one error left is the bad `listen`.
+    let ok = write(
+        d.path(),
+        "ok.yaml",
+        format!(
+            "policies: {}\nlisten: nowhere\nlimits: {{ concurrent_drains: 4 }}\nretention: 30d\ngc_interval: 10m\ncommit_batch_max: 1\n",
+            policies.display()
+        )
+        .as_bytes(),
+    );
+    let out = keel(&["run", "--config", &ok]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert_eq!(
+        err.matches(": error:").count(),
+        1,
+        "only `listen` is wrong\n{err}"
+    );
+}

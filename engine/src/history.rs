@@ -273,7 +273,7 @@ impl History {
         window: Duration,
         cap: Option<i64>,
     ) -> i64 {
-        let cap = cap.map_or(usize::MAX, |c| usize::try_from(c).unwrap_or(0));
+        let cap = cap_of(cap);
         self.matching(filter, end, window).take(cap).count() as i64
     }
 
@@ -285,7 +285,7 @@ impl History {
         window: Duration,
         cap: Option<i64>,
     ) -> i64 {
-        let cap = cap.map_or(usize::MAX, |c| usize::try_from(c).unwrap_or(0));
+        let cap = cap_of(cap);
         let mut set: HashSet<*const u8> = HashSet::new();
         for e in self.matching(filter, end, window) {
             if set.len() >= cap {
@@ -309,7 +309,7 @@ impl History {
         window: Duration,
         cap: Option<i64>,
     ) -> i64 {
-        let cap = cap.map_or(usize::MAX, |c| usize::try_from(c).unwrap_or(0));
+        let cap = cap_of(cap);
         let start = end
             .checked_sub_signed(window)
             .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
@@ -322,6 +322,11 @@ impl History {
             .take(cap)
             .count() as i64
     }
+}
+
+/// A query's cap as a count limit (none: unlimited).
+fn cap_of(cap: Option<i64>) -> usize {
+    cap.map_or(usize::MAX, |c| usize::try_from(c).unwrap_or(0))
 }
 
 /// The resource an event is about, for distinct counts: its id, else its name.

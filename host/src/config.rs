@@ -304,6 +304,16 @@ impl V<'_> {
     }
 
     /// A duration that must not be zero.
+    /// [`V::positive`] of key `key` of the map `s` at `p`.
+    fn positive_at(&mut self, p: &str, s: &Value, key: &str, default: Duration) -> Duration {
+        self.positive(&format!("{p}/{key}"), s.get(key), default)
+    }
+
+    /// [`V::duration`] of key `key` of the map `s` at `p`.
+    fn duration_at(&mut self, p: &str, s: &Value, key: &str, default: Duration) -> Duration {
+        self.duration(&format!("{p}/{key}"), s.get(key), default)
+    }
+
     fn positive(&mut self, ptr: &str, v: Option<&Value>, default: Duration) -> Duration {
         let d = self.duration(ptr, v, default);
         if d.is_zero() {
@@ -487,21 +497,9 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
             };
             se = Some(SeSource {
                 url,
-                interval: v.duration(
-                    &format!("{p}/interval"),
-                    s.get("interval"),
-                    Duration::from_secs(1),
-                ),
-                timeout: v.duration(
-                    &format!("{p}/timeout"),
-                    s.get("timeout"),
-                    Duration::from_secs(5),
-                ),
-                first_timeout: v.duration(
-                    &format!("{p}/first_timeout"),
-                    s.get("first_timeout"),
-                    Duration::from_secs(125),
-                ),
+                interval: v.duration_at(p, s, "interval", Duration::from_secs(1)),
+                timeout: v.duration_at(p, s, "timeout", Duration::from_secs(5)),
+                first_timeout: v.duration_at(p, s, "first_timeout", Duration::from_secs(125)),
             });
         }
         if let Some(s) = sources.get("aws_imds") {
@@ -626,11 +624,7 @@ fn parse_aws(v: &mut V<'_>, s: &Value) -> AwsImdsSource {
         s,
         &["url", "interval", "timeout", "token_ttl", "max_backoff"],
     );
-    let token_ttl = v.positive(
-        &format!("{p}/token_ttl"),
-        s.get("token_ttl"),
-        Duration::from_secs(21_600),
-    );
+    let token_ttl = v.positive_at(p, s, "token_ttl", Duration::from_secs(21_600));
     let token_ttl = if token_ttl.as_secs() < 1 || token_ttl.as_secs() > 21_600 {
         v.err(
             &format!("{p}/token_ttl"),
@@ -642,22 +636,10 @@ fn parse_aws(v: &mut V<'_>, s: &Value) -> AwsImdsSource {
     };
     AwsImdsSource {
         url: v.url(&format!("{p}/url"), s.get("url"), "http://169.254.169.254"),
-        interval: v.positive(
-            &format!("{p}/interval"),
-            s.get("interval"),
-            Duration::from_secs(5),
-        ),
-        timeout: v.positive(
-            &format!("{p}/timeout"),
-            s.get("timeout"),
-            Duration::from_secs(2),
-        ),
+        interval: v.positive_at(p, s, "interval", Duration::from_secs(5)),
+        timeout: v.positive_at(p, s, "timeout", Duration::from_secs(2)),
         token_ttl,
-        max_backoff: v.positive(
-            &format!("{p}/max_backoff"),
-            s.get("max_backoff"),
-            Duration::from_secs(30),
-        ),
+        max_backoff: v.positive_at(p, s, "max_backoff", Duration::from_secs(30)),
     }
 }
 
@@ -668,11 +650,7 @@ fn parse_gcp(v: &mut V<'_>, s: &Value) -> GcpMetadataSource {
         s,
         &["url", "wait_timeout", "timeout", "interval", "max_backoff"],
     );
-    let wait_timeout = v.positive(
-        &format!("{p}/wait_timeout"),
-        s.get("wait_timeout"),
-        Duration::from_secs(60),
-    );
+    let wait_timeout = v.positive_at(p, s, "wait_timeout", Duration::from_secs(60));
     let wait_timeout = if wait_timeout.as_secs() < 1 {
         v.err(
             &format!("{p}/wait_timeout"),
@@ -689,21 +667,9 @@ fn parse_gcp(v: &mut V<'_>, s: &Value) -> GcpMetadataSource {
             "http://metadata.google.internal/computeMetadata/v1",
         ),
         wait_timeout,
-        timeout: v.positive(
-            &format!("{p}/timeout"),
-            s.get("timeout"),
-            Duration::from_secs(5),
-        ),
-        interval: v.positive(
-            &format!("{p}/interval"),
-            s.get("interval"),
-            Duration::from_secs(1),
-        ),
-        max_backoff: v.positive(
-            &format!("{p}/max_backoff"),
-            s.get("max_backoff"),
-            Duration::from_secs(30),
-        ),
+        timeout: v.positive_at(p, s, "timeout", Duration::from_secs(5)),
+        interval: v.positive_at(p, s, "interval", Duration::from_secs(1)),
+        max_backoff: v.positive_at(p, s, "max_backoff", Duration::from_secs(30)),
     }
 }
 
@@ -736,11 +702,7 @@ fn parse_ingest(v: &mut V<'_>, s: &Value) -> Option<IngestSource> {
     };
     // Only its type is checked here; `load` checks it against `listen`.
     v.boolean(&format!("{p}/allow_remote"), s.get("allow_remote"), false);
-    let attempt_window = v.positive(
-        &format!("{p}/attempt_window"),
-        s.get("attempt_window"),
-        Duration::from_secs(24 * 3600),
-    );
+    let attempt_window = v.positive_at(p, s, "attempt_window", Duration::from_secs(24 * 3600));
     let tp = format!("{p}/token_env");
     let token_env = match s.get("token_env") {
         Some(Value::String(name))
@@ -1133,21 +1095,9 @@ fn parse_maintenance_v1(v: &mut V<'_>, s: &Value) -> AzureMaintenanceV1Source {
     );
     AzureMaintenanceV1Source {
         url: v.url(&format!("{p}/url"), s.get("url"), "http://169.254.169.254"),
-        interval: v.positive(
-            &format!("{p}/interval"),
-            s.get("interval"),
-            Duration::from_secs(5),
-        ),
-        timeout: v.positive(
-            &format!("{p}/timeout"),
-            s.get("timeout"),
-            Duration::from_secs(5),
-        ),
-        max_backoff: v.positive(
-            &format!("{p}/max_backoff"),
-            s.get("max_backoff"),
-            Duration::from_secs(30),
-        ),
+        interval: v.positive_at(p, s, "interval", Duration::from_secs(5)),
+        timeout: v.positive_at(p, s, "timeout", Duration::from_secs(5)),
+        max_backoff: v.positive_at(p, s, "max_backoff", Duration::from_secs(30)),
         instance_info: v.boolean(&format!("{p}/instance_info"), s.get("instance_info"), true),
     }
 }
@@ -1287,21 +1237,9 @@ fn parse_resource_health(
         s.get("api_version"),
         DEFAULT_RESOURCE_HEALTH_API_VERSION,
     );
-    let interval = v.positive(
-        &format!("{p}/interval"),
-        s.get("interval"),
-        Duration::from_secs(60),
-    );
-    let timeout = v.positive(
-        &format!("{p}/timeout"),
-        s.get("timeout"),
-        Duration::from_secs(10),
-    );
-    let max_backoff = v.positive(
-        &format!("{p}/max_backoff"),
-        s.get("max_backoff"),
-        Duration::from_secs(300),
-    );
+    let interval = v.positive_at(p, s, "interval", Duration::from_secs(60));
+    let timeout = v.positive_at(p, s, "timeout", Duration::from_secs(10));
+    let max_backoff = v.positive_at(p, s, "max_backoff", Duration::from_secs(300));
     let parts = ["subscription_id", "resource_group", "vm_name"];
     let resource_id = if s.get("resource_id").is_none() && parts.iter().all(|k| s.get(*k).is_none())
     {

@@ -1,0 +1,233 @@
+//! Loopback stubs of Azure for the host tests: IMDS (the legacy `/metadata/v1/maintenance`
+//! endpoint, InstanceInfo, instance metadata and the managed-identity token endpoint) and Azure
+//! Resource Manager (Resource Health's availabilityStatuses, PUT of a VM), and the 2021-10-13
+//! ingest body with a create request.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use serde_json::{json, Value};
+
+use super::{root, serve};
+
+pub const SUB: &str = "00000000-0000-0000-0000-000000000000";
+pub const CLIENT_ID: &str = "11111111-2222-3333-4444-555555555555";
+
+pub fn vm_id(vm: &str) -> String {
+    format!(
+        "/subscriptions/{SUB}/resourceGroups/web/providers/Microsoft.Compute/virtualMachines/{vm}"
+    )
+}
+
+// ------------------------------------------------------------------------------------------
+// IMDS stub: the legacy maintenance endpoint, InstanceInfo, and the managed-identity token
+// endpoint (`Metadata: true` required on the latter, as IMDS does).
+
+#[derive(Default)]
+pub struct Imds {
+    pub maintenance: Value,
+    /// Paths served, in order.
+    pub paths: Vec<String>,
+    /// Query strings of token requests.
+    pub token_queries: Vec<String>,
+    pub issued: usize,
+    /// `expires_in` of issued tokens.
+    pub expires_in: u64,
+}
+
+pub type ImdsState = Arc<Mutex<Imds>>;
+
+pub async fn imds_stub() -> (String, ImdsState) {
+    let st: ImdsState = Arc::new(Mutex::new(Imds {
+        maintenance: json!({}),
+        expires_in: 3599,
+        ..Imds::default()
+    }));
+    let s = st.clone();
+    let app = Router::new().fallback(move |uri: Uri, h: HeaderMap| {
+        let st = s.clone();
+        async move { imds(&st, &uri, &h) }
+    });
+    (serve(app).await, st)
+}
+
+pub fn imds(st: &ImdsState, uri: &Uri, h: &HeaderMap) -> Response {
+    let mut s = st.lock().unwrap();
+    s.paths.push(uri.path().to_string());
+    match uri.path() {
+        "/metadata/v1/maintenance" => (StatusCode::OK, s.maintenance.to_string()).into_response(),
+        "/metadata/v1/InstanceInfo" => (
+            StatusCode::OK,
+            r#"{"ID":"_test-vm","UD":"2","FD":"1"}"#.to_string(),
+        )
+            .into_response(),
+        "/metadata/instance/compute" => {
+            if h.get("metadata").and_then(|v| v.to_str().ok()) != Some("true")
+                || uri.query() != Some("api-version=2021-02-01")
+            {
+                return (StatusCode::BAD_REQUEST, "{}".to_string()).into_response();
+            }
+            (
+                StatusCode::OK,
+                json!({"location": "eastus2", "name": "found-vm", "resourceGroupName": "web",
+                       "subscriptionId": SUB, "resourceId": vm_id("found-vm"), "vmSize": "Standard_D2s_v3"})
+                .to_string(),
+            )
+                .into_response()
+        }
+        "/metadata/identity/oauth2/token" => {
+            if h.get("metadata").and_then(|v| v.to_str().ok()) != Some("true") {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": "invalid_request", "error_description": "Required metadata header not specified"}).to_string(),
+                )
+                    .into_response();
+            }
+            let q = uri.query().unwrap_or("").to_string();
+            s.token_queries.push(q.clone());
+            if !q.contains("api-version=2018-02-01") || !q.contains("resource=") {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    json!({"error": "invalid_request", "error_description": "bad query"})
+                        .to_string(),
+                )
+                    .into_response();
+            }
+            s.issued += 1;
+            let now = chrono::Utc::now().timestamp();
+            (
+                StatusCode::OK,
+                json!({
+                    "access_token": format!("mi-token-{}", s.issued), "refresh_token": "",
+                    "expires_in": s.expires_in.to_string(),
+                    "expires_on": (now + s.expires_in as i64).to_string(),
+                    "not_before": now.to_string(),
+                    "resource": "https://management.azure.com/", "token_type": "Bearer",
+                })
+                .to_string(),
+            )
+                .into_response()
+        }
+        _ => (StatusCode::NOT_FOUND, "Not Found".to_string()).into_response(),
+    }
+}
+
+// ------------------------------------------------------------------------------------------
+// ARM stub: every request recorded; a bearer token the IMDS stub issued is required (401
+// otherwise, and for tokens revoked); Resource Health GETs answer `health`; PUTs answer the
+// next scripted response (201 when none is left).
+
+#[derive(Debug, Clone)]
+pub struct Req {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub auth: Option<String>,
+    pub client_request_id: Option<String>,
+    pub body: Value,
+    pub at: Instant,
+}
+
+#[derive(Default)]
+pub struct Arm {
+    pub reqs: Vec<Req>,
+    pub health: Value,
+    /// Tokens refused from now on.
+    pub revoked: Vec<String>,
+    /// (status, Retry-After, body) of the next PUTs.
+    pub script: VecDeque<(u16, Option<u64>, Value)>,
+}
+
+pub type ArmState = Arc<Mutex<Arm>>;
+
+pub async fn arm_stub() -> (String, ArmState) {
+    let st: ArmState = Arc::default();
+    let s = st.clone();
+    let app = Router::new().fallback(move |method: Method, uri: Uri, h: HeaderMap, body: Bytes| {
+        let st = s.clone();
+        async move { arm(&st, &method, &uri, &h, &body) }
+    });
+    (serve(app).await, st)
+}
+
+pub fn arm(st: &ArmState, method: &Method, uri: &Uri, h: &HeaderMap, body: &Bytes) -> Response {
+    let mut s = st.lock().unwrap();
+    let header = |n: &str| h.get(n).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let auth = header("authorization");
+    s.reqs.push(Req {
+        method: method.to_string(),
+        path: uri.path().to_string(),
+        query: uri.query().unwrap_or("").to_string(),
+        auth: auth.clone(),
+        client_request_id: header("x-ms-client-request-id"),
+        body: serde_json::from_slice(body).unwrap_or(Value::Null),
+        at: Instant::now(),
+    });
+    let token = auth.as_deref().and_then(|a| a.strip_prefix("Bearer "));
+    if !token.is_some_and(|t| t.starts_with("mi-token-") && !s.revoked.iter().any(|r| r == t)) {
+        return (
+            StatusCode::UNAUTHORIZED,
+            json!({"error": {"code": "InvalidAuthenticationToken", "message": "The access token is invalid."}}).to_string(),
+        )
+            .into_response();
+    }
+    if method == Method::GET && uri.path().ends_with("/availabilityStatuses/current") {
+        return (StatusCode::OK, s.health.to_string()).into_response();
+    }
+    if method == Method::PUT {
+        let (status, ra, body) = s.script.pop_front().unwrap_or((
+            201,
+            None,
+            json!({"properties": {"provisioningState": "Creating"}}),
+        ));
+        let mut r = (StatusCode::from_u16(status).unwrap(), body.to_string()).into_response();
+        if let Some(ra) = ra {
+            r.headers_mut()
+                .insert("retry-after", ra.to_string().parse().unwrap());
+        }
+        return r;
+    }
+    (StatusCode::NOT_FOUND, "{}".to_string()).into_response()
+}
+
+pub fn create_request() -> Value {
+    json!({
+        "location": "eastus2",
+        "properties": {
+            "hardwareProfile": {"vmSize": "Standard_D2s_v3"},
+            "osProfile": {
+                "computerName": "web-win-1", "adminUsername": "azureuser",
+                "windowsConfiguration": {"provisionVMAgent": true, "enableAutomaticUpdates": true}
+            },
+            "storageProfile": {"osDisk": {"createOption": "FromImage", "osType": "Windows"}},
+            "networkProfile": {"networkInterfaces": [{"id": format!("/subscriptions/{SUB}/resourceGroups/web/providers/Microsoft.Network/networkInterfaces/web-win-1-nic")}]}
+        },
+        "resources": [{
+            "type": "extensions", "name": "bginfo", "location": "eastus2",
+            "properties": {"publisher": "Microsoft.Compute", "type": "BGInfo", "typeHandlerVersion": "2.1"}
+        }]
+    })
+}
+
+pub fn ingest_body(key: &str, vm: &str, request: Option<Value>) -> Value {
+    let mut body: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            root().join("engine/tests/data/ingest/vm-agent-windows-2021-10-13.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    body.as_object_mut().unwrap().remove("attempt");
+    body["idempotency_key"] = json!(key);
+    body["resource"]["id"] = json!(vm_id(vm));
+    body["resource"]["name"] = json!(vm);
+    if let Some(r) = request {
+        body["request"] = r;
+    }
+    body
+}

@@ -119,7 +119,10 @@ pub mod history {
     use super::{String, Vec};
 
     fn owned(filter: &[(&str, &str)]) -> Vec<(String, String)> {
-        filter.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
+        filter
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect()
     }
 
     /// How many remembered events match `filter` (event path → value, e.g.

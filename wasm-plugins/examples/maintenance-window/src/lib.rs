@@ -51,10 +51,12 @@ impl Window {
         if start == end {
             return Err("the window is empty: start and end are equal".into());
         }
-        let tz: Tz = c
-            .tz
-            .parse()
-            .map_err(|_| format!("unknown time zone `{}` (use an IANA name such as Asia/Tokyo)", c.tz))?;
+        let tz: Tz = c.tz.parse().map_err(|_| {
+            format!(
+                "unknown time zone `{}` (use an IANA name such as Asia/Tokyo)",
+                c.tz
+            )
+        })?;
         Ok(Window {
             start,
             end,

@@ -530,31 +530,29 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// Checks the component's interface version and imports, with messages that name them.
+/// Checks the component's interface version and imports, with messages that name them: the
+/// version of an exported `keel:policy/plugin` first (a plugin for another major version
+/// imports that version's host too), then every import, then that the export is there.
 fn check_interface(rt: &Runtime, component: &Component) -> Result<(), LoadFailure> {
     let ty = component.component_type();
-    let mut found = None;
+    let mut found = false;
     for (name, _) in ty.exports(&rt.engine) {
-        if let Some(rest) = name.strip_prefix(PACKAGE) {
-            found = Some(rest.to_string());
-            if let Some((_, version)) = rest.split_once('@') {
-                let major = version.split('.').next().unwrap_or("");
-                if major != MAJOR {
-                    return Err(LoadFailure::new(
-                        format!(
-                            "the plugin is built for keel:policy@{version}; this Keel hosts {PLUGIN_INTERFACE}"
-                        ),
-                        Some("rebuild the plugin with a keel-plugin SDK for keel:policy@1.x, or upgrade Keel"),
-                    ));
-                }
-            }
+        let Some(rest) = name.strip_prefix(PACKAGE) else {
+            continue;
+        };
+        found = true;
+        let version = rest.split_once('@').map_or("", |(_, v)| v);
+        if version.split('.').next() != Some(MAJOR) {
+            let built = if version.is_empty() {
+                "an unversioned keel:policy".to_string()
+            } else {
+                format!("keel:policy@{version}")
+            };
+            return Err(LoadFailure::new(
+                format!("the plugin is built for {built}; this Keel hosts {PLUGIN_INTERFACE}"),
+                Some("rebuild the plugin with a keel-plugin SDK for keel:policy@1.x, or upgrade Keel"),
+            ));
         }
-    }
-    if found.is_none() {
-        return Err(LoadFailure::new(
-            format!("the component does not export `keel:policy/plugin` ({PLUGIN_INTERFACE})"),
-            Some("build it with the keel-plugin SDK (`keel_plugin::export!`)"),
-        ));
     }
     for (name, _) in ty.imports(&rt.engine) {
         let allowed = name
@@ -571,6 +569,12 @@ fn check_interface(rt: &Runtime, component: &Component) -> Result<(), LoadFailur
                 Some("build for wasm32-unknown-unknown and wrap with wit-component (cargo run -p xtask -- build-plugins), not for wasm32-wasip2"),
             ));
         }
+    }
+    if !found {
+        return Err(LoadFailure::new(
+            format!("the component does not export `keel:policy/plugin` ({PLUGIN_INTERFACE})"),
+            Some("build it with the keel-plugin SDK (`keel_plugin::export!`)"),
+        ));
     }
     Ok(())
 }

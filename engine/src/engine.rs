@@ -175,6 +175,7 @@ impl EngineBuilder {
                 .clone()
                 .unwrap_or_else(crate::plugin::default_cache_dir),
             runtime: None,
+            count: 0,
         };
         #[cfg(not(feature = "plugins"))]
         let mut plugins = Plugins;
@@ -215,6 +216,7 @@ impl EngineBuilder {
 struct Plugins {
     cache_dir: Option<PathBuf>,
     runtime: Option<Arc<crate::plugin::Runtime>>,
+    count: usize,
 }
 
 #[cfg(not(feature = "plugins"))]
@@ -242,6 +244,19 @@ impl Plugins {
                 }
             },
         };
+        self.count += 1;
+        if self.count > crate::plugin::MAX_PLUGIN_POLICIES {
+            diags.push(Diagnostic::new(
+                &spec.file,
+                ps.pos,
+                format!(
+                    "policy `{}`: a policy set holds at most {} plugin policies",
+                    spec.name,
+                    crate::plugin::MAX_PLUGIN_POLICIES
+                ),
+            ));
+            return None;
+        }
         match crate::plugin::load(&rt, ps) {
             Ok(p) => Some(p),
             Err(f) => {

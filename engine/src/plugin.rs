@@ -28,12 +28,14 @@ use std::time::Duration as StdDuration;
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, ResourceLimiter, Store, Trap};
+use wasmtime::{
+    Config, InstanceAllocationStrategy, PoolingAllocationConfig, ResourceLimiter, Store, Trap,
+};
 
 use crate::event::{Event, Timestamp};
 use crate::fields::{self, FieldType};
 use crate::history::{self, HistoryData, Val};
-use crate::policy::PluginSpec;
+use crate::policy::{PluginSpec, MAX_PLUGIN_MEMORY_MIB};
 
 mod wit {
     #![allow(missing_docs)]
@@ -51,6 +53,11 @@ const PACKAGE: &str = "keel:policy/";
 const MAJOR: &str = "1";
 /// How many initialized instances a plugin policy keeps between calls.
 const WARM_INSTANCES: usize = 4;
+/// Instance slots in a runtime's pool: room for [`MAX_PLUGIN_POLICIES`] policies with their
+/// warm instances, plus calls in flight.
+const POOL_INSTANCES: u32 = 256;
+/// The most plugin policies one policy set may hold.
+pub(crate) const MAX_PLUGIN_POLICIES: usize = 48;
 /// Epoch tick.
 const TICK: StdDuration = StdDuration::from_millis(1);
 /// `init` and instantiation get this many times the per-call deadline (at least 100 ms).
@@ -116,11 +123,28 @@ impl Runtime {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.wasm_component_model(true);
-        // Plugins are small: keep per-instance reservations small too, so that many warm
-        // instances cost little address space.
-        config.memory_reservation(64 << 20);
+        // Plugins are small: keep per-instance reservations small, and take instances from a
+        // pool of preallocated slots (copy-on-write memory images, no mmap per instance), so
+        // that a new instance costs microseconds.
+        let max_memory = usize::try_from(MAX_PLUGIN_MEMORY_MIB).unwrap_or(64) << 20;
+        config.memory_reservation(max_memory as u64);
         config.memory_guard_size(64 << 10);
-        config.memory_reservation_for_growth(1 << 20);
+        config.memory_reservation_for_growth(0);
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(POOL_INSTANCES)
+            .total_core_instances(POOL_INSTANCES * 4)
+            .total_memories(POOL_INSTANCES)
+            .total_tables(POOL_INSTANCES * 4)
+            .total_stacks(0)
+            .max_memories_per_component(2)
+            .max_tables_per_component(8)
+            .max_core_instances_per_component(16)
+            .max_memory_size(max_memory)
+            .max_unused_warm_slots(64)
+            // Reset a reused slot's first pages with memset instead of madvise.
+            .linear_memory_keep_resident(256 << 10)
+            .table_keep_resident(64 << 10);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = wasmtime::Engine::new(&config).map_err(|e| format!("wasmtime: {e}"))?;
         let mut linker = Linker::new(&engine);
         wit::keel::policy::host::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)

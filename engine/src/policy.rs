@@ -71,7 +71,7 @@ pub const DEFAULT_PLUGIN_MEMORY_MIB: u64 = 4;
 /// The largest per-call deadline a policy may give a plugin, milliseconds.
 pub const MAX_PLUGIN_DEADLINE_MS: i64 = 1000;
 /// The largest memory limit a policy may give a plugin, MiB.
-pub const MAX_PLUGIN_MEMORY_MIB: i64 = 1024;
+pub const MAX_PLUGIN_MEMORY_MIB: i64 = 64;
 
 /// A policy's `plugin:` block: a Wasm component deciding in place of `when`/`action`.
 #[derive(Debug, Clone)]

@@ -335,7 +335,7 @@ fn sha256_is_checked() {
 #[test]
 fn plugin_policies_reject_cel_only_keys_and_bad_limits() {
     let yaml = format!(
-        "policies:\n  - name: p\n    on: [maintenance]\n    action: drain\n    plugin: {{ path: {}, limits: {{ deadline_ms: 0, memory_mib: 99999, fuel: 1 }} }}\n",
+        "policies:\n  - name: p\n    on: [maintenance]\n    action: drain\n    plugin: {{ path: {}, limits: {{ deadline_ms: 0, memory_mib: 65, fuel: 1 }} }}\n",
         dist("hostile").display()
     );
     let err = Engine::builder()
@@ -353,10 +353,38 @@ fn plugin_policies_reject_cel_only_keys_and_bad_limits() {
         "{err}"
     );
     assert!(
-        err.contains("`limits.memory_mib` must be at most 1024"),
+        err.contains("`limits.memory_mib` must be at most 64"),
         "{err}"
     );
     assert!(err.contains("unknown key `fuel`"), "{err}");
+}
+
+#[test]
+fn a_plugin_must_be_a_map_with_a_path() {
+    for (yaml, want) in [
+        ("plugin: x.wasm", "`plugin` must be a map"),
+        ("plugin: { config: {} }", "`plugin` without `path`"),
+        (
+            "plugin: { path: x.wasm, config: [1] }",
+            "`plugin.config` must be a map",
+        ),
+        (
+            "plugin: { path: x.wasm, sha256: abc }",
+            "`plugin.sha256` must be 64 hex digits",
+        ),
+    ] {
+        let err = Engine::builder()
+            .plugin_cache_dir(None)
+            .add_source(
+                "p.yaml",
+                format!("policies:\n  - name: p\n    on: [maintenance]\n    {yaml}\n"),
+            )
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(want), "{yaml}: {err}");
+        assert!(err.contains("p.yaml:4:"), "{yaml}: {err}");
+    }
 }
 
 #[test]

@@ -8,7 +8,10 @@
 //!
 //! The engine does no I/O after loading and never reads a clock: the current time comes in
 //! with [`Ctx`]. It has no tokio and no wasmtime in its dependency tree, so it embeds in any
-//! Rust agent and builds for `wasm32-unknown-unknown` and `wasm32-wasip1`.
+//! Rust agent and builds for `wasm32-unknown-unknown` and `wasm32-wasip1`. The `plugins`
+//! feature adds Wasm plugin policies (`plugin:` in a policy file), run with wasmtime's
+//! component model under a deadline and a memory limit per call; see the README's "Wasm plugin
+//! policies" and `wasm-plugins/wit/policy.wit`.
 //!
 //! ## How the types relate
 //!

@@ -289,7 +289,10 @@ fn write_cache_entry(path: &Path, serialized: &[u8]) -> std::io::Result<()> {
     out.extend_from_slice(CACHE_MAGIC);
     out.extend_from_slice(&Sha256::digest(serialized));
     out.extend_from_slice(serialized);
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    // Unique per process and write: loads on several threads may fill the same entry.
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
     std::fs::write(&tmp, &out)?;
     std::fs::rename(&tmp, path)
 }
@@ -327,6 +330,7 @@ pub(crate) struct HostState {
     history: Option<Arc<HistoryData>>,
     event_time: Timestamp,
     logs: Vec<String>,
+    warned_no_history: bool,
 }
 
 struct Limits {
@@ -450,6 +454,12 @@ impl HostState {
             f.push((id, v));
         }
         let Some(h) = &self.history else {
+            if !self.warned_no_history {
+                self.warned_no_history = true;
+                self.logs.push(
+                    "warn: no correlation history was given, so history queries count 0".into(),
+                );
+            }
             return Ok(0);
         };
         Ok(if distinct {
@@ -691,6 +701,7 @@ impl Plugin {
                 history: None,
                 event_time: Timestamp::default(),
                 logs: Vec::new(),
+                warned_no_history: false,
             },
         );
         store.limiter(|s| &mut s.limits);
@@ -794,6 +805,7 @@ impl Plugin {
             data.history = history;
             data.event_time = event_time;
             data.logs.clear();
+            data.warned_no_history = false;
         }
         w.store.set_epoch_deadline(self.deadline_ticks);
         let res = w

@@ -525,3 +525,32 @@ fn keel_test_runs_the_example_plugins_cases() {
     assert!(report.passed(), "{report:?}");
     assert!(report.steps().count() >= 17);
 }
+
+#[test]
+fn a_plugin_querying_the_history_without_one_gets_zero_and_a_warning() {
+    let e = Engine::builder()
+        .plugin_cache_dir(cache())
+        .add_path(repo().join("wasm-plugins/examples/error-budget/policy.yaml"))
+        .build()
+        .unwrap();
+    let ev = Event::from_json_str(
+        r#"{"id": "t:2", "time": "2025-03-01T10:00:00Z", "source": "ingest",
+            "kind": "operation_failure", "resource": {"id": "vm-1", "region": "westeurope"},
+            "failure": {"operation": "start", "code": "AllocationFailed", "category": "allocation",
+                        "transient": true, "attempt": 1}}"#,
+    )
+    .unwrap();
+    let d = e.decide(&ev, &Ctx::new(now()));
+    assert_eq!(d.action, Action::Retry, "{d:?}");
+    assert!(
+        d.warnings
+            .iter()
+            .any(|w| w.contains("no correlation history was given")),
+        "{:?}",
+        d.warnings
+    );
+    let mut h = History::new();
+    h.record(&ev);
+    let d = e.decide_with(&ev, &Ctx::new(now()), &h);
+    assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+}

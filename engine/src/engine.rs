@@ -538,6 +538,8 @@ pub struct PolicyInfo {
     pub line: usize,
     /// Whether its `when` runs natively (true) or in the CEL interpreter.
     pub native: bool,
+    /// For a Wasm plugin policy: its component, resolved against the policy file.
+    pub plugin: Option<PathBuf>,
 }
 
 fn kind_slot(k: Kind) -> usize {
@@ -646,6 +648,7 @@ impl Engine {
             file: p.spec.file.to_path_buf(),
             line: p.spec.pos.line,
             native: p.when.as_ref().is_none_or(|w| w.native.is_some()),
+            plugin: p.spec.plugin.as_ref().map(|ps| ps.path.clone()),
         })
     }
 

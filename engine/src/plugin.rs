@@ -475,6 +475,10 @@ pub(crate) struct Plugin {
     engine: wasmtime::Engine,
     pre: wit::PolicyPre<HostState>,
     config: String,
+    /// The per-call deadline, milliseconds.
+    deadline_ms: u64,
+    /// The same in epoch ticks: one more than the milliseconds, since the current tick may
+    /// be about to end when the call starts.
     deadline_ticks: u64,
     max_memory: usize,
     warm: Mutex<Vec<Warm>>,
@@ -485,7 +489,7 @@ pub(crate) struct Plugin {
 impl std::fmt::Debug for Plugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Plugin")
-            .field("deadline_ticks", &self.deadline_ticks)
+            .field("deadline_ms", &self.deadline_ms)
             .field("max_memory", &self.max_memory)
             .field("cache", &self.cache)
             .finish()
@@ -659,7 +663,8 @@ pub(crate) fn load(rt: &Arc<Runtime>, spec: &PluginSpec) -> Result<Plugin, LoadF
         engine: rt.engine.clone(),
         pre,
         config: spec.config.to_string(),
-        deadline_ticks: spec.deadline_ms.max(1),
+        deadline_ms: spec.deadline_ms.max(1),
+        deadline_ticks: spec.deadline_ms.max(1).saturating_add(1),
         max_memory,
         warm: Mutex::new(Vec::new()),
         cache,
@@ -712,22 +717,22 @@ impl Plugin {
     /// A new instance from the `InstancePre`, with `init` run.
     fn instantiate(&self) -> Result<Warm, InitError> {
         let mut store = self.new_store();
-        store.set_epoch_deadline(
-            self.deadline_ticks
-                .saturating_mul(INIT_DEADLINE_FACTOR)
-                .max(100),
-        );
+        let init_ms = self
+            .deadline_ms
+            .saturating_mul(INIT_DEADLINE_FACTOR)
+            .max(100);
+        store.set_epoch_deadline(init_ms.saturating_add(1));
         let bindings = self
             .pre
             .instantiate(&mut store)
-            .map_err(|e| InitError::Fault(classify(&store, &e, self.deadline_ticks)))?;
+            .map_err(|e| InitError::Fault(classify(&store, &e, init_ms)))?;
         match bindings
             .keel_policy_plugin()
             .call_init(&mut store, &self.config)
         {
             Ok(Ok(())) => Ok(Warm { store, bindings }),
             Ok(Err(m)) => Err(InitError::Init(m)),
-            Err(e) => Err(InitError::Fault(classify(&store, &e, self.deadline_ticks))),
+            Err(e) => Err(InitError::Fault(classify(&store, &e, init_ms))),
         }
     }
 
@@ -827,7 +832,7 @@ impl Plugin {
                 )
             }
             // After a trap the instance's state is undefined: drop the whole store.
-            Err(e) => (Err(classify(&w.store, &e, self.deadline_ticks)), logs),
+            Err(e) => (Err(classify(&w.store, &e, self.deadline_ms)), logs),
         }
     }
 }

@@ -554,3 +554,22 @@ fn a_plugin_querying_the_history_without_one_gets_zero_and_a_warning() {
     let d = e.decide_with(&ev, &Ctx::new(now()), &h);
     assert!(d.warnings.is_empty(), "{:?}", d.warnings);
 }
+
+/// The plugin's test file is the standard policy's, with paths one level deeper: the same
+/// cases run against both backends (`keel test` runs both files).
+#[test]
+fn the_host_maintenance_plugin_runs_the_standard_policys_cases_unchanged() {
+    let standard =
+        std::fs::read_to_string(repo().join("policies/standard/host-maintenance.test.yaml"))
+            .unwrap();
+    let plugin = std::fs::read_to_string(
+        repo().join("wasm-plugins/examples/host-maintenance/host-maintenance.test.yaml"),
+    )
+    .unwrap();
+    assert_eq!(
+        plugin,
+        standard.replace("../../engine/tests/fixtures", "../../../engine/tests/fixtures"),
+        "regenerate with: sed 's|\\.\\./\\.\\./engine/tests/fixtures|../../../engine/tests/fixtures|g' \
+         policies/standard/host-maintenance.test.yaml > wasm-plugins/examples/host-maintenance/host-maintenance.test.yaml"
+    );
+}

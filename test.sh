@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # Every test Keel has: formatting, lints, unit/integration/property tests, doc tests, the
-# engine's wasm32 builds, and the shipped policies validated by `keel check`.
+# engine's wasm32 builds, the Wasm plugins (built, then their tests and keel test cases), and
+# the shipped policies validated by `keel check`.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 echo "== cargo fmt";   cargo fmt --all -- --check
+(cd wasm-plugins && cargo fmt --all -- --check)
 echo "== cargo clippy"; cargo clippy --workspace --all-targets --locked -- -D warnings
+(cd wasm-plugins && cargo clippy --workspace --locked --target wasm32-unknown-unknown -- -D warnings)
+echo "== Wasm plugins: the SDK's examples and the hostile test plugin into wasm-plugins/dist/"
+cargo run -q -p xtask --locked -- build-plugins
 echo "== cargo test";  cargo test --workspace --locked
 echo "== crash matrix (failpoints: abort at every step boundary, restart, count effects)"
 cargo test -p keel-host --features failpoints --test crash --locked
@@ -21,5 +26,8 @@ echo "== keel check policies/"; cargo run -q -p keel-host --locked -- check poli
 echo "== keel test policies/"; cargo run -q -p keel-host --locked -- test policies/
 echo "== keel test policies/ --mutate (no standard policy can be removed unnoticed)"
 cargo run -q -p keel-host --locked -- test policies/ --mutate
+echo "== keel test wasm-plugins/examples/ (plugin policies through the same engine)"
+cargo run -q -p keel-host --locked -- test wasm-plugins/examples/
+cargo run -q -p keel-host --locked -- test wasm-plugins/examples/ --mutate
 echo "== keel demo (a Reboot through drain to StartRequests)"; cargo run -q -p keel-host --locked -- demo
 echo "all tests passed"

@@ -282,6 +282,9 @@ pub enum Outcome {
     Errored,
     /// Skipped by fast mode: it could no longer win.
     NotEvaluated,
+    /// A Wasm plugin policy in quarantine after repeated faults: not called (see
+    /// [`crate::History::quarantined`]).
+    Quarantined,
 }
 
 /// One policy's outcome in [`Decision::trace`].

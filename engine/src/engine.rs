@@ -27,6 +27,8 @@ pub struct EngineBuilder {
     inputs: Vec<Input>,
     default_action: Option<Action>,
     mutation: Option<Mutation>,
+    #[cfg(feature = "plugins")]
+    plugin_cache: Option<Option<PathBuf>>,
 }
 
 /// A deliberate change to one policy, used by `keel test --mutate` to prove that test cases
@@ -63,6 +65,16 @@ impl EngineBuilder {
     /// The action when no policy matches (default `none`). `escalate` is not allowed here.
     pub fn default_action(mut self, action: Action) -> Self {
         self.default_action = Some(action);
+        self
+    }
+
+    /// Where compiled Wasm plugins are cached (`None`: no disk cache). The default is
+    /// `$KEEL_PLUGIN_CACHE`, else `$XDG_CACHE_HOME/keel/plugins`, else
+    /// `$HOME/.cache/keel/plugins`. Only Keel may write this directory: entries are checked
+    /// against the SHA-256 stored in them before use, and a corrupt one is rebuilt.
+    #[cfg(feature = "plugins")]
+    pub fn plugin_cache_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.plugin_cache = Some(dir);
         self
     }
 
@@ -156,7 +168,18 @@ impl EngineBuilder {
                 "the default action cannot be `escalate`",
             ));
         }
-        let mut policies = compile_all(specs, &mut diags);
+        #[cfg(feature = "plugins")]
+        let mut plugins = Plugins {
+            cache_dir: self
+                .plugin_cache
+                .clone()
+                .unwrap_or_else(crate::plugin::default_cache_dir),
+            runtime: None,
+            count: 0,
+        };
+        #[cfg(not(feature = "plugins"))]
+        let mut plugins = Plugins;
+        let mut policies = compile_all(specs, &mut diags, &mut plugins);
         match &self.mutation {
             Some(Mutation::Disable(name)) => policies.retain(|p| p.spec.name != *name),
             Some(Mutation::ForceFalse(name)) => {
@@ -177,7 +200,82 @@ impl EngineBuilder {
             return Err(LoadError::new(diags));
         }
         let digest = hex(&digest.finalize());
-        Ok(Engine::index(policies, default_action, digest))
+        let mut engine = Engine::index(policies, default_action, digest);
+        #[cfg(feature = "plugins")]
+        {
+            engine.runtime = plugins.runtime;
+        }
+        #[cfg(not(feature = "plugins"))]
+        let _ = &mut engine;
+        Ok(engine)
+    }
+}
+
+/// What loading plugin policies needs: a wasmtime runtime, made on first use.
+#[cfg(feature = "plugins")]
+struct Plugins {
+    cache_dir: Option<PathBuf>,
+    runtime: Option<Arc<crate::plugin::Runtime>>,
+    count: usize,
+}
+
+#[cfg(not(feature = "plugins"))]
+struct Plugins;
+
+#[cfg(feature = "plugins")]
+impl Plugins {
+    fn load(
+        &mut self,
+        spec: &PolicySpec,
+        ps: &policy::PluginSpec,
+        diags: &mut Vec<Diagnostic>,
+    ) -> Option<crate::plugin::Plugin> {
+        let rt = match &self.runtime {
+            Some(rt) => rt.clone(),
+            None => match crate::plugin::Runtime::new(self.cache_dir.clone()) {
+                Ok(rt) => {
+                    let rt = Arc::new(rt);
+                    self.runtime = Some(rt.clone());
+                    rt
+                }
+                Err(e) => {
+                    diags.push(Diagnostic::new(&spec.file, ps.pos, e));
+                    return None;
+                }
+            },
+        };
+        self.count += 1;
+        if self.count > crate::plugin::MAX_PLUGIN_POLICIES {
+            diags.push(Diagnostic::new(
+                &spec.file,
+                ps.pos,
+                format!(
+                    "policy `{}`: a policy set holds at most {} plugin policies",
+                    spec.name,
+                    crate::plugin::MAX_PLUGIN_POLICIES
+                ),
+            ));
+            return None;
+        }
+        match crate::plugin::load(&rt, ps) {
+            Ok(p) => Some(p),
+            Err(f) => {
+                let at = if f.in_config {
+                    ps.config_pos
+                } else {
+                    ps.path_pos
+                };
+                diags.push(
+                    Diagnostic::new(
+                        &spec.file,
+                        at,
+                        format!("policy `{}`: {}", spec.name, f.message),
+                    )
+                    .with_help(f.help),
+                );
+                None
+            }
+        }
     }
 }
 
@@ -205,9 +303,25 @@ struct Policy {
     reason_expr: Option<Compiled>,
     until: Option<Compiled>,
     dedup_by: Vec<FieldId>,
+    #[cfg(feature = "plugins")]
+    plugin: Option<crate::plugin::Plugin>,
 }
 
 impl Policy {
+    fn is_plugin(&self) -> bool {
+        self.spec.plugin.is_some()
+    }
+
+    /// The severity the policy ranks with: a plugin's action is known only after the call,
+    /// so a plugin policy ranks as if it drained (and is always evaluated).
+    fn rank_severity(&self) -> u8 {
+        if self.is_plugin() {
+            Action::Drain.severity()
+        } else {
+            self.spec.action.severity()
+        }
+    }
+
     fn reads(&self) -> impl Iterator<Item = &Option<FieldId>> {
         [&self.when, &self.reason_expr, &self.until]
             .into_iter()
@@ -266,7 +380,11 @@ fn ty_name(t: Ty) -> &'static str {
     }
 }
 
-fn compile_all(specs: Vec<PolicySpec>, diags: &mut Vec<Diagnostic>) -> Vec<Policy> {
+fn compile_all(
+    specs: Vec<PolicySpec>,
+    diags: &mut Vec<Diagnostic>,
+    plugins: &mut Plugins,
+) -> Vec<Policy> {
     let mut seen: HashMap<String, (Arc<Path>, Pos)> = HashMap::new();
     let mut out = Vec::new();
     for spec in specs {
@@ -342,6 +460,13 @@ fn compile_all(specs: Vec<PolicySpec>, diags: &mut Vec<Diagnostic>) -> Vec<Polic
         if spec.params.dedup_by.is_empty() {
             dedup_by.extend(fields::lookup("resource.id"));
         }
+        #[cfg(feature = "plugins")]
+        let plugin = match &spec.plugin {
+            Some(ps) if diags.len() == before => plugins.load(&spec, ps, diags),
+            _ => None,
+        };
+        #[cfg(not(feature = "plugins"))]
+        let _ = &plugins;
         if diags.len() == before {
             out.push(Policy {
                 spec,
@@ -349,6 +474,8 @@ fn compile_all(specs: Vec<PolicySpec>, diags: &mut Vec<Diagnostic>) -> Vec<Polic
                 reason_expr,
                 until,
                 dedup_by,
+                #[cfg(feature = "plugins")]
+                plugin,
             });
         }
     }
@@ -376,6 +503,9 @@ pub struct Engine {
     default_action: Action,
     env: Arc<cel::Env>,
     digest: String,
+    /// The wasmtime runtime of the plugin policies (with its epoch thread), if any.
+    #[cfg(feature = "plugins")]
+    runtime: Option<Arc<crate::plugin::Runtime>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -408,6 +538,8 @@ pub struct PolicyInfo {
     pub line: usize,
     /// Whether its `when` runs natively (true) or in the CEL interpreter.
     pub native: bool,
+    /// For a Wasm plugin policy: its component, resolved against the policy file.
+    pub plugin: Option<PathBuf>,
 }
 
 fn kind_slot(k: Kind) -> usize {
@@ -434,7 +566,7 @@ impl Engine {
             b.spec
                 .priority
                 .cmp(&a.spec.priority)
-                .then(b.spec.action.severity().cmp(&a.spec.action.severity()))
+                .then(b.rank_severity().cmp(&a.rank_severity()))
                 .then(a.spec.name.cmp(&b.spec.name))
         });
         // Key each policy on its most selective atom: the field with the most distinct
@@ -494,6 +626,8 @@ impl Engine {
             default_action,
             env: Arc::new(cel::Env::stdlib()),
             digest,
+            #[cfg(feature = "plugins")]
+            runtime: None,
         }
     }
 
@@ -514,6 +648,35 @@ impl Engine {
             file: p.spec.file.to_path_buf(),
             line: p.spec.pos.line,
             native: p.when.as_ref().is_none_or(|w| w.native.is_some()),
+            plugin: p.spec.plugin.as_ref().map(|ps| ps.path.clone()),
+        })
+    }
+
+    /// For benchmarks: a new instance of the plugin policy `policy` from its `InstancePre`,
+    /// with `init` run, then dropped.
+    #[cfg(feature = "plugins")]
+    #[doc(hidden)]
+    pub fn __plugin_instantiate(&self, policy: &str) -> Result<(), String> {
+        let p = self
+            .policies
+            .iter()
+            .find(|p| p.spec.name == policy)
+            .and_then(|p| p.plugin.as_ref())
+            .ok_or_else(|| format!("no plugin policy `{policy}`"))?;
+        p.cold_instance()
+    }
+
+    /// For tests: how the component of the plugin policy `policy` was obtained at load
+    /// (`memory`, `disk`, `compiled` or `rebuilt`).
+    #[cfg(feature = "plugins")]
+    #[doc(hidden)]
+    pub fn __plugin_cache_use(&self, policy: &str) -> Option<&'static str> {
+        let p = self.policies.iter().find(|p| p.spec.name == policy)?;
+        Some(match p.plugin.as_ref()?.cache {
+            crate::plugin::CacheUse::Memory => "memory",
+            crate::plugin::CacheUse::Disk => "disk",
+            crate::plugin::CacheUse::Compiled => "compiled",
+            crate::plugin::CacheUse::Rebuilt => "rebuilt",
         })
     }
 
@@ -594,15 +757,25 @@ impl Engine {
             ctx: None,
         };
         let mut outcomes: Vec<(u32, Outcome)> = Vec::with_capacity(cands.len());
-        let mut winner: Option<u32> = None;
+        let mut winner: Option<(u32, Option<PluginHit>)> = None;
+        let mut winner_key: Option<RankKey<'_>> = None;
         let mut no_history: Vec<&str> = Vec::new();
         for &pi in &cands {
             let p = &self.policies[pi as usize];
-            let escalate = p.spec.action == Action::Escalate;
-            if !escalate && winner.is_some() && !full {
-                d.not_evaluated.push(p.spec.name.clone());
-                outcomes.push((pi, Outcome::NotEvaluated));
-                continue;
+            // Escalate policies are always evaluated, and so are plugin policies (a plugin
+            // may escalate); others only while they can still beat the current winner.
+            let always = p.spec.action == Action::Escalate || p.is_plugin();
+            if let (false, false, Some(w)) = (always, full, &winner_key) {
+                let best = RankKey {
+                    priority: p.spec.priority,
+                    severity: p.rank_severity(),
+                    name: &p.spec.name,
+                };
+                if !best.beats(w) {
+                    d.not_evaluated.push(p.spec.name.clone());
+                    outcomes.push((pi, Outcome::NotEvaluated));
+                    continue;
+                }
             }
             if let Some(w) = p.when.as_ref().filter(|w| w.uses_history) {
                 match history {
@@ -618,21 +791,27 @@ impl Engine {
                     Err(e) => Err(e),
                 },
             };
-            let outcome = match res {
-                Ok(false) => Outcome::False,
+            // The action the policy takes, if it matched; a plugin's decision rides along.
+            let hit: Result<Option<(Action, Option<PluginHit>)>, Outcome> = match res {
+                Ok(false) => Ok(None),
                 Err(e) => {
                     d.errors.push(PolicyError {
                         policy: p.spec.name.clone(),
                         message: e,
                     });
-                    Outcome::Errored
+                    Err(Outcome::Errored)
                 }
-                Ok(true) if escalate => {
-                    d.matched.push(matched(p));
-                    self.escalate(p, event, ctx, &mut interp, &mut d, None);
+                Ok(true) => self.call(p, event, ctx, history, &mut d),
+            };
+            let outcome = match hit {
+                Err(o) => o,
+                Ok(None) => Outcome::False,
+                Ok(Some((Action::Escalate, hit))) => {
+                    d.matched.push(matched(p, Action::Escalate));
+                    self.escalate(p, event, ctx, &mut interp, &mut d, None, hit.as_ref());
                     Outcome::Matched
                 }
-                Ok(true) if exhausted(p, event) => {
+                Ok(Some(_)) if !p.is_plugin() && exhausted(p, event) => {
                     d.warnings.push(format!(
                         "policy `{}` matched but its retry budget is spent (max_attempts {})",
                         p.spec.name,
@@ -640,10 +819,16 @@ impl Engine {
                     ));
                     Outcome::Exhausted
                 }
-                Ok(true) => {
-                    d.matched.push(matched(p));
-                    if winner.is_none() {
-                        winner = Some(pi);
+                Ok(Some((action, hit))) => {
+                    d.matched.push(matched(p, action));
+                    let key = RankKey {
+                        priority: p.spec.priority,
+                        severity: action.severity(),
+                        name: &p.spec.name,
+                    };
+                    if winner_key.as_ref().is_none_or(|w| key.beats(w)) {
+                        winner = Some((pi, hit));
+                        winner_key = Some(key);
                     }
                     Outcome::Matched
                 }
@@ -660,8 +845,24 @@ impl Engine {
                     .join(", ")
             ));
         }
-        if let Some(w) = winner {
-            self.apply_winner(&self.policies[w as usize], event, ctx, &mut interp, &mut d);
+        if winner.is_some() && d.matched.len() > 1 {
+            // Plugins decide their action at run time: keep `matched` best first.
+            d.matched.sort_by(|a, b| {
+                b.priority
+                    .cmp(&a.priority)
+                    .then(b.action.severity().cmp(&a.action.severity()))
+                    .then(a.policy.cmp(&b.policy))
+            });
+        }
+        if let Some((w, hit)) = &winner {
+            self.apply_winner(
+                &self.policies[*w as usize],
+                hit.as_ref(),
+                event,
+                ctx,
+                &mut interp,
+                &mut d,
+            );
         }
         if full {
             let mut all: Vec<Outcome> = vec![Outcome::SkippedByIndex; self.policies.len()];
@@ -679,6 +880,84 @@ impl Engine {
                 .collect();
         }
         d
+    }
+
+    /// A policy whose `when` held: its action, or for a plugin policy, the plugin's decision.
+    #[allow(clippy::type_complexity)]
+    fn call(
+        &self,
+        p: &Policy,
+        event: &Event,
+        ctx: &Ctx<'_>,
+        history: Option<&History>,
+        d: &mut Decision,
+    ) -> Result<Option<(Action, Option<PluginHit>)>, Outcome> {
+        #[cfg(feature = "plugins")]
+        if let Some(plugin) = &p.plugin {
+            return self
+                .call_plugin(p, plugin, event, ctx, history, d)
+                .map(|hit| hit.map(|h| (h.action, Some(h))));
+        }
+        let _ = (event, ctx, history, &d);
+        Ok(Some((p.spec.action, None)))
+    }
+
+    #[cfg(feature = "plugins")]
+    fn call_plugin(
+        &self,
+        p: &Policy,
+        plugin: &crate::plugin::Plugin,
+        event: &Event,
+        ctx: &Ctx<'_>,
+        history: Option<&History>,
+        d: &mut Decision,
+    ) -> Result<Option<PluginHit>, Outcome> {
+        let name = &p.spec.name;
+        if history.is_some_and(|h| h.faults().is_quarantined(name)) {
+            d.errors.push(PolicyError {
+                policy: name.clone(),
+                message: format!(
+                    "quarantined after {} consecutive plugin faults: not called",
+                    crate::faults::PLUGIN_QUARANTINE_FAULTS
+                ),
+            });
+            return Err(Outcome::Quarantined);
+        }
+        let r = plugin.evaluate(event, ctx.now, history.map(History::data));
+        for line in r.logs {
+            d.warnings
+                .push(format!("policy `{name}`: plugin log {line}"));
+        }
+        if r.retried && r.outcome.is_ok() {
+            d.warnings.push(format!(
+                "policy `{name}`: the plugin ran past its deadline once; the retry succeeded"
+            ));
+        }
+        let res = r
+            .outcome
+            .map_err(|f| f.to_string())
+            .and_then(|raw| raw.map(validate_plugin_decision).transpose());
+        match res {
+            Ok(hit) => {
+                if let Some(h) = history {
+                    h.faults().success(name);
+                }
+                Ok(hit)
+            }
+            Err(message) => {
+                d.errors.push(PolicyError {
+                    policy: name.clone(),
+                    message,
+                });
+                if history.is_some_and(|h| h.faults().fault(name)) {
+                    d.warnings.push(format!(
+                        "policy `{name}` is quarantined after {} consecutive plugin faults; later decisions with this history skip it",
+                        crate::faults::PLUGIN_QUARANTINE_FAULTS
+                    ));
+                }
+                Err(Outcome::Errored)
+            }
+        }
     }
 
     fn reason(
@@ -714,34 +993,46 @@ impl Engine {
     fn apply_winner(
         &self,
         p: &Policy,
+        hit: Option<&PluginHit>,
         ev: &Event,
         ctx: &Ctx<'_>,
         interp: &mut Interp<'_>,
         d: &mut Decision,
     ) {
-        d.action = p.spec.action;
+        let action = hit.map_or(p.spec.action, |h| h.action);
+        d.action = action;
         d.policy = Some(p.spec.name.clone());
-        d.reason = Some(self.reason(p, ev, ctx, interp, d));
-        d.params = p.spec.params.json.clone();
-        match p.spec.action {
+        d.reason = Some(match hit.and_then(|h| h.reason.clone()) {
+            Some(r) => r,
+            None => self.reason(p, ev, ctx, interp, d),
+        });
+        d.params = match hit {
+            Some(h) => h.params.clone(),
+            None => p.spec.params.json.clone(),
+        };
+        match action {
             Action::Retry | Action::RetryWithoutAgent => {
                 let failure = ev.failure.as_ref();
                 let attempt = failure.map(|f| f.attempt.max(1)).unwrap_or(1);
-                let delay = failure.and_then(|f| f.retry_after_s).or_else(|| {
-                    p.spec
-                        .params
-                        .delay_s
-                        .map(|base| match p.spec.params.backoff {
-                            Some(Backoff::Exponential) => {
-                                let shift = u32::try_from(attempt - 1).unwrap_or(0).min(20);
-                                base.saturating_mul(1i64 << shift)
-                            }
-                            _ => base,
-                        })
-                });
+                let plugin_delay = hit.and_then(|h| h.params.get("delay_s")?.as_i64());
+                let delay = failure
+                    .and_then(|f| f.retry_after_s)
+                    .or(plugin_delay)
+                    .or_else(|| {
+                        p.spec
+                            .params
+                            .delay_s
+                            .map(|base| match p.spec.params.backoff {
+                                Some(Backoff::Exponential) => {
+                                    let shift = u32::try_from(attempt - 1).unwrap_or(0).min(20);
+                                    base.saturating_mul(1i64 << shift)
+                                }
+                                _ => base,
+                            })
+                    });
                 let not_before = delay.and_then(|s| add_secs(ctx.now, s));
                 let mut transform_error = None;
-                let request = match (p.spec.action, failure.and_then(|f| f.request.as_ref())) {
+                let request = match (action, failure.and_then(|f| f.request.as_ref())) {
                     (Action::Retry, req) => req.cloned(),
                     (_, None) => None,
                     (_, Some(req)) => match crate::normalize::transform::retry_without_agent(req) {
@@ -756,7 +1047,7 @@ impl Engine {
                     let reason = format!("retry_without_agent cannot rewrite the request: {e}");
                     d.warnings
                         .push(format!("policy `{}`: {reason}", p.spec.name));
-                    self.escalate(p, ev, ctx, interp, d, Some(reason));
+                    self.escalate(p, ev, ctx, interp, d, Some(reason), None);
                 }
                 d.retry = Some(Retry {
                     request,
@@ -764,7 +1055,9 @@ impl Engine {
                 });
             }
             Action::Defer => {
-                let due = if let Some(c) = &p.until {
+                let due = if let Some(h) = hit {
+                    h.due
+                } else if let Some(c) = &p.until {
                     match interp.eval(c, ev, ctx.now) {
                         Ok(V::Time(t)) => Some(t),
                         Ok(other) => {
@@ -799,7 +1092,7 @@ impl Engine {
                             );
                             d.warnings
                                 .push(format!("policy `{}`: {reason}", p.spec.name));
-                            self.escalate(p, ev, ctx, interp, d, Some(reason));
+                            self.escalate(p, ev, ctx, interp, d, Some(reason), None);
                         }
                     }
                     None => {
@@ -817,6 +1110,7 @@ impl Engine {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn escalate(
         &self,
         p: &Policy,
@@ -825,11 +1119,16 @@ impl Engine {
         interp: &mut Interp<'_>,
         d: &mut Decision,
         reason: Option<String>,
+        hit: Option<&PluginHit>,
     ) {
-        let reason = match reason {
+        let reason = match reason.or_else(|| hit.and_then(|h| h.reason.clone())) {
             Some(r) => r,
             None => self.reason(p, ev, ctx, interp, d),
         };
+        let severity = hit
+            .and_then(|h| h.params.get("severity")?.as_str().and_then(Severity::parse))
+            .or(p.spec.params.severity)
+            .unwrap_or(Severity::Error);
         let window = p
             .spec
             .params
@@ -845,10 +1144,54 @@ impl Engine {
             policy: p.spec.name.clone(),
             reason,
             key,
-            severity: p.spec.params.severity.unwrap_or(Severity::Error),
+            severity,
             repeat,
         });
     }
+}
+
+/// Checks what a plugin returned: a known action, params that are a JSON object, a due time
+/// for `defer`, sizes within bounds.
+#[cfg(feature = "plugins")]
+fn validate_plugin_decision(raw: crate::plugin::RawDecision) -> Result<PluginHit, String> {
+    let action = Action::parse(&raw.action).ok_or_else(|| {
+        let names: Vec<&str> = Action::ALL.iter().map(|a| a.as_str()).collect();
+        format!(
+            "plugin returned an action `{}` that does not exist (actions are {})",
+            raw.action.chars().take(64).collect::<String>(),
+            names.join(", ")
+        )
+    })?;
+    if let Some(r) = &raw.reason {
+        crate::plugin::check_size("reason", r)?;
+    }
+    let params = match &raw.params_json {
+        None => serde_json::Map::new(),
+        Some(text) => {
+            crate::plugin::check_size("params", text)?;
+            match serde_json::from_str::<serde_json::Value>(text) {
+                Ok(serde_json::Value::Object(m)) => m,
+                Ok(_) => return Err("plugin returned params that are not a JSON object".into()),
+                Err(e) => return Err(format!("plugin returned params that are not JSON: {e}")),
+            }
+        }
+    };
+    let due = match raw.due_ms {
+        None => None,
+        Some(ms) => Some(
+            chrono::DateTime::from_timestamp_millis(ms)
+                .ok_or_else(|| format!("plugin returned a due time out of range ({ms} ms)"))?,
+        ),
+    };
+    if action == Action::Defer && due.is_none() {
+        return Err("plugin returned `defer` without a `due` time".into());
+    }
+    Ok(PluginHit {
+        action,
+        reason: raw.reason,
+        params,
+        due,
+    })
 }
 
 fn truncation_warning(d: &mut Decision, policy: &str, w: &Compiled, ev: &Event, h: &History) {
@@ -864,12 +1207,40 @@ fn add_secs(t: Timestamp, secs: i64) -> Option<Timestamp> {
     Duration::try_seconds(secs).and_then(|d| t.checked_add_signed(d))
 }
 
-fn matched(p: &Policy) -> Matched {
+fn matched(p: &Policy, action: Action) -> Matched {
     Matched {
         policy: p.spec.name.clone(),
-        action: p.spec.action,
+        action,
         priority: p.spec.priority,
     }
+}
+
+/// How a matching policy ranks: priority, then its action's severity, then name.
+struct RankKey<'a> {
+    priority: i64,
+    severity: u8,
+    name: &'a str,
+}
+
+impl RankKey<'_> {
+    fn beats(&self, other: &RankKey<'_>) -> bool {
+        (self.priority, self.severity, std::cmp::Reverse(self.name))
+            > (
+                other.priority,
+                other.severity,
+                std::cmp::Reverse(other.name),
+            )
+    }
+}
+
+/// What a plugin decided, validated.
+#[derive(Debug)]
+#[cfg_attr(not(feature = "plugins"), allow(dead_code))]
+struct PluginHit {
+    action: Action,
+    reason: Option<String>,
+    params: serde_json::Map<String, serde_json::Value>,
+    due: Option<Timestamp>,
 }
 
 fn exhausted(p: &Policy, ev: &Event) -> bool {

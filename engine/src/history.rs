@@ -69,9 +69,10 @@ struct DecisionEntry {
     resource: Arc<str>,
 }
 
-/// The bounded, windowed history of events and decisions. See the module docs.
+/// The remembered events and decisions, shared copy-on-write between a [`History`] and the
+/// plugin calls reading it during a decision.
 #[derive(Debug, Clone)]
-pub struct History {
+pub(crate) struct HistoryData {
     events: VecDeque<Entry>,
     decisions: VecDeque<DecisionEntry>,
     /// The decisions again, per resource, in the same order (`history.actions` reads these).
@@ -82,6 +83,16 @@ pub struct History {
     retention: Duration,
     /// The newest time of an entry dropped because of the size bound (not of retention).
     evicted_until: Option<Timestamp>,
+}
+
+/// The bounded, windowed history of events and decisions. See the module docs.
+///
+/// It also holds the fault counters of Wasm plugin policies (see [`History::plugin_faults`]):
+/// quarantine is state, and the caller owns state.
+#[derive(Debug, Clone)]
+pub struct History {
+    data: Arc<HistoryData>,
+    faults: crate::faults::Faults,
 }
 
 impl Default for History {
@@ -100,6 +111,106 @@ impl History {
     /// nothing older than `retention_s` seconds before the event being recorded.
     pub fn with_limits(max_events: usize, retention_s: i64) -> History {
         History {
+            data: Arc::new(HistoryData::with_limits(max_events, retention_s)),
+            faults: crate::faults::Faults::default(),
+        }
+    }
+
+    /// The number of remembered events.
+    pub fn len(&self) -> usize {
+        self.data.events.len()
+    }
+
+    /// Whether no event is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.data.events.is_empty()
+    }
+
+    /// Remembers an event. Call it before deciding the event, so that its own occurrence
+    /// counts.
+    pub fn record(&mut self, ev: &Event) {
+        Arc::make_mut(&mut self.data).record(ev);
+    }
+
+    /// Remembers a decision: its action for the event's resource, and the keys of its
+    /// escalations (so that repeats are marked [`crate::Escalation::repeat`]).
+    pub fn record_decision(&mut self, ev: &Event, d: &Decision) {
+        Arc::make_mut(&mut self.data).record_decision(ev, d);
+    }
+
+    /// Whether an escalation key was recorded before.
+    pub fn fired(&self, key: &str) -> bool {
+        self.data.fired.contains_key(key)
+    }
+
+    /// Consecutive faults of the Wasm plugin policy `policy` (0 after a clean call).
+    pub fn plugin_faults(&self, policy: &str) -> u32 {
+        self.faults.consecutive(policy)
+    }
+
+    /// The Wasm plugin policies quarantined after [`crate::PLUGIN_QUARANTINE_FAULTS`]
+    /// consecutive faults: the engine skips them, and says so in every decision they would
+    /// have taken part in.
+    pub fn quarantined(&self) -> Vec<String> {
+        self.faults.quarantined()
+    }
+
+    /// Lifts the quarantine of `policy` (e.g. after deploying a fixed plugin) and resets its
+    /// fault count.
+    pub fn release_quarantine(&mut self, policy: &str) {
+        self.faults.release(policy);
+    }
+
+    #[cfg_attr(not(feature = "plugins"), allow(dead_code))]
+    pub(crate) fn faults(&self) -> &crate::faults::Faults {
+        &self.faults
+    }
+
+    /// A shared, read-only handle on the remembered events, for plugin calls.
+    #[cfg_attr(not(feature = "plugins"), allow(dead_code))]
+    pub(crate) fn data(&self) -> Arc<HistoryData> {
+        self.data.clone()
+    }
+
+    pub(crate) fn truncated(&self, end: Timestamp, window: Duration) -> bool {
+        self.data.truncated(end, window)
+    }
+
+    pub(crate) fn count(
+        &self,
+        filter: &[(FieldId, Val)],
+        end: Timestamp,
+        window: Duration,
+        cap: Option<i64>,
+    ) -> i64 {
+        self.data.count(filter, end, window, cap)
+    }
+
+    pub(crate) fn resources(
+        &self,
+        filter: &[(FieldId, Val)],
+        end: Timestamp,
+        window: Duration,
+        cap: Option<i64>,
+    ) -> i64 {
+        self.data.resources(filter, end, window, cap)
+    }
+
+    pub(crate) fn actions(
+        &self,
+        resource: &str,
+        action: Action,
+        end: Timestamp,
+        window: Duration,
+        cap: Option<i64>,
+    ) -> i64 {
+        self.data.actions(resource, action, end, window, cap)
+    }
+}
+
+impl HistoryData {
+    fn with_limits(max_events: usize, retention_s: i64) -> HistoryData {
+        HistoryData {
             events: VecDeque::new(),
             decisions: VecDeque::new(),
             by_resource: HashMap::new(),
@@ -113,16 +224,6 @@ impl History {
         }
     }
 
-    /// The number of remembered events.
-    pub fn len(&self) -> usize {
-        self.events.len()
-    }
-
-    /// Whether no event is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.events.is_empty()
-    }
-
     fn intern(&mut self, s: &str) -> Arc<str> {
         if let Some(a) = self.interned.get(s) {
             return a.clone();
@@ -132,9 +233,7 @@ impl History {
         a
     }
 
-    /// Remembers an event. Call it before deciding the event, so that its own occurrence
-    /// counts.
-    pub fn record(&mut self, ev: &Event) {
+    fn record(&mut self, ev: &Event) {
         let mut values = Vec::new();
         for id in FieldId::all() {
             if !correlatable(id) {
@@ -164,9 +263,7 @@ impl History {
         self.trim(ev.time);
     }
 
-    /// Remembers a decision: its action for the event's resource, and the keys of its
-    /// escalations (so that repeats are marked [`crate::Escalation::repeat`]).
-    pub fn record_decision(&mut self, ev: &Event, d: &Decision) {
+    fn record_decision(&mut self, ev: &Event, d: &Decision) {
         if let Some(r) = resource_key(ev) {
             let resource = self.intern(r);
             self.by_resource
@@ -182,11 +279,6 @@ impl History {
             self.fired.entry(e.key.clone()).or_insert(ev.time);
         }
         self.trim(ev.time);
-    }
-
-    /// Whether an escalation key was recorded before.
-    pub fn fired(&self, key: &str) -> bool {
-        self.fired.contains_key(key)
     }
 
     /// Drops what is older than the retention before `now` (the event being recorded: one

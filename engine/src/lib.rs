@@ -8,7 +8,10 @@
 //!
 //! The engine does no I/O after loading and never reads a clock: the current time comes in
 //! with [`Ctx`]. It has no tokio and no wasmtime in its dependency tree, so it embeds in any
-//! Rust agent and builds for `wasm32-unknown-unknown` and `wasm32-wasip1`.
+//! Rust agent and builds for `wasm32-unknown-unknown` and `wasm32-wasip1`. The `plugins`
+//! feature adds Wasm plugin policies (`plugin:` in a policy file), run with wasmtime's
+//! component model under a deadline and a memory limit per call; see the README's "Wasm plugin
+//! policies" and `wasm-plugins/wit/policy.wit`.
 //!
 //! ## How the types relate
 //!
@@ -72,9 +75,12 @@ mod decision;
 mod diag;
 mod engine;
 mod event;
+mod faults;
 pub mod fields;
 pub mod history;
 pub mod normalize;
+#[cfg(feature = "plugins")]
+mod plugin;
 mod policy;
 pub mod schema;
 pub mod testing;
@@ -91,9 +97,14 @@ pub use event::{
     Maintenance, MaintenanceStatus, MaintenanceType, Operation, ReasonType, Resource, Source,
     Timestamp, MAX_EVENT_BYTES,
 };
+pub use faults::PLUGIN_QUARANTINE_FAULTS;
 pub use history::History;
+#[cfg(feature = "plugins")]
+pub use plugin::PLUGIN_INTERFACE;
 pub use policy::{
-    is_policy_file, LoadError, FORMAT_VERSION, MAX_POLICY_DEPTH, MAX_POLICY_FILE_BYTES,
+    is_policy_file, LoadError, DEFAULT_PLUGIN_DEADLINE_MS, DEFAULT_PLUGIN_MEMORY_MIB,
+    FORMAT_VERSION, MAX_PLUGIN_DEADLINE_MS, MAX_PLUGIN_MEMORY_MIB, MAX_POLICY_DEPTH,
+    MAX_POLICY_FILE_BYTES,
 };
 
 #[doc(hidden)]

@@ -64,6 +64,37 @@ pub(crate) struct Params {
     pub json: serde_json::Map<String, serde_json::Value>,
 }
 
+/// Default per-call deadline of a plugin, milliseconds.
+pub const DEFAULT_PLUGIN_DEADLINE_MS: u64 = 5;
+/// Default memory limit of a plugin instance, MiB.
+pub const DEFAULT_PLUGIN_MEMORY_MIB: u64 = 4;
+/// The largest per-call deadline a policy may give a plugin, milliseconds.
+pub const MAX_PLUGIN_DEADLINE_MS: i64 = 1000;
+/// The largest memory limit a policy may give a plugin, MiB.
+pub const MAX_PLUGIN_MEMORY_MIB: i64 = 64;
+
+/// A policy's `plugin:` block: a Wasm component deciding in place of `when`/`action`.
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "plugins"), allow(dead_code))]
+pub(crate) struct PluginSpec {
+    /// Where the `plugin:` block starts (diagnostics about the plugin point here).
+    pub pos: Pos,
+    /// The component, resolved against the policy file's directory.
+    pub path: PathBuf,
+    /// Where `path` is written.
+    pub path_pos: Pos,
+    /// The expected hex SHA-256 of the component, if given.
+    pub sha256: Option<(String, Pos)>,
+    /// `config`, handed to the plugin's `init` as JSON.
+    pub config: serde_json::Value,
+    /// Where `config` is written (else the block).
+    pub config_pos: Pos,
+    /// Per-call deadline, milliseconds.
+    pub deadline_ms: u64,
+    /// Memory limit of an instance, MiB.
+    pub memory_mib: u64,
+}
+
 /// One policy, parsed and checked for shape (expressions are compiled later).
 #[derive(Debug, Clone)]
 pub(crate) struct PolicySpec {
@@ -78,6 +109,8 @@ pub(crate) struct PolicySpec {
     pub reason: Option<String>,
     pub reason_expr: Option<Expr>,
     pub params: Params,
+    /// For a Wasm policy: the plugin that decides the action (`action` is then absent).
+    pub plugin: Option<PluginSpec>,
 }
 
 /// A policy set that failed to load: every problem found, in file order.
@@ -597,6 +630,8 @@ impl Cx<'_, '_> {
         let mut reason = None;
         let mut reason_expr = None;
         let mut params_node = None;
+        #[cfg_attr(not(feature = "plugins"), allow(unused_mut))]
+        let mut plugin = None;
         for (key, _, v) in &entries {
             match key.as_str() {
                 "name" => name = self.name(v),
@@ -611,11 +646,14 @@ impl Cx<'_, '_> {
                 "reason" => reason = self.string(v, "`reason`"),
                 "reason_expr" => reason_expr = self.expr(v, "`reason_expr`"),
                 "params" => params_node = Some(*v),
+                #[cfg(not(feature = "plugins"))]
                 "plugin" => self.err_help(
                     pos(v),
                     "Wasm plugin policies need the engine's `plugins` feature, which this build does not have",
                     Some("write the policy in CEL, or use a Keel build with plugins".into()),
                 ),
+                #[cfg(feature = "plugins")]
+                "plugin" => plugin = self.plugin(v),
                 _ => {}
             }
         }
@@ -632,7 +670,21 @@ impl Cx<'_, '_> {
                 ),
             );
         }
-        if action_node.is_none() {
+        let is_plugin = entries.iter().any(|(k, _, _)| k == "plugin");
+        if is_plugin {
+            for (key, k, _) in &entries {
+                if matches!(key.as_str(), "action" | "params" | "reason" | "reason_expr") {
+                    self.err_help(
+                        pos(k),
+                        format!("a plugin policy cannot have `{key}`: its plugin decides the action, reason and params"),
+                        Some("remove it, or write the policy in CEL without `plugin`".into()),
+                    );
+                }
+            }
+            if self.diags.len() == before {
+                action = Some(Action::None);
+            }
+        } else if action_node.is_none() {
             self.err(pos(n), "policy without `action`");
         }
         if reason.is_some() && reason_expr.is_some() {
@@ -667,7 +719,90 @@ impl Cx<'_, '_> {
             reason,
             reason_expr,
             params: params?,
+            plugin,
         })
+    }
+
+    /// A `plugin:` block: `{path, sha256?, config?, limits?: {deadline_ms, memory_mib}}`.
+    #[cfg(feature = "plugins")]
+    fn plugin(&mut self, n: &MarkedYaml<'_>) -> Option<PluginSpec> {
+        let entries = self.map(n, "`plugin`", &["path", "sha256", "config", "limits"])?;
+        let before = self.diags.len();
+        let mut spec = PluginSpec {
+            pos: pos(n),
+            path: PathBuf::new(),
+            path_pos: pos(n),
+            sha256: None,
+            config: serde_json::Value::Object(serde_json::Map::new()),
+            config_pos: pos(n),
+            deadline_ms: DEFAULT_PLUGIN_DEADLINE_MS,
+            memory_mib: DEFAULT_PLUGIN_MEMORY_MIB,
+        };
+        let mut have_path = false;
+        for (key, _, v) in &entries {
+            match key.as_str() {
+                "path" => {
+                    if let Some(p) = self.string(v, "`plugin.path`") {
+                        have_path = true;
+                        let dir = self.file.parent().unwrap_or(Path::new(""));
+                        spec.path = dir.join(p);
+                        spec.path_pos = pos(v);
+                    }
+                }
+                "sha256" => {
+                    if let Some(h) = self.string(v, "`plugin.sha256`") {
+                        let h = h.to_ascii_lowercase();
+                        if h.len() == 64 && h.chars().all(|c| c.is_ascii_hexdigit()) {
+                            spec.sha256 = Some((h, pos(v)));
+                        } else {
+                            self.err(pos(v), "`plugin.sha256` must be 64 hex digits");
+                        }
+                    }
+                }
+                "config" => {
+                    spec.config_pos = pos(v);
+                    if !matches!(v.data, YamlData::Mapping(_)) {
+                        self.err(pos(v), "`plugin.config` must be a map");
+                    } else {
+                        spec.config = self.json(v, 0);
+                    }
+                }
+                "limits" => {
+                    let Some(limits) =
+                        self.map(v, "`plugin.limits`", &["deadline_ms", "memory_mib"])
+                    else {
+                        continue;
+                    };
+                    for (key, _, l) in &limits {
+                        let (what, max) = match key.as_str() {
+                            "deadline_ms" => ("`limits.deadline_ms`", MAX_PLUGIN_DEADLINE_MS),
+                            _ => ("`limits.memory_mib`", MAX_PLUGIN_MEMORY_MIB),
+                        };
+                        let Some(x) = self.int(l, what, 1) else {
+                            continue;
+                        };
+                        if x > max {
+                            self.err(pos(l), format!("{what} must be at most {max}, found {x}"));
+                            continue;
+                        }
+                        let x = x.unsigned_abs();
+                        match key.as_str() {
+                            "deadline_ms" => spec.deadline_ms = x,
+                            _ => spec.memory_mib = x,
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if !have_path && !entries.iter().any(|(k, _, _)| k == "path") {
+            self.err_help(
+                pos(n),
+                "`plugin` without `path`",
+                Some("e.g. `path: ../wasm-plugins/dist/maintenance-window.wasm` (relative to this file)".into()),
+            );
+        }
+        (self.diags.len() == before).then_some(spec)
     }
 
     fn name(&mut self, n: &MarkedYaml<'_>) -> Option<String> {

@@ -23,8 +23,14 @@ pub fn run(args: Args) -> u8 {
     match Engine::from_dir(&args.path) {
         Ok(engine) => {
             let native = engine.policies().filter(|p| p.native).count();
+            let plugins = engine.policies().filter(|p| p.plugin.is_some()).count();
+            let with_plugins = if plugins > 0 {
+                format!(", {plugins} of them Wasm plugins")
+            } else {
+                String::new()
+            };
             println!(
-                "ok: {} policies ({} native, {} interpreted), set {}",
+                "ok: {} policies ({} native, {} interpreted{with_plugins}), set {}",
                 engine.len(),
                 native,
                 engine.len() - native,

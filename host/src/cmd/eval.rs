@@ -250,6 +250,7 @@ fn text(out: &mut dyn Write, d: &Decision) -> std::io::Result<()> {
                 Outcome::Exhausted => "matched, retries spent",
                 Outcome::Errored => "errored",
                 Outcome::NotEvaluated => "not evaluated",
+                Outcome::Quarantined => "quarantined plugin",
                 _ => "other",
             };
             let won = if d.policy.as_deref() == Some(t.policy.as_str()) {

@@ -1,0 +1,72 @@
+//! A plugin that misbehaves on purpose, chosen by `config: { mode: ... }`, so that the host's
+//! tests can show that every fault becomes a policy error and never a crash. Never deploy it.
+//!
+//! Modes: `ok` (acknowledges), `spin` (loops forever), `alloc` (allocates without bound),
+//! `panic`, `bad-action` (returns an action that does not exist), `bad-params` (returns params
+//! that are not JSON), `defer-without-due`, `init-error` (fails `init`), `log` (logs, then
+//! acknowledges).
+
+use keel_plugin::{Ctx, Decision, Event, Level, Plugin};
+use std::sync::OnceLock;
+
+static MODE: OnceLock<String> = OnceLock::new();
+
+#[derive(serde::Deserialize)]
+struct Config {
+    mode: String,
+}
+
+struct Hostile;
+
+impl Plugin for Hostile {
+    fn init(config: &str) -> Result<(), String> {
+        let c: Config = serde_json::from_str(config).map_err(|e| format!("config: {e}"))?;
+        if c.mode == "init-error" {
+            return Err("this plugin refuses to start (mode init-error)".into());
+        }
+        let _ = MODE.set(c.mode);
+        Ok(())
+    }
+
+    fn evaluate(event: Event, _ctx: Ctx) -> Option<Decision> {
+        match MODE.get().map(String::as_str).unwrap_or("ok") {
+            "spin" => {
+                let mut x: u64 = event.time as u64;
+                loop {
+                    x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+                    if x == 42 {
+                        break;
+                    }
+                }
+                Some(Decision::new("none"))
+            }
+            "alloc" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 64 << 10]);
+                    if std::hint::black_box(hoard.len()) == usize::MAX {
+                        break;
+                    }
+                }
+                Some(Decision::new("none"))
+            }
+            "panic" => panic!("hostile plugin panics on event {}", event.id),
+            "bad-action" => Some(Decision::new("explode").reason("no such action")),
+            "bad-params" => Some(Decision {
+                action: "acknowledge".into(),
+                reason: None,
+                params_json: Some("{not json".into()),
+                due: None,
+            }),
+            "defer-without-due" => Some(Decision::new("defer")),
+            "log" => {
+                keel_plugin::log(Level::Warn, "hostile plugin says hello");
+                keel_plugin::log(Level::Debug, "not shown");
+                Some(Decision::new("acknowledge"))
+            }
+            _ => Some(Decision::new("acknowledge").reason("hostile plugin in mode ok")),
+        }
+    }
+}
+
+keel_plugin::export!(Hostile);

@@ -76,7 +76,7 @@ async fn cell(point: &str, step: Option<&str>) {
 
     // 1. Crash at the failpoint.
     let mut k = sc.keel(&[], &[("KEEL_FAILPOINT", &spec)]);
-    let status = k.wait_exit(Duration::from_secs(20)).await;
+    let status = k.wait_exit(Duration::from_secs(60)).await;
     assert_eq!(
         status.signal(),
         Some(6),
@@ -93,7 +93,7 @@ async fn cell(point: &str, step: Option<&str>) {
     // 2. Restart on the same state, without the failpoint, until the runbook finished.
     let mut k = sc.keel(&[], &[]);
     let runbook = sc
-        .wait_runbook_finished(&mut k, Duration::from_secs(20))
+        .wait_runbook_finished(&mut k, Duration::from_secs(60))
         .await;
     // Give the host time to see what followed (the event Started, then gone: decisions that
     // must not drain again) before counting.
@@ -266,18 +266,18 @@ async fn arm_cell(point: &str, step: Option<&str>) {
 
     // 1. Report the failure; crash at the failpoint.
     let mut k = common::Keel::start(&config, &[], &env);
-    k.wait_line("the listen line", Duration::from_secs(20), |l| {
+    k.wait_line("the listen line", Duration::from_secs(60), |l| {
         l.get("listen").is_some()
     })
     .await;
     let first = post(&k, &body).await;
-    let status = k.wait_exit(Duration::from_secs(20)).await;
+    let status = k.wait_exit(Duration::from_secs(60)).await;
     assert_eq!(status.signal(), Some(6), "{spec}: no abort\n{}", k.dump());
     let mut lines = k.json_lines();
 
     // 2. Restart; the deployment tool, unsure, reports the same failure again (same key).
     let mut k = common::Keel::start(&config, &[], &env[..1]);
-    k.wait_line("the listen line", Duration::from_secs(20), |l| {
+    k.wait_line("the listen line", Duration::from_secs(60), |l| {
         l.get("listen").is_some()
     })
     .await;

@@ -51,6 +51,10 @@ pub struct Config {
     pub retention: Duration,
     /// How often the garbage collector runs.
     pub gc_interval: Duration,
+    /// Where compiled Wasm plugins are cached (`plugin_cache`; default `plugin-cache/` beside
+    /// the state database). Only Keel may write it.
+    #[cfg_attr(not(feature = "plugins"), allow(dead_code))]
+    pub plugin_cache: PathBuf,
     /// Group commit: at most this many waiting payloads and ingest bodies are decided and
     /// committed in one transaction (default 256; 1 commits each on its own).
     pub commit_batch_max: usize,
@@ -391,6 +395,13 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
         );
     }
     let state = v.path(&base, "/state", root.get("state"), ".keel/state.db");
+    let plugin_cache = match root.get("plugin_cache") {
+        None => state
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("plugin-cache"),
+        Some(_) => v.path(&base, "/plugin_cache", root.get("plugin_cache"), ""),
+    };
     let listen = match root.get("listen") {
         None => SocketAddr::from(([127, 0, 0, 1], 9464)),
         Some(Value::String(s)) => s.parse().unwrap_or_else(|_| {
@@ -592,6 +603,7 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
             retention,
             gc_interval,
             commit_batch_max,
+            plugin_cache,
         })
     } else {
         Err(LoadError::from_diagnostics(diags))

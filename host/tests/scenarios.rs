@@ -280,3 +280,35 @@ async fn drains_beyond_the_limit_wait_for_a_slot() {
         "one drain at a time"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_policy_decides_in_the_host_with_its_compile_cache_beside_the_state() {
+    let sc = Scenario::new(false, &common::not_before_in_15_minutes()).await;
+    // The maintenance-window example plugin (built into wasm-plugins/dist/ by
+    // `cargo run -p xtask -- build-plugins`, which test.sh runs first).
+    let text = std::fs::read_to_string(&sc.config).unwrap();
+    let rest = &text[text.find('\n').unwrap()..];
+    let policies = common::root().join("wasm-plugins/examples/maintenance-window");
+    std::fs::write(
+        &sc.config,
+        format!("policies: {}{rest}", policies.display()),
+    )
+    .unwrap();
+    let mut k = sc.keel(&[], &[]);
+    k.wait_line("the plugin's decision", Duration::from_secs(60), |l| {
+        l["decision"]["policy"] == "team.maintenance-window"
+    })
+    .await;
+    let d = k
+        .json_lines()
+        .into_iter()
+        .find(|l| l["decision"]["policy"] == "team.maintenance-window")
+        .unwrap();
+    // Inside the Tokyo window it drains; outside, it defers to the window's next opening.
+    let action = d["decision"]["action"].as_str().unwrap().to_string();
+    assert!(["drain", "defer"].contains(&action.as_str()), "{d}");
+    assert_eq!(d["decision"]["errors"], json!([]), "{d}");
+    let cache = sc.state.parent().unwrap().join("plugin-cache");
+    let entries = std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0);
+    assert!(entries >= 1, "no compiled component in {}", cache.display());
+}

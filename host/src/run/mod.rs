@@ -156,10 +156,18 @@ fn rebuild_history(store: &Store) -> Result<History, StoreError> {
     Ok(h)
 }
 
+/// Loads the configuration's policy set (with its plugin cache, when plugins are built in).
+pub fn load_policies(cfg: &Config) -> Result<Engine, keel_engine::LoadError> {
+    let b = Engine::builder().add_path(&cfg.policies);
+    #[cfg(feature = "plugins")]
+    let b = b.plugin_cache_dir(Some(cfg.plugin_cache.clone()));
+    b.build()
+}
+
 impl Host {
     /// Loads the policies and the state and builds the host.
     pub fn new(cfg: Config, log: Box<dyn std::io::Write + Send>) -> Result<Arc<Host>, StartError> {
-        let engine = Engine::from_dir(&cfg.policies).map_err(|e| e.to_string())?;
+        let engine = load_policies(&cfg).map_err(|e| e.to_string())?;
         let store = Store::open(&cfg.state).map_err(|e| e.to_string())?;
         let nstate = match store.normalizer_state().map_err(|e| e.to_string())? {
             Some(json) => serde_json::from_str(&json).unwrap_or_default(),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use chrono::Utc;
-use keel_engine::{escape, Engine};
+use keel_engine::escape;
 use tokio::sync::watch;
 
 use super::{rfc, Host};
@@ -56,8 +56,8 @@ pub async fn watch(host: Arc<Host>, interval: Duration, mut stop: watch::Receive
             continue;
         }
         last = now;
-        let d = dir.clone();
-        let loaded = tokio::task::spawn_blocking(move || Engine::from_dir(&d)).await;
+        let cfg = host.cfg.clone();
+        let loaded = tokio::task::spawn_blocking(move || super::load_policies(&cfg)).await;
         match loaded {
             Ok(Ok(engine)) => {
                 let digest = engine.digest().to_string();

@@ -652,6 +652,18 @@ impl Engine {
         })
     }
 
+    /// Drops every plugin policy's warm instances, so that the next decision runs each plugin
+    /// on a fresh instance (with `init` run again): nothing a plugin kept in its own memory
+    /// from earlier decisions carries over. `keel test` does this before every case, so that
+    /// cases do not depend on their order. A no-op without plugin policies (or without the
+    /// `plugins` feature).
+    pub fn reset_plugin_instances(&self) {
+        #[cfg(feature = "plugins")]
+        for p in self.policies.iter().filter_map(|p| p.plugin.as_ref()) {
+            p.drop_warm();
+        }
+    }
+
     /// For benchmarks: a new instance of the plugin policy `policy` from its `InstancePre`,
     /// with `init` run, then dropped.
     #[cfg(feature = "plugins")]

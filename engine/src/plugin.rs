@@ -736,6 +736,12 @@ impl Plugin {
         }
     }
 
+    /// Drops the warm instances: the next call starts from a fresh instance (and `init`), so
+    /// nothing a plugin kept in its own memory carries over.
+    pub(crate) fn drop_warm(&self) {
+        lock(&self.warm).clear();
+    }
+
     fn give_back(&self, mut w: Warm) {
         w.store.data_mut().history = None;
         w.store.data_mut().logs.clear();

@@ -1261,6 +1261,9 @@ fn run_case(
     file: &str,
     coverage: &mut [PolicyCoverage],
 ) -> Vec<StepResult> {
+    // Every case starts from fresh plugin instances (and a fresh history): no case depends on
+    // the ones before it.
+    engine.reset_plugin_instances();
     let mut history = History::new();
     let mut nstate = NormalizerState::default();
     let mut step_events: Vec<Vec<Event>> = Vec::new();

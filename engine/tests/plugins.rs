@@ -573,3 +573,18 @@ fn the_host_maintenance_plugin_runs_the_standard_policys_cases_unchanged() {
          policies/standard/host-maintenance.test.yaml > wasm-plugins/examples/host-maintenance/host-maintenance.test.yaml"
     );
 }
+
+/// A plugin's own memory outlives a call on a warm instance; `reset_plugin_instances` (which
+/// `keel test` calls before every case) starts it afresh, so cases cannot depend on their order.
+#[test]
+fn fresh_instances_forget_what_a_plugin_kept_between_calls() {
+    let e = hostile_set("stateful").unwrap();
+    let h = History::new();
+    let first = decide_full(&e, &h);
+    assert_eq!(first.action, Action::Drain, "{first:?}");
+    let second = decide_full(&e, &h);
+    assert_eq!(second.action, Action::Acknowledge, "warm instance kept its state");
+    e.reset_plugin_instances();
+    let again = decide_full(&e, &h);
+    assert_eq!(again.action, Action::Drain, "a fresh instance after the reset: {again:?}");
+}

@@ -4,12 +4,15 @@
 //! Modes: `ok` (acknowledges), `spin` (loops forever), `alloc` (allocates without bound),
 //! `panic`, `bad-action` (returns an action that does not exist), `bad-params` (returns params
 //! that are not JSON), `defer-without-due`, `init-error` (fails `init`), `log` (logs, then
-//! acknowledges).
+//! acknowledges), `stateful` (drains on its instance's first call only: global state that
+//! outlives a call).
 
 use keel_plugin::{Ctx, Decision, Event, Level, Plugin};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
 static MODE: OnceLock<String> = OnceLock::new();
+static CALLS: AtomicU32 = AtomicU32::new(0);
 
 #[derive(serde::Deserialize)]
 struct Config {
@@ -59,6 +62,11 @@ impl Plugin for Hostile {
                 due: None,
             }),
             "defer-without-due" => Some(Decision::new("defer")),
+            "stateful" => Some(if CALLS.fetch_add(1, Ordering::Relaxed) == 0 {
+                Decision::new("drain").reason("first call of this instance")
+            } else {
+                Decision::new("acknowledge").reason("a later call of this instance")
+            }),
             "log" => {
                 keel_plugin::log(Level::Warn, "hostile plugin says hello");
                 keel_plugin::log(Level::Debug, "not shown");

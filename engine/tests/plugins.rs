@@ -583,8 +583,16 @@ fn fresh_instances_forget_what_a_plugin_kept_between_calls() {
     let first = decide_full(&e, &h);
     assert_eq!(first.action, Action::Drain, "{first:?}");
     let second = decide_full(&e, &h);
-    assert_eq!(second.action, Action::Acknowledge, "warm instance kept its state");
+    assert_eq!(
+        second.action,
+        Action::Acknowledge,
+        "warm instance kept its state"
+    );
     e.reset_plugin_instances();
     let again = decide_full(&e, &h);
-    assert_eq!(again.action, Action::Drain, "a fresh instance after the reset: {again:?}");
+    assert_eq!(
+        again.action,
+        Action::Drain,
+        "a fresh instance after the reset: {again:?}"
+    );
 }

@@ -214,6 +214,12 @@ pub enum StepKind {
         /// The `api-version` of the resubmitted request (unless the body names its own
         /// `apiVersion`, as an ARM template resource does).
         api_version: String,
+        /// Follow ARM's long-running operation (`Azure-AsyncOperation`, `Location`, or a
+        /// non-terminal `provisioningState`) until it succeeds or fails (`follow_operation`,
+        /// default true); the step's `timeout` bounds the wait.
+        follow: bool,
+        /// Time between polls of the operation when ARM gives no `Retry-After`.
+        poll_interval: Duration,
     },
     /// Write the decision to the log.
     Log,
@@ -1427,18 +1433,38 @@ fn parse_files(v: &mut V<'_>, base: &Path, s: &Value) -> Vec<FileSource> {
     out
 }
 
-/// An `arm` step: `{ endpoint?, api_version? }`.
+/// An `arm` step: `{ endpoint?, api_version?, follow_operation?, poll_interval? }`.
 fn parse_arm(v: &mut V<'_>, p: &str, a: Option<&Value>) -> Option<StepKind> {
     let a = match a {
         Some(a @ Value::Object(_)) => a,
         Some(Value::Null) | None => &Value::Object(serde_json::Map::new()),
         Some(_) => {
-            v.err(p, "`arm` is a map: { endpoint?, api_version? }");
+            v.err(
+                p,
+                "`arm` is a map: { endpoint?, api_version?, follow_operation?, poll_interval? }",
+            );
             return None;
         }
     };
-    v.keys(p, a, &["endpoint", "api_version"]);
+    v.keys(
+        p,
+        a,
+        &[
+            "endpoint",
+            "api_version",
+            "follow_operation",
+            "poll_interval",
+        ],
+    );
+    let follow = v.boolean(
+        &format!("{p}/follow_operation"),
+        a.get("follow_operation"),
+        true,
+    );
+    let poll_interval = v.positive_at(p, a, "poll_interval", Duration::from_secs(5));
     Some(StepKind::Arm {
+        follow,
+        poll_interval,
         endpoint: v.url(
             &format!("{p}/endpoint"),
             a.get("endpoint"),

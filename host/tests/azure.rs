@@ -338,7 +338,7 @@ async fn arm_step_resubmits_the_request_without_the_agent_once_honouring_retry_a
         dir.path(),
         &format!("azure_identity:\n  endpoint: {imds_url}\n"),
         "  ingest:\n    token_env: KEEL_TEST_INGEST_TOKEN\n",
-        &format!("  retry_without_agent:\n    - name: resubmit\n      arm:\n        endpoint: {arm_url}\n        api_version: 2024-07-01\n      timeout: 10s\n      retries: 3\n      backoff: 100ms\n"),
+        &format!("  retry_without_agent:\n    - name: resubmit\n      arm:\n        endpoint: {arm_url}\n        poll_interval: 100ms\n        api_version: 2024-07-01\n      timeout: 10s\n      retries: 3\n      backoff: 100ms\n"),
     );
     let mut k = Keel::start(&cfg, &[], &[("KEEL_TEST_INGEST_TOKEN", TOKEN)]);
     k.wait_line("the listen line", Duration::from_secs(20), |l| {
@@ -707,5 +707,118 @@ async fn resource_health_reads_this_vm_from_instance_metadata_when_none_is_confi
             .count(),
         1,
         "the instance metadata is read once"
+    );
+}
+
+/// Runs the `arm` step for one reported failure against an ARM stub prepared by `setup`;
+/// the step's log line and the stub.
+async fn arm_run(setup: impl FnOnce(&mut common::azure::Arm)) -> (Value, common::azure::ArmState) {
+    let (imds_url, _imds) = imds_stub().await;
+    let (arm_url, arm) = arm_stub().await;
+    setup(&mut arm.lock().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &format!("azure_identity:\n  endpoint: {imds_url}\n"),
+        "  ingest:\n    token_env: KEEL_TEST_INGEST_TOKEN\n",
+        &format!("  retry_without_agent:\n    - name: resubmit\n      arm:\n        endpoint: {arm_url}\n        poll_interval: 100ms\n      timeout: 20s\n      retries: 0\n"),
+    );
+    let mut k = Keel::start(&cfg, &[], &[("KEEL_TEST_INGEST_TOKEN", TOKEN)]);
+    k.wait_line("the listen line", Duration::from_secs(20), |l| {
+        l.get("listen").is_some()
+    })
+    .await;
+    let (status, reply) = post_ingest(
+        &k,
+        &ingest_body(
+            "deploy/web-win-1/create/1",
+            "web-win-1",
+            Some(create_request()),
+        ),
+    )
+    .await;
+    assert_eq!(status, 202, "{reply}");
+    k.wait_line("the resubmit step", Duration::from_secs(30), |l| {
+        l["step"] == "resubmit"
+    })
+    .await;
+    let step = k
+        .json_lines()
+        .into_iter()
+        .find(|l| l["step"] == "resubmit")
+        .unwrap();
+    (step, arm)
+}
+
+fn operation_polls(arm: &common::azure::ArmState) -> Vec<Req> {
+    arm.lock()
+        .unwrap()
+        .reqs
+        .iter()
+        .filter(|r| r.method == "GET" && r.path == common::azure::OPERATION_PATH)
+        .cloned()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arm_step_follows_the_async_operation_until_it_succeeds() {
+    let (step, arm) = arm_run(|a| {
+        a.async_operation = Some(format!(
+            "{}?api-version=2024-07-01",
+            common::azure::OPERATION_PATH
+        ));
+        a.operations = [
+            json!({"status": "InProgress"}),
+            json!({"status": "InProgress"}),
+            json!({"status": "Succeeded"}),
+        ]
+        .into();
+    })
+    .await;
+    assert_eq!(step["outcome"], "ok", "{step}");
+    let polls = operation_polls(&arm);
+    assert_eq!(polls.len(), 3, "{polls:?}");
+    assert!(polls
+        .iter()
+        .all(|p| p.auth.as_deref() == Some("Bearer mi-token-1")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arm_step_fails_and_escalates_when_the_operation_fails() {
+    let (step, arm) = arm_run(|a| {
+        a.async_operation = Some(common::azure::OPERATION_PATH.to_string());
+        a.operations = [
+            json!({"status": "InProgress"}),
+            json!({"status": "Failed", "error": {"code": "OSProvisioningTimedOut",
+                   "message": "OS Provisioning for VM 'web-win-1' did not finish\u{1b}[31m"}}),
+        ]
+        .into();
+    })
+    .await;
+    let outcome = step["outcome"].as_str().unwrap();
+    assert!(
+        outcome.starts_with("failed: the ARM operation failed: OSProvisioningTimedOut"),
+        "{outcome}"
+    );
+    assert!(!outcome.contains('\u{1b}'), "escaped: {outcome}");
+    assert_eq!(operation_polls(&arm).len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arm_step_never_sends_its_token_to_an_operation_url_on_another_host() {
+    let (step, arm) = arm_run(|a| {
+        a.async_operation = Some("http://127.0.0.1:9/steal?api-version=1".into());
+    })
+    .await;
+    let outcome = step["outcome"].as_str().unwrap();
+    assert!(outcome.contains("refusing to send a token"), "{outcome}");
+    assert_eq!(
+        arm.lock()
+            .unwrap()
+            .reqs
+            .iter()
+            .filter(|r| r.method == "PUT")
+            .count(),
+        1
     );
 }

@@ -20,6 +20,13 @@
 //! the decision (nothing to resubmit), with an operation that is not a PUT, or with a target
 //! elsewhere, the step fails at once and the runbook escalates (DESIGN.md "Host"). ARM's
 //! error bodies are untrusted: only their code and message, escaped and truncated, are kept.
+//!
+//! After a 2xx, the long-running operation is followed (unless `follow_operation: false`):
+//! `Azure-AsyncOperation` (its `status`), else the `Location` of a 202, else the resource's own
+//! `provisioningState` when it is not terminal, polled every `poll_interval` or the server's
+//! `Retry-After`, only on the ARM endpoint's host. `Succeeded` is success; `Failed` or
+//! `Canceled` fails the step at once (with ARM's code and message) and the runbook escalates,
+//! so a resubmission that ARM accepted but could not carry out is not reported as done.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -163,11 +170,13 @@ pub fn wait_for_not_before(d: &Decision) -> Duration {
     Duration::from_millis(u64::try_from(ms).unwrap_or(0)).min(MAX_RETRY_AFTER)
 }
 
-/// One attempt of an `arm` step (see the module documentation).
+/// One attempt of an `arm` step (see the module documentation); with `follow` (the poll
+/// interval), the long-running operation is followed to its end.
 pub async fn resubmit(
     host: &Arc<Host>,
     endpoint: &str,
     api_version: &str,
+    follow: Option<Duration>,
     key: &str,
     ev: &Event,
     d: &Decision,
@@ -223,7 +232,40 @@ pub async fn resubmit(
             1.0,
         );
         if status.is_success() {
-            return Ok("ok".into());
+            let Some(interval) = follow else {
+                return Ok("ok".into());
+            };
+            let header = |n: &str| {
+                r.headers()
+                    .get(n)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string)
+            };
+            let async_op = header("azure-asyncoperation");
+            let location = (status == StatusCode::ACCEPTED)
+                .then(|| header("location"))
+                .flatten();
+            let wait = retry_after(r.headers()).unwrap_or(interval);
+            let body = read_limited(r).await.unwrap_or_default();
+            let poll = match (async_op, location) {
+                (Some(u), _) => Some((Poll::AsyncOperation, u)),
+                (None, Some(u)) => Some((Poll::Location, u)),
+                (None, None) => match provisioning_state(&body).as_deref() {
+                    None | Some("succeeded") => None,
+                    Some("failed" | "canceled") => {
+                        return Err(StepError::permanent(format!(
+                            "ARM accepted the request but the resource is {}{}",
+                            provisioning_state(&body).unwrap_or_default(),
+                            error_detail(&body)
+                        )))
+                    }
+                    Some(_) => Some((Poll::Resource, url.to_string())),
+                },
+            };
+            return match poll {
+                None => Ok("ok".into()),
+                Some((kind, u)) => follow_operation(host, endpoint, kind, &u, wait, interval).await,
+            };
         }
         if status == StatusCode::UNAUTHORIZED && !renewed {
             host.identity.invalidate().await;
@@ -241,11 +283,165 @@ pub async fn resubmit(
     }
 }
 
+/// What a long-running operation is followed through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Poll {
+    /// `Azure-AsyncOperation`: a status resource, `{"status": "InProgress" | "Succeeded" |
+    /// "Failed" | "Canceled", "error"?}`.
+    AsyncOperation,
+    /// `Location` of a 202: 202 while running, 200/201/204 when done.
+    Location,
+    /// The resource itself: its `properties.provisioningState`.
+    Resource,
+}
+
+/// `properties.provisioningState` of a resource body, lower case.
+fn provisioning_state(body: &[u8]) -> Option<String> {
+    let v: Value = serde_json::from_slice(body).ok()?;
+    v.get("properties")?
+        .get("provisioningState")?
+        .as_str()
+        .map(str::to_ascii_lowercase)
+}
+
+/// A polling URL, only on the ARM endpoint's scheme, host and port: the token goes nowhere
+/// else, whatever the response says.
+fn poll_url(endpoint: &str, u: &str) -> Result<reqwest::Url, String> {
+    let base = reqwest::Url::parse(endpoint)
+        .map_err(|_| format!("the ARM endpoint {} is not a URL", escape(endpoint)))?;
+    let url = base
+        .join(u)
+        .map_err(|_| format!("the operation URL {} is not a URL", escape(u)))?;
+    let same = url.scheme() == base.scheme()
+        && url.host_str() == base.host_str()
+        && url.port_or_known_default() == base.port_or_known_default()
+        && url.username().is_empty()
+        && url.password().is_none();
+    if !same {
+        return Err(format!(
+            "refusing to send a token to {}: not on the ARM endpoint {}",
+            escape(u),
+            escape(endpoint)
+        ));
+    }
+    Ok(url)
+}
+
+/// Follows a long-running operation until it ends: `Ok` when it succeeded, a permanent error
+/// (with ARM's code and message, escaped) when it failed or was canceled. 429 and 5xx while
+/// polling are waited out (their `Retry-After` honoured); the step's timeout bounds it all.
+async fn follow_operation(
+    host: &Arc<Host>,
+    endpoint: &str,
+    kind: Poll,
+    u: &str,
+    first_wait: Duration,
+    interval: Duration,
+) -> Result<String, StepError> {
+    let url = poll_url(endpoint, u).map_err(StepError::permanent)?;
+    let mut wait = first_wait;
+    let mut renewed = false;
+    loop {
+        tokio::time::sleep(wait.min(MAX_RETRY_AFTER)).await;
+        let token = host.identity.token().await.map_err(|e| {
+            if e.transient() {
+                StepError::retry(e.to_string(), e.retry_after())
+            } else {
+                StepError::permanent(e.to_string())
+            }
+        })?;
+        let auth = TokenClient::bearer(&token).map_err(|e| StepError::permanent(e.to_string()))?;
+        let r = match host
+            .http
+            .get(url.clone())
+            .header(reqwest::header::AUTHORIZATION, auth)
+            .send()
+            .await
+        {
+            Ok(r) => r,
+            Err(_) => {
+                wait = interval;
+                continue;
+            }
+        };
+        let status = r.status();
+        host.metrics.add(
+            "keel_arm_polls_total",
+            &[("status", &status.as_u16().to_string())],
+            1.0,
+        );
+        wait = retry_after(r.headers()).unwrap_or(interval);
+        if status == StatusCode::UNAUTHORIZED && !renewed {
+            host.identity.invalidate().await;
+            renewed = true;
+            wait = Duration::ZERO;
+            continue;
+        }
+        if status.as_u16() == 429 || status.is_server_error() {
+            continue;
+        }
+        let body = read_limited(r).await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(StepError::retry(
+                format!(
+                    "ARM answered HTTP {status} for the operation{}",
+                    error_detail(&body)
+                ),
+                None,
+            ));
+        }
+        let state = match kind {
+            Poll::Location if status == StatusCode::ACCEPTED => continue,
+            Poll::Location => return Ok("ok".into()),
+            Poll::AsyncOperation => serde_json::from_slice::<Value>(&body)
+                .ok()
+                .and_then(|v| v.get("status")?.as_str().map(str::to_ascii_lowercase)),
+            Poll::Resource => provisioning_state(&body),
+        };
+        match state.as_deref() {
+            Some("succeeded") => return Ok("ok".into()),
+            Some(s @ ("failed" | "canceled")) => {
+                return Err(StepError::permanent(format!(
+                    "the ARM operation {s}{}",
+                    error_detail(&body)
+                )))
+            }
+            // InProgress, Creating, Updating, or no status yet: poll again.
+            _ => {}
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const ID: &str = "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/web/providers/Microsoft.Compute/virtualMachines/web-win-1";
+
+    #[test]
+    fn operation_urls_stay_on_the_arm_endpoint() {
+        let ep = "https://management.azure.com";
+        assert!(poll_url(
+            ep,
+            "https://management.azure.com/subscriptions/x/operations/1?api-version=1"
+        )
+        .is_ok());
+        assert!(poll_url(ep, "/subscriptions/x/operations/1").is_ok());
+        for bad in [
+            "https://evil.example/steal",
+            "http://management.azure.com/subscriptions/x",
+            "https://management.azure.com:8443/x",
+            "https://user:pw@management.azure.com/x",
+            "//evil.example/x",
+        ] {
+            assert!(poll_url(ep, bad).is_err(), "{bad}");
+        }
+        assert_eq!(
+            provisioning_state(br#"{"properties": {"provisioningState": "Creating"}}"#).as_deref(),
+            Some("creating")
+        );
+        assert_eq!(provisioning_state(b"not json"), None);
+    }
 
     #[test]
     fn targets_resolve_against_the_endpoint_and_other_hosts_are_refused() {

@@ -409,7 +409,12 @@ async fn once(
         StepKind::Arm {
             endpoint,
             api_version,
-        } => super::arm::resubmit(host, endpoint, api_version, key, ev, d).await,
+            follow,
+            poll_interval,
+        } => {
+            let follow = follow.then_some(*poll_interval);
+            super::arm::resubmit(host, endpoint, api_version, follow, key, ev, d).await
+        }
     }
 }
 

@@ -141,7 +141,18 @@ pub struct Arm {
     pub revoked: Vec<String>,
     /// (status, Retry-After, body) of the next PUTs.
     pub script: VecDeque<(u16, Option<u64>, Value)>,
+    /// The stub's own base URL.
+    pub base: String,
+    /// When set, PUTs answer with `Azure-AsyncOperation: <this>` (a path is made absolute on
+    /// the stub), and GETs of it answer the next of `operations` (the last one repeats).
+    pub async_operation: Option<String>,
+    /// The bodies of the async operation's status, in order.
+    pub operations: VecDeque<Value>,
 }
+
+/// The async operation's path on the ARM stub.
+pub const OPERATION_PATH: &str =
+    "/subscriptions/00000000-0000-0000-0000-000000000000/providers/Microsoft.Compute/locations/eastus2/operations/op-1";
 
 pub type ArmState = Arc<Mutex<Arm>>;
 
@@ -152,7 +163,9 @@ pub async fn arm_stub() -> (String, ArmState) {
         let st = s.clone();
         async move { arm(&st, &method, &uri, &h, &body) }
     });
-    (serve(app).await, st)
+    let base = serve(app).await;
+    st.lock().unwrap().base = base.clone();
+    (base, st)
 }
 
 pub fn arm(st: &ArmState, method: &Method, uri: &Uri, h: &HeaderMap, body: &Bytes) -> Response {
@@ -179,6 +192,25 @@ pub fn arm(st: &ArmState, method: &Method, uri: &Uri, h: &HeaderMap, body: &Byte
     if method == Method::GET && uri.path().ends_with("/availabilityStatuses/current") {
         return (StatusCode::OK, s.health.to_string()).into_response();
     }
+    if method == Method::GET && uri.path() == OPERATION_PATH {
+        let body = if s.operations.len() > 1 {
+            s.operations.pop_front().unwrap_or_default()
+        } else {
+            s.operations
+                .front()
+                .cloned()
+                .unwrap_or(json!({"status": "Succeeded"}))
+        };
+        return (StatusCode::OK, body.to_string()).into_response();
+    }
+    if method == Method::GET && uri.path().contains("/virtualMachines/") {
+        // The VM a PUT created: provisioning finished.
+        return (
+            StatusCode::OK,
+            json!({"properties": {"provisioningState": "Succeeded"}}).to_string(),
+        )
+            .into_response();
+    }
     if method == Method::PUT {
         let (status, ra, body) = s.script.pop_front().unwrap_or((
             201,
@@ -189,6 +221,15 @@ pub fn arm(st: &ArmState, method: &Method, uri: &Uri, h: &HeaderMap, body: &Byte
         if let Some(ra) = ra {
             r.headers_mut()
                 .insert("retry-after", ra.to_string().parse().unwrap());
+        }
+        if let (Some(op), true) = (&s.async_operation, (200..300).contains(&status)) {
+            let op = if op.starts_with('/') {
+                format!("{}{op}", s.base)
+            } else {
+                op.clone()
+            };
+            r.headers_mut()
+                .insert("azure-asyncoperation", op.parse().unwrap());
         }
         return r;
     }

@@ -205,14 +205,7 @@ pub async fn resubmit(
     let url = target_url(endpoint, target, &version).map_err(StepError::permanent)?;
     let mut renewed = false;
     loop {
-        let token = host.identity.token().await.map_err(|e| {
-            if e.transient() {
-                StepError::retry(e.to_string(), e.retry_after())
-            } else {
-                StepError::permanent(e.to_string())
-            }
-        })?;
-        let auth = TokenClient::bearer(&token).map_err(|e| StepError::permanent(e.to_string()))?;
+        let auth = authorization(host).await?;
         let mut req = host
             .http
             .put(url.clone())
@@ -283,6 +276,18 @@ pub async fn resubmit(
     }
 }
 
+/// `Authorization: Bearer` with the managed identity's token (cached by the client).
+async fn authorization(host: &Host) -> Result<reqwest::header::HeaderValue, StepError> {
+    let token = host.identity.token().await.map_err(|e| {
+        if e.transient() {
+            StepError::retry(e.to_string(), e.retry_after())
+        } else {
+            StepError::permanent(e.to_string())
+        }
+    })?;
+    TokenClient::bearer(&token).map_err(|e| StepError::permanent(e.to_string()))
+}
+
 /// What a long-running operation is followed through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Poll {
@@ -343,14 +348,7 @@ async fn follow_operation(
     let mut renewed = false;
     loop {
         tokio::time::sleep(wait.min(MAX_RETRY_AFTER)).await;
-        let token = host.identity.token().await.map_err(|e| {
-            if e.transient() {
-                StepError::retry(e.to_string(), e.retry_after())
-            } else {
-                StepError::permanent(e.to_string())
-            }
-        })?;
-        let auth = TokenClient::bearer(&token).map_err(|e| StepError::permanent(e.to_string()))?;
+        let auth = authorization(host).await?;
         let r = match host
             .http
             .get(url.clone())

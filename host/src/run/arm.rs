@@ -245,10 +245,9 @@ pub async fn resubmit(
                 (None, Some(u)) => Some((Poll::Location, u)),
                 (None, None) => match provisioning_state(&body).as_deref() {
                     None | Some("succeeded") => None,
-                    Some("failed" | "canceled") => {
+                    Some(state @ ("failed" | "canceled")) => {
                         return Err(StepError::permanent(format!(
-                            "ARM accepted the request but the resource is {}{}",
-                            provisioning_state(&body).unwrap_or_default(),
+                            "ARM accepted the request but the resource is {state}{}",
                             error_detail(&body)
                         )))
                     }

@@ -71,6 +71,8 @@ pub struct Effects {
     logs: Vec<String>,
     work: Vec<Work>,
     recorded: usize,
+    /// The state store failed inside the batch: the whole batch is rolled back.
+    failed: Option<StoreError>,
 }
 
 /// An answer to a source or an ingest client, sent once the batch is committed.
@@ -289,9 +291,11 @@ impl Host {
                     }
                 }
                 Ok(None) => {}
-                Err(e) => fx.logs.push(
-                    serde_json::json!({"time": rfc(now()), "error": e.to_string()}).to_string(),
-                ),
+                // Nothing of this batch may stick: `process` rolls it all back.
+                Err(e) => {
+                    fx.failed.get_or_insert(e);
+                    break;
+                }
             }
         }
         Ok(())
@@ -453,6 +457,10 @@ impl Host {
     pub fn process(self: &Arc<Self>, msgs: Vec<Inbox>) -> Vec<Work> {
         let mut fx = Effects::default();
         let mut answers = Vec::with_capacity(msgs.len());
+        // What the normalizers knew before the batch: restored if it rolls back (a document
+        // read again must yield its events again), and compared with after it (an unchanged
+        // state is not written).
+        let before = self.nstate.lock().ok().map(|st| st.clone());
         let res = self.store.batch(|db| {
             for m in msgs {
                 match m {
@@ -466,7 +474,17 @@ impl Host {
                     }
                 }
             }
-            db.save_normalizer_state(&self.state_json())
+            if let Some(e) = fx.failed.take() {
+                return Err(e);
+            }
+            let changed = match (&before, self.nstate.lock()) {
+                (Some(b), Ok(now)) => *b != *now,
+                _ => true,
+            };
+            if changed {
+                db.save_normalizer_state(&self.state_json())?;
+            }
+            Ok(())
         });
         match res {
             Ok(()) => {
@@ -489,6 +507,7 @@ impl Host {
             Err(e) => {
                 let why = escape(&e.to_string());
                 self.log_line(&serde_json::json!({"time": rfc(now()), "error": why}));
+                self.roll_back(before);
                 for a in answers {
                     match a {
                         Answer::Poll(ack, _) => {
@@ -525,14 +544,12 @@ impl Host {
                     continue;
                 };
                 // A re-decision is a new decision for the same event: mark it so the store
-                // keeps both.
-                ev.id = format!("{}#deferred@{}", ev.id, rfc(at));
-                match self.decide(db, &ev, at, None, &mut fx) {
-                    Ok(Some(r)) if r.pending => fx.work.push((r.decision_id, ev, r.decision)),
-                    Ok(_) => {}
-                    Err(e) => fx.logs.push(
-                        serde_json::json!({"time": rfc(now()), "error": e.to_string()}).to_string(),
-                    ),
+                // keeps both (the original id, once: a deferral deferred again keeps it).
+                ev.id = redecision_id(&ev.id, at);
+                if let Some(r) = self.decide(db, &ev, at, None, &mut fx)? {
+                    if r.pending {
+                        fx.work.push((r.decision_id, ev, r.decision));
+                    }
                 }
             }
             Ok(())
@@ -544,10 +561,29 @@ impl Host {
             }
             Err(e) => {
                 self.log_line(&serde_json::json!({"time": rfc(now()), "error": e.to_string()}));
+                self.roll_back(None);
                 Vec::new()
             }
         }
     }
+
+    /// After a batch rolled back: the normalizer state as it was before it (when given), and
+    /// the correlation history as the store has it (the batch recorded events in memory).
+    fn roll_back(&self, nstate: Option<NormalizerState>) {
+        if let (Some(before), Ok(mut st)) = (nstate, self.nstate.lock()) {
+            *st = before;
+        }
+        if let (Ok(h), Ok(mut cur)) = (rebuild_history(&self.store), self.history.lock()) {
+            *cur = h;
+        }
+    }
+}
+
+/// The id of a deferred event decided again at `at`: the original id (once, however often it
+/// was deferred) and the time.
+fn redecision_id(id: &str, at: DateTime<Utc>) -> String {
+    let original = id.split_once("#deferred@").map_or(id, |(o, _)| o);
+    format!("{original}#deferred@{}", rfc(at))
 }
 
 /// Deletes finished history older than `retention`, at start and every `gc_interval`
@@ -729,4 +765,25 @@ pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(),
     .await;
     tasks.abort_all();
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deferral_deferred_again_keeps_one_suffix() {
+        let t1 = DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default();
+        let t2 = DateTime::from_timestamp(1_700_000_600, 0).unwrap_or_default();
+        let once = redecision_id("azure.scheduled_events:e/vm", t1);
+        assert_eq!(
+            once,
+            "azure.scheduled_events:e/vm#deferred@2023-11-14T22:13:20.000Z"
+        );
+        let twice = redecision_id(&once, t2);
+        assert_eq!(
+            twice,
+            "azure.scheduled_events:e/vm#deferred@2023-11-14T22:23:20.000Z"
+        );
+    }
 }

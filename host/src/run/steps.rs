@@ -337,7 +337,7 @@ async fn attempt(
                 retry_after.map_or(Duration::ZERO, |r| r.min(super::backoff::MAX_RETRY_AFTER)),
             );
             tokio::time::sleep(wait).await;
-            delay = (delay * 2).min(Duration::from_secs(300));
+            delay = delay.saturating_mul(2).min(Duration::from_secs(300));
         }
     }
     (last, step.retries + 1)

@@ -25,7 +25,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
-use keel_engine::normalize::{normalize, Input};
+use keel_engine::normalize::{normalize, Input, NormalizerState};
 use keel_engine::{escape, Kind};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -33,7 +33,7 @@ use tokio::sync::oneshot;
 
 use super::App;
 use crate::run::store::{Db, IngestRecord};
-use crate::run::{now, rfc, Effects, Host, Inbox, IngestReply, Payload, Work};
+use crate::run::{rfc, Effects, Host, Inbox, IngestReply, Payload, Work};
 
 /// The source's name (its metrics label).
 pub const SOURCE: &str = "ingest";
@@ -188,10 +188,12 @@ impl Host {
         };
         // The normalizer first: its error is the most precise (with a JSON position). It runs
         // on a copy of the state; only an accepted body's changes are kept.
-        let mut scratch = match self.nstate.lock() {
-            Ok(st) => st.clone(),
+        // (Only its `azure.arm` part: the one this normalizer reads and writes.)
+        let mut scratch = NormalizerState::default();
+        match self.nstate.lock() {
+            Ok(st) => scratch.azure_arm = st.azure_arm.clone(),
             Err(_) => return (internal(&"normalizer state lock poisoned"), none),
-        };
+        }
         let mut input = Input::new(&p.bytes, p.observed_at);
         if let Some(me) = &self.cfg.self_name {
             input = input.self_name(me);
@@ -324,12 +326,11 @@ impl Host {
                 },
                 none,
             ),
+            // The whole batch rolls back (every body in it gets 500).
             Err(e) => {
-                fx.logs.push(
-                    json!({"time": rfc(now()), "source": SOURCE, "error": escape(&e.to_string())})
-                        .to_string(),
-                );
-                (internal(&e), none)
+                let reply = internal(&e);
+                fx.failed.get_or_insert(e);
+                (reply, none)
             }
         }
     }

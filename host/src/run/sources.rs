@@ -41,8 +41,21 @@ pub enum Deliver {
     Closed,
 }
 
+/// Why a source's round failed: the reason (escaped before it is logged), and the server's
+/// `Retry-After`.
+pub type Failure = (String, Option<Duration>);
+
 /// Hands a payload to the run loop and waits until it was normalized and decided.
-pub async fn deliver(tx: &mpsc::Sender<Inbox>, p: Payload) -> Result<(), Deliver> {
+pub async fn deliver(
+    tx: &mpsc::Sender<Inbox>,
+    normalizer: &'static str,
+    bytes: Vec<u8>,
+) -> Result<(), Deliver> {
+    let p = Payload {
+        normalizer,
+        bytes,
+        observed_at: Utc::now(),
+    };
     let (ack, answer) = oneshot::channel();
     tx.send(Inbox::Poll(p, ack))
         .await
@@ -102,20 +115,13 @@ pub async fn poll_scheduled_events(
             .timeout(timeout)
             .send()
             .await;
-        let failure: Option<(String, Option<Duration>)> = match res {
+        let failure: Option<Failure> = match res {
             Ok(r) if r.status().is_success() => match read_limited(r).await {
-                Ok(b) => {
-                    let p = Payload {
-                        normalizer: SE,
-                        bytes: b,
-                        observed_at: Utc::now(),
-                    };
-                    match deliver(&tx, p).await {
-                        Ok(()) => None,
-                        Err(Deliver::Rejected(e)) => Some((e, None)),
-                        Err(Deliver::Closed) => return,
-                    }
-                }
+                Ok(b) => match deliver(&tx, SE, b).await {
+                    Ok(()) => None,
+                    Err(Deliver::Rejected(e)) => Some((e, None)),
+                    Err(Deliver::Closed) => return,
+                },
                 Err(e) => Some((e, None)),
             },
             Ok(r) => Some((format!("HTTP {}", r.status()), retry_after(r.headers()))),

@@ -11,7 +11,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use reqwest::header::HeaderValue;
 use reqwest::StatusCode;
 use tokio::sync::{mpsc, watch};
@@ -20,7 +19,7 @@ use tokio::time::Instant;
 use super::{deliver, pause, read_limited, Deliver};
 use crate::config::AwsImdsSource;
 use crate::run::backoff::{retry_after, Backoff};
-use crate::run::{Host, Inbox, Payload};
+use crate::run::{Host, Inbox};
 
 /// The source's name (its metrics label, and its normalizer).
 pub const SOURCE: &str = "aws.imds";
@@ -41,7 +40,7 @@ struct Token {
 }
 
 /// Why a round failed: the reason, and the server's `Retry-After`.
-type Failure = (String, Option<Duration>);
+use super::Failure;
 
 struct Poller {
     host: Arc<Host>,
@@ -146,12 +145,7 @@ impl Poller {
             let Some(body) = self.get(path).await.map_err(Some)? else {
                 continue;
             };
-            let p = Payload {
-                normalizer: SOURCE,
-                bytes: body,
-                observed_at: Utc::now(),
-            };
-            match deliver(tx, p).await {
+            match deliver(tx, SOURCE, body).await {
                 Ok(()) => {}
                 Err(Deliver::Rejected(e)) => return Err(Some((format!("{path}: {e}"), None))),
                 Err(Deliver::Closed) => return Err(None),

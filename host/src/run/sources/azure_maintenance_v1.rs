@@ -12,22 +12,20 @@
 //! honouring `Retry-After`.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use chrono::Utc;
 use reqwest::StatusCode;
 use tokio::sync::{mpsc, watch};
 
 use super::{deliver, pause, read_limited, Deliver};
 use crate::config::AzureMaintenanceV1Source;
 use crate::run::backoff::{retry_after, Backoff};
-use crate::run::{Host, Inbox, Payload};
+use crate::run::{Host, Inbox};
 
 /// The source's name (its metrics label, and its normalizer).
 pub const SOURCE: &str = "azure.maintenance_v1";
 
 /// Why a round failed: the reason, and the server's `Retry-After`.
-type Failure = (String, Option<Duration>);
+use super::Failure;
 
 /// GETs `{url}/metadata/v1/{path}`: its body, or `None` for 404.
 async fn get(
@@ -61,12 +59,7 @@ async fn get(
 }
 
 async fn hand(tx: &mpsc::Sender<Inbox>, path: &str, body: Vec<u8>) -> Result<(), Option<Failure>> {
-    let p = Payload {
-        normalizer: SOURCE,
-        bytes: body,
-        observed_at: Utc::now(),
-    };
-    match deliver(tx, p).await {
+    match deliver(tx, SOURCE, body).await {
         Ok(()) => Ok(()),
         Err(Deliver::Rejected(e)) => Err(Some((format!("{path}: {e}"), None))),
         Err(Deliver::Closed) => Err(None),

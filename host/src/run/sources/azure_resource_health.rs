@@ -15,7 +15,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
@@ -24,13 +23,13 @@ use super::{deliver, pause, read_limited, Deliver};
 use crate::config::{resource_id_ok, ResourceHealthSource};
 use crate::run::backoff::{retry_after, Backoff};
 use crate::run::identity::TokenClient;
-use crate::run::{Host, Inbox, Payload};
+use crate::run::{Host, Inbox};
 
 /// The source's name (its metrics label, and its normalizer).
 pub const SOURCE: &str = "azure.resource_health";
 
 /// Why a round failed: the reason, and the server's `Retry-After`.
-type Failure = (String, Option<Duration>);
+use super::Failure;
 
 /// The IMDS api-version of the instance metadata read when no VM is configured.
 pub const INSTANCE_API_VERSION: &str = "2021-02-01";
@@ -179,18 +178,11 @@ pub async fn poll(
             _ = stop.changed() => return,
         };
         let outcome: Result<(), Failure> = match res {
-            Ok(body) => {
-                let p = Payload {
-                    normalizer: SOURCE,
-                    bytes: body,
-                    observed_at: Utc::now(),
-                };
-                match deliver(&tx, p).await {
-                    Ok(()) => Ok(()),
-                    Err(Deliver::Rejected(e)) => Err((e, None)),
-                    Err(Deliver::Closed) => return,
-                }
-            }
+            Ok(body) => match deliver(&tx, SOURCE, body).await {
+                Ok(()) => Ok(()),
+                Err(Deliver::Rejected(e)) => Err((e, None)),
+                Err(Deliver::Closed) => return,
+            },
             Err(f) => Err(f),
         };
         let wait = match outcome {

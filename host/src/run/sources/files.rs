@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::{deliver, Deliver};
 use crate::config::{FileFormat, FileSource};
-use crate::run::{rfc, Host, Inbox, Payload};
+use crate::run::{rfc, Host, Inbox};
 
 /// The source's name (its metrics label).
 pub const SOURCE: &str = "files";
@@ -79,12 +79,7 @@ async fn hand(
     bytes: Vec<u8>,
     tally: &mut Tally,
 ) -> Result<(), ()> {
-    let p = Payload {
-        normalizer: f.normalizer,
-        bytes,
-        observed_at: Utc::now(),
-    };
-    match deliver(tx, p).await {
+    match deliver(tx, f.normalizer, bytes).await {
         Ok(()) => {
             tally.payloads += 1;
             host.source_ok(SOURCE, channel);

@@ -11,7 +11,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use reqwest::StatusCode;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -19,7 +18,7 @@ use tokio::time::Instant;
 use super::{deliver, pause, read_limited, Deliver};
 use crate::config::GcpMetadataSource;
 use crate::run::backoff::{retry_after, Backoff};
-use crate::run::{Host, Inbox, Payload};
+use crate::run::{Host, Inbox};
 
 /// The source's name (its metrics label, and its normalizer).
 pub const SOURCE: &str = "gcp.metadata";
@@ -67,22 +66,15 @@ pub async fn watch(
             r = req.send() => r,
             _ = stop.changed() => return,
         };
-        let outcome: Result<Option<String>, (String, Option<Duration>)> = match res {
+        let outcome: Result<Option<String>, super::Failure> = match res {
             Ok(r) if r.status() == StatusCode::OK => {
                 let new_etag = etag_of(r.headers());
                 match read_limited(r).await {
-                    Ok(body) => {
-                        let p = Payload {
-                            normalizer: SOURCE,
-                            bytes: body,
-                            observed_at: Utc::now(),
-                        };
-                        match deliver(&tx, p).await {
-                            Ok(()) => Ok(new_etag),
-                            Err(Deliver::Rejected(e)) => Err((format!("{key}: {e}"), None)),
-                            Err(Deliver::Closed) => return,
-                        }
-                    }
+                    Ok(body) => match deliver(&tx, SOURCE, body).await {
+                        Ok(()) => Ok(new_etag),
+                        Err(Deliver::Rejected(e)) => Err((format!("{key}: {e}"), None)),
+                        Err(Deliver::Closed) => return,
+                    },
                     Err(e) => Err((format!("{key}: {e}"), None)),
                 }
             }

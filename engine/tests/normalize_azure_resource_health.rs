@@ -2,6 +2,9 @@
 //! The Azure Resource Health normalizer: every fixture field by field, the DOMAIN.md section 8
 //! errata that concern it, edge cases, and a bounded fuzz.
 
+mod common;
+
+use common::time_like;
 use keel_engine::normalize::{normalize, Input, NormalizeError, NormalizerState};
 use keel_engine::{Event, Health, HealthState, Kind, ReasonType, Resource, Source, Timestamp};
 use proptest::prelude::*;
@@ -1703,16 +1706,6 @@ fn arb_json() -> impl Strategy<Value = Value> {
             )),
         ]
     })
-}
-
-/// Time-like strings, with the years chrono reads and an event cannot carry.
-fn time_like() -> impl Strategy<Value = String> {
-    prop_oneof![
-        "[+-]?[0-9]{1,7}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])[T ][01][0-9]:[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?(Z|[+-](0[0-9]|1[0-4]):[0-5][0-9])?",
-        "(Mon, )?[0-9]{1,2} (Jan|Feb|Dec) [0-9]{4} [0-2][0-9]:[0-5][0-9]:[0-5][0-9] (GMT|\\+1400|-1400)",
-        "[0-9]{1,2}/[0-9]{1,2}/[0-9]{1,7} [0-9]{1,2}:[0-5][0-9]:[0-5][0-9] (AM|PM)",
-        ".{0,24}",
-    ]
 }
 
 /// Replaces every string of `doc` that looks like a time (starts with a four-digit year, or

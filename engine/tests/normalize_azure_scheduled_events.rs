@@ -1,6 +1,9 @@
 //! Azure Scheduled Events and the legacy maintenance endpoint, on the vendors' payloads.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
+use common::time_like;
 use keel_engine::normalize::{
     azure_scheduled_events, normalize, Input, NormalizeError, NormalizerState,
 };
@@ -765,16 +768,6 @@ fn check_v1(st: &mut NormalizerState, bytes: &[u8], at: &str) {
         }
         check_round_trip(&evs);
     }
-}
-
-/// Time-like strings, with the years chrono reads and an event cannot carry.
-fn time_like() -> impl Strategy<Value = String> {
-    prop_oneof![
-        "[+-]?[0-9]{1,7}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])[T ][01][0-9]:[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?(Z|[+-](0[0-9]|1[0-4]):[0-5][0-9])?",
-        "(Mon, )?[0-9]{1,2} (Jan|Feb|Dec) [0-9]{4} [0-2][0-9]:[0-5][0-9]:[0-5][0-9] (GMT|\\+1400|-1400)",
-        "[0-9]{1,2}/[0-9]{1,2}/[0-9]{1,7} [0-9]{1,2}:[0-5][0-9]:[0-5][0-9] (AM|PM)",
-        ".{0,24}",
-    ]
 }
 
 proptest! {

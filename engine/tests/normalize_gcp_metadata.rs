@@ -2,7 +2,10 @@
 //! The `gcp.metadata` normalizer: every `gcp-*` fixture field by field, the DOMAIN.md section 8
 //! facts for GCP (22-24), the stateful maintenance-event sequence, edge cases, and a bounded fuzz.
 
+mod common;
+
 use chrono::{DateTime, Duration, Utc};
+use common::time_like;
 use keel_engine::normalize::{normalize, Input, NormalizeError, NormalizerState};
 use keel_engine::{Event, Initiator, Kind, MaintenanceStatus, MaintenanceType, Resource, Source};
 use proptest::prelude::*;
@@ -804,16 +807,6 @@ fn check(payload: &[u8], status: Option<u16>, observed: DateTime<Utc>, st: &mut 
             }
         }
     }
-}
-
-/// Time-like strings, with the years chrono reads and an event cannot carry.
-fn time_like() -> impl Strategy<Value = String> {
-    prop_oneof![
-        "[+-]?[0-9]{1,7}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])[T ][01][0-9]:[0-5][0-9]:[0-5][0-9](\\.[0-9]{1,9})?(Z|[+-](0[0-9]|1[0-4]):[0-5][0-9])?",
-        "(Mon, )?[0-9]{1,2} (Jan|Feb|Dec) [0-9]{4} [0-2][0-9]:[0-5][0-9]:[0-5][0-9] (GMT|\\+1400|-1400)",
-        "[0-9]{1,2}/[0-9]{1,2}/[0-9]{1,7} [0-9]{1,2}:[0-5][0-9]:[0-5][0-9] (AM|PM)",
-        ".{0,24}",
-    ]
 }
 
 proptest! {

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::azure::{arm_stub, create_request, imds_stub, ingest_body, vm_id, Req, CLIENT_ID, SUB};
-use common::{root, Keel};
+use common::{metric, root, Keel};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "keel-test-token-0123456789abcdef";
@@ -37,45 +37,6 @@ fn write_config(dir: &Path, top: &str, sources: &str, runbooks: &str) -> PathBuf
     )
     .unwrap();
     cfg
-}
-
-fn base(k: &Keel) -> String {
-    let l = k
-        .json_lines()
-        .into_iter()
-        .find(|l| l.get("listen").is_some())
-        .unwrap();
-    format!("http://{}", l["listen"].as_str().unwrap())
-}
-
-async fn metrics(k: &Keel) -> String {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(format!("{}/metrics", base(k)))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-}
-
-async fn decision(k: &mut Keel, policy: &str, within: Duration) -> Value {
-    k.wait_line(&format!("decision of {policy}"), within, |l| {
-        l["decision"]["policy"] == policy
-    })
-    .await;
-    k.json_lines()
-        .into_iter()
-        .find(|l| l["decision"]["policy"] == policy)
-        .unwrap()
 }
 
 fn event_json(state: &Path, event_id: &str) -> Value {
@@ -115,12 +76,9 @@ async fn legacy_maintenance_notice_is_read_with_instance_info_and_drained_once()
         "EventID": "6F0A13A3-DC0D-4BBE-AB24-DF710A3917E6",
         "EventCreationTime": "9/15/2015 6:42:51 AM",
     });
-    let d = decision(
-        &mut k,
-        "test.legacy-maintenance.drain",
-        Duration::from_secs(10),
-    )
-    .await;
+    let d = k
+        .decision("test.legacy-maintenance.drain", Duration::from_secs(10))
+        .await;
     assert_eq!(d["decision"]["action"], "drain");
     let event_id = d["event_id"].as_str().unwrap().to_string();
     assert_eq!(
@@ -143,7 +101,7 @@ async fn legacy_maintenance_notice_is_read_with_instance_info_and_drained_once()
             .count(),
         1
     );
-    let m = metrics(&k).await;
+    let m = k.metrics().await;
     assert_eq!(
         metric(
             &m,
@@ -225,12 +183,9 @@ async fn resource_health_is_polled_with_a_cached_managed_identity_token() {
         "",
     );
     let mut k = Keel::start(&cfg, &[], &[]);
-    let d = decision(
-        &mut k,
-        "test.health.planned.expected",
-        Duration::from_secs(10),
-    )
-    .await;
+    let d = k
+        .decision("test.health.planned.expected", Duration::from_secs(10))
+        .await;
     assert_eq!(d["decision"]["action"], "none");
     assert!(d["event_id"]
         .as_str()
@@ -240,12 +195,9 @@ async fn resource_health_is_polled_with_a_cached_managed_identity_token() {
     // Degraded hardware, unplanned: a new status, drained.
     arm.lock().unwrap().health =
         health_doc("test-vm", "Degraded", "Unplanned", "2026-11-23T11:00:00Z");
-    let d = decision(
-        &mut k,
-        "test.health.degraded.drain",
-        Duration::from_secs(10),
-    )
-    .await;
+    let d = k
+        .decision("test.health.degraded.drain", Duration::from_secs(10))
+        .await;
     assert_eq!(d["decision"]["action"], "drain");
 
     // The token was asked for once (with the client id and the ARM resource) and reused.
@@ -283,7 +235,7 @@ async fn resource_health_is_polled_with_a_cached_managed_identity_token() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let m = metrics(&k).await;
+    let m = k.metrics().await;
     assert_eq!(
         metric(
             &m,
@@ -315,7 +267,7 @@ async fn post_ingest(k: &Keel, body: &Value) -> (u16, Value) {
         .no_proxy()
         .build()
         .unwrap()
-        .post(format!("{}/ingest", base(k)))
+        .post(format!("{}/ingest", k.base()))
         .bearer_auth(TOKEN)
         .json(body)
         .send()
@@ -358,12 +310,9 @@ async fn arm_step_resubmits_the_request_without_the_agent_once_honouring_retry_a
     .await;
     assert_eq!(status, 202, "{reply}");
     assert_eq!(reply["action"], "retry_without_agent", "{reply}");
-    let d = decision(
-        &mut k,
-        "test.vm-agent.retry-without-agent",
-        Duration::from_secs(5),
-    )
-    .await;
+    let d = k
+        .decision("test.vm-agent.retry-without-agent", Duration::from_secs(5))
+        .await;
     let want = keel_engine::normalize::transform::retry_without_agent(&request).unwrap();
     assert_eq!(d["decision"]["retry"]["request"], want);
     let id = d["decision_id"].as_str().unwrap().to_string();
@@ -455,7 +404,7 @@ async fn arm_step_resubmits_the_request_without_the_agent_once_honouring_retry_a
             .count(),
         2
     );
-    let m = metrics(&k).await;
+    let m = k.metrics().await;
     assert_eq!(
         metric(
             &m,
@@ -685,12 +634,8 @@ async fn resource_health_reads_this_vm_from_instance_metadata_when_none_is_confi
         "",
     );
     let mut k = Keel::start(&cfg, &[], &[]);
-    decision(
-        &mut k,
-        "test.health.degraded.drain",
-        Duration::from_secs(10),
-    )
-    .await;
+    k.decision("test.health.degraded.drain", Duration::from_secs(10))
+        .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let want = format!(
         "{}/providers/Microsoft.ResourceHealth/availabilityStatuses/current",

@@ -5,10 +5,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,22 +15,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Router;
 use serde_json::{json, Value};
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+mod common;
 
-// ------------------------------------------------------------------------------------------
-// The binary.
-
-/// A running `keel run`, killed on drop.
-struct Keel {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-    stderr: Arc<Mutex<String>>,
-    base: String,
-    http: reqwest::Client,
-    _dir: tempfile::TempDir,
-}
+use common::{metric, root, serve, Keel};
 
 /// The common head of a test configuration: the standard policies, fresh state, any port on
 /// loopback, runbooks of `log` steps only.
@@ -44,150 +29,14 @@ fn config(dir: &Path, sources: &str) -> String {
     )
 }
 
-impl Keel {
-    async fn start(sources: &str, env: &[(&str, &str)]) -> Keel {
-        let dir = tempfile::tempdir().unwrap();
-        let cfg = dir.path().join("keel.yaml");
-        std::fs::write(&cfg, config(dir.path(), sources)).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let out = child.stdout.take().unwrap();
-        let l = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                l.lock().unwrap().push(line);
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let err = child.stderr.take().unwrap();
-        let e = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                let mut s = e.lock().unwrap();
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
-        let mut k = Keel {
-            child,
-            lines,
-            stderr,
-            base: String::new(),
-            http: reqwest::Client::builder().no_proxy().build().unwrap(),
-            _dir: dir,
-        };
-        let listen = k
-            .wait_line("the listen line", Duration::from_secs(20), |l| {
-                l.get("listen").is_some()
-            })
-            .await;
-        k.base = format!("http://{}", listen["listen"].as_str().unwrap());
-        k
-    }
-
-    fn json_lines(&self) -> Vec<Value> {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
-            .collect()
-    }
-
-    fn dump(&self) -> String {
-        format!(
-            "stdout:\n{}\nstderr:\n{}",
-            self.lines.lock().unwrap().join("\n"),
-            self.stderr.lock().unwrap()
-        )
-    }
-
-    async fn wait_line(
-        &mut self,
-        what: &str,
-        within: Duration,
-        f: impl Fn(&Value) -> bool,
-    ) -> Value {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(v) = self.json_lines().into_iter().find(|l| f(l)) {
-                return v;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("keel exited with {status} before {what}\n{}", self.dump());
-            }
-            if Instant::now() > deadline {
-                panic!("no {what} within {within:?}\n{}", self.dump());
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    async fn decision(&mut self, policy: &str, within: Duration) -> Value {
-        self.wait_line(&format!("decision of {policy}"), within, |l| {
-            l["decision"]["policy"] == policy
-        })
-        .await
-    }
-
-    async fn metrics(&self) -> String {
-        self.http
-            .get(format!("{}/metrics", self.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-    }
-
-    async fn readyz(&self) -> (u16, Value) {
-        let r = self
-            .http
-            .get(format!("{}/readyz", self.base))
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.json().await.unwrap())
-    }
-
-    async fn wait_ready(&self, want: u16, within: Duration) -> Duration {
-        let t0 = Instant::now();
-        loop {
-            let (status, report) = self.readyz().await;
-            if status == want {
-                return t0.elapsed();
-            }
-            if t0.elapsed() > within {
-                panic!(
-                    "/readyz is still {status} after {within:?}: {report}\n{}",
-                    self.dump()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-}
-
-impl Drop for Keel {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The value of a metric series (`name{labels}`), if present.
-fn metric(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+/// Starts `keel run` on a fresh configuration with `sources`, and waits until it listens.
+async fn start(sources: &str, env: &[(&str, &str)]) -> Keel {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("keel.yaml");
+    std::fs::write(&cfg, config(dir.path(), sources)).unwrap();
+    let mut k = Keel::start(&cfg, &[], env).keep_dir(dir);
+    k.wait_listen(Duration::from_secs(20)).await;
+    k
 }
 
 fn steps_of<'a>(lines: &'a [Value], decision_id: &str) -> Vec<(&'a str, &'a str)> {
@@ -201,17 +50,6 @@ fn steps_of<'a>(lines: &'a [Value], decision_id: &str) -> Vec<(&'a str, &'a str)
             )
         })
         .collect()
-}
-
-async fn serve(app: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
-        .await
-        .unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    addr
 }
 
 // ------------------------------------------------------------------------------------------
@@ -249,7 +87,7 @@ async fn imds_stub() -> (String, ImdsState) {
         let st = s.clone();
         async move { imds(&st, &method, uri.path(), &h) }
     });
-    (format!("http://{}", serve(app).await), st)
+    (serve(app).await, st)
 }
 
 fn imds(st: &ImdsState, method: &Method, path: &str, h: &HeaderMap) -> Response {
@@ -321,7 +159,7 @@ fn aws_source(url: &str, extra: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aws_spot_interruption_is_drained_with_imdsv2_tokens() {
     let (url, imds) = imds_stub().await;
-    let mut k = Keel::start(&aws_source(&url, "    token_ttl: 1s\n"), &[]).await;
+    let mut k = start(&aws_source(&url, "    token_ttl: 1s\n"), &[]).await;
     k.wait_ready(200, Duration::from_secs(10)).await;
     imds.lock().unwrap().spot = Some(spot_terminate());
     let d = k
@@ -404,7 +242,7 @@ async fn aws_spot_interruption_is_drained_with_imdsv2_tokens() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imds_500s_are_counted_readyz_turns_red_and_the_source_recovers() {
     let (url, imds) = imds_stub().await;
-    let mut k = Keel::start(&aws_source(&url, ""), &[]).await;
+    let mut k = start(&aws_source(&url, ""), &[]).await;
     k.wait_ready(200, Duration::from_secs(10)).await;
     let before = metric(
         &k.metrics().await,
@@ -512,10 +350,7 @@ async fn gcp_stub() -> (String, Arc<GcpStub>) {
         let s = s.clone();
         async move { gcp(&s, &uri, &h).await }
     });
-    (
-        format!("http://{}/computeMetadata/v1", serve(app).await),
-        stub,
-    )
+    (format!("{}/computeMetadata/v1", serve(app).await), stub)
 }
 
 async fn gcp(stub: &GcpStub, uri: &Uri, h: &HeaderMap) -> Response {
@@ -584,7 +419,7 @@ async fn gcp_terminate_on_host_maintenance_is_drained_through_a_hanging_request(
     let (url, stub) = gcp_stub().await;
     // Requests may hang for 30 s: a change seen sooner came through an open request.
     let src = format!("  gcp_metadata:\n    url: {url}\n    wait_timeout: 30s\n    timeout: 2s\n    interval: 200ms\n    max_backoff: 500ms\n");
-    let mut k = Keel::start(&src, &[]).await;
+    let mut k = start(&src, &[]).await;
     k.wait_ready(200, Duration::from_secs(10)).await;
     let t0 = Instant::now();
     while stub.state.lock().unwrap().waiting_now < 2 {
@@ -668,9 +503,8 @@ fn ingest_body(key: &str) -> Value {
 }
 
 async fn post(k: &Keel, token: Option<&str>, body: impl Into<reqwest::Body>) -> (u16, Value) {
-    let mut req = k
-        .http
-        .post(format!("{}/ingest", k.base))
+    let mut req = common::http()
+        .post(format!("{}/ingest", k.base()))
         .header("content-type", "application/json")
         .body(body);
     if let Some(t) = token {
@@ -688,7 +522,7 @@ async fn post(k: &Keel, token: Option<&str>, body: impl Into<reqwest::Body>) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_decides_retry_without_agent_once_per_key_and_refuses_bad_requests() {
     let src = "  ingest:\n    token_env: KEEL_TEST_INGEST_TOKEN\n    max_body_bytes: 8192\n";
-    let mut k = Keel::start(src, &[("KEEL_TEST_INGEST_TOKEN", TOKEN)]).await;
+    let mut k = start(src, &[("KEEL_TEST_INGEST_TOKEN", TOKEN)]).await;
     k.wait_ready(200, Duration::from_secs(10)).await;
 
     let key = "deploy-2021-10-13/web-win-1/create/1";

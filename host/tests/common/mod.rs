@@ -18,6 +18,17 @@ use serde_json::{json, Value};
 
 pub mod azure;
 
+/// An HTTP client for loopback (no proxy).
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+/// The value of a metric series (`name{labels}`), if present.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -335,6 +346,8 @@ pub struct Keel {
     lines: Arc<Mutex<Vec<String>>>,
     stderr: Arc<Mutex<String>>,
     readers: Vec<std::thread::JoinHandle<()>>,
+    /// A directory (configuration, state) that must live as long as the process.
+    dir: Option<tempfile::TempDir>,
 }
 
 impl Keel {
@@ -374,6 +387,7 @@ impl Keel {
             lines,
             stderr,
             readers: vec![r1, r2],
+            dir: None,
         }
     }
 
@@ -417,11 +431,16 @@ impl Keel {
     }
 
     /// Waits for a decision-log line.
-    pub async fn wait_line(&mut self, what: &str, within: Duration, f: impl Fn(&Value) -> bool) {
+    pub async fn wait_line(
+        &mut self,
+        what: &str,
+        within: Duration,
+        f: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + within;
         loop {
-            if self.json_lines().iter().any(&f) {
-                return;
+            if let Some(v) = self.json_lines().into_iter().find(|l| f(l)) {
+                return v;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("keel exited with {status} before {what}\n{}", self.dump());
@@ -430,6 +449,78 @@ impl Keel {
                 panic!("no {what} within {within:?}\n{}", self.dump());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Keeps `dir` (the configuration and state) until the process is dropped.
+    pub fn keep_dir(mut self, dir: tempfile::TempDir) -> Self {
+        self.dir = Some(dir);
+        self
+    }
+
+    /// Waits for the host to listen; its base URL (`http://addr`).
+    pub async fn wait_listen(&mut self, within: Duration) -> String {
+        let l = self
+            .wait_line("the listen line", within, |l| l.get("listen").is_some())
+            .await;
+        format!("http://{}", l["listen"].as_str().unwrap_or_default())
+    }
+
+    /// The base URL the host listens on (it has logged its listen line).
+    pub fn base(&self) -> String {
+        let l = self
+            .json_lines()
+            .into_iter()
+            .find(|l| l.get("listen").is_some())
+            .unwrap();
+        format!("http://{}", l["listen"].as_str().unwrap())
+    }
+
+    /// Waits for the decision of `policy`; its log line.
+    pub async fn decision(&mut self, policy: &str, within: Duration) -> Value {
+        self.wait_line(&format!("decision of {policy}"), within, |l| {
+            l["decision"]["policy"] == policy
+        })
+        .await
+    }
+
+    /// `GET /metrics`.
+    pub async fn metrics(&self) -> String {
+        http()
+            .get(format!("{}/metrics", self.base()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// `GET /readyz`: its status and JSON report.
+    pub async fn readyz(&self) -> (u16, Value) {
+        let r = http()
+            .get(format!("{}/readyz", self.base()))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    }
+
+    /// Waits until `/readyz` answers `want`; how long that took.
+    pub async fn wait_ready(&self, want: u16, within: Duration) -> Duration {
+        let t0 = Instant::now();
+        loop {
+            let (status, report) = self.readyz().await;
+            if status == want {
+                return t0.elapsed();
+            }
+            if t0.elapsed() > within {
+                panic!(
+                    "/readyz is still {status} after {within:?}: {report}\n{}",
+                    self.dump()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
 

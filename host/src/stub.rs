@@ -1,6 +1,7 @@
 //! A loopback stub of the Azure Scheduled Events endpoint that follows the protocol: the
 //! `Metadata: true` header, incarnations, Scheduled → (StartRequests) → Started → gone.
-//! Used by `keel demo` and the host's scenario tests.
+//! Used by `keel demo`. (The integration tests have their own, in `host/tests/common/`, which
+//! can also hold a document unchanged: this crate is a binary and exports nothing to them.)
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

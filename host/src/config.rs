@@ -1285,7 +1285,10 @@ fn parse_arm_scopes(v: &mut V<'_>, a: Option<&Value>) -> Vec<ArmScope> {
             for (i, item) in items.iter().enumerate() {
                 match item.as_str().and_then(ArmScope::parse) {
                     Some(s) => out.push(s),
-                    None => v.err(&format!("/arm/scopes/{i}"), what),
+                    None => v.err(
+                        &format!("/arm/scopes/{i}"),
+                        "expected a scope: /subscriptions/<id> or /subscriptions/<id>/resourceGroups/<name>",
+                    ),
                 }
             }
             out
@@ -1306,7 +1309,7 @@ fn require_arm_scopes(v: &mut V<'_>, runbooks: &Value) {
         let Value::Array(items) = steps else { continue };
         for (i, item) in items.iter().enumerate() {
             if item.get("arm").is_some() {
-                v.err(
+                v.key_err(
                     &format!("/runbooks/{action}/{i}/arm"),
                     "an `arm` step needs `arm.scopes` (top level): the subscriptions \
                      (/subscriptions/<id>) or resource groups \

@@ -945,11 +945,13 @@ async fn arm_step_never_writes_a_request_that_names_another_resource() {
     )
     .await;
     r.assert_refused("the request's `name` is db-1");
-    // And a request whose type is not a VM's.
+    // And a request whose type is not a VM's (a transient error: the request is retried as
+    // it is).
     let mut request = create_request();
     request["type"] = json!("Microsoft.Authorization/roleAssignments");
-    let body = ingest_body("deploy/web-win-1/create/2", "web-win-1", Some(request));
-    let r = arm_refused(&[&sub_scope()], &body, "retry_without_agent", |_| {}).await;
+    let mut body = ingest_body("deploy/web-win-1/create/2", "web-win-1", Some(request));
+    body["error"] = json!({"error": {"code": "InternalServerError", "message": "An internal error occurred."}});
+    let r = arm_refused(&[&sub_scope()], &body, "retry", |_| {}).await;
     r.assert_refused("the request's `type` is Microsoft.Authorization/roleAssignments");
 }
 
@@ -999,13 +1001,13 @@ fn arm_configuration_needs_scopes_and_refuses_tokens_in_clear() {
     for want in [
         "keel.yaml:7:13: error: a token would travel in clear to http://10.1.2.3: use https:// (plain http:// only on a loopback address: 127.0.0.0/8, ::1, localhost, or IMDS's 169.254.169.254)",
         "keel.yaml:10:19: error: a token would travel in clear to http://management.azure.com",
-        "keel.yaml:16:7: error: an `arm` step needs `arm.scopes`",
-        "keel.yaml:16:23: error: a token would travel in clear to http://arm.example: use https://",
-        "keel.yaml:19:7: error: an `arm` step needs `arm.scopes`",
+        "keel.yaml:17:7: error: an `arm` step needs `arm.scopes`",
+        "keel.yaml:17:23: error: a token would travel in clear to http://arm.example: use https://",
+        "keel.yaml:20:7: error: an `arm` step needs `arm.scopes`",
     ] {
         assert!(err.contains(want), "{want}\n{err}");
     }
-    assert_eq!(err.matches("error: ").count(), 5, "{err}");
+    assert_eq!(err.matches(": error: ").count(), 5, "{err}");
     // Scopes that are not scopes, and an empty list.
     let cfg = write_config(
         dir.path(),
@@ -1014,11 +1016,11 @@ fn arm_configuration_needs_scopes_and_refuses_tokens_in_clear() {
         "  retry:\n    - arm: {endpoint: \"https://management.azure.com\"}\n",
     );
     let err = run(&cfg);
-    for col in [13, 35, 40] {
-        let want = format!("keel.yaml:9:{col}: error: expected a list of scopes");
+    for col in [12, 34, 39] {
+        let want = format!("keel.yaml:9:{col}: error: expected a scope: /subscriptions/<id> or /subscriptions/<id>/resourceGroups/<name>");
         assert!(err.contains(&want), "{want}\n{err}");
     }
-    assert_eq!(err.matches("error: ").count(), 3, "{err}");
+    assert_eq!(err.matches(": error: ").count(), 3, "{err}");
     let cfg = write_config(
         dir.path(),
         "arm:\n  scopes: []\n",

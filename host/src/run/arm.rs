@@ -132,7 +132,8 @@ pub fn resource_url(endpoint: &str, path: &str, api_version: &str) -> Result<req
 
 /// The URL of `target` (an ARM resource id, or an absolute URL on `endpoint`'s host) with
 /// `api-version`; a message (escaped) when the target is refused.
-pub fn target_url(endpoint: &str, target: &str, api_version: &str) -> Result<reqwest::Url, String> {
+#[cfg(test)]
+fn target_url(endpoint: &str, target: &str, api_version: &str) -> Result<reqwest::Url, String> {
     resource_url(endpoint, &target_path(endpoint, target)?, api_version)
 }
 

@@ -148,8 +148,8 @@ pub struct Arm {
     pub async_operation: Option<String>,
     /// The bodies of the async operation's status, in order.
     pub operations: VecDeque<Value>,
-    /// When set, PUTs answer `302 Found` with `Location: <this>` (a path is made absolute on
-    /// the stub).
+    /// When set, the next PUT answers `302 Found` with `Location: <this>` (a path is made
+    /// absolute on the stub).
     pub redirect: Option<String>,
 }
 
@@ -214,11 +214,11 @@ pub fn arm(st: &ArmState, method: &Method, uri: &Uri, h: &HeaderMap, body: &Byte
         )
             .into_response();
     }
-    if let (true, Some(to)) = (method == Method::PUT, &s.redirect) {
+    if let (true, Some(to)) = (method == Method::PUT, s.redirect.take()) {
         let to = if to.starts_with('/') {
             format!("{}{to}", s.base)
         } else {
-            to.clone()
+            to
         };
         let mut r = (StatusCode::FOUND, String::new()).into_response();
         r.headers_mut().insert("location", to.parse().unwrap());

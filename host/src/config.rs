@@ -1664,4 +1664,3 @@ fn parse_arm(v: &mut V<'_>, p: &str, a: Option<&Value>) -> Option<StepKind> {
         ),
     })
 }
-

@@ -877,7 +877,11 @@ impl Refused {
             outcome.starts_with("failed: ") && outcome.contains(why),
             "{why}: {outcome}"
         );
-        assert_eq!(self.step["attempt"], 1, "a refusal is not retried: {}", self.step);
+        assert_eq!(
+            self.step["attempt"], 1,
+            "a refusal is not retried: {}",
+            self.step
+        );
         assert!(!outcome.contains('\u{1b}'), "escaped: {outcome}");
         let reqs = self.arm.lock().unwrap().reqs.clone();
         assert!(reqs.is_empty(), "nothing reaches ARM: {reqs:?}");
@@ -886,7 +890,11 @@ impl Refused {
             0,
             "no token is even fetched"
         );
-        assert_eq!(self.outbox, 1, "one escalation in the outbox\n{}", self.dump);
+        assert_eq!(
+            self.outbox, 1,
+            "one escalation in the outbox\n{}",
+            self.dump
+        );
         assert!(!self.lines.is_empty());
     }
 }
@@ -913,7 +921,11 @@ async fn arm_step_never_writes_a_role_assignment_from_an_ingest_body() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn arm_step_never_writes_a_vm_outside_the_scopes() {
-    let body = ingest_body("deploy/web-win-1/create/1", "web-win-1", Some(create_request()));
+    let body = ingest_body(
+        "deploy/web-win-1/create/1",
+        "web-win-1",
+        Some(create_request()),
+    );
     // The VM is in resource group `web`; only `db` and another subscription are in scope.
     let r = arm_refused(
         &[
@@ -950,14 +962,19 @@ async fn arm_step_never_writes_a_request_that_names_another_resource() {
     let mut request = create_request();
     request["type"] = json!("Microsoft.Authorization/roleAssignments");
     let mut body = ingest_body("deploy/web-win-1/create/2", "web-win-1", Some(request));
-    body["error"] = json!({"error": {"code": "InternalServerError", "message": "An internal error occurred."}});
+    body["error"] =
+        json!({"error": {"code": "InternalServerError", "message": "An internal error occurred."}});
     let r = arm_refused(&[&sub_scope()], &body, "retry", |_| {}).await;
     r.assert_refused("the request's `type` is Microsoft.Authorization/roleAssignments");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn arm_step_follows_no_redirect() {
-    let body = ingest_body("deploy/web-win-1/create/1", "web-win-1", Some(create_request()));
+    let body = ingest_body(
+        "deploy/web-win-1/create/1",
+        "web-win-1",
+        Some(create_request()),
+    );
     // A 302 to another VM on the same host, which a GET would find Succeeded.
     let r = arm_refused(&[&sub_scope()], &body, "retry_without_agent", |a| {
         a.redirect = Some(format!("{}?api-version=2024-07-01", vm_id("elsewhere")));
@@ -968,7 +985,11 @@ async fn arm_step_follows_no_redirect() {
         outcome.starts_with("failed: ARM answered HTTP 302 Found (a redirect to "),
         "{outcome}"
     );
-    assert_eq!(r.step["attempt"], 1, "a redirect is not retried: {}", r.step);
+    assert_eq!(
+        r.step["attempt"], 1,
+        "a redirect is not retried: {}",
+        r.step
+    );
     let reqs = r.arm.lock().unwrap().reqs.clone();
     // Nothing follows the redirect: neither a GET (as some clients turn a redirected PUT
     // into) nor the PUT again with the token (as reqwest's default policy does).

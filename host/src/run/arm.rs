@@ -237,7 +237,10 @@ pub fn authorize(path: &str, scopes: &[ArmScope], request: &Value) -> Result<(),
         format!("refusing to write {p}: the request's `{what}` is {got}, not {want}")
     };
     for v in fields(request, "type") {
-        if !v.as_str().is_some_and(|s| s.eq_ignore_ascii_case(want_type)) {
+        if !v
+            .as_str()
+            .is_some_and(|s| s.eq_ignore_ascii_case(want_type))
+        {
             return Err(mismatch("type", v, want_type));
         }
     }
@@ -668,8 +671,12 @@ mod tests {
             let e = authorize(bad, &scopes, &body).err().unwrap_or_default();
             assert!(e.contains(why), "{bad}: {e}");
         }
-        let vm = "/subscriptions/s1/resourceGroups/web/providers/Microsoft.Compute/virtualMachines/vm-1";
-        assert!(authorize(vm, &[], &body).is_err(), "no scope allows nothing");
+        let vm =
+            "/subscriptions/s1/resourceGroups/web/providers/Microsoft.Compute/virtualMachines/vm-1";
+        assert!(
+            authorize(vm, &[], &body).is_err(),
+            "no scope allows nothing"
+        );
         for ok in [
             json!({"type": "Microsoft.Compute/virtualMachines", "name": "vm-1", "apiVersion": "2024-07-01"}),
             json!({"TYPE": "microsoft.compute/virtualmachines", "Name": "VM-1", "id": vm.to_uppercase()}),
@@ -677,12 +684,27 @@ mod tests {
             assert_eq!(authorize(vm, &scopes, &ok), Ok(()), "{ok}");
         }
         for (bad, why) in [
-            (json!({"type": "Microsoft.Authorization/roleAssignments", "name": "vm-1"}), "`type`"),
-            (json!({"type": "Microsoft.Compute/virtualMachines", "name": "vm-2"}), "`name`"),
-            (json!({"type": "Microsoft.Compute/virtualMachines", "Name": "vm-2"}), "`name`"),
+            (
+                json!({"type": "Microsoft.Authorization/roleAssignments", "name": "vm-1"}),
+                "`type`",
+            ),
+            (
+                json!({"type": "Microsoft.Compute/virtualMachines", "name": "vm-2"}),
+                "`name`",
+            ),
+            (
+                json!({"type": "Microsoft.Compute/virtualMachines", "Name": "vm-2"}),
+                "`name`",
+            ),
             (json!({"name": ["vm-1"]}), "`name`"),
-            (json!({"id": "/subscriptions/s1/resourceGroups/web/providers/Microsoft.Compute/virtualMachines/vm-2"}), "`id`"),
-            (json!({"type": "Microsoft.Compute/virtualMachines\u{1b}[31m"}), "`type`"),
+            (
+                json!({"id": "/subscriptions/s1/resourceGroups/web/providers/Microsoft.Compute/virtualMachines/vm-2"}),
+                "`id`",
+            ),
+            (
+                json!({"type": "Microsoft.Compute/virtualMachines\u{1b}[31m"}),
+                "`type`",
+            ),
         ] {
             let e = authorize(vm, &scopes, &bad).err().unwrap_or_default();
             assert!(e.contains(why), "{bad}: {e}");

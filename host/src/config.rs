@@ -38,6 +38,9 @@ pub struct Config {
     pub files: Vec<FileSource>,
     /// The managed identity that Resource Health and `arm` steps take their tokens from.
     pub azure_identity: AzureIdentity,
+    /// Where `arm` steps may act (`arm.scopes`): subscriptions or resource groups. Required
+    /// when a runbook has an `arm` step; a resource outside every scope is never written.
+    pub arm_scopes: Vec<ArmScope>,
     /// Runbooks: the ordered steps of each action.
     pub runbooks: BTreeMap<Action, Vec<Step>>,
     /// A source that has failed for this long makes /readyz red.
@@ -313,6 +316,28 @@ impl V<'_> {
         }
     }
 
+    /// [`V::url`] for an endpoint that a bearer token (or the request for one) is sent to:
+    /// plain `http://` is refused unless [`token_url_ok`] allows it.
+    fn token_url(&mut self, ptr: &str, v: Option<&Value>, default: &str, imds: bool) -> String {
+        let u = self.url(ptr, v, default);
+        if v.is_some() && u.starts_with("http://") && !token_url_ok(&u, imds) {
+            let also = if imds {
+                ", or IMDS's 169.254.169.254"
+            } else {
+                ""
+            };
+            self.err(
+                ptr,
+                format!(
+                    "a token would travel in clear to {}: use https:// (plain http:// only on \
+                     a loopback address: 127.0.0.0/8, ::1, localhost{also})",
+                    keel_engine::escape(&u)
+                ),
+            );
+        }
+        u
+    }
+
     /// A duration that must not be zero.
     /// [`V::positive`] of key `key` of the map `s` at `p`.
     fn positive_at(&mut self, p: &str, s: &Value, key: &str, default: Duration) -> Duration {
@@ -384,6 +409,7 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
             "self",
             "sources",
             "runbooks",
+            "arm",
             "unready_after",
             "policy_reload_interval",
             "limits",
@@ -474,6 +500,7 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
     let mut rh = None;
     let mut files = Vec::new();
     let azure_identity = parse_identity(&mut v, root.get("azure_identity"));
+    let arm_scopes = parse_arm_scopes(&mut v, root.get("arm"));
     if let Some(sources) = root.get("sources") {
         v.keys(
             "/sources",
@@ -585,6 +612,9 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
             _ => v.err("/runbooks", "expected a map of action to steps"),
         }
     }
+    if let (None, Some(rb)) = (root.get("arm"), root.get("runbooks")) {
+        require_arm_scopes(&mut v, rb);
+    }
     let mut diags = v.diags;
     diags.sort_by_key(|d| (d.line(), d.column()));
     if diags.is_empty() {
@@ -602,6 +632,7 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
             azure_resource_health: rh,
             files,
             azure_identity,
+            arm_scopes,
             runbooks,
             unready_after,
             reload_interval,
@@ -1169,6 +1200,154 @@ pub fn resource_id_ok(id: &str) -> bool {
             .all(|c| !c.is_whitespace() && !c.is_control() && !matches!(c, '?' | '#' | '%' | '\\'))
 }
 
+/// A scope that `arm` steps may act in (`arm.scopes`): a whole subscription
+/// (`/subscriptions/<id>`) or one resource group of it
+/// (`/subscriptions/<id>/resourceGroups/<rg>`). Names compare case-insensitively, as ARM
+/// compares them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArmScope {
+    /// The subscription id.
+    pub subscription: String,
+    /// The resource group; `None`: the whole subscription.
+    pub resource_group: Option<String>,
+}
+
+impl ArmScope {
+    /// Parses `/subscriptions/<id>` or `/subscriptions/<id>/resourceGroups/<rg>` (the fixed
+    /// words in any case; no trailing slash, nothing more).
+    pub fn parse(s: &str) -> Option<ArmScope> {
+        let parts: Vec<&str> = s.split('/').collect();
+        let sub_ok = |x: &str| name_ok(x, 64, "-");
+        let rg_ok = |x: &str| name_ok(x, 90, "-_.()") && !x.ends_with('.');
+        match parts.as_slice() {
+            ["", subs, sub] if subs.eq_ignore_ascii_case("subscriptions") && sub_ok(sub) => {
+                Some(ArmScope {
+                    subscription: (*sub).to_string(),
+                    resource_group: None,
+                })
+            }
+            ["", subs, sub, rgs, rg]
+                if subs.eq_ignore_ascii_case("subscriptions")
+                    && rgs.eq_ignore_ascii_case("resourceGroups")
+                    && sub_ok(sub)
+                    && rg_ok(rg) =>
+            {
+                Some(ArmScope {
+                    subscription: (*sub).to_string(),
+                    resource_group: Some((*rg).to_string()),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether a resource of `subscription` and `resource_group` is inside this scope.
+    pub fn contains(&self, subscription: &str, resource_group: &str) -> bool {
+        self.subscription.eq_ignore_ascii_case(subscription)
+            && self
+                .resource_group
+                .as_deref()
+                .is_none_or(|rg| rg.eq_ignore_ascii_case(resource_group))
+    }
+}
+
+impl std::fmt::Display for ArmScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "/subscriptions/{}", self.subscription)?;
+        if let Some(rg) = &self.resource_group {
+            write!(f, "/resourceGroups/{rg}")?;
+        }
+        Ok(())
+    }
+}
+
+/// `arm: { scopes: [...] }`: where `arm` steps may act. An empty list is an error (it could
+/// only make every `arm` step fail); a missing one is checked against the runbooks by
+/// [`require_arm_scopes`].
+fn parse_arm_scopes(v: &mut V<'_>, a: Option<&Value>) -> Vec<ArmScope> {
+    let Some(a) = a else {
+        return Vec::new();
+    };
+    v.keys("/arm", a, &["scopes"]);
+    let what = "expected a list of scopes: /subscriptions/<id> or /subscriptions/<id>/resourceGroups/<name>";
+    match a.get("scopes") {
+        None if a.is_object() => {
+            v.err("/arm", format!("`arm` needs `scopes`: {what}"));
+            Vec::new()
+        }
+        None => Vec::new(),
+        Some(Value::Array(items)) if items.is_empty() => {
+            v.err("/arm/scopes", format!("no scope given; {what}"));
+            Vec::new()
+        }
+        Some(Value::Array(items)) => {
+            let mut out = Vec::new();
+            for (i, item) in items.iter().enumerate() {
+                match item.as_str().and_then(ArmScope::parse) {
+                    Some(s) => out.push(s),
+                    None => v.err(
+                        &format!("/arm/scopes/{i}"),
+                        "expected a scope: /subscriptions/<id> or /subscriptions/<id>/resourceGroups/<name>",
+                    ),
+                }
+            }
+            out
+        }
+        Some(_) => {
+            v.err("/arm/scopes", what);
+            Vec::new()
+        }
+    }
+}
+
+/// Without `arm.scopes`, every `arm` step is a configuration error at its position: an
+/// `arm` step may write only inside scopes the operator named, and there is no default that
+/// allows everything.
+fn require_arm_scopes(v: &mut V<'_>, runbooks: &Value) {
+    let Value::Object(m) = runbooks else { return };
+    for (action, steps) in m {
+        let Value::Array(items) = steps else { continue };
+        for (i, item) in items.iter().enumerate() {
+            if item.get("arm").is_some() {
+                v.key_err(
+                    &format!("/runbooks/{action}/{i}/arm"),
+                    "an `arm` step needs `arm.scopes` (top level): the subscriptions \
+                     (/subscriptions/<id>) or resource groups \
+                     (/subscriptions/<id>/resourceGroups/<name>) whose VMs it may write",
+                );
+            }
+        }
+    }
+}
+
+/// Whether `url` may carry a bearer token, or the request for one: `https://`, or plain
+/// `http://` only on a loopback address (127.0.0.0/8, `::1`, `localhost`: the traffic never
+/// leaves the machine), and, with `imds`, on Azure IMDS's link-local 169.254.169.254 (which
+/// speaks only HTTP; the host intercepts that address, so the traffic never leaves the
+/// physical host, and any process on the VM may ask it for the same token anyway).
+pub fn token_url_ok(url: &str, imds: bool) -> bool {
+    let Ok(u) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    match u.scheme() {
+        "https" => true,
+        "http" => {
+            // The URL parser has normalized the host: `127.1` is `127.0.0.1`, IPv6 is
+            // bracketed.
+            let host = u.host_str().unwrap_or("");
+            if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+                v6.parse::<std::net::Ipv6Addr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+            } else if let Ok(ip) = host.parse::<std::net::Ipv4Addr>() {
+                ip.is_loopback() || (imds && ip == std::net::Ipv4Addr::new(169, 254, 169, 254))
+            } else {
+                host.eq_ignore_ascii_case("localhost") || host.eq_ignore_ascii_case("localhost.")
+            }
+        }
+        _ => false,
+    }
+}
+
 fn parse_identity(v: &mut V<'_>, s: Option<&Value>) -> AzureIdentity {
     let Some(s) = s else {
         return AzureIdentity::default();
@@ -1204,7 +1383,12 @@ fn parse_identity(v: &mut V<'_>, s: Option<&Value>) -> AzureIdentity {
         }
     };
     AzureIdentity {
-        endpoint: v.url(&format!("{p}/endpoint"), s.get("endpoint"), &d.endpoint),
+        endpoint: v.token_url(
+            &format!("{p}/endpoint"),
+            s.get("endpoint"),
+            &d.endpoint,
+            true,
+        ),
         client_id,
         resource,
         timeout: v.positive(&format!("{p}/timeout"), s.get("timeout"), d.timeout),
@@ -1244,10 +1428,11 @@ fn parse_resource_health(
                 }
             }
         };
-    let arm_endpoint = v.url(
+    let arm_endpoint = v.token_url(
         &format!("{p}/arm_endpoint"),
         s.get("arm_endpoint"),
         DEFAULT_ARM_ENDPOINT,
+        false,
     );
     let api_version = parse_api_version(
         v,
@@ -1465,10 +1650,11 @@ fn parse_arm(v: &mut V<'_>, p: &str, a: Option<&Value>) -> Option<StepKind> {
     Some(StepKind::Arm {
         follow,
         poll_interval,
-        endpoint: v.url(
+        endpoint: v.token_url(
             &format!("{p}/endpoint"),
             a.get("endpoint"),
             DEFAULT_ARM_ENDPOINT,
+            false,
         ),
         api_version: parse_api_version(
             v,

@@ -39,6 +39,17 @@ fn write_config(dir: &Path, top: &str, sources: &str, runbooks: &str) -> PathBuf
     cfg
 }
 
+/// `arm.scopes` (top level) with these scopes.
+fn arm_scopes(scopes: &[&str]) -> String {
+    let list: Vec<String> = scopes.iter().map(|s| format!("\"{s}\"")).collect();
+    format!("arm:\n  scopes: [{}]\n", list.join(", "))
+}
+
+/// The test subscription as a scope.
+fn sub_scope() -> String {
+    format!("/subscriptions/{SUB}")
+}
+
 fn event_json(state: &Path, event_id: &str) -> Value {
     let c = rusqlite::Connection::open(state).unwrap();
     c.busy_timeout(Duration::from_secs(5)).unwrap();
@@ -288,7 +299,7 @@ async fn arm_step_resubmits_the_request_without_the_agent_once_honouring_retry_a
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(
         dir.path(),
-        &format!("azure_identity:\n  endpoint: {imds_url}\n"),
+        &format!("azure_identity:\n  endpoint: {imds_url}\n{}", arm_scopes(&[&sub_scope()])),
         "  ingest:\n    token_env: KEEL_TEST_INGEST_TOKEN\n",
         &format!("  retry_without_agent:\n    - name: resubmit\n      arm:\n        endpoint: {arm_url}\n        poll_interval: 100ms\n        api_version: 2024-07-01\n      timeout: 10s\n      retries: 3\n      backoff: 100ms\n"),
     );
@@ -595,7 +606,7 @@ async fn arm_step_is_only_planned_in_dry_run() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(
         dir.path(),
-        &format!("azure_identity:\n  endpoint: {imds_url}\n"),
+        &format!("azure_identity:\n  endpoint: {imds_url}\n{}", arm_scopes(&[&sub_scope()])),
         "  ingest:\n    token_env: KEEL_TEST_INGEST_TOKEN\n",
         &format!("  retry_without_agent:\n    - name: resubmit\n      arm: {{ endpoint: \"{arm_url}\" }}\n"),
     );
@@ -664,7 +675,7 @@ async fn arm_run(setup: impl FnOnce(&mut common::azure::Arm)) -> (Value, common:
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(
         dir.path(),
-        &format!("azure_identity:\n  endpoint: {imds_url}\n"),
+        &format!("azure_identity:\n  endpoint: {imds_url}\n{}", arm_scopes(&[&sub_scope()])),
         "  ingest:\n    token_env: KEEL_TEST_INGEST_TOKEN\n",
         &format!("  retry_without_agent:\n    - name: resubmit\n      arm:\n        endpoint: {arm_url}\n        poll_interval: 100ms\n      timeout: 20s\n      retries: 0\n"),
     );
@@ -765,5 +776,286 @@ async fn arm_step_never_sends_its_token_to_an_operation_url_on_another_host() {
             .filter(|r| r.method == "PUT")
             .count(),
         1
+    );
+}
+
+// ------------------------------------------------------------------------------------------
+// What an `arm` step may write: VMs inside `arm.scopes` whose request names them; no redirect
+// followed; no token in clear.
+
+/// A refused `arm` step: its log line, every log line, the stubs and the escalations.
+struct Refused {
+    step: Value,
+    lines: Vec<Value>,
+    arm: common::azure::ArmState,
+    imds: common::azure::ImdsState,
+    /// The outbox entries (escalations) of the decision, from the state database.
+    outbox: usize,
+    dump: String,
+}
+
+/// Posts one ingest `body` to a host whose `retry` and `retry_without_agent` runbooks are one
+/// `arm` step (with retries, to show that a refusal is not retried), with
+/// `arm.scopes` = `scopes`, against an ARM stub prepared by `setup`; waits for the failed
+/// runbook's escalation, then stops the host and collects everything.
+async fn arm_refused(
+    scopes: &[&str],
+    body: &Value,
+    want_action: &str,
+    setup: impl FnOnce(&mut common::azure::Arm),
+) -> Refused {
+    let (imds_url, imds) = imds_stub().await;
+    let (arm_url, arm) = arm_stub().await;
+    setup(&mut arm.lock().unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let step = format!("    - name: resubmit\n      arm:\n        endpoint: {arm_url}\n        poll_interval: 100ms\n      timeout: 10s\n      retries: 2\n      backoff: 100ms\n");
+    let cfg = write_config(
+        dir.path(),
+        &format!(
+            "azure_identity:\n  endpoint: {imds_url}\n{}",
+            arm_scopes(scopes)
+        ),
+        "  ingest:\n    token_env: KEEL_TEST_INGEST_TOKEN\n",
+        &format!("  retry:\n{step}  retry_without_agent:\n{step}"),
+    );
+    let mut k = Keel::start(&cfg, &[], &[("KEEL_TEST_INGEST_TOKEN", TOKEN)]);
+    k.wait_listen(Duration::from_secs(20)).await;
+    let (status, reply) = post_ingest(&k, body).await;
+    assert_eq!(status, 202, "{reply}\n{}", k.dump());
+    assert_eq!(reply["action"], want_action, "{reply}");
+    let event_id = reply["event_id"].as_str().unwrap().to_string();
+    let d = k
+        .wait_line("the decision", Duration::from_secs(10), |l| {
+            l["event_id"] == event_id.as_str() && l.get("decision").is_some()
+        })
+        .await;
+    let id = d["decision_id"].as_str().unwrap().to_string();
+    k.wait_line(
+        "the failed runbook's escalation",
+        Duration::from_secs(20),
+        |l| l["decision_id"] == id.as_str() && l.get("escalation").is_some(),
+    )
+    .await;
+    // The runbook is over; stop the host so that nothing can be sent or escalated after the
+    // counts below.
+    k.kill();
+    let lines = k.json_lines();
+    let steps: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["decision_id"] == id.as_str() && l["step"] == "resubmit")
+        .collect();
+    assert_eq!(steps.len(), 1, "{}", k.dump());
+    let c = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
+    let outbox: i64 = c
+        .query_row(
+            "SELECT count(*) FROM outbox WHERE decision_id = ?1",
+            [&id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let escalations = lines
+        .iter()
+        .filter(|l| l["decision_id"] == id.as_str() && l.get("escalation").is_some())
+        .count();
+    assert_eq!(escalations, 1, "{}", k.dump());
+    Refused {
+        step: steps[0].clone(),
+        dump: k.dump(),
+        lines,
+        arm,
+        imds,
+        outbox: usize::try_from(outbox).unwrap(),
+    }
+}
+
+impl Refused {
+    /// Asserts that the step failed at once with `why` (escaped), sent nothing to ARM, and
+    /// escalated exactly once.
+    fn assert_refused(&self, why: &str) {
+        let outcome = self.step["outcome"].as_str().unwrap();
+        assert!(
+            outcome.starts_with("failed: ") && outcome.contains(why),
+            "{why}: {outcome}"
+        );
+        assert_eq!(
+            self.step["attempt"], 1,
+            "a refusal is not retried: {}",
+            self.step
+        );
+        assert!(!outcome.contains('\u{1b}'), "escaped: {outcome}");
+        let reqs = self.arm.lock().unwrap().reqs.clone();
+        assert!(reqs.is_empty(), "nothing reaches ARM: {reqs:?}");
+        assert_eq!(
+            self.imds.lock().unwrap().issued,
+            0,
+            "no token is even fetched"
+        );
+        assert_eq!(
+            self.outbox, 1,
+            "one escalation in the outbox\n{}",
+            self.dump
+        );
+        assert!(!self.lines.is_empty());
+    }
+}
+
+/// The body of the issue: an ingest client names a role assignment at subscription scope
+/// and a request that grants a role, with a transient error the standard library retries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arm_step_never_writes_a_role_assignment_from_an_ingest_body() {
+    let guid = "0b1e6c2a-3f8d-4c1e-9a7b-2d5e8f1a3c4b";
+    let body = json!({
+        "idempotency_key": "attacker/1",
+        "resource": {"id": format!("/subscriptions/s1/providers/Microsoft.Authorization/roleAssignments/{guid}")},
+        "operation": "create",
+        "request": {"properties": {
+            "roleDefinitionId": "/subscriptions/s1/providers/Microsoft.Authorization/roleDefinitions/8e3af657-a8ff-443c-a75c-2fe8c4bcb635",
+            "principalId": "99999999-9999-9999-9999-999999999999",
+        }},
+        "error": {"error": {"code": "InternalServerError", "message": "An internal error occurred.\u{1b}[31m"}},
+    });
+    // Even with the subscription itself in scope: only VMs are written.
+    let r = arm_refused(&["/subscriptions/s1", &sub_scope()], &body, "retry", |_| {}).await;
+    r.assert_refused("writes only virtual machines");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arm_step_never_writes_a_vm_outside_the_scopes() {
+    let body = ingest_body(
+        "deploy/web-win-1/create/1",
+        "web-win-1",
+        Some(create_request()),
+    );
+    // The VM is in resource group `web`; only `db` and another subscription are in scope.
+    let r = arm_refused(
+        &[
+            &format!("/subscriptions/{SUB}/resourceGroups/db"),
+            "/subscriptions/11111111-1111-1111-1111-111111111111",
+        ],
+        &body,
+        "retry_without_agent",
+        |_| {},
+    )
+    .await;
+    r.assert_refused("outside every scope");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arm_step_never_writes_a_request_that_names_another_resource() {
+    // The id names web-win-1, in scope (the resource group, in another case); the body, in
+    // ARM-template form, another VM.
+    let mut request = create_request();
+    request["type"] = json!("Microsoft.Compute/virtualMachines");
+    request["name"] = json!("db-1\u{1b}[31m");
+    request["apiVersion"] = json!("2024-07-01");
+    let body = ingest_body("deploy/web-win-1/create/1", "web-win-1", Some(request));
+    let r = arm_refused(
+        &[&format!("/subscriptions/{SUB}/resourcegroups/WEB")],
+        &body,
+        "retry_without_agent",
+        |_| {},
+    )
+    .await;
+    r.assert_refused("the request's `name` is db-1");
+    // And a request whose type is not a VM's (a transient error: the request is retried as
+    // it is).
+    let mut request = create_request();
+    request["type"] = json!("Microsoft.Authorization/roleAssignments");
+    let mut body = ingest_body("deploy/web-win-1/create/2", "web-win-1", Some(request));
+    body["error"] =
+        json!({"error": {"code": "InternalServerError", "message": "An internal error occurred."}});
+    let r = arm_refused(&[&sub_scope()], &body, "retry", |_| {}).await;
+    r.assert_refused("the request's `type` is Microsoft.Authorization/roleAssignments");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arm_step_follows_no_redirect() {
+    let body = ingest_body(
+        "deploy/web-win-1/create/1",
+        "web-win-1",
+        Some(create_request()),
+    );
+    // A 302 to another VM on the same host, which a GET would find Succeeded.
+    let r = arm_refused(&[&sub_scope()], &body, "retry_without_agent", |a| {
+        a.redirect = Some(format!("{}?api-version=2024-07-01", vm_id("elsewhere")));
+    })
+    .await;
+    let outcome = r.step["outcome"].as_str().unwrap();
+    assert!(
+        outcome.starts_with("failed: ARM answered HTTP 302 Found (a redirect to "),
+        "{outcome}"
+    );
+    assert_eq!(
+        r.step["attempt"], 1,
+        "a redirect is not retried: {}",
+        r.step
+    );
+    let reqs = r.arm.lock().unwrap().reqs.clone();
+    // Nothing follows the redirect: neither a GET (as some clients turn a redirected PUT
+    // into) nor the PUT again with the token (as reqwest's default policy does).
+    let sent: Vec<(&str, &str)> = reqs
+        .iter()
+        .map(|q| (q.method.as_str(), q.path.as_str()))
+        .collect();
+    assert_eq!(sent, [("PUT", vm_id("web-win-1").as_str())], "{reqs:?}");
+    assert_eq!(r.outbox, 1, "{}", r.dump);
+}
+
+#[test]
+fn arm_configuration_needs_scopes_and_refuses_tokens_in_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |cfg: &Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args(["run", "--config"])
+            .arg(cfg)
+            .env("KEEL_TEST_INGEST_TOKEN", TOKEN)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(3), "{err}");
+        err
+    };
+    // No `arm.scopes`: every `arm` step is an error at its position; tokens in clear are
+    // refused at theirs (IMDS's own address is allowed for the identity).
+    let cfg = write_config(
+        dir.path(),
+        "azure_identity:\n  endpoint: http://10.1.2.3\n",
+        "  azure_resource_health:\n    arm_endpoint: http://management.azure.com\n    resource_id: /subscriptions/s/resourceGroups/r/providers/Microsoft.Compute/virtualMachines/v\n",
+        "  retry:\n    - arm: {endpoint: \"http://arm.example\"}\n  retry_without_agent:\n    - name: resubmit\n      arm:\n        endpoint: http://127.0.0.1:9\n",
+    );
+    let err = run(&cfg);
+    for want in [
+        "keel.yaml:7:13: error: a token would travel in clear to http://10.1.2.3: use https:// (plain http:// only on a loopback address: 127.0.0.0/8, ::1, localhost, or IMDS's 169.254.169.254)",
+        "keel.yaml:10:19: error: a token would travel in clear to http://management.azure.com",
+        "keel.yaml:17:7: error: an `arm` step needs `arm.scopes`",
+        "keel.yaml:17:23: error: a token would travel in clear to http://arm.example: use https://",
+        "keel.yaml:20:7: error: an `arm` step needs `arm.scopes`",
+    ] {
+        assert!(err.contains(want), "{want}\n{err}");
+    }
+    assert_eq!(err.matches(": error: ").count(), 5, "{err}");
+    // Scopes that are not scopes, and an empty list.
+    let cfg = write_config(
+        dir.path(),
+        "azure_identity:\n  endpoint: http://169.254.169.254\narm:\n  scopes: [\"/subscriptions/s1/\", \"*\", \"/subscriptions/s1/resourceGroups/web/providers/Microsoft.Compute\"]\n",
+        "  files: []\n",
+        "  retry:\n    - arm: {endpoint: \"https://management.azure.com\"}\n",
+    );
+    let err = run(&cfg);
+    for col in [12, 34, 39] {
+        let want = format!("keel.yaml:9:{col}: error: expected a scope: /subscriptions/<id> or /subscriptions/<id>/resourceGroups/<name>");
+        assert!(err.contains(&want), "{want}\n{err}");
+    }
+    assert_eq!(err.matches(": error: ").count(), 3, "{err}");
+    let cfg = write_config(
+        dir.path(),
+        "arm:\n  scopes: []\n",
+        "  files: []\n",
+        "  retry:\n    - arm: {}\n",
+    );
+    let err = run(&cfg);
+    assert!(
+        err.contains("keel.yaml:7:11: error: no scope given"),
+        "{err}"
     );
 }

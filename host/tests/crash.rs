@@ -248,7 +248,7 @@ async fn arm_cell(point: &str, step: Option<&str>) {
     std::fs::write(
         &config,
         format!(
-            "policies: {}\nstate: {}\nlisten: 127.0.0.1:0\nazure_identity:\n  endpoint: {imds_url}\nsources:\n  ingest:\n    token_env: KEEL_TEST_INGEST_TOKEN\nrunbooks:\n  retry_without_agent:\n    - name: announce\n      log: {{}}\n    - name: resubmit\n      arm:\n        endpoint: {arm_url}\n        poll_interval: 100ms\n      timeout: 10s\n      retries: 2\n      backoff: 100ms\n",
+            "policies: {}\nstate: {}\nlisten: 127.0.0.1:0\nazure_identity:\n  endpoint: {imds_url}\narm:\n  scopes: [\"/subscriptions/00000000-0000-0000-0000-000000000000\"]\nsources:\n  ingest:\n    token_env: KEEL_TEST_INGEST_TOKEN\nrunbooks:\n  retry_without_agent:\n    - name: announce\n      log: {{}}\n    - name: resubmit\n      arm:\n        endpoint: {arm_url}\n        poll_interval: 100ms\n      timeout: 10s\n      retries: 2\n      backoff: 100ms\n",
             common::root().join("host/tests/data/azure-policies").display(),
             state.display(),
         ),

@@ -9,7 +9,16 @@
 //! idempotent, so the step is idempotent by default: after a crash it is sent again, never
 //! twice in effect. Only failed `create` and `update` operations are resubmitted (both are a
 //! PUT of the resource); the target is the event's `resource.id`, an ARM path resolved against
-//! the configured endpoint; an absolute URL is accepted only on that endpoint's host. A body in
+//! the configured endpoint; an absolute URL is accepted only on that endpoint's host.
+//!
+//! What may be written ([`authorize`]): the event and its request come from whoever holds the
+//! ingest token, and the PUT carries the VM's managed identity, so only a VM
+//! (`Microsoft.Compute/virtualMachines`) or a scale-set VM
+//! (`Microsoft.Compute/virtualMachineScaleSets/<ss>/virtualMachines/<id>`) is written, only
+//! inside a scope of `arm.scopes`, and only when the body's own `type`, `name` and `id` (when
+//! present) name that same resource; anything else fails the step at once (the runbook
+//! escalates) before a token is even fetched. A 3xx fails the step too: no redirect is
+//! followed. A body in
 //! ARM-template form carries its own `apiVersion`, which is then used, and the template-only
 //! keys (`apiVersion`, `dependsOn`, `condition`, `copy`, `comments`) are left out.
 //!
@@ -41,7 +50,7 @@ use super::identity::TokenClient;
 use super::sources::read_limited;
 use super::steps::StepError;
 use super::Host;
-use crate::config::{api_version_ok, resource_id_ok};
+use crate::config::{api_version_ok, resource_id_ok, ArmScope};
 
 /// Keys of an ARM template resource that are not part of the resource's REST body.
 const TEMPLATE_ONLY: [&str; 5] = ["apiVersion", "dependsOn", "condition", "copy", "comments"];
@@ -66,9 +75,9 @@ pub fn error_detail(body: &[u8]) -> String {
     }
 }
 
-/// The URL of `target` (an ARM resource id, or an absolute URL on `endpoint`'s host) with
-/// `api-version`; a message (escaped) when the target is refused.
-pub fn target_url(endpoint: &str, target: &str, api_version: &str) -> Result<reqwest::Url, String> {
+/// The ARM resource id that `target` (an ARM resource id, or an absolute URL on `endpoint`'s
+/// host) names; a message (escaped) when the target is refused.
+pub fn target_path(endpoint: &str, target: &str) -> Result<String, String> {
     let base = reqwest::Url::parse(endpoint)
         .map_err(|_| format!("the ARM endpoint {} is not a URL", escape(endpoint)))?;
     let path = if target.starts_with("http://") || target.starts_with("https://") {
@@ -104,6 +113,14 @@ pub fn target_url(endpoint: &str, target: &str, api_version: &str) -> Result<req
             escape(&path)
         ));
     }
+    Ok(path)
+}
+
+/// The URL of the resource id `path` (from [`target_path`]) on `endpoint`, with
+/// `api-version`.
+pub fn resource_url(endpoint: &str, path: &str, api_version: &str) -> Result<reqwest::Url, String> {
+    let base = reqwest::Url::parse(endpoint)
+        .map_err(|_| format!("the ARM endpoint {} is not a URL", escape(endpoint)))?;
     let mut url = base.clone();
     url.set_path(&format!("{}{path}", base.path().trim_end_matches('/')));
     url.set_query(None);
@@ -111,6 +128,136 @@ pub fn target_url(endpoint: &str, target: &str, api_version: &str) -> Result<req
     url.query_pairs_mut()
         .append_pair("api-version", api_version);
     Ok(url)
+}
+
+/// The URL of `target` (an ARM resource id, or an absolute URL on `endpoint`'s host) with
+/// `api-version`; a message (escaped) when the target is refused.
+#[cfg(test)]
+fn target_url(endpoint: &str, target: &str, api_version: &str) -> Result<reqwest::Url, String> {
+    resource_url(endpoint, &target_path(endpoint, target)?, api_version)
+}
+
+/// The only resources an `arm` step writes: a virtual machine, or a VM of a scale set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct VmTarget<'a> {
+    subscription: &'a str,
+    resource_group: &'a str,
+    /// The scale set, for a scale-set VM.
+    scale_set: Option<&'a str>,
+    /// The VM's name, or the scale-set VM's instance id.
+    name: &'a str,
+}
+
+/// `Microsoft.Compute`'s resource type of a VM.
+const VM_TYPE: &str = "Microsoft.Compute/virtualMachines";
+/// `Microsoft.Compute`'s resource type of a scale-set VM.
+const SCALE_SET_VM_TYPE: &str = "Microsoft.Compute/virtualMachineScaleSets/virtualMachines";
+
+/// The VM that a resource id names: `/subscriptions/<s>/resourceGroups/<rg>/providers/
+/// Microsoft.Compute/virtualMachines/<vm>` or `.../Microsoft.Compute/virtualMachineScaleSets/
+/// <ss>/virtualMachines/<id>`, nothing more (no child resource such as an extension); the
+/// fixed words in any case, as ARM reads them.
+fn vm_target(path: &str) -> Option<VmTarget<'_>> {
+    let seg: Vec<&str> = path.split('/').collect();
+    let is = |i: usize, w: &str| seg.get(i).is_some_and(|s| s.eq_ignore_ascii_case(w));
+    let named = |i: usize| seg.get(i).copied().filter(|s| !s.is_empty());
+    if !(seg.first() == Some(&"")
+        && is(1, "subscriptions")
+        && is(3, "resourceGroups")
+        && is(5, "providers")
+        && is(6, "Microsoft.Compute"))
+    {
+        return None;
+    }
+    let (scale_set, name) = match seg.len() {
+        9 if is(7, "virtualMachines") => (None, named(8)?),
+        11 if is(7, "virtualMachineScaleSets") && is(9, "virtualMachines") => {
+            (Some(named(8)?), named(10)?)
+        }
+        _ => return None,
+    };
+    Some(VmTarget {
+        subscription: named(2)?,
+        resource_group: named(4)?,
+        scale_set,
+        name,
+    })
+}
+
+/// The values of `key` (in any case, as ARM reads property names) at the top of `body`.
+fn fields<'a>(body: &'a Value, key: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
+    body.as_object()
+        .into_iter()
+        .flat_map(|o| o.iter())
+        .filter(move |(k, _)| k.eq_ignore_ascii_case(key))
+        .map(|(_, v)| v)
+}
+
+/// Whether an `arm` step may PUT `request` to the resource id `path`: only a VM or a
+/// scale-set VM, only inside one of `scopes`, and only when the body's own `type`, `name`
+/// and `id` (when it has them, as a GET of the resource or an ARM template resource does)
+/// name that same resource. The message (escaped) says why not.
+pub fn authorize(path: &str, scopes: &[ArmScope], request: &Value) -> Result<(), String> {
+    let p = escape(path);
+    let Some(t) = vm_target(path) else {
+        return Err(format!(
+            "refusing to write {p}: an `arm` step writes only virtual machines \
+             ({VM_TYPE}/<name>) and scale-set VMs ({SCALE_SET_VM_TYPE} as \
+             virtualMachineScaleSets/<scale set>/virtualMachines/<instance id>)"
+        ));
+    };
+    if !scopes
+        .iter()
+        .any(|s| s.contains(t.subscription, t.resource_group))
+    {
+        let list: Vec<String> = scopes.iter().map(ToString::to_string).collect();
+        return Err(format!(
+            "refusing to write {p}: outside every scope of `arm.scopes` ({})",
+            if list.is_empty() {
+                "none configured".to_string()
+            } else {
+                list.join(", ")
+            }
+        ));
+    }
+    let (want_type, names) = match t.scale_set {
+        None => (VM_TYPE, vec![t.name.to_string()]),
+        Some(ss) => (
+            SCALE_SET_VM_TYPE,
+            // ARM names a scale-set VM `<scale set>_<instance id>`; a template, `<scale
+            // set>/<instance id>`.
+            vec![format!("{ss}_{}", t.name), format!("{ss}/{}", t.name)],
+        ),
+    };
+    let mismatch = |what: &str, got: &Value, want: &str| {
+        let got = match got {
+            Value::String(s) => escape(&s.chars().take(300).collect::<String>()),
+            other => escape(&other.to_string().chars().take(300).collect::<String>()),
+        };
+        format!("refusing to write {p}: the request's `{what}` is {got}, not {want}")
+    };
+    for v in fields(request, "type") {
+        if !v
+            .as_str()
+            .is_some_and(|s| s.eq_ignore_ascii_case(want_type))
+        {
+            return Err(mismatch("type", v, want_type));
+        }
+    }
+    for v in fields(request, "name") {
+        if !v
+            .as_str()
+            .is_some_and(|s| names.iter().any(|n| n.eq_ignore_ascii_case(s)))
+        {
+            return Err(mismatch("name", v, &escape(&names.join(" or "))));
+        }
+    }
+    for v in fields(request, "id") {
+        if !v.as_str().is_some_and(|s| s.eq_ignore_ascii_case(path)) {
+            return Err(mismatch("id", v, "the resource id"));
+        }
+    }
+    Ok(())
 }
 
 /// `x-ms-client-request-id`: the idempotency key's first 32 hex digits as a GUID.
@@ -201,8 +348,10 @@ pub async fn resubmit(
             "the event names no resource id to resubmit the request to",
         ));
     };
+    let path = target_path(endpoint, target).map_err(StepError::permanent)?;
+    authorize(&path, &host.cfg.arm_scopes, request).map_err(StepError::permanent)?;
     let (body, version) = prepare(request, api_version)?;
-    let url = target_url(endpoint, target, &version).map_err(StepError::permanent)?;
+    let url = resource_url(endpoint, &path, &version).map_err(StepError::permanent)?;
     let mut renewed = false;
     loop {
         let auth = authorization(host).await?;
@@ -264,6 +413,9 @@ pub async fn resubmit(
             renewed = true;
             continue;
         }
+        if status.is_redirection() {
+            return Err(StepError::permanent(redirected(&r)));
+        }
         let ra = retry_after(r.headers());
         let detail = error_detail(&read_limited(r).await.unwrap_or_default());
         let transient = matches!(status.as_u16(), 408 | 429) || status.is_server_error();
@@ -273,6 +425,23 @@ pub async fn resubmit(
             StepError::permanent(format!("ARM refused the request: HTTP {status}{detail}"))
         });
     }
+}
+
+/// Why a 3xx fails the step: the host's HTTP client follows no redirect (a redirected PUT
+/// would become a GET that "succeeds", and the token would follow it elsewhere).
+fn redirected(r: &reqwest::Response) -> String {
+    let to = r
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .map(|l| {
+            let l = String::from_utf8_lossy(l.as_bytes());
+            format!(" to {}", escape(&l.chars().take(300).collect::<String>()))
+        })
+        .unwrap_or_default();
+    format!(
+        "ARM answered HTTP {} (a redirect{to}); redirects are not followed",
+        r.status()
+    )
 }
 
 /// `Authorization: Bearer` with the managed identity's token (cached by the client).
@@ -377,6 +546,9 @@ async fn follow_operation(
         if status.as_u16() == 429 || status.is_server_error() {
             continue;
         }
+        if status.is_redirection() {
+            return Err(StepError::permanent(redirected(&r)));
+        }
         let body = read_limited(r).await.unwrap_or_default();
         if !status.is_success() {
             return Err(StepError::retry(
@@ -465,6 +637,133 @@ mod tests {
                 target_url("https://management.azure.com", &bad, "2024-07-01").is_err(),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn only_vms_inside_the_scopes_whose_body_names_them_are_written() {
+        use serde_json::json;
+        let scopes: Vec<ArmScope> = ["/subscriptions/S1", "/subscriptions/s2/resourceGroups/Web"]
+            .iter()
+            .filter_map(|s| ArmScope::parse(s))
+            .collect();
+        assert_eq!(scopes.len(), 2);
+        let body = json!({"location": "eastus2", "properties": {}});
+        for ok in [
+            "/subscriptions/s1/resourceGroups/any/providers/Microsoft.Compute/virtualMachines/vm-1",
+            "/SUBSCRIPTIONS/S1/resourcegroups/ANY/PROVIDERS/microsoft.compute/VIRTUALMACHINES/vm-1",
+            "/subscriptions/s2/resourceGroups/web/providers/Microsoft.Compute/virtualMachines/vm-2",
+            "/subscriptions/s2/resourceGroups/WEB/providers/Microsoft.Compute/virtualMachineScaleSets/ss/virtualMachines/7",
+        ] {
+            assert_eq!(authorize(ok, &scopes, &body), Ok(()), "{ok}");
+        }
+        for (bad, why) in [
+            ("/subscriptions/s1/providers/Microsoft.Authorization/roleAssignments/0b1e6c2a-3f8d-4c1e-9a7b-2d5e8f1a3c4b", "writes only virtual machines"),
+            ("/subscriptions/s1/resourceGroups/any/providers/Microsoft.Authorization/roleAssignments/x", "writes only virtual machines"),
+            ("/subscriptions/s1/resourceGroups/any/providers/Microsoft.Compute/virtualMachines/vm-1/extensions/cse", "writes only virtual machines"),
+            ("/subscriptions/s1/resourceGroups/any/providers/Microsoft.Compute/disks/d", "writes only virtual machines"),
+            ("/subscriptions/s1/resourceGroups/any/providers/Microsoft.Compute/virtualMachineScaleSets/ss", "writes only virtual machines"),
+            ("/subscriptions/s1/resourceGroups/any/providers/Microsoft.Compute/virtualMachines/", "writes only virtual machines"),
+            ("/subscriptions/s1/resourceGroups/any/providers/Microsoft.Evil/virtualMachines/vm-1", "writes only virtual machines"),
+            ("/subscriptions/s3/resourceGroups/web/providers/Microsoft.Compute/virtualMachines/vm-1", "outside every scope"),
+            ("/subscriptions/s2/resourceGroups/db/providers/Microsoft.Compute/virtualMachines/vm-1", "outside every scope"),
+        ] {
+            let e = authorize(bad, &scopes, &body).err().unwrap_or_default();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        let vm =
+            "/subscriptions/s1/resourceGroups/web/providers/Microsoft.Compute/virtualMachines/vm-1";
+        assert!(
+            authorize(vm, &[], &body).is_err(),
+            "no scope allows nothing"
+        );
+        for ok in [
+            json!({"type": "Microsoft.Compute/virtualMachines", "name": "vm-1", "apiVersion": "2024-07-01"}),
+            json!({"TYPE": "microsoft.compute/virtualmachines", "Name": "VM-1", "id": vm.to_uppercase()}),
+        ] {
+            assert_eq!(authorize(vm, &scopes, &ok), Ok(()), "{ok}");
+        }
+        for (bad, why) in [
+            (
+                json!({"type": "Microsoft.Authorization/roleAssignments", "name": "vm-1"}),
+                "`type`",
+            ),
+            (
+                json!({"type": "Microsoft.Compute/virtualMachines", "name": "vm-2"}),
+                "`name`",
+            ),
+            (
+                json!({"type": "Microsoft.Compute/virtualMachines", "Name": "vm-2"}),
+                "`name`",
+            ),
+            (json!({"name": ["vm-1"]}), "`name`"),
+            (
+                json!({"id": "/subscriptions/s1/resourceGroups/web/providers/Microsoft.Compute/virtualMachines/vm-2"}),
+                "`id`",
+            ),
+            (
+                json!({"type": "Microsoft.Compute/virtualMachines\u{1b}[31m"}),
+                "`type`",
+            ),
+        ] {
+            let e = authorize(vm, &scopes, &bad).err().unwrap_or_default();
+            assert!(e.contains(why), "{bad}: {e}");
+            assert!(!e.contains('\u{1b}'), "escaped: {e}");
+        }
+        let ssvm = "/subscriptions/s1/resourceGroups/web/providers/Microsoft.Compute/virtualMachineScaleSets/ss/virtualMachines/7";
+        for name in ["ss_7", "ss/7", "SS_7"] {
+            let b = json!({"type": "Microsoft.Compute/virtualMachineScaleSets/virtualMachines", "name": name});
+            assert_eq!(authorize(ssvm, &scopes, &b), Ok(()), "{name}");
+        }
+        for b in [
+            json!({"type": "Microsoft.Compute/virtualMachines", "name": "ss_7"}),
+            json!({"type": "Microsoft.Compute/virtualMachineScaleSets/virtualMachines", "name": "7"}),
+            json!({"name": "other_7"}),
+        ] {
+            assert!(authorize(ssvm, &scopes, &b).is_err(), "{b}");
+        }
+    }
+
+    #[test]
+    fn tokens_travel_in_clear_only_on_loopback_and_to_imds() {
+        use crate::config::token_url_ok;
+        for (url, imds) in [
+            ("https://management.azure.com", false),
+            ("https://arm.example:8443/base", false),
+            ("http://127.0.0.1:8080", false),
+            ("http://127.1.2.3", false),
+            ("http://127.1", false),
+            ("http://[::1]:80", false),
+            ("http://localhost:40342", false),
+            ("http://LOCALHOST", false),
+            ("http://169.254.169.254", true),
+        ] {
+            assert!(token_url_ok(url, imds), "{url}");
+        }
+        for (url, imds) in [
+            ("http://management.azure.com", false),
+            ("http://169.254.169.254", false),
+            ("http://169.254.169.253", true),
+            ("http://10.0.0.4", true),
+            ("http://[::ffff:127.0.0.1]", false),
+            ("http://localhost.evil.example", false),
+            ("http://127.0.0.1.nip.io", false),
+            ("ftp://127.0.0.1", false),
+            ("not a url", false),
+        ] {
+            assert!(!token_url_ok(url, imds), "{url}");
+        }
+        for bad in [
+            "/subscriptions",
+            "/subscriptions/",
+            "/subscriptions/s1/",
+            "/subscriptions/s1/resourceGroups",
+            "/subscriptions/s1/resourceGroups/web/providers/Microsoft.Compute",
+            "subscriptions/s1",
+            "/subscriptions/*",
+            "/subscriptions/s 1",
+        ] {
+            assert_eq!(ArmScope::parse(bad), None, "{bad}");
         }
     }
 

@@ -158,6 +158,17 @@ fn rebuild_history(store: &Store) -> Result<History, StoreError> {
     Ok(h)
 }
 
+/// The one HTTP client of the host (sources, the managed identity, `arm`, `http` and `azure_ack`
+/// steps, the outbox): no proxy, and no redirect followed. A 3xx is returned as it is, so that
+/// a redirected PUT never becomes a GET that "succeeds" and no token or request body follows
+/// a `Location` to another place; each caller treats it as the failure it is.
+pub fn http_client() -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+}
+
 /// Loads the configuration's policy set (with its plugin cache, when plugins are built in).
 pub fn load_policies(cfg: &Config) -> Result<Engine, keel_engine::LoadError> {
     let b = Engine::builder().add_path(&cfg.policies);
@@ -176,10 +187,7 @@ impl Host {
             None => NormalizerState::default(),
         };
         let history = rebuild_history(&store).map_err(|e| e.to_string())?;
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .map_err(|e| e.to_string())?;
+        let http = http_client().map_err(|e| e.to_string())?;
         let identity = identity::TokenClient::new(http.clone(), cfg.azure_identity.clone());
         Ok(Arc::new(Host {
             drain_slots: Arc::new(tokio::sync::Semaphore::new(cfg.limits.concurrent_drains)),

@@ -148,6 +148,9 @@ pub struct Arm {
     pub async_operation: Option<String>,
     /// The bodies of the async operation's status, in order.
     pub operations: VecDeque<Value>,
+    /// When set, the next PUT answers `302 Found` with `Location: <this>` (a path is made
+    /// absolute on the stub).
+    pub redirect: Option<String>,
 }
 
 /// The async operation's path on the ARM stub.
@@ -210,6 +213,16 @@ pub fn arm(st: &ArmState, method: &Method, uri: &Uri, h: &HeaderMap, body: &Byte
             json!({"properties": {"provisioningState": "Succeeded"}}).to_string(),
         )
             .into_response();
+    }
+    if let (true, Some(to)) = (method == Method::PUT, s.redirect.take()) {
+        let to = if to.starts_with('/') {
+            format!("{}{to}", s.base)
+        } else {
+            to
+        };
+        let mut r = (StatusCode::FOUND, String::new()).into_response();
+        r.headers_mut().insert("location", to.parse().unwrap());
+        return r;
     }
     if method == Method::PUT {
         let (status, ra, body) = s.script.pop_front().unwrap_or((

@@ -296,14 +296,15 @@ async fn a_state_database_from_a_newer_keel_is_refused_and_left_unchanged() {
     std::fs::write(
         &cfg,
         format!(
-            "policies: {}\nstate: {}\nlisten: 127.0.0.1:0\nsources: {{}}\n",
+            "policies: {}\nstate: {}\nlisten: 127.0.0.1:0\nsources:\n  ingest:\n    token_env: KEEL_TEST_INGEST_TOKEN\n",
             root().join("host/tests/data/azure-policies").display(),
             db.display(),
         ),
     )
     .unwrap();
+    let env = [("KEEL_TEST_INGEST_TOKEN", TOKEN)];
     // A real state database, then stamped as a newer Keel would.
-    let mut k = Keel::start(&cfg, &[], &[]);
+    let mut k = Keel::start(&cfg, &[], &env);
     k.wait_listen(Duration::from_secs(20)).await;
     k.kill();
     let ours: i64 = {
@@ -328,7 +329,7 @@ async fn a_state_database_from_a_newer_keel_is_refused_and_left_unchanged() {
     #[cfg(unix)]
     let mode_before = mode(&db);
 
-    let mut k = Keel::start(&cfg, &[], &[]);
+    let mut k = Keel::start(&cfg, &[], &env);
     let status = k.wait_exit(Duration::from_secs(20)).await;
     assert!(!status.success(), "{status}\n{}", k.dump());
     let err = k.stderr();

@@ -82,6 +82,7 @@ pub mod normalize;
 #[cfg(feature = "plugins")]
 mod plugin;
 mod policy;
+pub mod redact;
 pub mod schema;
 pub mod testing;
 pub mod yaml;

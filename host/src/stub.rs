@@ -47,8 +47,11 @@ impl Stub {
 
     /// Announces a platform event of `event_type` for `vm`, starting in `notice`.
     pub fn schedule(&self, event_id: &str, event_type: &str, vm: &str, notice: Duration) {
-        let not_before =
-            chrono::Utc::now() + chrono::Duration::from_std(notice).unwrap_or_default();
+        let now = chrono::Utc::now();
+        let not_before = chrono::Duration::from_std(notice)
+            .ok()
+            .and_then(|n| now.checked_add_signed(n))
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MAX_UTC);
         if let Ok(mut s) = self.state.lock() {
             s.incarnation += 1;
             s.completed = false;

@@ -72,7 +72,10 @@ pub fn run(args: Args) -> u8 {
         let event_id = "6C0C4BD8-5B2B-4B6E-9C36-4E4B2C1D0A11";
         println!("keel demo: the platform announces a Reboot of `{vm}` in 15 minutes (EventId {event_id})");
         stub.schedule(event_id, "Reboot", &vm, Duration::from_secs(900));
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
+        let deadline = crate::run::backoff::later(
+            tokio::time::Instant::now(),
+            Duration::from_secs(args.timeout),
+        );
         let ok = loop {
             let done = stub.state.lock().map(|s| s.completed).unwrap_or(false);
             let completed_seen = host.metrics.get("keel_decisions_total", &[("action", "none"), ("policy", "-")]) >= 1.0;

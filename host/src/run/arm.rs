@@ -27,7 +27,9 @@
 //! fresh one; 408, 429 and 5xx are retried by the step's retries, waiting at least the
 //! server's `Retry-After`; any other refusal fails the step at once. With no request body in
 //! the decision (nothing to resubmit), with an operation that is not a PUT, or with a target
-//! elsewhere, the step fails at once and the runbook escalates (DESIGN.md "Host"). ARM's
+//! elsewhere, the step fails at once and the runbook escalates (DESIGN.md "Host"). The same
+//! holds for a request whose secret fields were redacted (`keel_engine::redact`): only the
+//! decision in memory carries them, so a resubmission resumed after a restart escalates. ARM's
 //! error bodies are untrusted: only their code and message, escaped and truncated, are kept.
 //!
 //! After a 2xx, the long-running operation is followed (unless `follow_operation: false`):
@@ -336,6 +338,15 @@ pub async fn resubmit(
             "the decision carries no request body to resubmit (retry.request); escalating",
         ));
     };
+    // The stored decision has its secrets redacted: one read back after a restart cannot be
+    // resubmitted (ARM never returns an adminPassword, so there is nothing to restore it from).
+    let redacted = keel_engine::redact::redacted_paths(request);
+    if !redacted.is_empty() {
+        return Err(StepError::permanent(format!(
+            "the request's secret fields ({}) were redacted when the decision was stored, and the host restarted since: it cannot be resubmitted; escalating",
+            redacted.join(", ")
+        )));
+    }
     let op = ev.failure.as_ref().map(|f| f.operation);
     if !matches!(op, Some(Operation::Create | Operation::Update)) {
         return Err(StepError::permanent(format!(

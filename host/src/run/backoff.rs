@@ -47,6 +47,17 @@ impl Backoff {
     }
 }
 
+/// The longest wait a timer is armed for: about a century. A configured or received duration
+/// beyond it (an instant cannot count that far on every platform) waits this long instead.
+pub const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// `now + d`, saturating at [`FAR_FUTURE`] from `now` (never an overflow panic).
+pub fn later(now: tokio::time::Instant, d: Duration) -> tokio::time::Instant {
+    now.checked_add(d.min(FAR_FUTURE))
+        .or_else(|| now.checked_add(Duration::from_secs(86_400)))
+        .unwrap_or(now)
+}
+
 /// A uniformly random duration in `[0, max]` (splitmix64 over the clock and a counter: not
 /// cryptographic, only enough to spread retries).
 pub fn jitter(max: Duration) -> Duration {
@@ -103,6 +114,36 @@ mod tests {
         assert_eq!(b.next(Some(Duration::from_secs(100_000))), MAX_RETRY_AFTER);
         b.reset();
         assert!(b.next(None) <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn later_saturates_for_any_duration() {
+        let now = tokio::time::Instant::now();
+        for d in [
+            Duration::ZERO,
+            Duration::from_secs(1),
+            FAR_FUTURE,
+            Duration::from_secs(100_000_000 * 86_400),
+            Duration::from_secs(u64::MAX),
+            Duration::MAX,
+        ] {
+            let t = later(now, d);
+            assert!(t >= now);
+            assert!(t.duration_since(now) <= d.min(FAR_FUTURE), "{d:?}");
+        }
+        assert_eq!(
+            later(now, Duration::from_secs(5)),
+            now + Duration::from_secs(5)
+        );
+        assert_eq!(later(now, Duration::MAX).duration_since(now), FAR_FUTURE);
+    }
+
+    #[test]
+    fn a_huge_initial_backoff_saturates() {
+        let mut b = Backoff::new(Duration::MAX, Duration::MAX);
+        for _ in 0..3 {
+            assert!(b.next(None) >= Duration::MAX / 2);
+        }
     }
 
     #[test]

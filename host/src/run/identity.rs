@@ -151,6 +151,13 @@ fn parse_token(body: &[u8]) -> Result<(Secret, Duration), IdentityError> {
     Ok((Secret::new(token.to_string()), lifetime))
 }
 
+/// When to fetch a token of `lifetime` again: a fifth of its lifetime early, at most five
+/// minutes. `expires_in` is the server's: a huge one saturates instead of overflowing.
+fn refresh_at(now: Instant, lifetime: Duration) -> Instant {
+    let margin = (lifetime / 5).min(Duration::from_secs(300));
+    super::backoff::later(now, lifetime.saturating_sub(margin))
+}
+
 impl TokenClient {
     /// A client for the identity `cfg`; nothing is requested until a token is needed.
     pub fn new(http: reqwest::Client, cfg: AzureIdentity) -> TokenClient {
@@ -170,10 +177,9 @@ impl TokenClient {
             }
         }
         let (token, lifetime) = self.fetch().await?;
-        let margin = (lifetime / 5).min(Duration::from_secs(300));
         *cache = Some(Cached {
             token: token.clone(),
-            refresh_at: Instant::now() + lifetime.saturating_sub(margin),
+            refresh_at: refresh_at(Instant::now(), lifetime),
         });
         Ok(token)
     }
@@ -255,5 +261,21 @@ mod tests {
             "{d}"
         );
         assert!(!d.contains('\u{1b}'), "{d}");
+    }
+
+    #[test]
+    fn a_huge_token_lifetime_saturates() {
+        let body = format!(r#"{{"access_token":"t","expires_in":"{}"}}"#, i64::MAX);
+        let Ok((_, life)) = parse_token(body.as_bytes()) else {
+            unreachable!("a valid response")
+        };
+        assert_eq!(life, Duration::from_secs(i64::MAX as u64));
+        let now = Instant::now();
+        let at = refresh_at(now, life);
+        assert_eq!(at.duration_since(now), super::super::backoff::FAR_FUTURE);
+        assert_eq!(
+            refresh_at(now, Duration::from_secs(3600)).duration_since(now),
+            Duration::from_secs(3300)
+        );
     }
 }

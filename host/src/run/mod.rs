@@ -353,8 +353,10 @@ impl Host {
         } else {
             "pending"
         };
-        let ev_json = serde_json::to_string(ev).unwrap_or_default();
-        let d_json = serde_json::to_string(&decision).unwrap_or_default();
+        // What leaves memory (the store, the decision log) has its secrets redacted
+        // (`keel_engine::redact`); the runbook gets the event and decision unredacted.
+        let ev_json = keel_engine::redact::to_redacted_string(ev).unwrap_or_default();
+        let d_json = keel_engine::redact::to_redacted_string(&decision).unwrap_or_default();
         // New escalations go to the outbox with the decision (never in dry-run: no effects).
         let entries = if self.cfg.dry_run {
             Vec::new()
@@ -598,7 +600,8 @@ fn redecision_id(id: &str, at: DateTime<Utc>) -> String {
 /// ([`Store::gc`]: pending work is never collected), counting the rows in
 /// `keel_gc_rows_total`.
 async fn collect_garbage(host: Arc<Host>, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(host.cfg.gc_interval);
+    // An interval adds its period to an instant at every tick: a huge `gc_interval` saturates.
+    let mut tick = tokio::time::interval(host.cfg.gc_interval.min(backoff::FAR_FUTURE));
     loop {
         tokio::select! {
             _ = stop.changed() => if *stop.borrow() { return },

@@ -145,7 +145,10 @@ async fn deliver_one(host: &Arc<Host>, row: &OutboxRow) {
         }
         Some(err) => {
             let wait = delay(initial, row.attempts, retry_after);
-            let next = now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::zero());
+            let next = chrono::Duration::from_std(wait)
+                .ok()
+                .and_then(|w| now.checked_add_signed(w))
+                .unwrap_or(now);
             let _ = host.store.outbox_retry(&row.key, &rfc(next), &err);
             host.log_line(&serde_json::json!({
                 "time": rfc(now), "decision_id": row.decision_id, "outbox": row.key,

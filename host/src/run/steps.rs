@@ -53,10 +53,15 @@ pub fn runbook_deadline(
     }
 }
 
-/// The time left until `deadline` as a tokio instant (now when it has passed).
+/// The time left until `deadline` as a tokio instant (now when it has passed; a century
+/// away when the deadline is further than an instant can count).
 fn instant_of(deadline: DateTime<Utc>) -> tokio::time::Instant {
-    let left = (deadline - Utc::now()).to_std().unwrap_or(Duration::ZERO);
-    tokio::time::Instant::now() + left
+    let now = tokio::time::Instant::now();
+    let left = deadline
+        .signed_duration_since(Utc::now())
+        .to_std()
+        .unwrap_or(Duration::ZERO);
+    super::backoff::later(now, left)
 }
 
 /// Why a step did not run or did not finish: the runbook's deadline passed.
@@ -332,15 +337,20 @@ async fn attempt(
             return (last, n + 1);
         }
         if n < step.retries {
-            // The server's Retry-After, when longer than the backoff, wins.
-            let wait = (delay + super::backoff::jitter(delay / 4)).max(
-                retry_after.map_or(Duration::ZERO, |r| r.min(super::backoff::MAX_RETRY_AFTER)),
-            );
-            tokio::time::sleep(wait).await;
+            tokio::time::sleep(retry_wait(delay, retry_after)).await;
             delay = delay.saturating_mul(2).min(Duration::from_secs(300));
         }
     }
     (last, step.retries + 1)
+}
+
+/// The wait before the next attempt of a step: the backoff `delay` plus up to a quarter of it
+/// as jitter, or the server's `Retry-After` (capped) when longer. Saturating: a configured
+/// `backoff` near the largest duration waits (practically) forever instead of overflowing.
+fn retry_wait(delay: Duration, retry_after: Option<Duration>) -> Duration {
+    delay
+        .saturating_add(super::backoff::jitter(delay / 4))
+        .max(retry_after.map_or(Duration::ZERO, |r| r.min(super::backoff::MAX_RETRY_AFTER)))
 }
 
 /// One attempt of one step.
@@ -542,5 +552,67 @@ async fn azure_ack(host: &Arc<Host>, ev: &Event) -> Result<String, String> {
         Ok("ok".into())
     } else {
         Err(format!("StartRequests answered HTTP {}", r.status()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Durations at and near the extremes a configuration (`backoff: 213503982334601d`,
+    /// `18446744073709551615s`) or a policy (`deadline_s: 1e300`) can give.
+    fn extremes() -> Vec<Duration> {
+        vec![
+            Duration::ZERO,
+            Duration::from_millis(1),
+            Duration::from_secs(300),
+            Duration::from_secs(100_000_000 * 86_400),
+            Duration::from_millis(u64::MAX),
+            Duration::from_secs(u64::MAX / 2),
+            Duration::from_secs(u64::MAX),
+            Duration::MAX,
+        ]
+    }
+
+    #[test]
+    fn the_retry_wait_saturates_for_any_backoff() {
+        for d in extremes() {
+            for ra in [None, Some(Duration::from_secs(7)), Some(Duration::MAX)] {
+                let w = retry_wait(d, ra);
+                assert!(w >= d, "{d:?} {ra:?}: {w:?}");
+                assert!(w <= d.saturating_add(d / 4).max(Duration::from_secs(300)));
+            }
+            // The doubling saturates too, and is capped.
+            assert!(d.saturating_mul(2).min(Duration::from_secs(300)) <= Duration::from_secs(300));
+        }
+        assert_eq!(retry_wait(Duration::MAX, None), Duration::MAX);
+    }
+
+    #[test]
+    fn deadlines_far_away_or_unrepresentable_do_not_panic() {
+        let now = Utc::now();
+        for dl in [
+            DateTime::<Utc>::MAX_UTC,
+            DateTime::<Utc>::MIN_UTC,
+            now,
+            now + chrono::Duration::days(365 * 1000),
+        ] {
+            let i = instant_of(dl);
+            assert!(i >= tokio::time::Instant::now() - Duration::from_secs(1));
+        }
+        let ev: Event = serde_json::from_value(serde_json::json!({
+            "id": "e", "time": "2026-01-01T00:00:00Z", "source": "azure.scheduled_events",
+            "kind": "maintenance", "resource": {"name": "vm"},
+            "maintenance": {"type": "reboot", "status": "scheduled"},
+        }))
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        for s in [1e300, f64::MAX, 9.3e15, 1e12] {
+            let d: Decision = serde_json::from_value(serde_json::json!({
+                "event_id": "e", "action": "drain", "params": {"deadline_s": s},
+            }))
+            .unwrap_or_else(|e| unreachable!("{e}"));
+            let got = runbook_deadline(&ev, &d, now);
+            assert!(got.is_none_or(|t| t > now), "{s}: {got:?}");
+        }
     }
 }

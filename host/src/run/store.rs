@@ -15,6 +15,16 @@ pub enum StoreError {
     Sql(rusqlite::Error),
     /// The lock was poisoned by a panicking thread.
     Poisoned,
+    /// The database was written by a newer Keel (its schema version is higher than this
+    /// binary's); it is left untouched.
+    NewerSchema {
+        /// The database's schema version.
+        found: i64,
+        /// The newest version this binary knows.
+        supported: i64,
+    },
+    /// The state directory or a database file could not be created or restricted.
+    Files(std::path::PathBuf, std::io::Error),
 }
 
 impl std::fmt::Display for StoreError {
@@ -22,6 +32,11 @@ impl std::fmt::Display for StoreError {
         match self {
             StoreError::Sql(e) => write!(f, "state database: {e}"),
             StoreError::Poisoned => f.write_str("state database: lock poisoned"),
+            StoreError::NewerSchema { found, supported } => write!(
+                f,
+                "state database: its schema version is {found}, newer than this keel supports ({supported}); it was written by a newer keel: run that version (the database was left unchanged)"
+            ),
+            StoreError::Files(p, e) => write!(f, "state database: {}: {e}", p.display()),
         }
     }
 }
@@ -65,6 +80,75 @@ const MIGRATIONS: &[&str] = &[
         delivered_at TEXT, last_error TEXT);
      CREATE INDEX outbox_pending ON outbox (delivered_at, next_at);",
 ];
+
+/// The schema version this binary writes (`PRAGMA user_version`: how many migrations ran). A
+/// database with a higher version was written by a newer Keel and is refused.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Creates `dir` (and its missing parents) if it is missing; a directory created here is 0700
+/// whatever the umask. An existing directory is left as it is.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    #[cfg(not(unix))]
+    std::fs::create_dir_all(dir)?;
+    restrict(dir, 0o700)
+}
+
+/// The schema version (`user_version`) in a database file's header, read without SQLite (0
+/// for an empty or short file). A version written since the last checkpoint is only in the
+/// `-wal`: [`Store::open`] checks again once the database is open, before any write.
+fn header_version(path: &Path) -> std::io::Result<i64> {
+    use std::io::Read;
+    let mut head = [0u8; 64];
+    let mut f = std::fs::File::open(path)?;
+    let mut n = 0;
+    while n < head.len() {
+        match f.read(&mut head[n..])? {
+            0 => return Ok(0),
+            k => n += k,
+        }
+    }
+    // The header's user_version: a big-endian 32-bit integer at offset 60.
+    Ok(i64::from(i32::from_be_bytes([
+        head[60], head[61], head[62], head[63],
+    ])))
+}
+
+/// Creates an empty database file readable and writable by its owner only.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    o.open(path).map(drop)
+}
+
+/// Sets `path`'s permission bits to exactly `mode` (the umask does not apply to chmod).
+fn restrict(path: &Path, mode: u32) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (path, mode);
+        Ok(())
+    }
+}
 
 /// The state database.
 pub struct Store {
@@ -231,16 +315,50 @@ pub struct Pending {
 }
 
 impl Store {
-    /// Opens (creating it and its directory) and migrates the database.
+    /// Opens (creating it and its directory) and migrates the database. A database with a
+    /// newer schema version than [`SCHEMA_VERSION`] is refused before anything is written to
+    /// it. The state directory Keel creates is 0700; the database and its `-wal` and `-shm`
+    /// files are 0600 (whatever the umask).
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
+        let files = |e| StoreError::Files(path.to_path_buf(), e);
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            create_private_dir(dir).map_err(|e| StoreError::Files(dir.to_path_buf(), e))?;
         }
+        if path.exists() {
+            // Read the version from the file's header, without SQLite: a newer database is
+            // left exactly as it is (no journal-mode change, no migration, no new file).
+            let found = header_version(path).map_err(files)?;
+            if found > SCHEMA_VERSION {
+                return Err(StoreError::NewerSchema {
+                    found,
+                    supported: SCHEMA_VERSION,
+                });
+            }
+        } else {
+            create_private_file(path).map_err(files)?;
+        }
+        restrict(path, 0o600).map_err(files)?;
         let conn = Connection::open(path)?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::NewerSchema {
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        // SQLite creates `-wal` and `-shm` with the database's mode; make sure of it (and
+        // tighten files left by an older Keel).
+        for suffix in ["-wal", "-shm"] {
+            let mut p = path.as_os_str().to_owned();
+            p.push(suffix);
+            let p = std::path::PathBuf::from(p);
+            if p.exists() {
+                restrict(&p, 0o600).map_err(|e| StoreError::Files(p.clone(), e))?;
+            }
+        }
         for (i, m) in MIGRATIONS
             .iter()
             .enumerate()
@@ -752,6 +870,57 @@ mod tests {
         drop(s);
         let s = Store::open(&path)?;
         assert!(s.seen("azure.arm:k", "-")?);
+        Ok(())
+    }
+
+    #[test]
+    fn a_newer_database_is_refused_and_left_unchanged() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|_| StoreError::Poisoned)?;
+        let path = dir.path().join("state.db");
+        drop(Store::open(&path)?);
+        {
+            let c = Connection::open(&path)?;
+            c.pragma_update(None, "user_version", SCHEMA_VERSION + 1)?;
+        }
+        let before = std::fs::read(&path).map_err(|_| StoreError::Poisoned)?;
+        let err = Store::open(&path).err();
+        let msg = err.as_ref().map(ToString::to_string).unwrap_or_default();
+        assert!(
+            matches!(err, Some(StoreError::NewerSchema { found, supported })
+                if found == SCHEMA_VERSION + 1 && supported == SCHEMA_VERSION),
+            "{msg}"
+        );
+        assert!(msg.contains(&format!("is {}", SCHEMA_VERSION + 1)), "{msg}");
+        assert!(msg.contains(&format!("({SCHEMA_VERSION})")), "{msg}");
+        let after = std::fs::read(&path).map_err(|_| StoreError::Poisoned)?;
+        assert!(before == after, "the database changed");
+        Ok(())
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_state_directory_and_files_are_private_whatever_the_umask() -> Result<(), StoreError> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().map_err(|_| StoreError::Poisoned)?;
+        let state_dir = dir.path().join("a/state");
+        let path = state_dir.join("state.db");
+        let s = Store::open(&path)?;
+        s.record(&rec("e1", None))?;
+        let mode = |p: &std::path::Path| {
+            std::fs::metadata(p)
+                .map(|m| m.permissions().mode() & 0o777)
+                .unwrap_or(0)
+        };
+        assert_eq!(mode(&state_dir), 0o700);
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(&state_dir.join("state.db-wal")), 0o600);
+        assert_eq!(mode(&state_dir.join("state.db-shm")), 0o600);
+        drop(s);
+        // A database left world-readable by an older Keel is tightened.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+            .map_err(|_| StoreError::Poisoned)?;
+        drop(Store::open(&path)?);
+        assert_eq!(mode(&path), 0o600);
         Ok(())
     }
 

@@ -353,10 +353,30 @@ pub struct Keel {
 impl Keel {
     /// Starts `keel run --config <config>` with `extra` arguments and `env`.
     pub fn start(config: &Path, extra: &[&str], env: &[(&str, &str)]) -> Keel {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keel"));
+        cmd.args(["run", "--config"]).arg(config).args(extra);
+        Keel::spawn(cmd, env)
+    }
+
+    /// [`Keel::start`] under the file-creation mask `umask` (octal, e.g. `000`), set by
+    /// `/bin/sh` before it execs `keel`.
+    pub fn start_with_umask(
+        umask: &str,
+        config: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Keel {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", "umask \"$0\" && exec \"$@\"", umask])
+            .arg(env!("CARGO_BIN_EXE_keel"))
             .args(["run", "--config"])
             .arg(config)
-            .args(extra)
+            .args(extra);
+        Keel::spawn(cmd, env)
+    }
+
+    fn spawn(mut cmd: Command, env: &[(&str, &str)]) -> Keel {
+        let mut child = cmd
             .env_remove("KEEL_FAILPOINT")
             .envs(env.iter().copied())
             .stdin(Stdio::null())

@@ -59,7 +59,7 @@ pub async fn watch(
                     ("last_etag", e.as_str()),
                     ("timeout_sec", wait_s.as_str()),
                 ])
-                .timeout(cfg.wait_timeout + cfg.timeout),
+                .timeout(cfg.wait_timeout.saturating_add(cfg.timeout)),
             None => req.timeout(cfg.timeout),
         };
         let res = tokio::select! {

@@ -1,0 +1,326 @@
+//! The host under load, through the real `keel run` binary: the run loop never stalls the
+//! runtime (a batch of slow plugin calls does not delay `/healthz`), and the ingest endpoint
+//! sheds a flood (503 with `Retry-After` once its queue is full, slowloris connections closed
+//! after the header timeout) while deciding every accepted body exactly once.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod common;
+
+use common::{root, Keel};
+
+const TOKEN: &str = "keel-test-token-0123456789abcdef";
+
+fn hostile() -> PathBuf {
+    let p = root().join("wasm-plugins/dist/hostile.wasm");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo run -p xtask -- build-plugins` first",
+        p.display()
+    );
+    p
+}
+
+/// A policy directory whose only policy is the hostile plugin spinning on every operation
+/// failure until its deadline (twice: the engine retries a deadline once on a fresh instance).
+fn spinning_policies(dir: &Path, deadline_ms: u64) -> PathBuf {
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(
+        policies.join("hostile.yaml"),
+        format!(
+            "policies:\n  - name: hostile\n    on: [operation_failure]\n    plugin:\n      path: {}\n      config: {{ mode: spin }}\n      limits: {{ deadline_ms: {deadline_ms}, memory_mib: 4 }}\n",
+            hostile().display()
+        ),
+    )
+    .unwrap();
+    policies
+}
+
+/// Starts `keel run` with `policies` and `rest` of the configuration (sources, limits, ...)
+/// and waits until it listens. `TOKIO_WORKER_THREADS=2`: the runtime of a two-core VM, whose
+/// workers a blocked run loop would stall.
+async fn start(dir: tempfile::TempDir, policies: &Path, rest: &str) -> Keel {
+    let cfg = dir.path().join("keel.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "policies: {}\nstate: {}\nlisten: 127.0.0.1:0\nself: test-vm\n{rest}",
+            policies.display(),
+            dir.path().join("state.db").display(),
+        ),
+    )
+    .unwrap();
+    let mut k = Keel::start(
+        &cfg,
+        &[],
+        &[
+            ("KEEL_TEST_INGEST_TOKEN", TOKEN),
+            ("TOKIO_WORKER_THREADS", "2"),
+        ],
+    )
+    .keep_dir(dir);
+    k.wait_listen(Duration::from_secs(20)).await;
+    k
+}
+
+fn ingest_body(key: &str) -> String {
+    let mut body: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            root().join("engine/tests/data/ingest/vm-agent-windows-2021-10-13.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    body["idempotency_key"] = json!(key);
+    body.to_string()
+}
+
+/// One `POST /ingest`: its status, `Retry-After` and JSON reply.
+async fn post(client: &reqwest::Client, base: &str, key: &str) -> (u16, Option<String>, Value) {
+    let r = client
+        .post(format!("{base}/ingest"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body(ingest_body(key))
+        .timeout(Duration::from_secs(120))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let retry_after = r
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_string());
+    (status, retry_after, r.json().await.unwrap_or(Value::Null))
+}
+
+/// How many decision lines the log holds per event id.
+fn decisions_per_event(k: &Keel) -> HashMap<String, usize> {
+    let mut n = HashMap::new();
+    for l in k.json_lines() {
+        if l.get("decision").is_some() {
+            *n.entry(l["event_id"].as_str().unwrap().to_string())
+                .or_default() += 1;
+        }
+    }
+    n
+}
+
+/// Posts `keys` all at once; the answers, in the order of `keys`.
+async fn burst(base: &str, keys: &[String]) -> Vec<(u16, Option<String>, Value)> {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let tasks: Vec<_> = keys
+        .iter()
+        .map(|key| {
+            let (client, base, key) = (client.clone(), base.to_string(), key.clone());
+            tokio::spawn(async move { post(&client, &base, &key).await })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+/// Issue 11, item 9: 256 queued events, each costing the plugin its full deadline (twice), make
+/// a batch of many seconds; `/healthz` keeps answering at once all along. Before the fix the
+/// batch held the state database (and the run loop) on the runtime, and the outbox and the
+/// garbage collector, waiting for the database on the runtime's two workers, stalled every
+/// request for the length of the batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn healthz_answers_within_100ms_while_a_plugin_spends_its_deadline_on_256_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = spinning_policies(dir.path(), 25);
+    let mut k = start(
+        dir,
+        &policies,
+        "gc_interval: 200ms\nsources:\n  ingest:\n    token_env: KEEL_TEST_INGEST_TOKEN\n    queue: 512\n    concurrent_requests: 512\n    request_timeout: 10m\nlimits:\n  connections: 1024\n",
+    )
+    .await;
+    let base = k.base();
+    // The plugin compiles on the first decision: one body first, outside the measure.
+    let client = common::http();
+    let (status, _, reply) = post(&client, &base, "warm-up").await;
+    assert_eq!(status, 202, "{reply}");
+
+    let keys: Vec<String> = (0..256).map(|i| format!("flood/{i}")).collect();
+    let flood = {
+        let (base, keys) = (base.clone(), keys.clone());
+        tokio::spawn(async move { burst(&base, &keys).await })
+    };
+    // Wait until the batch is under way: some bodies are queued and undecided.
+    let t0 = Instant::now();
+    let mut latencies = Vec::new();
+    let probe = common::http();
+    while !flood.is_finished() {
+        let t = Instant::now();
+        let r = probe
+            .get(format!("{base}/healthz"))
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        latencies.push(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let batch = t0.elapsed();
+    let answers = flood.await.unwrap();
+    for (status, _, reply) in &answers {
+        assert_eq!(*status, 202, "{reply}");
+    }
+    // The batch did spend the plugin's deadline on every event (2 x 25 ms x 256 = 12.8 s).
+    assert!(
+        batch >= Duration::from_secs(6),
+        "the batch took only {batch:?}: the plugin did not spin"
+    );
+    let worst = latencies.iter().max().copied().unwrap_or_default();
+    assert!(
+        latencies.len() >= 50,
+        "only {} probes in {batch:?}",
+        latencies.len()
+    );
+    assert!(
+        worst < Duration::from_millis(100),
+        "/healthz took {worst:?} at worst over {} probes during a batch of {batch:?}",
+        latencies.len()
+    );
+    let decided = decisions_per_event(&k);
+    for key in &keys {
+        assert_eq!(decided.get(&format!("azure.arm:{key}")), Some(&1), "{key}");
+    }
+    k.kill();
+}
+
+/// Issue 11, item 10: with a queue of 2 and a slow run loop, a burst of 40 bodies gets 503s
+/// with `Retry-After` at once (before the fix, every request waited for room in the queue);
+/// every body answered 202 is decided exactly once, and no refused body is decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_over_a_tiny_queue_gets_503_with_retry_after_and_each_accepted_body_is_decided_once(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = spinning_policies(dir.path(), 100);
+    let mut k = start(
+        dir,
+        &policies,
+        "commit_batch_max: 1\nsources:\n  ingest:\n    token_env: KEEL_TEST_INGEST_TOKEN\n    queue: 2\n",
+    )
+    .await;
+    let base = k.base();
+    let client = common::http();
+    let (status, _, reply) = post(&client, &base, "warm-up").await;
+    assert_eq!(status, 202, "{reply}");
+
+    let keys: Vec<String> = (0..40).map(|i| format!("burst/{i}")).collect();
+    let t0 = Instant::now();
+    let answers = burst(&base, &keys).await;
+    let mut accepted = Vec::new();
+    let mut refused = Vec::new();
+    for (key, (status, retry_after, reply)) in keys.iter().zip(&answers) {
+        match status {
+            202 => accepted.push(key.clone()),
+            503 => {
+                assert_eq!(retry_after.as_deref(), Some("1"), "{reply}");
+                assert!(
+                    reply["error"].as_str().unwrap().contains("queue is full"),
+                    "{reply}"
+                );
+                refused.push(key.clone());
+            }
+            other => panic!("{key}: HTTP {other}: {reply}"),
+        }
+    }
+    assert!(!refused.is_empty(), "no 503 in {answers:?}");
+    assert!(!accepted.is_empty(), "nothing accepted: {answers:?}");
+    // Each decision costs the plugin 200 ms: the accepted ones took that long each, and the
+    // refused ones were answered at once, so the burst ends with the last accepted decision.
+    let took = t0.elapsed();
+    let decided = decisions_per_event(&k);
+    for key in &accepted {
+        assert_eq!(
+            decided.get(&format!("azure.arm:{key}")),
+            Some(&1),
+            "{key} accepted and not decided once ({took:?})"
+        );
+    }
+    for key in &refused {
+        assert_eq!(decided.get(&format!("azure.arm:{key}")), None, "{key}");
+    }
+    // A refused body posted again later, when the queue has room, is accepted and decided.
+    let again = &refused[0];
+    let (status, _, reply) = post(&client, &base, again).await;
+    assert_eq!(status, 202, "{reply}");
+    k.wait_line("the retried body's decision", Duration::from_secs(20), |l| {
+        l["event_id"] == format!("azure.arm:{again}").as_str() && l.get("decision").is_some()
+    })
+    .await;
+    let m = k.metrics().await;
+    assert_eq!(
+        common::metric(&m, "keel_ingest_requests_total{status=\"503\"}"),
+        Some(refused.len() as f64),
+        "{m}"
+    );
+    k.kill();
+}
+
+/// Issue 11, item 10: a client that opens a connection and sends half of its headers, then
+/// holds it (slowloris), is disconnected after `limits.header_timeout`; meanwhile the others
+/// are served. Before the fix the connection stayed open for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowloris_connection_is_closed_after_the_header_timeout_and_blocks_no_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = start(
+        dir,
+        &root().join("policies/standard"),
+        "sources:\n  ingest:\n    token_env: KEEL_TEST_INGEST_TOKEN\nlimits:\n  header_timeout: 1s\n",
+    )
+    .await;
+    let base = k.base();
+    let addr = base.trim_start_matches("http://").to_string();
+    let mut slow = Vec::new();
+    for _ in 0..8 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(format!("POST /ingest HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer ")
+            .as_bytes())
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    // The others are served meanwhile.
+    let client = common::http();
+    let r = client.get(format!("{base}/healthz")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let (status, _, reply) = post(&client, &base, "while-slowloris").await;
+    assert_eq!(status, 202, "{reply}");
+    // Every slow connection is closed by the server (EOF, or a reset); well within the wait
+    // below, which only bounds a hang.
+    for mut s in slow {
+        let mut buf = [0u8; 1024];
+        let closed = tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    // hyper may answer 408 before closing.
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "a connection with half its headers is still open after 30 s"
+        );
+    }
+}

@@ -200,14 +200,18 @@ async fn healthz_answers_within_100ms_while_a_plugin_spends_its_deadline_on_256_
         "the batch took only {batch:?}: the plugin did not spin"
     );
     let worst = latencies.iter().max().copied().unwrap_or_default();
-    assert!(
-        latencies.len() >= 50,
-        "only {} probes in {batch:?}",
+    eprintln!(
+        "/healthz: {} probes during a batch of {batch:?}, the slowest {worst:?}",
         latencies.len()
     );
     assert!(
         worst < Duration::from_millis(100),
         "/healthz took {worst:?} at worst over {} probes during a batch of {batch:?}",
+        latencies.len()
+    );
+    assert!(
+        latencies.len() >= 50,
+        "only {} probes in {batch:?}",
         latencies.len()
     );
     let decided = wait_decided(&k, &keys).await;

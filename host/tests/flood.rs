@@ -341,3 +341,63 @@ async fn a_slowloris_connection_is_closed_after_the_header_timeout_and_blocks_no
         );
     }
 }
+
+/// Issue 11, item 10: runbooks other than drains run at most `limits.concurrent_runbooks` at
+/// once; the others wait for a slot and all of them run. Six VM-agent failures of six VMs are
+/// each decided `retry_without_agent`, whose runbook's one step marks its start and end in a
+/// file around a short sleep; the marks never show more than two at once (before the fix, all
+/// six overlapped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runbooks_other_than_drains_run_at_most_concurrent_runbooks_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let marks = dir.path().join("marks");
+    let rest = format!(
+        "sources:\n  ingest:\n    token_env: KEEL_TEST_INGEST_TOKEN\nlimits:\n  concurrent_runbooks: 2\nrunbooks:\n  retry_without_agent:\n    - name: work\n      exec: [\"/bin/sh\", \"-c\", \"echo + >> {m}; /bin/sleep 0.5; echo - >> {m}\"]\n      timeout: 30s\n      retries: 0\n",
+        m = marks.display()
+    );
+    let mut k = start(dir, &root().join("policies/standard"), &rest).await;
+    let base = k.base();
+    let client = common::http();
+    for i in 0..6 {
+        let mut body: Value = serde_json::from_str(&ingest_body(&format!("rb/{i}"))).unwrap();
+        body["resource"]["name"] = json!(format!("web-win-{i}"));
+        body["resource"]["id"] = json!(format!(
+            "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/web/providers/Microsoft.Compute/virtualMachines/web-win-{i}"
+        ));
+        let r = client
+            .post(format!("{base}/ingest"))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let reply: Value = r.json().await.unwrap();
+        assert_eq!(status, 202, "{reply}");
+        assert_eq!(reply["action"], "retry_without_agent", "{reply}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = k
+            .json_lines()
+            .iter()
+            .filter(|l| l["step"] == "work" && l["outcome"] == "ok")
+            .count();
+        if done == 6 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{done} of 6 runbooks done\n{}", k.dump());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let text = std::fs::read_to_string(&marks).unwrap();
+    let (mut now, mut most) = (0i32, 0i32);
+    for m in text.lines() {
+        now += if m == "+" { 1 } else { -1 };
+        most = most.max(now);
+    }
+    assert_eq!(text.lines().count(), 12, "{text}");
+    assert_eq!(most, 2, "{text}");
+    k.kill();
+}
+

@@ -273,7 +273,8 @@ async fn flood(clients: usize, per_client: usize) -> Flood {
     let seq = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..clients {
-        let (addr, body, outcomes, seq) = (addr.clone(), body.clone(), outcomes.clone(), seq.clone());
+        let (addr, body, outcomes, seq) =
+            (addr.clone(), body.clone(), outcomes.clone(), seq.clone());
         tasks.push(tokio::spawn(async move {
             use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
             let Ok(stream) = tokio::net::TcpStream::connect(&addr).await else {
@@ -327,11 +328,13 @@ async fn flood(clients: usize, per_client: usize) -> Flood {
         .collect();
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        let d = keel.decided.lock().unwrap();
-        if accepted_ids.iter().all(|id| d.contains_key(id)) {
+        let all = {
+            let d = keel.decided.lock().unwrap();
+            accepted_ids.iter().all(|id| d.contains_key(id))
+        };
+        if all {
             break;
         }
-        drop(d);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let rss_after_kib = keel.peak_rss_kib();
@@ -348,7 +351,10 @@ async fn flood(clients: usize, per_client: usize) -> Flood {
     Flood {
         accepted: outcomes.iter().filter(|(_, s)| *s == 202).count() as u64,
         refused: outcomes.iter().filter(|(_, s)| *s == 503).count() as u64,
-        other: outcomes.iter().filter(|(_, s)| *s != 202 && *s != 503).count() as u64,
+        other: outcomes
+            .iter()
+            .filter(|(_, s)| *s != 202 && *s != 503)
+            .count() as u64,
         rss_before_kib,
         rss_after_kib,
         wrong,

@@ -279,9 +279,11 @@ async fn a_burst_over_a_tiny_queue_gets_503_with_retry_after_and_each_accepted_b
     let again = &refused[0];
     let (status, _, reply) = post(&client, &base, again).await;
     assert_eq!(status, 202, "{reply}");
-    k.wait_line("the retried body's decision", Duration::from_secs(20), |l| {
-        l["event_id"] == format!("azure.arm:{again}").as_str() && l.get("decision").is_some()
-    })
+    k.wait_line(
+        "the retried body's decision",
+        Duration::from_secs(20),
+        |l| l["event_id"] == format!("azure.arm:{again}").as_str() && l.get("decision").is_some(),
+    )
     .await;
     let m = k.metrics().await;
     assert_eq!(
@@ -309,10 +311,11 @@ async fn a_slowloris_connection_is_closed_after_the_header_timeout_and_blocks_no
     let mut slow = Vec::new();
     for _ in 0..8 {
         let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
-        s.write_all(format!("POST /ingest HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer ")
-            .as_bytes())
-            .await
-            .unwrap();
+        s.write_all(
+            format!("POST /ingest HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer ").as_bytes(),
+        )
+        .await
+        .unwrap();
         slow.push(s);
     }
     // The others are served meanwhile.
@@ -387,7 +390,11 @@ async fn runbooks_other_than_drains_run_at_most_concurrent_runbooks_at_once() {
         if done == 6 {
             break;
         }
-        assert!(Instant::now() < deadline, "{done} of 6 runbooks done\n{}", k.dump());
+        assert!(
+            Instant::now() < deadline,
+            "{done} of 6 runbooks done\n{}",
+            k.dump()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let text = std::fs::read_to_string(&marks).unwrap();
@@ -400,4 +407,3 @@ async fn runbooks_other_than_drains_run_at_most_concurrent_runbooks_at_once() {
     assert_eq!(most, 2, "{text}");
     k.kill();
 }
-

@@ -186,9 +186,7 @@ impl Host {
         let identity = identity::TokenClient::new(http.clone(), cfg.azure_identity.clone());
         Ok(Arc::new(Host {
             drain_slots: Arc::new(tokio::sync::Semaphore::new(cfg.limits.concurrent_drains)),
-            runbook_slots: Arc::new(tokio::sync::Semaphore::new(
-                cfg.limits.concurrent_runbooks,
-            )),
+            runbook_slots: Arc::new(tokio::sync::Semaphore::new(cfg.limits.concurrent_runbooks)),
             cfg,
             engine: RwLock::new(Arc::new(engine)),
             store,
@@ -652,7 +650,10 @@ fn spawn_runbook(runbooks: &mut tokio::task::JoinSet<()>, host: &Arc<Host>, work
 /// Runs a batch (or the deferrals due) on a thread of the blocking pool: deciding may call
 /// plugins until their deadlines and the commit waits for the disk, and neither may hold a
 /// worker of the runtime, which serves `/healthz`, ingest, the timers and the drain deadlines.
-async fn off_runtime(host: &Arc<Host>, f: impl FnOnce(&Arc<Host>) -> Vec<Work> + Send + 'static) -> Vec<Work> {
+async fn off_runtime(
+    host: &Arc<Host>,
+    f: impl FnOnce(&Arc<Host>) -> Vec<Work> + Send + 'static,
+) -> Vec<Work> {
     let h = host.clone();
     match tokio::task::spawn_blocking(move || f(&h)).await {
         Ok(work) => work,

@@ -230,8 +230,7 @@ pub async fn serve_http(
             continue;
         };
         let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let conn = http
-            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let conn = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
         let mut stop = stop.clone();
         tokio::spawn(async move {
             let _permit = permit;

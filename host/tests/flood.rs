@@ -407,3 +407,33 @@ async fn runbooks_other_than_drains_run_at_most_concurrent_runbooks_at_once() {
     assert_eq!(most, 2, "{text}");
     k.kill();
 }
+
+/// Issue 11, item 10: at most `sources.ingest.concurrent_requests` requests are handled at
+/// once; one beyond gets 503 with `Retry-After` at once instead of waiting. Two bodies posted
+/// together while the first decision takes the plugin 2 s: one is accepted, the other refused
+/// (before the fix both waited and were accepted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingest_request_beyond_concurrent_requests_gets_503_with_retry_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = spinning_policies(dir.path(), 1, 1000);
+    let k = start(
+        dir,
+        &policies,
+        "sources:\n  ingest:\n    token_env: KEEL_TEST_INGEST_TOKEN\n    concurrent_requests: 1\n",
+    )
+    .await;
+    let keys = vec!["pair/a".to_string(), "pair/b".to_string()];
+    let answers = burst(&k.base(), &keys).await;
+    let mut statuses: Vec<u16> = answers.iter().map(|a| a.0).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [202, 503], "{answers:?}");
+    let refused = answers.iter().find(|a| a.0 == 503).unwrap();
+    assert_eq!(refused.1.as_deref(), Some("1"), "{answers:?}");
+    assert!(
+        refused.2["error"]
+            .as_str()
+            .unwrap()
+            .contains("too many ingest requests"),
+        "{answers:?}"
+    );
+}

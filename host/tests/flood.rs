@@ -458,3 +458,38 @@ async fn an_ingest_request_beyond_concurrent_requests_gets_503_with_retry_after(
         "{answers:?}"
     );
 }
+
+/// Issue 11, item 10: a request that is not decided within `sources.ingest.request_timeout`
+/// gets 503 with `Retry-After` instead of holding the client; the body was queued and is
+/// decided once, so the client's retry with the same idempotency key answers `duplicate`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_past_its_timeout_gets_503_and_its_retry_answers_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = spinning_policies(dir.path(), 1, 1000);
+    let mut k = start(
+        dir,
+        &policies,
+        "sources:\n  ingest:\n    token_env: KEEL_TEST_INGEST_TOKEN\n    request_timeout: 500ms\n",
+    )
+    .await;
+    let client = common::http();
+    let base = k.base();
+    let (status, retry_after, reply) = post(&client, &base, "slow/1").await;
+    assert_eq!(status, 503, "{reply}");
+    assert_eq!(retry_after.as_deref(), Some("1"), "{reply}");
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap()
+            .contains("not decided in time"),
+        "{reply}"
+    );
+    k.wait_line("the slow body's decision", Duration::from_secs(30), |l| {
+        l["event_id"] == "azure.arm:slow/1" && l.get("decision").is_some()
+    })
+    .await;
+    let (status, _, reply) = post(&client, &base, "slow/1").await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["status"], "duplicate", "{reply}");
+    assert_eq!(decisions_per_event(&k).get("azure.arm:slow/1"), Some(&1));
+}

@@ -11,9 +11,16 @@
 //!    Latency = the receiver's arrival time − the time the stub first served a document holding
 //!    the event. p50, p99 and max over the samples.
 //!
+//! 3. **ingest flood** (loopback only): 500 connections post 40 bodies each (a new key each)
+//!    as fast as they are answered, against an ingest queue of 64: the 202 and 503 counts, the
+//!    host's peak RSS (`VmHWM`) before and after, and a check (asserted) that every accepted
+//!    body is decided exactly once and no refused body at all (decision-log lines counted per
+//!    event id).
+//!
 //! Timing figures are printed, not asserted (BENCHMARKS.md records them). Environment:
 //! `KEEL_BENCH_SECONDS` (default 5) per throughput run, `KEEL_BENCH_CLIENTS` (default 64),
-//! `KEEL_BENCH_SAMPLES` (default 200) latency samples.
+//! `KEEL_BENCH_SAMPLES` (default 200) latency samples, `KEEL_BENCH_FLOOD_CLIENTS` (default
+//! 500) and `KEEL_BENCH_FLOOD_PER_CLIENT` (default 40) for the flood.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::collections::HashMap;
@@ -44,14 +51,20 @@ fn env_num(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// A running `keel run`; its listen address, read from its first log line.
+/// A running `keel run`; its listen address, read from its first log line, and how many
+/// decision lines the log held per event id (counted only when asked: parsing costs CPU).
 struct Keel {
     child: Child,
     base: String,
+    decided: Arc<Mutex<HashMap<String, u32>>>,
 }
 
 impl Keel {
     fn start(config: &Path) -> Keel {
+        Keel::start_counting(config, false)
+    }
+
+    fn start_counting(config: &Path, count: bool) -> Keel {
         let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
             .args(["run", "--config"])
             .arg(config)
@@ -67,8 +80,35 @@ impl Keel {
         let v: Value = serde_json::from_str(&first).unwrap();
         let base = format!("http://{}", v["listen"].as_str().unwrap());
         // Keep draining the decision log so that the host never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines.map_while(Result::ok) {});
-        Keel { child, base }
+        let decided = Arc::new(Mutex::new(HashMap::new()));
+        let d = decided.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if !count || !line.contains("\"decision\":") {
+                    continue;
+                }
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    if let Some(id) = v["event_id"].as_str() {
+                        *d.lock().unwrap().entry(id.to_string()).or_insert(0) += 1;
+                    }
+                }
+            }
+        });
+        Keel {
+            child,
+            base,
+            decided,
+        }
+    }
+
+    /// The process's peak resident set (`VmHWM`), in KiB.
+    fn peak_rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
     }
 }
 
@@ -189,6 +229,136 @@ async fn ingest_run(batch: usize, clients: usize, secs: u64) -> (f64, u64) {
         accepted.load(Ordering::Relaxed) as f64 / elapsed,
         other.load(Ordering::Relaxed),
     )
+}
+
+// ------------------------------------------------------------------------------------------
+// 3. A bounded flood: many more bodies at once than the ingest queue holds.
+
+/// What a flood produced.
+struct Flood {
+    accepted: u64,
+    refused: u64,
+    other: u64,
+    rss_before_kib: u64,
+    rss_after_kib: u64,
+    /// Accepted bodies not decided exactly once, and refused ones decided.
+    wrong: Vec<String>,
+}
+
+/// `clients` connections each post `per_client` bodies (a new key each) as fast as they are
+/// answered, against `queue: 64`; every accepted body must be decided exactly once, and no
+/// refused one at all. Loopback only.
+async fn flood(clients: usize, per_client: usize) -> Flood {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &root().join("policies/standard"),
+        "sources:\n  ingest:\n    token_env: KEEL_BENCH_TOKEN\n    queue: 64\n    concurrent_requests: 256\nlimits:\n  connections: 4096\n",
+    );
+    let keel = Keel::start_counting(&config, true);
+    let addr = keel.base.trim_start_matches("http://").to_string();
+    let template = std::fs::read_to_string(
+        root().join("engine/tests/data/ingest/vm-agent-windows-2021-10-13.json"),
+    )
+    .unwrap();
+    let mut body: Value = serde_json::from_str(&template).unwrap();
+    body["idempotency_key"] = json!("flood-@N@");
+    body["resource"]["name"] = json!("web-win-@N@");
+    body["resource"]["id"] = json!(
+        "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/web/providers/Microsoft.Compute/virtualMachines/web-win-@N@"
+    );
+    let body = Arc::new(body.to_string());
+    let rss_before_kib = keel.peak_rss_kib();
+    let outcomes = Arc::new(Mutex::new(Vec::<(u64, u16)>::new()));
+    let seq = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (addr, body, outcomes, seq) =
+            (addr.clone(), body.clone(), outcomes.clone(), seq.clone());
+        tasks.push(tokio::spawn(async move {
+            use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+            let Ok(stream) = tokio::net::TcpStream::connect(&addr).await else {
+                return;
+            };
+            let mut stream = tokio::io::BufReader::new(stream);
+            let mut line = String::new();
+            for _ in 0..per_client {
+                let n = seq.fetch_add(1, Ordering::Relaxed);
+                let b = body.replace("@N@", &n.to_string());
+                let req = format!(
+                    "POST /ingest HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}",
+                    b.len()
+                );
+                if stream.get_mut().write_all(req.as_bytes()).await.is_err() {
+                    outcomes.lock().unwrap().push((n, 0));
+                    return;
+                }
+                line.clear();
+                if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                    outcomes.lock().unwrap().push((n, 0));
+                    return;
+                }
+                let status: u16 = line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+                let mut len = 0usize;
+                loop {
+                    line.clear();
+                    if stream.read_line(&mut line).await.unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut sink = vec![0u8; len];
+                let _ = stream.read_exact(&mut sink).await;
+                outcomes.lock().unwrap().push((n, status));
+            }
+        }));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    // Every answer is in: a 202 was sent after its decision was committed and logged; give
+    // the log reader a moment to catch up before counting.
+    let outcomes = outcomes.lock().unwrap().clone();
+    let accepted_ids: Vec<String> = outcomes
+        .iter()
+        .filter(|(_, s)| *s == 202)
+        .map(|(n, _)| format!("azure.arm:flood-{n}"))
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let all = {
+            let d = keel.decided.lock().unwrap();
+            accepted_ids.iter().all(|id| d.contains_key(id))
+        };
+        if all {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rss_after_kib = keel.peak_rss_kib();
+    let decided = keel.decided.lock().unwrap().clone();
+    let mut wrong = Vec::new();
+    for (n, status) in &outcomes {
+        let id = format!("azure.arm:flood-{n}");
+        let times = decided.get(&id).copied().unwrap_or(0);
+        if (*status == 202 && times != 1) || (*status != 202 && times != 0) {
+            wrong.push(format!("{id}: HTTP {status}, decided {times} times"));
+        }
+    }
+    drop(keel);
+    Flood {
+        accepted: outcomes.iter().filter(|(_, s)| *s == 202).count() as u64,
+        refused: outcomes.iter().filter(|(_, s)| *s == 503).count() as u64,
+        other: outcomes
+            .iter()
+            .filter(|(_, s)| *s != 202 && *s != 503)
+            .count() as u64,
+        rss_before_kib,
+        rss_after_kib,
+        wrong,
+    }
 }
 
 // ------------------------------------------------------------------------------------------
@@ -327,6 +497,26 @@ async fn main() {
     let (single, e2) = ingest_run(1, clients, secs).await;
     println!("  one commit per event (1):            {single:>8.0} events/s  (non-202: {e2})");
     println!("  ratio grouped/single: {:.2}x", grouped / single.max(1.0));
+    let flood_clients = env_num("KEEL_BENCH_FLOOD_CLIENTS", 500) as usize;
+    let per_client = env_num("KEEL_BENCH_FLOOD_PER_CLIENT", 40) as usize;
+    println!(
+        "ingest flood, {flood_clients} connections x {per_client} bodies, queue 64 (loopback):"
+    );
+    let f = flood(flood_clients, per_client).await;
+    println!(
+        "  accepted (202) {}, refused (503 + Retry-After) {}, other {}; peak RSS {} MiB after (at start {} MiB)",
+        f.accepted,
+        f.refused,
+        f.other,
+        f.rss_after_kib / 1024,
+        f.rss_before_kib / 1024
+    );
+    assert!(
+        f.wrong.is_empty(),
+        "bodies not decided exactly once: {:?}",
+        &f.wrong[..f.wrong.len().min(20)]
+    );
+    println!("  every accepted body decided exactly once, no refused body decided");
     let mut lat = latency(samples).await;
     lat.sort();
     println!(

@@ -69,6 +69,15 @@ pub struct Limits {
     /// How many `drain` runbooks run at the same time (default 1); the others wait for a slot
     /// until their deadline.
     pub concurrent_drains: usize,
+    /// How many runbooks other than drains run at the same time (default 16); the others
+    /// wait for a slot, in the order they were decided.
+    pub concurrent_runbooks: usize,
+    /// How many connections to `listen` are open at once (default 256); a connection beyond
+    /// them is closed at once.
+    pub connections: usize,
+    /// How long a client may take to send a request's headers, or keep a connection idle
+    /// between requests (default 10 s); the connection is closed after it.
+    pub header_timeout: Duration,
 }
 
 /// Azure Scheduled Events polling.
@@ -134,6 +143,16 @@ pub struct IngestSource {
     /// Failures of one (resource, operation) within this window count as attempts 1, 2, ...;
     /// after a quiet window the count starts again at 1.
     pub attempt_window: Duration,
+    /// How many bodies wait for the run loop at most (default 256); a body beyond them gets
+    /// 503 with `Retry-After` at once.
+    pub queue: usize,
+    /// How many ingest requests are handled at once (default 64); a request beyond them gets
+    /// 503 with `Retry-After` at once.
+    pub concurrent_requests: usize,
+    /// How long one request may take, from its headers to its decision (default 30 s); past it
+    /// the client gets 503 with `Retry-After` (a retry with the same idempotency key answers
+    /// `duplicate` if the body was decided meanwhile).
+    pub request_timeout: Duration,
 }
 
 /// A secret read from the environment; its `Debug` form never shows it.
@@ -347,6 +366,20 @@ impl V<'_> {
     /// [`V::duration`] of key `key` of the map `s` at `p`.
     fn duration_at(&mut self, p: &str, s: &Value, key: &str, default: Duration) -> Duration {
         self.duration(&format!("{p}/{key}"), s.get(key), default)
+    }
+
+    /// A whole number from 1 to 10000 at `ptr` (`default` when absent; `msg` when wrong).
+    fn count(&mut self, ptr: &str, v: Option<&Value>, default: usize, msg: &str) -> usize {
+        match v {
+            None => default,
+            Some(n) => match n.as_u64().and_then(|n| usize::try_from(n).ok()) {
+                Some(c) if (1..=10_000).contains(&c) => c,
+                _ => {
+                    self.err(ptr, msg);
+                    default
+                }
+            },
+        }
     }
 
     fn positive(&mut self, ptr: &str, v: Option<&Value>, default: Duration) -> Duration {
@@ -650,21 +683,55 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
 fn parse_limits(v: &mut V<'_>, l: Option<&Value>) -> Limits {
     let mut limits = Limits {
         concurrent_drains: 1,
+        concurrent_runbooks: DEFAULT_CONCURRENT_RUNBOOKS,
+        connections: DEFAULT_CONNECTIONS,
+        header_timeout: DEFAULT_HEADER_TIMEOUT,
     };
     let Some(l) = l else { return limits };
-    v.keys("/limits", l, &["concurrent_drains"]);
-    match l.get("concurrent_drains") {
-        None => {}
-        Some(n) => match n.as_u64() {
-            Some(c) if (1..=10_000).contains(&c) => limits.concurrent_drains = c as usize,
-            _ => v.err(
-                "/limits/concurrent_drains",
-                "expected how many drains may run at once, from 1 to 10000",
-            ),
-        },
-    }
+    v.keys(
+        "/limits",
+        l,
+        &[
+            "concurrent_drains",
+            "concurrent_runbooks",
+            "connections",
+            "header_timeout",
+        ],
+    );
+    limits.concurrent_drains = v.count(
+        "/limits/concurrent_drains",
+        l.get("concurrent_drains"),
+        1,
+        "expected how many drains may run at once, from 1 to 10000",
+    );
+    limits.concurrent_runbooks = v.count(
+        "/limits/concurrent_runbooks",
+        l.get("concurrent_runbooks"),
+        DEFAULT_CONCURRENT_RUNBOOKS,
+        "expected how many runbooks other than drains may run at once, from 1 to 10000",
+    );
+    limits.connections = v.count(
+        "/limits/connections",
+        l.get("connections"),
+        DEFAULT_CONNECTIONS,
+        "expected how many connections may be open at once, from 1 to 10000",
+    );
+    limits.header_timeout = v.positive_at("/limits", l, "header_timeout", DEFAULT_HEADER_TIMEOUT);
     limits
 }
+
+/// `limits.concurrent_runbooks` when not given.
+pub const DEFAULT_CONCURRENT_RUNBOOKS: usize = 16;
+/// `limits.connections` when not given.
+pub const DEFAULT_CONNECTIONS: usize = 256;
+/// `limits.header_timeout` when not given.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// `sources.ingest.queue` when not given.
+pub const DEFAULT_INGEST_QUEUE: usize = 256;
+/// `sources.ingest.concurrent_requests` when not given.
+pub const DEFAULT_INGEST_CONCURRENT: usize = 64;
+/// `sources.ingest.request_timeout` when not given.
+pub const DEFAULT_INGEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn parse_aws(v: &mut V<'_>, s: &Value) -> AwsImdsSource {
     let p = "/sources/aws_imds";
@@ -733,6 +800,9 @@ fn parse_ingest(v: &mut V<'_>, s: &Value) -> Option<IngestSource> {
             "max_body_bytes",
             "allow_remote",
             "attempt_window",
+            "queue",
+            "concurrent_requests",
+            "request_timeout",
         ],
     );
     let max = keel_engine::normalize::MAX_PAYLOAD_BYTES;
@@ -752,6 +822,19 @@ fn parse_ingest(v: &mut V<'_>, s: &Value) -> Option<IngestSource> {
     // Only its type is checked here; `load` checks it against `listen`.
     v.boolean(&format!("{p}/allow_remote"), s.get("allow_remote"), false);
     let attempt_window = v.positive_at(p, s, "attempt_window", Duration::from_secs(24 * 3600));
+    let queue = v.count(
+        &format!("{p}/queue"),
+        s.get("queue"),
+        DEFAULT_INGEST_QUEUE,
+        "expected how many bodies may wait for the run loop, from 1 to 10000",
+    );
+    let concurrent_requests = v.count(
+        &format!("{p}/concurrent_requests"),
+        s.get("concurrent_requests"),
+        DEFAULT_INGEST_CONCURRENT,
+        "expected how many ingest requests may be handled at once, from 1 to 10000",
+    );
+    let request_timeout = v.positive_at(p, s, "request_timeout", DEFAULT_INGEST_TIMEOUT);
     let tp = format!("{p}/token_env");
     let token_env = match s.get("token_env") {
         Some(Value::String(name))
@@ -817,6 +900,9 @@ fn parse_ingest(v: &mut V<'_>, s: &Value) -> Option<IngestSource> {
         token: Secret::new(token),
         max_body_bytes,
         attempt_window,
+        queue,
+        concurrent_requests,
+        request_timeout,
     })
 }
 

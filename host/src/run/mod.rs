@@ -104,6 +104,9 @@ pub struct Host {
     pub health: Health,
     /// One permit per drain allowed to run at once (`limits.concurrent_drains`).
     pub drain_slots: Arc<tokio::sync::Semaphore>,
+    /// One permit per runbook other than a drain allowed to run at once
+    /// (`limits.concurrent_runbooks`); the others wait for one.
+    pub runbook_slots: Arc<tokio::sync::Semaphore>,
     /// Managed-identity tokens (Resource Health, `arm` steps), cached; nothing is requested
     /// until one is needed.
     pub identity: identity::TokenClient,
@@ -191,6 +194,7 @@ impl Host {
         let identity = identity::TokenClient::new(http.clone(), cfg.azure_identity.clone());
         Ok(Arc::new(Host {
             drain_slots: Arc::new(tokio::sync::Semaphore::new(cfg.limits.concurrent_drains)),
+            runbook_slots: Arc::new(tokio::sync::Semaphore::new(cfg.limits.concurrent_runbooks)),
             cfg,
             engine: RwLock::new(Arc::new(engine)),
             store,
@@ -613,7 +617,12 @@ async fn collect_garbage(host: Arc<Host>, mut stop: watch::Receiver<bool>) {
         let Some(before) = now().checked_sub_signed(retention) else {
             continue;
         };
-        match host.store.gc(&rfc(before)) {
+        // Off the runtime: the deletes hold the database's write lock while they run.
+        let h = host.clone();
+        let res = tokio::task::spawn_blocking(move || h.store.gc(&rfc(before)))
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Poisoned));
+        match res {
             Ok(n) if n.total() > 0 => {
                 host.metrics
                     .add("keel_gc_rows_total", &[], n.total() as f64);
@@ -633,11 +642,52 @@ async fn collect_garbage(host: Arc<Host>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// Starts the runbook of one decision. A runbook other than a drain first waits for one of
+/// `limits.concurrent_runbooks` slots (a drain waits for its own, `limits.concurrent_drains`,
+/// in [`steps::run_runbook`]).
+fn spawn_runbook(runbooks: &mut tokio::task::JoinSet<()>, host: &Arc<Host>, work: Work) {
+    let (id, ev, d) = work;
+    let host = host.clone();
+    runbooks.spawn(async move {
+        let _slot = if d.action == Action::Drain {
+            None
+        } else {
+            host.runbook_slots.clone().acquire_owned().await.ok()
+        };
+        steps::run_runbook(host, id, ev, d).await;
+    });
+}
+
+/// Runs a batch (or the deferrals due) on a thread of the blocking pool: deciding may call
+/// plugins until their deadlines and the commit waits for the disk, and neither may hold a
+/// worker of the runtime, which serves `/healthz`, ingest, the timers and the drain deadlines.
+async fn off_runtime(
+    host: &Arc<Host>,
+    f: impl FnOnce(&Arc<Host>) -> Vec<Work> + Send + 'static,
+) -> Vec<Work> {
+    let h = host.clone();
+    match tokio::task::spawn_blocking(move || f(&h)).await {
+        Ok(work) => work,
+        Err(e) => {
+            host.log_line(&serde_json::json!({
+                "time": rfc(now()), "error": format!("the run loop's batch failed: {e}"),
+            }));
+            Vec::new()
+        }
+    }
+}
+
 /// Runs the host until `stop` turns true: sources, decisions, runbooks, the metrics, health
 /// and ingest endpoints. Pending runbooks from before a restart are resumed first. A source
 /// that fails backs off and is reported; it never stops the other sources or the loop.
+///
+/// Batches are decided and committed on the blocking pool, one at a time, in arrival order;
+/// polled payloads and ingest bodies have separate queues, so that a flood of ingest bodies
+/// (answered 503 once `sources.ingest.queue` is full) never delays the platform's notices.
 pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(), StartError> {
     let (tx, mut rx) = mpsc::channel::<Inbox>(host.cfg.commit_batch_max.max(64));
+    let queue = host.cfg.ingest.as_ref().map_or(1, |i| i.queue);
+    let (itx, mut irx) = mpsc::channel::<Inbox>(queue);
     let mut tasks = tokio::task::JoinSet::new();
     let listener = tokio::net::TcpListener::bind(host.cfg.listen)
         .await
@@ -708,7 +758,7 @@ pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(),
             stop.clone(),
         ));
     }
-    let inbox = host.cfg.ingest.is_some().then(|| tx.clone());
+    let inbox = host.cfg.ingest.is_some().then_some(itx);
     if inbox.is_some() {
         // The endpoint is up as soon as the listener is bound.
         host.health.register(sources::ingest::SOURCE, "endpoint");
@@ -736,36 +786,44 @@ pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(),
         ) else {
             continue;
         };
-        runbooks.spawn(steps::run_runbook(host.clone(), p.decision_id, ev, d));
+        spawn_runbook(&mut runbooks, &host, (p.decision_id, ev, d));
     }
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let (mut polls_open, mut ingest_open) = (true, true);
     loop {
-        tokio::select! {
+        let first = tokio::select! {
             _ = stop.changed() => {
                 if *stop.borrow() { break; }
+                continue;
             }
-            m = rx.recv() => {
-                let Some(m) = m else { break };
-                // Group commit: whatever else is already waiting joins this message's
-                // transaction (one fsync for all of them).
-                let mut msgs = vec![m];
-                while msgs.len() < host.cfg.commit_batch_max {
-                    match rx.try_recv() {
-                        Ok(m) => msgs.push(m),
-                        Err(_) => break,
-                    }
-                }
-                host.metrics.add("keel_commit_batches_total", &[], 1.0);
-                for (id, ev, d) in host.process(msgs) {
-                    runbooks.spawn(steps::run_runbook(host.clone(), id, ev, d));
-                }
-            }
+            m = rx.recv(), if polls_open => m.or_else(|| { polls_open = false; None }),
+            m = irx.recv(), if ingest_open => m.or_else(|| { ingest_open = false; None }),
             _ = tick.tick() => {
-                for (id, ev, d) in host.due_deferrals() {
-                    runbooks.spawn(steps::run_runbook(host.clone(), id, ev, d));
+                for w in off_runtime(&host, |h| h.due_deferrals()).await {
+                    spawn_runbook(&mut runbooks, &host, w);
                 }
+                continue;
             }
-            Some(_) = runbooks.join_next(), if !runbooks.is_empty() => {}
+            Some(_) = runbooks.join_next(), if !runbooks.is_empty() => continue,
+        };
+        let Some(m) = first else {
+            if polls_open || ingest_open {
+                continue;
+            }
+            break;
+        };
+        // Group commit: whatever else is already waiting joins this message's transaction
+        // (one fsync for all of them); polled payloads first.
+        let mut msgs = vec![m];
+        while msgs.len() < host.cfg.commit_batch_max {
+            match rx.try_recv().or_else(|_| irx.try_recv()) {
+                Ok(m) => msgs.push(m),
+                Err(_) => break,
+            }
+        }
+        host.metrics.add("keel_commit_batches_total", &[], 1.0);
+        for w in off_runtime(&host, move |h| h.process(msgs)).await {
+            spawn_runbook(&mut runbooks, &host, w);
         }
     }
     // Graceful shutdown: in-flight runbooks get a moment to finish; the rest stay `pending`

@@ -79,6 +79,30 @@ const MIGRATIONS: &[&str] = &[
         body TEXT NOT NULL, attempts INTEGER NOT NULL, next_at TEXT NOT NULL,
         delivered_at TEXT, last_error TEXT);
      CREATE INDEX outbox_pending ON outbox (delivered_at, next_at);",
+    // 4: what the garbage collector's deletes look up ([`Store::gc`]): without these, each
+    // of them scans its whole table while holding the write lock.
+    "CREATE INDEX decisions_time ON decisions (time);
+     CREATE INDEX decisions_event ON decisions (event_id);
+     CREATE INDEX events_first_seen ON events (first_seen);
+     CREATE INDEX outbox_decision ON outbox (decision_id);
+     CREATE INDEX ingest_keys_received ON ingest_keys (received_at);
+     CREATE INDEX attempts_last ON attempts (last_at);",
+];
+
+/// The garbage collector's deletes, in order ([`Store::gc`]); `?1` is the cut-off time. Each
+/// finds its rows through an index (migration 4), except `steps`, whose scan probes the
+/// decisions' primary key once per row.
+const GC_DELETES: [&str; 6] = [
+    "DELETE FROM decisions WHERE time < ?1 AND runbook <> 'pending'
+       AND NOT EXISTS (SELECT 1 FROM outbox o
+                       WHERE o.decision_id = decisions.decision_id AND o.delivered_at IS NULL)",
+    "DELETE FROM steps WHERE NOT EXISTS
+       (SELECT 1 FROM decisions d WHERE d.decision_id = steps.decision_id)",
+    "DELETE FROM events WHERE first_seen < ?1 AND NOT EXISTS
+       (SELECT 1 FROM decisions d WHERE d.event_id = events.id)",
+    "DELETE FROM outbox WHERE delivered_at IS NOT NULL AND delivered_at < ?1",
+    "DELETE FROM ingest_keys WHERE received_at < ?1",
+    "DELETE FROM attempts WHERE last_at < ?1",
 ];
 
 /// The schema version this binary writes (`PRAGMA user_version`: how many migrations ran). A
@@ -374,8 +398,27 @@ impl Store {
         })
     }
 
+    /// The connection. A batch holds it while it decides (which may call plugins until their
+    /// deadlines) and a garbage collection while it deletes: when it is taken, a caller on a
+    /// worker of the multi-threaded runtime (a runbook recording a step, the outbox) waits
+    /// with [`tokio::task::block_in_place`], which hands the worker's other tasks (`/healthz`,
+    /// ingest, timers, drain deadlines) to another thread instead of stalling them.
     fn c(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
-        self.conn.lock().map_err(|_| StoreError::Poisoned)
+        match self.conn.try_lock() {
+            Ok(c) => Ok(c),
+            Err(std::sync::TryLockError::Poisoned(_)) => Err(StoreError::Poisoned),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                let wait = || self.conn.lock().map_err(|_| StoreError::Poisoned);
+                let on_worker = tokio::runtime::Handle::try_current().is_ok_and(|h| {
+                    h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+                });
+                if on_worker {
+                    tokio::task::block_in_place(wait)
+                } else {
+                    wait()
+                }
+            }
+        }
     }
 
     /// Runs `f` on the database; its writes are one transaction per call of a [`Db`] method.
@@ -630,31 +673,15 @@ impl Store {
     pub fn gc(&self, before: &str) -> Result<GcCounts, StoreError> {
         let mut c = self.c()?;
         let tx = c.transaction()?;
-        let decisions = tx.execute(
-            "DELETE FROM decisions WHERE time < ?1 AND runbook <> 'pending'
-               AND NOT EXISTS (SELECT 1 FROM outbox o
-                               WHERE o.decision_id = decisions.decision_id AND o.delivered_at IS NULL)",
-            params![before],
-        )?;
-        let steps = tx.execute(
-            "DELETE FROM steps WHERE NOT EXISTS
-               (SELECT 1 FROM decisions d WHERE d.decision_id = steps.decision_id)",
-            [],
-        )?;
-        let events = tx.execute(
-            "DELETE FROM events WHERE first_seen < ?1 AND NOT EXISTS
-               (SELECT 1 FROM decisions d WHERE d.event_id = events.id)",
-            params![before],
-        )?;
-        let outbox = tx.execute(
-            "DELETE FROM outbox WHERE delivered_at IS NOT NULL AND delivered_at < ?1",
-            params![before],
-        )?;
-        let ingest_keys = tx.execute(
-            "DELETE FROM ingest_keys WHERE received_at < ?1",
-            params![before],
-        )?;
-        let attempts = tx.execute("DELETE FROM attempts WHERE last_at < ?1", params![before])?;
+        let mut n = [0usize; GC_DELETES.len()];
+        for (count, sql) in n.iter_mut().zip(GC_DELETES) {
+            *count = if sql.contains("?1") {
+                tx.execute(sql, params![before])?
+            } else {
+                tx.execute(sql, [])?
+            };
+        }
+        let [decisions, steps, events, outbox, ingest_keys, attempts] = n;
         tx.commit()?;
         Ok(GcCounts {
             decisions,
@@ -945,6 +972,30 @@ mod tests {
         let ids: Vec<&str> = got.iter().map(|(e, _)| e.as_str()).collect();
         assert_eq!(ids, ["\"c\"", "\"d\""]);
         assert_eq!(s.decisions_since("2026-01-02T00:00:00.000Z", 10)?.len(), 3);
+        Ok(())
+    }
+
+    #[test]
+    fn every_gc_delete_but_the_steps_one_finds_its_rows_through_an_index() -> Result<(), StoreError>
+    {
+        let dir = tempfile::tempdir().map_err(|_| StoreError::Poisoned)?;
+        let s = Store::open(&dir.path().join("state.db"))?;
+        let c = s.c()?;
+        for sql in GC_DELETES {
+            let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+            let detail = |r: &rusqlite::Row<'_>| r.get::<_, String>(3);
+            let plan: Vec<String> = if sql.contains("?1") {
+                st.query_map(params!["2026-01-01T00:00:00.000Z"], detail)?
+                    .collect::<Result<_, _>>()?
+            } else {
+                st.query_map([], detail)?.collect::<Result<_, _>>()?
+            };
+            let scans: Vec<&String> = plan
+                .iter()
+                .filter(|l| l.starts_with("SCAN") && !l.starts_with("SCAN steps"))
+                .collect();
+            assert!(scans.is_empty(), "{sql}\nscans: {plan:?}");
+        }
         Ok(())
     }
 

@@ -11,7 +11,9 @@
 //! attempt); `200` `duplicate` for an idempotency key accepted before (nothing is decided
 //! twice), or `no_failure` when the body reports no failed operation; `400` with the
 //! normalizer's error; `401` without the right token; `413` over the size limit; `500` when the
-//! state store fails; `503` when the host is stopping.
+//! state store fails; `503` with `Retry-After` when the queue to the run loop is full, too many
+//! requests are in flight, the request took longer than `request_timeout`, or the host is
+//! stopping.
 //!
 //! When the body gives no `attempt`, the host stamps `failure.attempt` itself: failures of one
 //! (resource, operation) within `attempt_window` of the previous one count 1, 2, 3, ... The
@@ -29,7 +31,7 @@ use keel_engine::normalize::{normalize, Input, NormalizerState};
 use keel_engine::{escape, Kind};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use super::App;
 use crate::run::store::{Db, IngestRecord};
@@ -82,10 +84,25 @@ fn reply(host: &Host, status: StatusCode, body: Value) -> Response {
     r
 }
 
-/// `POST /ingest`.
+/// 503 with `Retry-After`: the host is busy (or stopping); the client should try again.
+fn busy(host: &Host, why: &str) -> Response {
+    let mut r = reply(host, StatusCode::SERVICE_UNAVAILABLE, json!({"error": why}));
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        header::HeaderValue::from_static(RETRY_AFTER_S),
+    );
+    r
+}
+
+/// The `Retry-After` of a 503, in seconds.
+const RETRY_AFTER_S: &str = "1";
+
+/// `POST /ingest`: at most `sources.ingest.concurrent_requests` at once and
+/// `sources.ingest.request_timeout` each; beyond either, or when the queue to the run loop is
+/// full, 503 with `Retry-After` at once.
 pub async fn post(State(app): State<App>, req: Request) -> Response {
     let host = app.host.clone();
-    let (Some(cfg), Some(inbox)) = (&host.cfg.ingest, &app.inbox) else {
+    let Some(cfg) = &host.cfg.ingest else {
         return StatusCode::NOT_FOUND.into_response();
     };
     if !authorized(req.headers(), cfg.token.expose()) {
@@ -97,6 +114,25 @@ pub async fn post(State(app): State<App>, req: Request) -> Response {
             json!({"error": "a valid `Authorization: Bearer <token>` header is required"}),
         );
     }
+    let Ok(_slot) = app.ingest_slots.clone().try_acquire_owned() else {
+        return busy(&host, "too many ingest requests at once; retry later");
+    };
+    match tokio::time::timeout(cfg.request_timeout, accept(&app, req)).await {
+        Ok(r) => r,
+        Err(_) => busy(
+            &host,
+            "the request was not decided in time; retry with the same idempotency key",
+        ),
+    }
+}
+
+/// Reads the body of an authorized request, queues it for the run loop and waits for its
+/// decision.
+async fn accept(app: &App, req: Request) -> Response {
+    let host = app.host.clone();
+    let (Some(cfg), Some(inbox)) = (&host.cfg.ingest, &app.inbox) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
     // The body limit (a route layer) applies here, after the token was checked.
     let bytes = match Bytes::from_request(req, &()).await {
         Ok(b) => b,
@@ -118,12 +154,14 @@ pub async fn post(State(app): State<App>, req: Request) -> Response {
         bytes: bytes.to_vec(),
         observed_at: Utc::now(),
     };
-    if inbox.send(Inbox::Ingest(p, tx)).await.is_err() {
-        return reply(
-            &host,
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"error": "the host is stopping"}),
-        );
+    match inbox.try_send(Inbox::Ingest(p, tx)) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            return busy(&host, "the ingest queue is full; retry later");
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => {
+            return busy(&host, "the host is stopping");
+        }
     }
     match rx.await {
         Ok(IngestReply { status, body }) => {

@@ -90,6 +90,7 @@ pub use decision::{
     Action, Ctx, Decision, Escalation, Matched, Mode, Outcome, PolicyError, Retry, Severity,
     TraceEntry,
 };
+pub use compile::MAX_EVAL_COST;
 pub use diag::{escape, Diagnostic};
 pub use engine::{dedup_key, Engine, EngineBuilder, Mutation, PolicyInfo, DEFAULT_DEDUP_WINDOW_S};
 pub use event::{
@@ -110,5 +111,5 @@ pub use policy::{
 #[doc(hidden)]
 pub mod __private {
     //! Internals exposed for the engine's own benchmarks and parity tests. Not a stable API.
-    pub use crate::compile::parity_check;
+    pub use crate::compile::{check_expression_here, parity_check};
 }

@@ -636,8 +636,12 @@ fn literal_iterations(e: &IdedExpr) -> u64 {
             let body = literal_iterations(&c.loop_cond)
                 .saturating_add(literal_iterations(&c.loop_step))
                 .saturating_add(1);
-            n.saturating_mul(body)
-                .saturating_add(sum(&mut [&c.iter_range, &c.accu_init, &c.result].into_iter()))
+            n.saturating_mul(body).saturating_add(sum(&mut [
+                &c.iter_range,
+                &c.accu_init,
+                &c.result,
+            ]
+            .into_iter()))
         }
         Ast::Call(c) => sum(&mut c.args.iter().chain(c.target.as_deref())),
         Ast::Select(s) => literal_iterations(&s.operand),
@@ -825,12 +829,14 @@ fn precheck(text: &str) -> Result<(), ExprProblem> {
         });
     }
     let chars: Vec<char> = text.chars().collect();
-    let too_deep = |offset: usize| ExprProblem {
+    let too_deep = |offset: usize| {
+        ExprProblem {
         offset,
         message: format!(
             "brackets nested more than {MAX_BRACKET_DEPTH} levels deep (each `? :` counts as a level)"
         ),
         help: Some("split the expression into several policies".into()),
+    }
     };
     // One entry per open bracket: how many `?` were seen directly inside it (each nests the
     // rest of the bracket one level deeper).
@@ -877,11 +883,9 @@ fn precheck(text: &str) -> Result<(), ExprProblem> {
                     return Err(too_deep(i));
                 }
             }
-            ')' | ']' | '}' => {
-                if frames.len() > 1 {
-                    let q = frames.pop().unwrap_or(0);
-                    depth = depth.saturating_sub(q + 1);
-                }
+            ')' | ']' | '}' if frames.len() > 1 => {
+                let q = frames.pop().unwrap_or(0);
+                depth = depth.saturating_sub(q + 1);
             }
             '?' => {
                 depth += 1;
@@ -943,8 +947,7 @@ fn skip_string(chars: &[char], q: usize, raw: bool) -> Option<usize> {
             continue;
         }
         if triple {
-            if c == quote && chars.get(i + 1) == Some(&quote) && chars.get(i + 2) == Some(&quote)
-            {
+            if c == quote && chars.get(i + 1) == Some(&quote) && chars.get(i + 2) == Some(&quote) {
                 return Some(i + 3);
             }
         } else if c == quote {
@@ -960,7 +963,9 @@ fn skip_string(chars: &[char], q: usize, raw: bool) -> Option<usize> {
 /// The length of the escape sequence at `i` (a backslash), if the grammar defines it:
 /// `\\[abfnrtv"'\\?`]`, `\\[0-3][0-7][0-7]`, `\\[xX]HH`, `\\uHHHH`, `\\UHHHHHHHH`.
 fn escape_len(chars: &[char], i: usize) -> Option<usize> {
-    let hex = |from: usize, n: usize| (from..from + n).all(|j| chars.get(j).is_some_and(char::is_ascii_hexdigit));
+    let hex = |from: usize, n: usize| {
+        (from..from + n).all(|j| chars.get(j).is_some_and(char::is_ascii_hexdigit))
+    };
     let oct = |j: usize, max: char| chars.get(j).is_some_and(|c| ('0'..=max).contains(c));
     match chars.get(i + 1)? {
         'a' | 'b' | 'f' | 'n' | 'r' | 't' | 'v' | '"' | '\'' | '\\' | '?' | '`' => Some(2),
@@ -977,9 +982,13 @@ fn escape_len(chars: &[char], i: usize) -> Option<usize> {
 /// exponent.
 fn skip_number(chars: &[char], mut i: usize) -> usize {
     let digit = |j: usize, hex: bool| {
-        chars
-            .get(j)
-            .is_some_and(|c| if hex { c.is_ascii_hexdigit() } else { c.is_ascii_digit() })
+        chars.get(j).is_some_and(|c| {
+            if hex {
+                c.is_ascii_hexdigit()
+            } else {
+                c.is_ascii_digit()
+            }
+        })
     };
     if chars.get(i) == Some(&'0') && chars.get(i + 1) == Some(&'x') && digit(i + 2, true) {
         i += 2;
@@ -2125,7 +2134,11 @@ mod precheck_tests {
         ] {
             let text = format!("{lit}{tail}");
             let err = precheck(&text).expect_err(&text);
-            assert!(err.message.contains("nested more than"), "{text}: {}", err.message);
+            assert!(
+                err.message.contains("nested more than"),
+                "{text}: {}",
+                err.message
+            );
         }
         // `rb"…"` is the identifier `rb` and a plain string, in which `\"` is an escape: the
         // brackets are inside it.
@@ -2146,14 +2159,21 @@ mod precheck_tests {
             "'\\\n'",
         ] {
             let err = precheck(text).expect_err(text);
-            assert!(err.message.contains("not terminated"), "{text:?}: {}", err.message);
+            assert!(
+                err.message.contains("not terminated"),
+                "{text:?}: {}",
+                err.message
+            );
         }
     }
 
     #[test]
     fn ternaries_count_as_levels_and_close_with_their_bracket() {
         let chain = format!("{}1", "true ? 1 : ".repeat(30));
-        assert!(precheck(&chain).unwrap_err().message.contains("nested more than"));
+        assert!(precheck(&chain)
+            .unwrap_err()
+            .message
+            .contains("nested more than"));
         let flat = vec!["(true ? 1 : 2)"; 100].join(" + ");
         assert!(precheck(&flat).is_ok());
         assert!(precheck(&format!("{}1", "true ? 1 : ".repeat(24))).is_ok());

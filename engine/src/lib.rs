@@ -86,11 +86,11 @@ pub mod schema;
 pub mod testing;
 pub mod yaml;
 
+pub use compile::MAX_EVAL_COST;
 pub use decision::{
     Action, Ctx, Decision, Escalation, Matched, Mode, Outcome, PolicyError, Retry, Severity,
     TraceEntry,
 };
-pub use compile::MAX_EVAL_COST;
 pub use diag::{escape, Diagnostic};
 pub use engine::{dedup_key, Engine, EngineBuilder, Mutation, PolicyInfo, DEFAULT_DEDUP_WINDOW_S};
 pub use event::{

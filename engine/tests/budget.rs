@@ -92,7 +92,10 @@ fn a_policy_building_a_huge_list_is_an_error_entry() {
 fn nests_over_literal_lists_beyond_the_budget_are_load_errors() {
     let list = format!(
         "[{}]",
-        (0..100).map(|i| i.to_string()).collect::<Vec<_>>().join(",")
+        (0..100)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
     );
     let when = format!("{list}.all(a, {list}.all(b, {list}.all(c, a + b + c >= 0)))");
     let err = engine(&when).unwrap_err();

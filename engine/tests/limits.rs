@@ -159,7 +159,11 @@ mod generated {
     pub fn literal(form: usize, content: &[char]) -> String {
         let prefix = ["", "b", "B"][form % 3];
         let raw = ["", "r", "R"][(form / 3) % 3];
-        let quote = if (form / 9) % 2 == 0 { '"' } else { '\'' };
+        let quote = if (form / 9).is_multiple_of(2) {
+            '"'
+        } else {
+            '\''
+        };
         let triple = (form / 18) % 2 == 1;
         let q: String = std::iter::repeat_n(quote, if triple { 3 } else { 1 }).collect();
         let body: String = if raw.is_empty() {

@@ -221,8 +221,12 @@ fn one_scale_set_vm_has_one_name_across_azure_sources() {
         })
         .to_string();
         for (normalizer, body) in [("azure.arm", arm), ("azure.resource_health", health)] {
-            let events = normalize(normalizer, &Input::new(body.as_bytes(), observed()), &mut state)
-                .unwrap_or_else(|e| panic!("{normalizer}: {e}"));
+            let events = normalize(
+                normalizer,
+                &Input::new(body.as_bytes(), observed()),
+                &mut state,
+            )
+            .unwrap_or_else(|e| panic!("{normalizer}: {e}"));
             let r = &events[0].resource;
             assert_eq!(r.scale_set.as_deref(), Some("ss"), "{normalizer} {vm_id}");
             names.push((normalizer, r.name.clone()));
@@ -231,7 +235,12 @@ fn one_scale_set_vm_has_one_name_across_azure_sources() {
     let se = br#"{"DocumentIncarnation": 1, "Events": [{"EventId": "E1", "EventType": "Reboot",
         "ResourceType": "VirtualMachine", "Resources": ["ss_7"], "EventStatus": "Scheduled",
         "NotBefore": "", "Description": "", "EventSource": "Platform", "DurationInSeconds": -1}]}"#;
-    let events = normalize("azure.scheduled_events", &Input::new(se, observed()), &mut state).unwrap();
+    let events = normalize(
+        "azure.scheduled_events",
+        &Input::new(se, observed()),
+        &mut state,
+    )
+    .unwrap();
     names.push(("azure.scheduled_events", events[0].resource.name.clone()));
     for (normalizer, name) in names {
         assert_eq!(name.as_deref(), Some("ss_7"), "{normalizer}");

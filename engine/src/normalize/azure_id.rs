@@ -155,10 +155,16 @@ mod tests {
         ] {
             assert_eq!(parse(id).unwrap(), want, "{id}");
         }
-        let vm = parse("/subscriptions/s1/resourcegroups/rg/providers/microsoft.compute/VIRTUALMACHINES/web-1").unwrap();
+        let vm = parse(
+            "/subscriptions/s1/resourcegroups/rg/providers/microsoft.compute/VIRTUALMACHINES/web-1",
+        )
+        .unwrap();
         assert_eq!(vm.type_, "Microsoft.Compute/virtualMachines");
         assert_eq!(vm.name.as_deref(), Some("web-1"));
-        let avs = parse("/subscriptions/s1/resourceGroups/rg/providers/microsoft.compute/AVAILABILITYSETS/as-1").unwrap();
+        let avs = parse(
+            "/subscriptions/s1/resourceGroups/rg/providers/microsoft.compute/AVAILABILITYSETS/as-1",
+        )
+        .unwrap();
         assert_eq!(avs.availability_set.as_deref(), Some("as-1"));
     }
 

@@ -655,7 +655,8 @@ fn literal_iterations(e: &IdedExpr) -> u64 {
 }
 
 /// Rewrites `e` so that its evaluation is charged to a budget: every comprehension range, and
-/// every non-literal operand of an operator or function, is wrapped in a call of [`COST_FN`].
+/// every non-literal operand of an operator or function and element of a list or map literal,
+/// is wrapped in a call of [`COST_FN`].
 /// Left alone, so that the interpreter keeps its fast paths and error absorption: the operands
 /// of `&&`, `||`, `? :` and `@not_strictly_false`, and calls on a comprehension's accumulator
 /// (the loop steps of the macros). `accus` holds the accumulators in scope. Recursion is
@@ -708,9 +709,14 @@ fn meter(e: &mut IdedExpr, accus: &mut Vec<String>) {
             }
         }
         Ast::Select(s) => meter(&mut s.operand, accus),
+        // Elements and values are charged too: a loop step that copies a whole list into
+        // every element of its result (`l.map(x, l)`) pays for each copy.
         Ast::List(l) => {
             for x in l.elements.iter_mut() {
                 meter(x, accus);
+                if !matches!(x.expr, Ast::Literal(_)) {
+                    charge(x);
+                }
             }
         }
         Ast::Map(m) => {
@@ -718,6 +724,9 @@ fn meter(e: &mut IdedExpr, accus: &mut Vec<String>) {
                 if let cel::common::ast::EntryExpr::MapEntry(me) = &mut entry.expr {
                     meter(&mut me.key, accus);
                     meter(&mut me.value, accus);
+                    if !matches!(me.value.expr, Ast::Literal(_)) {
+                        charge(&mut me.value);
+                    }
                 }
             }
         }

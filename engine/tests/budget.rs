@@ -79,6 +79,13 @@ fn a_policy_building_a_huge_list_is_an_error_entry() {
         &ev,
     );
     assert_over_budget(&d);
+    // A list of copies of the event's list.
+    let ev = event(0, 5_000);
+    let d = decide(
+        "size(event.failure.details.map(d, event.failure.details)) > 0",
+        &ev,
+    );
+    assert_over_budget(&d);
     // Concatenation in a loop: every element copies the whole list.
     let ev = event(0, 5_000);
     let d = decide(

@@ -425,6 +425,10 @@ pub(crate) struct Compiled {
     pub uses_history: bool,
     /// The constant history windows it uses (for truncation warnings).
     pub windows: Vec<Duration>,
+    /// For an interpreted expression with comprehensions: the same expression with every
+    /// comprehension range and operand passed through [`COST_FN`], which charges the
+    /// evaluation's cost budget (see [`meter`]). The interpreter runs this form instead.
+    pub metered: Option<IdedExpr>,
 }
 
 /// Variables an expression may use.
@@ -531,6 +535,23 @@ pub(crate) fn compile(expr: &Expr) -> Result<Compiled, Vec<ExprProblem>> {
             help: Some("keep history queries in expressions of field tests, comparisons, `in` lists, `&&`, `||`, `!` and `has()`; move `matches`, `size` or macros into another policy".into()),
         }]);
     }
+    let metered = if native.is_none() && has_comprehension(program.expression()) {
+        let n = literal_iterations(program.expression());
+        if n > MAX_EVAL_COST {
+            return Err(vec![ExprProblem {
+                offset: 0,
+                message: format!(
+                    "the comprehensions of this expression visit {n} elements of literal lists; the evaluation cost budget is {MAX_EVAL_COST}"
+                ),
+                help: Some("nest fewer comprehensions, or over shorter lists".into()),
+            }]);
+        }
+        let mut m = program.expression().clone();
+        meter(&mut m, &mut Vec::new());
+        Some(m)
+    } else {
+        None
+    };
     let mut atoms = Vec::new();
     collect_atoms(program.expression(), &mut atoms);
     let uses_history = ck.uses_history;
@@ -548,7 +569,244 @@ pub(crate) fn compile(expr: &Expr) -> Result<Compiled, Vec<ExprProblem>> {
         reads,
         uses_history,
         windows,
+        metered,
     })
+}
+
+/// The most work one evaluation of an interpreted expression with comprehensions may do, in
+/// cost units: each time a comprehension starts, one unit per element of its range, and each
+/// time an operator or function reads an operand, one unit plus the operand's size (elements
+/// of a list or map; a unit per 64 characters of a string or bytes). A `when` over a list of a hundred
+/// thousand elements fits; a comprehension nested in another over it does not. Exceeding it
+/// stops the evaluation with an error in `Decision.errors`.
+pub const MAX_EVAL_COST: u64 = 1_000_000;
+
+/// The function through which a metered expression passes comprehension ranges and operands:
+/// it charges the evaluation's budget and returns its argument unchanged. No CEL source can
+/// name it (`@` cannot start an identifier).
+pub(crate) const COST_FN: &str = "@keel_cost";
+
+/// Whether `e` holds a comprehension (a macro: `all`, `exists`, `exists_one`, `map`,
+/// `filter`).
+fn has_comprehension(e: &IdedExpr) -> bool {
+    let mut stack = vec![e];
+    while let Some(e) = stack.pop() {
+        match &e.expr {
+            Ast::Comprehension(_) => return true,
+            Ast::Call(c) => {
+                stack.extend(c.args.iter());
+                stack.extend(c.target.as_deref());
+            }
+            Ast::Select(s) => stack.push(&s.operand),
+            Ast::List(l) => stack.extend(l.elements.iter()),
+            Ast::Map(m) => {
+                for entry in &m.entries {
+                    if let cel::common::ast::EntryExpr::MapEntry(me) = &entry.expr {
+                        stack.push(&me.key);
+                        stack.push(&me.value);
+                    }
+                }
+            }
+            Ast::Struct(st) => {
+                for entry in &st.entries {
+                    if let cel::common::ast::EntryExpr::StructField(f) = &entry.expr {
+                        stack.push(&f.value);
+                    }
+                }
+            }
+            Ast::Ident(_) | Ast::Literal(_) | Ast::Unspecified => {}
+        }
+    }
+    false
+}
+
+/// How many elements the comprehensions of `e` visit at least, counting only ranges written
+/// as list or map literals (others may be empty). Recursion is bounded by the AST depth limit.
+fn literal_iterations(e: &IdedExpr) -> u64 {
+    let sum = |es: &mut dyn Iterator<Item = &IdedExpr>| {
+        es.fold(0u64, |acc, e| acc.saturating_add(literal_iterations(e)))
+    };
+    match &e.expr {
+        Ast::Comprehension(c) => {
+            let n = match &c.iter_range.expr {
+                Ast::List(l) => l.elements.len() as u64,
+                Ast::Map(m) => m.entries.len() as u64,
+                _ => 0,
+            };
+            let body = literal_iterations(&c.loop_cond)
+                .saturating_add(literal_iterations(&c.loop_step))
+                .saturating_add(1);
+            n.saturating_mul(body).saturating_add(sum(&mut [
+                &c.iter_range,
+                &c.accu_init,
+                &c.result,
+            ]
+            .into_iter()))
+        }
+        Ast::Call(c) => sum(&mut c.args.iter().chain(c.target.as_deref())),
+        Ast::Select(s) => literal_iterations(&s.operand),
+        Ast::List(l) => sum(&mut l.elements.iter()),
+        Ast::Map(m) => sum(&mut m.entries.iter().filter_map(|en| match &en.expr {
+            cel::common::ast::EntryExpr::MapEntry(me) => Some(&me.value),
+            cel::common::ast::EntryExpr::StructField(_) => None,
+        })),
+        _ => 0,
+    }
+}
+
+/// Rewrites `e` so that its evaluation is charged to a budget: every comprehension range, and
+/// every non-literal operand of an operator or function and element of a list or map literal,
+/// is wrapped in a call of [`COST_FN`].
+/// Left alone, so that the interpreter keeps its fast paths and error absorption: the operands
+/// of `&&`, `||`, `? :` and `@not_strictly_false`, and calls on a comprehension's accumulator
+/// (the loop steps of the macros). `accus` holds the accumulators in scope. Recursion is
+/// bounded by the AST depth limit.
+fn meter(e: &mut IdedExpr, accus: &mut Vec<String>) {
+    match &mut e.expr {
+        Ast::Comprehension(c) => {
+            accus.push(c.accu_var.clone());
+            for x in [
+                &mut c.iter_range,
+                &mut c.accu_init,
+                &mut c.loop_cond,
+                &mut c.loop_step,
+                &mut c.result,
+            ] {
+                meter(x, accus);
+            }
+            accus.pop();
+            charge(&mut c.iter_range);
+        }
+        Ast::Call(call) => {
+            for a in call.args.iter_mut() {
+                meter(a, accus);
+            }
+            if let Some(t) = call.target.as_mut() {
+                meter(t, accus);
+            }
+            let control = matches!(
+                call.func_name.as_str(),
+                operators::LOGICAL_AND
+                    | operators::LOGICAL_OR
+                    | operators::CONDITIONAL
+                    | operators::NOT_STRICTLY_FALSE
+            );
+            let on_accu = call
+                .args
+                .iter()
+                .any(|a| matches!(&a.expr, Ast::Ident(n) if accus.contains(n)));
+            if !control && !on_accu {
+                for a in call.args.iter_mut() {
+                    if !matches!(a.expr, Ast::Literal(_)) {
+                        charge(a);
+                    }
+                }
+                if let Some(t) = call.target.as_mut() {
+                    if !matches!(t.expr, Ast::Literal(_)) {
+                        charge(t);
+                    }
+                }
+            }
+        }
+        Ast::Select(s) => meter(&mut s.operand, accus),
+        // Elements and values are charged too: a loop step that copies a whole list into
+        // every element of its result (`l.map(x, l)`) pays for each copy.
+        Ast::List(l) => {
+            for x in l.elements.iter_mut() {
+                meter(x, accus);
+                if !matches!(x.expr, Ast::Literal(_)) {
+                    charge(x);
+                }
+            }
+        }
+        Ast::Map(m) => {
+            for entry in m.entries.iter_mut() {
+                if let cel::common::ast::EntryExpr::MapEntry(me) = &mut entry.expr {
+                    meter(&mut me.key, accus);
+                    meter(&mut me.value, accus);
+                    if !matches!(me.value.expr, Ast::Literal(_)) {
+                        charge(&mut me.value);
+                    }
+                }
+            }
+        }
+        Ast::Struct(st) => {
+            for entry in st.entries.iter_mut() {
+                if let cel::common::ast::EntryExpr::StructField(f) = &mut entry.expr {
+                    meter(&mut f.value, accus);
+                }
+            }
+        }
+        Ast::Ident(_) | Ast::Literal(_) | Ast::Unspecified => {}
+    }
+}
+
+/// Wraps `e` in a call of [`COST_FN`].
+fn charge(e: &mut IdedExpr) {
+    let inner = std::mem::replace(
+        e,
+        IdedExpr {
+            id: 0,
+            expr: Ast::Unspecified,
+        },
+    );
+    *e = IdedExpr {
+        id: inner.id,
+        expr: Ast::Call(CallExpr {
+            func_name: COST_FN.to_string(),
+            target: None,
+            args: vec![inner],
+        }),
+    };
+}
+
+/// The cost of one evaluation so far, shared by [`cost_function`] and the caller that resets
+/// and reads it around each evaluation.
+pub(crate) type CostMeter = Arc<std::sync::atomic::AtomicU64>;
+
+/// The interpreter function [`COST_FN`]: charges one unit plus its argument's size to `meter`
+/// and returns the argument; fails once the budget is spent.
+#[allow(clippy::type_complexity)]
+pub(crate) fn cost_function(
+    meter: CostMeter,
+) -> Box<
+    dyn for<'c, 'k> Fn(
+            &mut cel::FunctionContext<'c, 'k>,
+        ) -> Result<cel::common::value::CowVal<'c, 'k>, cel::ExecutionError>
+        + Send
+        + Sync,
+> {
+    Box::new(move |ftx| {
+        let v = ftx
+            .args
+            .pop()
+            .ok_or_else(|| cel::ExecutionError::function_error(COST_FN, "no argument"))?;
+        let size = v
+            .as_sizer()
+            .map_or(0, |s| u64::try_from(*s.size().inner()).unwrap_or(0));
+        // Strings and bytes are compared and searched a machine word at a time.
+        let size = match v.get_type().name() {
+            "string" | "bytes" => size / 64,
+            _ => size,
+        };
+        let spent = meter
+            .fetch_add(1 + size, std::sync::atomic::Ordering::Relaxed)
+            .saturating_add(1 + size);
+        if spent > MAX_EVAL_COST {
+            return Err(cel::ExecutionError::function_error(
+                "cost",
+                budget_exceeded(),
+            ));
+        }
+        Ok(v)
+    })
+}
+
+/// The error of an evaluation that exceeded [`MAX_EVAL_COST`].
+pub(crate) fn budget_exceeded() -> String {
+    format!(
+        "evaluation cost budget exceeded: the expression's comprehensions and operators read more than {MAX_EVAL_COST} elements"
+    )
 }
 
 /// The longest expression accepted, in characters.
@@ -560,7 +818,16 @@ pub(crate) const MAX_AST_DEPTH: usize = 48;
 const MAX_UNARY_RUN: usize = 8;
 
 /// Rejects, before the `cel` parser sees it, text that would exhaust the stack: the parser
-/// recurses once per bracket level and per unary operator.
+/// recurses once per bracket level, per nested `? :` and per unary operator.
+///
+/// The text is lexed as the CEL lexical grammar defines it, so that a bracket counts exactly
+/// when the parser would see it: `//` comments run to the end of the line; strings and bytes
+/// are quoted with `"`, `'`, `"""` or `'''`, optionally prefixed by `r`/`R` (raw: a backslash
+/// is an ordinary character), `b`/`B` (bytes) or both (`br`); outside raw strings a backslash
+/// starts one of the grammar's escape sequences; single-quoted strings end at a newline. A
+/// literal that does not end, or holds an undefined escape, is rejected here: the parser
+/// would reject it too, but its lexer would first skip a character and read the rest of the
+/// literal as code.
 fn precheck(text: &str) -> Result<(), ExprProblem> {
     let n = text.chars().count();
     if n > MAX_EXPR_CHARS {
@@ -570,36 +837,74 @@ fn precheck(text: &str) -> Result<(), ExprProblem> {
             help: None,
         });
     }
+    let chars: Vec<char> = text.chars().collect();
+    let too_deep = |offset: usize| {
+        ExprProblem {
+        offset,
+        message: format!(
+            "brackets nested more than {MAX_BRACKET_DEPTH} levels deep (each `? :` counts as a level)"
+        ),
+        help: Some("split the expression into several policies".into()),
+    }
+    };
+    // One entry per open bracket: how many `?` were seen directly inside it (each nests the
+    // rest of the bracket one level deeper).
+    let mut frames: Vec<usize> = vec![0];
     let mut depth = 0usize;
     let mut unary = 0usize;
-    let mut quote: Option<char> = None;
-    let mut escaped = false;
-    for (i, c) in text.chars().enumerate() {
-        if let Some(q) = quote {
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == q {
-                quote = None;
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        // A string or bytes literal, with its optional prefix.
+        if let Some((start, raw)) = string_start(&chars, i) {
+            i = skip_string(&chars, start, raw).ok_or_else(|| ExprProblem {
+                offset: i,
+                message: "string literal is not terminated or holds an invalid escape sequence"
+                    .into(),
+                help: None,
+            })?;
+            unary = 0;
+            continue;
+        }
+        if c.is_ascii_alphabetic() || c == '_' {
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_') {
+                i += 1;
+            }
+            unary = 0;
+            continue;
+        }
+        if c.is_ascii_digit() {
+            i = skip_number(&chars, i);
+            unary = 0;
+            continue;
+        }
+        if c == '/' && chars.get(i + 1) == Some(&'/') {
+            while i < chars.len() && chars[i] != '\n' {
+                i += 1;
             }
             continue;
         }
         match c {
-            '"' | '\'' => quote = Some(c),
             '(' | '[' | '{' => {
                 depth += 1;
+                frames.push(0);
                 if depth > MAX_BRACKET_DEPTH {
-                    return Err(ExprProblem {
-                        offset: i,
-                        message: format!(
-                            "brackets nested more than {MAX_BRACKET_DEPTH} levels deep"
-                        ),
-                        help: None,
-                    });
+                    return Err(too_deep(i));
                 }
             }
-            ')' | ']' | '}' => depth = depth.saturating_sub(1),
+            ')' | ']' | '}' if frames.len() > 1 => {
+                let q = frames.pop().unwrap_or(0);
+                depth = depth.saturating_sub(q + 1);
+            }
+            '?' => {
+                depth += 1;
+                if let Some(f) = frames.last_mut() {
+                    *f += 1;
+                }
+                if depth > MAX_BRACKET_DEPTH {
+                    return Err(too_deep(i));
+                }
+            }
             _ => {}
         }
         match c {
@@ -616,8 +921,120 @@ fn precheck(text: &str) -> Result<(), ExprProblem> {
             c if c.is_whitespace() || c == '(' => {}
             _ => unary = 0,
         }
+        i += 1;
     }
     Ok(())
+}
+
+/// If a string or bytes literal starts at `i`: the index of its first quote and whether it is
+/// raw. The grammar's prefixes are `r`/`R` (raw), `b`/`B` (bytes) and `b` then `r` (raw
+/// bytes); `rb"…"` is the identifier `rb` followed by a plain string. A prefix letter counts
+/// only at the start of a token (`xr"…"` is the identifier `xr` and a plain string); callers
+/// skip identifiers and numbers whole, so `i` is a token start.
+fn string_start(chars: &[char], i: usize) -> Option<(usize, bool)> {
+    let is_quote = |j: usize| matches!(chars.get(j), Some('"' | '\''));
+    match (chars.get(i), chars.get(i + 1)) {
+        (Some('"' | '\''), _) => Some((i, false)),
+        (Some('r' | 'R'), _) if is_quote(i + 1) => Some((i + 1, true)),
+        (Some('b' | 'B'), _) if is_quote(i + 1) => Some((i + 1, false)),
+        (Some('b' | 'B'), Some('r' | 'R')) if is_quote(i + 2) => Some((i + 2, true)),
+        _ => None,
+    }
+}
+
+/// Skips the literal whose opening quote is at `q`; returns the index after its closing quote,
+/// or `None` if it never closes or holds an escape the grammar does not define (the lexer
+/// would then drop characters and read the rest of the literal as code).
+fn skip_string(chars: &[char], q: usize, raw: bool) -> Option<usize> {
+    let quote = *chars.get(q)?;
+    let triple = chars.get(q + 1) == Some(&quote) && chars.get(q + 2) == Some(&quote);
+    let mut i = if triple { q + 3 } else { q + 1 };
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '\\' && !raw {
+            i += escape_len(chars, i)?;
+            continue;
+        }
+        if triple {
+            if c == quote && chars.get(i + 1) == Some(&quote) && chars.get(i + 2) == Some(&quote) {
+                return Some(i + 3);
+            }
+        } else if c == quote {
+            return Some(i + 1);
+        } else if c == '\n' || c == '\r' {
+            return None;
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The length of the escape sequence at `i` (a backslash), if the grammar defines it:
+/// `\\[abfnrtv"'\\?`]`, `\\[0-3][0-7][0-7]`, `\\[xX]HH`, `\\uHHHH`, `\\UHHHHHHHH`.
+fn escape_len(chars: &[char], i: usize) -> Option<usize> {
+    let hex = |from: usize, n: usize| {
+        (from..from + n).all(|j| chars.get(j).is_some_and(char::is_ascii_hexdigit))
+    };
+    let oct = |j: usize, max: char| chars.get(j).is_some_and(|c| ('0'..=max).contains(c));
+    match chars.get(i + 1)? {
+        'a' | 'b' | 'f' | 'n' | 'r' | 't' | 'v' | '"' | '\'' | '\\' | '?' | '`' => Some(2),
+        '0'..='3' if oct(i + 2, '7') && oct(i + 3, '7') => Some(4),
+        'x' | 'X' if hex(i + 2, 2) => Some(4),
+        'u' if hex(i + 2, 4) => Some(6),
+        'U' if hex(i + 2, 8) => Some(10),
+        _ => None,
+    }
+}
+
+/// Skips a numeric literal starting at the digit at `i`, as the lexer reads it: `0x`
+/// hexadecimal or decimal digits, then either a `u`/`U` suffix or an optional fraction and
+/// exponent.
+fn skip_number(chars: &[char], mut i: usize) -> usize {
+    let digit = |j: usize, hex: bool| {
+        chars.get(j).is_some_and(|c| {
+            if hex {
+                c.is_ascii_hexdigit()
+            } else {
+                c.is_ascii_digit()
+            }
+        })
+    };
+    if chars.get(i) == Some(&'0') && chars.get(i + 1) == Some(&'x') && digit(i + 2, true) {
+        i += 2;
+        while digit(i, true) {
+            i += 1;
+        }
+        if matches!(chars.get(i), Some('u' | 'U')) {
+            i += 1;
+        }
+        return i;
+    }
+    while digit(i, false) {
+        i += 1;
+    }
+    if matches!(chars.get(i), Some('u' | 'U')) {
+        return i + 1;
+    }
+    if chars.get(i) == Some(&'.') && digit(i + 1, false) {
+        i += 1;
+        while digit(i, false) {
+            i += 1;
+        }
+    }
+    if matches!(chars.get(i), Some('e' | 'E')) {
+        let j = if matches!(chars.get(i + 1), Some('+' | '-')) {
+            i + 2
+        } else {
+            i + 1
+        };
+        if digit(j, false) {
+            i = j;
+            while digit(i, false) {
+                i += 1;
+            }
+        }
+    }
+    i
 }
 
 /// The depth of an AST, computed without recursion.
@@ -1654,4 +2071,126 @@ pub fn parity_check(expr: &str, ev: &Event, now: Timestamp) -> Option<ParityOutc
         Err(e) => Err(e.to_string()),
     };
     Some((n, i))
+}
+
+/// Runs the load-time checks of one expression (pre-check, parse, schema check, lowering) on
+/// the calling thread, without the loader's large-stack thread. For the engine's own tests,
+/// which prove that the pre-check alone keeps the parser within a small stack.
+pub fn check_expression_here(text: &str) -> Result<(), String> {
+    let expr = Expr {
+        text: text.to_string(),
+        positions: Arc::from(vec![crate::diag::Pos::FILE; text.chars().count() + 1]),
+    };
+    compile(&expr).map(|_| ()).map_err(|problems| {
+        problems
+            .into_iter()
+            .map(|p| p.message)
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
+}
+
+#[cfg(test)]
+mod precheck_tests {
+    use super::precheck;
+
+    fn deep(n: usize) -> String {
+        format!("{}true{}", "(".repeat(n), ")".repeat(n))
+    }
+
+    #[test]
+    fn brackets_inside_every_string_form_do_not_count() {
+        let open = "(".repeat(100);
+        for lit in [
+            format!("\"{open}\""),
+            format!("'{open}'"),
+            format!("r\"{open}\\\""),
+            format!("R'{open}\\'"),
+            format!("\"\"\"{open}\"\"\""),
+            format!("'''{open}\n'''"),
+            format!("b\"{open}\""),
+            format!("B'{open}'"),
+            format!("br\"{open}\\\""),
+            format!("BR'''{open}\\'''"),
+            format!("\"\\\"{open}\\\\\""),
+            format!("'\\x41\\u00e9\\U0001F600\\101\\`{open}'"),
+        ] {
+            assert!(precheck(&format!("x == {lit}")).is_ok(), "{lit}");
+        }
+    }
+
+    #[test]
+    fn brackets_after_a_string_count_whatever_its_form() {
+        // Each literal ends before the brackets; a lexer that mis-reads it (a raw string's
+        // backslash as an escape, `rb` as a prefix, a triple quote as three strings) hides
+        // them.
+        let tail = format!(" + {}", deep(30));
+        for lit in [
+            r#"r"\""#,
+            r#"R'\'"#,
+            r#"br"\""#,
+            r#"bR'''\'''"#,
+            r#"r"""\""""#,
+            r#"'''a'b''c'''"#,
+            r#""""a"b""c""""#,
+            r#""\\""#,
+            r#"'\\'"#,
+            r#"b"\x41""#,
+            "x // \" '\n",
+            "1r\"\\\"",
+            "0x1fu",
+            "1.5e-3",
+        ] {
+            let text = format!("{lit}{tail}");
+            let err = precheck(&text).expect_err(&text);
+            assert!(
+                err.message.contains("nested more than"),
+                "{text}: {}",
+                err.message
+            );
+        }
+        // `rb"…"` is the identifier `rb` and a plain string, in which `\"` is an escape: the
+        // brackets are inside it.
+        assert!(precheck(&format!("rb\"\\\"{}\"", "(".repeat(30))).is_ok());
+    }
+
+    #[test]
+    fn unterminated_literals_and_bad_escapes_are_rejected() {
+        for text in [
+            "\"abc",
+            "'abc\n((((('",
+            "r\"abc\n\"",
+            "\"\"\"abc\"\"",
+            "'\\q((((('",
+            "\"\\x4\"",
+            "\"\\u12\"",
+            "\"\\400\"",
+            "'\\\n'",
+        ] {
+            let err = precheck(text).expect_err(text);
+            assert!(
+                err.message.contains("not terminated"),
+                "{text:?}: {}",
+                err.message
+            );
+        }
+    }
+
+    #[test]
+    fn ternaries_count_as_levels_and_close_with_their_bracket() {
+        let chain = format!("{}1", "true ? 1 : ".repeat(30));
+        assert!(precheck(&chain)
+            .unwrap_err()
+            .message
+            .contains("nested more than"));
+        let flat = vec!["(true ? 1 : 2)"; 100].join(" + ");
+        assert!(precheck(&flat).is_ok());
+        assert!(precheck(&format!("{}1", "true ? 1 : ".repeat(24))).is_ok());
+    }
+
+    #[test]
+    fn comments_hide_brackets_and_quotes_to_the_end_of_the_line() {
+        assert!(precheck(&format!("true // {}\n&& true", "(".repeat(50))).is_ok());
+        assert!(precheck(&format!("true // '\n&& {}", deep(30))).is_err());
+    }
 }

@@ -767,6 +767,7 @@ impl Engine {
             history,
             reads: &idx.reads,
             ctx: None,
+            cost: compile::CostMeter::default(),
         };
         let mut outcomes: Vec<(u32, Outcome)> = Vec::with_capacity(cands.len());
         let mut winner: Option<(u32, Option<PluginHit>)> = None;
@@ -1306,6 +1307,8 @@ struct Interp<'a> {
     history: Option<&'a History>,
     reads: &'a BTreeSet<Option<FieldId>>,
     ctx: Option<cel::Context<'a, 'a>>,
+    /// The cost of the current metered evaluation (see `compile::MAX_EVAL_COST`).
+    cost: compile::CostMeter,
 }
 
 impl Interp<'_> {
@@ -1313,17 +1316,31 @@ impl Interp<'_> {
         if let Some(n) = &c.native {
             return n.eval(ev, now, self.history);
         }
+        let cost = &self.cost;
         let ctx = self.ctx.get_or_insert_with(|| {
             let mut cx = cel::Context::with_env(self.env.clone());
             cx.add_variable_from_value("event", compile::event_value(ev, self.reads));
             cx.add_variable_from_value("now", cel::Value::Timestamp(compile::to_fixed(now)));
+            // The name cannot clash with the standard library's (it starts with `@`); were
+            // it refused, metered expressions would fail as undeclared, never run unbounded.
+            let _ = cx.add_function(compile::COST_FN, compile::cost_function(cost.clone()));
             cx
         });
         // The `cel` interpreter can panic on inputs it does not guard (chrono overflow in
         // time arithmetic, for one): a policy error, never a crash of the caller.
         let program = &c.program;
         let ctx = &*ctx;
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| program.execute(ctx))) {
+        cost.store(0, std::sync::atomic::Ordering::Relaxed);
+        let run = || match &c.metered {
+            Some(m) => ctx.resolve(m),
+            None => program.execute(ctx),
+        };
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run));
+        // Over budget is an error even where `||`, `&&` or a macro absorbed the failure.
+        if cost.load(std::sync::atomic::Ordering::Relaxed) > compile::MAX_EVAL_COST {
+            return Err(compile::budget_exceeded());
+        }
+        match result {
             Ok(Ok(v)) => {
                 compile::from_cel(&v).ok_or_else(|| format!("unsupported result value {v:?}"))
             }

@@ -87,6 +87,7 @@ pub mod schema;
 pub mod testing;
 pub mod yaml;
 
+pub use compile::MAX_EVAL_COST;
 pub use decision::{
     Action, Ctx, Decision, Escalation, Matched, Mode, Outcome, PolicyError, Retry, Severity,
     TraceEntry,
@@ -111,5 +112,5 @@ pub use policy::{
 #[doc(hidden)]
 pub mod __private {
     //! Internals exposed for the engine's own benchmarks and parity tests. Not a stable API.
-    pub use crate::compile::parity_check;
+    pub use crate::compile::{check_expression_here, parity_check};
 }

@@ -122,3 +122,220 @@ fn shape_and_expression_problems_of_one_policy_are_all_reported() {
         "{err}"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Generated deep expressions: every string form, brackets, ternaries, unary chains.
+// ---------------------------------------------------------------------------------------
+
+mod generated {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One level wrapped around the expression inside it (a bool).
+    #[derive(Debug, Clone)]
+    pub enum Layer {
+        Paren,
+        /// `[X][0]`
+        List,
+        /// `{"k": X}["k"]`
+        Map,
+        /// `false ? false : X` (nested ternaries chain without brackets)
+        Ternary,
+        /// `!(X)`
+        Not,
+        /// `X && <literal> != ""` (a string in one of the grammar's forms)
+        Str(String),
+        /// `X && event.resource.name.lowerAscii().startsWith("w")`: a member chain
+        Chain,
+    }
+
+    /// Characters a literal's content is drawn from: brackets, quotes, backslashes, the
+    /// comment and unary markers.
+    const CONTENT: &[char] = &[
+        '(', ')', '[', ']', '{', '}', '"', '\'', '\\', 'a', ' ', '?', '!', '-', '/', 'r', 'b',
+    ];
+
+    /// A valid string or bytes literal holding `content`, in form `form`.
+    pub fn literal(form: usize, content: &[char]) -> String {
+        let prefix = ["", "b", "B"][form % 3];
+        let raw = ["", "r", "R"][(form / 3) % 3];
+        let quote = if (form / 9).is_multiple_of(2) {
+            '"'
+        } else {
+            '\''
+        };
+        let triple = (form / 18) % 2 == 1;
+        let q: String = std::iter::repeat_n(quote, if triple { 3 } else { 1 }).collect();
+        let body: String = if raw.is_empty() {
+            content
+                .iter()
+                .map(|&c| match c {
+                    '\\' => "\\\\".to_string(),
+                    c if c == quote => format!("\\{c}"),
+                    c => c.to_string(),
+                })
+                .collect()
+        } else {
+            // A raw literal cannot hold its quote; a backslash in it is a plain character
+            // (as the last character it would otherwise look like an escaped quote).
+            content.iter().filter(|&&c| c != quote).collect()
+        };
+        format!("{prefix}{raw}{q}{body}{q}")
+    }
+
+    fn layer() -> impl Strategy<Value = Layer> {
+        prop_oneof![
+            3 => Just(Layer::Paren),
+            2 => Just(Layer::List),
+            2 => Just(Layer::Map),
+            2 => Just(Layer::Ternary),
+            2 => Just(Layer::Not),
+            3 => (0usize..36, proptest::collection::vec(proptest::sample::select(CONTENT), 0..12))
+                .prop_map(|(f, c)| Layer::Str(literal(f, &c))),
+            1 => Just(Layer::Chain),
+        ]
+    }
+
+    /// The expression and what the pre-check must find: bracket levels (a `?` counts), the
+    /// longest `!`/`-` run, and an estimate of the AST depth.
+    pub struct Built {
+        pub text: String,
+        pub brackets: usize,
+        pub unary: usize,
+        pub ast: usize,
+    }
+
+    pub fn build(layers: &[Layer], minus: usize) -> Built {
+        // The leaf: `event.failure.attempt != --…-1` (a run of `minus` unary minuses).
+        let mut text = format!("event.failure.attempt != {}1", "-".repeat(minus));
+        let (mut brackets, mut unary, mut ast) = (0usize, minus, 4 + minus);
+        let mut max_brackets = 0;
+        let mut run = 0usize;
+        for l in layers {
+            text = match l {
+                Layer::Paren => format!("({text})"),
+                Layer::List => format!("[{text}][0]"),
+                Layer::Map => format!("{{\"k\": {text}}}[\"k\"]"),
+                Layer::Ternary => format!("false ? false : {text}"),
+                Layer::Not => format!("!({text})"),
+                Layer::Str(s) => format!("{text} && {s} != \"\""),
+                Layer::Chain => {
+                    format!("{text} && event.resource.name.lowerAscii().startsWith(\"w\")")
+                }
+            };
+            let (b, a) = match l {
+                Layer::Paren => (1, 0),
+                Layer::List | Layer::Map => (1, 2),
+                Layer::Ternary | Layer::Not => (1, 1),
+                // `&&` closes no bracket; its operand's literal may be a layer deeper.
+                Layer::Str(_) | Layer::Chain => (0, 1),
+            };
+            ast += a;
+            // Brackets and ternaries nest; `&&` layers wrap the text without a new bracket,
+            // but what is already open stays open.
+            brackets += b;
+            max_brackets = max_brackets.max(brackets);
+            // The `!(` and `(` prefixes of consecutive layers are adjacent (`&&` layers add
+            // only a suffix); `[`, `{` and `false ? …` end the run.
+            run = match l {
+                Layer::Not => run + 1,
+                Layer::Paren | Layer::Str(_) | Layer::Chain => run,
+                Layer::List | Layer::Map | Layer::Ternary => 0,
+            };
+            unary = unary.max(run);
+        }
+        Built {
+            text,
+            brackets: max_brackets,
+            unary,
+            ast,
+        }
+    }
+
+    fn yaml(when: &str) -> String {
+        let body: String = when.lines().map(|l| format!("      {l}\n")).collect();
+        format!("policies:\n  - name: p\n    on: [operation_failure]\n    action: retry\n    when: |-\n{body}")
+    }
+
+    /// Runs `f` on a thread with a stack of `kib` KiB.
+    fn on_stack<T: Send + 'static>(kib: usize, f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new()
+            .stack_size(kib << 10)
+            .spawn(f)
+            .unwrap()
+            .join()
+            .unwrap()
+    }
+
+    fn config() -> ProptestConfig {
+        ProptestConfig {
+            cases: 64,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(config())]
+
+        /// Through the engine builder (which compiles on its own large-stack thread), called
+        /// from a 256 KiB thread: never an abort; a load error beyond the limits, success well
+        /// within them. What loads then decides on a default thread's stack.
+        #[test]
+        fn generated_deep_expressions_load_or_fail_cleanly(
+            layers in proptest::collection::vec(layer(), 0..60),
+            minus in 0usize..11,
+        ) {
+            let b = build(&layers, minus);
+            let when = b.text.clone();
+            let res = on_stack(256, move || {
+                Engine::builder().add_source("p.yaml", yaml(&when)).build()
+            });
+            // What loads also decides, on the 2 MiB stack of a default thread.
+            let res = res.map(|e| {
+                on_stack(2048, move || e.decide(&super::event(), &Ctx::new(super::event().time)))
+            });
+            if b.brackets > 24 || b.unary > 8 {
+                let err = res.expect_err(&b.text);
+                let msg = err.diagnostics()[0].message().to_string();
+                prop_assert!(
+                    msg.contains("nested more than 24") || msg.contains("in a row"),
+                    "{}: {}", b.text, msg
+                );
+            } else if b.ast <= 40 {
+                prop_assert!(res.is_ok(), "{}: {:?}", b.text, res.err().map(|e| e.to_string()));
+            }
+        }
+
+        /// The pre-check alone, on the calling thread, with no large stack to fall back on:
+        /// what it rejects never reaches the `cel` parser, so a 256 KiB stack is plenty.
+        #[test]
+        fn the_precheck_alone_stops_deep_expressions_on_a_small_stack(
+            layers in proptest::collection::vec(layer(), 25..80),
+            minus in 0usize..11,
+        ) {
+            let b = build(&layers, minus);
+            prop_assume!(b.brackets > 24 || b.unary > 8);
+            let when = b.text.clone();
+            let res = on_stack(256, move || keel_engine::__private::check_expression_here(&when));
+            let msg = res.expect_err(&b.text);
+            prop_assert!(
+                msg.contains("nested more than 24") || msg.contains("in a row"),
+                "{}: {}", b.text, msg
+            );
+        }
+    }
+
+    #[test]
+    fn literals_in_every_form_round_trip_through_the_parser() {
+        // The generator's literals are valid CEL, whatever their form: they load.
+        let content: Vec<char> = CONTENT.to_vec();
+        for form in 0..36 {
+            let when = format!("event.failure.code != {}", literal(form, &content));
+            Engine::builder()
+                .add_source("p.yaml", yaml(&when))
+                .build()
+                .unwrap_or_else(|e| panic!("{when}: {e}"));
+        }
+    }
+}

@@ -1413,7 +1413,8 @@ fn resources_scale_sets_regions_and_self() {
         e.resource,
         Resource {
             id: Some("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/web-ss/virtualMachines/7".into()),
-            name: Some("7".into()),
+            // `{scaleSet}_{instanceId}`, as Scheduled Events and the ARM normalizer name it.
+            name: Some("web-ss_7".into()),
             type_: Some("Microsoft.Compute/virtualMachineScaleSets/virtualMachines".into()),
             region: Some("eastus2".into()),
             scale_set: Some("web-ss".into()),
@@ -1421,6 +1422,11 @@ fn resources_scale_sets_regions_and_self() {
             ..Resource::default()
         }
     );
+    // The instance metadata names this VM `web-ss_7` too: it is this host.
+    let e = try_run_at(doc.to_string().as_bytes(), OBSERVED, Some("web-ss_7"))
+        .unwrap()
+        .remove(0);
+    assert_eq!(e.resource.is_self, Some(true));
 }
 
 #[test]

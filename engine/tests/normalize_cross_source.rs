@@ -191,3 +191,58 @@ fn the_known_crossings_are_wrong_payload_errors() {
         }
     }
 }
+
+/// One VM of a uniform scale set, as ARM, Resource Health and Scheduled Events report it,
+/// gets one name (`{scaleSet}_{instanceId}`) and one scale set, so correlation and dedup keys
+/// agree; ids in other casings and with trailing slashes name it alike.
+#[test]
+fn one_scale_set_vm_has_one_name_across_azure_sources() {
+    let id = "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/ss/virtualMachines/7";
+    let mut state = NormalizerState::default();
+    let mut names = Vec::new();
+    for vm_id in [
+        id.to_string(),
+        id.to_lowercase(),
+        format!("{}/", id.to_uppercase().replace("SS/", "ss/")),
+    ] {
+        let arm = serde_json::json!({
+            "idempotency_key": "k",
+            "resource": {"id": vm_id},
+            "operation": "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/start/action",
+            "error": {"code": "AllocationFailed", "message": "no capacity"},
+        })
+        .to_string();
+        let health = serde_json::json!({
+            "id": format!("{vm_id}/providers/Microsoft.ResourceHealth/availabilityStatuses/current"),
+            "name": "current",
+            "type": "Microsoft.ResourceHealth/AvailabilityStatuses",
+            "location": "eastus",
+            "properties": {"availabilityState": "Unavailable", "occuredTime": "2026-05-01T09:59:00Z"},
+        })
+        .to_string();
+        for (normalizer, body) in [("azure.arm", arm), ("azure.resource_health", health)] {
+            let events = normalize(
+                normalizer,
+                &Input::new(body.as_bytes(), observed()),
+                &mut state,
+            )
+            .unwrap_or_else(|e| panic!("{normalizer}: {e}"));
+            let r = &events[0].resource;
+            assert_eq!(r.scale_set.as_deref(), Some("ss"), "{normalizer} {vm_id}");
+            names.push((normalizer, r.name.clone()));
+        }
+    }
+    let se = br#"{"DocumentIncarnation": 1, "Events": [{"EventId": "E1", "EventType": "Reboot",
+        "ResourceType": "VirtualMachine", "Resources": ["ss_7"], "EventStatus": "Scheduled",
+        "NotBefore": "", "Description": "", "EventSource": "Platform", "DurationInSeconds": -1}]}"#;
+    let events = normalize(
+        "azure.scheduled_events",
+        &Input::new(se, observed()),
+        &mut state,
+    )
+    .unwrap();
+    names.push(("azure.scheduled_events", events[0].resource.name.clone()));
+    for (normalizer, name) in names {
+        assert_eq!(name.as_deref(), Some("ss_7"), "{normalizer}");
+    }
+}

@@ -140,3 +140,87 @@ async fn a_broken_policy_is_rejected_and_a_fixed_one_is_loaded() {
     assert_eq!(third["policy_set_digest"], new_digest.as_str());
     assert_eq!(third["decision"]["reason"], "second");
 }
+
+/// A policy whose `when` nests deeper than the loader accepts, hidden from a naive lexer by a
+/// raw string, a triple-quoted string, a comment or a chain of ternaries.
+fn deep_policy(n: usize, variant: usize) -> String {
+    let deep = format!("{}true{}", "(".repeat(n), ")".repeat(n));
+    let when = match variant {
+        0 => format!("event.maintenance.type == r\"\\\" && {deep}"),
+        1 => format!("event.maintenance.type == '''a'b''' && {deep}"),
+        2 => format!("event.maintenance.type == br'\\' && {deep}"),
+        3 => format!("event.maintenance.type == \"reboot\" // \"\n  && {deep}"),
+        _ => format!("{}true", "false ? false : ".repeat(n)),
+    };
+    let when: String = when.lines().map(|l| format!("      {l}\n")).collect();
+    format!(
+        "version: 1\npolicies:\n  - name: test.deep\n    on: [maintenance]\n    action: drain\n    when: |-\n{when}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deeply_nested_policies_are_rejected_on_reload_and_the_daemon_keeps_running() {
+    let sc = Scenario::new(false, &not_before_in_15_minutes()).await;
+    let old = std::fs::read_to_string(&sc.config).unwrap();
+    let se_url = old
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("url: "))
+        .unwrap()
+        .to_string();
+    let policies = sc.dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(policies.join("reboot.yaml"), policy("first")).unwrap();
+    std::fs::write(
+        &sc.config,
+        format!(
+            "policies: {}\nstate: {}\nlisten: 127.0.0.1:0\nself: {}\npolicy_reload_interval: 100ms\n\
+             sources:\n  azure_scheduled_events:\n    url: {se_url}\n    interval: 100ms\n    timeout: 2s\n    first_timeout: 5s\n",
+            policies.display(),
+            sc.state.display(),
+            common::VM
+        ),
+    )
+    .unwrap();
+    let mut k = sc.keel(&[], &[]);
+    k.wait_line("the first decision", Duration::from_secs(20), |l| {
+        l.get("decision").is_some()
+    })
+    .await;
+    let mut previous: Option<std::path::PathBuf> = None;
+    for (i, (n, variant)) in [(60, 0), (60, 1), (60, 2), (60, 3), (200, 4), (1000, 0)]
+        .into_iter()
+        .enumerate()
+    {
+        // A new file each time, so that its rejection names it.
+        let name = format!("deep{i}.yaml");
+        if let Some(p) = previous.take() {
+            std::fs::remove_file(p).unwrap();
+        }
+        let file = policies.join(&name);
+        std::fs::write(&file, deep_policy(n, variant)).unwrap();
+        previous = Some(file);
+        let rejection = k
+            .wait_line("the rejection", Duration::from_secs(30), |l| {
+                l["policy_reload"] == "rejected" && l["errors"].to_string().contains(&name)
+            })
+            .await;
+        let errors = rejection["errors"].to_string();
+        assert!(
+            errors.contains("nested more than 24 levels deep"),
+            "variant {variant}: {errors}"
+        );
+        let health = common::http()
+            .get(format!("{}/healthz", k.base()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(health.status().as_u16(), 200, "{}", k.dump());
+    }
+    assert!(
+        !k.json_lines()
+            .iter()
+            .any(|l| l["policy_reload"] == "loaded"),
+        "{}",
+        k.dump()
+    );
+}

@@ -1149,48 +1149,19 @@ fn resource_from_str(s: &str) -> Resource {
     }
 }
 
-/// `/subscriptions/{sub}/resourceGroups/{rg}/providers/{ns}/{type}/{name}[/{type}/{name}…]`.
-/// The subscription and resource group stay in `id` (the event has no fields for them); the
-/// type is the full nested type; the name is the top-level resource's (the VM of an extension),
-/// `{scaleSet}_{instanceId}` for a scale-set VM as Scheduled Events names it.
+/// The resource an ARM id names, parsed by [`super::azure_id`] (the one parser of every Azure
+/// normalizer). The subscription and resource group stay in `id` (the event has no fields for
+/// them).
 fn resource_from_id(id: &str) -> Resource {
-    let mut r = Resource {
+    let parsed = super::azure_id::parse(id).unwrap_or_default();
+    Resource {
         id: Some(id.to_string()),
+        type_: (!parsed.type_.is_empty()).then_some(parsed.type_),
+        name: parsed.name,
+        scale_set: parsed.scale_set,
+        availability_set: parsed.availability_set,
         ..Resource::default()
-    };
-    let segs: Vec<&str> = id.split('/').filter(|s| !s.is_empty()).collect();
-    let Some(p) = segs
-        .iter()
-        .position(|s| s.eq_ignore_ascii_case("providers"))
-    else {
-        return r;
-    };
-    let Some(ns) = segs.get(p + 1) else {
-        return r;
-    };
-    let rest = segs.get(p + 2..).unwrap_or(&[]);
-    let types: Vec<&str> = rest.iter().step_by(2).copied().collect();
-    let names: Vec<&str> = rest.iter().skip(1).step_by(2).copied().collect();
-    if types.is_empty() {
-        return r;
     }
-    r.type_ = Some(format!("{ns}/{}", types.join("/")));
-    let (Some(t0), Some(n0)) = (types.first(), names.first()) else {
-        return r;
-    };
-    let compute = ns.eq_ignore_ascii_case("Microsoft.Compute");
-    r.name = Some((*n0).to_string());
-    if compute && t0.eq_ignore_ascii_case("virtualMachineScaleSets") {
-        r.scale_set = Some((*n0).to_string());
-        if let (Some(t1), Some(n1)) = (types.get(1), names.get(1)) {
-            if t1.eq_ignore_ascii_case("virtualMachines") {
-                r.name = Some(format!("{n0}_{n1}"));
-            }
-        }
-    } else if compute && t0.eq_ignore_ascii_case("availabilitySets") {
-        r.availability_set = Some((*n0).to_string());
-    }
-    r
 }
 
 /// `westeurope` from `West Europe` (ARM accepts both).
@@ -1323,9 +1294,9 @@ fn resource_from_request(req: &Value) -> Resource {
         .and_then(Value::as_object)
         .and_then(|a| get_ci(a, "id"))
         .and_then(Value::as_str)
-        .and_then(|id| id.rsplit('/').find(|s| !s.is_empty()))
-        .filter(|n| !n.starts_with('['))
-        .map(str::to_string);
+        .filter(|id| !id.trim_start().starts_with('['))
+        .and_then(super::azure_id::parse)
+        .and_then(|a| a.availability_set);
     Resource {
         name,
         type_,

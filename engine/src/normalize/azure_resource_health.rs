@@ -905,75 +905,26 @@ fn resource_from_id(id: Option<&str>, rtype: Option<&str>, input: &Input<'_>) ->
     };
     let parsed = parse_arm_id(id);
     r.id = Some(id.to_string());
-    r.type_ = rtype.map(canonical_type).or(parsed.type_);
+    r.type_ = rtype
+        .map(canonical_type)
+        .or((!parsed.type_.is_empty()).then_some(parsed.type_));
     r.name = parsed.name;
     r.scale_set = parsed.scale_set;
+    r.availability_set = parsed.availability_set;
     if let (Some(me), Some(name)) = (input.self_name, r.name.as_deref()) {
         r.is_self = Some(me.trim().eq_ignore_ascii_case(name));
     }
     r
 }
 
-#[derive(Default)]
-struct ArmId {
-    type_: Option<String>,
-    name: Option<String>,
-    scale_set: Option<String>,
-}
-
-/// Type and name from an ARM id, tolerantly: segments are split on `/` and trimmed (sample
-/// ids contain spaces), the last `providers` segment starts `namespace/type/name[/type/name]`.
-fn parse_arm_id(id: &str) -> ArmId {
-    let segs: Vec<&str> = id
-        .split('/')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect();
-    let Some(p) = segs
-        .iter()
-        .rposition(|s| s.eq_ignore_ascii_case("providers"))
-    else {
-        return ArmId::default();
-    };
-    let rest = segs.get(p + 1..).unwrap_or(&[]);
-    let Some((ns, pairs)) = rest.split_first() else {
-        return ArmId::default();
-    };
-    if pairs.is_empty() || pairs.len() % 2 != 0 {
-        return ArmId::default();
-    }
-    let types: Vec<&str> = pairs.iter().step_by(2).copied().collect();
-    let names: Vec<&str> = pairs.iter().skip(1).step_by(2).copied().collect();
-    let type_ = format!("{ns}/{}", types.join("/"));
-    let scale_set = match (types.first(), names.first()) {
-        (Some(t), Some(n))
-            if types.len() >= 2 && t.eq_ignore_ascii_case("virtualMachineScaleSets") =>
-        {
-            Some((*n).to_string())
-        }
-        _ => None,
-    };
-    ArmId {
-        type_: Some(canonical_type(&type_)),
-        name: names.last().map(|n| (*n).to_string()),
-        scale_set,
-    }
+fn parse_arm_id(id: &str) -> super::azure_id::AzureId {
+    super::azure_id::parse(id).unwrap_or_default()
 }
 
 /// Well-known types in their canonical casing (alert target ids are lower-case, exported
 /// records upper-case); other types are kept as sent.
 fn canonical_type(t: &str) -> String {
-    const KNOWN: &[&str] = &[
-        "Microsoft.Compute/virtualMachines",
-        "Microsoft.Compute/virtualMachineScaleSets",
-        "Microsoft.Compute/virtualMachineScaleSets/virtualMachines",
-        "Microsoft.ClassicCompute/virtualMachines",
-    ];
-    let t = t.trim();
-    KNOWN
-        .iter()
-        .find(|k| k.eq_ignore_ascii_case(t))
-        .map_or_else(|| t.to_string(), |k| (*k).to_string())
+    super::azure_id::canonical_type(t)
 }
 
 /// `East US` -> `eastus`.
@@ -1094,17 +1045,16 @@ mod tests {
     #[test]
     fn arm_ids_parse_tolerantly() {
         let a = parse_arm_id("/subscriptions/s/resourceGroups/rg/providers/Microsoft.ClassicCompute/virtualMachines /rhctestenvV1PI");
-        assert_eq!(
-            a.type_.as_deref(),
-            Some("Microsoft.ClassicCompute/virtualMachines")
-        );
+        assert_eq!(a.type_, "Microsoft.ClassicCompute/virtualMachines");
         assert_eq!(a.name.as_deref(), Some("rhctestenvV1PI"));
+        // A uniform scale-set VM is named `{scaleSet}_{instanceId}`, as Scheduled Events and the
+        // ARM normalizer name it (one parser: `azure_id`).
         let b = parse_arm_id("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/ss/virtualMachines/3");
         assert_eq!(
-            b.type_.as_deref(),
-            Some("Microsoft.Compute/virtualMachineScaleSets/virtualMachines")
+            b.type_,
+            "Microsoft.Compute/virtualMachineScaleSets/virtualMachines"
         );
-        assert_eq!(b.name.as_deref(), Some("3"));
+        assert_eq!(b.name.as_deref(), Some("ss_3"));
         assert_eq!(b.scale_set.as_deref(), Some("ss"));
         assert_eq!(parse_arm_id("<resourceId>").name, None);
         assert_eq!(parse_arm_id("/providers/").name, None);

@@ -390,7 +390,8 @@ fn event_grid(doc: &Value, input: &Input<'_>) -> Result<Vec<Event>, NormalizeErr
             .ok_or_else(|| shape(&props_path, "an object", &Value::Null))?;
         let region = opt_str(info, "location", &info_path)?.map(str::to_string);
         let scale_set = opt_str(info, "id", &info_path)?
-            .and_then(|id| segment_after(id, "virtualMachineScaleSets"));
+            .and_then(super::azure_id::parse)
+            .and_then(|a| a.scale_set);
         let time = match opt_str(env_obj, "eventTime", &path)?.or(opt_str(env_obj, "time", &path)?)
         {
             Some(t) => time::parse(&format!("{path}.eventTime"), t)?,
@@ -408,15 +409,4 @@ fn event_grid(doc: &Value, input: &Input<'_>) -> Result<Vec<Event>, NormalizeErr
         }
     }
     Ok(out)
-}
-
-/// The path segment after `key` in an ARM id, if any.
-fn segment_after(id: &str, key: &str) -> Option<String> {
-    let mut it = id.split('/');
-    while let Some(seg) = it.next() {
-        if seg.eq_ignore_ascii_case(key) {
-            return it.next().filter(|s| !s.is_empty()).map(str::to_string);
-        }
-    }
-    None
 }

@@ -28,6 +28,7 @@ use crate::event::{Event, Operation, Timestamp};
 
 pub mod aws_imds;
 pub mod azure_arm;
+pub mod azure_id;
 pub mod azure_maintenance_v1;
 pub mod azure_resource_health;
 pub mod azure_scheduled_events;

@@ -12,6 +12,8 @@ echo "== cargo clippy"; cargo clippy --workspace --all-targets --locked -- -D wa
 echo "== Wasm plugins: the SDK's examples and the hostile test plugin into wasm-plugins/dist/"
 cargo run -q -p xtask --locked -- build-plugins
 echo "== cargo test";  cargo test --workspace --locked
+echo "== cargo test -p keel-engine on its own (no host to turn its plugins feature on)"
+cargo test -p keel-engine --locked
 echo "== crash matrix (failpoints: abort at every step boundary, restart, count effects)"
 cargo test -p keel-host --features failpoints --test crash --locked
 echo "== wasm32 builds of keel-engine (no default features)"

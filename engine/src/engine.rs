@@ -28,7 +28,7 @@ pub struct EngineBuilder {
     default_action: Option<Action>,
     mutation: Option<Mutation>,
     #[cfg(feature = "plugins")]
-    plugin_cache: Option<Option<PathBuf>>,
+    plugin_cache: Option<Option<crate::plugin::PluginCache>>,
 }
 
 /// A deliberate change to one policy, used by `keel test --mutate` to prove that test cases
@@ -68,13 +68,22 @@ impl EngineBuilder {
         self
     }
 
-    /// Where compiled Wasm plugins are cached (`None`: no disk cache). The default is
+    /// Where compiled Wasm plugins are cached (`None`: no disk cache), with the key in
+    /// `<dir>.key` beside it: `plugin_cache(dir.map(PluginCache::new))`. The default is
     /// `$KEEL_PLUGIN_CACHE`, else `$XDG_CACHE_HOME/keel/plugins`, else
-    /// `$HOME/.cache/keel/plugins`. Only Keel may write this directory: entries are checked
-    /// against the SHA-256 stored in them before use, and a corrupt one is rebuilt.
+    /// `$HOME/.cache/keel/plugins`. See [`PluginCache`](crate::PluginCache) for the checks.
     #[cfg(feature = "plugins")]
-    pub fn plugin_cache_dir(mut self, dir: Option<PathBuf>) -> Self {
-        self.plugin_cache = Some(dir);
+    pub fn plugin_cache_dir(self, dir: Option<PathBuf>) -> Self {
+        self.plugin_cache(dir.map(crate::plugin::PluginCache::new))
+    }
+
+    /// Where compiled Wasm plugins are cached and which key authenticates the entries
+    /// (`None`: no disk cache). Only the running user may write the cache: a directory or
+    /// key that fails the checks of [`PluginCache`](crate::PluginCache) is not used (see
+    /// [`Engine::plugin_warnings`]), and an entry that fails them is rebuilt, never loaded.
+    #[cfg(feature = "plugins")]
+    pub fn plugin_cache(mut self, cache: Option<crate::plugin::PluginCache>) -> Self {
+        self.plugin_cache = Some(cache);
         self
     }
 
@@ -170,10 +179,10 @@ impl EngineBuilder {
         }
         #[cfg(feature = "plugins")]
         let mut plugins = Plugins {
-            cache_dir: self
+            cache: self
                 .plugin_cache
                 .clone()
-                .unwrap_or_else(crate::plugin::default_cache_dir),
+                .unwrap_or_else(crate::plugin::default_cache),
             runtime: None,
             count: 0,
         };
@@ -214,7 +223,7 @@ impl EngineBuilder {
 /// What loading plugin policies needs: a wasmtime runtime, made on first use.
 #[cfg(feature = "plugins")]
 struct Plugins {
-    cache_dir: Option<PathBuf>,
+    cache: Option<crate::plugin::PluginCache>,
     runtime: Option<Arc<crate::plugin::Runtime>>,
     count: usize,
 }
@@ -232,7 +241,7 @@ impl Plugins {
     ) -> Option<crate::plugin::Plugin> {
         let rt = match &self.runtime {
             Some(rt) => rt.clone(),
-            None => match crate::plugin::Runtime::new(self.cache_dir.clone()) {
+            None => match crate::plugin::Runtime::new(self.cache.clone()) {
                 Ok(rt) => {
                     let rt = Arc::new(rt);
                     self.runtime = Some(rt.clone());
@@ -676,6 +685,18 @@ impl Engine {
             .and_then(|p| p.plugin.as_ref())
             .ok_or_else(|| format!("no plugin policy `{policy}`"))?;
         p.cold_instance()
+    }
+
+    /// Why the plugin cache, or some of its entries, were not used when this set was loaded
+    /// (a directory or key that fails the cache's checks, an entry refused and rebuilt).
+    /// Nothing is wrong with the decisions: the plugins were compiled instead. Empty when
+    /// the set has no plugin policy.
+    #[cfg(feature = "plugins")]
+    pub fn plugin_warnings(&self) -> Vec<String> {
+        self.runtime
+            .as_ref()
+            .map(|rt| rt.warnings())
+            .unwrap_or_default()
     }
 
     /// For tests: how the component of the plugin policy `policy` was obtained at load

@@ -102,7 +102,7 @@ pub use event::{
 pub use faults::PLUGIN_QUARANTINE_FAULTS;
 pub use history::History;
 #[cfg(feature = "plugins")]
-pub use plugin::PLUGIN_INTERFACE;
+pub use plugin::{PluginCache, PLUGIN_INTERFACE};
 pub use policy::{
     is_policy_file, LoadError, DEFAULT_PLUGIN_DEADLINE_MS, DEFAULT_PLUGIN_MEMORY_MIB,
     FORMAT_VERSION, MAX_PLUGIN_DEADLINE_MS, MAX_PLUGIN_MEMORY_MIB, MAX_POLICY_DEPTH,

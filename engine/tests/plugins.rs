@@ -428,8 +428,238 @@ fn compiled_components_are_cached_and_a_corrupt_entry_is_rebuilt() {
     assert_eq!(d.action, Action::Acknowledge);
     assert_eq!(build().__plugin_cache_use("p"), Some("disk"));
     // A truncated entry too.
-    std::fs::write(&entries[0], b"KEELCWM1").unwrap();
-    assert_eq!(build().__plugin_cache_use("p"), Some("rebuilt"));
+    std::fs::write(&entries[0], b"KEELCWM2").unwrap();
+    let e = build();
+    assert_eq!(e.__plugin_cache_use("p"), Some("rebuilt"));
+    let warnings = e.plugin_warnings();
+    assert!(
+        warnings.len() == 1 && warnings[0].contains("refused") && warnings[0].contains(&name),
+        "{warnings:?}"
+    );
+    assert_eq!(build().plugin_warnings(), Vec::<String>::new());
+    // A cache others can write is not used, and the engine says why.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(cache.path(), std::fs::Permissions::from_mode(0o775)).unwrap();
+    let e = build();
+    assert_eq!(e.__plugin_cache_use("p"), Some("compiled"));
+    let warnings = e.plugin_warnings();
+    assert!(
+        warnings.len() == 1
+            && warnings[0].contains("not used")
+            && warnings[0].contains("mode 0775"),
+        "{warnings:?}"
+    );
+}
+
+/// A component that exports `keel:policy/plugin@<major>.0.0`: loading it fails with a message
+/// naming that version, so the message tells which compiled component was loaded.
+fn versioned_plugin(dir: &Path, major: u32) -> PathBuf {
+    wat_plugin(
+        dir,
+        &format!("v{major}"),
+        &format!(
+            r#"(component
+                 (core module $m (func (export "init")))
+                 (core instance $i (instantiate $m))
+                 (type $t (func))
+                 (func $init (type $t) (canon lift (core func $i "init")))
+                 (instance $plugin (export "init" (func $init)))
+                 (export "keel:policy/plugin@{major}.0.0" (instance $plugin))
+               )"#
+        ),
+    )
+}
+
+/// Loads `path` through the cache in `cache`; the version the loaded component was built
+/// for, from the load error.
+fn loaded_version(path: &Path, cache: &Path) -> String {
+    let yaml = format!(
+        "policies:\n  - name: p\n    on: [maintenance]\n    plugin: {{ path: {} }}\n",
+        path.display()
+    );
+    let err = Engine::builder()
+        .plugin_cache_dir(Some(cache.to_path_buf()))
+        .add_source("p.yaml", yaml)
+        .build()
+        .unwrap_err()
+        .to_string();
+    let at = err
+        .find("built for keel:policy@")
+        .unwrap_or_else(|| panic!("{err}"));
+    err[at + "built for keel:policy@".len()..]
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn entries(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+/// Two components cached side by side: (the cache, A's entry and its bytes, B's entry and
+/// its bytes). A is built for keel:policy@2.0.0 and B for @3.0.0.
+struct TwoEntries {
+    _tmp: tempfile::TempDir,
+    cache: PathBuf,
+    a: PathBuf,
+    a_path: PathBuf,
+    b_path: PathBuf,
+    b_bytes: Vec<u8>,
+    outside: PathBuf,
+}
+
+fn two_entries() -> TwoEntries {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("state/plugin-cache");
+    let a = versioned_plugin(tmp.path(), 2);
+    let b = versioned_plugin(tmp.path(), 3);
+    assert_eq!(loaded_version(&a, &cache), "2.0.0");
+    let only_a = entries(&cache);
+    assert_eq!(only_a.len(), 1, "{only_a:?}");
+    assert_eq!(loaded_version(&b, &cache), "3.0.0");
+    let both = entries(&cache);
+    assert_eq!(both.len(), 2, "{both:?}");
+    let b_path = both.iter().find(|p| **p != only_a[0]).unwrap().clone();
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    TwoEntries {
+        cache,
+        a,
+        a_path: only_a[0].clone(),
+        b_bytes: std::fs::read(&b_path).unwrap(),
+        b_path,
+        outside,
+        _tmp: tmp,
+    }
+}
+
+#[test]
+fn the_cache_and_its_key_are_created_private() {
+    let t = two_entries();
+    assert_eq!(mode(&t.cache), 0o700);
+    let key = t.cache.with_file_name("plugin-cache.key");
+    assert_eq!(mode(&key), 0o600);
+    assert_eq!(std::fs::read(&key).unwrap().len(), 32);
+    for e in [&t.a_path, &t.b_path] {
+        assert_eq!(mode(e), 0o600, "{}", e.display());
+    }
+}
+
+#[test]
+fn a_forged_cache_entry_is_rebuilt_never_loaded() {
+    use sha2::{Digest, Sha256};
+    let t = two_entries();
+    // 1. B's authentic entry put in A's place: the MAC covers the entry's name.
+    std::fs::copy(&t.b_path, &t.a_path).unwrap();
+    assert_eq!(loaded_version(&t.a, &t.cache), "2.0.0");
+    assert_ne!(std::fs::read(&t.a_path).unwrap(), t.b_bytes, "not rebuilt");
+    // 2. B's compiled payload with a valid-looking SHA-256 of it where the MAC goes (what the
+    //    cache used to check).
+    let payload = &t.b_bytes[40..];
+    let mut forged = t.b_bytes[..8].to_vec();
+    forged.extend_from_slice(&Sha256::digest(payload));
+    forged.extend_from_slice(payload);
+    std::fs::write(&t.a_path, &forged).unwrap();
+    assert_eq!(loaded_version(&t.a, &t.cache), "2.0.0");
+    assert_ne!(std::fs::read(&t.a_path).unwrap(), forged, "not rebuilt");
+    // 3. The same with the MAC of another key.
+    let key = t.cache.with_file_name("plugin-cache.key");
+    std::fs::remove_file(&key).unwrap();
+    assert_eq!(loaded_version(&t.a, &t.cache), "2.0.0");
+    assert_eq!(
+        loaded_version(&t.a, &t.cache),
+        "2.0.0",
+        "the entry rebuilt under the new key"
+    );
+    // B's entry, authenticated by the old key, is refused and rebuilt under the new one.
+    std::fs::write(&t.b_path, &t.b_bytes).unwrap();
+    assert_eq!(
+        loaded_version(&versioned_plugin(t.outside.as_path(), 3), &t.cache),
+        "3.0.0"
+    );
+    assert_ne!(std::fs::read(&t.b_path).unwrap(), t.b_bytes, "not rebuilt");
+}
+
+#[test]
+fn a_symlinked_or_group_writable_cache_entry_is_refused() {
+    let t = two_entries();
+    // A symbolic link in A's place to an authentic copy of A's own entry: not followed.
+    let copy = t.outside.join("a.cwasm");
+    std::fs::copy(&t.a_path, &copy).unwrap();
+    let copied = std::fs::read(&copy).unwrap();
+    std::fs::remove_file(&t.a_path).unwrap();
+    std::os::unix::fs::symlink(&copy, &t.a_path).unwrap();
+    assert_eq!(loaded_version(&t.a, &t.cache), "2.0.0");
+    assert!(
+        !std::fs::symlink_metadata(&t.a_path)
+            .unwrap()
+            .file_type()
+            .is_symlink(),
+        "the link is still there"
+    );
+    assert_eq!(
+        std::fs::read(&copy).unwrap(),
+        copied,
+        "the target was touched"
+    );
+    // A symbolic link to B's entry.
+    std::fs::remove_file(&t.a_path).unwrap();
+    std::os::unix::fs::symlink(&t.b_path, &t.a_path).unwrap();
+    assert_eq!(loaded_version(&t.a, &t.cache), "2.0.0");
+    assert!(!std::fs::symlink_metadata(&t.a_path)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    // An authentic entry that group or others could have rewritten.
+    for m in [0o620, 0o602] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&t.a_path, std::fs::Permissions::from_mode(m)).unwrap();
+        assert_eq!(loaded_version(&t.a, &t.cache), "2.0.0");
+        assert_eq!(mode(&t.a_path), 0o600, "mode {m:o}: not rebuilt");
+    }
+}
+
+#[test]
+fn a_cache_directory_or_key_others_can_write_is_not_used() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let a = versioned_plugin(tmp.path(), 2);
+    // Group-writable, then world-writable: nothing is read from or written to it.
+    let cache = tmp.path().join("shared-cache");
+    for m in [0o770, 0o707] {
+        std::fs::create_dir_all(&cache).unwrap();
+        std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(m)).unwrap();
+        assert_eq!(loaded_version(&a, &cache), "2.0.0");
+        assert_eq!(entries(&cache), Vec::<PathBuf>::new(), "mode {m:o}");
+        assert!(!tmp.path().join("shared-cache.key").exists());
+    }
+    // A symbolic link to a good directory.
+    let real = tmp.path().join("real");
+    std::fs::create_dir(&real).unwrap();
+    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let link = tmp.path().join("linked");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    assert_eq!(loaded_version(&a, &link), "2.0.0");
+    assert_eq!(entries(&real), Vec::<PathBuf>::new());
+    // A key others can read (anyone who reads it can forge entries).
+    let cache = tmp.path().join("private");
+    assert_eq!(loaded_version(&a, &cache), "2.0.0");
+    assert_eq!(entries(&cache).len(), 1);
+    let key = tmp.path().join("private.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::remove_file(&entries(&cache)[0]).unwrap();
+    assert_eq!(loaded_version(&a, &cache), "2.0.0");
+    assert_eq!(entries(&cache), Vec::<PathBuf>::new());
 }
 
 #[test]

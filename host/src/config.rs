@@ -199,6 +199,9 @@ pub struct Step {
     /// Whether running it twice is harmless (after a crash, an idempotent step in doubt runs
     /// again with the same key; a non-idempotent one escalates instead).
     pub idempotent: bool,
+    /// `exec` only: the names of Keel's own environment variables the child gets besides
+    /// the allowlist (`env`; never a `KEEL_*` name).
+    pub env: Vec<String>,
 }
 
 /// The body format of an `http` step.
@@ -437,6 +440,7 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
         &[
             "policies",
             "state",
+            "plugin_cache",
             "listen",
             "dry_run",
             "self",
@@ -1023,6 +1027,7 @@ fn parse_step(v: &mut V<'_>, p: &str, item: &Value) -> Option<Step> {
             "retries",
             "backoff",
             "idempotent",
+            "env",
         ],
     );
     let kinds: Vec<&str> = ["exec", "http", "azure_ack", "arm", "log"]
@@ -1098,6 +1103,7 @@ fn parse_step(v: &mut V<'_>, p: &str, item: &Value) -> Option<Step> {
             false
         }
     };
+    let env = parse_exec_env(v, &format!("{p}/env"), item.get("env"), &kind);
     Some(Step {
         name,
         kind,
@@ -1105,7 +1111,47 @@ fn parse_step(v: &mut V<'_>, p: &str, item: &Value) -> Option<Step> {
         retries,
         backoff,
         idempotent,
+        env,
     })
+}
+
+/// An `exec` step's `env`: names of variables passed through from Keel's environment.
+fn parse_exec_env(v: &mut V<'_>, p: &str, item: Option<&Value>, kind: &StepKind) -> Vec<String> {
+    let Some(item) = item else {
+        return Vec::new();
+    };
+    if !matches!(kind, StepKind::Exec(_)) {
+        v.err(p, "`env` applies to `exec` steps only");
+        return Vec::new();
+    }
+    let Value::Array(a) = item else {
+        v.err(
+            p,
+            "`env` is a list of variable names passed through from Keel's environment, e.g. [KUBECONFIG]",
+        );
+        return Vec::new();
+    };
+    let mut names = Vec::new();
+    for (i, x) in a.iter().enumerate() {
+        let name = x.as_str().unwrap_or("");
+        let valid = !name.is_empty()
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            && !name.as_bytes()[0].is_ascii_digit();
+        if !valid {
+            v.err(
+                &format!("{p}/{i}"),
+                "expected an environment variable name (letters, digits, `_`)",
+            );
+        } else if name.to_ascii_uppercase().starts_with("KEEL_") {
+            v.err(
+                &format!("{p}/{i}"),
+                format!("`{name}`: `KEEL_*` variables are the event's, set by Keel; Keel's own are never passed on"),
+            );
+        } else {
+            names.push(name.to_string());
+        }
+    }
+    names
 }
 
 // ------------------------------------------------------------------------------------------

@@ -192,7 +192,7 @@ impl Host {
         let history = rebuild_history(&store).map_err(|e| e.to_string())?;
         let http = http_client().map_err(|e| e.to_string())?;
         let identity = identity::TokenClient::new(http.clone(), cfg.azure_identity.clone());
-        Ok(Arc::new(Host {
+        let host = Arc::new(Host {
             drain_slots: Arc::new(tokio::sync::Semaphore::new(cfg.limits.concurrent_drains)),
             runbook_slots: Arc::new(tokio::sync::Semaphore::new(cfg.limits.concurrent_runbooks)),
             cfg,
@@ -205,7 +205,20 @@ impl Host {
             history: Mutex::new(history),
             nstate: Mutex::new(nstate),
             log: Mutex::new(log),
-        }))
+        });
+        host.log_plugin_warnings();
+        Ok(host)
+    }
+
+    /// Logs why the plugin cache, or entries of it, were not used by the policy set in use
+    /// (the plugins were compiled instead).
+    pub fn log_plugin_warnings(&self) {
+        #[cfg(feature = "plugins")]
+        for w in self.engine().plugin_warnings() {
+            self.log_line(&serde_json::json!({
+                "time": rfc(now()), "warning": escape(&w),
+            }));
+        }
     }
 
     /// The policy set in use.

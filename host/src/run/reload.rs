@@ -62,6 +62,7 @@ pub async fn watch(host: Arc<Host>, interval: Duration, mut stop: watch::Receive
             Ok(Ok(engine)) => {
                 let digest = engine.digest().to_string();
                 host.set_engine(engine);
+                host.log_plugin_warnings();
                 host.metrics
                     .add("keel_policy_reloads_total", &[("outcome", "loaded")], 1.0);
                 host.log_line(&serde_json::json!({

@@ -369,42 +369,7 @@ async fn once(
             }));
             Ok("ok".into())
         }
-        StepKind::Exec(argv) => {
-            let Some((prog, args)) = argv.split_first() else {
-                return Err(StepError::permanent("empty argv"));
-            };
-            let mut cmd = tokio::process::Command::new(prog);
-            cmd.args(args)
-                .env("KEEL_DECISION_ID", decision_id)
-                .env("KEEL_IDEMPOTENCY_KEY", key)
-                .env("KEEL_ACTION", d.action.as_str())
-                .env("KEEL_EVENT_ID", &ev.id)
-                .env("KEEL_EVENT_KIND", ev.kind.as_str())
-                .env(
-                    "KEEL_RESOURCE_NAME",
-                    ev.resource.name.as_deref().unwrap_or(""),
-                )
-                .env("KEEL_RESOURCE_ID", ev.resource.id.as_deref().unwrap_or(""))
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .kill_on_drop(true);
-            if let Some(m) = &ev.maintenance {
-                cmd.env("KEEL_MAINTENANCE_TYPE", m.type_.as_str());
-                if let Some(nb) = m.not_before {
-                    cmd.env("KEEL_NOT_BEFORE", nb.to_rfc3339());
-                }
-            }
-            let status = cmd
-                .status()
-                .await
-                .map_err(|e| format!("cannot run {}: {e}", escape(prog)))?;
-            if status.success() {
-                Ok("ok".into())
-            } else {
-                Err(format!("{} exited with {status}", escape(prog)).into())
-            }
-        }
+        StepKind::Exec(argv) => run_exec(step, argv, key, ev, d, decision_id).await,
         StepKind::Http { .. } => {
             let body = serde_json::json!({
                 "decision_id": decision_id, "idempotency_key": key, "event_id": ev.id,
@@ -427,6 +392,174 @@ async fn once(
         }
     }
 }
+
+/// The variables of Keel's own environment an `exec` child inherits (when set), besides the
+/// names in its step's `env`. Everything else is cleared: the ingest token, webhook routing
+/// keys and any other secret in Keel's environment never reach a runbook, and neither do
+/// Keel's own `KEEL_*` variables (the child's `KEEL_*` are the event's, set by Keel).
+pub const EXEC_ENV_ALLOWLIST: &[&str] =
+    &["PATH", "HOME", "LANG", "LC_ALL", "TZ", "USER", "LOGNAME"];
+
+/// How long an `exec` step's process group has between SIGTERM and SIGKILL once its
+/// attempt timed out or its runbook missed its deadline.
+pub const EXEC_KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs an `exec` step's program in its own process group, with a cleared environment: the
+/// [`EXEC_ENV_ALLOWLIST`], the step's `env` names and the event's `KEEL_*` variables. When
+/// the attempt is dropped before the program exits (its timeout, the runbook's deadline, a
+/// shutdown), the whole group is stopped ([`ExecGroup`]).
+async fn run_exec(
+    step: &Step,
+    argv: &[String],
+    key: &str,
+    ev: &Event,
+    d: &Decision,
+    decision_id: &str,
+) -> Result<String, StepError> {
+    let Some((prog, args)) = argv.split_first() else {
+        return Err(StepError::permanent("empty argv"));
+    };
+    let mut cmd = tokio::process::Command::new(prog);
+    cmd.args(args).env_clear();
+    for name in EXEC_ENV_ALLOWLIST
+        .iter()
+        .copied()
+        .chain(step.env.iter().map(String::as_str))
+    {
+        if let Some(value) = std::env::var_os(name) {
+            cmd.env(name, value);
+        }
+    }
+    cmd.env("KEEL_DECISION_ID", decision_id)
+        .env("KEEL_IDEMPOTENCY_KEY", key)
+        .env("KEEL_ACTION", d.action.as_str())
+        .env("KEEL_EVENT_ID", &ev.id)
+        .env("KEEL_EVENT_KIND", ev.kind.as_str())
+        .env(
+            "KEEL_RESOURCE_NAME",
+            ev.resource.name.as_deref().unwrap_or(""),
+        )
+        .env("KEEL_RESOURCE_ID", ev.resource.id.as_deref().unwrap_or(""))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    if let Some(m) = &ev.maintenance {
+        cmd.env("KEEL_MAINTENANCE_TYPE", m.type_.as_str());
+        if let Some(nb) = m.not_before {
+            cmd.env("KEEL_NOT_BEFORE", nb.to_rfc3339());
+        }
+    }
+    #[cfg(unix)]
+    cmd.process_group(0);
+    let child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", escape(prog)))?;
+    let mut group = ExecGroup::new(child);
+    let status = group
+        .wait()
+        .await
+        .map_err(|e| format!("cannot wait for {}: {e}", escape(prog)))?;
+    if status.success() {
+        Ok("ok".into())
+    } else {
+        Err(format!("{} exited with {status}", escape(prog)).into())
+    }
+}
+
+/// An `exec` child, leader of its own process group. Dropped before the child exited (the
+/// attempt's timeout or the runbook's deadline dropped the future waiting for it), it sends
+/// SIGTERM to the whole group, and, after [`EXEC_KILL_GRACE`], SIGKILL to what is left, then
+/// reaps the child. The child is reaped only after the last signal, so the group's id cannot
+/// have been reused by then. A child that exited by itself leaves its group alone.
+struct ExecGroup {
+    child: Option<tokio::process::Child>,
+    /// The process group (the child's pid); `None` when unknown.
+    pgid: Option<i32>,
+}
+
+impl ExecGroup {
+    fn new(child: tokio::process::Child) -> ExecGroup {
+        let pgid = child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .filter(|id| *id > 1);
+        ExecGroup {
+            child: Some(child),
+            pgid,
+        }
+    }
+
+    /// Waits for the child to exit; from then on the group is not touched.
+    async fn wait(&mut self) -> std::io::Result<std::process::ExitStatus> {
+        let Some(child) = self.child.as_mut() else {
+            return Err(std::io::Error::other("the child was already waited for"));
+        };
+        let status = child.wait().await;
+        self.child = None;
+        status
+    }
+}
+
+impl Drop for ExecGroup {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let Some(pgid) = self.pgid else {
+            let _ = child.start_kill();
+            return;
+        };
+        signal_group(pgid, GroupSignal::Term);
+        // If the runtime drops the task (a shutdown), the guard still kills the group.
+        let guard = KillGroupOnDrop(pgid);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    tokio::time::sleep(EXEC_KILL_GRACE).await;
+                    drop(guard);
+                    let _ = child.wait().await;
+                });
+            }
+            Err(_) => {
+                drop(guard);
+                let _ = child.start_kill();
+            }
+        }
+    }
+}
+
+/// Sends SIGKILL to a process group when dropped.
+struct KillGroupOnDrop(i32);
+
+impl Drop for KillGroupOnDrop {
+    fn drop(&mut self) {
+        signal_group(self.0, GroupSignal::Kill);
+    }
+}
+
+#[derive(Clone, Copy)]
+enum GroupSignal {
+    Term,
+    Kill,
+}
+
+/// Signals every process of the group `pgid` (never Keel's own: `pgid` > 1 and the child's).
+#[cfg(unix)]
+fn signal_group(pgid: i32, sig: GroupSignal) {
+    use nix::sys::signal::{killpg, Signal};
+    let sig = match sig {
+        GroupSignal::Term => Signal::SIGTERM,
+        GroupSignal::Kill => Signal::SIGKILL,
+    };
+    if pgid > 1 {
+        // ESRCH: the group is gone already.
+        let _ = killpg(nix::unistd::Pid::from_raw(pgid), sig);
+    }
+}
+
+#[cfg(not(unix))]
+fn signal_group(_: i32, _: GroupSignal) {}
 
 /// The PagerDuty Events v2 body of a generic body: `dedup_key` is its escalation key (or the
 /// idempotency key), the severity one of PagerDuty's (`error` when absent or unknown).

@@ -9,6 +9,7 @@ pub mod arm;
 pub mod backoff;
 pub mod health;
 pub mod identity;
+pub mod lock;
 pub mod metrics;
 pub mod outbox;
 pub mod reload;
@@ -110,6 +111,8 @@ pub struct Host {
     history: Mutex<History>,
     nstate: Mutex<NormalizerState>,
     log: Mutex<Box<dyn std::io::Write + Send>>,
+    /// The exclusive lock on the state database, held for the host's life.
+    _lock: lock::StateLock,
 }
 
 /// Why the host could not start.
@@ -170,6 +173,8 @@ impl Host {
     /// Loads the policies and the state and builds the host.
     pub fn new(cfg: Config, log: Box<dyn std::io::Write + Send>) -> Result<Arc<Host>, StartError> {
         let engine = load_policies(&cfg).map_err(|e| e.to_string())?;
+        // Before the state is opened: a second host on it stops here.
+        let state_lock = lock::acquire(&cfg.state).map_err(|e| e.to_string())?;
         let store = Store::open(&cfg.state).map_err(|e| e.to_string())?;
         let nstate = match store.normalizer_state().map_err(|e| e.to_string())? {
             Some(json) => serde_json::from_str(&json).unwrap_or_default(),
@@ -193,6 +198,7 @@ impl Host {
             history: Mutex::new(history),
             nstate: Mutex::new(nstate),
             log: Mutex::new(log),
+            _lock: state_lock,
         }))
     }
 
@@ -273,6 +279,10 @@ impl Host {
             let Ok(mut st) = self.nstate.lock() else {
                 return Err("normalizer state lock poisoned".into());
             };
+            if let Err(e) = Self::apply_approvals(db, &mut st) {
+                fx.failed.get_or_insert(e);
+                return Ok(());
+            }
             let mut input = Input::new(&p.bytes, p.observed_at);
             if let Some(me) = &self.cfg.self_name {
                 input = input.self_name(me);
@@ -526,11 +536,23 @@ impl Host {
         }
     }
 
-    /// Records that StartRequests was sent for `event_id`.
-    pub fn mark_approved(&self, event_id: &str) {
-        if let Ok(mut st) = self.nstate.lock() {
-            st.azure_scheduled_events.mark_approved(event_id);
+    /// Marks in the normalizer state the Scheduled Events the store has approved (StartRequests
+    /// sent, or possibly sent), so that their disappearance is never read as a cancellation.
+    /// The store is the truth: the mark survives a restart and a batch rolled back.
+    fn apply_approvals(db: &Db<'_>, st: &mut NormalizerState) -> Result<(), StoreError> {
+        let se = &mut st.azure_scheduled_events;
+        let unmarked: Vec<String> = se
+            .events
+            .values()
+            .filter(|t| !t.approved)
+            .filter_map(|t| t.event.maintenance.as_ref()?.vendor_id.clone())
+            .collect();
+        for vid in unmarked {
+            if db.approved(&vid)? {
+                se.mark_approved(&vid);
+            }
         }
+        Ok(())
     }
 
     /// Decides again every deferral that is due: taking it and recording the new decision
@@ -611,6 +633,7 @@ async fn collect_garbage(host: Arc<Host>, mut stop: watch::Receiver<bool>) {
                         "before": rfc(before), "decisions": n.decisions, "steps": n.steps,
                         "events": n.events, "outbox": n.outbox,
                         "ingest_keys": n.ingest_keys, "attempts": n.attempts,
+                        "approvals": n.approvals,
                     },
                 }));
             }

@@ -172,9 +172,10 @@ pub fn load_policies(cfg: &Config) -> Result<Engine, keel_engine::LoadError> {
 impl Host {
     /// Loads the policies and the state and builds the host.
     pub fn new(cfg: Config, log: Box<dyn std::io::Write + Send>) -> Result<Arc<Host>, StartError> {
-        let engine = load_policies(&cfg).map_err(|e| e.to_string())?;
-        // Before the state is opened: a second host on it stops here.
+        // Before anything beside the state is touched (the plugin cache, the database): a
+        // second host on it stops here.
         let state_lock = lock::acquire(&cfg.state).map_err(|e| e.to_string())?;
+        let engine = load_policies(&cfg).map_err(|e| e.to_string())?;
         let store = Store::open(&cfg.state).map_err(|e| e.to_string())?;
         let nstate = match store.normalizer_state().map_err(|e| e.to_string())? {
             Some(json) => serde_json::from_str(&json).unwrap_or_default(),

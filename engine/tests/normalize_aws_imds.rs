@@ -149,8 +149,13 @@ fn spot_ids_are_stable_on_reread_and_new_for_a_new_time() {
     .unwrap();
     assert_eq!(a.id, b[0].id, "the observation time never enters the id");
     let c = one(br#"{"action": "terminate", "time": "2017-09-25T08:22:00Z"}"#);
-    assert_ne!(a.id, c.id, "next week's identical notice is a new event");
+    assert_eq!(
+        c.id, "aws.imds:e8072eb56d4cd230",
+        "next week's identical notice is a new event"
+    );
+    assert_ne!(a.id, c.id);
     let d = one(&fixture("aws-spot-instance-action-stop.json"));
+    assert_eq!(d.id, "aws.imds:04e4a67bb154702f", "a stop is another event");
     assert_ne!(a.id, d.id);
 }
 

@@ -275,10 +275,11 @@ fn sequence_none_migrate_migrate_none() {
     assert_eq!(at(&none, t2 + Duration::seconds(1), &mut st), vec![]);
     let next = at(&migrate, t2 + Duration::days(14), &mut st);
     assert_eq!(next.len(), 1);
-    assert_ne!(
-        next[0].id, id,
+    assert_eq!(
+        next[0].id, "gcp.metadata:7a25478b752249d0",
         "next fortnight's identical notice is a new event"
     );
+    assert_ne!(next[0].id, id);
 }
 
 #[test]
@@ -437,6 +438,7 @@ fn preempted_true() {
         &mut st,
     );
     assert_eq!(again.len(), 1);
+    assert_eq!(again[0].id, "gcp.metadata:5ae6e0951d90de9b");
     assert_ne!(again[0].id, ev.id);
 }
 
@@ -646,6 +648,7 @@ fn upcoming_without_window_uses_first_seen_until_a_404() {
     assert_eq!(gone, vec![]);
     assert_eq!(st.gcp_metadata.upcoming_since, None);
     let c = at(doc, t0() + Duration::days(3), &mut st);
+    assert_eq!(c[0].id, "gcp.metadata:ef08a8997a9b496f");
     assert_ne!(c[0].id, a[0].id);
 }
 

@@ -1082,8 +1082,19 @@ fn parse_step(v: &mut V<'_>, p: &str, item: &Value) -> Option<Step> {
         item.get("backoff"),
         Duration::from_secs(1),
     );
+    let idempotent = match item.get("idempotent") {
+        None => !matches!(kind, StepKind::Exec(_)),
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            v.err(&format!("{p}/idempotent"), "expected true or false");
+            false
+        }
+    };
     let retries = match item.get("retries") {
-        None => 2,
+        // A non-idempotent step is not retried unless asked: an attempt that may have acted
+        // is never repeated anyway, only one that certainly failed before any effect.
+        None if idempotent => 2,
+        None => 0,
         Some(n) => match n.as_u64() {
             Some(r) if r <= 20 => r as u32,
             _ => {
@@ -1094,14 +1105,6 @@ fn parse_step(v: &mut V<'_>, p: &str, item: &Value) -> Option<Step> {
                 0
             }
         },
-    };
-    let idempotent = match item.get("idempotent") {
-        None => !matches!(kind, StepKind::Exec(_)),
-        Some(Value::Bool(b)) => *b,
-        Some(_) => {
-            v.err(&format!("{p}/idempotent"), "expected true or false");
-            false
-        }
     };
     let env = parse_exec_env(v, &format!("{p}/env"), item.get("env"), &kind);
     Some(Step {
@@ -1795,4 +1798,39 @@ fn parse_arm(v: &mut V<'_>, p: &str, a: Option<&Value>) -> Option<StepKind> {
             DEFAULT_COMPUTE_API_VERSION,
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_non_idempotent_step_is_not_retried_by_default() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("keel.yaml");
+        std::fs::write(
+            &path,
+            "policies: .\nstate: state.db\nrunbooks:\n  drain:\n    - name: cordon\n      exec: [\"/bin/true\"]\n    - name: notify\n      http: { url: \"http://127.0.0.1:9/hook\" }\n    - name: once\n      http: { url: \"http://127.0.0.1:9/hook\" }\n      idempotent: false\n    - name: asked\n      exec: [\"/bin/true\"]\n      retries: 3\n",
+        )?;
+        let cfg = load(&path).map_err(|e| format!("{e:?}"))?;
+        let steps: Vec<(&str, bool, u32)> = cfg
+            .runbooks
+            .get(&Action::Drain)
+            .map(|s| {
+                s.iter()
+                    .map(|s| (s.name.as_str(), s.idempotent, s.retries))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(
+            steps,
+            [
+                ("cordon", false, 0),
+                ("notify", true, 2),
+                ("once", false, 0),
+                ("asked", false, 3)
+            ]
+        );
+        Ok(())
+    }
 }

@@ -46,8 +46,9 @@ async fn run(not_before: &str, dry_run: bool) -> (Scenario, Vec<Value>) {
         |l| l["step"] == last,
     )
     .await;
-    // Anything more would arrive within a few polls.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Anything more would follow from the next reads of the document: let the host read it
+    // a few more times, then stop it and take its whole log.
+    sc.wait_polls(&mut k, 4, Duration::from_secs(20)).await;
     k.kill();
     let lines = decision_log(&k);
     (sc, lines)

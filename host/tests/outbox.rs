@@ -146,8 +146,15 @@ async fn a_webhook_failing_twice_gets_the_escalation_on_the_third_try_with_one_k
         .count();
     assert_eq!(retries, 2);
     assert_eq!(undelivered(&sc), 0);
-    // The decision's own runbook does not send the webhook a second time.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Delivered (recorded before the line above), the entry is never sent again, and the
+    // decision (`none`, with an escalation) has no runbook of its own: stop the host, then
+    // count.
+    k.kill();
+    assert!(
+        !k.json_lines().iter().any(|l| l.get("step").is_some()),
+        "{}",
+        k.dump()
+    );
     assert_eq!(st.lock().unwrap().got.len(), 3, "{}", k.dump());
 }
 
@@ -219,7 +226,8 @@ async fn pagerduty_steps_are_validated_with_positions() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_ne!(out.status.code(), Some(0));
+    // The configuration is invalid: nothing started (EXIT_INVALID_POLICY).
+    assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(
         err.contains("keel.yaml:14:")
             && err.contains("expected `generic` or `pagerduty` (did you mean `pagerduty`?)"),
@@ -237,6 +245,7 @@ async fn pagerduty_steps_are_validated_with_positions() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(
         err.contains("keel.yaml:14:") && err.contains("`KEEL_TEST_UNSET_ROUTING_KEY` is not set"),
         "{err}"

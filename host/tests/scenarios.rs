@@ -6,7 +6,10 @@
 //! - a Spot Preempt with 30 seconds' notice: drained and approved well before NotBefore;
 //! - a drain that misses its deadline (NotBefore three seconds ahead, a step that hangs): the
 //!   step is stopped, nothing is approved, the runbook fails and escalates;
-//! - two drains with `limits.concurrent_drains: 1`: the second waits for the first.
+//! - two drains with `limits.concurrent_drains: 1`: the second waits for the first;
+//! - a non-idempotent step that times out runs once and escalates once; one is retried only
+//!   when it certainly did not start;
+//! - a second host on the same state refuses to start, naming the first; a killed host frees it.
 //!
 //! The other scenarios of the suite live beside the code they exercise: a webhook that
 //! succeeds on the third try (`outbox.rs`), an IMDS that answers 500 for a while
@@ -25,19 +28,6 @@ fn not_before_in(secs: i64) -> String {
     (chrono::Utc::now() + chrono::Duration::seconds(secs))
         .format("%a, %d %b %Y %H:%M:%S GMT")
         .to_string()
-}
-
-/// The statuses the store has seen the announced event in, in order.
-fn statuses(sc: &Scenario) -> Vec<String> {
-    let c = rusqlite::Connection::open(&sc.state).unwrap();
-    c.busy_timeout(Duration::from_secs(5)).unwrap();
-    let mut st = c
-        .prepare("SELECT status FROM events WHERE id LIKE ?1 ORDER BY first_seen")
-        .unwrap();
-    st.query_map([format!("%{}%", EVENT_ID.to_lowercase())], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap()
 }
 
 /// Every step line of the log: (step, outcome).
@@ -86,16 +76,19 @@ async fn a_reboot_is_drained_then_acknowledged_then_completes() {
         "the completed event",
         Duration::from_secs(30),
         &mut k,
-        || statuses(&sc) == ["scheduled", "started", "completed"],
+        || sc.statuses() == ["scheduled", "started", "completed"],
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every decision that followed (Started, then gone) was recorded before the completion,
+    // and any runbook of theirs after it: stop the host, then count.
+    k.kill();
     assert_eq!(
         sc.drain_runbooks(),
         ["done"],
         "one drain, no second one for Started"
     );
     assert_eq!(sc.approvals(), [EVENT_ID]);
+    assert_eq!(sc.exec_runs().len(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -133,7 +126,7 @@ async fn a_cancellation_during_the_drain_skips_the_approval() {
     // approved, NotBefore still ahead.
     sc.change_document(|evs| evs.clear());
     wait_for("the cancellation", Duration::from_secs(30), &mut k, || {
-        statuses(&sc).len() == 2
+        sc.statuses().len() == 2
     })
     .await;
     std::fs::write(&release, b"").unwrap();
@@ -146,7 +139,7 @@ async fn a_cancellation_during_the_drain_skips_the_approval() {
         sc.approvals().is_empty(),
         "a canceled event is never approved"
     );
-    assert_eq!(statuses(&sc), ["scheduled", "canceled"]);
+    assert_eq!(sc.statuses(), ["scheduled", "canceled"]);
     let lines = k.json_lines();
     assert_eq!(
         steps(&k),
@@ -311,4 +304,189 @@ async fn a_plugin_policy_decides_in_the_host_with_its_compile_cache_beside_the_s
     let cache = sc.state.parent().unwrap().join("plugin-cache");
     let entries = std::fs::read_dir(&cache).map(|d| d.count()).unwrap_or(0);
     assert!(entries >= 1, "no compiled component in {}", cache.display());
+}
+
+/// The escalation lines of the decision log.
+fn escalations(lines: &[Value]) -> Vec<&Value> {
+    lines
+        .iter()
+        .filter(|l| l.get("escalation").is_some())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_non_idempotent_step_that_times_out_runs_once_and_escalates_once() {
+    let sc = Scenario::new(false, &common::not_before_in_15_minutes()).await;
+    let count = sc.dir.path().join("cordon.runs");
+    // Its effect (a line in the file) happens at once; then it hangs past its timeout. Its
+    // `retries` must not repeat it: the effect may have happened.
+    sc.set_runbooks(
+        &format!(
+            r#"runbooks:
+  drain:
+    - name: cordon
+      exec: ["/bin/sh", "-c", "echo run >> \"$0\"; sleep 30", "{}"]
+      timeout: 500ms
+      retries: 3
+      backoff: 50ms
+      idempotent: false
+    - name: approve
+      azure_ack: {{}}
+"#,
+            count.display()
+        ),
+        "",
+    );
+    let mut k = sc.keel(&[], &[]);
+    assert_eq!(
+        sc.wait_runbook_finished(&mut k, Duration::from_secs(60))
+            .await,
+        "failed"
+    );
+    // The runbook's end is written after its last attempt: stop the host, then count.
+    k.kill();
+    let runs = std::fs::read_to_string(&count).unwrap_or_default();
+    assert_eq!(runs.lines().count(), 1, "ran {runs:?}\n{}", k.dump());
+    let st = steps(&k);
+    assert_eq!(st.len(), 1, "{st:?}");
+    assert_eq!(st[0].0, "cordon");
+    assert_eq!(
+        st[0].1,
+        "in_doubt_escalated: timed out after 500ms; the step is not idempotent, so it is not retried"
+    );
+    let lines = k.json_lines();
+    let attempt = lines
+        .iter()
+        .find(|l| l["step"] == "cordon")
+        .map(|l| l["attempt"].clone());
+    assert_eq!(attempt, Some(json!(1)));
+    let esc = escalations(&lines);
+    assert_eq!(esc.len(), 1, "{esc:?}");
+    assert_eq!(
+        esc[0]["escalation"]["reason"],
+        format!(
+            "runbook `drain` failed for event azure.scheduled_events:{}/{VM}",
+            EVENT_ID.to_lowercase()
+        )
+    );
+    assert!(sc.approvals().is_empty(), "nothing after a failed step");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_non_idempotent_step_is_retried_only_when_it_certainly_did_not_start() {
+    let sc = Scenario::new(false, &common::not_before_in_15_minutes()).await;
+    let count = sc.dir.path().join("cordon.runs");
+    let missing = sc.dir.path().join("no-such-program");
+    // `probe` cannot be started (no effect possible): its retries apply. `cordon` starts and
+    // fails with an exit code: it ran, so it is not retried.
+    sc.set_runbooks(
+        &format!(
+            r#"runbooks:
+  drain:
+    - name: probe
+      exec: ["{}"]
+      retries: 2
+      backoff: 50ms
+    - name: cordon
+      exec: ["/bin/sh", "-c", "echo run >> \"$0\"; exit 1", "{}"]
+      retries: 2
+      backoff: 50ms
+"#,
+            missing.display(),
+            count.display()
+        ),
+        "",
+    );
+    let mut k = sc.keel(&[], &[]);
+    assert_eq!(
+        sc.wait_runbook_finished(&mut k, Duration::from_secs(60))
+            .await,
+        "failed"
+    );
+    k.kill();
+    let lines = k.json_lines();
+    let probe: Vec<&Value> = lines.iter().filter(|l| l["step"] == "probe").collect();
+    assert_eq!(probe.len(), 1, "{probe:?}");
+    assert_eq!(probe[0]["attempt"], 3, "{probe:?}");
+    assert!(
+        probe[0]["outcome"]
+            .as_str()
+            .is_some_and(|o| o.starts_with("failed: cannot run ")),
+        "{probe:?}"
+    );
+    // The first step failed: the runbook stopped there.
+    assert_eq!(std::fs::read_to_string(&count).ok(), None);
+    assert_eq!(escalations(&lines).len(), 1);
+
+    // Now only `cordon`, which runs and exits 1.
+    let sc = Scenario::new(false, &common::not_before_in_15_minutes()).await;
+    sc.set_runbooks(
+        &format!(
+            r#"runbooks:
+  drain:
+    - name: cordon
+      exec: ["/bin/sh", "-c", "echo run >> \"$0\"; exit 1", "{}"]
+      retries: 2
+      backoff: 50ms
+"#,
+            count.display()
+        ),
+        "",
+    );
+    let mut k = sc.keel(&[], &[]);
+    assert_eq!(
+        sc.wait_runbook_finished(&mut k, Duration::from_secs(60))
+            .await,
+        "failed"
+    );
+    k.kill();
+    assert_eq!(
+        std::fs::read_to_string(&count).unwrap_or_default(),
+        "run\n",
+        "an exec that ran and failed is not run again"
+    );
+    let lines = k.json_lines();
+    let cordon: Vec<&Value> = lines.iter().filter(|l| l["step"] == "cordon").collect();
+    assert_eq!(cordon.len(), 1, "{cordon:?}");
+    assert_eq!(cordon[0]["attempt"], 1);
+    assert_eq!(escalations(&lines).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_host_on_the_same_state_refuses_to_start_and_a_killed_one_frees_it() {
+    let sc = Scenario::new(false, &common::not_before_in_15_minutes()).await;
+    let mut first = sc.keel(&[], &[]);
+    first.wait_listen(Duration::from_secs(60)).await;
+    let pid = first.child.id();
+
+    let mut second = sc.keel(&[], &[]);
+    let status = second.wait_exit(Duration::from_secs(60)).await;
+    assert_eq!(status.code(), Some(3), "{status}\n{}", second.dump());
+    let err = second.stderr();
+    assert!(
+        err.contains(&format!("in use by another keel run (pid {pid} on ")),
+        "{err}"
+    );
+    assert!(err.contains(", started 20"), "{err}");
+    assert!(
+        second.json_lines().is_empty(),
+        "the second host did nothing: {}",
+        second.dump()
+    );
+    // The first one is unaffected: it still drains.
+    assert_eq!(
+        sc.wait_runbook_finished(&mut first, Duration::from_secs(60))
+            .await,
+        "done"
+    );
+
+    // SIGKILL: no destructor runs; the lock goes with the process.
+    first.kill();
+    let mut third = sc.keel(&[], &[]);
+    third.wait_listen(Duration::from_secs(60)).await;
+    let lock = std::fs::read_to_string(sc.dir.path().join("state.db.lock")).unwrap();
+    assert!(
+        lock.starts_with(&format!("pid {} on ", third.child.id())),
+        "{lock}"
+    );
 }

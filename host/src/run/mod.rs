@@ -9,6 +9,7 @@ pub mod arm;
 pub mod backoff;
 pub mod health;
 pub mod identity;
+pub mod lock;
 pub mod metrics;
 pub mod outbox;
 pub mod reload;
@@ -113,6 +114,8 @@ pub struct Host {
     history: Mutex<History>,
     nstate: Mutex<NormalizerState>,
     log: Mutex<Box<dyn std::io::Write + Send>>,
+    /// The exclusive lock on the state database, held for the host's life.
+    _lock: lock::StateLock,
 }
 
 /// Why the host could not start.
@@ -183,6 +186,9 @@ pub fn load_policies(cfg: &Config) -> Result<Engine, keel_engine::LoadError> {
 impl Host {
     /// Loads the policies and the state and builds the host.
     pub fn new(cfg: Config, log: Box<dyn std::io::Write + Send>) -> Result<Arc<Host>, StartError> {
+        // Before anything beside the state is touched (the plugin cache, the database): a
+        // second host on it stops here.
+        let state_lock = lock::acquire(&cfg.state).map_err(|e| e.to_string())?;
         let engine = load_policies(&cfg).map_err(|e| e.to_string())?;
         let store = Store::open(&cfg.state).map_err(|e| e.to_string())?;
         let nstate = match store.normalizer_state().map_err(|e| e.to_string())? {
@@ -205,6 +211,7 @@ impl Host {
             history: Mutex::new(history),
             nstate: Mutex::new(nstate),
             log: Mutex::new(log),
+            _lock: state_lock,
         });
         host.log_plugin_warnings();
         Ok(host)
@@ -298,6 +305,10 @@ impl Host {
             let Ok(mut st) = self.nstate.lock() else {
                 return Err("normalizer state lock poisoned".into());
             };
+            if let Err(e) = Self::apply_approvals(db, &mut st) {
+                fx.failed.get_or_insert(e);
+                return Ok(());
+            }
             let mut input = Input::new(&p.bytes, p.observed_at);
             if let Some(me) = &self.cfg.self_name {
                 input = input.self_name(me);
@@ -553,11 +564,23 @@ impl Host {
         }
     }
 
-    /// Records that StartRequests was sent for `event_id`.
-    pub fn mark_approved(&self, event_id: &str) {
-        if let Ok(mut st) = self.nstate.lock() {
-            st.azure_scheduled_events.mark_approved(event_id);
+    /// Marks in the normalizer state the Scheduled Events the store has approved (StartRequests
+    /// sent, or possibly sent), so that their disappearance is never read as a cancellation.
+    /// The store is the truth: the mark survives a restart and a batch rolled back.
+    fn apply_approvals(db: &Db<'_>, st: &mut NormalizerState) -> Result<(), StoreError> {
+        let se = &mut st.azure_scheduled_events;
+        let unmarked: Vec<String> = se
+            .events
+            .values()
+            .filter(|t| !t.approved)
+            .filter_map(|t| t.event.maintenance.as_ref()?.vendor_id.clone())
+            .collect();
+        for vid in unmarked {
+            if db.approved(&vid)? {
+                se.mark_approved(&vid);
+            }
         }
+        Ok(())
     }
 
     /// Decides again every deferral that is due: taking it and recording the new decision
@@ -644,6 +667,7 @@ async fn collect_garbage(host: Arc<Host>, mut stop: watch::Receiver<bool>) {
                         "before": rfc(before), "decisions": n.decisions, "steps": n.steps,
                         "events": n.events, "outbox": n.outbox,
                         "ingest_keys": n.ingest_keys, "attempts": n.attempts,
+                        "approvals": n.approvals,
                     },
                 }));
             }
@@ -852,6 +876,64 @@ pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(),
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A Scheduled Events document with `events` (EventId, for VM `vm-1`) at `incarnation`.
+    fn se_doc(incarnation: i64, events: &[&str]) -> Inbox {
+        let nb = (now() + chrono::Duration::minutes(15))
+            .format("%a, %d %b %Y %H:%M:%S GMT")
+            .to_string();
+        let evs: Vec<serde_json::Value> = events
+            .iter()
+            .map(|id| {
+                serde_json::json!({
+                    "EventId": id, "EventStatus": "Scheduled", "EventType": "Reboot",
+                    "ResourceType": "VirtualMachine", "Resources": ["vm-1"], "NotBefore": nb,
+                    "Description": "", "EventSource": "Platform", "DurationInSeconds": -1,
+                })
+            })
+            .collect();
+        let doc = serde_json::json!({"DocumentIncarnation": incarnation, "Events": evs});
+        let (ack, _) = oneshot::channel();
+        Inbox::Poll(
+            Payload {
+                normalizer: sources::SE,
+                bytes: doc.to_string().into_bytes(),
+                observed_at: now(),
+            },
+            ack,
+        )
+    }
+
+    #[test]
+    fn an_approval_survives_a_batch_rolled_back() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("keel.yaml");
+        let policies =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/standard");
+        std::fs::write(
+            &path,
+            format!(
+                "policies: {}\nstate: state.db\nself: vm-1\nrunbooks:\n  drain:\n    - name: approve\n      azure_ack: {{}}\n",
+                policies.display()
+            ),
+        )?;
+        let cfg = crate::config::load(&path).map_err(|e| format!("{e:?}"))?;
+        let host = Host::new(cfg, Box::new(std::io::sink()))?;
+        let id = "azure.scheduled_events:e1/vm-1";
+        assert_eq!(host.process(vec![se_doc(1, &["E1"])]).len(), 1, "a drain");
+        // StartRequests is about to be sent: the approval is in the store.
+        host.store.approval_before_send("E1", "d", &rfc(now()))?;
+        // A batch marks the approval in the normalizer state, then rolls back (its state
+        // restored to what it was before it).
+        let before = host.nstate.lock().map_err(|_| "poisoned")?.clone();
+        assert!(host.process(vec![se_doc(1, &["E1"])]).is_empty());
+        host.roll_back(Some(before));
+        // The platform drops the approved event from the next document: not a cancellation.
+        host.process(vec![se_doc(2, &[])]);
+        assert!(host.store.seen(id, "ended")?);
+        assert!(!host.store.seen(id, "canceled")?);
+        Ok(())
+    }
 
     #[test]
     fn a_deferral_deferred_again_keeps_one_suffix() {

@@ -113,9 +113,9 @@ async fn deliver_one(host: &Arc<Host>, row: &OutboxRow) {
                 .await;
                 let err = match res {
                     Ok(Ok(_)) => continue,
-                    Ok(Err((e, ra))) => {
-                        retry_after = retry_after.max(ra);
-                        e
+                    Ok(Err(e)) => {
+                        retry_after = retry_after.max(e.retry_after);
+                        e.message
                     }
                     Err(_) => format!("timed out after {:?}", step.timeout),
                 };

@@ -182,7 +182,14 @@ pub async fn run_runbook(host: Arc<Host>, decision_id: String, ev: Event, d: Dec
                 r
             }
         };
-        let _ = host.store.finish_step(&key, &outcome, &rfc(Utc::now()));
+        // StartRequests sent: the approval is durable with the step's outcome.
+        let approved = (matches!(step.kind, StepKind::AzureAck) && outcome == "ok")
+            .then(|| ev.maintenance.as_ref()?.vendor_id.as_deref())
+            .flatten()
+            .map(|vid| (vid, decision_id.as_str()));
+        let _ = host
+            .store
+            .finish_step_approving(&key, &outcome, approved, &rfc(Utc::now()));
         host.log_line(&serde_json::json!({
             "decision_id": decision_id, "step": step.name, "index": idx, "attempt": tries,
             "idempotency_key": key, "outcome": outcome,
@@ -256,6 +263,13 @@ pub struct StepError {
     /// Whether another attempt cannot help (a refused request, nothing to resubmit): the
     /// step fails at once, and the runbook escalates.
     pub permanent: bool,
+    /// Whether the failure certainly happened before any effect (the program could not be
+    /// started, the connection was refused before anything was sent): only such a failure
+    /// lets a non-idempotent step try again.
+    pub before_effect: bool,
+    /// Whether the attempt may have acted without Keel knowing its result (killed by a
+    /// signal, the connection lost after sending): a non-idempotent step is then in doubt.
+    pub in_doubt: bool,
 }
 
 impl StepError {
@@ -265,15 +279,32 @@ impl StepError {
             message: message.into(),
             retry_after,
             permanent: false,
+            before_effect: false,
+            in_doubt: false,
         }
     }
 
     /// A failure that another attempt cannot fix.
     pub fn permanent(message: impl Into<String>) -> StepError {
         StepError {
-            message: message.into(),
-            retry_after: None,
             permanent: true,
+            ..StepError::retry(message, None)
+        }
+    }
+
+    /// A failure that certainly happened before any effect: any step may try again.
+    pub fn before_effect(message: impl Into<String>) -> StepError {
+        StepError {
+            before_effect: true,
+            ..StepError::retry(message, None)
+        }
+    }
+
+    /// An attempt that may have acted, its result unknown.
+    pub fn in_doubt(message: impl Into<String>) -> StepError {
+        StepError {
+            in_doubt: true,
+            ..StepError::retry(message, None)
         }
     }
 }
@@ -282,6 +313,35 @@ impl From<String> for StepError {
     fn from(message: String) -> StepError {
         StepError::retry(message, None)
     }
+}
+
+/// Whether a child ended by a signal (killed mid-run) rather than by exiting.
+fn killed(status: &std::process::ExitStatus) -> bool {
+    #[cfg(unix)]
+    {
+        std::os::unix::process::ExitStatusExt::signal(status).is_some()
+    }
+    #[cfg(not(unix))]
+    {
+        status.code().is_none()
+    }
+}
+
+/// Why a request could not be completed: refused before anything was sent (no connection),
+/// or lost after it may have been received (in doubt).
+fn send_error(what: &str, e: &reqwest::Error) -> StepError {
+    let message = format!("{what}: {e}");
+    if e.is_connect() {
+        StepError::before_effect(message)
+    } else {
+        StepError::in_doubt(message)
+    }
+}
+
+/// The outcome of a non-idempotent step whose attempt may have acted: not retried, the
+/// runbook escalates.
+fn in_doubt_outcome(why: &str) -> String {
+    format!("in_doubt_escalated: {why}; the step is not idempotent, so it is not retried")
 }
 
 /// Runs a step with its retries: its outcome and how many tries it took (the decision log's
@@ -305,14 +365,22 @@ async fn attempt(
             tokio::time::timeout(step.timeout, once(host, step, key, ev, d, decision_id)).await;
         let mut retry_after = None;
         let mut permanent = false;
+        // A timeout stops an attempt that may already have acted.
+        let mut in_doubt = false;
+        let mut before_effect = false;
         let outcome = match res {
             Ok(Ok(o)) => o,
             Ok(Err(e)) => {
                 retry_after = e.retry_after;
                 permanent = e.permanent;
+                in_doubt = e.in_doubt;
+                before_effect = e.before_effect;
                 format!("failed: {}", escape(&e.message))
             }
-            Err(_) => format!("failed: timed out after {:?}", step.timeout),
+            Err(_) => {
+                in_doubt = true;
+                format!("failed: timed out after {:?}", step.timeout)
+            }
         };
         host.metrics.add(
             "keel_step_attempts_total",
@@ -332,8 +400,14 @@ async fn attempt(
         if outcome == "ok" || outcome.starts_with("skipped") {
             return (outcome, n + 1);
         }
+        if !step.idempotent && in_doubt {
+            // Its effect may have happened: never run it again.
+            let why = outcome.strip_prefix("failed: ").unwrap_or(&outcome);
+            return (in_doubt_outcome(why), n + 1);
+        }
         last = outcome;
-        if permanent {
+        // A non-idempotent step tries again only after a failure that had no effect.
+        if permanent || (!step.idempotent && !before_effect) {
             return (last, n + 1);
         }
         if n < step.retries {
@@ -378,9 +452,8 @@ async fn once(
             post_http(host, &step.kind, key, &body)
                 .await
                 .map(|()| "ok".to_string())
-                .map_err(|(e, ra)| StepError::retry(e, ra))
         }
-        StepKind::AzureAck => azure_ack(host, ev).await.map_err(StepError::from),
+        StepKind::AzureAck => azure_ack(host, ev, decision_id).await,
         StepKind::Arm {
             endpoint,
             api_version,
@@ -452,16 +525,23 @@ async fn run_exec(
     }
     #[cfg(unix)]
     cmd.process_group(0);
+    // Not started (not found, not executable): certainly no effect.
     let child = cmd
         .spawn()
-        .map_err(|e| format!("cannot run {}: {e}", escape(prog)))?;
+        .map_err(|e| StepError::before_effect(format!("cannot run {}: {e}", escape(prog))))?;
     let mut group = ExecGroup::new(child);
     let status = group
         .wait()
         .await
-        .map_err(|e| format!("cannot wait for {}: {e}", escape(prog)))?;
+        .map_err(|e| StepError::in_doubt(format!("lost {} while it ran: {e}", escape(prog))))?;
     if status.success() {
         Ok("ok".into())
+    } else if killed(&status) {
+        // Killed mid-run: what it did is unknown.
+        Err(StepError::in_doubt(format!(
+            "{} was killed ({status})",
+            escape(prog)
+        )))
     } else {
         Err(format!("{} exited with {status}", escape(prog)).into())
     }
@@ -597,20 +677,21 @@ pub fn pagerduty_body(
 }
 
 /// POSTs `body` (in the step's format) to an `http` step's webhook with `Idempotency-Key:
-/// key`; on failure the error and the server's `Retry-After`.
+/// key`; on failure why (with the server's `Retry-After`, and whether the request may have
+/// been received).
 pub async fn post_http(
     host: &Arc<Host>,
     kind: &StepKind,
     key: &str,
     body: &serde_json::Value,
-) -> Result<(), (String, Option<Duration>)> {
+) -> Result<(), StepError> {
     let StepKind::Http {
         url,
         format,
         routing_key,
     } = kind
     else {
-        return Err(("not an http step".into(), None));
+        return Err(StepError::permanent("not an http step"));
     };
     let payload = match (format, routing_key) {
         (HttpFormat::PagerDuty, Some(rk)) => pagerduty_body(
@@ -620,7 +701,7 @@ pub async fn post_http(
             body,
         ),
         (HttpFormat::PagerDuty, None) => {
-            return Err(("pagerduty step without a routing key".into(), None))
+            return Err(StepError::permanent("pagerduty step without a routing key"))
         }
         (HttpFormat::Generic, _) => body.clone(),
     };
@@ -631,11 +712,11 @@ pub async fn post_http(
         .json(&payload)
         .send()
         .await
-        .map_err(|e| (e.to_string(), None))?;
+        .map_err(|e| send_error("webhook", &e))?;
     if r.status().is_success() {
         Ok(())
     } else {
-        Err((
+        Err(StepError::retry(
             format!("HTTP {}", r.status()),
             super::backoff::retry_after(r.headers()),
         ))
@@ -644,8 +725,11 @@ pub async fn post_http(
 
 /// Approves a Scheduled Event: only for Azure Scheduled Events, only when every VM the event
 /// lists is this host's own (the approval applies to all of them; otherwise NotBefore runs
-/// out), never in dry-run.
-async fn azure_ack(host: &Arc<Host>, ev: &Event) -> Result<String, String> {
+/// out), never in dry-run. The approval is in the store before the request is sent, and
+/// confirmed with the step's outcome ([`Store::finish_step_approving`]).
+///
+/// [`Store::finish_step_approving`]: super::store::Store::finish_step_approving
+async fn azure_ack(host: &Arc<Host>, ev: &Event, decision_id: &str) -> Result<String, StepError> {
     let Some(se) = &host.cfg.azure_scheduled_events else {
         return Ok("skipped: no Scheduled Events source".into());
     };
@@ -672,6 +756,11 @@ async fn azure_ack(host: &Arc<Host>, ev: &Event) -> Result<String, String> {
     if host.cfg.dry_run {
         return Ok("skipped: dry run".into());
     }
+    // Durable before the request: from now on the event may be approved, and its
+    // disappearance is not a proven cancellation (after a crash too).
+    host.store
+        .approval_before_send(&vid, decision_id, &rfc(Utc::now()))
+        .map_err(|e| StepError::before_effect(e.to_string()))?;
     let r = host
         .http
         .post(&se.url)
@@ -679,12 +768,11 @@ async fn azure_ack(host: &Arc<Host>, ev: &Event) -> Result<String, String> {
         .json(&start_requests([vid.as_str()]))
         .send()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| send_error("StartRequests", &e))?;
     if r.status().is_success() {
-        host.mark_approved(&vid);
         Ok("ok".into())
     } else {
-        Err(format!("StartRequests answered HTTP {}", r.status()))
+        Err(format!("StartRequests answered HTTP {}", r.status()).into())
     }
 }
 

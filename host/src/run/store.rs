@@ -87,12 +87,19 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX outbox_decision ON outbox (decision_id);
      CREATE INDEX ingest_keys_received ON ingest_keys (received_at);
      CREATE INDEX attempts_last ON attempts (last_at);",
+    // 5: Scheduled Events approvals (StartRequests), by EventId: written before the request
+    // (`sent` 0: it may have been sent) and with the step's outcome (`sent` 1), so that no
+    // restart or rolled-back batch reads an approved event's disappearance as a cancellation.
+    "CREATE TABLE approvals (
+        event_id TEXT PRIMARY KEY COLLATE NOCASE, decision_id TEXT NOT NULL,
+        at TEXT NOT NULL, sent INTEGER NOT NULL);
+     CREATE INDEX approvals_at ON approvals (at);",
 ];
 
 /// The garbage collector's deletes, in order ([`Store::gc`]); `?1` is the cut-off time. Each
 /// finds its rows through an index (migration 4), except `steps`, whose scan probes the
 /// decisions' primary key once per row.
-const GC_DELETES: [&str; 6] = [
+const GC_DELETES: [&str; 7] = [
     "DELETE FROM decisions WHERE time < ?1 AND runbook <> 'pending'
        AND NOT EXISTS (SELECT 1 FROM outbox o
                        WHERE o.decision_id = decisions.decision_id AND o.delivered_at IS NULL)",
@@ -103,6 +110,7 @@ const GC_DELETES: [&str; 6] = [
     "DELETE FROM outbox WHERE delivered_at IS NOT NULL AND delivered_at < ?1",
     "DELETE FROM ingest_keys WHERE received_at < ?1",
     "DELETE FROM attempts WHERE last_at < ?1",
+    "DELETE FROM approvals WHERE at < ?1",
 ];
 
 /// The schema version this binary writes (`PRAGMA user_version`: how many migrations ran). A
@@ -318,12 +326,20 @@ pub struct GcCounts {
     pub ingest_keys: usize,
     /// Attempt counts of (resource, operation).
     pub attempts: usize,
+    /// Scheduled Events approvals.
+    pub approvals: usize,
 }
 
 impl GcCounts {
     /// All rows deleted.
     pub fn total(&self) -> usize {
-        self.decisions + self.steps + self.events + self.outbox + self.ingest_keys + self.attempts
+        self.decisions
+            + self.steps
+            + self.events
+            + self.outbox
+            + self.ingest_keys
+            + self.attempts
+            + self.approvals
     }
 }
 
@@ -507,39 +523,81 @@ impl Store {
         idempotent: bool,
         now: &str,
     ) -> Result<StepRecord, StoreError> {
-        let c = self.c()?;
-        let row: Option<(Option<String>,)> = c
+        let mut c = self.c()?;
+        // One transaction: the read and the write cannot interleave with another writer.
+        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let row: Option<(Option<String>,)> = tx
             .query_row(
                 "SELECT outcome FROM steps WHERE key = ?1",
                 params![key],
                 |r| Ok((r.get(0)?,)),
             )
             .optional()?;
-        match row {
-            Some((Some(outcome),)) => Ok(StepRecord::Done(outcome)),
+        let rec = match row {
+            Some((Some(outcome),)) => StepRecord::Done(outcome),
             Some((None,)) => {
-                c.execute(
+                tx.execute(
                     "UPDATE steps SET attempts = attempts + 1 WHERE key = ?1",
                     params![key],
                 )?;
-                Ok(StepRecord::InDoubt)
+                StepRecord::InDoubt
             }
             None => {
-                c.execute(
+                tx.execute(
                     "INSERT INTO steps (key, decision_id, idx, name, idempotent, started_at, attempts)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1)",
                     params![key, decision_id, idx as i64, name, idempotent, now],
                 )?;
-                Ok(StepRecord::New)
+                StepRecord::New
             }
-        }
+        };
+        tx.commit()?;
+        Ok(rec)
     }
 
     /// Records a step's outcome.
+    #[cfg(test)]
     pub fn finish_step(&self, key: &str, outcome: &str, now: &str) -> Result<(), StoreError> {
-        self.c()?.execute(
+        self.finish_step_approving(key, outcome, None, now)
+    }
+
+    /// Records a step's outcome and, for an `azure_ack` step that sent StartRequests, the
+    /// approval (`(EventId, decision id)`), in one transaction.
+    pub fn finish_step_approving(
+        &self,
+        key: &str,
+        outcome: &str,
+        approval: Option<(&str, &str)>,
+        now: &str,
+    ) -> Result<(), StoreError> {
+        let mut c = self.c()?;
+        let tx = c.transaction()?;
+        tx.execute(
             "UPDATE steps SET outcome = ?2, finished_at = ?3 WHERE key = ?1",
             params![key, outcome, now],
+        )?;
+        if let Some((event_id, decision_id)) = approval {
+            tx.execute(
+                "INSERT INTO approvals (event_id, decision_id, at, sent) VALUES (?1, ?2, ?3, 1)
+                 ON CONFLICT (event_id) DO UPDATE SET sent = 1, at = excluded.at",
+                params![event_id, decision_id, now],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records, before StartRequests is sent for the Scheduled Event `event_id`, that it may
+    /// be approved from now on (an approval already recorded stays as it is).
+    pub fn approval_before_send(
+        &self,
+        event_id: &str,
+        decision_id: &str,
+        now: &str,
+    ) -> Result<(), StoreError> {
+        self.c()?.execute(
+            "INSERT OR IGNORE INTO approvals (event_id, decision_id, at, sent) VALUES (?1, ?2, ?3, 0)",
+            params![event_id, decision_id, now],
         )?;
         Ok(())
     }
@@ -681,7 +739,7 @@ impl Store {
                 tx.execute(sql, [])?
             };
         }
-        let [decisions, steps, events, outbox, ingest_keys, attempts] = n;
+        let [decisions, steps, events, outbox, ingest_keys, attempts, approvals] = n;
         tx.commit()?;
         Ok(GcCounts {
             decisions,
@@ -690,6 +748,7 @@ impl Store {
             outbox,
             ingest_keys,
             attempts,
+            approvals,
         })
     }
 
@@ -721,6 +780,19 @@ impl Db<'_> {
             )?;
         }
         Ok(due)
+    }
+
+    /// Whether StartRequests was (or may have been) sent for the Scheduled Event `event_id`
+    /// (compared case-insensitively).
+    pub fn approved(&self, event_id: &str) -> Result<bool, StoreError> {
+        Ok(row(
+            self.0,
+            "SELECT 1 FROM approvals WHERE event_id = ?1",
+            params![event_id],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
     }
 
     /// Whether an event was seen before in this status.
@@ -952,6 +1024,46 @@ mod tests {
     }
 
     #[test]
+    fn begin_step_is_one_transaction_so_two_writers_never_both_begin_a_step(
+    ) -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|_| StoreError::Poisoned)?;
+        let path = dir.path().join("state.db");
+        let stores = [Store::open(&path)?, Store::open(&path)?];
+        let keys: Vec<String> = (0..300).map(|i| format!("key-{i}")).collect();
+        let results: Vec<Vec<Result<StepRecord, StoreError>>> = std::thread::scope(|s| {
+            let handles: Vec<_> = stores
+                .iter()
+                .map(|st| {
+                    let keys = &keys;
+                    s.spawn(move || {
+                        keys.iter()
+                            .map(|k| st.begin_step(k, "d", 0, "cordon", false, "now"))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_default())
+                .collect()
+        });
+        assert_eq!(results.len(), 2);
+        for (i, key) in keys.iter().enumerate() {
+            let mut got: Vec<String> = results
+                .iter()
+                .map(|r| match r.get(i) {
+                    Some(Ok(rec)) => format!("{rec:?}"),
+                    Some(Err(e)) => format!("error: {e}"),
+                    None => "missing".into(),
+                })
+                .collect();
+            got.sort();
+            assert_eq!(got, ["InDoubt", "New"], "{key}");
+        }
+        Ok(())
+    }
+
+    #[test]
     fn decisions_since_gives_the_newest_within_the_window_oldest_first() -> Result<(), StoreError> {
         let dir = tempfile::tempdir().map_err(|_| StoreError::Poisoned)?;
         let s = Store::open(&dir.path().join("state.db"))?;
@@ -1049,6 +1161,7 @@ mod tests {
                 outbox: 0,
                 ingest_keys: 1,
                 attempts: 0,
+                approvals: 0,
             }
         );
         assert!(!s.seen("old-done", "-")?);

@@ -52,6 +52,11 @@ pub struct Se {
     /// Every EventId in a StartRequests, in order (repeats included).
     pub approvals: Vec<String>,
     pub advance: bool,
+    /// With `advance`: an approved event is gone from the very next document (incarnation + 1),
+    /// its Started phase never seen, as a poller can miss it.
+    pub vanish: bool,
+    /// How many documents were served.
+    pub gets: usize,
 }
 
 pub type SeState = Arc<Mutex<Se>>;
@@ -60,7 +65,8 @@ async fn se_get(State(st): State<SeState>, h: HeaderMap) -> (StatusCode, Json<Va
     if h.get("Metadata").and_then(|v| v.to_str().ok()) != Some("true") {
         return (StatusCode::BAD_REQUEST, Json(json!({"error": "no header"})));
     }
-    let s = st.lock().unwrap();
+    let mut s = st.lock().unwrap();
+    s.gets += 1;
     (
         StatusCode::OK,
         Json(json!({"DocumentIncarnation": s.incarnation, "Events": s.events})),
@@ -81,7 +87,15 @@ async fn se_post(State(st): State<SeState>, h: HeaderMap, body: Json<Value>) -> 
     let mut started = Vec::new();
     {
         let mut s = st.lock().unwrap();
-        if s.advance {
+        if s.advance && s.vanish {
+            let before = s.events.len();
+            s.events.retain(|e| {
+                !(ids.iter().any(|i| e["EventId"] == i.as_str()) && e["EventStatus"] == "Scheduled")
+            });
+            if s.events.len() != before {
+                s.incarnation += 1;
+            }
+        } else if s.advance {
             let mut changed = false;
             for e in s.events.iter_mut() {
                 if ids.iter().any(|i| e["EventId"] == i.as_str()) && e["EventStatus"] == "Scheduled"
@@ -151,6 +165,8 @@ pub struct Scenario {
     pub dir: tempfile::TempDir,
     pub se: SeState,
     pub hook: Hook,
+    /// The webhook stub's URL (`…/hook`).
+    pub hook_url: String,
     pub config: PathBuf,
     pub state: PathBuf,
     /// The `cordon` step appends its idempotency key here, one line per run.
@@ -235,6 +251,7 @@ runbooks:
             dir,
             se,
             hook,
+            hook_url: format!("{hook_url}/hook"),
             config,
             state,
             counter,
@@ -247,6 +264,46 @@ runbooks:
         let text = std::fs::read_to_string(&self.config).unwrap();
         let head = &text[..text.find("runbooks:").unwrap()];
         std::fs::write(&self.config, format!("{head}{extra}\n{runbooks}")).unwrap();
+    }
+
+    /// Waits until the host has read the document `n` more times (anything those reads
+    /// would cause has then begun), or panics after `within`.
+    pub async fn wait_polls(&self, k: &mut Keel, n: usize, within: Duration) {
+        let want = self.se.lock().unwrap().gets + n;
+        let deadline = Instant::now() + within;
+        while self.se.lock().unwrap().gets < want {
+            if let Ok(Some(status)) = k.child.try_wait() {
+                panic!("keel exited with {status}\n{}", k.dump());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "fewer than {n} polls within {within:?}\n{}",
+                k.dump()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Makes the stub drop an approved event from the next document (see [`Se::vanish`]).
+    pub fn vanish_on_approval(&self) {
+        self.se.lock().unwrap().vanish = true;
+    }
+
+    /// The statuses the store has seen the announced event in, oldest first.
+    pub fn statuses(&self) -> Vec<String> {
+        if !self.state.exists() {
+            return Vec::new();
+        }
+        let c = self.db();
+        let Ok(mut st) =
+            c.prepare("SELECT status FROM events WHERE id LIKE ?1 ORDER BY first_seen, rowid")
+        else {
+            return Vec::new();
+        };
+        st.query_map([format!("%{}%", EVENT_ID.to_lowercase())], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap()
     }
 
     /// Changes the Scheduled Events document (the incarnation goes up by one).

@@ -686,9 +686,7 @@ fn empty_and_non_map_files_are_rejected() {
 #[test]
 #[cfg(not(feature = "plugins"))]
 fn plugins_are_rejected_in_this_build() {
-    let d = only(
-        "policies:\n  - name: a\n    on: [maintenance]\n    plugin: x.wasm\n",
-    );
+    let d = only("policies:\n  - name: a\n    on: [maintenance]\n    plugin: x.wasm\n");
     assert_diag(
         &d,
         4,

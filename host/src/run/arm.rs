@@ -162,7 +162,19 @@ const SCALE_SET_VM_TYPE: &str = "Microsoft.Compute/virtualMachineScaleSets/virtu
 fn vm_target(path: &str) -> Option<VmTarget<'_>> {
     let seg: Vec<&str> = path.split('/').collect();
     let is = |i: usize, w: &str| seg.get(i).is_some_and(|s| s.eq_ignore_ascii_case(w));
-    let named = |i: usize| seg.get(i).copied().filter(|s| !s.is_empty());
+    // A name ARM could read as something else is no name: `.`/`..` (a URL resolves them to
+    // another path), percent-escapes (`%2F` is a slash to some proxies), `?`, `#`, a backslash,
+    // whitespace and control characters. ARM allows none of them in a VM or scale-set name.
+    let named = |i: usize| {
+        seg.get(i).copied().filter(|s| {
+            !s.is_empty()
+                && *s != "."
+                && *s != ".."
+                && !s.chars().any(|c| {
+                    matches!(c, '%' | '?' | '#' | '\\') || c.is_whitespace() || c.is_control()
+                })
+        })
+    };
     if !(seg.first() == Some(&"")
         && is(1, "subscriptions")
         && is(3, "resourceGroups")
@@ -676,6 +688,15 @@ mod tests {
             ("/subscriptions/s1/resourceGroups/any/providers/Microsoft.Compute/virtualMachineScaleSets/ss", "writes only virtual machines"),
             ("/subscriptions/s1/resourceGroups/any/providers/Microsoft.Compute/virtualMachines/", "writes only virtual machines"),
             ("/subscriptions/s1/resourceGroups/any/providers/Microsoft.Evil/virtualMachines/vm-1", "writes only virtual machines"),
+            // Names a URL or a proxy would read as another path.
+            ("/subscriptions/s1/resourceGroups/../providers/Microsoft.Compute/virtualMachines/vm-1", "writes only virtual machines"),
+            ("/subscriptions/s1/resourceGroups/any/providers/Microsoft.Compute/virtualMachines/..", "writes only virtual machines"),
+            ("/subscriptions/s1/resourceGroups/any/providers/Microsoft.Compute/virtualMachines/.", "writes only virtual machines"),
+            ("/subscriptions/s1/resourceGroups/any/providers/Microsoft.Compute/virtualMachines/vm-1%2F..%2F..%2Fx", "writes only virtual machines"),
+            ("/subscriptions/s1/resourceGroups/any/providers/Microsoft.Compute/virtualMachines/vm-1?api-version=1", "writes only virtual machines"),
+            ("/subscriptions/s1/resourceGroups/any/providers/Microsoft.Compute/virtualMachines/vm#1", "writes only virtual machines"),
+            ("/subscriptions/s1/resourceGroups/any/providers/Microsoft.Compute/virtualMachines/vm\\..\\x", "writes only virtual machines"),
+            ("/subscriptions/s1/resourceGroups/any/providers/Microsoft.Compute/virtualMachineScaleSets/../virtualMachines/7", "writes only virtual machines"),
             ("/subscriptions/s3/resourceGroups/web/providers/Microsoft.Compute/virtualMachines/vm-1", "outside every scope"),
             ("/subscriptions/s2/resourceGroups/db/providers/Microsoft.Compute/virtualMachines/vm-1", "outside every scope"),
         ] {

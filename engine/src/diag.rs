@@ -107,19 +107,55 @@ pub(crate) fn line_col_of_byte(bytes: &[u8], offset: usize) -> (usize, usize) {
     (line, column)
 }
 
-/// Escapes control characters (newlines included) so that untrusted text cannot forge log
-/// lines, diagnostics or terminal sequences.
+/// Escapes control characters (newlines included) and invisible format characters (see
+/// `needs_escape`) so that untrusted text cannot forge log lines, diagnostics or terminal
+/// sequences, nor reorder what a reader sees.
+///
+/// ```
+/// assert_eq!(keel_engine::escape("a\nb"), "a\\nb");
+/// assert_eq!(keel_engine::escape("vm\u{202E}1"), "vm\\u{202e}1");
+/// assert_eq!(keel_engine::escape("plain, ünïcode"), "plain, ünïcode");
+/// ```
 pub fn escape(s: &str) -> String {
-    if !s.chars().any(char::is_control) {
+    if !s.chars().any(needs_escape) {
         return s.to_string();
     }
     s.chars()
         .flat_map(|c| {
-            if c.is_control() {
+            if needs_escape(c) {
                 c.escape_default().collect::<Vec<_>>()
             } else {
                 vec![c]
             }
         })
         .collect()
+}
+
+/// Control characters, and the invisible format characters that reorder or hide text on a
+/// terminal (bidirectional overrides and isolates, zero-width characters, the byte-order
+/// mark): a log line shows them as `\u{…}` escapes, never as themselves.
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::escape;
+
+    #[test]
+    fn escape_shows_controls_and_invisible_format_characters_as_escapes() {
+        for (raw, shown) in [
+            ("a\nb", "a\\nb"),
+            ("\u{1b}[31m", "\\u{1b}[31m"),
+            ("vm\u{202E}1", "vm\\u{202e}1"),
+            ("a\u{200B}b\u{FEFF}", "a\\u{200b}b\\u{feff}"),
+            ("x\u{2066}y\u{2069}", "x\\u{2066}y\\u{2069}"),
+            ("plain, ünïcode, 日本", "plain, ünïcode, 日本"),
+        ] {
+            assert_eq!(escape(raw), shown, "{raw:?}");
+        }
+    }
 }

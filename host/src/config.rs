@@ -652,6 +652,9 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
     if let (None, Some(rb)) = (root.get("arm"), root.get("runbooks")) {
         require_arm_scopes(&mut v, rb);
     }
+    if let Some(rb) = root.get("runbooks") {
+        refuse_secret_env(&mut v, &root, rb);
+    }
     let mut diags = v.diags;
     diags.sort_by_key(|d| (d.line(), d.column()));
     if diags.is_empty() {
@@ -1438,6 +1441,49 @@ fn parse_arm_scopes(v: &mut V<'_>, a: Option<&Value>) -> Vec<ArmScope> {
 /// Without `arm.scopes`, every `arm` step is a configuration error at its position: an
 /// `arm` step may write only inside scopes the operator named, and there is no default that
 /// allows everything.
+/// An `exec` step's `env` must not pass on a secret Keel itself reads: the ingest token
+/// (`sources.ingest.token_env`) or a PagerDuty routing key (`routing_key_env`).
+fn refuse_secret_env(v: &mut V<'_>, root: &Value, runbooks: &Value) {
+    let Value::Object(m) = runbooks else { return };
+    let mut secrets: Vec<&str> = Vec::new();
+    if let Some(t) = root
+        .get("sources")
+        .and_then(|s| s.get("ingest"))
+        .and_then(|i| i.get("token_env"))
+        .and_then(Value::as_str)
+    {
+        secrets.push(t);
+    }
+    for steps in m.values() {
+        let Value::Array(items) = steps else { continue };
+        for item in items {
+            if let Some(k) = item
+                .get("http")
+                .and_then(|h| h.get("routing_key_env"))
+                .and_then(Value::as_str)
+            {
+                secrets.push(k);
+            }
+        }
+    }
+    for (action, steps) in m {
+        let Value::Array(items) = steps else { continue };
+        for (i, item) in items.iter().enumerate() {
+            let Some(Value::Array(names)) = item.get("env") else {
+                continue;
+            };
+            for (j, n) in names.iter().enumerate() {
+                if let Some(n) = n.as_str().filter(|n| secrets.contains(n)) {
+                    v.err(
+                        &format!("/runbooks/{action}/{i}/env/{j}"),
+                        format!("`{n}` holds a secret Keel uses (the ingest token or a routing key); it is never passed on to a runbook"),
+                    );
+                }
+            }
+        }
+    }
+}
+
 fn require_arm_scopes(v: &mut V<'_>, runbooks: &Value) {
     let Value::Object(m) = runbooks else { return };
     for (action, steps) in m {

@@ -263,11 +263,17 @@ fn a_step_env_naming_a_keel_variable_or_on_another_step_is_refused() {
     let config = dir.path().join("keel.yaml");
     std::fs::write(
         &config,
-        r#"runbooks:
+        r#"sources:
+  ingest:
+    token_env: MY_INGEST_TOKEN
+runbooks:
   drain:
     - { name: a, exec: ["/bin/true"], env: [KEEL_INGEST_TOKEN] }
     - { name: b, log: {}, env: [HOME] }
     - { name: c, exec: ["/bin/true"], env: ["A=B"] }
+    - { name: d, exec: ["/bin/true"], env: [HOME, MY_INGEST_TOKEN, PD_KEY] }
+  escalate:
+    - { name: page, http: { url: "https://events.pagerduty.com/v2/enqueue", format: pagerduty, routing_key_env: PD_KEY } }
 "#,
     )
     .unwrap();
@@ -282,6 +288,9 @@ fn a_step_env_naming_a_keel_variable_or_on_another_step_is_refused() {
         "`KEEL_INGEST_TOKEN`: `KEEL_*` variables are the event's",
         "`env` applies to `exec` steps only",
         "expected an environment variable name",
+        // The secrets Keel reads are never passed on, even when listed.
+        "keel.yaml:9:51: error: `MY_INGEST_TOKEN` holds a secret Keel uses",
+        "keel.yaml:9:68: error: `PD_KEY` holds a secret Keel uses",
     ] {
         assert!(err.contains(want), "{want}: {err}");
     }

@@ -350,12 +350,12 @@ pub async fn resubmit(
             "the decision carries no request body to resubmit (retry.request); escalating",
         ));
     };
-    // The stored decision has its secrets redacted: one read back after a restart cannot be
-    // resubmitted (ARM never returns an adminPassword, so there is nothing to restore it from).
+    // The stored event and decision have their secrets redacted: one read back (after a
+    // restart, or a deferral decided again) cannot be resubmitted (ARM never returns an adminPassword, so there is nothing to restore it from).
     let redacted = keel_engine::redact::redacted_paths(request);
     if !redacted.is_empty() {
         return Err(StepError::permanent(format!(
-            "the request's secret fields ({}) were redacted when the decision was stored, and the host restarted since: it cannot be resubmitted; escalating",
+            "the request's secret fields ({}) were redacted when the event was stored, and this copy was read back from the store (after a restart, or a deferral decided again): it cannot be resubmitted; escalating",
             redacted.join(", ")
         )));
     }

@@ -43,6 +43,23 @@ pub fn lock_path(state: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// `state` with every symbolic link and `.`/`..` resolved: the file itself when it exists,
+/// else its directory's canonical path joined with its name; `state` as given when neither
+/// can be resolved (the open that follows reports why).
+fn canonical(state: &Path) -> PathBuf {
+    if let Ok(p) = std::fs::canonicalize(state) {
+        return p;
+    }
+    let dir = match state.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    match (std::fs::canonicalize(dir), state.file_name()) {
+        (Ok(d), Some(name)) => d.join(name),
+        _ => state.to_path_buf(),
+    }
+}
+
 /// This machine's name, for the holder line (`unknown` when it cannot be read).
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -57,20 +74,23 @@ fn hostname() -> String {
 /// lock file 0600), and writes this process's pid, hostname and start time into it. Refused
 /// with [`LockError::Held`] when another process holds it; never waits.
 pub fn acquire(state: &Path) -> Result<StateLock, LockError> {
-    let path = lock_path(state);
-    let io = |source| LockError::Io {
+    let io_at = |path: &Path, source| LockError::Io {
         path: keel_engine::escape(&path.display().to_string()),
         source,
     };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+    if let Some(dir) = state.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
             let mut b = std::fs::DirBuilder::new();
             b.recursive(true);
             #[cfg(unix)]
             std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
-            b.create(dir).map_err(io)?;
+            b.create(dir).map_err(|e| io_at(dir, e))?;
         }
     }
+    // The lock belongs to the database, not to how its path was spelled: two hosts given
+    // `a/../state.db` and a symbolic link to it lock the same file.
+    let path = lock_path(&canonical(state));
+    let io = |source| io_at(&path, source);
     let mut opts = OpenOptions::new();
     // Not truncated before the lock is ours: the holder's line stays readable.
     opts.read(true).write(true).create(true).truncate(false);
@@ -129,6 +149,32 @@ mod tests {
         );
         drop(first);
         drop(acquire(&state)?);
+        Ok(())
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn another_spelling_of_the_same_state_is_the_same_lock(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let state = dir.path().join("sub/state.db");
+        let held = acquire(&state)?;
+        // The database not created yet: a `..` spelling and a symbolic link to its directory.
+        std::os::unix::fs::symlink(dir.path().join("sub"), dir.path().join("link"))?;
+        for other in [
+            dir.path().join("sub/../sub/state.db"),
+            dir.path().join("link/state.db"),
+        ] {
+            let r = acquire(&other);
+            assert!(matches!(r, Err(LockError::Held { .. })), "{other:?}: {r:?}");
+        }
+        // The database exists: a symbolic link to the file itself.
+        std::fs::write(&state, b"")?;
+        std::os::unix::fs::symlink(&state, dir.path().join("alias.db"))?;
+        let r = acquire(&dir.path().join("alias.db"));
+        assert!(matches!(r, Err(LockError::Held { .. })), "{r:?}");
+        drop(held);
+        drop(acquire(&dir.path().join("alias.db"))?);
         Ok(())
     }
 }

@@ -363,6 +363,7 @@ async fn attempt(
     for n in 0..=step.retries {
         let res =
             tokio::time::timeout(step.timeout, once(host, step, key, ev, d, decision_id)).await;
+        let timed_out = res.is_err();
         let mut retry_after = None;
         let mut permanent = false;
         // A timeout stops an attempt that may already have acted.
@@ -411,7 +412,13 @@ async fn attempt(
             return (last, n + 1);
         }
         if n < step.retries {
-            tokio::time::sleep(retry_wait(delay, retry_after)).await;
+            let mut wait = retry_wait(delay, retry_after);
+            if matches!(step.kind, StepKind::Exec(_)) && timed_out {
+                // The timed-out attempt's process group is being stopped (SIGTERM, SIGKILL
+                // after the grace): the next attempt never overlaps one that ignores SIGTERM.
+                wait = wait.max(EXEC_KILL_GRACE + Duration::from_millis(250));
+            }
+            tokio::time::sleep(wait).await;
             delay = delay.saturating_mul(2).min(Duration::from_secs(300));
         }
     }

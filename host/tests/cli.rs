@@ -833,3 +833,34 @@ fn limits_retention_and_group_commit_are_validated_with_positions() {
         "only `listen` is wrong\n{err}"
     );
 }
+
+#[test]
+fn run_with_an_unwritable_state_exits_4_not_invalid_policy() {
+    let d = tmp();
+    let policies = root().join("policies/standard");
+    // The state's directory is a regular file: no user, root included, can create it.
+    write(d.path(), "file", b"not a directory");
+    let state = d.path().join("file/state.db");
+    let cfg = write(
+        d.path(),
+        "keel.yaml",
+        format!(
+            "policies: {}\nstate: {}\nlisten: 127.0.0.1:0\nsources:\n  azure_scheduled_events:\n    url: http://127.0.0.1:9/metadata/scheduledevents?api-version=2020-07-01\n",
+            policies.display(),
+            state.display()
+        )
+        .as_bytes(),
+    );
+    let out = keel(&["run", "--config", &cfg]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains("error: cannot lock the state database: "),
+        "{err}"
+    );
+    assert!(err.contains(&state.display().to_string()), "{err}");
+    assert!(!err.contains("invalid"), "{err}");
+    let out = keel(&["demo", "--config", &cfg, "--timeout", "5"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+}

@@ -118,8 +118,53 @@ pub struct Host {
     _lock: lock::StateLock,
 }
 
-/// Why the host could not start.
-pub type StartError = String;
+/// Why the host could not start, or stopped on an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The policy set is invalid (its diagnostics are rendered with their positions).
+    #[error("the policy set is invalid")]
+    Policies(#[from] keel_engine::LoadError),
+    /// Another host holds the state database, or its lock file cannot be written.
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
+    /// The state database cannot be opened, migrated, read or written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The HTTP client could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+    /// The ingest and health endpoint cannot listen on its address.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The configured `listen` address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl StartError {
+    /// The exit code of `keel run` and `keel demo` for this error: an invalid policy set is
+    /// [`Exit::Invalid`](crate::Exit::Invalid), anything else about the host itself (state,
+    /// lock, listen address) [`Exit::Host`](crate::Exit::Host).
+    pub fn exit(&self) -> crate::Exit {
+        match self {
+            StartError::Policies(_) => crate::Exit::Invalid,
+            _ => crate::Exit::Host,
+        }
+    }
+
+    /// Writes the error to `out`: an invalid policy set with every diagnostic and its
+    /// position, anything else on one `error:` line.
+    pub fn render(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        if let StartError::Policies(e) = self {
+            crate::render::diagnostics(out, e)?;
+            writeln!(out, "error: the policy set is invalid; nothing was started")
+        } else {
+            writeln!(out, "error: {self}")
+        }
+    }
+}
 
 fn now() -> DateTime<Utc> {
     Utc::now()
@@ -188,15 +233,15 @@ impl Host {
     pub fn new(cfg: Config, log: Box<dyn std::io::Write + Send>) -> Result<Arc<Host>, StartError> {
         // Before anything beside the state is touched (the plugin cache, the database): a
         // second host on it stops here.
-        let state_lock = lock::acquire(&cfg.state).map_err(|e| e.to_string())?;
-        let engine = load_policies(&cfg).map_err(|e| e.to_string())?;
-        let store = Store::open(&cfg.state).map_err(|e| e.to_string())?;
-        let nstate = match store.normalizer_state().map_err(|e| e.to_string())? {
+        let state_lock = lock::acquire(&cfg.state)?;
+        let engine = load_policies(&cfg)?;
+        let store = Store::open(&cfg.state)?;
+        let nstate = match store.normalizer_state()? {
             Some(json) => serde_json::from_str(&json).unwrap_or_default(),
             None => NormalizerState::default(),
         };
-        let history = rebuild_history(&store).map_err(|e| e.to_string())?;
-        let http = http_client().map_err(|e| e.to_string())?;
+        let history = rebuild_history(&store)?;
+        let http = http_client()?;
         let identity = identity::TokenClient::new(http.clone(), cfg.azure_identity.clone());
         let host = Arc::new(Host {
             drain_slots: Arc::new(tokio::sync::Semaphore::new(cfg.limits.concurrent_drains)),
@@ -726,12 +771,14 @@ pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(),
     let queue = host.cfg.ingest.as_ref().map_or(1, |i| i.queue);
     let (itx, mut irx) = mpsc::channel::<Inbox>(queue);
     let mut tasks = tokio::task::JoinSet::new();
+    let listen = |source| StartError::Listen {
+        addr: host.cfg.listen,
+        source,
+    };
     let listener = tokio::net::TcpListener::bind(host.cfg.listen)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", host.cfg.listen))?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| format!("cannot listen on {}: {e}", host.cfg.listen))?;
+        .map_err(listen)?;
+    let local = listener.local_addr().map_err(listen)?;
     host.log_line(&serde_json::json!({"time": rfc(now()), "listen": local.to_string()}));
     if let Some(se) = host.cfg.azure_scheduled_events.clone() {
         host.health.register(sources::SE, "poll");
@@ -816,7 +863,7 @@ pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(),
         stop.clone(),
     ));
     let mut runbooks = tokio::task::JoinSet::new();
-    for p in host.store.pending().map_err(|e| e.to_string())? {
+    for p in host.store.pending()? {
         let (Ok(ev), Ok(d)) = (
             serde_json::from_str::<Event>(&p.event_json),
             serde_json::from_str::<Decision>(&p.decision_json),

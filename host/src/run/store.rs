@@ -9,14 +9,19 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// A store failure.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database could not be opened, migrated or written.
-    Sql(rusqlite::Error),
+    #[error("state database: {0}")]
+    Sql(#[from] rusqlite::Error),
     /// The lock was poisoned by a panicking thread.
+    #[error("state database: lock poisoned")]
     Poisoned,
     /// The database was written by a newer Keel (its schema version is higher than this
     /// binary's); it is left untouched.
+    #[error(
+        "state database: its schema version is {found}, newer than this keel supports ({supported}); it was written by a newer keel: run that version (the database was left unchanged)"
+    )]
     NewerSchema {
         /// The database's schema version.
         found: i64,
@@ -24,29 +29,8 @@ pub enum StoreError {
         supported: i64,
     },
     /// The state directory or a database file could not be created or restricted.
-    Files(std::path::PathBuf, std::io::Error),
-}
-
-impl std::fmt::Display for StoreError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StoreError::Sql(e) => write!(f, "state database: {e}"),
-            StoreError::Poisoned => f.write_str("state database: lock poisoned"),
-            StoreError::NewerSchema { found, supported } => write!(
-                f,
-                "state database: its schema version is {found}, newer than this keel supports ({supported}); it was written by a newer keel: run that version (the database was left unchanged)"
-            ),
-            StoreError::Files(p, e) => write!(f, "state database: {}: {e}", p.display()),
-        }
-    }
-}
-
-impl std::error::Error for StoreError {}
-
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError::Sql(e)
-    }
+    #[error("state database: {path}: {1}", path = .0.display())]
+    Files(std::path::PathBuf, #[source] std::io::Error),
 }
 
 /// The migrations, in order; `PRAGMA user_version` records how many ran.
@@ -471,35 +455,6 @@ impl Store {
         self.with(|db| db.seen(event_id, status))
     }
 
-    /// The event an ingest idempotency key was accepted as, if it was.
-    #[cfg(test)]
-    pub fn ingest_key(&self, key: &str) -> Result<Option<String>, StoreError> {
-        self.with(|db| db.ingest_key(key))
-    }
-
-    /// See [`Db::attempts`].
-    #[cfg(test)]
-    pub fn attempts(
-        &self,
-        resource: &str,
-        operation: &str,
-        since: &str,
-    ) -> Result<i64, StoreError> {
-        self.with(|db| db.attempts(resource, operation, since))
-    }
-
-    /// See [`Db::record`]; one transaction.
-    #[cfg(test)]
-    pub fn record(&self, r: &NewDecision<'_>) -> Result<bool, StoreError> {
-        self.with(|db| db.record(r))
-    }
-
-    /// Remembers that `event` must be decided again at `due`.
-    #[cfg(test)]
-    pub fn defer(&self, event_id: &str, due: &str, event_json: &str) -> Result<(), StoreError> {
-        self.with(|db| db.defer(event_id, due, event_json))
-    }
-
     /// The saved normalizer state, if any.
     pub fn normalizer_state(&self) -> Result<Option<String>, StoreError> {
         Ok(self
@@ -553,12 +508,6 @@ impl Store {
         };
         tx.commit()?;
         Ok(rec)
-    }
-
-    /// Records a step's outcome.
-    #[cfg(test)]
-    pub fn finish_step(&self, key: &str, outcome: &str, now: &str) -> Result<(), StoreError> {
-        self.finish_step_approving(key, outcome, None, now)
     }
 
     /// Records a step's outcome and, for an `azure_ack` step that sent StartRequests, the
@@ -714,13 +663,6 @@ impl Store {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = st.query_map(params![since, limit], |r| Ok((r.get(0)?, r.get(1)?)))?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
-    }
-
-    /// Takes the deferrals due at `now` (RFC 3339, compared as text in UTC), in one
-    /// transaction.
-    #[cfg(test)]
-    pub fn take_due(&self, now: &str) -> Result<Vec<(String, String)>, StoreError> {
-        self.with(|db| atomic(db.0, || db.take_due(now)))
     }
 
     /// Deletes finished history older than `before` (RFC 3339, UTC): decisions whose runbook
@@ -908,6 +850,72 @@ impl Db<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One-statement wrappers of the [`Db`] methods, for the tests only.
+    impl Store {
+        /// The event an ingest idempotency key was accepted as, if it was.
+        pub(super) fn ingest_key(&self, key: &str) -> Result<Option<String>, StoreError> {
+            self.with(|db| db.ingest_key(key))
+        }
+
+        /// See [`Db::attempts`].
+        pub(super) fn attempts(
+            &self,
+            resource: &str,
+            operation: &str,
+            since: &str,
+        ) -> Result<i64, StoreError> {
+            self.with(|db| db.attempts(resource, operation, since))
+        }
+
+        /// See [`Db::record`]; one transaction.
+        pub(super) fn record(&self, r: &NewDecision<'_>) -> Result<bool, StoreError> {
+            self.with(|db| db.record(r))
+        }
+
+        /// Remembers that `event` must be decided again at `due`.
+        pub(super) fn defer(
+            &self,
+            event_id: &str,
+            due: &str,
+            event_json: &str,
+        ) -> Result<(), StoreError> {
+            self.with(|db| db.defer(event_id, due, event_json))
+        }
+
+        /// Records a step's outcome.
+        pub(super) fn finish_step(
+            &self,
+            key: &str,
+            outcome: &str,
+            now: &str,
+        ) -> Result<(), StoreError> {
+            self.finish_step_approving(key, outcome, None, now)
+        }
+
+        /// Takes the deferrals due at `now` (RFC 3339, compared as text in UTC), in one
+        /// transaction.
+        pub(super) fn take_due(&self, now: &str) -> Result<Vec<(String, String)>, StoreError> {
+            self.with(|db| atomic(db.0, || db.take_due(now)))
+        }
+    }
+
+    #[test]
+    fn a_store_error_keeps_its_source() {
+        use std::error::Error as _;
+        let io = StoreError::Files(
+            "/x/state.db".into(),
+            std::io::Error::new(std::io::ErrorKind::PermissionDenied, "denied"),
+        );
+        assert_eq!(io.to_string(), "state database: /x/state.db: denied");
+        assert_eq!(
+            io.source().map(|s| s.to_string()).as_deref(),
+            Some("denied")
+        );
+        let sql = StoreError::from(rusqlite::Error::QueryReturnedNoRows);
+        assert!(sql.source().is_some_and(|s| s.is::<rusqlite::Error>()));
+        assert!(StoreError::Poisoned.source().is_none());
+    }
 
     fn rec<'a>(event_id: &'a str, ingest: Option<IngestRecord<'a>>) -> NewDecision<'a> {
         NewDecision {

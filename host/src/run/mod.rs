@@ -8,6 +8,7 @@
 pub mod arm;
 pub mod backoff;
 pub mod health;
+pub mod http;
 pub mod identity;
 pub mod lock;
 pub mod metrics;

@@ -108,7 +108,7 @@ async fn deliver_one(host: &Arc<Host>, row: &OutboxRow) {
                 initial = step.backoff.max(Duration::from_millis(1));
                 let res = tokio::time::timeout(
                     step.timeout,
-                    super::steps::post_http(host, &step.kind, &row.key, &body),
+                    super::http::post_http(host, &step.kind, &row.key, &body),
                 )
                 .await;
                 let err = match res {

@@ -17,7 +17,7 @@ pub mod ingest;
 pub mod server;
 
 pub use azure_scheduled_events::{poll_scheduled_events, SE};
-pub use server::{serve_http, App};
+pub use server::serve_http;
 
 use std::time::Duration;
 

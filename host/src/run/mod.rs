@@ -178,8 +178,14 @@ fn rfc(t: DateTime<Utc>) -> String {
 /// `decision_id`: a stable hash of the event and its status, so a replay finds the same id.
 fn decision_id(ev: &Event) -> String {
     let status = status_of(ev);
-    let d = Sha256::digest(format!("{}\u{1f}{status}", ev.id).as_bytes());
-    d[..8].iter().map(|b| format!("{b:02x}")).collect()
+    short_hash(&format!("{}\u{1f}{status}", ev.id), 8)
+}
+
+/// The first `bytes` bytes (at most 32) of the SHA-256 of `text`, in lowercase hex: the
+/// stable ids and keys of decisions, steps and outbox entries.
+pub fn short_hash(text: &str, bytes: usize) -> String {
+    let d = Sha256::digest(text.as_bytes());
+    hex::encode(&d[..bytes.min(d.len())])
 }
 
 fn status_of(ev: &Event) -> String {
@@ -981,6 +987,14 @@ mod tests {
         assert!(host.store.seen(id, "ended")?);
         assert!(!host.store.seen(id, "canceled")?);
         Ok(())
+    }
+
+    #[test]
+    fn short_hash_is_the_lowercase_hex_of_a_sha256_prefix() {
+        // SHA-256("abc") = ba7816bf 8f01cfea 414140de 5dae2223 ...
+        assert_eq!(short_hash("abc", 8), "ba7816bf8f01cfea");
+        assert_eq!(short_hash("abc", 16), "ba7816bf8f01cfea414140de5dae2223");
+        assert_eq!(short_hash("abc", 99).len(), 64);
     }
 
     #[test]

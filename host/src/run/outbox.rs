@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use chrono::Utc;
 use keel_engine::{escape, Action, Decision, Event};
-use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use super::backoff;
@@ -26,8 +25,7 @@ const POLL: Duration = Duration::from_millis(100);
 
 /// The outbox key of something a decision escalates: the same after a restart.
 pub fn key(decision_id: &str, what: &str) -> String {
-    let d = Sha256::digest(format!("{decision_id}\u{1f}outbox\u{1f}{what}").as_bytes());
-    d[..16].iter().map(|b| format!("{b:02x}")).collect()
+    super::short_hash(&format!("{decision_id}\u{1f}outbox\u{1f}{what}"), 16)
 }
 
 /// The outbox entries (key, body) of a decision's escalations that are not repeats.

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use keel_engine::{escape, Action, Decision, Event};
-use sha2::{Digest, Sha256};
 
 use super::http::{azure_ack, post_http, StepError};
 use super::store::StepRecord;
@@ -16,8 +15,7 @@ use crate::failpoint;
 
 /// The idempotency key of a step of a decision: the same after a restart.
 pub fn step_key(decision_id: &str, idx: usize, name: &str) -> String {
-    let d = Sha256::digest(format!("{decision_id}\u{1f}{idx}\u{1f}{name}").as_bytes());
-    d[..16].iter().map(|b| format!("{b:02x}")).collect()
+    super::short_hash(&format!("{decision_id}\u{1f}{idx}\u{1f}{name}"), 16)
 }
 
 /// When a runbook must have finished: for a drain, the earlier of the event's `not_before`

@@ -160,15 +160,8 @@ async fn deliver_one(host: &Arc<Host>, row: &OutboxRow) {
 /// The wait after the `failed`-th failure (0-based): `initial * 2^failed` capped at
 /// [`MAX_DELAY`], with equal jitter, and at least the server's `Retry-After`.
 pub fn delay(initial: Duration, failed: i64, retry_after: Option<Duration>) -> Duration {
-    let exp = u32::try_from(failed.clamp(0, 30)).unwrap_or(30);
-    let d = initial
-        .saturating_mul(2u32.saturating_pow(exp))
-        .min(MAX_DELAY);
-    let wait = d / 2 + backoff::jitter(d / 2);
-    match retry_after {
-        Some(r) => r.min(backoff::MAX_RETRY_AFTER).max(wait),
-        None => wait,
-    }
+    let failed = u32::try_from(failed.max(0)).unwrap_or(u32::MAX);
+    backoff::equal_jitter(initial, failed, MAX_DELAY, retry_after)
 }
 
 #[cfg(test)]

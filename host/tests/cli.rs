@@ -864,3 +864,32 @@ fn run_with_an_unwritable_state_exits_4_not_invalid_policy() {
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{err}");
 }
+
+#[test]
+fn run_on_an_invalid_policy_set_exits_3_with_positions() {
+    let d = tmp();
+    let policies = root().join("host/tests/data/bad-two-files");
+    let cfg = write(
+        d.path(),
+        "keel.yaml",
+        format!(
+            "policies: {}\nstate: {}\nlisten: 127.0.0.1:0\n",
+            policies.display(),
+            d.path().join("state.db").display()
+        )
+        .as_bytes(),
+    );
+    let out = keel(&["run", "--config", &cfg]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    // Each diagnostic with its position and the help, as `keel check` renders them.
+    assert!(
+        err.contains("bad-two-files/a.yaml:11:13: error: unknown action `acknowlege`"),
+        "{err}"
+    );
+    assert!(err.contains("help: did you mean `maintenance`?"), "{err}");
+    assert!(
+        err.contains("error: the policy set is invalid; nothing was started"),
+        "{err}"
+    );
+}

@@ -1,6 +1,7 @@
 //! What the runbook steps and the outbox share to reach the network: a step attempt's
 //! [`StepError`], the webhook post of `http` steps and escalations (generic or PagerDuty
-//! Events v2), and the Scheduled Events approval of `azure_ack` steps.
+//! Events v2), the Scheduled Events approval of `azure_ack` steps, and bounded reads of
+//! response bodies.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -222,4 +223,20 @@ pub async fn azure_ack(
     } else {
         Err(format!("StartRequests answered HTTP {}", r.status()).into())
     }
+}
+
+/// Reads a response body, refusing one larger than the normalizers accept.
+pub async fn read_limited(mut r: reqwest::Response) -> Result<Vec<u8>, String> {
+    let max = keel_engine::normalize::MAX_PAYLOAD_BYTES;
+    if r.content_length().is_some_and(|n| n > max as u64) {
+        return Err(format!("response body larger than {max} bytes"));
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = r.chunk().await.map_err(|e| e.to_string())? {
+        if out.len() + chunk.len() > max {
+            return Err(format!("response body larger than {max} bytes"));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
 }

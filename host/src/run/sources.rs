@@ -16,15 +16,17 @@ pub mod gcp_metadata;
 pub mod ingest;
 pub mod server;
 
+pub use super::http::read_limited;
 pub use azure_scheduled_events::{poll_scheduled_events, SE};
 pub use server::serve_http;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
-use super::{Inbox, Payload};
+use super::{Host, Inbox, Payload};
 
 /// Why handing a payload to the run loop did not succeed.
 #[derive(Debug)]
@@ -61,22 +63,6 @@ pub async fn deliver(
     }
 }
 
-/// Reads a response body, refusing one larger than the normalizers accept.
-pub async fn read_limited(mut r: reqwest::Response) -> Result<Vec<u8>, String> {
-    let max = keel_engine::normalize::MAX_PAYLOAD_BYTES;
-    if r.content_length().is_some_and(|n| n > max as u64) {
-        return Err(format!("response body larger than {max} bytes"));
-    }
-    let mut out = Vec::new();
-    while let Some(chunk) = r.chunk().await.map_err(|e| e.to_string())? {
-        if out.len() + chunk.len() > max {
-            return Err(format!("response body larger than {max} bytes"));
-        }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out)
-}
-
 /// Sleeps for `d`; false when the host is stopping.
 pub async fn pause(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
     if *stop.borrow() {
@@ -86,4 +72,16 @@ pub async fn pause(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
         _ = tokio::time::sleep(d) => true,
         r = stop.changed() => r.is_ok() && !*stop.borrow(),
     }
+}
+
+/// The state of the host's HTTP endpoints.
+#[derive(Clone)]
+pub struct App {
+    /// The host.
+    pub host: Arc<Host>,
+    /// Where ingest bodies go (when the ingest source is configured): a queue of
+    /// `sources.ingest.queue` bodies.
+    pub inbox: Option<mpsc::Sender<Inbox>>,
+    /// One permit per ingest request handled at once (`sources.ingest.concurrent_requests`).
+    pub ingest_slots: Arc<Semaphore>,
 }

@@ -33,7 +33,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
-use super::server::App;
+use super::App;
 use crate::run::store::{Db, IngestRecord};
 use crate::run::{rfc, Effects, Host, Inbox, IngestReply, Payload, Work};
 

@@ -10,20 +10,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use super::ingest;
+use super::{ingest, App};
 use crate::run::{Host, Inbox};
-
-/// The state of the host's HTTP endpoints.
-#[derive(Clone)]
-pub struct App {
-    /// The host.
-    pub host: Arc<Host>,
-    /// Where ingest bodies go (when the ingest source is configured): a queue of
-    /// `sources.ingest.queue` bodies.
-    pub inbox: Option<mpsc::Sender<Inbox>>,
-    /// One permit per ingest request handled at once (`sources.ingest.concurrent_requests`).
-    pub ingest_slots: Arc<Semaphore>,
-}
 
 /// `/metrics` (Prometheus), `/healthz` (the process answers), `/readyz` (every source has
 /// succeeded, and none has been failing for longer than `unready_after`; a JSON report per

@@ -1,7 +1,7 @@
 //! `keel`: the command-line face of Keel.
 //!
 //! Each subcommand lives in `cmd/<name>.rs` with its `Args` and a function returning an
-//! [`ExitCode`]. Exit codes are documented in `keel --help`.
+//! [`Exit`]. Exit codes are documented in `keel --help`.
 
 use std::process::ExitCode;
 
@@ -9,17 +9,13 @@ use clap::{Parser, Subcommand};
 
 mod cmd;
 mod config;
+mod exit;
 mod failpoint;
 mod render;
 mod run;
 mod stub;
 
-/// Exit code: success.
-pub const EXIT_OK: u8 = 0;
-/// Exit code: usage error, or an input (event file) that cannot be read or parsed.
-pub const EXIT_USAGE: u8 = 2;
-/// Exit code: the policy set is invalid.
-pub const EXIT_INVALID_POLICY: u8 = 3;
+pub use exit::Exit;
 
 #[derive(Parser)]
 #[command(
@@ -29,7 +25,7 @@ pub const EXIT_INVALID_POLICY: u8 = 3;
     long_about = "Keel normalizes cloud platform events (maintenance notices, resource-health \
 changes, failed management operations), evaluates CEL policies against them, and decides an \
 action: retry_without_agent, retry, drain, defer, acknowledge, escalate, or none.",
-    after_help = "Exit codes:\n  0  success\n  1  test failures (`keel test`), or the demo did not complete\n  2  usage error, or an unreadable or malformed input\n  3  invalid policy set, test file or configuration\n\nExamples:\n  keel check policies/\n  keel eval --policies policies/ --event event.json --explain\n  keel normalize --from azure.scheduled_events doc.json\n  keel test policies/\n  keel demo\n  keel run --config host/examples/keel.yaml"
+    after_help = "Exit codes:\n  0  success\n  1  test failures (`keel test`), or the demo did not complete\n  2  usage error, or an unreadable or malformed input\n  3  invalid policy set, test file or configuration\n  4  the host could not start or stopped on an error (state database, its lock, listen address)\n\nExamples:\n  keel check policies/\n  keel eval --policies policies/ --event event.json --explain\n  keel normalize --from azure.scheduled_events doc.json\n  keel test policies/\n  keel demo\n  keel run --config host/examples/keel.yaml"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -56,5 +52,5 @@ fn main() -> ExitCode {
         Command::Run(args) => cmd::run::run(args),
         Command::Demo(args) => cmd::demo::run(args),
     };
-    ExitCode::from(code)
+    code.into()
 }

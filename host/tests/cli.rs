@@ -833,3 +833,63 @@ fn limits_retention_and_group_commit_are_validated_with_positions() {
         "only `listen` is wrong\n{err}"
     );
 }
+
+#[test]
+fn run_with_an_unwritable_state_exits_4_not_invalid_policy() {
+    let d = tmp();
+    let policies = root().join("policies/standard");
+    // The state's directory is a regular file: no user, root included, can create it.
+    write(d.path(), "file", b"not a directory");
+    let state = d.path().join("file/state.db");
+    let cfg = write(
+        d.path(),
+        "keel.yaml",
+        format!(
+            "policies: {}\nstate: {}\nlisten: 127.0.0.1:0\nsources:\n  azure_scheduled_events:\n    url: http://127.0.0.1:9/metadata/scheduledevents?api-version=2020-07-01\n",
+            policies.display(),
+            state.display()
+        )
+        .as_bytes(),
+    );
+    let out = keel(&["run", "--config", &cfg]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    assert!(
+        err.contains("error: cannot lock the state database: "),
+        "{err}"
+    );
+    assert!(err.contains(&state.display().to_string()), "{err}");
+    assert!(!err.contains("invalid"), "{err}");
+    let out = keel(&["demo", "--config", &cfg, "--timeout", "5"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+}
+
+#[test]
+fn run_on_an_invalid_policy_set_exits_3_with_positions() {
+    let d = tmp();
+    let policies = root().join("host/tests/data/bad-two-files");
+    let cfg = write(
+        d.path(),
+        "keel.yaml",
+        format!(
+            "policies: {}\nstate: {}\nlisten: 127.0.0.1:0\n",
+            policies.display(),
+            d.path().join("state.db").display()
+        )
+        .as_bytes(),
+    );
+    let out = keel(&["run", "--config", &cfg]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    // Each diagnostic with its position and the help, as `keel check` renders them.
+    assert!(
+        err.contains("bad-two-files/a.yaml:11:13: error: unknown action `acknowlege`"),
+        "{err}"
+    );
+    assert!(err.contains("help: did you mean `maintenance`?"), "{err}");
+    assert!(
+        err.contains("error: the policy set is invalid; nothing was started"),
+        "{err}"
+    );
+}

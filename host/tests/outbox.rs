@@ -226,7 +226,7 @@ async fn pagerduty_steps_are_validated_with_positions() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    // The configuration is invalid: nothing started (EXIT_INVALID_POLICY).
+    // The configuration is invalid: nothing started (exit 3).
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(
         err.contains("keel.yaml:14:")

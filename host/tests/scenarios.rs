@@ -461,7 +461,7 @@ async fn a_second_host_on_the_same_state_refuses_to_start_and_a_killed_one_frees
 
     let mut second = sc.keel(&[], &[]);
     let status = second.wait_exit(Duration::from_secs(60)).await;
-    assert_eq!(status.code(), Some(3), "{status}\n{}", second.dump());
+    assert_eq!(status.code(), Some(4), "{status}\n{}", second.dump());
     let err = second.stderr();
     assert!(
         err.contains(&format!("in use by another keel run (pid {pid} on ")),

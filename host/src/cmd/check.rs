@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use keel_engine::Engine;
 
-use crate::{render, EXIT_INVALID_POLICY, EXIT_OK};
+use crate::{render, Exit};
 
 /// Validate a policy set and print every problem with its position.
 #[derive(clap::Args)]
@@ -19,7 +19,7 @@ pub struct Args {
 }
 
 /// Runs `keel check`.
-pub fn run(args: Args) -> u8 {
+pub fn run(args: Args) -> Exit {
     match Engine::from_dir(&args.path) {
         Ok(engine) => {
             let native = engine.policies().filter(|p| p.native).count();
@@ -36,7 +36,7 @@ pub fn run(args: Args) -> u8 {
                 engine.len() - native,
                 &engine.digest()[..12]
             );
-            EXIT_OK
+            Exit::Ok
         }
         Err(err) => {
             let mut stderr = std::io::stderr().lock();
@@ -52,7 +52,7 @@ pub fn run(args: Args) -> u8 {
                 files.len(),
                 if files.len() == 1 { "" } else { "s" }
             );
-            EXIT_INVALID_POLICY
+            Exit::Invalid
         }
     }
 }

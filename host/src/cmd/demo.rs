@@ -5,10 +5,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::{config, render, run, stub, EXIT_INVALID_POLICY, EXIT_OK, EXIT_USAGE};
-
-/// Exit code: the demo scenario did not complete.
-pub const EXIT_DEMO_FAILED: u8 = 1;
+use crate::{config, render, run, stub, Exit};
 
 /// Play a platform Reboot through drain to StartRequests, against a loopback stub.
 #[derive(clap::Args)]
@@ -25,29 +22,29 @@ pub struct Args {
 }
 
 /// Runs `keel demo`.
-pub fn run(args: Args) -> u8 {
+pub fn run(args: Args) -> Exit {
     let mut cfg = match config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
             let _ = render::diagnostics(&mut std::io::stderr().lock(), &e);
-            return EXIT_INVALID_POLICY;
+            return Exit::Invalid;
         }
     };
     let Ok(rt) = tokio::runtime::Runtime::new() else {
         eprintln!("error: cannot start the runtime");
-        return EXIT_USAGE;
+        return Exit::Host;
     };
     rt.block_on(async move {
         let stub = match stub::start(Duration::from_millis(1500)).await {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("error: cannot start the stub: {e}");
-                return EXIT_USAGE;
+                return Exit::Host;
             }
         };
         let Some(se) = cfg.azure_scheduled_events.as_mut() else {
             eprintln!("error: the configuration has no azure_scheduled_events source");
-            return EXIT_USAGE;
+            return Exit::Usage;
         };
         se.url = stub.url();
         se.interval = Duration::from_millis(250);
@@ -62,8 +59,8 @@ pub fn run(args: Args) -> u8 {
         let host = match run::Host::new(cfg, Box::new(std::io::stdout())) {
             Ok(h) => h,
             Err(e) => {
-                eprintln!("error: {e}");
-                return EXIT_INVALID_POLICY;
+                let _ = e.render(&mut std::io::stderr().lock());
+                return e.exit();
             }
         };
         let (tx, rx) = watch::channel(false);
@@ -100,10 +97,10 @@ pub fn run(args: Args) -> u8 {
             && steps.iter().all(|(_, o)| o.as_deref() == Some("ok"));
         if ok && drained_then_approved && approvals == [event_id] {
             println!("keel demo: ok: the Reboot was drained, approved with StartRequests, and completed");
-            EXIT_OK
+            Exit::Ok
         } else {
             println!("keel demo: FAILED: the scenario did not complete within {}s", args.timeout);
-            EXIT_DEMO_FAILED
+            Exit::Failed
         }
     })
 }

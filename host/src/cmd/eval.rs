@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use chrono::{DateTime, Utc};
 use keel_engine::{escape, Ctx, Decision, Engine, Event, Mode, Outcome, MAX_EVENT_BYTES};
 
-use crate::{render, EXIT_INVALID_POLICY, EXIT_OK, EXIT_USAGE};
+use crate::{render, Exit};
 
 /// Output format.
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -68,7 +68,7 @@ fn read_event(spec: &str) -> Result<Event, String> {
 }
 
 /// Runs `keel eval`.
-pub fn run(args: Args) -> u8 {
+pub fn run(args: Args) -> Exit {
     let now: DateTime<Utc> = match &args.now {
         Some(s) => match DateTime::parse_from_rfc3339(s) {
             Ok(t) => t.with_timezone(&Utc),
@@ -77,7 +77,7 @@ pub fn run(args: Args) -> u8 {
                     "error: --now {}: not an RFC 3339 time ({e}); e.g. 2021-10-13T14:05:00Z",
                     escape(s)
                 );
-                return EXIT_USAGE;
+                return Exit::Usage;
             }
         },
         None => Utc::now(),
@@ -87,14 +87,14 @@ pub fn run(args: Args) -> u8 {
         Err(err) => {
             let _ = render::diagnostics(&mut std::io::stderr().lock(), &err);
             eprintln!("error: the policy set is invalid");
-            return EXIT_INVALID_POLICY;
+            return Exit::Invalid;
         }
     };
     let event = match read_event(&args.event) {
         Ok(e) => e,
         Err(msg) => {
             eprintln!("error: {msg}");
-            return EXIT_USAGE;
+            return Exit::Usage;
         }
     };
     let mode = if args.explain || args.as_test {
@@ -121,12 +121,12 @@ pub fn run(args: Args) -> u8 {
         }
     };
     match res {
-        Ok(()) => EXIT_OK,
+        Ok(()) => Exit::Ok,
         // A closed pipe (`keel eval … | head`) is not an error.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => EXIT_OK,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Exit::Ok,
         Err(e) => {
             eprintln!("error: writing the decision: {e}");
-            EXIT_USAGE
+            Exit::Usage
         }
     }
 }

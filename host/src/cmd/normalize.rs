@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use keel_engine::normalize::{normalize, Input, NormalizerState, MAX_PAYLOAD_BYTES, NORMALIZERS};
 use keel_engine::{escape, Operation};
 
-use crate::{EXIT_OK, EXIT_USAGE};
+use crate::Exit;
 
 /// Turn a vendor payload into normalized events, one JSON object per line.
 #[derive(clap::Args)]
@@ -92,18 +92,18 @@ fn save_state(path: &Path, state: &NormalizerState) -> Result<(), String> {
 }
 
 /// Runs `keel normalize`.
-pub fn run(args: Args) -> u8 {
+pub fn run(args: Args) -> Exit {
     if args.list {
         for n in NORMALIZERS {
             println!("{:<24} {}", n.name, n.reads);
         }
-        return EXIT_OK;
+        return Exit::Ok;
     }
     match run_inner(&args) {
-        Ok(()) => EXIT_OK,
+        Ok(()) => Exit::Ok,
         Err(msg) => {
             eprintln!("error: {msg}");
-            EXIT_USAGE
+            Exit::Usage
         }
     }
 }

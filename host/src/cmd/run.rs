@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use tokio::sync::watch;
 
-use crate::{config, render, run, EXIT_INVALID_POLICY, EXIT_OK, EXIT_USAGE};
+use crate::{config, render, run, Exit};
 
 /// Run the host: poll the sources, decide, execute runbooks exactly once.
 #[derive(clap::Args)]
@@ -28,13 +28,13 @@ pub struct Args {
 }
 
 /// Runs `keel run` until SIGINT or SIGTERM.
-pub fn run(args: Args) -> u8 {
+pub fn run(args: Args) -> Exit {
     let mut cfg = match config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
             let _ = render::diagnostics(&mut std::io::stderr().lock(), &e);
             eprintln!("error: the configuration is invalid; nothing was started");
-            return EXIT_INVALID_POLICY;
+            return Exit::Invalid;
         }
     };
     cfg.dry_run |= args.dry_run;
@@ -49,7 +49,7 @@ pub fn run(args: Args) -> u8 {
                 keel_engine::escape(name),
                 names.join(", ")
             );
-            return EXIT_USAGE;
+            return Exit::Usage;
         };
         let path = (file != "-").then(|| PathBuf::from(file));
         if let Some(p) = path.as_ref().filter(|p| !p.exists() || p.is_dir()) {
@@ -57,11 +57,11 @@ pub fn run(args: Args) -> u8 {
                 "error: --replay: `{}` is not a readable file",
                 keel_engine::escape(&p.display().to_string())
             );
-            return EXIT_USAGE;
+            return Exit::Usage;
         }
         if path.is_none() && cfg.files.iter().any(|f| f.path.is_none()) {
             eprintln!("error: --replay -: the configuration already reads standard input");
-            return EXIT_USAGE;
+            return Exit::Usage;
         }
         cfg.files.push(config::FileSource {
             path,
@@ -71,21 +71,21 @@ pub fn run(args: Args) -> u8 {
     }
     if let Err(e) = crate::failpoint::check() {
         eprintln!("error: {e}");
-        return EXIT_USAGE;
+        return Exit::Usage;
     }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
-            return EXIT_USAGE;
+            return Exit::Host;
         }
     };
     rt.block_on(async move {
         let host = match run::Host::new(cfg, Box::new(std::io::stdout())) {
             Ok(h) => h,
             Err(e) => {
-                eprintln!("error: {e}");
-                return EXIT_INVALID_POLICY;
+                let _ = e.render(&mut std::io::stderr().lock());
+                return e.exit();
             }
         };
         let (tx, rx) = watch::channel(false);
@@ -94,10 +94,10 @@ pub fn run(args: Args) -> u8 {
             let _ = tx.send(true);
         });
         match run::run(host, rx).await {
-            Ok(()) => EXIT_OK,
+            Ok(()) => Exit::Ok,
             Err(e) => {
-                eprintln!("error: {e}");
-                EXIT_USAGE
+                let _ = e.render(&mut std::io::stderr().lock());
+                e.exit()
             }
         }
     })

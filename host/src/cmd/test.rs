@@ -6,10 +6,7 @@ use std::path::PathBuf;
 use keel_engine::escape;
 use keel_engine::testing::{self, TestOptions, TestReport};
 
-use crate::{render, EXIT_INVALID_POLICY, EXIT_OK, EXIT_USAGE};
-
-/// Exit code: some test failed (or a policy file is never reached).
-pub const EXIT_FAILED: u8 = 1;
+use crate::{render, Exit};
 
 /// Output format.
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -50,7 +47,7 @@ pub struct Args {
 }
 
 /// Runs `keel test`.
-pub fn run(args: Args) -> u8 {
+pub fn run(args: Args) -> Exit {
     let mut opts = TestOptions::default();
     if let Some(p) = &args.run {
         opts = opts.run(p.clone());
@@ -63,7 +60,7 @@ pub fn run(args: Args) -> u8 {
         Err(err) => {
             let _ = render::diagnostics(&mut std::io::stderr().lock(), &err);
             eprintln!("error: the policy set or a test file is invalid; no test ran");
-            return EXIT_INVALID_POLICY;
+            return Exit::Invalid;
         }
     };
     if let (Some(pat), 0) = (&args.run, report.steps().count()) {
@@ -71,7 +68,7 @@ pub fn run(args: Args) -> u8 {
             "error: no case matches --run {}: nothing was tested",
             escape(pat)
         );
-        return EXIT_USAGE;
+        return Exit::Usage;
     }
     for (path, body) in [
         (
@@ -88,7 +85,7 @@ pub fn run(args: Args) -> u8 {
         if let (Some(path), Some(body)) = (path, body) {
             if let Err(e) = std::fs::write(path, body) {
                 eprintln!("error: {}: {e}", escape(&path.display().to_string()));
-                return EXIT_USAGE;
+                return Exit::Usage;
             }
         }
     }
@@ -103,34 +100,34 @@ pub fn run(args: Args) -> u8 {
     if let Err(e) = res {
         if e.kind() != std::io::ErrorKind::BrokenPipe {
             eprintln!("error: writing the report: {e}");
-            return EXIT_USAGE;
+            return Exit::Usage;
         }
     }
     if report.passed() {
-        EXIT_OK
+        Exit::Ok
     } else {
-        EXIT_FAILED
+        Exit::Failed
     }
 }
 
-fn mutate(args: &Args, opts: &TestOptions) -> u8 {
+fn mutate(args: &Args, opts: &TestOptions) -> Exit {
     match testing::mutation_check(&args.path, opts) {
         Err(err) => {
             let _ = render::diagnostics(&mut std::io::stderr().lock(), &err);
-            EXIT_INVALID_POLICY
+            Exit::Invalid
         }
         Ok(r) if r.baseline_failures > 0 => {
             println!(
                 "mutation check: {} steps fail without any mutation; fix them first (run `keel test` to see them)",
                 r.baseline_failures
             );
-            EXIT_FAILED
+            Exit::Failed
         }
         Ok(r) => {
             let (tried, survivors) = (r.tried, r.survivors);
             if survivors.is_empty() {
                 println!("mutation check: all {tried} mutations were caught by at least one failing case");
-                EXIT_OK
+                Exit::Ok
             } else {
                 println!(
                     "mutation check: {} of {tried} mutations survived (no case failed):",
@@ -139,7 +136,7 @@ fn mutate(args: &Args, opts: &TestOptions) -> u8 {
                 for s in &survivors {
                     println!("  {} ({})", escape(&s.policy), s.mutation);
                 }
-                EXIT_FAILED
+                Exit::Failed
             }
         }
     }

@@ -48,9 +48,9 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 use super::backoff::{retry_after, MAX_RETRY_AFTER};
+use super::http::read_limited;
+use super::http::StepError;
 use super::identity::TokenClient;
-use super::sources::read_limited;
-use super::steps::StepError;
 use super::Host;
 use crate::config::{api_version_ok, resource_id_ok, ArmScope};
 

@@ -13,37 +13,54 @@ pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 pub struct Backoff {
     initial: Duration,
     max: Duration,
-    current: Option<Duration>,
+    failures: u32,
 }
 
 impl Backoff {
     /// A backoff starting at `initial` and never above `max`.
     pub fn new(initial: Duration, max: Duration) -> Backoff {
         Backoff {
-            initial: initial.min(max),
+            initial,
             max,
-            current: None,
+            failures: 0,
         }
     }
 
     /// Forgets the failures (after a success).
     pub fn reset(&mut self) {
-        self.current = None;
+        self.failures = 0;
     }
 
     /// The wait after one more failure; at least `retry_after` (capped at
     /// [`MAX_RETRY_AFTER`]) when the server sent one.
     pub fn next(&mut self, retry_after: Option<Duration>) -> Duration {
-        let d = match self.current {
-            None => self.initial,
-            Some(c) => c.saturating_mul(2).min(self.max),
-        };
-        self.current = Some(d);
-        let wait = d / 2 + jitter(d / 2);
-        match retry_after {
-            Some(r) => r.min(MAX_RETRY_AFTER).max(wait),
-            None => wait,
+        let wait = equal_jitter(self.initial, self.failures, self.max, retry_after);
+        self.failures = self.failures.saturating_add(1);
+        wait
+    }
+}
+
+/// The wait after `failed` earlier consecutive failures (0 for the first): the delay
+/// `initial * 2^failed`, capped at `max`, with equal jitter (half of it fixed, half random),
+/// and at least the server's `Retry-After` (capped at [`MAX_RETRY_AFTER`]). Saturating: a
+/// huge `initial` never overflows. The one backoff of the sources and the outbox.
+pub fn equal_jitter(
+    initial: Duration,
+    failed: u32,
+    max: Duration,
+    retry_after: Option<Duration>,
+) -> Duration {
+    let mut d = initial.min(max);
+    for _ in 0..failed {
+        if d >= max || d.is_zero() {
+            break;
         }
+        d = d.saturating_mul(2).min(max);
+    }
+    let wait = d / 2 + jitter(d / 2);
+    match retry_after {
+        Some(r) => r.min(MAX_RETRY_AFTER).max(wait),
+        None => wait,
     }
 }
 
@@ -114,6 +131,31 @@ mod tests {
         assert_eq!(b.next(Some(Duration::from_secs(100_000))), MAX_RETRY_AFTER);
         b.reset();
         assert!(b.next(None) <= Duration::from_millis(100));
+    }
+
+    #[test]
+    fn equal_jitter_doubles_caps_and_ends_for_any_failure_count() {
+        let ms = Duration::from_millis;
+        for (failed, d) in [
+            (0u32, 100u64),
+            (1, 200),
+            (2, 400),
+            (3, 400),
+            (u32::MAX, 400),
+        ] {
+            let w = equal_jitter(ms(100), failed, ms(400), None);
+            assert!(w >= ms(d / 2) && w <= ms(d), "{failed}: {w:?}");
+        }
+        // A zero initial delay stays zero (and a huge failure count ends at once).
+        assert_eq!(
+            equal_jitter(Duration::ZERO, u32::MAX, ms(400), None),
+            Duration::ZERO
+        );
+        assert!(equal_jitter(Duration::MAX, u32::MAX, Duration::MAX, None) >= Duration::MAX / 2);
+        assert_eq!(
+            equal_jitter(ms(1), 0, ms(400), Some(Duration::from_secs(100_000))),
+            MAX_RETRY_AFTER
+        );
     }
 
     #[test]

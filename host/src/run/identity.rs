@@ -20,7 +20,7 @@ use tokio::sync::Mutex;
 use tokio::time::Instant;
 
 use super::backoff::retry_after;
-use super::sources::read_limited;
+use super::http::read_limited;
 use crate::config::{AzureIdentity, Secret};
 
 /// The IMDS api-version of the token endpoint.

@@ -8,6 +8,7 @@
 pub mod arm;
 pub mod backoff;
 pub mod health;
+pub mod http;
 pub mod identity;
 pub mod lock;
 pub mod metrics;
@@ -118,8 +119,53 @@ pub struct Host {
     _lock: lock::StateLock,
 }
 
-/// Why the host could not start.
-pub type StartError = String;
+/// Why the host could not start, or stopped on an error.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The policy set is invalid (its diagnostics are rendered with their positions).
+    #[error("the policy set is invalid")]
+    Policies(#[from] keel_engine::LoadError),
+    /// Another host holds the state database, or its lock file cannot be written.
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
+    /// The state database cannot be opened, migrated, read or written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The HTTP client could not be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+    /// The ingest and health endpoint cannot listen on its address.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The configured `listen` address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl StartError {
+    /// The exit code of `keel run` and `keel demo` for this error: an invalid policy set is
+    /// [`Exit::Invalid`](crate::Exit::Invalid), anything else about the host itself (state,
+    /// lock, listen address) [`Exit::Host`](crate::Exit::Host).
+    pub fn exit(&self) -> crate::Exit {
+        match self {
+            StartError::Policies(_) => crate::Exit::Invalid,
+            _ => crate::Exit::Host,
+        }
+    }
+
+    /// Writes the error to `out`: an invalid policy set with every diagnostic and its
+    /// position, anything else on one `error:` line.
+    pub fn render(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        if let StartError::Policies(e) = self {
+            crate::render::diagnostics(out, e)?;
+            writeln!(out, "error: the policy set is invalid; nothing was started")
+        } else {
+            writeln!(out, "error: {self}")
+        }
+    }
+}
 
 fn now() -> DateTime<Utc> {
     Utc::now()
@@ -132,8 +178,14 @@ fn rfc(t: DateTime<Utc>) -> String {
 /// `decision_id`: a stable hash of the event and its status, so a replay finds the same id.
 fn decision_id(ev: &Event) -> String {
     let status = status_of(ev);
-    let d = Sha256::digest(format!("{}\u{1f}{status}", ev.id).as_bytes());
-    d[..8].iter().map(|b| format!("{b:02x}")).collect()
+    short_hash(&format!("{}\u{1f}{status}", ev.id), 8)
+}
+
+/// The first `bytes` bytes (at most 32) of the SHA-256 of `text`, in lowercase hex: the
+/// stable ids and keys of decisions, steps and outbox entries.
+pub fn short_hash(text: &str, bytes: usize) -> String {
+    let d = Sha256::digest(text.as_bytes());
+    hex::encode(&d[..bytes.min(d.len())])
 }
 
 fn status_of(ev: &Event) -> String {
@@ -188,15 +240,15 @@ impl Host {
     pub fn new(cfg: Config, log: Box<dyn std::io::Write + Send>) -> Result<Arc<Host>, StartError> {
         // Before anything beside the state is touched (the plugin cache, the database): a
         // second host on it stops here.
-        let state_lock = lock::acquire(&cfg.state).map_err(|e| e.to_string())?;
-        let engine = load_policies(&cfg).map_err(|e| e.to_string())?;
-        let store = Store::open(&cfg.state).map_err(|e| e.to_string())?;
-        let nstate = match store.normalizer_state().map_err(|e| e.to_string())? {
+        let state_lock = lock::acquire(&cfg.state)?;
+        let engine = load_policies(&cfg)?;
+        let store = Store::open(&cfg.state)?;
+        let nstate = match store.normalizer_state()? {
             Some(json) => serde_json::from_str(&json).unwrap_or_default(),
             None => NormalizerState::default(),
         };
-        let history = rebuild_history(&store).map_err(|e| e.to_string())?;
-        let http = http_client().map_err(|e| e.to_string())?;
+        let history = rebuild_history(&store)?;
+        let http = http_client()?;
         let identity = identity::TokenClient::new(http.clone(), cfg.azure_identity.clone());
         let host = Arc::new(Host {
             drain_slots: Arc::new(tokio::sync::Semaphore::new(cfg.limits.concurrent_drains)),
@@ -726,12 +778,14 @@ pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(),
     let queue = host.cfg.ingest.as_ref().map_or(1, |i| i.queue);
     let (itx, mut irx) = mpsc::channel::<Inbox>(queue);
     let mut tasks = tokio::task::JoinSet::new();
+    let listen = |source| StartError::Listen {
+        addr: host.cfg.listen,
+        source,
+    };
     let listener = tokio::net::TcpListener::bind(host.cfg.listen)
         .await
-        .map_err(|e| format!("cannot listen on {}: {e}", host.cfg.listen))?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| format!("cannot listen on {}: {e}", host.cfg.listen))?;
+        .map_err(listen)?;
+    let local = listener.local_addr().map_err(listen)?;
     host.log_line(&serde_json::json!({"time": rfc(now()), "listen": local.to_string()}));
     if let Some(se) = host.cfg.azure_scheduled_events.clone() {
         host.health.register(sources::SE, "poll");
@@ -816,7 +870,7 @@ pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(),
         stop.clone(),
     ));
     let mut runbooks = tokio::task::JoinSet::new();
-    for p in host.store.pending().map_err(|e| e.to_string())? {
+    for p in host.store.pending()? {
         let (Ok(ev), Ok(d)) = (
             serde_json::from_str::<Event>(&p.event_json),
             serde_json::from_str::<Decision>(&p.decision_json),
@@ -874,80 +928,4 @@ pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(),
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A Scheduled Events document with `events` (EventId, for VM `vm-1`) at `incarnation`.
-    fn se_doc(incarnation: i64, events: &[&str]) -> Inbox {
-        let nb = (now() + chrono::Duration::minutes(15))
-            .format("%a, %d %b %Y %H:%M:%S GMT")
-            .to_string();
-        let evs: Vec<serde_json::Value> = events
-            .iter()
-            .map(|id| {
-                serde_json::json!({
-                    "EventId": id, "EventStatus": "Scheduled", "EventType": "Reboot",
-                    "ResourceType": "VirtualMachine", "Resources": ["vm-1"], "NotBefore": nb,
-                    "Description": "", "EventSource": "Platform", "DurationInSeconds": -1,
-                })
-            })
-            .collect();
-        let doc = serde_json::json!({"DocumentIncarnation": incarnation, "Events": evs});
-        let (ack, _) = oneshot::channel();
-        Inbox::Poll(
-            Payload {
-                normalizer: sources::SE,
-                bytes: doc.to_string().into_bytes(),
-                observed_at: now(),
-            },
-            ack,
-        )
-    }
-
-    #[test]
-    fn an_approval_survives_a_batch_rolled_back() -> Result<(), Box<dyn std::error::Error>> {
-        let dir = tempfile::tempdir()?;
-        let path = dir.path().join("keel.yaml");
-        let policies =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/standard");
-        std::fs::write(
-            &path,
-            format!(
-                "policies: {}\nstate: state.db\nself: vm-1\nrunbooks:\n  drain:\n    - name: approve\n      azure_ack: {{}}\n",
-                policies.display()
-            ),
-        )?;
-        let cfg = crate::config::load(&path).map_err(|e| format!("{e:?}"))?;
-        let host = Host::new(cfg, Box::new(std::io::sink()))?;
-        let id = "azure.scheduled_events:e1/vm-1";
-        assert_eq!(host.process(vec![se_doc(1, &["E1"])]).len(), 1, "a drain");
-        // StartRequests is about to be sent: the approval is in the store.
-        host.store.approval_before_send("E1", "d", &rfc(now()))?;
-        // A batch marks the approval in the normalizer state, then rolls back (its state
-        // restored to what it was before it).
-        let before = host.nstate.lock().map_err(|_| "poisoned")?.clone();
-        assert!(host.process(vec![se_doc(1, &["E1"])]).is_empty());
-        host.roll_back(Some(before));
-        // The platform drops the approved event from the next document: not a cancellation.
-        host.process(vec![se_doc(2, &[])]);
-        assert!(host.store.seen(id, "ended")?);
-        assert!(!host.store.seen(id, "canceled")?);
-        Ok(())
-    }
-
-    #[test]
-    fn a_deferral_deferred_again_keeps_one_suffix() {
-        let t1 = DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default();
-        let t2 = DateTime::from_timestamp(1_700_000_600, 0).unwrap_or_default();
-        let once = redecision_id("azure.scheduled_events:e/vm", t1);
-        assert_eq!(
-            once,
-            "azure.scheduled_events:e/vm#deferred@2023-11-14T22:13:20.000Z"
-        );
-        let twice = redecision_id(&once, t2);
-        assert_eq!(
-            twice,
-            "azure.scheduled_events:e/vm#deferred@2023-11-14T22:23:20.000Z"
-        );
-    }
-}
+mod tests;

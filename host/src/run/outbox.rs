@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use chrono::Utc;
 use keel_engine::{escape, Action, Decision, Event};
-use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 
 use super::backoff;
@@ -26,8 +25,7 @@ const POLL: Duration = Duration::from_millis(100);
 
 /// The outbox key of something a decision escalates: the same after a restart.
 pub fn key(decision_id: &str, what: &str) -> String {
-    let d = Sha256::digest(format!("{decision_id}\u{1f}outbox\u{1f}{what}").as_bytes());
-    d[..16].iter().map(|b| format!("{b:02x}")).collect()
+    super::short_hash(&format!("{decision_id}\u{1f}outbox\u{1f}{what}"), 16)
 }
 
 /// The outbox entries (key, body) of a decision's escalations that are not repeats.
@@ -108,7 +106,7 @@ async fn deliver_one(host: &Arc<Host>, row: &OutboxRow) {
                 initial = step.backoff.max(Duration::from_millis(1));
                 let res = tokio::time::timeout(
                     step.timeout,
-                    super::steps::post_http(host, &step.kind, &row.key, &body),
+                    super::http::post_http(host, &step.kind, &row.key, &body),
                 )
                 .await;
                 let err = match res {
@@ -162,15 +160,8 @@ async fn deliver_one(host: &Arc<Host>, row: &OutboxRow) {
 /// The wait after the `failed`-th failure (0-based): `initial * 2^failed` capped at
 /// [`MAX_DELAY`], with equal jitter, and at least the server's `Retry-After`.
 pub fn delay(initial: Duration, failed: i64, retry_after: Option<Duration>) -> Duration {
-    let exp = u32::try_from(failed.clamp(0, 30)).unwrap_or(30);
-    let d = initial
-        .saturating_mul(2u32.saturating_pow(exp))
-        .min(MAX_DELAY);
-    let wait = d / 2 + backoff::jitter(d / 2);
-    match retry_after {
-        Some(r) => r.min(backoff::MAX_RETRY_AFTER).max(wait),
-        None => wait,
-    }
+    let failed = u32::try_from(failed.max(0)).unwrap_or(u32::MAX);
+    backoff::equal_jitter(initial, failed, MAX_DELAY, retry_after)
 }
 
 #[cfg(test)]

@@ -1,0 +1,792 @@
+//! `keel.yaml`: the host's one configuration file, validated whole before anything starts.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use keel_engine::yaml::{self, YamlDoc};
+use keel_engine::{Action, Diagnostic, LoadError};
+use serde_json::Value;
+
+mod runbooks;
+mod sources;
+
+pub use runbooks::*;
+pub use sources::*;
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The policy directory.
+    pub policies: PathBuf,
+    /// The SQLite state database.
+    pub state: PathBuf,
+    /// Where /metrics, /healthz and /readyz listen (loopback by default).
+    pub listen: SocketAddr,
+    /// Plan steps without effects.
+    pub dry_run: bool,
+    /// This VM's name, as the platform lists it.
+    pub self_name: Option<String>,
+    /// The Azure Scheduled Events source, if configured.
+    pub azure_scheduled_events: Option<SeSource>,
+    /// The AWS IMDSv2 source, if configured.
+    pub aws_imds: Option<AwsImdsSource>,
+    /// The GCP metadata server source, if configured.
+    pub gcp_metadata: Option<GcpMetadataSource>,
+    /// The HTTP ingest endpoint (`POST /ingest` on `listen`), if configured.
+    pub ingest: Option<IngestSource>,
+    /// The legacy Azure maintenance endpoint (`/metadata/v1/maintenance`), if configured.
+    pub azure_maintenance_v1: Option<AzureMaintenanceV1Source>,
+    /// Azure Resource Health for this VM, if configured.
+    pub azure_resource_health: Option<ResourceHealthSource>,
+    /// Files (or standard input) replayed through a normalizer.
+    pub files: Vec<FileSource>,
+    /// The managed identity that Resource Health and `arm` steps take their tokens from.
+    pub azure_identity: AzureIdentity,
+    /// Where `arm` steps may act (`arm.scopes`): subscriptions or resource groups. Required
+    /// when a runbook has an `arm` step; a resource outside every scope is never written.
+    pub arm_scopes: Vec<ArmScope>,
+    /// Runbooks: the ordered steps of each action.
+    pub runbooks: BTreeMap<Action, Vec<Step>>,
+    /// A source that has failed for this long makes /readyz red.
+    pub unready_after: Duration,
+    /// How often the policy files are checked for changes (`policy_reload_interval`).
+    pub reload_interval: Duration,
+    /// Limits on what runs at once.
+    pub limits: Limits,
+    /// How long finished history (decisions and their steps, seen events, delivered
+    /// escalations, ingest keys) is kept; pending work is never collected.
+    pub retention: Duration,
+    /// How often the garbage collector runs.
+    pub gc_interval: Duration,
+    /// Where compiled Wasm plugins are cached (`plugin_cache`; default `plugin-cache/` beside
+    /// the state database). Only Keel may write it.
+    #[cfg_attr(not(feature = "plugins"), allow(dead_code))]
+    pub plugin_cache: PathBuf,
+    /// Group commit: at most this many waiting payloads and ingest bodies are decided and
+    /// committed in one transaction (default 256; 1 commits each on its own).
+    pub commit_batch_max: usize,
+}
+
+/// Limits on what runs at once (`limits:`).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// How many `drain` runbooks run at the same time (default 1); the others wait for a slot
+    /// until their deadline.
+    pub concurrent_drains: usize,
+    /// How many runbooks other than drains run at the same time (default 16); the others
+    /// wait for a slot, in the order they were decided.
+    pub concurrent_runbooks: usize,
+    /// How many connections to `listen` are open at once (default 256); a connection beyond
+    /// them is closed at once.
+    pub connections: usize,
+    /// How long a client may take to send a request's headers, or keep a connection idle
+    /// between requests (default 10 s); the connection is closed after it.
+    pub header_timeout: Duration,
+}
+
+/// A secret read from the environment; its `Debug` form never shows it.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(s: String) -> Secret {
+        Secret(s)
+    }
+
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+struct V<'a> {
+    doc: &'a YamlDoc,
+    diags: Vec<Diagnostic>,
+}
+
+impl V<'_> {
+    fn err(&mut self, ptr: &str, msg: impl Into<String>) {
+        self.diags.push(self.doc.diagnostic(ptr, msg));
+    }
+
+    fn key_err(&mut self, ptr: &str, msg: impl Into<String>) {
+        self.diags.push(self.doc.key_diagnostic(ptr, msg));
+    }
+
+    fn keys(&mut self, ptr: &str, v: &Value, allowed: &[&str]) {
+        if let Value::Object(m) = v {
+            for k in m.keys() {
+                if !allowed.contains(&k.as_str()) {
+                    let hint = strsim_hint(k, allowed);
+                    self.key_err(
+                        &format!("{ptr}/{k}"),
+                        format!(
+                            "unknown key `{k}`{hint}; expected one of: {}",
+                            allowed.join(", ")
+                        ),
+                    );
+                }
+            }
+        } else {
+            self.err(ptr, "expected a map");
+        }
+    }
+
+    fn path(&mut self, base: &Path, ptr: &str, v: Option<&Value>, default: &str) -> PathBuf {
+        match v {
+            None => base.join(default),
+            Some(Value::String(s)) => base.join(s),
+            Some(_) => {
+                self.err(ptr, "expected a path");
+                base.join(default)
+            }
+        }
+    }
+
+    /// An `http(s)://` base URL without a trailing slash.
+    fn url(&mut self, ptr: &str, v: Option<&Value>, default: &str) -> String {
+        match v {
+            None => default.to_string(),
+            Some(Value::String(u))
+                if (u.starts_with("http://") || u.starts_with("https://"))
+                    && !u.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+            {
+                u.trim_end_matches('/').to_string()
+            }
+            Some(_) => {
+                self.err(ptr, "expected an http:// or https:// URL");
+                default.to_string()
+            }
+        }
+    }
+
+    /// [`V::url`] for an endpoint that a bearer token (or the request for one) is sent to:
+    /// plain `http://` is refused unless [`token_url_ok`] allows it.
+    fn token_url(&mut self, ptr: &str, v: Option<&Value>, default: &str, imds: bool) -> String {
+        let u = self.url(ptr, v, default);
+        if v.is_some() && u.starts_with("http://") && !token_url_ok(&u, imds) {
+            let also = if imds {
+                ", or IMDS's 169.254.169.254"
+            } else {
+                ""
+            };
+            self.err(
+                ptr,
+                format!(
+                    "a token would travel in clear to {}: use https:// (plain http:// only on \
+                     a loopback address: 127.0.0.0/8, ::1, localhost{also})",
+                    keel_engine::escape(&u)
+                ),
+            );
+        }
+        u
+    }
+
+    /// A duration that must not be zero.
+    /// [`V::positive`] of key `key` of the map `s` at `p`.
+    fn positive_at(&mut self, p: &str, s: &Value, key: &str, default: Duration) -> Duration {
+        self.positive(&format!("{p}/{key}"), s.get(key), default)
+    }
+
+    /// [`V::duration`] of key `key` of the map `s` at `p`.
+    fn duration_at(&mut self, p: &str, s: &Value, key: &str, default: Duration) -> Duration {
+        self.duration(&format!("{p}/{key}"), s.get(key), default)
+    }
+
+    /// A whole number from 1 to 10000 at `ptr` (`default` when absent; `msg` when wrong).
+    fn count(&mut self, ptr: &str, v: Option<&Value>, default: usize, msg: &str) -> usize {
+        match v {
+            None => default,
+            Some(n) => match n.as_u64().and_then(|n| usize::try_from(n).ok()) {
+                Some(c) if (1..=10_000).contains(&c) => c,
+                _ => {
+                    self.err(ptr, msg);
+                    default
+                }
+            },
+        }
+    }
+
+    fn positive(&mut self, ptr: &str, v: Option<&Value>, default: Duration) -> Duration {
+        let d = self.duration(ptr, v, default);
+        if d.is_zero() {
+            self.err(ptr, "must be longer than zero");
+            return default;
+        }
+        d
+    }
+
+    fn boolean(&mut self, ptr: &str, v: Option<&Value>, default: bool) -> bool {
+        match v {
+            None => default,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                self.err(ptr, "expected true or false");
+                default
+            }
+        }
+    }
+
+    fn duration(&mut self, ptr: &str, v: Option<&Value>, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(v) => secs(v).unwrap_or_else(|| {
+                self.err(ptr, "expected a duration such as 500ms, 1s, 5m");
+                default
+            }),
+        }
+    }
+}
+
+/// `limits.concurrent_runbooks` when not given.
+pub const DEFAULT_CONCURRENT_RUNBOOKS: usize = 16;
+/// `limits.connections` when not given.
+pub const DEFAULT_CONNECTIONS: usize = 256;
+/// `limits.header_timeout` when not given.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// `sources.ingest.queue` when not given.
+pub const DEFAULT_INGEST_QUEUE: usize = 256;
+/// `sources.ingest.concurrent_requests` when not given.
+pub const DEFAULT_INGEST_CONCURRENT: usize = 64;
+/// `sources.ingest.request_timeout` when not given.
+pub const DEFAULT_INGEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The managed identity of the VM: tokens from IMDS's
+/// `GET {endpoint}/metadata/identity/oauth2/token?api-version=2018-02-01&resource=...`.
+#[derive(Debug, Clone)]
+pub struct AzureIdentity {
+    /// The IMDS base URL, without a trailing slash (`http://169.254.169.254`).
+    pub endpoint: String,
+    /// The client id of a user-assigned identity; the system-assigned one when absent.
+    pub client_id: Option<String>,
+    /// The resource the token is for (`https://management.azure.com/`).
+    pub resource: String,
+    /// Timeout of a token request.
+    pub timeout: Duration,
+}
+
+impl Default for AzureIdentity {
+    fn default() -> AzureIdentity {
+        AzureIdentity {
+            endpoint: "http://169.254.169.254".into(),
+            client_id: None,
+            resource: DEFAULT_TOKEN_RESOURCE.into(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The resource of managed-identity tokens for Azure Resource Manager.
+pub const DEFAULT_TOKEN_RESOURCE: &str = "https://management.azure.com/";
+/// Azure Resource Manager's public endpoint.
+pub const DEFAULT_ARM_ENDPOINT: &str = "https://management.azure.com";
+/// The Resource Health api-version polled (the newest stable one, DOMAIN.md 2.1).
+pub const DEFAULT_RESOURCE_HEALTH_API_VERSION: &str = "2025-04-01";
+/// The Compute api-version of resubmitted VM requests.
+pub const DEFAULT_COMPUTE_API_VERSION: &str = "2024-07-01";
+
+fn secs(v: &Value) -> Option<Duration> {
+    match v {
+        Value::Number(n) => n.as_u64().map(Duration::from_secs),
+        Value::String(s) => parse_duration(s),
+        _ => None,
+    }
+}
+
+/// `500ms`, `1s`, `5m`, `2h`, `30d`, or a number of seconds.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if let Some(ms) = s.strip_suffix("ms") {
+        return ms.parse().ok().map(Duration::from_millis);
+    }
+    let (num, mul) = match s.chars().last()? {
+        's' => (&s[..s.len() - 1], 1),
+        'm' => (&s[..s.len() - 1], 60),
+        'h' => (&s[..s.len() - 1], 3600),
+        'd' => (&s[..s.len() - 1], 86_400),
+        c if c.is_ascii_digit() => (s, 1),
+        _ => return None,
+    };
+    num.parse::<u64>()
+        .ok()
+        .map(|n| Duration::from_secs(n.saturating_mul(mul)))
+}
+
+/// Reads and validates `keel.yaml`; every problem is reported with its position. Relative
+/// paths are relative to the file.
+pub fn load(path: &Path) -> Result<Config, LoadError> {
+    let bytes = std::fs::read(path).map_err(|e| {
+        LoadError::from_diagnostics(vec![Diagnostic::at(
+            path,
+            0,
+            0,
+            format!("cannot read: {e}"),
+        )])
+    })?;
+    let doc = yaml::load(path, &bytes)?;
+    let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let mut v = V {
+        doc: &doc,
+        diags: Vec::new(),
+    };
+    let root = doc.value.clone();
+    v.keys(
+        "",
+        &root,
+        &[
+            "policies",
+            "state",
+            "plugin_cache",
+            "listen",
+            "dry_run",
+            "self",
+            "sources",
+            "runbooks",
+            "arm",
+            "unready_after",
+            "policy_reload_interval",
+            "limits",
+            "retention",
+            "gc_interval",
+            "commit_batch_max",
+            "azure_identity",
+        ],
+    );
+    let policies = v.path(&base, "/policies", root.get("policies"), "policies");
+    if !policies.exists() {
+        v.err(
+            "/policies",
+            format!("`{}` does not exist", policies.display()),
+        );
+    }
+    let state = v.path(&base, "/state", root.get("state"), ".keel/state.db");
+    let plugin_cache = match root.get("plugin_cache") {
+        None => state
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("plugin-cache"),
+        Some(_) => v.path(&base, "/plugin_cache", root.get("plugin_cache"), ""),
+    };
+    let listen = match root.get("listen") {
+        None => SocketAddr::from(([127, 0, 0, 1], 9464)),
+        Some(Value::String(s)) => s.parse().unwrap_or_else(|_| {
+            v.err("/listen", "expected an address such as 127.0.0.1:9464");
+            SocketAddr::from(([127, 0, 0, 1], 9464))
+        }),
+        Some(_) => {
+            v.err("/listen", "expected an address such as 127.0.0.1:9464");
+            SocketAddr::from(([127, 0, 0, 1], 9464))
+        }
+    };
+    let dry_run = match root.get("dry_run") {
+        None => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => {
+            v.err("/dry_run", "expected true or false");
+            false
+        }
+    };
+    let self_name = match root.get("self") {
+        None => None,
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(_) => {
+            v.err("/self", "expected this VM's name");
+            None
+        }
+    };
+    let unready_after = v.duration(
+        "/unready_after",
+        root.get("unready_after"),
+        Duration::from_secs(60),
+    );
+    let reload_interval = v.positive(
+        "/policy_reload_interval",
+        root.get("policy_reload_interval"),
+        Duration::from_secs(3),
+    );
+    let limits = parse_limits(&mut v, root.get("limits"));
+    let retention = v.positive(
+        "/retention",
+        root.get("retention"),
+        Duration::from_secs(30 * 86_400),
+    );
+    let gc_interval = v.positive(
+        "/gc_interval",
+        root.get("gc_interval"),
+        Duration::from_secs(3_600),
+    );
+    let commit_batch_max = match root.get("commit_batch_max") {
+        None => 256,
+        Some(n) => match n.as_u64() {
+            Some(c) if (1..=10_000).contains(&c) => c as usize,
+            _ => {
+                v.err("/commit_batch_max", "expected a number from 1 to 10000");
+                256
+            }
+        },
+    };
+    let mut se = None;
+    let mut aws = None;
+    let mut gcp = None;
+    let mut ingest = None;
+    let mut mv1 = None;
+    let mut rh = None;
+    let mut files = Vec::new();
+    let azure_identity = parse_identity(&mut v, root.get("azure_identity"));
+    let arm_scopes = parse_arm_scopes(&mut v, root.get("arm"));
+    if let Some(sources) = root.get("sources") {
+        v.keys(
+            "/sources",
+            sources,
+            &[
+                "azure_scheduled_events",
+                "aws_imds",
+                "gcp_metadata",
+                "ingest",
+                "azure_maintenance_v1",
+                "azure_resource_health",
+                "files",
+            ],
+        );
+        if let Some(s) = sources.get("azure_maintenance_v1") {
+            mv1 = Some(parse_maintenance_v1(&mut v, s));
+        }
+        if let Some(s) = sources.get("azure_resource_health") {
+            rh = parse_resource_health(&mut v, s, self_name.as_deref());
+        }
+        if let Some(s) = sources.get("files") {
+            files = parse_files(&mut v, &base, s);
+        }
+        if let Some(s) = sources.get("azure_scheduled_events") {
+            let p = "/sources/azure_scheduled_events";
+            v.keys(p, s, &["url", "interval", "timeout", "first_timeout"]);
+            let url = match s.get("url") {
+                Some(Value::String(u)) if u.starts_with("http://") || u.starts_with("https://") => {
+                    u.clone()
+                }
+                None => {
+                    "http://169.254.169.254/metadata/scheduledevents?api-version=2020-07-01".into()
+                }
+                Some(_) => {
+                    v.err(&format!("{p}/url"), "expected an http:// URL");
+                    String::new()
+                }
+            };
+            se = Some(SeSource {
+                url,
+                interval: v.duration_at(p, s, "interval", Duration::from_secs(1)),
+                timeout: v.duration_at(p, s, "timeout", Duration::from_secs(5)),
+                first_timeout: v.duration_at(p, s, "first_timeout", Duration::from_secs(125)),
+            });
+        }
+        if let Some(s) = sources.get("aws_imds") {
+            aws = Some(parse_aws(&mut v, s));
+        }
+        if let Some(s) = sources.get("gcp_metadata") {
+            gcp = Some(parse_gcp(&mut v, s));
+        }
+        if let Some(s) = sources.get("ingest") {
+            ingest = parse_ingest(&mut v, s);
+        }
+    }
+    let remote_ingest = root
+        .get("sources")
+        .and_then(|s| s.get("ingest"))
+        .and_then(|i| i.get("allow_remote"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let has_ingest = root.get("sources").and_then(|s| s.get("ingest")).is_some();
+    if has_ingest && !remote_ingest && !listen.ip().is_loopback() {
+        let ptr = if root.get("listen").is_some() {
+            "/listen"
+        } else {
+            "/sources/ingest"
+        };
+        v.err(
+            ptr,
+            format!(
+                "`listen` is {listen}, not a loopback address, and the ingest endpoint listens there; \
+                 set `sources.ingest.allow_remote: true` to accept reports from other machines \
+                 (and put TLS in front: the bearer token travels in clear)"
+            ),
+        );
+    }
+    let mut runbooks = BTreeMap::new();
+    if let Some(rb) = root.get("runbooks") {
+        match rb {
+            Value::Object(m) => {
+                for (action, steps) in m {
+                    let p = format!("/runbooks/{action}");
+                    let Some(a) = Action::parse(action) else {
+                        let names: Vec<&str> = Action::ALL.iter().map(|a| a.as_str()).collect();
+                        let hint = strsim_hint(action, &names);
+                        v.key_err(&p, format!("unknown action `{action}`{hint}"));
+                        continue;
+                    };
+                    let Value::Array(items) = steps else {
+                        v.err(&p, "expected a list of steps");
+                        continue;
+                    };
+                    let mut list: Vec<Step> = Vec::new();
+                    for (i, item) in items.iter().enumerate() {
+                        if let Some(step) = parse_step(&mut v, &format!("{p}/{i}"), item) {
+                            if list.iter().any(|s| s.name == step.name) {
+                                v.err(
+                                    &format!("{p}/{i}/name"),
+                                    format!("duplicate step name `{}`", step.name),
+                                );
+                            }
+                            list.push(step);
+                        }
+                    }
+                    runbooks.insert(a, list);
+                }
+            }
+            _ => v.err("/runbooks", "expected a map of action to steps"),
+        }
+    }
+    if let (None, Some(rb)) = (root.get("arm"), root.get("runbooks")) {
+        require_arm_scopes(&mut v, rb);
+    }
+    if let Some(rb) = root.get("runbooks") {
+        refuse_secret_env(&mut v, &root, rb);
+    }
+    let mut diags = v.diags;
+    diags.sort_by_key(|d| (d.line(), d.column()));
+    if diags.is_empty() {
+        Ok(Config {
+            policies,
+            state,
+            listen,
+            dry_run,
+            self_name,
+            azure_scheduled_events: se,
+            aws_imds: aws,
+            gcp_metadata: gcp,
+            ingest,
+            azure_maintenance_v1: mv1,
+            azure_resource_health: rh,
+            files,
+            azure_identity,
+            arm_scopes,
+            runbooks,
+            unready_after,
+            reload_interval,
+            limits,
+            retention,
+            gc_interval,
+            commit_batch_max,
+            plugin_cache,
+        })
+    } else {
+        Err(LoadError::from_diagnostics(diags))
+    }
+}
+
+fn parse_limits(v: &mut V<'_>, l: Option<&Value>) -> Limits {
+    let mut limits = Limits {
+        concurrent_drains: 1,
+        concurrent_runbooks: DEFAULT_CONCURRENT_RUNBOOKS,
+        connections: DEFAULT_CONNECTIONS,
+        header_timeout: DEFAULT_HEADER_TIMEOUT,
+    };
+    let Some(l) = l else { return limits };
+    v.keys(
+        "/limits",
+        l,
+        &[
+            "concurrent_drains",
+            "concurrent_runbooks",
+            "connections",
+            "header_timeout",
+        ],
+    );
+    limits.concurrent_drains = v.count(
+        "/limits/concurrent_drains",
+        l.get("concurrent_drains"),
+        1,
+        "expected how many drains may run at once, from 1 to 10000",
+    );
+    limits.concurrent_runbooks = v.count(
+        "/limits/concurrent_runbooks",
+        l.get("concurrent_runbooks"),
+        DEFAULT_CONCURRENT_RUNBOOKS,
+        "expected how many runbooks other than drains may run at once, from 1 to 10000",
+    );
+    limits.connections = v.count(
+        "/limits/connections",
+        l.get("connections"),
+        DEFAULT_CONNECTIONS,
+        "expected how many connections may be open at once, from 1 to 10000",
+    );
+    limits.header_timeout = v.positive_at("/limits", l, "header_timeout", DEFAULT_HEADER_TIMEOUT);
+    limits
+}
+
+/// A name made of ASCII letters, digits and `extra`, 1 to `max` characters.
+fn name_ok(s: &str, max: usize, extra: &str) -> bool {
+    !s.is_empty()
+        && s.chars().count() <= max
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || extra.contains(c))
+}
+
+/// An api-version such as `2025-04-01` or `2023-10-01-preview`.
+pub fn api_version_ok(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() >= 10
+        && b.len() <= 32
+        && b[..10].iter().enumerate().all(|(i, c)| {
+            if i == 4 || i == 7 {
+                *c == b'-'
+            } else {
+                c.is_ascii_digit()
+            }
+        })
+        && s[10..]
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+fn parse_api_version(v: &mut V<'_>, ptr: &str, val: Option<&Value>, default: &str) -> String {
+    match val {
+        None => default.to_string(),
+        Some(Value::String(s)) if api_version_ok(s) => s.clone(),
+        Some(_) => {
+            v.err(ptr, "expected an api-version such as 2025-04-01");
+            default.to_string()
+        }
+    }
+}
+
+/// An ARM resource id: `/subscriptions/...`, no query, fragment, whitespace or `..`.
+pub fn resource_id_ok(id: &str) -> bool {
+    id.len() <= 1024
+        && id
+            .get(..15)
+            .is_some_and(|p| p.eq_ignore_ascii_case("/subscriptions/"))
+        && !id.contains("//")
+        && !id.split('/').any(|seg| seg == "." || seg == "..")
+        && id
+            .chars()
+            .all(|c| !c.is_whitespace() && !c.is_control() && !matches!(c, '?' | '#' | '%' | '\\'))
+}
+
+/// Whether `url` may carry a bearer token, or the request for one: `https://`, or plain
+/// `http://` only on a loopback address (127.0.0.0/8, `::1`, `localhost`: the traffic never
+/// leaves the machine), and, with `imds`, on Azure IMDS's link-local 169.254.169.254 (which
+/// speaks only HTTP; the host intercepts that address, so the traffic never leaves the
+/// physical host, and any process on the VM may ask it for the same token anyway).
+pub fn token_url_ok(url: &str, imds: bool) -> bool {
+    let Ok(u) = reqwest::Url::parse(url) else {
+        return false;
+    };
+    match u.scheme() {
+        "https" => true,
+        "http" => {
+            // The URL parser has normalized the host: `127.1` is `127.0.0.1`, IPv6 is
+            // bracketed.
+            let host = u.host_str().unwrap_or("");
+            if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+                v6.parse::<std::net::Ipv6Addr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+            } else if let Ok(ip) = host.parse::<std::net::Ipv4Addr>() {
+                ip.is_loopback() || (imds && ip == std::net::Ipv4Addr::new(169, 254, 169, 254))
+            } else {
+                host.eq_ignore_ascii_case("localhost") || host.eq_ignore_ascii_case("localhost.")
+            }
+        }
+        _ => false,
+    }
+}
+
+fn parse_identity(v: &mut V<'_>, s: Option<&Value>) -> AzureIdentity {
+    let Some(s) = s else {
+        return AzureIdentity::default();
+    };
+    let p = "/azure_identity";
+    v.keys(p, s, &["endpoint", "client_id", "resource", "timeout"]);
+    let d = AzureIdentity::default();
+    let client_id = match s.get("client_id") {
+        None => None,
+        Some(Value::String(c)) if name_ok(c, 64, "-") => Some(c.clone()),
+        Some(_) => {
+            v.err(
+                &format!("{p}/client_id"),
+                "expected the client id (a GUID) of a user-assigned identity",
+            );
+            None
+        }
+    };
+    let resource = match s.get("resource") {
+        None => d.resource.clone(),
+        Some(Value::String(r))
+            if r.starts_with("https://")
+                && !r.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+        {
+            r.clone()
+        }
+        Some(_) => {
+            v.err(
+                &format!("{p}/resource"),
+                "expected the token's resource, such as https://management.azure.com/",
+            );
+            d.resource.clone()
+        }
+    };
+    AzureIdentity {
+        endpoint: v.token_url(
+            &format!("{p}/endpoint"),
+            s.get("endpoint"),
+            &d.endpoint,
+            true,
+        ),
+        client_id,
+        resource,
+        timeout: v.positive(&format!("{p}/timeout"), s.get("timeout"), d.timeout),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_non_idempotent_step_is_not_retried_by_default() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("keel.yaml");
+        std::fs::write(
+            &path,
+            "policies: .\nstate: state.db\nrunbooks:\n  drain:\n    - name: cordon\n      exec: [\"/bin/true\"]\n    - name: notify\n      http: { url: \"http://127.0.0.1:9/hook\" }\n    - name: once\n      http: { url: \"http://127.0.0.1:9/hook\" }\n      idempotent: false\n    - name: asked\n      exec: [\"/bin/true\"]\n      retries: 3\n",
+        )?;
+        let cfg = load(&path).map_err(|e| format!("{e:?}"))?;
+        let steps: Vec<(&str, bool, u32)> = cfg
+            .runbooks
+            .get(&Action::Drain)
+            .map(|s| {
+                s.iter()
+                    .map(|s| (s.name.as_str(), s.idempotent, s.retries))
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert_eq!(
+            steps,
+            [
+                ("cordon", false, 0),
+                ("notify", true, 2),
+                ("once", false, 0),
+                ("asked", false, 3)
+            ]
+        );
+        Ok(())
+    }
+}

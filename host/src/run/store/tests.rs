@@ -1,0 +1,340 @@
+//! The state store's unit tests.
+
+use super::*;
+
+/// One-statement wrappers of the [`Db`] methods, for the tests only.
+impl Store {
+    /// The event an ingest idempotency key was accepted as, if it was.
+    pub(super) fn ingest_key(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.with(|db| db.ingest_key(key))
+    }
+
+    /// See [`Db::attempts`].
+    pub(super) fn attempts(
+        &self,
+        resource: &str,
+        operation: &str,
+        since: &str,
+    ) -> Result<i64, StoreError> {
+        self.with(|db| db.attempts(resource, operation, since))
+    }
+
+    /// See [`Db::record`]; one transaction.
+    pub(super) fn record(&self, r: &NewDecision<'_>) -> Result<bool, StoreError> {
+        self.with(|db| db.record(r))
+    }
+
+    /// Remembers that `event` must be decided again at `due`.
+    pub(super) fn defer(
+        &self,
+        event_id: &str,
+        due: &str,
+        event_json: &str,
+    ) -> Result<(), StoreError> {
+        self.with(|db| db.defer(event_id, due, event_json))
+    }
+
+    /// Records a step's outcome.
+    pub(super) fn finish_step(
+        &self,
+        key: &str,
+        outcome: &str,
+        now: &str,
+    ) -> Result<(), StoreError> {
+        self.finish_step_approving(key, outcome, None, now)
+    }
+
+    /// Takes the deferrals due at `now` (RFC 3339, compared as text in UTC), in one
+    /// transaction.
+    pub(super) fn take_due(&self, now: &str) -> Result<Vec<(String, String)>, StoreError> {
+        self.with(|db| atomic(db.0, || db.take_due(now)))
+    }
+}
+
+#[test]
+fn a_store_error_keeps_its_source() {
+    use std::error::Error as _;
+    let io = StoreError::Files(
+        "/x/state.db".into(),
+        std::io::Error::new(std::io::ErrorKind::PermissionDenied, "denied"),
+    );
+    assert_eq!(io.to_string(), "state database: /x/state.db: denied");
+    assert_eq!(
+        io.source().map(|s| s.to_string()).as_deref(),
+        Some("denied")
+    );
+    let sql = StoreError::from(rusqlite::Error::QueryReturnedNoRows);
+    assert!(sql.source().is_some_and(|s| s.is::<rusqlite::Error>()));
+    assert!(StoreError::Poisoned.source().is_none());
+}
+
+fn rec<'a>(event_id: &'a str, ingest: Option<IngestRecord<'a>>) -> NewDecision<'a> {
+    NewDecision {
+        event_id,
+        status: "-",
+        now: "2026-01-01T00:00:00.000Z",
+        normalizer_state: Some("{}"),
+        decision_id: event_id,
+        mode: "live",
+        policy_set: "digest",
+        action: "none",
+        event_json: "{}",
+        decision_json: "{}",
+        runbook: "done",
+        ingest,
+        outbox: &[],
+    }
+}
+
+#[test]
+fn a_version_1_database_is_migrated_and_keeps_its_rows() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|_| StoreError::Poisoned)?;
+    let path = dir.path().join("state.db");
+    {
+        let c = Connection::open(&path)?;
+        c.execute_batch(&format!(
+            "BEGIN; {}; PRAGMA user_version = 1; COMMIT;",
+            MIGRATIONS[0]
+        ))?;
+        c.execute(
+            "INSERT INTO events (id, status, first_seen) VALUES ('old', '-', 'then')",
+            [],
+        )?;
+    }
+    let s = Store::open(&path)?;
+    let version: i64 = s
+        .c()?
+        .pragma_query_value(None, "user_version", |r| r.get(0))?;
+    assert_eq!(version, MIGRATIONS.len() as i64);
+    assert!(s.seen("old", "-")?);
+    assert_eq!(s.ingest_key("k")?, None);
+    let r = IngestRecord {
+        key: "k",
+        counted: Some(("/subscriptions/x/vm", "create")),
+        attempt: 1,
+    };
+    assert!(s.record(&rec("azure.arm:k", Some(r)))?);
+    assert_eq!(s.ingest_key("k")?.as_deref(), Some("azure.arm:k"));
+    assert_eq!(
+        s.attempts("/subscriptions/x/vm", "create", "2025-12-31T00:00:00.000Z")?,
+        1
+    );
+    // Outside the window, the count starts again.
+    assert_eq!(
+        s.attempts("/subscriptions/x/vm", "create", "2026-01-02T00:00:00.000Z")?,
+        0
+    );
+    // Reopening runs no migration twice.
+    drop(s);
+    let s = Store::open(&path)?;
+    assert!(s.seen("azure.arm:k", "-")?);
+    Ok(())
+}
+
+#[test]
+fn a_newer_database_is_refused_and_left_unchanged() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|_| StoreError::Poisoned)?;
+    let path = dir.path().join("state.db");
+    drop(Store::open(&path)?);
+    {
+        let c = Connection::open(&path)?;
+        c.pragma_update(None, "user_version", SCHEMA_VERSION + 1)?;
+    }
+    let before = std::fs::read(&path).map_err(|_| StoreError::Poisoned)?;
+    let err = Store::open(&path).err();
+    let msg = err.as_ref().map(ToString::to_string).unwrap_or_default();
+    assert!(
+        matches!(err, Some(StoreError::NewerSchema { found, supported })
+            if found == SCHEMA_VERSION + 1 && supported == SCHEMA_VERSION),
+        "{msg}"
+    );
+    assert!(msg.contains(&format!("is {}", SCHEMA_VERSION + 1)), "{msg}");
+    assert!(msg.contains(&format!("({SCHEMA_VERSION})")), "{msg}");
+    let after = std::fs::read(&path).map_err(|_| StoreError::Poisoned)?;
+    assert!(before == after, "the database changed");
+    Ok(())
+}
+
+#[cfg(unix)]
+#[test]
+fn the_state_directory_and_files_are_private_whatever_the_umask() -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().map_err(|_| StoreError::Poisoned)?;
+    let state_dir = dir.path().join("a/state");
+    let path = state_dir.join("state.db");
+    let s = Store::open(&path)?;
+    s.record(&rec("e1", None))?;
+    let mode = |p: &std::path::Path| {
+        std::fs::metadata(p)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or(0)
+    };
+    assert_eq!(mode(&state_dir), 0o700);
+    assert_eq!(mode(&path), 0o600);
+    assert_eq!(mode(&state_dir.join("state.db-wal")), 0o600);
+    assert_eq!(mode(&state_dir.join("state.db-shm")), 0o600);
+    drop(s);
+    // A database left world-readable by an older Keel is tightened.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644))
+        .map_err(|_| StoreError::Poisoned)?;
+    drop(Store::open(&path)?);
+    assert_eq!(mode(&path), 0o600);
+    Ok(())
+}
+
+#[test]
+fn begin_step_is_one_transaction_so_two_writers_never_both_begin_a_step() -> Result<(), StoreError>
+{
+    let dir = tempfile::tempdir().map_err(|_| StoreError::Poisoned)?;
+    let path = dir.path().join("state.db");
+    let stores = [Store::open(&path)?, Store::open(&path)?];
+    let keys: Vec<String> = (0..300).map(|i| format!("key-{i}")).collect();
+    let results: Vec<Vec<Result<StepRecord, StoreError>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = stores
+            .iter()
+            .map(|st| {
+                let keys = &keys;
+                s.spawn(move || {
+                    keys.iter()
+                        .map(|k| st.begin_step(k, "d", 0, "cordon", false, "now"))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    assert_eq!(results.len(), 2);
+    for (i, key) in keys.iter().enumerate() {
+        let mut got: Vec<String> = results
+            .iter()
+            .map(|r| match r.get(i) {
+                Some(Ok(rec)) => format!("{rec:?}"),
+                Some(Err(e)) => format!("error: {e}"),
+                None => "missing".into(),
+            })
+            .collect();
+        got.sort();
+        assert_eq!(got, ["InDoubt", "New"], "{key}");
+    }
+    Ok(())
+}
+
+#[test]
+fn decisions_since_gives_the_newest_within_the_window_oldest_first() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|_| StoreError::Poisoned)?;
+    let s = Store::open(&dir.path().join("state.db"))?;
+    for (id, now) in [
+        ("a", "2026-01-01T00:00:00.000Z"),
+        ("b", "2026-01-02T00:00:00.000Z"),
+        ("c", "2026-01-03T00:00:00.000Z"),
+        ("d", "2026-01-04T00:00:00.000Z"),
+    ] {
+        let json = format!("\"{id}\"");
+        s.record(&NewDecision {
+            now,
+            event_json: &json,
+            ..rec(id, None)
+        })?;
+    }
+    let got = s.decisions_since("2026-01-02T00:00:00.000Z", 2)?;
+    let ids: Vec<&str> = got.iter().map(|(e, _)| e.as_str()).collect();
+    assert_eq!(ids, ["\"c\"", "\"d\""]);
+    assert_eq!(s.decisions_since("2026-01-02T00:00:00.000Z", 10)?.len(), 3);
+    Ok(())
+}
+
+#[test]
+fn every_gc_delete_but_the_steps_one_finds_its_rows_through_an_index() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|_| StoreError::Poisoned)?;
+    let s = Store::open(&dir.path().join("state.db"))?;
+    let c = s.c()?;
+    for sql in GC_DELETES {
+        let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+        let detail = |r: &rusqlite::Row<'_>| r.get::<_, String>(3);
+        let plan: Vec<String> = if sql.contains("?1") {
+            st.query_map(params!["2026-01-01T00:00:00.000Z"], detail)?
+                .collect::<Result<_, _>>()?
+        } else {
+            st.query_map([], detail)?.collect::<Result<_, _>>()?
+        };
+        let scans: Vec<&String> = plan
+            .iter()
+            .filter(|l| l.starts_with("SCAN") && !l.starts_with("SCAN steps"))
+            .collect();
+        assert!(scans.is_empty(), "{sql}\nscans: {plan:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn gc_deletes_old_finished_history_and_never_pending_work() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|_| StoreError::Poisoned)?;
+    let s = Store::open(&dir.path().join("state.db"))?;
+    let old = "2026-01-01T00:00:00.000Z";
+    let new = "2026-03-01T00:00:00.000Z";
+    let undelivered = [NewOutbox {
+        key: "esc-1",
+        decision_id: "old-escalating",
+        body: "{}",
+    }];
+    let key = |k| {
+        Some(IngestRecord {
+            key: k,
+            counted: Some(("vm", "create")),
+            attempt: 1,
+        })
+    };
+    s.record(&NewDecision {
+        now: old,
+        ..rec("old-done", key("k-old"))
+    })?;
+    s.record(&NewDecision {
+        now: old,
+        runbook: "pending",
+        ..rec("old-pending", None)
+    })?;
+    s.record(&NewDecision {
+        now: old,
+        outbox: &undelivered,
+        ..rec("old-escalating", None)
+    })?;
+    s.record(&NewDecision {
+        now: new,
+        ..rec("new-done", key("k-new"))
+    })?;
+    s.begin_step("step-old", "old-done", 0, "cordon", false, old)?;
+    s.finish_step("step-old", "ok", old)?;
+    s.begin_step("step-pending", "old-pending", 0, "cordon", false, old)?;
+    s.defer("deferred", old, "{}")?;
+    let got = s.gc("2026-02-01T00:00:00.000Z")?;
+    assert_eq!(
+        got,
+        GcCounts {
+            decisions: 1,
+            steps: 1,
+            events: 1,
+            outbox: 0,
+            ingest_keys: 1,
+            attempts: 0,
+            approvals: 0,
+        }
+    );
+    assert!(!s.seen("old-done", "-")?);
+    assert!(s.seen("old-pending", "-")?);
+    assert!(s.seen("old-escalating", "-")?);
+    assert!(s.seen("new-done", "-")?);
+    assert_eq!(s.pending()?.len(), 1);
+    assert_eq!(s.ingest_key("k-old")?, None);
+    assert!(s.ingest_key("k-new")?.is_some());
+    assert_eq!(s.outbox_depth()?, 1);
+    assert_eq!(s.take_due(new)?.len(), 1, "a deferral is never collected");
+    // Once delivered and old, the escalation and its decision go too.
+    s.outbox_delivered("esc-1", old)?;
+    let got = s.gc("2026-02-01T00:00:00.000Z")?;
+    assert_eq!((got.decisions, got.outbox, got.events), (1, 1, 1));
+    assert_eq!(s.gc("2026-02-01T00:00:00.000Z")?.total(), 0);
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! The run loop's unit tests.
+
+use super::*;
+
+/// A Scheduled Events document with `events` (EventId, for VM `vm-1`) at `incarnation`.
+fn se_doc(incarnation: i64, events: &[&str]) -> Inbox {
+    let nb = (now() + chrono::Duration::minutes(15))
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string();
+    let evs: Vec<serde_json::Value> = events
+        .iter()
+        .map(|id| {
+            serde_json::json!({
+                "EventId": id, "EventStatus": "Scheduled", "EventType": "Reboot",
+                "ResourceType": "VirtualMachine", "Resources": ["vm-1"], "NotBefore": nb,
+                "Description": "", "EventSource": "Platform", "DurationInSeconds": -1,
+            })
+        })
+        .collect();
+    let doc = serde_json::json!({"DocumentIncarnation": incarnation, "Events": evs});
+    let (ack, _) = oneshot::channel();
+    Inbox::Poll(
+        Payload {
+            normalizer: sources::SE,
+            bytes: doc.to_string().into_bytes(),
+            observed_at: now(),
+        },
+        ack,
+    )
+}
+
+#[test]
+fn an_approval_survives_a_batch_rolled_back() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("keel.yaml");
+    let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/standard");
+    std::fs::write(
+        &path,
+        format!(
+            "policies: {}\nstate: state.db\nself: vm-1\nrunbooks:\n  drain:\n    - name: approve\n      azure_ack: {{}}\n",
+            policies.display()
+        ),
+    )?;
+    let cfg = crate::config::load(&path).map_err(|e| format!("{e:?}"))?;
+    let host = Host::new(cfg, Box::new(std::io::sink()))?;
+    let id = "azure.scheduled_events:e1/vm-1";
+    assert_eq!(host.process(vec![se_doc(1, &["E1"])]).len(), 1, "a drain");
+    // StartRequests is about to be sent: the approval is in the store.
+    host.store.approval_before_send("E1", "d", &rfc(now()))?;
+    // A batch marks the approval in the normalizer state, then rolls back (its state
+    // restored to what it was before it).
+    let before = host.nstate.lock().map_err(|_| "poisoned")?.clone();
+    assert!(host.process(vec![se_doc(1, &["E1"])]).is_empty());
+    host.roll_back(Some(before));
+    // The platform drops the approved event from the next document: not a cancellation.
+    host.process(vec![se_doc(2, &[])]);
+    assert!(host.store.seen(id, "ended")?);
+    assert!(!host.store.seen(id, "canceled")?);
+    Ok(())
+}
+
+#[test]
+fn short_hash_is_the_lowercase_hex_of_a_sha256_prefix() {
+    // SHA-256("abc") = ba7816bf 8f01cfea 414140de 5dae2223 ...
+    assert_eq!(short_hash("abc", 8), "ba7816bf8f01cfea");
+    assert_eq!(short_hash("abc", 16), "ba7816bf8f01cfea414140de5dae2223");
+    assert_eq!(short_hash("abc", 99).len(), 64);
+}
+
+#[test]
+fn a_deferral_deferred_again_keeps_one_suffix() {
+    let t1 = DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default();
+    let t2 = DateTime::from_timestamp(1_700_000_600, 0).unwrap_or_default();
+    let once = redecision_id("azure.scheduled_events:e/vm", t1);
+    assert_eq!(
+        once,
+        "azure.scheduled_events:e/vm#deferred@2023-11-14T22:13:20.000Z"
+    );
+    let twice = redecision_id(&once, t2);
+    assert_eq!(
+        twice,
+        "azure.scheduled_events:e/vm#deferred@2023-11-14T22:23:20.000Z"
+    );
+}

@@ -582,6 +582,21 @@ fn decisions_are_dropped_by_the_size_limit() {
         let probe3 = failure("vm3", "windows", "eastus", start + Duration::seconds(3));
         assert!(drained_before(&h, &probe3, "1h"));
     }
+    // A resource with several decisions loses its oldest one: vm1's drain, not its defer.
+    let mut h = History::with_limits(2, 24 * 3600);
+    for (i, (vm, action)) in [("vm1", "drain"), ("vm1", "defer"), ("vm2", "none")]
+        .into_iter()
+        .enumerate()
+    {
+        let ev = failure(vm, "windows", "eastus", start + Duration::seconds(i as i64));
+        h.record(&ev);
+        h.record_decision(&ev, &decision(&ev, action, &[]));
+    }
+    let probe = failure("vm1", "windows", "eastus", start + Duration::seconds(3));
+    assert!(
+        !drained_before(&h, &probe, "1h"),
+        "the drain was the oldest decision"
+    );
 }
 
 /// Remembered escalation keys are bounded too: at a limit of 4, of 10 keys only the newest 4
@@ -599,9 +614,14 @@ fn remembered_escalation_keys_are_bounded() {
         );
         h.record(&ev);
         h.record_decision(&ev, &decision(&ev, "none", &[&format!("key-{i}")]));
-    }
-    for i in 0..10 {
-        assert_eq!(h.fired(&format!("key-{i}")), i >= 6, "key-{i}");
+        // After each decision, exactly the newest 4 keys (or all, while fewer) are remembered.
+        for j in 0..10 {
+            assert_eq!(
+                h.fired(&format!("key-{j}")),
+                j <= i && j + 4 > i,
+                "key-{j} after {i}"
+            );
+        }
     }
     assert!(!h.fired("key-never"));
 }

@@ -414,3 +414,242 @@ fn capped_history_counts_decide_every_comparison_like_the_full_count() {
         }
     }
 }
+
+/// A decision for `ev` with `action` and escalations keyed by `keys`, as the engine would
+/// return it.
+fn decision(ev: &Event, action: &str, keys: &[&str]) -> Decision {
+    let escalations: Vec<serde_json::Value> = keys
+        .iter()
+        .map(|k| serde_json::json!({"policy": "p", "reason": "r", "key": k, "severity": "error"}))
+        .collect();
+    serde_json::from_value(serde_json::json!({
+        "event_id": ev.id, "action": action, "escalations": escalations
+    }))
+    .unwrap()
+}
+
+/// An engine whose decision says whether `history.actions(<this VM>, "drain", window) >= 1`:
+/// `drain` if so, the default (`none`) otherwise.
+fn drained_probe(window: &str) -> Engine {
+    engine(&format!(
+        "policies:\n  - name: p\n    on: [operation_failure]\n    when: 'history.actions(event.resource.id, \"drain\", duration(\"{window}\")) >= 1'\n    action: drain\n"
+    ))
+}
+
+fn drained_before(h: &History, ev: &Event, window: &str) -> bool {
+    let d = drained_probe(window).decide_with(ev, &Ctx::new(ev.time), h);
+    assert!(d.errors.is_empty(), "{:?}", d.errors);
+    d.action == Action::Drain
+}
+
+#[test]
+fn is_empty_until_the_first_record() {
+    let mut h = History::new();
+    assert!(h.is_empty());
+    assert_eq!(h.len(), 0);
+    h.record(&failure(
+        "a",
+        "windows",
+        "eastus",
+        t("2021-10-13T14:00:00Z"),
+    ));
+    assert!(!h.is_empty());
+    assert_eq!(h.len(), 1);
+}
+
+/// The default retention is 24 hours: an event 2 hours (or 24 hours) older than the newest
+/// stays, one 24 hours and a second older goes.
+#[test]
+fn the_default_retention_is_24_hours() {
+    let start = t("2021-10-13T14:00:00Z");
+    let mut h = History::new();
+    h.record(&failure("a", "windows", "eastus", start));
+    h.record(&failure(
+        "b",
+        "windows",
+        "eastus",
+        start + Duration::hours(2),
+    ));
+    assert_eq!(h.len(), 2, "an event 2 h old is kept");
+    h.record(&failure(
+        "c",
+        "windows",
+        "eastus",
+        start + Duration::hours(24),
+    ));
+    assert_eq!(h.len(), 3, "an event exactly 24 h old is kept");
+    h.record(&failure(
+        "d",
+        "windows",
+        "eastus",
+        start + Duration::hours(24) + Duration::seconds(1),
+    ));
+    assert_eq!(h.len(), 3, "an event 24 h and 1 s old is dropped");
+    // And it no longer counts: only b, c, d are in a 2-day window.
+    let e = engine(
+        "policies:\n  - name: p\n    on: [operation_failure]\n    when: 'history.count({\"failure.category\": \"vm_agent\"}, duration(\"48h\")) == 3'\n    action: drain\n",
+    );
+    let probe = failure(
+        "d",
+        "windows",
+        "eastus",
+        start + Duration::hours(24) + Duration::seconds(1),
+    );
+    assert_eq!(
+        e.decide_with(&probe, &Ctx::new(probe.time), &h).action,
+        Action::Drain
+    );
+}
+
+/// An event exactly one retention period older than the one being recorded is kept; one a
+/// second older is not.
+#[test]
+fn an_event_exactly_one_retention_period_old_is_kept() {
+    let start = t("2021-10-13T14:00:00Z");
+    let mut h = History::with_limits(100, 3600);
+    h.record(&failure("a", "windows", "eastus", start));
+    h.record(&failure(
+        "b",
+        "windows",
+        "eastus",
+        start + Duration::seconds(3600),
+    ));
+    assert_eq!(h.len(), 2);
+    h.record(&failure(
+        "c",
+        "windows",
+        "eastus",
+        start + Duration::seconds(3601),
+    ));
+    assert_eq!(h.len(), 2, "a is now 3601 s old");
+}
+
+/// The retention is capped at 100 years (of 365 days): asking for more (even `i64::MAX`
+/// seconds) keeps 100 years, no more and no less.
+#[test]
+fn retention_is_capped_at_100_years() {
+    let start = t("1900-01-01T00:00:00Z");
+    let century = Duration::days(100 * 365);
+    for asked in [i64::MAX, 200 * 365 * 86400] {
+        let mut h = History::with_limits(100, asked);
+        h.record(&failure("a", "windows", "eastus", start));
+        h.record(&failure("b", "windows", "eastus", start + century));
+        assert_eq!(h.len(), 2, "{asked}: exactly 100 years old is kept");
+        h.record(&failure(
+            "c",
+            "windows",
+            "eastus",
+            start + century + Duration::seconds(1),
+        ));
+        assert_eq!(h.len(), 2, "{asked}: 100 years and 1 s old is dropped");
+    }
+}
+
+/// Decisions age out with the retention: a drain 2 hours ago is forgotten by a history that
+/// keeps 1 hour, even when the query's window is longer; it is remembered by one that keeps 24.
+#[test]
+fn decisions_are_dropped_by_age() {
+    let start = t("2021-10-13T14:00:00Z");
+    let first = failure("vm1", "windows", "eastus", start);
+    let later = failure("vm1", "windows", "eastus", start + Duration::hours(2));
+    for (retention, remembered) in [(3600, false), (24 * 3600, true)] {
+        let mut h = History::with_limits(100, retention);
+        h.record(&first);
+        h.record_decision(&first, &decision(&first, "drain", &[]));
+        h.record(&later);
+        assert_eq!(drained_before(&h, &later, "48h"), remembered, "{retention}");
+    }
+}
+
+/// Decisions are bounded like events: at a limit of 2, a third decision drops the oldest.
+#[test]
+fn decisions_are_dropped_by_the_size_limit() {
+    let start = t("2021-10-13T14:00:00Z");
+    for (limit, remembered) in [(2, false), (3, true)] {
+        let mut h = History::with_limits(limit, 24 * 3600);
+        for (i, vm) in ["vm1", "vm2", "vm3"].into_iter().enumerate() {
+            let ev = failure(vm, "windows", "eastus", start + Duration::seconds(i as i64));
+            h.record(&ev);
+            h.record_decision(&ev, &decision(&ev, "drain", &[]));
+        }
+        let probe = failure("vm1", "windows", "eastus", start + Duration::seconds(3));
+        assert_eq!(
+            drained_before(&h, &probe, "1h"),
+            remembered,
+            "limit {limit}"
+        );
+        // The newer ones are still there.
+        let probe3 = failure("vm3", "windows", "eastus", start + Duration::seconds(3));
+        assert!(drained_before(&h, &probe3, "1h"));
+    }
+    // A resource with several decisions loses its oldest one: vm1's drain, not its defer.
+    let mut h = History::with_limits(2, 24 * 3600);
+    for (i, (vm, action)) in [("vm1", "drain"), ("vm1", "defer"), ("vm2", "none")]
+        .into_iter()
+        .enumerate()
+    {
+        let ev = failure(vm, "windows", "eastus", start + Duration::seconds(i as i64));
+        h.record(&ev);
+        h.record_decision(&ev, &decision(&ev, action, &[]));
+    }
+    let probe = failure("vm1", "windows", "eastus", start + Duration::seconds(3));
+    assert!(
+        !drained_before(&h, &probe, "1h"),
+        "the drain was the oldest decision"
+    );
+}
+
+/// Remembered escalation keys are bounded too: at a limit of 4, of 10 keys only the newest 4
+/// are remembered.
+#[test]
+fn remembered_escalation_keys_are_bounded() {
+    let start = t("2021-10-13T14:00:00Z");
+    let mut h = History::with_limits(4, 24 * 3600);
+    for i in 0..10 {
+        let ev = failure(
+            &format!("vm{i}"),
+            "windows",
+            "eastus",
+            start + Duration::seconds(i),
+        );
+        h.record(&ev);
+        h.record_decision(&ev, &decision(&ev, "none", &[&format!("key-{i}")]));
+        // After each decision, exactly the newest 4 keys (or all, while fewer) are remembered.
+        for j in 0..10 {
+            assert_eq!(
+                h.fired(&format!("key-{j}")),
+                j <= i && j + 4 > i,
+                "key-{j} after {i}"
+            );
+        }
+    }
+    assert!(!h.fired("key-never"));
+}
+
+/// `history.actions` counts only the action asked for, and only inside the window.
+#[test]
+fn actions_counts_the_same_action_inside_the_window_only() {
+    let start = t("2021-10-13T14:00:00Z");
+    let mut h = History::new();
+    // vm1: drained 2 hours ago, deferred a minute ago.
+    let old = failure("vm1", "windows", "eastus", start);
+    h.record(&old);
+    h.record_decision(&old, &decision(&old, "drain", &[]));
+    let recent = failure("vm1", "windows", "eastus", start + Duration::minutes(119));
+    h.record(&recent);
+    h.record_decision(&recent, &decision(&recent, "defer", &[]));
+    let now = failure("vm1", "windows", "eastus", start + Duration::minutes(120));
+    h.record(&now);
+    assert!(
+        !drained_before(&h, &now, "1h"),
+        "a defer is not a drain; the drain is outside"
+    );
+    assert!(drained_before(&h, &now, "3h"), "the drain is inside 3 h");
+    // Another VM's drain does not count for vm1.
+    let other = failure("vm2", "windows", "eastus", start + Duration::minutes(119));
+    let mut h2 = History::new();
+    h2.record(&other);
+    h2.record_decision(&other, &decision(&other, "drain", &[]));
+    h2.record(&now);
+    assert!(!drained_before(&h2, &now, "1h"));
+}

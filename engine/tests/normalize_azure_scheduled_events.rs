@@ -830,3 +830,176 @@ proptest! {
         check_se(&mut st, br#"{"DocumentIncarnation": 1000, "Events": []}"#, "2026-04-20T22:00:01Z");
     }
 }
+
+/// A document with `DocumentIncarnation` and no `Events` (or `"Events": null`) has nothing
+/// scheduled; one with `Events` and no `DocumentIncarnation` is a shape error, not a payload
+/// from some other source.
+#[test]
+fn incarnation_without_events_is_empty_and_events_without_incarnation_is_a_shape_error() {
+    for doc in [
+        &br#"{"DocumentIncarnation": 5}"#[..],
+        br#"{"DocumentIncarnation": 5, "Events": null}"#,
+    ] {
+        let mut st = NormalizerState::default();
+        let evs = se(&mut st, doc, "2026-04-20T22:00:00Z").unwrap();
+        assert!(evs.is_empty());
+        assert_eq!(st.azure_scheduled_events.incarnation, Some(5));
+    }
+    let mut st = NormalizerState::default();
+    let err = se(&mut st, br#"{"Events": []}"#, "2026-04-20T22:00:00Z").unwrap_err();
+    match &err {
+        NormalizeError::Shape { path, found, .. } => {
+            assert_eq!(path, "DocumentIncarnation");
+            assert_eq!(found, "nothing");
+        }
+        other => panic!("expected a shape error, got {other:?}"),
+    }
+    assert_eq!(st, NormalizerState::default());
+}
+
+fn many_events(incarnation: i64, ids: impl Iterator<Item = String>) -> Vec<u8> {
+    let events: Vec<serde_json::Value> = ids
+        .map(|id| {
+            serde_json::json!({"EventId": id, "EventStatus": "Scheduled", "EventType": "Freeze",
+                "ResourceType": "VirtualMachine", "Resources": ["vm"], "EventSource": "Platform"})
+        })
+        .collect();
+    serde_json::to_vec(&serde_json::json!({"DocumentIncarnation": incarnation, "Events": events}))
+        .unwrap()
+}
+
+/// The state tracks at most 1024 events: 1024 are all kept, and at 1025 the one first seen
+/// earliest goes (here `zz-old`, which is not the smallest id, so the choice is by age).
+#[test]
+fn tracking_is_capped_at_1024_and_the_oldest_goes_first() {
+    let mut st = NormalizerState::default();
+    let old = "azure.scheduled_events:zz-old/vm";
+    se(
+        &mut st,
+        &many_events(1, std::iter::once("zz-old".to_string())),
+        "2026-04-20T22:00:00Z",
+    )
+    .unwrap();
+    let ids =
+        |n: usize| std::iter::once("zz-old".to_string()).chain((0..n).map(|i| format!("e{i:05}")));
+    let evs = se(&mut st, &many_events(2, ids(1023)), "2026-04-20T22:01:00Z").unwrap();
+    assert_eq!(evs.len(), 1023, "the new ones");
+    let tracked = &st.azure_scheduled_events.events;
+    assert_eq!(tracked.len(), 1024);
+    assert!(tracked.contains_key(old));
+    let evs = se(&mut st, &many_events(3, ids(1024)), "2026-04-20T22:02:00Z").unwrap();
+    assert_eq!(evs.len(), 1, "only e01023 is new");
+    let tracked = &st.azure_scheduled_events.events;
+    assert_eq!(tracked.len(), 1024);
+    assert!(!tracked.contains_key(old), "the oldest is dropped");
+    assert!(tracked.contains_key("azure.scheduled_events:e00000/vm"));
+    assert!(tracked.contains_key("azure.scheduled_events:e01023/vm"));
+}
+
+fn event_grid_doc(status: &str, source: &str, resources: serde_json::Value) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "id": "eg-1",
+        "eventType": "Microsoft.ResourceNotifications.MaintenanceResources.ScheduledEventEmitted",
+        "eventTime": "2025-09-19T18:30:00Z",
+        "data": {"resourceInfo": {
+            "id": "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachineScaleSets/ss/providers/microsoft.maintenance/scheduledevents/e",
+            "type": "microsoft.maintenance/scheduledEvents",
+            "location": "eastus",
+            "properties": {"EventId": "e-1", "EventStatus": status, "EventType": "Reboot",
+                "EventSource": source, "Resources": resources}
+        }}
+    }))
+    .unwrap()
+}
+
+/// Blank VM names are no VM names: `["", " "]` lists none, and that is a shape error. The same
+/// VM listed twice in different case is one event.
+#[test]
+fn blank_resources_are_rejected_and_duplicates_are_one_event() {
+    let doc = br#"{"DocumentIncarnation": 2, "Events": [{"EventId": "X", "EventStatus": "Scheduled", "EventType": "Reboot", "Resources": ["", " "]}]}"#;
+    let mut st = NormalizerState::default();
+    match se(&mut st, doc, "2026-04-20T22:00:00Z").unwrap_err() {
+        NormalizeError::Shape { path, expected, .. } => {
+            assert_eq!(path, "Events[0].Resources");
+            assert_eq!(expected, "at least one VM name");
+        }
+        other => panic!("expected a shape error, got {other:?}"),
+    }
+    assert_eq!(st, NormalizerState::default());
+    let evs = se(
+        &mut st,
+        &event_grid_doc("Scheduled", "Platform", serde_json::json!(["vm", "VM"])),
+        "2025-09-19T18:30:00Z",
+    )
+    .unwrap();
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    assert_eq!(evs[0].id, "azure.scheduled_events:e-1/vm");
+    assert_eq!(evs[0].resource.name.as_deref(), Some("vm"));
+}
+
+/// Event Grid reports the end of an event explicitly: `Completed`, and `Canceled` in both
+/// spellings.
+#[test]
+fn event_grid_completed_and_canceled_in_both_spellings() {
+    for (sent, want) in [
+        ("Completed", S::Completed),
+        ("Canceled", S::Canceled),
+        ("Cancelled", S::Canceled),
+        ("Started", S::Started),
+    ] {
+        let mut st = NormalizerState::default();
+        let evs = se(
+            &mut st,
+            &event_grid_doc(sent, "Platform", serde_json::json!(["vm"])),
+            "2025-09-19T18:30:00Z",
+        )
+        .unwrap();
+        assert_eq!(evs.len(), 1);
+        let m = evs[0].maintenance.as_ref().unwrap();
+        assert_eq!(m.status, want, "{sent}");
+        assert!(!m.inferred);
+    }
+}
+
+/// Only `Platform` and `User` name an initiator; anything else (or nothing) is no initiator.
+#[test]
+fn an_unknown_event_source_gives_no_initiator() {
+    for (source, want) in [
+        ("Platform", Some(Initiator::Platform)),
+        ("user", Some(Initiator::User)),
+        ("Customer", None),
+        ("", None),
+    ] {
+        let mut st = NormalizerState::default();
+        let evs = se(
+            &mut st,
+            &event_grid_doc("Scheduled", source, serde_json::json!(["vm"])),
+            "2025-09-19T18:30:00Z",
+        )
+        .unwrap();
+        assert_eq!(
+            evs[0].maintenance.as_ref().unwrap().initiator,
+            want,
+            "{source:?}"
+        );
+    }
+}
+
+/// An object with `type` but no `data` is not an Event Grid envelope: it is some other
+/// payload, not a malformed Event Grid event.
+#[test]
+fn type_without_data_is_the_wrong_payload_not_an_event_grid_shape_error() {
+    let mut st = NormalizerState::default();
+    for doc in [
+        &br#"{"type": "x"}"#[..],
+        br#"{"eventType": "x", "id": "1"}"#,
+    ] {
+        match se(&mut st, doc, "2025-09-19T18:30:00Z") {
+            Err(NormalizeError::WrongPayload { expected, .. }) => {
+                assert_eq!(expected, "azure.scheduled_events");
+            }
+            other => panic!("{}: {other:?}", String::from_utf8_lossy(doc)),
+        }
+    }
+    assert_eq!(st, NormalizerState::default());
+}

@@ -70,7 +70,9 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+mod build;
 mod compile;
+mod decide;
 mod decision;
 mod diag;
 mod engine;
@@ -87,13 +89,14 @@ pub mod schema;
 pub mod testing;
 pub mod yaml;
 
+pub use build::{EngineBuilder, Mutation};
 pub use compile::MAX_EVAL_COST;
+pub use decide::{dedup_key, Ctx, Mode, DEFAULT_DEDUP_WINDOW_S};
 pub use decision::{
-    Action, Ctx, Decision, Escalation, Matched, Mode, Outcome, PolicyError, Retry, Severity,
-    TraceEntry,
+    Action, Decision, Escalation, Matched, Outcome, PolicyError, Retry, Severity, TraceEntry,
 };
 pub use diag::{escape, Diagnostic};
-pub use engine::{dedup_key, Engine, EngineBuilder, Mutation, PolicyInfo, DEFAULT_DEDUP_WINDOW_S};
+pub use engine::{Engine, PolicyInfo};
 pub use event::{
     Category, Event, EventError, Failure, FailureDetail, Health, HealthState, Initiator, Kind,
     Maintenance, MaintenanceStatus, MaintenanceType, Operation, ReasonType, Resource, Source,

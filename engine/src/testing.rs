@@ -33,9 +33,11 @@ use saphyr::{MarkedYaml, YamlData};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::decision::{Action, Ctx, Decision, Mode};
+use crate::build::Mutation;
+use crate::decide::{Ctx, Mode};
+use crate::decision::{Action, Decision};
 use crate::diag::{Diagnostic, Pos};
-use crate::engine::{Engine, Mutation};
+use crate::engine::Engine;
 use crate::event::{Event, Timestamp};
 use crate::history::History;
 use crate::normalize::{self, Input, NormalizerState};

@@ -11,8 +11,9 @@ use crate::decide::hex;
 use crate::decision::Action;
 use crate::diag::{Diagnostic, Pos};
 use crate::engine::{Engine, Policy};
+use crate::expr::Expr;
 use crate::fields;
-use crate::policy::{self, Expr, LoadError, PolicySpec};
+use crate::policy::{self, LoadError, PolicySpec};
 
 /// Builds an [`Engine`] from policy files and sources.
 #[derive(Debug, Default)]

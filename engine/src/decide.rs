@@ -1,15 +1,12 @@
 //! [`Engine::decide`]: what a caller passes in ([`Ctx`], [`Mode`]), candidate selection,
 //! resolution, escalation, plugin calls and the escalation dedup key.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
-
 use chrono::Duration;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::compile::{self, Compiled, V};
+use crate::compile::{Compiled, Interp, V};
 use crate::decision::{
     Action, Decision, Escalation, Matched, Outcome, PolicyError, Retry, Severity, TraceEntry,
 };
@@ -136,13 +133,7 @@ impl Engine {
             warnings: Vec::new(),
             trace: Vec::new(),
         };
-        let mut interp = Interp {
-            env: &self.env,
-            history,
-            reads: &idx.reads,
-            ctx: None,
-            cost: compile::CostMeter::default(),
-        };
+        let mut interp = Interp::new(&self.env, history, &idx.reads);
         let mut outcomes: Vec<(u32, Outcome)> = Vec::with_capacity(cands.len());
         let mut winner: Option<(u32, Option<PluginHit>)> = None;
         let mut winner_key: Option<RankKey<'_>> = None;
@@ -673,55 +664,6 @@ pub fn dedup_key(policy: &str, by: &[FieldId], ev: &Event, window_s: i64) -> Str
     let bucket = ev.time.timestamp().div_euclid(window_s.max(1));
     h.update(bucket.to_string().as_bytes());
     hex(&h.finalize())
-}
-
-/// The interpreter fallback, with its CEL context built at most once per decision.
-struct Interp<'a> {
-    env: &'a Arc<cel::Env>,
-    history: Option<&'a History>,
-    reads: &'a BTreeSet<Option<FieldId>>,
-    ctx: Option<cel::Context<'a, 'a>>,
-    /// The cost of the current metered evaluation (see `compile::MAX_EVAL_COST`).
-    cost: compile::CostMeter,
-}
-
-impl Interp<'_> {
-    fn eval<'e>(&mut self, c: &Compiled, ev: &'e Event, now: Timestamp) -> Result<V<'e>, String> {
-        if let Some(n) = &c.native {
-            return n.eval(ev, now, self.history);
-        }
-        let cost = &self.cost;
-        let ctx = self.ctx.get_or_insert_with(|| {
-            let mut cx = cel::Context::with_env(self.env.clone());
-            cx.add_variable_from_value("event", compile::event_value(ev, self.reads));
-            cx.add_variable_from_value("now", cel::Value::Timestamp(compile::to_fixed(now)));
-            // The name cannot clash with the standard library's (it starts with `@`); were
-            // it refused, metered expressions would fail as undeclared, never run unbounded.
-            let _ = cx.add_function(compile::COST_FN, compile::cost_function(cost.clone()));
-            cx
-        });
-        // The `cel` interpreter can panic on inputs it does not guard (chrono overflow in
-        // time arithmetic, for one): a policy error, never a crash of the caller.
-        let program = &c.program;
-        let ctx = &*ctx;
-        cost.store(0, std::sync::atomic::Ordering::Relaxed);
-        let run = || match &c.metered {
-            Some(m) => ctx.resolve(m),
-            None => program.execute(ctx),
-        };
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run));
-        // Over budget is an error even where `||`, `&&` or a macro absorbed the failure.
-        if cost.load(std::sync::atomic::Ordering::Relaxed) > compile::MAX_EVAL_COST {
-            return Err(compile::budget_exceeded());
-        }
-        match result {
-            Ok(Ok(v)) => {
-                compile::from_cel(&v).ok_or_else(|| format!("unsupported result value {v:?}"))
-            }
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("the CEL interpreter failed on this input".to_string()),
-        }
-    }
 }
 
 /// Lower-case hex of `bytes`.

@@ -77,6 +77,7 @@ mod decision;
 mod diag;
 mod engine;
 mod event;
+mod expr;
 mod faults;
 pub mod fields;
 pub mod history;

@@ -12,6 +12,7 @@ use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
 use crate::decision::{Action, Severity};
 use crate::diag::{Diagnostic, Pos};
 use crate::event::Kind;
+use crate::expr::Expr;
 use crate::fields::did_you_mean;
 
 /// The largest policy file accepted (8 MiB): a policy set is configuration, not data.
@@ -22,25 +23,6 @@ const MAX_DIR_DEPTH: usize = 32;
 
 /// The newest policy-file format version this engine reads.
 pub const FORMAT_VERSION: i64 = 1;
-
-/// A CEL expression together with where it sits in its file.
-#[derive(Debug, Clone)]
-pub(crate) struct Expr {
-    pub text: String,
-    /// Position in the file of each character of `text`, plus one past the end.
-    pub positions: Arc<[Pos]>,
-}
-
-impl Expr {
-    /// The file position of character `offset` of the expression.
-    pub(crate) fn pos_at(&self, offset: usize) -> Pos {
-        let last = self.positions.len().saturating_sub(1);
-        self.positions
-            .get(offset.min(last))
-            .copied()
-            .unwrap_or_default()
-    }
-}
 
 /// How a retry's delay grows with the attempt number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -101,21 +101,14 @@ impl Engine {
     /// Decides what to do about `event` at `ctx.now`. Never fails: a policy that cannot be
     /// evaluated is reported in [`Decision::errors`] and the others still decide.
     ///
-    /// Policies that query `history` read [`Ctx::history`]; without one they see an empty
-    /// history, and the decision says so in a warning.
-    pub fn decide(&self, event: &Event, ctx: &Ctx<'_>) -> Decision {
-        self.decide_inner(event, ctx, ctx.history)
-    }
-
-    /// Decides with the correlation [`History`], which the caller owns: record the event in it
+    /// Policies that query `history` read [`Ctx::history`]: the correlation [`History`],
+    /// which the caller owns (pass it with [`Ctx::with_history`]): record the event in it
     /// first ([`History::record`]) and the decision after ([`History::record_decision`]).
     /// Escalations whose key the history has seen fire are marked
-    /// [`crate::Escalation::repeat`].
-    pub fn decide_with(&self, event: &Event, ctx: &Ctx<'_>, history: &History) -> Decision {
-        self.decide_inner(event, ctx, Some(history))
-    }
-
-    fn decide_inner(&self, event: &Event, ctx: &Ctx<'_>, history: Option<&History>) -> Decision {
+    /// [`crate::Escalation::repeat`]. Without a history, policies see an empty one, and the
+    /// decision says so in a warning.
+    pub fn decide(&self, event: &Event, ctx: &Ctx<'_>) -> Decision {
+        let history = ctx.history;
         let (cands, idx) = self.candidates(event);
         let full = ctx.mode == Mode::Full;
         let mut d = Decision {

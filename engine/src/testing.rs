@@ -1293,7 +1293,12 @@ fn run_case(
             if !redecide {
                 history.record(ev);
             }
-            let d = engine.decide_with(ev, &Ctx::new(step.at).with_mode(Mode::Full), &history);
+            let d = engine.decide(
+                ev,
+                &Ctx::new(step.at)
+                    .with_mode(Mode::Full)
+                    .with_history(&history),
+            );
             history.record_decision(ev, &d);
             for cov in coverage.iter_mut() {
                 if d.matched.iter().any(|m| m.policy == cov.policy) {

@@ -9,11 +9,12 @@ use sha2::{Digest, Sha256};
 use crate::compile::{self, Compiled, Ty};
 use crate::decide::hex;
 use crate::decision::Action;
+use crate::diag::LoadError;
 use crate::diag::{Diagnostic, Pos};
 use crate::engine::{Engine, Policy};
 use crate::expr::Expr;
 use crate::fields;
-use crate::policy::{self, LoadError, PolicySpec};
+use crate::policy::{self, PolicySpec};
 
 /// Builds an [`Engine`] from policy files and sources.
 #[derive(Debug, Default)]

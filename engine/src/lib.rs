@@ -96,6 +96,7 @@ pub use decide::{dedup_key, Ctx, Mode, DEFAULT_DEDUP_WINDOW_S};
 pub use decision::{
     Action, Decision, Escalation, Matched, Outcome, PolicyError, Retry, Severity, TraceEntry,
 };
+pub use diag::LoadError;
 pub use diag::{escape, Diagnostic};
 pub use engine::{Engine, PolicyInfo};
 pub use event::{
@@ -108,10 +109,10 @@ pub use history::History;
 #[cfg(feature = "plugins")]
 pub use plugin::{PluginCache, PLUGIN_INTERFACE};
 pub use policy::{
-    is_policy_file, LoadError, DEFAULT_PLUGIN_DEADLINE_MS, DEFAULT_PLUGIN_MEMORY_MIB,
-    FORMAT_VERSION, MAX_PLUGIN_DEADLINE_MS, MAX_PLUGIN_MEMORY_MIB, MAX_POLICY_DEPTH,
-    MAX_POLICY_FILE_BYTES,
+    is_policy_file, DEFAULT_PLUGIN_DEADLINE_MS, DEFAULT_PLUGIN_MEMORY_MIB, FORMAT_VERSION,
+    MAX_PLUGIN_DEADLINE_MS, MAX_PLUGIN_MEMORY_MIB,
 };
+pub use yaml::{MAX_POLICY_DEPTH, MAX_POLICY_FILE_BYTES};
 
 #[doc(hidden)]
 pub mod __private {

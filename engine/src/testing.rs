@@ -36,12 +36,14 @@ use serde_json::Value;
 use crate::build::Mutation;
 use crate::decide::{Ctx, Mode};
 use crate::decision::{Action, Decision};
+use crate::diag::LoadError;
 use crate::diag::{Diagnostic, Pos};
 use crate::engine::Engine;
 use crate::event::{Event, Timestamp};
 use crate::history::History;
 use crate::normalize::{self, Input, NormalizerState};
-use crate::policy::{self, pos, with_yaml_doc, Cx, LoadError};
+use crate::policy;
+use crate::yaml::{pos, scalar_str, with_yaml_doc, Cx};
 
 /// The time of a single-event case that gives neither `now` nor an event `time`.
 pub const DEFAULT_CASE_TIME: &str = "2026-01-01T00:00:00Z";
@@ -417,7 +419,7 @@ fn time_value(cx: &mut Cx<'_, '_>, n: &MarkedYaml<'_>, what: &str) -> Option<Tim
 
 /// A non-negative offset: `0`, `30`, `30s`, `15m`, `2h`, `1d`.
 fn offset_value(cx: &mut Cx<'_, '_>, n: &MarkedYaml<'_>, what: &str) -> Option<i64> {
-    let s = policy::scalar_str(n).map(|s| s.trim().trim_start_matches('+').to_string());
+    let s = scalar_str(n).map(|s| s.trim().trim_start_matches('+').to_string());
     match s.as_deref() {
         Some("0") | Some("0s") => Some(0),
         Some(s) => match policy::parse_duration(s).or_else(|| {
@@ -661,9 +663,7 @@ fn source(
         }
         (None, Some(f), None) => from_spec(cx, f, dir).map(Source::From),
         (None, None, Some(r)) => {
-            let target = policy::scalar_str(r)
-                .map(|s| s.into_owned())
-                .unwrap_or_default();
+            let target = scalar_str(r).map(|s| s.into_owned()).unwrap_or_default();
             let idx = earlier.iter().position(|s| s.name == target).or_else(|| {
                 target
                     .parse::<usize>()
@@ -968,9 +968,7 @@ fn totals(cx: &mut Cx<'_, '_>, n: &MarkedYaml<'_>) -> Totals {
     // The maps have free keys: read them directly.
     if let YamlData::Mapping(m) = &n.data {
         for (k, v) in m.iter() {
-            let key = policy::scalar_str(k)
-                .map(|s| s.into_owned())
-                .unwrap_or_default();
+            let key = scalar_str(k).map(|s| s.into_owned()).unwrap_or_default();
             if key != "pages_by_policy" && key != "actions" {
                 continue;
             }
@@ -979,9 +977,7 @@ fn totals(cx: &mut Cx<'_, '_>, n: &MarkedYaml<'_>) -> Totals {
                 continue;
             };
             for (ik, iv) in inner.iter() {
-                let name = policy::scalar_str(ik)
-                    .map(|s| s.into_owned())
-                    .unwrap_or_default();
+                let name = scalar_str(ik).map(|s| s.into_owned()).unwrap_or_default();
                 let Some(count) = cx.int(iv, "a count", 0) else {
                     continue;
                 };

@@ -1,10 +1,9 @@
-//! What the engine decides: [`Decision`], and what a caller passes in: [`Ctx`].
+//! What the engine decides: [`Decision`] and the types it is made of.
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::event::Timestamp;
-use crate::history::History;
 
 /// What to do about an event.
 #[derive(
@@ -76,59 +75,6 @@ impl Action {
 impl std::fmt::Display for Action {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
-    }
-}
-
-/// How much work [`crate::Engine::decide`] may skip.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    /// Stop as soon as no remaining candidate can win (escalate policies are still all
-    /// evaluated); skipped candidates are listed in [`Decision::not_evaluated`].
-    #[default]
-    Fast,
-    /// Evaluate every candidate the index selects and record a per-policy [`Decision::trace`].
-    Full,
-}
-
-/// The context of one decision. Time comes in here: the engine never reads a clock.
-#[derive(Debug, Clone, Copy)]
-#[non_exhaustive]
-pub struct Ctx<'h> {
-    /// The current time, as CEL `now`, and the base of `defer` and `retry` delays.
-    pub now: Timestamp,
-    /// The correlation history that `history.*` in CEL reads (owned by the caller); `None`
-    /// reads as empty, and the decision says so in a warning.
-    pub history: Option<&'h History>,
-    /// Fast or full evaluation.
-    pub mode: Mode,
-}
-
-impl Ctx<'static> {
-    /// A fast-mode context at `now`, without history.
-    pub fn new(now: Timestamp) -> Ctx<'static> {
-        Ctx {
-            now,
-            history: None,
-            mode: Mode::Fast,
-        }
-    }
-}
-
-impl<'h> Ctx<'h> {
-    /// The same context in `mode`.
-    pub fn with_mode(mut self, mode: Mode) -> Ctx<'h> {
-        self.mode = mode;
-        self
-    }
-
-    /// The same context reading `history`.
-    pub fn with_history<'a>(self, history: &'a History) -> Ctx<'a> {
-        Ctx {
-            now: self.now,
-            history: Some(history),
-            mode: self.mode,
-        }
     }
 }
 

@@ -141,6 +141,41 @@ fn needs_escape(c: char) -> bool {
             | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }
 
+/// A policy set that failed to load: every problem found, in file order.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", render(.diagnostics))]
+pub struct LoadError {
+    diagnostics: Vec<Diagnostic>,
+}
+
+fn render(d: &[Diagnostic]) -> String {
+    let mut out = String::new();
+    for (i, d) in d.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&d.to_string());
+    }
+    out
+}
+
+impl LoadError {
+    pub(crate) fn new(diagnostics: Vec<Diagnostic>) -> LoadError {
+        LoadError { diagnostics }
+    }
+
+    /// An error made of `diagnostics` (for tools that validate files of their own, such as the
+    /// host's configuration).
+    pub fn from_diagnostics(diagnostics: Vec<Diagnostic>) -> LoadError {
+        LoadError { diagnostics }
+    }
+
+    /// Every problem found.
+    pub fn diagnostics(&self) -> &[Diagnostic] {
+        &self.diagnostics
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::escape;

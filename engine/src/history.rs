@@ -14,7 +14,7 @@
 //! Windows end at the current event's time and use the events' own times, never a clock. The
 //! history is state and the [`crate::Engine`] is not: the caller owns it, records each event
 //! before deciding it ([`History::record`]) and the decision after
-//! ([`History::record_decision`]), and passes it to [`crate::Engine::decide_with`]. Memory is
+//! ([`History::record_decision`]), and passes it to [`crate::Engine::decide`] in [`crate::Ctx::with_history`]. Memory is
 //! bounded by [`History::with_limits`]: when the bound is reached the oldest entries go, and a
 //! decision whose window reaches past them carries a warning.
 

@@ -70,11 +70,14 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+mod build;
 mod compile;
+mod decide;
 mod decision;
 mod diag;
 mod engine;
 mod event;
+mod expr;
 mod faults;
 pub mod fields;
 pub mod history;
@@ -87,13 +90,15 @@ pub mod schema;
 pub mod testing;
 pub mod yaml;
 
+pub use build::{EngineBuilder, Mutation};
 pub use compile::MAX_EVAL_COST;
+pub use decide::{dedup_key, Ctx, Mode, DEFAULT_DEDUP_WINDOW_S};
 pub use decision::{
-    Action, Ctx, Decision, Escalation, Matched, Mode, Outcome, PolicyError, Retry, Severity,
-    TraceEntry,
+    Action, Decision, Escalation, Matched, Outcome, PolicyError, Retry, Severity, TraceEntry,
 };
+pub use diag::LoadError;
 pub use diag::{escape, Diagnostic};
-pub use engine::{dedup_key, Engine, EngineBuilder, Mutation, PolicyInfo, DEFAULT_DEDUP_WINDOW_S};
+pub use engine::{Engine, PolicyInfo};
 pub use event::{
     Category, Event, EventError, Failure, FailureDetail, Health, HealthState, Initiator, Kind,
     Maintenance, MaintenanceStatus, MaintenanceType, Operation, ReasonType, Resource, Source,
@@ -104,10 +109,10 @@ pub use history::History;
 #[cfg(feature = "plugins")]
 pub use plugin::{PluginCache, PLUGIN_INTERFACE};
 pub use policy::{
-    is_policy_file, LoadError, DEFAULT_PLUGIN_DEADLINE_MS, DEFAULT_PLUGIN_MEMORY_MIB,
-    FORMAT_VERSION, MAX_PLUGIN_DEADLINE_MS, MAX_PLUGIN_MEMORY_MIB, MAX_POLICY_DEPTH,
-    MAX_POLICY_FILE_BYTES,
+    is_policy_file, DEFAULT_PLUGIN_DEADLINE_MS, DEFAULT_PLUGIN_MEMORY_MIB, FORMAT_VERSION,
+    MAX_PLUGIN_DEADLINE_MS, MAX_PLUGIN_MEMORY_MIB,
 };
+pub use yaml::{MAX_POLICY_DEPTH, MAX_POLICY_FILE_BYTES};
 
 #[doc(hidden)]
 pub mod __private {

@@ -1075,8 +1075,8 @@ fn vm_agent_incident_with_the_standard_policies() {
     for ev in others.iter().chain([&win, &lin]) {
         h.record(ev);
     }
-    let ctx = Ctx::new(now());
-    let (dw, dl) = (e.decide_with(&win, &ctx, &h), e.decide_with(&lin, &ctx, &h));
+    let ctx = Ctx::new(now()).with_history(&h);
+    let (dw, dl) = (e.decide(&win, &ctx), e.decide(&lin, &ctx));
     for d in [&dw, &dl] {
         assert_eq!(d.escalations.len(), 1, "{:?}", d.escalations);
         let esc = &d.escalations[0];

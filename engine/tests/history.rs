@@ -45,7 +45,7 @@ fn engine(yaml: &str) -> Engine {
 /// Records, decides and records the decision, as a host would.
 fn step(engine: &Engine, h: &mut History, ev: &Event) -> Decision {
     h.record(ev);
-    let d = engine.decide_with(ev, &Ctx::new(ev.time), h);
+    let d = engine.decide(ev, &Ctx::new(ev.time).with_history(h));
     h.record_decision(ev, &d);
     d
 }
@@ -113,7 +113,10 @@ fn independent_hosts_compute_the_same_key() {
     // not the moment of observation.
     for ev in &evs {
         b.record(ev);
-        let d = e.decide_with(ev, &Ctx::new(ev.time + Duration::minutes(7)), &b);
+        let d = e.decide(
+            ev,
+            &Ctx::new(ev.time + Duration::minutes(7)).with_history(&b),
+        );
         b.record_decision(ev, &d);
         kb.extend(d.escalations.into_iter().map(|x| x.key));
     }
@@ -375,7 +378,7 @@ fn capped_history_counts_decide_every_comparison_like_the_full_count() {
             h.record_decision(
                 &ev,
                 &engine("policies: [{name: d, on: [operation_failure], action: drain}]")
-                    .decide_with(&ev, &Ctx::new(start), &h),
+                    .decide(&ev, &Ctx::new(start).with_history(&h)),
             );
         }
         let probe = failure("vm-0", "windows", "eastus2", start);
@@ -406,7 +409,7 @@ fn capped_history_counts_decide_every_comparison_like_the_full_count() {
                     let yaml = format!(
                         "policies:\n  - name: p\n    on: [operation_failure]\n    when: '{expr}'\n    action: drain\n"
                     );
-                    let d = engine(&yaml).decide_with(&probe, &Ctx::new(start), &h);
+                    let d = engine(&yaml).decide(&probe, &Ctx::new(start).with_history(&h));
                     assert!(d.errors.is_empty(), "{expr}: {:?}", d.errors);
                     assert_eq!(d.action == Action::Drain, expect, "{expr} with {n} events");
                 }
@@ -437,7 +440,7 @@ fn drained_probe(window: &str) -> Engine {
 }
 
 fn drained_before(h: &History, ev: &Event, window: &str) -> bool {
-    let d = drained_probe(window).decide_with(ev, &Ctx::new(ev.time), h);
+    let d = drained_probe(window).decide(ev, &Ctx::new(ev.time).with_history(h));
     assert!(d.errors.is_empty(), "{:?}", d.errors);
     d.action == Action::Drain
 }
@@ -496,7 +499,8 @@ fn the_default_retention_is_24_hours() {
         start + Duration::hours(24) + Duration::seconds(1),
     );
     assert_eq!(
-        e.decide_with(&probe, &Ctx::new(probe.time), &h).action,
+        e.decide(&probe, &Ctx::new(probe.time).with_history(&h))
+            .action,
         Action::Drain
     );
 }

@@ -81,7 +81,10 @@ fn hostile_set(mode: &str) -> Result<Engine, keel_engine::LoadError> {
 }
 
 fn decide_full(e: &Engine, h: &History) -> Decision {
-    e.decide_with(&freeze(), &Ctx::new(now()).with_mode(Mode::Full), h)
+    e.decide(
+        &freeze(),
+        &Ctx::new(now()).with_mode(Mode::Full).with_history(h),
+    )
 }
 
 fn outcome(d: &Decision, policy: &str) -> Outcome {
@@ -185,7 +188,7 @@ fn repeated_faults_quarantine_the_plugin_in_the_callers_history() {
     assert_eq!(d.action, Action::Acknowledge);
     assert_eq!(d.policy.as_deref(), Some("cel.ack"));
     // Fast mode reports it as well.
-    let d = e.decide_with(&freeze(), &Ctx::new(now()), &h);
+    let d = e.decide(&freeze(), &Ctx::new(now()).with_history(&h));
     assert!(d.errors.iter().any(|e| e.message.contains("quarantined")));
     // A fresh history (keel test gives each case one) starts clean; so does a release.
     assert!(History::new().quarantined().is_empty());
@@ -781,7 +784,7 @@ fn a_plugin_querying_the_history_without_one_gets_zero_and_a_warning() {
     );
     let mut h = History::new();
     h.record(&ev);
-    let d = e.decide_with(&ev, &Ctx::new(now()), &h);
+    let d = e.decide(&ev, &Ctx::new(now()).with_history(&h));
     assert!(d.warnings.is_empty(), "{:?}", d.warnings);
 }
 

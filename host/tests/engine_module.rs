@@ -414,7 +414,7 @@ fn compare(
     if record {
         h.record(ev);
     }
-    let want = native.decide_with(ev, &ctx, &h);
+    let want = native.decide(ev, &ctx.with_history(&h));
     let got = guest.decide(
         handle,
         &json!({

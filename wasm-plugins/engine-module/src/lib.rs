@@ -57,7 +57,7 @@
 //! `history` is optional: without it, `history.*` queries in CEL count 0 and the decision says
 //! so in a warning, as [`keel_engine::Engine::decide`] does. With it, the module replays it
 //! into a fresh [`keel_engine::History`], oldest first, and decides with
-//! [`keel_engine::Engine::decide_with`]. Each entry is one call on the history: a bare event is
+//! [`keel_engine::Engine::decide`] with [`keel_engine::Ctx::with_history`]. Each entry is one call on the history: a bare event is
 //! [`keel_engine::History::record`] (an event seen), `{"event": …, "decision": …}` is
 //! [`keel_engine::History::record_decision`] (the Decision JSON `decide` returned for that
 //! event, which `history.actions(…)` and [`keel_engine::Escalation::repeat`] read; it does not
@@ -482,7 +482,7 @@ pub fn decide(engine: &Engine, input: &[u8]) -> Result<Decision, ModuleError> {
     if req.record {
         history.record(&event);
     }
-    Ok(engine.decide_with(&event, &ctx, &history))
+    Ok(engine.decide(&event, &ctx.with_history(&history)))
 }
 
 /// The loaded policy sets, by handle. The exports keep one in a global; an embedder of the

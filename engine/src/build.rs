@@ -1,0 +1,454 @@
+//! [`EngineBuilder`]: loading a policy set, plugin loading and the compile of the set.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use crate::compile::{self, Compiled, Ty};
+use crate::decide::hex;
+use crate::decision::Action;
+use crate::diag::LoadError;
+use crate::diag::{Diagnostic, Pos};
+use crate::engine::{Engine, Policy};
+use crate::expr::Expr;
+use crate::fields;
+use crate::policy::{self, PolicySpec};
+
+/// Builds an [`Engine`] from policy files and sources.
+#[derive(Debug, Default)]
+pub struct EngineBuilder {
+    inputs: Vec<Input>,
+    default_action: Option<Action>,
+    mutation: Option<Mutation>,
+    #[cfg(feature = "plugins")]
+    plugin_cache: Option<Option<crate::plugin::PluginCache>>,
+}
+
+/// A deliberate change to one policy, used by `keel test --mutate` to prove that test cases
+/// are not vacuous: with any one policy disabled or never matching, some case must fail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Mutation {
+    /// Leave the named policy out.
+    Disable(String),
+    /// Keep the named policy, but make its `when` always false.
+    ForceFalse(String),
+}
+
+#[derive(Debug)]
+enum Input {
+    Path(PathBuf),
+    Source(PathBuf, String),
+}
+
+impl EngineBuilder {
+    /// Adds every policy file below `dir` (recursively; `*.test.yaml` files are skipped), or
+    /// the file itself if `dir` is a file.
+    pub fn add_path(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.inputs.push(Input::Path(dir.into()));
+        self
+    }
+
+    /// Adds policy YAML held in memory; `name` is used in diagnostics.
+    pub fn add_source(mut self, name: impl Into<PathBuf>, yaml: impl Into<String>) -> Self {
+        self.inputs.push(Input::Source(name.into(), yaml.into()));
+        self
+    }
+
+    /// The action when no policy matches (default `none`). `escalate` is not allowed here.
+    pub fn default_action(mut self, action: Action) -> Self {
+        self.default_action = Some(action);
+        self
+    }
+
+    /// Where compiled Wasm plugins are cached (`None`: no disk cache), with the key in
+    /// `<dir>.key` beside it: `plugin_cache(dir.map(PluginCache::new))`. The default is
+    /// `$KEEL_PLUGIN_CACHE`, else `$XDG_CACHE_HOME/keel/plugins`, else
+    /// `$HOME/.cache/keel/plugins`. See [`PluginCache`](crate::PluginCache) for the checks.
+    #[cfg(feature = "plugins")]
+    pub fn plugin_cache_dir(self, dir: Option<PathBuf>) -> Self {
+        self.plugin_cache(dir.map(crate::plugin::PluginCache::new))
+    }
+
+    /// Where compiled Wasm plugins are cached and which key authenticates the entries
+    /// (`None`: no disk cache). Only the running user may write the cache: a directory or
+    /// key that fails the checks of [`PluginCache`](crate::PluginCache) is not used (see
+    /// [`Engine::plugin_warnings`]), and an entry that fails them is rebuilt, never loaded.
+    #[cfg(feature = "plugins")]
+    pub fn plugin_cache(mut self, cache: Option<crate::plugin::PluginCache>) -> Self {
+        self.plugin_cache = Some(cache);
+        self
+    }
+
+    /// Applies a [`Mutation`] to the set (for mutation testing).
+    pub fn mutation(mut self, m: Mutation) -> Self {
+        self.mutation = Some(m);
+        self
+    }
+
+    /// Loads, validates, compiles and indexes everything. Every problem in every file is
+    /// reported; nothing is half-applied.
+    pub fn build(self) -> Result<Engine, LoadError> {
+        // The `cel` parser recurses deeply (about 170 KiB of stack per bracket level in a
+        // debug build); load on a thread with a stack that any accepted expression fits in,
+        // whatever the caller's thread has. Targets without threads load in place.
+        #[cfg(not(target_family = "wasm"))]
+        {
+            const LOAD_STACK: usize = 64 << 20;
+            let spawned = std::thread::Builder::new()
+                .name("keel-load".into())
+                .stack_size(LOAD_STACK)
+                .spawn(move || self.build_here());
+            match spawned {
+                Ok(h) => h.join().unwrap_or_else(|_| {
+                    Err(LoadError::new(vec![Diagnostic::new(
+                        Path::new("<engine>"),
+                        Pos::FILE,
+                        "internal error: the policy loader panicked",
+                    )]))
+                }),
+                Err(e) => Err(LoadError::new(vec![Diagnostic::new(
+                    Path::new("<engine>"),
+                    Pos::FILE,
+                    format!("cannot start the policy loader thread: {e}"),
+                )])),
+            }
+        }
+        #[cfg(target_family = "wasm")]
+        {
+            self.build_here()
+        }
+    }
+
+    fn build_here(self) -> Result<Engine, LoadError> {
+        let mut diags = Vec::new();
+        let mut specs = Vec::new();
+        let mut digest = Sha256::new();
+        for input in &self.inputs {
+            match input {
+                Input::Path(p) => {
+                    let files = policy::find_files(p, &mut diags);
+                    if files.is_empty() && diags.is_empty() {
+                        diags.push(Diagnostic::new(
+                            p,
+                            Pos::FILE,
+                            "no policy files (*.yaml, *.yml) found",
+                        ));
+                    }
+                    for f in files {
+                        match std::fs::read(&f) {
+                            Ok(bytes) => {
+                                digest_file(&mut digest, &f, &bytes);
+                                specs.extend(policy::parse_file(&f, &bytes, &mut diags));
+                            }
+                            Err(e) => diags.push(Diagnostic::new(
+                                &f,
+                                Pos::FILE,
+                                format!("cannot read: {e}"),
+                            )),
+                        }
+                    }
+                }
+                Input::Source(name, text) => {
+                    digest_file(&mut digest, name, text.as_bytes());
+                    specs.extend(policy::parse_file(name, text.as_bytes(), &mut diags));
+                }
+            }
+        }
+        if self.inputs.is_empty() {
+            diags.push(Diagnostic::new(
+                Path::new("<engine>"),
+                Pos::FILE,
+                "no policies given",
+            ));
+        }
+        let default_action = self.default_action.unwrap_or(Action::None);
+        if default_action == Action::Escalate {
+            diags.push(Diagnostic::new(
+                Path::new("<engine>"),
+                Pos::FILE,
+                "the default action cannot be `escalate`",
+            ));
+        }
+        #[cfg(feature = "plugins")]
+        let mut plugins = Plugins {
+            cache: self
+                .plugin_cache
+                .clone()
+                .unwrap_or_else(crate::plugin::default_cache),
+            runtime: None,
+            count: 0,
+        };
+        #[cfg(not(feature = "plugins"))]
+        let mut plugins = Plugins;
+        let mut policies = compile_all(specs, &mut diags, &mut plugins);
+        match &self.mutation {
+            Some(Mutation::Disable(name)) => policies.retain(|p| p.spec.name != *name),
+            Some(Mutation::ForceFalse(name)) => {
+                for p in policies.iter_mut().filter(|p| p.spec.name == *name) {
+                    let never = Expr {
+                        text: "false".into(),
+                        positions: Arc::from(vec![Pos::default(); 6]),
+                    };
+                    p.when = compile::compile(&never).ok();
+                }
+            }
+            None => {}
+        }
+        if !diags.is_empty() {
+            diags.sort_by(|a, b| {
+                (a.file(), a.line(), a.column()).cmp(&(b.file(), b.line(), b.column()))
+            });
+            return Err(LoadError::new(diags));
+        }
+        let digest = hex(&digest.finalize());
+        let mut engine = Engine::index(policies, default_action, digest);
+        #[cfg(feature = "plugins")]
+        {
+            engine.runtime = plugins.runtime;
+        }
+        #[cfg(not(feature = "plugins"))]
+        let _ = &mut engine;
+        Ok(engine)
+    }
+}
+
+/// What loading plugin policies needs: a wasmtime runtime, made on first use.
+#[cfg(feature = "plugins")]
+struct Plugins {
+    cache: Option<crate::plugin::PluginCache>,
+    runtime: Option<Arc<crate::plugin::Runtime>>,
+    count: usize,
+}
+
+#[cfg(not(feature = "plugins"))]
+struct Plugins;
+
+#[cfg(feature = "plugins")]
+impl Plugins {
+    fn load(
+        &mut self,
+        spec: &PolicySpec,
+        ps: &policy::PluginSpec,
+        diags: &mut Vec<Diagnostic>,
+    ) -> Option<crate::plugin::Plugin> {
+        let rt = match &self.runtime {
+            Some(rt) => rt.clone(),
+            None => match crate::plugin::Runtime::new(self.cache.clone()) {
+                Ok(rt) => {
+                    let rt = Arc::new(rt);
+                    self.runtime = Some(rt.clone());
+                    rt
+                }
+                Err(e) => {
+                    diags.push(Diagnostic::new(&spec.file, ps.pos, e));
+                    return None;
+                }
+            },
+        };
+        self.count += 1;
+        if self.count > crate::plugin::MAX_PLUGIN_POLICIES {
+            diags.push(Diagnostic::new(
+                &spec.file,
+                ps.pos,
+                format!(
+                    "policy `{}`: a policy set holds at most {} plugin policies",
+                    spec.name,
+                    crate::plugin::MAX_PLUGIN_POLICIES
+                ),
+            ));
+            return None;
+        }
+        match crate::plugin::load(&rt, ps) {
+            Ok(p) => Some(p),
+            Err(f) => {
+                let at = if f.in_config {
+                    ps.config_pos
+                } else {
+                    ps.path_pos
+                };
+                diags.push(
+                    Diagnostic::new(
+                        &spec.file,
+                        at,
+                        format!("policy `{}`: {}", spec.name, f.message),
+                    )
+                    .with_help(f.help),
+                );
+                None
+            }
+        }
+    }
+}
+
+fn digest_file(d: &mut Sha256, name: &Path, bytes: &[u8]) {
+    d.update(name.to_string_lossy().as_bytes());
+    d.update([0]);
+    d.update((bytes.len() as u64).to_le_bytes());
+    d.update(bytes);
+}
+
+fn compile_expr(
+    spec: &PolicySpec,
+    e: &Expr,
+    want: Option<Ty>,
+    what: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Compiled> {
+    match compile::compile(e) {
+        Ok(c) => {
+            if let (Some(want), Some(got)) = (want, c.ty) {
+                if want != got {
+                    diags.push(Diagnostic::new(
+                        &spec.file,
+                        e.pos_at(0),
+                        format!(
+                            "{what} must be a {}, but this expression is a {}",
+                            ty_name(want),
+                            ty_name(got)
+                        ),
+                    ));
+                    return None;
+                }
+            }
+            Some(c)
+        }
+        Err(problems) => {
+            for p in problems {
+                diags.push(
+                    Diagnostic::new(&spec.file, e.pos_at(p.offset), p.message).with_help(p.help),
+                );
+            }
+            None
+        }
+    }
+}
+
+fn ty_name(t: Ty) -> &'static str {
+    match t {
+        Ty::Bool => "bool",
+        Ty::Str => "string",
+        Ty::Time => "timestamp",
+        Ty::Int => "int",
+        Ty::UInt => "uint",
+        Ty::Double => "double",
+        Ty::Dur => "duration",
+        Ty::Null => "null",
+    }
+}
+
+fn compile_all(
+    specs: Vec<PolicySpec>,
+    diags: &mut Vec<Diagnostic>,
+    plugins: &mut Plugins,
+) -> Vec<Policy> {
+    let mut seen: HashMap<String, (Arc<Path>, Pos)> = HashMap::new();
+    let mut out = Vec::new();
+    for spec in specs {
+        if let Some((file, pos)) = seen.get(&spec.name) {
+            diags.push(Diagnostic::new(
+                &spec.file,
+                spec.pos,
+                format!(
+                    "duplicate policy name `{}` (first defined at {}:{}:{})",
+                    spec.name,
+                    file.display(),
+                    pos.line,
+                    pos.column
+                ),
+            ));
+            continue;
+        }
+        seen.insert(spec.name.clone(), (spec.file.clone(), spec.pos));
+        let before = diags.len();
+        let when = spec
+            .when
+            .as_ref()
+            .and_then(|e| compile_expr(&spec, e, Some(Ty::Bool), "`when`", diags));
+        let reason_expr = spec
+            .reason_expr
+            .as_ref()
+            .and_then(|e| compile_expr(&spec, e, Some(Ty::Str), "`reason_expr`", diags));
+        let until = spec
+            .params
+            .until
+            .as_ref()
+            .and_then(|e| compile_expr(&spec, e, Some(Ty::Time), "`params.until`", diags));
+        if spec.action == Action::Defer
+            && spec.params.until.is_none()
+            && spec.params.delay.is_none()
+        {
+            diags.push(
+                Diagnostic::new(
+                    &spec.file,
+                    spec.pos,
+                    "a `defer` policy needs `params.until` or `params.delay`",
+                )
+                .with_help(Some("e.g. `params: { delay: 15m }`".into())),
+            );
+        }
+        let mut dedup_by = Vec::new();
+        for (path, pos) in &spec.params.dedup_by {
+            let p = path.strip_prefix("event.").unwrap_or(path);
+            match fields::lookup(p) {
+                Some(f) => dedup_by.push(f),
+                None => {
+                    let parent = p.rsplit_once('.').map(|(a, _)| a).unwrap_or("");
+                    let last = p.rsplit('.').next().unwrap_or(p);
+                    let help = fields::did_you_mean(last, fields::children(parent)).map(|s| {
+                        let full = if parent.is_empty() {
+                            s.to_string()
+                        } else {
+                            format!("{parent}.{s}")
+                        };
+                        format!("did you mean `{full}`?")
+                    });
+                    diags.push(
+                        Diagnostic::new(
+                            &spec.file,
+                            *pos,
+                            format!("unknown event path `{path}` in `dedup.by`"),
+                        )
+                        .with_help(help),
+                    );
+                }
+            }
+        }
+        if spec.params.dedup_by.is_empty() {
+            dedup_by.extend(fields::lookup("resource.id"));
+        }
+        #[cfg(feature = "plugins")]
+        let plugin = match &spec.plugin {
+            Some(ps) if diags.len() == before => plugins.load(&spec, ps, diags),
+            _ => None,
+        };
+        #[cfg(not(feature = "plugins"))]
+        let _ = &plugins;
+        if diags.len() == before {
+            out.push(Policy {
+                spec,
+                when,
+                reason_expr,
+                until,
+                dedup_by,
+                #[cfg(feature = "plugins")]
+                plugin,
+            });
+        }
+    }
+    out
+}
+
+impl Engine {
+    /// A builder.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::default()
+    }
+
+    /// Loads every policy file below `dir`.
+    pub fn from_dir(dir: impl Into<PathBuf>) -> Result<Engine, LoadError> {
+        Engine::builder().add_path(dir).build()
+    }
+}

@@ -1,0 +1,257 @@
+//! CEL expressions: parsed once, checked against the event schema, and lowered to a native
+//! evaluator where their shape allows, with the `cel` interpreter as the fallback.
+//!
+//! The native form covers what policies mostly are: field reads, literals, `has()`, `==`,
+//! `!=`, `<`…`>=`, `in` over literal lists, `&&`, `||`, `!`, `? :`, `startsWith`,
+//! `endsWith`, `contains`, tag lookups, `now`, `duration("…")`/`timestamp("…")` literals and
+//! simple time and integer arithmetic. It reads the typed event in place and has the `cel`
+//! crate's semantics (tested for parity), including errors absorbed by `&&` and `||`.
+//! Anything else (macros, `matches`, `size`, conversions, ...) runs in the interpreter on a
+//! CEL value holding only the event fields some fallback policy reads.
+
+mod check;
+mod interp;
+mod limits;
+mod native;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use cel::objects::Value;
+use cel::IdedExpr;
+use chrono::Duration;
+
+use crate::event::{Event, Timestamp};
+use crate::expr::Expr;
+use crate::fields::FieldId;
+
+pub(crate) use self::check::*;
+pub use self::interp::MAX_EVAL_COST;
+pub(crate) use self::interp::*;
+pub(crate) use self::limits::*;
+pub(crate) use self::native::*;
+
+/// A load-time problem in an expression: a character offset into it and a message.
+#[derive(Debug, Clone)]
+pub(crate) struct ExprProblem {
+    pub offset: usize,
+    pub message: String,
+    pub help: Option<String>,
+}
+
+/// An equality or `in` test on a discrete field at the top level of a conjunction: the
+/// policy can only match events whose field has one of `values`.
+#[derive(Debug, Clone)]
+pub(crate) struct IndexAtom {
+    pub field: FieldId,
+    pub values: Vec<String>,
+}
+
+/// A compiled expression.
+#[derive(Debug)]
+pub(crate) struct Compiled {
+    pub native: Option<Native>,
+    pub program: cel::Program,
+    /// Static result type, where known.
+    pub ty: Option<Ty>,
+    pub atoms: Vec<IndexAtom>,
+    /// Event paths the interpreter needs (only when `native` is `None`); `None` entries mean
+    /// "the whole event".
+    pub reads: BTreeSet<Option<FieldId>>,
+    /// Whether the expression queries the correlation history.
+    pub uses_history: bool,
+    /// The constant history windows it uses (for truncation warnings).
+    pub windows: Vec<Duration>,
+    /// For an interpreted expression with comprehensions: the same expression with every
+    /// comprehension range and operand passed through [`COST_FN`], which charges the
+    /// evaluation's cost budget (see [`meter`]). The interpreter runs this form instead.
+    pub metered: Option<IdedExpr>,
+}
+
+/// Variables an expression may use.
+const VARIABLES: &[&str] = &["event", "now", "history"];
+
+/// Functions and macros of the CEL standard library as the `cel` crate ships it, used only to
+/// suggest a fix for a likely typo.
+const KNOWN_FUNCTIONS: &[&str] = &[
+    "size",
+    "has",
+    "all",
+    "exists",
+    "exists_one",
+    "map",
+    "filter",
+    "matches",
+    "contains",
+    "startsWith",
+    "endsWith",
+    "int",
+    "uint",
+    "double",
+    "string",
+    "bytes",
+    "bool",
+    "timestamp",
+    "duration",
+    "type",
+    "dyn",
+    "max",
+    "min",
+    "getFullYear",
+    "getMonth",
+    "getDayOfYear",
+    "getDayOfMonth",
+    "getDate",
+    "getDayOfWeek",
+    "getHours",
+    "getMinutes",
+    "getSeconds",
+    "getMilliseconds",
+    "lowerAscii",
+    "upperAscii",
+    "trim",
+    "split",
+    "join",
+    "replace",
+    "indexOf",
+    "lastIndexOf",
+    "substring",
+    "charAt",
+];
+
+/// Parses, checks and lowers one expression. Problems are returned with offsets into the
+/// expression's text.
+pub(crate) fn compile(expr: &Expr) -> Result<Compiled, Vec<ExprProblem>> {
+    precheck(&expr.text).map_err(|p| vec![p])?;
+    let program = match cel::Program::compile(&expr.text) {
+        Ok(p) => p,
+        Err(errs) => {
+            return Err(errs
+                .errors
+                .iter()
+                .map(|e| ExprProblem {
+                    offset: line_col_to_offset(&expr.text, e.pos.0, e.pos.1),
+                    message: format!("CEL syntax error: {}", strip_syntax_prefix(&e.msg)),
+                    help: None,
+                })
+                .collect())
+        }
+    };
+    let depth = ast_depth(program.expression());
+    if depth > MAX_AST_DEPTH {
+        return Err(vec![ExprProblem {
+            offset: 0,
+            message: format!(
+                "expression nests {depth} operations deep; the limit is {MAX_AST_DEPTH}"
+            ),
+            help: Some(
+                "split it into several policies, or use `in [...]` instead of long chains".into(),
+            ),
+        }]);
+    }
+    let mut ck = Checker {
+        program: &program,
+        problems: Vec::new(),
+        reads: BTreeSet::new(),
+        uses_history: false,
+        windows: Vec::new(),
+    };
+    ck.check(program.expression(), &mut Vec::new());
+    let lowered = ck.lower(program.expression());
+    if !ck.problems.is_empty() {
+        return Err(ck.problems);
+    }
+    let (native, ty) = match lowered {
+        Lowered::Native(n, t) => (Some(n), Some(t)),
+        Lowered::Fallback(t) => (None, t),
+    };
+    if ck.uses_history && native.is_none() {
+        return Err(vec![ExprProblem {
+            offset: 0,
+            message: "an expression that queries `history` must be evaluable natively, and this one uses constructs only the CEL interpreter runs".into(),
+            help: Some("keep history queries in expressions of field tests, comparisons, `in` lists, `&&`, `||`, `!` and `has()`; move `matches`, `size` or macros into another policy".into()),
+        }]);
+    }
+    let metered = if native.is_none() && has_comprehension(program.expression()) {
+        let n = literal_iterations(program.expression());
+        if n > MAX_EVAL_COST {
+            return Err(vec![ExprProblem {
+                offset: 0,
+                message: format!(
+                    "the comprehensions of this expression visit {n} elements of literal lists; the evaluation cost budget is {MAX_EVAL_COST}"
+                ),
+                help: Some("nest fewer comprehensions, or over shorter lists".into()),
+            }]);
+        }
+        let mut m = program.expression().clone();
+        meter(&mut m, &mut Vec::new());
+        Some(m)
+    } else {
+        None
+    };
+    let mut atoms = Vec::new();
+    collect_atoms(program.expression(), &mut atoms);
+    let uses_history = ck.uses_history;
+    let windows = std::mem::take(&mut ck.windows);
+    let reads = if native.is_some() {
+        BTreeSet::new()
+    } else {
+        ck.reads
+    };
+    Ok(Compiled {
+        native,
+        program,
+        ty,
+        atoms,
+        reads,
+        uses_history,
+        windows,
+        metered,
+    })
+}
+
+/// The outcome of [`parity_check`]: native and interpreter results, each `Ok(value)` in a
+/// printable form or `Err(message)`.
+pub type ParityOutcome = (Result<String, String>, Result<String, String>);
+
+/// Evaluates `expr` both natively and in the `cel` interpreter (on the whole event) and
+/// returns both outcomes; `None` when the expression does not compile or is not lowered
+/// natively. For the engine's parity tests; not a stable API.
+pub fn parity_check(expr: &str, ev: &Event, now: Timestamp) -> Option<ParityOutcome> {
+    let e = Expr {
+        text: expr.to_string(),
+        positions: Arc::from(Vec::new()),
+    };
+    let c = compile(&e).ok()?;
+    let native = c.native.as_ref()?;
+    let n = native.eval(ev, now, None).map(|v| format!("{v:?}"));
+    let mut ctx = cel::Context::with_env(Arc::new(cel::Env::stdlib()));
+    let mut all = BTreeSet::new();
+    all.insert(None);
+    ctx.add_variable_from_value("event", event_value(ev, &all));
+    ctx.add_variable_from_value("now", Value::Timestamp(to_fixed(now)));
+    let i = match c.program.execute(&ctx) {
+        Ok(v) => from_cel(&v)
+            .map(|v| format!("{v:?}"))
+            .ok_or_else(|| format!("unsupported {v:?}")),
+        Err(e) => Err(e.to_string()),
+    };
+    Some((n, i))
+}
+
+/// Runs the load-time checks of one expression (pre-check, parse, schema check, lowering) on
+/// the calling thread, without the loader's large-stack thread. For the engine's own tests,
+/// which prove that the pre-check alone keeps the parser within a small stack.
+pub fn check_expression_here(text: &str) -> Result<(), String> {
+    let expr = Expr {
+        text: text.to_string(),
+        positions: Arc::from(vec![crate::diag::Pos::FILE; text.chars().count() + 1]),
+    };
+    compile(&expr).map(|_| ()).map_err(|problems| {
+        problems
+            .into_iter()
+            .map(|p| p.message)
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
+}

@@ -1,0 +1,60 @@
+//! Policy unit tests: `*.test.yaml` files beside the policies, run by `keel test` and by any
+//! program that embeds the engine.
+//!
+//! ```yaml
+//! cases:
+//!   - name: short freeze is let through
+//!     event: { kind: maintenance, maintenance: { type: freeze, status: scheduled, duration_s: 5 } }
+//!     expect: { action: acknowledge, policy: azure.freeze.short }
+//!   - name: agent artifact outage, raw ARM error
+//!     from: { normalizer: azure.arm, file: fixtures/arm.json, with: { resource: { os: windows } } }
+//!     expect: { action: retry_without_agent }
+//!   - name: fleet outage
+//!     start: 2021-10-13T14:00:00Z
+//!     steps:
+//!       - { at: 0s, event: {...}, expect: { action: retry_without_agent, escalations: [] } }
+//!       - { at: 30s, event: {...}, expect: { escalations: [{ policy: vm-agent.incident }] } }
+//!     totals: { pages: 1 }
+//! ```
+//!
+//! A case's event may be partial: unset fields are absent, `id` defaults to a content hash,
+//! `time` to the step's time and `source` to `ingest`. A sequence carries state from one step
+//! to the next: the correlation [`History`] (each event recorded before it is decided, each
+//! decision after) and the normalizers' state, at exact event times. Every decision runs in
+//! full mode. A case fails on a non-empty `Decision.errors` unless it expects them; a case
+//! that asserts nothing is an invalid file, not a silent pass; and a policy file whose
+//! policies no case reaches is reported.
+
+mod format;
+mod mutation;
+mod report;
+mod run;
+
+use self::format::*;
+pub use self::mutation::*;
+pub use self::report::*;
+pub use self::run::*;
+
+/// The time of a single-event case that gives neither `now` nor an event `time`.
+pub const DEFAULT_CASE_TIME: &str = "2026-01-01T00:00:00Z";
+
+/// Options of a test run.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct TestOptions {
+    /// Run only the steps whose full name (`file::case::step`) contains this text.
+    pub run: Option<String>,
+}
+
+impl TestOptions {
+    /// Selects steps whose full name contains `pattern`.
+    pub fn run(mut self, pattern: impl Into<String>) -> Self {
+        self.run = Some(pattern.into());
+        self
+    }
+}
+
+/// `*.test.yaml` / `*.test.yml`.
+pub fn is_test_file(name: &str) -> bool {
+    name.ends_with(".test.yaml") || name.ends_with(".test.yml")
+}

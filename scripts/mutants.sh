@@ -46,8 +46,8 @@ case "$mode" in
     [ "${1:-}" = "--" ] && shift
     exec cargo mutants "${common[@]}" \
       -f 'engine/src/normalize/*.rs' -f engine/src/history.rs \
-      -f engine/src/compile.rs -f engine/src/policy.rs -f engine/src/engine.rs \
-      -f engine/src/decision.rs "$@"
+      -f 'engine/src/compile/*.rs' -f engine/src/policy.rs -f engine/src/decide.rs -f engine/src/build.rs \
+      -f engine/src/engine.rs "$@"
     ;;
   *)
     echo "usage: scripts/mutants.sh diff [BASE] [-- cargo-mutants args] | full [-- cargo-mutants args]" >&2

@@ -363,9 +363,9 @@ pub(crate) struct Interp<'a> {
     env: &'a Arc<cel::Env>,
     pub(crate) history: Option<&'a History>,
     reads: &'a BTreeSet<Option<FieldId>>,
-    ctx: Option<cel::Context<'a, 'a>>,
-    /// The cost of the current metered evaluation (see `MAX_EVAL_COST`).
-    cost: CostMeter,
+    /// The CEL context and the cost meter of its metered evaluations (see `MAX_EVAL_COST`),
+    /// both made only when a policy of this decision needs the interpreter.
+    ctx: Option<(cel::Context<'a, 'a>, CostMeter)>,
 }
 
 impl<'a> Interp<'a> {
@@ -381,7 +381,6 @@ impl<'a> Interp<'a> {
             history,
             reads,
             ctx: None,
-            cost: CostMeter::default(),
         }
     }
 
@@ -395,15 +394,15 @@ impl<'a> Interp<'a> {
         if let Some(n) = &c.native {
             return n.eval(ev, now, self.history);
         }
-        let cost = &self.cost;
-        let ctx = self.ctx.get_or_insert_with(|| {
+        let (ctx, cost) = self.ctx.get_or_insert_with(|| {
+            let cost = CostMeter::default();
             let mut cx = cel::Context::with_env(self.env.clone());
             cx.add_variable_from_value("event", event_value(ev, self.reads));
             cx.add_variable_from_value("now", cel::Value::Timestamp(to_fixed(now)));
             // The name cannot clash with the standard library's (it starts with `@`); were
             // it refused, metered expressions would fail as undeclared, never run unbounded.
             let _ = cx.add_function(COST_FN, cost_function(cost.clone()));
-            cx
+            (cx, cost)
         });
         // The `cel` interpreter can panic on inputs it does not guard (chrono overflow in
         // time arithmetic, for one): a policy error, never a crash of the caller.

@@ -3,7 +3,7 @@
 //!
 //! `{}` means nothing is coming. `{"EventID", "EventCreationTime"}` means a reboot will begin
 //! within about five minutes (no type, no approval, no duration): normalized as a scheduled
-//! reboot with `not_before` = creation time + 5 minutes (an inference, DOMAIN.md 1.6). The
+//! reboot with `not_before` = creation time + 5 minutes (an inference from the 2015 post). The
 //! creation time is the US form `9/15/2015 6:42:51 AM` without a zone (UTC).
 //!
 //! An InstanceInfo document (`{"ID": "_vm", "UD": "0", "FD": "0"}`) yields no event: it is

@@ -4,7 +4,7 @@
 //! One event per (EventId, VM listed in `Resources`), with id
 //! `azure.scheduled_events:<EventId lower-case>/<vm lower-case>` and `vendor_id` the EventId as
 //! sent (echo it back in StartRequests). EventIds are compared case-insensitively: IMDS sends
-//! upper-case GUIDs, Event Grid lower-case (DOMAIN.md 8, fact 1).
+//! upper-case GUIDs, Event Grid lower-case (docs/protocols.md#azure-scheduled-events).
 //!
 //! IMDS never reports completion: an event simply vanishes. Given the previous document (the
 //! [`State`]), the normalizer infers:
@@ -12,7 +12,7 @@
 //! * vanished while `Scheduled`: `canceled` only where the evidence proves it (nothing was
 //!   approved, `NotBefore` has not passed, and `DocumentIncarnation` advanced by exactly one,
 //!   so no state was missed); otherwise `ended`: it may have run or been withdrawn, because a
-//!   poller can miss the whole Started phase (DOMAIN.md 8, erratum 1: Microsoft's own sample
+//!   poller can miss the whole Started phase (Azure/vm-scheduled-events: Microsoft's own sample
 //!   sees incarnation 2, approves, and next sees 4 with the event gone);
 //! * vanished with a status Keel does not know: `ended`.
 //!

@@ -6,7 +6,7 @@
 //! (compared case-insensitively: Microsoft spells `OverConstrainedAllocationRequest` and
 //! `OverconstrainedAllocationRequest` both ways), an optional condition on the message, the
 //! artifact publisher, the details or the HTTP status, and the vendor source it is taken from
-//! (DOMAIN.md's shorthands: `vm-errors`, `arm-errors`, `throttle`, `arm-limits`, ...).
+//! (shorthands from the source list of `docs/protocols.md`: `vm-errors`, `arm-errors`, ...).
 //!
 //! Classify the *innermost* error: wrappers such as `DeploymentFailed`,
 //! `ResourceDeploymentFailure`, `ResourceOperationFailure` or a `Conflict` that carries a
@@ -103,13 +103,13 @@ pub struct Rule {
     pub category: Category,
     /// Whether the same request may succeed later unchanged.
     pub transient: bool,
-    /// Where the row comes from: the vendor document (DOMAIN.md shorthand or URL) and, where
-    /// the code or message was seen in the wild, the public report.
+    /// Where the row comes from: the vendor document (a shorthand of `docs/protocols.md`, or a
+    /// URL) and, where the code or message was seen in the wild, the public report.
     pub source: &'static str,
 }
 
 /// Codes that only wrap the real error (the cause is in `details[]` or in a JSON string in
-/// `message`). Never classify on them (DOMAIN.md 3.3, last row; 3.1 shapes 3 and 4).
+/// `message`). Never classify on them (`docs/protocols.md`, ARM shapes 3 and 4).
 /// `Conflict` is a wrapper only when it carries a nested error; on its own it is a state
 /// conflict.
 pub const WRAPPER_CODES: &[&str] = &[
@@ -147,7 +147,7 @@ pub static RULES: &[Rule] = &[
         when: When::ArtifactPublisher(GUEST_AGENT),
         category: Category::VmAgent,
         transient: true,
-        source: "DOMAIN.md 3.3 ArtifactVersionNotFound/ArtifactNotFound rows: the 2021-10-13 signature \
+        source: "ArtifactVersionNotFound/ArtifactNotFound for the guest agent: the 2021-10-13 signature \
                  (MicrosoftLearning/AZ-104-MicrosoftAzureAdministrator#366) and the 2015 repository \
                  incident (Azure/azure-quickstart-templates#353); platform-transient, fixed region by region",
     },
@@ -162,7 +162,7 @@ pub static RULES: &[Rule] = &[
         category: Category::Extension,
         transient: false,
         source: "vm-errors (ArtifactNotFound / ArtifactVersionNotFound: extension version not in the \
-                 repository; chef-partners/azure-chef-extension#70); DOMAIN.md 8 fact 13 \
+                 repository; chef-partners/azure-chef-extension#70); another code for the same class \
                  (ExtensionNotFoundForCPUArchitecture)",
     },
     Rule {
@@ -180,7 +180,7 @@ pub static RULES: &[Rule] = &[
         when: When::Always,
         category: Category::VmAgent,
         transient: false,
-        source: "vm-errors; DOMAIN.md 3.3 (guest/network dependent, often persistent; \
+        source: "vm-errors (guest/network dependent, often persistent; \
                  Azure/azure-powershell#5838)",
     },
     // --- OS provisioning ------------------------------------------------------------------
@@ -193,7 +193,7 @@ pub static RULES: &[Rule] = &[
         ]),
         category: Category::Image,
         transient: false,
-        source: "vm-errors (OSProvisioningTimedOut, third message); DOMAIN.md 8 erratum 9 \
+        source: "vm-errors (OSProvisioningTimedOut, third message); a 2025 capture \
                  (kubernetes-sigs/windows-testing#496 shows the same text under OSProvisioningClientError)",
     },
     Rule {
@@ -202,7 +202,7 @@ pub static RULES: &[Rule] = &[
         when: When::Always,
         category: Category::ProvisioningTimeout,
         transient: false,
-        source: "vm-errors (\"The VM may still finish provisioning successfully\"); DOMAIN.md 3.3 \
+        source: "vm-errors (\"The VM may still finish provisioning successfully\") \
                  (poll first; a blind retry of the same image is usually futile)",
     },
     Rule {
@@ -211,7 +211,7 @@ pub static RULES: &[Rule] = &[
         when: When::Always,
         category: Category::Image,
         transient: false,
-        source: "vm-errors (OSProvisioningClientError rows); DOMAIN.md 3.3",
+        source: "vm-errors (OSProvisioningClientError rows)",
     },
     Rule {
         name: "os-provisioning-internal-error",
@@ -219,7 +219,7 @@ pub static RULES: &[Rule] = &[
         when: When::Always,
         category: Category::Internal,
         transient: true,
-        source: "vm-errors (\"OS Provisioning failed for VM '{0}' due to an internal error\"); DOMAIN.md 8 fact 12",
+        source: "vm-errors (\"OS Provisioning failed for VM '{0}' due to an internal error\")",
     },
     // --- Extensions -----------------------------------------------------------------------
     Rule {
@@ -228,7 +228,7 @@ pub static RULES: &[Rule] = &[
         when: When::Always,
         category: Category::Internal,
         transient: true,
-        source: "vm-errors (\"Internal error occurred while processing VM extension\"); DOMAIN.md 8 fact 12",
+        source: "vm-errors (\"Internal error occurred while processing VM extension\")",
     },
     Rule {
         name: "extension-download-network",
@@ -239,7 +239,7 @@ pub static RULES: &[Rule] = &[
         ]),
         category: Category::Network,
         transient: false,
-        source: "DOMAIN.md 3.3 VMExtensionProvisioningError row and rule of thumb (custom DNS / no egress, \
+        source: "VMExtensionProvisioningError with a download failure (custom DNS / no egress, \
                  alan-turing-institute/data-safe-haven#571)",
     },
     Rule {
@@ -248,7 +248,7 @@ pub static RULES: &[Rule] = &[
         when: When::Always,
         category: Category::Extension,
         transient: false,
-        source: "vm-errors; DOMAIN.md 3.3 (non-transient by definition; hashicorp/terraform-provider-azurerm#2303)",
+        source: "vm-errors (non-transient by definition; hashicorp/terraform-provider-azurerm#2303)",
     },
     Rule {
         name: "extension-provisioning-timeout",
@@ -256,7 +256,7 @@ pub static RULES: &[Rule] = &[
         when: When::Always,
         category: Category::Extension,
         transient: false,
-        source: "vm-errors; DOMAIN.md 3.3 (extensionsTimeBudget, default 90 min; microsoft/PartsUnlimitedMRP#134)",
+        source: "vm-errors (extensionsTimeBudget, default 90 min; microsoft/PartsUnlimitedMRP#134)",
     },
     Rule {
         name: "extension-provisioning-error",
@@ -264,7 +264,7 @@ pub static RULES: &[Rule] = &[
         when: When::Always,
         category: Category::Extension,
         transient: false,
-        source: "vm-errors; DOMAIN.md 3.3 (usually the user's script or settings; \
+        source: "vm-errors (usually the user's script or settings; \
                  Azure/custom-script-extension-linux#107)",
     },
     Rule {
@@ -273,7 +273,7 @@ pub static RULES: &[Rule] = &[
         when: When::Always,
         category: Category::Extension,
         transient: false,
-        source: "vm-errors (VMExtension* codes); DOMAIN.md 3.3",
+        source: "vm-errors (VMExtension* codes)",
     },
     // --- Capacity -------------------------------------------------------------------------
     Rule {
@@ -282,8 +282,8 @@ pub static RULES: &[Rule] = &[
         when: When::MessageContains(&["internal error"]),
         category: Category::Internal,
         transient: true,
-        source: "vm-errors (\"The VM allocation failed due to an internal error. Please retry later\"); \
-                 DOMAIN.md 8 fact 12",
+        source: "vm-errors (\"The VM allocation failed due to an internal error. Please retry later\"): \
+                 an internal, not a capacity, failure",
     },
     Rule {
         name: "allocation-failed",
@@ -291,7 +291,7 @@ pub static RULES: &[Rule] = &[
         when: When::Always,
         category: Category::Allocation,
         transient: true,
-        source: "arm-errors; vm-errors; DOMAIN.md 3.3 (capacity-transient; Azure/azure-cli#2401)",
+        source: "arm-errors; vm-errors (capacity-transient; Azure/azure-cli#2401)",
     },
     Rule {
         name: "zonal-allocation-failed",
@@ -299,7 +299,7 @@ pub static RULES: &[Rule] = &[
         when: When::Always,
         category: Category::Allocation,
         transient: true,
-        source: "DOMAIN.md 3.3 (openshift/release#5182; Azure/karpenter-provider-azure#892)",
+        source: "public reports (openshift/release#5182; Azure/karpenter-provider-azure#892)",
     },
     Rule {
         name: "overconstrained-allocation",
@@ -308,8 +308,8 @@ pub static RULES: &[Rule] = &[
         category: Category::Allocation,
         transient: false,
         source: "vm-errors (OverConstrainedAllocationRequest); AKS zonalallocation-allocationfailed-error.md \
-                 (OverconstrainedAllocationRequest, OverconstrainedZonalAllocationRequest); DOMAIN.md 8 \
-                 erratum 6 (both spellings); not transient: the vendor's advice is to remove a constraint \
+                 (OverconstrainedAllocationRequest, OverconstrainedZonalAllocationRequest): \
+                 both spellings; not transient: the vendor's advice is to remove a constraint \
                  (GoogleCloudPlatform/PerfKitBenchmarker#1863)",
     },
     Rule {
@@ -318,7 +318,7 @@ pub static RULES: &[Rule] = &[
         when: When::Always,
         category: Category::Allocation,
         transient: false,
-        source: "arm-errors; error-sku-not-available.md; DOMAIN.md 3.3 (effectively permanent for the \
+        source: "arm-errors; error-sku-not-available.md (effectively permanent for the \
                  size, region and subscription; Azure-Samples/azuresandbox#70)",
     },
     Rule {
@@ -327,7 +327,7 @@ pub static RULES: &[Rule] = &[
         when: When::MessageContains(&["skunotavailable", "is currently not available in location"]),
         category: Category::Allocation,
         transient: false,
-        source: "DOMAIN.md 8 fact 13 (SKU restriction caught at template validation; MicrosoftDocs/azure-docs#92474)",
+        source: "error-sku-not-available.md (SKU restriction caught at template validation; MicrosoftDocs/azure-docs#92474)",
     },
     // --- Quota ----------------------------------------------------------------------------
     Rule {
@@ -337,7 +337,7 @@ pub static RULES: &[Rule] = &[
         category: Category::Quota,
         transient: false,
         source: "arm-errors (ResourceQuotaExceeded, DeploymentQuotaExceeded); error-resource-quota.md; \
-                 DOMAIN.md 8 fact 13 (QuotaExceeded; Azure/ARO-RP pkg/util/azureerrors)",
+                 QuotaExceeded: Azure/ARO-RP pkg/util/azureerrors",
     },
     // --- Throttling -----------------------------------------------------------------------
     Rule {
@@ -346,7 +346,7 @@ pub static RULES: &[Rule] = &[
         when: When::Always,
         category: Category::Throttled,
         transient: true,
-        source: "throttle; arm-limits; DOMAIN.md 3.3 (ResourceRequestsThrottled / SubscriptionRequestsThrottled / \
+        source: "throttle; arm-limits (ResourceRequestsThrottled / SubscriptionRequestsThrottled / \
                  TooManyRequests; Azure/azqr#34)",
     },
     Rule {
@@ -355,9 +355,9 @@ pub static RULES: &[Rule] = &[
         when: When::Always,
         category: Category::Throttled,
         transient: true,
-        source: "vm-errors (\"Too many redeployment requests ... Please retry later\"); DOMAIN.md 8 fact 12",
+        source: "vm-errors (\"Too many redeployment requests ... Please retry later\")",
     },
-    // --- OperationNotAllowed (DOMAIN.md 8 erratum 5): status and details first, then the
+    // --- OperationNotAllowed (one code, many causes): status and details first, then the
     // --- en-US message patterns, then the safe default. ------------------------------------
     Rule {
         name: "operation-not-allowed-http-429",
@@ -365,7 +365,7 @@ pub static RULES: &[Rule] = &[
         when: When::HttpStatus(429),
         category: Category::Throttled,
         transient: true,
-        source: "throttle (Compute throttling: OperationNotAllowed with HTTP 429 and Retry-After); DOMAIN.md 3.1 shape 6",
+        source: "throttle (Compute throttling: OperationNotAllowed with HTTP 429 and Retry-After; ARM shape 6)",
     },
     Rule {
         name: "operation-not-allowed-throttle-detail",
@@ -373,7 +373,7 @@ pub static RULES: &[Rule] = &[
         when: When::DetailCode(&["TooManyRequests"]),
         category: Category::Throttled,
         transient: true,
-        source: "throttle (details[].code TooManyRequests with the operation group as target); DOMAIN.md 3.1 shape 6",
+        source: "throttle (details[].code TooManyRequests with the operation group as target; ARM shape 6)",
     },
     Rule {
         name: "operation-not-allowed-throttling",
@@ -382,7 +382,7 @@ pub static RULES: &[Rule] = &[
         category: Category::Throttled,
         transient: true,
         source: "throttle (\"The server rejected the request because too many requests have been received \
-                 for this subscription.\"); DOMAIN.md 8 erratum 5",
+                 for this subscription.\")",
     },
     Rule {
         name: "operation-not-allowed-quota",
@@ -390,7 +390,7 @@ pub static RULES: &[Rule] = &[
         when: When::MessageContains(&["quota"]),
         category: Category::Quota,
         transient: false,
-        source: "arm-errors (OperationNotAllowed: exceeds the quota); DOMAIN.md 3.3 (\"...exceeding approved \
+        source: "arm-errors (OperationNotAllowed: exceeds the quota; \"...exceeding approved \
                  Total Regional Cores quota\", \"...exceeding quota limits of Core\"; Azure/azure_preview_modules#360)",
     },
     Rule {
@@ -400,7 +400,7 @@ pub static RULES: &[Rule] = &[
         category: Category::Conflict,
         transient: true,
         source: "vm-errors (\"Operation '{0}' is not allowed on VM '{1}' since another operation is in progress.\"); \
-                 DOMAIN.md 8 erratum 5",
+                 transient, though the code is OperationNotAllowed",
     },
     Rule {
         name: "operation-not-allowed-after-some-time",
@@ -409,7 +409,7 @@ pub static RULES: &[Rule] = &[
         category: Category::Conflict,
         transient: true,
         source: "vm-errors (\"An ongoing operation is changing power state of Virtual Machine {0} to {1}. Please \
-                 perform operation {2} after some time.\"); DOMAIN.md 8 erratum 5",
+                 perform operation {2} after some time.\")",
     },
     Rule {
         name: "operation-not-allowed-size-not-in-cluster",
@@ -422,7 +422,7 @@ pub static RULES: &[Rule] = &[
         transient: true,
         source: "vm-errors (\"Unable to resize the VM because the requested size {0} is not available in the \
                  cluster where the VM is currently allocated\"; \"...may not be available in the existing \
-                 allocation unit\"); DOMAIN.md 8 erratum 5 (fixable by deallocating)",
+                 allocation unit\"; fixable by deallocating)",
     },
     Rule {
         name: "operation-not-allowed-marked-for-deletion",
@@ -431,7 +431,7 @@ pub static RULES: &[Rule] = &[
         category: Category::Conflict,
         transient: false,
         source: "vm-errors (\"...since the VM is marked for deletion. You can only retry the Delete operation\"); \
-                 DOMAIN.md 3.3 (cloud-barista/cb-spider#342)",
+                 seen in cloud-barista/cb-spider#342",
     },
     Rule {
         name: "operation-not-allowed-deallocated",
@@ -440,7 +440,7 @@ pub static RULES: &[Rule] = &[
         category: Category::Conflict,
         transient: false,
         source: "vm-errors (\"...since the VM is either deallocated or marked to be deallocated.\", \"...since \
-                 the VM is not deallocated.\"); DOMAIN.md 8 erratum 5",
+                 the VM is not deallocated.\")",
     },
     Rule {
         name: "operation-not-allowed-power-state",
@@ -461,7 +461,7 @@ pub static RULES: &[Rule] = &[
         when: When::Always,
         category: Category::Conflict,
         transient: false,
-        source: "DOMAIN.md 8 erratum 5 (fallback when no en-US pattern matches, e.g. a localized message)",
+        source: "vm-errors, arm-errors: one code for many causes (fallback when no en-US pattern matches, e.g. a localized message)",
     },
     // --- Platform-internal and retryable --------------------------------------------------
     Rule {
@@ -470,7 +470,7 @@ pub static RULES: &[Rule] = &[
         when: When::Always,
         category: Category::Internal,
         transient: true,
-        source: "DOMAIN.md 3.3 (\"A retryable error occurred.\"; pulumi/pulumi-azure-native#1450, \
+        source: "public reports (\"A retryable error occurred.\"; pulumi/pulumi-azure-native#1450, \
                  hashicorp/terraform-provider-azurerm#16928; GET the resource first, it may exist)",
     },
     Rule {
@@ -479,7 +479,7 @@ pub static RULES: &[Rule] = &[
         when: When::Always,
         category: Category::Internal,
         transient: true,
-        source: "DOMAIN.md 3.3 (\"An internal execution error occurred. Please retry later.\"; \
+        source: "public reports (\"An internal execution error occurred. Please retry later.\"; \
                  microsoft/MCW-SAP-HANA-on-Azure#26)",
     },
     Rule {
@@ -503,7 +503,7 @@ pub static RULES: &[Rule] = &[
         category: Category::Internal,
         transient: true,
         source: "vm-errors (\"...due to an internal error. Please retry later.\", \"It might finish successfully \
-                 in sometime\", \"The VM may still start successfully\"); DOMAIN.md 8 fact 12 (poll before \
+                 in sometime\", \"The VM may still start successfully\"; poll before \
                  retrying a timed-out start)",
     },
     Rule {
@@ -512,7 +512,7 @@ pub static RULES: &[Rule] = &[
         when: When::Always,
         category: Category::Image,
         transient: true,
-        source: "vm-errors (\"Disk image {0} is in {1} state. Please retry when image is ready.\"); DOMAIN.md 8 fact 12",
+        source: "vm-errors (\"Disk image {0} is in {1} state. Please retry when image is ready.\")",
     },
     Rule {
         name: "another-operation-in-progress",
@@ -529,7 +529,7 @@ pub static RULES: &[Rule] = &[
         category: Category::Conflict,
         transient: true,
         source: "arm-limits (Network RP returns 429 with this code when another operation locks the resource); \
-                 DOMAIN.md 8 erratum 7",
+                 rpc-async (a Retry-After alone is not throttling)",
     },
     Rule {
         name: "update-blocked-on-platform-update",
@@ -538,7 +538,7 @@ pub static RULES: &[Rule] = &[
         category: Category::Conflict,
         transient: true,
         source: "vm-errors (\"Resource cannot be updated at this time due to ongoing platform update. Please try \
-                 again later.\"); DOMAIN.md 8 fact 12",
+                 again later.\")",
     },
     Rule {
         name: "conflict",
@@ -556,7 +556,7 @@ pub static RULES: &[Rule] = &[
         when: When::Always,
         category: Category::Unknown,
         transient: false,
-        source: "DOMAIN.md 3.3 last row (never classify on the wrapper)",
+        source: "rpc-common, arm-errors: a wrapper says nothing about the cause (never classify on it)",
     },
     Rule {
         name: "guest-agent-artifact-other-code",
@@ -568,7 +568,7 @@ pub static RULES: &[Rule] = &[
         category: Category::VmAgent,
         transient: true,
         source: "fixtures/SOURCES.md notes (older incidents returned other codes for the same publisher/type: \
-                 classify on the artifact, not on one code); DOMAIN.md 3.3",
+                 classify on the artifact, not on one code)",
     },
     Rule {
         name: "http-429-rate-limit-headers",
@@ -576,7 +576,7 @@ pub static RULES: &[Rule] = &[
         when: When::RateLimitHeaders,
         category: Category::Throttled,
         transient: true,
-        source: "DOMAIN.md 8 erratum 7 (throttled only on 429 with a throttling code or x-ms-ratelimit-* headers)",
+        source: "arm-limits; rpc-async (throttled only on 429 with a throttling code or x-ms-ratelimit-* headers)",
     },
     Rule {
         name: "http-429-not-throttling",
@@ -584,7 +584,7 @@ pub static RULES: &[Rule] = &[
         when: When::HttpStatus(429),
         category: Category::Unknown,
         transient: true,
-        source: "DOMAIN.md 8 erratum 7 (some RPs return 429 for non-throttle transient conditions: transient, \
+        source: "arm-limits (some RPs return 429 for non-throttle transient conditions: transient, \
                  honour Retry-After, but not `throttled`)",
     },
     Rule {
@@ -609,7 +609,7 @@ pub fn classify(
 }
 
 /// [`classify`], also told whether the HTTP response carried `x-ms-ratelimit-*` headers (a
-/// 429 with those is throttling whatever the code; DOMAIN.md 8 erratum 7).
+/// 429 with those is throttling whatever the code; arm-limits).
 pub fn classify_response(
     code: &str,
     message: Option<&str>,

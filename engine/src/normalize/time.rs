@@ -1,6 +1,6 @@
 //! Vendor time formats, all to UTC.
 //!
-//! Accepted (DOMAIN.md section 6 rule 1 and section 8): RFC 1123 (`Mon, 11 Apr 2026 22:26:58
+//! Accepted (docs/protocols.md#time-formats): RFC 1123 (`Mon, 11 Apr 2026 22:26:58
 //! GMT`; the weekday is optional and never cross-checked, because Microsoft's own sample has
 //! the wrong one), the AWS IMDS layout (`21 Jan 2019 09:00:43 GMT`, also with a one-digit day
 //! as AWS's tooling renders it), RFC 3339 with or without a fraction (up to nine digits, e.g.
@@ -175,7 +175,7 @@ mod tests {
 
     #[test]
     fn rfc1123_with_the_wrong_weekday_is_accepted() {
-        // 11 April 2026 is a Saturday; Microsoft's sample says Monday (DOMAIN.md 8, erratum 2).
+        // 11 April 2026 is a Saturday; Microsoft's sample says Monday (se-linux example).
         assert_eq!(
             p("Mon, 11 Apr 2026 22:26:58 GMT"),
             "2026-04-11T22:26:58+00:00"

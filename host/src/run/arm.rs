@@ -27,7 +27,7 @@
 //! fresh one; 408, 429 and 5xx are retried by the step's retries, waiting at least the
 //! server's `Retry-After`; any other refusal fails the step at once. With no request body in
 //! the decision (nothing to resubmit), with an operation that is not a PUT, or with a target
-//! elsewhere, the step fails at once and the runbook escalates (DESIGN.md "Host"). The same
+//! elsewhere, the step fails at once and the runbook escalates. The same
 //! holds for a request whose secret fields were redacted (`keel_engine::redact`): only the
 //! decision in memory carries them, so a resubmission resumed after a restart escalates. ARM's
 //! error bodies are untrusted: only their code and message, escaped and truncated, are kept.

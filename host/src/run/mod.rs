@@ -1,7 +1,7 @@
 //! The host daemon: sources feed the normalizers, the engine decides, runbooks act, and the
 //! state store makes "exactly once" hold across crashes.
 //!
-//! What "exactly once" means here (DESIGN.md "Host"): each step's start is written with its
+//! What "exactly once" means here (ARCHITECTURE.md): each step's start is written with its
 //! idempotency key before its effect; after a crash an idempotent step left in doubt runs
 //! again with the same key, and a non-idempotent one never runs again and escalates.
 

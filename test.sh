@@ -12,10 +12,13 @@ echo "== cargo clippy"; cargo clippy --workspace --all-targets --locked -- -D wa
 echo "== Wasm plugins: the SDK's examples and the hostile test plugin into wasm-plugins/dist/"
 cargo run -q -p xtask --locked -- build-plugins
 echo "== cargo test";  cargo test --workspace --locked
-echo "== cargo test -p keel-engine on its own (no host to turn its plugins feature on)"
+echo "== every crate's tests on their own, with default features and with all of them"
+# (the workspace run above unifies features: there the host turns the engine's plugins on)
 cargo test -p keel-engine --locked
-echo "== crash matrix (failpoints: abort at every step boundary, restart, count effects)"
-cargo test -p keel-host --features failpoints --test crash --locked
+cargo test -p keel-engine --all-features --locked
+# --all-features adds failpoints: the crash matrix (abort at every step boundary, restart,
+# count effects) runs with the host's other tests.
+cargo test -p keel-host --all-features --locked
 echo "== wasm32 builds of keel-engine (no default features)"
 for t in wasm32-unknown-unknown wasm32-wasip1; do
   cargo build -p keel-engine --no-default-features --target "$t" --locked

@@ -3,9 +3,10 @@
 //! configured), with what they share (handing a payload over, bounded reads, pauses).
 //!
 //! One file per source: [`azure_scheduled_events`], [`azure_maintenance_v1`],
-//! [`azure_resource_health`], [`aws_imds`], [`gcp_metadata`], [`ingest`], [`files`]. Every source backs off on failure (exponential, with jitter, honouring
-//! `Retry-After`), counts its failures in `keel_source_errors_total{source}`, reports its
-//! health for `/readyz`, and never stops the other sources or the process.
+//! [`azure_resource_health`], [`aws_imds`], [`gcp_metadata`], [`ingest`], [`files`]; the
+//! polled ones share one loop ([`poll`]). Every source backs off on failure (exponential, with
+//! jitter, honouring `Retry-After`), counts its failures in `keel_source_errors_total{source}`,
+//! reports its health for `/readyz`, and never stops the other sources or the process.
 
 pub mod aws_imds;
 pub mod azure_maintenance_v1;
@@ -14,6 +15,7 @@ pub mod azure_scheduled_events;
 pub mod files;
 pub mod gcp_metadata;
 pub mod ingest;
+pub mod poll;
 pub mod server;
 
 pub use super::http::read_limited;

@@ -150,6 +150,109 @@ impl FileSource {
     }
 }
 
+/// Every source `sources:` configures.
+#[derive(Debug, Default)]
+pub(super) struct Sources {
+    pub(super) azure_scheduled_events: Option<SeSource>,
+    pub(super) aws_imds: Option<AwsImdsSource>,
+    pub(super) gcp_metadata: Option<GcpMetadataSource>,
+    pub(super) ingest: Option<IngestSource>,
+    pub(super) azure_maintenance_v1: Option<AzureMaintenanceV1Source>,
+    pub(super) azure_resource_health: Option<ResourceHealthSource>,
+    pub(super) files: Vec<FileSource>,
+}
+
+/// `sources:`, each source by its reader. The ingest endpoint listens on `listen`, which must
+/// be a loopback address unless `sources.ingest.allow_remote` is true.
+pub(super) fn parse_sources(
+    v: &mut V<'_>,
+    base: &Path,
+    root: &Value,
+    self_name: Option<&str>,
+    listen: SocketAddr,
+) -> Sources {
+    let mut out = Sources::default();
+    let Some(sources) = root.get("sources") else {
+        return out;
+    };
+    v.keys(
+        "/sources",
+        sources,
+        &[
+            "azure_scheduled_events",
+            "aws_imds",
+            "gcp_metadata",
+            "ingest",
+            "azure_maintenance_v1",
+            "azure_resource_health",
+            "files",
+        ],
+    );
+    if let Some(s) = sources.get("azure_maintenance_v1") {
+        out.azure_maintenance_v1 = Some(parse_maintenance_v1(v, s));
+    }
+    if let Some(s) = sources.get("azure_resource_health") {
+        out.azure_resource_health = parse_resource_health(v, s, self_name);
+    }
+    if let Some(s) = sources.get("files") {
+        out.files = parse_files(v, base, s);
+    }
+    if let Some(s) = sources.get("azure_scheduled_events") {
+        out.azure_scheduled_events = Some(parse_scheduled_events(v, s));
+    }
+    if let Some(s) = sources.get("aws_imds") {
+        out.aws_imds = Some(parse_aws(v, s));
+    }
+    if let Some(s) = sources.get("gcp_metadata") {
+        out.gcp_metadata = Some(parse_gcp(v, s));
+    }
+    if let Some(s) = sources.get("ingest") {
+        out.ingest = parse_ingest(v, s);
+        let remote = s
+            .get("allow_remote")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        if !remote && !listen.ip().is_loopback() {
+            let ptr = if root.get("listen").is_some() {
+                "/listen"
+            } else {
+                "/sources/ingest"
+            };
+            v.err(
+                ptr,
+                format!(
+                    "`listen` is {listen}, not a loopback address, and the ingest endpoint listens there; \
+                     set `sources.ingest.allow_remote: true` to accept reports from other machines \
+                     (and put TLS in front: the bearer token travels in clear)"
+                ),
+            );
+        }
+    }
+    out
+}
+
+/// `sources.azure_scheduled_events`.
+fn parse_scheduled_events(v: &mut V<'_>, s: &Value) -> SeSource {
+    let p = "/sources/azure_scheduled_events";
+    v.keys(p, s, &["url", "interval", "timeout", "first_timeout"]);
+    let url = match s.get("url") {
+        Some(Value::String(u)) if u.starts_with("http://") || u.starts_with("https://") => {
+            u.clone()
+        }
+        None => "http://169.254.169.254/metadata/scheduledevents?api-version=2020-07-01".into(),
+        Some(_) => {
+            v.err(&format!("{p}/url"), "expected an http:// URL");
+            String::new()
+        }
+    };
+    SeSource {
+        url,
+        interval: v.duration_at(p, s, "interval", Duration::from_secs(1)),
+        timeout: v.duration_at(p, s, "timeout", Duration::from_secs(5)),
+        first_timeout: v.duration_at(p, s, "first_timeout", Duration::from_secs(125)),
+    }
+}
+
 pub(super) fn parse_aws(v: &mut V<'_>, s: &Value) -> AwsImdsSource {
     let p = "/sources/aws_imds";
     v.keys(

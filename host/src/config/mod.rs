@@ -368,27 +368,12 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
     let listen = parse_listen(&mut v, root.get("listen"));
     let dry_run = v.boolean("/dry_run", root.get("dry_run"), false);
     let self_name = parse_self(&mut v, root.get("self"));
-    let unready_after = v.duration(
-        "/unready_after",
-        root.get("unready_after"),
-        Duration::from_secs(60),
-    );
-    let reload_interval = v.positive(
-        "/policy_reload_interval",
-        root.get("policy_reload_interval"),
-        Duration::from_secs(3),
-    );
+    let unready_after = v.duration_at("", &root, "unready_after", Duration::from_secs(60));
+    let reload_interval =
+        v.positive_at("", &root, "policy_reload_interval", Duration::from_secs(3));
     let limits = parse_limits(&mut v, root.get("limits"));
-    let retention = v.positive(
-        "/retention",
-        root.get("retention"),
-        Duration::from_secs(30 * 86_400),
-    );
-    let gc_interval = v.positive(
-        "/gc_interval",
-        root.get("gc_interval"),
-        Duration::from_secs(3_600),
-    );
+    let retention = v.positive_at("", &root, "retention", Duration::from_secs(30 * 86_400));
+    let gc_interval = v.positive_at("", &root, "gc_interval", Duration::from_secs(3_600));
     let commit_batch_max = v.count(
         "/commit_batch_max",
         root.get("commit_batch_max"),

@@ -253,6 +253,26 @@ fn parse_scheduled_events(v: &mut V<'_>, s: &Value) -> SeSource {
     }
 }
 
+/// [`V::positive_at`] of key `key` of the map `s` at `p`, rounded down to whole seconds,
+/// which must be from 1 to `max` (else `msg`, and `default`).
+fn whole_secs_at(
+    v: &mut V<'_>,
+    p: &str,
+    s: &Value,
+    key: &str,
+    default: Duration,
+    max: u64,
+    msg: &str,
+) -> Duration {
+    let d = v.positive_at(p, s, key, default);
+    if (1..=max).contains(&d.as_secs()) {
+        Duration::from_secs(d.as_secs())
+    } else {
+        v.err(&format!("{p}/{key}"), msg);
+        default
+    }
+}
+
 pub(super) fn parse_aws(v: &mut V<'_>, s: &Value) -> AwsImdsSource {
     let p = "/sources/aws_imds";
     v.keys(
@@ -260,16 +280,15 @@ pub(super) fn parse_aws(v: &mut V<'_>, s: &Value) -> AwsImdsSource {
         s,
         &["url", "interval", "timeout", "token_ttl", "max_backoff"],
     );
-    let token_ttl = v.positive_at(p, s, "token_ttl", Duration::from_secs(21_600));
-    let token_ttl = if token_ttl.as_secs() < 1 || token_ttl.as_secs() > 21_600 {
-        v.err(
-            &format!("{p}/token_ttl"),
-            "IMDSv2 tokens live from 1s to 6h (21600s), in whole seconds",
-        );
-        Duration::from_secs(21_600)
-    } else {
-        Duration::from_secs(token_ttl.as_secs())
-    };
+    let token_ttl = whole_secs_at(
+        v,
+        p,
+        s,
+        "token_ttl",
+        Duration::from_secs(21_600),
+        21_600,
+        "IMDSv2 tokens live from 1s to 6h (21600s), in whole seconds",
+    );
     AwsImdsSource {
         url: v.url(&format!("{p}/url"), s.get("url"), "http://169.254.169.254"),
         interval: v.positive_at(p, s, "interval", Duration::from_secs(5)),
@@ -286,16 +305,15 @@ pub(super) fn parse_gcp(v: &mut V<'_>, s: &Value) -> GcpMetadataSource {
         s,
         &["url", "wait_timeout", "timeout", "interval", "max_backoff"],
     );
-    let wait_timeout = v.positive_at(p, s, "wait_timeout", Duration::from_secs(60));
-    let wait_timeout = if wait_timeout.as_secs() < 1 {
-        v.err(
-            &format!("{p}/wait_timeout"),
-            "the metadata server counts `timeout_sec` in whole seconds: at least 1s",
-        );
-        Duration::from_secs(60)
-    } else {
-        Duration::from_secs(wait_timeout.as_secs())
-    };
+    let wait_timeout = whole_secs_at(
+        v,
+        p,
+        s,
+        "wait_timeout",
+        Duration::from_secs(60),
+        u64::MAX,
+        "the metadata server counts `timeout_sec` in whole seconds: at least 1s",
+    );
     GcpMetadataSource {
         url: v.url(
             &format!("{p}/url"),

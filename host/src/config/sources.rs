@@ -53,7 +53,8 @@ pub struct GcpMetadataSource {
 }
 
 /// The HTTP ingest endpoint for operation failures reported by deployment tools:
-/// `POST /ingest` with DESIGN.md's body, a bearer token, a body size limit.
+/// `POST /ingest` with a JSON body `{idempotency_key, resource, operation, attempt?, request?,
+/// error}`, a bearer token, a body size limit.
 #[derive(Debug, Clone)]
 pub struct IngestSource {
     /// The bearer token, read when the configuration is loaded from the environment
@@ -83,7 +84,8 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 /// The shortest bearer token the ingest endpoint accepts.
 pub const MIN_TOKEN_CHARS: usize = 16;
 
-/// The legacy Azure in-VM maintenance endpoint (2015 preview, DOMAIN.md 1.6):
+/// The legacy Azure in-VM maintenance endpoint (2015 preview,
+/// `docs/protocols.md#azure-legacy-maintenance-endpoint`):
 /// `GET {url}/metadata/v1/maintenance`, and `/metadata/v1/InstanceInfo` for the VM's name,
 /// update and fault domain.
 #[derive(Debug, Clone)]

@@ -1,4 +1,4 @@
-//! AWS EC2 instance metadata, IMDSv2 (DOMAIN.md section 4 and section 8 facts 15-20).
+//! AWS EC2 instance metadata, IMDSv2 (`docs/protocols.md#aws-instance-metadata`).
 //!
 //! A session token comes from `PUT /latest/api/token` with
 //! `X-aws-ec2-metadata-token-ttl-seconds`; every GET carries it in `X-aws-ec2-metadata-token`.

@@ -1,5 +1,5 @@
-//! The legacy Azure in-VM maintenance endpoint (2015 preview, DOMAIN.md 1.6 and section 8
-//! erratum 16).
+//! The legacy Azure in-VM maintenance endpoint (2015 preview,
+//! `docs/protocols.md#azure-legacy-maintenance-endpoint`).
 //!
 //! `GET {url}/metadata/v1/maintenance` answers `{}` while nothing is coming, and
 //! `{"EventID", "EventCreationTime"}` when a reboot begins within about five minutes. Its

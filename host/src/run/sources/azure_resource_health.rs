@@ -1,4 +1,4 @@
-//! Azure Resource Health for this VM (DOMAIN.md 2.1 and section 8 erratum 3).
+//! Azure Resource Health for this VM (`docs/protocols.md#azure-resource-health`).
 //!
 //! The VM is the configured one, or else this one, as IMDS's instance metadata names it
 //! (`GET {azure_identity.endpoint}/metadata/instance/compute?api-version=2021-02-01`, read

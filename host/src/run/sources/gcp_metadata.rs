@@ -1,4 +1,4 @@
-//! The GCP Compute Engine metadata server (DOMAIN.md section 5 and section 8 facts 22-24).
+//! The GCP Compute Engine metadata server (`docs/protocols.md#gcp-metadata`).
 //!
 //! Each key (`instance/maintenance-event`, `instance/preempted`) has its own loop with a
 //! hanging request always open: the first read is plain and returns the value with its

@@ -1,6 +1,6 @@
 //! Sources: the pollers and listeners that hand raw payloads to the run loop, and the host's
 //! own HTTP endpoints ([`server`]: `/metrics`, `/healthz`, `/readyz`, and `POST /ingest` when
-//! configured), with what they share (handing a payload over, bounded reads, pauses).
+//! configured), with what they share (handing a payload over, bounded reads).
 //!
 //! One file per source: [`azure_scheduled_events`], [`azure_maintenance_v1`],
 //! [`azure_resource_health`], [`aws_imds`], [`gcp_metadata`], [`ingest`], [`files`]; the
@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::{Host, Inbox, Payload};
 
@@ -62,17 +62,6 @@ pub async fn deliver(
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(Deliver::Rejected(e)),
         Err(_) => Err(Deliver::Closed),
-    }
-}
-
-/// Sleeps for `d`; false when the host is stopping.
-pub async fn pause(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
-    if *stop.borrow() {
-        return false;
-    }
-    tokio::select! {
-        _ = tokio::time::sleep(d) => true,
-        r = stop.changed() => r.is_ok() && !*stop.borrow(),
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::{pause, Deliver, Failure};
+use super::{Deliver, Failure};
 use crate::run::backoff::Backoff;
 use crate::run::Host;
 
@@ -58,6 +58,17 @@ pub trait Poll {
     /// wait before the next round (the interval; zero when the request itself waited for a
     /// change, as the GCP metadata server's hanging GET does).
     fn round(&mut self) -> impl Future<Output = Result<Duration, Halt>> + Send;
+}
+
+/// Sleeps for `d`; false when the host is stopping.
+pub async fn pause(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    if *stop.borrow() {
+        return false;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(d) => true,
+        r = stop.changed() => r.is_ok() && !*stop.borrow(),
+    }
 }
 
 /// Runs `poller`'s rounds until the host stops, reporting each on the health channel

@@ -56,12 +56,9 @@ pub fn run(args: Args) -> Exit {
         }
         let vm = cfg.self_name.clone().unwrap_or_else(|| "demo-vm".into());
         println!("keel demo: stub IMDS at {}, VM `{vm}`, state {}", stub.url(), cfg.state.display());
-        let host = match run::Host::new(cfg, Box::new(std::io::stdout())) {
+        let host = match super::run::start_host(cfg) {
             Ok(h) => h,
-            Err(e) => {
-                let _ = e.render(&mut std::io::stderr().lock());
-                return e.exit();
-            }
+            Err(exit) => return exit,
         };
         let (tx, rx) = watch::channel(false);
         let daemon = tokio::spawn(run::run(host.clone(), rx));

@@ -81,12 +81,9 @@ pub fn run(args: Args) -> Exit {
         }
     };
     rt.block_on(async move {
-        let host = match run::Host::new(cfg, Box::new(std::io::stdout())) {
+        let host = match start_host(cfg) {
             Ok(h) => h,
-            Err(e) => {
-                let _ = e.render(&mut std::io::stderr().lock());
-                return e.exit();
-            }
+            Err(exit) => return exit,
         };
         let (tx, rx) = watch::channel(false);
         tokio::spawn(async move {
@@ -95,12 +92,21 @@ pub fn run(args: Args) -> Exit {
         });
         match run::run(host, rx).await {
             Ok(()) => Exit::Ok,
-            Err(e) => {
-                let _ = e.render(&mut std::io::stderr().lock());
-                e.exit()
-            }
+            Err(e) => report(&e),
         }
     })
+}
+
+/// Starts the host, its decision log on standard output (`keel run`, `keel demo`); a start
+/// error is [`report`]ed.
+pub fn start_host(cfg: config::Config) -> Result<std::sync::Arc<run::Host>, Exit> {
+    run::Host::new(cfg, Box::new(std::io::stdout())).map_err(|e| report(&e))
+}
+
+/// Writes a start error to standard error; its exit code.
+fn report(e: &run::StartError) -> Exit {
+    let _ = e.render(&mut std::io::stderr().lock());
+    e.exit()
 }
 
 async fn shutdown_signal() {

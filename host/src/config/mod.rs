@@ -289,7 +289,7 @@ impl Default for AzureIdentity {
 pub const DEFAULT_TOKEN_RESOURCE: &str = "https://management.azure.com/";
 /// Azure Resource Manager's public endpoint.
 pub const DEFAULT_ARM_ENDPOINT: &str = "https://management.azure.com";
-/// The Resource Health api-version polled (the newest stable one, DOMAIN.md 2.1).
+/// The Resource Health api-version polled (the newest stable one).
 pub const DEFAULT_RESOURCE_HEALTH_API_VERSION: &str = "2025-04-01";
 /// The Compute api-version of resubmitted VM requests.
 pub const DEFAULT_COMPUTE_API_VERSION: &str = "2024-07-01";
@@ -321,6 +321,26 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         .map(|n| Duration::from_secs(n.saturating_mul(mul)))
 }
 
+/// The root keys of `keel.yaml`.
+const ROOT_KEYS: &[&str] = &[
+    "policies",
+    "state",
+    "plugin_cache",
+    "listen",
+    "dry_run",
+    "self",
+    "sources",
+    "runbooks",
+    "arm",
+    "unready_after",
+    "policy_reload_interval",
+    "limits",
+    "retention",
+    "gc_interval",
+    "commit_batch_max",
+    "azure_identity",
+];
+
 /// Reads and validates `keel.yaml`; every problem is reported with its position. Relative
 /// paths are relative to the file.
 pub fn load(path: &Path) -> Result<Config, LoadError> {
@@ -339,256 +359,110 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
         diags: Vec::new(),
     };
     let root = doc.value.clone();
-    v.keys(
-        "",
-        &root,
-        &[
-            "policies",
-            "state",
-            "plugin_cache",
-            "listen",
-            "dry_run",
-            "self",
-            "sources",
-            "runbooks",
-            "arm",
-            "unready_after",
-            "policy_reload_interval",
-            "limits",
-            "retention",
-            "gc_interval",
-            "commit_batch_max",
-            "azure_identity",
-        ],
+    // One reader per root key, always in this order: the diagnostics are sorted by position
+    // (stably), so two problems at the same position keep this order.
+    v.keys("", &root, ROOT_KEYS);
+    let policies = parse_policies(&mut v, &base, root.get("policies"));
+    let state = v.path(&base, "/state", root.get("state"), ".keel/state.db");
+    let plugin_cache = parse_plugin_cache(&mut v, &base, root.get("plugin_cache"), &state);
+    let listen = parse_listen(&mut v, root.get("listen"));
+    let dry_run = v.boolean("/dry_run", root.get("dry_run"), false);
+    let self_name = parse_self(&mut v, root.get("self"));
+    let unready_after = v.duration_at("", &root, "unready_after", Duration::from_secs(60));
+    let reload_interval =
+        v.positive_at("", &root, "policy_reload_interval", Duration::from_secs(3));
+    let limits = parse_limits(&mut v, root.get("limits"));
+    let retention = v.positive_at("", &root, "retention", Duration::from_secs(30 * 86_400));
+    let gc_interval = v.positive_at("", &root, "gc_interval", Duration::from_secs(3_600));
+    let commit_batch_max = v.count(
+        "/commit_batch_max",
+        root.get("commit_batch_max"),
+        256,
+        "expected a number from 1 to 10000",
     );
-    let policies = v.path(&base, "/policies", root.get("policies"), "policies");
+    let azure_identity = parse_identity(&mut v, root.get("azure_identity"));
+    let arm_scopes = parse_arm_scopes(&mut v, root.get("arm"));
+    let sources = parse_sources(&mut v, &base, &root, self_name.as_deref(), listen);
+    let runbooks = parse_runbooks(&mut v, &root);
+    let mut diags = v.diags;
+    diags.sort_by_key(|d| (d.line(), d.column()));
+    if !diags.is_empty() {
+        return Err(LoadError::from_diagnostics(diags));
+    }
+    Ok(Config {
+        policies,
+        state,
+        listen,
+        dry_run,
+        self_name,
+        azure_scheduled_events: sources.azure_scheduled_events,
+        aws_imds: sources.aws_imds,
+        gcp_metadata: sources.gcp_metadata,
+        ingest: sources.ingest,
+        azure_maintenance_v1: sources.azure_maintenance_v1,
+        azure_resource_health: sources.azure_resource_health,
+        files: sources.files,
+        azure_identity,
+        arm_scopes,
+        runbooks,
+        unready_after,
+        reload_interval,
+        limits,
+        retention,
+        gc_interval,
+        commit_batch_max,
+        plugin_cache,
+    })
+}
+
+/// `policies`: the policy directory, which must exist.
+fn parse_policies(v: &mut V<'_>, base: &Path, val: Option<&Value>) -> PathBuf {
+    let policies = v.path(base, "/policies", val, "policies");
     if !policies.exists() {
         v.err(
             "/policies",
             format!("`{}` does not exist", policies.display()),
         );
     }
-    let state = v.path(&base, "/state", root.get("state"), ".keel/state.db");
-    let plugin_cache = match root.get("plugin_cache") {
+    policies
+}
+
+/// `plugin_cache`: by default `plugin-cache/` beside the state database.
+fn parse_plugin_cache(v: &mut V<'_>, base: &Path, val: Option<&Value>, state: &Path) -> PathBuf {
+    match val {
         None => state
             .parent()
             .unwrap_or(Path::new("."))
             .join("plugin-cache"),
-        Some(_) => v.path(&base, "/plugin_cache", root.get("plugin_cache"), ""),
-    };
-    let listen = match root.get("listen") {
-        None => SocketAddr::from(([127, 0, 0, 1], 9464)),
+        Some(_) => v.path(base, "/plugin_cache", val, ""),
+    }
+}
+
+/// `listen`: an address and port (`127.0.0.1:9464` by default).
+fn parse_listen(v: &mut V<'_>, val: Option<&Value>) -> SocketAddr {
+    let default = SocketAddr::from(([127, 0, 0, 1], 9464));
+    match val {
+        None => default,
         Some(Value::String(s)) => s.parse().unwrap_or_else(|_| {
             v.err("/listen", "expected an address such as 127.0.0.1:9464");
-            SocketAddr::from(([127, 0, 0, 1], 9464))
+            default
         }),
         Some(_) => {
             v.err("/listen", "expected an address such as 127.0.0.1:9464");
-            SocketAddr::from(([127, 0, 0, 1], 9464))
+            default
         }
-    };
-    let dry_run = match root.get("dry_run") {
-        None => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => {
-            v.err("/dry_run", "expected true or false");
-            false
-        }
-    };
-    let self_name = match root.get("self") {
+    }
+}
+
+/// `self`: this VM's name, not empty.
+fn parse_self(v: &mut V<'_>, val: Option<&Value>) -> Option<String> {
+    match val {
         None => None,
         Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
         Some(_) => {
             v.err("/self", "expected this VM's name");
             None
         }
-    };
-    let unready_after = v.duration(
-        "/unready_after",
-        root.get("unready_after"),
-        Duration::from_secs(60),
-    );
-    let reload_interval = v.positive(
-        "/policy_reload_interval",
-        root.get("policy_reload_interval"),
-        Duration::from_secs(3),
-    );
-    let limits = parse_limits(&mut v, root.get("limits"));
-    let retention = v.positive(
-        "/retention",
-        root.get("retention"),
-        Duration::from_secs(30 * 86_400),
-    );
-    let gc_interval = v.positive(
-        "/gc_interval",
-        root.get("gc_interval"),
-        Duration::from_secs(3_600),
-    );
-    let commit_batch_max = match root.get("commit_batch_max") {
-        None => 256,
-        Some(n) => match n.as_u64() {
-            Some(c) if (1..=10_000).contains(&c) => c as usize,
-            _ => {
-                v.err("/commit_batch_max", "expected a number from 1 to 10000");
-                256
-            }
-        },
-    };
-    let mut se = None;
-    let mut aws = None;
-    let mut gcp = None;
-    let mut ingest = None;
-    let mut mv1 = None;
-    let mut rh = None;
-    let mut files = Vec::new();
-    let azure_identity = parse_identity(&mut v, root.get("azure_identity"));
-    let arm_scopes = parse_arm_scopes(&mut v, root.get("arm"));
-    if let Some(sources) = root.get("sources") {
-        v.keys(
-            "/sources",
-            sources,
-            &[
-                "azure_scheduled_events",
-                "aws_imds",
-                "gcp_metadata",
-                "ingest",
-                "azure_maintenance_v1",
-                "azure_resource_health",
-                "files",
-            ],
-        );
-        if let Some(s) = sources.get("azure_maintenance_v1") {
-            mv1 = Some(parse_maintenance_v1(&mut v, s));
-        }
-        if let Some(s) = sources.get("azure_resource_health") {
-            rh = parse_resource_health(&mut v, s, self_name.as_deref());
-        }
-        if let Some(s) = sources.get("files") {
-            files = parse_files(&mut v, &base, s);
-        }
-        if let Some(s) = sources.get("azure_scheduled_events") {
-            let p = "/sources/azure_scheduled_events";
-            v.keys(p, s, &["url", "interval", "timeout", "first_timeout"]);
-            let url = match s.get("url") {
-                Some(Value::String(u)) if u.starts_with("http://") || u.starts_with("https://") => {
-                    u.clone()
-                }
-                None => {
-                    "http://169.254.169.254/metadata/scheduledevents?api-version=2020-07-01".into()
-                }
-                Some(_) => {
-                    v.err(&format!("{p}/url"), "expected an http:// URL");
-                    String::new()
-                }
-            };
-            se = Some(SeSource {
-                url,
-                interval: v.duration_at(p, s, "interval", Duration::from_secs(1)),
-                timeout: v.duration_at(p, s, "timeout", Duration::from_secs(5)),
-                first_timeout: v.duration_at(p, s, "first_timeout", Duration::from_secs(125)),
-            });
-        }
-        if let Some(s) = sources.get("aws_imds") {
-            aws = Some(parse_aws(&mut v, s));
-        }
-        if let Some(s) = sources.get("gcp_metadata") {
-            gcp = Some(parse_gcp(&mut v, s));
-        }
-        if let Some(s) = sources.get("ingest") {
-            ingest = parse_ingest(&mut v, s);
-        }
-    }
-    let remote_ingest = root
-        .get("sources")
-        .and_then(|s| s.get("ingest"))
-        .and_then(|i| i.get("allow_remote"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
-    let has_ingest = root.get("sources").and_then(|s| s.get("ingest")).is_some();
-    if has_ingest && !remote_ingest && !listen.ip().is_loopback() {
-        let ptr = if root.get("listen").is_some() {
-            "/listen"
-        } else {
-            "/sources/ingest"
-        };
-        v.err(
-            ptr,
-            format!(
-                "`listen` is {listen}, not a loopback address, and the ingest endpoint listens there; \
-                 set `sources.ingest.allow_remote: true` to accept reports from other machines \
-                 (and put TLS in front: the bearer token travels in clear)"
-            ),
-        );
-    }
-    let mut runbooks = BTreeMap::new();
-    if let Some(rb) = root.get("runbooks") {
-        match rb {
-            Value::Object(m) => {
-                for (action, steps) in m {
-                    let p = format!("/runbooks/{action}");
-                    let Some(a) = Action::parse(action) else {
-                        let names: Vec<&str> = Action::ALL.iter().map(|a| a.as_str()).collect();
-                        let hint = strsim_hint(action, &names);
-                        v.key_err(&p, format!("unknown action `{action}`{hint}"));
-                        continue;
-                    };
-                    let Value::Array(items) = steps else {
-                        v.err(&p, "expected a list of steps");
-                        continue;
-                    };
-                    let mut list: Vec<Step> = Vec::new();
-                    for (i, item) in items.iter().enumerate() {
-                        if let Some(step) = parse_step(&mut v, &format!("{p}/{i}"), item) {
-                            if list.iter().any(|s| s.name == step.name) {
-                                v.err(
-                                    &format!("{p}/{i}/name"),
-                                    format!("duplicate step name `{}`", step.name),
-                                );
-                            }
-                            list.push(step);
-                        }
-                    }
-                    runbooks.insert(a, list);
-                }
-            }
-            _ => v.err("/runbooks", "expected a map of action to steps"),
-        }
-    }
-    if let (None, Some(rb)) = (root.get("arm"), root.get("runbooks")) {
-        require_arm_scopes(&mut v, rb);
-    }
-    if let Some(rb) = root.get("runbooks") {
-        refuse_secret_env(&mut v, &root, rb);
-    }
-    let mut diags = v.diags;
-    diags.sort_by_key(|d| (d.line(), d.column()));
-    if diags.is_empty() {
-        Ok(Config {
-            policies,
-            state,
-            listen,
-            dry_run,
-            self_name,
-            azure_scheduled_events: se,
-            aws_imds: aws,
-            gcp_metadata: gcp,
-            ingest,
-            azure_maintenance_v1: mv1,
-            azure_resource_health: rh,
-            files,
-            azure_identity,
-            arm_scopes,
-            runbooks,
-            unready_after,
-            reload_interval,
-            limits,
-            retention,
-            gc_interval,
-            commit_batch_max,
-            plugin_cache,
-        })
-    } else {
-        Err(LoadError::from_diagnostics(diags))
     }
 }
 

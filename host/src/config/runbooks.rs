@@ -141,6 +141,52 @@ pub(super) fn strsim_hint(got: &str, names: &[&str]) -> String {
         .unwrap_or_default()
 }
 
+/// `runbooks:`, a map of action to its steps (step names unique in a runbook), with the
+/// checks that span the file: an `arm` step needs `arm.scopes`, and an `exec` step's `env`
+/// never passes on a secret Keel reads.
+pub(super) fn parse_runbooks(v: &mut V<'_>, root: &Value) -> BTreeMap<Action, Vec<Step>> {
+    let mut runbooks = BTreeMap::new();
+    let Some(rb) = root.get("runbooks") else {
+        return runbooks;
+    };
+    match rb {
+        Value::Object(m) => {
+            for (action, steps) in m {
+                let p = format!("/runbooks/{action}");
+                let Some(a) = Action::parse(action) else {
+                    let names: Vec<&str> = Action::ALL.iter().map(|a| a.as_str()).collect();
+                    let hint = strsim_hint(action, &names);
+                    v.key_err(&p, format!("unknown action `{action}`{hint}"));
+                    continue;
+                };
+                let Value::Array(items) = steps else {
+                    v.err(&p, "expected a list of steps");
+                    continue;
+                };
+                let mut list: Vec<Step> = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    if let Some(step) = parse_step(v, &format!("{p}/{i}"), item) {
+                        if list.iter().any(|s| s.name == step.name) {
+                            v.err(
+                                &format!("{p}/{i}/name"),
+                                format!("duplicate step name `{}`", step.name),
+                            );
+                        }
+                        list.push(step);
+                    }
+                }
+                runbooks.insert(a, list);
+            }
+        }
+        _ => v.err("/runbooks", "expected a map of action to steps"),
+    }
+    if root.get("arm").is_none() {
+        require_arm_scopes(v, rb);
+    }
+    refuse_secret_env(v, root, rb);
+    runbooks
+}
+
 /// An `http` step: `{ url, format?: generic | pagerduty, routing_key_env? }`.
 pub(super) fn parse_http(v: &mut V<'_>, p: &str, h: Option<&Value>) -> Option<StepKind> {
     let Some(h @ Value::Object(_)) = h else {

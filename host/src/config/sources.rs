@@ -53,7 +53,8 @@ pub struct GcpMetadataSource {
 }
 
 /// The HTTP ingest endpoint for operation failures reported by deployment tools:
-/// `POST /ingest` with DESIGN.md's body, a bearer token, a body size limit.
+/// `POST /ingest` with a JSON body `{idempotency_key, resource, operation, attempt?, request?,
+/// error}`, a bearer token, a body size limit.
 #[derive(Debug, Clone)]
 pub struct IngestSource {
     /// The bearer token, read when the configuration is loaded from the environment
@@ -83,7 +84,8 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1 << 20;
 /// The shortest bearer token the ingest endpoint accepts.
 pub const MIN_TOKEN_CHARS: usize = 16;
 
-/// The legacy Azure in-VM maintenance endpoint (2015 preview, DOMAIN.md 1.6):
+/// The legacy Azure in-VM maintenance endpoint (2015 preview,
+/// `docs/protocols.md#azure-legacy-maintenance-endpoint`):
 /// `GET {url}/metadata/v1/maintenance`, and `/metadata/v1/InstanceInfo` for the VM's name,
 /// update and fault domain.
 #[derive(Debug, Clone)]
@@ -150,6 +152,129 @@ impl FileSource {
     }
 }
 
+/// Every source `sources:` configures.
+#[derive(Debug, Default)]
+pub(super) struct Sources {
+    pub(super) azure_scheduled_events: Option<SeSource>,
+    pub(super) aws_imds: Option<AwsImdsSource>,
+    pub(super) gcp_metadata: Option<GcpMetadataSource>,
+    pub(super) ingest: Option<IngestSource>,
+    pub(super) azure_maintenance_v1: Option<AzureMaintenanceV1Source>,
+    pub(super) azure_resource_health: Option<ResourceHealthSource>,
+    pub(super) files: Vec<FileSource>,
+}
+
+/// `sources:`, each source by its reader. The ingest endpoint listens on `listen`, which must
+/// be a loopback address unless `sources.ingest.allow_remote` is true.
+pub(super) fn parse_sources(
+    v: &mut V<'_>,
+    base: &Path,
+    root: &Value,
+    self_name: Option<&str>,
+    listen: SocketAddr,
+) -> Sources {
+    let mut out = Sources::default();
+    let Some(sources) = root.get("sources") else {
+        return out;
+    };
+    v.keys(
+        "/sources",
+        sources,
+        &[
+            "azure_scheduled_events",
+            "aws_imds",
+            "gcp_metadata",
+            "ingest",
+            "azure_maintenance_v1",
+            "azure_resource_health",
+            "files",
+        ],
+    );
+    if let Some(s) = sources.get("azure_maintenance_v1") {
+        out.azure_maintenance_v1 = Some(parse_maintenance_v1(v, s));
+    }
+    if let Some(s) = sources.get("azure_resource_health") {
+        out.azure_resource_health = parse_resource_health(v, s, self_name);
+    }
+    if let Some(s) = sources.get("files") {
+        out.files = parse_files(v, base, s);
+    }
+    if let Some(s) = sources.get("azure_scheduled_events") {
+        out.azure_scheduled_events = Some(parse_scheduled_events(v, s));
+    }
+    if let Some(s) = sources.get("aws_imds") {
+        out.aws_imds = Some(parse_aws(v, s));
+    }
+    if let Some(s) = sources.get("gcp_metadata") {
+        out.gcp_metadata = Some(parse_gcp(v, s));
+    }
+    if let Some(s) = sources.get("ingest") {
+        out.ingest = parse_ingest(v, s);
+        let remote = s
+            .get("allow_remote")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        if !remote && !listen.ip().is_loopback() {
+            let ptr = if root.get("listen").is_some() {
+                "/listen"
+            } else {
+                "/sources/ingest"
+            };
+            v.err(
+                ptr,
+                format!(
+                    "`listen` is {listen}, not a loopback address, and the ingest endpoint listens there; \
+                     set `sources.ingest.allow_remote: true` to accept reports from other machines \
+                     (and put TLS in front: the bearer token travels in clear)"
+                ),
+            );
+        }
+    }
+    out
+}
+
+/// `sources.azure_scheduled_events`.
+fn parse_scheduled_events(v: &mut V<'_>, s: &Value) -> SeSource {
+    let p = "/sources/azure_scheduled_events";
+    v.keys(p, s, &["url", "interval", "timeout", "first_timeout"]);
+    let url = match s.get("url") {
+        Some(Value::String(u)) if u.starts_with("http://") || u.starts_with("https://") => {
+            u.clone()
+        }
+        None => "http://169.254.169.254/metadata/scheduledevents?api-version=2020-07-01".into(),
+        Some(_) => {
+            v.err(&format!("{p}/url"), "expected an http:// URL");
+            String::new()
+        }
+    };
+    SeSource {
+        url,
+        interval: v.duration_at(p, s, "interval", Duration::from_secs(1)),
+        timeout: v.duration_at(p, s, "timeout", Duration::from_secs(5)),
+        first_timeout: v.duration_at(p, s, "first_timeout", Duration::from_secs(125)),
+    }
+}
+
+/// [`V::positive_at`] of key `key` of the map `s` at `p`, rounded down to whole seconds,
+/// which must be from 1 to `max` (else `msg`, and `default`).
+fn whole_secs_at(
+    v: &mut V<'_>,
+    p: &str,
+    s: &Value,
+    key: &str,
+    default: Duration,
+    max: u64,
+    msg: &str,
+) -> Duration {
+    let d = v.positive_at(p, s, key, default);
+    if (1..=max).contains(&d.as_secs()) {
+        Duration::from_secs(d.as_secs())
+    } else {
+        v.err(&format!("{p}/{key}"), msg);
+        default
+    }
+}
+
 pub(super) fn parse_aws(v: &mut V<'_>, s: &Value) -> AwsImdsSource {
     let p = "/sources/aws_imds";
     v.keys(
@@ -157,16 +282,15 @@ pub(super) fn parse_aws(v: &mut V<'_>, s: &Value) -> AwsImdsSource {
         s,
         &["url", "interval", "timeout", "token_ttl", "max_backoff"],
     );
-    let token_ttl = v.positive_at(p, s, "token_ttl", Duration::from_secs(21_600));
-    let token_ttl = if token_ttl.as_secs() < 1 || token_ttl.as_secs() > 21_600 {
-        v.err(
-            &format!("{p}/token_ttl"),
-            "IMDSv2 tokens live from 1s to 6h (21600s), in whole seconds",
-        );
-        Duration::from_secs(21_600)
-    } else {
-        Duration::from_secs(token_ttl.as_secs())
-    };
+    let token_ttl = whole_secs_at(
+        v,
+        p,
+        s,
+        "token_ttl",
+        Duration::from_secs(21_600),
+        21_600,
+        "IMDSv2 tokens live from 1s to 6h (21600s), in whole seconds",
+    );
     AwsImdsSource {
         url: v.url(&format!("{p}/url"), s.get("url"), "http://169.254.169.254"),
         interval: v.positive_at(p, s, "interval", Duration::from_secs(5)),
@@ -183,16 +307,15 @@ pub(super) fn parse_gcp(v: &mut V<'_>, s: &Value) -> GcpMetadataSource {
         s,
         &["url", "wait_timeout", "timeout", "interval", "max_backoff"],
     );
-    let wait_timeout = v.positive_at(p, s, "wait_timeout", Duration::from_secs(60));
-    let wait_timeout = if wait_timeout.as_secs() < 1 {
-        v.err(
-            &format!("{p}/wait_timeout"),
-            "the metadata server counts `timeout_sec` in whole seconds: at least 1s",
-        );
-        Duration::from_secs(60)
-    } else {
-        Duration::from_secs(wait_timeout.as_secs())
-    };
+    let wait_timeout = whole_secs_at(
+        v,
+        p,
+        s,
+        "wait_timeout",
+        Duration::from_secs(60),
+        u64::MAX,
+        "the metadata server counts `timeout_sec` in whole seconds: at least 1s",
+    );
     GcpMetadataSource {
         url: v.url(
             &format!("{p}/url"),

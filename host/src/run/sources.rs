@@ -1,11 +1,12 @@
 //! Sources: the pollers and listeners that hand raw payloads to the run loop, and the host's
 //! own HTTP endpoints ([`server`]: `/metrics`, `/healthz`, `/readyz`, and `POST /ingest` when
-//! configured), with what they share (handing a payload over, bounded reads, pauses).
+//! configured), with what they share (handing a payload over, bounded reads).
 //!
 //! One file per source: [`azure_scheduled_events`], [`azure_maintenance_v1`],
-//! [`azure_resource_health`], [`aws_imds`], [`gcp_metadata`], [`ingest`], [`files`]. Every source backs off on failure (exponential, with jitter, honouring
-//! `Retry-After`), counts its failures in `keel_source_errors_total{source}`, reports its
-//! health for `/readyz`, and never stops the other sources or the process.
+//! [`azure_resource_health`], [`aws_imds`], [`gcp_metadata`], [`ingest`], [`files`]; the
+//! polled ones share one loop ([`poll`]). Every source backs off on failure (exponential, with
+//! jitter, honouring `Retry-After`), counts its failures in `keel_source_errors_total{source}`,
+//! reports its health for `/readyz`, and never stops the other sources or the process.
 
 pub mod aws_imds;
 pub mod azure_maintenance_v1;
@@ -14,6 +15,7 @@ pub mod azure_scheduled_events;
 pub mod files;
 pub mod gcp_metadata;
 pub mod ingest;
+pub mod poll;
 pub mod server;
 
 pub use super::http::read_limited;
@@ -24,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::{Host, Inbox, Payload};
 
@@ -60,17 +62,6 @@ pub async fn deliver(
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(Deliver::Rejected(e)),
         Err(_) => Err(Deliver::Closed),
-    }
-}
-
-/// Sleeps for `d`; false when the host is stopping.
-pub async fn pause(d: Duration, stop: &mut watch::Receiver<bool>) -> bool {
-    if *stop.borrow() {
-        return false;
-    }
-    tokio::select! {
-        _ = tokio::time::sleep(d) => true,
-        r = stop.changed() => r.is_ok() && !*stop.borrow(),
     }
 }
 

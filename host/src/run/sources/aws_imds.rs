@@ -1,4 +1,4 @@
-//! AWS EC2 instance metadata, IMDSv2 (DOMAIN.md section 4 and section 8 facts 15-20).
+//! AWS EC2 instance metadata, IMDSv2 (`docs/protocols.md#aws-instance-metadata`).
 //!
 //! A session token comes from `PUT /latest/api/token` with
 //! `X-aws-ec2-metadata-token-ttl-seconds`; every GET carries it in `X-aws-ec2-metadata-token`.
@@ -16,7 +16,8 @@ use reqwest::StatusCode;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::{deliver, pause, read_limited, Deliver};
+use super::poll::{self, Halt, Poll};
+use super::{deliver, read_limited, Failure};
 use crate::config::AwsImdsSource;
 use crate::run::backoff::{retry_after, Backoff};
 use crate::run::{Host, Inbox};
@@ -39,12 +40,10 @@ struct Token {
     refresh_at: Instant,
 }
 
-/// Why a round failed: the reason, and the server's `Retry-After`.
-use super::Failure;
-
 struct Poller {
     host: Arc<Host>,
     cfg: AwsImdsSource,
+    tx: mpsc::Sender<Inbox>,
     token: Option<Token>,
 }
 
@@ -138,20 +137,20 @@ impl Poller {
             }
         }
     }
+}
 
+impl Poll for Poller {
     /// One round: every path, each body handed to the normalizer.
-    async fn round(&mut self, tx: &mpsc::Sender<Inbox>) -> Result<(), Option<Failure>> {
+    async fn round(&mut self) -> Result<Duration, Halt> {
         for path in PATHS {
-            let Some(body) = self.get(path).await.map_err(Some)? else {
+            let Some(body) = self.get(path).await? else {
                 continue;
             };
-            match deliver(tx, SOURCE, body).await {
-                Ok(()) => {}
-                Err(Deliver::Rejected(e)) => return Err(Some((format!("{path}: {e}"), None))),
-                Err(Deliver::Closed) => return Err(None),
-            }
+            deliver(&self.tx, SOURCE, body)
+                .await
+                .map_err(|d| Halt::from(d).within(path))?;
         }
-        Ok(())
+        Ok(self.cfg.interval)
     }
 }
 
@@ -160,34 +159,14 @@ pub async fn poll(
     host: Arc<Host>,
     cfg: AwsImdsSource,
     tx: mpsc::Sender<Inbox>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let mut backoff = Backoff::new(cfg.interval, cfg.max_backoff.max(cfg.interval));
-    let interval = cfg.interval;
-    let mut p = Poller {
+    let backoff = Backoff::new(cfg.interval, cfg.max_backoff.max(cfg.interval));
+    let poller = Poller {
         host: host.clone(),
         cfg,
+        tx,
         token: None,
     };
-    loop {
-        let res = tokio::select! {
-            r = p.round(&tx) => r,
-            _ = stop.changed() => return,
-        };
-        let wait = match res {
-            Ok(()) => {
-                backoff.reset();
-                host.source_ok(SOURCE, "poll");
-                interval
-            }
-            Err(Some((why, ra))) => {
-                host.source_failed(SOURCE, "poll", &why);
-                backoff.next(ra)
-            }
-            Err(None) => return,
-        };
-        if !pause(wait, &mut stop).await {
-            return;
-        }
-    }
+    poll::run(&host, SOURCE, "poll", backoff, poller, stop).await;
 }

@@ -1,5 +1,5 @@
-//! The legacy Azure in-VM maintenance endpoint (2015 preview, DOMAIN.md 1.6 and section 8
-//! erratum 16).
+//! The legacy Azure in-VM maintenance endpoint (2015 preview,
+//! `docs/protocols.md#azure-legacy-maintenance-endpoint`).
 //!
 //! `GET {url}/metadata/v1/maintenance` answers `{}` while nothing is coming, and
 //! `{"EventID", "EventCreationTime"}` when a reboot begins within about five minutes. Its
@@ -12,20 +12,19 @@
 //! honouring `Retry-After`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use tokio::sync::{mpsc, watch};
 
-use super::{deliver, pause, read_limited, Deliver};
+use super::poll::{self, Halt, Poll};
+use super::{deliver, read_limited, Failure};
 use crate::config::AzureMaintenanceV1Source;
 use crate::run::backoff::{retry_after, Backoff};
 use crate::run::{Host, Inbox};
 
 /// The source's name (its metrics label, and its normalizer).
 pub const SOURCE: &str = "azure.maintenance_v1";
-
-/// Why a round failed: the reason, and the server's `Retry-After`.
-use super::Failure;
 
 /// GETs `{url}/metadata/v1/{path}`: its body, or `None` for 404.
 async fn get(
@@ -58,39 +57,42 @@ async fn get(
     }
 }
 
-async fn hand(tx: &mpsc::Sender<Inbox>, path: &str, body: Vec<u8>) -> Result<(), Option<Failure>> {
-    match deliver(tx, SOURCE, body).await {
-        Ok(()) => Ok(()),
-        Err(Deliver::Rejected(e)) => Err(Some((format!("{path}: {e}"), None))),
-        Err(Deliver::Closed) => Err(None),
-    }
+struct Poller {
+    host: Arc<Host>,
+    cfg: AzureMaintenanceV1Source,
+    tx: mpsc::Sender<Inbox>,
+    /// InstanceInfo has not been read yet (and is wanted).
+    want_info: bool,
 }
 
-/// One round: InstanceInfo while it is wanted, then the maintenance document. Returns whether
-/// InstanceInfo is still wanted.
-async fn round(
-    host: &Host,
-    cfg: &AzureMaintenanceV1Source,
-    tx: &mpsc::Sender<Inbox>,
-    want_info: bool,
-) -> Result<bool, Option<Failure>> {
-    let mut want_info = want_info;
-    if want_info {
-        if let Some(body) = get(host, cfg, "InstanceInfo").await.map_err(Some)? {
-            hand(tx, "InstanceInfo", body).await?;
+impl Poll for Poller {
+    /// One round: InstanceInfo while it is wanted (until a round reads it), then the
+    /// maintenance document.
+    async fn round(&mut self) -> Result<Duration, Halt> {
+        let (host, cfg) = (&self.host, &self.cfg);
+        let mut want_info = self.want_info;
+        if want_info {
+            if let Some(body) = get(host, cfg, "InstanceInfo").await? {
+                deliver(&self.tx, SOURCE, body)
+                    .await
+                    .map_err(|d| Halt::from(d).within("InstanceInfo"))?;
+            }
+            want_info = false;
         }
-        want_info = false;
-    }
-    match get(host, cfg, "maintenance").await.map_err(Some)? {
-        Some(body) => hand(tx, "maintenance", body).await?,
-        None => {
-            return Err(Some((
-                "maintenance: HTTP 404 (this IMDS has no legacy maintenance endpoint)".into(),
-                None,
-            )))
+        match get(host, cfg, "maintenance").await? {
+            Some(body) => deliver(&self.tx, SOURCE, body)
+                .await
+                .map_err(|d| Halt::from(d).within("maintenance"))?,
+            None => {
+                return Err(Halt::Failed((
+                    "maintenance: HTTP 404 (this IMDS has no legacy maintenance endpoint)".into(),
+                    None,
+                )))
+            }
         }
+        self.want_info = want_info;
+        Ok(cfg.interval)
     }
-    Ok(want_info)
 }
 
 /// Polls the endpoint every `interval` until the host stops.
@@ -98,30 +100,14 @@ pub async fn poll(
     host: Arc<Host>,
     cfg: AzureMaintenanceV1Source,
     tx: mpsc::Sender<Inbox>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let mut backoff = Backoff::new(cfg.interval, cfg.max_backoff.max(cfg.interval));
-    let mut want_info = cfg.instance_info;
-    loop {
-        let res = tokio::select! {
-            r = round(&host, &cfg, &tx, want_info) => r,
-            _ = stop.changed() => return,
-        };
-        let wait = match res {
-            Ok(still) => {
-                want_info = still;
-                backoff.reset();
-                host.source_ok(SOURCE, "poll");
-                cfg.interval
-            }
-            Err(Some((why, ra))) => {
-                host.source_failed(SOURCE, "poll", &why);
-                backoff.next(ra)
-            }
-            Err(None) => return,
-        };
-        if !pause(wait, &mut stop).await {
-            return;
-        }
-    }
+    let backoff = Backoff::new(cfg.interval, cfg.max_backoff.max(cfg.interval));
+    let poller = Poller {
+        host: host.clone(),
+        want_info: cfg.instance_info,
+        cfg,
+        tx,
+    };
+    poll::run(&host, SOURCE, "poll", backoff, poller, stop).await;
 }

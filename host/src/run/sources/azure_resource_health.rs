@@ -1,4 +1,4 @@
-//! Azure Resource Health for this VM (DOMAIN.md 2.1 and section 8 erratum 3).
+//! Azure Resource Health for this VM (`docs/protocols.md#azure-resource-health`).
 //!
 //! The VM is the configured one, or else this one, as IMDS's instance metadata names it
 //! (`GET {azure_identity.endpoint}/metadata/instance/compute?api-version=2021-02-01`, read
@@ -19,7 +19,8 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 
-use super::{deliver, pause, read_limited, Deliver};
+use super::poll::{self, Halt, Poll};
+use super::{deliver, read_limited, Failure};
 use crate::config::{resource_id_ok, ResourceHealthSource};
 use crate::run::backoff::{retry_after, Backoff};
 use crate::run::identity::TokenClient;
@@ -27,9 +28,6 @@ use crate::run::{Host, Inbox};
 
 /// The source's name (its metrics label, and its normalizer).
 pub const SOURCE: &str = "azure.resource_health";
-
-/// Why a round failed: the reason, and the server's `Retry-After`.
-use super::Failure;
 
 /// The IMDS api-version of the instance metadata read when no VM is configured.
 pub const INSTANCE_API_VERSION: &str = "2021-02-01";
@@ -150,56 +148,50 @@ async fn fetch(host: &Host, cfg: &ResourceHealthSource, url: &str) -> Result<Vec
     }
 }
 
+struct Poller {
+    host: Arc<Host>,
+    cfg: ResourceHealthSource,
+    tx: mpsc::Sender<Inbox>,
+    /// The status URL: the configured VM's, or this VM's once it was read from IMDS.
+    url: Option<String>,
+}
+
+impl Poll for Poller {
+    /// One round: this VM's id from IMDS (until a round reads it), then its current status.
+    async fn round(&mut self) -> Result<Duration, Halt> {
+        let (host, cfg) = (&self.host, &self.cfg);
+        let url = match &self.url {
+            Some(u) => u.clone(),
+            None => {
+                let u = status_url(cfg, &discover(host, cfg).await?);
+                self.url = Some(u.clone());
+                u
+            }
+        };
+        let body = fetch(host, cfg, &url).await?;
+        deliver(&self.tx, SOURCE, body).await?;
+        Ok(cfg.interval)
+    }
+}
+
 /// Polls Resource Health every `interval` until the host stops.
 pub async fn poll(
     host: Arc<Host>,
     cfg: ResourceHealthSource,
     tx: mpsc::Sender<Inbox>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let mut backoff = Backoff::new(
+    let backoff = Backoff::new(
         Duration::from_secs(1).min(cfg.interval),
         cfg.max_backoff.max(cfg.interval),
     );
-    let mut url = cfg.resource_id.as_deref().map(|id| status_url(&cfg, id));
-    loop {
-        let res = tokio::select! {
-            r = async {
-                let u = match &url {
-                    Some(u) => u.clone(),
-                    None => {
-                        let u = status_url(&cfg, &discover(&host, &cfg).await?);
-                        url = Some(u.clone());
-                        u
-                    }
-                };
-                fetch(&host, &cfg, &u).await
-            } => r,
-            _ = stop.changed() => return,
-        };
-        let outcome: Result<(), Failure> = match res {
-            Ok(body) => match deliver(&tx, SOURCE, body).await {
-                Ok(()) => Ok(()),
-                Err(Deliver::Rejected(e)) => Err((e, None)),
-                Err(Deliver::Closed) => return,
-            },
-            Err(f) => Err(f),
-        };
-        let wait = match outcome {
-            Ok(()) => {
-                backoff.reset();
-                host.source_ok(SOURCE, "poll");
-                cfg.interval
-            }
-            Err((why, ra)) => {
-                host.source_failed(SOURCE, "poll", &why);
-                backoff.next(ra)
-            }
-        };
-        if !pause(wait, &mut stop).await {
-            return;
-        }
-    }
+    let poller = Poller {
+        host: host.clone(),
+        url: cfg.resource_id.as_deref().map(|id| status_url(&cfg, id)),
+        cfg,
+        tx,
+    };
+    poll::run(&host, SOURCE, "poll", backoff, poller, stop).await;
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use super::{deliver, pause, read_limited, Deliver, Failure};
+use super::poll::{self, Halt, Poll};
+use super::{deliver, read_limited};
 use crate::config::SeSource;
 use crate::run::backoff::{retry_after, Backoff};
 use crate::run::{Host, Inbox};
@@ -15,6 +16,44 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// The Azure Scheduled Events source's name (its metrics label, and its normalizer).
 pub const SE: &str = "azure.scheduled_events";
 
+struct Poller {
+    host: Arc<Host>,
+    se: SeSource,
+    tx: mpsc::Sender<Inbox>,
+    /// No round has succeeded yet: the service may still be starting.
+    first: bool,
+}
+
+impl Poll for Poller {
+    async fn round(&mut self) -> Result<Duration, Halt> {
+        let se = &self.se;
+        let timeout = if self.first {
+            se.first_timeout
+        } else {
+            se.timeout
+        };
+        let r = self
+            .host
+            .http
+            .get(&se.url)
+            .header("Metadata", "true")
+            .timeout(timeout)
+            .send()
+            .await
+            .map_err(|e| (e.to_string(), None))?;
+        if !r.status().is_success() {
+            return Err(Halt::Failed((
+                format!("HTTP {}", r.status()),
+                retry_after(r.headers()),
+            )));
+        }
+        let body = read_limited(r).await.map_err(|e| (e, None))?;
+        deliver(&self.tx, SE, body).await?;
+        self.first = false;
+        Ok(se.interval)
+    }
+}
+
 /// Polls IMDS Scheduled Events (with `Metadata: true`) about once a second. The first call may
 /// take up to two minutes (the service starts on demand), so it has a longer timeout. A 429,
 /// a failure or a document the normalizer rejects backs off exponentially (honouring
@@ -23,45 +62,14 @@ pub async fn poll_scheduled_events(
     host: Arc<Host>,
     se: SeSource,
     tx: mpsc::Sender<Inbox>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let mut first = true;
-    let mut backoff = Backoff::new(se.interval, MAX_BACKOFF.max(se.interval));
-    loop {
-        let timeout = if first { se.first_timeout } else { se.timeout };
-        let res = host
-            .http
-            .get(&se.url)
-            .header("Metadata", "true")
-            .timeout(timeout)
-            .send()
-            .await;
-        let failure: Option<Failure> = match res {
-            Ok(r) if r.status().is_success() => match read_limited(r).await {
-                Ok(b) => match deliver(&tx, SE, b).await {
-                    Ok(()) => None,
-                    Err(Deliver::Rejected(e)) => Some((e, None)),
-                    Err(Deliver::Closed) => return,
-                },
-                Err(e) => Some((e, None)),
-            },
-            Ok(r) => Some((format!("HTTP {}", r.status()), retry_after(r.headers()))),
-            Err(e) => Some((e.to_string(), None)),
-        };
-        let wait = match failure {
-            None => {
-                first = false;
-                backoff.reset();
-                host.source_ok(SE, "poll");
-                se.interval
-            }
-            Some((why, ra)) => {
-                host.source_failed(SE, "poll", &why);
-                backoff.next(ra)
-            }
-        };
-        if !pause(wait, &mut stop).await {
-            return;
-        }
-    }
+    let backoff = Backoff::new(se.interval, MAX_BACKOFF.max(se.interval));
+    let poller = Poller {
+        host: host.clone(),
+        se,
+        tx,
+        first: true,
+    };
+    poll::run(&host, SE, "poll", backoff, poller, stop).await;
 }

@@ -1,4 +1,4 @@
-//! The GCP Compute Engine metadata server (DOMAIN.md section 5 and section 8 facts 22-24).
+//! The GCP Compute Engine metadata server (`docs/protocols.md#gcp-metadata`).
 //!
 //! Each key (`instance/maintenance-event`, `instance/preempted`) has its own loop with a
 //! hanging request always open: the first read is plain and returns the value with its
@@ -15,7 +15,8 @@ use reqwest::StatusCode;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::{deliver, pause, read_limited, Deliver};
+use super::poll::{self, Halt, Poll};
+use super::{deliver, read_limited, Failure};
 use crate::config::GcpMetadataSource;
 use crate::run::backoff::{retry_after, Backoff};
 use crate::run::{Host, Inbox};
@@ -36,83 +37,100 @@ fn etag_of(h: &reqwest::header::HeaderMap) -> Option<String> {
         .then(|| v.to_string())
 }
 
-/// Watches one key until the host stops.
+struct Poller {
+    host: Arc<Host>,
+    cfg: GcpMetadataSource,
+    key: &'static str,
+    tx: mpsc::Sender<Inbox>,
+    url: String,
+    /// `timeout_sec` of a hanging request.
+    wait_s: String,
+    /// The `ETag` of the value last read: the next request hangs until it changes.
+    etag: Option<String>,
+}
+
+impl Poller {
+    /// One request: the value and its new `ETag`.
+    async fn fetch(&self) -> Result<(Vec<u8>, Option<String>), Failure> {
+        let (cfg, key) = (&self.cfg, self.key);
+        let req = self
+            .host
+            .http
+            .get(&self.url)
+            .header("Metadata-Flavor", "Google");
+        let req = match &self.etag {
+            Some(e) => req
+                .query(&[
+                    ("wait_for_change", "true"),
+                    ("last_etag", e.as_str()),
+                    ("timeout_sec", self.wait_s.as_str()),
+                ])
+                .timeout(cfg.wait_timeout.saturating_add(cfg.timeout)),
+            None => req.timeout(cfg.timeout),
+        };
+        let r = req
+            .send()
+            .await
+            .map_err(|e| (format!("{key}: {e}"), None))?;
+        let s = r.status();
+        if s != StatusCode::OK {
+            let hint = match s.as_u16() {
+                403 => " (is the Metadata-Flavor header stripped by a proxy?)",
+                404 => " (the metadata server has no such key)",
+                503 => " (the metadata server is unavailable, as during maintenance)",
+                _ => "",
+            };
+            return Err((format!("{key}: HTTP {s}{hint}"), retry_after(r.headers())));
+        }
+        let new_etag = etag_of(r.headers());
+        let body = read_limited(r)
+            .await
+            .map_err(|e| (format!("{key}: {e}"), None))?;
+        Ok((body, new_etag))
+    }
+}
+
+impl Poll for Poller {
+    /// One request, its value handed to the normalizer. The next starts at once when this
+    /// one hung until the value changed.
+    async fn round(&mut self) -> Result<Duration, Halt> {
+        let started = Instant::now();
+        let hanging = self.etag.is_some();
+        let (body, new_etag) = self.fetch().await?;
+        deliver(&self.tx, SOURCE, body)
+            .await
+            .map_err(|d| Halt::from(d).within(self.key))?;
+        // Without an ETag the server cannot hang: read again after `interval`. An unchanged
+        // value returned well before `timeout_sec` means it did not hang either; do not spin.
+        let cfg = &self.cfg;
+        let early = started.elapsed() < cfg.wait_timeout / 2;
+        let pace = match (&new_etag, hanging) {
+            (None, _) => cfg.interval,
+            (Some(n), true) if early && self.etag.as_deref() == Some(n.as_str()) => cfg.interval,
+            _ => Duration::ZERO,
+        };
+        self.etag = new_etag;
+        Ok(pace)
+    }
+}
+
+/// Watches one key until the host stops: after a failure, backs off from one second.
 pub async fn watch(
     host: Arc<Host>,
     cfg: GcpMetadataSource,
     key: &'static str,
     tx: mpsc::Sender<Inbox>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let url = format!("{}/instance/{key}", cfg.url);
-    let wait_s = cfg.wait_timeout.as_secs().max(1).to_string();
-    let mut etag: Option<String> = None;
-    let mut backoff = Backoff::new(Duration::from_secs(1), cfg.max_backoff);
-    loop {
-        let started = Instant::now();
-        let mut req = host.http.get(&url).header("Metadata-Flavor", "Google");
-        let hanging = etag.is_some();
-        req = match &etag {
-            Some(e) => req
-                .query(&[
-                    ("wait_for_change", "true"),
-                    ("last_etag", e.as_str()),
-                    ("timeout_sec", wait_s.as_str()),
-                ])
-                .timeout(cfg.wait_timeout.saturating_add(cfg.timeout)),
-            None => req.timeout(cfg.timeout),
-        };
-        let res = tokio::select! {
-            r = req.send() => r,
-            _ = stop.changed() => return,
-        };
-        let outcome: Result<Option<String>, super::Failure> = match res {
-            Ok(r) if r.status() == StatusCode::OK => {
-                let new_etag = etag_of(r.headers());
-                match read_limited(r).await {
-                    Ok(body) => match deliver(&tx, SOURCE, body).await {
-                        Ok(()) => Ok(new_etag),
-                        Err(Deliver::Rejected(e)) => Err((format!("{key}: {e}"), None)),
-                        Err(Deliver::Closed) => return,
-                    },
-                    Err(e) => Err((format!("{key}: {e}"), None)),
-                }
-            }
-            Ok(r) => {
-                let s = r.status();
-                let hint = match s.as_u16() {
-                    403 => " (is the Metadata-Flavor header stripped by a proxy?)",
-                    404 => " (the metadata server has no such key)",
-                    503 => " (the metadata server is unavailable, as during maintenance)",
-                    _ => "",
-                };
-                Err((format!("{key}: HTTP {s}{hint}"), retry_after(r.headers())))
-            }
-            Err(e) => Err((format!("{key}: {e}"), None)),
-        };
-        let wait = match outcome {
-            Ok(new_etag) => {
-                backoff.reset();
-                host.source_ok(SOURCE, key);
-                // Without an ETag the server cannot hang: read again after `interval`. An
-                // unchanged value returned well before `timeout_sec` means it did not hang
-                // either; do not spin.
-                let early = started.elapsed() < cfg.wait_timeout / 2;
-                let pace = match (&new_etag, hanging) {
-                    (None, _) => cfg.interval,
-                    (Some(n), true) if early && etag.as_deref() == Some(n.as_str()) => cfg.interval,
-                    _ => Duration::ZERO,
-                };
-                etag = new_etag;
-                pace
-            }
-            Err((why, ra)) => {
-                host.source_failed(SOURCE, key, &why);
-                backoff.next(ra)
-            }
-        };
-        if !wait.is_zero() && !pause(wait, &mut stop).await {
-            return;
-        }
-    }
+    let backoff = Backoff::new(Duration::from_secs(1), cfg.max_backoff);
+    let poller = Poller {
+        host: host.clone(),
+        url: format!("{}/instance/{key}", cfg.url),
+        wait_s: cfg.wait_timeout.as_secs().max(1).to_string(),
+        cfg,
+        key,
+        tx,
+        etag: None,
+    };
+    poll::run(&host, SOURCE, key, backoff, poller, stop).await;
 }

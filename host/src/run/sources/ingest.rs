@@ -1,6 +1,6 @@
 //! The HTTP ingest endpoint: deployment tools report failed operations with `POST /ingest`.
 //!
-//! The body is DESIGN.md's `{idempotency_key, resource, operation, attempt?, request?,
+//! The body is `{idempotency_key, resource, operation, attempt?, request?,
 //! error}` (`error` being the raw ARM error body, an async operation status, an activity-log
 //! `statusMessage`, or a raw HTTP response), read by the `azure.arm` normalizer. The endpoint
 //! lives on the host's `listen` address (loopback unless `allow_remote`), wants
@@ -256,7 +256,7 @@ impl Host {
             }
             None => {
                 return (
-                    bad("`idempotency_key`: required (DESIGN.md's ingest body: {idempotency_key, resource, operation, attempt?, request?, error})"),
+                    bad("`idempotency_key`: required (the ingest body: {idempotency_key, resource, operation, attempt?, request?, error})"),
                     none,
                 )
             }

@@ -49,13 +49,14 @@
 
 use std::collections::HashSet;
 
-use chrono::SecondsFormat;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::json::{self, get_ci, join, opt_str, req_str};
 use super::platform_maintenance;
-use super::{hash_id, http, quote, time, Input, NormalizeError, NormalizerState};
+use super::{
+    hash_id, http, quote, self_resource, stamp, time, Input, NormalizeError, NormalizerState,
+};
 use crate::event::{
     Event, Maintenance, MaintenanceStatus, MaintenanceType, Resource, Source, Timestamp,
 };
@@ -230,7 +231,7 @@ fn termination_time(
             Ok(vec![event(
                 id,
                 at,
-                self_resource(ctx),
+                self_resource(ctx.self_name),
                 m,
                 Value::String(t.to_string()),
             )])
@@ -430,7 +431,7 @@ fn scheduled_event(
         return Err(missing_code(o, path));
     };
     let (resource, instance_id) = match channel {
-        Channel::Imds => (self_resource(ctx), None),
+        Channel::Imds => (self_resource(ctx.self_name), None),
         Channel::Ec2Api { instance_id, zone } => (
             Resource {
                 zone: zone.map(str::to_string),
@@ -535,7 +536,7 @@ fn instance_action(
             &stamp(&at),
         ],
     );
-    Ok(event(id, at, self_resource(ctx), m, raw.clone()))
+    Ok(event(id, at, self_resource(ctx.self_name), m, raw.clone()))
 }
 
 /// IMDS `events/recommendations/rebalance`.
@@ -544,7 +545,7 @@ fn rebalance(o: &Map<String, Value>, raw: &Value, ctx: &Ctx<'_>) -> Result<Event
     // A rebalance recommendation promises no interruption: no not_before.
     let m = platform_maintenance(MaintenanceType::Rebalance, MaintenanceStatus::Scheduled);
     let id = hash_id(SOURCE, &["events/recommendations/rebalance", &stamp(&at)]);
-    Ok(event(id, at, self_resource(ctx), m, raw.clone()))
+    Ok(event(id, at, self_resource(ctx.self_name), m, raw.clone()))
 }
 
 /// EventBridge Spot interruption warnings and rebalance recommendations.
@@ -652,19 +653,6 @@ fn instance_resource(instance_id: Option<&str>, ctx: &Ctx<'_>) -> Resource {
         },
         ..Resource::default()
     }
-}
-
-/// IMDS payloads are about the VM that read them.
-fn self_resource(ctx: &Ctx<'_>) -> Resource {
-    Resource {
-        name: ctx.self_name.map(|n| n.trim().to_string()),
-        is_self: ctx.self_name.map(|_| true),
-        ..Resource::default()
-    }
-}
-
-fn stamp(t: &Timestamp) -> String {
-    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
 fn req_time(o: &Map<String, Value>, key: &str, path: &str) -> Result<Timestamp, NormalizeError> {

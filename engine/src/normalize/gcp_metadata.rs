@@ -39,13 +39,15 @@
 //! window start, else the first-seen time kept in state. A re-read emits the same event again.
 //! `maintenance_reasons` become the description.
 
-use chrono::{Duration, SecondsFormat};
+use chrono::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::json::{self, get_ci, join};
 use super::platform_maintenance;
-use super::{hash_id, http, quote, time, Input, NormalizeError, NormalizerState};
+use super::{
+    hash_id, http, quote, self_resource, stamp, time, Input, NormalizeError, NormalizerState,
+};
 use crate::event::{
     Event, Maintenance, MaintenanceStatus, MaintenanceType, Resource, Source, Timestamp,
 };
@@ -256,7 +258,7 @@ fn json_payload(
                     .any(|k| t.trim().eq_ignore_ascii_case(k))
             });
             if typed || UPCOMING_KEYS.iter().any(|k| get_ci(o, k).is_some()) {
-                return upcoming(o, "", v, self_resource(ctx), ctx, st).map(|e| vec![e]);
+                return upcoming(o, "", v, self_resource(ctx.self_name), ctx, st).map(|e| vec![e]);
             }
             let keys: Vec<String> = o
                 .keys()
@@ -393,7 +395,7 @@ fn maintenance_event_event(
     m.vendor_type = Some(value.trim().to_string());
     m.incarnation = ctx.incarnation;
     m.inferred = inferred;
-    event(id, ctx.observed_at, self_resource(ctx), m, raw)
+    event(id, ctx.observed_at, self_resource(ctx.self_name), m, raw)
 }
 
 /// The stateful `preempted` transition.
@@ -409,7 +411,13 @@ fn preempted(value: &str, ctx: &Ctx<'_>, st: &mut State, raw: Value) -> Vec<Even
     let id = hash_id(SOURCE, &["instance/preempted", &stamp(&ctx.observed_at)]);
     let mut m = platform_maintenance(MaintenanceType::Preempt, MaintenanceStatus::Started);
     m.incarnation = ctx.incarnation;
-    vec![event(id, ctx.observed_at, self_resource(ctx), m, raw)]
+    vec![event(
+        id,
+        ctx.observed_at,
+        self_resource(ctx.self_name),
+        m,
+        raw,
+    )]
 }
 
 /// One `UpcomingMaintenance` object.
@@ -508,19 +516,6 @@ fn instance_resource(o: &Map<String, Value>, ctx: &Ctx<'_>) -> Result<Resource, 
         is_self,
         ..Resource::default()
     })
-}
-
-/// Metadata-server payloads are about the VM that read them.
-fn self_resource(ctx: &Ctx<'_>) -> Resource {
-    Resource {
-        name: ctx.self_name.map(|n| n.trim().to_string()),
-        is_self: ctx.self_name.map(|_| true),
-        ..Resource::default()
-    }
-}
-
-fn stamp(t: &Timestamp) -> String {
-    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
 }
 
 /// The first of `keys` present (case-insensitively), with the key as written in `keys`.

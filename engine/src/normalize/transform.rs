@@ -50,6 +50,8 @@
 
 use serde_json::{Map, Value};
 
+use super::json::get_ci;
+
 /// Why a request body cannot be turned into a retry without the VM agent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -439,14 +441,6 @@ fn present(obj: &Map<String, Value>, key: &str, path: &str) -> Result<bool, Tran
         Some(Value::Object(_)) => Ok(true),
         Some(other) => Err(shape(path, "an object", other)),
     }
-}
-
-fn get_ci<'v>(obj: &'v Map<String, Value>, key: &str) -> Option<&'v Value> {
-    obj.get(key).or_else(|| {
-        obj.iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| v)
-    })
 }
 
 /// The spelling `key` has in `obj`, if present (exact match first).

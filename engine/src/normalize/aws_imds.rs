@@ -104,15 +104,15 @@ pub fn normalize(
         self_name: input.self_name.filter(|s| !s.trim().is_empty()),
     };
     if http::is_transcript(text) {
-        let resp = parse_http(text)?;
-        let endpoint = resp.path.map(endpoint_of).unwrap_or(Endpoint::Other);
+        let resp = http::transcript(text, EXPECTED)?;
+        let endpoint = resp.target().map(endpoint_of).unwrap_or(Endpoint::Other);
         if endpoint == Endpoint::Token {
             return Err(wrong(
                 "the transcript ends with the IMDSv2 token response (PUT /latest/api/token), which holds no notice"
                     .into(),
             ));
         }
-        return body(&resp.body, Some(resp.status), endpoint, &ctx);
+        return body(&resp.text(), Some(resp.status), endpoint, &ctx);
     }
     body(text, input.http_status, Endpoint::Other, &ctx)
 }
@@ -692,22 +692,6 @@ fn endpoint_of(path: &str) -> Endpoint {
     }
 }
 
-/// The last response of an HTTP transcript (`.http`), with the request path it answered.
-struct HttpResponse<'a> {
-    status: u16,
-    body: String,
-    path: Option<&'a str>,
-}
-
-fn parse_http(text: &str) -> Result<HttpResponse<'_>, NormalizeError> {
-    let r = http::parse(text, http::Form::Transcript).map_err(|e| wrong(e.to_string()))?;
-    Ok(HttpResponse {
-        status: r.status,
-        body: r.text(),
-        path: r.target(),
-    })
-}
-
 fn event(id: String, time: Timestamp, resource: Resource, m: Maintenance, raw: Value) -> Event {
     super::maintenance_event_of(Source::AwsImds, id, time, resource, m, raw)
 }
@@ -720,16 +704,16 @@ mod tests {
     #[test]
     fn transcript_last_response_and_its_path() {
         let t = "PUT /latest/api/token HTTP/1.1\nX: 1\n\nHTTP/1.1 200 OK\n\ntoken\n\nGET /latest/meta-data/spot/termination-time HTTP/1.1\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nnot a time\r\n";
-        let r = parse_http(t).unwrap();
+        let r = http::transcript(t, EXPECTED).unwrap();
         assert_eq!(r.status, 200);
-        assert_eq!(r.body, "not a time");
-        assert_eq!(r.path.map(endpoint_of), Some(Endpoint::TerminationTime));
+        assert_eq!(r.text(), "not a time");
+        assert_eq!(r.target().map(endpoint_of), Some(Endpoint::TerminationTime));
     }
 
     #[test]
     fn transcript_without_response_is_an_error() {
-        assert!(parse_http("GET / HTTP/1.1\nHost: x\n\n").is_err());
-        assert!(parse_http("HTTP/1.1 200 OK\nno colon here\n\nbody").is_err());
+        assert!(http::transcript("GET / HTTP/1.1\nHost: x\n\n", EXPECTED).is_err());
+        assert!(http::transcript("HTTP/1.1 200 OK\nno colon here\n\nbody", EXPECTED).is_err());
     }
 
     #[test]

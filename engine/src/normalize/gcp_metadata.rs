@@ -102,14 +102,14 @@ pub fn normalize(
     let st = &mut state.gcp_metadata;
     let self_name = input.self_name.filter(|s| !s.trim().is_empty());
     if http::is_transcript(text) {
-        let resp = parse_http(text)?;
+        let resp = http::transcript(text, EXPECTED)?;
         let ctx = Ctx {
             observed_at: input.observed_at,
             self_name,
-            incarnation: resp.etag.and_then(etag_number),
+            incarnation: resp.header_values("etag").last().and_then(etag_number),
         };
-        let key = resp.path.map(key_of).unwrap_or(Key::Unknown);
-        return body(&resp.body, Some(resp.status), key, &ctx, st);
+        let key = resp.target().map(key_of).unwrap_or(Key::Unknown);
+        return body(&resp.text(), Some(resp.status), key, &ctx, st);
     }
     let ctx = Ctx {
         observed_at: input.observed_at,
@@ -574,24 +574,6 @@ fn etag_number(etag: &str) -> Option<i64> {
     t.parse().ok()
 }
 
-/// The last response of an HTTP transcript (`.http`), with the request path it answered.
-struct HttpResponse<'a> {
-    status: u16,
-    etag: Option<&'a str>,
-    body: String,
-    path: Option<&'a str>,
-}
-
-fn parse_http(text: &str) -> Result<HttpResponse<'_>, NormalizeError> {
-    let r = http::parse(text, http::Form::Transcript).map_err(|e| wrong(e.to_string()))?;
-    Ok(HttpResponse {
-        status: r.status,
-        etag: r.header_values("etag").last(),
-        body: r.text(),
-        path: r.target(),
-    })
-}
-
 fn event(id: String, time: Timestamp, resource: Resource, m: Maintenance, raw: Value) -> Event {
     super::maintenance_event_of(Source::GcpMetadata, id, time, resource, m, raw)
 }
@@ -630,11 +612,11 @@ mod tests {
     #[test]
     fn transcript_reads_etag_and_path() {
         let t = "GET /computeMetadata/v1/instance/preempted HTTP/1.1\nMetadata-Flavor: Google\n\nHTTP/1.1 200 OK\nETag: \"12\"\n\nTRUE\n";
-        let r = parse_http(t).unwrap();
+        let r = http::transcript(t, EXPECTED).unwrap();
         assert_eq!(
-            (r.status, r.etag, r.body.as_str()),
+            (r.status, r.header_values("etag").last(), r.text().as_str()),
             (200, Some("\"12\""), "TRUE")
         );
-        assert_eq!(r.path.map(key_of), Some(Key::Preempted));
+        assert_eq!(r.target().map(key_of), Some(Key::Preempted));
     }
 }

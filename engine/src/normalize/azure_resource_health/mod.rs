@@ -245,17 +245,7 @@ fn read_list(
 
 fn arm_error(obj: &Map<String, Value>, path: &str) -> NormalizeError {
     match get_ci(obj, "error") {
-        Some(Value::Object(e)) => {
-            let code = hint(e, "code").unwrap_or("(no code)");
-            let msg = hint(e, "message");
-            wrong(format!(
-                "{}an ARM error response, code \"{}\"{}",
-                where_(path),
-                quote(code),
-                msg.map(|m| format!(": \"{}\"", quote(m)))
-                    .unwrap_or_default()
-            ))
-        }
+        Some(Value::Object(e)) => error_response("an ARM error response", e, path),
         Some(other) => wrong(format!(
             "{}an error response (`error` is {})",
             where_(path),
@@ -266,10 +256,15 @@ fn arm_error(obj: &Map<String, Value>, path: &str) -> NormalizeError {
 }
 
 fn flat_error(obj: &Map<String, Value>, path: &str) -> NormalizeError {
-    let code = hint(obj, "code").unwrap_or("(no code)");
-    let msg = hint(obj, "message");
+    error_response("a Resource Health error response", obj, path)
+}
+
+/// `what`, naming the error's code and message.
+fn error_response(what: &str, err: &Map<String, Value>, path: &str) -> NormalizeError {
+    let code = hint(err, "code").unwrap_or("(no code)");
+    let msg = hint(err, "message");
     wrong(format!(
-        "{}a Resource Health error response, code \"{}\"{}",
+        "{}{what}, code \"{}\"{}",
         where_(path),
         quote(code),
         msg.map(|m| format!(": \"{}\"", quote(m)))

@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-//! The `aws.imds` normalizer: every `aws-*` fixture field by field, the DOMAIN.md section 8
-//! errata for AWS (facts 15-21), edge cases, and a bounded fuzz.
+//! The `aws.imds` normalizer beyond its fixtures' snapshots (tests/snapshots_fixtures.rs): the
+//! vendor quirks of `docs/protocols.md` "AWS instance metadata", edge cases, and a bounded fuzz.
 
 mod common;
 
@@ -153,7 +153,7 @@ fn in_vm_payloads_are_about_self_when_the_name_is_known() {
 // ---- Scheduled maintenance ----------------------------------------------------------------
 
 #[test]
-fn fact_18_one_digit_day_layout() {
+fn one_digit_day_layout() {
     let ev = one(
         br#"[{"NotBefore": "5 Jan 2019 09:00:43 GMT", "Code": "system-reboot", "Description": "x",
         "EventId": "instance-event-1", "NotAfter": "5 Jan 2019 9:17:23 GMT", "State": "active"}]"#,
@@ -164,7 +164,7 @@ fn fact_18_one_digit_day_layout() {
 }
 
 #[test]
-fn fact_21_history_dedupes_on_event_id_state_and_not_before() {
+fn history_dedupes_on_event_id_state_and_not_before() {
     let entry = |state: &str, nb: &str| {
         format!(
             r#"{{"NotBefore": "{nb}", "Code": "system-reboot", "Description": "x", "EventId": "instance-event-0d59937288b749b32", "NotAfter": "", "State": "{state}"}}"#
@@ -532,7 +532,7 @@ fn eventbridge_rebalance_and_fallbacks() {
     );
 }
 
-// ---- 404 page, HTTP transcripts, errors (facts 15-17) -----------------------------------------
+// ---- 404 page, HTTP transcripts, errors -----------------------------------------
 
 #[test]
 fn imds_404_page_is_no_notice() {
@@ -594,7 +594,7 @@ fn other_pages_and_statuses_are_errors() {
     )
     .unwrap_err();
     assert!(matches!(e, NormalizeError::WrongPayload { .. }), "{e:?}");
-    // Fact 15: 400, 401, 403, 503 are errors, 503 says retry.
+    // IMDS answers 400, 401, 403, 503 for errors; 503 says retry.
     for (status, word) in [
         (400, "TTL"),
         (401, "token"),
@@ -616,7 +616,7 @@ fn other_pages_and_statuses_are_errors() {
 
 #[test]
 fn imdsv2_token_flow_transcript() {
-    // Fact 16: every IMDS response is text/plain, JSON included; the body decides.
+    // Every IMDS response is text/plain, JSON included; the body decides.
     let ev = one(&fixture("aws-imdsv2-token-flow.http"));
     let direct = one(&fixture("aws-spot-instance-action-terminate.json"));
     assert_eq!(

@@ -1,7 +1,8 @@
-//! The `azure.arm` normalizer and the classification table: every `arm-error-*` fixture field
-//! by field, the DOMAIN.md section 8 errata and additions that concern ARM errors, the error
-//! shapes of DOMAIN.md 3.1 (with the nested-deployment and activity-log payloads written here
-//! from the documented shapes), the `OperationNotAllowed` pattern table, and fuzzing.
+//! The `azure.arm` normalizer and the classification table beyond the fixtures' snapshots
+//! (tests/snapshots_fixtures.rs): the vendor quirks of `docs/protocols.md` "Azure Resource
+//! Manager operations", the error shapes the normalizer reads (with the nested-deployment and
+//! activity-log payloads written here from the documented shapes), the `OperationNotAllowed`
+//! pattern table, and fuzzing.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -264,7 +265,7 @@ fn every_arm_fixture_is_covered_and_bare_bodies_need_an_operation() {
 }
 
 // ----------------------------------------------------------------------------------------
-// The ingest body (DESIGN.md "ingest").
+// The ingest body (`POST /ingest`, README "keel run and keel demo: the host").
 
 fn windows_create_request() -> Value {
     json!({
@@ -503,9 +504,9 @@ fn ingest_errors_name_the_field() {
 }
 
 // ----------------------------------------------------------------------------------------
-// DOMAIN.md 3.1 shapes 4 and 5, written from the documented shapes.
+// Shapes 4 and 5 of the module documentation of `azure_arm`, written from the documented shapes.
 
-/// Shape 4 (template deployment) with fact 14: the Conflict's message is a JSON string (with
+/// Shape 4 (template deployment) as deployments report it: the Conflict's message is a JSON string (with
 /// `\r\n`) of shape 3, whose detail's message is itself JSON of a plain error.
 fn nested_deployment() -> Value {
     let innermost = json!({"error": {"code": "OSProvisioningTimedOut",
@@ -589,7 +590,7 @@ fn capz_vm_id() -> String {
 }
 
 /// Shape 5: an activity-log Administrative event in its REST form (operationName, status,
-/// category ... as `{"value", "localizedValue"}`, DOMAIN.md 8 erratum 10) whose
+/// category ... as `{"value", "localizedValue"}`, as the REST API returns them) whose
 /// `properties.statusMessage` is a JSON string of shape 3.
 fn activity_event(status: &str) -> Value {
     let status_message = json!({"status": "Failed", "error": {"code": "ResourceOperationFailure",
@@ -774,7 +775,7 @@ fn async_status_that_did_not_fail_gives_nothing() {
 
 #[test]
 fn resource_health_flat_error_body() {
-    // DOMAIN.md 8 fact 8: {code, message, details} with `details` a string.
+    // Resource Health's own error body: {code, message, details} with `details` a string.
     let doc = json!({"code": "InternalServerError", "message": "Encountered internal server error. Diagnostic information: timestamp '20240101T000000Z'.", "details": "Retry the request."});
     let e = only(norm_op(doc.to_string().as_bytes(), Operation::Start));
     assert_failure(
@@ -1098,11 +1099,11 @@ fn the_callers_operation_wins() {
 }
 
 // ----------------------------------------------------------------------------------------
-// DOMAIN.md section 8: errata and additions for ARM errors.
+// Vendor quirks of ARM errors (docs/protocols.md, "Azure Resource Manager operations").
 
-/// Erratum 5: `OperationNotAllowed` needs a message-pattern table; one test per pattern.
+/// `OperationNotAllowed` needs a message-pattern table; one test per pattern.
 #[test]
-fn erratum_5_every_operation_not_allowed_pattern_selects_its_row() {
+fn every_operation_not_allowed_pattern_selects_its_row() {
     let mut n = 0;
     for (pattern, row) in classify::operation_not_allowed_patterns() {
         n += 1;
@@ -1123,7 +1124,7 @@ fn erratum_5_every_operation_not_allowed_pattern_selects_its_row() {
 }
 
 #[test]
-fn erratum_5_operation_not_allowed_verbatim_messages() {
+fn operation_not_allowed_verbatim_messages() {
     let cases: &[(&str, Category, bool, &str)] = &[
         ("Operation could not be completed as it results in exceeding approved standardDASv5Family Cores quota. Additional details - Deployment Model: Resource Manager, Location: eastus, Current Limit: 10, Current Usage: 8, Additional Required: 4, (Minimum) New Limit Required: 12.", Category::Quota, false, "operation-not-allowed-quota"),
         ("Operation results in exceeding quota limits of Core. Maximum allowed: 10, Current in use: 10, Additional requested: 2.", Category::Quota, false, "operation-not-allowed-quota"),
@@ -1164,9 +1165,9 @@ fn erratum_5_operation_not_allowed_verbatim_messages() {
     );
 }
 
-/// Erratum 6: error-code tables match case-insensitively.
+/// Error-code tables match case-insensitively.
 #[test]
-fn erratum_6_codes_match_in_any_case() {
+fn codes_match_in_any_case() {
     for code in [
         "OverConstrainedAllocationRequest",
         "OverconstrainedAllocationRequest",
@@ -1207,10 +1208,10 @@ fn erratum_6_codes_match_in_any_case() {
     );
 }
 
-/// Erratum 7: `throttled` only on 429 with a throttling code or exhausted rate-limit headers;
+/// `throttled` only on 429 with a throttling code or exhausted rate-limit headers;
 /// Retry-After alone is not throttling.
 #[test]
-fn erratum_7_429_is_not_always_throttling() {
+fn status_429_is_not_always_throttling() {
     let c = classify(
         "RetryableErrorDueToAnotherOperation",
         Some("Operation is locked."),
@@ -1263,9 +1264,9 @@ fn erratum_7_429_is_not_always_throttling() {
     assert_eq!((f.category, f.transient), (Category::Unknown, true));
 }
 
-/// Erratum 9: the image-not-generalized text under either provisioning code is `image`.
+/// The image-not-generalized text under either provisioning code is `image`.
 #[test]
-fn erratum_9_image_not_generalized_under_both_codes() {
+fn image_not_generalized_under_both_codes() {
     let m = "OS Provisioning for VM 'vm1' did not finish in the allotted time. However, the VM guest agent was detected running. This suggests the guest OS has not been properly prepared to be used as a VM image (with CreateOption=FromImage).";
     for code in ["OSProvisioningTimedOut", "OSProvisioningClientError"] {
         let c = classify(code, Some(m), None, &[]);
@@ -1281,9 +1282,9 @@ fn erratum_9_image_not_generalized_under_both_codes() {
     assert_eq!(c.category, Category::ProvisioningTimeout);
 }
 
-/// Fact 12: the transient Compute codes.
+/// The transient Compute codes.
 #[test]
-fn fact_12_transient_compute_codes() {
+fn transient_compute_codes() {
     let cases = [
         ("VMRedeploymentFailed", Category::Internal),
         ("VMRedeploymentTimedOut", Category::Internal),
@@ -1307,9 +1308,9 @@ fn fact_12_transient_compute_codes() {
     );
 }
 
-/// Fact 13: other codes for the same classes.
+/// Other codes for the same classes.
 #[test]
-fn fact_13_other_codes_for_the_same_classes() {
+fn other_codes_for_the_same_classes() {
     for code in ["QuotaExceeded", "ResourceQuotaExceeded"] {
         assert_eq!(
             classify(code, None, None, &[]).category,

@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! The Azure Resource Health normalizer: every fixture field by field, the DOMAIN.md section 8
-//! errata that concern it, edge cases, and a bounded fuzz.
+//! The Azure Resource Health normalizer beyond its fixtures' snapshots
+//! (tests/snapshots_fixtures.rs): the vendor quirks of `docs/protocols.md` "Azure Resource
+//! Health", edge cases, and a bounded fuzz.
 
 mod common;
 
@@ -144,11 +145,11 @@ fn eg_annotated(props: Value) -> Value {
 // the tests below write their own payloads for the cases the fixtures do not cover.
 
 // =======================================================================================
-// DOMAIN.md section 8 errata and facts
+// Vendor quirks (docs/protocols.md, "Azure Resource Health")
 // =======================================================================================
 
 #[test]
-fn erratum_3_occured_time_and_occurred_time_are_both_read() {
+fn occured_time_and_occurred_time_are_both_read() {
     let misspelled = one(&status(
         json!({"availabilityState": "Unavailable", "occuredTime": "2020-01-02T03:04:05Z"}),
     ));
@@ -175,7 +176,7 @@ fn erratum_3_occured_time_and_occurred_time_are_both_read() {
 }
 
 #[test]
-fn erratum_3_recently_resolved_state_2015_and_all_key_spellings() {
+fn recently_resolved_state_2015_and_all_key_spellings() {
     let variants = [
         // 2015-01-01
         (
@@ -283,7 +284,7 @@ fn empty_reason_type_is_not_given() {
 }
 
 #[test]
-fn erratum_4_stateless_alert_fired_with_status_resolved_is_available() {
+fn stateless_alert_fired_with_status_resolved_is_available() {
     // The recovery: monitorCondition stays Fired; the event says Resolved.
     let recovered = one(&common_alert(json!({
         "eventSource": "ResourceHealth",
@@ -348,7 +349,7 @@ fn resolved_never_turns_an_explicit_unknown_into_available() {
 }
 
 #[test]
-fn erratum_10_value_objects_and_flat_strings_read_the_same() {
+fn value_objects_and_flat_strings_read_the_same() {
     let flat = json!({
         "eventDataId": "e-1",
         "category": "ResourceHealth",
@@ -395,7 +396,7 @@ fn both_activity_log_property_sets() {
 }
 
 #[test]
-fn fact_9_event_grid_both_envelopes_and_batches() {
+fn event_grid_both_envelopes_and_batches() {
     // AvailabilityStatusChanged rewrapped as a CloudEvent, ResourceAnnotated as an Event Grid event.
     let eg = fixture_json("azure-eventgrid-health-availability-status-changed.json");
     let cloud = json!({
@@ -451,7 +452,7 @@ fn event_grid_time_falls_back_to_operational_info_then_envelope() {
 }
 
 #[test]
-fn fact_11_alert_quirks_numeric_enums_and_signal_type_spelling() {
+fn alert_quirks_numeric_enums_and_signal_type_spelling() {
     let mut alert = common_alert(activity_log(
         json!({"currentHealthStatus": "Unavailable", "details": null}),
         "Active",

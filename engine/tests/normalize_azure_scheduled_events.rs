@@ -50,7 +50,7 @@ fn unchanged_incarnation_and_rereads_yield_nothing_new() {
         .is_empty());
 }
 
-/// DOMAIN.md 8, fact 1: IMDS sends upper-case EventIds, other channels lower-case.
+/// IMDS sends upper-case EventIds, other channels (Event Grid) lower-case.
 #[test]
 fn event_ids_compare_case_insensitively() {
     let mut st = NormalizerState::default();
@@ -114,11 +114,11 @@ fn vanished_while_scheduled_without_gap_is_canceled() {
     assert_eq!(m.type_, T::Redeploy);
 }
 
-/// DOMAIN.md 8, erratum 1: Microsoft's Node sample sees a user Reboot Scheduled at incarnation
+/// Microsoft's Node sample (Azure/vm-scheduled-events) sees a user Reboot Scheduled at incarnation
 /// 2, approves it, and next sees incarnation 4 with the event gone: it was not canceled (it
 /// most likely ran unseen, but nothing proves it: `ended`).
 #[test]
-fn erratum_incarnation_2_to_4_after_approval_is_not_a_cancellation() {
+fn incarnation_2_to_4_after_approval_is_not_a_cancellation() {
     let mut st = NormalizerState::default();
     let evs = se(
         &mut st,

@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-//! The `gcp.metadata` normalizer: every `gcp-*` fixture field by field, the DOMAIN.md section 8
-//! facts for GCP (22-24), the stateful maintenance-event sequence, edge cases, and a bounded fuzz.
+//! The `gcp.metadata` normalizer beyond its fixtures' snapshots (tests/snapshots_fixtures.rs): the
+//! vendor quirks of `docs/protocols.md` "GCP metadata", the stateful maintenance-event sequence,
+//! edge cases, and a bounded fuzz.
 
 mod common;
 
@@ -199,7 +200,7 @@ fn restarted_poller_with_its_state_file_keeps_the_id() {
 }
 
 #[test]
-fn fact_22_shutdown_and_unknown_values() {
+fn shutdown_and_unknown_values() {
     let ev = one(b"SHUTDOWN_ON_HOST_MAINTENANCE");
     let m = ev.maintenance.unwrap();
     assert_eq!(m.type_, MaintenanceType::Terminate);
@@ -358,7 +359,7 @@ fn upcoming_status_mapping_and_reschedule() {
 }
 
 #[test]
-fn fact_24_camel_case_rest_and_wider_enums() {
+fn camel_case_rest_and_wider_enums() {
     let rest = br#"{"type": "UNSCHEDULED", "maintenanceStatus": "ONGOING", "canReschedule": false,
         "windowStartTime": "2025-09-10T09:28:15Z", "windowEndTime": "2025-09-10T13:28:15Z",
         "latestWindowStartTime": "2025-09-10T09:28:16Z", "maintenanceReasons": ["FAILURE_GPU", "PLATFORM_SOFTWARE_UPGRADE"]}"#;

@@ -1,5 +1,7 @@
-//! Normalizer for AWS EC2 maintenance and Spot notices (DOMAIN.md section 4, section 8 facts
-//! 15-21).
+//! Normalizer for AWS EC2 maintenance and Spot notices (the protocol: `docs/protocols.md`, "AWS
+//! instance metadata"; AWS's documentation:
+//! <https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/spot-instance-termination-notices.html>,
+//! <https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/monitoring-instances-status-check_sched.html>).
 //!
 //! The payload kind is detected from its shape, so one normalizer reads every AWS channel:
 //!
@@ -34,7 +36,7 @@
 //!   `InstanceEventId` for the same event.
 //! - A completed, canceled (or otherwise not active) entry:
 //!   `aws.imds:<EventId>/<state>/<NotBefore, RFC 3339>`. AWS's own history example reuses one
-//!   `EventId` for a canceled and a completed entry (fact 21); the history is deduplicated on
+//!   `EventId` for a canceled and a completed entry; the history is deduplicated on
 //!   (`EventId`, `State`, `NotBefore`), and terminal entries never change, so the id is stable
 //!   across re-reads. Duplicate ids within one document are dropped (first one wins).
 //! - Notices without a vendor id (Spot, rebalance, entries without `EventId`): a hash over the
@@ -497,7 +499,7 @@ fn code_type(code: &str) -> MaintenanceType {
         "system-reboot" | "instance-reboot" => MaintenanceType::Reboot,
         "instance-stop" => MaintenanceType::Stop,
         "instance-retirement" => MaintenanceType::Retire,
-        // DOMAIN.md section 7 proposes `freeze`. AWS documents system-maintenance as either
+        // Not `freeze`: AWS documents system-maintenance as either
         // network maintenance (the instance keeps running but loses connectivity briefly) or
         // power maintenance (the instance is taken offline briefly and rebooted), and the payload
         // does not say which. `freeze` promises a memory-preserving pause, which is wrong for

@@ -1,5 +1,6 @@
-//! Normalizer for the GCP Compute Engine metadata server (DOMAIN.md section 5, section 8 facts
-//! 22-24).
+//! Normalizer for the GCP Compute Engine metadata server (the protocol: `docs/protocols.md`,
+//! "GCP metadata"; Google's documentation:
+//! <https://cloud.google.com/compute/docs/metadata/getting-live-migration-notice>).
 //!
 //! The payload kind is detected from its shape (or, for an HTTP transcript, from the request
 //! path):

@@ -20,7 +20,8 @@
 //! keeps its spelling.
 //!
 //! The agent can only be left out when the VM is created (`osProfile` cannot change
-//! afterwards, DOMAIN.md 3.2), so the transform refuses, with a [`TransformError`], a body
+//! afterwards: ARM refuses the change with `PropertyChangeNotAllowed`), so the transform
+//! refuses, with a [`TransformError`], a body
 //! that is not a single VM, is not a create, attaches a specialized OS disk (no `osProfile` is
 //! allowed then), or asks for something that needs the agent and would make the retry invalid:
 //! certificates in `osProfile.secrets` ("Certificates cannot be added to your VM if the VM agent

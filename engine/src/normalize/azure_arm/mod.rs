@@ -3,7 +3,11 @@
 //!
 //! # What it reads
 //!
-//! Every error shape of DOMAIN.md 3.1, found by looking at the keys (case-insensitively):
+//! Every error shape Resource Manager returns (the protocol: `docs/protocols.md`, "Azure Resource
+//! Manager operations"; Microsoft's documentation:
+//! <https://github.com/Azure/azure-resource-manager-rpc/blob/master/v1.0/common-api-details.md>,
+//! <https://learn.microsoft.com/en-us/azure/azure-resource-manager/management/async-operations>),
+//! found by looking at the keys (case-insensitively):
 //!
 //! 1. the plain error `{"error": {"code", "message", "target", "details": [...]}}`;
 //! 2. the async operation status `{"status": "Failed", "error", "name", "startTime", "endTime"}`
@@ -11,7 +15,8 @@
 //! 3. the deployment wrappers `ResourceDeploymentFailure` / `ResourceOperationFailure` /
 //!    `DeploymentFailed` / `InvalidTemplateDeployment` / `MultipleErrorsOccurred` with the
 //!    cause in `details[]`;
-//! 4. a `message` that holds another JSON error as a string, at any level (DOMAIN.md 8 fact 14);
+//! 4. a `message` that holds another JSON error as a string, at any level (deployments report
+//!    the resource's own error that way);
 //! 5. activity-log events (REST form with `{"value", "localizedValue"}` objects, flat export
 //!    and alert forms, a list `{"value": [...]}` or a bare array as `az monitor activity-log
 //!    list` prints it, and the legacy webhook and common-schema alert envelopes), whose
@@ -22,7 +27,7 @@
 //!    `Retry-After` becomes `retry_after_s`, `Date` the event time, `x-ms-request-id` the id;
 //! 7. Resource Health's flat `{code, message, details: "text"}` (the free-text details are
 //!    kept in `raw` only: a detail needs a code);
-//! 8. DESIGN.md's ingest body `{idempotency_key, resource, operation, attempt?, request?, error,
+//! 8. Keel's ingest body `{idempotency_key, resource, operation, attempt?, request?, error,
 //!    http_status?}`, where `error` is any of the above (as JSON, as a JSON string such as an
 //!    activity-log `statusMessage`, or as a raw HTTP response string) and `resource` an ARM
 //!    resource id, a VM name, or an object with the event's resource fields.

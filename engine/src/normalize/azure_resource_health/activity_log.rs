@@ -158,7 +158,7 @@ pub(super) fn read_activity_log(
     let given = state_field(p, &["currentHealthStatus", "healthStatus"], ppath)?;
     let state = match given {
         Some(s) => s,
-        // Erratum 4: a (stateless, Fired) alert or event that says Resolved is a recovery.
+        // a (stateless, Fired) alert or event that says Resolved is a recovery.
         None if resolved => HealthState::Available,
         None => HealthState::Unknown,
     };

@@ -1,4 +1,7 @@
-//! Normalizer: Azure Resource Health (DOMAIN.md sections 2.1-2.4 and section 8).
+//! Normalizer: Azure Resource Health (the protocol: `docs/protocols.md`, "Azure Resource
+//! Health"; Microsoft's documentation: <https://learn.microsoft.com/en-us/rest/api/resourcehealth/>,
+//! <https://learn.microsoft.com/en-us/azure/azure-monitor/essentials/activity-log-schema>,
+//! <https://learn.microsoft.com/en-us/azure/event-grid/event-schema-health-resources>).
 //!
 //! One stateless normalizer reads every channel Resource Health data arrives on and detects
 //! the shape itself:

@@ -84,8 +84,9 @@ pub(super) fn reason_type(
     }))
 }
 
-/// The reason an annotation name implies (DOMAIN.md 2.2 and section 8 fact 10); `None` for
-/// names that imply nothing or are not known.
+/// The reason an annotation name implies (Microsoft's table of VM health annotations:
+/// <https://learn.microsoft.com/en-us/azure/service-health/resource-health-vm-annotation>);
+/// `None` for names that imply nothing or are not known.
 fn annotation_reason(name: &str) -> Option<ReasonType> {
     let n = name.to_ascii_lowercase();
     let n = n.as_str();

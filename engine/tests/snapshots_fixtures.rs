@@ -15,23 +15,11 @@ use keel_engine::{Operation, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+#[path = "common/owners.rs"]
+mod owners;
+
 /// The observation time of a case that does not set one.
 const DEFAULT_OBSERVED_AT: &str = "2026-01-01T00:00:00Z";
-
-/// The normalizer of a fixture, by its file-name prefix.
-const PREFIXES: &[(&str, &str)] = &[
-    ("azure-scheduled-events-", "azure.scheduled_events"),
-    ("azure-imds-", "azure.scheduled_events"),
-    ("azure-maintenance-v1-", "azure.maintenance_v1"),
-    ("azure-instanceinfo-v1", "azure.maintenance_v1"),
-    ("azure-resource-health-", "azure.resource_health"),
-    ("azure-activity-log-", "azure.resource_health"),
-    ("azure-alert-", "azure.resource_health"),
-    ("azure-eventgrid-health-", "azure.resource_health"),
-    ("arm-error-", "azure.arm"),
-    ("aws-", "aws.imds"),
-    ("gcp-", "gcp.metadata"),
-];
 
 /// How one payload is read; every field is optional.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -109,13 +97,11 @@ fn merged(base: &Options, step: &Options) -> Options {
 
 fn normalizer_of(file: &str, o: &Options) -> String {
     o.normalizer.clone().unwrap_or_else(|| {
-        PREFIXES
-            .iter()
-            .find(|(p, _)| file.starts_with(p))
-            .map(|(_, n)| n.to_string())
+        owners::owner(file)
             .unwrap_or_else(|| {
                 panic!("{file}: no normalizer for this prefix; set one in fixtures/cases.json")
             })
+            .to_string()
     })
 }
 

@@ -297,18 +297,6 @@ fn unknown_event_status_is_explicit_unknown_and_the_rest_comes_through() {
 }
 
 #[test]
-fn a_restarted_poller_infers_nothing_from_its_first_document() {
-    let mut st = NormalizerState::default();
-    assert!(se(
-        &mut st,
-        &fixture("azure-scheduled-events-freeze-live-migration-completed.json"),
-        "2026-04-11T22:37:00Z"
-    )
-    .unwrap()
-    .is_empty());
-}
-
-#[test]
 fn several_events_in_one_document() {
     let doc = br#"{"DocumentIncarnation": 12, "Events": [
       {"EventId": "A1", "EventStatus": "Scheduled", "EventType": "Reboot", "ResourceType": "VirtualMachine", "Resources": ["vm1"], "NotBefore": "Mon, 20 Apr 2026 22:26:58 GMT", "Description": "Host server is undergoing maintenance.", "EventSource": "Platform", "DurationInSeconds": 30},

@@ -8,21 +8,8 @@ use std::path::Path;
 use keel_engine::normalize::{normalize, Input, NormalizeError, NormalizerState, NORMALIZERS};
 use keel_engine::{Operation, Timestamp};
 
-/// Which normalizer reads a fixture, by file-name prefix (first match wins).
-const OWNERS: &[(&str, &str)] = &[
-    ("arm-error-", "azure.arm"),
-    ("aws-", "aws.imds"),
-    ("azure-scheduled-events-", "azure.scheduled_events"),
-    // IMDS's answer to a request without api-version: the Scheduled Events poller gets it.
-    ("azure-imds-error-", "azure.scheduled_events"),
-    ("azure-maintenance-v1-", "azure.maintenance_v1"),
-    ("azure-instanceinfo-v1", "azure.maintenance_v1"),
-    ("azure-resource-health-", "azure.resource_health"),
-    ("azure-activity-log-", "azure.resource_health"),
-    ("azure-alert-", "azure.resource_health"),
-    ("azure-eventgrid-health-", "azure.resource_health"),
-    ("gcp-", "gcp.metadata"),
-];
+#[path = "common/owners.rs"]
+mod owners;
 
 /// (fixture, normalizer) pairs where a normalizer that is not the owner legitimately reads
 /// the payload. There are none today: each entry needs a reason.
@@ -49,8 +36,9 @@ fn fixtures() -> Vec<(String, Vec<u8>)> {
     let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
-        // SOURCES.md says where each fixture comes from; it is not a payload.
-        .filter(|n| !n.ends_with(".md"))
+        // SOURCES.md and README.md say where each fixture comes from, cases.json and
+        // sequences/ how the snapshot test reads them; none is a payload.
+        .filter(|n| !n.ends_with(".md") && n != "cases.json" && dir.join(n).is_file())
         .map(|n| {
             let bytes = std::fs::read(dir.join(&n)).unwrap();
             (n, bytes)
@@ -61,11 +49,8 @@ fn fixtures() -> Vec<(String, Vec<u8>)> {
 }
 
 fn owner(name: &str) -> &'static str {
-    OWNERS
-        .iter()
-        .find(|(prefix, _)| name.starts_with(prefix))
-        .map(|(_, o)| *o)
-        .unwrap_or_else(|| panic!("{name}: no owner; add it to OWNERS"))
+    owners::owner(name)
+        .unwrap_or_else(|| panic!("{name}: no owner; add it to OWNERS in common/owners.rs"))
 }
 
 fn observed() -> Timestamp {

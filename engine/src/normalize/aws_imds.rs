@@ -1,5 +1,7 @@
-//! Normalizer for AWS EC2 maintenance and Spot notices (DOMAIN.md section 4, section 8 facts
-//! 15-21).
+//! Normalizer for AWS EC2 maintenance and Spot notices (the protocol: `docs/protocols.md`, "AWS
+//! instance metadata"; AWS's documentation:
+//! <https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/spot-instance-termination-notices.html>,
+//! <https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/monitoring-instances-status-check_sched.html>).
 //!
 //! The payload kind is detected from its shape, so one normalizer reads every AWS channel:
 //!
@@ -34,7 +36,7 @@
 //!   `InstanceEventId` for the same event.
 //! - A completed, canceled (or otherwise not active) entry:
 //!   `aws.imds:<EventId>/<state>/<NotBefore, RFC 3339>`. AWS's own history example reuses one
-//!   `EventId` for a canceled and a completed entry (fact 21); the history is deduplicated on
+//!   `EventId` for a canceled and a completed entry; the history is deduplicated on
 //!   (`EventId`, `State`, `NotBefore`), and terminal entries never change, so the id is stable
 //!   across re-reads. Duplicate ids within one document are dropped (first one wins).
 //! - Notices without a vendor id (Spot, rebalance, entries without `EventId`): a hash over the
@@ -49,13 +51,14 @@
 
 use std::collections::HashSet;
 
-use chrono::SecondsFormat;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::json::{self, get_ci, join, opt_str, req_str};
 use super::platform_maintenance;
-use super::{hash_id, http, quote, time, Input, NormalizeError, NormalizerState};
+use super::{
+    hash_id, http, quote, self_resource, stamp, time, Input, NormalizeError, NormalizerState,
+};
 use crate::event::{
     Event, Maintenance, MaintenanceStatus, MaintenanceType, Resource, Source, Timestamp,
 };
@@ -103,15 +106,15 @@ pub fn normalize(
         self_name: input.self_name.filter(|s| !s.trim().is_empty()),
     };
     if http::is_transcript(text) {
-        let resp = parse_http(text)?;
-        let endpoint = resp.path.map(endpoint_of).unwrap_or(Endpoint::Other);
+        let resp = http::transcript(text, EXPECTED)?;
+        let endpoint = resp.target().map(endpoint_of).unwrap_or(Endpoint::Other);
         if endpoint == Endpoint::Token {
             return Err(wrong(
                 "the transcript ends with the IMDSv2 token response (PUT /latest/api/token), which holds no notice"
                     .into(),
             ));
         }
-        return body(&resp.body, Some(resp.status), endpoint, &ctx);
+        return body(&resp.text(), Some(resp.status), endpoint, &ctx);
     }
     body(text, input.http_status, Endpoint::Other, &ctx)
 }
@@ -230,7 +233,7 @@ fn termination_time(
             Ok(vec![event(
                 id,
                 at,
-                self_resource(ctx),
+                self_resource(ctx.self_name),
                 m,
                 Value::String(t.to_string()),
             )])
@@ -430,7 +433,7 @@ fn scheduled_event(
         return Err(missing_code(o, path));
     };
     let (resource, instance_id) = match channel {
-        Channel::Imds => (self_resource(ctx), None),
+        Channel::Imds => (self_resource(ctx.self_name), None),
         Channel::Ec2Api { instance_id, zone } => (
             Resource {
                 zone: zone.map(str::to_string),
@@ -496,7 +499,7 @@ fn code_type(code: &str) -> MaintenanceType {
         "system-reboot" | "instance-reboot" => MaintenanceType::Reboot,
         "instance-stop" => MaintenanceType::Stop,
         "instance-retirement" => MaintenanceType::Retire,
-        // DOMAIN.md section 7 proposes `freeze`. AWS documents system-maintenance as either
+        // Not `freeze`: AWS documents system-maintenance as either
         // network maintenance (the instance keeps running but loses connectivity briefly) or
         // power maintenance (the instance is taken offline briefly and rebooted), and the payload
         // does not say which. `freeze` promises a memory-preserving pause, which is wrong for
@@ -535,7 +538,7 @@ fn instance_action(
             &stamp(&at),
         ],
     );
-    Ok(event(id, at, self_resource(ctx), m, raw.clone()))
+    Ok(event(id, at, self_resource(ctx.self_name), m, raw.clone()))
 }
 
 /// IMDS `events/recommendations/rebalance`.
@@ -544,7 +547,7 @@ fn rebalance(o: &Map<String, Value>, raw: &Value, ctx: &Ctx<'_>) -> Result<Event
     // A rebalance recommendation promises no interruption: no not_before.
     let m = platform_maintenance(MaintenanceType::Rebalance, MaintenanceStatus::Scheduled);
     let id = hash_id(SOURCE, &["events/recommendations/rebalance", &stamp(&at)]);
-    Ok(event(id, at, self_resource(ctx), m, raw.clone()))
+    Ok(event(id, at, self_resource(ctx.self_name), m, raw.clone()))
 }
 
 /// EventBridge Spot interruption warnings and rebalance recommendations.
@@ -654,19 +657,6 @@ fn instance_resource(instance_id: Option<&str>, ctx: &Ctx<'_>) -> Resource {
     }
 }
 
-/// IMDS payloads are about the VM that read them.
-fn self_resource(ctx: &Ctx<'_>) -> Resource {
-    Resource {
-        name: ctx.self_name.map(|n| n.trim().to_string()),
-        is_self: ctx.self_name.map(|_| true),
-        ..Resource::default()
-    }
-}
-
-fn stamp(t: &Timestamp) -> String {
-    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
-}
-
 fn req_time(o: &Map<String, Value>, key: &str, path: &str) -> Result<Timestamp, NormalizeError> {
     let s = req_str(o, key, path)?;
     let p = join(path, key);
@@ -704,22 +694,6 @@ fn endpoint_of(path: &str) -> Endpoint {
     }
 }
 
-/// The last response of an HTTP transcript (`.http`), with the request path it answered.
-struct HttpResponse<'a> {
-    status: u16,
-    body: String,
-    path: Option<&'a str>,
-}
-
-fn parse_http(text: &str) -> Result<HttpResponse<'_>, NormalizeError> {
-    let r = http::parse(text, http::Form::Transcript).map_err(|e| wrong(e.to_string()))?;
-    Ok(HttpResponse {
-        status: r.status,
-        body: r.text(),
-        path: r.target(),
-    })
-}
-
 fn event(id: String, time: Timestamp, resource: Resource, m: Maintenance, raw: Value) -> Event {
     super::maintenance_event_of(Source::AwsImds, id, time, resource, m, raw)
 }
@@ -732,16 +706,16 @@ mod tests {
     #[test]
     fn transcript_last_response_and_its_path() {
         let t = "PUT /latest/api/token HTTP/1.1\nX: 1\n\nHTTP/1.1 200 OK\n\ntoken\n\nGET /latest/meta-data/spot/termination-time HTTP/1.1\r\n\r\nHTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nnot a time\r\n";
-        let r = parse_http(t).unwrap();
+        let r = http::transcript(t, EXPECTED).unwrap();
         assert_eq!(r.status, 200);
-        assert_eq!(r.body, "not a time");
-        assert_eq!(r.path.map(endpoint_of), Some(Endpoint::TerminationTime));
+        assert_eq!(r.text(), "not a time");
+        assert_eq!(r.target().map(endpoint_of), Some(Endpoint::TerminationTime));
     }
 
     #[test]
     fn transcript_without_response_is_an_error() {
-        assert!(parse_http("GET / HTTP/1.1\nHost: x\n\n").is_err());
-        assert!(parse_http("HTTP/1.1 200 OK\nno colon here\n\nbody").is_err());
+        assert!(http::transcript("GET / HTTP/1.1\nHost: x\n\n", EXPECTED).is_err());
+        assert!(http::transcript("HTTP/1.1 200 OK\nno colon here\n\nbody", EXPECTED).is_err());
     }
 
     #[test]

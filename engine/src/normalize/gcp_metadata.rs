@@ -1,5 +1,6 @@
-//! Normalizer for the GCP Compute Engine metadata server (DOMAIN.md section 5, section 8 facts
-//! 22-24).
+//! Normalizer for the GCP Compute Engine metadata server (the protocol: `docs/protocols.md`,
+//! "GCP metadata"; Google's documentation:
+//! <https://cloud.google.com/compute/docs/metadata/getting-live-migration-notice>).
 //!
 //! The payload kind is detected from its shape (or, for an HTTP transcript, from the request
 //! path):
@@ -39,13 +40,15 @@
 //! window start, else the first-seen time kept in state. A re-read emits the same event again.
 //! `maintenance_reasons` become the description.
 
-use chrono::{Duration, SecondsFormat};
+use chrono::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::json::{self, get_ci, join};
 use super::platform_maintenance;
-use super::{hash_id, http, quote, time, Input, NormalizeError, NormalizerState};
+use super::{
+    hash_id, http, quote, self_resource, stamp, time, Input, NormalizeError, NormalizerState,
+};
 use crate::event::{
     Event, Maintenance, MaintenanceStatus, MaintenanceType, Resource, Source, Timestamp,
 };
@@ -100,14 +103,14 @@ pub fn normalize(
     let st = &mut state.gcp_metadata;
     let self_name = input.self_name.filter(|s| !s.trim().is_empty());
     if http::is_transcript(text) {
-        let resp = parse_http(text)?;
+        let resp = http::transcript(text, EXPECTED)?;
         let ctx = Ctx {
             observed_at: input.observed_at,
             self_name,
-            incarnation: resp.etag.and_then(etag_number),
+            incarnation: resp.header_values("etag").last().and_then(etag_number),
         };
-        let key = resp.path.map(key_of).unwrap_or(Key::Unknown);
-        return body(&resp.body, Some(resp.status), key, &ctx, st);
+        let key = resp.target().map(key_of).unwrap_or(Key::Unknown);
+        return body(&resp.text(), Some(resp.status), key, &ctx, st);
     }
     let ctx = Ctx {
         observed_at: input.observed_at,
@@ -256,7 +259,7 @@ fn json_payload(
                     .any(|k| t.trim().eq_ignore_ascii_case(k))
             });
             if typed || UPCOMING_KEYS.iter().any(|k| get_ci(o, k).is_some()) {
-                return upcoming(o, "", v, self_resource(ctx), ctx, st).map(|e| vec![e]);
+                return upcoming(o, "", v, self_resource(ctx.self_name), ctx, st).map(|e| vec![e]);
             }
             let keys: Vec<String> = o
                 .keys()
@@ -393,7 +396,7 @@ fn maintenance_event_event(
     m.vendor_type = Some(value.trim().to_string());
     m.incarnation = ctx.incarnation;
     m.inferred = inferred;
-    event(id, ctx.observed_at, self_resource(ctx), m, raw)
+    event(id, ctx.observed_at, self_resource(ctx.self_name), m, raw)
 }
 
 /// The stateful `preempted` transition.
@@ -409,7 +412,13 @@ fn preempted(value: &str, ctx: &Ctx<'_>, st: &mut State, raw: Value) -> Vec<Even
     let id = hash_id(SOURCE, &["instance/preempted", &stamp(&ctx.observed_at)]);
     let mut m = platform_maintenance(MaintenanceType::Preempt, MaintenanceStatus::Started);
     m.incarnation = ctx.incarnation;
-    vec![event(id, ctx.observed_at, self_resource(ctx), m, raw)]
+    vec![event(
+        id,
+        ctx.observed_at,
+        self_resource(ctx.self_name),
+        m,
+        raw,
+    )]
 }
 
 /// One `UpcomingMaintenance` object.
@@ -510,19 +519,6 @@ fn instance_resource(o: &Map<String, Value>, ctx: &Ctx<'_>) -> Result<Resource, 
     })
 }
 
-/// Metadata-server payloads are about the VM that read them.
-fn self_resource(ctx: &Ctx<'_>) -> Resource {
-    Resource {
-        name: ctx.self_name.map(|n| n.trim().to_string()),
-        is_self: ctx.self_name.map(|_| true),
-        ..Resource::default()
-    }
-}
-
-fn stamp(t: &Timestamp) -> String {
-    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
-}
-
 /// The first of `keys` present (case-insensitively), with the key as written in `keys`.
 fn first_key<'v, 'k>(o: &'v Map<String, Value>, keys: &[&'k str]) -> Option<(&'k str, &'v Value)> {
     keys.iter().find_map(|k| get_ci(o, k).map(|v| (*k, v)))
@@ -579,24 +575,6 @@ fn etag_number(etag: &str) -> Option<i64> {
     t.parse().ok()
 }
 
-/// The last response of an HTTP transcript (`.http`), with the request path it answered.
-struct HttpResponse<'a> {
-    status: u16,
-    etag: Option<&'a str>,
-    body: String,
-    path: Option<&'a str>,
-}
-
-fn parse_http(text: &str) -> Result<HttpResponse<'_>, NormalizeError> {
-    let r = http::parse(text, http::Form::Transcript).map_err(|e| wrong(e.to_string()))?;
-    Ok(HttpResponse {
-        status: r.status,
-        etag: r.header_values("etag").last(),
-        body: r.text(),
-        path: r.target(),
-    })
-}
-
 fn event(id: String, time: Timestamp, resource: Resource, m: Maintenance, raw: Value) -> Event {
     super::maintenance_event_of(Source::GcpMetadata, id, time, resource, m, raw)
 }
@@ -635,11 +613,11 @@ mod tests {
     #[test]
     fn transcript_reads_etag_and_path() {
         let t = "GET /computeMetadata/v1/instance/preempted HTTP/1.1\nMetadata-Flavor: Google\n\nHTTP/1.1 200 OK\nETag: \"12\"\n\nTRUE\n";
-        let r = parse_http(t).unwrap();
+        let r = http::transcript(t, EXPECTED).unwrap();
         assert_eq!(
-            (r.status, r.etag, r.body.as_str()),
+            (r.status, r.header_values("etag").last(), r.text().as_str()),
             (200, Some("\"12\""), "TRUE")
         );
-        assert_eq!(r.path.map(key_of), Some(Key::Preempted));
+        assert_eq!(r.target().map(key_of), Some(Key::Preempted));
     }
 }

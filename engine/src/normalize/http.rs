@@ -224,6 +224,18 @@ pub(crate) fn parse(text: &str, form: Form) -> Result<Response<'_>, Error<'_>> {
     last.ok_or(Error::NoResponse)
 }
 
+/// The last response of a transcript, its errors worded as [`super::NormalizeError::WrongPayload`]
+/// of the normalizer that reads `expected` (the instance-metadata normalizers).
+pub(crate) fn transcript<'a>(
+    text: &'a str,
+    expected: &'static str,
+) -> Result<Response<'a>, super::NormalizeError> {
+    parse(text, Form::Transcript).map_err(|e| super::NormalizeError::WrongPayload {
+        expected,
+        reason: e.to_string(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]

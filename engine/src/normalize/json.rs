@@ -83,7 +83,9 @@ pub(crate) fn opt_str<'v>(
 }
 
 /// [`opt_str`] for a field that may also be `{"value": "...", "localizedValue": "..."}` (the
-/// activity log's REST form, DOMAIN.md 8 erratum 10): then its `value`.
+/// activity log's REST form,
+/// <https://learn.microsoft.com/en-us/azure/azure-monitor/essentials/activity-log-schema>): then
+/// its `value`.
 pub(crate) fn value_str<'v>(
     obj: &'v Map<String, Value>,
     key: &str,

@@ -300,6 +300,22 @@ pub(crate) fn maintenance_event_of(
     }
 }
 
+/// The VM that read an instance-metadata payload (AWS IMDS, the GCP metadata server): the
+/// payload is about that VM, named `self_name` and marked as this host when the caller gave it.
+pub(crate) fn self_resource(self_name: Option<&str>) -> crate::event::Resource {
+    crate::event::Resource {
+        name: self_name.map(|n| n.trim().to_string()),
+        is_self: self_name.map(|_| true),
+        ..crate::event::Resource::default()
+    }
+}
+
+/// A time as it enters a content-hash id: RFC 3339 in UTC (`Z`), with a fraction only where
+/// the time has one.
+pub(crate) fn stamp(t: &Timestamp) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
 /// Truncates untrusted text for an error message.
 pub(crate) fn truncate(s: &str, max: usize) -> String {
     if s.chars().count() <= max {

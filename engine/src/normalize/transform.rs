@@ -20,7 +20,8 @@
 //! keeps its spelling.
 //!
 //! The agent can only be left out when the VM is created (`osProfile` cannot change
-//! afterwards, DOMAIN.md 3.2), so the transform refuses, with a [`TransformError`], a body
+//! afterwards: ARM refuses the change with `PropertyChangeNotAllowed`), so the transform
+//! refuses, with a [`TransformError`], a body
 //! that is not a single VM, is not a create, attaches a specialized OS disk (no `osProfile` is
 //! allowed then), or asks for something that needs the agent and would make the retry invalid:
 //! certificates in `osProfile.secrets` ("Certificates cannot be added to your VM if the VM agent
@@ -49,6 +50,8 @@
 //! ```
 
 use serde_json::{Map, Value};
+
+use super::json::get_ci;
 
 /// Why a request body cannot be turned into a retry without the VM agent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -439,14 +442,6 @@ fn present(obj: &Map<String, Value>, key: &str, path: &str) -> Result<bool, Tran
         Some(Value::Object(_)) => Ok(true),
         Some(other) => Err(shape(path, "an object", other)),
     }
-}
-
-fn get_ci<'v>(obj: &'v Map<String, Value>, key: &str) -> Option<&'v Value> {
-    obj.get(key).or_else(|| {
-        obj.iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| v)
-    })
 }
 
 /// The spelling `key` has in `obj`, if present (exact match first).

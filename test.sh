@@ -11,14 +11,17 @@ echo "== cargo clippy"; cargo clippy --workspace --all-targets --locked -- -D wa
 (cd wasm-plugins && cargo clippy --workspace --locked --target wasm32-unknown-unknown -- -D warnings)
 echo "== Wasm plugins: the SDK's examples and the hostile test plugin into wasm-plugins/dist/"
 cargo run -q -p xtask --locked -- build-plugins
-echo "== cargo test";  cargo test --workspace --locked
-echo "== every crate's tests on their own, with default features and with all of them"
-# (the workspace run above unifies features: there the host turns the engine's plugins on)
+echo "== cargo test: every crate on its own, with default features and with all of them"
+# One crate at a time, not --workspace: a workspace run unifies features (the host turns the
+# engine's plugins on), which would hide a crate that fails alone.
 cargo test -p keel-engine --locked
 cargo test -p keel-engine --all-features --locked
+cargo test -p keel-host --locked
 # --all-features adds failpoints: the crash matrix (abort at every step boundary, restart,
 # count effects) runs with the host's other tests.
 cargo test -p keel-host --all-features --locked
+cargo test -p keel-engine-module --locked
+cargo test -p xtask --locked
 echo "== wasm32 builds of keel-engine (no default features)"
 for t in wasm32-unknown-unknown wasm32-wasip1; do
   cargo build -p keel-engine --no-default-features --target "$t" --locked
@@ -35,4 +38,6 @@ echo "== keel test wasm-plugins/examples/ (plugin policies through the same engi
 cargo run -q -p keel-host --locked -- test wasm-plugins/examples/
 cargo run -q -p keel-host --locked -- test wasm-plugins/examples/ --mutate
 echo "== keel demo (a Reboot through drain to StartRequests)"; cargo run -q -p keel-host --locked -- demo
+echo "== cargo-mutants on the lines of engine/src this commit changes (scripts/mutants.sh ci)"
+bash scripts/mutants.sh ci
 echo "all tests passed"

@@ -4,7 +4,12 @@
 #   scripts/mutants.sh diff [BASE] [-- extra cargo-mutants args]
 #       Mutates only the lines of engine/src that this branch changes since its merge base
 #       with BASE (default: main; KEEL_MUTANTS_BASE overrides), and runs keel-engine's tests
-#       on each mutant. Fails (exit 2) when a mutant survives: a changed line nothing checks.
+#       on each mutant (all features: the plugin host is engine code too). Fails (exit 2)
+#       when a mutant survives: a changed line nothing checks.
+#   scripts/mutants.sh ci
+#       What test.sh runs: `diff` against the commit's first parent (HEAD^: for a merge, the
+#       whole merged branch; otherwise the commit itself), in place, with the baseline skipped
+#       (test.sh has just run the same tests). Installs cargo-mutants first if it is missing.
 #   scripts/mutants.sh full [-- extra cargo-mutants args]
 #       The full run over the engine's core files (normalizers, history, policy loading, the
 #       decide path): slow (hours on 2 cores); its scores go into TESTING.md.
@@ -14,19 +19,30 @@
 # working tree instead (faster; do not edit or build in it meanwhile).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-if ! cargo mutants --version >/dev/null 2>&1; then
-  echo "cargo-mutants is not installed: cargo install cargo-mutants --locked" >&2
-  exit 1
-fi
+MUTANTS_VERSION=27.1.0
 
 mode="${1:-}"
 [ $# -gt 0 ] && shift
+
+if [ "$mode" = ci ] && ! cargo mutants --version >/dev/null 2>&1; then
+  echo "installing cargo-mutants $MUTANTS_VERSION (once; a few minutes)"
+  cargo install cargo-mutants --locked --version "$MUTANTS_VERSION"
+fi
+if ! cargo mutants --version >/dev/null 2>&1; then
+  echo "cargo-mutants is not installed: cargo install cargo-mutants --locked --version $MUTANTS_VERSION" >&2
+  exit 1
+fi
 out="${KEEL_MUTANTS_OUT:-target/mutants}"
 mkdir -p "$out"
-common=(--package keel-engine --timeout 300 --output "$out")
+common=(--package keel-engine --all-features --timeout "${KEEL_MUTANTS_TIMEOUT:-300}" --output "$out")
 
 case "$mode" in
+  ci)
+    if ! git rev-parse -q --verify HEAD^ >/dev/null; then
+      echo "no parent commit: nothing to compare with"; exit 0
+    fi
+    KEEL_MUTANTS_BASE=HEAD^ KEEL_MUTANTS_TIMEOUT=120 exec bash "$0" diff -- --in-place --baseline skip --no-shuffle
+    ;;
   diff)
     base="${KEEL_MUTANTS_BASE:-main}"
     if [ $# -gt 0 ] && [ "$1" != "--" ]; then base="$1"; shift; fi
@@ -50,7 +66,7 @@ case "$mode" in
       -f engine/src/engine.rs "$@"
     ;;
   *)
-    echo "usage: scripts/mutants.sh diff [BASE] [-- cargo-mutants args] | full [-- cargo-mutants args]" >&2
+    echo "usage: scripts/mutants.sh diff [BASE] [-- cargo-mutants args] | ci | full [-- cargo-mutants args]" >&2
     exit 2
     ;;
 esac

@@ -888,13 +888,6 @@ impl LoadFailure {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
 
 /// Checks the component's interface version and imports, with messages that name them: the
 /// version of an exported `keel:policy/plugin` first (a plugin for another major version
@@ -954,7 +947,7 @@ pub(crate) fn load(rt: &Arc<Runtime>, spec: &PluginSpec) -> Result<Plugin, LoadF
             Some("build the plugins first: cargo run -p xtask -- build-plugins"),
         )
     })?;
-    let sha = hex(&Sha256::digest(&bytes));
+    let sha = hex::encode(Sha256::digest(&bytes));
     if let Some((want, _)) = &spec.sha256 {
         if *want != sha {
             return Err(LoadFailure::new(

@@ -813,7 +813,7 @@ pub(super) fn build_event(mut v: Value, at: Option<Timestamp>) -> Result<Event, 
     if !obj.contains_key("id") {
         use sha2::{Digest, Sha256};
         let digest = Sha256::digest(v.to_string().as_bytes());
-        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let hex = hex::encode(&digest[..8]);
         if let Value::Object(obj) = &mut v {
             obj.insert("id".into(), Value::String(format!("test:{hex}")));
         }

@@ -888,7 +888,6 @@ impl LoadFailure {
     }
 }
 
-
 /// Checks the component's interface version and imports, with messages that name them: the
 /// version of an exported `keel:policy/plugin` first (a plugin for another major version
 /// imports that version's host too), then every import, then that the export is there.

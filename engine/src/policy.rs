@@ -1,6 +1,6 @@
 //! Policy files: YAML with positions, validated into [`PolicySpec`]s before anything runs.
 //!
-//! The file format: a top-level map with an optional `version` (1) and a
+//! The file format is DESIGN.md's: a top-level map with an optional `version` (1) and a
 //! `policies` list. Every problem in every file is collected (not only the first), each with
 //! file:line:column; a set with any problem is rejected as a whole.
 

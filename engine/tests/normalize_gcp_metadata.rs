@@ -53,7 +53,7 @@ fn hash_id(source: &str, parts: &[&str]) -> String {
         h.update(p.as_bytes());
     }
     let d = h.finalize();
-    let hex = hex::encode(&d[..8]);
+    let hex: String = d.iter().take(8).map(|b| format!("{b:02x}")).collect();
     format!("{source}:{hex}")
 }
 

@@ -292,7 +292,7 @@ impl Default for AzureIdentity {
 pub const DEFAULT_TOKEN_RESOURCE: &str = "https://management.azure.com/";
 /// Azure Resource Manager's public endpoint.
 pub const DEFAULT_ARM_ENDPOINT: &str = "https://management.azure.com";
-/// The Resource Health api-version polled (the newest stable one).
+/// The Resource Health api-version polled (the newest stable one, DOMAIN.md 2.1).
 pub const DEFAULT_RESOURCE_HEALTH_API_VERSION: &str = "2025-04-01";
 /// The Compute api-version of resubmitted VM requests.
 pub const DEFAULT_COMPUTE_API_VERSION: &str = "2024-07-01";

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use crate::compile::{self, Compiled, Ty};
-use crate::decide::hex;
 use crate::decision::Action;
 use crate::diag::LoadError;
 use crate::diag::{Diagnostic, Pos};
@@ -203,7 +202,7 @@ impl EngineBuilder {
             });
             return Err(LoadError::new(diags));
         }
-        let digest = hex(&digest.finalize());
+        let digest = hex::encode(digest.finalize());
         let mut engine = Engine::index(policies, default_action, digest);
         #[cfg(feature = "plugins")]
         {

@@ -656,15 +656,5 @@ pub fn dedup_key(policy: &str, by: &[FieldId], ev: &Event, window_s: i64) -> Str
     h.update([0x1e]);
     let bucket = ev.time.timestamp().div_euclid(window_s.max(1));
     h.update(bucket.to_string().as_bytes());
-    hex(&h.finalize())
-}
-
-/// Lower-case hex of `bytes`.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
+    hex::encode(h.finalize())
 }

@@ -75,6 +75,7 @@ mod compile;
 mod decide;
 mod decision;
 mod diag;
+mod duration;
 mod engine;
 mod event;
 mod expr;
@@ -98,6 +99,7 @@ pub use decision::{
 };
 pub use diag::LoadError;
 pub use diag::{escape, Diagnostic};
+pub use duration::{parse_duration, DurationError};
 pub use engine::{Engine, PolicyInfo};
 pub use event::{
     Category, Event, EventError, Failure, FailureDetail, Health, HealthState, Initiator, Kind,

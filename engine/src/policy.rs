@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use saphyr::{MarkedYaml, Scalar, YamlData};
+use saphyr::{MarkedYaml, YamlData};
 
 use crate::decision::{Action, Severity};
 use crate::diag::{Diagnostic, Pos};
@@ -582,42 +582,38 @@ impl Cx<'_, '_> {
         }
     }
 
-    /// A duration: an integer number of seconds, or a string such as `90s`, `15m`, `2h`, `1d`.
+    /// A positive duration in whole seconds: an integer number of seconds, or a string in
+    /// [`crate::parse_duration`]'s grammar such as `90s`, `15m`, `1m30s`, `2h`, `1d`.
     pub(crate) fn duration(&mut self, n: &MarkedYaml<'_>, what: &str) -> Option<i64> {
-        if let YamlData::Value(Scalar::Integer(i)) = &n.data {
-            if *i > 0 {
-                return Some(*i);
-            }
-        }
-        if let Some(s) = scalar_str(n) {
-            if let Some(secs) = parse_duration(&s) {
-                return Some(secs);
-            }
-        }
+        let message = match scalar_str(n).map(|s| duration_secs(&s)) {
+            Some(Ok(secs)) if secs > 0 => return Some(secs),
+            Some(Ok(_)) => format!("{what} must be a positive duration, not zero"),
+            Some(Err(e)) => format!("{what} must be a positive duration: {e}"),
+            None => format!("{what} must be a positive duration"),
+        };
         self.err_help(
             pos(n),
-            format!("{what} must be a positive duration"),
-            Some("write seconds as an integer, or a number with a unit: 90s, 15m, 2h, 1d".into()),
+            message,
+            Some(
+                "write seconds as an integer, or numbers with units (ms, s, m, h, d): \
+                 90s, 15m, 1m30s, 2h, 1d"
+                    .into(),
+            ),
         );
         None
     }
 }
 
-/// Parses `90`, `90s`, `15m`, `2h`, `1d` into seconds.
-pub(crate) fn parse_duration(s: &str) -> Option<i64> {
-    let s = s.trim();
-    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => (&s[..i], &s[i..]),
-        None => (s, "s"),
-    };
-    let n: i64 = num.parse().ok()?;
-    let mul = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => return None,
-    };
-    let secs = n.checked_mul(mul)?;
-    (secs > 0).then_some(secs)
+/// A duration of a policy or a test file in whole seconds: [`crate::parse_duration`]'s
+/// grammar, at a second's resolution (milliseconds must make whole seconds, as in `2000ms`).
+pub(crate) fn duration_secs(s: &str) -> Result<i64, String> {
+    let d = crate::parse_duration(s).map_err(|e| e.to_string())?;
+    let named = || crate::escape(s.trim());
+    if d.subsec_nanos() != 0 {
+        return Err(format!(
+            "`{}` is not a whole number of seconds (durations here have a second's resolution)",
+            named()
+        ));
+    }
+    i64::try_from(d.as_secs()).map_err(|_| format!("`{}` is too large", named()))
 }

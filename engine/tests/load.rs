@@ -530,6 +530,49 @@ fn bad_param_values_are_rejected() {
     assert_eq!(d.help(), Some("did you mean `resource.region`?"));
 }
 
+/// Policy durations use `keel_engine::parse_duration`'s grammar at a second's resolution:
+/// compound values and milliseconds that make whole seconds load; anything else is an error
+/// at the value's position that names it.
+#[test]
+fn policy_durations_take_the_one_grammar_in_whole_seconds() {
+    for (delay, window) in [("1m30s", "1h"), ("2000ms", "1d12h"), ("90", "5000ms")] {
+        let src = format!(
+            "policies:\n  - name: a\n    on: [maintenance]\n    action: defer\n    params: {{ delay: {delay} }}\n  - name: b\n    on: [maintenance]\n    action: escalate\n    params: {{ dedup: {{ window: {window} }} }}\n"
+        );
+        let built = Engine::builder().add_source("p.yaml", src.as_str()).build();
+        assert!(built.is_ok(), "{delay} / {window}: {:?}", built.err());
+    }
+    for (value, why) in [
+        ("1500ms", "`1500ms` is not a whole number of seconds"),
+        ("0s", "must be a positive duration, not zero"),
+        ("0", "must be a positive duration, not zero"),
+        ("1m30", "`1m30`: `30` needs a unit"),
+        (
+            "30s1m",
+            "`30s1m`: units go from the largest to the smallest",
+        ),
+        ("1.5h", "`1.5h`: fractions are not supported"),
+        ("-5s", "`-5s` is negative"),
+        ("''", "a duration cannot be empty"),
+        (
+            "9223372036854775808s",
+            "`9223372036854775808s` is too large",
+        ),
+    ] {
+        let src = format!(
+            "policies:\n  - name: a\n    on: [maintenance]\n    action: defer\n    params: {{ delay: {value} }}\n"
+        );
+        let d = only(&src);
+        assert_diag(&d, 5, col_of(&src, 5, value), why);
+        assert!(
+            d.message()
+                .starts_with("`delay` must be a positive duration"),
+            "{}",
+            d.message()
+        );
+    }
+}
+
 #[test]
 fn defer_needs_until_or_delay() {
     let d = only("policies:\n  - name: a\n    on: [maintenance]\n    action: defer\n");

@@ -327,10 +327,7 @@ fn sha256_is_checked() {
         .to_string();
     assert!(err.contains("but the policy expects 0000"), "{err}");
     use sha2::Digest;
-    let right: String = sha2::Sha256::digest(std::fs::read(&path).unwrap())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let right = hex::encode(sha2::Sha256::digest(std::fs::read(&path).unwrap()));
     Engine::builder()
         .plugin_cache_dir(None)
         .add_source("p.yaml", yaml(&right))

@@ -90,6 +90,44 @@ fn invalid_test_files_are_errors_with_positions_not_passes() {
     );
 }
 
+/// A step's `at` reads `keel_engine::parse_duration`'s grammar in whole seconds: `1m30s` is an
+/// offset, and a bad one is an error at its position that names it.
+#[test]
+fn step_offsets_take_the_one_duration_grammar() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        "policies:\n  - name: a\n    on: [maintenance]\n    action: drain\n",
+    )
+    .unwrap();
+    let ev =
+        "event: { maintenance: { type: reboot, status: scheduled } }, expect: { action: drain }";
+    std::fs::write(
+        dir.path().join("p.test.yaml"),
+        format!(
+            "cases:\n  - name: s\n    start: 2021-10-13T14:00:00Z\n    steps:\n      - {{ at: 1m30s, {ev} }}\n      - {{ at: 1.5h, {ev} }}\n      - {{ at: 2h1500ms, {ev} }}\n"
+        ),
+    )
+    .unwrap();
+    let err = testing::run(dir.path(), &TestOptions::default()).unwrap_err();
+    let msgs: Vec<String> = err
+        .diagnostics()
+        .iter()
+        .map(|d| format!("{}:{}: {}", d.line(), d.column(), d.message()))
+        .collect();
+    assert_eq!(msgs.len(), 2, "{msgs:?}");
+    assert!(
+        msgs[0].starts_with(
+            "6:15: `at` must be an offset like 0s, 30s, 15m, 2h, 1h30m: `1.5h`: fractions are not supported"
+        ),
+        "{msgs:?}"
+    );
+    assert!(
+        msgs[1].starts_with("7:15: `at` must be an offset like 0s, 30s, 15m, 2h, 1h30m: `2h1500ms` is not a whole number of seconds"),
+        "{msgs:?}"
+    );
+}
+
 #[test]
 fn a_directory_without_tests_is_an_error() {
     let dir = std::env::temp_dir().join(format!("keel-no-tests-{}", std::process::id()));

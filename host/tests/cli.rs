@@ -893,3 +893,95 @@ fn run_on_an_invalid_policy_set_exits_3_with_positions() {
         "{err}"
     );
 }
+
+/// Policies, `keel test` files and `keel.yaml` read durations with one grammar
+/// (`keel_engine::parse_duration`): compound `1m30s` and `ms` load in a policy, a test's `+1m30s`
+/// is an offset, and a bad value is reported at its position, naming it.
+#[test]
+fn durations_have_one_grammar_in_policies_tests_and_config() {
+    let d = tmp();
+    write(
+        d.path(),
+        "p.yaml",
+        br#"policies:
+  - name: t.defer
+    on: [maintenance]
+    when: event.maintenance.status == "scheduled"
+    action: defer
+    reason: wait and a half
+    params: { delay: 1m30s }
+  - name: t.page
+    on: [maintenance]
+    action: escalate
+    reason: page
+    params: { severity: warning, dedup: { by: [resource.name], window: 5000ms } }
+"#,
+    );
+    write(
+        d.path(),
+        "p.test.yaml",
+        br#"cases:
+  - name: deferred by a minute and a half
+    now: 2021-10-13T14:00:00Z
+    event: { resource: { name: vm-1 }, maintenance: { type: reboot, status: scheduled } }
+    expect: { action: defer, policy: t.defer, due: +1m30s, escalations: [{ policy: t.page }] }
+  - name: the same page twice in one window is one page
+    start: 2021-10-13T14:00:00Z
+    steps:
+      - { at: 0s, event: { resource: { name: vm-1 }, maintenance: { type: reboot, status: started } }, expect: { escalations: [{ policy: t.page }] } }
+      - { at: 4000ms, event: { resource: { name: vm-1 }, maintenance: { type: reboot, status: started } }, expect: { escalations: [] } }
+"#,
+    );
+    let dir = d.path().to_str().unwrap();
+    let out = keel(&["check", dir]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = keel(&["test", dir]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+
+    // A bad duration keeps its position, and the message names the value and why.
+    let bad = tmp();
+    write(
+        bad.path(),
+        "p.yaml",
+        b"policies:\n  - name: t.defer\n    on: [maintenance]\n    action: defer\n    params: { delay: 1m30 }\n  - name: t.page\n    on: [maintenance]\n    action: escalate\n    params: { dedup: { window: -5s } }\n",
+    );
+    let out = keel(&["check", bad.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = text(&out.stderr);
+    for want in [
+        "p.yaml:5:22: error: `delay` must be a positive duration: `1m30`: `30` needs a unit",
+        "p.yaml:9:32: error: `dedup.window` must be a positive duration: `-5s` is negative",
+    ] {
+        assert!(err.contains(want), "{want}\n{err}");
+    }
+
+    // `keel.yaml`: the same grammar, the same messages, at the value's position.
+    let policies = root().join("policies/standard");
+    let cfg = write(
+        d.path(),
+        "keel.yaml",
+        format!(
+            "policies: {}\nlisten: nowhere\nretention: 1d12h\ngc_interval: 1m30s\nlimits: {{ header_timeout: 1.5s }}\n",
+            policies.display()
+        )
+        .as_bytes(),
+    );
+    let out = keel(&["run", "--config", &cfg]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("keel.yaml:5:27: error: expected a duration such as 500ms, 1s, 5m, 1m30s: `1.5s`: fractions are not supported"),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches(": error:").count(),
+        2,
+        "only `listen` and `header_timeout` are wrong\n{err}"
+    );
+}

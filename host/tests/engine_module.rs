@@ -333,7 +333,7 @@ fn build_event(mut v: Value, at: Option<Timestamp>) -> Event {
     }
     if !obj.contains_key("id") {
         let digest = Sha256::digest(v.to_string().as_bytes());
-        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let hex = hex::encode(&digest[..8]);
         v["id"] = Value::String(format!("test:{hex}"));
     }
     serde_json::from_value(v).unwrap()

@@ -343,8 +343,6 @@ pub(crate) fn hash_id(source: &str, parts: &[&str]) -> String {
     let mut s = String::with_capacity(source.len() + 17);
     s.push_str(source);
     s.push(':');
-    for b in &digest[..8] {
-        s.push_str(&format!("{b:02x}"));
-    }
+    s.push_str(&hex::encode(&digest[..8]));
     s
 }

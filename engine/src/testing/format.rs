@@ -209,33 +209,21 @@ pub(super) fn time_value(cx: &mut Cx<'_, '_>, n: &MarkedYaml<'_>, what: &str) ->
     }
 }
 
-/// A non-negative offset: `0`, `30`, `30s`, `15m`, `2h`, `1d`.
+/// A non-negative offset in whole seconds, optionally after a `+`: `0`, `30`, `30s`, `15m`,
+/// `1h30m`, `1d` ([`crate::parse_duration`]'s grammar).
 pub(super) fn offset_value(cx: &mut Cx<'_, '_>, n: &MarkedYaml<'_>, what: &str) -> Option<i64> {
-    let s = scalar_str(n).map(|s| s.trim().trim_start_matches('+').to_string());
-    match s.as_deref() {
-        Some("0") | Some("0s") => Some(0),
-        Some(s) => match policy::parse_duration(s).or_else(|| {
-            crate::compile::parse_cel_duration(s)
-                .filter(|d| *d >= Duration::zero())
-                .map(|d| d.num_seconds())
-        }) {
-            Some(v) => Some(v),
-            None => {
-                cx.err(
-                    pos(n),
-                    format!("{what} must be an offset like 0s, 30s, 15m, 2h, 1h30m"),
-                );
-                None
+    let message = match scalar_str(n) {
+        Some(s) => {
+            let s = s.trim();
+            match policy::duration_secs(s.strip_prefix('+').unwrap_or(s)) {
+                Ok(secs) => return Some(secs),
+                Err(e) => format!("{what} must be an offset like 0s, 30s, 15m, 2h, 1h30m: {e}"),
             }
-        },
-        None => {
-            cx.err(
-                pos(n),
-                format!("{what} must be an offset like 0s, 30s, 15m, 2h, 1h30m"),
-            );
-            None
         }
-    }
+        None => format!("{what} must be an offset like 0s, 30s, 15m, 2h, 1h30m"),
+    };
+    cx.err(pos(n), message);
+    None
 }
 
 pub(super) fn case(cx: &mut Cx<'_, '_>, n: &MarkedYaml<'_>, dir: &Path) -> Option<Case> {
@@ -599,7 +587,7 @@ pub(super) fn string_list(cx: &mut Cx<'_, '_>, n: &MarkedYaml<'_>, what: &str) -
 pub(super) fn time_spec(cx: &mut Cx<'_, '_>, n: &MarkedYaml<'_>, what: &str) -> Option<TimeSpec> {
     let s = cx.string(n, what)?;
     if let Some(rel) = s.strip_prefix('+') {
-        if let Some(secs) = policy::parse_duration(rel) {
+        if let Ok(secs) = policy::duration_secs(rel) {
             return Some(TimeSpec::After(secs));
         }
     }
@@ -813,7 +801,7 @@ pub(super) fn build_event(mut v: Value, at: Option<Timestamp>) -> Result<Event, 
     if !obj.contains_key("id") {
         use sha2::{Digest, Sha256};
         let digest = Sha256::digest(v.to_string().as_bytes());
-        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let hex = hex::encode(&digest[..8]);
         if let Value::Object(obj) = &mut v {
             obj.insert("id".into(), Value::String(format!("test:{hex}")));
         }

@@ -239,8 +239,11 @@ impl V<'_> {
     fn duration(&mut self, ptr: &str, v: Option<&Value>, default: Duration) -> Duration {
         match v {
             None => default,
-            Some(v) => secs(v).unwrap_or_else(|| {
-                self.err(ptr, "expected a duration such as 500ms, 1s, 5m");
+            Some(v) => duration_of(v).unwrap_or_else(|cause| {
+                self.err(
+                    ptr,
+                    format!("expected a duration such as 500ms, 1s, 5m, 1m30s: {cause}"),
+                );
                 default
             }),
         }
@@ -294,31 +297,14 @@ pub const DEFAULT_RESOURCE_HEALTH_API_VERSION: &str = "2025-04-01";
 /// The Compute api-version of resubmitted VM requests.
 pub const DEFAULT_COMPUTE_API_VERSION: &str = "2024-07-01";
 
-fn secs(v: &Value) -> Option<Duration> {
+/// A duration in `keel.yaml`: a number of seconds, or a string in
+/// [`keel_engine::parse_duration`]'s grammar (`500ms`, `1s`, `5m`, `1m30s`, `2h`, `30d`).
+fn duration_of(v: &Value) -> Result<Duration, String> {
     match v {
-        Value::Number(n) => n.as_u64().map(Duration::from_secs),
-        Value::String(s) => parse_duration(s),
-        _ => None,
+        Value::Number(n) => keel_engine::parse_duration(&n.to_string()).map_err(|e| e.to_string()),
+        Value::String(s) => keel_engine::parse_duration(s).map_err(|e| e.to_string()),
+        _ => Err("not a number or a string".into()),
     }
-}
-
-/// `500ms`, `1s`, `5m`, `2h`, `30d`, or a number of seconds.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    if let Some(ms) = s.strip_suffix("ms") {
-        return ms.parse().ok().map(Duration::from_millis);
-    }
-    let (num, mul) = match s.chars().last()? {
-        's' => (&s[..s.len() - 1], 1),
-        'm' => (&s[..s.len() - 1], 60),
-        'h' => (&s[..s.len() - 1], 3600),
-        'd' => (&s[..s.len() - 1], 86_400),
-        c if c.is_ascii_digit() => (s, 1),
-        _ => return None,
-    };
-    num.parse::<u64>()
-        .ok()
-        .map(|n| Duration::from_secs(n.saturating_mul(mul)))
 }
 
 /// The root keys of `keel.yaml`.

@@ -472,3 +472,11 @@ impl Cx<'_, '_> {
         }
     }
 }
+
+/// The value of `key` among the entries [`Cx::map`] returned.
+pub(crate) fn entry<'n, 'i>(entries: &Entries<'n, 'i>, key: &str) -> Option<&'n MarkedYaml<'i>> {
+    entries
+        .iter()
+        .find(|(k, _, _)| k == key)
+        .map(|(_, _, v)| *v)
+}

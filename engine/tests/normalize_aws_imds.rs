@@ -5,7 +5,7 @@
 mod common;
 
 use chrono::{DateTime, Utc};
-use common::time_like;
+use common::{hash_id, time_like};
 use keel_engine::normalize::{normalize, Input, NormalizeError, NormalizerState};
 use keel_engine::{Event, MaintenanceStatus, MaintenanceType, Source};
 use proptest::prelude::*;
@@ -41,19 +41,6 @@ fn one(payload: &[u8]) -> Event {
     let mut evs = run_ok(payload);
     assert_eq!(evs.len(), 1, "{evs:#?}");
     evs.remove(0)
-}
-
-/// The engine's content-hash id scheme (normalize::hash_id), recomputed to pin it.
-fn hash_id(source: &str, parts: &[&str]) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update((p.len() as u64).to_le_bytes());
-        h.update(p.as_bytes());
-    }
-    let d = h.finalize();
-    let hex: String = d.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    format!("{source}:{hex}")
 }
 
 // ---- Spot -------------------------------------------------------------------------------

@@ -6,7 +6,7 @@
 mod common;
 
 use chrono::{DateTime, Duration, Utc};
-use common::time_like;
+use common::{hash_id, time_like};
 use keel_engine::normalize::{normalize, Input, NormalizeError, NormalizerState};
 use keel_engine::{Event, Initiator, Kind, MaintenanceStatus, MaintenanceType, Resource, Source};
 use proptest::prelude::*;
@@ -43,19 +43,6 @@ fn one(payload: &[u8]) -> Event {
     let mut evs = run(payload).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(evs.len(), 1, "{evs:#?}");
     evs.remove(0)
-}
-
-/// The engine's content-hash id scheme (normalize::hash_id), recomputed to pin it.
-fn hash_id(source: &str, parts: &[&str]) -> String {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    for p in parts {
-        h.update((p.len() as u64).to_le_bytes());
-        h.update(p.as_bytes());
-    }
-    let d = h.finalize();
-    let hex: String = d.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    format!("{source}:{hex}")
 }
 
 fn me_id(value: &str, first_seen: &str) -> String {

@@ -12,7 +12,7 @@ use crate::diag::{Diagnostic, Pos};
 use crate::event::{Event, Timestamp};
 use crate::normalize::{self};
 use crate::policy;
-use crate::yaml::{pos, scalar_str, with_yaml_doc, Cx};
+use crate::yaml::{self, pos, scalar_str, with_yaml_doc, Cx};
 
 use super::*;
 
@@ -243,12 +243,7 @@ pub(super) fn case(cx: &mut Cx<'_, '_>, n: &MarkedYaml<'_>, dir: &Path) -> Optio
         ],
     )?;
     let before = cx.diags.len();
-    let get = |k: &str| {
-        entries
-            .iter()
-            .find(|(key, _, _)| key == k)
-            .map(|(_, _, v)| *v)
-    };
+    let get = |k: &str| yaml::entry(&entries, k);
     let name = match get("name") {
         Some(v) => cx.string(v, "`name`"),
         None => {
@@ -358,12 +353,7 @@ pub(super) fn step(
         "a step",
         &["name", "at", "event", "from", "redecide", "expect"],
     )?;
-    let get = |k: &str| {
-        entries
-            .iter()
-            .find(|(key, _, _)| key == k)
-            .map(|(_, _, v)| *v)
-    };
+    let get = |k: &str| yaml::entry(&entries, k);
     let name = match get("name") {
         Some(v) => cx.string(v, "`name`")?,
         None => format!("step {}", i + 1),
@@ -488,12 +478,7 @@ pub(super) fn from_spec(cx: &mut Cx<'_, '_>, n: &MarkedYaml<'_>, dir: &Path) -> 
         ],
     )?;
     let before = cx.diags.len();
-    let get = |k: &str| {
-        entries
-            .iter()
-            .find(|(key, _, _)| key == k)
-            .map(|(_, _, v)| *v)
-    };
+    let get = |k: &str| yaml::entry(&entries, k);
     let normalizer = match get("normalizer") {
         Some(v) => {
             let s = cx.string(v, "`normalizer`");

@@ -11,3 +11,17 @@ pub fn time_like() -> impl Strategy<Value = String> {
         ".{0,24}",
     ]
 }
+
+/// The engine's content-hash id scheme (`normalize::hash_id`), recomputed to pin it: SHA-256
+/// over each part's length (u64, little-endian) and bytes, the first 8 bytes in hex.
+#[allow(dead_code)] // not every test file that includes this module uses it
+pub fn hash_id(source: &str, parts: &[&str]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p.as_bytes());
+    }
+    let d = h.finalize();
+    format!("{source}:{}", hex::encode(&d[..8]))
+}

@@ -80,6 +80,8 @@ pub(crate) struct HistoryData {
     by_resource: HashMap<Arc<str>, VecDeque<(Timestamp, Action)>>,
     fired: HashMap<String, Timestamp>,
     interned: HashSet<Arc<str>>,
+    /// The size `interned` must pass before the next sweep (twice what the last one kept).
+    interned_floor: usize,
     max_events: usize,
     retention: Duration,
     /// The newest time of an entry dropped because of the size bound (not of retention).
@@ -133,15 +135,19 @@ impl GuardIndex {
     }
 
     /// Drops times older than `horizon`: all of them every so often (amortized over the
-    /// records), so that a scope or resource no longer seen does not stay.
-    fn trim(&mut self, horizon: Timestamp) {
+    /// records), so that a scope or resource no longer seen does not stay; and past twice
+    /// `max` keys in a map, all but the `max` most recently seen.
+    fn trim(&mut self, horizon: Timestamp, max: usize) {
         self.since_sweep += 1;
-        let size = self.failures.len()
-            + self.firsts.len()
-            + self.retries.len()
-            + self.resource_failures.len()
-            + self.pages.len();
-        if self.since_sweep < size.max(64) {
+        let maps = [
+            self.failures.len(),
+            self.firsts.len(),
+            self.retries.len(),
+            self.resource_failures.len(),
+            self.pages.len(),
+        ];
+        let over = maps.iter().any(|n| *n > max.saturating_mul(2));
+        if self.since_sweep < maps.iter().sum::<usize>().max(64) && !over {
             return;
         }
         self.since_sweep = 0;
@@ -159,6 +165,28 @@ impl GuardIndex {
             });
         }
         self.pages.retain(|_, (_, last)| *last >= horizon);
+        for map in [
+            &mut self.failures,
+            &mut self.firsts,
+            &mut self.retries,
+            &mut self.resource_failures,
+        ] {
+            if map.len() > max {
+                let mut last: Vec<Timestamp> =
+                    map.values().filter_map(|q| q.back().copied()).collect();
+                last.sort_unstable();
+                if let Some(cut) = last.get(last.len().saturating_sub(max)).copied() {
+                    map.retain(|_, q| q.back().is_some_and(|t| *t >= cut));
+                }
+            }
+        }
+        if self.pages.len() > max {
+            let mut last: Vec<Timestamp> = self.pages.values().map(|r| r.1).collect();
+            last.sort_unstable();
+            if let Some(cut) = last.get(last.len().saturating_sub(max)).copied() {
+                self.pages.retain(|_, r| r.1 >= cut);
+            }
+        }
     }
 }
 
@@ -404,6 +432,7 @@ impl HistoryData {
             by_resource: HashMap::new(),
             fired: HashMap::new(),
             interned: HashSet::new(),
+            interned_floor: 0,
             // Each remembered event costs a few hundred bytes; beyond this nothing sensible fits.
             max_events: max_events.clamp(1, 10_000_000),
             retention: Duration::try_seconds(retention_s.clamp(1, 100 * 365 * 86400))
@@ -494,7 +523,7 @@ impl HistoryData {
             }
         }
         if let (false, Some(r)) = (d.escalations.is_empty(), resource_key(ev)) {
-            let page = self.intern(&guard::resource_scope(r));
+            let page: Arc<str> = Arc::from(guard::resource_scope(r));
             self.guards.page(page, ev.time);
         }
         self.trim(ev.time);
@@ -532,7 +561,7 @@ impl HistoryData {
             }
         }
         self.fired.retain(|_, t| *t >= horizon);
-        self.guards.trim(horizon);
+        self.guards.trim(horizon, self.max_events);
         if self.fired.len() > self.max_events {
             // Keep the newest keys.
             let mut times: Vec<Timestamp> = self.fired.values().copied().collect();
@@ -540,9 +569,11 @@ impl HistoryData {
             let cut = times[times.len() - self.max_events];
             self.fired.retain(|_, t| *t >= cut);
         }
-        if self.interned.len() > self.max_events.saturating_mul(4) {
+        if self.interned.len() > self.max_events.saturating_mul(4).max(self.interned_floor) {
             // Drop strings no entry refers to any more.
             self.interned.retain(|a| Arc::strong_count(a) > 1);
+            // Still large: everything is in use; sweep again only once it has doubled.
+            self.interned_floor = self.interned.len().saturating_mul(2);
         }
     }
 

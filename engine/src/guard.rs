@@ -109,6 +109,9 @@ pub struct RetryBudget {
     /// Window, seconds (default 600: long enough to span an ARM create's retries, short
     /// enough to recover quickly after an incident).
     pub window_s: i64,
+    /// The floor of the host-wide budget (default 10: a few scopes' floors at once, so that
+    /// one failing region does not spend the retries of the others).
+    pub host_min_retries: u32,
 }
 
 /// The storm guard: when the failures of a scope reach `threshold` within `window_s`, no new
@@ -168,6 +171,7 @@ impl Default for RetryBudget {
             ratio: 0.1,
             min_retries: 3,
             window_s: 600,
+            host_min_retries: 10,
         }
     }
 }
@@ -363,19 +367,23 @@ fn retry_budget(
         return None;
     }
     let win = window(cfg.window_s);
-    for (s, place) in [
-        (scope, format!("in {}", crate::escape(scope))),
-        (HOST_WIDE, "host-wide".to_string()),
+    for (s, place, floor) in [
+        (
+            scope,
+            format!("in {}", crate::escape(scope)),
+            cfg.min_retries,
+        ),
+        (HOST_WIDE, "host-wide".to_string(), cfg.host_min_retries),
     ] {
         let retries = h.retries_in(s, ev.time, win);
         let firsts = h.firsts_in(s, ev.time, win);
-        let budget = cfg.ratio.clamp(0.0, 1.0) * firsts as f64 + f64::from(cfg.min_retries);
+        let budget = cfg.ratio.clamp(0.0, 1.0) * firsts as f64 + f64::from(floor);
         if (retries + 1) as f64 > budget {
             let reason = format!(
                 "retry budget exhausted {place}: {retries} retries for {firsts} failures in {}, budget {}% + {}",
                 human(cfg.window_s),
                 (cfg.ratio.clamp(0.0, 1.0) * 100.0).round(),
-                cfg.min_retries
+                floor
             );
             return Some((GuardName::RetryBudget, s.to_string(), reason));
         }

@@ -76,9 +76,10 @@ fn the_defaults_are_on_with_the_documented_values() {
         (
             g.retry_budget.ratio,
             g.retry_budget.min_retries,
-            g.retry_budget.window_s
+            g.retry_budget.window_s,
+            g.retry_budget.host_min_retries
         ),
-        (0.1, 3, 600)
+        (0.1, 3, 600, 10)
     );
     assert_eq!(
         (g.storm.threshold, g.storm.window_s, g.storm.cooldown_s),
@@ -154,6 +155,7 @@ fn the_retry_budget_allows_the_floor_then_a_tenth_of_first_attempts_and_escalate
 fn the_retry_budget_is_per_scope_and_host_wide() {
     let mut g = only(|g| g.retry_budget.enabled = true);
     g.retry_budget.min_retries = 2;
+    g.retry_budget.host_min_retries = 2;
     g.retry_budget.ratio = 0.0;
     let e = engine(g);
     let mut h = History::new();

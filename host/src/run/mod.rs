@@ -229,7 +229,9 @@ pub fn http_client() -> reqwest::Result<reqwest::Client> {
 
 /// Loads the configuration's policy set (with its plugin cache, when plugins are built in).
 pub fn load_policies(cfg: &Config) -> Result<Engine, keel_engine::LoadError> {
-    let b = Engine::builder().add_path(&cfg.policies);
+    let b = Engine::builder()
+        .add_path(&cfg.policies)
+        .guards(cfg.guards.clone());
     #[cfg(feature = "plugins")]
     let b = b.plugin_cache_dir(Some(cfg.plugin_cache.clone()));
     b.build()

@@ -158,6 +158,19 @@ async fn hook_post(State(st): State<Hook>, h: HeaderMap) -> StatusCode {
     StatusCode::OK
 }
 
+/// A webhook stub on a loopback port: what it received, and its URL (`.../hook`).
+#[allow(dead_code)]
+pub async fn webhook() -> (Hook, String) {
+    let hook: Hook = Arc::default();
+    let url = serve(
+        Router::new()
+            .route("/hook", post(hook_post))
+            .with_state(hook.clone()),
+    )
+    .await;
+    (hook, format!("{url}/hook"))
+}
+
 // ------------------------------------------------------------------------------------------
 // A scenario: stubs, a temp directory with the configuration, the state and the counter.
 

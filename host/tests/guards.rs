@@ -148,23 +148,29 @@ runbooks:
         "{resubmitted} of {WINDOWS} failed creates resubmitted"
     );
     // The others escalate, each naming its guard and the held action.
-    let held: Vec<&Value> = decisions.iter().filter(|d| d.get("guard").is_some()).collect();
+    let held: Vec<&Value> = decisions
+        .iter()
+        .filter(|d| d.get("guard").is_some())
+        .collect();
     assert_eq!(held.len() + resubmitted, WINDOWS);
     for d in &held {
         assert_eq!(d["action"], "escalate", "{d}");
         assert_eq!(d["guard"]["held_action"], "retry_without_agent", "{d}");
         assert_eq!(d["guard"]["scope"], "eastus2/vm_agent", "{d}");
     }
-    let storm = held.iter().filter(|d| d["guard"]["name"] == "storm").count();
-    assert!(storm > WINDOWS / 2, "the storm guard holds the bulk: {storm}");
+    let storm = held
+        .iter()
+        .filter(|d| d["guard"]["name"] == "storm")
+        .count();
+    assert!(
+        storm > WINDOWS / 2,
+        "the storm guard holds the bulk: {storm}"
+    );
     assert!(held.iter().any(|d| d["guard"]["name"] == "retry_budget"));
     assert!(held
         .iter()
         .find(|d| d["guard"]["name"] == "storm")
-        .is_some_and(|d| d["reason"]
-            .as_str()
-            .unwrap()
-            .starts_with("storm guard: ")));
+        .is_some_and(|d| d["reason"].as_str().unwrap().starts_with("storm guard: ")));
     // Linux VMs are not touched.
     assert_eq!(count(&|d| d["action"] == "none"), LINUX);
 
@@ -188,4 +194,37 @@ runbooks:
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert_eq!(escalations, 1.0, "{m}");
+}
+
+/// `guards:` is validated whole with positions, like the rest of `keel.yaml`.
+#[test]
+fn guards_in_keel_yaml_are_validated_with_positions() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("keel.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "policies: {}\nstate: {}\nguards:\n  retry_budget: {{ ratio: 1.5, window: 0s }}\n  storm: {{ threshold: -1, cooldown: soon, enabeld: false }}\n  flap: {{ enabled: maybe }}\n  budgets: {{}}\n",
+            root().join("policies/standard").display(),
+            d.path().join("state.db").display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["run", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    for want in [
+        "keel.yaml:4:26: error: expected a fraction from 0 to 1",
+        "keel.yaml:4:39: error: must be longer than zero",
+        "keel.yaml:5:23: error: expected a whole number from 0 to 1000000",
+        "keel.yaml:5:37: error: expected a duration",
+        "keel.yaml:5:43: error: unknown key `enabeld`",
+        "keel.yaml:6:20: error: expected true or false",
+        "keel.yaml:7:3: error: unknown key `budgets`",
+    ] {
+        assert!(err.contains(want), "{want}\n{err}");
+    }
 }

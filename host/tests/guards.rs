@@ -194,6 +194,19 @@ runbooks:
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert_eq!(escalations, 1.0, "{m}");
+    // A metric counts the holds, per guard.
+    let holds = |g: &str| {
+        metric(
+            &m,
+            &format!("keel_guard_holds_total{{guard=\"{g}\",held_action=\"retry_without_agent\"}}"),
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(
+        (holds("storm") + holds("retry_budget")) as usize,
+        held.len(),
+        "{m}"
+    );
 }
 
 /// `guards:` is validated whole with positions, like the rest of `keel.yaml`.

@@ -497,6 +497,16 @@ impl Host {
             js(mode),
             js(engine.digest()),
         ));
+        if let Some(g) = &decision.guard {
+            self.metrics.add(
+                "keel_guard_holds_total",
+                &[
+                    ("guard", g.name.as_str()),
+                    ("held_action", g.held_action.as_str()),
+                ],
+                1.0,
+            );
+        }
         for e in decision.escalations.iter().filter(|e| !e.repeat) {
             self.metrics.add(
                 "keel_escalations_total",

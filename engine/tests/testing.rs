@@ -11,6 +11,14 @@ fn data(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A load error's diagnostics as `line:column: message`.
+fn messages(err: keel_engine::LoadError) -> Vec<String> {
+    err.diagnostics()
+        .iter()
+        .map(|d| format!("{}:{}: {}", d.line(), d.column(), d.message()))
+        .collect()
+}
+
 fn failures_of(report: &testing::TestReport, case: &str) -> Vec<String> {
     report
         .steps()
@@ -63,12 +71,7 @@ fn run_pattern_selects_cases() {
 
 #[test]
 fn invalid_test_files_are_errors_with_positions_not_passes() {
-    let err = testing::run(&data("invalid"), &TestOptions::default()).unwrap_err();
-    let msgs: Vec<String> = err
-        .diagnostics()
-        .iter()
-        .map(|d| format!("{}:{}: {}", d.line(), d.column(), d.message()))
-        .collect();
+    let msgs = messages(testing::run(&data("invalid"), &TestOptions::default()).unwrap_err());
     assert!(
         msgs.iter()
             .any(|m| m.starts_with("4:13: `expect` is empty")),
@@ -109,12 +112,7 @@ fn step_offsets_take_the_one_duration_grammar() {
         ),
     )
     .unwrap();
-    let err = testing::run(dir.path(), &TestOptions::default()).unwrap_err();
-    let msgs: Vec<String> = err
-        .diagnostics()
-        .iter()
-        .map(|d| format!("{}:{}: {}", d.line(), d.column(), d.message()))
-        .collect();
+    let msgs = messages(testing::run(dir.path(), &TestOptions::default()).unwrap_err());
     assert_eq!(msgs.len(), 2, "{msgs:?}");
     assert!(
         msgs[0].starts_with(
@@ -243,12 +241,7 @@ fn expect_guard_asserts_the_guard_that_held_the_action() {
         cases.replace("guard: storm", "guard: stomr"),
     )
     .unwrap();
-    let err = testing::run(dir.path(), &TestOptions::default()).unwrap_err();
-    let msgs: Vec<String> = err
-        .diagnostics()
-        .iter()
-        .map(|d| format!("{}:{}: {}", d.line(), d.column(), d.message()))
-        .collect();
+    let msgs = messages(testing::run(dir.path(), &TestOptions::default()).unwrap_err());
     assert!(
         msgs.iter().any(|m| m.contains("unknown guard `stomr`")),
         "{msgs:?}"

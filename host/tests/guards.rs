@@ -17,21 +17,9 @@ const TOKEN: &str = "keel-test-token-0123456789abcdef";
 /// The vendor's error body for VM `i` (its name, id, OS and time varied): VM `i` fails at
 /// 07:02:00 + `i` × 100 ms, so 500 VMs fail within a minute.
 fn body(name: &str, os: &str, i: usize) -> String {
-    let mut b: Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            root().join("engine/tests/data/ingest/vm-agent-windows-2021-10-13.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    // The host stamps the attempt itself.
-    b.as_object_mut().unwrap().remove("attempt");
-    b["idempotency_key"] = json!(format!("deploy-2021-10-13/{name}/create/1"));
-    b["resource"]["name"] = json!(name);
+    let key = format!("deploy-2021-10-13/{name}/create/1");
+    let mut b = common::azure::ingest_body(&key, name, None);
     b["resource"]["os"] = json!(os);
-    b["resource"]["id"] = json!(format!(
-        "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/web/providers/Microsoft.Compute/virtualMachines/{name}"
-    ));
     let end = chrono::DateTime::parse_from_rfc3339("2021-10-13T07:02:00Z").unwrap()
         + chrono::Duration::milliseconds(100 * i as i64);
     b["error"]["endTime"] = json!(end.to_rfc3339());

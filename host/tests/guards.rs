@@ -81,7 +81,8 @@ runbooks:
         ),
     )
     .unwrap();
-    let mut k = Keel::start(&cfg, &[], &[("KEEL_TEST_INGEST_TOKEN", TOKEN)]).keep_dir(dir);
+    let env = [("KEEL_TEST_INGEST_TOKEN", TOKEN)];
+    let mut k = Keel::start(&cfg, &[], &env);
     k.wait_listen(Duration::from_secs(20)).await;
     let base = k.base();
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
@@ -173,8 +174,12 @@ runbooks:
         assert!(Instant::now() < deadline, "outbox not drained\n{m}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let pages = hook.lock().unwrap().len();
-    assert_eq!(pages, 1, "one page for the storm, not one per VM");
+    // Delivery is at least once: a page retried (same Idempotency-Key) is still one page.
+    let pages = || {
+        let keys = hook.lock().unwrap().clone();
+        keys.into_iter().collect::<std::collections::HashSet<_>>()
+    };
+    assert_eq!(pages().len(), 1, "one page for the storm, not one per VM");
     let m = k.metrics().await;
     let escalations: f64 = m
         .lines()
@@ -195,6 +200,35 @@ runbooks:
         held.len(),
         "{m}"
     );
+
+    // Killed and restarted on the same state, the host rebuilds its history from the store:
+    // the next failure of the region is still held by the storm guard, and pages no more.
+    drop(k);
+    let mut k = Keel::start(&cfg, &[], &env);
+    k.wait_listen(Duration::from_secs(20)).await;
+    let status = post(&client, &k.base(), body("web-win-late", "windows", WINDOWS)).await;
+    assert_eq!(status, 202, "{}", k.dump());
+    let line = k
+        .wait_line(
+            "the decision after the restart",
+            Duration::from_secs(20),
+            |l| l["decision"]["event_id"].as_str().is_some(),
+        )
+        .await;
+    let d = &line["decision"];
+    assert_eq!(d["guard"]["name"], "storm", "{d}");
+    assert!(
+        d["escalations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["repeat"] == true),
+        "{d}"
+    );
+    let m = k.metrics().await;
+    assert_eq!(metric(&m, "keel_outbox_depth").unwrap_or(0.0), 0.0, "{m}");
+    assert_eq!(pages().len(), 1);
+    drop(dir);
 }
 
 /// `guards:` is validated whole with positions, like the rest of `keel.yaml`.

@@ -127,7 +127,8 @@ impl GuardIndex {
     fn page(&mut self, key: Arc<str>, t: Timestamp) {
         let gap = Duration::seconds(guard::PAGE_GAP_S);
         let run = self.pages.entry(key).or_insert((t, t));
-        if t > run.1 + gap || t < run.0 {
+        let past_gap = run.1.checked_add_signed(gap).is_some_and(|end| t > end);
+        if past_gap || t < run.0 {
             *run = (t, t);
         } else if t > run.1 {
             run.1 = t;

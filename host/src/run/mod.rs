@@ -13,6 +13,7 @@ pub mod identity;
 pub mod lock;
 pub mod metrics;
 pub mod outbox;
+pub mod pause;
 pub mod reload;
 pub mod sources;
 pub mod steps;

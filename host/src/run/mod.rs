@@ -891,7 +891,11 @@ pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(),
             m = rx.recv(), if polls_open => m.or_else(|| { polls_open = false; None }),
             m = irx.recv(), if ingest_open => m.or_else(|| { ingest_open = false; None }),
             _ = tick.tick() => {
-                for w in off_runtime(&host, |h| h.due_deferrals()).await {
+                let due = |h: &Arc<Host>| {
+                    h.check_pauses();
+                    h.due_deferrals()
+                };
+                for w in off_runtime(&host, due).await {
                     spawn_runbook(&mut runbooks, &host, w);
                 }
                 continue;

@@ -867,7 +867,7 @@ impl Db<'_> {
 }
 
 mod pause;
-pub use pause::{HeldRow, PauseRow, Status};
+pub use pause::{HeldRow, Status};
 
 #[cfg(test)]
 mod tests;

@@ -18,7 +18,7 @@ const MAX_TEXT: usize = 1024;
 /// Stop new effects globally or in a scope; runbooks under way finish.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Scopes (case-insensitive):\n  all                    every event (the default)\n  region:NAME            resource.region is NAME\n  resource-group:NAME    the ARM resource id names the resource group NAME\n  resource:PREFIX        resource.id starts with PREFIX, or resource.name is PREFIX\n  /subscriptions/...     the same as resource: with it\nAn event that does not carry the field is in no scope but `all`.\n\nExamples:\n  keel pause --reason 'region incident INC-123'\n  keel pause region:westeurope --reason 'platform outage' --config /etc/keel/keel.yaml\n  keel pause resource-group:rg-web\n  keel pause /subscriptions/0000/resourceGroups/rg-db/providers/Microsoft.Compute/virtualMachines/db1\n  keel status\n  keel resume region:westeurope\n\nA runbook whose first effect has not begun is held (the decision log says `held`); one\nunder way finishes. A held decision is decided again on the resume, or escalates if its\ndeadline (a drain's NotBefore) passes first. The `escalate` runbook is never paused."
+    after_help = "Scopes (case-insensitive):\n  all                    every event (the default)\n  region:NAME            resource.region is NAME\n  resource-group:NAME    the ARM resource id names the resource group NAME\n  resource:PREFIX        resource.id starts with PREFIX, or resource.name is PREFIX\n  /subscriptions/...     the same as resource: with it\nAn event that does not carry the field is in no scope but `all`.\n\nExamples:\n  keel pause --reason 'region incident INC-123'\n  keel pause region:westeurope --reason 'platform outage' --config /etc/keel/keel.yaml\n  keel pause resource-group:rg-web\n  keel pause /subscriptions/0000/resourceGroups/rg-db/providers/Microsoft.Compute/virtualMachines/db1\n  keel status\n  keel resume region:westeurope\n\nA runbook whose first effect has not begun is held (the decision log says `held`); one\nunder way finishes. A held runbook starts on the resume (within a second), or escalates if\nits deadline (a drain's NotBefore) passes first. The `escalate` runbook is never paused."
 )]
 pub struct PauseArgs {
     /// The scope (see below); `all` when absent.
@@ -35,7 +35,7 @@ pub struct PauseArgs {
     pub config: PathBuf,
 }
 
-/// Lift a pause (`keel pause`): held decisions are decided again.
+/// Lift a pause (`keel pause`): the runbooks it held start.
 #[derive(clap::Args)]
 #[command(
     after_help = "Examples:\n  keel resume\n  keel resume region:westeurope\n  keel resume --all --config /etc/keel/keel.yaml\n\nThe scope is written as for `keel pause` (`keel status` lists the pauses); without one,\nthe global pause (`all`) is lifted. Resuming a scope that is not paused\nsays so and exits 0."
@@ -146,7 +146,7 @@ pub fn resume(args: ResumeArgs) -> Exit {
             return Ok(Exit::Ok);
         }
         for s in gone {
-            println!("resumed {}: held decisions are decided again", escape(&s));
+            println!("resumed {}: the runbooks it held start", escape(&s));
         }
         Ok(Exit::Ok)
     };

@@ -892,8 +892,9 @@ pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(),
             m = irx.recv(), if ingest_open => m.or_else(|| { ingest_open = false; None }),
             _ = tick.tick() => {
                 let due = |h: &Arc<Host>| {
-                    h.check_pauses();
-                    h.due_deferrals()
+                    let mut work = h.check_pauses();
+                    work.extend(h.due_deferrals());
+                    work
                 };
                 for w in off_runtime(&host, due).await {
                     spawn_runbook(&mut runbooks, &host, w);

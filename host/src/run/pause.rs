@@ -6,8 +6,14 @@
 //! `log`): when one matches the event, the decision is held (table `held`, the decision's
 //! runbook `held`, a decision-log line, `keel_held_total{reason="pause"}`). A runbook whose
 //! first effect has begun is never stopped by a pause. The run loop looks at the held
-//! decisions every tick: one no pause matches any more is decided again at once (through the
-//! deferrals), one whose deadline passed while paused escalates ("paused past its deadline").
+//! decisions every tick: one whose deadline passed escalates ("paused past its deadline"),
+//! even when resumed since; one no pause matches any more runs its runbook then (the decision
+//! stands; the runbook checks again, as any runbook does, that the platform has not canceled
+//! the event, that no pause holds it, and its deadline, counted from the decision).
+//!
+//! The decision is not made again on the resume: the correlation history holds it (a held
+//! drain counts as a drain there), so a new decision would see its own held one, e.g. as a
+//! drain already done ("pending again: defer").
 //! The `escalate` runbook is never held: a pause must not silence the pages.
 //!
 //! Scope grammar (case-insensitive; the stored form is the canonical one):
@@ -29,7 +35,7 @@ use chrono::{DateTime, Utc};
 use keel_engine::{escape, Action, Decision, Event};
 
 use super::store::HeldRow;
-use super::{rfc, Host};
+use super::{rfc, Host, Work};
 
 /// The longest scope value accepted.
 pub const MAX_SCOPE_LEN: usize = 512;
@@ -243,16 +249,17 @@ impl Host {
 
     /// One look at the pauses (the `/readyz` report, `keel_paused{kind}`) and at the held
     /// decisions: one whose deadline passed escalates ("paused past its deadline", even when
-    /// resumed since: it is too late), one no pause matches any more is released to the deferrals, due now (decided again by
-    /// [`Host::due_deferrals`]). Runs on the blocking pool, every tick of the run loop.
-    pub fn check_pauses(self: &Arc<Self>) {
+    /// resumed since: it is too late), one no pause matches any more is released: its
+    /// runbook is returned, to start. Runs on the blocking pool, every tick of the run loop.
+    pub fn check_pauses(self: &Arc<Self>) -> Vec<Work> {
+        let mut work: Vec<Work> = Vec::new();
         let pauses = match self.store.pauses() {
             Ok(p) => p,
             Err(e) => {
                 self.log_line(
                     &serde_json::json!({"time": rfc(Utc::now()), "error": e.to_string()}),
                 );
-                return;
+                return work;
             }
         };
         for kind in ["all", "region", "resource_group", "resource"] {
@@ -273,7 +280,7 @@ impl Host {
                 self.log_line(
                     &serde_json::json!({"time": rfc(Utc::now()), "error": e.to_string()}),
                 );
-                return;
+                return work;
             }
         };
         let now = Utc::now();
@@ -309,14 +316,21 @@ impl Host {
                         })
                     })
             } else if !still {
-                // Resumed (or its pause replaced by one of another scope) in time: decided
-                // again now.
-                self.store.release(&h, &rfc(now)).map(|()| {
-                    serde_json::json!({
-                        "time": rfc(now), "decision_id": h.decision_id, "event_id": h.event_id,
-                        "released": {"by": "pause", "scope": h.scope},
-                    })
-                })
+                // Resumed (or its pause replaced by one of another scope) in time.
+                match (self.store.release(&h.decision_id), ev) {
+                    (Ok(Some(json)), Some(ev)) => {
+                        if let Ok(d) = serde_json::from_str::<Decision>(&json) {
+                            work.push((h.decision_id.clone(), ev, d));
+                        }
+                        Ok(serde_json::json!({
+                            "time": rfc(now), "decision_id": h.decision_id,
+                            "event_id": h.event_id,
+                            "released": {"by": "pause", "scope": h.scope},
+                        }))
+                    }
+                    (Ok(_), _) => continue,
+                    (Err(e), _) => Err(e),
+                }
             } else {
                 continue;
             };
@@ -327,6 +341,7 @@ impl Host {
                 })),
             }
         }
+        work
     }
 }
 

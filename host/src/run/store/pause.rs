@@ -251,31 +251,34 @@ impl Store {
         )
     }
 
-    /// Releases a held decision: it becomes a deferral due at `now` (decided again at the
-    /// next tick) and its decision's runbook `released`, in one transaction.
-    pub fn release(&self, h: &HeldRow, now: &str) -> Result<(), StoreError> {
+    /// Releases a held decision: its `held` row goes and its runbook is `pending` again, in
+    /// one transaction. Returns the decision (redacted JSON) to run, `None` when it was not
+    /// held (any more).
+    pub fn release(&self, decision_id: &str) -> Result<Option<String>, StoreError> {
         let mut c = self.c()?;
         let tx = c.transaction()?;
+        let mut decision = None;
         if exec(
             &tx,
             "DELETE FROM held WHERE decision_id = ?1",
-            params![h.decision_id],
+            params![decision_id],
         )? == 1
         {
             exec(
                 &tx,
-                "INSERT INTO deferred (event_id, due, event_json) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (event_id) DO UPDATE SET due = excluded.due, event_json = excluded.event_json",
-                params![h.event_id, now, h.event_json],
+                "UPDATE decisions SET runbook = 'pending' WHERE decision_id = ?1",
+                params![decision_id],
             )?;
-            exec(
-                &tx,
-                "UPDATE decisions SET runbook = 'released' WHERE decision_id = ?1",
-                params![h.decision_id],
-            )?;
+            decision = tx
+                .query_row(
+                    "SELECT decision_json FROM decisions WHERE decision_id = ?1",
+                    params![decision_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
         }
         tx.commit()?;
-        Ok(())
+        Ok(decision)
     }
 
     /// A held decision whose deadline passed: its `held` row goes, its runbook becomes

@@ -102,7 +102,7 @@ const MIGRATIONS: &[&str] = &[
 /// finds its rows through an index (migration 4), except `steps`, whose scan probes the
 /// decisions' primary key once per row.
 const GC_DELETES: [&str; 7] = [
-    "DELETE FROM decisions WHERE time < ?1 AND runbook <> 'pending'
+    "DELETE FROM decisions WHERE time < ?1 AND runbook NOT IN ('pending', 'held')
        AND NOT EXISTS (SELECT 1 FROM outbox o
                        WHERE o.decision_id = decisions.decision_id AND o.delivered_at IS NULL)",
     "DELETE FROM steps WHERE NOT EXISTS
@@ -685,7 +685,7 @@ impl Store {
     }
 
     /// Deletes finished history older than `before` (RFC 3339, UTC): decisions whose runbook
-    /// is not pending and that have no undelivered escalation, their step executions, the seen
+    /// is not pending nor held by a pause and that have no undelivered escalation, their step executions, the seen
     /// events no remaining decision refers to, delivered escalations, ingest keys and attempt
     /// counts. Pending runbooks, deferrals and undelivered escalations are never collected.
     /// Returns how many rows went, per table.

@@ -377,3 +377,27 @@ async fn a_runbook_under_way_finishes_under_a_pause_and_status_shows_it_in_fligh
     assert!(!k.json_lines().iter().any(is_held));
     assert_eq!(status(&sc.config)["in_flight"], json!([]));
 }
+
+#[test]
+fn help_has_examples_and_a_bad_scope_is_a_usage_error() {
+    for cmd in ["pause", "resume", "status"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args([cmd, "--help"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("Examples:") && text.contains(&format!("keel {cmd}")),
+            "{text}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _) = replay_config(dir.path());
+    let (code, _, err) = cli(&config, &["pause", "zone:1"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("unknown scope kind `zone`"), "{err}");
+    assert!(!dir.path().join("state.db").exists(), "nothing was written");
+    // No state yet: status says so and exits 4.
+    let (code, _, err) = cli(&config, &["status"]);
+    assert_eq!(code, 4, "{err}");
+}

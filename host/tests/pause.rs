@@ -39,22 +39,6 @@ fn status(config: &Path) -> Value {
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
 }
 
-/// Waits until `f` holds, or panics after `within` with the host's output.
-async fn wait_until(k: &mut Keel, what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f() {
-        if let Ok(Some(s)) = k.child.try_wait() {
-            panic!("keel exited with {s} before {what}\n{}", k.dump());
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no {what} within {within:?}\n{}",
-            k.dump()
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 /// The announced Reboot of this VM, Scheduled, NotBefore as given.
 fn reboot(not_before: &str) -> Value {
     json!({
@@ -148,11 +132,11 @@ async fn a_pause_taken_while_keel_runs_holds_a_new_event_until_the_resume() {
     assert_eq!(code, 0, "{out}");
     k.wait_line("the release", WITHIN, |l| l["released"]["by"] == "pause")
         .await;
-    wait_until(&mut k, "the cordon after the resume", WITHIN, || {
+    k.wait_until("the cordon after the resume", WITHIN, || {
         sc.exec_runs().len() == 1
     })
     .await;
-    wait_until(&mut k, "the approval after the resume", WITHIN, || {
+    k.wait_until("the approval after the resume", WITHIN, || {
         sc.approvals() == [EVENT_ID]
     })
     .await;
@@ -188,7 +172,7 @@ async fn a_pause_survives_a_restart() {
 
     let (code, _, _) = cli(&sc.config, &["resume", "resource:TEST-VM"]);
     assert_eq!(code, 0);
-    wait_until(&mut k, "the cordon after the resume", WITHIN, || {
+    k.wait_until("the cordon after the resume", WITHIN, || {
         sc.exec_runs().len() == 1
     })
     .await;
@@ -332,7 +316,7 @@ async fn a_runbook_under_way_finishes_under_a_pause_and_status_shows_it_in_fligh
     k.wait_listen(WITHIN).await;
     let config = sc.config.clone();
     let mut st = Value::Null;
-    wait_until(&mut k, "the runbook in flight", WITHIN, || {
+    k.wait_until("the runbook in flight", WITHIN, || {
         st = status(&config);
         st["in_flight"][0]["step"]["name"] == "wait-for-gate"
     })

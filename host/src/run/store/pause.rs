@@ -258,17 +258,7 @@ impl Store {
         let mut c = self.c()?;
         let tx = c.transaction()?;
         let mut decision = None;
-        if exec(
-            &tx,
-            "DELETE FROM held WHERE decision_id = ?1",
-            params![decision_id],
-        )? == 1
-        {
-            exec(
-                &tx,
-                "UPDATE decisions SET runbook = 'pending' WHERE decision_id = ?1",
-                params![decision_id],
-            )?;
+        if unhold(&tx, decision_id, "pending")? {
             decision = tx
                 .query_row(
                     "SELECT decision_json FROM decisions WHERE decision_id = ?1",
@@ -291,17 +281,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut c = self.c()?;
         let tx = c.transaction()?;
-        if exec(
-            &tx,
-            "DELETE FROM held WHERE decision_id = ?1",
-            params![decision_id],
-        )? == 1
-        {
-            exec(
-                &tx,
-                "UPDATE decisions SET runbook = 'escalated' WHERE decision_id = ?1",
-                params![decision_id],
-            )?;
+        if unhold(&tx, decision_id, "escalated")? {
             insert_outbox(&tx, escalation, now)?;
         }
         tx.commit()?;
@@ -385,6 +365,23 @@ impl Store {
             outbox,
         })
     }
+}
+
+/// Deletes a decision's `held` row and sets its runbook state; false when it was not held.
+fn unhold(c: &Connection, decision_id: &str, state: &str) -> Result<bool, StoreError> {
+    let held = exec(
+        c,
+        "DELETE FROM held WHERE decision_id = ?1",
+        params![decision_id],
+    )? == 1;
+    if held {
+        exec(
+            c,
+            "UPDATE decisions SET runbook = ?2 WHERE decision_id = ?1",
+            params![decision_id, state],
+        )?;
+    }
+    Ok(held)
 }
 
 fn pauses(c: &Connection) -> Result<Vec<PauseRow>, StoreError> {

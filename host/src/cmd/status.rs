@@ -30,6 +30,13 @@ pub fn run(args: Args) -> Exit {
         Ok(s) => s,
         Err(e) => return e,
     };
+    if !state.exists() {
+        eprintln!(
+            "error: no state database at {}: `keel run` has not run with this configuration yet",
+            escape(&state.display().to_string())
+        );
+        return Exit::Host;
+    }
     let status = Store::open_read_only(&state).and_then(|s| s.status());
     let status = match status {
         Ok(s) => s,

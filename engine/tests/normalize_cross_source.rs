@@ -231,3 +231,59 @@ fn one_scale_set_vm_has_one_name_across_azure_sources() {
         assert_eq!(name.as_deref(), Some("ss_7"), "{normalizer}");
     }
 }
+
+/// Every normalizer refuses a payload over `MAX_PAYLOAD_BYTES` before reading it, and reads
+/// one of exactly that size (whatever it then makes of it).
+#[test]
+fn every_normalizer_refuses_a_payload_over_the_size_limit_and_reads_one_at_it() {
+    use keel_engine::normalize::MAX_PAYLOAD_BYTES;
+    // A JSON string of exactly the limit: valid JSON, so no normalizer fails before the size
+    // is known for any reason but the size.
+    let mut at_limit = vec![b'"'];
+    at_limit.resize(MAX_PAYLOAD_BYTES - 1, b'a');
+    at_limit.push(b'"');
+    let mut over = at_limit.clone();
+    over.insert(1, b'a');
+    assert_eq!(
+        (at_limit.len(), over.len()),
+        (MAX_PAYLOAD_BYTES, MAX_PAYLOAD_BYTES + 1)
+    );
+    for n in NORMALIZERS {
+        let r = normalize(
+            n.name,
+            &Input::new(&over, observed()),
+            &mut NormalizerState::default(),
+        );
+        assert_eq!(
+            r,
+            Err(NormalizeError::TooLarge {
+                size: MAX_PAYLOAD_BYTES + 1
+            }),
+            "{}",
+            n.name
+        );
+        let r = normalize(
+            n.name,
+            &Input::new(&at_limit, observed()),
+            &mut NormalizerState::default(),
+        );
+        assert!(
+            !matches!(r, Err(NormalizeError::TooLarge { .. })),
+            "{}: {r:?}",
+            n.name
+        );
+    }
+}
+
+/// An unknown normalizer's name is refused with the closest known name, when there is one.
+#[test]
+fn an_unknown_normalizer_is_named_with_a_suggestion() {
+    let mut st = NormalizerState::default();
+    let e = normalize("aws.imd", &Input::new(b"{}", observed()), &mut st).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "unknown normalizer `aws.imd` (did you mean `aws.imds`?)"
+    );
+    let e = normalize("zzzzzzzz", &Input::new(b"{}", observed()), &mut st).unwrap_err();
+    assert_eq!(e.to_string(), "unknown normalizer `zzzzzzzz`");
+}

@@ -12,7 +12,8 @@ pub enum Exit {
     /// 3: invalid policy set, test file or configuration.
     Invalid,
     /// 4: the host could not start or stopped on an error: the state database, its lock, the
-    /// listen address, the runtime.
+    /// listen address, the runtime; for `keel pause`, `keel resume` and `keel status`, the
+    /// state database could not be opened, read or written.
     Host,
 }
 

@@ -4,5 +4,7 @@ pub mod check;
 pub mod demo;
 pub mod eval;
 pub mod normalize;
+pub mod pause;
 pub mod run;
+pub mod status;
 pub mod test;

@@ -33,6 +33,8 @@ pub enum Change {
 #[derive(Debug, Default)]
 pub struct Health {
     channels: Mutex<BTreeMap<(&'static str, &'static str), Channel>>,
+    /// The pauses (scope, reason) as last read from the store: paused is still ready.
+    pauses: Mutex<Vec<(String, String)>>,
 }
 
 impl Health {
@@ -80,8 +82,32 @@ impl Health {
         }
     }
 
-    /// Whether every source is ready, and a JSON report per source.
+    /// Sets the pauses (scope, reason) the report shows.
+    pub fn set_pauses(&self, pauses: Vec<(String, String)>) {
+        if let Ok(mut p) = self.pauses.lock() {
+            *p = pauses;
+        }
+    }
+
+    /// Whether every source is ready, and a JSON report per source, with the pauses
+    /// (`paused`, `pauses`: a paused host is still ready).
     pub fn readiness(&self, unready_after: Duration) -> (bool, Value) {
+        let pauses: Vec<Value> = self
+            .pauses
+            .lock()
+            .map(|p| {
+                p.iter()
+                    .map(|(scope, reason)| json!({"scope": scope, "reason": reason}))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let (ready, mut report) = self.sources_readiness(unready_after);
+        report["paused"] = json!(!pauses.is_empty());
+        report["pauses"] = Value::Array(pauses);
+        (ready, report)
+    }
+
+    fn sources_readiness(&self, unready_after: Duration) -> (bool, Value) {
         let Ok(m) = self.channels.lock() else {
             return (
                 false,

@@ -13,6 +13,7 @@ pub mod identity;
 pub mod lock;
 pub mod metrics;
 pub mod outbox;
+pub mod pause;
 pub mod reload;
 pub mod sources;
 pub mod steps;
@@ -902,7 +903,12 @@ pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(),
             m = rx.recv(), if polls_open => m.or_else(|| { polls_open = false; None }),
             m = irx.recv(), if ingest_open => m.or_else(|| { ingest_open = false; None }),
             _ = tick.tick() => {
-                for w in off_runtime(&host, |h| h.due_deferrals()).await {
+                let due = |h: &Arc<Host>| {
+                    let mut work = h.check_pauses();
+                    work.extend(h.due_deferrals());
+                    work
+                };
+                for w in off_runtime(&host, due).await {
                     spawn_runbook(&mut runbooks, &host, w);
                 }
                 continue;

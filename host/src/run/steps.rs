@@ -113,6 +113,7 @@ pub async fn run_runbook(host: Arc<Host>, decision_id: String, ev: Event, d: Dec
     };
     let mut ok = true;
     let mut canceled = false;
+    let mut pause_checked = false;
     for (idx, step) in steps.iter().enumerate() {
         let key = step_key(&decision_id, idx, &step.name);
         if !canceled && was_canceled(&host, &ev) {
@@ -121,6 +122,13 @@ pub async fn run_runbook(host: Arc<Host>, decision_id: String, ev: Event, d: Dec
                 "decision_id": decision_id, "event_id": ev.id,
                 "canceled": "the platform canceled the event; the remaining steps are skipped",
             }));
+        }
+        // A pause holds a runbook before its first effect, never in the middle of them.
+        if !canceled && !pause_checked && !matches!(step.kind, StepKind::Log) {
+            pause_checked = true;
+            if host.hold_if_paused(&key, &decision_id, &ev, &d, decided_at) {
+                return;
+            }
         }
         let record = match host.store.begin_step(
             &key,

@@ -28,6 +28,16 @@ pub enum StoreError {
         /// The newest version this binary knows.
         supported: i64,
     },
+    /// `keel status` reads only a database this binary's `keel run` has migrated.
+    #[error(
+        "state database: its schema version is {found}, this keel reads version {supported}; start this keel's `keel run` (or `keel pause`) once to migrate it"
+    )]
+    OtherSchema {
+        /// The database's schema version.
+        found: i64,
+        /// The version this binary reads.
+        supported: i64,
+    },
     /// The state directory or a database file could not be created or restricted.
     #[error("state database: {path}: {1}", path = .0.display())]
     Files(std::path::PathBuf, #[source] std::io::Error),
@@ -78,13 +88,21 @@ const MIGRATIONS: &[&str] = &[
         event_id TEXT PRIMARY KEY COLLATE NOCASE, decision_id TEXT NOT NULL,
         at TEXT NOT NULL, sent INTEGER NOT NULL);
      CREATE INDEX approvals_at ON approvals (at);",
+    // 6: pauses (`keel pause`), by canonical scope, and the decisions held by one until the
+    // resume (or their deadline).
+    "CREATE TABLE pauses (
+        scope TEXT PRIMARY KEY, reason TEXT NOT NULL, by TEXT NOT NULL, at TEXT NOT NULL);
+     CREATE TABLE held (
+        decision_id TEXT PRIMARY KEY, event_id TEXT NOT NULL, action TEXT NOT NULL,
+        event_json TEXT NOT NULL, scope TEXT NOT NULL, reason TEXT NOT NULL,
+        at TEXT NOT NULL, deadline TEXT);",
 ];
 
 /// The garbage collector's deletes, in order ([`Store::gc`]); `?1` is the cut-off time. Each
 /// finds its rows through an index (migration 4), except `steps`, whose scan probes the
 /// decisions' primary key once per row.
 const GC_DELETES: [&str; 7] = [
-    "DELETE FROM decisions WHERE time < ?1 AND runbook <> 'pending'
+    "DELETE FROM decisions WHERE time < ?1 AND runbook NOT IN ('pending', 'held')
        AND NOT EXISTS (SELECT 1 FROM outbox o
                        WHERE o.decision_id = decisions.decision_id AND o.delivered_at IS NULL)",
     "DELETE FROM steps WHERE NOT EXISTS
@@ -370,9 +388,10 @@ impl Store {
                 supported: SCHEMA_VERSION,
             });
         }
+        // First: `keel pause` opens the database while `keel run` writes to it.
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
         // SQLite creates `-wal` and `-shm` with the database's mode; make sure of it (and
         // tighten files left by an older Keel).
         for suffix in ["-wal", "-shm"] {
@@ -666,7 +685,7 @@ impl Store {
     }
 
     /// Deletes finished history older than `before` (RFC 3339, UTC): decisions whose runbook
-    /// is not pending and that have no undelivered escalation, their step executions, the seen
+    /// is not pending nor held by a pause and that have no undelivered escalation, their step executions, the seen
     /// events no remaining decision refers to, delivered escalations, ingest keys and attempt
     /// counts. Pending runbooks, deferrals and undelivered escalations are never collected.
     /// Returns how many rows went, per table.
@@ -846,6 +865,9 @@ impl Db<'_> {
         Ok(())
     }
 }
+
+mod pause;
+pub use pause::{HeldRow, Status};
 
 #[cfg(test)]
 mod tests;

@@ -535,6 +535,23 @@ impl Keel {
         }
     }
 
+    /// Waits until `f` holds, or panics after `within` (or when the process exits first)
+    /// with the output so far.
+    pub async fn wait_until(&mut self, what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + within;
+        while !f() {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("keel exited with {status} before {what}\n{}", self.dump());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what} within {within:?}\n{}",
+                self.dump()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// Keeps `dir` (the configuration and state) until the process is dropped.
     pub fn keep_dir(mut self, dir: tempfile::TempDir) -> Self {
         self.dir = Some(dir);

@@ -338,3 +338,57 @@ fn gc_deletes_old_finished_history_and_never_pending_work() -> Result<(), StoreE
     assert_eq!(s.gc("2026-02-01T00:00:00.000Z")?.total(), 0);
     Ok(())
 }
+
+#[test]
+fn a_held_decision_outlives_gc_and_is_released_or_expired_once() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|_| StoreError::Poisoned)?;
+    let s = Store::open(&dir.path().join("state.db"))?;
+    let old = "2026-01-01T00:00:00.000Z";
+    let held = |id: &str| HeldRow {
+        decision_id: id.into(),
+        event_id: id.into(),
+        action: "drain".into(),
+        event_json: "{}".into(),
+        scope: "all".into(),
+        reason: "r".into(),
+        since: old.into(),
+        deadline: None,
+    };
+    for id in ["a", "b"] {
+        s.record(&NewDecision {
+            now: old,
+            runbook: "pending",
+            decision_json: "{\"d\":1}",
+            ..rec(id, None)
+        })?;
+        s.hold(&held(id))?;
+    }
+    assert!(s.pending()?.is_empty(), "a held decision is not pending");
+    assert_eq!(s.gc("2026-02-01T00:00:00.000Z")?.decisions, 0);
+    assert_eq!(s.held()?.len(), 2);
+    assert_eq!(s.status()?.held.len(), 2);
+    // Released once: pending again, with its decision.
+    assert_eq!(s.release("a")?.as_deref(), Some("{\"d\":1}"));
+    assert_eq!(s.release("a")?, None);
+    assert_eq!(s.pending()?.len(), 1);
+    // Expired once: one escalation in the outbox.
+    let esc = NewOutbox {
+        key: "late",
+        decision_id: "b",
+        body: "{}",
+    };
+    s.expire_held("b", &esc, old)?;
+    s.expire_held("b", &esc, old)?;
+    assert_eq!(s.outbox_depth()?, 1);
+    assert!(s.held()?.is_empty());
+    assert_eq!(s.release("b")?, None, "an expired decision never runs");
+    // Pauses: replaced by scope, lifted by scope or all at once.
+    assert!(s.pause("all", "x", "me", old)?);
+    assert!(!s.pause("all", "y", "me", old)?);
+    assert!(s.pause("region:eastus", "z", "me", old)?);
+    assert_eq!(s.pauses()?.len(), 2);
+    assert_eq!(s.resume(Some("region:westus"))?, Vec::<String>::new());
+    assert_eq!(s.resume(Some("all"))?, ["all"]);
+    assert_eq!(s.resume(None)?, ["region:eastus"]);
+    Ok(())
+}

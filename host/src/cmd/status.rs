@@ -1,0 +1,143 @@
+//! `keel status`: what the state database says now (pauses, held decisions, runbooks in
+//! flight, deferrals, the outbox backlog, the schema version), read-only, so it works while
+//! `keel run` runs on it.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use keel_engine::escape;
+
+use crate::run::store::{Status, Store};
+use crate::Exit;
+
+/// Show the host's state: pauses, held decisions, runbooks in flight, deferrals, outbox.
+#[derive(clap::Args)]
+#[command(
+    after_help = "Examples:\n  keel status\n  keel status --config /etc/keel/keel.yaml\n  keel status --json | jq '.in_flight[] | {event_id, step: .step.name}'\n\nThe database is opened read-only; `keel run` may be running on it. --json prints one object\nwith the keys schema_version, pauses, held, in_flight, deferrals and outbox (stable: later\nversions only add keys)."
+)]
+pub struct Args {
+    /// The configuration file (its `state` is the database read).
+    #[arg(long, value_name = "FILE", default_value = "keel.yaml")]
+    pub config: PathBuf,
+    /// One JSON object, for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `keel status`.
+pub fn run(args: Args) -> Exit {
+    let state = match super::pause::state_path(&args.config) {
+        Ok(s) => s,
+        Err(e) => return e,
+    };
+    if !state.exists() {
+        eprintln!(
+            "error: no state database at {}: `keel run` has not run with this configuration yet",
+            escape(&state.display().to_string())
+        );
+        return Exit::Host;
+    }
+    let status = Store::open_read_only(&state).and_then(|s| s.status());
+    let status = match status {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Exit::Host;
+        }
+    };
+    if args.json {
+        match serde_json::to_string_pretty(&status) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Exit::Host;
+            }
+        }
+    } else {
+        print!("{}", text(&status));
+    }
+    Exit::Ok
+}
+
+/// The report for humans; every stored string is escaped.
+fn text(s: &Status) -> String {
+    let e = |t: &str| escape(t);
+    let mut o = String::new();
+    let _ = writeln!(o, "schema version: {}", s.schema_version);
+    if s.pauses.is_empty() {
+        let _ = writeln!(o, "paused: no");
+    } else {
+        let _ = writeln!(o, "paused: {} scope(s)", s.pauses.len());
+        for p in &s.pauses {
+            let _ = writeln!(
+                o,
+                "  {}  since {} by {}{}",
+                e(&p.scope),
+                e(&p.at),
+                e(&p.by),
+                if p.reason.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", e(&p.reason))
+                }
+            );
+        }
+    }
+    let _ = writeln!(o, "held by a pause: {}", s.held.len());
+    for h in &s.held {
+        let _ = writeln!(
+            o,
+            "  {} {}  (decision {}) since {}, pause {}, deadline {}",
+            e(&h.action),
+            e(&h.event_id),
+            e(&h.decision_id),
+            e(&h.since),
+            e(&h.scope),
+            h.deadline.as_deref().map_or_else(|| "none".into(), e),
+        );
+    }
+    // Budgets, their holders, waiters and leases' expiry go here when budgets come.
+    let _ = writeln!(o, "runbooks in flight: {}", s.in_flight.len());
+    for f in &s.in_flight {
+        let step = f.step.as_ref().map_or_else(
+            || "no step begun".to_string(),
+            |st| {
+                format!(
+                    "step {} `{}` since {}{}",
+                    st.index,
+                    e(&st.name),
+                    e(&st.started_at),
+                    st.outcome
+                        .as_deref()
+                        .map_or_else(String::new, |x| format!(" ({})", e(x)))
+                )
+            },
+        );
+        let _ = writeln!(
+            o,
+            "  {} {}  (decision {}) since {}, {step}",
+            e(&f.action),
+            e(&f.event_id),
+            e(&f.decision_id),
+            e(&f.since),
+        );
+    }
+    let _ = writeln!(o, "deferrals: {}", s.deferrals.len());
+    for d in &s.deferrals {
+        let _ = writeln!(o, "  {}  due {}", e(&d.event_id), e(&d.due));
+    }
+    let _ = writeln!(
+        o,
+        "outbox: {} undelivered{}",
+        s.outbox.backlog,
+        s.outbox
+            .oldest
+            .as_deref()
+            .map_or_else(String::new, |t| format!(
+                ", oldest {}, up to {} attempts",
+                e(t),
+                s.outbox.max_attempts
+            ))
+    );
+    o
+}

@@ -15,7 +15,8 @@
 //! one escalation is added (policy `guard.storm`, `guard.retry_budget` or `guard.flap`). That
 //! escalation pages once per scope: it is a [`crate::Escalation::repeat`] when anything
 //! (a policy or a guard) escalated for the same scope (for the flap guard, the same resource)
-//! less than [`PAGE_GAP_S`] before, and its key then names the first escalation of that run,
+//! less than [`PAGE_GAP_S`] before, or a policy escalates in the same decision, and its key
+//! then names the first escalation of that run,
 //! so a 500-VM outage pages once, whichever escalated first.
 
 use chrono::Duration;
@@ -283,7 +284,9 @@ pub(crate) fn apply(cfg: &GuardConfig, ev: &Event, h: &History, d: &mut Decision
         GuardName::Flap => resource_scope(&guard_scope),
         _ => scope.clone(),
     };
-    let (key, repeat) = page_key(&page_scope, ev.time, h);
+    let (key, seen) = page_key(&page_scope, ev.time, h);
+    // A policy escalating in this same decision already pages for the scope.
+    let repeat = seen || !d.escalations.is_empty();
     d.escalations.push(Escalation {
         policy: name.policy().to_string(),
         reason: reason.clone(),

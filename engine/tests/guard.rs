@@ -450,3 +450,44 @@ proptest! {
         }
     }
 }
+
+/// A guard whose hold lands on the same decision as a policy's escalation for the scope does
+/// not page a second time.
+#[test]
+fn a_guard_holding_the_decision_a_policy_escalates_in_does_not_page_again() {
+    let e = Engine::builder()
+        .add_source(
+            "p.yaml",
+            r#"
+policies:
+  - name: retry-all
+    on: [operation_failure]
+    action: retry
+  - name: incident
+    on: [operation_failure]
+    when: >
+      history.resources({"resource.region": event.resource.region}, duration("15m")) >= 4
+    action: escalate
+    params: { dedup: { by: [resource.region] } }
+"#,
+        )
+        .build()
+        .unwrap();
+    let mut h = History::new();
+    let start = t("2021-10-13T14:00:00Z");
+    let mut pages = 0;
+    for i in 0..4 {
+        let d = step(
+            &e,
+            &mut h,
+            &failure(&format!("vm-{i}"), "eastus", "internal", 1, start),
+        );
+        pages += d.escalations.iter().filter(|e| !e.repeat).count();
+        if i == 3 {
+            // The fourth retry is past the budget and the fourth VM makes the incident.
+            assert_eq!(guard_of(&d), Some(GuardName::RetryBudget));
+            assert_eq!(d.escalations.len(), 2, "{d:?}");
+        }
+    }
+    assert_eq!(pages, 1);
+}

@@ -179,7 +179,20 @@ runbooks:
         let keys = hook.lock().unwrap().clone();
         keys.into_iter().collect::<std::collections::HashSet<_>>()
     };
-    assert_eq!(pages().len(), 1, "one page for the storm, not one per VM");
+    let paging: Vec<&Value> = decisions
+        .iter()
+        .filter(|d| {
+            d["escalations"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|e| e["repeat"] != true))
+        })
+        .collect();
+    assert_eq!(
+        pages().len(),
+        1,
+        "one page for the storm, not one per VM: {:?}\n{paging:#?}",
+        hook.lock().unwrap()
+    );
     let m = k.metrics().await;
     let escalations: f64 = m
         .lines()

@@ -1,6 +1,7 @@
 //! The blast-radius guards' cost in `Engine::decide`: one failure decided against a history
 //! already holding 20,000 failures and their decisions across 40 scopes and 20,000 VMs (the
-//! guards read per-scope and per-resource indexes), with the default guards and with them off.
+//! guards read per-scope and per-resource indexes), with the default guards and with them off,
+//! in a region in a storm (held) and in a quiet one (allowed).
 //!
 //! Run: `cargo bench -p keel-engine --bench guards`
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -49,11 +50,16 @@ fn bench_guards(c: &mut Criterion) {
             let d = e.decide(&ev, &Ctx::new(ev.time).with_history(&h));
             h.record_decision(&ev, &d);
         }
-        let ev = failure(99_999, 7, start + Duration::minutes(10));
-        h.record(&ev);
-        g.bench_function(name, |b| {
-            b.iter(|| black_box(e.decide(black_box(&ev), &Ctx::new(ev.time).with_history(&h))))
-        });
+        // In a storming region (held by the storm guard when on), and in a quiet one (allowed).
+        let stormy = failure(99_998, 7, start + Duration::minutes(10));
+        let quiet = failure(99_999, 1_000, start + Duration::minutes(10));
+        h.record(&stormy);
+        h.record(&quiet);
+        for (what, ev) in [("storming_region", &stormy), ("quiet_region", &quiet)] {
+            g.bench_function(format!("{name}/{what}"), |b| {
+                b.iter(|| black_box(e.decide(black_box(ev), &Ctx::new(ev.time).with_history(&h))))
+            });
+        }
     }
     g.finish();
 }

@@ -21,6 +21,7 @@ pub struct EngineBuilder {
     inputs: Vec<Input>,
     default_action: Option<Action>,
     mutation: Option<Mutation>,
+    guards: Option<crate::guard::GuardConfig>,
     #[cfg(feature = "plugins")]
     plugin_cache: Option<Option<crate::plugin::PluginCache>>,
 }
@@ -78,6 +79,14 @@ impl EngineBuilder {
     #[cfg(feature = "plugins")]
     pub fn plugin_cache(mut self, cache: Option<crate::plugin::PluginCache>) -> Self {
         self.plugin_cache = Some(cache);
+        self
+    }
+
+    /// The blast-radius guards (storm, retry budget, flap) that [`Engine::decide`] applies
+    /// after resolution; default [`GuardConfig::default`](crate::GuardConfig::default), all
+    /// on. [`GuardConfig::off`](crate::GuardConfig::off) turns them off.
+    pub fn guards(mut self, guards: crate::guard::GuardConfig) -> Self {
+        self.guards = Some(guards);
         self
     }
 
@@ -204,6 +213,7 @@ impl EngineBuilder {
         }
         let digest = hex::encode(digest.finalize());
         let mut engine = Engine::index(policies, default_action, digest);
+        engine.guards = self.guards.clone().unwrap_or_default();
         #[cfg(feature = "plugins")]
         {
             engine.runtime = plugins.runtime;

@@ -125,6 +125,7 @@ impl Engine {
             errors: Vec::new(),
             warnings: Vec::new(),
             trace: Vec::new(),
+            guard: None,
         };
         let mut interp = Interp::new(&self.env, history, &idx.reads);
         let mut outcomes: Vec<(u32, Outcome)> = Vec::with_capacity(cands.len());
@@ -234,6 +235,9 @@ impl Engine {
                 &mut interp,
                 &mut d,
             );
+        }
+        if let Some(h) = history {
+            crate::guard::apply(&self.guards, event, h, &mut d);
         }
         if full {
             let mut all: Vec<Outcome> = vec![Outcome::SkippedByIndex; self.policies.len()];

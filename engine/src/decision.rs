@@ -153,6 +153,10 @@ pub struct Decision {
     /// Per-policy outcome, in full mode.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trace: Vec<TraceEntry>,
+    /// Set when a blast-radius guard (storm, retry budget, flap) held the action the policies
+    /// decided: the action is then `escalate`, and this keeps the held one and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<crate::guard::GuardHold>,
 }
 
 /// An escalation raised by a matching `escalate` policy.

@@ -68,6 +68,8 @@ pub struct Engine {
     pub(crate) default_action: Action,
     pub(crate) env: Arc<cel::Env>,
     pub(crate) digest: String,
+    /// The blast-radius guards `decide` applies after resolution.
+    pub(crate) guards: crate::guard::GuardConfig,
     /// The wasmtime runtime of the plugin policies (with its epoch thread), if any.
     #[cfg(feature = "plugins")]
     pub(crate) runtime: Option<Arc<crate::plugin::Runtime>>,
@@ -185,6 +187,7 @@ impl Engine {
             default_action,
             env: Arc::new(cel::Env::stdlib()),
             digest,
+            guards: crate::guard::GuardConfig::default(),
             #[cfg(feature = "plugins")]
             runtime: None,
         }

@@ -26,6 +26,7 @@ use chrono::Duration;
 use crate::decision::{Action, Decision};
 use crate::event::{Event, Timestamp};
 use crate::fields::{self, FieldId, FieldValue};
+use crate::guard;
 
 /// Default bound on remembered events.
 pub const DEFAULT_MAX_EVENTS: usize = 50_000;
@@ -79,10 +80,125 @@ pub(crate) struct HistoryData {
     by_resource: HashMap<Arc<str>, VecDeque<(Timestamp, Action)>>,
     fired: HashMap<String, Timestamp>,
     interned: HashSet<Arc<str>>,
+    /// The size `interned` must pass before the next sweep (twice what the last one kept).
+    interned_floor: usize,
     max_events: usize,
     retention: Duration,
     /// The newest time of an entry dropped because of the size bound (not of retention).
     evicted_until: Option<Timestamp>,
+    /// What the blast-radius guards count (`crate::guard`).
+    guards: GuardIndex,
+}
+
+/// Times, per key, sorted; what the guards count (`crate::guard`). Every list is indexed by
+/// its scope or resource, so a guard's cost does not grow with the fleet.
+#[derive(Debug, Clone, Default)]
+struct GuardIndex {
+    /// Per scope (`region/category`): failure events (operation failures, unhealthy health).
+    failures: HashMap<Arc<str>, VecDeque<Timestamp>>,
+    /// Per scope, and host-wide under [`guard::HOST_WIDE`]: failures of first attempts.
+    firsts: HashMap<Arc<str>, VecDeque<Timestamp>>,
+    /// Per scope and host-wide: `retry` and `retry_without_agent` decisions on failures.
+    retries: HashMap<Arc<str>, VecDeque<Timestamp>>,
+    /// Per resource: its failure events.
+    resource_failures: HashMap<Arc<str>, VecDeque<Timestamp>>,
+    /// Per page scope (a scope, or `resource:<id>`): the first and the last escalation of the
+    /// current run (escalations less than [`guard::PAGE_GAP_S`] apart).
+    pages: HashMap<Arc<str>, (Timestamp, Timestamp)>,
+    /// Records since the last sweep of lists no longer touched.
+    since_sweep: usize,
+}
+
+impl GuardIndex {
+    fn push(
+        map: &mut HashMap<Arc<str>, VecDeque<Timestamp>>,
+        key: Arc<str>,
+        t: Timestamp,
+        max: usize,
+    ) {
+        let q = map.entry(key).or_default();
+        let pos = q.iter().rposition(|x| *x <= t).map_or(0, |p| p + 1);
+        q.insert(pos, t);
+        while q.len() > max {
+            q.pop_front();
+        }
+    }
+
+    fn page(&mut self, key: Arc<str>, t: Timestamp) {
+        let gap = Duration::seconds(guard::PAGE_GAP_S);
+        let run = self.pages.entry(key).or_insert((t, t));
+        let past_gap = run.1.checked_add_signed(gap).is_some_and(|end| t > end);
+        if past_gap || t < run.0 {
+            *run = (t, t);
+        } else if t > run.1 {
+            run.1 = t;
+        }
+    }
+
+    /// Drops times older than `horizon`: all of them every so often (amortized over the
+    /// records), so that a scope or resource no longer seen does not stay; and past twice
+    /// `max` keys in a map, all but the `max` most recently seen.
+    fn trim(&mut self, horizon: Timestamp, max: usize) {
+        self.since_sweep += 1;
+        let maps = [
+            self.failures.len(),
+            self.firsts.len(),
+            self.retries.len(),
+            self.resource_failures.len(),
+            self.pages.len(),
+        ];
+        let over = maps.iter().any(|n| *n > max.saturating_mul(2));
+        if self.since_sweep < maps.iter().sum::<usize>().max(64) && !over {
+            return;
+        }
+        self.since_sweep = 0;
+        for map in [
+            &mut self.failures,
+            &mut self.firsts,
+            &mut self.retries,
+            &mut self.resource_failures,
+        ] {
+            map.retain(|_, q| {
+                while q.front().is_some_and(|t| *t < horizon) {
+                    q.pop_front();
+                }
+                !q.is_empty()
+            });
+        }
+        self.pages.retain(|_, (_, last)| *last >= horizon);
+        for map in [
+            &mut self.failures,
+            &mut self.firsts,
+            &mut self.retries,
+            &mut self.resource_failures,
+        ] {
+            if map.len() > max {
+                let mut last: Vec<Timestamp> =
+                    map.values().filter_map(|q| q.back().copied()).collect();
+                last.sort_unstable();
+                if let Some(cut) = last.get(last.len().saturating_sub(max)).copied() {
+                    map.retain(|_, q| q.back().is_some_and(|t| *t >= cut));
+                }
+            }
+        }
+        if self.pages.len() > max {
+            let mut last: Vec<Timestamp> = self.pages.values().map(|r| r.1).collect();
+            last.sort_unstable();
+            if let Some(cut) = last.get(last.len().saturating_sub(max)).copied() {
+                self.pages.retain(|_, r| r.1 >= cut);
+            }
+        }
+    }
+}
+
+/// How many times of the sorted list `q` fall in `(end - window, end]`.
+fn count_in(q: &VecDeque<Timestamp>, end: Timestamp, window: Duration) -> u64 {
+    let hi = q.partition_point(|t| *t <= end);
+    let lo = match end.checked_sub_signed(window) {
+        Some(start) => q.partition_point(|t| *t <= start),
+        None => 0,
+    };
+    hi.saturating_sub(lo) as u64
 }
 
 /// The bounded, windowed history of events and decisions. See the module docs.
@@ -206,6 +322,107 @@ impl History {
     ) -> i64 {
         self.data.actions(resource, action, end, window, cap)
     }
+
+    /// Failure events of a guard scope in `(end - window, end]`.
+    pub(crate) fn failures_in(&self, scope: &str, end: Timestamp, window: Duration) -> u64 {
+        self.data
+            .guards
+            .failures
+            .get(scope)
+            .map_or(0, |q| count_in(q, end, window))
+    }
+
+    /// Failed first attempts of a guard scope (or [`guard::HOST_WIDE`]) in the window.
+    pub(crate) fn firsts_in(&self, scope: &str, end: Timestamp, window: Duration) -> u64 {
+        self.data
+            .guards
+            .firsts
+            .get(scope)
+            .map_or(0, |q| count_in(q, end, window))
+    }
+
+    /// Retries decided for a guard scope (or [`guard::HOST_WIDE`]) in the window.
+    pub(crate) fn retries_in(&self, scope: &str, end: Timestamp, window: Duration) -> u64 {
+        self.data
+            .guards
+            .retries
+            .get(scope)
+            .map_or(0, |q| count_in(q, end, window))
+    }
+
+    /// The newest time `f` in `(end - window - cooldown, end]` at which the scope's failures
+    /// in `(f - window, f]` reached `threshold`: the storm the scope is in, if any (it ends
+    /// `cooldown` after `f` left the window, i.e. after the rate fell below the threshold).
+    pub(crate) fn storm_over(
+        &self,
+        scope: &str,
+        end: Timestamp,
+        window: Duration,
+        cooldown: Duration,
+        threshold: u32,
+    ) -> Option<Timestamp> {
+        let q = self.data.guards.failures.get(scope)?;
+        let hi = q.partition_point(|t| *t <= end);
+        let since = end
+            .checked_sub_signed(cooldown)
+            .and_then(|s| s.checked_sub_signed(window));
+        // Newest first: in a storm the first one looked at answers.
+        for i in (0..hi).rev() {
+            let f = q[i];
+            if since.is_some_and(|s| f <= s) {
+                break;
+            }
+            let lo = match f.checked_sub_signed(window) {
+                Some(start) => q.partition_point(|t| *t <= start),
+                None => 0,
+            };
+            if (i + 1).saturating_sub(lo) >= threshold as usize {
+                return Some(f);
+            }
+        }
+        None
+    }
+
+    /// Remediations (retry, retry without agent, drain) decided for `resource` in
+    /// `(end - window, end]` since its current run of failures began (failures less than
+    /// `reset_after` apart; a longer healthy gap starts a new run).
+    pub(crate) fn remediations_in_run(
+        &self,
+        resource: &str,
+        end: Timestamp,
+        window: Duration,
+        reset_after: Duration,
+    ) -> u64 {
+        let Some(fails) = self.data.guards.resource_failures.get(resource) else {
+            return 0;
+        };
+        let hi = fails.partition_point(|t| *t <= end);
+        let mut start = end;
+        for i in (0..hi).rev() {
+            let f = fails[i];
+            if start.signed_duration_since(f) > reset_after {
+                break;
+            }
+            start = f;
+        }
+        let from = end
+            .checked_sub_signed(window)
+            .map_or(start, |w| w.max(start));
+        let Some(list) = self.data.by_resource.get(resource) else {
+            return 0;
+        };
+        list.iter()
+            .rev()
+            .skip_while(|(t, _)| *t > end)
+            .take_while(|(t, _)| *t >= from)
+            .filter(|(_, a)| guard::is_remediation(*a))
+            .count() as u64
+    }
+
+    /// The current run of escalations of a page scope: (first, last).
+    pub(crate) fn page_run(&self, page_scope: &str) -> Option<(Timestamp, Timestamp)> {
+        self.data.guards.pages.get(page_scope).copied()
+    }
 }
 
 impl HistoryData {
@@ -216,11 +433,13 @@ impl HistoryData {
             by_resource: HashMap::new(),
             fired: HashMap::new(),
             interned: HashSet::new(),
+            interned_floor: 0,
             // Each remembered event costs a few hundred bytes; beyond this nothing sensible fits.
             max_events: max_events.clamp(1, 10_000_000),
             retention: Duration::try_seconds(retention_s.clamp(1, 100 * 365 * 86400))
                 .unwrap_or(Duration::days(1)),
             evicted_until: None,
+            guards: GuardIndex::default(),
         }
     }
 
@@ -260,6 +479,20 @@ impl HistoryData {
             .rposition(|e| e.time <= entry.time)
             .map_or(0, |p| p + 1);
         self.events.insert(pos, entry);
+        if let Some(scope) = guard::scope(ev) {
+            let max = self.max_events;
+            let scope = self.intern(&scope);
+            GuardIndex::push(&mut self.guards.failures, scope.clone(), ev.time, max);
+            if guard::is_first_attempt(ev) {
+                let all = self.intern(guard::HOST_WIDE);
+                GuardIndex::push(&mut self.guards.firsts, scope, ev.time, max);
+                GuardIndex::push(&mut self.guards.firsts, all, ev.time, max);
+            }
+            if let Some(r) = resource_key(ev) {
+                let r = self.intern(r);
+                GuardIndex::push(&mut self.guards.resource_failures, r, ev.time, max);
+            }
+        }
         self.trim(ev.time);
     }
 
@@ -277,6 +510,22 @@ impl HistoryData {
         }
         for e in &d.escalations {
             self.fired.entry(e.key.clone()).or_insert(ev.time);
+        }
+        if let Some(scope) = guard::scope(ev) {
+            let scope = self.intern(&scope);
+            if matches!(d.action, Action::Retry | Action::RetryWithoutAgent) {
+                let max = self.max_events;
+                let all = self.intern(guard::HOST_WIDE);
+                GuardIndex::push(&mut self.guards.retries, scope.clone(), ev.time, max);
+                GuardIndex::push(&mut self.guards.retries, all, ev.time, max);
+            }
+            if !d.escalations.is_empty() {
+                self.guards.page(scope, ev.time);
+            }
+        }
+        if let (false, Some(r)) = (d.escalations.is_empty(), resource_key(ev)) {
+            let page: Arc<str> = Arc::from(guard::resource_scope(r));
+            self.guards.page(page, ev.time);
         }
         self.trim(ev.time);
     }
@@ -313,6 +562,7 @@ impl HistoryData {
             }
         }
         self.fired.retain(|_, t| *t >= horizon);
+        self.guards.trim(horizon, self.max_events);
         if self.fired.len() > self.max_events {
             // Keep the newest keys.
             let mut times: Vec<Timestamp> = self.fired.values().copied().collect();
@@ -320,9 +570,11 @@ impl HistoryData {
             let cut = times[times.len() - self.max_events];
             self.fired.retain(|_, t| *t >= cut);
         }
-        if self.interned.len() > self.max_events.saturating_mul(4) {
+        if self.interned.len() > self.max_events.saturating_mul(4).max(self.interned_floor) {
             // Drop strings no entry refers to any more.
             self.interned.retain(|a| Arc::strong_count(a) > 1);
+            // Still large: everything is in use; sweep again only once it has doubled.
+            self.interned_floor = self.interned.len().saturating_mul(2);
         }
     }
 

@@ -81,6 +81,7 @@ mod event;
 mod expr;
 mod faults;
 pub mod fields;
+mod guard;
 pub mod history;
 pub mod normalize;
 #[cfg(feature = "plugins")]
@@ -107,6 +108,9 @@ pub use event::{
     Timestamp, MAX_EVENT_BYTES,
 };
 pub use faults::PLUGIN_QUARANTINE_FAULTS;
+pub use guard::{
+    FlapGuard, GuardConfig, GuardHold, GuardName, RetryBudget, StormGuard, PAGE_GAP_S,
+};
 pub use history::History;
 #[cfg(feature = "plugins")]
 pub use plugin::{PluginCache, PLUGIN_INTERFACE};

@@ -11,6 +11,14 @@ fn data(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A load error's diagnostics as `line:column: message`.
+fn messages(err: keel_engine::LoadError) -> Vec<String> {
+    err.diagnostics()
+        .iter()
+        .map(|d| format!("{}:{}: {}", d.line(), d.column(), d.message()))
+        .collect()
+}
+
 fn failures_of(report: &testing::TestReport, case: &str) -> Vec<String> {
     report
         .steps()
@@ -63,12 +71,7 @@ fn run_pattern_selects_cases() {
 
 #[test]
 fn invalid_test_files_are_errors_with_positions_not_passes() {
-    let err = testing::run(&data("invalid"), &TestOptions::default()).unwrap_err();
-    let msgs: Vec<String> = err
-        .diagnostics()
-        .iter()
-        .map(|d| format!("{}:{}: {}", d.line(), d.column(), d.message()))
-        .collect();
+    let msgs = messages(testing::run(&data("invalid"), &TestOptions::default()).unwrap_err());
     assert!(
         msgs.iter()
             .any(|m| m.starts_with("4:13: `expect` is empty")),
@@ -109,12 +112,7 @@ fn step_offsets_take_the_one_duration_grammar() {
         ),
     )
     .unwrap();
-    let err = testing::run(dir.path(), &TestOptions::default()).unwrap_err();
-    let msgs: Vec<String> = err
-        .diagnostics()
-        .iter()
-        .map(|d| format!("{}:{}: {}", d.line(), d.column(), d.message()))
-        .collect();
+    let msgs = messages(testing::run(dir.path(), &TestOptions::default()).unwrap_err());
     assert_eq!(msgs.len(), 2, "{msgs:?}");
     assert!(
         msgs[0].starts_with(
@@ -199,4 +197,53 @@ fn junit_names_are_stable_and_escaped() {
     // The same run gives the same report.
     let again = testing::run(&data("failing"), &TestOptions::default()).unwrap();
     assert_eq!(again.to_junit(), x);
+}
+
+/// `expect.guard` asserts which blast-radius guard held the action (`null`: none); a guard
+/// that does not exist is an error at its position.
+#[test]
+fn expect_guard_asserts_the_guard_that_held_the_action() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        "policies:\n  - name: r\n    on: [operation_failure]\n    action: retry\n",
+    )
+    .unwrap();
+    let step = |vm: &str, guard: &str| {
+        format!("      - {{ at: 0s, event: {{ resource: {{ id: {vm}, region: eastus }}, failure: {{ operation: create, code: X, category: internal }} }}, expect: {{ guard: {guard} }} }}\n")
+    };
+    // Three retries fit the floor of the default retry budget; the fourth is held. The last
+    // step expects the wrong guard (`storm`) and fails.
+    let cases = format!(
+        "cases:\n  - name: s\n    start: 2021-10-13T14:00:00Z\n    steps:\n{}{}{}{}{}",
+        step("a", "null"),
+        step("b", "null"),
+        step("c", "null"),
+        step("d", "retry_budget"),
+        step("e", "storm"),
+    );
+    std::fs::write(dir.path().join("p.test.yaml"), &cases).unwrap();
+    let r = testing::run(dir.path(), &TestOptions::default()).unwrap();
+    let failed: Vec<(String, String, String)> = r
+        .steps()
+        .flat_map(|s| {
+            s.failures
+                .iter()
+                .map(|m| (m.what.clone(), m.expected.clone(), m.actual.clone()))
+        })
+        .collect();
+    assert_eq!(
+        failed,
+        vec![("guard".into(), "storm".into(), "retry_budget".into())]
+    );
+    std::fs::write(
+        dir.path().join("p.test.yaml"),
+        cases.replace("guard: storm", "guard: stomr"),
+    )
+    .unwrap();
+    let msgs = messages(testing::run(dir.path(), &TestOptions::default()).unwrap_err());
+    assert!(
+        msgs.iter().any(|m| m.contains("unknown guard `stomr`")),
+        "{msgs:?}"
+    );
 }

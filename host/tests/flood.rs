@@ -376,7 +376,9 @@ async fn runbooks_other_than_drains_run_at_most_concurrent_runbooks_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let marks = dir.path().join("marks");
     let rest = format!(
-        "sources:\n  ingest:\n    token_env: KEEL_TEST_INGEST_TOKEN\nlimits:\n  concurrent_runbooks: 2\nrunbooks:\n  retry_without_agent:\n    - name: work\n      exec: [\"/bin/sh\", \"-c\", \"echo + >> {m}; /bin/sleep 0.5; echo - >> {m}\"]\n      timeout: 30s\n      retries: 0\n",
+        // Six retries of one region at once: past the default retry budget (10% + 3), which
+        // this test of runbook concurrency turns off.
+        "guards:\n  retry_budget: {{ enabled: false }}\nsources:\n  ingest:\n    token_env: KEEL_TEST_INGEST_TOKEN\nlimits:\n  concurrent_runbooks: 2\nrunbooks:\n  retry_without_agent:\n    - name: work\n      exec: [\"/bin/sh\", \"-c\", \"echo + >> {m}; /bin/sleep 0.5; echo - >> {m}\"]\n      timeout: 30s\n      retries: 0\n",
         m = marks.display()
     );
     let mut k = start(dir, &root().join("policies/standard"), &rest).await;

@@ -52,6 +52,8 @@ pub(super) struct Expect {
     pub(super) retry_not_before: Option<TimeSpec>,
     pub(super) retry_request: Option<bool>,
     pub(super) events: Option<usize>,
+    /// `Some(None)`: no guard held the action.
+    pub(super) guard: Option<Option<crate::guard::GuardName>>,
 }
 
 #[derive(Debug, Clone)]
@@ -604,6 +606,7 @@ pub(super) fn expect(cx: &mut Cx<'_, '_>, n: &MarkedYaml<'_>) -> Option<Expect> 
         "retry_not_before",
         "retry_request",
         "events",
+        "guard",
     ];
     let entries = cx.map(n, "`expect`", KEYS)?;
     let before = cx.diags.len();
@@ -694,6 +697,22 @@ pub(super) fn expect(cx: &mut Cx<'_, '_>, n: &MarkedYaml<'_>) -> Option<Expect> 
                 ),
             },
             "events" => e.events = cx.int(v, "`events`", 0).map(|i| i as usize),
+            "guard" => {
+                e.guard = Some(match &v.data {
+                    YamlData::Value(saphyr::Scalar::Null) => None,
+                    _ => {
+                        let s = cx.string(v, "`guard`").unwrap_or_default();
+                        let g = crate::guard::GuardName::parse(&s);
+                        if g.is_none() {
+                            cx.err(
+                                pos(v),
+                                format!("unknown guard `{}` (guards are storm, retry_budget, flap; null for none)", crate::escape(&s)),
+                            );
+                        }
+                        g
+                    }
+                })
+            }
             _ => {}
         }
     }
@@ -710,7 +729,8 @@ pub(super) fn expect(cx: &mut Cx<'_, '_>, n: &MarkedYaml<'_>) -> Option<Expect> 
         || e.due.is_some()
         || e.retry_not_before.is_some()
         || e.retry_request.is_some()
-        || e.events.is_some();
+        || e.events.is_some()
+        || e.guard.is_some();
     if !asserts && cx.diags.len() == before {
         cx.err(
             pos(n),

@@ -480,6 +480,13 @@ pub(super) fn check(e: &Expect, d: &Decision, now: Timestamp, out: &mut Vec<Mism
             miss("retry.not_before", show_time(want), show_time(got));
         }
     }
+    if let Some(want) = e.guard {
+        let got = d.guard.as_ref().map(|g| g.name);
+        if want != got {
+            let show = |g: Option<crate::guard::GuardName>| g.map_or("none", |g| g.as_str());
+            miss("guard", show(want).into(), show(got).into());
+        }
+    }
     if let Some(b) = e.retry_request {
         let got = d.retry.as_ref().is_some_and(|r| r.request.is_some());
         if b != got {

@@ -184,6 +184,15 @@ fn text(out: &mut dyn Write, d: &Decision) -> std::io::Result<()> {
     if let Some(r) = &d.reason {
         writeln!(out, "reason:   {}", escape(r))?;
     }
+    if let Some(g) = &d.guard {
+        writeln!(
+            out,
+            "guard:    {} in {} held {}",
+            g.name.as_str(),
+            escape(&g.scope),
+            g.held_action
+        )?;
+    }
     if !d.params.is_empty() {
         writeln!(
             out,

@@ -9,6 +9,7 @@ use keel_engine::yaml::{self, YamlDoc};
 use keel_engine::{Action, Diagnostic, LoadError};
 use serde_json::Value;
 
+mod guards;
 mod runbooks;
 mod sources;
 
@@ -67,6 +68,8 @@ pub struct Config {
     /// Group commit: at most this many waiting payloads and ingest bodies are decided and
     /// committed in one transaction (default 256; 1 commits each on its own).
     pub commit_batch_max: usize,
+    /// The blast-radius guards (`guards:`; the engine's defaults, all on, when absent).
+    pub guards: keel_engine::GuardConfig,
 }
 
 /// Limits on what runs at once (`limits:`).
@@ -325,6 +328,7 @@ const ROOT_KEYS: &[&str] = &[
     "gc_interval",
     "commit_batch_max",
     "azure_identity",
+    "guards",
 ];
 
 /// Reads and validates `keel.yaml`; every problem is reported with its position. Relative
@@ -370,6 +374,7 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
     let arm_scopes = parse_arm_scopes(&mut v, root.get("arm"));
     let sources = parse_sources(&mut v, &base, &root, self_name.as_deref(), listen);
     let runbooks = parse_runbooks(&mut v, &root);
+    let guards = guards::parse_guards(&mut v, root.get("guards"));
     let mut diags = v.diags;
     diags.sort_by_key(|d| (d.line(), d.column()));
     if !diags.is_empty() {
@@ -398,6 +403,7 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
         gc_interval,
         commit_batch_max,
         plugin_cache,
+        guards,
     })
 }
 

@@ -230,7 +230,9 @@ pub fn http_client() -> reqwest::Result<reqwest::Client> {
 
 /// Loads the configuration's policy set (with its plugin cache, when plugins are built in).
 pub fn load_policies(cfg: &Config) -> Result<Engine, keel_engine::LoadError> {
-    let b = Engine::builder().add_path(&cfg.policies);
+    let b = Engine::builder()
+        .add_path(&cfg.policies)
+        .guards(cfg.guards.clone());
     #[cfg(feature = "plugins")]
     let b = b.plugin_cache_dir(Some(cfg.plugin_cache.clone()));
     b.build()
@@ -496,6 +498,16 @@ impl Host {
             js(mode),
             js(engine.digest()),
         ));
+        if let Some(g) = &decision.guard {
+            self.metrics.add(
+                "keel_guard_holds_total",
+                &[
+                    ("guard", g.name.as_str()),
+                    ("held_action", g.held_action.as_str()),
+                ],
+                1.0,
+            );
+        }
         for e in decision.escalations.iter().filter(|e| !e.repeat) {
             self.metrics.add(
                 "keel_escalations_total",

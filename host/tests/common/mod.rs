@@ -158,6 +158,18 @@ async fn hook_post(State(st): State<Hook>, h: HeaderMap) -> StatusCode {
     StatusCode::OK
 }
 
+/// A webhook stub on a loopback port: what it received, and its URL (`.../hook`).
+pub async fn webhook() -> (Hook, String) {
+    let hook: Hook = Arc::default();
+    let url = serve(
+        Router::new()
+            .route("/hook", post(hook_post))
+            .with_state(hook.clone()),
+    )
+    .await;
+    (hook, format!("{url}/hook"))
+}
+
 // ------------------------------------------------------------------------------------------
 // A scenario: stubs, a temp directory with the configuration, the state and the counter.
 
@@ -194,13 +206,7 @@ impl Scenario {
                 .with_state(se.clone()),
         )
         .await;
-        let hook: Hook = Arc::default();
-        let hook_url = serve(
-            Router::new()
-                .route("/hook", post(hook_post))
-                .with_state(hook.clone()),
-        )
-        .await;
+        let (hook, hook_url) = webhook().await;
         let state = dir.path().join("state.db");
         let counter = dir.path().join("cordon.count");
         let config = dir.path().join("keel.yaml");
@@ -231,7 +237,7 @@ runbooks:
       retries: 0
       idempotent: false
     - name: notify
-      http: {{ url: "{hook_url}/hook" }}
+      http: {{ url: "{hook_url}" }}
       timeout: 5s
       retries: 2
       backoff: 100ms
@@ -251,7 +257,7 @@ runbooks:
             dir,
             se,
             hook,
-            hook_url: format!("{hook_url}/hook"),
+            hook_url,
             config,
             state,
             counter,

@@ -69,8 +69,7 @@ impl<'h> Ctx<'h> {
     }
 }
 
-/// Default escalation dedup window: one hour.
-pub const DEFAULT_DEDUP_WINDOW_S: i64 = 3600;
+pub use crate::decision::DEFAULT_DEDUP_WINDOW_S;
 
 impl Engine {
     fn candidates(&self, ev: &Event) -> (Vec<u32>, &KindIndex) {

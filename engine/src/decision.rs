@@ -156,7 +156,7 @@ pub struct Decision {
     /// Set when a blast-radius guard (storm, retry budget, flap) held the action the policies
     /// decided: the action is then `escalate`, and this keeps the held one and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub guard: Option<crate::guard::GuardHold>,
+    pub guard: Option<GuardHold>,
 }
 
 /// An escalation raised by a matching `escalate` policy.
@@ -246,4 +246,62 @@ pub struct TraceEntry {
     pub policy: String,
     /// What happened to it.
     pub outcome: Outcome,
+}
+
+/// Default escalation dedup window: one hour.
+pub const DEFAULT_DEDUP_WINDOW_S: i64 = 3600;
+
+/// Which guard held an action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GuardName {
+    /// Too many failures in the scope: no new remediation there until the rate falls.
+    Storm,
+    /// Too many retries for the first attempts seen in the scope (or host-wide).
+    RetryBudget,
+    /// Too many remediations of one resource without a healthy period between them.
+    Flap,
+}
+
+impl GuardName {
+    /// The wire name (`storm`, `retry_budget`, `flap`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuardName::Storm => "storm",
+            GuardName::RetryBudget => "retry_budget",
+            GuardName::Flap => "flap",
+        }
+    }
+
+    /// Parses a wire name.
+    pub fn parse(s: &str) -> Option<GuardName> {
+        [GuardName::Storm, GuardName::RetryBudget, GuardName::Flap]
+            .into_iter()
+            .find(|g| g.as_str() == s)
+    }
+
+    /// The policy name its escalations carry (`guard.storm`, ...).
+    pub fn policy(self) -> &'static str {
+        match self {
+            GuardName::Storm => "guard.storm",
+            GuardName::RetryBudget => "guard.retry_budget",
+            GuardName::Flap => "guard.flap",
+        }
+    }
+}
+
+/// What a guard held, in [`Decision::guard`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct GuardHold {
+    /// The guard.
+    pub name: GuardName,
+    /// Its scope: `region/category` (storm, retry budget; `*` when the host-wide retry budget
+    /// is spent), or the resource (flap).
+    pub scope: String,
+    /// The action the policies decided, which the guard turned into `escalate`.
+    pub held_action: Action,
+    /// Why, with the figures.
+    pub reason: String,
 }

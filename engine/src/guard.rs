@@ -25,71 +25,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::decision::{Action, Decision, Escalation, Severity};
-use crate::event::{Event, HealthState, Kind, Timestamp};
+pub use crate::decision::{GuardHold, GuardName};
+use crate::event::{Event, Timestamp};
 use crate::history::History;
-
-/// The scope key under which the history counts host-wide first attempts and retries.
-pub(crate) const HOST_WIDE: &str = "*";
-
-/// Two escalations of a scope less than this apart (seconds) are one run: a guard's
-/// escalation inside a run is a repeat and does not page again (one hour, as the escalation
-/// dedup window of policies, [`crate::DEFAULT_DEDUP_WINDOW_S`]).
-pub const PAGE_GAP_S: i64 = crate::decide::DEFAULT_DEDUP_WINDOW_S;
-
-/// Which guard held an action.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum GuardName {
-    /// Too many failures in the scope: no new remediation there until the rate falls.
-    Storm,
-    /// Too many retries for the first attempts seen in the scope (or host-wide).
-    RetryBudget,
-    /// Too many remediations of one resource without a healthy period between them.
-    Flap,
-}
-
-impl GuardName {
-    /// The wire name (`storm`, `retry_budget`, `flap`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GuardName::Storm => "storm",
-            GuardName::RetryBudget => "retry_budget",
-            GuardName::Flap => "flap",
-        }
-    }
-
-    /// Parses a wire name.
-    pub fn parse(s: &str) -> Option<GuardName> {
-        [GuardName::Storm, GuardName::RetryBudget, GuardName::Flap]
-            .into_iter()
-            .find(|g| g.as_str() == s)
-    }
-
-    /// The policy name its escalations carry (`guard.storm`, ...).
-    pub fn policy(self) -> &'static str {
-        match self {
-            GuardName::Storm => "guard.storm",
-            GuardName::RetryBudget => "guard.retry_budget",
-            GuardName::Flap => "guard.flap",
-        }
-    }
-}
-
-/// What a guard held, in [`Decision::guard`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields)]
-#[non_exhaustive]
-pub struct GuardHold {
-    /// The guard.
-    pub name: GuardName,
-    /// Its scope: `region/category` (storm, retry budget; `*` when the host-wide retry budget
-    /// is spent), or the resource (flap).
-    pub scope: String,
-    /// The action the policies decided, which the guard turned into `escalate`.
-    pub held_action: Action,
-    /// Why, with the figures.
-    pub reason: String,
-}
+pub use crate::scope::PAGE_GAP_S;
+use crate::scope::{is_remediation, resource_scope, scope, HOST_WIDE};
 
 /// The retry budget (the model is the retry budgets of gRPC, Envoy and Finagle): a `retry` or
 /// `retry_without_agent` is allowed while the retries decided in the window, counting this
@@ -210,45 +150,8 @@ impl GuardConfig {
     }
 }
 
-/// The guard scope of an event (`region/category`), or `None` when it is not a failure.
-pub(crate) fn scope(ev: &Event) -> Option<String> {
-    let region = ev.resource.region.as_deref().unwrap_or("-");
-    match ev.kind {
-        Kind::OperationFailure => {
-            let category = ev
-                .failure
-                .as_ref()
-                .map_or("unknown", |f| f.category.as_str());
-            Some(format!("{region}/{category}"))
-        }
-        Kind::Health
-            if ev.health.as_ref().is_some_and(|h| {
-                matches!(h.state, HealthState::Unavailable | HealthState::Degraded)
-            }) =>
-        {
-            Some(format!("{region}/health"))
-        }
-        _ => None,
-    }
-}
-
-/// Whether an event is a first attempt (an operation failure with `attempt` 1).
-pub(crate) fn is_first_attempt(ev: &Event) -> bool {
-    ev.failure.as_ref().is_some_and(|f| f.attempt <= 1)
-}
-
-/// Whether an action is a remediation the guards may hold.
-pub(crate) fn is_remediation(a: Action) -> bool {
-    matches!(a, Action::Retry | Action::RetryWithoutAgent | Action::Drain)
-}
-
 fn is_retry(a: Action) -> bool {
     matches!(a, Action::Retry | Action::RetryWithoutAgent)
-}
-
-/// The page scope of a resource (for the flap guard's escalations).
-pub(crate) fn resource_scope(resource: &str) -> String {
-    format!("resource:{resource}")
 }
 
 /// A duration for a message: `10m`, `1h`, `90s`.

@@ -26,7 +26,7 @@ use chrono::Duration;
 use crate::decision::{Action, Decision};
 use crate::event::{Event, Timestamp};
 use crate::fields::{self, FieldId, FieldValue};
-use crate::guard;
+use crate::scope;
 
 /// Default bound on remembered events.
 pub const DEFAULT_MAX_EVENTS: usize = 50_000;
@@ -86,24 +86,24 @@ pub(crate) struct HistoryData {
     retention: Duration,
     /// The newest time of an entry dropped because of the size bound (not of retention).
     evicted_until: Option<Timestamp>,
-    /// What the blast-radius guards count (`crate::guard`).
+    /// What the blast-radius guards count (the `guard` module).
     guards: GuardIndex,
 }
 
-/// Times, per key, sorted; what the guards count (`crate::guard`). Every list is indexed by
+/// Times, per key, sorted; what the guards count (the `guard` module). Every list is indexed by
 /// its scope or resource, so a guard's cost does not grow with the fleet.
 #[derive(Debug, Clone, Default)]
 struct GuardIndex {
     /// Per scope (`region/category`): failure events (operation failures, unhealthy health).
     failures: HashMap<Arc<str>, VecDeque<Timestamp>>,
-    /// Per scope, and host-wide under [`guard::HOST_WIDE`]: failures of first attempts.
+    /// Per scope, and host-wide under [`scope::HOST_WIDE`]: failures of first attempts.
     firsts: HashMap<Arc<str>, VecDeque<Timestamp>>,
     /// Per scope and host-wide: `retry` and `retry_without_agent` decisions on failures.
     retries: HashMap<Arc<str>, VecDeque<Timestamp>>,
     /// Per resource: its failure events.
     resource_failures: HashMap<Arc<str>, VecDeque<Timestamp>>,
     /// Per page scope (a scope, or `resource:<id>`): the first and the last escalation of the
-    /// current run (escalations less than [`guard::PAGE_GAP_S`] apart).
+    /// current run (escalations less than [`scope::PAGE_GAP_S`] apart).
     pages: HashMap<Arc<str>, (Timestamp, Timestamp)>,
     /// Records since the last sweep of lists no longer touched.
     since_sweep: usize,
@@ -125,7 +125,7 @@ impl GuardIndex {
     }
 
     fn page(&mut self, key: Arc<str>, t: Timestamp) {
-        let gap = Duration::seconds(guard::PAGE_GAP_S);
+        let gap = Duration::seconds(scope::PAGE_GAP_S);
         let run = self.pages.entry(key).or_insert((t, t));
         let past_gap = run.1.checked_add_signed(gap).is_some_and(|end| t > end);
         if past_gap || t < run.0 {
@@ -332,7 +332,7 @@ impl History {
             .map_or(0, |q| count_in(q, end, window))
     }
 
-    /// Failed first attempts of a guard scope (or [`guard::HOST_WIDE`]) in the window.
+    /// Failed first attempts of a guard scope (or [`scope::HOST_WIDE`]) in the window.
     pub(crate) fn firsts_in(&self, scope: &str, end: Timestamp, window: Duration) -> u64 {
         self.data
             .guards
@@ -341,7 +341,7 @@ impl History {
             .map_or(0, |q| count_in(q, end, window))
     }
 
-    /// Retries decided for a guard scope (or [`guard::HOST_WIDE`]) in the window.
+    /// Retries decided for a guard scope (or [`scope::HOST_WIDE`]) in the window.
     pub(crate) fn retries_in(&self, scope: &str, end: Timestamp, window: Duration) -> u64 {
         self.data
             .guards
@@ -415,7 +415,7 @@ impl History {
             .rev()
             .skip_while(|(t, _)| *t > end)
             .take_while(|(t, _)| *t >= from)
-            .filter(|(_, a)| guard::is_remediation(*a))
+            .filter(|(_, a)| scope::is_remediation(*a))
             .count() as u64
     }
 
@@ -479,12 +479,12 @@ impl HistoryData {
             .rposition(|e| e.time <= entry.time)
             .map_or(0, |p| p + 1);
         self.events.insert(pos, entry);
-        if let Some(scope) = guard::scope(ev) {
+        if let Some(scope) = scope::scope(ev) {
             let max = self.max_events;
             let scope = self.intern(&scope);
             GuardIndex::push(&mut self.guards.failures, scope.clone(), ev.time, max);
-            if guard::is_first_attempt(ev) {
-                let all = self.intern(guard::HOST_WIDE);
+            if scope::is_first_attempt(ev) {
+                let all = self.intern(scope::HOST_WIDE);
                 GuardIndex::push(&mut self.guards.firsts, scope, ev.time, max);
                 GuardIndex::push(&mut self.guards.firsts, all, ev.time, max);
             }
@@ -511,11 +511,11 @@ impl HistoryData {
         for e in &d.escalations {
             self.fired.entry(e.key.clone()).or_insert(ev.time);
         }
-        if let Some(scope) = guard::scope(ev) {
+        if let Some(scope) = scope::scope(ev) {
             let scope = self.intern(&scope);
             if matches!(d.action, Action::Retry | Action::RetryWithoutAgent) {
                 let max = self.max_events;
-                let all = self.intern(guard::HOST_WIDE);
+                let all = self.intern(scope::HOST_WIDE);
                 GuardIndex::push(&mut self.guards.retries, scope.clone(), ev.time, max);
                 GuardIndex::push(&mut self.guards.retries, all, ev.time, max);
             }
@@ -524,7 +524,7 @@ impl HistoryData {
             }
         }
         if let (false, Some(r)) = (d.escalations.is_empty(), resource_key(ev)) {
-            let page: Arc<str> = Arc::from(guard::resource_scope(r));
+            let page: Arc<str> = Arc::from(scope::resource_scope(r));
             self.guards.page(page, ev.time);
         }
         self.trim(ev.time);

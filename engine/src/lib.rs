@@ -89,12 +89,14 @@ mod plugin;
 mod policy;
 pub mod redact;
 pub mod schema;
+mod scope;
 pub mod testing;
 pub mod yaml;
 
 pub use build::{EngineBuilder, Mutation};
 pub use compile::MAX_EVAL_COST;
-pub use decide::{dedup_key, Ctx, Mode, DEFAULT_DEDUP_WINDOW_S};
+pub use decide::{dedup_key, Ctx, Mode};
+pub use decision::DEFAULT_DEDUP_WINDOW_S;
 pub use decision::{
     Action, Decision, Escalation, Matched, Outcome, PolicyError, Retry, Severity, TraceEntry,
 };

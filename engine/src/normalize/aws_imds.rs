@@ -211,10 +211,11 @@ fn imds_error_title(t: &str) -> Option<String> {
     let rest = t.get(start..)?;
     let end = rest.find("</title>")?;
     let title = collapse(rest.get(..end)?);
-    let code_ok = title.len() > 6
-        && title
-            .get(..3)
-            .is_some_and(|c| c.chars().all(|ch| ch.is_ascii_digit()))
+    // Three digits, " - ", then a text: the collapsed title cannot end in a space, so a title
+    // passing both checks has one.
+    let code_ok = title
+        .get(..3)
+        .is_some_and(|c| c.chars().all(|ch| ch.is_ascii_digit()))
         && title.get(3..6) == Some(" - ");
     (code_ok && is_imds_page(t, &title)).then_some(title)
 }
@@ -731,6 +732,19 @@ mod tests {
         assert_eq!(
             imds_error_title("<html><title>401 - x</title></html>"),
             None
+        );
+        // An IMDS-shaped page is an error page only under a `NNN - text` title.
+        for title in [
+            "abc - Unauthorized",
+            "401 Unauthorized",
+            "4x1 - Unauthorized",
+            "401 -",
+        ] {
+            assert_eq!(imds_error_title(&imds_page(title)), None, "{title}");
+        }
+        assert_eq!(
+            imds_error_title(&imds_page("503 - Service Unavailable")).as_deref(),
+            Some("503 - Service Unavailable")
         );
     }
 }

@@ -315,8 +315,8 @@ fn compile_expr(
                         e.pos_at(0),
                         format!(
                             "{what} must be a {}, but this expression is a {}",
-                            ty_name(want),
-                            ty_name(got)
+                            want.name(),
+                            got.name()
                         ),
                     ));
                     return None;
@@ -332,19 +332,6 @@ fn compile_expr(
             }
             None
         }
-    }
-}
-
-fn ty_name(t: Ty) -> &'static str {
-    match t {
-        Ty::Bool => "bool",
-        Ty::Str => "string",
-        Ty::Time => "timestamp",
-        Ty::Int => "int",
-        Ty::UInt => "uint",
-        Ty::Double => "double",
-        Ty::Dur => "duration",
-        Ty::Null => "null",
     }
 }
 

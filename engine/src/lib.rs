@@ -83,6 +83,7 @@ mod faults;
 pub mod fields;
 mod guard;
 pub mod history;
+mod key;
 pub mod normalize;
 #[cfg(feature = "plugins")]
 mod plugin;
@@ -114,6 +115,7 @@ pub use guard::{
     FlapGuard, GuardConfig, GuardHold, GuardName, RetryBudget, StormGuard, PAGE_GAP_S,
 };
 pub use history::History;
+pub use key::{KeyError, KeyExpr, KeyExprError};
 #[cfg(feature = "plugins")]
 pub use plugin::{PluginCache, PLUGIN_INTERFACE};
 pub use policy::{

@@ -125,7 +125,7 @@ async fn a_pause_taken_while_keel_runs_holds_a_new_event_until_the_resume() {
     assert_eq!(st["held"][0]["action"], "drain");
     assert_eq!(st["held"][0]["decision_id"], held["decision_id"]);
     let (_, text, _) = cli(&sc.config, &["status"]);
-    assert!(text.contains("held by a pause: 1"), "{text}");
+    assert!(text.contains("held: 1"), "{text}");
     assert!(text.contains("INC-42 freeze"), "{text}");
 
     let (code, out, _) = cli(&sc.config, &["resume"]);
@@ -321,8 +321,8 @@ async fn a_runbook_under_way_finishes_under_a_pause_and_status_shows_it_in_fligh
         st["in_flight"][0]["step"]["name"] == "wait-for-gate"
     })
     .await;
-    assert_eq!(st["schema_version"].as_i64(), Some(6));
-    for key in ["pauses", "held", "in_flight", "deferrals"] {
+    assert_eq!(st["schema_version"].as_i64(), Some(7));
+    for key in ["pauses", "held", "leases", "in_flight", "deferrals"] {
         assert!(st[key].is_array(), "{key}: {st}");
     }
     let f = &st["in_flight"][0];

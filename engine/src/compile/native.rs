@@ -38,7 +38,8 @@ pub(crate) enum Ty {
 }
 
 impl Ty {
-    pub(super) fn name(self) -> &'static str {
+    /// The type's name in CEL, for messages.
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Ty::Null => "null",
             Ty::Bool => "bool",

@@ -1,5 +1,5 @@
-//! `keel status`: what the state database says now (pauses, held decisions, runbooks in
-//! flight, deferrals, the outbox backlog, the schema version), read-only, so it works while
+//! `keel status`: what the state database says now (pauses, held decisions, budget leases,
+//! runbooks in flight, deferrals, the outbox backlog, the schema version), read-only, so it works while
 //! `keel run` runs on it.
 
 use std::fmt::Write as _;
@@ -13,7 +13,7 @@ use crate::Exit;
 /// Show the host's state: pauses, held decisions, runbooks in flight, deferrals, outbox.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  keel status\n  keel status --config /etc/keel/keel.yaml\n  keel status --json | jq '.in_flight[] | {event_id, step: .step.name}'\n\nThe database is opened read-only; `keel run` may be running on it. --json prints one object\nwith the keys schema_version, pauses, held, in_flight, deferrals and outbox (stable: later\nversions only add keys)."
+    after_help = "Examples:\n  keel status\n  keel status --config /etc/keel/keel.yaml\n  keel status --json | jq '.in_flight[] | {event_id, step: .step.name}'\n\nThe database is opened read-only; `keel run` may be running on it. --json prints one object\nwith the keys schema_version, pauses, held, leases, in_flight, deferrals and outbox (stable:\nlater versions only add keys)."
 )]
 pub struct Args {
     /// The configuration file (its `state` is the database read).
@@ -37,7 +37,8 @@ pub fn run(args: Args) -> Exit {
         );
         return Exit::Host;
     }
-    let status = Store::open_read_only(&state).and_then(|s| s.status());
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let status = Store::open_read_only(&state).and_then(|s| s.status(&now));
     let status = match status {
         Ok(s) => s,
         Err(e) => {
@@ -57,6 +58,58 @@ pub fn run(args: Args) -> Exit {
         print!("{}", text(&status));
     }
     Exit::Ok
+}
+
+/// The budgets section: per budget and key, the leases (holders, units, expiry) and the
+/// decisions waiting for a slot.
+fn budgets(o: &mut String, s: &Status) {
+    let e = |t: &str| escape(t);
+    let mut keys: Vec<(&str, &str)> = s
+        .leases
+        .iter()
+        .map(|l| (l.budget.as_str(), l.key.as_str()))
+        .collect();
+    keys.dedup();
+    let waiting = |scope: &str| {
+        s.held
+            .iter()
+            .filter(|h| h.by == "budget" && h.scope == scope)
+            .count()
+    };
+    let _ = writeln!(o, "budgets: {} key(s) with slots taken", keys.len());
+    for (budget, key) in keys {
+        let scope = format!("{budget}/{key}");
+        let here: Vec<_> = s
+            .leases
+            .iter()
+            .filter(|l| l.budget == budget && l.key == key)
+            .collect();
+        let max = here.first().map_or(0, |l| l.max_in_flight);
+        let _ = writeln!(
+            o,
+            "  {}  {} lease(s), max_in_flight {max}, {} waiting",
+            e(&scope),
+            here.len(),
+            waiting(&scope)
+        );
+        for l in here {
+            let state = match &l.released_at {
+                Some(r) => format!("released {}, baking until {}", e(r), e(&l.expires_at)),
+                None => format!(
+                    "held by {} since {}, expires {} unless renewed",
+                    e(&l.holder),
+                    e(&l.acquired_at),
+                    e(&l.expires_at)
+                ),
+            };
+            let _ = writeln!(
+                o,
+                "    unit {} (decision {}): {state}",
+                e(&l.unit),
+                e(&l.decision_id)
+            );
+        }
+    }
 }
 
 /// The report for humans; every stored string is escaped.
@@ -83,20 +136,22 @@ fn text(s: &Status) -> String {
             );
         }
     }
-    let _ = writeln!(o, "held by a pause: {}", s.held.len());
+    let _ = writeln!(o, "held: {}", s.held.len());
     for h in &s.held {
         let _ = writeln!(
             o,
-            "  {} {}  (decision {}) since {}, pause {}, deadline {}",
+            "  {} {}  (decision {}) since {}, by {} {}, deadline {}\n    {}",
             e(&h.action),
             e(&h.event_id),
             e(&h.decision_id),
             e(&h.since),
+            e(&h.by),
             e(&h.scope),
             h.deadline.as_deref().map_or_else(|| "none".into(), e),
+            e(&h.reason),
         );
     }
-    // Budgets, their holders, waiters and leases' expiry go here when budgets come.
+    budgets(&mut o, s);
     let _ = writeln!(o, "runbooks in flight: {}", s.in_flight.len());
     for f in &s.in_flight {
         let step = f.step.as_ref().map_or_else(

@@ -9,10 +9,12 @@ use keel_engine::yaml::{self, YamlDoc};
 use keel_engine::{Action, Diagnostic, LoadError};
 use serde_json::Value;
 
+pub mod budgets;
 mod guards;
 mod runbooks;
 mod sources;
 
+pub use budgets::Budget;
 pub use runbooks::*;
 pub use sources::*;
 
@@ -70,6 +72,8 @@ pub struct Config {
     pub commit_batch_max: usize,
     /// The blast-radius guards (`guards:`; the engine's defaults, all on, when absent).
     pub guards: keel_engine::GuardConfig,
+    /// Concurrency budgets (`budgets:`), taken as leases before a runbook's first effect.
+    pub budgets: Vec<Budget>,
 }
 
 /// Limits on what runs at once (`limits:`).
@@ -329,6 +333,7 @@ const ROOT_KEYS: &[&str] = &[
     "commit_batch_max",
     "azure_identity",
     "guards",
+    "budgets",
 ];
 
 /// Reads and validates `keel.yaml`; every problem is reported with its position. Relative
@@ -375,6 +380,7 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
     let sources = parse_sources(&mut v, &base, &root, self_name.as_deref(), listen);
     let runbooks = parse_runbooks(&mut v, &root);
     let guards = guards::parse_guards(&mut v, root.get("guards"));
+    let budgets = budgets::parse_budgets(&mut v, root.get("budgets"));
     let mut diags = v.diags;
     diags.sort_by_key(|d| (d.line(), d.column()));
     if !diags.is_empty() {
@@ -404,6 +410,7 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
         commit_batch_max,
         plugin_cache,
         guards,
+        budgets,
     })
 }
 

@@ -7,6 +7,8 @@
 
 pub mod arm;
 pub mod backoff;
+pub mod budget;
+pub mod gate;
 pub mod health;
 pub mod http;
 pub mod identity;
@@ -113,6 +115,12 @@ pub struct Host {
     /// Managed-identity tokens (Resource Health, `arm` steps), cached; nothing is requested
     /// until one is needed.
     pub identity: identity::TokenClient,
+    /// Who holds this host's budget leases: `<self or "keel">#<8 random hex digits>`, new at
+    /// each start (a restarted host does not inherit a dead one's leases: they expire).
+    pub holder: String,
+    /// The decisions whose runbooks hold budget leases here (renewed every tick that is
+    /// due), and when they were last renewed.
+    leases: Mutex<(std::collections::BTreeSet<String>, Option<DateTime<Utc>>)>,
     history: Mutex<History>,
     nstate: Mutex<NormalizerState>,
     log: Mutex<Box<dyn std::io::Write + Send>>,
@@ -253,6 +261,7 @@ impl Host {
         let history = rebuild_history(&store)?;
         let http = http_client()?;
         let identity = identity::TokenClient::new(http.clone(), cfg.azure_identity.clone());
+        let cfg_self = cfg.self_name.clone();
         let host = Arc::new(Host {
             drain_slots: Arc::new(tokio::sync::Semaphore::new(cfg.limits.concurrent_drains)),
             runbook_slots: Arc::new(tokio::sync::Semaphore::new(cfg.limits.concurrent_runbooks)),
@@ -263,6 +272,8 @@ impl Host {
             http,
             metrics: Metrics::default(),
             health: Health::default(),
+            holder: budget::new_holder(cfg_self.as_deref()),
+            leases: Mutex::new((std::collections::BTreeSet::new(), None)),
             history: Mutex::new(history),
             nstate: Mutex::new(nstate),
             log: Mutex::new(log),
@@ -473,6 +484,7 @@ impl Host {
         if !new {
             return Ok(None);
         }
+        self.note_budget_members(db, ev, &rfc(at))?;
         if let (Action::Defer, Some(due)) = (decision.action, decision.due) {
             db.defer(&ev.id, &rfc(due), &ev_json)?;
         }
@@ -904,7 +916,7 @@ pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(),
             m = irx.recv(), if ingest_open => m.or_else(|| { ingest_open = false; None }),
             _ = tick.tick() => {
                 let due = |h: &Arc<Host>| {
-                    let mut work = h.check_pauses();
+                    let mut work = h.check_held();
                     work.extend(h.due_deferrals());
                     work
                 };

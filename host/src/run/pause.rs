@@ -2,14 +2,15 @@
 //! already under way finish. The pause lives in the state database (table `pauses`), so the
 //! running host sees it without a signal and a restart keeps it.
 //!
-//! The host checks the pauses before a runbook's first step that has an effect (any step but
-//! `log`): when one matches the event, the decision is held (table `held`, the decision's
-//! runbook `held`, a decision-log line, `keel_held_total{reason="pause"}`). A runbook whose
-//! first effect has begun is never stopped by a pause. The run loop looks at the held
-//! decisions every tick: one whose deadline passed escalates ("paused past its deadline"),
-//! even when resumed since; one no pause matches any more runs its runbook then (the decision
-//! stands; the runbook checks again, as any runbook does, that the platform has not canceled
-//! the event, that no pause holds it, and its deadline, counted from the decision).
+//! A pause is the first of the gates a runbook passes before its first step that has an
+//! effect (any step but `log`; see [`super::gate`]): when one matches the event, the decision
+//! is held (table `held`, the decision's runbook `held`, a decision-log line,
+//! `keel_held_total{reason="pause"}`). A runbook whose first effect has begun is never
+//! stopped by a pause. The run loop looks at the held decisions every tick: one whose
+//! deadline passed escalates ("held past its deadline"), even when resumed since; one no
+//! pause (nor other gate) holds any more runs its runbook then (the decision stands; the
+//! runbook checks again, as any runbook does, that the platform has not canceled the event,
+//! that nothing holds it, and its deadline, counted from the decision).
 //!
 //! The decision is not made again on the resume: the correlation history holds it (a held
 //! drain counts as a drain there), so a new decision would see its own held one, e.g. as a
@@ -29,13 +30,12 @@
 //! A field the event does not carry matches no scope but `all`.
 
 use std::fmt;
-use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use keel_engine::{escape, Action, Decision, Event};
+use keel_engine::{Action, Decision, Event};
 
-use super::store::HeldRow;
-use super::{rfc, Host, Work};
+use super::gate::Verdict;
+use super::Host;
 
 /// The longest scope value accepted.
 pub const MAX_SCOPE_LEN: usize = 512;
@@ -170,178 +170,28 @@ pub fn hold_deadline(ev: &Event, d: &Decision, decided_at: DateTime<Utc>) -> Opt
     })
 }
 
-/// The outbox entry (key, body) of a held decision whose deadline passed while paused.
-fn past_deadline_entry(h: &HeldRow, deadline: &str) -> (String, String) {
-    let k = super::outbox::key(&h.decision_id, "paused_past_deadline");
-    let body = serde_json::json!({
-        "kind": "paused_past_deadline", "idempotency_key": k, "decision_id": h.decision_id,
-        "event_id": h.event_id, "action": h.action,
-        "reason": past_deadline_reason(h, deadline), "severity": "error", "escalation_key": k,
-    });
-    (k, body.to_string())
-}
-
-fn past_deadline_reason(h: &HeldRow, deadline: &str) -> String {
-    format!(
-        "`{}` for event {} was paused past its deadline ({deadline}) by pause `{}`",
-        h.action,
-        escape(&h.event_id),
-        escape(&h.scope)
-    )
-}
-
 impl Host {
-    /// Before a runbook's first step with an effect (`key` is that step's idempotency key):
-    /// holds the decision when a pause matches its event and no effect of it has begun (a
-    /// runbook resumed after a restart past its first effect is in flight: it goes on).
-    /// Returns whether it was held (the runbook must stop here). The `escalate` runbook and
-    /// a dry run are never held.
-    pub fn hold_if_paused(
-        &self,
-        key: &str,
-        decision_id: &str,
-        ev: &Event,
-        d: &Decision,
-        decided_at: DateTime<Utc>,
-    ) -> bool {
-        if d.action == Action::Escalate || self.cfg.dry_run {
-            return false;
-        }
+    /// The pauses' verdict on `ev`: held while a pause matches it. A store that cannot be
+    /// read holds too (fail safe: the tick asks again).
+    pub(crate) fn pause_verdict(&self, ev: &Event) -> Verdict {
         let pauses: Vec<(String, String)> = match self.store.pauses() {
             Ok(p) => p.into_iter().map(|p| (p.scope, p.reason)).collect(),
-            // The step's own record (next) reports a failing store.
-            Err(_) => return false,
-        };
-        let Some((scope, reason)) = matching(&pauses, ev) else {
-            return false;
-        };
-        if self.store.step_begun(key).unwrap_or(true) {
-            return false;
-        }
-        let now = Utc::now();
-        let deadline = hold_deadline(ev, d, decided_at).map(rfc);
-        let row = HeldRow {
-            decision_id: decision_id.to_string(),
-            event_id: ev.id.clone(),
-            action: d.action.as_str().to_string(),
-            event_json: keel_engine::redact::to_redacted_string(ev).unwrap_or_default(),
-            scope: scope.clone(),
-            reason: reason.clone(),
-            since: rfc(now),
-            deadline: deadline.clone(),
-        };
-        if let Err(e) = self.store.hold(&row) {
-            // Not recorded: the runbook stays pending (resumed at the next start), and no
-            // effect runs while paused.
-            self.log_line(&serde_json::json!({
-                "time": rfc(now), "decision_id": decision_id, "error": e.to_string(),
-            }));
-            return true;
-        }
-        self.metrics
-            .add("keel_held_total", &[("reason", "pause")], 1.0);
-        self.log_line(&serde_json::json!({
-            "time": rfc(now), "decision_id": decision_id, "event_id": ev.id,
-            "held": {"by": "pause", "scope": scope, "reason": reason, "deadline": deadline},
-        }));
-        true
-    }
-
-    /// One look at the pauses (the `/readyz` report, `keel_paused{kind}`) and at the held
-    /// decisions: one whose deadline passed escalates ("paused past its deadline", even when
-    /// resumed since: it is too late), one no pause matches any more is released: its
-    /// runbook is returned, to start. Runs on the blocking pool, every tick of the run loop.
-    pub fn check_pauses(self: &Arc<Self>) -> Vec<Work> {
-        let mut work: Vec<Work> = Vec::new();
-        let pauses = match self.store.pauses() {
-            Ok(p) => p,
             Err(e) => {
-                self.log_line(
-                    &serde_json::json!({"time": rfc(Utc::now()), "error": e.to_string()}),
-                );
-                return work;
-            }
-        };
-        for kind in ["all", "region", "resource_group", "resource"] {
-            let n = pauses
-                .iter()
-                .filter(|p| Scope::parse(&p.scope).is_ok_and(|s| s.kind() == kind))
-                .count();
-            self.metrics.set("keel_paused", &[("kind", kind)], n as f64);
-        }
-        let pairs: Vec<(String, String)> = pauses
-            .iter()
-            .map(|p| (p.scope.clone(), p.reason.clone()))
-            .collect();
-        self.health.set_pauses(pairs.clone());
-        let held = match self.store.held() {
-            Ok(h) => h,
-            Err(e) => {
-                self.log_line(
-                    &serde_json::json!({"time": rfc(Utc::now()), "error": e.to_string()}),
-                );
-                return work;
-            }
-        };
-        let now = Utc::now();
-        for h in held {
-            let ev = serde_json::from_str::<Event>(&h.event_json).ok();
-            let due = h
-                .deadline
-                .as_deref()
-                .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-                .is_some_and(|t| t.with_timezone(&Utc) <= now);
-            let still = ev.as_ref().and_then(|ev| matching(&pairs, ev)).is_some();
-            let res = if due {
-                let deadline = h.deadline.clone().unwrap_or_default();
-                let (k, body) = past_deadline_entry(&h, &deadline);
-                let entry = super::store::NewOutbox {
-                    key: &k,
-                    decision_id: &h.decision_id,
-                    body: &body,
-                };
-                self.store
-                    .expire_held(&h.decision_id, &entry, &rfc(now))
-                    .map(|()| {
-                        self.metrics.add(
-                            "keel_runbooks_failed_total",
-                            &[("action", &h.action)],
-                            1.0,
-                        );
-                        serde_json::json!({
-                            "time": rfc(now), "decision_id": h.decision_id, "escalation": {
-                                "reason": past_deadline_reason(&h, &deadline),
-                                "severity": "error",
-                            },
-                        })
-                    })
-            } else if !still {
-                // Resumed (or its pause replaced by one of another scope) in time.
-                match (self.store.release(&h.decision_id), ev) {
-                    (Ok(Some(json)), Some(ev)) => {
-                        if let Ok(d) = serde_json::from_str::<Decision>(&json) {
-                            work.push((h.decision_id.clone(), ev, d));
-                        }
-                        Ok(serde_json::json!({
-                            "time": rfc(now), "decision_id": h.decision_id,
-                            "event_id": h.event_id,
-                            "released": {"by": "pause", "scope": h.scope},
-                        }))
-                    }
-                    (Ok(_), _) => continue,
-                    (Err(e), _) => Err(e),
+                return Verdict::Hold {
+                    by: "pause",
+                    scope: "-".into(),
+                    reason: format!("held: the pauses cannot be read: {e}"),
                 }
-            } else {
-                continue;
-            };
-            match res {
-                Ok(line) => self.log_line(&line),
-                Err(e) => self.log_line(&serde_json::json!({
-                    "time": rfc(now), "decision_id": h.decision_id, "error": e.to_string(),
-                })),
             }
+        };
+        match matching(&pauses, ev) {
+            Some((scope, reason)) => Verdict::Hold {
+                by: "pause",
+                scope: scope.clone(),
+                reason: reason.clone(),
+            },
+            None => Verdict::Pass,
         }
-        work
     }
 }
 

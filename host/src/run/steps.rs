@@ -123,10 +123,11 @@ pub async fn run_runbook(host: Arc<Host>, decision_id: String, ev: Event, d: Dec
                 "canceled": "the platform canceled the event; the remaining steps are skipped",
             }));
         }
-        // A pause holds a runbook before its first effect, never in the middle of them.
+        // The gate (pause, window, blocker, budget) holds a runbook before its first effect,
+        // never in the middle of them.
         if !canceled && !pause_checked && !matches!(step.kind, StepKind::Log) {
             pause_checked = true;
-            if host.hold_if_paused(&key, &decision_id, &ev, &d, decided_at) {
+            if host.hold_if_gated(&key, &decision_id, &ev, &d, decided_at) {
                 return;
             }
         }
@@ -224,6 +225,8 @@ pub async fn run_runbook(host: Arc<Host>, decision_id: String, ev: Event, d: Dec
     {
         host.log_line(&serde_json::json!({"decision_id": decision_id, "error": e.to_string()}));
     }
+    // Its budget slots go back (and bake) whatever the outcome.
+    host.release_budget(&decision_id);
     if !ok {
         host.metrics.add(
             "keel_runbooks_failed_total",

@@ -96,12 +96,28 @@ const MIGRATIONS: &[&str] = &[
         decision_id TEXT PRIMARY KEY, event_id TEXT NOT NULL, action TEXT NOT NULL,
         event_json TEXT NOT NULL, scope TEXT NOT NULL, reason TEXT NOT NULL,
         at TEXT NOT NULL, deadline TEXT);",
+    // 7: what holds a held decision (`by`: pause, window, blocker or budget); the budgets'
+    // leases (one per decision and budget: holder, expiry, bake after release) and the
+    // members each budget key has been seen with (its observed group and their health).
+    "ALTER TABLE held ADD COLUMN by TEXT NOT NULL DEFAULT 'pause';
+     CREATE TABLE leases (
+        decision_id TEXT NOT NULL, budget TEXT NOT NULL, key TEXT NOT NULL,
+        unit TEXT NOT NULL, holder TEXT NOT NULL, max_in_flight INTEGER NOT NULL,
+        bake_s INTEGER NOT NULL, acquired_at TEXT NOT NULL, renewed_at TEXT NOT NULL,
+        expires_at TEXT NOT NULL, released_at TEXT,
+        PRIMARY KEY (decision_id, budget));
+     CREATE INDEX leases_key ON leases (budget, key, expires_at);
+     CREATE TABLE budget_members (
+        budget TEXT NOT NULL, key TEXT NOT NULL, member TEXT NOT NULL,
+        healthy INTEGER NOT NULL, seen_at TEXT NOT NULL,
+        PRIMARY KEY (budget, key, member));
+     CREATE INDEX budget_members_seen ON budget_members (seen_at);",
 ];
 
 /// The garbage collector's deletes, in order ([`Store::gc`]); `?1` is the cut-off time. Each
 /// finds its rows through an index (migration 4), except `steps`, whose scan probes the
 /// decisions' primary key once per row.
-const GC_DELETES: [&str; 7] = [
+const GC_DELETES: [&str; 9] = [
     "DELETE FROM decisions WHERE time < ?1 AND runbook NOT IN ('pending', 'held')
        AND NOT EXISTS (SELECT 1 FROM outbox o
                        WHERE o.decision_id = decisions.decision_id AND o.delivered_at IS NULL)",
@@ -113,6 +129,8 @@ const GC_DELETES: [&str; 7] = [
     "DELETE FROM ingest_keys WHERE received_at < ?1",
     "DELETE FROM attempts WHERE last_at < ?1",
     "DELETE FROM approvals WHERE at < ?1",
+    "DELETE FROM leases WHERE expires_at < ?1",
+    "DELETE FROM budget_members WHERE seen_at < ?1",
 ];
 
 /// The schema version this binary writes (`PRAGMA user_version`: how many migrations ran). A
@@ -330,6 +348,10 @@ pub struct GcCounts {
     pub attempts: usize,
     /// Scheduled Events approvals.
     pub approvals: usize,
+    /// Budget leases expired (and baked) before the cut-off.
+    pub leases: usize,
+    /// Budget group members not seen since the cut-off.
+    pub budget_members: usize,
 }
 
 impl GcCounts {
@@ -342,6 +364,8 @@ impl GcCounts {
             + self.ingest_keys
             + self.attempts
             + self.approvals
+            + self.leases
+            + self.budget_members
     }
 }
 
@@ -687,7 +711,7 @@ impl Store {
     /// Deletes finished history older than `before` (RFC 3339, UTC): decisions whose runbook
     /// is not pending nor held by a pause and that have no undelivered escalation, their step executions, the seen
     /// events no remaining decision refers to, delivered escalations, ingest keys and attempt
-    /// counts. Pending runbooks, deferrals and undelivered escalations are never collected.
+    /// counts, budget leases and members. Pending runbooks, deferrals and undelivered escalations are never collected.
     /// Returns how many rows went, per table.
     pub fn gc(&self, before: &str) -> Result<GcCounts, StoreError> {
         let mut c = self.c()?;
@@ -700,7 +724,8 @@ impl Store {
                 tx.execute(sql, [])?
             };
         }
-        let [decisions, steps, events, outbox, ingest_keys, attempts, approvals] = n;
+        let [decisions, steps, events, outbox, ingest_keys, attempts, approvals, leases, budget_members] =
+            n;
         tx.commit()?;
         Ok(GcCounts {
             decisions,
@@ -710,6 +735,8 @@ impl Store {
             ingest_keys,
             attempts,
             approvals,
+            leases,
+            budget_members,
         })
     }
 
@@ -866,7 +893,9 @@ impl Db<'_> {
     }
 }
 
+mod budget;
 mod pause;
+pub use budget::{KeyView, LeaseRow, LeaseWant};
 pub use pause::{HeldRow, Status};
 
 #[cfg(test)]

@@ -18,7 +18,8 @@ pub struct PauseRow {
     pub at: String,
 }
 
-/// A decision held by a pause.
+/// A decision held before its runbook's first effect (by a pause, a maintenance window, a
+/// blocker or a budget).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct HeldRow {
     /// The decision held.
@@ -30,9 +31,13 @@ pub struct HeldRow {
     /// The event (redacted JSON), decided again on the resume.
     #[serde(skip)]
     pub event_json: String,
-    /// The pause's scope that held it.
+    /// What holds it: `pause`, `window`, `blocker` or `budget`.
+    pub by: String,
+    /// What of it holds it: the pause's scope, the window's or blocker's name, the budget
+    /// and its key.
     pub scope: String,
-    /// The pause's reason.
+    /// Why, in one line: the pause's reason, or the gate's explanation (e.g. "budget ud/web
+    /// full: 1/1 in flight, holder vm-17#… until …").
     pub reason: String,
     /// When it was held (RFC 3339, UTC).
     pub since: String,
@@ -96,8 +101,11 @@ pub struct Status {
     pub schema_version: i64,
     /// The pauses, oldest first.
     pub pauses: Vec<PauseRow>,
-    /// The decisions held by a pause, oldest first.
+    /// The decisions held (by a pause, window, blocker or budget), oldest first.
     pub held: Vec<HeldRow>,
+    /// The budgets' leases not yet expired (held, or released and baking), by budget and
+    /// key, soonest expiry first.
+    pub leases: Vec<super::LeaseRow>,
     /// The runbooks in flight, oldest first.
     pub in_flight: Vec<InFlight>,
     /// The pending deferrals, soonest first.
@@ -127,11 +135,12 @@ fn held_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<HeldRow> {
         reason: r.get(5)?,
         since: r.get(6)?,
         deadline: r.get(7)?,
+        by: r.get(8)?,
     })
 }
 
 const HELD_COLUMNS: &str =
-    "SELECT decision_id, event_id, action, event_json, scope, reason, at, deadline FROM held";
+    "SELECT decision_id, event_id, action, event_json, scope, reason, at, deadline, by FROM held";
 
 impl Store {
     /// Opens an existing database read-only, without migrating it (`keel status`, while
@@ -224,14 +233,27 @@ impl Store {
             .is_some())
     }
 
-    /// Holds a decision: its `held` row and its runbook state `held`, in one transaction.
+    /// The decision (redacted JSON) of `decision_id`, if it is stored.
+    pub fn decision_json(&self, decision_id: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .c()?
+            .query_row(
+                "SELECT decision_json FROM decisions WHERE decision_id = ?1",
+                params![decision_id],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Holds a decision: its `held` row (replacing one it had) and its runbook state `held`,
+    /// in one transaction.
     pub fn hold(&self, h: &HeldRow) -> Result<(), StoreError> {
         let mut c = self.c()?;
         let tx = c.transaction()?;
         tx.execute(
-            "INSERT OR REPLACE INTO held (decision_id, event_id, action, event_json, scope, reason, at, deadline)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![h.decision_id, h.event_id, h.action, h.event_json, h.scope, h.reason, h.since, h.deadline],
+            "INSERT OR REPLACE INTO held (decision_id, event_id, action, event_json, scope, reason, at, deadline, by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![h.decision_id, h.event_id, h.action, h.event_json, h.scope, h.reason, h.since, h.deadline, h.by],
         )?;
         tx.execute(
             "UPDATE decisions SET runbook = 'held' WHERE decision_id = ?1",
@@ -288,8 +310,8 @@ impl Store {
         Ok(())
     }
 
-    /// What `keel status` shows, in one read transaction.
-    pub fn status(&self) -> Result<Status, StoreError> {
+    /// What `keel status` shows at `now` (RFC 3339, UTC), in one read transaction.
+    pub fn status(&self, now: &str) -> Result<Status, StoreError> {
         let mut c = self.c()?;
         let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)?;
         let schema_version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
@@ -355,11 +377,13 @@ impl Store {
                 })
             },
         )?;
+        let leases = super::budget::leases(&tx, now)?;
         tx.commit()?;
         Ok(Status {
             schema_version,
             pauses,
             held,
+            leases,
             in_flight,
             deferrals,
             outbox,

@@ -320,6 +320,8 @@ fn gc_deletes_old_finished_history_and_never_pending_work() -> Result<(), StoreE
             ingest_keys: 1,
             attempts: 0,
             approvals: 0,
+            leases: 0,
+            budget_members: 0,
         }
     );
     assert!(!s.seen("old-done", "-")?);
@@ -349,6 +351,7 @@ fn a_held_decision_outlives_gc_and_is_released_or_expired_once() -> Result<(), S
         event_id: id.into(),
         action: "drain".into(),
         event_json: "{}".into(),
+        by: "pause".into(),
         scope: "all".into(),
         reason: "r".into(),
         since: old.into(),
@@ -366,7 +369,7 @@ fn a_held_decision_outlives_gc_and_is_released_or_expired_once() -> Result<(), S
     assert!(s.pending()?.is_empty(), "a held decision is not pending");
     assert_eq!(s.gc("2026-02-01T00:00:00.000Z")?.decisions, 0);
     assert_eq!(s.held()?.len(), 2);
-    assert_eq!(s.status()?.held.len(), 2);
+    assert_eq!(s.status(old)?.held.len(), 2);
     // Released once: pending again, with its decision.
     assert_eq!(s.release("a")?.as_deref(), Some("{\"d\":1}"));
     assert_eq!(s.release("a")?, None);

@@ -1,0 +1,277 @@
+//! Concurrency budgets (`budgets:` in `keel.yaml`), as leases.
+//!
+//! A budget groups events by its `key` (a CEL expression: an availability set, a zone, a
+//! tag) and lets at most `max_in_flight` units of a group run an action it names at once; a
+//! unit is what `per` evaluates to (an update domain: the VMs of one update domain share a
+//! slot), or the resource. A runbook takes its slots before its first effect (after pauses,
+//! windows and blockers let it) and gives them back when it ends, on every path; a slot then
+//! stays taken for the budget's `bake` time. A slot is a lease in the state database: its
+//! holder (`<host>#<random>`, new at each start) renews it while the runbook runs, and a
+//! holder that dies frees it when the lease expires (`lease_ttl`). A decision that finds a
+//! budget full is held, with the reason, until a slot frees or its deadline passes (it then
+//! escalates).
+//!
+//! An event whose key (or unit) does not evaluate (a field it does not carry) falls in the
+//! group (or unit) `?`: unknown events share one group rather than escape the budget.
+
+use std::collections::BTreeSet;
+
+use chrono::Utc;
+use keel_engine::{escape, Decision, Event, HealthState, Kind};
+
+use super::gate::Verdict;
+use super::store::{Db, KeyView, LeaseWant, StoreError};
+use super::{rfc, Host};
+use crate::config::Budget;
+
+/// The group or unit of an event whose expression does not evaluate.
+pub const UNKNOWN: &str = "?";
+
+/// A new holder identity: `<name>#<8 random hex digits>` (`name`: this host's `self`, else
+/// `keel`).
+pub fn new_holder(name: Option<&str>) -> String {
+    let mut b = [0u8; 4];
+    // Without randomness the time stands in: holders only need to differ between starts.
+    if getrandom::fill(&mut b).is_err() {
+        let t = Utc::now().timestamp_subsec_nanos().to_le_bytes();
+        b = t;
+    }
+    format!("{}#{}", name.unwrap_or("keel"), hex::encode(b))
+}
+
+/// The key and the unit of `ev` in budget `b`.
+pub fn key_and_unit(b: &Budget, ev: &Event) -> (String, String) {
+    let key = b.key.eval(ev, ev.time).unwrap_or_else(|_| UNKNOWN.into());
+    let unit = match &b.per {
+        Some(p) => p.eval(ev, ev.time).unwrap_or_else(|_| UNKNOWN.into()),
+        None => ev
+            .resource
+            .id
+            .clone()
+            .or_else(|| ev.resource.name.clone())
+            .unwrap_or_else(|| ev.id.clone()),
+    };
+    (key, unit)
+}
+
+/// Whether budget `b` admits `unit` into its group as `view` shows it: `Err` says why not, in
+/// the words of the decision log and `keel status`.
+pub fn admit(b: &Budget, key: &str, unit: &str, view: &KeyView) -> Result<(), String> {
+    let units: BTreeSet<&str> = view.live.iter().map(|l| l.unit.as_str()).collect();
+    if units.contains(unit) {
+        // Its unit is in flight already (another VM of the same update domain): it shares
+        // the unit's slot.
+        return Ok(());
+    }
+    let observed = u32::try_from(view.members.len()).unwrap_or(u32::MAX);
+    let size = b.group_size.unwrap_or(observed).max(1);
+    let max = b.max_in_flight.of(size);
+    let in_flight = u32::try_from(units.len()).unwrap_or(u32::MAX);
+    if in_flight >= max {
+        let first = view.live.first();
+        let (holder, until, baking) = first.map_or(("?", "?", false), |l| {
+            (
+                l.holder.as_str(),
+                l.expires_at.as_str(),
+                l.released_at.is_some(),
+            )
+        });
+        let what = if baking { "baking" } else { "holder" };
+        let who = if baking {
+            format!("unit {}", first.map_or("?", |l| l.unit.as_str()))
+        } else {
+            holder.to_string()
+        };
+        return Err(format!(
+            "budget {}/{} full, {in_flight}/{max} in flight, {what} {} until {until}",
+            b.name,
+            escape(key),
+            escape(&who)
+        ));
+    }
+    if let Some(min) = b.min_healthy {
+        let want = min.of(size);
+        let unhealthy = view
+            .members
+            .iter()
+            .filter(|m| !m.healthy && !units.contains(m.member.as_str()) && m.member != unit)
+            .count();
+        let unhealthy = u32::try_from(unhealthy).unwrap_or(u32::MAX);
+        let healthy_after = size.saturating_sub(in_flight + 1).saturating_sub(unhealthy);
+        if healthy_after < want {
+            return Err(format!(
+                "budget {}/{}: taking a slot would leave {healthy_after} of {size} healthy, \
+                 fewer than min_healthy {min} ({in_flight} in flight, {unhealthy} unhealthy)",
+                b.name,
+                escape(key)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The health an event reports of its resource, for the budgets' `min_healthy`: `None` when
+/// it says nothing about it.
+fn health_of(ev: &Event) -> Option<bool> {
+    match ev.kind {
+        Kind::Health => ev.health.as_ref().map(|h| match h.state {
+            HealthState::Available => Some(true),
+            HealthState::Unavailable | HealthState::Degraded => Some(false),
+            HealthState::Unknown => None,
+        })?,
+        _ => None,
+    }
+}
+
+impl Host {
+    /// Records `ev`'s unit as a member of each budget's group (its observed size) with the
+    /// health the event reports, inside the batch `db` that records the event.
+    pub fn note_budget_members(
+        &self,
+        db: &Db<'_>,
+        ev: &Event,
+        now: &str,
+    ) -> Result<(), StoreError> {
+        let healthy = health_of(ev);
+        for b in &self.cfg.budgets {
+            let (key, unit) = key_and_unit(b, ev);
+            db.note_member(&b.name, &key, &unit, healthy, now)?;
+        }
+        Ok(())
+    }
+
+    /// The budgets' verdict for `d` on `ev`: takes every slot it needs (all or none) and
+    /// passes, or holds with the first full budget's reason. The leases last the longest
+    /// `lease_ttl` of the budgets taken, renewed while the runbook runs.
+    pub(crate) fn budget_verdict(&self, decision_id: &str, ev: &Event, d: &Decision) -> Verdict {
+        let budgets: Vec<&Budget> = self
+            .cfg
+            .budgets
+            .iter()
+            .filter(|b| b.actions.contains(&d.action))
+            .collect();
+        if budgets.is_empty() {
+            return Verdict::Pass;
+        }
+        let keyed: Vec<(&Budget, String, String)> = budgets
+            .iter()
+            .map(|b| {
+                let (k, u) = key_and_unit(b, ev);
+                (*b, k, u)
+            })
+            .collect();
+        let wants: Vec<LeaseWant<'_>> = keyed
+            .iter()
+            .map(|(b, k, u)| LeaseWant {
+                budget: &b.name,
+                key: k,
+                unit: u,
+                bake_s: b.bake_s,
+                max_in_flight: i64::from(b.max_in_flight.of(b.group_size.unwrap_or(1))),
+            })
+            .collect();
+        let now = Utc::now();
+        let ttl = keyed
+            .iter()
+            .map(|(b, _, _)| b.lease_ttl_s)
+            .max()
+            .unwrap_or(60);
+        let expires = now + chrono::Duration::seconds(ttl);
+        let res = self.store.acquire_leases(
+            decision_id,
+            &wants,
+            &self.holder,
+            &rfc(now),
+            &rfc(expires),
+            |w, view| {
+                let b = keyed.iter().find(|(b, _, _)| b.name == w.budget);
+                b.map_or(Ok(()), |(b, k, u)| admit(b, k, u, view))
+            },
+        );
+        match res {
+            Ok(Ok(())) => {
+                self.leased(decision_id, true);
+                self.metrics.add("keel_budget_leases_total", &[], 1.0);
+                Verdict::Pass
+            }
+            Ok(Err(no)) => Verdict::Hold {
+                by: "budget",
+                scope: format!("{}/{}", no.budget, no.key),
+                reason: format!("held: {}", no.reason),
+            },
+            // A store that cannot say: hold (fail safe), the tick asks again.
+            Err(e) => Verdict::Hold {
+                by: "budget",
+                scope: "-".into(),
+                reason: format!("held: the budgets cannot be read: {e}"),
+            },
+        }
+    }
+
+    /// Gives back the slots of `decision_id` (its runbook ended). Failures are logged: the
+    /// lease then frees itself at its expiry.
+    pub fn release_budget(&self, decision_id: &str) {
+        if self.cfg.budgets.is_empty() {
+            return;
+        }
+        self.leased(decision_id, false);
+        let now = Utc::now();
+        match self.store.release_leases(decision_id, &self.holder, now) {
+            Ok(0) => {}
+            Ok(_) => self.log_line(&serde_json::json!({
+                "time": rfc(now), "decision_id": decision_id, "budget": "released",
+            })),
+            Err(e) => self.log_line(&serde_json::json!({
+                "time": rfc(now), "decision_id": decision_id, "error": e.to_string(),
+            })),
+        }
+    }
+
+    /// Renews the leases of the runbooks running here, every third of the shortest
+    /// `lease_ttl` (called every tick).
+    pub fn renew_budget_leases(&self) {
+        let Some(ttl) = self.cfg.budgets.iter().map(|b| b.lease_ttl_s).min() else {
+            return;
+        };
+        let now = Utc::now();
+        let running: Vec<String> = {
+            let Ok(mut r) = self.leases.lock() else {
+                return;
+            };
+            let due =
+                r.1.is_none_or(|last| now - last >= chrono::Duration::seconds(ttl / 3));
+            if !due || r.0.is_empty() {
+                return;
+            }
+            r.1 = Some(now);
+            r.0.iter().cloned().collect()
+        };
+        let longest = self
+            .cfg
+            .budgets
+            .iter()
+            .map(|b| b.lease_ttl_s)
+            .max()
+            .unwrap_or(ttl);
+        let expires = now + chrono::Duration::seconds(longest);
+        if let Err(e) = self
+            .store
+            .renew_leases(&self.holder, &running, &rfc(now), &rfc(expires))
+        {
+            self.log_line(&serde_json::json!({"time": rfc(now), "error": e.to_string()}));
+        }
+    }
+
+    fn leased(&self, decision_id: &str, on: bool) {
+        if let Ok(mut r) = self.leases.lock() {
+            if on {
+                r.0.insert(decision_id.to_string());
+            } else {
+                r.0.remove(decision_id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,295 @@
+//! The budgets' leases and the members each budget key has been seen with. A lease is the
+//! truth of a slot: no count is kept in memory, so a restarted host, or (later) another host
+//! on the same database, sees exactly the slots taken.
+
+use rusqlite::{params, Connection};
+use serde::Serialize;
+
+use super::{exec, Db, Store, StoreError};
+
+/// A lease as stored (and as `keel status` shows it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LeaseRow {
+    /// The budget's name.
+    pub budget: String,
+    /// The budget key (e.g. the availability set) the slot belongs to.
+    pub key: String,
+    /// The unit that occupies the slot (e.g. the update domain; the resource when the budget
+    /// has no `per`).
+    pub unit: String,
+    /// The decision whose runbook holds it.
+    pub decision_id: String,
+    /// Who holds it (`<host>#<random>`: a restarted host is a new holder).
+    pub holder: String,
+    /// The budget's `max_in_flight` when it was taken.
+    pub max_in_flight: i64,
+    /// When it was taken, last renewed, and when it expires (RFC 3339, UTC). A released lease
+    /// expires when its bake time ends.
+    pub acquired_at: String,
+    /// See `acquired_at`.
+    pub renewed_at: String,
+    /// See `acquired_at`.
+    pub expires_at: String,
+    /// When its runbook ended; none while it runs.
+    pub released_at: Option<String>,
+}
+
+/// A member of a budget key's group, as last seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// The member (the unit).
+    pub member: String,
+    /// Whether its last health signal was healthy.
+    pub healthy: bool,
+}
+
+/// A slot wanted by a decision.
+#[derive(Debug, Clone)]
+pub struct LeaseWant<'a> {
+    /// The budget.
+    pub budget: &'a str,
+    /// Its key for the event.
+    pub key: &'a str,
+    /// The unit the event belongs to.
+    pub unit: &'a str,
+    /// The budget's bake time after a release, seconds.
+    pub bake_s: i64,
+    /// `max_in_flight` as resolved, for the record.
+    pub max_in_flight: i64,
+}
+
+/// Why a decision did not get its slots: the budget and key that were full, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denied {
+    /// The budget.
+    pub budget: String,
+    /// Its key.
+    pub key: String,
+    /// Why, in one line.
+    pub reason: String,
+}
+
+/// What a budget's admission sees of a key at `now`.
+#[derive(Debug, Clone)]
+pub struct KeyView {
+    /// The leases not expired (held, or released and baking).
+    pub live: Vec<LeaseRow>,
+    /// The members seen with this key.
+    pub members: Vec<Member>,
+}
+
+const LEASE_COLUMNS: &str = "SELECT budget, key, unit, decision_id, holder, max_in_flight,
+    acquired_at, renewed_at, expires_at, released_at FROM leases";
+
+fn lease_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LeaseRow> {
+    Ok(LeaseRow {
+        budget: r.get(0)?,
+        key: r.get(1)?,
+        unit: r.get(2)?,
+        decision_id: r.get(3)?,
+        holder: r.get(4)?,
+        max_in_flight: r.get(5)?,
+        acquired_at: r.get(6)?,
+        renewed_at: r.get(7)?,
+        expires_at: r.get(8)?,
+        released_at: r.get(9)?,
+    })
+}
+
+fn view(c: &Connection, budget: &str, key: &str, now: &str) -> Result<KeyView, StoreError> {
+    let mut st = c.prepare_cached(&format!(
+        "{LEASE_COLUMNS} WHERE budget = ?1 AND key = ?2 AND expires_at > ?3
+         ORDER BY expires_at, decision_id"
+    ))?;
+    let live = st
+        .query_map(params![budget, key, now], lease_row)?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut st = c.prepare_cached(
+        "SELECT member, healthy FROM budget_members WHERE budget = ?1 AND key = ?2
+         ORDER BY member",
+    )?;
+    let members = st
+        .query_map(params![budget, key], |r| {
+            Ok(Member {
+                member: r.get(0)?,
+                healthy: r.get::<_, i64>(1)? != 0,
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(KeyView { live, members })
+}
+
+impl Store {
+    /// Takes every slot `wants` names for `decision_id`, or none: in one write transaction,
+    /// `admit` sees each key's live leases and members and says yes (`Ok`) or why not
+    /// (`Err(reason)`); on the first no, nothing is written and the reason is returned. A
+    /// slot this decision already holds (e.g. taken by a host that died before its first
+    /// step) is taken over by `holder` and renewed. A lease expires at `expires` unless
+    /// renewed.
+    pub fn acquire_leases(
+        &self,
+        decision_id: &str,
+        wants: &[LeaseWant<'_>],
+        holder: &str,
+        now: &str,
+        expires: &str,
+        mut admit: impl FnMut(&LeaseWant<'_>, &KeyView) -> Result<(), String>,
+    ) -> Result<Result<(), Denied>, StoreError> {
+        let mut c = self.c()?;
+        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        for w in wants {
+            let v = view(&tx, w.budget, w.key, now)?;
+            let mine = v
+                .live
+                .iter()
+                .any(|l| l.decision_id == decision_id && l.released_at.is_none());
+            if !mine {
+                if let Err(reason) = admit(w, &v) {
+                    return Ok(Err(Denied {
+                        budget: w.budget.to_string(),
+                        key: w.key.to_string(),
+                        reason,
+                    }));
+                }
+            }
+            exec(
+                &tx,
+                "INSERT INTO leases (decision_id, budget, key, unit, holder, max_in_flight,
+                   bake_s, acquired_at, renewed_at, expires_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9)
+                 ON CONFLICT (decision_id, budget) DO UPDATE SET
+                   holder = excluded.holder, renewed_at = excluded.renewed_at,
+                   expires_at = excluded.expires_at, released_at = NULL,
+                   acquired_at = CASE WHEN leases.released_at IS NULL
+                                      AND leases.expires_at > excluded.renewed_at
+                                 THEN leases.acquired_at ELSE excluded.acquired_at END",
+                params![
+                    decision_id,
+                    w.budget,
+                    w.key,
+                    w.unit,
+                    holder,
+                    w.max_in_flight,
+                    w.bake_s,
+                    now,
+                    expires
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(Ok(()))
+    }
+
+    /// Renews the unreleased leases `holder` holds for `decisions` until `expires`. Returns
+    /// how many were renewed.
+    pub fn renew_leases(
+        &self,
+        holder: &str,
+        decisions: &[String],
+        now: &str,
+        expires: &str,
+    ) -> Result<usize, StoreError> {
+        let mut c = self.c()?;
+        let tx = c.transaction()?;
+        let mut n = 0;
+        for d in decisions {
+            n += exec(
+                &tx,
+                "UPDATE leases SET renewed_at = ?3, expires_at = ?4
+                 WHERE decision_id = ?1 AND holder = ?2 AND released_at IS NULL",
+                params![d, holder, now, expires],
+            )?;
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// Gives back the slots `holder` holds for `decision_id` (its runbook ended, on whatever
+    /// path): each stays taken for its budget's bake time, counted from `now`. A slot another
+    /// holder took over is not touched. Returns how many were released.
+    pub fn release_leases(
+        &self,
+        decision_id: &str,
+        holder: &str,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<usize, StoreError> {
+        let mut c = self.c()?;
+        let tx = c.transaction()?;
+        let rows: Vec<(String, i64)> = {
+            let mut st = tx.prepare_cached(
+                "SELECT budget, bake_s FROM leases
+                 WHERE decision_id = ?1 AND holder = ?2 AND released_at IS NULL",
+            )?;
+            let rows =
+                st.query_map(params![decision_id, holder], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
+        let at = super::super::rfc(now);
+        for (budget, bake_s) in &rows {
+            let until = chrono::Duration::try_seconds(*bake_s)
+                .and_then(|b| now.checked_add_signed(b))
+                .unwrap_or(now);
+            exec(
+                &tx,
+                "UPDATE leases SET released_at = ?3, expires_at = ?4
+                 WHERE decision_id = ?1 AND budget = ?2",
+                params![decision_id, budget, at, super::super::rfc(until)],
+            )?;
+        }
+        tx.commit()?;
+        Ok(rows.len())
+    }
+
+    /// Every lease not yet expired at `now`, soonest expiry first.
+    #[cfg(test)]
+    pub fn leases(&self, now: &str) -> Result<Vec<LeaseRow>, StoreError> {
+        leases(&*self.c()?, now)
+    }
+
+    /// The lease of a decision in a budget, if any (expired or not).
+    #[cfg(test)]
+    pub fn lease(&self, decision_id: &str, budget: &str) -> Result<Option<LeaseRow>, StoreError> {
+        use rusqlite::OptionalExtension;
+        Ok(self
+            .c()?
+            .query_row(
+                &format!("{LEASE_COLUMNS} WHERE decision_id = ?1 AND budget = ?2"),
+                params![decision_id, budget],
+                lease_row,
+            )
+            .optional()?)
+    }
+}
+
+impl Db<'_> {
+    /// Records that `member` belongs to `budget`'s group `key`, with its health when the
+    /// event says (`None`: unchanged, healthy when new).
+    pub fn note_member(
+        &self,
+        budget: &str,
+        key: &str,
+        member: &str,
+        healthy: Option<bool>,
+        now: &str,
+    ) -> Result<(), StoreError> {
+        let h = healthy.map(i64::from);
+        exec(
+            self.0,
+            "INSERT INTO budget_members (budget, key, member, healthy, seen_at)
+             VALUES (?1, ?2, ?3, COALESCE(?4, 1), ?5)
+             ON CONFLICT (budget, key, member) DO UPDATE SET
+               healthy = COALESCE(?4, budget_members.healthy), seen_at = excluded.seen_at",
+            params![budget, key, member, h, now],
+        )?;
+        Ok(())
+    }
+}
+
+/// The leases not expired at `now`, soonest expiry first.
+pub(super) fn leases(c: &Connection, now: &str) -> Result<Vec<LeaseRow>, StoreError> {
+    let mut st = c.prepare(&format!(
+        "{LEASE_COLUMNS} WHERE expires_at > ?1 ORDER BY budget, key, expires_at, decision_id"
+    ))?;
+    let rows = st.query_map(params![now], lease_row)?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}

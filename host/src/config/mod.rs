@@ -9,10 +9,12 @@ use keel_engine::yaml::{self, YamlDoc};
 use keel_engine::{Action, Diagnostic, LoadError};
 use serde_json::Value;
 
+mod gates;
 mod guards;
 mod runbooks;
 mod sources;
 
+pub use gates::{Blocker, BlockerCheck, Window};
 pub use runbooks::*;
 pub use sources::*;
 
@@ -70,6 +72,10 @@ pub struct Config {
     pub commit_batch_max: usize,
     /// The blast-radius guards (`guards:`; the engine's defaults, all on, when absent).
     pub guards: keel_engine::GuardConfig,
+    /// Maintenance windows (`windows:`): when the actions they name may start.
+    pub windows: Vec<Window>,
+    /// Blockers (`blockers:`): checks that hold the actions they name while not clear.
+    pub blockers: Vec<Blocker>,
 }
 
 /// Limits on what runs at once (`limits:`).
@@ -329,6 +335,8 @@ const ROOT_KEYS: &[&str] = &[
     "commit_batch_max",
     "azure_identity",
     "guards",
+    "windows",
+    "blockers",
 ];
 
 /// Reads and validates `keel.yaml`; every problem is reported with its position. Relative
@@ -375,6 +383,8 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
     let sources = parse_sources(&mut v, &base, &root, self_name.as_deref(), listen);
     let runbooks = parse_runbooks(&mut v, &root);
     let guards = guards::parse_guards(&mut v, root.get("guards"));
+    let windows = gates::parse_windows(&mut v, root.get("windows"));
+    let blockers = gates::parse_blockers(&mut v, root.get("blockers"));
     let mut diags = v.diags;
     diags.sort_by_key(|d| (d.line(), d.column()));
     if !diags.is_empty() {
@@ -404,6 +414,8 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
         commit_batch_max,
         plugin_cache,
         guards,
+        windows,
+        blockers,
     })
 }
 

@@ -7,6 +7,8 @@
 
 pub mod arm;
 pub mod backoff;
+pub mod blocker;
+pub mod gate_verdict;
 pub mod health;
 pub mod http;
 pub mod identity;
@@ -18,6 +20,7 @@ pub mod reload;
 pub mod sources;
 pub mod steps;
 pub mod store;
+pub mod window;
 
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -113,6 +116,8 @@ pub struct Host {
     /// Managed-identity tokens (Resource Health, `arm` steps), cached; nothing is requested
     /// until one is needed.
     pub identity: identity::TokenClient,
+    /// The blockers' last results (`blockers:`), written by their tasks.
+    pub blockers: blocker::Blockers,
     history: Mutex<History>,
     nstate: Mutex<NormalizerState>,
     log: Mutex<Box<dyn std::io::Write + Send>>,
@@ -260,6 +265,7 @@ impl Host {
             engine: RwLock::new(Arc::new(engine)),
             store,
             identity,
+            blockers: blocker::Blockers::default(),
             http,
             metrics: Metrics::default(),
             health: Health::default(),
@@ -869,6 +875,9 @@ pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(),
         host.source_ok(sources::ingest::SOURCE, "endpoint");
     }
     drop(tx);
+    for b in host.cfg.blockers.clone() {
+        tasks.spawn(blocker::watch(host.clone(), b, stop.clone()));
+    }
     tasks.spawn(outbox::deliver(host.clone(), stop.clone()));
     tasks.spawn(collect_garbage(host.clone(), stop.clone()));
     tasks.spawn(reload::watch(

@@ -371,3 +371,32 @@ async fn the_watch_task_checks_until_stopped() {
     tx.send(true).unwrap();
     task.await.unwrap();
 }
+
+#[test]
+fn a_blocker_that_never_clears_holds_at_every_check() {
+    // Checked every minute for a day, blocked each time: the verdict holds throughout (never
+    // passes, and never escalates by itself: the hold's deadline does, in the gate's tick).
+    let b = blocker("freeze", BlockerCheck::Http("http://x".into()), 10 * SEC);
+    let state = Blockers::default();
+    let e = ev("westeurope");
+    let t0 = t("2026-10-24T12:00:00Z");
+    for minute in 0..(24 * 60) {
+        let now = t0 + chrono::Duration::minutes(minute);
+        state.record(
+            "freeze",
+            Observed {
+                blocked: Some("GET answered 423 Locked".into()),
+                checked_at: now,
+            },
+        );
+        let later = now + chrono::Duration::seconds(59);
+        assert_eq!(
+            verdict(std::slice::from_ref(&b), &state, &e, Action::Drain, later),
+            Verdict::Hold {
+                by: "blocker",
+                scope: "freeze".into(),
+                reason: "held: blocker freeze: GET answered 423 Locked".into(),
+            }
+        );
+    }
+}

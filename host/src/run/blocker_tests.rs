@@ -75,19 +75,28 @@ async fn exec_past_its_timeout_is_blocked_and_killed() {
 }
 
 #[tokio::test]
-async fn exec_gets_no_event_data_nor_keel_secrets() {
-    // A variable of Keel's environment outside the allow-list (set once, read by no other
-    // test) never reaches the check.
-    std::env::set_var("KEEL_BLOCKER_TEST_SECRET", "s3cret");
-    let b = exec(
-        &[
-            "/bin/sh",
-            "-c",
-            "[ -z \"$KEEL_BLOCKER_TEST_SECRET\" ] && [ -z \"$KEEL_EVENT_ID\" ] && [ -n \"$PATH\" ]",
-        ],
-        10 * SEC,
-    );
+async fn exec_gets_only_the_allowed_environment() {
+    // Whatever the test's environment holds (cargo's CARGO_* at least), the check sees only
+    // the allow-list's names, and what the shell itself sets.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("env");
+    let script = format!("env > {}", out.display());
+    let b = exec(&["/bin/sh", "-c", &script], 10 * SEC);
     assert_eq!(check(&reqwest::Client::new(), &b).await, Ok(()));
+    let seen = std::fs::read_to_string(&out).unwrap();
+    let names: Vec<&str> = seen
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(n, _)| n)
+        .collect();
+    assert!(names.contains(&"PATH"), "{seen}");
+    for n in names {
+        assert!(
+            crate::run::steps::EXEC_ENV_ALLOWLIST.contains(&n)
+                || ["PWD", "SHLVL", "_"].contains(&n),
+            "{n} reached the check:\n{seen}"
+        );
+    }
 }
 
 /// A local server: `/ok` 200, `/busy` 503, `/moved` 302, and a Prometheus query API under

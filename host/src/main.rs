@@ -13,6 +13,7 @@ mod exit;
 mod failpoint;
 mod render;
 mod run;
+mod scope;
 mod stub;
 
 pub use exit::Exit;

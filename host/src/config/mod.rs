@@ -10,11 +10,13 @@ use keel_engine::{Action, Diagnostic, LoadError};
 use serde_json::Value;
 
 pub mod budgets;
+mod gates;
 mod guards;
 mod runbooks;
 mod sources;
 
 pub use budgets::Budget;
+pub use gates::{Blocker, BlockerCheck, Window};
 pub use runbooks::*;
 pub use sources::*;
 
@@ -74,6 +76,10 @@ pub struct Config {
     pub guards: keel_engine::GuardConfig,
     /// Concurrency budgets (`budgets:`), taken as leases before a runbook's first effect.
     pub budgets: Vec<Budget>,
+    /// Maintenance windows (`windows:`): when the actions they name may start.
+    pub windows: Vec<Window>,
+    /// Blockers (`blockers:`): checks that hold the actions they name while not clear.
+    pub blockers: Vec<Blocker>,
 }
 
 /// Limits on what runs at once (`limits:`).
@@ -334,6 +340,8 @@ const ROOT_KEYS: &[&str] = &[
     "azure_identity",
     "guards",
     "budgets",
+    "windows",
+    "blockers",
 ];
 
 /// Reads and validates `keel.yaml`; every problem is reported with its position. Relative
@@ -381,6 +389,8 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
     let runbooks = parse_runbooks(&mut v, &root);
     let guards = guards::parse_guards(&mut v, root.get("guards"));
     let budgets = budgets::parse_budgets(&mut v, root.get("budgets"));
+    let windows = gates::parse_windows(&mut v, root.get("windows"));
+    let blockers = gates::parse_blockers(&mut v, root.get("blockers"));
     let mut diags = v.diags;
     diags.sort_by_key(|d| (d.line(), d.column()));
     if !diags.is_empty() {
@@ -411,6 +421,8 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
         plugin_cache,
         guards,
         budgets,
+        windows,
+        blockers,
     })
 }
 

@@ -37,7 +37,6 @@ pub enum Verdict {
         reason: String,
     },
     /// Escalate now instead of waiting: the hold would make it miss its deadline.
-    #[allow(dead_code)] // until the maintenance windows construct it
     Escalate(String),
 }
 
@@ -52,10 +51,17 @@ impl Host {
         deadline: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Verdict {
-        let _ = (deadline, now);
         let paused = self.pause_verdict(ev);
         if paused != Verdict::Pass {
             return paused;
+        }
+        let window = self.window_verdict(ev, d, deadline, now);
+        if window != Verdict::Pass {
+            return window;
+        }
+        let blocked = self.blocker_verdict(ev, d, now);
+        if blocked != Verdict::Pass {
+            return blocked;
         }
         self.budget_verdict(decision_id, ev, d)
     }

@@ -7,6 +7,7 @@
 
 pub mod arm;
 pub mod backoff;
+pub mod blocker;
 pub mod budget;
 pub mod gate;
 pub mod health;
@@ -20,6 +21,7 @@ pub mod reload;
 pub mod sources;
 pub mod steps;
 pub mod store;
+pub mod window;
 
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -121,6 +123,8 @@ pub struct Host {
     /// The decisions whose runbooks hold budget leases here (renewed every tick that is
     /// due), and when they were last renewed.
     leases: Mutex<(std::collections::BTreeSet<String>, Option<DateTime<Utc>>)>,
+    /// The blockers' last results (`blockers:`), written by their tasks.
+    pub blockers: blocker::Blockers,
     history: Mutex<History>,
     nstate: Mutex<NormalizerState>,
     log: Mutex<Box<dyn std::io::Write + Send>>,
@@ -269,6 +273,7 @@ impl Host {
             engine: RwLock::new(Arc::new(engine)),
             store,
             identity,
+            blockers: blocker::Blockers::default(),
             http,
             metrics: Metrics::default(),
             health: Health::default(),
@@ -881,6 +886,9 @@ pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(),
         host.source_ok(sources::ingest::SOURCE, "endpoint");
     }
     drop(tx);
+    for b in host.cfg.blockers.clone() {
+        tasks.spawn(blocker::watch(host.clone(), b, stop.clone()));
+    }
     tasks.spawn(outbox::deliver(host.clone(), stop.clone()));
     tasks.spawn(collect_garbage(host.clone(), stop.clone()));
     tasks.spawn(reload::watch(

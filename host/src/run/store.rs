@@ -107,6 +107,7 @@ const MIGRATIONS: &[&str] = &[
         expires_at TEXT NOT NULL, released_at TEXT,
         PRIMARY KEY (decision_id, budget));
      CREATE INDEX leases_key ON leases (budget, key, expires_at);
+     CREATE INDEX leases_expiry ON leases (expires_at);
      CREATE TABLE budget_members (
         budget TEXT NOT NULL, key TEXT NOT NULL, member TEXT NOT NULL,
         healthy INTEGER NOT NULL, seen_at TEXT NOT NULL,

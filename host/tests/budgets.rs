@@ -1,0 +1,289 @@
+//! Issue 13, "Concurrency budgets, as leases", through the real `keel run` binary: a drain
+//! whose budget is full is held with the reason (budget, key, in flight, holder, expiry), shown
+//! by `keel status`, and runs when the first runbook has ended and its slot has baked; one that
+//! cannot get a slot before its deadline escalates; and a holder killed mid-runbook frees its
+//! slot only when its lease expires, while the restarted host does not run the killed
+//! runbook's non-idempotent step again.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use common::{not_before_in_15_minutes, Keel, Scenario};
+use serde_json::{json, Value};
+
+const WITHIN: Duration = Duration::from_secs(30);
+
+/// `keel status --json` on `config`.
+fn status(config: &Path) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["status", "--json", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `keel status` (text) on `config`.
+fn status_text(config: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["status", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn time_of(v: &Value) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(v.as_str().unwrap_or_else(|| panic!("no time: {v}")))
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+/// A scenario where one Reboot names `vms` (each gets its own event), with no `self` (so the
+/// standard policies drain every VM named), a budget of one VM at a time (`bake`, `ttl`), and a
+/// drain runbook whose one `exec` step (four drains may run at once on the host: only the
+/// budget holds them) logs `start NAME`, waits for the file `gate.NAME`,
+/// then logs `done NAME`.
+async fn scenario(vms: &[&str], not_before: &str, bake: &str, ttl: &str) -> Scenario {
+    let sc = Scenario::new(false, not_before).await;
+    sc.change_document(|evs| {
+        evs[0]["Resources"] = json!(vms);
+    });
+    let text = std::fs::read_to_string(&sc.config).unwrap();
+    let text: String = text
+        .lines()
+        .filter(|l| !l.starts_with("self:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&sc.config, text).unwrap();
+    let gate = sc.dir.path().join("gate");
+    sc.set_runbooks(
+        &format!(
+            r#"runbooks:
+  drain:
+    - name: drain-one
+      exec: [/bin/sh, -c, 'echo "start $KEEL_RESOURCE_NAME" >> "$1"; while [ ! -e "$0.$KEEL_RESOURCE_NAME" ]; do sleep 0.05; done; echo "done $KEEL_RESOURCE_NAME" >> "$1"', {gate}, {counter}]
+      timeout: 60s
+"#,
+            gate = gate.display(),
+            counter = sc.counter.display(),
+        ),
+        &format!(
+            r#"limits:
+  concurrent_drains: 4
+budgets:
+  - name: one-at-a-time
+    key: '"web"'
+    per: event.resource.name
+    max_in_flight: 1
+    bake: {bake}
+    lease_ttl: {ttl}
+"#
+        ),
+    );
+    sc
+}
+
+fn open_gate(sc: &Scenario, vm: &str) {
+    std::fs::write(sc.dir.path().join(format!("gate.{vm}")), "").unwrap();
+}
+
+fn is_budget_hold(l: &Value) -> bool {
+    l["held"]["by"] == "budget"
+}
+
+/// The VM the first `start` line names, once one has.
+async fn first_started(sc: &Scenario, k: &mut Keel) -> String {
+    let mut who = String::new();
+    k.wait_until("a drain started", WITHIN, || {
+        who = sc
+            .exec_runs()
+            .first()
+            .and_then(|l| l.strip_prefix("start ").map(str::to_string))
+            .unwrap_or_default();
+        !who.is_empty()
+    })
+    .await;
+    who
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_budget_holds_the_second_drain_with_its_reason_until_the_first_ends_and_bakes() {
+    let sc = scenario(&["vm-a", "vm-b"], &not_before_in_15_minutes(), "1s", "30s").await;
+    let mut k = sc.keel(&[], &[]);
+    let held = k.wait_line("the budget hold", WITHIN, is_budget_hold).await;
+    let reason = held["held"]["reason"].as_str().unwrap().to_string();
+    assert!(
+        reason.starts_with("held: budget one-at-a-time/web full, 1/1 in flight, holder keel#"),
+        "{reason}"
+    );
+    assert!(reason.contains(" until 20"), "the lease's expiry: {reason}");
+    assert_eq!(held["held"]["scope"], "one-at-a-time/web");
+    assert!(
+        held["held"]["deadline"].is_string(),
+        "it keeps its deadline: {held}"
+    );
+    let first = first_started(&sc, &mut k).await;
+    let second = if first == "vm-a" { "vm-b" } else { "vm-a" };
+    // Both gates open: only the budget keeps the second one waiting.
+    open_gate(&sc, second);
+
+    let st = status(&sc.config);
+    assert_eq!(st["leases"].as_array().unwrap().len(), 1, "{st}");
+    let lease = &st["leases"][0];
+    assert_eq!(lease["budget"], "one-at-a-time");
+    assert_eq!(lease["key"], "web");
+    assert_eq!(lease["unit"], first);
+    assert!(
+        lease["holder"].as_str().unwrap().starts_with("keel#"),
+        "{lease}"
+    );
+    assert!(lease["released_at"].is_null());
+    assert_eq!(st["held"][0]["by"], "budget", "{st}");
+    assert_eq!(st["held"][0]["reason"], reason.as_str());
+    let text = status_text(&sc.config);
+    assert!(
+        text.contains("budgets: 1 key(s) with slots taken"),
+        "{text}"
+    );
+    assert!(
+        text.contains("one-at-a-time/web  1 lease(s), max_in_flight 1, 1 waiting"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("unit {first} (decision")), "{text}");
+    assert_eq!(
+        sc.exec_runs(),
+        [format!("start {first}")],
+        "held: no effect yet"
+    );
+
+    open_gate(&sc, &first);
+    let gave_back = k
+        .wait_line("the first slot given back", WITHIN, |l| {
+            l["budget"] == "released"
+        })
+        .await;
+    let released = k
+        .wait_line("the second released", WITHIN, |l| {
+            l["released"]["by"] == "budget"
+        })
+        .await;
+    assert_eq!(released["decision_id"], held["decision_id"]);
+    let baked = time_of(&released["time"]) - time_of(&gave_back["time"]);
+    assert!(
+        baked >= chrono::Duration::seconds(1),
+        "released {baked} after the first slot was given back, before the 1s bake"
+    );
+    k.wait_until("both drains done", WITHIN, || sc.exec_runs().len() == 4)
+        .await;
+    assert_eq!(
+        sc.exec_runs(),
+        [
+            format!("start {first}"),
+            format!("done {first}"),
+            format!("start {second}"),
+            format!("done {second}"),
+        ],
+        "one at a time"
+    );
+    let mut runbooks = sc.drain_runbooks();
+    runbooks.sort();
+    assert_eq!(runbooks, ["done", "done"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drain_that_cannot_get_a_slot_before_its_deadline_escalates_without_running() {
+    let not_before = (Utc::now() + chrono::Duration::seconds(5))
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string();
+    let sc = scenario(&["vm-a", "vm-b"], &not_before, "0s", "30s").await;
+    let mut k = sc.keel(&[], &[]);
+    let held = k.wait_line("the budget hold", WITHIN, is_budget_hold).await;
+    let esc = k
+        .wait_line("the escalation", WITHIN, |l| {
+            l["escalation"]["held_by"] == "budget"
+        })
+        .await;
+    assert_eq!(esc["decision_id"], held["decision_id"]);
+    let why = esc["escalation"]["reason"].as_str().unwrap();
+    assert!(why.contains("held past its deadline"), "{why}");
+    assert!(why.contains("budget one-at-a-time/web full"), "{why}");
+    let first = first_started(&sc, &mut k).await;
+    assert!(
+        !sc.exec_runs().iter().any(|l| l.ends_with(&format!(
+            " {}",
+            if first == "vm-a" { "vm-b" } else { "vm-a" }
+        ))),
+        "the held drain never ran: {:?}",
+        sc.exec_runs()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_holder_frees_its_slot_at_its_ttl_and_its_non_idempotent_step_never_runs_again() {
+    let sc = scenario(&["vm-a", "vm-b"], &not_before_in_15_minutes(), "0s", "4s").await;
+    let mut k = sc.keel(&[], &[]);
+    let held = k.wait_line("the budget hold", WITHIN, is_budget_hold).await;
+    let first = first_started(&sc, &mut k).await;
+    let second = if first == "vm-a" { "vm-b" } else { "vm-a" };
+    open_gate(&sc, second);
+    // Killed mid-runbook (SIGKILL: no cleanup), its lease still held.
+    k.kill();
+    let st = status(&sc.config);
+    let lease = st["leases"][0].clone();
+    assert_eq!(lease["unit"], first.as_str(), "{st}");
+    let dead = lease["holder"].as_str().unwrap().to_string();
+    let expires = time_of(&lease["expires_at"]);
+
+    let mut k2 = sc.keel(&[], &[]);
+    let released = k2
+        .wait_line("the held drain released", WITHIN, |l| {
+            l["released"]["by"] == "budget"
+        })
+        .await;
+    assert_eq!(released["decision_id"], held["decision_id"]);
+    assert!(
+        time_of(&released["time"]) >= expires,
+        "released at {} before the dead holder's lease expired at {expires}",
+        released["time"]
+    );
+    k2.wait_until("the second drain done", WITHIN, || {
+        sc.exec_runs().contains(&format!("done {second}"))
+    })
+    .await;
+    // The killed runbook's step may have acted: it is not run again, it escalates.
+    let runs = sc.exec_runs();
+    assert_eq!(
+        runs.iter()
+            .filter(|l| **l == format!("start {first}"))
+            .count(),
+        1,
+        "{runs:?}"
+    );
+    let outcomes = sc.step_rows();
+    assert!(
+        outcomes.iter().any(|(_, _, _, o)| o
+            .as_deref()
+            .is_some_and(|o| o.starts_with("in_doubt_escalated"))),
+        "{outcomes:?}"
+    );
+    let st = status(&sc.config);
+    assert!(
+        st["leases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["holder"] != dead.as_str()),
+        "the dead holder's lease is gone: {st}"
+    );
+}

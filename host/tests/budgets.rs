@@ -196,9 +196,10 @@ async fn a_full_budget_holds_the_second_drain_with_its_reason_until_the_first_en
         ],
         "one at a time"
     );
-    let mut runbooks = sc.drain_runbooks();
-    runbooks.sort();
-    assert_eq!(runbooks, ["done", "done"]);
+    k.wait_until("both runbooks finished", WITHIN, || {
+        sc.drain_runbooks() == ["done", "done"]
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -20,7 +20,7 @@ pub enum Format {
 /// Decide one normalized event against a policy set.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  keel eval --policies policies/ --event event.json\n  keel eval --policies policies/ --event - --now 2021-10-13T14:05:00Z --explain < event.json\n  keel eval --policies policies/ --event event.json --format json\n  keel eval --policies policies/ --event event.json --as-test >> policies/my.test.yaml\n\nThe event is a normalized event (engine/schema/event.schema.json). `now` defaults to the\nsystem clock, read here and passed to the engine, which never reads a clock itself."
+    after_help = "Examples:\n  keel eval --policies policies/ --event event.json\n  keel eval --policies policies/ --event - --now 2021-10-13T14:05:00Z --explain < event.json\n  keel eval --policies policies/ --event event.json --format json\n  keel eval --policies policies/ --event event.json --as-test >> policies/my.test.yaml\n  keel eval --policies policies/ --event event.json --explain --config keel.yaml\n\nThe event is a normalized event (engine/schema/event.schema.json). `now` defaults to the\nsystem clock, read here and passed to the engine, which never reads a clock itself."
 )]
 pub struct Args {
     /// Policy directory (recursive) or file.
@@ -38,6 +38,11 @@ pub struct Args {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
+    /// A `keel.yaml`: also say what would hold the decided action's runbook in `keel run` now
+    /// (its pauses, windows, blockers and budgets; the state database is read, read-only,
+    /// when it exists). Text output only.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Print a `keel test` case (YAML) that pins this decision, to paste into a *.test.yaml.
     #[arg(long, conflicts_with_all = ["explain", "format"])]
     pub as_test: bool,
@@ -97,6 +102,17 @@ pub fn run(args: Args) -> Exit {
             return Exit::Usage;
         }
     };
+    let cfg = match &args.config {
+        None => None,
+        Some(p) => match crate::config::load(p) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                let _ = render::diagnostics(&mut std::io::stderr().lock(), &e);
+                eprintln!("error: the configuration is invalid");
+                return Exit::Invalid;
+            }
+        },
+    };
     let mode = if args.explain || args.as_test {
         Mode::Full
     } else {
@@ -117,7 +133,10 @@ pub fn run(args: Args) -> Exit {
             Format::Json => serde_json::to_writer(&mut out, &decision)
                 .map_err(std::io::Error::other)
                 .and_then(|_| writeln!(out)),
-            Format::Text => text(&mut out, &decision),
+            Format::Text => text(&mut out, &decision).and_then(|()| match &cfg {
+                Some(c) => gates(&mut out, c, &event, &decision, now),
+                None => Ok(()),
+            }),
         }
     };
     match res {
@@ -129,6 +148,105 @@ pub fn run(args: Args) -> Exit {
             Exit::Usage
         }
     }
+}
+
+/// What would hold `d`'s runbook in `keel run` at `now`, gate by gate, in the order the host
+/// asks them (pause, windows, blockers, budgets). Every stored or event-derived string is
+/// escaped.
+fn gates(
+    out: &mut dyn Write,
+    cfg: &crate::config::Config,
+    ev: &Event,
+    d: &Decision,
+    now: DateTime<Utc>,
+) -> std::io::Result<()> {
+    use crate::run::gate::Verdict;
+    writeln!(out, "gates in keel run (as of {}):", now.to_rfc3339())?;
+    if matches!(
+        d.action,
+        keel_engine::Action::Escalate | keel_engine::Action::None
+    ) {
+        return writeln!(out, "  `{}` is never held", d.action);
+    }
+    let store = cfg
+        .state
+        .exists()
+        .then(|| crate::run::store::Store::open_read_only(&cfg.state).ok())
+        .flatten();
+    let rfc = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    // Pauses.
+    match store.as_ref().map(|s| s.pauses()) {
+        None => writeln!(out, "  pause: no state database to read")?,
+        Some(Err(e)) => writeln!(
+            out,
+            "  pause: cannot read the state: {}",
+            escape(&e.to_string())
+        )?,
+        Some(Ok(p)) => {
+            let pairs: Vec<(String, String)> = p.into_iter().map(|p| (p.scope, p.reason)).collect();
+            match crate::run::pause::matching(&pairs, ev) {
+                Some((scope, reason)) => writeln!(
+                    out,
+                    "  pause: HELD by pause `{}`: {}",
+                    escape(scope),
+                    escape(reason)
+                )?,
+                None => writeln!(out, "  pause: no pause matches")?,
+            }
+        }
+    }
+    // Windows.
+    let deadline = crate::run::pause::hold_deadline(ev, d, now);
+    let verdict = crate::run::window::verdict(&cfg.windows, ev, d.action, deadline, now);
+    match verdict {
+        Verdict::Pass if cfg.windows.iter().any(|w| w.applies(d.action, ev)) => {
+            writeln!(out, "  windows: open")?;
+        }
+        Verdict::Pass => writeln!(out, "  windows: none applies")?,
+        Verdict::Hold { reason, .. } => writeln!(out, "  windows: HELD: {reason}")?,
+        Verdict::Escalate(why) => writeln!(out, "  windows: ESCALATES: {why}")?,
+    }
+    // Blockers: their results live in the running host.
+    let blockers: Vec<&str> = cfg
+        .blockers
+        .iter()
+        .filter(|b| b.applies(d.action, ev))
+        .map(|b| b.name.as_str())
+        .collect();
+    if blockers.is_empty() {
+        writeln!(out, "  blockers: none applies")?;
+    } else {
+        writeln!(
+            out,
+            "  blockers: {} apply (checked by keel run; not run here)",
+            blockers.join(", ")
+        )?;
+    }
+    // Budgets.
+    let mut any = false;
+    for b in cfg.budgets.iter().filter(|b| b.actions.contains(&d.action)) {
+        any = true;
+        let (key, unit) = crate::run::budget::key_and_unit(b, ev);
+        let state = match store.as_ref().map(|s| s.key_view(&b.name, &key, &rfc)) {
+            None => "no state database: every slot is free".to_string(),
+            Some(Err(e)) => format!("cannot read the state: {}", escape(&e.to_string())),
+            Some(Ok(view)) => match crate::run::budget::admit(b, &key, &unit, &view) {
+                Ok(()) => format!("a slot is free ({} lease(s) live)", view.live.len()),
+                Err(why) => format!("HELD: {why}"),
+            },
+        };
+        writeln!(
+            out,
+            "  budget {}: key {}, unit {}: {state}",
+            b.name,
+            escape(&key),
+            escape(&unit)
+        )?;
+    }
+    if !any {
+        writeln!(out, "  budgets: none applies")?;
+    }
+    Ok(())
 }
 
 /// A test case pinning `d`: the event (JSON is YAML), `now`, and the decision's action,

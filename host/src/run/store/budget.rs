@@ -180,6 +180,12 @@ impl Store {
         Ok(Ok(()))
     }
 
+    /// What a budget key looks like at `now` (read-only: `keel eval --config` explains what a
+    /// decision would wait for).
+    pub fn key_view(&self, budget: &str, key: &str, now: &str) -> Result<KeyView, StoreError> {
+        view(&*self.c()?, budget, key, now)
+    }
+
     /// Renews the unreleased leases `holder` holds for `decisions` until `expires`. Returns
     /// how many were renewed.
     pub fn renew_leases(

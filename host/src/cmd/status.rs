@@ -10,10 +10,11 @@ use keel_engine::escape;
 use crate::run::store::{Status, Store};
 use crate::Exit;
 
-/// Show the host's state: pauses, held decisions, runbooks in flight, deferrals, outbox.
+/// Show the host's state: pauses, held decisions, budget leases, runbooks in flight, deferrals,
+/// outbox.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  keel status\n  keel status --config /etc/keel/keel.yaml\n  keel status --json | jq '.in_flight[] | {event_id, step: .step.name}'\n\nThe database is opened read-only; `keel run` may be running on it. --json prints one object\nwith the keys schema_version, pauses, held, leases, in_flight, deferrals and outbox (stable:\nlater versions only add keys)."
+    after_help = "Examples:\n  keel status\n  keel status --config /etc/keel/keel.yaml\n  keel status --json | jq '.in_flight[] | {event_id, step: .step.name}'\n  keel status --json | jq -r '.held[] | \"\\(.event_id) \\(.by) \\(.scope): \\(.reason)\"'\n\nThe database is opened read-only; `keel run` may be running on it. Each held decision says\nwhat holds it (pause, window, blocker or budget) and why; `budgets:` lists the slots taken.\n--json prints one object with the keys schema_version, pauses, held, leases, in_flight,\ndeferrals and outbox (stable: later versions only add keys)."
 )]
 pub struct Args {
     /// The configuration file (its `state` is the database read).

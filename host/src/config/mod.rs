@@ -674,4 +674,39 @@ mod tests {
         );
         Ok(())
     }
+
+    /// The shipped example (what `keel demo` runs) loads, states every guard on with its
+    /// default values, and has the update-domain budget with its bake time.
+    #[test]
+    fn the_example_states_the_guards_and_the_update_domain_budget(
+    ) -> Result<(), Box<dyn std::error::Error>> {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/keel.yaml");
+        let cfg = load(&path).map_err(|e| format!("{e:?}"))?;
+        let g = &cfg.guards;
+        assert_eq!(*g, keel_engine::GuardConfig::default());
+        assert!(g.retry_budget.enabled && g.storm.enabled && g.flap.enabled);
+        // Stated, not merely defaulted: the file itself names each guard.
+        let text = std::fs::read_to_string(&path)?;
+        for line in [
+            "\nguards:\n",
+            "\n  retry_budget: { enabled: true,",
+            "\n  storm: { enabled: true,",
+            "\n  flap: { enabled: true,",
+        ] {
+            assert!(text.contains(line), "{line:?} is not in {}", path.display());
+        }
+        let b: Vec<_> = cfg.budgets.iter().map(|b| b.name.as_str()).collect();
+        assert_eq!(b, ["update-domains"]);
+        let b = &cfg.budgets[0];
+        assert_eq!(b.key.text(), "event.resource.availability_set");
+        assert_eq!(
+            b.per.as_ref().map(|p| p.text()),
+            Some("string(event.resource.update_domain)")
+        );
+        assert_eq!(b.actions, [Action::Drain]);
+        assert_eq!(b.max_in_flight, budgets::Amount::Count(1));
+        assert_eq!((b.bake_s, b.lease_ttl_s), (600, 60));
+        assert_eq!((b.group_size, b.min_healthy), (None, None));
+        Ok(())
+    }
 }

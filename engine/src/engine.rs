@@ -185,7 +185,7 @@ impl Engine {
             policies,
             kinds,
             default_action,
-            env: Arc::new(cel::Env::stdlib()),
+            env: crate::compile::env(),
             digest,
             guards: crate::guard::GuardConfig::default(),
             #[cfg(feature = "plugins")]

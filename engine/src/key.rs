@@ -106,7 +106,7 @@ impl KeyExpr {
         Ok(KeyExpr {
             text: text.to_string(),
             compiled,
-            env: Arc::new(cel::Env::stdlib()),
+            env: crate::compile::env(),
         })
     }
 
@@ -161,11 +161,13 @@ mod tests {
         assert_eq!(k("event.resource.update_domain").unwrap(), "3");
         assert_eq!(k(r#"event.resource.tags["tier"]"#).unwrap(), "front");
         assert_eq!(k("has(event.resource.zone)").unwrap(), "false");
+        // The strings extension: a unit from a naming scheme.
+        assert_eq!(k(r#"event.resource.name.split("m")[1]"#).unwrap(), "1");
+        assert_eq!(k("event.resource.name.upperAscii()").unwrap(), "VM1");
+        assert_eq!(k("event.resource.name.substring(0, 2)").unwrap(), "vm");
         assert!(matches!(k("event.resource.zone"), Err(KeyError::Eval(_))));
-        assert!(matches!(
-            k("event.time"),
-            Err(KeyError::NotAString(_)) | Err(KeyError::Eval(_))
-        ));
+        // A timestamp is refused at compile time (its static type is known).
+        assert!(KeyExpr::compile("event.time").is_err());
     }
 
     #[test]

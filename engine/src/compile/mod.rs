@@ -68,6 +68,17 @@ pub(crate) struct Compiled {
     pub metered: Option<IdedExpr>,
 }
 
+/// The interpreter's environment: the CEL standard library and the strings extension
+/// (`split`, `join`, `replace`, `substring`, `charAt`, `indexOf`, `lastIndexOf`,
+/// `lowerAscii`, `upperAscii`, `trim`), which the checker accepts as known functions.
+pub(crate) fn env() -> Arc<cel::Env> {
+    let mut env = cel::Env::stdlib();
+    // Declaring the extension on a fresh standard environment cannot clash; were it refused,
+    // its functions would fail at evaluation as unknown, never silently succeed.
+    let _ = cel::extensions::strings(&mut env);
+    Arc::new(env)
+}
+
 /// Variables an expression may use.
 const VARIABLES: &[&str] = &["event", "now", "history"];
 
@@ -225,7 +236,7 @@ pub fn parity_check(expr: &str, ev: &Event, now: Timestamp) -> Option<ParityOutc
     let c = compile(&e).ok()?;
     let native = c.native.as_ref()?;
     let n = native.eval(ev, now, None).map(|v| format!("{v:?}"));
-    let mut ctx = cel::Context::with_env(Arc::new(cel::Env::stdlib()));
+    let mut ctx = cel::Context::with_env(env());
     let mut all = BTreeSet::new();
     all.insert(None);
     ctx.add_variable_from_value("event", event_value(ev, &all));

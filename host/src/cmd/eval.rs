@@ -104,7 +104,7 @@ pub fn run(args: Args) -> Exit {
     };
     let cfg = match &args.config {
         None => None,
-        Some(p) => match crate::config::load(p) {
+        Some(p) => match crate::config::load_without_secrets(p) {
             Ok(c) => Some(c),
             Err(e) => {
                 let _ = render::diagnostics(&mut std::io::stderr().lock(), &e);

@@ -54,7 +54,7 @@ pub struct ResumeArgs {
 
 /// The state database path of a configuration, or the exit after printing why not.
 pub fn state_path(path: &Path) -> Result<PathBuf, Exit> {
-    match config::load(path) {
+    match config::load_without_secrets(path) {
         Ok(c) => Ok(c.state),
         Err(e) => {
             let _ = render::diagnostics(&mut std::io::stderr().lock(), &e);

@@ -243,7 +243,7 @@ pub(super) fn parse_http(v: &mut V<'_>, p: &str, h: Option<&Value>) -> Option<St
                 && !name.starts_with(|c: char| c.is_ascii_digit())
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') =>
         {
-            match std::env::var(name) {
+            match v.secret_env(name) {
                 Ok(k) if !k.is_empty() && k.chars().all(|c| c.is_ascii_graphic()) => {
                     Some(Secret::new(k))
                 }

@@ -399,7 +399,7 @@ pub(super) fn parse_ingest(v: &mut V<'_>, s: &Value) -> Option<IngestSource> {
             return None;
         }
     };
-    let token = match std::env::var(&token_env) {
+    let token = match v.secret_env(&token_env) {
         Ok(t) if t.chars().count() < MIN_TOKEN_CHARS => {
             v.err(
                 &tp,

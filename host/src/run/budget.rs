@@ -11,8 +11,9 @@
 //! budget full is held, with the reason, until a slot frees or its deadline passes (it then
 //! escalates).
 //!
-//! An event whose key (or unit) does not evaluate (a field it does not carry) falls in the
-//! group (or unit) `?`: unknown events share one group rather than escape the budget.
+//! An event whose key does not evaluate (a field it does not carry) falls in the group `?`:
+//! unknown events share one group rather than escape the budget. One whose `per` does not
+//! evaluate is its own unit (its resource), as without `per`.
 
 use std::collections::BTreeSet;
 
@@ -39,17 +40,22 @@ pub fn new_holder(name: Option<&str>) -> String {
     format!("{}#{}", name.unwrap_or("keel"), hex::encode(b))
 }
 
-/// The key and the unit of `ev` in budget `b`.
+/// The key and the unit of `ev` in budget `b` (see the module documentation for events the
+/// expressions do not evaluate on).
 pub fn key_and_unit(b: &Budget, ev: &Event) -> (String, String) {
     let key = b.key.eval(ev, ev.time).unwrap_or_else(|_| UNKNOWN.into());
-    let unit = match &b.per {
-        Some(p) => p.eval(ev, ev.time).unwrap_or_else(|_| UNKNOWN.into()),
-        None => ev
-            .resource
+    let resource = || {
+        ev.resource
             .id
             .clone()
             .or_else(|| ev.resource.name.clone())
-            .unwrap_or_else(|| ev.id.clone()),
+            .unwrap_or_else(|| ev.id.clone())
+    };
+    // A `per` that does not evaluate falls back to the resource: a shared unit `?` would let
+    // every such event through on one slot.
+    let unit = match &b.per {
+        Some(p) => p.eval(ev, ev.time).unwrap_or_else(|_| resource()),
+        None => resource(),
     };
     (key, unit)
 }
@@ -144,6 +150,10 @@ impl Host {
     /// passes, or holds with the first full budget's reason. The leases last the longest
     /// `lease_ttl` of the budgets taken, renewed while the runbook runs.
     pub(crate) fn budget_verdict(&self, decision_id: &str, ev: &Event, d: &Decision) -> Verdict {
+        self.take_slots(decision_id, ev, d, false)
+    }
+
+    fn take_slots(&self, decision_id: &str, ev: &Event, d: &Decision, force: bool) -> Verdict {
         let budgets: Vec<&Budget> = self
             .cfg
             .budgets
@@ -185,7 +195,10 @@ impl Host {
             &rfc(expires),
             |w, view| {
                 let b = keyed.iter().find(|(b, _, _)| b.name == w.budget);
-                b.map_or(Ok(()), |(b, k, u)| admit(b, k, u, view))
+                match b {
+                    Some((b, k, u)) if !force => admit(b, k, u, view),
+                    _ => Ok(()),
+                }
             },
         );
         match res {
@@ -206,6 +219,13 @@ impl Host {
                 reason: format!("held: the budgets cannot be read: {e}"),
             },
         }
+    }
+
+    /// Takes the slots of a runbook resumed past its first effect (after a restart), whatever
+    /// the budgets say: it is in flight already, so it must count (a dead holder's lease for
+    /// it is taken over; one that expired meanwhile is taken anew).
+    pub fn resume_budget(&self, decision_id: &str, ev: &Event, d: &Decision) {
+        self.take_slots(decision_id, ev, d, true);
     }
 
     /// Gives back the slots of `decision_id` (its runbook ended). Failures are logged: the
@@ -265,6 +285,10 @@ impl Host {
     fn leased(&self, decision_id: &str, on: bool) {
         if let Ok(mut r) = self.leases.lock() {
             if on {
+                // Just taken: the next renewal is a third of the TTL away.
+                if r.0.is_empty() {
+                    r.1 = Some(Utc::now());
+                }
                 r.0.insert(decision_id.to_string());
             } else {
                 r.0.remove(decision_id);

@@ -82,6 +82,8 @@ impl Host {
             return false;
         }
         if self.store.step_begun(key).unwrap_or(true) {
+            // Resumed past its first effect: in flight, never held; it holds its slots.
+            self.resume_budget(decision_id, ev, d);
             return false;
         }
         let now = Utc::now();
@@ -237,18 +239,18 @@ impl Host {
                     }
                 },
                 Verdict::Hold { by, scope, reason } => {
-                    let other_gate = by != h.by;
-                    if other_gate || scope != h.scope || reason != h.reason {
+                    // Held by another gate now: a new line. The same gate with new figures
+                    // (a lease renewed, a window's next opening): the stored reason only.
+                    let other = by != h.by || scope != h.scope;
+                    if other || reason != h.reason {
                         let row = HeldRow {
                             by: by.to_string(),
                             scope,
                             reason,
                             ..h
                         };
-                        if self.store.hold(&row).is_ok() {
-                            if other_gate {
-                                self.metrics.add("keel_held_total", &[("reason", by)], 1.0);
-                            }
+                        if self.store.hold(&row).is_ok() && other {
+                            self.metrics.add("keel_held_total", &[("reason", by)], 1.0);
                             self.log_held(&row, now);
                         }
                     }

@@ -15,6 +15,10 @@
 //! requests are in flight, the request took longer than `request_timeout`, or the host is
 //! stopping.
 //!
+//! The event's time is the body's own (the error's end time) only while it is within 15
+//! minutes before and 1 minute after the body arrived, else the arrival ([`counted_time`]):
+//! the guards count by it.
+//!
 //! When the body gives no `attempt`, the host stamps `failure.attempt` itself: failures of one
 //! (resource, operation) within `attempt_window` of the previous one count 1, 2, 3, ... The
 //! count, the key and the decision are written in one transaction.
@@ -28,7 +32,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
 use keel_engine::normalize::{normalize, Input, NormalizerState};
-use keel_engine::{escape, Kind};
+use keel_engine::{escape, Kind, Timestamp};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
@@ -177,6 +181,31 @@ async fn accept(app: &App, req: Request) -> Response {
 }
 
 /// A key of a JSON object, case-insensitively (as the normalizer reads them).
+/// How far before its arrival an ingest body may date its failure (15 minutes).
+pub const MAX_REPORTED_AGE: chrono::Duration = chrono::Duration::minutes(15);
+
+/// How far after its arrival an ingest body may date its failure (clock skew: 1 minute).
+pub const MAX_REPORTED_SKEW: chrono::Duration = chrono::Duration::minutes(1);
+
+/// The time an ingest event is decided and counted at: the body's own time while it is
+/// within [`MAX_REPORTED_AGE`] before and [`MAX_REPORTED_SKEW`] after its arrival, else the
+/// arrival. The guards and the correlation history count by the events' times, and the body's
+/// time is the client's word: a client holding the ingest token cannot spread an outage over
+/// days (or into the future) to stay under the storm guard and the retry budget.
+pub fn counted_time(reported: Timestamp, observed: Timestamp) -> Timestamp {
+    let early = observed
+        .checked_sub_signed(MAX_REPORTED_AGE)
+        .unwrap_or(observed);
+    let late = observed
+        .checked_add_signed(MAX_REPORTED_SKEW)
+        .unwrap_or(observed);
+    if reported < early || reported > late {
+        observed
+    } else {
+        reported
+    }
+}
+
 fn get_ci<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
     v.as_object()?
         .iter()
@@ -292,6 +321,7 @@ impl Host {
                 none,
             );
         };
+        ev.time = counted_time(ev.time, p.observed_at);
         let Some(failure) = ev
             .failure
             .as_mut()
@@ -370,6 +400,37 @@ impl Host {
                 fx.failed.get_or_insert(e);
                 (reply, none)
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_reported_time_counts_only_near_its_arrival() {
+        let at = |s: &str| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .unwrap()
+                .with_timezone(&chrono::Utc)
+        };
+        let observed = at("2026-12-02T12:00:00Z");
+        for (reported, counted) in [
+            ("2026-12-02T11:50:00Z", "2026-12-02T11:50:00Z"),
+            ("2026-12-02T11:45:00Z", "2026-12-02T11:45:00Z"),
+            ("2026-12-02T11:44:59Z", "2026-12-02T12:00:00Z"),
+            ("2021-10-13T07:02:00Z", "2026-12-02T12:00:00Z"),
+            ("2026-12-02T12:01:00Z", "2026-12-02T12:01:00Z"),
+            ("2026-12-02T12:01:01Z", "2026-12-02T12:00:00Z"),
+            ("2099-01-01T00:00:00Z", "2026-12-02T12:00:00Z"),
+        ] {
+            assert_eq!(
+                counted_time(at(reported), observed),
+                at(counted),
+                "{reported}"
+            );
         }
     }
 }

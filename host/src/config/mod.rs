@@ -388,7 +388,7 @@ pub fn load(path: &Path) -> Result<Config, LoadError> {
     let sources = parse_sources(&mut v, &base, &root, self_name.as_deref(), listen);
     let runbooks = parse_runbooks(&mut v, &root);
     let guards = guards::parse_guards(&mut v, root.get("guards"));
-    let budgets = budgets::parse_budgets(&mut v, root.get("budgets"));
+    let budgets = budgets::parse_budgets(&mut v);
     let windows = gates::parse_windows(&mut v, root.get("windows"));
     let blockers = gates::parse_blockers(&mut v, root.get("blockers"));
     let mut diags = v.diags;

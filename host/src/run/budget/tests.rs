@@ -11,8 +11,9 @@ use keel_engine::{Action, Event, KeyExpr};
 use proptest::prelude::*;
 
 use super::*;
-use crate::config::budgets::{Amount, Budget};
+use crate::config::Budget;
 use crate::run::store::{LeaseWant, Store};
+use keel_engine::budget::{Amount, UNKNOWN};
 
 fn t(s: i64) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap() + Duration::seconds(s)

@@ -25,11 +25,14 @@
 //! that asserts nothing is an invalid file, not a silent pass; and a policy file whose
 //! policies no case reaches is reported.
 
+mod budgets;
 mod format;
 mod mutation;
 mod report;
 mod run;
 
+use self::budgets::*;
+pub use self::budgets::{GateChange, HeldDecision};
 use self::format::*;
 pub use self::mutation::*;
 pub use self::report::*;

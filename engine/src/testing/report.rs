@@ -6,6 +6,8 @@ use serde::Serialize;
 
 use crate::decision::Decision;
 
+use super::{GateChange, HeldDecision};
+
 /// What one assertion expected and what the decision had.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Mismatch {
@@ -28,6 +30,17 @@ pub struct StepResult {
     pub failures: Vec<Mismatch>,
     /// The decisions made (one per decided event).
     pub decisions: Vec<Decision>,
+    /// The decisions of this step a budget held (a case with `budgets:`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<HeldDecision>,
+    /// Held decisions of earlier steps released since the previous step (their runbooks
+    /// started).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub released: Vec<GateChange>,
+    /// Held decisions of earlier steps escalated since the previous step (their deadline
+    /// passed while held).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub escalated: Vec<GateChange>,
 }
 
 /// The outcome of one case.

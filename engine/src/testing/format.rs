@@ -423,6 +423,7 @@ pub(super) fn step(
             cx.err(pos(n), "steps must be in time order");
         }
     }
+    let runbook_s = get("runbook").and_then(|v| offset_value(cx, v, "`runbook`"));
     let expect = match get("expect") {
         Some(v) => expect(cx, v)?,
         None => {
@@ -444,9 +445,9 @@ pub(super) fn step(
         earlier,
         Some(&expect),
     )?;
-    let runbook_s = match get("runbook") {
-        Some(v) => offset_value(cx, v, "`runbook`")?,
-        None => 0,
+    let runbook_s = match (get("runbook"), runbook_s) {
+        (Some(_), None) => return None,
+        (_, r) => r.unwrap_or(0),
     };
     let released = resolve_steps(cx, expect.released.as_ref(), earlier, "released")?;
     let escalated = resolve_steps(cx, expect.escalated.as_ref(), earlier, "escalated")?;

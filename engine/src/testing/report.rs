@@ -131,11 +131,17 @@ impl TestReport {
                     "    <testcase name=\"{}\" classname=\"{file}\" time=\"0\"",
                     xml(&s.id)
                 ));
-                if s.passed {
+                let gate = gate_lines(s);
+                if s.passed && gate.is_empty() {
                     x.push_str("/>\n");
                     continue;
                 }
                 x.push_str(">\n");
+                if s.passed {
+                    x.push_str(&format!("      <system-out>{}</system-out>\n", xml(&gate)));
+                    x.push_str("    </testcase>\n");
+                    continue;
+                }
                 let msg = s
                     .failures
                     .iter()
@@ -147,6 +153,9 @@ impl TestReport {
                     xml(&msg),
                     xml(&msg)
                 ));
+                if !gate.is_empty() {
+                    x.push_str(&format!("      <system-out>{}</system-out>\n", xml(&gate)));
+                }
                 x.push_str("    </testcase>\n");
             }
             x.push_str("  </testsuite>\n");
@@ -154,6 +163,35 @@ impl TestReport {
         x.push_str("</testsuites>\n");
         x
     }
+}
+
+/// What the budgets did at a step, one line each: decisions held, and earlier ones released
+/// or escalated since the previous step.
+fn gate_lines(s: &StepResult) -> String {
+    let mut lines = Vec::new();
+    for h in &s.held {
+        lines.push(format!(
+            "held {} by {} `{}`: {}",
+            h.event_id, h.by, h.scope, h.reason
+        ));
+    }
+    for r in &s.released {
+        lines.push(format!(
+            "released {} at {} ({})",
+            r.event_id,
+            r.at.to_rfc3339(),
+            r.step
+        ));
+    }
+    for e in &s.escalated {
+        lines.push(format!(
+            "escalated {} at {}: {}",
+            e.event_id,
+            e.at.to_rfc3339(),
+            e.reason.as_deref().unwrap_or_default()
+        ));
+    }
+    lines.join("\n")
 }
 
 /// Escapes text for XML attributes and content, dropping characters XML 1.0 forbids.

@@ -248,10 +248,13 @@ pub fn hold_deadline(ev: &Event, d: &Decision, decided_at: Timestamp) -> Option<
     })
 }
 
-/// Why a held decision escalates at its deadline, in the words of the host's escalation.
+/// Why a held decision escalates at its deadline (`by`: what held it, `pause`, `window`,
+/// `blocker` or `budget`; `scope`: which one; `reason`: why it was held), in the words of the
+/// host's escalation and `keel test`.
 pub fn held_past_deadline(deadline: Timestamp, by: &str, scope: &str, reason: &str) -> String {
+    let verb = if by == "pause" { "paused" } else { "held" };
     format!(
-        "held past its deadline ({}) by {by} `{scope}`: {reason}",
+        "{verb} past its deadline ({}) by {by} `{scope}`: {reason}",
         rfc(deadline)
     )
 }

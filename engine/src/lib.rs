@@ -70,6 +70,7 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod budget;
 mod build;
 mod compile;
 mod decide;
@@ -94,6 +95,10 @@ mod scope;
 pub mod testing;
 pub mod yaml;
 
+pub use budget::{
+    admit, hold_deadline, key_and_unit, read_budgets, runbook_deadline, Amount, BudgetSpec,
+    KeyView, Lease, Member,
+};
 pub use build::{EngineBuilder, Mutation};
 pub use compile::MAX_EVAL_COST;
 pub use decide::{dedup_key, Ctx, Mode};

@@ -79,6 +79,21 @@ pub fn load(file: &Path, bytes: &[u8]) -> Result<YamlDoc, LoadError> {
     }
 }
 
+/// The subtree `n` of a document being read as a [`YamlDoc`] of its own (its root at
+/// pointer `""`), with the positions of every node in `file`: for readers shared with
+/// `keel.yaml` (such as [`crate::budget::read_budgets`]) inside a file read with [`Cx`].
+pub(crate) fn subtree_doc(file: &Path, n: &MarkedYaml<'_>) -> YamlDoc {
+    let mut positions = HashMap::new();
+    let mut keys = HashMap::new();
+    let value = convert(n, String::new(), &mut positions, &mut keys, 0);
+    YamlDoc {
+        file: file.to_path_buf(),
+        value,
+        positions,
+        keys,
+    }
+}
+
 fn convert(
     n: &MarkedYaml<'_>,
     ptr: String,

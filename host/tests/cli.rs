@@ -676,7 +676,7 @@ fn test_mutation_check_passes_on_the_standard_library() {
 #[test]
 fn junit_output_validates_against_the_published_xsd() {
     let d = tmp();
-    for set in ["failing", "uncovered"] {
+    for set in ["failing", "uncovered", "budgets/failing"] {
         let out = keel(&["test", &format!("{TESTING}/{set}"), "--format", "junit"]);
         assert_eq!(out.status.code(), Some(1));
         let xml = text(&out.stdout);
@@ -684,7 +684,14 @@ fn junit_output_validates_against_the_published_xsd() {
             xml.contains("<testcase name=\"engine/tests/data/testing/"),
             "{xml}"
         );
-        let report = write(d.path(), &format!("{set}.xml"), xml.as_bytes());
+        if set.starts_with("budgets") {
+            assert!(xml.contains("<system-out>held test:"), "{xml}");
+        }
+        let report = write(
+            d.path(),
+            &format!("{}.xml", set.replace('/', "-")),
+            xml.as_bytes(),
+        );
         let v = Command::new("python3")
             .arg(root().join("host/tests/validate_junit.py"))
             .arg(&report)

@@ -7,6 +7,7 @@ use chrono::Duration;
 use saphyr::{MarkedYaml, YamlData};
 use serde_json::Value;
 
+use crate::budget::BudgetSpec;
 use crate::decision::Action;
 use crate::diag::{Diagnostic, Pos};
 use crate::event::{Event, Timestamp};
@@ -21,6 +22,8 @@ pub(super) enum Source {
     Event(Box<Event>),
     From(From),
     Redecide(usize),
+    /// No event: a look at the virtual clock (held decisions released or escalated since).
+    None,
 }
 
 #[derive(Debug, Clone)]
@@ -54,6 +57,12 @@ pub(super) struct Expect {
     pub(super) events: Option<usize>,
     /// `Some(None)`: no guard held the action.
     pub(super) guard: Option<Option<crate::guard::GuardName>>,
+    /// `Some(None)`: `held: false`.
+    pub(super) held: Option<Option<ExpectHeld>>,
+    /// The steps named in `released`, as written (resolved into [`Step::released`]).
+    pub(super) released: Option<StepNames>,
+    /// The steps named in `escalated`, as written (resolved into [`Step::escalated`]).
+    pub(super) escalated: Option<StepNames>,
 }
 
 #[derive(Debug, Clone)]
@@ -76,6 +85,14 @@ pub(super) struct Step {
     pub(super) at: Timestamp,
     pub(super) source: Source,
     pub(super) expect: Expect,
+    /// How long its runbook runs once it starts, seconds (`runbook:`; default 0).
+    pub(super) runbook_s: i64,
+    /// `expect.released`: the earlier steps whose held decisions are released since the
+    /// previous step, by index.
+    pub(super) released: Option<Vec<usize>>,
+    /// `expect.escalated`: the earlier steps whose held decisions escalate since the
+    /// previous step (their deadline passed), by index.
+    pub(super) escalated: Option<Vec<usize>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -91,6 +108,8 @@ pub(super) struct Case {
     pub(super) sequence: bool,
     pub(super) steps: Vec<Step>,
     pub(super) totals: Totals,
+    /// The budgets its decisions take slots of (the case's `budgets:`, else the file's).
+    pub(super) budgets: Vec<BudgetSpec>,
 }
 
 #[derive(Debug, Clone)]
@@ -136,9 +155,16 @@ pub(super) fn file_doc(
     doc: &MarkedYaml<'_>,
     dir: &Path,
 ) -> (Vec<Case>, Option<PathBuf>) {
-    let Some(entries) = cx.map(doc, "the test file", &["version", "policies", "cases"]) else {
+    let Some(entries) = cx.map(
+        doc,
+        "the test file",
+        &["version", "policies", "budgets", "cases"],
+    ) else {
         return (Vec::new(), None);
     };
+    let budgets = yaml::entry(&entries, "budgets")
+        .map(|b| read_budgets_node(cx, b))
+        .unwrap_or_default();
     let mut set = None;
     let mut cases = Vec::new();
     let mut names = BTreeSet::new();
@@ -179,7 +205,7 @@ pub(super) fn file_doc(
                     cx.err(pos(v), "`cases` is empty: a test file must test something");
                 }
                 for item in items {
-                    if let Some(c) = case(cx, item, dir) {
+                    if let Some(c) = case(cx, item, dir, &budgets) {
                         if !names.insert(c.name.clone()) {
                             cx.err(pos(item), format!("duplicate case name `{}`", c.name));
                             continue;
@@ -228,7 +254,12 @@ pub(super) fn offset_value(cx: &mut Cx<'_, '_>, n: &MarkedYaml<'_>, what: &str) 
     None
 }
 
-pub(super) fn case(cx: &mut Cx<'_, '_>, n: &MarkedYaml<'_>, dir: &Path) -> Option<Case> {
+pub(super) fn case(
+    cx: &mut Cx<'_, '_>,
+    n: &MarkedYaml<'_>,
+    dir: &Path,
+    file_budgets: &[BudgetSpec],
+) -> Option<Case> {
     let entries = cx.map(
         n,
         "a case",
@@ -242,6 +273,7 @@ pub(super) fn case(cx: &mut Cx<'_, '_>, n: &MarkedYaml<'_>, dir: &Path) -> Optio
             "start",
             "steps",
             "totals",
+            "budgets",
         ],
     )?;
     let before = cx.diags.len();
@@ -261,6 +293,10 @@ pub(super) fn case(cx: &mut Cx<'_, '_>, n: &MarkedYaml<'_>, dir: &Path) -> Optio
         );
     }
     let totals = get("totals").map(|t| totals(cx, t)).unwrap_or_default();
+    let budgets = match get("budgets") {
+        Some(b) => read_budgets_node(cx, b),
+        None => file_budgets.to_vec(),
+    };
     let case = if let Some(steps_node) = get("steps") {
         for k in ["event", "from", "expect", "now"] {
             if let Some(v) = get(k) {
@@ -299,6 +335,7 @@ pub(super) fn case(cx: &mut Cx<'_, '_>, n: &MarkedYaml<'_>, dir: &Path) -> Optio
             sequence: true,
             steps,
             totals,
+            budgets,
         }
     } else {
         if let Some(v) = get("start") {
@@ -308,7 +345,7 @@ pub(super) fn case(cx: &mut Cx<'_, '_>, n: &MarkedYaml<'_>, dir: &Path) -> Optio
             cx.err(pos(n), "`totals` belongs to a case with `steps`");
         }
         let now = get("now").and_then(|v| time_value(cx, v, "`now`"));
-        let source = source(cx, n, now, get("event"), get("from"), None, dir, &[])?;
+        let source = source(cx, n, now, get("event"), get("from"), None, dir, &[], None)?;
         let at = now.unwrap_or_else(|| match &source {
             Source::Event(ev) => ev.time,
             _ => default_time(),
@@ -331,10 +368,15 @@ pub(super) fn case(cx: &mut Cx<'_, '_>, n: &MarkedYaml<'_>, dir: &Path) -> Optio
                 at,
                 source,
                 expect: expect?,
+                runbook_s: 0,
+                released: None,
+                escalated: None,
             }],
             totals: Totals::default(),
+            budgets,
         }
     };
+    check_gate_keys(cx, n, &case);
     (cx.diags.len() == before).then_some(case)
 }
 
@@ -353,7 +395,9 @@ pub(super) fn step(
     let entries = cx.map(
         n,
         "a step",
-        &["name", "at", "event", "from", "redecide", "expect"],
+        &[
+            "name", "at", "event", "from", "redecide", "expect", "runbook",
+        ],
     )?;
     let get = |k: &str| yaml::entry(&entries, k);
     let name = match get("name") {
@@ -379,16 +423,7 @@ pub(super) fn step(
             cx.err(pos(n), "steps must be in time order");
         }
     }
-    let source = source(
-        cx,
-        n,
-        Some(at),
-        get("event"),
-        get("from"),
-        get("redecide"),
-        dir,
-        earlier,
-    )?;
+    let runbook_s = get("runbook").and_then(|v| offset_value(cx, v, "`runbook`"));
     let expect = match get("expect") {
         Some(v) => expect(cx, v)?,
         None => {
@@ -399,11 +434,31 @@ pub(super) fn step(
             return None;
         }
     };
+    let source = source(
+        cx,
+        n,
+        Some(at),
+        get("event"),
+        get("from"),
+        get("redecide"),
+        dir,
+        earlier,
+        Some(&expect),
+    )?;
+    let runbook_s = match (get("runbook"), runbook_s) {
+        (Some(_), None) => return None,
+        (_, r) => r.unwrap_or(0),
+    };
+    let released = resolve_steps(cx, expect.released.as_ref(), earlier, "released")?;
+    let escalated = resolve_steps(cx, expect.escalated.as_ref(), earlier, "escalated")?;
     Some(Step {
         name,
         at,
         source,
         expect,
+        runbook_s,
+        released,
+        escalated,
     })
 }
 
@@ -417,6 +472,7 @@ pub(super) fn source(
     redecide: Option<&MarkedYaml<'_>>,
     dir: &Path,
     earlier: &[Step],
+    expect: Option<&Expect>,
 ) -> Option<Source> {
     match (event, from, redecide) {
         (Some(e), None, None) => {
@@ -444,7 +500,7 @@ pub(super) fn source(
                     .map(|i| i - 1)
             });
             match idx {
-                Some(i) if !matches!(earlier[i].source, Source::Redecide(_)) => {
+                Some(i) if matches!(earlier[i].source, Source::Event(_) | Source::From(_)) => {
                     Some(Source::Redecide(i))
                 }
                 _ => {
@@ -453,8 +509,9 @@ pub(super) fn source(
                 }
             }
         }
+        (None, None, None) if expect.is_some_and(Expect::only_gate_changes) => Some(Source::None),
         (None, None, None) => {
-            cx.err(pos(n), "give the event: `event` (a normalized event) or `from` (a vendor payload and its normalizer)");
+            cx.err(pos(n), "give the event: `event` (a normalized event) or `from` (a vendor payload and its normalizer); a step without one may only expect `released` and `escalated`");
             None
         }
         _ => {
@@ -607,6 +664,9 @@ pub(super) fn expect(cx: &mut Cx<'_, '_>, n: &MarkedYaml<'_>) -> Option<Expect> 
         "retry_request",
         "events",
         "guard",
+        "held",
+        "released",
+        "escalated",
     ];
     let entries = cx.map(n, "`expect`", KEYS)?;
     let before = cx.diags.len();
@@ -697,6 +757,9 @@ pub(super) fn expect(cx: &mut Cx<'_, '_>, n: &MarkedYaml<'_>) -> Option<Expect> 
                 ),
             },
             "events" => e.events = cx.int(v, "`events`", 0).map(|i| i as usize),
+            "held" => e.held = expect_held(cx, v),
+            "released" => e.released = step_names(cx, v, "`released`"),
+            "escalated" => e.escalated = step_names(cx, v, "`escalated`"),
             "guard" => {
                 e.guard = Some(match &v.data {
                     YamlData::Value(saphyr::Scalar::Null) => None,
@@ -730,7 +793,10 @@ pub(super) fn expect(cx: &mut Cx<'_, '_>, n: &MarkedYaml<'_>) -> Option<Expect> 
         || e.retry_not_before.is_some()
         || e.retry_request.is_some()
         || e.events.is_some()
-        || e.guard.is_some();
+        || e.guard.is_some()
+        || e.held.is_some()
+        || e.released.is_some()
+        || e.escalated.is_some();
     if !asserts && cx.diags.len() == before {
         cx.err(
             pos(n),

@@ -24,12 +24,20 @@
 //! full mode. A case fails on a non-empty `Decision.errors` unless it expects them; a case
 //! that asserts nothing is an invalid file, not a silent pass; and a policy file whose
 //! policies no case reaches is reported.
+//!
+//! A test file or case may declare `budgets:` (the keys of `keel.yaml`'s): a sequence's
+//! decisions then go through the budgets on the case's virtual clock (held, released oldest
+//! first, escalated at their deadline; see the `budgets` module), asserted with
+//! `expect.held`, `expect.released` and `expect.escalated`.
 
+mod budgets;
 mod format;
 mod mutation;
 mod report;
 mod run;
 
+use self::budgets::*;
+pub use self::budgets::{GateChange, HeldDecision};
 use self::format::*;
 pub use self::mutation::*;
 pub use self::report::*;

@@ -6,6 +6,8 @@ use serde::Serialize;
 
 use crate::decision::Decision;
 
+use super::{GateChange, HeldDecision};
+
 /// What one assertion expected and what the decision had.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Mismatch {
@@ -28,6 +30,17 @@ pub struct StepResult {
     pub failures: Vec<Mismatch>,
     /// The decisions made (one per decided event).
     pub decisions: Vec<Decision>,
+    /// The decisions of this step a budget held (a case with `budgets:`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub held: Vec<HeldDecision>,
+    /// Held decisions of earlier steps released since the previous step (their runbooks
+    /// started).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub released: Vec<GateChange>,
+    /// Held decisions of earlier steps escalated since the previous step (their deadline
+    /// passed while held).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub escalated: Vec<GateChange>,
 }
 
 /// The outcome of one case.
@@ -118,11 +131,17 @@ impl TestReport {
                     "    <testcase name=\"{}\" classname=\"{file}\" time=\"0\"",
                     xml(&s.id)
                 ));
-                if s.passed {
+                let gate = gate_lines(s);
+                if s.passed && gate.is_empty() {
                     x.push_str("/>\n");
                     continue;
                 }
                 x.push_str(">\n");
+                if s.passed {
+                    x.push_str(&format!("      <system-out>{}</system-out>\n", xml(&gate)));
+                    x.push_str("    </testcase>\n");
+                    continue;
+                }
                 let msg = s
                     .failures
                     .iter()
@@ -134,6 +153,9 @@ impl TestReport {
                     xml(&msg),
                     xml(&msg)
                 ));
+                if !gate.is_empty() {
+                    x.push_str(&format!("      <system-out>{}</system-out>\n", xml(&gate)));
+                }
                 x.push_str("    </testcase>\n");
             }
             x.push_str("  </testsuite>\n");
@@ -141,6 +163,35 @@ impl TestReport {
         x.push_str("</testsuites>\n");
         x
     }
+}
+
+/// What the budgets did at a step, one line each: decisions held, and earlier ones released
+/// or escalated since the previous step.
+fn gate_lines(s: &StepResult) -> String {
+    let mut lines = Vec::new();
+    for h in &s.held {
+        lines.push(format!(
+            "held {} by {} `{}`: {}",
+            h.event_id, h.by, h.scope, h.reason
+        ));
+    }
+    for r in &s.released {
+        lines.push(format!(
+            "released {} at {} ({})",
+            r.event_id,
+            r.at.to_rfc3339(),
+            r.step
+        ));
+    }
+    for e in &s.escalated {
+        lines.push(format!(
+            "escalated {} at {}: {}",
+            e.event_id,
+            e.at.to_rfc3339(),
+            e.reason.as_deref().unwrap_or_default()
+        ));
+    }
+    lines.join("\n")
 }
 
 /// Escapes text for XML attributes and content, dropping characters XML 1.0 forbids.

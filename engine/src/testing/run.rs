@@ -185,9 +185,15 @@ pub(super) fn run_case(
     let mut step_events: Vec<Vec<Event>> = Vec::new();
     let mut all: Vec<Decision> = Vec::new();
     let mut results = Vec::new();
-    for (step, id) in c.steps.iter().zip(ids) {
+    let mut gate = Gate::new(&c.budgets);
+    for (n, (step, id)) in c.steps.iter().zip(ids).enumerate() {
         let mut failures = Vec::new();
+        let mut changes = Changes::default();
+        if gate.active() {
+            gate.advance(step.at, &mut changes);
+        }
         let (events, redecide) = match &step.source {
+            Source::None => (Vec::new(), false),
             Source::Event(ev) => (vec![(**ev).clone()], false),
             Source::Redecide(i) => (step_events.get(*i).cloned().unwrap_or_default(), true),
             Source::From(fr) => match run_normalizer(fr, step.at, &mut nstate) {
@@ -202,7 +208,13 @@ pub(super) fn run_case(
                 }
             },
         };
+        if gate.active() && !redecide {
+            for ev in &events {
+                gate.note(ev);
+            }
+        }
         let mut decisions = Vec::new();
+        let mut held = Vec::new();
         for ev in &events {
             if !redecide {
                 history.record(ev);
@@ -225,6 +237,11 @@ pub(super) fn run_case(
                 }
             }
             check(&step.expect, &d, step.at, &mut failures);
+            if gate.active() {
+                let h = gate.decide(n, ev, &d, step.at, step.runbook_s);
+                check_held(&step.expect, h.as_ref(), &mut failures);
+                held.extend(h);
+            }
             decisions.push(d);
         }
         if let Some(n) = step.expect.events {
@@ -235,7 +252,7 @@ pub(super) fn run_case(
                     actual: events.len().to_string(),
                 });
             }
-        } else if events.is_empty() && failures.is_empty() {
+        } else if events.is_empty() && failures.is_empty() && has_event(step) {
             failures.push(Mismatch {
                 what: "events".into(),
                 expected: "at least one event to decide (or `events: 0`)".into(),
@@ -248,11 +265,34 @@ pub(super) fn run_case(
             step_events.push(Vec::new());
         }
         all.extend(decisions.iter().cloned());
+        check_changes(step, &c.steps, &changes, &mut failures);
+        let step_id = |i: usize| ids.get(i).cloned().unwrap_or_default();
         results.push(StepResult {
             id: id.clone(),
             passed: failures.is_empty(),
             failures,
             decisions,
+            held,
+            released: changes
+                .released
+                .into_iter()
+                .map(|(i, event_id, at)| GateChange {
+                    step: step_id(i),
+                    event_id,
+                    at,
+                    reason: None,
+                })
+                .collect(),
+            escalated: changes
+                .escalated
+                .into_iter()
+                .map(|(i, event_id, at, why)| GateChange {
+                    step: step_id(i),
+                    event_id,
+                    at,
+                    reason: Some(why),
+                })
+                .collect(),
         });
     }
     if c.sequence {
@@ -266,6 +306,9 @@ pub(super) fn run_case(
                 passed: failures.is_empty(),
                 failures,
                 decisions: Vec::new(),
+                held: Vec::new(),
+                released: Vec::new(),
+                escalated: Vec::new(),
             });
         }
     }

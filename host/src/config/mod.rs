@@ -415,7 +415,7 @@ fn load_with(path: &Path, secrets: bool) -> Result<Config, LoadError> {
     let sources = parse_sources(&mut v, &base, &root, self_name.as_deref(), listen);
     let runbooks = parse_runbooks(&mut v, &root);
     let guards = guards::parse_guards(&mut v, root.get("guards"));
-    let budgets = budgets::parse_budgets(&mut v, root.get("budgets"));
+    let budgets = budgets::parse_budgets(&mut v);
     let windows = gates::parse_windows(&mut v, root.get("windows"));
     let blockers = gates::parse_blockers(&mut v, root.get("blockers"));
     let mut diags = v.diags;
@@ -731,7 +731,7 @@ mod tests {
             Some("string(event.resource.update_domain)")
         );
         assert_eq!(b.actions, [Action::Drain]);
-        assert_eq!(b.max_in_flight, budgets::Amount::Count(1));
+        assert_eq!(b.max_in_flight, keel_engine::budget::Amount::Count(1));
         assert_eq!((b.bake_s, b.lease_ttl_s), (600, 60));
         assert_eq!((b.group_size, b.min_healthy), (None, None));
         Ok(())

@@ -1,4 +1,6 @@
-//! Concurrency budgets (`budgets:` in `keel.yaml`), as leases.
+//! Concurrency budgets (`budgets:` in `keel.yaml`), as leases. The model (keys, units,
+//! admission and its reasons, deadlines) is the engine's [`keel_engine::budget`], shared with
+//! `keel test`; this module keeps the leases in the state database.
 //!
 //! A budget groups events by its `key` (a CEL expression: an availability set, a zone, a
 //! tag) and lets at most `max_in_flight` units of a group run an action it names at once; a
@@ -15,18 +17,15 @@
 //! unknown events share one group rather than escape the budget. One whose `per` does not
 //! evaluate is its own unit (its resource), as without `per`.
 
-use std::collections::BTreeSet;
-
 use chrono::Utc;
-use keel_engine::{escape, Decision, Event, HealthState, Kind};
+use keel_engine::{Decision, Event};
 
 use super::gate::Verdict;
-use super::store::{Db, KeyView, LeaseWant, StoreError};
+use super::store::{Db, LeaseWant, StoreError};
 use super::{rfc, Host};
 use crate::config::Budget;
 
-/// The group or unit of an event whose expression does not evaluate.
-pub const UNKNOWN: &str = "?";
+pub use keel_engine::budget::{admit, health_of, key_and_unit};
 
 /// A new holder identity: `<name>#<8 random hex digits>` (`name`: this host's `self`, else
 /// `keel`).
@@ -38,95 +37,6 @@ pub fn new_holder(name: Option<&str>) -> String {
         b = t;
     }
     format!("{}#{}", name.unwrap_or("keel"), hex::encode(b))
-}
-
-/// The key and the unit of `ev` in budget `b` (see the module documentation for events the
-/// expressions do not evaluate on).
-pub fn key_and_unit(b: &Budget, ev: &Event) -> (String, String) {
-    let key = b.key.eval(ev, ev.time).unwrap_or_else(|_| UNKNOWN.into());
-    let resource = || {
-        ev.resource
-            .id
-            .clone()
-            .or_else(|| ev.resource.name.clone())
-            .unwrap_or_else(|| ev.id.clone())
-    };
-    // A `per` that does not evaluate falls back to the resource: a shared unit `?` would let
-    // every such event through on one slot.
-    let unit = match &b.per {
-        Some(p) => p.eval(ev, ev.time).unwrap_or_else(|_| resource()),
-        None => resource(),
-    };
-    (key, unit)
-}
-
-/// Whether budget `b` admits `unit` into its group as `view` shows it: `Err` says why not, in
-/// the words of the decision log and `keel status`.
-pub fn admit(b: &Budget, key: &str, unit: &str, view: &KeyView) -> Result<(), String> {
-    let units: BTreeSet<&str> = view.live.iter().map(|l| l.unit.as_str()).collect();
-    if units.contains(unit) {
-        // Its unit is in flight already (another VM of the same update domain): it shares
-        // the unit's slot.
-        return Ok(());
-    }
-    let observed = u32::try_from(view.members.len()).unwrap_or(u32::MAX);
-    let size = b.group_size.unwrap_or(observed).max(1);
-    let max = b.max_in_flight.of(size);
-    let in_flight = u32::try_from(units.len()).unwrap_or(u32::MAX);
-    if in_flight >= max {
-        let first = view.live.first();
-        let (holder, until, baking) = first.map_or(("?", "?", false), |l| {
-            (
-                l.holder.as_str(),
-                l.expires_at.as_str(),
-                l.released_at.is_some(),
-            )
-        });
-        let what = if baking { "baking" } else { "holder" };
-        let who = if baking {
-            format!("unit {}", first.map_or("?", |l| l.unit.as_str()))
-        } else {
-            holder.to_string()
-        };
-        return Err(format!(
-            "budget {}/{} full, {in_flight}/{max} in flight, {what} {} until {until}",
-            b.name,
-            escape(key),
-            escape(&who)
-        ));
-    }
-    if let Some(min) = b.min_healthy {
-        let want = min.of(size);
-        let unhealthy = view
-            .members
-            .iter()
-            .filter(|m| !m.healthy && !units.contains(m.member.as_str()) && m.member != unit)
-            .count();
-        let unhealthy = u32::try_from(unhealthy).unwrap_or(u32::MAX);
-        let healthy_after = size.saturating_sub(in_flight + 1).saturating_sub(unhealthy);
-        if healthy_after < want {
-            return Err(format!(
-                "budget {}/{}: taking a slot would leave {healthy_after} of {size} healthy, \
-                 fewer than min_healthy {min} ({in_flight} in flight, {unhealthy} unhealthy)",
-                b.name,
-                escape(key)
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// The health an event reports of its resource, for the budgets' `min_healthy`: `None` when
-/// it says nothing about it.
-fn health_of(ev: &Event) -> Option<bool> {
-    match ev.kind {
-        Kind::Health => ev.health.as_ref().map(|h| match h.state {
-            HealthState::Available => Some(true),
-            HealthState::Unavailable | HealthState::Degraded => Some(false),
-            HealthState::Unknown => None,
-        })?,
-        _ => None,
-    }
 }
 
 impl Host {

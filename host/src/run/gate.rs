@@ -196,15 +196,8 @@ impl Host {
                 .as_deref()
                 .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
                 .map(|t| t.with_timezone(&Utc));
-            if deadline.is_some_and(|t| t <= now) {
-                let verb = if h.by == "pause" { "paused" } else { "held" };
-                let why = format!(
-                    "{verb} past its deadline ({}) by {} `{}`: {}",
-                    h.deadline.as_deref().unwrap_or_default(),
-                    h.by,
-                    h.scope,
-                    h.reason
-                );
+            if let Some(t) = deadline.filter(|t| *t <= now) {
+                let why = keel_engine::budget::held_past_deadline(t, &h.by, &h.scope, &h.reason);
                 self.escalate_held(&h, &why, now);
                 continue;
             }

@@ -29,8 +29,7 @@
 //!
 //! A field the event does not carry matches no scope but `all`.
 
-use chrono::{DateTime, Utc};
-use keel_engine::{Action, Decision, Event};
+use keel_engine::Event;
 
 use super::gate::Verdict;
 use super::Host;
@@ -47,17 +46,7 @@ pub fn matching<'a>(pauses: &'a [(String, String)], ev: &Event) -> Option<&'a (S
         .find(|(scope, _)| Scope::parse(scope).is_ok_and(|s| s.matches(ev)))
 }
 
-/// By when a held decision must have run, else it escalates: the runbook's deadline (a drain:
-/// [`super::steps::runbook_deadline`]), else the maintenance's `not_before` when it was still
-/// ahead at the decision. `None`: it may wait for the resume however long.
-pub fn hold_deadline(ev: &Event, d: &Decision, decided_at: DateTime<Utc>) -> Option<DateTime<Utc>> {
-    super::steps::runbook_deadline(ev, d, decided_at).or_else(|| {
-        ev.maintenance
-            .as_ref()
-            .and_then(|m| m.not_before)
-            .filter(|nb| *nb > decided_at && d.action != Action::Escalate)
-    })
-}
+pub use keel_engine::hold_deadline;
 
 impl Host {
     /// The pauses' verdict on `ev`: held while a pause matches it. A store that cannot be

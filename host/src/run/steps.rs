@@ -18,38 +18,7 @@ pub fn step_key(decision_id: &str, idx: usize, name: &str) -> String {
     super::short_hash(&format!("{decision_id}\u{1f}{idx}\u{1f}{name}"), 16)
 }
 
-/// When a runbook must have finished: for a drain, the earlier of the event's `not_before`
-/// (the platform acts then, drained or not; ignored when it had passed when the decision was
-/// made) and the decision's `deadline_s` counted from the decision (so a runbook resumed
-/// after a restart keeps its original deadline). `None`:
-/// no deadline beyond each step's own timeouts.
-pub fn runbook_deadline(
-    ev: &Event,
-    d: &Decision,
-    decided_at: DateTime<Utc>,
-) -> Option<DateTime<Utc>> {
-    if d.action != Action::Drain {
-        return None;
-    }
-    let by_param = d
-        .params
-        .get("deadline_s")
-        .and_then(serde_json::Value::as_f64)
-        .filter(|s| s.is_finite() && *s > 0.0)
-        .and_then(|s| chrono::Duration::try_milliseconds((s * 1000.0) as i64))
-        .and_then(|dur| decided_at.checked_add_signed(dur));
-    // A NotBefore already past when the event was seen (a notice read late, a vendor
-    // document replayed) sets no deadline: draining late still limits the damage.
-    let by_notice = ev
-        .maintenance
-        .as_ref()
-        .and_then(|m| m.not_before)
-        .filter(|nb| *nb > decided_at);
-    match (by_param, by_notice) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
+pub use keel_engine::runbook_deadline;
 
 /// The time left until `deadline` as a tokio instant (now when it has passed; a century
 /// away when the deadline is further than an instant can count).

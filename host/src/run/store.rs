@@ -896,7 +896,7 @@ impl Db<'_> {
 
 mod budget;
 mod pause;
-pub use budget::{KeyView, LeaseRow, LeaseWant};
+pub use budget::{LeaseRow, LeaseWant};
 pub use pause::{HeldRow, Status};
 
 #[cfg(test)]

@@ -11,8 +11,9 @@ use keel_engine::{Action, Event, KeyExpr};
 use proptest::prelude::*;
 
 use super::*;
-use crate::config::budgets::{Amount, Budget};
+use crate::config::Budget;
 use crate::run::store::{LeaseWant, Store};
+use keel_engine::budget::Amount;
 
 fn t(s: i64) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 3, 1, 12, 0, 0).unwrap() + Duration::seconds(s)
@@ -83,25 +84,6 @@ fn take(
     )
     .unwrap()
     .map_err(|d| d.reason)
-}
-
-#[test]
-fn keys_and_units_come_from_the_expressions_and_unknowns_share_a_group() {
-    let b = ud_budget(Amount::Count(1), 0);
-    assert_eq!(
-        key_and_unit(&b, &vm("vm1", Some("web"), Some(3))),
-        ("web".to_string(), "3".to_string())
-    );
-    assert_eq!(
-        key_and_unit(&b, &vm("vm1", None, None)),
-        (UNKNOWN.to_string(), UNKNOWN.to_string())
-    );
-    let mut per_vm = b.clone();
-    per_vm.per = None;
-    assert_eq!(
-        key_and_unit(&per_vm, &vm("vm1", Some("web"), Some(3))).1,
-        "vm1"
-    );
 }
 
 #[test]
@@ -301,4 +283,54 @@ proptest! {
             }
         }
     }
+}
+
+/// `keel test` gates a sequence with the same admission as the host: the reasons a test
+/// reports are the ones the host's leases give at the same instants (a lease TTL equal to
+/// the runbook's duration makes the host's "until" the runbook's end, as on the test clock).
+#[test]
+fn keel_test_reports_the_reasons_the_host_gives() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("p.yaml"),
+        "policies:\n  - { name: d, on: [maintenance], when: 'true', action: drain }\n",
+    )
+    .unwrap();
+    let ev = |name: &str, ud: u32, at: &str| {
+        format!(
+            "{{ at: {at}, runbook: 90s, event: {{ id: \"x:{name}\", time: \"2026-03-01T12:00:00Z\", resource: {{ name: {name}, availability_set: web, update_domain: {ud} }}, maintenance: {{ type: preempt, status: scheduled }} }}, expect: {{ action: drain }} }}"
+        )
+    };
+    let file = format!(
+        "budgets:\n  - {{ name: ud, key: event.resource.availability_set, per: string(event.resource.update_domain), max_in_flight: 1, bake: 10m }}\ncases:\n  - name: c\n    start: 2026-03-01T12:00:00Z\n    steps:\n      - {}\n      - {}\n      - {}\n",
+        ev("vm-a", 1, "0s"),
+        ev("vm-c", 2, "30s"),
+        ev("vm-d", 3, "120s"),
+    );
+    std::fs::write(dir.path().join("p.test.yaml"), file).unwrap();
+    let report =
+        keel_engine::testing::run(dir.path(), &keel_engine::testing::TestOptions::default())
+            .unwrap();
+    let tested: Vec<String> = report
+        .steps()
+        .flat_map(|s| s.held.iter().map(|h| h.reason.clone()))
+        .collect();
+
+    let (_d, s) = store();
+    let mut b = ud_budget(Amount::Count(1), 600);
+    b.lease_ttl_s = 90;
+    let (a, c, d) = (
+        vm("vm-a", Some("web"), Some(1)),
+        vm("vm-c", Some("web"), Some(2)),
+        vm("vm-d", Some("web"), Some(3)),
+    );
+    take(&s, &b, "d-a", &a, "x:vm-a", 0).unwrap();
+    let at_30 = take(&s, &b, "d-c", &c, "x:vm-a", 30).unwrap_err();
+    assert_eq!(s.release_leases("d-a", "x:vm-a", t(90)).unwrap(), 1);
+    let at_120 = take(&s, &b, "d-d", &d, "x:vm-a", 120).unwrap_err();
+    assert_eq!(
+        tested,
+        vec![format!("held: {at_30}"), format!("held: {at_120}")]
+    );
+    assert!(at_120.contains("baking unit 1"), "{at_120}");
 }

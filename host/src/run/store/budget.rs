@@ -34,14 +34,7 @@ pub struct LeaseRow {
     pub released_at: Option<String>,
 }
 
-/// A member of a budget key's group, as last seen.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Member {
-    /// The member (the unit).
-    pub member: String,
-    /// Whether its last health signal was healthy.
-    pub healthy: bool,
-}
+pub use keel_engine::budget::{KeyView, Lease, Member};
 
 /// A slot wanted by a decision.
 #[derive(Debug, Clone)]
@@ -69,15 +62,6 @@ pub struct Denied {
     pub reason: String,
 }
 
-/// What a budget's admission sees of a key at `now`.
-#[derive(Debug, Clone)]
-pub struct KeyView {
-    /// The leases not expired (held, or released and baking).
-    pub live: Vec<LeaseRow>,
-    /// The members seen with this key.
-    pub members: Vec<Member>,
-}
-
 const LEASE_COLUMNS: &str = "SELECT budget, key, unit, decision_id, holder, max_in_flight,
     acquired_at, renewed_at, expires_at, released_at FROM leases";
 
@@ -96,7 +80,28 @@ fn lease_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LeaseRow> {
     })
 }
 
-fn view(c: &Connection, budget: &str, key: &str, now: &str) -> Result<KeyView, StoreError> {
+impl From<&LeaseRow> for Lease {
+    fn from(l: &LeaseRow) -> Lease {
+        Lease {
+            unit: l.unit.clone(),
+            holder: l.holder.clone(),
+            // Written by this store in RFC 3339: an unreadable one shows as the epoch (it is
+            // live all the same: the query compared it).
+            expires_at: chrono::DateTime::parse_from_rfc3339(&l.expires_at)
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .unwrap_or_default(),
+            released: l.released_at.is_some(),
+        }
+    }
+}
+
+/// The live leases of a key at `now` (soonest expiry first) and its members.
+fn view(
+    c: &Connection,
+    budget: &str,
+    key: &str,
+    now: &str,
+) -> Result<(Vec<LeaseRow>, KeyView), StoreError> {
     let mut st = c.prepare_cached(&format!(
         "{LEASE_COLUMNS} WHERE budget = ?1 AND key = ?2 AND expires_at > ?3
          ORDER BY expires_at, decision_id"
@@ -116,7 +121,11 @@ fn view(c: &Connection, budget: &str, key: &str, now: &str) -> Result<KeyView, S
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(KeyView { live, members })
+    let view = KeyView {
+        live: live.iter().map(Lease::from).collect(),
+        members,
+    };
+    Ok((live, view))
 }
 
 impl Store {
@@ -138,9 +147,8 @@ impl Store {
         let mut c = self.c()?;
         let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         for w in wants {
-            let v = view(&tx, w.budget, w.key, now)?;
-            let mine = v
-                .live
+            let (rows, v) = view(&tx, w.budget, w.key, now)?;
+            let mine = rows
                 .iter()
                 .any(|l| l.decision_id == decision_id && l.released_at.is_none());
             if !mine {
@@ -183,7 +191,7 @@ impl Store {
     /// What a budget key looks like at `now` (read-only: `keel eval --config` explains what a
     /// decision would wait for).
     pub fn key_view(&self, budget: &str, key: &str, now: &str) -> Result<KeyView, StoreError> {
-        view(&*self.c()?, budget, key, now)
+        view(&*self.c()?, budget, key, now).map(|(_, v)| v)
     }
 
     /// Renews the unreleased leases `holder` holds for `decisions` until `expires`. Returns

@@ -128,6 +128,29 @@ fn view(
     Ok((live, view))
 }
 
+/// Runs `f` in a write transaction committed without waiting for the disk (`synchronous =
+/// NORMAL` for it alone). A lease write needs no fsync of its own: the next `FULL` commit on
+/// the connection syncs the log with every frame before it, and for a slot taken that commit
+/// is the runbook's first step start, written before any effect; a lease lost with the
+/// machine's power was never used (and a renewal or release lost only ends earlier or later
+/// at the lease's expiry). The first-step latency keeps one fsync instead of two.
+fn lease_tx<R>(
+    c: &mut Connection,
+    f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<R, StoreError>,
+) -> Result<R, StoreError> {
+    c.pragma_update(None, "synchronous", "NORMAL")?;
+    let res: Result<R, StoreError> = (|| {
+        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let r = f(&tx)?;
+        tx.commit()?;
+        Ok(r)
+    })();
+    let reset = c.pragma_update(None, "synchronous", "FULL");
+    let r = res?;
+    reset?;
+    Ok(r)
+}
+
 impl Store {
     /// Takes every slot `wants` names for `decision_id`, or none: in one write transaction,
     /// `admit` sees each key's live leases and members and says yes (`Ok`) or why not
@@ -145,24 +168,24 @@ impl Store {
         mut admit: impl FnMut(&LeaseWant<'_>, &KeyView) -> Result<(), String>,
     ) -> Result<Result<(), Denied>, StoreError> {
         let mut c = self.c()?;
-        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        for w in wants {
-            let (rows, v) = view(&tx, w.budget, w.key, now)?;
-            let mine = rows
-                .iter()
-                .any(|l| l.decision_id == decision_id && l.released_at.is_none());
-            if !mine {
-                if let Err(reason) = admit(w, &v) {
-                    return Ok(Err(Denied {
-                        budget: w.budget.to_string(),
-                        key: w.key.to_string(),
-                        reason,
-                    }));
+        lease_tx(&mut c, |tx| {
+            for w in wants {
+                let (rows, v) = view(tx, w.budget, w.key, now)?;
+                let mine = rows
+                    .iter()
+                    .any(|l| l.decision_id == decision_id && l.released_at.is_none());
+                if !mine {
+                    if let Err(reason) = admit(w, &v) {
+                        return Ok(Err(Denied {
+                            budget: w.budget.to_string(),
+                            key: w.key.to_string(),
+                            reason,
+                        }));
+                    }
                 }
-            }
-            exec(
-                &tx,
-                "INSERT INTO leases (decision_id, budget, key, unit, holder, max_in_flight,
+                exec(
+                    tx,
+                    "INSERT INTO leases (decision_id, budget, key, unit, holder, max_in_flight,
                    bake_s, acquired_at, renewed_at, expires_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9)
                  ON CONFLICT (decision_id, budget) DO UPDATE SET
@@ -171,21 +194,21 @@ impl Store {
                    acquired_at = CASE WHEN leases.released_at IS NULL
                                       AND leases.expires_at > excluded.renewed_at
                                  THEN leases.acquired_at ELSE excluded.acquired_at END",
-                params![
-                    decision_id,
-                    w.budget,
-                    w.key,
-                    w.unit,
-                    holder,
-                    w.max_in_flight,
-                    w.bake_s,
-                    now,
-                    expires
-                ],
-            )?;
-        }
-        tx.commit()?;
-        Ok(Ok(()))
+                    params![
+                        decision_id,
+                        w.budget,
+                        w.key,
+                        w.unit,
+                        holder,
+                        w.max_in_flight,
+                        w.bake_s,
+                        now,
+                        expires
+                    ],
+                )?;
+            }
+            Ok(Ok(()))
+        })
     }
 
     /// What a budget key looks like at `now` (read-only: `keel eval --config` explains what a
@@ -204,18 +227,18 @@ impl Store {
         expires: &str,
     ) -> Result<usize, StoreError> {
         let mut c = self.c()?;
-        let tx = c.transaction()?;
-        let mut n = 0;
-        for d in decisions {
-            n += exec(
-                &tx,
-                "UPDATE leases SET renewed_at = ?3, expires_at = ?4
-                 WHERE decision_id = ?1 AND holder = ?2 AND released_at IS NULL",
-                params![d, holder, now, expires],
-            )?;
-        }
-        tx.commit()?;
-        Ok(n)
+        lease_tx(&mut c, |tx| {
+            let mut n = 0;
+            for d in decisions {
+                n += exec(
+                    tx,
+                    "UPDATE leases SET renewed_at = ?3, expires_at = ?4
+                     WHERE decision_id = ?1 AND holder = ?2 AND released_at IS NULL",
+                    params![d, holder, now, expires],
+                )?;
+            }
+            Ok(n)
+        })
     }
 
     /// Gives back the slots `holder` holds for `decision_id` (its runbook ended, on whatever
@@ -228,30 +251,30 @@ impl Store {
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<usize, StoreError> {
         let mut c = self.c()?;
-        let tx = c.transaction()?;
-        let rows: Vec<(String, i64)> = {
-            let mut st = tx.prepare_cached(
-                "SELECT budget, bake_s FROM leases
+        lease_tx(&mut c, |tx| {
+            let rows: Vec<(String, i64)> = {
+                let mut st = tx.prepare_cached(
+                    "SELECT budget, bake_s FROM leases
                  WHERE decision_id = ?1 AND holder = ?2 AND released_at IS NULL",
-            )?;
-            let rows =
-                st.query_map(params![decision_id, holder], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect::<Result<Vec<_>, _>>()?
-        };
-        let at = super::super::rfc(now);
-        for (budget, bake_s) in &rows {
-            let until = chrono::Duration::try_seconds(*bake_s)
-                .and_then(|b| now.checked_add_signed(b))
-                .unwrap_or(now);
-            exec(
-                &tx,
-                "UPDATE leases SET released_at = ?3, expires_at = ?4
+                )?;
+                let rows =
+                    st.query_map(params![decision_id, holder], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                rows.collect::<Result<Vec<_>, _>>()?
+            };
+            let at = super::super::rfc(now);
+            for (budget, bake_s) in &rows {
+                let until = chrono::Duration::try_seconds(*bake_s)
+                    .and_then(|b| now.checked_add_signed(b))
+                    .unwrap_or(now);
+                exec(
+                    tx,
+                    "UPDATE leases SET released_at = ?3, expires_at = ?4
                  WHERE decision_id = ?1 AND budget = ?2",
-                params![decision_id, budget, at, super::super::rfc(until)],
-            )?;
-        }
-        tx.commit()?;
-        Ok(rows.len())
+                    params![decision_id, budget, at, super::super::rfc(until)],
+                )?;
+            }
+            Ok(rows.len())
+        })
     }
 
     /// Every lease not yet expired at `now`, soonest expiry first.

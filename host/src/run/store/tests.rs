@@ -395,3 +395,38 @@ fn a_held_decision_outlives_gc_and_is_released_or_expired_once() -> Result<(), S
     assert_eq!(s.resume(None)?, ["region:eastus"]);
     Ok(())
 }
+
+#[test]
+fn lease_writes_leave_the_connection_synchronous_full() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|_| StoreError::Poisoned)?;
+    let s = Store::open(&dir.path().join("state.db"))?;
+    let sync = |s: &Store| -> Result<i64, StoreError> {
+        Ok(s.c()?
+            .pragma_query_value(None, "synchronous", |r| r.get(0))?)
+    };
+    assert_eq!(sync(&s)?, 2, "FULL");
+    let want = super::LeaseWant {
+        budget: "b",
+        key: "k",
+        unit: "u",
+        bake_s: 0,
+        max_in_flight: 1,
+    };
+    let now = "2026-01-01T00:00:00.000Z";
+    let later = "2026-01-01T00:01:00.000Z";
+    s.acquire_leases("d", &[want.clone()], "h", now, later, |_, _| Ok(()))?
+        .map_err(|_| StoreError::Poisoned)?;
+    assert_eq!(sync(&s)?, 2, "FULL again after a lease is taken");
+    // Refused: nothing written, and FULL again too.
+    let refused = s.acquire_leases("e", &[want], "h", now, later, |_, _| Err("full".into()))?;
+    assert!(refused.is_err());
+    assert_eq!(sync(&s)?, 2);
+    s.renew_leases("h", &["d".into()], now, later)?;
+    assert_eq!(sync(&s)?, 2);
+    let at = chrono::DateTime::parse_from_rfc3339(now)
+        .map_err(|_| StoreError::Poisoned)?
+        .with_timezone(&chrono::Utc);
+    assert_eq!(s.release_leases("d", "h", at)?, 1);
+    assert_eq!(sync(&s)?, 2);
+    Ok(())
+}

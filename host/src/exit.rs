@@ -7,7 +7,7 @@ pub enum Exit {
     Ok,
     /// 1: test failures (`keel test`), or the demo did not complete.
     Failed,
-    /// 2: usage error, or an input (event file, replay file) that cannot be read or parsed.
+    /// 2: usage error (a path given that does not exist), or an input (event file, replay file) that cannot be read or parsed.
     Usage,
     /// 3: invalid policy set, test file or configuration.
     Invalid,

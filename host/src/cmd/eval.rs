@@ -87,6 +87,16 @@ pub fn run(args: Args) -> Exit {
         },
         None => Utc::now(),
     };
+    if let Err(e) = super::require_path("--policies", &args.policies) {
+        return e;
+    }
+    if let Some(Err(e)) = args
+        .config
+        .as_deref()
+        .map(|p| super::require_path("--config", p))
+    {
+        return e;
+    }
     let engine = match Engine::from_dir(&args.policies) {
         Ok(e) => e,
         Err(err) => {

@@ -3,6 +3,7 @@
 pub mod check;
 pub mod demo;
 pub mod eval;
+pub mod eval_input;
 pub mod normalize;
 pub mod pause;
 pub mod run;

@@ -86,13 +86,15 @@ pub fn run(args: Args) -> Exit {
 }
 
 /// Loads a configuration without its secrets, then the policy set it names with its guards,
-/// as `keel run` would (without the plugin cache: nothing is written).
+/// as `keel run` would, but with no plugin cache on disk: nothing is written.
 fn check_config(path: &Path) -> Result<String, LoadError> {
     let cfg = crate::config::load_without_secrets(path)?;
-    let engine = Engine::builder()
+    let b = Engine::builder()
         .add_path(&cfg.policies)
-        .guards(cfg.guards.clone())
-        .build()?;
+        .guards(cfg.guards.clone());
+    #[cfg(feature = "plugins")]
+    let b = b.plugin_cache_dir(None);
+    let engine = b.build()?;
     Ok(format!(
         "{} policies from {}, set {}",
         engine.len(),

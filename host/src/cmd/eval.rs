@@ -19,7 +19,7 @@ pub enum Format {
     Json,
 }
 
-/// Decide one normalized event against a policy set.
+/// Decide normalized events (one document or JSON lines) against a policy set.
 #[derive(clap::Args)]
 #[command(
     after_help = "Examples:\n  keel eval --policies policies/ --event event.json\n  keel eval --policies policies/ --event - --now 2021-10-13T14:05:00Z --explain < event.json\n  keel eval --policies policies/ --event event.json --format json\n  keel eval --policies policies/ --event event.json --as-test >> policies/my.test.yaml\n  keel eval --policies policies/ --event event.json --explain --config keel.yaml\n  keel normalize --from azure.scheduled_events doc.json | keel eval --policies policies/ --event -\n  keel eval --policies policies/ --event event.json --fail || echo 'a policy failed'\n\nThe event is a normalized event (engine/schema/event.schema.json): one JSON document, or\nJSON lines (one event per line, blank lines skipped), each decided in turn with the events\nbefore it in the correlation history; text decisions are separated by a blank line, JSON\ndecisions are one line each. `now` defaults to the system clock, read here and passed to the\nengine, which never reads a clock itself.\n\nExit codes: 0 decided, 1 (--fail) a decision has errors, 2 usage error or an unreadable or\nmalformed event (its line named), 3 an invalid policy set or configuration."

@@ -5,9 +5,10 @@
 pub enum Exit {
     /// 0: success.
     Ok,
-    /// 1: test failures (`keel test`), or the demo did not complete.
+    /// 1: test failures (`keel test`), the demo did not complete, or (`keel eval --fail`) a
+    /// decision has errors.
     Failed,
-    /// 2: usage error, or an input (event file, replay file) that cannot be read or parsed.
+    /// 2: usage error (a path given that does not exist), or an input (event file, replay file) that cannot be read or parsed.
     Usage,
     /// 3: invalid policy set, test file or configuration.
     Invalid,

@@ -219,9 +219,14 @@ fn check_bad_inputs_exit_nonzero_with_file_and_position() {
     let out = keel(&["check", d.path().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(3));
     assert!(text(&out.stderr).contains("no policy files"));
+    // A path that does not exist is a usage error, as the README's exit-code table says.
     let out = keel(&["check", "/nonexistent/keel/policies"]);
-    assert_eq!(out.status.code(), Some(3));
-    assert!(text(&out.stderr).contains("cannot read policy path"));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("PATH /nonexistent/keel/policies: no such file or directory"),
+        "{}",
+        text(&out.stderr)
+    );
 
     // A 50 MB policy file.
     let d = tmp();
@@ -607,7 +612,7 @@ fn test_exit_codes_and_diffs() {
     );
 
     let out = keel(&["test", "/nonexistent/keel"]);
-    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(out.status.code(), Some(2));
 
     let out = keel(&["test", "policies", "--format", "yaml"]);
     assert_eq!(out.status.code(), Some(2));

@@ -23,6 +23,9 @@ pub struct Args {
 
 /// Runs `keel demo`.
 pub fn run(args: Args) -> Exit {
+    if let Err(e) = super::require_path("--config", &args.config) {
+        return e;
+    }
     let mut cfg = match config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {

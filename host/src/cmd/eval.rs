@@ -1,10 +1,12 @@
-//! `keel eval`: decide one event against a policy set and print the decision.
+//! `keel eval`: decide events against a policy set and print the decisions.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
-use keel_engine::{escape, Ctx, Decision, Engine, Event, Mode, Outcome, MAX_EVENT_BYTES};
+use keel_engine::{escape, Ctx, Decision, Engine, Event, Mode, Outcome};
+
+use super::eval_input::Events;
 
 use crate::{render, Exit};
 
@@ -17,16 +19,17 @@ pub enum Format {
     Json,
 }
 
-/// Decide one normalized event against a policy set.
+/// Decide normalized events (one document or JSON lines) against a policy set.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  keel eval --policies policies/ --event event.json\n  keel eval --policies policies/ --event - --now 2021-10-13T14:05:00Z --explain < event.json\n  keel eval --policies policies/ --event event.json --format json\n  keel eval --policies policies/ --event event.json --as-test >> policies/my.test.yaml\n  keel eval --policies policies/ --event event.json --explain --config keel.yaml\n\nThe event is a normalized event (engine/schema/event.schema.json). `now` defaults to the\nsystem clock, read here and passed to the engine, which never reads a clock itself."
+    after_help = "Examples:\n  keel eval --policies policies/ --event event.json\n  keel eval --policies policies/ --event - --now 2021-10-13T14:05:00Z --explain < event.json\n  keel eval --policies policies/ --event event.json --format json\n  keel eval --policies policies/ --event event.json --as-test >> policies/my.test.yaml\n  keel eval --policies policies/ --event event.json --explain --config keel.yaml\n  keel normalize --from azure.scheduled_events doc.json | keel eval --policies policies/ --event -\n  keel eval --policies policies/ --event event.json --fail || echo 'a policy failed'\n\nThe event is a normalized event (engine/schema/event.schema.json): one JSON document, or\nJSON lines (one event per line, blank lines skipped), each decided in turn with the events\nbefore it in the correlation history; text decisions are separated by a blank line, JSON\ndecisions are one line each. `now` defaults to the system clock, read here and passed to the\nengine, which never reads a clock itself.\n\nExit codes: 0 decided, 1 (--fail) a decision has errors, 2 usage error or an unreadable or\nmalformed event (its line named), 3 an invalid policy set or configuration."
 )]
 pub struct Args {
     /// Policy directory (recursive) or file.
     #[arg(long, value_name = "DIR")]
     pub policies: PathBuf,
-    /// Normalized event JSON file, or `-` for standard input.
+    /// Normalized event JSON file, or `-` for standard input: one JSON document, or JSON lines
+    /// (one event per line, as `keel normalize` prints them; blank lines are skipped).
     #[arg(long, value_name = "FILE|-")]
     pub event: String,
     /// The decision time (RFC 3339). Default: now.
@@ -46,30 +49,10 @@ pub struct Args {
     /// Print a `keel test` case (YAML) that pins this decision, to paste into a *.test.yaml.
     #[arg(long, conflicts_with_all = ["explain", "format"])]
     pub as_test: bool,
-}
-
-fn read_event(spec: &str) -> Result<Event, String> {
-    let mut bytes = Vec::new();
-    let limit = (MAX_EVENT_BYTES + 1) as u64;
-    let (name, res) = if spec == "-" {
-        (
-            "<stdin>".to_string(),
-            std::io::stdin().lock().take(limit).read_to_end(&mut bytes),
-        )
-    } else {
-        match std::fs::File::open(spec) {
-            Ok(f) => (spec.to_string(), f.take(limit).read_to_end(&mut bytes)),
-            Err(e) => return Err(format!("{}: cannot open event: {e}", escape(spec))),
-        }
-    };
-    res.map_err(|e| format!("{}: cannot read event: {e}", escape(&name)))?;
-    Event::from_json_bytes(&bytes).map_err(|e| {
-        format!(
-            "{}: invalid event: {}",
-            escape(&name),
-            escape(&e.to_string())
-        )
-    })
+    /// Exit 1 when a decision has errors (a policy that failed to evaluate); the decision is
+    /// printed all the same.
+    #[arg(long)]
+    pub fail: bool,
 }
 
 /// Runs `keel eval`.
@@ -87,6 +70,16 @@ pub fn run(args: Args) -> Exit {
         },
         None => Utc::now(),
     };
+    if let Err(e) = super::require_path("--policies", &args.policies) {
+        return e;
+    }
+    if let Some(Err(e)) = args
+        .config
+        .as_deref()
+        .map(|p| super::require_path("--config", p))
+    {
+        return e;
+    }
     let engine = match Engine::from_dir(&args.policies) {
         Ok(e) => e,
         Err(err) => {
@@ -95,7 +88,7 @@ pub fn run(args: Args) -> Exit {
             return Exit::Invalid;
         }
     };
-    let event = match read_event(&args.event) {
+    let mut events = match Events::open(&args.event) {
         Ok(e) => e,
         Err(msg) => {
             eprintln!("error: {msg}");
@@ -118,34 +111,79 @@ pub fn run(args: Args) -> Exit {
     } else {
         Mode::Fast
     };
-    // One event is a fleet of one: the correlation history holds just this event.
+    // The correlation history holds the events read so far, as in `keel run`: one event alone
+    // is a fleet of one.
     let mut history = keel_engine::History::new();
-    history.record(&event);
-    let decision = engine.decide(
-        &event,
-        &Ctx::new(now).with_mode(mode).with_history(&history),
-    );
     let mut out = std::io::stdout().lock();
-    let res = if args.as_test {
-        as_test(&mut out, &event, &decision, now)
-    } else {
-        match args.format {
-            Format::Json => serde_json::to_writer(&mut out, &decision)
-                .map_err(std::io::Error::other)
-                .and_then(|_| writeln!(out)),
-            Format::Text => text(&mut out, &decision).and_then(|()| match &cfg {
-                Some(c) => gates(&mut out, c, &event, &decision, now),
-                None => Ok(()),
-            }),
+    let mut errored = 0usize;
+    let mut n = 0usize;
+    loop {
+        let event = match events.next_event() {
+            Ok(Some(e)) => e,
+            Ok(None) => break,
+            Err(msg) => {
+                eprintln!("error: {msg}");
+                return Exit::Usage;
+            }
+        };
+        history.record(&event);
+        let decision = engine.decide(
+            &event,
+            &Ctx::new(now).with_mode(mode).with_history(&history),
+        );
+        history.record_decision(&event, &decision);
+        errored += usize::from(!decision.errors.is_empty());
+        let res = write_decision(&mut out, &args, cfg.as_ref(), &event, &decision, now, n);
+        n += 1;
+        match res {
+            Ok(()) => {}
+            // A closed pipe (`keel eval … | head`) is not an error.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => break,
+            Err(e) => {
+                eprintln!("error: writing the decision: {e}");
+                return Exit::Usage;
+            }
         }
-    };
-    match res {
-        Ok(()) => Exit::Ok,
-        // A closed pipe (`keel eval … | head`) is not an error.
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Exit::Ok,
-        Err(e) => {
-            eprintln!("error: writing the decision: {e}");
-            Exit::Usage
+    }
+    if errored > 0 && args.fail {
+        eprintln!(
+            "error: --fail: {errored} of {n} decision{} {} errors (a policy failed to evaluate)",
+            if n == 1 { "" } else { "s" },
+            if errored == 1 { "has" } else { "have" }
+        );
+        return Exit::Failed;
+    }
+    Exit::Ok
+}
+
+/// Writes the `n`th decision (from 0) in the chosen output: text decisions are separated by a
+/// blank line, JSON decisions are one line each, `--as-test` cases follow each other.
+fn write_decision(
+    out: &mut dyn Write,
+    args: &Args,
+    cfg: Option<&crate::config::Config>,
+    event: &Event,
+    decision: &Decision,
+    now: DateTime<Utc>,
+    n: usize,
+) -> std::io::Result<()> {
+    if args.as_test {
+        return as_test(out, event, decision, now);
+    }
+    match args.format {
+        Format::Json => {
+            serde_json::to_writer(&mut *out, decision).map_err(std::io::Error::other)?;
+            writeln!(out)
+        }
+        Format::Text => {
+            if n > 0 {
+                writeln!(out)?;
+            }
+            text(out, decision)?;
+            match cfg {
+                Some(c) => gates(out, c, event, decision, now),
+                None => Ok(()),
+            }
         }
     }
 }

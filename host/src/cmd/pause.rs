@@ -54,6 +54,7 @@ pub struct ResumeArgs {
 
 /// The state database path of a configuration, or the exit after printing why not.
 pub fn state_path(path: &Path) -> Result<PathBuf, Exit> {
+    super::require_path("--config", path)?;
     match config::load_without_secrets(path) {
         Ok(c) => Ok(c.state),
         Err(e) => {

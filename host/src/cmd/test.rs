@@ -52,6 +52,9 @@ pub fn run(args: Args) -> Exit {
     if let Some(p) = &args.run {
         opts = opts.run(p.clone());
     }
+    if let Err(e) = super::require_path("PATH", &args.path) {
+        return e;
+    }
     if args.mutate {
         return mutate(&args, &opts);
     }

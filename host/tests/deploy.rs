@@ -77,6 +77,42 @@ async fn keel_run_notifies_ready_once_listening_and_stopping_on_sigterm() {
 }
 
 #[tokio::test]
+async fn keel_run_pets_the_watchdog_when_systemd_asks() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let config = dir.path().join("keel.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "policies: {}\nstate: {}\nlisten: 127.0.0.1:0\n\
+             sources:\n  azure_scheduled_events:\n    url: http://127.0.0.1:9/metadata/scheduledevents?api-version=2020-07-01\n    interval: 1s\n    timeout: 1s\n    first_timeout: 1s\n",
+            root().join("policies/standard").display(),
+            dir.path().join("keel.db").display(),
+        ),
+    )
+    .unwrap();
+    // WatchdogSec=1s: systemd sets WATCHDOG_USEC (and WATCHDOG_PID, not set here: any pid).
+    let k = Keel::start(
+        &config,
+        &[],
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "1000000"),
+        ],
+    );
+    let got = tokio::task::spawn_blocking(move || {
+        let first = recv(&sock, Duration::from_secs(30));
+        let second = recv(&sock, Duration::from_secs(30));
+        let third = recv(&sock, Duration::from_secs(30));
+        [first, second, third]
+    })
+    .await
+    .unwrap();
+    assert_eq!(got, ["READY=1", "WATCHDOG=1", "WATCHDOG=1"], "{}", k.dump());
+}
+
+#[tokio::test]
 async fn keel_run_without_notify_socket_sends_nothing_and_runs() {
     // The same host with NOTIFY_SOCKET unset (the test's own environment may have one).
     let dir = tempfile::tempdir().unwrap();

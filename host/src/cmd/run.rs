@@ -89,8 +89,11 @@ pub fn run(args: Args) -> Exit {
             Err(exit) => return exit,
         };
         let (tx, rx) = watch::channel(false);
+        // The handlers are installed here, before the host is ready (READY=1): a SIGTERM
+        // right after it shuts down gracefully instead of killing the process.
+        let signalled = shutdown_signal();
         tokio::spawn(async move {
-            shutdown_signal().await;
+            signalled.await;
             let _ = tx.send(true);
         });
         match run::run(host, rx).await {
@@ -112,24 +115,33 @@ fn report(e: &run::StartError) -> Exit {
     e.exit()
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGINT and SIGTERM handlers at once (in the runtime's context); the future
+/// completes at the first of them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        use tokio::signal::unix::{signal, Signal, SignalKind};
+        async fn recv(s: Option<Signal>) {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
                 }
+                None => std::future::pending().await,
             }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+        }
+        let term = signal(SignalKind::terminate()).ok();
+        let int = signal(SignalKind::interrupt()).ok();
+        async move {
+            tokio::select! {
+                _ = recv(term) => {}
+                _ = recv(int) => {}
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

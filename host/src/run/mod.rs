@@ -15,6 +15,7 @@ pub mod http;
 pub mod identity;
 pub mod lock;
 pub mod metrics;
+pub mod notify;
 pub mod outbox;
 pub mod pause;
 pub mod reload;
@@ -912,6 +913,10 @@ pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(),
         };
         spawn_runbook(&mut runbooks, &host, (p.decision_id, ev, d));
     }
+    // The listener is bound and every source started: ready for the service manager.
+    notify::notify_or_warn("READY=1");
+    let watchdog = notify::watchdog_interval();
+    let mut petted = std::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let (mut polls_open, mut ingest_open) = (true, true);
     loop {
@@ -930,6 +935,12 @@ pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(),
                 };
                 for w in off_runtime(&host, due).await {
                     spawn_runbook(&mut runbooks, &host, w);
+                }
+                // The run loop turns: tell the watchdog (sent from here, not from a task of
+                // its own, so that a stuck loop is what it notices).
+                if watchdog.is_some_and(|every| petted.elapsed() >= every) {
+                    notify::notify_or_warn("WATCHDOG=1");
+                    petted = std::time::Instant::now();
                 }
                 continue;
             }
@@ -957,6 +968,7 @@ pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(),
     }
     // Graceful shutdown: in-flight runbooks get a moment to finish; the rest stay `pending`
     // in the store and resume at the next start.
+    notify::notify_or_warn("STOPPING=1");
     let _ = tokio::time::timeout(Duration::from_secs(10), async {
         while runbooks.join_next().await.is_some() {}
     })

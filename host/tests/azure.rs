@@ -116,7 +116,7 @@ async fn legacy_maintenance_notice_is_read_with_instance_info_and_drained_once()
     assert_eq!(
         metric(
             &m,
-            "keel_events_total{source=\"azure.maintenance_v1\",kind=\"maintenance\"}"
+            "keel_events_total{kind=\"maintenance\",source=\"azure.maintenance_v1\"}"
         ),
         Some(1.0),
         "{m}"
@@ -258,7 +258,7 @@ async fn resource_health_is_polled_with_a_cached_managed_identity_token() {
     assert_eq!(
         metric(
             &m,
-            "keel_events_total{source=\"azure.resource_health\",kind=\"health\"}"
+            "keel_events_total{kind=\"health\",source=\"azure.resource_health\"}"
         ),
         Some(2.0),
         "{m}"

@@ -133,6 +133,17 @@ async fn a_broken_policy_is_rejected_and_a_fixed_one_is_loaded() {
         .unwrap();
     assert_eq!(new_digest, want.digest());
     assert_ne!(new_digest, digest, "the set changed");
+    // `/metrics` names the new set only.
+    let m = k.metrics().await;
+    assert_eq!(
+        common::metric(
+            &m,
+            &format!("keel_policy_set_info{{digest=\"{new_digest}\"}}")
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(!m.contains(&digest), "the old digest's series is gone: {m}");
     announce(&sc, "THIRD-EVENT");
     k.wait_line("the third decision", Duration::from_secs(20), |l| {
         l.get("decision").is_some()

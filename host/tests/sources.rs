@@ -211,7 +211,7 @@ async fn aws_spot_interruption_is_drained_with_imdsv2_tokens() {
     assert_eq!(
         metric(
             &m,
-            "keel_events_total{source=\"aws.imds\",kind=\"maintenance\"}"
+            "keel_events_total{kind=\"maintenance\",source=\"aws.imds\"}"
         ),
         Some(1.0),
         "{m}"
@@ -651,7 +651,7 @@ async fn ingest_decides_retry_without_agent_once_per_key_and_refuses_bad_request
     assert_eq!(
         metric(
             &m,
-            "keel_events_total{source=\"azure.arm\",kind=\"operation_failure\"}"
+            "keel_events_total{kind=\"operation_failure\",source=\"azure.arm\"}"
         ),
         Some(2.0),
         "{m}"

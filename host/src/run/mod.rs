@@ -285,6 +285,7 @@ impl Host {
             log: Mutex::new(log),
             _lock: state_lock,
         });
+        host.metrics.policy_set(host.engine().digest());
         host.log_plugin_warnings();
         Ok(host)
     }
@@ -310,6 +311,7 @@ impl Host {
 
     /// Replaces the policy set (decisions in flight finish with the old one).
     pub fn set_engine(&self, engine: Engine) {
+        self.metrics.policy_set(engine.digest());
         let new = Arc::new(engine);
         match self.engine.write() {
             Ok(mut e) => *e = new,
@@ -437,12 +439,8 @@ impl Host {
             h.record_decision(ev, &d);
             d
         };
-        self.metrics.add(
-            "keel_decide_seconds_sum",
-            &[],
-            started.elapsed().as_secs_f64(),
-        );
-        self.metrics.add("keel_decide_seconds_count", &[], 1.0);
+        self.metrics
+            .observe("keel_decide_seconds", &[], started.elapsed().as_secs_f64());
         let id = decision_id(ev);
         let mode = if self.cfg.dry_run { "dry_run" } else { "live" };
         let steps = self.cfg.runbooks.get(&decision.action).map_or(0, Vec::len);

@@ -266,8 +266,10 @@ async fn attempt(
         tokio::time::sleep(super::arm::wait_for_not_before(d)).await;
     }
     for n in 0..=step.retries {
+        let started = std::time::Instant::now();
         let res =
             tokio::time::timeout(step.timeout, once(host, step, key, ev, d, decision_id)).await;
+        let took = started.elapsed().as_secs_f64();
         let timed_out = res.is_err();
         let mut retry_after = None;
         let mut permanent = false;
@@ -288,21 +290,20 @@ async fn attempt(
                 format!("failed: timed out after {:?}", step.timeout)
             }
         };
-        host.metrics.add(
-            "keel_step_attempts_total",
-            &[
-                ("executor", executor(&step.kind)),
-                (
-                    "outcome",
-                    if outcome == "ok" || outcome.starts_with("skipped") {
-                        "ok"
-                    } else {
-                        "failed"
-                    },
-                ),
-            ],
-            1.0,
-        );
+        let labels = [
+            ("executor", executor(&step.kind)),
+            (
+                "outcome",
+                if outcome == "ok" || outcome.starts_with("skipped") {
+                    "ok"
+                } else {
+                    "failed"
+                },
+            ),
+        ];
+        host.metrics.add("keel_step_attempts_total", &labels, 1.0);
+        host.metrics
+            .observe("keel_step_duration_seconds", &labels, took);
         if outcome == "ok" || outcome.starts_with("skipped") {
             return (outcome, n + 1);
         }

@@ -82,10 +82,16 @@ pub async fn run<P: Poll>(
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
+        let started = std::time::Instant::now();
         let res = tokio::select! {
             r = poller.round() => r,
             _ = stop.changed() => return,
         };
+        host.metrics.observe(
+            "keel_poll_duration_seconds",
+            &[("source", source)],
+            started.elapsed().as_secs_f64(),
+        );
         let wait = match res {
             Ok(pace) => {
                 backoff.reset();

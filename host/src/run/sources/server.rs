@@ -29,7 +29,15 @@ pub async fn serve_http(
     let mut app = Router::new()
         .route(
             "/metrics",
-            get(|State(a): State<App>| async move { a.host.metrics.render() }),
+            get(|State(a): State<App>| async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        crate::run::metrics::CONTENT_TYPE,
+                    )],
+                    a.host.metrics.render(),
+                )
+            }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
         .route(

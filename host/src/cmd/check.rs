@@ -1,4 +1,5 @@
-//! `keel check DIR`: validate a policy set and print every problem.
+//! `keel check [PATH]`: validate a policy set (by default the embedded library) and print
+//! every problem.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -10,17 +11,22 @@ use crate::{render, Exit};
 /// Validate a policy set and print every problem with its position.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  keel check policies/\n  keel check policies/standard/azure/vm-agent.yaml\n\nExit codes: 0 valid, 3 invalid (every problem is printed, not only the first)."
+    after_help = "Examples:\n  keel check\n  keel check policies/\n  keel check policies/standard/azure/vm-agent.yaml\n\nWith no PATH, checks the standard library embedded in the binary (its digest is the digest\nof a copy written by `keel policies export DIR` and checked with `keel check DIR`).\n\nExit codes: 0 valid, 3 invalid (every problem is printed, not only the first)."
 )]
 pub struct Args {
-    /// A policy directory (loaded recursively; *.test.yaml files are skipped) or one file.
+    /// A policy directory (loaded recursively; *.test.yaml files are skipped) or one file;
+    /// default: the library embedded in the binary.
     #[arg(value_name = "PATH")]
-    pub path: PathBuf,
+    pub path: Option<PathBuf>,
 }
 
 /// Runs `keel check`.
 pub fn run(args: Args) -> Exit {
-    match Engine::from_dir(&args.path) {
+    let loaded = match &args.path {
+        Some(path) => Engine::from_dir(path),
+        None => crate::library::builder().build(),
+    };
+    match loaded {
         Ok(engine) => {
             let native = engine.policies().filter(|p| p.native).count();
             let plugins = engine.policies().filter(|p| p.plugin.is_some()).count();
@@ -29,8 +35,13 @@ pub fn run(args: Args) -> Exit {
             } else {
                 String::new()
             };
+            let embedded = if args.path.is_none() {
+                " (the embedded library)"
+            } else {
+                ""
+            };
             println!(
-                "ok: {} policies ({} native, {} interpreted{with_plugins}), set {}",
+                "ok: {} policies ({} native, {} interpreted{with_plugins}), set {}{embedded}",
                 engine.len(),
                 native,
                 engine.len() - native,

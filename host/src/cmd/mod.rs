@@ -5,6 +5,7 @@ pub mod demo;
 pub mod eval;
 pub mod normalize;
 pub mod pause;
+pub mod policies;
 pub mod run;
 pub mod status;
 pub mod test;

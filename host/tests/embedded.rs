@@ -259,3 +259,24 @@ async fn run_without_policies_decides_with_the_embedded_library() {
     assert!(digest.starts_with(&embedded), "{digest} vs {embedded}");
     k.kill();
 }
+
+#[test]
+fn eval_without_policies_decides_with_the_embedded_library() {
+    let d = tempfile::tempdir().unwrap();
+    let event = root().join("engine/tests/data/events/vm-agent-windows-2021-10-13.json");
+    let out = keel_in(
+        d.path(),
+        &[
+            "eval",
+            "--event",
+            event.to_str().unwrap(),
+            "--now",
+            "2021-10-13T14:05:03Z",
+            "--format",
+            "json",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let decision: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(decision["action"], "retry_without_agent", "{decision}");
+}

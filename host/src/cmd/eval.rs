@@ -20,12 +20,12 @@ pub enum Format {
 /// Decide one normalized event against a policy set.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  keel eval --policies policies/ --event event.json\n  keel eval --policies policies/ --event - --now 2021-10-13T14:05:00Z --explain < event.json\n  keel eval --policies policies/ --event event.json --format json\n  keel eval --policies policies/ --event event.json --as-test >> policies/my.test.yaml\n  keel eval --policies policies/ --event event.json --explain --config keel.yaml\n\nThe event is a normalized event (engine/schema/event.schema.json). `now` defaults to the\nsystem clock, read here and passed to the engine, which never reads a clock itself."
+    after_help = "Examples:\n  keel eval --event event.json\n  keel eval --policies policies/ --event event.json\n  keel eval --policies policies/ --event - --now 2021-10-13T14:05:00Z --explain < event.json\n  keel eval --policies policies/ --event event.json --format json\n  keel eval --policies policies/ --event event.json --as-test >> policies/my.test.yaml\n  keel eval --policies policies/ --event event.json --explain --config keel.yaml\n\nThe event is a normalized event (engine/schema/event.schema.json). `now` defaults to the\nsystem clock, read here and passed to the engine, which never reads a clock itself."
 )]
 pub struct Args {
-    /// Policy directory (recursive) or file.
+    /// Policy directory (recursive) or file; default: the library embedded in the binary.
     #[arg(long, value_name = "DIR")]
-    pub policies: PathBuf,
+    pub policies: Option<PathBuf>,
     /// Normalized event JSON file, or `-` for standard input.
     #[arg(long, value_name = "FILE|-")]
     pub event: String,
@@ -87,7 +87,11 @@ pub fn run(args: Args) -> Exit {
         },
         None => Utc::now(),
     };
-    let engine = match Engine::from_dir(&args.policies) {
+    let loaded = match &args.policies {
+        Some(dir) => Engine::from_dir(dir),
+        None => crate::library::builder().build(),
+    };
+    let engine = match loaded {
         Ok(e) => e,
         Err(err) => {
             let _ = render::diagnostics(&mut std::io::stderr().lock(), &err);

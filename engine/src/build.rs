@@ -40,7 +40,8 @@ pub enum Mutation {
 #[derive(Debug)]
 enum Input {
     Path(PathBuf),
-    Source(PathBuf, String),
+    /// A file held in memory: its name in diagnostics, its name in the digest, its text.
+    Source(PathBuf, PathBuf, String),
 }
 
 impl EngineBuilder {
@@ -53,7 +54,39 @@ impl EngineBuilder {
 
     /// Adds policy YAML held in memory; `name` is used in diagnostics.
     pub fn add_source(mut self, name: impl Into<PathBuf>, yaml: impl Into<String>) -> Self {
-        self.inputs.push(Input::Source(name.into(), yaml.into()));
+        let name = name.into();
+        self.inputs
+            .push(Input::Source(name.clone(), name, yaml.into()));
+        self
+    }
+
+    /// Adds a directory tree held in memory, as [`add_path`](Self::add_path) would read it
+    /// from disk: `files` are `(path relative to the tree's root, content)`; the policy files
+    /// among them (`*.yaml`, `*.yml`, not `*.test.yaml`, no hidden component) are loaded in
+    /// the order `add_path` reads them, named `root/<relative path>` in diagnostics. The
+    /// digest names each file by its relative path, as `add_path` does, so a tree and an
+    /// identical copy of it on disk have the same digest wherever either lives.
+    pub fn add_tree<P: Into<PathBuf>, T: Into<String>>(
+        mut self,
+        root: impl Into<PathBuf>,
+        files: impl IntoIterator<Item = (P, T)>,
+    ) -> Self {
+        let root = root.into();
+        let mut files: Vec<(PathBuf, String)> = files
+            .into_iter()
+            .map(|(p, t)| (p.into(), t.into()))
+            .filter(|(p, _)| {
+                let hidden = p
+                    .components()
+                    .any(|c| c.as_os_str().to_string_lossy().starts_with('.'));
+                let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+                !hidden && name.is_some_and(|n| policy::is_policy_file(&n))
+            })
+            .collect();
+        files.sort_by(|a, b| a.0.cmp(&b.0));
+        for (rel, text) in files {
+            self.inputs.push(Input::Source(root.join(&rel), rel, text));
+        }
         self
     }
 
@@ -148,7 +181,7 @@ impl EngineBuilder {
                     for f in files {
                         match std::fs::read(&f) {
                             Ok(bytes) => {
-                                digest_file(&mut digest, &f, &bytes);
+                                digest_file(&mut digest, &relative(p, &f), &bytes);
                                 specs.extend(policy::parse_file(&f, &bytes, &mut diags));
                             }
                             Err(e) => diags.push(Diagnostic::new(
@@ -159,8 +192,8 @@ impl EngineBuilder {
                         }
                     }
                 }
-                Input::Source(name, text) => {
-                    digest_file(&mut digest, name, text.as_bytes());
+                Input::Source(name, digest_name, text) => {
+                    digest_file(&mut digest, digest_name, text.as_bytes());
                     specs.extend(policy::parse_file(name, text.as_bytes(), &mut diags));
                 }
             }
@@ -292,8 +325,24 @@ impl Plugins {
     }
 }
 
+/// `file`'s name in the digest: relative to the directory `root` it was found under (its own
+/// file name when `root` is the file), so a set's digest does not depend on where it lives.
+fn relative(root: &Path, file: &Path) -> PathBuf {
+    match file.strip_prefix(root) {
+        Ok(rel) if !rel.as_os_str().is_empty() => rel.to_path_buf(),
+        _ => file
+            .file_name()
+            .map_or_else(|| file.to_path_buf(), PathBuf::from),
+    }
+}
+
 fn digest_file(d: &mut Sha256, name: &Path, bytes: &[u8]) {
-    d.update(name.to_string_lossy().as_bytes());
+    // Components joined by `/` whatever the platform's separator.
+    let name: Vec<String> = name
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    d.update(name.join("/").as_bytes());
     d.update([0]);
     d.update((bytes.len() as u64).to_le_bytes());
     d.update(bytes);

@@ -194,7 +194,8 @@ impl Engine {
     }
 
     /// Hex SHA-256 of the policy files' names and contents: identifies the policy set in
-    /// decision logs.
+    /// decision logs. A file found under a directory is named by its path relative to that
+    /// directory, so the same set has the same digest wherever it lives.
     pub fn digest(&self) -> &str {
         &self.digest
     }

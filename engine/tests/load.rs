@@ -953,3 +953,49 @@ fn standard_policies_load() {
     let interpreted: Vec<String> = e.policies().filter(|p| !p.native).map(|p| p.name).collect();
     assert!(interpreted.is_empty(), "{interpreted:?}");
 }
+
+/// A tree held in memory loads like the same tree on disk: the same policies, the same digest
+/// wherever the copy lives, its files named `root/<path>` in diagnostics, test files and other
+/// files left out.
+#[test]
+fn a_tree_in_memory_has_the_digest_of_its_copy_on_disk() {
+    let files = [
+        (
+            "b/two.yaml",
+            VALID
+                .replace("windows-agent", "windows-agent-2")
+                .replace("ack-everything", "ack-2")
+                .replace("details-scan", "scan-2"),
+        ),
+        ("a.yaml", VALID.to_string()),
+        ("a.test.yaml", "cases: []\n".to_string()),
+        ("fixtures/x.json", "{}".to_string()),
+        (".hidden/c.yaml", "not: [valid".to_string()),
+    ];
+    let mem = Engine::builder()
+        .add_tree("<mem>", files.iter().map(|(p, t)| (*p, t.clone())))
+        .build()
+        .unwrap();
+    assert_eq!(mem.len(), 6);
+    let mut digests = Vec::new();
+    for _ in 0..2 {
+        let dir = tempfile::tempdir().unwrap();
+        for (p, t) in &files {
+            let path = dir.path().join(p);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, t).unwrap();
+        }
+        let disk = Engine::from_dir(dir.path()).unwrap();
+        digests.push(disk.digest().to_string());
+    }
+    assert_eq!(digests[0], mem.digest());
+    assert_eq!(digests[1], mem.digest());
+    let bad = Engine::builder()
+        .add_tree("<mem>", [("x/bad.yaml", "policies: [{name: 1}]\n")])
+        .build()
+        .unwrap_err();
+    assert!(bad
+        .diagnostics()
+        .iter()
+        .all(|d| d.file() == Path::new("<mem>/x/bad.yaml")));
+}

@@ -31,7 +31,7 @@ fn ts(s: &str) -> Timestamp {
 
 fn fixture(name: &str) -> Vec<u8> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
+        .join("../policies/fixtures")
         .join(name);
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
@@ -238,7 +238,7 @@ fn the_429_body_without_the_http_envelope_is_throttled_by_its_detail() {
 
 #[test]
 fn every_arm_fixture_is_covered_and_bare_bodies_need_an_operation() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/fixtures");
     let mut n = 0;
     for entry in std::fs::read_dir(dir).unwrap() {
         let name = entry.unwrap().file_name().into_string().unwrap();
@@ -1460,7 +1460,7 @@ fn the_table_is_public_documented_and_consistent() {
 // Fuzzing: no panic on any input, typed errors only.
 
 fn all_fixture_bytes() -> Vec<Vec<u8>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/fixtures");
     let mut out: Vec<Vec<u8>> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().path())

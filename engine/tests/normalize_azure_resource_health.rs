@@ -19,7 +19,7 @@ fn ts(s: &str) -> Timestamp {
 }
 
 fn fixture_bytes(name: &str) -> Vec<u8> {
-    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    let path = format!("{}/../policies/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
     std::fs::read(&path).expect(&path)
 }
 

@@ -14,7 +14,7 @@ use proptest::prelude::*;
 
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!(
-        "{}/tests/fixtures/{name}",
+        "{}/../policies/fixtures/{name}",
         env!("CARGO_MANIFEST_DIR")
     ))
     .unwrap()

@@ -32,7 +32,7 @@ const NOT_NOTICES: &[(&str, &str)] = &[
 ];
 
 fn fixtures() -> Vec<(String, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/fixtures");
     let mut out: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -161,7 +161,7 @@ fn the_known_crossings_are_wrong_payload_errors() {
             "exactly ID/UD/FD",
         ),
     ];
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/fixtures");
     for (f, n, why) in cases {
         let bytes = std::fs::read(dir.join(f)).unwrap();
         for input in inputs(&bytes) {

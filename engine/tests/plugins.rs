@@ -813,8 +813,8 @@ fn the_host_maintenance_plugin_runs_the_standard_policys_cases_unchanged() {
     .unwrap();
     assert_eq!(
         plugin,
-        standard.replace("../../engine/tests/fixtures", "../../../engine/tests/fixtures"),
-        "regenerate with: sed 's|\\.\\./\\.\\./engine/tests/fixtures|../../../engine/tests/fixtures|g' \
+        standard.replace("../fixtures/", "../../../policies/fixtures/"),
+        "regenerate with: sed 's|\\.\\./fixtures/|../../../policies/fixtures/|g' \
          policies/standard/host-maintenance.test.yaml > wasm-plugins/examples/host-maintenance/host-maintenance.test.yaml"
     );
 }

@@ -1,10 +1,10 @@
-//! Every vendor fixture in `tests/fixtures/` as a snapshot case: the normalized events (or the
+//! Every vendor fixture in `policies/fixtures/` as a snapshot case: the normalized events (or the
 //! typed error) each payload gives, reviewed once and kept in `tests/snapshots/`. Sequences of
-//! documents for the stateful normalizers are manifests in `tests/fixtures/sequences/`.
+//! documents for the stateful normalizers are manifests in `policies/fixtures/sequences/`.
 //!
 //! How a fixture is read (which normalizer, the observation time, `--self`, `--operation`, ...)
 //! comes from its file-name prefix and, where a case needs more, its entry in
-//! `tests/fixtures/cases.json`; see `tests/fixtures/README.md` for the workflow.
+//! `policies/fixtures/cases.json`; see `policies/fixtures/README.md` for the workflow.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
@@ -62,14 +62,14 @@ struct Sequence {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Step {
-    /// A fixture file in `tests/fixtures/`.
+    /// A fixture file in `policies/fixtures/`.
     file: String,
     #[serde(flatten)]
     options: Options,
 }
 
 fn fixtures() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"))
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../policies/fixtures"))
 }
 
 fn cases() -> BTreeMap<String, Options> {
@@ -161,27 +161,31 @@ fn state_value(state: &NormalizerState) -> Option<Value> {
 #[test]
 fn payload() {
     let cases = cases();
-    insta::glob!("fixtures/*.{json,txt,http,html}", |path| {
-        let file = path.file_name().unwrap().to_str().unwrap();
-        if file == "cases.json" {
-            return;
+    insta::glob!(
+        "../../policies/fixtures",
+        "*.{json,txt,http,html}",
+        |path| {
+            let file = path.file_name().unwrap().to_str().unwrap();
+            if file == "cases.json" {
+                return;
+            }
+            let o = cases.get(file).cloned().unwrap_or_default();
+            if o.skip.is_some() {
+                return;
+            }
+            let mut state = NormalizerState::default();
+            let mut snap = run(file, &o, &mut state);
+            if let Some(s) = state_value(&state) {
+                snap["state_after"] = s;
+            }
+            insta::assert_json_snapshot!(snap);
         }
-        let o = cases.get(file).cloned().unwrap_or_default();
-        if o.skip.is_some() {
-            return;
-        }
-        let mut state = NormalizerState::default();
-        let mut snap = run(file, &o, &mut state);
-        if let Some(s) = state_value(&state) {
-            snap["state_after"] = s;
-        }
-        insta::assert_json_snapshot!(snap);
-    });
+    );
 }
 
 #[test]
 fn sequence() {
-    insta::glob!("fixtures/sequences/*.json", |path| {
+    insta::glob!("../../policies/fixtures/sequences", "*.json", |path| {
         let text = std::fs::read_to_string(path).unwrap();
         let seq: Sequence = serde_json::from_str(&text).unwrap();
         let mut state = NormalizerState::default();

@@ -444,7 +444,7 @@ async fn files_are_replayed_and_a_garbage_line_is_reported_without_stopping() {
         "{\"ID\":\"_test-vm\",\"UD\":\"0\",\"FD\":\"3\"}\n{}\nthis is not JSON\n\n{\"EventID\":\"0C3C3B6E-7E6B-4C0B-9D7E-5E7C7E8A9B01\",\"EventCreationTime\":\"11/23/2026 6:42:51 AM\"}\n",
     )
     .unwrap();
-    let doc = root().join("engine/tests/fixtures/azure-resource-health-degraded-hardware.json");
+    let doc = root().join("policies/fixtures/azure-resource-health-degraded-hardware.json");
     let cfg = write_config(
         dir.path(),
         "",

@@ -313,7 +313,7 @@ fn help_shows_examples() {
     }
 }
 
-const FX: &str = "engine/tests/fixtures";
+const FX: &str = "policies/fixtures";
 
 #[test]
 fn normalize_lists_sources() {

@@ -279,7 +279,7 @@ fn eval_fail_exits_1_when_a_policy_errors() {
 
 #[test]
 fn normalize_pipes_into_eval_one_decision_per_event() {
-    let doc = "engine/tests/fixtures/azure-scheduled-events-freeze-live-migration-scheduled.json";
+    let doc = "policies/fixtures/azure-scheduled-events-freeze-live-migration-scheduled.json";
     let norm = keel(&[
         "normalize",
         "--from",

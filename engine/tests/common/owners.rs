@@ -1,4 +1,4 @@
-//! Which normalizer reads a vendor fixture in `tests/fixtures/`, by file-name prefix; shared by
+//! Which normalizer reads a vendor fixture in `policies/fixtures/`, by file-name prefix; shared by
 //! the snapshot test and the cross-source test (include it with `#[path]`).
 
 /// Which normalizer reads a fixture, by file-name prefix (first match wins).

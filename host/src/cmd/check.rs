@@ -1,5 +1,5 @@
-//! `keel check [PATH] [--config FILE]`: validate a policy set, a host configuration, or both,
-//! and print every problem.
+//! `keel check [PATH] [--config FILE]`: validate a policy set (by default the library embedded
+//! in the binary), a host configuration, or both, and print every problem.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -20,11 +20,12 @@ pub enum Format {
 /// Validate a policy set or a host configuration and print every problem with its position.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  keel check policies/\n  keel check policies/standard/azure/vm-agent.yaml\n  keel check --config /etc/keel/keel.yaml\n  keel check --config keel.yaml policies/ --format json | jq -c '.diagnostics[]'\n\n--config loads the configuration as `keel run` would, without reading the secrets it\nnames, and the policy set it names with its guards; nothing is started or written.\n--format json prints one object per input checked: {\"path\", \"kind\" (\"policies\" or\n\"config\"), \"ok\", \"diagnostics\": [{\"path\", \"line\", \"column\", \"message\", \"help\"}]}\n(line and column are null for a problem with the whole file, help null when there is none).\n\nExit codes: 0 valid, 2 a path that does not exist, 3 invalid (every problem is printed, not\nonly the first)."
+    after_help = "Examples:\n  keel check\n  keel check policies/\n  keel check policies/standard/azure/vm-agent.yaml\n  keel check --config /etc/keel/keel.yaml\n  keel check --config keel.yaml policies/ --format json | jq -c '.diagnostics[]'\n\n--config loads the configuration as `keel run` would, without reading the secrets it\nnames, and the policy set it names with its guards; nothing is started or written.\n--format json prints one object per input checked: {\"path\", \"kind\" (\"policies\" or\n\"config\"), \"ok\", \"diagnostics\": [{\"path\", \"line\", \"column\", \"message\", \"help\"}]}\n(line and column are null for a problem with the whole file, help null when there is none).\nWith neither PATH nor --config, checks the standard library embedded in the binary (its\ndigest is the digest of a copy written by `keel policies export DIR`).\n\nExit codes: 0 valid, 2 a path that does not exist, 3 invalid (every problem is printed, not\nonly the first)."
 )]
 pub struct Args {
-    /// A policy directory (loaded recursively; *.test.yaml files are skipped) or one file.
-    #[arg(value_name = "PATH", required_unless_present = "config")]
+    /// A policy directory (loaded recursively; *.test.yaml files are skipped) or one file;
+    /// with neither PATH nor --config: the library embedded in the binary.
+    #[arg(value_name = "PATH")]
     pub path: Option<PathBuf>,
     /// A host configuration (`keel.yaml`) to validate, with the policy set it names.
     #[arg(long, value_name = "FILE")]
@@ -68,6 +69,15 @@ pub fn run(args: Args) -> Exit {
             result: Engine::from_dir(p).map(|e| summary(&e)),
         });
     }
+    if args.path.is_none() && args.config.is_none() {
+        checked.push(Checked {
+            path: PathBuf::from(crate::library::ROOT),
+            kind: "policies",
+            result: crate::library::builder()
+                .build()
+                .map(|e| format!("{} (the embedded library)", summary(&e))),
+        });
+    }
     let res = match args.format {
         Format::Text => text(&checked),
         Format::Json => json(&checked),
@@ -89,16 +99,21 @@ pub fn run(args: Args) -> Exit {
 /// as `keel run` would, but with no plugin cache on disk: nothing is written.
 fn check_config(path: &Path) -> Result<String, LoadError> {
     let cfg = crate::config::load_without_secrets(path)?;
-    let b = Engine::builder()
-        .add_path(&cfg.policies)
-        .guards(cfg.guards.clone());
+    let b = match &cfg.policies {
+        Some(dir) => Engine::builder().add_path(dir),
+        None => crate::library::builder(),
+    };
+    let b = b.guards(cfg.guards.clone());
     #[cfg(feature = "plugins")]
     let b = b.plugin_cache_dir(None);
     let engine = b.build()?;
     Ok(format!(
         "{} policies from {}, set {}",
         engine.len(),
-        cfg.policies.display(),
+        cfg.policies.as_ref().map_or_else(
+            || crate::library::ROOT.to_string(),
+            |p| p.display().to_string()
+        ),
         &engine.digest()[..12]
     ))
 }

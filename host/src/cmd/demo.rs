@@ -1,21 +1,22 @@
 //! `keel demo`: the whole loop in one command, against a loopback Scheduled Events stub.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::{config, render, run, stub, Exit};
+use crate::{config, library, render, run, stub, Exit};
 
 /// Play a platform Reboot through drain to StartRequests, against a loopback stub.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  keel demo\n  keel demo --config host/examples/keel.yaml\n\nStarts a stub of the Azure Scheduled Events endpoint on loopback, runs the host with the\nexample configuration pointed at it (fresh state in .keel/demo.db), announces a Reboot for\nthe demo VM, and exits 0 only when the host drained the VM, approved the event with\nStartRequests, and saw it complete."
+    after_help = "Examples:\n  keel demo\n  keel demo --config host/examples/keel.yaml\n\nStarts a stub of the Azure Scheduled Events endpoint on loopback, runs the host with the\nexample configuration embedded in the binary (or --config) pointed at it, with the embedded\npolicy library and fresh state in .keel/demo.db under the current directory (with --config:\nits policies, and demo.db beside its state), announces a Reboot for the demo VM, and exits 0 only when the host drained\nthe VM, approved the event with StartRequests, and saw it complete. Works from any directory."
 )]
 pub struct Args {
-    /// The configuration to run (its Scheduled Events URL is pointed at the stub).
-    #[arg(long, value_name = "FILE", default_value = "host/examples/keel.yaml")]
-    pub config: PathBuf,
+    /// The configuration to run (its Scheduled Events URL is pointed at the stub); default:
+    /// the example configuration embedded in the binary (`host/examples/keel.yaml`).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 60)]
     pub timeout: u64,
@@ -23,10 +24,25 @@ pub struct Args {
 
 /// Runs `keel demo`.
 pub fn run(args: Args) -> Exit {
-    if let Err(e) = super::require_path("--config", &args.config) {
-        return e;
-    }
-    let mut cfg = match config::load(&args.config) {
+    let loaded = match &args.config {
+        Some(path) => {
+            if let Err(e) = super::require_path("--config", path) {
+                return e;
+            }
+            config::load(path)
+        }
+        None => config::load_text(
+            &Path::new(library::ROOT).join("keel.yaml"),
+            library::DEMO_CONFIG,
+            Path::new("."),
+        )
+        .map(|mut c| {
+            // The example's state path is relative to its place in the repository.
+            c.state = Path::new(".keel").join("demo.db");
+            c
+        }),
+    };
+    let mut cfg = match loaded {
         Ok(c) => c,
         Err(e) => {
             let _ = render::diagnostics(&mut std::io::stderr().lock(), &e);

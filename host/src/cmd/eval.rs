@@ -22,12 +22,12 @@ pub enum Format {
 /// Decide normalized events (one document or JSON lines) against a policy set.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  keel eval --policies policies/ --event event.json\n  keel eval --policies policies/ --event - --now 2021-10-13T14:05:00Z --explain < event.json\n  keel eval --policies policies/ --event event.json --format json\n  keel eval --policies policies/ --event event.json --as-test >> policies/my.test.yaml\n  keel eval --policies policies/ --event event.json --explain --config keel.yaml\n  keel normalize --from azure.scheduled_events doc.json | keel eval --policies policies/ --event -\n  keel eval --policies policies/ --event event.json --fail || echo 'a policy failed'\n\nThe event is a normalized event (engine/schema/event.schema.json): one JSON document, or\nJSON lines (one event per line, blank lines skipped), each decided in turn with the events\nbefore it in the correlation history; text decisions are separated by a blank line, JSON\ndecisions are one line each. `now` defaults to the system clock, read here and passed to the\nengine, which never reads a clock itself.\n\nExit codes: 0 decided, 1 (--fail) a decision has errors, 2 usage error or an unreadable or\nmalformed event (its line named), 3 an invalid policy set or configuration."
+    after_help = "Examples:\n  keel eval --event event.json\n  keel eval --policies policies/ --event event.json\n  keel eval --policies policies/ --event - --now 2021-10-13T14:05:00Z --explain < event.json\n  keel eval --policies policies/ --event event.json --format json\n  keel eval --policies policies/ --event event.json --as-test >> policies/my.test.yaml\n  keel eval --policies policies/ --event event.json --explain --config keel.yaml\n  keel normalize --from azure.scheduled_events doc.json | keel eval --policies policies/ --event -\n  keel eval --policies policies/ --event event.json --fail || echo 'a policy failed'\n\nThe event is a normalized event (engine/schema/event.schema.json): one JSON document, or\nJSON lines (one event per line, blank lines skipped), each decided in turn with the events\nbefore it in the correlation history; text decisions are separated by a blank line, JSON\ndecisions are one line each. `now` defaults to the system clock, read here and passed to the\nengine, which never reads a clock itself. Without --policies, the standard library embedded\nin the binary decides.\n\nExit codes: 0 decided, 1 (--fail) a decision has errors, 2 usage error or an unreadable or\nmalformed event (its line named), 3 an invalid policy set or configuration."
 )]
 pub struct Args {
-    /// Policy directory (recursive) or file.
+    /// Policy directory (recursive) or file; default: the library embedded in the binary.
     #[arg(long, value_name = "DIR")]
-    pub policies: PathBuf,
+    pub policies: Option<PathBuf>,
     /// Normalized event JSON file, or `-` for standard input: one JSON document, or JSON lines
     /// (one event per line, as `keel normalize` prints them; blank lines are skipped).
     #[arg(long, value_name = "FILE|-")]
@@ -70,7 +70,11 @@ pub fn run(args: Args) -> Exit {
         },
         None => Utc::now(),
     };
-    if let Err(e) = super::require_path("--policies", &args.policies) {
+    if let Some(Err(e)) = args
+        .policies
+        .as_deref()
+        .map(|p| super::require_path("--policies", p))
+    {
         return e;
     }
     if let Some(Err(e)) = args
@@ -80,7 +84,11 @@ pub fn run(args: Args) -> Exit {
     {
         return e;
     }
-    let engine = match Engine::from_dir(&args.policies) {
+    let loaded = match &args.policies {
+        Some(dir) => Engine::from_dir(dir),
+        None => crate::library::builder().build(),
+    };
+    let engine = match loaded {
         Ok(e) => e,
         Err(err) => {
             let _ = render::diagnostics(&mut std::io::stderr().lock(), &err);

@@ -6,6 +6,7 @@ pub mod eval;
 pub mod eval_input;
 pub mod normalize;
 pub mod pause;
+pub mod policies;
 pub mod run;
 pub mod status;
 pub mod test;

@@ -22,12 +22,16 @@ pub enum Format {
 /// Run the policy unit tests found under PATH against the policies under PATH.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  keel test policies/\n  keel test policies/ --run vm-agent\n  keel test policies/ --format junit > junit.xml\n  keel test policies/ --junit-out junit.xml --json-out report.json\n  keel test policies/ --mutate\n\nExit codes: 0 all passed, 1 a case failed or a policy file is reached by no case,\n2 usage error, 3 an invalid policy or test file."
+    after_help = "Examples:\n  keel test policies/\n  keel test --standard\n  keel test policies/ --run vm-agent\n  keel test policies/ --format junit > junit.xml\n  keel test policies/ --junit-out junit.xml --json-out report.json\n  keel test policies/ --mutate\n\nExit codes: 0 all passed, 1 a case failed or a policy file is reached by no case,\n2 usage error, 3 an invalid policy or test file."
 )]
 pub struct Args {
     /// A directory of policies with their *.test.yaml files, or one test file.
     #[arg(value_name = "PATH", default_value = "policies")]
     pub path: PathBuf,
+    /// Run the tests of the standard library embedded in the binary instead of PATH (written
+    /// to a temporary directory, run there, reported as `standard/…`).
+    #[arg(long, conflicts_with = "path")]
+    pub standard: bool,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
@@ -48,6 +52,47 @@ pub struct Args {
 
 /// Runs `keel test`.
 pub fn run(args: Args) -> Exit {
+    if args.standard {
+        return standard(args);
+    }
+    run_at(&args)
+}
+
+/// `keel test --standard`: the embedded library written to a temporary directory and tested
+/// there, as `standard/…` relative to it (the report files given stay where they were asked).
+fn standard(mut args: Args) -> Exit {
+    let tmp = match tempfile::Builder::new().prefix("keel-standard-").tempdir() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot create a temporary directory: {e}");
+            return Exit::Usage;
+        }
+    };
+    if let Err(e) = crate::library::export(tmp.path(), false) {
+        eprintln!("error: cannot write the embedded library: {e}");
+        return Exit::Usage;
+    }
+    let Ok(cwd) = std::env::current_dir() else {
+        eprintln!("error: cannot read the current directory");
+        return Exit::Usage;
+    };
+    for out in [&mut args.junit_out, &mut args.json_out]
+        .into_iter()
+        .flatten()
+    {
+        *out = cwd.join(&*out);
+    }
+    if let Err(e) = std::env::set_current_dir(tmp.path()) {
+        eprintln!("error: cannot enter the temporary directory: {e}");
+        return Exit::Usage;
+    }
+    args.path = PathBuf::from("standard");
+    let exit = run_at(&args);
+    let _ = std::env::set_current_dir(&cwd);
+    exit
+}
+
+fn run_at(args: &Args) -> Exit {
     let mut opts = TestOptions::default();
     if let Some(p) = &args.run {
         opts = opts.run(p.clone());
@@ -56,7 +101,7 @@ pub fn run(args: Args) -> Exit {
         return e;
     }
     if args.mutate {
-        return mutate(&args, &opts);
+        return mutate(args, &opts);
     }
     let report = match testing::run(&args.path, &opts) {
         Ok(r) => r,

@@ -23,8 +23,9 @@ pub use sources::*;
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// The policy directory.
-    pub policies: PathBuf,
+    /// The policy directory; `None` (no `policies:` key): the library embedded in the binary
+    /// (`crate::library`).
+    pub policies: Option<PathBuf>,
     /// The SQLite state database.
     pub state: PathBuf,
     /// Where /metrics, /healthz and /readyz listen (loopback by default).
@@ -381,8 +382,19 @@ fn load_with(path: &Path, secrets: bool) -> Result<Config, LoadError> {
             format!("cannot read: {e}"),
         )])
     })?;
-    let doc = yaml::load(path, &bytes)?;
     let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    parse(path, &bytes, &base, secrets)
+}
+
+/// Validates `keel.yaml` held in memory (`keel demo`'s embedded configuration): `name` names
+/// it in diagnostics, relative paths are relative to `base`.
+pub fn load_text(name: &Path, text: &str, base: &Path) -> Result<Config, LoadError> {
+    parse(name, text.as_bytes(), base, true)
+}
+
+fn parse(path: &Path, bytes: &[u8], base: &Path, secrets: bool) -> Result<Config, LoadError> {
+    let doc = yaml::load(path, bytes)?;
+    let base = base.to_path_buf();
     let mut v = V {
         doc: &doc,
         diags: Vec::new(),
@@ -453,8 +465,9 @@ fn load_with(path: &Path, secrets: bool) -> Result<Config, LoadError> {
     })
 }
 
-/// `policies`: the policy directory, which must exist.
-fn parse_policies(v: &mut V<'_>, base: &Path, val: Option<&Value>) -> PathBuf {
+/// `policies`: the policy directory, which must exist; absent, the embedded library (`None`).
+fn parse_policies(v: &mut V<'_>, base: &Path, val: Option<&Value>) -> Option<PathBuf> {
+    val?;
     let policies = v.path(base, "/policies", val, "policies");
     if !policies.exists() {
         v.err(
@@ -462,7 +475,7 @@ fn parse_policies(v: &mut V<'_>, base: &Path, val: Option<&Value>) -> PathBuf {
             format!("`{}` does not exist", policies.display()),
         );
     }
-    policies
+    Some(policies)
 }
 
 /// `plugin_cache`: by default `plugin-cache/` beside the state database.

@@ -241,11 +241,14 @@ pub fn http_client() -> reqwest::Result<reqwest::Client> {
         .build()
 }
 
-/// Loads the configuration's policy set (with its plugin cache, when plugins are built in).
+/// Loads the configuration's policy set (with its plugin cache, when plugins are built in):
+/// its `policies` directory, else the embedded library.
 pub fn load_policies(cfg: &Config) -> Result<Engine, keel_engine::LoadError> {
-    let b = Engine::builder()
-        .add_path(&cfg.policies)
-        .guards(cfg.guards.clone());
+    let b = match &cfg.policies {
+        Some(dir) => Engine::builder().add_path(dir),
+        None => crate::library::builder(),
+    };
+    let b = b.guards(cfg.guards.clone());
     #[cfg(feature = "plugins")]
     let b = b.plugin_cache_dir(Some(cfg.plugin_cache.clone()));
     b.build()

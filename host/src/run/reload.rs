@@ -40,7 +40,11 @@ pub fn fingerprint(dir: &Path) -> Fingerprint {
 
 /// Polls the policy directory every `interval` until `stop` turns true.
 pub async fn watch(host: Arc<Host>, interval: Duration, mut stop: watch::Receiver<bool>) {
-    let dir = host.cfg.policies.clone();
+    // The embedded library never changes: nothing to watch.
+    let Some(dir) = host.cfg.policies.clone() else {
+        while stop.changed().await.is_ok() && !*stop.borrow() {}
+        return;
+    };
     let mut last = fingerprint(&dir);
     loop {
         tokio::select! {

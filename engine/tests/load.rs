@@ -999,3 +999,19 @@ fn a_tree_in_memory_has_the_digest_of_its_copy_on_disk() {
         .iter()
         .all(|d| d.file() == Path::new("<mem>/x/bad.yaml")));
 }
+
+/// A policy file loaded on its own is named by its file name in the digest: the same file in
+/// two directories has one digest, and a renamed copy another (the name is part of the set).
+#[test]
+fn a_single_file_s_digest_names_it_by_its_file_name() {
+    let digest_of = |dir: &str, name: &str| {
+        let tmp = tempfile::tempdir().unwrap();
+        let d = tmp.path().join(dir);
+        std::fs::create_dir_all(&d).unwrap();
+        let f = d.join(name);
+        std::fs::write(&f, VALID).unwrap();
+        Engine::from_dir(&f).unwrap().digest().to_string()
+    };
+    assert_eq!(digest_of("x", "a.yaml"), digest_of("y/z", "a.yaml"));
+    assert_ne!(digest_of("x", "a.yaml"), digest_of("x", "b.yaml"));
+}

@@ -214,10 +214,8 @@ fn gates(
     ) {
         return writeln!(out, "  `{}` is never held", d.action);
     }
-    let store = cfg
-        .state
-        .exists()
-        .then(|| crate::run::store::Store::open_read_only(&cfg.state).ok())
+    let store = (cfg.postgres.is_some() || cfg.state.exists())
+        .then(|| crate::run::store::Store::open_for_command(cfg, true).ok())
         .flatten();
     let rfc = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     // Pauses.

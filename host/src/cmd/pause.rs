@@ -52,11 +52,11 @@ pub struct ResumeArgs {
     pub config: PathBuf,
 }
 
-/// The state database path of a configuration, or the exit after printing why not.
-pub fn state_path(path: &Path) -> Result<PathBuf, Exit> {
+/// The configuration whose state a command reads, or the exit after printing why not.
+pub fn state_config(path: &Path) -> Result<config::Config, Exit> {
     super::require_path("--config", path)?;
     match config::load_without_secrets(path) {
-        Ok(c) => Ok(c.state),
+        Ok(c) => Ok(c),
         Err(e) => {
             let _ = render::diagnostics(&mut std::io::stderr().lock(), &e);
             eprintln!("error: the configuration is invalid");
@@ -73,8 +73,8 @@ fn parse_scope(s: Option<&str>) -> Result<Scope, Exit> {
 }
 
 fn open(path: &Path) -> Result<Store, Exit> {
-    let state = state_path(path)?;
-    Store::open(&state).map_err(|e| {
+    let cfg = state_config(path)?;
+    Store::open_for_command(&cfg, false).map_err(|e| {
         eprintln!("error: {e}");
         Exit::Host
     })

@@ -27,11 +27,12 @@ pub struct Args {
 
 /// Runs `keel status`.
 pub fn run(args: Args) -> Exit {
-    let state = match super::pause::state_path(&args.config) {
-        Ok(s) => s,
+    let cfg = match super::pause::state_config(&args.config) {
+        Ok(c) => c,
         Err(e) => return e,
     };
-    if !state.exists() {
+    let state = &cfg.state;
+    if cfg.postgres.is_none() && !state.exists() {
         eprintln!(
             "error: no state database at {}: `keel run` has not run with this configuration yet",
             escape(&state.display().to_string())
@@ -39,7 +40,7 @@ pub fn run(args: Args) -> Exit {
         return Exit::Host;
     }
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    let status = Store::open_read_only(&state).and_then(|s| s.status(&now));
+    let status = Store::open_for_command(&cfg, true).and_then(|s| s.status(&now));
     let status = match status {
         Ok(s) => s,
         Err(e) => {

@@ -14,6 +14,7 @@ mod gates;
 mod guards;
 mod runbooks;
 mod sources;
+pub mod state;
 
 pub use budgets::Budget;
 pub use gates::{Blocker, BlockerCheck, Window};
@@ -26,8 +27,11 @@ pub struct Config {
     /// The policy directory; `None` (no `policies:` key): the library embedded in the binary
     /// (`crate::library`).
     pub policies: Option<PathBuf>,
-    /// The SQLite state database.
+    /// The SQLite state database (when `postgres` is `None`); its directory is where the
+    /// plugin cache goes by default either way.
     pub state: PathBuf,
+    /// Fleet mode: the PostgreSQL database many hosts share (`state: postgres://…`).
+    pub postgres: Option<state::Postgres>,
     /// Where /metrics, /healthz and /readyz listen (loopback by default).
     pub listen: SocketAddr,
     /// Plan steps without effects.
@@ -339,6 +343,7 @@ fn duration_of(v: &Value) -> Result<Duration, String> {
 const ROOT_KEYS: &[&str] = &[
     "policies",
     "state",
+    "postgres",
     "plugin_cache",
     "listen",
     "dry_run",
@@ -405,7 +410,8 @@ fn parse(path: &Path, bytes: &[u8], base: &Path, secrets: bool) -> Result<Config
     // (stably), so two problems at the same position keep this order.
     v.keys("", &root, ROOT_KEYS);
     let policies = parse_policies(&mut v, &base, root.get("policies"));
-    let state = v.path(&base, "/state", root.get("state"), ".keel/state.db");
+    let (state, postgres) =
+        state::parse_state(&mut v, &base, root.get("state"), root.get("postgres"));
     let plugin_cache = parse_plugin_cache(&mut v, &base, root.get("plugin_cache"), &state);
     let listen = parse_listen(&mut v, root.get("listen"));
     let dry_run = v.boolean("/dry_run", root.get("dry_run"), false);
@@ -438,6 +444,7 @@ fn parse(path: &Path, bytes: &[u8], base: &Path, secrets: bool) -> Result<Config
     Ok(Config {
         policies,
         state,
+        postgres,
         listen,
         dry_run,
         self_name,

@@ -127,10 +127,13 @@ pub struct Host {
     /// The blockers' last results (`blockers:`), written by their tasks.
     pub blockers: blocker::Blockers,
     history: Mutex<History>,
+    /// In a fleet: the newest other host's decision already in `history` (its `seq`).
+    fleet_seq: std::sync::atomic::AtomicI64,
     nstate: Mutex<NormalizerState>,
     log: Mutex<Box<dyn std::io::Write + Send>>,
-    /// The exclusive lock on the state database, held for the host's life.
-    _lock: lock::StateLock,
+    /// The exclusive lock on the SQLite state database, held for the host's life (a fleet's
+    /// database holds a session lock on the host's identity instead).
+    _lock: Option<lock::StateLock>,
 }
 
 /// Why the host could not start, or stopped on an error.
@@ -259,13 +262,19 @@ impl Host {
     pub fn new(cfg: Config, log: Box<dyn std::io::Write + Send>) -> Result<Arc<Host>, StartError> {
         // Before anything beside the state is touched (the plugin cache, the database): a
         // second host on it stops here.
-        let state_lock = lock::acquire(&cfg.state)?;
+        let state_lock = match cfg.postgres {
+            Some(_) => None,
+            None => Some(lock::acquire(&cfg.state)?),
+        };
         let engine = load_policies(&cfg)?;
-        let store = Store::open(&cfg.state)?;
+        let store = Store::open_config(&cfg)?;
         let nstate = match store.normalizer_state()? {
             Some(json) => serde_json::from_str(&json).unwrap_or_default(),
             None => NormalizerState::default(),
         };
+        // The cursor first: a decision committed in between is read twice (counted once
+        // more, never missed).
+        let fleet_seq = store.with(|db| db.fleet_cursor())?;
         let history = rebuild_history(&store)?;
         let http = http_client()?;
         let identity = identity::TokenClient::new(http.clone(), cfg.azure_identity.clone());
@@ -284,6 +293,7 @@ impl Host {
             holder: budget::new_holder(cfg_self.as_deref()),
             leases: Mutex::new((std::collections::BTreeSet::new(), None)),
             history: Mutex::new(history),
+            fleet_seq: std::sync::atomic::AtomicI64::new(fleet_seq),
             nstate: Mutex::new(nstate),
             log: Mutex::new(log),
             _lock: state_lock,
@@ -584,6 +594,7 @@ impl Host {
         // state is not written).
         let before = self.nstate.lock().ok().map(|st| st.clone());
         let res = self.store.batch(|db| {
+            self.sync_fleet(db)?;
             for m in msgs {
                 match m {
                     Inbox::Poll(p, ack) => {
@@ -673,6 +684,7 @@ impl Host {
         let mut fx = Effects::default();
         let at = now();
         let res = self.store.batch(|db| {
+            self.sync_fleet(db)?;
             for (_, json) in db.take_due(&rfc(at))? {
                 let Ok(mut ev) = serde_json::from_str::<Event>(&json) else {
                     continue;
@@ -701,11 +713,49 @@ impl Host {
         }
     }
 
+    /// In a fleet, inside a batch (which holds the fleet's write lock): records in the
+    /// correlation history the decisions other hosts committed since the last look, so that
+    /// `history.*`, the storm guard and the retry budget count the whole fleet's events, and
+    /// an escalation one host raised is not raised again by another.
+    fn sync_fleet(&self, db: &Db<'_>) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        if !self.store.is_fleet() {
+            return Ok(());
+        }
+        loop {
+            let after = self.fleet_seq.load(Ordering::Relaxed);
+            let rows = db.fleet_decisions(after, 1024)?;
+            let Some(last) = rows.last().map(|r| r.0) else {
+                return Ok(());
+            };
+            let Ok(mut h) = self.history.lock() else {
+                return Err(StoreError::Poisoned);
+            };
+            for (_, ev, d) in &rows {
+                if let (Ok(ev), Ok(d)) = (
+                    serde_json::from_str::<Event>(ev),
+                    serde_json::from_str::<Decision>(d),
+                ) {
+                    h.record(&ev);
+                    h.record_decision(&ev, &d);
+                }
+            }
+            self.fleet_seq.store(last, Ordering::Relaxed);
+            if rows.len() < 1024 {
+                return Ok(());
+            }
+        }
+    }
+
     /// After a batch rolled back: the normalizer state as it was before it (when given), and
     /// the correlation history as the store has it (the batch recorded events in memory).
     fn roll_back(&self, nstate: Option<NormalizerState>) {
         if let (Some(before), Ok(mut st)) = (nstate, self.nstate.lock()) {
             *st = before;
+        }
+        if let Ok(seq) = self.store.with(|db| db.fleet_cursor()) {
+            self.fleet_seq
+                .store(seq, std::sync::atomic::Ordering::Relaxed);
         }
         if let (Ok(h), Ok(mut cur)) = (rebuild_history(&self.store), self.history.lock()) {
             *cur = h;

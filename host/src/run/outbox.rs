@@ -63,7 +63,26 @@ pub async fn deliver(host: Arc<Host>, mut stop: watch::Receiver<bool>) {
         if let Ok(n) = host.store.outbox_depth() {
             host.metrics.set("keel_outbox_depth", &[], n as f64);
         }
-        match host.store.outbox_due(&rfc(Utc::now()), 32) {
+        // In a fleet the entries taken are claimed for as long as delivering them all may
+        // take (every `http` step's timeout, plus a margin, each): no other host attempts
+        // them meanwhile; a host that dies leaves them due again at the claim's end.
+        let limit = if host.store.is_fleet() { 8 } else { 32 };
+        let per_entry: Duration = host
+            .cfg
+            .runbooks
+            .get(&Action::Escalate)
+            .map(|steps| steps.iter().map(|s| s.timeout).sum::<Duration>())
+            .unwrap_or_default()
+            + Duration::from_secs(5);
+        let now = Utc::now();
+        let claim = chrono::Duration::from_std(per_entry * limit)
+            .ok()
+            .and_then(|d| now.checked_add_signed(d))
+            .unwrap_or(now);
+        match host
+            .store
+            .outbox_due(&rfc(now), &rfc(claim), limit as usize)
+        {
             Ok(rows) => {
                 for row in rows {
                     if *stop.borrow() {

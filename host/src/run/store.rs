@@ -1,12 +1,15 @@
 //! Durable state behind one narrow interface: events seen, decisions, step executions (each
 //! written, with its idempotency key, before its effect), deferred work, normalizer state.
-//! SQLite in WAL mode with `synchronous=FULL` (survives power loss); portable SQL and
-//! versioned migrations, so that a PostgreSQL backend can follow.
+//! Two backends, one SQL ([`sql`]): SQLite in WAL mode with `synchronous=FULL` (survives
+//! power loss) for one host, and PostgreSQL ([`pg`]) for a fleet whose hosts share budgets,
+//! guards, escalations and history. Versioned migrations for each.
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::Connection;
+
+use sql::{p, Begin, Conn};
 
 /// A store failure.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +44,21 @@ pub enum StoreError {
     /// The state directory or a database file could not be created or restricted.
     #[error("state database: {path}: {1}", path = .0.display())]
     Files(std::path::PathBuf, #[source] std::io::Error),
+    /// PostgreSQL refused a statement (its message and SQLSTATE).
+    #[error("state database: {0}")]
+    Pg(String),
+    /// PostgreSQL cannot be reached, or the connection broke (a transaction open on it was
+    /// rolled back by the server).
+    #[error("state database unavailable: {0}")]
+    Unavailable(String),
+    /// Another `keel run` with this host's identity is connected to the database.
+    #[error(
+        "state database: another keel run with the identity `{0}` is connected to it; one keel run per host: stop that one first, or give this one its own `self`"
+    )]
+    HostTaken(String),
+    /// A row did not have the shape the store wrote.
+    #[error("state database: unexpected row: {0}")]
+    Shape(String),
 }
 
 /// The migrations, in order; `PRAGMA user_version` records how many ran.
@@ -113,7 +131,84 @@ const MIGRATIONS: &[&str] = &[
         healthy INTEGER NOT NULL, seen_at TEXT NOT NULL,
         PRIMARY KEY (budget, key, member));
      CREATE INDEX budget_members_seen ON budget_members (seen_at);",
+    // 8: which host a decision, a held decision and a deferral belong to: SQLite's single
+    // host leaves it empty; PostgreSQL's fleet writes the host's identity.
+    "ALTER TABLE decisions ADD COLUMN host TEXT NOT NULL DEFAULT '';
+     ALTER TABLE held ADD COLUMN host TEXT NOT NULL DEFAULT '';
+     ALTER TABLE deferred ADD COLUMN host TEXT NOT NULL DEFAULT '';",
 ];
+
+/// The PostgreSQL schema's migrations, in order; `keel_schema.version` records how many ran.
+/// The same tables as SQLite's (every text compared or ordered byte-wise, as SQLite does,
+/// whatever the database's locale), plus `decisions.seq`: the order decisions were committed
+/// in (the decision path commits under the write lock), which the hosts of a fleet read each
+/// other's decisions by.
+pub const PG_MIGRATIONS: &[&str] = &[r#"
+    CREATE TABLE events (
+        id TEXT COLLATE "C" NOT NULL, status TEXT COLLATE "C" NOT NULL,
+        first_seen TEXT COLLATE "C" NOT NULL, PRIMARY KEY (id, status));
+    CREATE INDEX events_first_seen ON events (first_seen);
+    CREATE TABLE decisions (
+        seq BIGSERIAL UNIQUE, decision_id TEXT COLLATE "C" PRIMARY KEY,
+        time TEXT COLLATE "C" NOT NULL, event_id TEXT COLLATE "C" NOT NULL,
+        mode TEXT NOT NULL, policy_set TEXT NOT NULL, action TEXT NOT NULL,
+        event_json TEXT NOT NULL, decision_json TEXT NOT NULL, runbook TEXT NOT NULL,
+        host TEXT COLLATE "C" NOT NULL DEFAULT '');
+    CREATE INDEX decisions_time ON decisions (time);
+    CREATE INDEX decisions_event ON decisions (event_id);
+    CREATE INDEX decisions_host ON decisions (host, runbook);
+    CREATE TABLE steps (
+        key TEXT COLLATE "C" PRIMARY KEY, decision_id TEXT COLLATE "C" NOT NULL,
+        idx BIGINT NOT NULL, name TEXT NOT NULL, idempotent BIGINT NOT NULL,
+        started_at TEXT COLLATE "C" NOT NULL, attempts BIGINT NOT NULL,
+        finished_at TEXT COLLATE "C", outcome TEXT);
+    CREATE INDEX steps_decision ON steps (decision_id);
+    CREATE TABLE deferred (
+        event_id TEXT COLLATE "C" PRIMARY KEY, due TEXT COLLATE "C" NOT NULL,
+        event_json TEXT NOT NULL, host TEXT COLLATE "C" NOT NULL DEFAULT '');
+    CREATE TABLE normalizer_state (name TEXT COLLATE "C" PRIMARY KEY, json TEXT NOT NULL);
+    CREATE TABLE ingest_keys (
+        key TEXT COLLATE "C" PRIMARY KEY, received_at TEXT COLLATE "C" NOT NULL,
+        event_id TEXT NOT NULL);
+    CREATE INDEX ingest_keys_received ON ingest_keys (received_at);
+    CREATE TABLE attempts (
+        resource TEXT COLLATE "C" NOT NULL, operation TEXT COLLATE "C" NOT NULL,
+        count BIGINT NOT NULL, last_at TEXT COLLATE "C" NOT NULL,
+        PRIMARY KEY (resource, operation));
+    CREATE INDEX attempts_last ON attempts (last_at);
+    CREATE TABLE outbox (
+        key TEXT COLLATE "C" PRIMARY KEY, decision_id TEXT COLLATE "C" NOT NULL,
+        created_at TEXT COLLATE "C" NOT NULL, body TEXT NOT NULL, attempts BIGINT NOT NULL,
+        next_at TEXT COLLATE "C" NOT NULL, delivered_at TEXT COLLATE "C", last_error TEXT);
+    CREATE INDEX outbox_pending ON outbox (delivered_at, next_at);
+    CREATE INDEX outbox_decision ON outbox (decision_id);
+    CREATE TABLE approvals (
+        event_id TEXT COLLATE "C" PRIMARY KEY, decision_id TEXT NOT NULL,
+        at TEXT COLLATE "C" NOT NULL, sent BIGINT NOT NULL);
+    CREATE INDEX approvals_at ON approvals (at);
+    CREATE TABLE pauses (
+        scope TEXT COLLATE "C" PRIMARY KEY, reason TEXT NOT NULL, "by" TEXT NOT NULL,
+        at TEXT COLLATE "C" NOT NULL);
+    CREATE TABLE held (
+        decision_id TEXT COLLATE "C" PRIMARY KEY, event_id TEXT NOT NULL,
+        action TEXT NOT NULL, event_json TEXT NOT NULL, scope TEXT NOT NULL,
+        reason TEXT NOT NULL, at TEXT COLLATE "C" NOT NULL, deadline TEXT COLLATE "C",
+        "by" TEXT NOT NULL DEFAULT 'pause', host TEXT COLLATE "C" NOT NULL DEFAULT '');
+    CREATE TABLE leases (
+        decision_id TEXT COLLATE "C" NOT NULL, budget TEXT COLLATE "C" NOT NULL,
+        key TEXT COLLATE "C" NOT NULL, unit TEXT COLLATE "C" NOT NULL,
+        holder TEXT COLLATE "C" NOT NULL, max_in_flight BIGINT NOT NULL,
+        bake_s BIGINT NOT NULL, acquired_at TEXT COLLATE "C" NOT NULL,
+        renewed_at TEXT COLLATE "C" NOT NULL, expires_at TEXT COLLATE "C" NOT NULL,
+        released_at TEXT COLLATE "C", PRIMARY KEY (decision_id, budget));
+    CREATE INDEX leases_key ON leases (budget, key, expires_at);
+    CREATE INDEX leases_expiry ON leases (expires_at);
+    CREATE TABLE budget_members (
+        budget TEXT COLLATE "C" NOT NULL, key TEXT COLLATE "C" NOT NULL,
+        member TEXT COLLATE "C" NOT NULL, healthy BIGINT NOT NULL,
+        seen_at TEXT COLLATE "C" NOT NULL, PRIMARY KEY (budget, key, member));
+    CREATE INDEX budget_members_seen ON budget_members (seen_at);
+"#];
 
 /// The garbage collector's deletes, in order ([`Store::gc`]); `?1` is the cut-off time. Each
 /// finds its rows through an index (migration 4), except `steps`, whose scan probes the
@@ -205,44 +300,15 @@ fn restrict(path: &Path, mode: u32) -> std::io::Result<()> {
 
 /// The state database.
 pub struct Store {
-    conn: Mutex<Connection>,
+    conn: Mutex<Conn>,
+    /// The host's identity in a fleet's shared database (its decisions, held decisions,
+    /// deferrals and normalizer state); empty on SQLite, which has one host.
+    host: String,
 }
 
 /// The state database inside a [`Store::batch`] (or for one call): what the decision path
 /// reads and writes. Its writes commit with the batch, all or nothing.
-pub struct Db<'a>(&'a Connection);
-
-/// Executes `sql` through the connection's statement cache (the decision path runs the same
-/// few statements thousands of times a second: parse them once).
-fn exec(c: &Connection, sql: &str, p: impl rusqlite::Params) -> rusqlite::Result<usize> {
-    c.prepare_cached(sql)?.execute(p)
-}
-
-/// Reads one row through the statement cache (see [`exec`]).
-fn row<T>(
-    c: &Connection,
-    sql: &str,
-    p: impl rusqlite::Params,
-    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
-) -> rusqlite::Result<T> {
-    c.prepare_cached(sql)?.query_row(p, f)
-}
-
-/// Runs `f` atomically: a savepoint, which nests inside a batch's transaction and is a
-/// transaction of its own outside one.
-fn atomic<R>(c: &Connection, f: impl FnOnce() -> Result<R, StoreError>) -> Result<R, StoreError> {
-    exec(c, "SAVEPOINT keel_atomic", [])?;
-    match f() {
-        Ok(r) => {
-            exec(c, "RELEASE keel_atomic", [])?;
-            Ok(r)
-        }
-        Err(e) => {
-            let _ = c.execute_batch("ROLLBACK TO keel_atomic; RELEASE keel_atomic");
-            Err(e)
-        }
-    }
-}
+pub struct Db<'a>(&'a Conn, &'a str);
 
 /// A step's record when it is about to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -311,12 +377,11 @@ pub struct OutboxRow {
     pub attempts: i64,
 }
 
-fn insert_outbox(c: &Connection, o: &NewOutbox<'_>, now: &str) -> Result<(), StoreError> {
-    exec(
-        c,
+fn insert_outbox(c: &Conn, o: &NewOutbox<'_>, now: &str) -> Result<(), StoreError> {
+    c.exec(
         "INSERT OR IGNORE INTO outbox (key, decision_id, created_at, body, attempts, next_at)
          VALUES (?1, ?2, ?3, ?4, 0, ?3)",
-        params![o.key, o.decision_id, now, o.body],
+        p![o.key, o.decision_id, now, o.body],
     )?;
     Ok(())
 }
@@ -438,8 +503,95 @@ impl Store {
             ))?;
         }
         Ok(Store {
-            conn: Mutex::new(conn),
+            conn: Mutex::new(Conn::Lite(conn)),
+            host: String::new(),
         })
+    }
+
+    /// Connects to a fleet's PostgreSQL database as the host `settings.host` and migrates it
+    /// (under a lock: hosts starting together migrate once). A database migrated by a newer
+    /// Keel is refused, untouched.
+    pub fn open_postgres(settings: pg::Settings) -> Result<Store, StoreError> {
+        let host = settings.host.clone();
+        let pg = pg::Pg::connect(settings)?;
+        pg.migrate(PG_MIGRATIONS)?;
+        Ok(Store {
+            conn: Mutex::new(Conn::Pg(pg)),
+            host,
+        })
+    }
+
+    /// Opens the state a configuration names: its PostgreSQL database, or its SQLite file.
+    pub fn open_config(cfg: &crate::config::Config) -> Result<Store, StoreError> {
+        match &cfg.postgres {
+            Some(pg) => Store::open_postgres(pg.settings(cfg)),
+            None => Store::open(&cfg.state),
+        }
+    }
+
+    /// Opens the state a configuration names for a command beside `keel run` (`keel pause`,
+    /// `keel status`, `keel eval --config`): on PostgreSQL under an identity of its own (the
+    /// host's, with `#cli-<pid>`), so that it never takes the running host's place; with
+    /// `read_only`, nothing is migrated (a schema other than this binary's is an error) and,
+    /// on SQLite, the file is opened read-only and must exist.
+    pub fn open_for_command(
+        cfg: &crate::config::Config,
+        read_only: bool,
+    ) -> Result<Store, StoreError> {
+        let Some(pg) = &cfg.postgres else {
+            return if read_only {
+                Store::open_read_only(&cfg.state)
+            } else {
+                Store::open(&cfg.state)
+            };
+        };
+        let mut settings = pg.settings(cfg);
+        settings.host = format!("{}#cli-{}", settings.host, std::process::id());
+        if !read_only {
+            return Store::open_postgres(settings);
+        }
+        let supported = i64::try_from(PG_MIGRATIONS.len()).unwrap_or(i64::MAX);
+        let store = Store {
+            conn: Mutex::new(Conn::Pg(pg::Pg::connect(settings)?)),
+            host: String::from("#cli"),
+        };
+        let found = match store.schema_version() {
+            Ok(v) => v,
+            // No keel_schema table: no keel run has migrated this database yet.
+            Err(StoreError::Pg(_)) => 0,
+            Err(e) => return Err(e),
+        };
+        if found != supported {
+            return Err(StoreError::OtherSchema { found, supported });
+        }
+        Ok(store)
+    }
+
+    /// Whether this is a fleet's shared (PostgreSQL) database.
+    pub fn is_fleet(&self) -> bool {
+        !self.host.is_empty()
+    }
+
+    /// Whether the database answered the last request (always, for SQLite): `/readyz` is
+    /// red while a fleet's database is unreachable.
+    pub fn reachable(&self) -> bool {
+        match self.conn.try_lock().as_deref() {
+            Ok(Conn::Pg(pg)) => pg.up(),
+            Ok(Conn::Lite(_)) => true,
+            // Busy: someone is using it; its outcome will say.
+            Err(_) => true,
+        }
+    }
+
+    /// The schema version of the database.
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
+        let c = self.c()?;
+        match &*c {
+            Conn::Lite(c) => Ok(c.pragma_query_value(None, "user_version", |r| r.get(0))?),
+            Conn::Pg(_) => c
+                .one("SELECT version FROM keel_schema", p![])?
+                .map_or(Ok(0), |r| r.get(0)),
+        }
     }
 
     /// The connection. A batch holds it while it decides (which may call plugins until their
@@ -447,7 +599,7 @@ impl Store {
     /// worker of the multi-threaded runtime (a runbook recording a step, the outbox) waits
     /// with [`tokio::task::block_in_place`], which hands the worker's other tasks (`/healthz`,
     /// ingest, timers, drain deadlines) to another thread instead of stalling them.
-    fn c(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
+    fn c(&self) -> Result<MutexGuard<'_, Conn>, StoreError> {
         match self.conn.try_lock() {
             Ok(c) => Ok(c),
             Err(std::sync::TryLockError::Poisoned(_)) => Err(StoreError::Poisoned),
@@ -471,27 +623,20 @@ impl Store {
         f: impl FnOnce(&Db<'_>) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         let c = self.c()?;
-        f(&Db(&c))
+        f(&Db(&c, &self.host))
     }
 
-    /// Group commit: runs `f` in one transaction (`BEGIN IMMEDIATE` ... `COMMIT`), holding the
-    /// database for the whole batch so that no other writer (a runbook recording a step before
-    /// its effect) lands in it. `f`'s writes are durable when this returns `Ok`, and none of
-    /// them is when it returns `Err` (`f`'s own error, or the commit's).
+    /// Group commit: runs `f` in one transaction (SQLite's `BEGIN IMMEDIATE`, PostgreSQL's
+    /// write lock) ... `COMMIT`, holding the database for the whole batch so that no other
+    /// writer (a runbook recording a step before its effect, another host deciding) lands in
+    /// it. `f`'s writes are durable when this returns `Ok`, and none of them is when it
+    /// returns `Err` (`f`'s own error, or the commit's).
     pub fn batch<R>(
         &self,
         f: impl FnOnce(&Db<'_>) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         let c = self.c()?;
-        c.execute_batch("BEGIN IMMEDIATE")?;
-        let r = f(&Db(&c)).and_then(|r| {
-            c.execute_batch("COMMIT")?;
-            Ok(r)
-        });
-        if r.is_err() && !c.is_autocommit() {
-            let _ = c.execute_batch("ROLLBACK");
-        }
-        r
+        c.tx(Begin::Exclusive, |c| f(&Db(c, &self.host)))
     }
 
     /// Whether an event was seen before in this status.
@@ -499,16 +644,20 @@ impl Store {
         self.with(|db| db.seen(event_id, status))
     }
 
+    /// The name of this host's normalizer state.
+    fn state_name(&self) -> &str {
+        state_name(&self.host)
+    }
+
     /// The saved normalizer state, if any.
     pub fn normalizer_state(&self) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .c()?
-            .query_row(
-                "SELECT json FROM normalizer_state WHERE name = 'all'",
-                [],
-                |r| r.get(0),
-            )
-            .optional()?)
+        self.c()?
+            .one(
+                "SELECT json FROM normalizer_state WHERE name = ?1",
+                p![self.state_name()],
+            )?
+            .map(|r| r.get(0))
+            .transpose()
     }
 
     /// Writes a step's start (with its idempotency key) before its effect, or reports what is
@@ -522,36 +671,29 @@ impl Store {
         idempotent: bool,
         now: &str,
     ) -> Result<StepRecord, StoreError> {
-        let mut c = self.c()?;
+        let idx = i64::try_from(idx).unwrap_or(i64::MAX);
         // One transaction: the read and the write cannot interleave with another writer.
-        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let row: Option<(Option<String>,)> = tx
-            .query_row(
-                "SELECT outcome FROM steps WHERE key = ?1",
-                params![key],
-                |r| Ok((r.get(0)?,)),
-            )
-            .optional()?;
-        let rec = match row {
-            Some((Some(outcome),)) => StepRecord::Done(outcome),
-            Some((None,)) => {
-                tx.execute(
-                    "UPDATE steps SET attempts = attempts + 1 WHERE key = ?1",
-                    params![key],
-                )?;
-                StepRecord::InDoubt
-            }
-            None => {
-                tx.execute(
-                    "INSERT INTO steps (key, decision_id, idx, name, idempotent, started_at, attempts)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1)",
-                    params![key, decision_id, idx as i64, name, idempotent, now],
-                )?;
-                StepRecord::New
-            }
-        };
-        tx.commit()?;
-        Ok(rec)
+        self.c()?.tx(Begin::Exclusive, |c| {
+            let row = c.one("SELECT outcome FROM steps WHERE key = ?1", p![key])?;
+            Ok(match row.map(|r| r.get::<Option<String>>(0)).transpose()? {
+                Some(Some(outcome)) => StepRecord::Done(outcome),
+                Some(None) => {
+                    c.exec(
+                        "UPDATE steps SET attempts = attempts + 1 WHERE key = ?1",
+                        p![key],
+                    )?;
+                    StepRecord::InDoubt
+                }
+                None => {
+                    c.exec(
+                        "INSERT INTO steps (key, decision_id, idx, name, idempotent, started_at, attempts)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1)",
+                        p![key, decision_id, idx, name, idempotent, now],
+                    )?;
+                    StepRecord::New
+                }
+            })
+        })
     }
 
     /// Records a step's outcome and, for an `azure_ack` step that sent StartRequests, the
@@ -563,21 +705,20 @@ impl Store {
         approval: Option<(&str, &str)>,
         now: &str,
     ) -> Result<(), StoreError> {
-        let mut c = self.c()?;
-        let tx = c.transaction()?;
-        tx.execute(
-            "UPDATE steps SET outcome = ?2, finished_at = ?3 WHERE key = ?1",
-            params![key, outcome, now],
-        )?;
-        if let Some((event_id, decision_id)) = approval {
-            tx.execute(
-                "INSERT INTO approvals (event_id, decision_id, at, sent) VALUES (?1, ?2, ?3, 1)
-                 ON CONFLICT (event_id) DO UPDATE SET sent = 1, at = excluded.at",
-                params![event_id, decision_id, now],
+        self.c()?.tx(Begin::Plain, |c| {
+            c.exec(
+                "UPDATE steps SET outcome = ?2, finished_at = ?3 WHERE key = ?1",
+                p![key, outcome, now],
             )?;
-        }
-        tx.commit()?;
-        Ok(())
+            if let Some((event_id, decision_id)) = approval {
+                c.exec(
+                    "INSERT INTO approvals (event_id, decision_id, at, sent) VALUES (?1, ?2, ?3, 1)
+                     ON CONFLICT (event_id) DO UPDATE SET sent = 1, at = excluded.at",
+                    p![event_id.to_ascii_lowercase().as_str(), decision_id, now],
+                )?;
+            }
+            Ok(())
+        })
     }
 
     /// Records, before StartRequests is sent for the Scheduled Event `event_id`, that it may
@@ -588,9 +729,9 @@ impl Store {
         decision_id: &str,
         now: &str,
     ) -> Result<(), StoreError> {
-        self.c()?.execute(
+        self.c()?.exec(
             "INSERT OR IGNORE INTO approvals (event_id, decision_id, at, sent) VALUES (?1, ?2, ?3, 0)",
-            params![event_id, decision_id, now],
+            p![event_id.to_ascii_lowercase().as_str(), decision_id, now],
         )?;
         Ok(())
     }
@@ -604,109 +745,141 @@ impl Store {
         escalation: Option<&NewOutbox<'_>>,
         now: &str,
     ) -> Result<(), StoreError> {
-        let mut c = self.c()?;
-        let tx = c.transaction()?;
-        tx.execute(
-            "UPDATE decisions SET runbook = ?2 WHERE decision_id = ?1",
-            params![decision_id, state],
-        )?;
-        if let Some(o) = escalation {
-            insert_outbox(&tx, o, now)?;
-        }
-        tx.commit()?;
-        Ok(())
+        self.c()?.tx(Begin::Plain, |c| {
+            c.exec(
+                "UPDATE decisions SET runbook = ?2 WHERE decision_id = ?1",
+                p![decision_id, state],
+            )?;
+            if let Some(o) = escalation {
+                insert_outbox(c, o, now)?;
+            }
+            Ok(())
+        })
     }
 
     /// Up to `limit` undelivered outbox entries due at `now` (RFC 3339, UTC), oldest first.
-    pub fn outbox_due(&self, now: &str, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
-        let c = self.c()?;
-        let mut st = c.prepare(
-            "SELECT key, decision_id, body, attempts FROM outbox
-             WHERE delivered_at IS NULL AND next_at <= ?1 ORDER BY created_at, key LIMIT ?2",
-        )?;
+    /// In a fleet they are claimed: each is due again for another host only at `claim_until`
+    /// (this host delivers it, or records its failure, before then), so that one delivery is
+    /// attempted at a time whichever host's outbox loop runs.
+    pub fn outbox_due(
+        &self,
+        now: &str,
+        claim_until: &str,
+        limit: usize,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = st.query_map(params![now, limit], |r| {
-            Ok(OutboxRow {
-                key: r.get(0)?,
-                decision_id: r.get(1)?,
-                body: r.get(2)?,
-                attempts: r.get(3)?,
+        let c = self.c()?;
+        let rows = if c.is_fleet() {
+            c.rows(
+                "UPDATE outbox SET next_at = ?2 WHERE key IN
+                   (SELECT key FROM outbox WHERE delivered_at IS NULL AND next_at <= ?1
+                    ORDER BY created_at, key LIMIT ?3 FOR UPDATE SKIP LOCKED)
+                 RETURNING key, decision_id, body, attempts, created_at",
+                p![now, claim_until, limit],
+            )?
+        } else {
+            c.rows(
+                "SELECT key, decision_id, body, attempts, created_at FROM outbox
+                 WHERE delivered_at IS NULL AND next_at <= ?1 ORDER BY created_at, key LIMIT ?2",
+                p![now, limit],
+            )?
+        };
+        let mut out = rows
+            .iter()
+            .map(|r| {
+                Ok((
+                    r.get::<String>(4)?,
+                    OutboxRow {
+                        key: r.get(0)?,
+                        decision_id: r.get(1)?,
+                        body: r.get(2)?,
+                        attempts: r.get(3)?,
+                    },
+                ))
             })
-        })?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        out.sort_by(|a, b| (&a.0, &a.1.key).cmp(&(&b.0, &b.1.key)));
+        Ok(out.into_iter().map(|(_, o)| o).collect())
     }
 
     /// Marks an outbox entry delivered.
     pub fn outbox_delivered(&self, key: &str, now: &str) -> Result<(), StoreError> {
-        self.c()?.execute(
+        self.c()?.exec(
             "UPDATE outbox SET delivered_at = ?2, attempts = attempts + 1 WHERE key = ?1",
-            params![key, now],
+            p![key, now],
         )?;
         Ok(())
     }
 
     /// Records a failed delivery attempt and when to try again.
     pub fn outbox_retry(&self, key: &str, next_at: &str, error: &str) -> Result<(), StoreError> {
-        self.c()?.execute(
+        self.c()?.exec(
             "UPDATE outbox SET attempts = attempts + 1, next_at = ?2, last_error = ?3 WHERE key = ?1",
-            params![key, next_at, error],
+            p![key, next_at, error],
         )?;
         Ok(())
     }
 
     /// How many outbox entries are not delivered yet.
     pub fn outbox_depth(&self) -> Result<i64, StoreError> {
-        Ok(self.c()?.query_row(
-            "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL",
-            [],
-            |r| r.get(0),
-        )?)
+        self.c()?
+            .one(
+                "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL",
+                p![],
+            )?
+            .map_or(Ok(0), |r| r.get(0))
     }
 
     /// When a decision was made (RFC 3339, UTC), if it is recorded.
     pub fn decided_at(&self, decision_id: &str) -> Result<Option<String>, StoreError> {
-        Ok(row(
-            &*self.c()?,
-            "SELECT time FROM decisions WHERE decision_id = ?1",
-            params![decision_id],
-            |r| r.get(0),
-        )
-        .optional()?)
+        self.c()?
+            .one(
+                "SELECT time FROM decisions WHERE decision_id = ?1",
+                p![decision_id],
+            )?
+            .map(|r| r.get(0))
+            .transpose()
     }
 
-    /// Decisions whose runbook is still `pending` (after a restart: resume them).
+    /// This host's decisions whose runbook is still `pending` (after a restart: resume them).
     pub fn pending(&self) -> Result<Vec<Pending>, StoreError> {
-        let c = self.c()?;
-        let mut st = c.prepare(
-            "SELECT decision_id, event_json, decision_json FROM decisions WHERE runbook = 'pending' ORDER BY time",
-        )?;
-        let rows = st.query_map([], |r| {
-            Ok(Pending {
-                decision_id: r.get(0)?,
-                event_json: r.get(1)?,
-                decision_json: r.get(2)?,
+        self.c()?
+            .rows(
+                "SELECT decision_id, event_json, decision_json FROM decisions
+                 WHERE runbook = 'pending' AND host = ?1 ORDER BY time",
+                p![&self.host],
+            )?
+            .iter()
+            .map(|r| {
+                Ok(Pending {
+                    decision_id: r.get(0)?,
+                    event_json: r.get(1)?,
+                    decision_json: r.get(2)?,
+                })
             })
-        })?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            .collect()
     }
 
     /// The events and decisions recorded at or after `since` (RFC 3339, UTC), oldest first,
-    /// at most `limit` (the newest): the correlation history to rebuild after a restart.
+    /// at most `limit` (the newest): the correlation history to rebuild after a restart (in
+    /// a fleet, every host's).
     pub fn decisions_since(
         &self,
         since: &str,
         limit: usize,
     ) -> Result<Vec<(String, String)>, StoreError> {
-        let c = self.c()?;
-        let mut st = c.prepare(
-            "SELECT event_json, decision_json FROM
-               (SELECT time, event_json, decision_json FROM decisions WHERE time >= ?1
-                ORDER BY time DESC LIMIT ?2)
-             ORDER BY time",
-        )?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = st.query_map(params![since, limit], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        self.c()?
+            .rows(
+                "SELECT event_json, decision_json FROM
+                   (SELECT time, event_json, decision_json FROM decisions WHERE time >= ?1
+                    ORDER BY time DESC LIMIT ?2) AS recent
+                 ORDER BY time",
+                p![since, limit],
+            )?
+            .iter()
+            .map(|r| Ok((r.get(0)?, r.get(1)?)))
+            .collect()
     }
 
     /// Deletes finished history older than `before` (RFC 3339, UTC): decisions whose runbook
@@ -715,19 +888,19 @@ impl Store {
     /// counts, budget leases and members. Pending runbooks, deferrals and undelivered escalations are never collected.
     /// Returns how many rows went, per table.
     pub fn gc(&self, before: &str) -> Result<GcCounts, StoreError> {
-        let mut c = self.c()?;
-        let tx = c.transaction()?;
-        let mut n = [0usize; GC_DELETES.len()];
-        for (count, sql) in n.iter_mut().zip(GC_DELETES) {
-            *count = if sql.contains("?1") {
-                tx.execute(sql, params![before])?
-            } else {
-                tx.execute(sql, [])?
-            };
-        }
+        let n = self.c()?.tx(Begin::Plain, |c| {
+            let mut n = [0usize; GC_DELETES.len()];
+            for (count, sql) in n.iter_mut().zip(GC_DELETES) {
+                *count = if sql.contains("?1") {
+                    c.exec(sql, p![before])?
+                } else {
+                    c.exec(sql, p![])?
+                };
+            }
+            Ok(n)
+        })?;
         let [decisions, steps, events, outbox, ingest_keys, attempts, approvals, leases, budget_members] =
             n;
-        tx.commit()?;
         Ok(GcCounts {
             decisions,
             steps,
@@ -743,30 +916,43 @@ impl Store {
 
     /// How many step executions finished with each outcome (for tests and the demo).
     pub fn step_outcomes(&self) -> Result<Vec<(String, Option<String>)>, StoreError> {
-        let c = self.c()?;
-        let mut st = c.prepare("SELECT name, outcome FROM steps ORDER BY started_at, idx")?;
-        let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        self.c()?
+            .rows(
+                "SELECT name, outcome FROM steps ORDER BY started_at, idx",
+                p![],
+            )?
+            .iter()
+            .map(|r| Ok((r.get(0)?, r.get(1)?)))
+            .collect()
+    }
+}
+
+/// The name of a host's normalizer state: `all` for SQLite's single host.
+fn state_name(host: &str) -> &str {
+    if host.is_empty() {
+        "all"
+    } else {
+        host
     }
 }
 
 impl Db<'_> {
-    /// Takes (reads and deletes) the deferrals due at `now` (RFC 3339, compared as text in
-    /// UTC); use inside a batch, which records their new decisions in the same transaction.
+    /// Takes (reads and deletes) this host's deferrals due at `now` (RFC 3339, compared as
+    /// text in UTC); use inside a batch, which records their new decisions in the same
+    /// transaction.
     pub fn take_due(&self, now: &str) -> Result<Vec<(String, String)>, StoreError> {
-        let due: Vec<(String, String)> = {
-            let mut st = self
-                .0
-                .prepare("SELECT event_id, event_json FROM deferred WHERE due <= ?1")?;
-            let rows = st.query_map(params![now], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect::<Result<Vec<_>, _>>()?
-        };
+        let due = self
+            .0
+            .rows(
+                "SELECT event_id, event_json FROM deferred WHERE due <= ?1 AND host = ?2",
+                p![now, self.1],
+            )?
+            .iter()
+            .map(|r| Ok((r.get(0)?, r.get(1)?)))
+            .collect::<Result<Vec<(String, String)>, StoreError>>()?;
         for (id, _) in &due {
-            exec(
-                self.0,
-                "DELETE FROM deferred WHERE event_id = ?1",
-                params![id],
-            )?;
+            self.0
+                .exec("DELETE FROM deferred WHERE event_id = ?1", p![id])?;
         }
         Ok(due)
     }
@@ -774,37 +960,26 @@ impl Db<'_> {
     /// Whether StartRequests was (or may have been) sent for the Scheduled Event `event_id`
     /// (compared case-insensitively).
     pub fn approved(&self, event_id: &str) -> Result<bool, StoreError> {
-        Ok(row(
-            self.0,
+        self.0.exists(
             "SELECT 1 FROM approvals WHERE event_id = ?1",
-            params![event_id],
-            |_| Ok(()),
+            p![event_id.to_ascii_lowercase().as_str()],
         )
-        .optional()?
-        .is_some())
     }
 
     /// Whether an event was seen before in this status.
     pub fn seen(&self, event_id: &str, status: &str) -> Result<bool, StoreError> {
-        Ok(row(
-            self.0,
+        self.0.exists(
             "SELECT 1 FROM events WHERE id = ?1 AND status = ?2",
-            params![event_id, status],
-            |_| Ok(()),
+            p![event_id, status],
         )
-        .optional()?
-        .is_some())
     }
 
     /// The event an ingest idempotency key was accepted as, if it was.
     pub fn ingest_key(&self, key: &str) -> Result<Option<String>, StoreError> {
-        Ok(row(
-            self.0,
-            "SELECT event_id FROM ingest_keys WHERE key = ?1",
-            params![key],
-            |r| r.get(0),
-        )
-        .optional()?)
+        self.0
+            .one("SELECT event_id FROM ingest_keys WHERE key = ?1", p![key])?
+            .map(|r| r.get(0))
+            .transpose()
     }
 
     /// How many failed attempts of `operation` on `resource` were counted since `since`
@@ -815,14 +990,12 @@ impl Db<'_> {
         operation: &str,
         since: &str,
     ) -> Result<i64, StoreError> {
-        Ok(row(
-            self.0,
-            "SELECT count FROM attempts WHERE resource = ?1 AND operation = ?2 AND last_at >= ?3",
-            params![resource, operation, since],
-            |r| r.get(0),
-        )
-        .optional()?
-        .unwrap_or(0))
+        self.0
+            .one(
+                "SELECT count FROM attempts WHERE resource = ?1 AND operation = ?2 AND last_at >= ?3",
+                p![resource, operation, since],
+            )?
+            .map_or(Ok(0), |r| r.get(0))
     }
 
     /// Records an event as seen (in this status) together with its decision, in one
@@ -831,41 +1004,35 @@ impl Db<'_> {
     /// status before (then only the normalizer state and the ingest key are written).
     pub fn record(&self, r: &NewDecision<'_>) -> Result<bool, StoreError> {
         let tx = self.0;
-        atomic(tx, || {
-            let new = exec(
-                tx,
+        tx.atomic(|| {
+            let new = tx.exec(
                 "INSERT OR IGNORE INTO events (id, status, first_seen) VALUES (?1, ?2, ?3)",
-                params![r.event_id, r.status, r.now],
+                p![r.event_id, r.status, r.now],
             )? == 1;
             if let Some(state) = r.normalizer_state {
-                exec(
-                    tx,
-                    "INSERT INTO normalizer_state (name, json) VALUES ('all', ?1)
-                 ON CONFLICT (name) DO UPDATE SET json = excluded.json",
-                    params![state],
-                )?;
+                self.save_normalizer_state(state)?;
             }
             if new {
-                exec(tx,
-                "INSERT INTO decisions (decision_id, time, event_id, mode, policy_set, action, event_json, decision_json, runbook)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-                params![r.decision_id, r.now, r.event_id, r.mode, r.policy_set, r.action, r.event_json, r.decision_json, r.runbook],
-            )?;
+                tx.exec(
+                    "INSERT INTO decisions (decision_id, time, event_id, mode, policy_set, action, event_json, decision_json, runbook, host)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                    p![r.decision_id, r.now, r.event_id, r.mode, r.policy_set, r.action, r.event_json, r.decision_json, r.runbook, self.1],
+                )?;
                 for o in r.outbox {
                     insert_outbox(tx, o, r.now)?;
                 }
             }
             if let Some(i) = &r.ingest {
-                exec(tx,
-                "INSERT OR IGNORE INTO ingest_keys (key, received_at, event_id) VALUES (?1, ?2, ?3)",
-                params![i.key, r.now, r.event_id],
-            )?;
-                if let (true, Some((resource, operation))) = (new, i.counted) {
-                    exec(tx,
-                    "INSERT INTO attempts (resource, operation, count, last_at) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (resource, operation) DO UPDATE SET count = excluded.count, last_at = excluded.last_at",
-                    params![resource, operation, i.attempt, r.now],
+                tx.exec(
+                    "INSERT OR IGNORE INTO ingest_keys (key, received_at, event_id) VALUES (?1, ?2, ?3)",
+                    p![i.key, r.now, r.event_id],
                 )?;
+                if let (true, Some((resource, operation))) = (new, i.counted) {
+                    tx.exec(
+                        "INSERT INTO attempts (resource, operation, count, last_at) VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (resource, operation) DO UPDATE SET count = excluded.count, last_at = excluded.last_at",
+                        p![resource, operation, i.attempt, r.now],
+                    )?;
                 }
             }
             Ok(new)
@@ -874,28 +1041,62 @@ impl Db<'_> {
 
     /// Saves the normalizer state alone (a poll that produced no event).
     pub fn save_normalizer_state(&self, json: &str) -> Result<(), StoreError> {
-        exec(
-            self.0,
-            "INSERT INTO normalizer_state (name, json) VALUES ('all', ?1)
+        self.0.exec(
+            "INSERT INTO normalizer_state (name, json) VALUES (?1, ?2)
              ON CONFLICT (name) DO UPDATE SET json = excluded.json",
-            params![json],
+            p![state_name(self.1), json],
         )?;
         Ok(())
     }
 
-    /// Remembers that `event` must be decided again at `due`.
+    /// Remembers that `event` must be decided again at `due` (by this host).
     pub fn defer(&self, event_id: &str, due: &str, event_json: &str) -> Result<(), StoreError> {
-        exec(self.0,
-            "INSERT INTO deferred (event_id, due, event_json) VALUES (?1, ?2, ?3)
-             ON CONFLICT (event_id) DO UPDATE SET due = excluded.due, event_json = excluded.event_json",
-            params![event_id, due, event_json],
+        self.0.exec(
+            "INSERT INTO deferred (event_id, due, event_json, host) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (event_id) DO UPDATE SET due = excluded.due, event_json = excluded.event_json,
+               host = excluded.host",
+            p![event_id, due, event_json, self.1],
         )?;
         Ok(())
+    }
+
+    /// In a fleet, the decisions other hosts committed after `after` (a `seq`), oldest first,
+    /// at most `limit`: `(seq, event JSON, decision JSON)`. Empty on SQLite (one host).
+    pub fn fleet_decisions(
+        &self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, String, String)>, StoreError> {
+        if !self.0.is_fleet() {
+            return Ok(Vec::new());
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.0
+            .rows(
+                "SELECT seq, event_json, decision_json FROM decisions
+                 WHERE seq > ?1 AND host <> ?2 ORDER BY seq LIMIT ?3",
+                p![after, self.1, limit],
+            )?
+            .iter()
+            .map(|r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .collect()
+    }
+
+    /// In a fleet, the newest decision's `seq` (0 when there is none, or on SQLite).
+    pub fn fleet_cursor(&self) -> Result<i64, StoreError> {
+        if !self.0.is_fleet() {
+            return Ok(0);
+        }
+        self.0
+            .one("SELECT COALESCE(MAX(seq), 0) FROM decisions", p![])?
+            .map_or(Ok(0), |r| r.get(0))
     }
 }
 
 mod budget;
 mod pause;
+pub mod pg;
+pub mod sql;
 pub use budget::{LeaseRow, LeaseWant};
 pub use pause::{HeldRow, Status};
 

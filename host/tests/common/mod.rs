@@ -17,6 +17,7 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 pub mod azure;
+pub mod pg;
 
 /// An HTTP client for loopback (no proxy).
 pub fn http() -> reqwest::Client {

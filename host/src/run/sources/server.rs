@@ -43,7 +43,15 @@ pub async fn serve_http(
         .route(
             "/readyz",
             get(|State(a): State<App>| async move {
-                let (ready, report) = a.host.health.readiness(a.host.cfg.unready_after);
+                let (mut ready, mut report) = a.host.health.readiness(a.host.cfg.unready_after);
+                // A fleet's database unreachable: red (no new lease, decision or step can be
+                // recorded) until it answers again.
+                if a.host.store.is_fleet() {
+                    let up = a.host.store.reachable();
+                    ready &= up;
+                    report["ready"] = serde_json::json!(ready);
+                    report["state"] = serde_json::json!({"backend": "postgres", "reachable": up});
+                }
                 let status = if ready {
                     StatusCode::OK
                 } else {

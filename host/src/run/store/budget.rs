@@ -2,10 +2,10 @@
 //! truth of a slot: no count is kept in memory, so a restarted host, or (later) another host
 //! on the same database, sees exactly the slots taken.
 
-use rusqlite::{params, Connection};
 use serde::Serialize;
 
-use super::{exec, Db, Store, StoreError};
+use super::sql::{p, Begin, Conn, Row};
+use super::{Db, Store, StoreError};
 
 /// A lease as stored (and as `keel status` shows it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -65,7 +65,7 @@ pub struct Denied {
 const LEASE_COLUMNS: &str = "SELECT budget, key, unit, decision_id, holder, max_in_flight,
     acquired_at, renewed_at, expires_at, released_at FROM leases";
 
-fn lease_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LeaseRow> {
+fn lease_row(r: &Row) -> Result<LeaseRow, StoreError> {
     Ok(LeaseRow {
         budget: r.get(0)?,
         key: r.get(1)?,
@@ -97,30 +97,36 @@ impl From<&LeaseRow> for Lease {
 
 /// The live leases of a key at `now` (soonest expiry first) and its members.
 fn view(
-    c: &Connection,
+    c: &Conn,
     budget: &str,
     key: &str,
     now: &str,
 ) -> Result<(Vec<LeaseRow>, KeyView), StoreError> {
-    let mut st = c.prepare_cached(&format!(
-        "{LEASE_COLUMNS} WHERE budget = ?1 AND key = ?2 AND expires_at > ?3
-         ORDER BY expires_at, decision_id"
-    ))?;
-    let live = st
-        .query_map(params![budget, key, now], lease_row)?
+    let live = c
+        .rows(
+            &format!(
+                "{LEASE_COLUMNS} WHERE budget = ?1 AND key = ?2 AND expires_at > ?3
+                 ORDER BY expires_at, decision_id"
+            ),
+            p![budget, key, now],
+        )?
+        .iter()
+        .map(lease_row)
         .collect::<Result<Vec<_>, _>>()?;
-    let mut st = c.prepare_cached(
-        "SELECT member, healthy FROM budget_members WHERE budget = ?1 AND key = ?2
-         ORDER BY member",
-    )?;
-    let members = st
-        .query_map(params![budget, key], |r| {
+    let members = c
+        .rows(
+            "SELECT member, healthy FROM budget_members WHERE budget = ?1 AND key = ?2
+             ORDER BY member",
+            p![budget, key],
+        )?
+        .iter()
+        .map(|r| {
             Ok(Member {
                 member: r.get(0)?,
-                healthy: r.get::<_, i64>(1)? != 0,
+                healthy: r.get(1)?,
             })
-        })?
-        .collect::<Result<Vec<_>, _>>()?;
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
     let view = KeyView {
         live: live.iter().map(Lease::from).collect(),
         members,
@@ -128,24 +134,21 @@ fn view(
     Ok((live, view))
 }
 
-/// Runs `f` in a write transaction committed without waiting for the disk (`synchronous =
-/// NORMAL` for it alone). A lease write needs no fsync of its own: the next `FULL` commit on
-/// the connection syncs the log with every frame before it, and for a slot taken that commit
-/// is the runbook's first step start, written before any effect; a lease lost with the
-/// machine's power was never used (and a renewal or release lost only ends earlier or later
-/// at the lease's expiry). The first-step latency keeps one fsync instead of two.
-fn lease_tx<R>(
-    c: &mut Connection,
-    f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<R, StoreError>,
-) -> Result<R, StoreError> {
-    c.pragma_update(None, "synchronous", "NORMAL")?;
-    let res: Result<R, StoreError> = (|| {
-        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let r = f(&tx)?;
-        tx.commit()?;
-        Ok(r)
-    })();
-    let reset = c.pragma_update(None, "synchronous", "FULL");
+/// Runs `f` in a write transaction (on PostgreSQL, under the fleet's write lock: no two
+/// hosts admit against the same leases at once). On SQLite it commits without waiting for
+/// the disk (`synchronous = NORMAL` for it alone). A lease write needs no fsync of its own:
+/// the next `FULL` commit on the connection syncs the log with every frame before it, and for
+/// a slot taken that commit is the runbook's first step start, written before any effect; a
+/// lease lost with the machine's power was never used (and a renewal or release lost only
+/// ends earlier or later at the lease's expiry). The first-step latency keeps one fsync
+/// instead of two.
+fn lease_tx<R>(c: &Conn, f: impl FnOnce(&Conn) -> Result<R, StoreError>) -> Result<R, StoreError> {
+    let Conn::Lite(lite) = c else {
+        return c.tx(Begin::Exclusive, f);
+    };
+    lite.pragma_update(None, "synchronous", "NORMAL")?;
+    let res = c.tx(Begin::Exclusive, f);
+    let reset = lite.pragma_update(None, "synchronous", "FULL");
     let r = res?;
     reset?;
     Ok(r)
@@ -167,8 +170,7 @@ impl Store {
         expires: &str,
         mut admit: impl FnMut(&LeaseWant<'_>, &KeyView) -> Result<(), String>,
     ) -> Result<Result<(), Denied>, StoreError> {
-        let mut c = self.c()?;
-        lease_tx(&mut c, |tx| {
+        lease_tx(&*self.c()?, |tx| {
             for w in wants {
                 let (rows, v) = view(tx, w.budget, w.key, now)?;
                 let mine = rows
@@ -183,8 +185,7 @@ impl Store {
                         }));
                     }
                 }
-                exec(
-                    tx,
+                tx.exec(
                     "INSERT INTO leases (decision_id, budget, key, unit, holder, max_in_flight,
                    bake_s, acquired_at, renewed_at, expires_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, ?9)
@@ -194,7 +195,7 @@ impl Store {
                    acquired_at = CASE WHEN leases.released_at IS NULL
                                       AND leases.expires_at > excluded.renewed_at
                                  THEN leases.acquired_at ELSE excluded.acquired_at END",
-                    params![
+                    p![
                         decision_id,
                         w.budget,
                         w.key,
@@ -226,15 +227,13 @@ impl Store {
         now: &str,
         expires: &str,
     ) -> Result<usize, StoreError> {
-        let mut c = self.c()?;
-        lease_tx(&mut c, |tx| {
+        lease_tx(&*self.c()?, |tx| {
             let mut n = 0;
             for d in decisions {
-                n += exec(
-                    tx,
+                n += tx.exec(
                     "UPDATE leases SET renewed_at = ?3, expires_at = ?4
                      WHERE decision_id = ?1 AND holder = ?2 AND released_at IS NULL",
-                    params![d, holder, now, expires],
+                    p![d, holder, now, expires],
                 )?;
             }
             Ok(n)
@@ -250,27 +249,25 @@ impl Store {
         holder: &str,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<usize, StoreError> {
-        let mut c = self.c()?;
-        lease_tx(&mut c, |tx| {
-            let rows: Vec<(String, i64)> = {
-                let mut st = tx.prepare_cached(
+        lease_tx(&*self.c()?, |tx| {
+            let rows = tx
+                .rows(
                     "SELECT budget, bake_s FROM leases
-                 WHERE decision_id = ?1 AND holder = ?2 AND released_at IS NULL",
-                )?;
-                let rows =
-                    st.query_map(params![decision_id, holder], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                rows.collect::<Result<Vec<_>, _>>()?
-            };
+                     WHERE decision_id = ?1 AND holder = ?2 AND released_at IS NULL",
+                    p![decision_id, holder],
+                )?
+                .iter()
+                .map(|r| Ok((r.get(0)?, r.get(1)?)))
+                .collect::<Result<Vec<(String, i64)>, StoreError>>()?;
             let at = super::super::rfc(now);
             for (budget, bake_s) in &rows {
                 let until = chrono::Duration::try_seconds(*bake_s)
                     .and_then(|b| now.checked_add_signed(b))
                     .unwrap_or(now);
-                exec(
-                    tx,
+                tx.exec(
                     "UPDATE leases SET released_at = ?3, expires_at = ?4
-                 WHERE decision_id = ?1 AND budget = ?2",
-                    params![decision_id, budget, at, super::super::rfc(until)],
+                     WHERE decision_id = ?1 AND budget = ?2",
+                    p![decision_id, budget, &at, &super::super::rfc(until)],
                 )?;
             }
             Ok(rows.len())
@@ -286,15 +283,14 @@ impl Store {
     /// The lease of a decision in a budget, if any (expired or not).
     #[cfg(test)]
     pub fn lease(&self, decision_id: &str, budget: &str) -> Result<Option<LeaseRow>, StoreError> {
-        use rusqlite::OptionalExtension;
-        Ok(self
-            .c()?
-            .query_row(
+        self.c()?
+            .one(
                 &format!("{LEASE_COLUMNS} WHERE decision_id = ?1 AND budget = ?2"),
-                params![decision_id, budget],
-                lease_row,
-            )
-            .optional()?)
+                p![decision_id, budget],
+            )?
+            .as_ref()
+            .map(lease_row)
+            .transpose()
     }
 }
 
@@ -310,23 +306,27 @@ impl Db<'_> {
         now: &str,
     ) -> Result<(), StoreError> {
         let h = healthy.map(i64::from);
-        exec(
-            self.0,
+        self.0.exec(
             "INSERT INTO budget_members (budget, key, member, healthy, seen_at)
-             VALUES (?1, ?2, ?3, COALESCE(?4, 1), ?5)
+             VALUES (?1, ?2, ?3, COALESCE(CAST(?4 AS BIGINT), 1), ?5)
              ON CONFLICT (budget, key, member) DO UPDATE SET
-               healthy = COALESCE(?4, budget_members.healthy), seen_at = excluded.seen_at",
-            params![budget, key, member, h, now],
+               healthy = COALESCE(CAST(?4 AS BIGINT), budget_members.healthy),
+               seen_at = excluded.seen_at",
+            p![budget, key, member, h, now],
         )?;
         Ok(())
     }
 }
 
 /// The leases not expired at `now`, soonest expiry first.
-pub(super) fn leases(c: &Connection, now: &str) -> Result<Vec<LeaseRow>, StoreError> {
-    let mut st = c.prepare(&format!(
-        "{LEASE_COLUMNS} WHERE expires_at > ?1 ORDER BY budget, key, expires_at, decision_id"
-    ))?;
-    let rows = st.query_map(params![now], lease_row)?;
-    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+pub(super) fn leases(c: &Conn, now: &str) -> Result<Vec<LeaseRow>, StoreError> {
+    c.rows(
+        &format!(
+            "{LEASE_COLUMNS} WHERE expires_at > ?1 ORDER BY budget, key, expires_at, decision_id"
+        ),
+        p![now],
+    )?
+    .iter()
+    .map(lease_row)
+    .collect()
 }

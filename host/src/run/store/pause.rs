@@ -1,9 +1,10 @@
 //! The pauses (`keel pause`), the decisions they hold, and what `keel status` reads.
 
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 
-use super::{exec, header_version, insert_outbox, NewOutbox, Store, StoreError, SCHEMA_VERSION};
+use super::sql::{p, Begin, Conn, Row};
+use super::{header_version, insert_outbox, NewOutbox, Store, StoreError, SCHEMA_VERSION};
 
 /// A pause as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -114,18 +115,7 @@ pub struct Status {
     pub outbox: Backlog,
 }
 
-fn collect<T>(
-    c: &Connection,
-    sql: &str,
-    p: impl rusqlite::Params,
-    f: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
-) -> Result<Vec<T>, StoreError> {
-    let mut st = c.prepare(sql)?;
-    let rows = st.query_map(p, f)?;
-    Ok(rows.collect::<Result<Vec<_>, _>>()?)
-}
-
-fn held_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<HeldRow> {
+fn held_row(r: &Row) -> Result<HeldRow, StoreError> {
     Ok(HeldRow {
         decision_id: r.get(0)?,
         event_id: r.get(1)?,
@@ -139,8 +129,7 @@ fn held_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<HeldRow> {
     })
 }
 
-const HELD_COLUMNS: &str =
-    "SELECT decision_id, event_id, action, event_json, scope, reason, at, deadline, by FROM held";
+const HELD_COLUMNS: &str = r#"SELECT decision_id, event_id, action, event_json, scope, reason, at, deadline, "by" FROM held"#;
 
 impl Store {
     /// Opens an existing database read-only, without migrating it (`keel status`, while
@@ -168,12 +157,14 @@ impl Store {
             });
         }
         Ok(Store {
-            conn: std::sync::Mutex::new(conn),
+            conn: std::sync::Mutex::new(Conn::Lite(conn)),
+            host: String::new(),
         })
     }
 
     /// Pauses `scope` (canonical) with a reason, by whom, at `now`; a pause of the same scope
-    /// is replaced. Returns whether the scope was not paused before.
+    /// is replaced. Returns whether the scope was not paused before. In a fleet a pause holds
+    /// every host.
     pub fn pause(
         &self,
         scope: &str,
@@ -181,40 +172,32 @@ impl Store {
         by: &str,
         now: &str,
     ) -> Result<bool, StoreError> {
-        let mut c = self.c()?;
-        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let before = tx
-            .query_row(
-                "SELECT 1 FROM pauses WHERE scope = ?1",
-                params![scope],
-                |_| Ok(()),
-            )
-            .optional()?
-            .is_none();
-        tx.execute(
-            "INSERT INTO pauses (scope, reason, by, at) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (scope) DO UPDATE SET reason = excluded.reason, by = excluded.by, at = excluded.at",
-            params![scope, reason, by, now],
-        )?;
-        tx.commit()?;
-        Ok(before)
+        self.c()?.tx(Begin::Exclusive, |c| {
+            let before = !c.exists("SELECT 1 FROM pauses WHERE scope = ?1", p![scope])?;
+            c.exec(
+                r#"INSERT INTO pauses (scope, reason, "by", at) VALUES (?1, ?2, ?3, ?4)
+                   ON CONFLICT (scope) DO UPDATE SET reason = excluded.reason,
+                     "by" = excluded."by", at = excluded.at"#,
+                p![scope, reason, by, now],
+            )?;
+            Ok(before)
+        })
     }
 
     /// Lifts the pause of `scope` (canonical), or every pause (`None`); the scopes lifted.
     pub fn resume(&self, scope: Option<&str>) -> Result<Vec<String>, StoreError> {
-        let mut c = self.c()?;
-        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let gone = match scope {
-            Some(s) => collect(
-                &tx,
-                "DELETE FROM pauses WHERE scope = ?1 RETURNING scope",
-                params![s],
-                |r| r.get(0),
-            )?,
-            None => collect(&tx, "DELETE FROM pauses RETURNING scope", [], |r| r.get(0))?,
-        };
-        tx.commit()?;
-        Ok(gone)
+        self.c()?.tx(Begin::Exclusive, |c| {
+            let rows = match scope {
+                Some(s) => c.rows("DELETE FROM pauses WHERE scope = ?1 RETURNING scope", p![s])?,
+                None => c.rows("DELETE FROM pauses RETURNING scope", p![])?,
+            };
+            let mut gone = rows
+                .iter()
+                .map(|r| r.get(0))
+                .collect::<Result<Vec<String>, _>>()?;
+            gone.sort();
+            Ok(gone)
+        })
     }
 
     /// The pauses, oldest first.
@@ -224,73 +207,59 @@ impl Store {
 
     /// Whether a step (by its idempotency key) was ever begun.
     pub fn step_begun(&self, key: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .c()?
-            .query_row("SELECT 1 FROM steps WHERE key = ?1", params![key], |_| {
-                Ok(())
-            })
-            .optional()?
-            .is_some())
+        self.c()?
+            .exists("SELECT 1 FROM steps WHERE key = ?1", p![key])
     }
 
     /// The decision (redacted JSON) of `decision_id`, if it is stored.
     pub fn decision_json(&self, decision_id: &str) -> Result<Option<String>, StoreError> {
-        Ok(self
-            .c()?
-            .query_row(
-                "SELECT decision_json FROM decisions WHERE decision_id = ?1",
-                params![decision_id],
-                |r| r.get(0),
-            )
-            .optional()?)
+        decision_json(&*self.c()?, decision_id)
     }
 
-    /// Holds a decision: its `held` row (replacing one it had) and its runbook state `held`,
-    /// in one transaction.
+    /// Holds a decision (of this host): its `held` row (replacing one it had) and its
+    /// runbook state `held`, in one transaction.
     pub fn hold(&self, h: &HeldRow) -> Result<(), StoreError> {
-        let mut c = self.c()?;
-        let tx = c.transaction()?;
-        tx.execute(
-            "INSERT OR REPLACE INTO held (decision_id, event_id, action, event_json, scope, reason, at, deadline, by)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![h.decision_id, h.event_id, h.action, h.event_json, h.scope, h.reason, h.since, h.deadline, h.by],
-        )?;
-        tx.execute(
-            "UPDATE decisions SET runbook = 'held' WHERE decision_id = ?1",
-            params![h.decision_id],
-        )?;
-        tx.commit()?;
-        Ok(())
+        self.c()?.tx(Begin::Plain, |c| {
+            c.exec(
+                r#"INSERT INTO held (decision_id, event_id, action, event_json, scope, reason, at, deadline, "by", host)
+                   VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                   ON CONFLICT (decision_id) DO UPDATE SET event_id = excluded.event_id,
+                     action = excluded.action, event_json = excluded.event_json,
+                     scope = excluded.scope, reason = excluded.reason, at = excluded.at,
+                     deadline = excluded.deadline, "by" = excluded."by", host = excluded.host"#,
+                p![&h.decision_id, &h.event_id, &h.action, &h.event_json, &h.scope, &h.reason, &h.since, &h.deadline, &h.by, &self.host],
+            )?;
+            c.exec(
+                "UPDATE decisions SET runbook = 'held' WHERE decision_id = ?1",
+                p![&h.decision_id],
+            )?;
+            Ok(())
+        })
     }
 
-    /// The decisions held, oldest first.
+    /// This host's held decisions, oldest first.
     pub fn held(&self) -> Result<Vec<HeldRow>, StoreError> {
-        collect(
-            &*self.c()?,
-            &format!("{HELD_COLUMNS} ORDER BY at, decision_id"),
-            [],
-            held_row,
-        )
+        self.c()?
+            .rows(
+                &format!("{HELD_COLUMNS} WHERE host = ?1 ORDER BY at, decision_id"),
+                p![&self.host],
+            )?
+            .iter()
+            .map(held_row)
+            .collect()
     }
 
     /// Releases a held decision: its `held` row goes and its runbook is `pending` again, in
     /// one transaction. Returns the decision (redacted JSON) to run, `None` when it was not
     /// held (any more).
     pub fn release(&self, decision_id: &str) -> Result<Option<String>, StoreError> {
-        let mut c = self.c()?;
-        let tx = c.transaction()?;
-        let mut decision = None;
-        if unhold(&tx, decision_id, "pending")? {
-            decision = tx
-                .query_row(
-                    "SELECT decision_json FROM decisions WHERE decision_id = ?1",
-                    params![decision_id],
-                    |r| r.get(0),
-                )
-                .optional()?;
-        }
-        tx.commit()?;
-        Ok(decision)
+        self.c()?.tx(Begin::Plain, |c| {
+            if unhold(c, decision_id, "pending")? {
+                decision_json(c, decision_id)
+            } else {
+                Ok(None)
+            }
+        })
     }
 
     /// A held decision whose deadline passed: its `held` row goes, its runbook becomes
@@ -301,125 +270,140 @@ impl Store {
         escalation: &NewOutbox<'_>,
         now: &str,
     ) -> Result<(), StoreError> {
-        let mut c = self.c()?;
-        let tx = c.transaction()?;
-        if unhold(&tx, decision_id, "escalated")? {
-            insert_outbox(&tx, escalation, now)?;
-        }
-        tx.commit()?;
-        Ok(())
+        self.c()?.tx(Begin::Plain, |c| {
+            if unhold(c, decision_id, "escalated")? {
+                insert_outbox(c, escalation, now)?;
+            }
+            Ok(())
+        })
     }
 
-    /// What `keel status` shows at `now` (RFC 3339, UTC), in one read transaction.
+    /// What `keel status` shows at `now` (RFC 3339, UTC), in one read transaction (in a
+    /// fleet: every host's).
     pub fn status(&self, now: &str) -> Result<Status, StoreError> {
-        let mut c = self.c()?;
-        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Deferred)?;
-        let schema_version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        let pauses = pauses(&tx)?;
-        let held = collect(
-            &tx,
-            &format!("{HELD_COLUMNS} ORDER BY at, decision_id"),
-            [],
-            held_row,
-        )?;
-        let mut in_flight = collect(
-            &tx,
-            "SELECT decision_id, event_id, action, time FROM decisions
-             WHERE runbook = 'pending' ORDER BY time, decision_id",
-            [],
-            |r| {
-                Ok(InFlight {
-                    decision_id: r.get(0)?,
-                    event_id: r.get(1)?,
-                    action: r.get(2)?,
-                    since: r.get(3)?,
-                    step: None,
+        let schema_version = self.schema_version()?;
+        self.c()?.tx(Begin::Plain, |c| {
+            let pauses = pauses(c)?;
+            let held = c
+                .rows(&format!("{HELD_COLUMNS} ORDER BY at, decision_id"), p![])?
+                .iter()
+                .map(held_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut in_flight = c
+                .rows(
+                    "SELECT decision_id, event_id, action, time FROM decisions
+                     WHERE runbook = 'pending' ORDER BY time, decision_id",
+                    p![],
+                )?
+                .iter()
+                .map(|r| {
+                    Ok(InFlight {
+                        decision_id: r.get(0)?,
+                        event_id: r.get(1)?,
+                        action: r.get(2)?,
+                        since: r.get(3)?,
+                        step: None,
+                    })
                 })
-            },
-        )?;
-        for f in &mut in_flight {
-            f.step = tx
-                .query_row(
-                    "SELECT name, idx, started_at, outcome FROM steps WHERE decision_id = ?1
-                     ORDER BY idx DESC LIMIT 1",
-                    params![f.decision_id],
-                    |r| {
-                        Ok(StepAt {
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            for f in &mut in_flight {
+                f.step = c
+                    .one(
+                        "SELECT name, idx, started_at, outcome FROM steps WHERE decision_id = ?1
+                         ORDER BY idx DESC LIMIT 1",
+                        p![&f.decision_id],
+                    )?
+                    .map(|r| {
+                        Ok::<_, StoreError>(StepAt {
                             name: r.get(0)?,
                             index: r.get(1)?,
                             started_at: r.get(2)?,
                             outcome: r.get(3)?,
                         })
-                    },
-                )
-                .optional()?;
-        }
-        let deferrals = collect(
-            &tx,
-            "SELECT event_id, due FROM deferred ORDER BY due, event_id",
-            [],
-            |r| {
-                Ok(Deferral {
-                    event_id: r.get(0)?,
-                    due: r.get(1)?,
+                    })
+                    .transpose()?;
+            }
+            let deferrals = c
+                .rows(
+                    "SELECT event_id, due FROM deferred ORDER BY due, event_id",
+                    p![],
+                )?
+                .iter()
+                .map(|r| {
+                    Ok(Deferral {
+                        event_id: r.get(0)?,
+                        due: r.get(1)?,
+                    })
                 })
-            },
-        )?;
-        let outbox = tx.query_row(
-            "SELECT COUNT(*), MIN(created_at), COALESCE(MAX(attempts), 0) FROM outbox
-             WHERE delivered_at IS NULL",
-            [],
-            |r| {
-                Ok(Backlog {
-                    backlog: r.get(0)?,
-                    oldest: r.get(1)?,
-                    max_attempts: r.get(2)?,
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            let outbox = c
+                .one(
+                    "SELECT COUNT(*), MIN(created_at), COALESCE(MAX(attempts), 0) FROM outbox
+                     WHERE delivered_at IS NULL",
+                    p![],
+                )?
+                .map(|r| {
+                    Ok::<_, StoreError>(Backlog {
+                        backlog: r.get(0)?,
+                        oldest: r.get(1)?,
+                        max_attempts: r.get(2)?,
+                    })
                 })
-            },
-        )?;
-        let leases = super::budget::leases(&tx, now)?;
-        tx.commit()?;
-        Ok(Status {
-            schema_version,
-            pauses,
-            held,
-            leases,
-            in_flight,
-            deferrals,
-            outbox,
+                .transpose()?
+                .unwrap_or(Backlog {
+                    backlog: 0,
+                    oldest: None,
+                    max_attempts: 0,
+                });
+            let leases = super::budget::leases(c, now)?;
+            Ok(Status {
+                schema_version,
+                pauses,
+                held,
+                leases,
+                in_flight,
+                deferrals,
+                outbox,
+            })
         })
     }
 }
 
+/// The decision (redacted JSON) of `decision_id`, if it is stored.
+fn decision_json(c: &Conn, decision_id: &str) -> Result<Option<String>, StoreError> {
+    c.one(
+        "SELECT decision_json FROM decisions WHERE decision_id = ?1",
+        p![decision_id],
+    )?
+    .map(|r| r.get(0))
+    .transpose()
+}
+
 /// Deletes a decision's `held` row and sets its runbook state; false when it was not held.
-fn unhold(c: &Connection, decision_id: &str, state: &str) -> Result<bool, StoreError> {
-    let held = exec(
-        c,
-        "DELETE FROM held WHERE decision_id = ?1",
-        params![decision_id],
-    )? == 1;
+fn unhold(c: &Conn, decision_id: &str, state: &str) -> Result<bool, StoreError> {
+    let held = c.exec("DELETE FROM held WHERE decision_id = ?1", p![decision_id])? == 1;
     if held {
-        exec(
-            c,
+        c.exec(
             "UPDATE decisions SET runbook = ?2 WHERE decision_id = ?1",
-            params![decision_id, state],
+            p![decision_id, state],
         )?;
     }
     Ok(held)
 }
 
-fn pauses(c: &Connection) -> Result<Vec<PauseRow>, StoreError> {
-    collect(
-        c,
-        "SELECT scope, reason, by, at FROM pauses ORDER BY at, scope",
-        [],
-        |r| {
-            Ok(PauseRow {
-                scope: r.get(0)?,
-                reason: r.get(1)?,
-                by: r.get(2)?,
-                at: r.get(3)?,
-            })
-        },
-    )
+fn pauses(c: &Conn) -> Result<Vec<PauseRow>, StoreError> {
+    c.rows(
+        r#"SELECT scope, reason, "by", at FROM pauses ORDER BY at, scope"#,
+        p![],
+    )?
+    .iter()
+    .map(|r| {
+        Ok(PauseRow {
+            scope: r.get(0)?,
+            reason: r.get(1)?,
+            by: r.get(2)?,
+            at: r.get(3)?,
+        })
+    })
+    .collect()
 }

@@ -47,7 +47,7 @@ impl Store {
     /// Takes the deferrals due at `now` (RFC 3339, compared as text in UTC), in one
     /// transaction.
     pub(super) fn take_due(&self, now: &str) -> Result<Vec<(String, String)>, StoreError> {
-        self.with(|db| atomic(db.0, || db.take_due(now)))
+        self.with(|db| db.0.atomic(|| db.take_due(now)))
     }
 }
 
@@ -102,9 +102,7 @@ fn a_version_1_database_is_migrated_and_keeps_its_rows() -> Result<(), StoreErro
         )?;
     }
     let s = Store::open(&path)?;
-    let version: i64 = s
-        .c()?
-        .pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let version: i64 = s.schema_version()?;
     assert_eq!(version, MIGRATIONS.len() as i64);
     assert!(s.seen("old", "-")?);
     assert_eq!(s.ingest_key("k")?, None);
@@ -250,12 +248,15 @@ fn decisions_since_gives_the_newest_within_the_window_oldest_first() -> Result<(
 fn every_gc_delete_but_the_steps_one_finds_its_rows_through_an_index() -> Result<(), StoreError> {
     let dir = tempfile::tempdir().map_err(|_| StoreError::Poisoned)?;
     let s = Store::open(&dir.path().join("state.db"))?;
-    let c = s.c()?;
+    let guard = s.c()?;
+    let super::Conn::Lite(c) = &*guard else {
+        unreachable!("a SQLite store")
+    };
     for sql in GC_DELETES {
         let mut st = c.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
         let detail = |r: &rusqlite::Row<'_>| r.get::<_, String>(3);
         let plan: Vec<String> = if sql.contains("?1") {
-            st.query_map(params!["2026-01-01T00:00:00.000Z"], detail)?
+            st.query_map(["2026-01-01T00:00:00.000Z"], detail)?
                 .collect::<Result<_, _>>()?
         } else {
             st.query_map([], detail)?.collect::<Result<_, _>>()?
@@ -401,8 +402,10 @@ fn lease_writes_leave_the_connection_synchronous_full() -> Result<(), StoreError
     let dir = tempfile::tempdir().map_err(|_| StoreError::Poisoned)?;
     let s = Store::open(&dir.path().join("state.db"))?;
     let sync = |s: &Store| -> Result<i64, StoreError> {
-        Ok(s.c()?
-            .pragma_query_value(None, "synchronous", |r| r.get(0))?)
+        match &*s.c()? {
+            super::Conn::Lite(c) => Ok(c.pragma_query_value(None, "synchronous", |r| r.get(0))?),
+            super::Conn::Pg(_) => unreachable!("a SQLite store"),
+        }
     };
     assert_eq!(sync(&s)?, 2, "FULL");
     let want = super::LeaseWant {

@@ -1,0 +1,516 @@
+//! The PostgreSQL backend: one connection, owned by a thread of its own (the synchronous
+//! client runs its own small runtime, which must not run on the host's), reconnected when it
+//! breaks, never in the middle of a transaction.
+//!
+//! Each host holds a session advisory lock on its identity for as long as it is connected, so
+//! two `keel run` with the same identity cannot share a database (the second is refused, as
+//! a second host on one SQLite file is). [`Begin::Exclusive`](super::sql::Begin) transactions
+//! take the store's write lock, a transaction-scoped advisory lock: budget leases, decisions
+//! with the guards' counts and step starts are serialized across the fleet, so no update is
+//! lost and no guard is counted twice.
+
+use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use postgres::types::{IsNull, ToSql, Type};
+use postgres::{Client, Statement};
+
+use super::sql::{Cell, Row, Val};
+use super::StoreError;
+
+/// The advisory lock key of [`Begin::Exclusive`](super::sql::Begin) transactions.
+const WRITE_LOCK: i64 = 0x6b65_656c_0001;
+/// The advisory lock key held while migrating.
+const MIGRATE_LOCK: i64 = 0x6b65_656c_0002;
+
+/// How to reach the database.
+#[derive(Clone)]
+pub struct Settings {
+    /// The connection settings (host, port, user, database, password, timeouts).
+    pub config: postgres::Config,
+    /// TLS (certificates verified against these roots), or none on loopback.
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    /// This host's identity: the key of its session lock and of its host-local rows.
+    pub host: String,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the password.
+        f.debug_struct("Settings")
+            .field("hosts", &self.config.get_hosts())
+            .field("dbname", &self.config.get_dbname())
+            .field("user", &self.config.get_user())
+            .field("tls", &self.tls.is_some())
+            .field("host", &self.host)
+            .finish()
+    }
+}
+
+/// A parameter, owned, to cross to the connection's thread.
+#[derive(Debug, Clone)]
+enum Owned {
+    Text(String),
+    Int(i64),
+    Null,
+}
+
+impl From<&Val<'_>> for Owned {
+    fn from(v: &Val<'_>) -> Self {
+        match *v {
+            Val::Text(s) => Owned::Text(s.to_string()),
+            Val::Int(i) => Owned::Int(i),
+            Val::Null => Owned::Null,
+        }
+    }
+}
+
+type BoxError = Box<dyn StdError + Sync + Send>;
+
+impl ToSql for Owned {
+    fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, BoxError> {
+        match self {
+            Owned::Null => Ok(IsNull::Yes),
+            Owned::Text(s) => s.as_str().to_sql(ty, out),
+            Owned::Int(i) => match *ty {
+                Type::INT8 => i.to_sql(ty, out),
+                Type::INT4 => i32::try_from(*i)?.to_sql(ty, out),
+                Type::INT2 => i16::try_from(*i)?.to_sql(ty, out),
+                Type::BOOL => (*i != 0).to_sql(ty, out),
+                _ => i.to_string().as_str().to_sql(ty, out),
+            },
+        }
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        matches!(
+            *ty,
+            Type::INT8
+                | Type::INT4
+                | Type::INT2
+                | Type::BOOL
+                | Type::TEXT
+                | Type::VARCHAR
+                | Type::BPCHAR
+                | Type::NAME
+                | Type::UNKNOWN
+        )
+    }
+
+    postgres::types::to_sql_checked!();
+}
+
+/// The SQL both backends share, in PostgreSQL's spelling: `?N` parameters become `$N`, and
+/// `INSERT OR IGNORE` becomes `INSERT … ON CONFLICT DO NOTHING`.
+pub fn dialect(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 24);
+    let mut chars = sql.chars().peekable();
+    let mut quoted = false;
+    while let Some(c) = chars.next() {
+        if c == '\'' {
+            quoted = !quoted;
+        }
+        if c == '?' && !quoted && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('$');
+        } else {
+            out.push(c);
+        }
+    }
+    if let Some(at) = out.find("INSERT OR IGNORE INTO") {
+        out.replace_range(at..at + "INSERT OR IGNORE INTO".len(), "INSERT INTO");
+        out.push_str(" ON CONFLICT DO NOTHING");
+    }
+    out
+}
+
+enum Req {
+    Exec(String, Vec<Owned>),
+    Rows(String, Vec<Owned>),
+    Begin(bool),
+    Commit,
+    Rollback,
+    Migrate(&'static [&'static str]),
+}
+
+enum Reply {
+    Count(u64),
+    Rows(Vec<Row>),
+    Done,
+}
+
+type Answer = Result<Reply, StoreError>;
+
+/// The connection: requests go to its thread, one at a time.
+pub struct Pg {
+    to: mpsc::Sender<(Req, mpsc::SyncSender<Answer>)>,
+    in_tx: AtomicBool,
+    up: std::sync::Arc<AtomicBool>,
+}
+
+impl Pg {
+    /// Starts the connection's thread and connects (taking the host's session lock). Fails
+    /// when the database cannot be reached or another `keel run` with this identity holds it.
+    pub fn connect(settings: Settings) -> Result<Pg, StoreError> {
+        let (to, from) = mpsc::channel::<(Req, mpsc::SyncSender<Answer>)>();
+        let up = std::sync::Arc::new(AtomicBool::new(false));
+        let mut w = Worker {
+            settings,
+            client: None,
+            stmts: HashMap::new(),
+            in_tx: false,
+            up: up.clone(),
+        };
+        // The first connection is made on the thread too: the client must never block a
+        // thread that drives the host's runtime.
+        let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        std::thread::Builder::new()
+            .name("keel-postgres".into())
+            .spawn(move || {
+                let first = w.ensure().map(drop);
+                let ok = first.is_ok();
+                let _ = ready_tx.send(first);
+                if !ok {
+                    return;
+                }
+                w.up.store(true, Ordering::Relaxed);
+                for (req, reply) in from {
+                    let _ = reply.send(w.serve(req));
+                }
+            })
+            .map_err(|e| StoreError::Unavailable(format!("cannot start its thread: {e}")))?;
+        ready_rx
+            .recv()
+            .map_err(|_| StoreError::Unavailable("its thread stopped".into()))??;
+        Ok(Pg {
+            to,
+            in_tx: AtomicBool::new(false),
+            up,
+        })
+    }
+
+    fn ask(&self, req: Req) -> Answer {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.to
+            .send((req, tx))
+            .map_err(|_| StoreError::Unavailable("its thread stopped".into()))?;
+        rx.recv()
+            .map_err(|_| StoreError::Unavailable("its thread stopped".into()))?
+    }
+
+    /// See [`Conn::exec`](super::sql::Conn::exec).
+    pub fn exec(&self, sql: &str, p: &[Val<'_>]) -> Result<usize, StoreError> {
+        match self.ask(Req::Exec(dialect(sql), p.iter().map(Owned::from).collect()))? {
+            Reply::Count(n) => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
+            _ => Ok(0),
+        }
+    }
+
+    /// See [`Conn::rows`](super::sql::Conn::rows).
+    pub fn rows(&self, sql: &str, p: &[Val<'_>]) -> Result<Vec<Row>, StoreError> {
+        match self.ask(Req::Rows(dialect(sql), p.iter().map(Owned::from).collect()))? {
+            Reply::Rows(r) => Ok(r),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// Begins a transaction; `exclusive`: with the store's write lock.
+    pub fn begin(&self, exclusive: bool) -> Result<(), StoreError> {
+        self.ask(Req::Begin(exclusive))?;
+        self.in_tx.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Commits.
+    pub fn commit(&self) -> Result<(), StoreError> {
+        self.in_tx.store(false, Ordering::Relaxed);
+        self.ask(Req::Commit).map(drop)
+    }
+
+    /// Rolls back.
+    pub fn rollback(&self) {
+        self.in_tx.store(false, Ordering::Relaxed);
+        let _ = self.ask(Req::Rollback);
+    }
+
+    /// Whether a transaction is open.
+    pub fn in_tx(&self) -> bool {
+        self.in_tx.load(Ordering::Relaxed)
+    }
+
+    /// Whether the last request reached the database.
+    pub fn up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// Runs the migrations not yet run, each in its transaction, under the migration lock (two
+    /// hosts starting together migrate once). Returns the schema version.
+    pub fn migrate(&self, migrations: &'static [&'static str]) -> Result<i64, StoreError> {
+        self.ask(Req::Migrate(migrations))?;
+        let v = self
+            .rows("SELECT version FROM keel_schema", &[])?
+            .first()
+            .map(|r| r.get::<i64>(0))
+            .transpose()?
+            .unwrap_or(0);
+        Ok(v)
+    }
+}
+
+struct Worker {
+    settings: Settings,
+    client: Option<Client>,
+    stmts: HashMap<String, Statement>,
+    in_tx: bool,
+    up: std::sync::Arc<AtomicBool>,
+}
+
+fn fail(e: &postgres::Error) -> StoreError {
+    // The server's message (a constraint, a type) with its code; a dropped connection as
+    // unavailable. Either comes from the database, never from an event: plain text is safe.
+    match e.as_db_error() {
+        Some(db) => StoreError::Pg(format!("{} ({})", db.message(), db.code().code())),
+        None if e.is_closed() => StoreError::Unavailable(e.to_string()),
+        None => StoreError::Unavailable(match e.source() {
+            Some(s) => format!("{e}: {s}"),
+            None => e.to_string(),
+        }),
+    }
+}
+
+impl Worker {
+    /// A live connection: the one there is, or a new one when none is and no transaction
+    /// was open on the one that broke.
+    fn ensure(&mut self) -> Result<&mut Client, StoreError> {
+        if self.client.as_ref().is_some_and(Client::is_closed) {
+            self.client = None;
+            self.stmts.clear();
+        }
+        if self.client.is_none() {
+            if self.in_tx {
+                return Err(StoreError::Unavailable(
+                    "the connection broke inside a transaction (rolled back)".into(),
+                ));
+            }
+            let c = self.open()?;
+            self.client = Some(c);
+        }
+        self.client
+            .as_mut()
+            .ok_or_else(|| StoreError::Unavailable("not connected".into()))
+    }
+
+    fn open(&self) -> Result<Client, StoreError> {
+        let s = &self.settings;
+        let mut c = match &s.tls {
+            Some(tls) => s
+                .config
+                .connect(tokio_postgres_rustls::MakeRustlsConnect::new(
+                    (**tls).clone(),
+                )),
+            None => s.config.connect(postgres::NoTls),
+        }
+        .map_err(|e| fail(&e))?;
+        let key = format!("keel-host:{}", s.host);
+        let got: bool = c
+            .query_one(
+                "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                &[&key],
+            )
+            .map_err(|e| fail(&e))?
+            .try_get(0)
+            .map_err(|e| fail(&e))?;
+        if !got {
+            return Err(StoreError::HostTaken(s.host.clone()));
+        }
+        Ok(c)
+    }
+
+    fn serve(&mut self, req: Req) -> Answer {
+        let r = self.run(req);
+        let lost = matches!(r, Err(StoreError::Unavailable(_)));
+        self.up.store(!lost, Ordering::Relaxed);
+        r
+    }
+
+    fn run(&mut self, req: Req) -> Answer {
+        match req {
+            Req::Begin(exclusive) => {
+                self.ensure()?;
+                self.simple("BEGIN")?;
+                self.in_tx = true;
+                if exclusive {
+                    let c = self.ensure()?;
+                    c.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+                        .map_err(|e| fail(&e))?;
+                }
+                Ok(Reply::Done)
+            }
+            Req::Commit => {
+                let r = self.simple("COMMIT");
+                self.in_tx = false;
+                r.map(|()| Reply::Done)
+            }
+            Req::Rollback => {
+                let r = self.simple("ROLLBACK");
+                self.in_tx = false;
+                r.map(|()| Reply::Done)
+            }
+            Req::Exec(sql, p) => {
+                let st = self.prepared(&sql)?;
+                let c = self.ensure()?;
+                let refs: Vec<&(dyn ToSql + Sync)> =
+                    p.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+                c.execute(&st, &refs)
+                    .map(Reply::Count)
+                    .map_err(|e| fail(&e))
+            }
+            Req::Rows(sql, p) => {
+                let st = self.prepared(&sql)?;
+                let c = self.ensure()?;
+                let refs: Vec<&(dyn ToSql + Sync)> =
+                    p.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+                let rows = c.query(&st, &refs).map_err(|e| fail(&e))?;
+                rows.iter()
+                    .map(cells)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(Reply::Rows)
+            }
+            Req::Migrate(migrations) => self.migrate(migrations).map(|()| Reply::Done),
+        }
+    }
+
+    fn simple(&mut self, sql: &str) -> Result<(), StoreError> {
+        // A COMMIT or ROLLBACK on a connection that broke: the server rolled back already.
+        if sql != "BEGIN" && self.client.as_ref().is_none_or(Client::is_closed) {
+            return Err(StoreError::Unavailable(
+                "the connection broke inside a transaction (rolled back)".into(),
+            ));
+        }
+        self.ensure()?.batch_execute(sql).map_err(|e| fail(&e))
+    }
+
+    fn prepared(&mut self, sql: &str) -> Result<Statement, StoreError> {
+        self.ensure()?;
+        if let Some(st) = self.stmts.get(sql) {
+            return Ok(st.clone());
+        }
+        let c = self.ensure()?;
+        let st = c.prepare(sql).map_err(|e| fail(&e))?;
+        self.stmts.insert(sql.to_string(), st.clone());
+        Ok(st)
+    }
+
+    fn migrate(&mut self, migrations: &[&str]) -> Result<(), StoreError> {
+        let c = self.ensure()?;
+        let db = |e: postgres::Error| fail(&e);
+        c.execute("SELECT pg_advisory_lock($1)", &[&MIGRATE_LOCK])
+            .map_err(db)?;
+        let r = (|| {
+            c.batch_execute(
+                "CREATE TABLE IF NOT EXISTS keel_schema (version BIGINT NOT NULL);
+                 INSERT INTO keel_schema (version)
+                   SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM keel_schema);",
+            )
+            .map_err(db)?;
+            let version: i64 = c
+                .query_one("SELECT version FROM keel_schema", &[])
+                .map_err(db)?
+                .try_get(0)
+                .map_err(db)?;
+            let known = i64::try_from(migrations.len()).unwrap_or(i64::MAX);
+            if version > known {
+                return Err(StoreError::NewerSchema {
+                    found: version,
+                    supported: known,
+                });
+            }
+            for (i, m) in migrations
+                .iter()
+                .enumerate()
+                .skip(usize::try_from(version).unwrap_or(0))
+            {
+                let mut tx = c.transaction().map_err(db)?;
+                tx.batch_execute(m).map_err(db)?;
+                let v = i64::try_from(i + 1).unwrap_or(i64::MAX);
+                tx.execute("UPDATE keel_schema SET version = $1", &[&v])
+                    .map_err(db)?;
+                tx.commit().map_err(db)?;
+            }
+            Ok(())
+        })();
+        let unlock = c
+            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATE_LOCK])
+            .map_err(db);
+        r?;
+        unlock.map(drop)
+    }
+}
+
+/// A PostgreSQL row as [`Cell`]s.
+fn cells(r: &postgres::Row) -> Result<Row, StoreError> {
+    let bad = |e: postgres::Error| StoreError::Shape(e.to_string());
+    r.columns()
+        .iter()
+        .enumerate()
+        .map(|(i, col)| {
+            Ok(match *col.type_() {
+                Type::INT8 => r.try_get::<_, Option<i64>>(i).map_err(bad)?.map(Cell::Int),
+                Type::INT4 => r
+                    .try_get::<_, Option<i32>>(i)
+                    .map_err(bad)?
+                    .map(|v| Cell::Int(v.into())),
+                Type::INT2 => r
+                    .try_get::<_, Option<i16>>(i)
+                    .map_err(bad)?
+                    .map(|v| Cell::Int(v.into())),
+                Type::BOOL => r
+                    .try_get::<_, Option<bool>>(i)
+                    .map_err(bad)?
+                    .map(|v| Cell::Int(v.into())),
+                Type::VOID => None,
+                _ => r
+                    .try_get::<_, Option<String>>(i)
+                    .map_err(bad)?
+                    .map(Cell::Text),
+            }
+            .unwrap_or(Cell::Null))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Row)
+}
+
+/// The default timeouts of a fleet's connection: a dead server or network is noticed within
+/// seconds, and no statement (a lock wait included) hangs a host forever.
+pub fn harden(config: &mut postgres::Config) {
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(5));
+    }
+    config
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10))
+        .tcp_user_timeout(Duration::from_secs(20))
+        .application_name("keel")
+        .options("-c statement_timeout=30000 -c lock_timeout=30000 -c idle_in_transaction_session_timeout=60000");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dialect;
+
+    #[test]
+    fn the_dialect_numbers_parameters_and_spells_insert_or_ignore() {
+        assert_eq!(
+            dialect("SELECT 1 FROM t WHERE a = ?1 AND b = '?2' AND c = ?12"),
+            "SELECT 1 FROM t WHERE a = $1 AND b = '?2' AND c = $12"
+        );
+        assert_eq!(
+            dialect("INSERT OR IGNORE INTO t (a) VALUES (?1)"),
+            "INSERT INTO t (a) VALUES ($1) ON CONFLICT DO NOTHING"
+        );
+        assert_eq!(dialect("SELECT ? + 1"), "SELECT ? + 1");
+    }
+}

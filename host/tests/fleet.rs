@@ -330,3 +330,263 @@ async fn the_2021_10_13_storm_split_across_three_hosts_pages_once_and_retries_a_
         k.kill();
     }
 }
+
+/// One host of a drain fleet: its own Scheduled Events stub announcing a Preempt of `vms`
+/// (no `self`: the standard policies drain every VM named), the fleet's database under
+/// `postgres.identity`, the budget `budget`, and a drain runbook `steps`.
+async fn drain_host(
+    dir: &Path,
+    name: &str,
+    url: &str,
+    pw: &Path,
+    vms: &[String],
+    budget: &str,
+    steps: &str,
+) -> std::path::PathBuf {
+    let se = std::sync::Arc::new(std::sync::Mutex::new(common::Se {
+        incarnation: 1,
+        events: vec![json!({
+            // One event per host, its id derived from the host's name.
+            "EventId": format!("5D1B0C2A-0000-4000-8000-{:012X}", name.bytes().map(u64::from).product::<u64>() % (1 << 48)),
+            "EventStatus": "Scheduled", "EventType": "Preempt",
+            "ResourceType": "VirtualMachine", "Resources": vms,
+            "NotBefore": common::not_before_in_15_minutes(),
+            "Description": "The VM is being preempted.", "EventSource": "Platform",
+            "DurationInSeconds": -1,
+        })],
+        ..common::Se::default()
+    }));
+    let se_url = common::se_stub(se).await;
+    let cfg = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"policies: {policies}
+state: {url}
+postgres:
+  password_file: {pw}
+  identity: {name}
+plugin_cache: {cache}
+listen: 127.0.0.1:0
+sources:
+  azure_scheduled_events:
+    url: {se_url}
+    interval: 200ms
+    timeout: 2s
+    first_timeout: 5s
+limits:
+  concurrent_drains: 8
+{budget}runbooks:
+  drain:
+{steps}"#,
+            policies = root().join("policies/standard").display(),
+            pw = pw.display(),
+            cache = dir.join(format!("cache-{name}")).display(),
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// RFC 3339 UTC with milliseconds, as the store writes it (compared as text).
+type Stamp = String;
+
+/// The most units of budget `budget` ever in flight at once, from the lease rows: each lease
+/// occupies its unit from `acquired_at` until `released_at` (no bake here), or `expires_at`
+/// when it was never released.
+fn most_in_flight(pg: &PgServer, db: &str, budget: &str) -> (usize, usize) {
+    let rows = pg.texts(
+        db,
+        &format!(
+            "SELECT unit, acquired_at, COALESCE(released_at, expires_at), holder FROM leases
+             WHERE budget = '{budget}'"
+        ),
+    );
+    let leases: Vec<(String, Stamp, Stamp)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r[0].clone().unwrap(),
+                r[1].clone().unwrap(),
+                r[2].clone().unwrap(),
+            )
+        })
+        .collect();
+    let holders: std::collections::HashSet<String> = rows
+        .iter()
+        .map(|r| r[3].clone().unwrap().split('#').next().unwrap().to_string())
+        .collect();
+    let mut most = 0;
+    for (_, t, _) in &leases {
+        let units: std::collections::HashSet<&str> = leases
+            .iter()
+            .filter(|(_, a, e)| a <= t && t < e)
+            .map(|(u, _, _)| u.as_str())
+            .collect();
+        most = most.max(units.len());
+    }
+    (most, holders.len())
+}
+
+/// Issue 14: three hosts × 50 preempted VMs across 5 update domains (`h<host>-ud<n>-vm<i>`),
+/// one fleet budget of 2 update domains at a time. Every VM is drained exactly once, and the
+/// database's own lease rows show at most 2 update domains in flight at any moment, taken by
+/// all three hosts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hosts_draining_150_vms_never_exceed_the_fleet_budget() {
+    let pg = PgServer::start();
+    let url = pg.create_db("budget");
+    let dir = tempfile::tempdir().unwrap();
+    let pw = pg.password_file(dir.path());
+    let log = dir.path().join("drains.log");
+    let budget = r#"budgets:
+  - name: ud
+    key: '"fleet"'
+    per: event.resource.name.split("-")[1]
+    max_in_flight: 2
+    lease_ttl: 10s
+"#;
+    let steps = format!(
+        "    - name: work\n      exec: [/bin/sh, -c, 'echo \"$KEEL_RESOURCE_NAME\" >> \"$0\"; sleep 0.2', {}]\n      timeout: 30s\n",
+        log.display()
+    );
+    let mut hosts = Vec::new();
+    for h in 0..3 {
+        let vms: Vec<String> = (0..50).map(|i| format!("h{h}-ud{}-vm{i}", i % 5)).collect();
+        let cfg = drain_host(
+            dir.path(),
+            &format!("host-{h}"),
+            &url,
+            &pw,
+            &vms,
+            budget,
+            &steps,
+        )
+        .await;
+        hosts.push(Keel::start(&cfg, &[], &[]));
+    }
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let drained = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<String> = text.lines().map(str::to_string).collect();
+        if lines.len() >= 150 || Instant::now() > deadline {
+            break lines;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let unique: std::collections::HashSet<&String> = drained.iter().collect();
+    assert_eq!(drained.len(), 150, "{}", hosts[0].dump());
+    assert_eq!(unique.len(), 150, "a VM drained twice");
+    // Each host drained its own VMs.
+    for (h, k) in hosts.iter().enumerate() {
+        let mine = drained
+            .iter()
+            .filter(|v| v.starts_with(&format!("h{h}-")))
+            .count();
+        assert_eq!(mine, 50, "{}", k.dump());
+    }
+    let (most, holders) = most_in_flight(&pg, "budget", "ud");
+    assert!(most <= 2, "{most} update domains in flight at once");
+    assert_eq!(most, 2, "the budget's two slots were used together");
+    assert_eq!(holders, 3, "every host took slots");
+    let leases = pg.count("budget", "SELECT COUNT(*) FROM leases WHERE budget = 'ud'");
+    assert_eq!(leases, 150);
+    for k in &mut hosts {
+        k.kill();
+    }
+}
+
+/// Issue 14: a host killed (SIGKILL) while its drain holds the fleet's one slot: the slot is
+/// free at the lease's TTL, and another host's drain, held by the budget until then, takes
+/// it and runs (not before the dead lease expired).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_hosts_slot_frees_at_its_ttl_and_another_host_takes_the_waiting_drain() {
+    let pg = PgServer::start();
+    let url = pg.create_db("takeover");
+    let dir = tempfile::tempdir().unwrap();
+    let pw = pg.password_file(dir.path());
+    let log = dir.path().join("drains.log");
+    let budget = r#"budgets:
+  - name: one
+    key: '"fleet"'
+    max_in_flight: 1
+    lease_ttl: 3s
+"#;
+    // A drain that never ends on its own (it waits for a file nobody writes).
+    let steps = format!(
+        "    - name: work\n      exec: [/bin/sh, -c, 'echo \"start $KEEL_RESOURCE_NAME\" >> \"$0\"; while [ ! -e \"$0.never\" ]; do sleep 0.1; done', {}]\n      timeout: 600s\n",
+        log.display()
+    );
+    let started = |vm: &str| {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l == format!("start {vm}"))
+    };
+    let a = drain_host(
+        dir.path(),
+        "host-a",
+        &url,
+        &pw,
+        &["vm-a".into()],
+        budget,
+        &steps,
+    )
+    .await;
+    let mut ka = Keel::start(&a, &[], &[]);
+    ka.wait_until("host-a's drain started", Duration::from_secs(60), || {
+        started("vm-a")
+    })
+    .await;
+    let b = drain_host(
+        dir.path(),
+        "host-b",
+        &url,
+        &pw,
+        &["vm-b".into()],
+        budget,
+        &steps,
+    )
+    .await;
+    let mut kb = Keel::start(&b, &[], &[]);
+    kb.wait_line(
+        "host-b's drain held by the budget",
+        Duration::from_secs(60),
+        |l| l["held"]["by"] == "budget",
+    )
+    .await;
+    assert!(!started("vm-b"));
+    ka.kill();
+    let killed = chrono::Utc::now();
+    kb.wait_until("host-b's drain started", Duration::from_secs(60), || {
+        started("vm-b")
+    })
+    .await;
+    let rows = pg.texts(
+        "takeover",
+        "SELECT holder, acquired_at, expires_at FROM leases WHERE budget = 'one' ORDER BY acquired_at",
+    );
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let (dead, taken) = (&rows[0], &rows[1]);
+    assert!(
+        dead[0].as_deref().unwrap().starts_with("host-a#"),
+        "{rows:?}"
+    );
+    assert!(
+        taken[0].as_deref().unwrap().starts_with("host-b#"),
+        "{rows:?}"
+    );
+    // host-b took the slot only once host-a's lease had expired, within a few seconds of it.
+    assert!(
+        taken[1] >= dead[2],
+        "taken at {:?} before the dead lease expired at {:?}",
+        taken[1],
+        dead[2]
+    );
+    let expired = chrono::DateTime::parse_from_rfc3339(dead[2].as_deref().unwrap()).unwrap();
+    assert!(
+        expired <= killed + chrono::Duration::seconds(4),
+        "the dead lease outlived its TTL"
+    );
+    kb.kill();
+}

@@ -22,6 +22,9 @@ pub struct Postgres {
     /// TLS with the server's certificate and host name verified; `None` only on loopback with
     /// `sslmode=disable` (or no `sslmode`).
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// This host's identity in the fleet (`postgres.identity`); else `self`, else the host
+    /// name.
+    pub identity: Option<String>,
 }
 
 impl std::fmt::Debug for Postgres {
@@ -35,8 +38,8 @@ impl std::fmt::Debug for Postgres {
 }
 
 impl Postgres {
-    /// The store's connection settings for the host `cfg` describes: its identity is `self`
-    /// (the VM's name) or else the machine's host name.
+    /// The store's connection settings for the host `cfg` describes: its identity is
+    /// `postgres.identity`, else `self` (the VM's name), else the machine's host name.
     pub fn settings(&self, cfg: &super::Config) -> crate::run::store::pg::Settings {
         let mut config = self.config.clone();
         if let Some(p) = &self.password {
@@ -46,7 +49,7 @@ impl Postgres {
         crate::run::store::pg::Settings {
             config,
             tls: self.tls.clone(),
-            host: host_identity(cfg.self_name.as_deref()),
+            host: host_identity(self.identity.as_deref().or(cfg.self_name.as_deref())),
         }
     }
 }
@@ -131,8 +134,26 @@ fn parse_postgres(
     v.keys(
         "/postgres",
         section,
-        &["password_file", "password_env", "ca_file"],
+        &["password_file", "password_env", "ca_file", "identity"],
     );
+    let identity = match section.get("identity") {
+        None => None,
+        Some(Value::String(s))
+            if !s.is_empty()
+                && s.len() <= 128
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) =>
+        {
+            Some(s.clone())
+        }
+        Some(_) => {
+            v.err(
+                "/postgres/identity",
+                "expected this host's name in the fleet: 1 to 128 letters, digits, `-`, `_` or `.`",
+            );
+            None
+        }
+    };
     let mut errs: Vec<(&str, String)> = Vec::new();
     let url = match url::Url::parse(raw) {
         Ok(u) => u,
@@ -235,6 +256,7 @@ fn parse_postgres(
         config,
         password,
         tls,
+        identity,
     })
 }
 

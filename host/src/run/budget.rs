@@ -90,27 +90,24 @@ impl Host {
                 max_in_flight: i64::from(b.max_in_flight.of(b.group_size.unwrap_or(1))),
             })
             .collect();
-        let now = Utc::now();
         let ttl = keyed
             .iter()
             .map(|(b, _, _)| b.lease_ttl_s)
             .max()
             .unwrap_or(60);
-        let expires = now + chrono::Duration::seconds(ttl);
-        let res = self.store.acquire_leases(
-            decision_id,
-            &wants,
-            &self.holder,
-            &rfc(now),
-            &rfc(expires),
-            |w, view| {
-                let b = keyed.iter().find(|(b, _, _)| b.name == w.budget);
-                match b {
-                    Some((b, k, u)) if !force => admit(b, k, u, view),
-                    _ => Ok(()),
-                }
-            },
-        );
+        let stamps = || {
+            let now = Utc::now();
+            (rfc(now), rfc(now + chrono::Duration::seconds(ttl)))
+        };
+        let res =
+            self.store
+                .acquire_leases(decision_id, &wants, &self.holder, stamps, |w, view| {
+                    let b = keyed.iter().find(|(b, _, _)| b.name == w.budget);
+                    match b {
+                        Some((b, k, u)) if !force => admit(b, k, u, view),
+                        _ => Ok(()),
+                    }
+                });
         match res {
             Ok(Ok(())) => {
                 self.leased(decision_id, true);

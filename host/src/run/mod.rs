@@ -278,7 +278,11 @@ impl Host {
         let history = rebuild_history(&store)?;
         let http = http_client()?;
         let identity = identity::TokenClient::new(http.clone(), cfg.azure_identity.clone());
-        let cfg_self = cfg.self_name.clone();
+        // A fleet's hosts hold leases under their identity there; one host under `self`.
+        let holder_name = store
+            .fleet_identity()
+            .map(str::to_string)
+            .or_else(|| cfg.self_name.clone());
         let host = Arc::new(Host {
             drain_slots: Arc::new(tokio::sync::Semaphore::new(cfg.limits.concurrent_drains)),
             runbook_slots: Arc::new(tokio::sync::Semaphore::new(cfg.limits.concurrent_runbooks)),
@@ -290,7 +294,7 @@ impl Host {
             http,
             metrics: Metrics::default(),
             health: Health::default(),
-            holder: budget::new_holder(cfg_self.as_deref()),
+            holder: budget::new_holder(holder_name.as_deref()),
             leases: Mutex::new((std::collections::BTreeSet::new(), None)),
             history: Mutex::new(history),
             fleet_seq: std::sync::atomic::AtomicI64::new(fleet_seq),

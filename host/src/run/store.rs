@@ -572,6 +572,11 @@ impl Store {
         !self.host.is_empty()
     }
 
+    /// This host's identity in a fleet's database (`None` on SQLite).
+    pub fn fleet_identity(&self) -> Option<&str> {
+        self.is_fleet().then_some(self.host.as_str())
+    }
+
     /// Whether the database answered the last request (always, for SQLite): `/readyz` is
     /// red while a fleet's database is unreachable.
     pub fn reachable(&self) -> bool {

@@ -62,6 +62,17 @@ pub struct Se {
 
 pub type SeState = Arc<Mutex<Se>>;
 
+/// Serves `se` as an Azure Scheduled Events endpoint; its URL (with the path and version).
+pub async fn se_stub(se: SeState) -> String {
+    let base = serve(
+        Router::new()
+            .route("/metadata/scheduledevents", get(se_get).post(se_post))
+            .with_state(se),
+    )
+    .await;
+    format!("{base}/metadata/scheduledevents?api-version=2020-07-01")
+}
+
 async fn se_get(State(st): State<SeState>, h: HeaderMap) -> (StatusCode, Json<Value>) {
     if h.get("Metadata").and_then(|v| v.to_str().ok()) != Some("true") {
         return (StatusCode::BAD_REQUEST, Json(json!({"error": "no header"})));

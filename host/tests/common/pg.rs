@@ -199,6 +199,22 @@ impl PgServer {
         .unwrap()
     }
 
+    /// Every row of `sql`, each column read as text (NULL as `None`).
+    pub fn texts(&self, db: &str, sql: &str) -> Vec<Vec<Option<String>>> {
+        self.with_client(db, |c| {
+            c.query(sql, &[])
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    (0..r.len())
+                        .map(|i| r.get::<_, Option<String>>(i))
+                        .collect()
+                })
+                .collect()
+        })
+        .unwrap()
+    }
+
     /// The one integer `sql` returns.
     pub fn count(&self, db: &str, sql: &str) -> i64 {
         self.rows(db, sql)[0].1

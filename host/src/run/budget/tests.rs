@@ -78,8 +78,7 @@ fn take(
         decision,
         &[want],
         holder,
-        &r(now),
-        &r(now + b.lease_ttl_s),
+        || (r(now), r(now + b.lease_ttl_s)),
         |w, v| admit(b, w.key, w.unit, v),
     )
     .unwrap()

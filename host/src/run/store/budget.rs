@@ -159,18 +159,21 @@ impl Store {
     /// `admit` sees each key's live leases and members and says yes (`Ok`) or why not
     /// (`Err(reason)`); on the first no, nothing is written and the reason is returned. A
     /// slot this decision already holds (e.g. taken by a host that died before its first
-    /// step) is taken over by `holder` and renewed. A lease expires at `expires` unless
-    /// renewed.
+    /// step) is taken over by `holder` and renewed. `stamps` gives the time and the lease's
+    /// expiry (RFC 3339, UTC); it is read once the transaction holds the write lock, so that
+    /// a lease's `acquired_at` is never earlier than the release it waited for (on another
+    /// host, or another connection).
     pub fn acquire_leases(
         &self,
         decision_id: &str,
         wants: &[LeaseWant<'_>],
         holder: &str,
-        now: &str,
-        expires: &str,
+        stamps: impl FnOnce() -> (String, String),
         mut admit: impl FnMut(&LeaseWant<'_>, &KeyView) -> Result<(), String>,
     ) -> Result<Result<(), Denied>, StoreError> {
         lease_tx(&*self.c()?, |tx| {
+            let (now, expires) = stamps();
+            let (now, expires) = (now.as_str(), expires.as_str());
             for w in wants {
                 let (rows, v) = view(tx, w.budget, w.key, now)?;
                 let mine = rows

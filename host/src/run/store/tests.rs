@@ -417,13 +417,23 @@ fn lease_writes_leave_the_connection_synchronous_full() -> Result<(), StoreError
     };
     let now = "2026-01-01T00:00:00.000Z";
     let later = "2026-01-01T00:01:00.000Z";
-    s.acquire_leases("d", std::slice::from_ref(&want), "h", now, later, |_, _| {
-        Ok(())
-    })?
+    s.acquire_leases(
+        "d",
+        std::slice::from_ref(&want),
+        "h",
+        || (now.into(), later.into()),
+        |_, _| Ok(()),
+    )?
     .map_err(|_| StoreError::Poisoned)?;
     assert_eq!(sync(&s)?, 2, "FULL again after a lease is taken");
     // Refused: nothing written, and FULL again too.
-    let refused = s.acquire_leases("e", &[want], "h", now, later, |_, _| Err("full".into()))?;
+    let refused = s.acquire_leases(
+        "e",
+        &[want],
+        "h",
+        || (now.into(), later.into()),
+        |_, _| Err("full".into()),
+    )?;
     assert!(refused.is_err());
     assert_eq!(sync(&s)?, 2);
     s.renew_leases("h", &["d".into()], now, later)?;

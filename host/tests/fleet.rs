@@ -590,3 +590,138 @@ async fn a_killed_hosts_slot_frees_at_its_ttl_and_another_host_takes_the_waiting
     );
     kb.kill();
 }
+
+/// Issue 14: the database restarted in the middle of a run (stopped at once, as a crash
+/// would, and started again seconds later) while two hosts take ingest bodies whose runbook
+/// has an effect: `/readyz` is red while it is away, bodies refused meanwhile are accepted
+/// once it is back, and in the end every body has exactly one decision and its effect ran
+/// exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restart_mid_run_loses_no_decision_and_runs_no_effect_twice() {
+    let mut pg = PgServer::start();
+    let url = pg.create_db("restart");
+    let (_hook, hook_url) = common::webhook().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pw = pg.password_file(dir.path());
+    let effects = dir.path().join("effects.log");
+    // No guards: every failed create is retried (one effect each).
+    let extra = format!(
+        r#"  retry_without_agent:
+    - name: resubmit
+      exec: [/bin/sh, -c, 'echo "$KEEL_IDEMPOTENCY_KEY" >> "$0"', {}]
+      timeout: 10s
+guards:
+  retry_budget: {{ enabled: false }}
+  storm: {{ enabled: false }}
+  flap: {{ enabled: false }}
+"#,
+        effects.display()
+    );
+    let env = [("KEEL_TEST_INGEST_TOKEN", TOKEN)];
+    let mut hosts: Vec<Keel> = fleet_configs(dir.path(), &url, &pw, &hook_url, &extra)
+        .iter()
+        .take(2)
+        .map(|c| Keel::start(c, &[], &env))
+        .collect();
+    let mut bases = Vec::new();
+    for k in &mut hosts {
+        k.wait_listen(Duration::from_secs(60)).await;
+        bases.push(k.base());
+    }
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    const N: usize = 60;
+    // A body is posted until it is accepted (202), as a deployment tool would.
+    let accept = |i: usize| {
+        let (client, base) = (client.clone(), bases[i % 2].clone());
+        let b = body(&format!("app-win-{i}"), "windows", i * 50);
+        async move {
+            for _ in 0..600 {
+                let r = client
+                    .post(format!("{base}/ingest"))
+                    .bearer_auth(TOKEN)
+                    .header("content-type", "application/json")
+                    .body(b.clone())
+                    .timeout(Duration::from_secs(30))
+                    .send()
+                    .await;
+                if r.is_ok_and(|r| r.status().as_u16() == 202) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("body {i} never accepted");
+        }
+    };
+    for i in 0..N / 3 {
+        accept(i).await;
+    }
+    pg.stop();
+    // While it is away: the hosts say so on /readyz, and new bodies are not accepted.
+    let mut red = false;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !red && Instant::now() < deadline {
+        let _ = client
+            .post(format!("{}/ingest", bases[0]))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .body(body("probe", "linux", 0))
+            .send()
+            .await;
+        let r = client
+            .get(format!("{}/readyz", bases[0]))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let report: Value = r.json().await.unwrap();
+        red = status == 503 && report["state"]["reachable"] == false;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(red, "/readyz stayed green with the database away");
+    let during: Vec<_> = (N / 3..2 * N / 3)
+        .map(|i| tokio::spawn(accept(i)))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pg.start_server();
+    for t in during {
+        t.await.unwrap();
+    }
+    for i in 2 * N / 3..N {
+        accept(i).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let keys = loop {
+        let text = std::fs::read_to_string(&effects).unwrap_or_default();
+        let keys: Vec<String> = text.lines().map(str::to_string).collect();
+        if keys.len() >= N || Instant::now() > deadline {
+            break keys;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let keys_now = std::fs::read_to_string(&effects).unwrap_or_default();
+    let unique: std::collections::HashSet<&str> = keys_now.lines().collect();
+    assert_eq!(keys.len(), N, "{}\n{}", hosts[0].dump(), hosts[1].dump());
+    assert_eq!(
+        unique.len(),
+        keys_now.lines().count(),
+        "an effect ran twice: {keys_now}"
+    );
+    let decided = pg.count(
+        "restart",
+        "SELECT COUNT(*) FROM decisions WHERE event_id LIKE '%app-win-%'",
+    );
+    let events = pg.count(
+        "restart",
+        "SELECT COUNT(DISTINCT event_id) FROM decisions WHERE event_id LIKE '%app-win-%'",
+    );
+    assert_eq!((decided, events), (N as i64, N as i64));
+    let done = pg.count(
+        "restart",
+        "SELECT COUNT(*) FROM decisions WHERE event_id LIKE '%app-win-%' AND runbook = 'done'",
+    );
+    assert_eq!(done, N as i64, "every runbook finished and was recorded");
+    for k in &mut hosts {
+        k.kill();
+    }
+}

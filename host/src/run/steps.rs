@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use keel_engine::{escape, Action, Decision, Event};
 
 use super::http::{azure_ack, post_http, StepError};
-use super::store::StepRecord;
+use super::store::{StepRecord, StoreError};
 use super::{rfc, Host};
 use crate::config::{Step, StepKind};
 use crate::failpoint;
@@ -100,14 +100,18 @@ pub async fn run_runbook(host: Arc<Host>, decision_id: String, ev: Event, d: Dec
                 return;
             }
         }
-        let record = match host.store.begin_step(
-            &key,
-            &decision_id,
-            idx,
-            &step.name,
-            step.idempotent,
-            &rfc(Utc::now()),
-        ) {
+        let record = match until_reachable(&host, &decision_id, || {
+            host.store.begin_step(
+                &key,
+                &decision_id,
+                idx,
+                &step.name,
+                step.idempotent,
+                &rfc(Utc::now()),
+            )
+        })
+        .await
+        {
             Ok(r) => r,
             Err(e) => {
                 host.log_line(&serde_json::json!({"decision_id": decision_id, "step": step.name, "error": e.to_string()}));
@@ -163,9 +167,11 @@ pub async fn run_runbook(host: Arc<Host>, decision_id: String, ev: Event, d: Dec
             .then(|| ev.maintenance.as_ref()?.vendor_id.as_deref())
             .flatten()
             .map(|vid| (vid, decision_id.as_str()));
-        let _ = host
-            .store
-            .finish_step_approving(&key, &outcome, approved, &rfc(Utc::now()));
+        let _ = until_reachable(&host, &decision_id, || {
+            host.store
+                .finish_step_approving(&key, &outcome, approved, &rfc(Utc::now()))
+        })
+        .await;
         host.log_line(&serde_json::json!({
             "decision_id": decision_id, "step": step.name, "index": idx, "attempt": tries,
             "idempotency_key": key, "outcome": outcome,
@@ -188,9 +194,11 @@ pub async fn run_runbook(host: Arc<Host>, decision_id: String, ev: Event, d: Dec
         decision_id: &decision_id,
         body,
     });
-    if let Err(e) =
+    if let Err(e) = until_reachable(&host, &decision_id, || {
         host.store
             .finish_runbook_escalating(&decision_id, state, outbox.as_ref(), &rfc(Utc::now()))
+    })
+    .await
     {
         host.log_line(&serde_json::json!({"decision_id": decision_id, "error": e.to_string()}));
     }
@@ -612,6 +620,39 @@ mod tests {
             .unwrap_or_else(|e| unreachable!("{e}"));
             let got = runbook_deadline(&ev, &d, now);
             assert!(got.is_none_or(|t| t > now), "{s}: {got:?}");
+        }
+    }
+}
+
+/// How long a runbook waits for a fleet's database that cannot be reached before it gives up
+/// on the write (the runbook then stops as on any store error; `keel run` resumes it at its
+/// next start).
+const UNREACHABLE_WAIT: Duration = Duration::from_secs(600);
+
+/// Runs a store write of a runbook; while a fleet's database cannot be reached, waits and
+/// tries again (every 500 ms, up to [`UNREACHABLE_WAIT`]; the first wait is logged), so that
+/// a database restart neither loses a step's record nor runs an effect without one.
+async fn until_reachable<T>(
+    host: &Host,
+    decision_id: &str,
+    mut write: impl FnMut() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let until = tokio::time::Instant::now() + UNREACHABLE_WAIT;
+    let mut logged = false;
+    loop {
+        match write() {
+            Err(StoreError::Unavailable(why)) if tokio::time::Instant::now() < until => {
+                if !logged {
+                    logged = true;
+                    host.log_line(&serde_json::json!({
+                        "time": rfc(Utc::now()), "decision_id": decision_id,
+                        "waiting": "the state database cannot be reached",
+                        "error": escape(&why),
+                    }));
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            r => return r,
         }
     }
 }

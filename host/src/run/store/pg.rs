@@ -339,13 +339,19 @@ impl Worker {
     fn run(&mut self, req: Req) -> Answer {
         match req {
             Req::Begin(exclusive) => {
-                self.ensure()?;
                 self.simple("BEGIN")?;
                 self.in_tx = true;
                 if exclusive {
-                    let c = self.ensure()?;
-                    c.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
-                        .map_err(|e| fail(&e))?;
+                    let locked = self.ensure().and_then(|c| {
+                        c.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
+                            .map_err(|e| fail(&e))
+                    });
+                    if let Err(e) = locked {
+                        // The caller sees no transaction: end it here.
+                        let _ = self.simple("ROLLBACK");
+                        self.in_tx = false;
+                        return Err(e);
+                    }
                 }
                 Ok(Reply::Done)
             }

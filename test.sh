@@ -11,6 +11,12 @@ echo "== cargo clippy"; cargo clippy --workspace --all-targets --locked -- -D wa
 (cd wasm-plugins && cargo clippy --workspace --locked --target wasm32-unknown-unknown -- -D warnings)
 echo "== Wasm plugins: the SDK's examples and the hostile test plugin into wasm-plugins/dist/"
 cargo run -q -p xtask --locked -- build-plugins
+echo "== PostgreSQL for the fleet tests (host/tests/fleet.rs starts its own servers)"
+# Debian's `postgresql` package, installed when its server binaries are missing.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+fi
 echo "== cargo test: every crate on its own, with default features and with all of them"
 # One crate at a time, not --workspace: a workspace run unifies features (the host turns the
 # engine's plugins on), which would hide a crate that fails alone.

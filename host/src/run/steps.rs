@@ -96,6 +96,9 @@ pub async fn run_runbook(host: Arc<Host>, decision_id: String, ev: Event, d: Dec
         // never in the middle of them.
         if !canceled && !pause_checked && !matches!(step.kind, StepKind::Log) {
             pause_checked = true;
+            // The gate reads the store (pauses, leases): with a fleet's database away, wait
+            // for it rather than pass a gate nobody could ask.
+            let _ = until_reachable(&host, &decision_id, || host.store.step_begun(&key)).await;
             if host.hold_if_gated(&key, &decision_id, &ev, &d, decided_at) {
                 return;
             }

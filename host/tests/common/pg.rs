@@ -20,7 +20,8 @@ pub struct PgServer {
 }
 
 /// Where the server binaries are: `KEEL_PG_BINDIR`, else Debian's newest
-/// `/usr/lib/postgresql/*/bin`, else `pg_config --bindir`.
+/// `/usr/lib/postgresql/*/bin`, else the directory of `initdb` on `PATH`, else `pg_config
+/// --bindir`.
 fn bindir() -> PathBuf {
     if let Ok(d) = std::env::var("KEEL_PG_BINDIR") {
         return PathBuf::from(d);
@@ -37,6 +38,14 @@ fn bindir() -> PathBuf {
             .unwrap_or(0)
     });
     if let Some(d) = debian.pop() {
+        return d;
+    }
+    let on_path = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .find(|d| d.join("initdb").exists() && d.join("pg_ctl").exists());
+    if let Some(d) = on_path {
         return d;
     }
     let out = Command::new("pg_config").arg("--bindir").output().expect(

@@ -124,14 +124,20 @@ impl Drop for Keel {
     }
 }
 
+/// `keel.yaml` in `dir`: the policies, a SQLite state in `dir` (unless `body` gives its own
+/// `state`), loopback, and `body`.
 fn write_config(dir: &Path, policies: &Path, body: &str) -> PathBuf {
     let config = dir.join("keel.yaml");
+    let state = if body.starts_with("state:") || body.contains("\nstate:") {
+        String::new()
+    } else {
+        format!("state: {}\n", dir.join("state.db").display())
+    };
     std::fs::write(
         &config,
         format!(
-            "policies: {}\nstate: {}\nlisten: 127.0.0.1:0\nself: {VM}\n{body}",
+            "policies: {}\n{state}listen: 127.0.0.1:0\nself: {VM}\n{body}",
             policies.display(),
-            dir.join("state.db").display()
         ),
     )
     .unwrap();
@@ -168,6 +174,15 @@ async fn ingest_run(batch: usize, clients: usize, secs: u64, extra: &str) -> (f6
         ),
     );
     let keel = Keel::start(&config);
+    let r = ingest_load(std::slice::from_ref(&keel.base), clients, secs, "").await;
+    drop(keel);
+    r
+}
+
+/// `clients` keep-alive connections post the 2021-10-13 failure (a new key and VM each time,
+/// `tag` in both) for `secs` seconds after one of warm-up, spread over the hosts at `bases`
+/// in turn: accepted (202) bodies per second, and how many other answers came.
+async fn ingest_load(bases: &[String], clients: usize, secs: u64, tag: &str) -> (f64, u64) {
     let template: Value = serde_json::from_str(
         &std::fs::read_to_string(
             root().join("engine/tests/data/ingest/vm-agent-windows-2021-10-13.json"),
@@ -175,7 +190,6 @@ async fn ingest_run(batch: usize, clients: usize, secs: u64, extra: &str) -> (f6
         .unwrap(),
     )
     .unwrap();
-    let addr = keel.base.trim_start_matches("http://").to_string();
     let accepted = Arc::new(AtomicU64::new(0));
     let other = Arc::new(AtomicU64::new(0));
     let seq = Arc::new(AtomicU64::new(0));
@@ -184,15 +198,16 @@ async fn ingest_run(batch: usize, clients: usize, secs: u64, extra: &str) -> (f6
     // The body with a placeholder for the request's number; a minimal HTTP/1.1 keep-alive
     // client (like wrk) so that the load generator takes as little of the 2 cores as it can.
     let mut body = template.clone();
-    body["idempotency_key"] = json!("bench-@N@");
-    body["resource"]["name"] = json!("web-win-@N@");
-    body["resource"]["id"] = json!(
-        "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/web/providers/Microsoft.Compute/virtualMachines/web-win-@N@"
-    );
+    body["idempotency_key"] = json!(format!("bench-{tag}@N@"));
+    body["resource"]["name"] = json!(format!("web-win-{tag}@N@"));
+    body["resource"]["id"] = json!(format!(
+        "/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/web/providers/Microsoft.Compute/virtualMachines/web-win-{tag}@N@"
+    ));
     let body = Arc::new(body.to_string());
     let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let (addr, body) = (addr.clone(), body.clone());
+    for c in 0..clients {
+        let addr = bases[c % bases.len()].trim_start_matches("http://").to_string();
+        let body = body.clone();
         let (accepted, other, seq) = (accepted.clone(), other.clone(), seq.clone());
         let (counting, stop) = (counting.clone(), stop.clone());
         tasks.push(tokio::spawn(async move {
@@ -246,7 +261,6 @@ async fn ingest_run(batch: usize, clients: usize, secs: u64, extra: &str) -> (f6
     for t in tasks {
         let _ = t.await;
     }
-    drop(keel);
     (
         accepted.load(Ordering::Relaxed) as f64 / elapsed,
         other.load(Ordering::Relaxed),
@@ -527,6 +541,120 @@ async fn latency_pair(samples: usize, extra: &str) -> (Vec<Duration>, Vec<Durati
     (without, with)
 }
 
+// ------------------------------------------------------------------------------------------
+// 4. Fleet mode: the same figures with the hosts on one PostgreSQL server (started here, as
+// the fleet tests do: Debian's `postgresql`, initdb in a temporary directory, loopback).
+
+#[path = "../tests/common/pg.rs"]
+#[allow(dead_code)]
+mod pg;
+
+/// The `keel.yaml` lines of fleet mode on `url` as `identity`.
+fn fleet_state(url: &str, pw: &Path, identity: &str) -> String {
+    format!(
+        "state: {url}\npostgres:\n  password_file: {}\n  identity: {identity}\n",
+        pw.display()
+    )
+}
+
+/// Ingest throughput of `hosts` hosts on one fresh database of `pg`, the clients spread over
+/// them.
+async fn fleet_ingest(pg: &pg::PgServer, db: &str, hosts: usize, clients: usize, secs: u64) -> (f64, u64) {
+    let url = pg.create_db(db);
+    let dir = tempfile::tempdir().unwrap();
+    let pw = pg.password_file(dir.path());
+    let keels: Vec<Keel> = (0..hosts)
+        .map(|h| {
+            let d = dir.path().join(format!("host-{h}"));
+            std::fs::create_dir_all(&d).unwrap();
+            let config = write_config(
+                &d,
+                &root().join("policies/standard"),
+                &format!(
+                    "{}commit_batch_max: 256\nsources:\n  ingest:\n    token_env: KEEL_BENCH_TOKEN\n",
+                    fleet_state(&url, &pw, &format!("host-{h}"))
+                ),
+            );
+            Keel::start(&config)
+        })
+        .collect();
+    let bases: Vec<String> = keels.iter().map(|k| k.base.clone()).collect();
+    ingest_load(&bases, clients, secs, db).await
+}
+
+/// A budget every host of the fleet takes a slot of before its drain's first step (never
+/// full here: the figure is the lease's cost, under the fleet's write lock).
+const FLEET_BUDGET: &str = r#"budgets:
+  - name: fleet-wide
+    key: '"fleet"'
+    per: event.resource.name
+    max_in_flight: 1000
+"#;
+
+/// Poll-to-first-step latency with a budget lease on PostgreSQL: `rigs` hosts on one fresh
+/// database, each announcing its own events, sampled together (every round announces one
+/// event on each host at once, so their leases contend for the write lock).
+async fn fleet_latency(pg: &pg::PgServer, db: &str, rigs: usize, samples: usize) -> Vec<Duration> {
+    let url = pg.create_db(db);
+    let dir = tempfile::tempdir().unwrap();
+    let pw = pg.password_file(dir.path());
+    let mut all = Vec::new();
+    for r in 0..rigs {
+        all.push(
+            latency_rig(&format!(
+                "{}{FLEET_BUDGET}",
+                fleet_state(&url, &pw, &format!("rig-{r}"))
+            ))
+            .await,
+        );
+    }
+    let mut lat = Vec::new();
+    for i in 0..samples + 5 {
+        let round = futures_join(all.iter().enumerate().map(|(r, rig)| {
+            latency_sample(rig, i + (r << 32))
+        }))
+        .await;
+        if i >= 5 {
+            lat.extend(round);
+        }
+    }
+    lat.sort();
+    lat
+}
+
+/// Awaits every future, concurrently, in order.
+async fn futures_join<F: std::future::Future>(fs: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in fs {
+        set.push(Box::pin(f));
+    }
+    let mut out = Vec::with_capacity(set.len());
+    let mut pending: Vec<Option<std::pin::Pin<Box<F>>>> = set.into_iter().map(Some).collect();
+    let mut results: Vec<Option<F::Output>> = pending.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut done = true;
+        for (slot, res) in pending.iter_mut().zip(results.iter_mut()) {
+            if let Some(f) = slot {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        *res = Some(v);
+                        *slot = None;
+                    }
+                    std::task::Poll::Pending => done = false,
+                }
+            }
+        }
+        if done {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    out.extend(results.into_iter().flatten());
+    out
+}
+
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -596,4 +724,30 @@ async fn main() {
         "  p50 ratio with/without the budget: {:.2}x",
         p50s[1] / p50s[0].max(1e-9)
     );
+    if std::env::var("KEEL_BENCH_FLEET").as_deref() == Ok("0") {
+        return;
+    }
+    println!("fleet mode: hosts on one PostgreSQL (loopback, fsync off: the server's durability is its own)");
+    let pg = pg::PgServer::start();
+    let (one, f1) = fleet_ingest(&pg, "ingest1", 1, clients, secs).await;
+    println!("  ingest, 1 host on PostgreSQL:        {one:>8.0} events/s  (non-202: {f1})");
+    let (three, f3) = fleet_ingest(&pg, "ingest3", 3, clients, secs).await;
+    println!("  ingest, 3 hosts on one PostgreSQL:   {three:>8.0} events/s  (non-202: {f3})");
+    println!(
+        "  ratios: 3 PostgreSQL hosts / 1 SQLite host {:.2}x, 1 PostgreSQL host / 1 SQLite host {:.2}x",
+        three / grouped.max(1.0),
+        one / grouped.max(1.0)
+    );
+    let fleet_samples = (samples / 2).max(10);
+    for (label, rigs) in [("1 host ", 1), ("3 hosts", 3)] {
+        let lat = fleet_latency(&pg, &format!("lease{rigs}"), rigs, fleet_samples).await;
+        println!(
+            "  poll response -> first step with a budget lease, {label} on PostgreSQL ({} samples): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms (p50 / SQLite's {:.2}x)",
+            lat.len(),
+            pct(&lat, 0.50).as_secs_f64() * 1e3,
+            pct(&lat, 0.99).as_secs_f64() * 1e3,
+            lat.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+            pct(&lat, 0.50).as_secs_f64() / p50s[1].max(1e-9),
+        );
+    }
 }

@@ -206,7 +206,9 @@ async fn ingest_load(bases: &[String], clients: usize, secs: u64, tag: &str) -> 
     let body = Arc::new(body.to_string());
     let mut tasks = Vec::new();
     for c in 0..clients {
-        let addr = bases[c % bases.len()].trim_start_matches("http://").to_string();
+        let addr = bases[c % bases.len()]
+            .trim_start_matches("http://")
+            .to_string();
         let body = body.clone();
         let (accepted, other, seq) = (accepted.clone(), other.clone(), seq.clone());
         let (counting, stop) = (counting.clone(), stop.clone());
@@ -559,7 +561,13 @@ fn fleet_state(url: &str, pw: &Path, identity: &str) -> String {
 
 /// Ingest throughput of `hosts` hosts on one fresh database of `pg`, the clients spread over
 /// them.
-async fn fleet_ingest(pg: &pg::PgServer, db: &str, hosts: usize, clients: usize, secs: u64) -> (f64, u64) {
+async fn fleet_ingest(
+    pg: &pg::PgServer,
+    db: &str,
+    hosts: usize,
+    clients: usize,
+    secs: u64,
+) -> (f64, u64) {
     let url = pg.create_db(db);
     let dir = tempfile::tempdir().unwrap();
     let pw = pg.password_file(dir.path());
@@ -610,9 +618,11 @@ async fn fleet_latency(pg: &pg::PgServer, db: &str, rigs: usize, samples: usize)
     }
     let mut lat = Vec::new();
     for i in 0..samples + 5 {
-        let round = futures_join(all.iter().enumerate().map(|(r, rig)| {
-            latency_sample(rig, i + (r << 32))
-        }))
+        let round = futures_join(
+            all.iter()
+                .enumerate()
+                .map(|(r, rig)| latency_sample(rig, i + (r << 32))),
+        )
         .await;
         if i >= 5 {
             lat.extend(round);

@@ -565,6 +565,39 @@ fn signal_group(pgid: i32, sig: GroupSignal) {
 #[cfg(not(unix))]
 fn signal_group(_: i32, _: GroupSignal) {}
 
+/// How long a runbook waits for a fleet's database that cannot be reached before it gives up
+/// on the write (the runbook then stops as on any store error; `keel run` resumes it at its
+/// next start).
+const UNREACHABLE_WAIT: Duration = Duration::from_secs(600);
+
+/// Runs a store write of a runbook; while a fleet's database cannot be reached, waits and
+/// tries again (every 500 ms, up to [`UNREACHABLE_WAIT`]; the first wait is logged), so that
+/// a database restart neither loses a step's record nor runs an effect without one.
+async fn until_reachable<T>(
+    host: &Host,
+    decision_id: &str,
+    mut write: impl FnMut() -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let until = tokio::time::Instant::now() + UNREACHABLE_WAIT;
+    let mut logged = false;
+    loop {
+        match write() {
+            Err(StoreError::Unavailable(why)) if tokio::time::Instant::now() < until => {
+                if !logged {
+                    logged = true;
+                    host.log_line(&serde_json::json!({
+                        "time": rfc(Utc::now()), "decision_id": decision_id,
+                        "waiting": "the state database cannot be reached",
+                        "error": escape(&why),
+                    }));
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            r => return r,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -623,39 +656,6 @@ mod tests {
             .unwrap_or_else(|e| unreachable!("{e}"));
             let got = runbook_deadline(&ev, &d, now);
             assert!(got.is_none_or(|t| t > now), "{s}: {got:?}");
-        }
-    }
-}
-
-/// How long a runbook waits for a fleet's database that cannot be reached before it gives up
-/// on the write (the runbook then stops as on any store error; `keel run` resumes it at its
-/// next start).
-const UNREACHABLE_WAIT: Duration = Duration::from_secs(600);
-
-/// Runs a store write of a runbook; while a fleet's database cannot be reached, waits and
-/// tries again (every 500 ms, up to [`UNREACHABLE_WAIT`]; the first wait is logged), so that
-/// a database restart neither loses a step's record nor runs an effect without one.
-async fn until_reachable<T>(
-    host: &Host,
-    decision_id: &str,
-    mut write: impl FnMut() -> Result<T, StoreError>,
-) -> Result<T, StoreError> {
-    let until = tokio::time::Instant::now() + UNREACHABLE_WAIT;
-    let mut logged = false;
-    loop {
-        match write() {
-            Err(StoreError::Unavailable(why)) if tokio::time::Instant::now() < until => {
-                if !logged {
-                    logged = true;
-                    host.log_line(&serde_json::json!({
-                        "time": rfc(Utc::now()), "decision_id": decision_id,
-                        "waiting": "the state database cannot be reached",
-                        "error": escape(&why),
-                    }));
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            r => return r,
         }
     }
 }

@@ -1106,4 +1106,6 @@ pub use budget::{LeaseRow, LeaseWant};
 pub use pause::{HeldRow, Status};
 
 #[cfg(test)]
+mod parity_tests;
+#[cfg(test)]
 mod tests;

@@ -270,14 +270,16 @@ struct Worker {
 
 fn fail(e: &postgres::Error) -> StoreError {
     // The server's message (a constraint, a type) with its code; a dropped connection as
-    // unavailable. Either comes from the database, never from an event: plain text is safe.
+    // unavailable. A server message may quote a value of a statement (an event's id in a
+    // key conflict): escaped, as any untrusted text bound for a log or a terminal.
+    use keel_engine::escape;
     match e.as_db_error() {
-        Some(db) => StoreError::Pg(format!("{} ({})", db.message(), db.code().code())),
-        None if e.is_closed() => StoreError::Unavailable(e.to_string()),
-        None => StoreError::Unavailable(match e.source() {
+        Some(db) => StoreError::Pg(format!("{} ({})", escape(db.message()), db.code().code())),
+        None if e.is_closed() => StoreError::Unavailable(escape(&e.to_string())),
+        None => StoreError::Unavailable(escape(&match e.source() {
             Some(s) => format!("{e}: {s}"),
             None => e.to_string(),
-        }),
+        })),
     }
 }
 

@@ -1,0 +1,406 @@
+//! The two backends give the same answers: one script of store operations, run on SQLite and
+//! on a real PostgreSQL server (started here, as `host/tests/fleet.rs` does), compared call by
+//! call. And PostgreSQL's write lock keeps a step from being begun twice by two hosts.
+
+use super::*;
+
+#[path = "../../../tests/common/pg.rs"]
+#[allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod server;
+
+fn pg_store(pg: &server::PgServer, db: &str, host: &str) -> Result<Store, StoreError> {
+    let mut config = postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(pg.port)
+        .user("keel")
+        .password(server::PASSWORD)
+        .dbname(db);
+    pg::harden(&mut config);
+    Store::open_postgres(pg::Settings {
+        config,
+        tls: None,
+        host: host.into(),
+    })
+}
+
+const T0: &str = "2026-01-01T00:00:00.000Z";
+const T1: &str = "2026-01-01T00:01:00.000Z";
+const T2: &str = "2026-01-01T00:02:00.000Z";
+
+fn decision<'a>(
+    id: &'a str,
+    now: &'a str,
+    runbook: &'a str,
+    outbox: &'a [NewOutbox<'a>],
+) -> NewDecision<'a> {
+    NewDecision {
+        event_id: id,
+        status: "Scheduled",
+        now,
+        normalizer_state: Some(r#"{"n":1}"#),
+        decision_id: id,
+        mode: "live",
+        policy_set: "digest",
+        action: "drain",
+        event_json: r#"{"id":"x"}"#,
+        decision_json: r#"{"action":"drain"}"#,
+        runbook,
+        ingest: None,
+        outbox,
+    }
+}
+
+/// Every store operation the host uses, in an order that exercises their interplay; each
+/// answer as a line.
+fn script(s: &Store) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut say = |what: &str, v: String| out.push(format!("{what}: {v}"));
+    let outbox = [NewOutbox {
+        key: "storm:eastus2",
+        decision_id: "d2",
+        body: r#"{"kind":"storm"}"#,
+    }];
+    say(
+        "record d1",
+        format!("{:?}", s.record(&decision("d1", T0, "pending", &[]))),
+    );
+    say(
+        "record d1 again",
+        format!("{:?}", s.record(&decision("d1", T0, "pending", &[]))),
+    );
+    say(
+        "record d2",
+        format!("{:?}", s.record(&decision("d2", T1, "done", &outbox))),
+    );
+    // The same dedup key from another decision: one entry.
+    let again = [NewOutbox {
+        key: "storm:eastus2",
+        decision_id: "d3",
+        body: "{}",
+    }];
+    say(
+        "record d3",
+        format!("{:?}", s.record(&decision("d3", T1, "done", &again))),
+    );
+    let ingest = IngestRecord {
+        key: "k-1",
+        counted: Some(("/subscriptions/s/vm1", "create")),
+        attempt: 2,
+    };
+    say(
+        "record ingest",
+        format!(
+            "{:?}",
+            s.record(&NewDecision {
+                ingest: Some(ingest),
+                ..decision("d4", T1, "done", &[])
+            })
+        ),
+    );
+    say("ingest key", format!("{:?}", s.ingest_key("k-1")));
+    say("unknown key", format!("{:?}", s.ingest_key("k-2")));
+    say(
+        "attempts",
+        format!("{:?}", s.attempts("/subscriptions/s/vm1", "create", T0)),
+    );
+    say(
+        "attempts later",
+        format!("{:?}", s.attempts("/subscriptions/s/vm1", "create", T2)),
+    );
+    say("seen", format!("{:?}", s.seen("d1", "Scheduled")));
+    say("not seen", format!("{:?}", s.seen("d1", "Started")));
+    say("normalizer", format!("{:?}", s.normalizer_state()));
+    say(
+        "pending",
+        format!(
+            "{:?}",
+            s.pending()
+                .map(|p| p.iter().map(|p| p.decision_id.clone()).collect::<Vec<_>>())
+        ),
+    );
+    say("since", format!("{:?}", s.decisions_since(T0, 10)));
+    say("decided at", format!("{:?}", s.decided_at("d2")));
+    say("decision json", format!("{:?}", s.decision_json("d2")));
+    // Deferrals.
+    say("defer", format!("{:?}", s.defer("d5", T1, "{}")));
+    say(
+        "defer again",
+        format!("{:?}", s.defer("d5", T2, r#"{"v":2}"#)),
+    );
+    say("take early", format!("{:?}", s.take_due(T1)));
+    say("take due", format!("{:?}", s.take_due(T2)));
+    // Steps and approvals.
+    say(
+        "begin",
+        format!("{:?}", s.begin_step("s1", "d1", 0, "cordon", false, T0)),
+    );
+    say(
+        "begin again",
+        format!("{:?}", s.begin_step("s1", "d1", 0, "cordon", false, T0)),
+    );
+    say("begun", format!("{:?}", s.step_begun("s1")));
+    say(
+        "approve before",
+        format!("{:?}", s.approval_before_send("ABC-def", "d1", T0)),
+    );
+    say(
+        "finish",
+        format!(
+            "{:?}",
+            s.finish_step_approving("s1", "ok", Some(("abc-DEF", "d1")), T1)
+        ),
+    );
+    say(
+        "approved",
+        format!("{:?}", s.with(|db| db.approved("ABC-DEF"))),
+    );
+    say(
+        "begin done",
+        format!("{:?}", s.begin_step("s1", "d1", 0, "cordon", false, T0)),
+    );
+    say("outcomes", format!("{:?}", s.step_outcomes()));
+    // The outbox.
+    say("depth", format!("{:?}", s.outbox_depth()));
+    let due = s.outbox_due(T2, T2, 10);
+    say(
+        "due",
+        format!(
+            "{:?}",
+            due.as_ref().map(|r| r
+                .iter()
+                .map(|o| (o.key.clone(), o.attempts))
+                .collect::<Vec<_>>())
+        ),
+    );
+    say(
+        "retry",
+        format!("{:?}", s.outbox_retry("storm:eastus2", T2, "503")),
+    );
+    say(
+        "delivered",
+        format!("{:?}", s.outbox_delivered("storm:eastus2", T2)),
+    );
+    say("depth after", format!("{:?}", s.outbox_depth()));
+    say(
+        "escalate",
+        format!(
+            "{:?}",
+            s.finish_runbook_escalating(
+                "d1",
+                "failed",
+                Some(&NewOutbox {
+                    key: "runbook_failed:d1",
+                    decision_id: "d1",
+                    body: "{}"
+                }),
+                T1
+            )
+        ),
+    );
+    // Pauses and held decisions.
+    say(
+        "pause",
+        format!("{:?}", s.pause("region:eastus2", "incident", "ops", T0)),
+    );
+    say(
+        "pause again",
+        format!("{:?}", s.pause("region:eastus2", "still", "ops", T1)),
+    );
+    say(
+        "pause all",
+        format!("{:?}", s.pause("all", "freeze", "ops", T1)),
+    );
+    say("pauses", format!("{:?}", s.pauses()));
+    let held = HeldRow {
+        decision_id: "d2".into(),
+        event_id: "d2".into(),
+        action: "drain".into(),
+        event_json: "{}".into(),
+        by: "budget".into(),
+        scope: "ud/web".into(),
+        reason: "full".into(),
+        since: T1.into(),
+        deadline: Some(T2.into()),
+    };
+    say("hold", format!("{:?}", s.hold(&held)));
+    say(
+        "hold again",
+        format!(
+            "{:?}",
+            s.hold(&HeldRow {
+                reason: "still full".into(),
+                ..held.clone()
+            })
+        ),
+    );
+    say("held", format!("{:?}", s.held()));
+    say("release", format!("{:?}", s.release("d2")));
+    say("release again", format!("{:?}", s.release("d2")));
+    say(
+        "hold d3",
+        format!(
+            "{:?}",
+            s.hold(&HeldRow {
+                decision_id: "d3".into(),
+                ..held.clone()
+            })
+        ),
+    );
+    let esc = NewOutbox {
+        key: "held:d3",
+        decision_id: "d3",
+        body: "{}",
+    };
+    say("expire", format!("{:?}", s.expire_held("d3", &esc, T2)));
+    say(
+        "resume one",
+        format!("{:?}", s.resume(Some("region:eastus2"))),
+    );
+    say("resume all", format!("{:?}", s.resume(None)));
+    // Budgets.
+    let want = LeaseWant {
+        budget: "ud",
+        key: "web",
+        unit: "ud-1",
+        bake_s: 60,
+        max_in_flight: 1,
+    };
+    let stamps = || (T0.to_string(), T1.to_string());
+    say(
+        "member",
+        format!(
+            "{:?}",
+            s.with(|db| db.note_member("ud", "web", "vm1", None, T0))
+        ),
+    );
+    say(
+        "member sick",
+        format!(
+            "{:?}",
+            s.with(|db| db.note_member("ud", "web", "vm2", Some(false), T0))
+        ),
+    );
+    say(
+        "member kept",
+        format!(
+            "{:?}",
+            s.with(|db| db.note_member("ud", "web", "vm2", None, T0))
+        ),
+    );
+    say(
+        "acquire",
+        format!(
+            "{:?}",
+            s.acquire_leases("d1", std::slice::from_ref(&want), "h#1", stamps, |_, v| {
+                if v.live.is_empty() {
+                    Ok(())
+                } else {
+                    Err("full".into())
+                }
+            })
+        ),
+    );
+    say(
+        "acquire other",
+        format!(
+            "{:?}",
+            s.acquire_leases("d2", std::slice::from_ref(&want), "h#2", stamps, |_, v| {
+                if v.live.is_empty() {
+                    Ok(())
+                } else {
+                    Err("full".into())
+                }
+            })
+        ),
+    );
+    say("view", format!("{:?}", s.key_view("ud", "web", T0)));
+    say(
+        "renew",
+        format!("{:?}", s.renew_leases("h#1", &["d1".into()], T0, T2)),
+    );
+    let t1 = chrono::DateTime::parse_from_rfc3339(T1).map(|t| t.with_timezone(&chrono::Utc));
+    say(
+        "release lease",
+        format!("{:?}", t1.map(|t| s.release_leases("d1", "h#1", t))),
+    );
+    say("leases", format!("{:?}", s.leases(T0)));
+    say("lease", format!("{:?}", s.lease("d1", "ud")));
+    // What `keel status` shows, then garbage collection.
+    say(
+        "status",
+        format!(
+            "{:?}",
+            s.status(T0).map(|mut st| {
+                st.schema_version = 0;
+                st
+            })
+        ),
+    );
+    say("gc", format!("{:?}", s.gc("2026-01-01T00:01:30.000Z")));
+    say("since after gc", format!("{:?}", s.decisions_since(T0, 10)));
+    out
+}
+
+#[test]
+fn sqlite_and_postgres_answer_every_store_operation_alike() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|_| StoreError::Poisoned)?;
+    let lite = Store::open(&dir.path().join("state.db"))?;
+    let pg = server::PgServer::start();
+    pg.create_db("parity");
+    let fleet = pg_store(&pg, "parity", "host-a")?;
+    assert_eq!(fleet.schema_version()?, PG_MIGRATIONS.len() as i64);
+    let (a, b) = (script(&lite), script(&fleet));
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x, y);
+    }
+    // Errors are answers too: none here.
+    assert!(!a.iter().any(|l| l.contains(": Err(")), "{a:#?}");
+    Ok(())
+}
+
+#[test]
+fn on_postgres_two_hosts_never_both_begin_a_step_and_one_identity_is_refused_twice(
+) -> Result<(), StoreError> {
+    let pg = server::PgServer::start();
+    pg.create_db("steps");
+    let stores = [
+        pg_store(&pg, "steps", "host-a")?,
+        pg_store(&pg, "steps", "host-b")?,
+    ];
+    assert!(matches!(
+        pg_store(&pg, "steps", "host-a"),
+        Err(StoreError::HostTaken(h)) if h == "host-a"
+    ));
+    let keys: Vec<String> = (0..200).map(|i| format!("key-{i}")).collect();
+    let results: Vec<Vec<String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = stores
+            .iter()
+            .map(|st| {
+                let keys = &keys;
+                s.spawn(move || {
+                    keys.iter()
+                        .map(|k| match st.begin_step(k, "d", 0, "cordon", false, T0) {
+                            Ok(r) => format!("{r:?}"),
+                            Err(e) => format!("error: {e}"),
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    for (i, key) in keys.iter().enumerate() {
+        let mut got: Vec<&str> = results
+            .iter()
+            .filter_map(|r| r.get(i).map(String::as_str))
+            .collect();
+        got.sort();
+        assert_eq!(got, ["InDoubt", "New"], "{key}");
+    }
+    Ok(())
+}

@@ -404,3 +404,39 @@ fn on_postgres_two_hosts_never_both_begin_a_step_and_one_identity_is_refused_twi
     }
     Ok(())
 }
+
+#[test]
+fn hosts_starting_together_migrate_once() -> Result<(), StoreError> {
+    let pg = server::PgServer::start();
+    pg.create_db("migrate");
+    let opened: Vec<Result<i64, StoreError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|i| {
+                let pg = &pg;
+                s.spawn(move || pg_store(pg, "migrate", &format!("host-{i}"))?.schema_version())
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or(Err(StoreError::Poisoned)))
+            .collect()
+    });
+    for v in opened {
+        assert_eq!(v?, PG_MIGRATIONS.len() as i64);
+    }
+    // One row of version, and every table once.
+    let versions = pg.count("migrate", "SELECT COUNT(*) FROM keel_schema");
+    assert_eq!(versions, 1);
+    // A database migrated by a newer keel is refused, untouched.
+    pg.with_client("migrate", |c| {
+        c.batch_execute("UPDATE keel_schema SET version = 99")
+    })
+    .map_err(|e| StoreError::Pg(e.to_string()))?
+    .map_err(|e| StoreError::Pg(e.to_string()))?;
+    assert!(matches!(
+        pg_store(&pg, "migrate", "host-new"),
+        Err(StoreError::NewerSchema { found: 99, .. })
+    ));
+    assert_eq!(pg.count("migrate", "SELECT version FROM keel_schema"), 99);
+    Ok(())
+}

@@ -16,7 +16,7 @@ mod common;
 use common::pg::PgServer;
 use common::{metric, root, Keel};
 
-const TOKEN: &str = "keel-test-token-0123456789abcdef";
+use common::azure::{outage_body as body, post_ingest as post, INGEST_TOKEN as TOKEN};
 
 /// `keel check --config` on a configuration whose text is `yaml`: (success, stderr).
 fn check_config(dir: &Path, yaml: &str) -> (bool, String) {
@@ -105,40 +105,6 @@ fn a_state_url_is_understood_or_refused_never_a_file_name() {
     }
 }
 
-/// The vendor's error body for VM `i` (its name, id, OS and time varied): VM `i` fails at
-/// 07:02:00 + `i` × 100 ms.
-fn body(name: &str, os: &str, i: usize) -> String {
-    let key = format!("deploy-2021-10-13/{name}/create/1");
-    let mut b = common::azure::ingest_body(&key, name, None);
-    b["resource"]["os"] = json!(os);
-    let end = chrono::DateTime::parse_from_rfc3339("2021-10-13T07:02:00Z").unwrap()
-        + chrono::Duration::milliseconds(100 * i as i64);
-    b["error"]["endTime"] = json!(end.to_rfc3339());
-    b["error"]["startTime"] = json!((end - chrono::Duration::seconds(3)).to_rfc3339());
-    b["error"]["name"] = json!(format!("op-{name}"));
-    b.to_string()
-}
-
-async fn post(client: &reqwest::Client, base: &str, body: String) -> u16 {
-    for _ in 0..200 {
-        let r = client
-            .post(format!("{base}/ingest"))
-            .bearer_auth(TOKEN)
-            .header("content-type", "application/json")
-            .body(body.clone())
-            .timeout(Duration::from_secs(60))
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        if status != 503 {
-            return status;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("still 503 after 200 tries");
-}
-
 /// Three hosts' `keel.yaml`: the same `state: postgres://…` (password from a file), the
 /// standard policies, an ingest endpoint each, and one escalation webhook.
 fn fleet_configs(
@@ -208,13 +174,7 @@ async fn the_2021_10_13_storm_split_across_three_hosts_pages_once_and_retries_a_
 
     const WINDOWS: usize = 300;
     const LINUX: usize = 15;
-    let mut bodies = Vec::new();
-    for i in 0..WINDOWS {
-        bodies.push(body(&format!("web-win-{i}"), "windows", i));
-        if i % (WINDOWS / LINUX) == 0 {
-            bodies.push(body(&format!("db-linux-{i}"), "linux", i));
-        }
-    }
+    let bodies = common::azure::outage_bodies(WINDOWS, LINUX);
     let total = bodies.len();
     // Three at a time, one to each host.
     for (n, chunk) in bodies.chunks(3).enumerate() {
@@ -523,32 +483,19 @@ async fn a_killed_hosts_slot_frees_at_its_ttl_and_another_host_takes_the_waiting
             .lines()
             .any(|l| l == format!("start {vm}"))
     };
-    let a = drain_host(
-        dir.path(),
-        "host-a",
-        &url,
-        &pw,
-        &["vm-a".into()],
-        budget,
-        &steps,
-    )
-    .await;
-    let mut ka = Keel::start(&a, &[], &[]);
+    let start = |name: &'static str, vm: &'static str| {
+        let (dir, url, pw, steps) = (dir.path(), url.clone(), pw.clone(), steps.clone());
+        async move {
+            let cfg = drain_host(dir, name, &url, &pw, &[vm.into()], budget, &steps).await;
+            Keel::start(&cfg, &[], &[])
+        }
+    };
+    let mut ka = start("host-a", "vm-a").await;
     ka.wait_until("host-a's drain started", Duration::from_secs(60), || {
         started("vm-a")
     })
     .await;
-    let b = drain_host(
-        dir.path(),
-        "host-b",
-        &url,
-        &pw,
-        &["vm-b".into()],
-        budget,
-        &steps,
-    )
-    .await;
-    let mut kb = Keel::start(&b, &[], &[]);
+    let mut kb = start("host-b", "vm-b").await;
     kb.wait_line(
         "host-b's drain held by the budget",
         Duration::from_secs(60),

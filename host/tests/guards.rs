@@ -6,48 +6,13 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 mod common;
 
 use common::{metric, root, Keel};
 
-const TOKEN: &str = "keel-test-token-0123456789abcdef";
-
-/// The vendor's error body for VM `i` (its name, id, OS and time varied): VM `i` fails at
-/// 07:02:00 + `i` × 100 ms, so 500 VMs fail within a minute.
-fn body(name: &str, os: &str, i: usize) -> String {
-    let key = format!("deploy-2021-10-13/{name}/create/1");
-    let mut b = common::azure::ingest_body(&key, name, None);
-    b["resource"]["os"] = json!(os);
-    let end = chrono::DateTime::parse_from_rfc3339("2021-10-13T07:02:00Z").unwrap()
-        + chrono::Duration::milliseconds(100 * i as i64);
-    b["error"]["endTime"] = json!(end.to_rfc3339());
-    b["error"]["startTime"] = json!((end - chrono::Duration::seconds(3)).to_rfc3339());
-    b["error"]["name"] = json!(format!("op-{name}"));
-    b.to_string()
-}
-
-async fn post(client: &reqwest::Client, base: &str, body: String) -> u16 {
-    // A 503 (queue full) is answered at once: try again, as a client would.
-    for _ in 0..100 {
-        let r = client
-            .post(format!("{base}/ingest"))
-            .bearer_auth(TOKEN)
-            .header("content-type", "application/json")
-            .body(body.clone())
-            .timeout(Duration::from_secs(60))
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        if status != 503 {
-            return status;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("still 503 after 100 tries");
-}
+use common::azure::{outage_body as body, post_ingest as post, INGEST_TOKEN as TOKEN};
 
 /// 500 Windows VM creates failing with the missing VM-agent artifact, and 20 Linux VMs
 /// reporting the same error, in one region within a minute, through `/ingest` with the
@@ -90,13 +55,7 @@ runbooks:
     const WINDOWS: usize = 500;
     const LINUX: usize = 20;
     // Posted in time order, from four clients at once (a deployment tool's workers).
-    let mut bodies = Vec::new();
-    for i in 0..WINDOWS {
-        bodies.push(body(&format!("web-win-{i}"), "windows", i));
-        if i % (WINDOWS / LINUX) == 0 {
-            bodies.push(body(&format!("db-linux-{i}"), "linux", i));
-        }
-    }
+    let bodies = common::azure::outage_bodies(WINDOWS, LINUX);
     let total = bodies.len();
     assert_eq!(total, WINDOWS + LINUX);
     for chunk in bodies.chunks(4) {

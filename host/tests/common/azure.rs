@@ -285,3 +285,58 @@ pub fn ingest_body(key: &str, vm: &str, request: Option<Value>) -> Value {
     }
     body
 }
+
+// ------------------------------------------------------------------------------------------
+// The 2021-10-13 outage through `/ingest`.
+
+/// The bearer token of the ingest endpoint in the outage tests (`KEEL_TEST_INGEST_TOKEN`).
+pub const INGEST_TOKEN: &str = "keel-test-token-0123456789abcdef";
+
+/// The vendor's error body for VM `name` (its OS, id and time varied): VM `i` fails at
+/// 07:02:00 + `i` × 100 ms, so 500 VMs fail within a minute.
+pub fn outage_body(name: &str, os: &str, i: usize) -> String {
+    let key = format!("deploy-2021-10-13/{name}/create/1");
+    let mut b = ingest_body(&key, name, None);
+    b["resource"]["os"] = json!(os);
+    let end = chrono::DateTime::parse_from_rfc3339("2021-10-13T07:02:00Z").unwrap()
+        + chrono::Duration::milliseconds(100 * i as i64);
+    b["error"]["endTime"] = json!(end.to_rfc3339());
+    b["error"]["startTime"] = json!((end - chrono::Duration::seconds(3)).to_rfc3339());
+    b["error"]["name"] = json!(format!("op-{name}"));
+    b.to_string()
+}
+
+/// The outage in time order: `windows` failed Windows creates (`web-win-<i>`), and among them
+/// `linux` Linux VMs reporting the same error (`db-linux-<i>`), evenly spread.
+pub fn outage_bodies(windows: usize, linux: usize) -> Vec<String> {
+    let mut bodies = Vec::new();
+    for i in 0..windows {
+        bodies.push(outage_body(&format!("web-win-{i}"), "windows", i));
+        if i % (windows / linux.max(1)).max(1) == 0 && bodies.len() < windows + linux {
+            bodies.push(outage_body(&format!("db-linux-{i}"), "linux", i));
+        }
+    }
+    bodies
+}
+
+/// Posts `body` to `base`'s `/ingest`; a 503 (queue full, answered at once) is tried again,
+/// as a client would. The final status.
+pub async fn post_ingest(client: &reqwest::Client, base: &str, body: String) -> u16 {
+    for _ in 0..200 {
+        let r = client
+            .post(format!("{base}/ingest"))
+            .bearer_auth(INGEST_TOKEN)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .timeout(std::time::Duration::from_secs(60))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        if status != 503 {
+            return status;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("still 503 after 200 tries");
+}

@@ -373,33 +373,7 @@ fn on_postgres_two_hosts_never_both_begin_a_step_and_one_identity_is_refused_twi
         pg_store(&pg, "steps", "host-a"),
         Err(StoreError::HostTaken(h)) if h == "host-a"
     ));
-    let keys: Vec<String> = (0..200).map(|i| format!("key-{i}")).collect();
-    let results: Vec<Vec<String>> = std::thread::scope(|s| {
-        let handles: Vec<_> = stores
-            .iter()
-            .map(|st| {
-                let keys = &keys;
-                s.spawn(move || {
-                    keys.iter()
-                        .map(|k| match st.begin_step(k, "d", 0, "cordon", false, T0) {
-                            Ok(r) => format!("{r:?}"),
-                            Err(e) => format!("error: {e}"),
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_default())
-            .collect()
-    });
-    for (i, key) in keys.iter().enumerate() {
-        let mut got: Vec<&str> = results
-            .iter()
-            .filter_map(|r| r.get(i).map(String::as_str))
-            .collect();
-        got.sort();
+    for (key, got) in super::tests::race_to_begin(&stores) {
         assert_eq!(got, ["InDoubt", "New"], "{key}");
     }
     Ok(())

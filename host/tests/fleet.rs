@@ -672,3 +672,72 @@ guards:
         k.kill();
     }
 }
+
+/// `keel <args> --config <config>`: (success, stdout, stderr).
+fn keel_cli(args: &[&str], config: &Path) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Issue 14, "TLS with certificate verification": a server with a certificate for
+/// `localhost` signed by a CA of its own. With that CA as `postgres.ca_file` the fleet's
+/// database works (`keel pause` writes, `keel status` reads it back); with another CA, or the
+/// default roots, the connection is refused for its certificate (so TLS was in use), and
+/// nothing falls back to plain text.
+#[test]
+fn over_tls_the_servers_certificate_is_verified_against_the_ca_file() {
+    let pg = PgServer::start_tls();
+    pg.create_db("tls");
+    let dir = tempfile::tempdir().unwrap();
+    let pw = pg.password_file(dir.path());
+    let other_ca = dir.path().join("other-ca.pem");
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=another-ca", "-keyout"])
+        .arg(dir.path().join("other-ca.key"))
+        .arg("-out")
+        .arg(&other_ca)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let config = |name: &str, ca: Option<&Path>| {
+        let cfg = dir.path().join(format!("{name}.yaml"));
+        let ca = ca.map_or(String::new(), |c| format!("  ca_file: {}\n", c.display()));
+        std::fs::write(
+            &cfg,
+            format!(
+                "state: postgres://keel@localhost:{}/tls?sslmode=verify-full\npostgres:\n  password_file: {}\n{ca}self: tls-host\n",
+                pg.port,
+                pw.display()
+            ),
+        )
+        .unwrap();
+        cfg
+    };
+    let good = config("good", pg.ca.as_deref());
+    let (ok, _, err) = keel_cli(&["pause", "--reason", "over tls"], &good);
+    assert!(ok, "{err}");
+    let (ok, out, err) = keel_cli(&["status", "--json"], &good);
+    assert!(ok, "{err}");
+    let status: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["pauses"][0]["reason"], "over tls", "{status}");
+    for (name, ca) in [("other", Some(other_ca.as_path())), ("roots", None)] {
+        let (ok, _, err) = keel_cli(&["status"], &config(name, ca));
+        assert!(!ok, "{name}: connected");
+        assert!(
+            err.contains("certificate") || err.contains("UnknownIssuer"),
+            "{name}: {err}"
+        );
+    }
+}

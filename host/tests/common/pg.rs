@@ -17,6 +17,8 @@ pub struct PgServer {
     /// Its TCP port on 127.0.0.1.
     pub port: u16,
     as_postgres: bool,
+    /// With TLS: the CA certificate (PEM) that signed the server's (`localhost`, 127.0.0.1).
+    pub ca: Option<PathBuf>,
 }
 
 /// Where the server binaries are: `KEEL_PG_BINDIR`, else Debian's newest
@@ -65,6 +67,17 @@ fn free_port() -> u16 {
 impl PgServer {
     /// Makes a cluster and starts it.
     pub fn start() -> PgServer {
+        PgServer::make(false)
+    }
+
+    /// Makes a cluster that also speaks TLS, with a certificate for `localhost` and
+    /// 127.0.0.1 signed by a CA made here ([`PgServer::ca`]; `openssl` makes both), and starts
+    /// it.
+    pub fn start_tls() -> PgServer {
+        PgServer::make(true)
+    }
+
+    fn make(tls: bool) -> PgServer {
         let bin = bindir();
         let dir = tempfile::Builder::new()
             .prefix("keel-pg-")
@@ -74,6 +87,7 @@ impl PgServer {
         let data = dir.path().join("data");
         let pwfile = dir.path().join("pw");
         std::fs::write(&pwfile, PASSWORD).unwrap();
+        let ca = tls.then(|| make_certs(dir.path()));
         if as_postgres {
             // The server runs as `postgres`: it needs the directory (and nothing else here).
             Command::new("chown")
@@ -87,6 +101,7 @@ impl PgServer {
             bin,
             port: free_port(),
             as_postgres,
+            ca,
         };
         let out = s.run(
             "initdb",
@@ -129,11 +144,19 @@ impl PgServer {
     /// Starts the server (again, after [`PgServer::stop`]) and waits until it accepts
     /// connections.
     pub fn start_server(&mut self) {
-        let opts = format!(
+        let mut opts = format!(
             "-c listen_addresses=127.0.0.1 -p {} -c unix_socket_directories={} -c fsync=off -c max_connections=100",
             self.port,
             self.dir.path().display()
         );
+        if self.ca.is_some() {
+            let tls = self.dir.path().join("tls");
+            opts.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                tls.join("server.crt").display(),
+                tls.join("server.key").display()
+            ));
+        }
         let log = self.dir.path().join("server.log").display().to_string();
         let out = self.run(
             "pg_ctl",
@@ -256,6 +279,38 @@ impl PgServer {
         std::fs::write(&p, format!("{PASSWORD}\n")).unwrap();
         p
     }
+}
+
+/// A CA and a server certificate for `localhost` and 127.0.0.1 it signed, in `dir/tls/`; the
+/// CA certificate's path.
+fn make_certs(dir: &Path) -> PathBuf {
+    let tls = dir.join("tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    std::fs::write(
+        tls.join("san.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    for args in [
+        "req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=keel-test-ca",
+        "req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=localhost",
+        "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile san.ext",
+    ] {
+        let out = Command::new("openssl")
+            .args(args.split(' '))
+            .current_dir(&tls)
+            .output()
+            .expect("openssl (Debian's postgresql package depends on it)");
+        assert!(out.status.success(), "openssl {args}: {}", text(&out));
+    }
+    // The server refuses a key others can read.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        tls.join("server.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    tls.join("ca.pem")
 }
 
 fn text(o: &Output) -> String {

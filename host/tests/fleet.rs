@@ -741,3 +741,33 @@ fn over_tls_the_servers_certificate_is_verified_against_the_ca_file() {
         );
     }
 }
+
+/// Issue 14: TLS asked of a server that does not speak it is refused, never carried on in
+/// plain text (a downgrade anyone in between could force).
+#[test]
+fn a_server_without_tls_is_refused_not_used_in_plain_text() {
+    let pg = PgServer::start();
+    pg.create_db("plain");
+    let dir = tempfile::tempdir().unwrap();
+    let pw = pg.password_file(dir.path());
+    let cfg = dir.path().join("keel.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "state: postgres://keel@localhost:{}/plain?sslmode=verify-full\npostgres:\n  password_file: {}\nself: plain-host\n",
+            pg.port,
+            pw.display()
+        ),
+    )
+    .unwrap();
+    let (ok, _, err) = keel_cli(&["pause", "--reason", "x"], &cfg);
+    assert!(!ok, "connected without TLS");
+    assert!(err.contains("TLS") || err.contains("SSL"), "{err}");
+    assert_eq!(
+        pg.count(
+            "plain",
+            "SELECT COUNT(*) FROM pg_tables WHERE tablename = 'pauses'"
+        ),
+        0
+    );
+}

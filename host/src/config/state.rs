@@ -240,6 +240,13 @@ fn parse_postgres(
         v.err(ptr, e);
     }
     let password = parse_password(v, base, section);
+    // With TLS, nothing but TLS: tokio-postgres' default (`prefer`) would go on in plain
+    // text when the server (or anyone in between) declines it.
+    config.ssl_mode(if tls {
+        postgres::config::SslMode::Require
+    } else {
+        postgres::config::SslMode::Disable
+    });
     let tls = if tls {
         Some(Arc::new(tls_config(v, base, section.get("ca_file"))?))
     } else {

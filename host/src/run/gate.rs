@@ -81,10 +81,21 @@ impl Host {
         if d.action == Action::Escalate || self.cfg.dry_run {
             return false;
         }
-        if self.store.step_begun(key).unwrap_or(true) {
-            // Resumed past its first effect: in flight, never held; it holds its slots.
-            self.resume_budget(decision_id, ev, d);
-            return false;
+        match self.store.step_begun(key) {
+            Ok(true) => {
+                // Resumed past its first effect: in flight, never held; it holds its slots.
+                self.resume_budget(decision_id, ev, d);
+                return false;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                // Fail closed: neither passed unasked nor forced into a slot. Not recorded
+                // as held: the runbook stays pending (resumed at the next start).
+                self.log_line(&serde_json::json!({
+                    "time": rfc(Utc::now()), "decision_id": decision_id, "error": e.to_string(),
+                }));
+                return true;
+            }
         }
         let now = Utc::now();
         let deadline = hold_deadline(ev, d, decided_at);

@@ -71,11 +71,15 @@ pub async fn deliver(host: Arc<Host>, mut stop: watch::Receiver<bool>) {
             .cfg
             .runbooks
             .get(&Action::Escalate)
-            .map(|steps| steps.iter().map(|s| s.timeout).sum::<Duration>())
+            .map(|steps| {
+                steps
+                    .iter()
+                    .fold(Duration::ZERO, |t, s| t.saturating_add(s.timeout))
+            })
             .unwrap_or_default()
-            + Duration::from_secs(5);
+            .saturating_add(Duration::from_secs(5));
         let now = Utc::now();
-        let claim = chrono::Duration::from_std(per_entry * limit)
+        let claim = chrono::Duration::from_std(per_entry.saturating_mul(limit))
             .ok()
             .and_then(|d| now.checked_add_signed(d))
             .unwrap_or(now);

@@ -98,7 +98,17 @@ pub async fn run_runbook(host: Arc<Host>, decision_id: String, ev: Event, d: Dec
             pause_checked = true;
             // The gate reads the store (pauses, leases): with a fleet's database away, wait
             // for it rather than pass a gate nobody could ask.
-            let _ = until_reachable(&host, &decision_id, || host.store.step_begun(&key)).await;
+            if let Err(e) =
+                until_reachable(&host, &decision_id, || host.store.step_begun(&key)).await
+            {
+                // Fail closed: a gate nobody could ask is not passed. The runbook stays
+                // pending (resumed at the next start).
+                host.log_line(&serde_json::json!({
+                    "time": rfc(Utc::now()), "decision_id": decision_id,
+                    "error": e.to_string(), "stopped": "the gate could not be asked",
+                }));
+                return;
+            }
             if host.hold_if_gated(&key, &decision_id, &ev, &d, decided_at) {
                 return;
             }
@@ -580,8 +590,17 @@ async fn until_reachable<T>(
 ) -> Result<T, StoreError> {
     let until = tokio::time::Instant::now() + UNREACHABLE_WAIT;
     let mut logged = false;
+    // The write blocks (a connection attempt may take seconds): hand this worker's other
+    // tasks to another thread meanwhile.
+    let on_worker = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
     loop {
-        match write() {
+        let r = if on_worker {
+            tokio::task::block_in_place(&mut write)
+        } else {
+            write()
+        };
+        match r {
             Err(StoreError::Unavailable(why)) if tokio::time::Instant::now() < until => {
                 if !logged {
                     logged = true;

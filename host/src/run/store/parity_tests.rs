@@ -361,10 +361,19 @@ fn sqlite_and_postgres_answer_every_store_operation_alike() -> Result<(), StoreE
 }
 
 #[test]
-fn on_postgres_two_hosts_never_both_begin_a_step_and_one_identity_is_refused_twice(
+fn on_postgres_two_hosts_never_both_begin_a_step_even_under_repeatable_read_and_one_identity_is_refused_twice(
 ) -> Result<(), StoreError> {
     let pg = server::PgServer::start();
     pg.create_db("steps");
+    // Whatever the database's default isolation: the write lock must still serialize (a
+    // transaction of REPEATABLE READ would read from before the lock's previous holder).
+    pg.with_client("steps", |c| {
+        c.batch_execute(
+            "ALTER DATABASE steps SET default_transaction_isolation TO 'repeatable read'",
+        )
+    })
+    .map_err(|e| StoreError::Pg(e.to_string()))?
+    .map_err(|e| StoreError::Pg(e.to_string()))?;
     let stores = [
         pg_store(&pg, "steps", "host-a")?,
         pg_store(&pg, "steps", "host-b")?,
@@ -412,5 +421,34 @@ fn hosts_starting_together_migrate_once() -> Result<(), StoreError> {
         Err(StoreError::NewerSchema { found: 99, .. })
     ));
     assert_eq!(pg.count("migrate", "SELECT version FROM keel_schema"), 99);
+    Ok(())
+}
+
+#[test]
+fn on_postgres_a_batch_with_a_failed_statement_commits_nothing() -> Result<(), StoreError> {
+    let pg = server::PgServer::start();
+    pg.create_db("abort");
+    let s = pg_store(&pg, "abort", "host-a")?;
+    let r = s.batch(|db| {
+        db.record(&decision("x1", T0, "done", &[]))?;
+        // A statement the server refuses, its error not passed on (as a read whose failure
+        // is answered to one ingest client only): the transaction is aborted all the same.
+        let failed = db.0.exec("SELECT 1 / 0", p![]);
+        assert!(matches!(failed, Err(StoreError::Pg(_))), "{failed:?}");
+        Ok(())
+    });
+    assert!(
+        r.is_err(),
+        "a commit of an aborted transaction must fail, not roll back silently"
+    );
+    assert!(!s.seen("x1", "Scheduled")?);
+    // The connection is usable again, and a savepoint rolled back keeps its batch alive.
+    s.batch(|db| {
+        db.record(&decision("x2", T0, "done", &[]))?;
+        let inner = db.0.atomic(|| db.0.exec("SELECT 1 / 0", p![]));
+        assert!(inner.is_err());
+        Ok(())
+    })?;
+    assert!(s.seen("x2", "Scheduled")?);
     Ok(())
 }

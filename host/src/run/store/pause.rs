@@ -282,7 +282,7 @@ impl Store {
     /// fleet: every host's).
     pub fn status(&self, now: &str) -> Result<Status, StoreError> {
         let schema_version = self.schema_version()?;
-        self.c()?.tx(Begin::Plain, |c| {
+        self.c()?.tx(Begin::Snapshot, |c| {
             let pauses = pauses(c)?;
             let held = c
                 .rows(&format!("{HELD_COLUMNS} ORDER BY at, decision_id"), p![])?

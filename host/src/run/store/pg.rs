@@ -75,7 +75,12 @@ impl ToSql for Owned {
     fn to_sql(&self, ty: &Type, out: &mut BytesMut) -> Result<IsNull, BoxError> {
         match self {
             Owned::Null => Ok(IsNull::Yes),
-            Owned::Text(s) => s.as_str().to_sql(ty, out),
+            Owned::Text(s) => match *ty {
+                Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN => {
+                    s.as_str().to_sql(ty, out)
+                }
+                _ => Err(format!("text given for a {ty} parameter").into()),
+            },
             Owned::Int(i) => match *ty {
                 Type::INT8 => i.to_sql(ty, out),
                 Type::INT4 => i32::try_from(*i)?.to_sql(ty, out),
@@ -122,7 +127,11 @@ pub fn dialect(sql: &str) -> String {
     }
     if let Some(at) = out.find("INSERT OR IGNORE INTO") {
         out.replace_range(at..at + "INSERT OR IGNORE INTO".len(), "INSERT INTO");
-        out.push_str(" ON CONFLICT DO NOTHING");
+        let body = out.trim_end().trim_end_matches(';').to_string();
+        out = match body.rfind(" RETURNING ") {
+            Some(r) => format!("{} ON CONFLICT DO NOTHING{}", &body[..r], &body[r..]),
+            None => format!("{body} ON CONFLICT DO NOTHING"),
+        };
     }
     out
 }
@@ -130,7 +139,7 @@ pub fn dialect(sql: &str) -> String {
 enum Req {
     Exec(String, Vec<Owned>),
     Rows(String, Vec<Owned>),
-    Begin(bool),
+    Begin(super::sql::Begin),
     Commit,
     Rollback,
     Migrate(&'static [&'static str]),
@@ -162,6 +171,8 @@ impl Pg {
             client: None,
             stmts: HashMap::new(),
             in_tx: false,
+            aborted: false,
+            connected_once: false,
             up: up.clone(),
         };
         // The first connection is made on the thread too: the client must never block a
@@ -217,9 +228,9 @@ impl Pg {
         }
     }
 
-    /// Begins a transaction; `exclusive`: with the store's write lock.
-    pub fn begin(&self, exclusive: bool) -> Result<(), StoreError> {
-        self.ask(Req::Begin(exclusive))?;
+    /// Begins a transaction (see [`Begin`](super::sql::Begin)).
+    pub fn begin(&self, begin: super::sql::Begin) -> Result<(), StoreError> {
+        self.ask(Req::Begin(begin))?;
         self.in_tx.store(true, Ordering::Relaxed);
         Ok(())
     }
@@ -265,6 +276,11 @@ struct Worker {
     client: Option<Client>,
     stmts: HashMap<String, Statement>,
     in_tx: bool,
+    /// A statement of the open transaction failed: PostgreSQL has aborted it (until a
+    /// `ROLLBACK TO SAVEPOINT`), and would answer a COMMIT with a rollback.
+    aborted: bool,
+    /// A connection was made before: a lost session lock is then our own old session's.
+    connected_once: bool,
     up: std::sync::Arc<AtomicBool>,
 }
 
@@ -274,6 +290,11 @@ fn fail(e: &postgres::Error) -> StoreError {
     // key conflict): escaped, as any untrusted text bound for a log or a terminal.
     use keel_engine::escape;
     match e.as_db_error() {
+        // Connection exceptions (class 08) and the server shutting down (57P01 to 57P03):
+        // the database is away, not the statement wrong.
+        Some(db) if db.code().code().starts_with("08") || db.code().code().starts_with("57P0") => {
+            StoreError::Unavailable(escape(db.message()))
+        }
         Some(db) => StoreError::Pg(format!("{} ({})", escape(db.message()), db.code().code())),
         None if e.is_closed() => StoreError::Unavailable(escape(&e.to_string())),
         None => StoreError::Unavailable(escape(&match e.source() {
@@ -297,7 +318,18 @@ impl Worker {
                     "the connection broke inside a transaction (rolled back)".into(),
                 ));
             }
-            let c = self.open()?;
+            let c = match self.open() {
+                // Our own session from before the break may still hold the lock until the
+                // server notices it is gone (its keepalives, set below, see to that within
+                // seconds): wait, as for any outage.
+                Err(StoreError::HostTaken(h)) if self.connected_once => {
+                    return Err(StoreError::Unavailable(format!(
+                        "the previous session of `{h}` still holds its lock; waiting for the server to drop it"
+                    )))
+                }
+                r => r?,
+            };
+            self.connected_once = true;
             self.client = Some(c);
         }
         self.client
@@ -332,7 +364,16 @@ impl Worker {
     }
 
     fn serve(&mut self, req: Req) -> Answer {
+        let savepoint_back =
+            matches!(&req, Req::Exec(sql, _) if sql.starts_with("ROLLBACK TO SAVEPOINT"));
         let r = self.run(req);
+        if self.in_tx {
+            match &r {
+                Err(_) => self.aborted = true,
+                Ok(_) if savepoint_back => self.aborted = false,
+                Ok(_) => {}
+            }
+        }
         let lost = matches!(r, Err(StoreError::Unavailable(_)));
         self.up.store(!lost, Ordering::Relaxed);
         r
@@ -340,10 +381,20 @@ impl Worker {
 
     fn run(&mut self, req: Req) -> Answer {
         match req {
-            Req::Begin(exclusive) => {
-                self.simple("BEGIN")?;
+            Req::Begin(begin) => {
+                // READ COMMITTED whatever the server's default: after the write lock is
+                // granted, each statement sees what the lock's previous holder committed.
+                // A snapshot is one view of everything, for `keel status`.
+                let sql = match begin {
+                    super::sql::Begin::Snapshot => {
+                        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+                    }
+                    _ => "BEGIN ISOLATION LEVEL READ COMMITTED",
+                };
+                self.simple(sql)?;
                 self.in_tx = true;
-                if exclusive {
+                self.aborted = false;
+                if begin == super::sql::Begin::Exclusive {
                     let locked = self.ensure().and_then(|c| {
                         c.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
                             .map_err(|e| fail(&e))
@@ -358,6 +409,14 @@ impl Worker {
                 Ok(Reply::Done)
             }
             Req::Commit => {
+                if self.aborted {
+                    let _ = self.simple("ROLLBACK");
+                    self.in_tx = false;
+                    self.aborted = false;
+                    return Err(StoreError::Pg(
+                        "the transaction was rolled back: one of its statements failed".into(),
+                    ));
+                }
                 let r = self.simple("COMMIT");
                 self.in_tx = false;
                 r.map(|()| Reply::Done)
@@ -502,7 +561,9 @@ pub fn harden(config: &mut postgres::Config) {
         .keepalives_idle(Duration::from_secs(10))
         .tcp_user_timeout(Duration::from_secs(20))
         .application_name("keel")
-        .options("-c statement_timeout=30000 -c lock_timeout=30000 -c idle_in_transaction_session_timeout=60000");
+        // The server's side of the session too: a host cut off by the network is noticed
+        // within about 30 s (its session, and the identity's lock, then go).
+        .options("-c statement_timeout=30000 -c lock_timeout=30000 -c idle_in_transaction_session_timeout=60000 -c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3");
 }
 
 #[cfg(test)]
@@ -520,5 +581,9 @@ mod tests {
             "INSERT INTO t (a) VALUES ($1) ON CONFLICT DO NOTHING"
         );
         assert_eq!(dialect("SELECT ? + 1"), "SELECT ? + 1");
+        assert_eq!(
+            dialect("INSERT OR IGNORE INTO t (a) VALUES (?1) RETURNING a;"),
+            "INSERT INTO t (a) VALUES ($1) ON CONFLICT DO NOTHING RETURNING a"
+        );
     }
 }

@@ -155,6 +155,9 @@ pub enum Begin {
     /// for the transaction), which serializes these transactions across every host of the
     /// fleet.
     Exclusive,
+    /// Reads that must see one consistent state (`keel status`): SQLite's deferred
+    /// transaction; PostgreSQL's `REPEATABLE READ READ ONLY`.
+    Snapshot,
 }
 
 /// A connection of either backend.
@@ -236,9 +239,9 @@ impl Conn {
     /// Begins a transaction (see [`Conn::tx`]; a batch spans several calls).
     pub fn begin(&self, begin: Begin) -> Result<(), StoreError> {
         match (self, begin) {
-            (Conn::Lite(c), Begin::Plain) => Ok(c.execute_batch("BEGIN")?),
+            (Conn::Lite(c), Begin::Plain | Begin::Snapshot) => Ok(c.execute_batch("BEGIN")?),
             (Conn::Lite(c), Begin::Exclusive) => Ok(c.execute_batch("BEGIN IMMEDIATE")?),
-            (Conn::Pg(pg), b) => pg.begin(b == Begin::Exclusive),
+            (Conn::Pg(pg), b) => pg.begin(b),
         }
     }
 

@@ -240,6 +240,9 @@ async fn the_2021_10_13_storm_split_across_three_hosts_pages_once_and_retries_a_
         );
     }
 
+    for k in &hosts {
+        common::assert_log_shape(&k.json_lines());
+    }
     // The database holds each decision once, by the host that made it.
     let by_host = pg.rows(
         "storm",

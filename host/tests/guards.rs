@@ -119,6 +119,17 @@ runbooks:
         .iter()
         .find(|d| d["guard"]["name"] == "storm")
         .is_some_and(|d| d["reason"].as_str().unwrap().starts_with("storm guard: ")));
+    // Every line of the decision log says when, how bad and what.
+    common::assert_log_shape(&k.json_lines());
+    let types: std::collections::BTreeSet<String> = k
+        .json_lines()
+        .iter()
+        .filter_map(|l| l["type"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        types.contains("decision") && types.contains("host"),
+        "{types:?}"
+    );
     // Linux VMs are not touched.
     assert_eq!(count(&|d| d["action"] == "none"), LINUX);
 

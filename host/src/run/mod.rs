@@ -192,6 +192,56 @@ fn rfc(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
+/// The decision log's line types, by what a line reports.
+pub const LOG_TYPES: &[&str] = &["decision", "step", "escalation", "source", "host"];
+
+/// A decision-log line with the fields every line has: `time` (now, unless it has one),
+/// `level` (`error` for a failure of Keel's own, `warn` for a source failing, a warning, a
+/// step not ok or a wait, else `info`) and `type` (one of [`LOG_TYPES`]: a decision or what
+/// happens to it before its runbook, a runbook step, an escalation's delivery, a source's
+/// health, the host itself). A line that is not an object is wrapped as `{"message": …}`.
+pub fn stamp(v: &serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    let mut m = match v {
+        Value::Object(m) => m.clone(),
+        other => {
+            let mut m = serde_json::Map::new();
+            m.insert("message".into(), other.clone());
+            m
+        }
+    };
+    let has = |k: &str| m.contains_key(k);
+    let kind = if has("step") {
+        "step"
+    } else if has("outbox") || has("escalation") {
+        "escalation"
+    } else if has("source") {
+        "source"
+    } else if has("decision") || has("held") || has("released") || has("decision_id") {
+        "decision"
+    } else {
+        "host"
+    };
+    let outcome = m.get("outcome").and_then(Value::as_str).unwrap_or("ok");
+    let level = if has("error") && kind != "source" {
+        "error"
+    } else if has("error")
+        || has("warning")
+        || has("waiting")
+        || !(outcome == "ok" || outcome == "planned" || outcome.starts_with("skipped"))
+    {
+        "warn"
+    } else {
+        "info"
+    };
+    if !has("time") {
+        m.insert("time".into(), Value::from(rfc(now())));
+    }
+    m.entry("level").or_insert_with(|| Value::from(level));
+    m.entry("type").or_insert_with(|| Value::from(kind));
+    Value::Object(m)
+}
+
 /// `decision_id`: a stable hash of the event and its status, so a replay finds the same id.
 fn decision_id(ev: &Event) -> String {
     let status = status_of(ev);
@@ -336,8 +386,10 @@ impl Host {
         }
     }
 
-    /// Writes one JSON line to the decision log (untrusted strings are JSON-escaped).
+    /// Writes one JSON line to the decision log (untrusted strings are JSON-escaped), with
+    /// its `time`, `level` and `type` ([`stamp`]).
     pub fn log_line(&self, v: &serde_json::Value) {
+        let v = stamp(v);
         if let Ok(mut w) = self.log.lock() {
             let _ = writeln!(w, "{v}");
             let _ = w.flush();
@@ -524,9 +576,9 @@ impl Host {
         // The decision line reuses the decision's JSON serialized for the store.
         let js = |v: &str| serde_json::Value::from(v).to_string();
         fx.logs.push(format!(
-            r#"{{"decision_id":{},"time":{},"event_id":{},"mode":{},"policy_set_digest":{},"decision":{d_json}}}"#,
-            js(&id),
+            r#"{{"time":{},"level":"info","type":"decision","decision_id":{},"event_id":{},"mode":{},"policy_set_digest":{},"decision":{d_json}}}"#,
             js(&rfc(at)),
+            js(&id),
             js(&ev.id),
             js(mode),
             js(engine.digest()),
@@ -561,10 +613,10 @@ impl Host {
                 .enumerate()
             {
                 fx.logs.push(
-                    serde_json::json!({
+                    stamp(&serde_json::json!({
                         "decision_id": id, "step": s.name, "index": i, "attempt": 1,
                         "idempotency_key": steps::step_key(&id, i, &s.name), "outcome": "planned",
-                    })
+                    }))
                     .to_string(),
                 );
             }

@@ -82,3 +82,78 @@ fn a_deferral_deferred_again_keeps_one_suffix() {
         "azure.scheduled_events:e/vm#deferred@2023-11-14T22:23:20.000Z"
     );
 }
+
+#[test]
+fn every_log_line_gets_a_time_a_level_and_a_type() {
+    use serde_json::json;
+    let cases = [
+        (json!({"listen": "127.0.0.1:9464"}), "info", "host"),
+        (json!({"warning": "plugin cache"}), "warn", "host"),
+        (json!({"error": "disk full"}), "error", "host"),
+        (
+            json!({"decision_id": "d", "step": "cordon", "outcome": "ok"}),
+            "info",
+            "step",
+        ),
+        (
+            json!({"decision_id": "d", "step": "cordon", "outcome": "failed: exit 1"}),
+            "warn",
+            "step",
+        ),
+        (
+            json!({"decision_id": "d", "step": "cordon", "outcome": "planned"}),
+            "info",
+            "step",
+        ),
+        (
+            json!({"decision_id": "d", "step": "x", "outcome": "skipped: canceled"}),
+            "info",
+            "step",
+        ),
+        (
+            json!({"decision_id": "d", "held": {"by": "budget"}}),
+            "info",
+            "decision",
+        ),
+        (
+            json!({"decision_id": "d", "released": true}),
+            "info",
+            "decision",
+        ),
+        (
+            json!({"decision_id": "d", "waiting": "no drain slot"}),
+            "warn",
+            "decision",
+        ),
+        (
+            json!({"outbox": "error", "error": "503"}),
+            "error",
+            "escalation",
+        ),
+        (
+            json!({"source": "imds", "error": "timeout"}),
+            "warn",
+            "source",
+        ),
+        (
+            json!({"source": "imds", "recovered": true}),
+            "info",
+            "source",
+        ),
+        (json!("bare"), "info", "host"),
+    ];
+    for (line, level, kind) in cases {
+        let v = stamp(&line);
+        assert_eq!(v["level"], level, "{line}");
+        assert_eq!(v["type"], kind, "{line}");
+        assert!(LOG_TYPES.contains(&v["type"].as_str().unwrap_or("")));
+        let t = v["time"].as_str().unwrap_or("");
+        assert!(chrono::DateTime::parse_from_rfc3339(t).is_ok(), "{v}");
+    }
+    // A line's own time, level and type are kept.
+    let v = stamp(&json!({"time": "2026-01-01T00:00:00.000Z", "level": "debug", "type": "x"}));
+    assert_eq!(
+        (v["time"].as_str(), v["level"].as_str(), v["type"].as_str()),
+        (Some("2026-01-01T00:00:00.000Z"), Some("debug"), Some("x"))
+    );
+}

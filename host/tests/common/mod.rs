@@ -19,6 +19,25 @@ use serde_json::{json, Value};
 pub mod azure;
 pub mod pg;
 
+/// Every decision-log line has `time` (RFC 3339), `level` (`info`, `warn`, `error`) and
+/// `type` (`decision`, `step`, `escalation`, `source`, `host`).
+pub fn assert_log_shape(lines: &[Value]) {
+    assert!(!lines.is_empty());
+    for l in lines {
+        let time = l["time"].as_str().unwrap_or_else(|| panic!("no time: {l}"));
+        assert!(chrono::DateTime::parse_from_rfc3339(time).is_ok(), "{l}");
+        assert!(
+            ["info", "warn", "error"].contains(&l["level"].as_str().unwrap_or("")),
+            "{l}"
+        );
+        assert!(
+            ["decision", "step", "escalation", "source", "host"]
+                .contains(&l["type"].as_str().unwrap_or("")),
+            "{l}"
+        );
+    }
+}
+
 /// An HTTP client for loopback (no proxy).
 pub fn http() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()

@@ -222,6 +222,7 @@ pub fn stamp(v: &serde_json::Value) -> serde_json::Value {
     } else {
         "host"
     };
+    debug_assert!(LOG_TYPES.contains(&kind));
     let outcome = m.get("outcome").and_then(Value::as_str).unwrap_or("ok");
     let level = if has("error") && kind != "source" {
         "error"

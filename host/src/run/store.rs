@@ -1009,6 +1009,9 @@ impl Db<'_> {
     /// status before (then only the normalizer state and the ingest key are written).
     pub fn record(&self, r: &NewDecision<'_>) -> Result<bool, StoreError> {
         let tx = self.0;
+        if tx.is_fleet() {
+            return self.record_fleet(r);
+        }
         tx.atomic(|| {
             let new = tx.exec(
                 "INSERT OR IGNORE INTO events (id, status, first_seen) VALUES (?1, ?2, ?3)",
@@ -1042,6 +1045,81 @@ impl Db<'_> {
             }
             Ok(new)
         })
+    }
+
+    /// [`Db::record`] on PostgreSQL: the event, decision, ingest key and attempt count in one
+    /// statement (one round trip instead of six; a statement is atomic, so no savepoint), then
+    /// the outbox entries and the normalizer state when there are any. Should one of those
+    /// fail, the server aborts the transaction and the batch commits nothing.
+    fn record_fleet(&self, r: &NewDecision<'_>) -> Result<bool, StoreError> {
+        let tx = self.0;
+        let (key, resource, operation, attempt) = match &r.ingest {
+            Some(i) => (
+                Some(i.key),
+                i.counted.map(|c| c.0),
+                i.counted.map(|c| c.1),
+                i.attempt,
+            ),
+            None => (None, None, None, 0),
+        };
+        let new = tx
+            .one(
+                "WITH ev AS (
+                   INSERT INTO events (id, status, first_seen)
+                   VALUES (CAST(?1 AS TEXT), CAST(?2 AS TEXT), CAST(?3 AS TEXT))
+                   ON CONFLICT DO NOTHING RETURNING id
+                 ), dec AS (
+                   INSERT INTO decisions (decision_id, time, event_id, mode, policy_set, action,
+                                          event_json, decision_json, runbook, host)
+                   SELECT CAST(?4 AS TEXT), CAST(?3 AS TEXT), CAST(?1 AS TEXT), CAST(?5 AS TEXT),
+                          CAST(?6 AS TEXT), CAST(?7 AS TEXT), CAST(?8 AS TEXT), CAST(?9 AS TEXT),
+                          CAST(?10 AS TEXT), CAST(?11 AS TEXT)
+                   WHERE EXISTS (SELECT 1 FROM ev)
+                   RETURNING 1
+                 ), ik AS (
+                   INSERT INTO ingest_keys (key, received_at, event_id)
+                   SELECT CAST(?12 AS TEXT), CAST(?3 AS TEXT), CAST(?1 AS TEXT)
+                   WHERE CAST(?12 AS TEXT) IS NOT NULL
+                   ON CONFLICT DO NOTHING RETURNING 1
+                 ), att AS (
+                   INSERT INTO attempts (resource, operation, count, last_at)
+                   SELECT CAST(?13 AS TEXT), CAST(?14 AS TEXT), CAST(?15 AS BIGINT), CAST(?3 AS TEXT)
+                   WHERE CAST(?13 AS TEXT) IS NOT NULL AND CAST(?12 AS TEXT) IS NOT NULL
+                     AND EXISTS (SELECT 1 FROM ev)
+                   ON CONFLICT (resource, operation) DO UPDATE
+                     SET count = excluded.count, last_at = excluded.last_at
+                   RETURNING 1
+                 )
+                 SELECT COUNT(*) FROM ev",
+                p![
+                    r.event_id,
+                    r.status,
+                    r.now,
+                    r.decision_id,
+                    r.mode,
+                    r.policy_set,
+                    r.action,
+                    r.event_json,
+                    r.decision_json,
+                    r.runbook,
+                    self.1,
+                    key,
+                    resource,
+                    operation,
+                    attempt
+                ],
+            )?
+            .map_or(Ok(0), |row| row.get::<i64>(0))?
+            == 1;
+        if let Some(state) = r.normalizer_state {
+            self.save_normalizer_state(state)?;
+        }
+        if new {
+            for o in r.outbox {
+                insert_outbox(tx, o, r.now)?;
+            }
+        }
+        Ok(new)
     }
 
     /// Saves the normalizer state alone (a poll that produced no event).

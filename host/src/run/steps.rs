@@ -82,6 +82,9 @@ pub async fn run_runbook(host: Arc<Host>, decision_id: String, ev: Event, d: Dec
     };
     let mut ok = true;
     let mut canceled = false;
+    // Whether a step was skipped for it: a runbook whose steps had all run before the
+    // platform withdrew the event (e.g. resumed after a crash once the event ended) is done.
+    let mut skipped = false;
     let mut pause_checked = false;
     for (idx, step) in steps.iter().enumerate() {
         let key = step_key(&decision_id, idx, &step.name);
@@ -153,6 +156,7 @@ pub async fn run_runbook(host: Arc<Host>, decision_id: String, ev: Event, d: Dec
                 ("skipped: delivered through the outbox".to_string(), 1)
             }
             StepRecord::New | StepRecord::InDoubt if canceled => {
+                skipped = true;
                 ("skipped: the event was canceled".to_string(), 0)
             }
             StepRecord::New | StepRecord::InDoubt
@@ -195,7 +199,7 @@ pub async fn run_runbook(host: Arc<Host>, decision_id: String, ev: Event, d: Dec
             break;
         }
     }
-    let state = match (ok, canceled) {
+    let state = match (ok, canceled && skipped) {
         (false, _) => "failed",
         (true, true) => "canceled",
         (true, false) => "done",

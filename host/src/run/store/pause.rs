@@ -407,3 +407,134 @@ fn pauses(c: &Conn) -> Result<Vec<PauseRow>, StoreError> {
     })
     .collect()
 }
+
+/// What `keel history` asks for: decisions made in `[since, until]` (RFC 3339, UTC), whose
+/// event id contains `event` and whose action is `action` (each when given), the newest
+/// `limit`.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryQuery {
+    /// Earliest decision time (inclusive).
+    pub since: String,
+    /// Latest decision time (inclusive).
+    pub until: String,
+    /// A part of the event id.
+    pub event: Option<String>,
+    /// The action decided.
+    pub action: Option<String>,
+    /// How many decisions at most (the newest).
+    pub limit: usize,
+}
+
+/// A past decision with its runbook's steps, as `keel history` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PastDecision {
+    /// When it was decided (RFC 3339, UTC).
+    pub time: String,
+    /// Its id.
+    pub decision_id: String,
+    /// Its event.
+    pub event_id: String,
+    /// The action decided.
+    pub action: String,
+    /// The policy that decided it, if one did.
+    pub policy: Option<String>,
+    /// Why, as the decision says.
+    pub reason: Option<String>,
+    /// `live` or `dry_run`.
+    pub mode: String,
+    /// The runbook's state: `pending`, `held`, `done`, `failed`, `canceled`, `escalated`,
+    /// `planned`.
+    pub runbook: String,
+    /// In a fleet, the host that decided it (empty on SQLite).
+    pub host: String,
+    /// Its runbook's steps, in order.
+    pub steps: Vec<PastStep>,
+}
+
+/// A step of a past decision's runbook.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PastStep {
+    /// Its position in the runbook.
+    pub index: i64,
+    /// Its name.
+    pub name: String,
+    /// When it first started (RFC 3339, UTC).
+    pub started_at: String,
+    /// When it finished, if it did.
+    pub finished_at: Option<String>,
+    /// How many times it was begun.
+    pub attempts: i64,
+    /// `ok`, `failed: …`, `skipped: …`, `in_doubt_escalated`; none while it runs.
+    pub outcome: Option<String>,
+}
+
+/// `s` as a `LIKE` pattern matching any text that contains it (`\`, `%`, `_` literal).
+fn contains_pattern(s: &str) -> String {
+    let mut p = String::from("%");
+    for c in s.chars() {
+        if matches!(c, '\\' | '%' | '_') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
+}
+
+impl Store {
+    /// Past decisions and their steps (`keel history`), oldest first among the newest
+    /// `q.limit` that match, in one read transaction.
+    pub fn history(&self, q: &HistoryQuery) -> Result<Vec<PastDecision>, StoreError> {
+        let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
+        let event = q.event.as_deref().map_or_else(|| "%".to_string(), contains_pattern);
+        let action = q.action.as_deref().unwrap_or("");
+        self.c()?.tx(Begin::Snapshot, |c| {
+            let rows = c.rows(
+                r"SELECT time, decision_id, event_id, action, mode, runbook, host, decision_json
+                  FROM decisions
+                  WHERE time >= ?1 AND time <= ?2 AND event_id LIKE ?3 ESCAPE '\'
+                    AND (?4 = '' OR action = ?4)
+                  ORDER BY time DESC, decision_id DESC LIMIT ?5",
+                p![q.since.as_str(), q.until.as_str(), event.as_str(), action, limit],
+            )?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in rows.iter().rev() {
+                let decision_id: String = r.get(1)?;
+                let d: serde_json::Value =
+                    serde_json::from_str(&r.get::<String>(7)?).unwrap_or_default();
+                let text = |k: &str| d.get(k).and_then(|v| v.as_str()).map(str::to_string);
+                let steps = c
+                    .rows(
+                        "SELECT idx, name, started_at, finished_at, attempts, outcome FROM steps
+                         WHERE decision_id = ?1 ORDER BY idx",
+                        p![decision_id.as_str()],
+                    )?
+                    .iter()
+                    .map(|s| {
+                        Ok(PastStep {
+                            index: s.get(0)?,
+                            name: s.get(1)?,
+                            started_at: s.get(2)?,
+                            finished_at: s.get(3)?,
+                            attempts: s.get(4)?,
+                            outcome: s.get(5)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, StoreError>>()?;
+                out.push(PastDecision {
+                    time: r.get(0)?,
+                    decision_id,
+                    event_id: r.get(2)?,
+                    action: r.get(3)?,
+                    policy: text("policy"),
+                    reason: text("reason"),
+                    mode: r.get(4)?,
+                    runbook: r.get(5)?,
+                    host: r.get(6)?,
+                    steps,
+                });
+            }
+            Ok(out)
+        })
+    }
+}

@@ -1,0 +1,101 @@
+//! Issue 15, `keel history`: past decisions and their steps, read from the state while or
+//! after `keel run` ran, filtered by time, event and action, as a table or JSON lines.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Scenario, EVENT_ID};
+use serde_json::Value;
+
+/// `keel history --config <config> <args>`: (exit code, stdout, stderr).
+fn history(config: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .arg("history")
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn json_lines(s: &str) -> Vec<Value> {
+    s.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn history_shows_the_drain_and_its_steps_and_filters_by_time_event_and_action() {
+    let sc = Scenario::new(true, &common::not_before_in_15_minutes()).await;
+    let mut k = sc.keel(&[], &[]);
+    assert_eq!(
+        sc.wait_runbook_finished(&mut k, Duration::from_secs(60)).await,
+        "done"
+    );
+    // While keel run runs on the database.
+    let (code, out, err) = history(&sc.config, &["--json"]);
+    assert_eq!(code, 0, "{err}");
+    let past = json_lines(&out);
+    let drain = past
+        .iter()
+        .find(|d| d["action"] == "drain")
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(drain["event_id"].as_str().unwrap().contains(EVENT_ID), "{drain}");
+    assert_eq!(drain["runbook"], "done");
+    assert_eq!(drain["mode"], "live");
+    assert!(drain["policy"].as_str().unwrap().starts_with("azure."), "{drain}");
+    let steps: Vec<&str> = drain["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps, common::STEPS);
+    assert!(drain["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["outcome"] == "ok" && s["attempts"] == 1));
+    // Oldest first.
+    let times: Vec<&str> = past.iter().map(|d| d["time"].as_str().unwrap()).collect();
+    let mut sorted = times.clone();
+    sorted.sort();
+    assert_eq!(times, sorted);
+
+    // Filters.
+    let (_, out, _) = history(&sc.config, &["--json", "--action", "drain"]);
+    assert_eq!(json_lines(&out).len(), 1, "{out}");
+    let (_, out, _) = history(&sc.config, &["--json", "--action", "retry"]);
+    assert!(json_lines(&out).is_empty(), "{out}");
+    let (_, out, _) = history(&sc.config, &["--json", "--event", &EVENT_ID[..8]]);
+    assert!(!json_lines(&out).is_empty());
+    let (_, out, _) = history(&sc.config, &["--json", "--event", "no-such%_"]);
+    assert!(json_lines(&out).is_empty(), "`%` and `_` are literal: {out}");
+    let (_, out, _) = history(&sc.config, &["--json", "--since", "2000-01-01T00:00:00Z", "--until", "2000-01-02T00:00:00Z"]);
+    assert!(json_lines(&out).is_empty(), "{out}");
+    let (_, out, _) = history(&sc.config, &["--json", "--limit", "1"]);
+    let last = json_lines(&out);
+    assert_eq!(last.len(), 1);
+    assert_eq!(last[0]["time"], *past.last().unwrap().get("time").unwrap());
+
+    // The table.
+    let (code, out, _) = history(&sc.config, &["--since", "1h"]);
+    assert_eq!(code, 0);
+    assert!(out.lines().next().unwrap().contains("decision(s) from"), "{out}");
+    assert!(out.contains("drain") && out.contains("step 1 cordon"), "{out}");
+
+    // Usage errors.
+    for bad in [["--since", "yesterday"], ["--until", "2h"]] {
+        let (code, _, err) = history(&sc.config, &bad);
+        assert_eq!(code, 2, "{bad:?}: {err}");
+        assert!(err.starts_with("error: "), "{err}");
+    }
+    k.kill();
+}

@@ -258,11 +258,23 @@ async fn the_2021_10_13_storm_split_across_three_hosts_pages_once_and_retries_a_
     // `keel history` on the fleet's database: every host's decisions, each with its host.
     let cfgs = fleet_configs(dir.path(), &url, &pw, &hook_url, "");
     let out = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(["history", "--json", "--limit", "1000", "--since", "2000-01-01T00:00:00Z", "--config"])
+        .args([
+            "history",
+            "--json",
+            "--limit",
+            "1000",
+            "--since",
+            "2000-01-01T00:00:00Z",
+            "--config",
+        ])
         .arg(&cfgs[1])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let past: Vec<Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

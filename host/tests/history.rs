@@ -28,7 +28,9 @@ fn history(config: &Path, args: &[&str]) -> (i32, String, String) {
 }
 
 fn json_lines(s: &str) -> Vec<Value> {
-    s.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    s.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -36,7 +38,8 @@ async fn history_shows_the_drain_and_its_steps_and_filters_by_time_event_and_act
     let sc = Scenario::new(true, &common::not_before_in_15_minutes()).await;
     let mut k = sc.keel(&[], &[]);
     assert_eq!(
-        sc.wait_runbook_finished(&mut k, Duration::from_secs(60)).await,
+        sc.wait_runbook_finished(&mut k, Duration::from_secs(60))
+            .await,
         "done"
     );
     // While keel run runs on the database.
@@ -47,10 +50,19 @@ async fn history_shows_the_drain_and_its_steps_and_filters_by_time_event_and_act
         .iter()
         .find(|d| d["action"] == "drain")
         .unwrap_or_else(|| panic!("{out}"));
-    assert!(drain["event_id"].as_str().unwrap().contains(EVENT_ID), "{drain}");
+    assert!(
+        drain["event_id"]
+            .as_str()
+            .unwrap()
+            .contains(&EVENT_ID.to_lowercase()),
+        "{drain}"
+    );
     assert_eq!(drain["runbook"], "done");
     assert_eq!(drain["mode"], "live");
-    assert!(drain["policy"].as_str().unwrap().starts_with("azure."), "{drain}");
+    assert!(
+        drain["policy"].as_str().unwrap().starts_with("azure."),
+        "{drain}"
+    );
     let steps: Vec<&str> = drain["steps"]
         .as_array()
         .unwrap()
@@ -74,11 +86,24 @@ async fn history_shows_the_drain_and_its_steps_and_filters_by_time_event_and_act
     assert_eq!(json_lines(&out).len(), 1, "{out}");
     let (_, out, _) = history(&sc.config, &["--json", "--action", "retry"]);
     assert!(json_lines(&out).is_empty(), "{out}");
+    // Any part of the id, whatever its case.
     let (_, out, _) = history(&sc.config, &["--json", "--event", &EVENT_ID[..8]]);
-    assert!(!json_lines(&out).is_empty());
+    assert!(!json_lines(&out).is_empty(), "{out}");
     let (_, out, _) = history(&sc.config, &["--json", "--event", "no-such%_"]);
-    assert!(json_lines(&out).is_empty(), "`%` and `_` are literal: {out}");
-    let (_, out, _) = history(&sc.config, &["--json", "--since", "2000-01-01T00:00:00Z", "--until", "2000-01-02T00:00:00Z"]);
+    assert!(
+        json_lines(&out).is_empty(),
+        "`%` and `_` are literal: {out}"
+    );
+    let (_, out, _) = history(
+        &sc.config,
+        &[
+            "--json",
+            "--since",
+            "2000-01-01T00:00:00Z",
+            "--until",
+            "2000-01-02T00:00:00Z",
+        ],
+    );
     assert!(json_lines(&out).is_empty(), "{out}");
     let (_, out, _) = history(&sc.config, &["--json", "--limit", "1"]);
     let last = json_lines(&out);
@@ -88,8 +113,14 @@ async fn history_shows_the_drain_and_its_steps_and_filters_by_time_event_and_act
     // The table.
     let (code, out, _) = history(&sc.config, &["--since", "1h"]);
     assert_eq!(code, 0);
-    assert!(out.lines().next().unwrap().contains("decision(s) from"), "{out}");
-    assert!(out.contains("drain") && out.contains("step 1 cordon"), "{out}");
+    assert!(
+        out.lines().next().unwrap().contains("decision(s) from"),
+        "{out}"
+    );
+    assert!(
+        out.contains("drain") && out.contains("step 1 cordon"),
+        "{out}"
+    );
 
     // Usage errors.
     for bad in [["--since", "yesterday"], ["--until", "2h"]] {

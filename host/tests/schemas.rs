@@ -160,7 +160,10 @@ fn the_schemas_are_draft_2020_12_schemas() {
             s["$schema"], "https://json-schema.org/draft/2020-12/schema",
             "{name}"
         );
-        assert!(jsonschema::meta::is_valid(&s), "{name} is not a valid schema");
+        assert!(
+            jsonschema::meta::is_valid(&s),
+            "{name} is not a valid schema"
+        );
         validator(name);
     }
 }
@@ -365,7 +368,11 @@ fn documents_keel_rejects_are_invalid() {
     for (schema_name, what, good, bad) in PAIRS {
         let v = validator(schema_name);
         let good_doc = load(Path::new("good.yaml"), good.as_bytes());
-        let found = problems(&v, &format!("{schema_name}, {what}, the valid twin"), &good_doc);
+        let found = problems(
+            &v,
+            &format!("{schema_name}, {what}, the valid twin"),
+            &good_doc,
+        );
         wrong.extend(found);
         let bad_doc = load(Path::new("bad.yaml"), bad.as_bytes());
         if v.is_valid(&bad_doc) {

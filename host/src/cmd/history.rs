@@ -13,7 +13,7 @@ use crate::Exit;
 /// Show past decisions and their runbooks' steps.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  keel history\n  keel history --since 2h --action drain\n  keel history --event web-win-17 --config /etc/keel/keel.yaml\n  keel history --since 2026-12-01T00:00:00Z --until 2026-12-02T00:00:00Z --json | jq -c '{time, action, runbook}'\n\nDecisions are listed oldest first among the newest --limit that match, each with its\nrunbook's state and steps (outcome, attempts). --since takes a duration before now (90s, 2h,\n7d) or an RFC 3339 time; --event matches any part of the event id. --json prints one object\nper line with the keys time, decision_id, event_id, action, policy, reason, mode, runbook,\nhost and steps (stable: later versions only add keys). The database is opened read-only."
+    after_help = "Examples:\n  keel history\n  keel history --since 2h --action drain\n  keel history --event web-win-17 --config /etc/keel/keel.yaml\n  keel history --since 2026-12-01T00:00:00Z --until 2026-12-02T00:00:00Z --json | jq -c '{time, action, runbook}'\n\nDecisions are listed oldest first among the newest --limit that match, each with its\nrunbook's state and steps (outcome, attempts). --since takes a duration before now (90s, 2h,\n7d) or an RFC 3339 time; --event matches any part of the event id, ignoring case.\n--json prints one object per line with the keys time, decision_id, event_id, action,\npolicy, reason, mode, runbook, host and steps (stable: later versions only add keys). The database is opened read-only."
 )]
 pub struct Args {
     /// The configuration file (its `state` is the database read).
@@ -25,7 +25,7 @@ pub struct Args {
     /// Only decisions made until then (an RFC 3339 time); default: now.
     #[arg(long, value_name = "TIME")]
     pub until: Option<String>,
-    /// Only events whose id contains this text.
+    /// Only events whose id contains this text (ignoring case).
     #[arg(long, value_name = "TEXT")]
     pub event: Option<String>,
     /// Only decisions of this action (`drain`, `retry_without_agent`, `escalate`, ...).
@@ -50,7 +50,10 @@ fn when(s: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
     }
     let d = keel_engine::parse_duration(s).ok()?;
     let d = chrono::Duration::from_std(d).ok()?;
-    Some(now.checked_sub_signed(d).unwrap_or(DateTime::<Utc>::MIN_UTC))
+    Some(
+        now.checked_sub_signed(d)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC),
+    )
 }
 
 /// Runs `keel history`.

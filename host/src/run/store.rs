@@ -1181,7 +1181,7 @@ mod pause;
 pub mod pg;
 pub mod sql;
 pub use budget::{LeaseRow, LeaseWant};
-pub use pause::{HeldRow, HistoryQuery, PastDecision, PastStep, Status};
+pub use pause::{HeldRow, HistoryQuery, PastDecision, Status};
 
 #[cfg(test)]
 mod parity_tests;

@@ -409,8 +409,8 @@ fn pauses(c: &Conn) -> Result<Vec<PauseRow>, StoreError> {
 }
 
 /// What `keel history` asks for: decisions made in `[since, until]` (RFC 3339, UTC), whose
-/// event id contains `event` and whose action is `action` (each when given), the newest
-/// `limit`.
+/// event id contains `event` (ignoring case) and whose action is `action` (each when given),
+/// the newest `limit`.
 #[derive(Debug, Clone, Default)]
 pub struct HistoryQuery {
     /// Earliest decision time (inclusive).
@@ -486,16 +486,26 @@ impl Store {
     /// `q.limit` that match, in one read transaction.
     pub fn history(&self, q: &HistoryQuery) -> Result<Vec<PastDecision>, StoreError> {
         let limit = i64::try_from(q.limit).unwrap_or(i64::MAX);
-        let event = q.event.as_deref().map_or_else(|| "%".to_string(), contains_pattern);
+        // Case-insensitive on both backends (SQLite's LIKE is, PostgreSQL's is not).
+        let event = q
+            .event
+            .as_deref()
+            .map_or_else(|| "%".to_string(), |e| contains_pattern(&e.to_lowercase()));
         let action = q.action.as_deref().unwrap_or("");
         self.c()?.tx(Begin::Snapshot, |c| {
             let rows = c.rows(
                 r"SELECT time, decision_id, event_id, action, mode, runbook, host, decision_json
                   FROM decisions
-                  WHERE time >= ?1 AND time <= ?2 AND event_id LIKE ?3 ESCAPE '\'
+                  WHERE time >= ?1 AND time <= ?2 AND lower(event_id) LIKE ?3 ESCAPE '\'
                     AND (?4 = '' OR action = ?4)
                   ORDER BY time DESC, decision_id DESC LIMIT ?5",
-                p![q.since.as_str(), q.until.as_str(), event.as_str(), action, limit],
+                p![
+                    q.since.as_str(),
+                    q.until.as_str(),
+                    event.as_str(),
+                    action,
+                    limit
+                ],
             )?;
             let mut out = Vec::with_capacity(rows.len());
             for r in rows.iter().rev() {

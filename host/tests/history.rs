@@ -134,3 +134,55 @@ async fn history_shows_the_drain_and_its_steps_and_filters_by_time_event_and_act
         assert!(err.starts_with("error: "), "{err}");
     }
 }
+
+/// Issue 15, `log.file`: the decision log also goes to a file (beside standard output), the
+/// same lines; the configuration is checked with positions.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_decision_log_also_goes_to_log_file() {
+    let sc = Scenario::new(true, &common::not_before_in_15_minutes()).await;
+    let file = sc.dir.path().join("decisions.jsonl");
+    let text = std::fs::read_to_string(&sc.config).unwrap();
+    std::fs::write(
+        &sc.config,
+        format!("log:\n  file: {}\n  keep: 2\n{text}", file.display()),
+    )
+    .unwrap();
+    let mut k = sc.keel(&[], &[]);
+    assert_eq!(
+        sc.wait_runbook_finished(&mut k, Duration::from_secs(60)).await,
+        "done"
+    );
+    k.kill();
+    let stdout: Vec<Value> = k.json_lines();
+    let in_file: Vec<Value> = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(in_file.iter().any(|l| l["type"] == "decision"), "{in_file:?}");
+    // The same lines, in order (standard output's reader may lag a line behind the file).
+    let n = in_file.len().min(stdout.len());
+    assert!(n >= 3, "{in_file:?}");
+    assert_eq!(in_file[..n], stdout[..n]);
+    common::assert_log_shape(&in_file);
+
+    for (yaml, want) in [
+        ("log:\n  file: no-such-dir/x.jsonl\n", "keel.yaml:2:9: error: `"),
+        ("log:\n  file: x.jsonl\n  keep: 0\n", "keel.yaml:3:9: error: expected how many rotated files"),
+        ("log:\n  file: x.jsonl\n  max_bytes: 10\n", "keel.yaml:3:14: error: expected a size in bytes"),
+        ("log:\n  keep: 3\n", "`log` needs `file`"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("keel.yaml");
+        std::fs::write(&cfg, yaml).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+            .args(["check", "--config"])
+            .arg(&cfg)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).replace(&format!("{}/", dir.path().display()), "");
+        assert_eq!(out.status.code(), Some(3), "{yaml}: {err}");
+        assert!(err.contains(want), "{yaml}: want {want:?}\n{err}");
+    }
+}

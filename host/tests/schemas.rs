@@ -20,6 +20,7 @@ const ROOT_KEYS: &[&str] = &[
     "policies",
     "state",
     "postgres",
+    "log",
     "plugin_cache",
     "listen",
     "dry_run",

@@ -103,10 +103,27 @@ pub fn run(args: Args) -> Exit {
     })
 }
 
-/// Starts the host, its decision log on standard output (`keel run`, `keel demo`); a start
-/// error is [`report`]ed.
+/// Starts the host, its decision log on standard output and in `log.file` when configured
+/// (`keel run`, `keel demo`); a start error is [`report`]ed.
 pub fn start_host(cfg: config::Config) -> Result<std::sync::Arc<run::Host>, Exit> {
-    run::Host::new(cfg, Box::new(std::io::stdout())).map_err(|e| report(&e))
+    let file = match &cfg.log.file {
+        None => None,
+        Some(path) => match run::logfile::RotatingFile::open(path, cfg.log.max_bytes, cfg.log.keep) {
+            Ok(f) => Some(f),
+            Err(e) => {
+                eprintln!(
+                    "error: log.file {}: {e}",
+                    keel_engine::escape(&path.display().to_string())
+                );
+                return Err(Exit::Host);
+            }
+        },
+    };
+    let out = run::logfile::Tee {
+        first: std::io::stdout(),
+        second: file,
+    };
+    run::Host::new(cfg, Box::new(out)).map_err(|e| report(&e))
 }
 
 /// Writes a start error to standard error; its exit code.

@@ -32,6 +32,8 @@ pub struct Config {
     pub state: PathBuf,
     /// Fleet mode: the PostgreSQL database many hosts share (`state: postgres://…`).
     pub postgres: Option<state::Postgres>,
+    /// The decision log's file beside standard output (`log:`), if any.
+    pub log: LogFile,
     /// Where /metrics, /healthz and /readyz listen (loopback by default).
     pub listen: SocketAddr,
     /// Plan steps without effects.
@@ -85,6 +87,17 @@ pub struct Config {
     pub windows: Vec<Window>,
     /// Blockers (`blockers:`): checks that hold the actions they name while not clear.
     pub blockers: Vec<Blocker>,
+}
+
+/// `log:`: a file the decision log also goes to, rotated by size.
+#[derive(Debug, Clone, Default)]
+pub struct LogFile {
+    /// The file (its directory must exist); none: standard output only.
+    pub file: Option<PathBuf>,
+    /// Its size past which it rotates (bytes).
+    pub max_bytes: u64,
+    /// How many rotated files are kept (`<file>.1` … `<file>.<keep>`).
+    pub keep: usize,
 }
 
 /// Limits on what runs at once (`limits:`).
@@ -344,6 +357,7 @@ const ROOT_KEYS: &[&str] = &[
     "policies",
     "state",
     "postgres",
+    "log",
     "plugin_cache",
     "listen",
     "dry_run",
@@ -413,6 +427,7 @@ fn parse(path: &Path, bytes: &[u8], base: &Path, secrets: bool) -> Result<Config
     let (state, postgres) =
         state::parse_state(&mut v, &base, root.get("state"), root.get("postgres"));
     let plugin_cache = parse_plugin_cache(&mut v, &base, root.get("plugin_cache"), &state);
+    let log = parse_log(&mut v, &base, root.get("log"));
     let listen = parse_listen(&mut v, root.get("listen"));
     let dry_run = v.boolean("/dry_run", root.get("dry_run"), false);
     let self_name = parse_self(&mut v, root.get("self"));
@@ -445,6 +460,7 @@ fn parse(path: &Path, bytes: &[u8], base: &Path, secrets: bool) -> Result<Config
         policies,
         state,
         postgres,
+        log,
         listen,
         dry_run,
         self_name,
@@ -522,6 +538,48 @@ fn parse_self(v: &mut V<'_>, val: Option<&Value>) -> Option<String> {
             None
         }
     }
+}
+
+/// `log: {file, max_bytes, keep}`: 64 MiB and 5 files by default.
+fn parse_log(v: &mut V<'_>, base: &Path, l: Option<&Value>) -> LogFile {
+    let mut log = LogFile {
+        file: None,
+        max_bytes: 64 << 20,
+        keep: 5,
+    };
+    let Some(l) = l else { return log };
+    v.keys("/log", l, &["file", "max_bytes", "keep"]);
+    if l.get("file").is_some() {
+        let f = v.path(base, "/log/file", l.get("file"), "");
+        let dir = f.parent().filter(|d| !d.as_os_str().is_empty());
+        if f.is_dir() {
+            v.err("/log/file", format!("`{}` is a directory", f.display()));
+        } else if dir.is_some_and(|d| !d.is_dir()) {
+            v.err(
+                "/log/file",
+                format!("`{}`: its directory does not exist", f.display()),
+            );
+        } else {
+            log.file = Some(f);
+        }
+    } else {
+        v.err("/log", "`log` needs `file`: the file the decision log also goes to");
+    }
+    match l.get("max_bytes") {
+        None => {}
+        Some(n) => match n.as_u64() {
+            Some(b) if b >= 4096 => log.max_bytes = b,
+            _ => v.err("/log/max_bytes", "expected a size in bytes, at least 4096"),
+        },
+    }
+    match l.get("keep") {
+        None => {}
+        Some(n) => match n.as_u64() {
+            Some(k) if (1..=100).contains(&k) => log.keep = k as usize,
+            _ => v.err("/log/keep", "expected how many rotated files to keep, from 1 to 100"),
+        },
+    }
+    log
 }
 
 fn parse_limits(v: &mut V<'_>, l: Option<&Value>) -> Limits {

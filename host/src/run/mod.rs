@@ -14,6 +14,7 @@ pub mod health;
 pub mod http;
 pub mod identity;
 pub mod lock;
+pub mod logfile;
 pub mod metrics;
 pub mod notify;
 pub mod outbox;

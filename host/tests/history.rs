@@ -149,7 +149,8 @@ async fn the_decision_log_also_goes_to_log_file() {
     .unwrap();
     let mut k = sc.keel(&[], &[]);
     assert_eq!(
-        sc.wait_runbook_finished(&mut k, Duration::from_secs(60)).await,
+        sc.wait_runbook_finished(&mut k, Duration::from_secs(60))
+            .await,
         "done"
     );
     k.kill();
@@ -159,7 +160,10 @@ async fn the_decision_log_also_goes_to_log_file() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert!(in_file.iter().any(|l| l["type"] == "decision"), "{in_file:?}");
+    assert!(
+        in_file.iter().any(|l| l["type"] == "decision"),
+        "{in_file:?}"
+    );
     // The same lines, in order (standard output's reader may lag a line behind the file).
     let n = in_file.len().min(stdout.len());
     assert!(n >= 3, "{in_file:?}");
@@ -167,9 +171,18 @@ async fn the_decision_log_also_goes_to_log_file() {
     common::assert_log_shape(&in_file);
 
     for (yaml, want) in [
-        ("log:\n  file: no-such-dir/x.jsonl\n", "keel.yaml:2:9: error: `"),
-        ("log:\n  file: x.jsonl\n  keep: 0\n", "keel.yaml:3:9: error: expected how many rotated files"),
-        ("log:\n  file: x.jsonl\n  max_bytes: 10\n", "keel.yaml:3:14: error: expected a size in bytes"),
+        (
+            "log:\n  file: no-such-dir/x.jsonl\n",
+            "keel.yaml:2:9: error: `",
+        ),
+        (
+            "log:\n  file: x.jsonl\n  keep: 0\n",
+            "keel.yaml:3:9: error: expected how many rotated files",
+        ),
+        (
+            "log:\n  file: x.jsonl\n  max_bytes: 10\n",
+            "keel.yaml:3:14: error: expected a size in bytes",
+        ),
         ("log:\n  keep: 3\n", "`log` needs `file`"),
     ] {
         let dir = tempfile::tempdir().unwrap();
@@ -181,7 +194,8 @@ async fn the_decision_log_also_goes_to_log_file() {
             .current_dir(dir.path())
             .output()
             .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr).replace(&format!("{}/", dir.path().display()), "");
+        let err =
+            String::from_utf8_lossy(&out.stderr).replace(&format!("{}/", dir.path().display()), "");
         assert_eq!(out.status.code(), Some(3), "{yaml}: {err}");
         assert!(err.contains(want), "{yaml}: want {want:?}\n{err}");
     }

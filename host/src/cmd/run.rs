@@ -108,7 +108,8 @@ pub fn run(args: Args) -> Exit {
 pub fn start_host(cfg: config::Config) -> Result<std::sync::Arc<run::Host>, Exit> {
     let file = match &cfg.log.file {
         None => None,
-        Some(path) => match run::logfile::RotatingFile::open(path, cfg.log.max_bytes, cfg.log.keep) {
+        Some(path) => match run::logfile::RotatingFile::open(path, cfg.log.max_bytes, cfg.log.keep)
+        {
             Ok(f) => Some(f),
             Err(e) => {
                 eprintln!(

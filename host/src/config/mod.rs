@@ -563,7 +563,10 @@ fn parse_log(v: &mut V<'_>, base: &Path, l: Option<&Value>) -> LogFile {
             log.file = Some(f);
         }
     } else {
-        v.err("/log", "`log` needs `file`: the file the decision log also goes to");
+        v.err(
+            "/log",
+            "`log` needs `file`: the file the decision log also goes to",
+        );
     }
     match l.get("max_bytes") {
         None => {}
@@ -576,7 +579,10 @@ fn parse_log(v: &mut V<'_>, base: &Path, l: Option<&Value>) -> LogFile {
         None => {}
         Some(n) => match n.as_u64() {
             Some(k) if (1..=100).contains(&k) => log.keep = k as usize,
-            _ => v.err("/log/keep", "expected how many rotated files to keep, from 1 to 100"),
+            _ => v.err(
+                "/log/keep",
+                "expected how many rotated files to keep, from 1 to 100",
+            ),
         },
     }
     log

@@ -134,7 +134,11 @@ mod tests {
         }
         f.flush()?;
         let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
-        let (now, one, two) = (read(&path), read(&numbered(&path, 1)), read(&numbered(&path, 2)));
+        let (now, one, two) = (
+            read(&path),
+            read(&numbered(&path, 1)),
+            read(&numbered(&path, 2)),
+        );
         assert!(!numbered(&path, 3).exists(), "keep 2: no third file");
         for text in [&now, &one, &two] {
             assert!(text.len() <= 100, "{} bytes", text.len());
@@ -171,7 +175,10 @@ mod tests {
         let mut f = RotatingFile::open(&path, 10, 3)?;
         writeln!(f, "{}", "y".repeat(50))?;
         writeln!(f, "{}", "z".repeat(50))?;
-        assert_eq!(std::fs::read_to_string(&path)?, format!("{}\n", "z".repeat(50)));
+        assert_eq!(
+            std::fs::read_to_string(&path)?,
+            format!("{}\n", "z".repeat(50))
+        );
         assert_eq!(
             std::fs::read_to_string(numbered(&path, 1))?,
             format!("{}\n", "y".repeat(50))

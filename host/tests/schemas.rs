@@ -7,9 +7,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use serde_json::Value;
+
+mod run_keel;
+use run_keel::{keel, root, text};
 
 const POLICY: &str = "policy-file.schema.json";
 const TEST: &str = "test-file.schema.json";
@@ -40,22 +42,6 @@ const ROOT_KEYS: &[&str] = &[
     "windows",
     "blockers",
 ];
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn keel(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .unwrap()
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 fn schema(name: &str) -> Value {
     let path = root().join("host/schemas").join(name);

@@ -212,10 +212,11 @@ pub fn stamp(v: &serde_json::Value) -> serde_json::Value {
         }
     };
     let has = |k: &str| m.contains_key(k);
-    let kind = if has("step") {
-        "step"
-    } else if has("outbox") || has("escalation") {
+    let kind = if has("outbox") || has("escalation") {
         "escalation"
+    } else if has("step") || has("log") {
+        // A `log` step's own line is a step's output.
+        "step"
     } else if has("source") {
         "source"
     } else if has("decision") || has("held") || has("released") || has("decision_id") {

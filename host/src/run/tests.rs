@@ -131,6 +131,16 @@ fn every_log_line_gets_a_time_a_level_and_a_type() {
             "escalation",
         ),
         (
+            json!({"decision_id": "d", "outbox": "k", "log": {"kind": "storm"}}),
+            "info",
+            "escalation",
+        ),
+        (
+            json!({"decision_id": "d", "log": "drain for vm-1"}),
+            "info",
+            "step",
+        ),
+        (
             json!({"source": "imds", "error": "timeout"}),
             "warn",
             "source",

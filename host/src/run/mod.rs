@@ -321,6 +321,8 @@ impl Host {
         };
         let engine = load_policies(&cfg)?;
         let store = Store::open_config(&cfg)?;
+        // A fleet's hosts judge leases by one clock, the database's.
+        store.use_database_clock();
         let nstate = match store.normalizer_state()? {
             Some(json) => serde_json::from_str(&json).unwrap_or_default(),
             None => NormalizerState::default(),

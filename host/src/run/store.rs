@@ -301,6 +301,9 @@ fn restrict(path: &Path, mode: u32) -> std::io::Result<()> {
 /// The state database.
 pub struct Store {
     conn: Mutex<Conn>,
+    /// On PostgreSQL, whether leases are stamped by the database's clock (`keel run`), not
+    /// by the times the caller gives (tests on a virtual clock).
+    db_clock: std::sync::atomic::AtomicBool,
     /// The host's identity in a fleet's shared database (its decisions, held decisions,
     /// deferrals and normalizer state); empty on SQLite, which has one host.
     host: String,
@@ -504,6 +507,7 @@ impl Store {
         }
         Ok(Store {
             conn: Mutex::new(Conn::Lite(conn)),
+            db_clock: Default::default(),
             host: String::new(),
         })
     }
@@ -517,6 +521,7 @@ impl Store {
         pg.migrate(PG_MIGRATIONS)?;
         Ok(Store {
             conn: Mutex::new(Conn::Pg(pg)),
+            db_clock: Default::default(),
             host,
         })
     }
@@ -553,6 +558,7 @@ impl Store {
         let supported = i64::try_from(PG_MIGRATIONS.len()).unwrap_or(i64::MAX);
         let store = Store {
             conn: Mutex::new(Conn::Pg(pg::Pg::connect(settings)?)),
+            db_clock: Default::default(),
             host: String::from("#cli"),
         };
         let found = match store.schema_version() {
@@ -570,6 +576,15 @@ impl Store {
     /// Whether this is a fleet's shared (PostgreSQL) database.
     pub fn is_fleet(&self) -> bool {
         !self.host.is_empty()
+    }
+
+    /// On a fleet's database, stamps leases with the database's clock from now on (the
+    /// hosts' clocks may disagree; the database's is one): their acquisition, renewal,
+    /// release and expiry, and the test of which leases are live. The caller's times still
+    /// give the lease's length. No effect on SQLite (one host, one clock).
+    pub fn use_database_clock(&self) {
+        self.db_clock
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// This host's identity in a fleet's database (`None` on SQLite).

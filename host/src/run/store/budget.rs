@@ -155,6 +155,35 @@ fn lease_tx<R>(c: &Conn, f: impl FnOnce(&Conn) -> Result<R, StoreError>) -> Resu
 }
 
 impl Store {
+    /// The database's clock, when leases are stamped by it ([`Store::use_database_clock`]).
+    fn db_now(&self, c: &Conn) -> Result<Option<chrono::DateTime<chrono::Utc>>, StoreError> {
+        if !(c.is_fleet() && self.db_clock.load(std::sync::atomic::Ordering::Relaxed)) {
+            return Ok(None);
+        }
+        let ms: i64 = c
+            .one(
+                "SELECT CAST(FLOOR(EXTRACT(EPOCH FROM clock_timestamp()) * 1000) AS BIGINT)",
+                p![],
+            )?
+            .map_or(Ok(0), |r| r.get(0))?;
+        Ok(chrono::DateTime::from_timestamp_millis(ms))
+    }
+
+    /// `(now, expires)` moved to start at `at`, the lease's length kept (as given, when either
+    /// cannot be read).
+    fn restamp(now: &str, expires: &str, at: Option<chrono::DateTime<chrono::Utc>>) -> (String, String) {
+        let parse = |t: &str| {
+            chrono::DateTime::parse_from_rfc3339(t).map(|t| t.with_timezone(&chrono::Utc))
+        };
+        match (at, parse(now), parse(expires)) {
+            (Some(at), Ok(n), Ok(e)) => (
+                super::super::rfc(at),
+                super::super::rfc(at.checked_add_signed(e - n).unwrap_or(at)),
+            ),
+            _ => (now.to_string(), expires.to_string()),
+        }
+    }
+
     /// Takes every slot `wants` names for `decision_id`, or none: in one write transaction,
     /// `admit` sees each key's live leases and members and says yes (`Ok`) or why not
     /// (`Err(reason)`); on the first no, nothing is written and the reason is returned. A
@@ -173,6 +202,7 @@ impl Store {
     ) -> Result<Result<(), Denied>, StoreError> {
         lease_tx(&*self.c()?, |tx| {
             let (now, expires) = stamps();
+            let (now, expires) = Self::restamp(&now, &expires, self.db_now(tx)?);
             let (now, expires) = (now.as_str(), expires.as_str());
             for w in wants {
                 let (rows, v) = view(tx, w.budget, w.key, now)?;
@@ -231,6 +261,8 @@ impl Store {
         expires: &str,
     ) -> Result<usize, StoreError> {
         lease_tx(&*self.c()?, |tx| {
+            let (now, expires) = Self::restamp(now, expires, self.db_now(tx)?);
+            let (now, expires) = (now.as_str(), expires.as_str());
             let mut n = 0;
             for d in decisions {
                 n += tx.exec(
@@ -253,6 +285,7 @@ impl Store {
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<usize, StoreError> {
         lease_tx(&*self.c()?, |tx| {
+            let now = self.db_now(tx)?.unwrap_or(now);
             let rows = tx
                 .rows(
                     "SELECT budget, bake_s FROM leases

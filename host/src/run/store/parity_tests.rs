@@ -452,3 +452,60 @@ fn on_postgres_a_batch_with_a_failed_statement_commits_nothing() -> Result<(), S
     assert!(s.seen("x2", "Scheduled")?);
     Ok(())
 }
+
+#[test]
+fn a_fleets_leases_are_stamped_by_the_database_clock() -> Result<(), StoreError> {
+    let pg = server::PgServer::start();
+    pg.create_db("clock");
+    let s = pg_store(&pg, "clock", "host-a")?;
+    s.use_database_clock();
+    let want = LeaseWant {
+        budget: "ud",
+        key: "web",
+        unit: "ud-1",
+        bake_s: 30,
+        max_in_flight: 1,
+    };
+    // A host whose clock says 2026-01-01 (far from the database's): its lease starts at the
+    // database's time, 60 s long as asked.
+    let before = chrono::Utc::now();
+    s.acquire_leases("d1", std::slice::from_ref(&want), "h#1", || (T0.into(), T1.into()), |_, _| Ok(()))?
+        .map_err(|d| StoreError::Pg(d.reason))?;
+    let after = chrono::Utc::now();
+    let l = s.lease("d1", "ud")?.ok_or(StoreError::Poisoned)?;
+    let t = |x: &str| {
+        chrono::DateTime::parse_from_rfc3339(x)
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .map_err(|e| StoreError::Pg(e.to_string()))
+    };
+    let acquired = t(&l.acquired_at)?;
+    let slack = chrono::Duration::seconds(5);
+    assert!(acquired >= before - slack && acquired <= after + slack, "{l:?}");
+    assert_eq!(t(&l.expires_at)? - acquired, chrono::Duration::seconds(60));
+    // Its live leases are judged by that clock too: the host's "2026-01-01 00:00:30" would
+    // see the lease live, so would the database's now; a second unit is refused as full.
+    let other = LeaseWant {
+        unit: "ud-2",
+        ..want.clone()
+    };
+    let refused = s.acquire_leases("d2", &[other], "h#2", || (T0.into(), T1.into()), |_, v| {
+        if v.live.is_empty() {
+            Ok(())
+        } else {
+            Err("full".into())
+        }
+    })?;
+    assert!(refused.is_err());
+    // Renewed and released at the database's time; the bake counts from there.
+    assert_eq!(s.renew_leases("h#1", &["d1".into()], T0, T2)?, 1);
+    let l = s.lease("d1", "ud")?.ok_or(StoreError::Poisoned)?;
+    assert_eq!(t(&l.expires_at)? - t(&l.renewed_at)?, chrono::Duration::seconds(120));
+    assert!(t(&l.renewed_at)? >= acquired);
+    let old = t(T0)?;
+    assert_eq!(s.release_leases("d1", "h#1", old)?, 1);
+    let l = s.lease("d1", "ud")?.ok_or(StoreError::Poisoned)?;
+    let released = t(l.released_at.as_deref().unwrap_or(""))?;
+    assert!(released >= acquired, "{l:?}");
+    assert_eq!(t(&l.expires_at)? - released, chrono::Duration::seconds(30));
+    Ok(())
+}

@@ -158,6 +158,7 @@ impl Store {
         }
         Ok(Store {
             conn: std::sync::Mutex::new(Conn::Lite(conn)),
+            db_clock: Default::default(),
             host: String::new(),
         })
     }

@@ -171,7 +171,11 @@ impl Store {
 
     /// `(now, expires)` moved to start at `at`, the lease's length kept (as given, when either
     /// cannot be read).
-    fn restamp(now: &str, expires: &str, at: Option<chrono::DateTime<chrono::Utc>>) -> (String, String) {
+    fn restamp(
+        now: &str,
+        expires: &str,
+        at: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> (String, String) {
         let parse = |t: &str| {
             chrono::DateTime::parse_from_rfc3339(t).map(|t| t.with_timezone(&chrono::Utc))
         };

@@ -469,8 +469,14 @@ fn a_fleets_leases_are_stamped_by_the_database_clock() -> Result<(), StoreError>
     // A host whose clock says 2026-01-01 (far from the database's): its lease starts at the
     // database's time, 60 s long as asked.
     let before = chrono::Utc::now();
-    s.acquire_leases("d1", std::slice::from_ref(&want), "h#1", || (T0.into(), T1.into()), |_, _| Ok(()))?
-        .map_err(|d| StoreError::Pg(d.reason))?;
+    s.acquire_leases(
+        "d1",
+        std::slice::from_ref(&want),
+        "h#1",
+        || (T0.into(), T1.into()),
+        |_, _| Ok(()),
+    )?
+    .map_err(|d| StoreError::Pg(d.reason))?;
     let after = chrono::Utc::now();
     let l = s.lease("d1", "ud")?.ok_or(StoreError::Poisoned)?;
     let t = |x: &str| {
@@ -480,7 +486,10 @@ fn a_fleets_leases_are_stamped_by_the_database_clock() -> Result<(), StoreError>
     };
     let acquired = t(&l.acquired_at)?;
     let slack = chrono::Duration::seconds(5);
-    assert!(acquired >= before - slack && acquired <= after + slack, "{l:?}");
+    assert!(
+        acquired >= before - slack && acquired <= after + slack,
+        "{l:?}"
+    );
     assert_eq!(t(&l.expires_at)? - acquired, chrono::Duration::seconds(60));
     // Its live leases are judged by that clock too: the host's "2026-01-01 00:00:30" would
     // see the lease live, so would the database's now; a second unit is refused as full.
@@ -488,18 +497,27 @@ fn a_fleets_leases_are_stamped_by_the_database_clock() -> Result<(), StoreError>
         unit: "ud-2",
         ..want.clone()
     };
-    let refused = s.acquire_leases("d2", &[other], "h#2", || (T0.into(), T1.into()), |_, v| {
-        if v.live.is_empty() {
-            Ok(())
-        } else {
-            Err("full".into())
-        }
-    })?;
+    let refused = s.acquire_leases(
+        "d2",
+        &[other],
+        "h#2",
+        || (T0.into(), T1.into()),
+        |_, v| {
+            if v.live.is_empty() {
+                Ok(())
+            } else {
+                Err("full".into())
+            }
+        },
+    )?;
     assert!(refused.is_err());
     // Renewed and released at the database's time; the bake counts from there.
     assert_eq!(s.renew_leases("h#1", &["d1".into()], T0, T2)?, 1);
     let l = s.lease("d1", "ud")?.ok_or(StoreError::Poisoned)?;
-    assert_eq!(t(&l.expires_at)? - t(&l.renewed_at)?, chrono::Duration::seconds(120));
+    assert_eq!(
+        t(&l.expires_at)? - t(&l.renewed_at)?,
+        chrono::Duration::seconds(120)
+    );
     assert!(t(&l.renewed_at)? >= acquired);
     let old = t(T0)?;
     assert_eq!(s.release_leases("d1", "h#1", old)?, 1);

@@ -214,7 +214,10 @@ impl Pg {
 
     /// See [`Conn::exec`](super::sql::Conn::exec).
     pub fn exec(&self, sql: &str, p: &[Val<'_>]) -> Result<usize, StoreError> {
-        match self.ask(Req::Exec(dialect(sql), p.iter().map(Owned::from).collect()))? {
+        match self.ask(Req::Exec(
+            sql.to_string(),
+            p.iter().map(Owned::from).collect(),
+        ))? {
             Reply::Count(n) => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
             _ => Ok(0),
         }
@@ -222,7 +225,10 @@ impl Pg {
 
     /// See [`Conn::rows`](super::sql::Conn::rows).
     pub fn rows(&self, sql: &str, p: &[Val<'_>]) -> Result<Vec<Row>, StoreError> {
-        match self.ask(Req::Rows(dialect(sql), p.iter().map(Owned::from).collect()))? {
+        match self.ask(Req::Rows(
+            sql.to_string(),
+            p.iter().map(Owned::from).collect(),
+        ))? {
             Reply::Rows(r) => Ok(r),
             _ => Ok(Vec::new()),
         }
@@ -274,6 +280,7 @@ impl Pg {
 struct Worker {
     settings: Settings,
     client: Option<Client>,
+    /// Prepared statements by the store's SQL (before [`dialect`]).
     stmts: HashMap<String, Statement>,
     in_tx: bool,
     /// A statement of the open transaction failed: PostgreSQL has aborted it (until a
@@ -460,13 +467,15 @@ impl Worker {
         self.ensure()?.batch_execute(sql).map_err(|e| fail(&e))
     }
 
+    /// The prepared statement of `sql` (as the store writes it), translated by [`dialect`]
+    /// and prepared once per connection.
     fn prepared(&mut self, sql: &str) -> Result<Statement, StoreError> {
         self.ensure()?;
         if let Some(st) = self.stmts.get(sql) {
             return Ok(st.clone());
         }
         let c = self.ensure()?;
-        let st = c.prepare(sql).map_err(|e| fail(&e))?;
+        let st = c.prepare(&dialect(sql)).map_err(|e| fail(&e))?;
         self.stmts.insert(sql.to_string(), st.clone());
         Ok(st)
     }

@@ -217,7 +217,7 @@ fn gates(
     let store = (cfg.postgres.is_some() || cfg.state.exists())
         .then(|| crate::run::store::Store::open_for_command(cfg, true).ok())
         .flatten();
-    let rfc = now.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let rfc = crate::run::rfc(now);
     // Pauses.
     match store.as_ref().map(|s| s.pauses()) {
         None => writeln!(out, "  pause: no state database to read")?,

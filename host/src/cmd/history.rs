@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use chrono::{DateTime, Utc};
 use keel_engine::escape;
 
+use crate::run::rfc;
 use crate::run::store::{HistoryQuery, PastDecision, Store};
 use crate::Exit;
 
@@ -37,10 +38,6 @@ pub struct Args {
     /// One JSON object per line, for scripts.
     #[arg(long)]
     pub json: bool,
-}
-
-fn rfc(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 /// `--since`: a duration before `now`, or an RFC 3339 time.

@@ -104,7 +104,7 @@ pub fn pause(args: PauseArgs) -> Exit {
         text_ok("--reason", &args.reason)?;
         text_ok("--by", &by)?;
         let store = open(&args.config)?;
-        let now = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let now = crate::run::rfc(Utc::now());
         let new = store
             .pause(&scope.to_string(), &args.reason, &by, &now)
             .map_err(|e| {

@@ -39,7 +39,7 @@ pub fn run(args: Args) -> Exit {
         );
         return Exit::Host;
     }
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let now = crate::run::rfc(chrono::Utc::now());
     let status = Store::open_for_command(&cfg, true).and_then(|s| s.status(&now));
     let status = match status {
         Ok(s) => s,

@@ -125,6 +125,8 @@ pub struct Host {
     /// The decisions whose runbooks hold budget leases here (renewed every tick that is
     /// due), and when they were last renewed.
     leases: Mutex<(std::collections::BTreeSet<String>, Option<DateTime<Utc>>)>,
+    /// The decisions whose runbook runs in this process now.
+    running: Arc<Mutex<std::collections::BTreeSet<String>>>,
     /// The blockers' last results (`blockers:`), written by their tasks.
     pub blockers: blocker::Blockers,
     history: Mutex<History>,
@@ -189,7 +191,9 @@ fn now() -> DateTime<Utc> {
     Utc::now()
 }
 
-fn rfc(t: DateTime<Utc>) -> String {
+/// `t` as the store and the decision log write times: RFC 3339, UTC, milliseconds (so that
+/// times compare as text).
+pub fn rfc(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
@@ -351,6 +355,7 @@ impl Host {
             health: Health::default(),
             holder: budget::new_holder(holder_name.as_deref()),
             leases: Mutex::new((std::collections::BTreeSet::new(), None)),
+            running: Arc::default(),
             history: Mutex::new(history),
             fleet_seq: std::sync::atomic::AtomicI64::new(fleet_seq),
             nstate: Mutex::new(nstate),
@@ -880,7 +885,21 @@ async fn collect_garbage(host: Arc<Host>, mut stop: watch::Receiver<bool>) {
 fn spawn_runbook(runbooks: &mut tokio::task::JoinSet<()>, host: &Arc<Host>, work: Work) {
     let (id, ev, d) = work;
     let host = host.clone();
+    /// Takes the decision off the running set when its task ends, however it ends.
+    struct Running(Arc<Mutex<std::collections::BTreeSet<String>>>, String);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            if let Ok(mut r) = self.0.lock() {
+                r.remove(&self.1);
+            }
+        }
+    }
+    if let Ok(mut r) = host.running.lock() {
+        r.insert(id.clone());
+    }
+    let running = Running(host.running.clone(), id.clone());
     runbooks.spawn(async move {
+        let _running = running;
         let _slot = if d.action == Action::Drain {
             None
         } else {
@@ -888,6 +907,41 @@ fn spawn_runbook(runbooks: &mut tokio::task::JoinSet<()>, host: &Arc<Host>, work
         };
         steps::run_runbook(host, id, ev, d).await;
     });
+}
+
+/// Logs that a pending runbook nobody ran is started again.
+fn h_log_orphan(host: &Host, decision_id: &str) {
+    host.log_line(&serde_json::json!({
+        "time": rfc(now()), "decision_id": decision_id,
+        "resumed": "a pending runbook no task ran (stopped on a store error) starts again",
+    }));
+}
+
+/// How often the host looks for its pending runbooks that no task runs.
+const ORPHAN_SCAN: Duration = Duration::from_secs(30);
+
+impl Host {
+    /// This host's decisions whose runbook is pending in the store but runs nowhere in this
+    /// process: one stopped because the store could not be asked (its gate, a hold), or a
+    /// batch whose commit landed although its answer was lost with the connection. Their
+    /// runbooks start again; the steps' records keep every effect to once.
+    fn orphans(&self) -> Vec<Work> {
+        let Ok(pending) = self.store.pending() else {
+            return Vec::new();
+        };
+        let Ok(running) = self.running.lock().map(|r| r.clone()) else {
+            return Vec::new();
+        };
+        pending
+            .into_iter()
+            .filter(|p| !running.contains(&p.decision_id))
+            .filter_map(|p| {
+                let ev = serde_json::from_str::<Event>(&p.event_json).ok()?;
+                let d = serde_json::from_str::<Decision>(&p.decision_json).ok()?;
+                Some((p.decision_id, ev, d))
+            })
+            .collect()
+    }
 }
 
 /// Runs a batch (or the deferrals due) on a thread of the blocking pool: deciding may call
@@ -1029,6 +1083,7 @@ pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(),
     notify::notify_or_warn("READY=1");
     let watchdog = notify::watchdog_interval();
     let mut petted = std::time::Instant::now();
+    let mut scanned = std::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let (mut polls_open, mut ingest_open) = (true, true);
     loop {
@@ -1047,6 +1102,13 @@ pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(),
                 };
                 for w in off_runtime(&host, due).await {
                     spawn_runbook(&mut runbooks, &host, w);
+                }
+                if scanned.elapsed() >= ORPHAN_SCAN {
+                    scanned = std::time::Instant::now();
+                    for w in off_runtime(&host, |h| h.orphans()).await {
+                        h_log_orphan(&host, &w.0);
+                        spawn_runbook(&mut runbooks, &host, w);
+                    }
                 }
                 // The run loop turns: tell the watchdog (sent from here, not from a task of
                 // its own, so that a stuck loop is what it notices).

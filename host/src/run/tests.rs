@@ -167,3 +167,42 @@ fn every_log_line_gets_a_time_a_level_and_a_type() {
         (Some("2026-01-01T00:00:00.000Z"), Some("debug"), Some("x"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pending_runbook_no_task_runs_is_found_and_one_that_runs_is_not(
+) -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("keel.yaml");
+    let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/standard");
+    std::fs::write(
+        &path,
+        format!(
+            "policies: {}\nstate: state.db\nself: vm-1\nrunbooks:\n  drain:\n    - name: note\n      log: {{}}\n",
+            policies.display()
+        ),
+    )?;
+    let cfg = crate::config::load(&path).map_err(|e| format!("{e:?}"))?;
+    let host = Host::new(cfg, Box::new(std::io::sink()))?;
+    // A drain decided and committed, its runbook never started (as when a store error stopped
+    // it, or a commit's answer was lost): pending in the store, running nowhere.
+    let work = host.process(vec![se_doc(1, &["E1"])]);
+    assert_eq!(work.len(), 1, "a drain");
+    let orphans = host.orphans();
+    assert_eq!(orphans.len(), 1);
+    assert_eq!(orphans[0].0, work[0].0);
+    // Started: no longer an orphan while it runs, and done once it ended.
+    let mut set = tokio::task::JoinSet::new();
+    spawn_runbook(
+        &mut set,
+        &host,
+        orphans.into_iter().next().ok_or("no orphan")?,
+    );
+    assert!(
+        host.orphans().is_empty(),
+        "a running runbook is not started twice"
+    );
+    while set.join_next().await.is_some() {}
+    assert!(host.running.lock().map_err(|_| "poisoned")?.is_empty());
+    assert!(host.orphans().is_empty(), "done: not pending any more");
+    Ok(())
+}

@@ -208,8 +208,7 @@ mod generated {
     pub fn build(layers: &[Layer], minus: usize) -> Built {
         // The leaf: `event.failure.attempt != --…-1` (a run of `minus` unary minuses).
         let mut text = format!("event.failure.attempt != {}1", "-".repeat(minus));
-        let (mut brackets, mut unary, mut ast) = (0usize, minus, 4 + minus);
-        let mut max_brackets = 0;
+        let (mut depth, mut unary, mut ast) = (0usize, minus, 4 + minus);
         let mut run = 0usize;
         for l in layers {
             text = match l {
@@ -231,10 +230,14 @@ mod generated {
                 Layer::Str(_) | Layer::Chain => (0, 1),
             };
             ast += a;
-            // Brackets and ternaries nest; `&&` layers wrap the text without a new bracket,
-            // but what is already open stays open.
-            brackets += b;
-            max_brackets = max_brackets.max(brackets);
+            // How deep the text's brackets nest: a bracket or ternary layer wraps all of it
+            // (one level more); an `&&` layer wraps it in none, but a chain's call brackets
+            // (`lowerAscii()`, `startsWith("w")`) open one level themselves, which every later
+            // wrapping layer then deepens like the rest.
+            depth = match l {
+                Layer::Chain => depth.max(1),
+                _ => depth + b,
+            };
             // The `!(` and `(` prefixes of consecutive layers are adjacent (`&&` layers add
             // only a suffix); `[`, `{` and `false ? …` end the run.
             run = match l {
@@ -246,7 +249,7 @@ mod generated {
         }
         Built {
             text,
-            brackets: max_brackets,
+            brackets: depth,
             unary,
             ast,
         }
@@ -273,6 +276,25 @@ mod generated {
             failure_persistence: None,
             ..ProptestConfig::default()
         }
+    }
+
+    /// A chain's call brackets count: inside 24 parentheses they are the 25th level (a case
+    /// the generator once found, when its model did not count them).
+    #[test]
+    fn a_chain_inside_24_parentheses_is_25_levels_deep() {
+        let mut layers = vec![Layer::Chain];
+        layers.extend(std::iter::repeat_n(Layer::Paren, 24));
+        let b = build(&layers, 0);
+        assert_eq!(b.brackets, 25);
+        let when = b.text.clone();
+        let res = on_stack(256, move || {
+            Engine::builder().add_source("p.yaml", yaml(&when)).build()
+        });
+        let msg = res.expect_err(&b.text).diagnostics()[0]
+            .message()
+            .to_string();
+        assert!(msg.contains("nested more than 24"), "{msg}");
+        assert_eq!(build(&layers[..24], 0).brackets, 24);
     }
 
     proptest! {

@@ -1,4 +1,5 @@
-//! `Engine::decide` from event JSON text to Decision, at 1, 10, 100 and 1000 policies, beside
+//! `Engine::decide` from event JSON text to Decision (fast mode, and full mode as `--explain`
+//! runs it), at 1, 10, 100 and 1000 policies, beside
 //! (a) the floor: serde_json parsing the event into the typed `Event` alone, and (b) the naive
 //! approach: the whole event converted to CEL values and every policy run by the `cel`
 //! interpreter. Plus loading and compiling 1000 policies.
@@ -11,7 +12,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use keel_engine::{Ctx, Engine, Event};
+use keel_engine::{Ctx, Engine, Event, Mode};
 
 mod common;
 
@@ -80,6 +81,15 @@ fn bench_decide(c: &mut Criterion) {
                 i = (i + 1) % events.len();
                 let ev: Event = serde_json::from_str(&events[i]).expect("valid event");
                 black_box(engine.decide(&ev, &Ctx::new(now)))
+            })
+        });
+        g.bench_with_input(BenchmarkId::new("keel_full", n), &n, |b, _| {
+            let mut i = 0;
+            let ctx = Ctx::new(now).with_mode(Mode::Full);
+            b.iter(|| {
+                i = (i + 1) % events.len();
+                let ev: Event = serde_json::from_str(&events[i]).expect("valid event");
+                black_box(engine.decide(&ev, &ctx))
             })
         });
         g.bench_with_input(BenchmarkId::new("naive_cel", n), &n, |b, _| {

@@ -10,10 +10,11 @@ use crate::compile::{Compiled, Interp, V};
 use crate::decision::{
     Action, Decision, Escalation, Matched, Outcome, PolicyError, Retry, Severity, TraceEntry,
 };
-use crate::engine::{kind_slot, Engine, KindIndex, Policy};
+use crate::engine::{kind_slot, Engine, Policy};
 use crate::event::{Event, Timestamp};
 use crate::fields::{self, FieldId, FieldValue};
 use crate::history::History;
+use crate::index::KindIndex;
 use crate::policy::Backoff;
 
 /// How much work [`crate::Engine::decide`] may skip.
@@ -74,27 +75,12 @@ pub use crate::decision::DEFAULT_DEDUP_WINDOW_S;
 impl Engine {
     fn candidates(&self, ev: &Event) -> (Vec<u32>, &KindIndex) {
         let idx = &self.kinds[kind_slot(ev.kind)];
-        let mut out = idx.always.clone();
-        for (f, map) in &idx.by_field {
-            match fields::read(ev, *f) {
-                Ok(Some(FieldValue::Str(v))) => {
-                    if let Some(list) = map.get(v) {
-                        out.extend_from_slice(list);
-                    }
-                }
-                // The field is absent: reading it is a run-time error that must reach
-                // `Decision.errors` (unless `&&` absorbs it), so only evaluation can tell;
-                // every policy keyed on it stays a candidate.
-                _ => {
-                    for list in map.values() {
-                        out.extend_from_slice(list);
-                    }
-                }
-            }
-        }
-        out.sort_unstable();
-        out.dedup();
-        (out, idx)
+        let set = if self.indexed {
+            idx.candidates(ev)
+        } else {
+            idx.members()
+        };
+        (set.ones().collect(), idx)
     }
 
     /// Decides what to do about `event` at `ctx.now`. Never fails: a policy that cannot be

@@ -1,14 +1,14 @@
 //! [`Engine`]: a loaded, validated, indexed policy set, and what a caller may read of it.
 //! Loading is in `build.rs`, deciding in `decide.rs`.
 
-use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::compile::{self, Compiled};
+use crate::compile::Compiled;
 use crate::decision::Action;
 use crate::event::Kind;
 use crate::fields::FieldId;
+use crate::index::KindIndex;
 use crate::policy::PolicySpec;
 
 /// One compiled policy.
@@ -47,24 +47,16 @@ impl Policy {
     }
 }
 
-/// The candidates for one event kind.
-#[derive(Debug, Default)]
-pub(crate) struct KindIndex {
-    /// Policies with no usable index atom, in rank order.
-    pub(crate) always: Vec<u32>,
-    /// For each indexed field, value → policies (in rank order).
-    pub(crate) by_field: Vec<(FieldId, HashMap<String, Vec<u32>>)>,
-    /// Event paths the interpreter needs for this kind's fallback policies.
-    pub(crate) reads: BTreeSet<Option<FieldId>>,
-}
-
 /// A loaded policy set. Build it once (with [`Engine::builder`] or [`Engine::from_dir`]),
 /// share it behind an `Arc`, and call [`Engine::decide`] from any thread: it does no I/O,
 /// reads no clock and keeps no state.
 pub struct Engine {
     /// Policies sorted by rank: priority (desc), action severity (desc), name.
     pub(crate) policies: Vec<Policy>,
+    /// Per event kind (in [`kind_slot`] order), the index of the policies on it.
     pub(crate) kinds: [KindIndex; 3],
+    /// Off only for the parity tests: every policy of the event's kind is a candidate.
+    pub(crate) indexed: bool,
     pub(crate) default_action: Action,
     pub(crate) env: Arc<cel::Env>,
     pub(crate) digest: String,
@@ -130,57 +122,20 @@ impl Engine {
                 .then(b.rank_severity().cmp(&a.rank_severity()))
                 .then(a.spec.name.cmp(&b.spec.name))
         });
-        // Key each policy on its most selective atom: the field with the most distinct
-        // values across the set (a region or error code beats an enum of five), per value
-        // listed.
-        let mut distinct: HashMap<FieldId, BTreeSet<&str>> = HashMap::new();
-        for p in &policies {
-            for a in p.when.iter().flat_map(|w| &w.atoms) {
-                distinct
-                    .entry(a.field)
-                    .or_default()
-                    .extend(a.values.iter().map(String::as_str));
-            }
-        }
-        let selectivity = |a: &compile::IndexAtom| {
-            let d = distinct.get(&a.field).map_or(1, BTreeSet::len);
-            (d * 1000) / a.values.len().max(1)
-        };
-        let chosen: Vec<Option<compile::IndexAtom>> = policies
-            .iter()
-            .map(|p| {
-                p.when
-                    .as_ref()
-                    .and_then(|w| w.atoms.iter().max_by_key(|a| selectivity(a)).cloned())
-            })
-            .collect();
-        drop(distinct);
-        let mut kinds: [KindIndex; 3] = Default::default();
-        for (i, (p, atom)) in policies.iter().zip(chosen).enumerate() {
-            let i = i as u32;
-            for k in &p.spec.on {
-                let slot = &mut kinds[kind_slot(*k)];
-                slot.reads.extend(p.reads().copied());
-                match &atom {
-                    Some(a) => {
-                        let pos = match slot.by_field.iter().position(|(f, _)| *f == a.field) {
-                            Some(pos) => pos,
-                            None => {
-                                slot.by_field.push((a.field, HashMap::new()));
-                                slot.by_field.len() - 1
-                            }
-                        };
-                        for v in &a.values {
-                            let list = slot.by_field[pos].1.entry(v.clone()).or_default();
-                            if !list.contains(&i) {
-                                list.push(i);
-                            }
-                        }
-                    }
-                    None => slot.always.push(i),
-                }
-            }
-        }
+        let n = policies.len();
+        let kinds = [Kind::Maintenance, Kind::Health, Kind::OperationFailure].map(|k| {
+            KindIndex::build(
+                n,
+                policies
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| p.spec.on.contains(&k))
+                    .map(|(i, p)| {
+                        let atoms = p.when.as_ref().map_or(&[][..], |w| &w.atoms[..]);
+                        (i as u32, atoms, p.reads().copied().collect())
+                    }),
+            )
+        });
         Engine {
             policies,
             kinds,
@@ -188,9 +143,19 @@ impl Engine {
             env: crate::compile::env(),
             digest,
             guards: crate::guard::GuardConfig::default(),
+            indexed: true,
             #[cfg(feature = "plugins")]
             runtime: None,
         }
+    }
+
+    /// For the index's parity tests: the same engine deciding without its index (every
+    /// policy of the event's kind a candidate). Decisions must not change, but for
+    /// `not_evaluated` and `trace` entries the index proves false.
+    #[doc(hidden)]
+    pub fn __without_index(mut self) -> Engine {
+        self.indexed = false;
+        self
     }
 
     /// Hex SHA-256 of the policy files' names and contents: identifies the policy set in

@@ -84,6 +84,7 @@ mod faults;
 pub mod fields;
 mod guard;
 pub mod history;
+pub(crate) mod index;
 mod key;
 pub mod normalize;
 #[cfg(feature = "plugins")]

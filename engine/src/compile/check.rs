@@ -11,6 +11,7 @@ use chrono::{DateTime, Duration, Utc};
 use crate::decision::Action;
 use crate::fields::{self, did_you_mean, FieldId, FieldType};
 use crate::history::{self};
+use crate::index::{Atom, Key, Test};
 
 use super::*;
 
@@ -801,48 +802,103 @@ pub(crate) fn parse_cel_duration(s: &str) -> Option<Duration> {
     Some(Duration::nanoseconds(ns))
 }
 
-/// Collects index atoms from the top-level conjunction.
-pub(super) fn collect_atoms(e: &IdedExpr, out: &mut Vec<IndexAtom>) {
-    let Ast::Call(c) = &e.expr else {
-        return;
-    };
-    match (c.func_name.as_str(), c.args.len()) {
-        (operators::LOGICAL_AND, 2) => {
+/// Collects the index atoms (see the `index` module) of the top-level conjunction.
+pub(super) fn collect_atoms(e: &IdedExpr, out: &mut Vec<Atom>) {
+    if let Ast::Call(c) = &e.expr {
+        if c.func_name == operators::LOGICAL_AND && c.args.len() == 2 && c.target.is_none() {
             collect_atoms(&c.args[0], out);
             collect_atoms(&c.args[1], out);
+            return;
         }
-        (operators::EQUALS, 2) => {
-            for (f, l) in [(&c.args[0], &c.args[1]), (&c.args[1], &c.args[0])] {
-                if let (Some(field), Ast::Literal(LiteralValue::String(s))) =
-                    (discrete_field(f), &l.expr)
-                {
-                    out.push(IndexAtom {
-                        field,
-                        values: vec![s.inner().to_string()],
-                    });
-                }
-            }
-        }
-        (operators::IN, 2) => {
-            let (Some(field), Ast::List(l)) = (discrete_field(&c.args[0]), &c.args[1].expr) else {
-                return;
-            };
-            let mut values = Vec::new();
-            for x in &l.elements {
-                match &x.expr {
-                    Ast::Literal(LiteralValue::String(s)) => values.push(s.inner().to_string()),
-                    _ => return,
-                }
-            }
-            out.push(IndexAtom { field, values });
-        }
-        _ => {}
+    }
+    if let Some((key, values)) = one_of(e) {
+        out.push(Atom {
+            key,
+            test: Test::OneOf(values),
+        });
+    } else if let Some(key) = presence(e) {
+        out.push(Atom {
+            key,
+            test: Test::Present,
+        });
     }
 }
 
-pub(super) fn discrete_field(e: &IdedExpr) -> Option<FieldId> {
+/// What an index may key on: a string field (`event.failure.code`) or a resource tag
+/// (`event.resource.tags.env`).
+fn index_key(e: &IdedExpr) -> Option<Key> {
     let segs = event_path(e)?;
     let path: Vec<&str> = segs.iter().map(|(s, _)| *s).collect();
+    if let ["resource", "tags", tag] = path[..] {
+        return Some(Key::Tag(tag.to_string()));
+    }
     let f = fields::lookup(&path.join("."))?;
-    fields::field(f).discrete.then_some(f)
+    matches!(fields::field(f).ty, FieldType::Str | FieldType::Enum(_)).then_some(Key::Field(f))
+}
+
+/// `key == "v"`, `key in ["a", "b"]`, or a disjunction of those on one key: the values the
+/// key must have.
+fn one_of(e: &IdedExpr) -> Option<(Key, Vec<String>)> {
+    let Ast::Call(c) = &e.expr else {
+        return None;
+    };
+    if c.target.is_some() || c.args.len() != 2 {
+        return None;
+    }
+    let string = |x: &IdedExpr| match &x.expr {
+        Ast::Literal(LiteralValue::String(s)) => Some(s.inner().to_string()),
+        _ => None,
+    };
+    match c.func_name.as_str() {
+        operators::EQUALS => {
+            let (a, b) = (&c.args[0], &c.args[1]);
+            index_key(a)
+                .zip(string(b))
+                .or_else(|| index_key(b).zip(string(a)))
+                .map(|(k, v)| (k, vec![v]))
+        }
+        operators::IN => {
+            let key = index_key(&c.args[0])?;
+            let Ast::List(l) = &c.args[1].expr else {
+                return None;
+            };
+            let values = l.elements.iter().map(string).collect::<Option<Vec<_>>>()?;
+            Some((key, values))
+        }
+        // `a == x || a == y` fails exactly when both sides do, errs exactly when `a` is
+        // absent (both sides err): the same as `a in [x, y]`.
+        operators::LOGICAL_OR => {
+            let (ka, mut va) = one_of(&c.args[0])?;
+            let (kb, vb) = one_of(&c.args[1])?;
+            (ka == kb).then(|| {
+                va.extend(vb);
+                (ka, va)
+            })
+        }
+        _ => None,
+    }
+}
+
+/// `has(event.x.y)` on a field or tag, or `"k" in event.resource.tags`.
+fn presence(e: &IdedExpr) -> Option<Key> {
+    match &e.expr {
+        Ast::Select(s) if s.test => {
+            let mut segs = event_path(&s.operand)?;
+            segs.push((s.field.as_str(), e.id));
+            let path: Vec<&str> = segs.iter().map(|(s, _)| *s).collect();
+            if let ["resource", "tags", tag] = path[..] {
+                return Some(Key::Tag(tag.to_string()));
+            }
+            fields::lookup(&path.join(".")).map(Key::Field)
+        }
+        Ast::Call(c) if c.func_name == operators::IN && c.args.len() == 2 && c.target.is_none() => {
+            let Ast::Literal(LiteralValue::String(k)) = &c.args[0].expr else {
+                return None;
+            };
+            let segs = event_path(&c.args[1])?;
+            let path: Vec<&str> = segs.iter().map(|(s, _)| *s).collect();
+            (path == ["resource", "tags"]).then(|| Key::Tag(k.inner().to_string()))
+        }
+        _ => None,
+    }
 }

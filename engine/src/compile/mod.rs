@@ -39,14 +39,6 @@ pub(crate) struct ExprProblem {
     pub help: Option<String>,
 }
 
-/// An equality or `in` test on a discrete field at the top level of a conjunction: the
-/// policy can only match events whose field has one of `values`.
-#[derive(Debug, Clone)]
-pub(crate) struct IndexAtom {
-    pub field: FieldId,
-    pub values: Vec<String>,
-}
-
 /// A compiled expression.
 #[derive(Debug)]
 pub(crate) struct Compiled {
@@ -54,7 +46,8 @@ pub(crate) struct Compiled {
     pub program: cel::Program,
     /// Static result type, where known.
     pub ty: Option<Ty>,
-    pub atoms: Vec<IndexAtom>,
+    /// The conjuncts the policy index decides (see the `index` module).
+    pub atoms: Vec<crate::index::Atom>,
     /// Event paths the interpreter needs (only when `native` is `None`); `None` entries mean
     /// "the whole event".
     pub reads: BTreeSet<Option<FieldId>>,

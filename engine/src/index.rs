@@ -1,0 +1,246 @@
+//! The policy index: which policies can match an event, decided from the tests every policy
+//! makes at the top level of its `when`, before any expression runs.
+//!
+//! A policy's `when` is a conjunction at its top level; some of its conjuncts are *atoms*:
+//! `field == "v"`, `field in ["a", "b"]`, `field == "a" || field == "b"` over a string field
+//! or a resource tag, and `has(field)` / `"k" in event.resource.tags`. CEL's `&&` is
+//! commutative over errors (a false conjunct absorbs an error on the other side, and the
+//! native evaluator and the `cel` crate agree on it), so when one atom is false for an event,
+//! the whole `when` is false, whatever the other conjuncts would do. The index keeps, per
+//! event kind and per key (field or tag) the atoms test, the policies each value admits; an
+//! event then starts from the policies of its kind and, for each key, keeps those whose atoms
+//! on that key admit the event's value: a discrimination network one level deep, with every
+//! atom of every policy used, not only the most selective one.
+//!
+//! An atom can only exclude what evaluation would find false. A key the event lacks makes an
+//! equality atom an *error*, not false (the error must reach `Decision.errors` unless another
+//! conjunct absorbs it), so only `has()` atoms exclude on an absent key; an absent parent
+//! object (`event.maintenance` on a health event) makes `has()` an error too, and excludes
+//! nothing.
+//!
+//! Sets are bitsets over the policies in rank order (bit `i` is policy `i`), so the result
+//! comes out already in the order the policies are evaluated in.
+
+use std::collections::{BTreeSet, HashMap};
+
+use crate::event::Event;
+use crate::fields::{self, FieldId, FieldValue};
+
+/// What an atom reads.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Key {
+    /// A string field of the event.
+    Field(FieldId),
+    /// `event.resource.tags.<key>`.
+    Tag(String),
+}
+
+/// What an atom asks of its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Test {
+    /// The value is one of these (an error when the key is absent).
+    OneOf(Vec<String>),
+    /// The key is present (`has()`; false when absent, an error when its parent is).
+    Present,
+}
+
+/// A conjunct of a policy's `when` the index can decide: false means the `when` is false.
+#[derive(Debug, Clone)]
+pub(crate) struct Atom {
+    pub(crate) key: Key,
+    pub(crate) test: Test,
+}
+
+/// A fixed-length set of policy positions.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Bits(Vec<u64>);
+
+impl Bits {
+    fn new(n: usize) -> Bits {
+        Bits(vec![0; n.div_ceil(64)])
+    }
+
+    fn set(&mut self, i: u32) {
+        if let Some(w) = self.0.get_mut(i as usize / 64) {
+            *w |= 1 << (i % 64);
+        }
+    }
+
+    fn and(&mut self, other: &[u64]) {
+        for (a, b) in self.0.iter_mut().zip(other) {
+            *a &= *b;
+        }
+    }
+
+    fn and_not(&mut self, other: &[u64]) {
+        for (a, b) in self.0.iter_mut().zip(other) {
+            *a &= !*b;
+        }
+    }
+
+    /// The positions in the set, ascending.
+    pub(crate) fn ones(&self) -> impl Iterator<Item = u32> + '_ {
+        self.0.iter().enumerate().flat_map(|(wi, &w)| {
+            let mut w = w;
+            std::iter::from_fn(move || {
+                (w != 0).then(|| {
+                    let b = w.trailing_zeros();
+                    w &= w - 1;
+                    (wi * 64) as u32 + b
+                })
+            })
+        })
+    }
+}
+
+/// The atoms of one key within one kind.
+#[derive(Debug)]
+struct KeyIndex {
+    key: Key,
+    /// The kind's policies with no `OneOf` atom on this key (they pass whatever its value).
+    free: Bits,
+    /// Value → the policies whose `OneOf` atoms on this key all admit it.
+    admits: HashMap<String, Vec<u32>>,
+    /// The policies with a `Present` atom on this key.
+    present: Bits,
+    /// Whether any policy has a `OneOf` atom / a `Present` atom on this key.
+    has_one_of: bool,
+    has_present: bool,
+}
+
+/// The candidates for one event kind.
+#[derive(Debug, Default)]
+pub(crate) struct KindIndex {
+    /// The policies whose `on` lists this kind.
+    members: Bits,
+    keys: Vec<KeyIndex>,
+    /// Event paths the interpreter needs for this kind's fallback policies.
+    pub(crate) reads: BTreeSet<Option<FieldId>>,
+}
+
+/// What an event has under a key.
+enum Found<'e> {
+    Value(&'e str),
+    Absent,
+    /// The parent object is absent, or the value is not a string: atoms can tell nothing.
+    Unknown,
+}
+
+fn find<'e>(ev: &'e Event, key: &Key) -> Found<'e> {
+    match key {
+        Key::Field(f) => match fields::read(ev, *f) {
+            Ok(Some(FieldValue::Str(v))) => Found::Value(v),
+            Ok(None) => Found::Absent,
+            _ => Found::Unknown,
+        },
+        Key::Tag(k) => match ev.resource.tags.get(k) {
+            Some(v) => Found::Value(v),
+            None => Found::Absent,
+        },
+    }
+}
+
+impl KindIndex {
+    /// Builds the index of one kind over `n` policies; `policies` yields, for each policy on
+    /// this kind, its position and atoms.
+    pub(crate) fn build<'a>(
+        n: usize,
+        policies: impl Iterator<Item = (u32, &'a [Atom], BTreeSet<Option<FieldId>>)>,
+    ) -> KindIndex {
+        let mut members = Bits::new(n);
+        let mut reads = BTreeSet::new();
+        // Key → per policy, the values its `OneOf` atoms admit (their intersection) and
+        // whether it needs the key present.
+        type PerPolicy = (Option<BTreeSet<String>>, bool);
+        let mut by_key: Vec<(Key, HashMap<u32, PerPolicy>)> = Vec::new();
+        for (i, atoms, r) in policies {
+            members.set(i);
+            reads.extend(r);
+            for a in atoms {
+                let pos = match by_key.iter().position(|(k, _)| *k == a.key) {
+                    Some(pos) => pos,
+                    None => {
+                        by_key.push((a.key.clone(), HashMap::new()));
+                        by_key.len() - 1
+                    }
+                };
+                let entry = by_key[pos].1.entry(i).or_insert((None, false));
+                match &a.test {
+                    Test::Present => entry.1 = true,
+                    Test::OneOf(vs) => {
+                        let vs: BTreeSet<String> = vs.iter().cloned().collect();
+                        entry.0 = Some(match entry.0.take() {
+                            None => vs,
+                            Some(prev) => prev.intersection(&vs).cloned().collect(),
+                        });
+                    }
+                }
+            }
+        }
+        let mut keys = Vec::with_capacity(by_key.len());
+        for (key, per) in by_key {
+            let mut free = members.clone();
+            let mut present = Bits::new(n);
+            let mut admits: HashMap<String, Vec<u32>> = HashMap::new();
+            let (mut has_one_of, mut has_present) = (false, false);
+            let mut order: Vec<_> = per.into_iter().collect();
+            order.sort_by_key(|(i, _)| *i);
+            for (i, (values, needs)) in order {
+                if needs {
+                    present.set(i);
+                    has_present = true;
+                }
+                if let Some(values) = values {
+                    has_one_of = true;
+                    if let Some(w) = free.0.get_mut(i as usize / 64) {
+                        *w &= !(1 << (i % 64));
+                    }
+                    for v in values {
+                        admits.entry(v).or_default().push(i);
+                    }
+                }
+            }
+            keys.push(KeyIndex {
+                key,
+                free,
+                admits,
+                present,
+                has_one_of,
+                has_present,
+            });
+        }
+        KindIndex {
+            members,
+            keys,
+            reads,
+        }
+    }
+
+    /// The policies that can match `ev`, in rank order.
+    pub(crate) fn candidates(&self, ev: &Event) -> Bits {
+        let mut out = self.members.clone();
+        let mut allowed = Bits::default();
+        for k in &self.keys {
+            match find(ev, &k.key) {
+                Found::Value(v) if k.has_one_of => {
+                    allowed.0.clear();
+                    allowed.0.extend_from_slice(&k.free.0);
+                    if let Some(list) = k.admits.get(v) {
+                        for &i in list {
+                            allowed.set(i);
+                        }
+                    }
+                    out.and(&allowed.0);
+                }
+                Found::Absent if k.has_present => out.and_not(&k.present.0),
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Every policy of the kind (the unindexed path).
+    pub(crate) fn members(&self) -> Bits {
+        self.members.clone()
+    }
+}

@@ -1015,3 +1015,19 @@ fn a_single_file_s_digest_names_it_by_its_file_name() {
     assert_eq!(digest_of("x", "a.yaml"), digest_of("y/z", "a.yaml"));
     assert_ne!(digest_of("x", "a.yaml"), digest_of("x", "b.yaml"));
 }
+
+#[test]
+fn an_invalid_regular_expression_is_refused_at_load_with_its_position() {
+    let src = "policies:\n  - name: a\n    on: [maintenance]\n    when: event.resource.name.matches(\"web-(\")\n    action: none\n";
+    let d = only(src);
+    assert_diag(
+        &d,
+        4,
+        col_of(src, 4, "\"web-(\""),
+        "invalid regular expression",
+    );
+    assert!(!d.message().contains('\n'), "{d}");
+    // The function form too.
+    let d = only("policies:\n  - name: a\n    on: [maintenance]\n    when: matches(event.resource.name, \"[\")\n    action: none\n");
+    assert!(d.message().contains("invalid regular expression"), "{d}");
+}

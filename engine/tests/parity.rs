@@ -41,6 +41,15 @@ const STR_FIELDS: &[&str] = &[
     "event.failure.message",
     "event.id",
 ];
+/// Literal patterns for `matches` (lowered natively with the pattern compiled at load).
+const PATTERNS: &[&str] = &[
+    "\"^web-[0-9]+$\"",
+    "\"Artifact\"",
+    "\"\"",
+    "\"(?i)WINDOWS\"",
+    "\"^$\"",
+    "\"a|b\"",
+];
 const INT_FIELDS: &[&str] = &[
     "event.failure.attempt",
     "event.maintenance.duration_s",
@@ -195,6 +204,13 @@ fn step(p: &Exprs) -> Exprs {
             1 => (p.s.clone(), str_list).prop_map(|(a, l)| format!("({a} in [{l}])")),
             1 => (p.s.clone(), str_fn, p.s.clone())
                 .prop_map(|(a, f, b)| format!("{a}.{f}({b})")),
+            1 => (p.s.clone(), pick(PATTERNS), any::<bool>()).prop_map(|(a, re, method)| {
+                if method {
+                    format!("{a}.matches({re})")
+                } else {
+                    format!("matches({a}, {re})")
+                }
+            }),
         ]
         .boxed(),
         i: prop_oneof![
@@ -538,6 +554,15 @@ fn hand_picked_expressions_agree() {
             Some("Bool(true)"),
         ),
         ("event.resource.tags.owner == \"x\"", None),
+        (
+            "event.failure.code.matches(\"^Artifact\")",
+            Some("Bool(true)"),
+        ),
+        (
+            "matches(event.failure.code, \"Found$\")",
+            Some("Bool(true)"),
+        ),
+        ("event.resource.zone.matches(\"1\")", None),
         ("event.failure.attempt in [1, 2]", Some("Bool(true)")),
         ("event.failure.code in []", Some("Bool(false)")),
         (
@@ -651,7 +676,7 @@ fn interpreter_fallback_is_reported_as_not_lowered() {
     let now: Timestamp = "2021-10-13T14:05:03Z".parse().unwrap();
     for expr in [
         "event.failure.details.exists(d, d.code == \"X\")",
-        "event.failure.code.matches(\"^Artifact\")",
+        "event.failure.code.matches(event.resource.os)",
         "size(event.failure.code) > 3",
         "event.failure.attempt / 2 == 0",
         "event.failure.attempt == 1u",

@@ -647,6 +647,30 @@ impl Checker<'_> {
                     _ => Fallback(Some(Ty::Bool)),
                 }
             }
+            ("matches", Some(_), 1) | ("matches", None, 2) => {
+                let (subject, pattern) = match &c.target {
+                    Some(t) => (&**t, &args[0]),
+                    None => (&args[0], &args[1]),
+                };
+                let Ast::Literal(LiteralValue::String(p)) = &pattern.expr else {
+                    return Fallback(Some(Ty::Bool));
+                };
+                let re = match regex::Regex::new(p.inner()) {
+                    Ok(re) => std::sync::Arc::new(re),
+                    Err(e) => {
+                        self.problem(
+                            pattern.id,
+                            format!("invalid regular expression: {}", one_line(&e.to_string())),
+                            Some("`matches` takes RE2 syntax (the `regex` crate's)".into()),
+                        );
+                        return Fallback(Some(Ty::Bool));
+                    }
+                };
+                match self.lower(subject) {
+                    N(a, Ty::Str) => N(Native::Matches(bx(a), re), Ty::Bool),
+                    _ => Fallback(Some(Ty::Bool)),
+                }
+            }
             ("duration", None, 1) => match &args[0].expr {
                 Ast::Literal(LiteralValue::String(s)) => match parse_cel_duration(s.inner()) {
                     Some(d) => N(Native::Lit(V::Dur(d)), Ty::Dur),
@@ -901,4 +925,13 @@ fn presence(e: &IdedExpr) -> Option<Key> {
         }
         _ => None,
     }
+}
+
+/// A multi-line message (the `regex` crate draws a caret under the pattern) on one line.
+fn one_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }

@@ -3,10 +3,11 @@
 //!
 //! The native form covers what policies mostly are: field reads, literals, `has()`, `==`,
 //! `!=`, `<`…`>=`, `in` over literal lists, `&&`, `||`, `!`, `? :`, `startsWith`,
-//! `endsWith`, `contains`, tag lookups, `now`, `duration("…")`/`timestamp("…")` literals and
-//! simple time and integer arithmetic. It reads the typed event in place and has the `cel`
+//! `endsWith`, `contains`, `matches` with a literal pattern (compiled once, at load, where
+//! the `cel` crate compiles it on every call), tag lookups, `now`, `duration("…")` and
+//! `timestamp("…")` literals and simple time and integer arithmetic. It reads the typed event in place and has the `cel`
 //! crate's semantics (tested for parity), including errors absorbed by `&&` and `||`.
-//! Anything else (macros, `matches`, `size`, conversions, ...) runs in the interpreter on a
+//! Anything else (macros, `size`, conversions, ...) runs in the interpreter on a
 //! CEL value holding only the event fields some fallback policy reads.
 
 mod check;
@@ -173,7 +174,7 @@ pub(crate) fn compile(expr: &Expr) -> Result<Compiled, Vec<ExprProblem>> {
         return Err(vec![ExprProblem {
             offset: 0,
             message: "an expression that queries `history` must be evaluable natively, and this one uses constructs only the CEL interpreter runs".into(),
-            help: Some("keep history queries in expressions of field tests, comparisons, `in` lists, `&&`, `||`, `!` and `has()`; move `matches`, `size` or macros into another policy".into()),
+            help: Some("keep history queries in expressions of field tests, comparisons, `in` lists, `&&`, `||`, `!` and `has()`; move `size`, conversions or macros into another policy".into()),
         }]);
     }
     let metered = if native.is_none() && has_comprehension(program.expression()) {

@@ -94,6 +94,9 @@ pub(crate) enum Native {
     Arith(Arith, Box<Native>, Box<Native>),
     In(Box<Native>, Vec<V<'static>>),
     StrFn(StrOp, Box<Native>, Box<Native>),
+    /// `s.matches("…")` with a literal pattern, compiled once at load (the `cel` crate
+    /// compiles it on every call).
+    Matches(Box<Native>, std::sync::Arc<regex::Regex>),
     /// `history.count(filter, window)` or `history.resources(filter, window)`.
     History {
         distinct: bool,
@@ -195,6 +198,13 @@ impl Native {
                 V::Int(i) => Ok(V::Str(Cow::Owned(i.to_string()))),
                 V::Str(s) => Ok(V::Str(s)),
                 other => Err(format!("no such overload: string({})", vname(&other))),
+            },
+            Native::Matches(a, re) => match a.eval(ev, now, h)? {
+                V::Str(s) => Ok(V::Bool(re.is_match(&s))),
+                other => Err(format!(
+                    "no such overload: matches({}, string)",
+                    vname(&other)
+                )),
             },
             Native::StrFn(op, a, b) => match (a.eval(ev, now, h)?, b.eval(ev, now, h)?) {
                 (V::Str(a), V::Str(b)) => Ok(V::Bool(match op {

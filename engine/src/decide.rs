@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 
 use crate::compile::{Compiled, Interp, V};
 use crate::decision::{
-    Action, Decision, Escalation, Matched, Outcome, PolicyError, Retry, Severity, TraceEntry,
+    Action, Decision, Escalation, Matched, Outcome, PolicyError, Retry, Severity, Trace,
 };
 use crate::engine::{kind_slot, Engine, Policy};
 use crate::event::{Event, Timestamp};
@@ -109,7 +109,7 @@ impl Engine {
             not_evaluated: Vec::new(),
             errors: Vec::new(),
             warnings: Vec::new(),
-            trace: Vec::new(),
+            trace: Trace::default(),
             guard: None,
         };
         let mut interp = Interp::new(&self.env, history, &idx.reads);
@@ -227,17 +227,11 @@ impl Engine {
         if full {
             let mut all: Vec<Outcome> = vec![Outcome::SkippedByIndex; self.policies.len()];
             for (pi, o) in outcomes {
-                all[pi as usize] = o;
+                if let Some(slot) = all.get_mut(pi as usize) {
+                    *slot = o;
+                }
             }
-            d.trace = self
-                .policies
-                .iter()
-                .zip(all)
-                .map(|(p, outcome)| TraceEntry {
-                    policy: p.spec.name.clone(),
-                    outcome,
-                })
-                .collect();
+            d.trace = Trace::new(self.names.clone(), all);
         }
         d
     }
@@ -645,5 +639,8 @@ pub fn dedup_key(policy: &str, by: &[FieldId], ev: &Event, window_s: i64) -> Str
     h.update([0x1e]);
     let bucket = ev.time.timestamp().div_euclid(window_s.max(1));
     h.update(bucket.to_string().as_bytes());
-    hex::encode(h.finalize())
+    let mut out = [0u8; 64];
+    // 32 bytes always fit 64 hex digits.
+    let _ = hex::encode_to_slice(h.finalize(), &mut out);
+    String::from_utf8_lossy(&out).into_owned()
 }

@@ -151,8 +151,8 @@ pub struct Decision {
     #[serde(default)]
     pub warnings: Vec<String>,
     /// Per-policy outcome, in full mode.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub trace: Vec<TraceEntry>,
+    #[serde(default, skip_serializing_if = "Trace::is_empty")]
+    pub trace: Trace,
     /// Set when a blast-radius guard (storm, retry budget, flap) held the action the policies
     /// decided: the action is then `escalate`, and this keeps the held one and why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -246,6 +246,123 @@ pub struct TraceEntry {
     pub policy: String,
     /// What happened to it.
     pub outcome: Outcome,
+}
+
+/// Every policy's outcome in a full-mode decision, in rank order ([`Decision::trace`]);
+/// empty in fast mode. Serialized as a list of [`TraceEntry`].
+///
+/// The policy names are shared with the engine that decided, not copied per decision, so a
+/// full-mode decision over a thousand policies costs a thousand outcome bytes, not a
+/// thousand strings.
+#[derive(Clone, Default)]
+pub struct Trace {
+    names: std::sync::Arc<[String]>,
+    outcomes: Vec<Outcome>,
+}
+
+impl Trace {
+    /// A trace of `outcomes[i]` for `names[i]` (the lengths must agree; extra items on
+    /// either side are dropped).
+    pub(crate) fn new(names: std::sync::Arc<[String]>, mut outcomes: Vec<Outcome>) -> Trace {
+        outcomes.truncate(names.len());
+        Trace { names, outcomes }
+    }
+
+    /// The number of policies traced.
+    pub fn len(&self) -> usize {
+        self.outcomes.len()
+    }
+
+    /// Whether the trace is empty (as in every fast-mode decision).
+    pub fn is_empty(&self) -> bool {
+        self.outcomes.is_empty()
+    }
+
+    /// Each policy and its outcome, in rank order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, Outcome)> + '_ {
+        self.names
+            .iter()
+            .zip(&self.outcomes)
+            .map(|(n, o)| (n.as_str(), *o))
+    }
+
+    /// The outcome of `policy`, if it is traced.
+    pub fn outcome(&self, policy: &str) -> Option<Outcome> {
+        self.iter().find(|(n, _)| *n == policy).map(|(_, o)| o)
+    }
+
+    /// Empties the trace.
+    pub fn clear(&mut self) {
+        self.outcomes.clear();
+        self.names = std::sync::Arc::from(Vec::new());
+    }
+
+    /// The trace as owned entries.
+    pub fn to_vec(&self) -> Vec<TraceEntry> {
+        self.iter()
+            .map(|(policy, outcome)| TraceEntry {
+                policy: policy.to_string(),
+                outcome,
+            })
+            .collect()
+    }
+}
+
+impl From<Vec<TraceEntry>> for Trace {
+    fn from(entries: Vec<TraceEntry>) -> Trace {
+        let (names, outcomes): (Vec<String>, Vec<Outcome>) =
+            entries.into_iter().map(|e| (e.policy, e.outcome)).unzip();
+        Trace {
+            names: names.into(),
+            outcomes,
+        }
+    }
+}
+
+impl PartialEq for Trace {
+    fn eq(&self, other: &Trace) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl std::fmt::Debug for Trace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+impl Serialize for Trace {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Entry<'a> {
+            policy: &'a str,
+            outcome: Outcome,
+        }
+        s.collect_seq(
+            self.iter()
+                .map(|(policy, outcome)| Entry { policy, outcome }),
+        )
+    }
+}
+
+impl<'de> Deserialize<'de> for Trace {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Trace, D::Error> {
+        Vec::<TraceEntry>::deserialize(d).map(Trace::from)
+    }
+}
+
+impl JsonSchema for Trace {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        <Vec<TraceEntry>>::schema_name()
+    }
+
+    fn inline_schema() -> bool {
+        <Vec<TraceEntry>>::inline_schema()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        <Vec<TraceEntry>>::json_schema(generator)
+    }
 }
 
 /// Default escalation dedup window: one hour.

@@ -55,6 +55,8 @@ pub struct Engine {
     pub(crate) policies: Vec<Policy>,
     /// Per event kind (in [`kind_slot`] order), the index of the policies on it.
     pub(crate) kinds: [KindIndex; 3],
+    /// The policies' names in rank order, shared by every full-mode trace.
+    pub(crate) names: Arc<[String]>,
     /// Off only for the parity tests: every policy of the event's kind is a candidate.
     pub(crate) indexed: bool,
     pub(crate) default_action: Action,
@@ -136,7 +138,9 @@ impl Engine {
                     }),
             )
         });
+        let names = policies.iter().map(|p| p.spec.name.clone()).collect();
         Engine {
+            names,
             policies,
             kinds,
             default_action,

@@ -305,7 +305,7 @@ fn history_expressions_are_checked_at_load() {
             "unknown history function `history.cont`",
         ),
         (
-            r#"history.count({"kind": "health"}, duration("1h")) > 1 && event.resource.name.matches("^a")"#,
+            r#"history.count({"kind": "health"}, duration("1h")) > 1 && size(event.resource.name) > 2"#,
             "must be evaluable natively",
         ),
         (r#"history > 1"#, "`history` is only used as"),

@@ -243,12 +243,12 @@ fn agree(idx: &Engine, all: &Engine, ev: &Event, now: Timestamp) -> Result<usize
     let (fi, fa) = (idx.decide(ev, &full), all.decide(ev, &full));
     let mut proved_false = BTreeSet::new();
     prop_assert_eq!(fi.trace.len(), fa.trace.len());
-    for (a, b) in fi.trace.iter().zip(&fa.trace) {
-        prop_assert_eq!(&a.policy, &b.policy);
-        if a.outcome == Outcome::SkippedByIndex && b.outcome == Outcome::False {
-            proved_false.insert(a.policy.clone());
+    for ((pa, a), (pb, b)) in fi.trace.iter().zip(fa.trace.iter()) {
+        prop_assert_eq!(pa, pb);
+        if a == Outcome::SkippedByIndex && b == Outcome::False {
+            proved_false.insert(pa.to_string());
         } else {
-            prop_assert_eq!(a.outcome, b.outcome, "policy {} on {:?}", &a.policy, ev);
+            prop_assert_eq!(a, b, "policy {} on {:?}", pa, ev);
         }
     }
     let strip = |d: &Decision| {
@@ -342,7 +342,7 @@ fn every_atom_of_a_policy_narrows_its_candidacy() {
     let outcome = |ev: Value, policy: &str| {
         let ev = Event::from_json_str(&ev.to_string()).unwrap();
         let d = e.decide(&ev, &Ctx::new(now).with_mode(Mode::Full));
-        d.trace.iter().find(|t| t.policy == policy).unwrap().outcome
+        d.trace.outcome(policy).unwrap()
     };
     let ev = |ty: &str, region: &str, env: &str| {
         json!({"id": "ingest:1", "time": "2026-04-20T22:26:58Z", "source": "ingest",

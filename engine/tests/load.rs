@@ -928,7 +928,8 @@ fn native_flag_for_various_shapes() {
             true,
         ),
         ("event.failure.details.exists(d, d.code == \"X\")", false),
-        ("event.failure.code.matches(\"^Artifact\")", false),
+        ("event.failure.code.matches(\"^Artifact\")", true),
+        ("event.failure.code.matches(event.resource.os)", false),
         ("size(event.failure.details) > 0", false),
     ];
     let mut src = String::from("policies:\n");

@@ -88,11 +88,7 @@ fn decide_full(e: &Engine, h: &History) -> Decision {
 }
 
 fn outcome(d: &Decision, policy: &str) -> Outcome {
-    d.trace
-        .iter()
-        .find(|t| t.policy == policy)
-        .map(|t| t.outcome)
-        .unwrap()
+    d.trace.outcome(policy).unwrap()
 }
 
 /// The hostile plugin faults; the CEL policy still decides.

@@ -413,8 +413,8 @@ fn text(out: &mut dyn Write, d: &Decision) -> std::io::Result<()> {
     }
     if !d.trace.is_empty() {
         writeln!(out, "explain:")?;
-        for t in &d.trace {
-            let o = match t.outcome {
+        for (policy, outcome) in d.trace.iter() {
+            let o = match outcome {
                 Outcome::SkippedByIndex => "skipped by index",
                 Outcome::False => "evaluated false",
                 Outcome::Matched => "matched",
@@ -424,12 +424,12 @@ fn text(out: &mut dyn Write, d: &Decision) -> std::io::Result<()> {
                 Outcome::Quarantined => "quarantined plugin",
                 _ => "other",
             };
-            let won = if d.policy.as_deref() == Some(t.policy.as_str()) {
+            let won = if d.policy.as_deref() == Some(policy) {
                 "  <- wins"
             } else {
                 ""
             };
-            writeln!(out, "  {o:<22} {}{won}", escape(&t.policy))?;
+            writeln!(out, "  {o:<22} {}{won}", escape(policy))?;
         }
     }
     Ok(())

@@ -137,7 +137,6 @@ impl EngineBuilder {
         // whatever the caller's thread has. Targets without threads load in place.
         #[cfg(not(target_family = "wasm"))]
         {
-            const LOAD_STACK: usize = 64 << 20;
             let spawned = std::thread::Builder::new()
                 .name("keel-load".into())
                 .stack_size(LOAD_STACK)
@@ -348,14 +347,65 @@ fn digest_file(d: &mut Sha256, name: &Path, bytes: &[u8]) {
     d.update(bytes);
 }
 
+/// The stack of a thread that parses CEL: the `cel` parser recurses deeply (about 170 KiB
+/// per bracket level in a debug build), and any accepted expression must fit.
+#[cfg(not(target_family = "wasm"))]
+const LOAD_STACK: usize = 64 << 20;
+
+/// What compiling a policy's `when`, `reason_expr` and `params.until` gave.
+type Parsed = [Option<Result<Compiled, Vec<compile::ExprProblem>>>; 3];
+
+fn parse_one(s: &PolicySpec) -> Parsed {
+    [
+        s.when.as_ref().map(compile::compile),
+        s.reason_expr.as_ref().map(compile::compile),
+        s.params.until.as_ref().map(compile::compile),
+    ]
+}
+
+/// Compiles every policy's expressions, on as many threads as the machine has cores (up to
+/// 8) for sets large enough to be worth it: parsing CEL is most of a load's time, and the
+/// policies are independent. The results come back in the policies' order, so diagnostics
+/// do not depend on the threads. Without threads (or if one cannot start), in place.
+fn parse_all(specs: &[PolicySpec]) -> Vec<Parsed> {
+    #[cfg(not(target_family = "wasm"))]
+    {
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+        if workers > 1 && specs.len() >= 64 {
+            let chunk = specs.len().div_ceil(workers);
+            let parsed = std::thread::scope(|sc| {
+                let handles: Vec<_> = specs
+                    .chunks(chunk)
+                    .map(|c| {
+                        std::thread::Builder::new()
+                            .name("keel-load".into())
+                            .stack_size(LOAD_STACK)
+                            .spawn_scoped(sc, move || c.iter().map(parse_one).collect::<Vec<_>>())
+                    })
+                    .collect();
+                let mut out = Vec::with_capacity(specs.len());
+                for h in handles {
+                    out.extend(h.ok()?.join().ok()?);
+                }
+                Some(out)
+            });
+            if let Some(parsed) = parsed {
+                return parsed;
+            }
+        }
+    }
+    specs.iter().map(parse_one).collect()
+}
+
 fn compile_expr(
     spec: &PolicySpec,
     e: &Expr,
+    parsed: Option<Result<Compiled, Vec<compile::ExprProblem>>>,
     want: Option<Ty>,
     what: &str,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Compiled> {
-    match compile::compile(e) {
+    match parsed.unwrap_or_else(|| compile::compile(e)) {
         Ok(c) => {
             if let (Some(want), Some(got)) = (want, c.ty) {
                 if want != got {
@@ -391,7 +441,8 @@ fn compile_all(
 ) -> Vec<Policy> {
     let mut seen: HashMap<String, (Arc<Path>, Pos)> = HashMap::new();
     let mut out = Vec::new();
-    for spec in specs {
+    let parsed = parse_all(&specs);
+    for (spec, [when, reason_expr, until]) in specs.into_iter().zip(parsed) {
         if let Some((file, pos)) = seen.get(&spec.name) {
             diags.push(Diagnostic::new(
                 &spec.file,
@@ -411,16 +462,14 @@ fn compile_all(
         let when = spec
             .when
             .as_ref()
-            .and_then(|e| compile_expr(&spec, e, Some(Ty::Bool), "`when`", diags));
-        let reason_expr = spec
-            .reason_expr
-            .as_ref()
-            .and_then(|e| compile_expr(&spec, e, Some(Ty::Str), "`reason_expr`", diags));
-        let until = spec
-            .params
-            .until
-            .as_ref()
-            .and_then(|e| compile_expr(&spec, e, Some(Ty::Time), "`params.until`", diags));
+            .and_then(|e| compile_expr(&spec, e, when, Some(Ty::Bool), "`when`", diags));
+        let reason_expr = spec.reason_expr.as_ref().and_then(|e| {
+            compile_expr(&spec, e, reason_expr, Some(Ty::Str), "`reason_expr`", diags)
+        });
+        let until =
+            spec.params.until.as_ref().and_then(|e| {
+                compile_expr(&spec, e, until, Some(Ty::Time), "`params.until`", diags)
+            });
         if spec.action == Action::Defer
             && spec.params.until.is_none()
             && spec.params.delay.is_none()

@@ -22,6 +22,7 @@
 //! comes out already in the order the policies are evaluated in.
 
 use std::collections::{BTreeSet, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::event::Event;
 use crate::fields::{self, FieldId, FieldValue};
@@ -100,7 +101,7 @@ struct KeyIndex {
     /// The kind's policies with no `OneOf` atom on this key (they pass whatever its value).
     free: Bits,
     /// Value → the policies whose `OneOf` atoms on this key all admit it.
-    admits: HashMap<String, Vec<u32>>,
+    admits: HashMap<String, Vec<u32>, BuildHasherDefault<Fx>>,
     /// The policies with a `Present` atom on this key.
     present: Bits,
     /// Whether any policy has a `OneOf` atom / a `Present` atom on this key.
@@ -181,7 +182,7 @@ impl KindIndex {
         for (key, per) in by_key {
             let mut free = members.clone();
             let mut present = Bits::new(n);
-            let mut admits: HashMap<String, Vec<u32>> = HashMap::new();
+            let mut admits: HashMap<String, Vec<u32>, BuildHasherDefault<Fx>> = HashMap::default();
             let (mut has_one_of, mut has_present) = (false, false);
             let mut order: Vec<_> = per.into_iter().collect();
             order.sort_by_key(|(i, _)| *i);
@@ -223,6 +224,7 @@ impl KindIndex {
         for k in &self.keys {
             match find(ev, &k.key) {
                 Found::Value(v) if k.has_one_of => {
+                    // The free policies and those admitting `v`.
                     allowed.0.clear();
                     allowed.0.extend_from_slice(&k.free.0);
                     if let Some(list) = k.admits.get(v) {
@@ -242,5 +244,34 @@ impl KindIndex {
     /// Every policy of the kind (the unindexed path).
     pub(crate) fn members(&self) -> Bits {
         self.members.clone()
+    }
+}
+
+/// The rustc hasher (FxHash): the index's keys are the policy author's literals, looked up
+/// (never inserted) with event values, so a hash-flooding defence buys nothing here, and
+/// SipHash costs more than the rest of a lookup.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct Fx(u64);
+
+impl Hasher for Fx {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(w)).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        }
+    }
+
+    fn write_u8(&mut self, i: u8) {
+        self.write(&[i]);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
     }
 }

@@ -1032,3 +1032,39 @@ fn an_invalid_regular_expression_is_refused_at_load_with_its_position() {
     let d = only("policies:\n  - name: a\n    on: [maintenance]\n    when: matches(event.resource.name, \"[\")\n    action: none\n");
     assert!(d.message().contains("invalid regular expression"), "{d}");
 }
+
+/// A set large enough to be compiled on several threads reports every problem, at its
+/// position, and loads the same policies as one compiled in place.
+#[test]
+fn a_large_set_compiled_in_parallel_reports_every_problem_in_order() {
+    let mut src = String::from("policies:\n");
+    let bad = [3usize, 70, 149];
+    for i in 0..150 {
+        let when = if bad.contains(&i) {
+            "event.resource.regoin == \"x\"".to_string()
+        } else {
+            format!("event.resource.name == \"vm-{i}\"")
+        };
+        src.push_str(&format!(
+            "  - name: p{i}\n    on: [maintenance]\n    when: '{when}'\n    action: drain\n"
+        ));
+    }
+    let err = load_err(&src);
+    let lines: Vec<usize> = err.diagnostics().iter().map(|d| d.line()).collect();
+    assert_eq!(
+        lines,
+        bad.iter().map(|i| 4 + 4 * i).collect::<Vec<_>>(),
+        "{err}"
+    );
+    for d in err.diagnostics() {
+        assert!(d.message().contains("regoin"), "{d}");
+    }
+    let good = src.replace("regoin", "region");
+    let e = Engine::builder()
+        .add_source("p.yaml", good)
+        .build()
+        .unwrap();
+    let names: Vec<String> = e.policies().map(|p| p.name).collect();
+    assert_eq!(names.len(), 150);
+    assert!(e.policies().all(|p| p.native));
+}

@@ -14,7 +14,7 @@ use crate::engine::{kind_slot, Engine, Policy};
 use crate::event::{Event, Timestamp};
 use crate::fields::{self, FieldId, FieldValue};
 use crate::history::History;
-use crate::index::KindIndex;
+use crate::index::{Bits, KindIndex};
 use crate::policy::Backoff;
 
 /// How much work [`crate::Engine::decide`] may skip.
@@ -73,14 +73,14 @@ impl<'h> Ctx<'h> {
 pub use crate::decision::DEFAULT_DEDUP_WINDOW_S;
 
 impl Engine {
-    fn candidates(&self, ev: &Event) -> (Vec<u32>, &KindIndex) {
+    fn candidates(&self, ev: &Event) -> (Bits, &KindIndex) {
         let idx = &self.kinds[kind_slot(ev.kind)];
         let set = if self.indexed {
             idx.candidates(ev)
         } else {
             idx.members()
         };
-        (set.ones().collect(), idx)
+        (set, idx)
     }
 
     /// Decides what to do about `event` at `ctx.now`. Never fails: a policy that cannot be
@@ -113,11 +113,17 @@ impl Engine {
             guard: None,
         };
         let mut interp = Interp::new(&self.env, history, &idx.reads);
-        let mut outcomes: Vec<(u32, Outcome)> = Vec::with_capacity(cands.len());
+        // Each candidate's outcome, kept for the full-mode trace only.
+        let mut outcomes: Vec<(u32, Outcome)> = Vec::new();
+        let mut record = |pi: u32, o: Outcome| {
+            if full {
+                outcomes.push((pi, o));
+            }
+        };
         let mut winner: Option<(u32, Option<PluginHit>)> = None;
         let mut winner_key: Option<RankKey<'_>> = None;
         let mut no_history: Vec<&str> = Vec::new();
-        for &pi in &cands {
+        for pi in cands.ones() {
             let p = &self.policies[pi as usize];
             // Escalate policies are always evaluated, and so are plugin policies (a plugin
             // may escalate); others only while they can still beat the current winner.
@@ -130,7 +136,7 @@ impl Engine {
                 };
                 if !best.beats(w) {
                     d.not_evaluated.push(p.spec.name.clone());
-                    outcomes.push((pi, Outcome::NotEvaluated));
+                    record(pi, Outcome::NotEvaluated);
                     continue;
                 }
             }
@@ -190,7 +196,7 @@ impl Engine {
                     Outcome::Matched
                 }
             };
-            outcomes.push((pi, outcome));
+            record(pi, outcome);
         }
         if !no_history.is_empty() {
             d.warnings.push(format!(
@@ -639,8 +645,11 @@ pub fn dedup_key(policy: &str, by: &[FieldId], ev: &Event, window_s: i64) -> Str
     h.update([0x1e]);
     let bucket = ev.time.timestamp().div_euclid(window_s.max(1));
     h.update(bucket.to_string().as_bytes());
-    let mut out = [0u8; 64];
-    // 32 bytes always fit 64 hex digits.
-    let _ = hex::encode_to_slice(h.finalize(), &mut out);
-    String::from_utf8_lossy(&out).into_owned()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(64);
+    for b in h.finalize() {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    out
 }

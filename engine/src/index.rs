@@ -73,6 +73,18 @@ impl Bits {
         }
     }
 
+    /// `self &= free | listed`, `listed` being the nonzero words of a set, ascending.
+    fn and_either(&mut self, free: &[u64], listed: &[(u32, u64)]) {
+        let mut listed = listed.iter().peekable();
+        for (w, (a, f)) in self.0.iter_mut().zip(free).enumerate() {
+            let mut allow = *f;
+            if let Some((_, bits)) = listed.next_if(|(lw, _)| *lw as usize == w) {
+                allow |= bits;
+            }
+            *a &= allow;
+        }
+    }
+
     fn and_not(&mut self, other: &[u64]) {
         for (a, b) in self.0.iter_mut().zip(other) {
             *a &= !*b;
@@ -100,8 +112,9 @@ struct KeyIndex {
     key: Key,
     /// The kind's policies with no `OneOf` atom on this key (they pass whatever its value).
     free: Bits,
-    /// Value → the policies whose `OneOf` atoms on this key all admit it.
-    admits: HashMap<String, Vec<u32>, BuildHasherDefault<Fx>>,
+    /// Value → the policies whose `OneOf` atoms on this key all admit it, as the nonzero
+    /// words of a set: (word index, bits), ascending.
+    admits: HashMap<String, Vec<(u32, u64)>, BuildHasherDefault<Fx>>,
     /// The policies with a `Present` atom on this key.
     present: Bits,
     /// Whether any policy has a `OneOf` atom / a `Present` atom on this key.
@@ -182,7 +195,7 @@ impl KindIndex {
         for (key, per) in by_key {
             let mut free = members.clone();
             let mut present = Bits::new(n);
-            let mut admits: HashMap<String, Vec<u32>, BuildHasherDefault<Fx>> = HashMap::default();
+            let mut lists: HashMap<String, Vec<u32>> = HashMap::new();
             let (mut has_one_of, mut has_present) = (false, false);
             let mut order: Vec<_> = per.into_iter().collect();
             order.sort_by_key(|(i, _)| *i);
@@ -197,10 +210,26 @@ impl KindIndex {
                         *w &= !(1 << (i % 64));
                     }
                     for v in values {
-                        admits.entry(v).or_default().push(i);
+                        lists.entry(v).or_default().push(i);
                     }
                 }
             }
+            // Sparse sets (memory grows with the lists, not values × policies), read in the
+            // same pass over the words as the free set.
+            let admits = lists
+                .into_iter()
+                .map(|(v, list)| {
+                    let mut words: Vec<(u32, u64)> = Vec::new();
+                    for i in list {
+                        let (w, bit) = (i / 64, 1u64 << (i % 64));
+                        match words.last_mut() {
+                            Some((lw, bits)) if *lw == w => *bits |= bit,
+                            _ => words.push((w, bit)),
+                        }
+                    }
+                    (v, words)
+                })
+                .collect();
             keys.push(KeyIndex {
                 key,
                 free,
@@ -220,20 +249,12 @@ impl KindIndex {
     /// The policies that can match `ev`, in rank order.
     pub(crate) fn candidates(&self, ev: &Event) -> Bits {
         let mut out = self.members.clone();
-        let mut allowed = Bits::default();
         for k in &self.keys {
             match find(ev, &k.key) {
-                Found::Value(v) if k.has_one_of => {
-                    // The free policies and those admitting `v`.
-                    allowed.0.clear();
-                    allowed.0.extend_from_slice(&k.free.0);
-                    if let Some(list) = k.admits.get(v) {
-                        for &i in list {
-                            allowed.set(i);
-                        }
-                    }
-                    out.and(&allowed.0);
-                }
+                Found::Value(v) if k.has_one_of => match k.admits.get(v) {
+                    Some(listed) => out.and_either(&k.free.0, listed),
+                    None => out.and(&k.free.0),
+                },
                 Found::Absent if k.has_present => out.and_not(&k.present.0),
                 _ => {}
             }

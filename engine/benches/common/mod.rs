@@ -157,13 +157,18 @@ fn resource_tests(r: &mut Rng, t: &mut Vec<String>, region_pct: u64) {
     }
 }
 
-/// A policy file with `n` policies.
+/// A policy file with `n` policies, one in twenty using `matches` or `exists`.
 pub fn policies(n: usize) -> String {
+    policies_with(n, true)
+}
+
+/// The same set, with or without its `matches`/`exists` policies' extra test.
+pub fn policies_with(n: usize, with_interp: bool) -> String {
     let mut r = Rng::new(0x6b65_656c);
     let mut y = String::from("policies:\n");
     for i in 0..n {
         let mut t: Vec<String> = Vec::new();
-        let interp = i % 20 == 9;
+        let interp = with_interp && i % 20 == 9;
         let roll = r.below(100);
         let (on, action) = if roll < 30 {
             let k = 1 + r.below(2);

@@ -190,13 +190,32 @@ fn junit_names_are_stable_and_escaped() {
     assert!(x.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites"));
     assert!(x.contains("tests=\"11\" failures=\"8\""), "{x}");
     assert!(x.contains("p.test.yaml::sequence::step 2\""), "{x}");
+    // Located at the case's line; without a clock every time is 0.
     assert!(
-        x.contains("<failure message=\"action: expected acknowledge, got drain\""),
+        x.contains("p.test.yaml:5: action: expected acknowledge, got drain\""),
         "{x}"
     );
+    assert!(x.contains("time=\"0.000000\""), "{x}");
+    assert!(r.steps().all(|s| s.time_s == 0.0 && s.line > 0));
     // The same run gives the same report.
     let again = testing::run(&data("failing"), &TestOptions::default()).unwrap();
     assert_eq!(again.to_junit(), x);
+    // With a clock, each step's time is the clock's difference around it.
+    fn ticking() -> std::time::Duration {
+        static T: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        std::time::Duration::from_millis(T.fetch_add(250, std::sync::atomic::Ordering::Relaxed))
+    }
+    let timed = testing::run(
+        &data("failing"),
+        &TestOptions::default().with_clock(ticking),
+    )
+    .unwrap();
+    assert!(
+        timed.steps().all(|s| s.time_s == 0.25),
+        "{:?}",
+        timed.steps().map(|s| s.time_s).collect::<Vec<_>>()
+    );
+    assert!(timed.to_junit().contains("time=\"0.250000\""));
 }
 
 /// `expect.guard` asserts which blast-radius guard held the action (`null`: none); a guard

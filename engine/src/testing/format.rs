@@ -82,6 +82,8 @@ pub(super) enum TimeSpec {
 #[derive(Debug, Clone)]
 pub(super) struct Step {
     pub(super) name: String,
+    /// The 1-based line of the step (of the case, for a single-event case) in its file.
+    pub(super) line: usize,
     pub(super) at: Timestamp,
     pub(super) source: Source,
     pub(super) expect: Expect,
@@ -105,6 +107,8 @@ pub(super) struct Totals {
 #[derive(Debug, Clone)]
 pub(super) struct Case {
     pub(super) name: String,
+    /// The 1-based line of the case in its file.
+    pub(super) line: usize,
     pub(super) sequence: bool,
     pub(super) steps: Vec<Step>,
     pub(super) totals: Totals,
@@ -332,6 +336,7 @@ pub(super) fn case(
         }
         Case {
             name,
+            line: pos(n).line,
             sequence: true,
             steps,
             totals,
@@ -362,9 +367,11 @@ pub(super) fn case(
         };
         Case {
             name: name.clone(),
+            line: pos(n).line,
             sequence: false,
             steps: vec![Step {
                 name,
+                line: pos(n).line,
                 at,
                 source,
                 expect: expect?,
@@ -453,6 +460,7 @@ pub(super) fn step(
     let escalated = resolve_steps(cx, expect.escalated.as_ref(), earlier, "escalated")?;
     Some(Step {
         name,
+        line: pos(n).line,
         at,
         source,
         expect,

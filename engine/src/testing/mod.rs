@@ -52,12 +52,22 @@ pub const DEFAULT_CASE_TIME: &str = "2026-01-01T00:00:00Z";
 pub struct TestOptions {
     /// Run only the steps whose full name (`file::case::step`) contains this text.
     pub run: Option<String>,
+    /// A monotonic clock the runner reads around each step, for the steps' times
+    /// ([`StepResult::time_s`], JUnit's `time`). The engine reads no clock itself (and
+    /// `wasm32-unknown-unknown` has none); without one, every time is 0.
+    pub clock: Option<fn() -> std::time::Duration>,
 }
 
 impl TestOptions {
     /// Selects steps whose full name contains `pattern`.
     pub fn run(mut self, pattern: impl Into<String>) -> Self {
         self.run = Some(pattern.into());
+        self
+    }
+
+    /// Times each step with `clock` (a monotonic clock: only differences are used).
+    pub fn with_clock(mut self, clock: fn() -> std::time::Duration) -> Self {
+        self.clock = Some(clock);
         self
     }
 }

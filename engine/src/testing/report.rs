@@ -24,6 +24,11 @@ pub struct Mismatch {
 pub struct StepResult {
     /// Stable name: `file::case` or `file::case::step`.
     pub id: String,
+    /// The 1-based line of the step in its test file (of the case, for a single-event case
+    /// and for a sequence's `totals`).
+    pub line: usize,
+    /// How long the step took, in seconds (0 without a clock in [`super::TestOptions`]).
+    pub time_s: f64,
     /// Whether every assertion held.
     pub passed: bool,
     /// The assertions that did not.
@@ -110,7 +115,8 @@ impl TestReport {
     }
 
     /// The report as JUnit XML (testsuites > testsuite per file > testcase per step, named
-    /// `file::case::step`).
+    /// `file::case::step`), valid against the `junit-10.xsd` schema: each step's time, and a
+    /// failure's message led by the step's `file:line`.
     pub fn to_junit(&self) -> String {
         let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
         let total: usize = self.steps().count();
@@ -121,15 +127,18 @@ impl TestReport {
         for (i, f) in self.files.iter().enumerate() {
             let steps: Vec<&StepResult> = f.cases.iter().flat_map(|c| c.steps.iter()).collect();
             let failures = steps.iter().filter(|s| !s.passed).count();
-            let file = xml(&f.file.display().to_string());
+            let path = f.file.display().to_string();
+            let file = xml(&path);
+            let time: f64 = steps.iter().map(|s| s.time_s).sum();
             x.push_str(&format!(
-                "  <testsuite name=\"{file}\" id=\"{i}\" tests=\"{}\" failures=\"{failures}\" errors=\"0\" skipped=\"0\" time=\"0\">\n",
+                "  <testsuite name=\"{file}\" id=\"{i}\" tests=\"{}\" failures=\"{failures}\" errors=\"0\" skipped=\"0\" time=\"{time:.3}\">\n",
                 steps.len()
             ));
             for s in steps {
                 x.push_str(&format!(
-                    "    <testcase name=\"{}\" classname=\"{file}\" time=\"0\"",
-                    xml(&s.id)
+                    "    <testcase name=\"{}\" classname=\"{file}\" time=\"{:.6}\"",
+                    xml(&s.id),
+                    s.time_s
                 ));
                 let gate = gate_lines(s);
                 if s.passed && gate.is_empty() {
@@ -148,10 +157,13 @@ impl TestReport {
                     .map(|m| format!("{}: expected {}, got {}", m.what, m.expected, m.actual))
                     .collect::<Vec<_>>()
                     .join("; ");
+                // The case's location leads the message, as a compiler's would: JUnit's schema
+                // has no attribute for it.
+                let located = format!("{path}:{}: {msg}", s.line);
                 x.push_str(&format!(
                     "      <failure message=\"{}\" type=\"assertion\">{}</failure>\n",
-                    xml(&msg),
-                    xml(&msg)
+                    xml(&located),
+                    xml(&located)
                 ));
                 if !gate.is_empty() {
                     x.push_str(&format!("      <system-out>{}</system-out>\n", xml(&gate)));

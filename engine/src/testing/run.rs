@@ -132,7 +132,14 @@ pub(super) fn run_sets(
                         continue;
                     }
                 }
-                let steps = run_case(&set.engine, c, &ids, &file, &mut coverage[start..]);
+                let steps = run_case(
+                    &set.engine,
+                    c,
+                    &ids,
+                    &file,
+                    &mut coverage[start..],
+                    opts.clock,
+                );
                 cases.push(CaseResult {
                     name: c.name.clone(),
                     steps,
@@ -176,7 +183,13 @@ pub(super) fn run_case(
     ids: &[String],
     file: &str,
     coverage: &mut [PolicyCoverage],
+    clock: Option<fn() -> std::time::Duration>,
 ) -> Vec<StepResult> {
+    let now = || clock.map(|c| c());
+    let since = |t0: Option<std::time::Duration>| match (t0, now()) {
+        (Some(a), Some(b)) => b.saturating_sub(a).as_secs_f64(),
+        _ => 0.0,
+    };
     // Every case starts from fresh plugin instances (and a fresh history): no case depends on
     // the ones before it.
     engine.reset_plugin_instances();
@@ -187,6 +200,7 @@ pub(super) fn run_case(
     let mut results = Vec::new();
     let mut gate = Gate::new(&c.budgets);
     for (n, (step, id)) in c.steps.iter().zip(ids).enumerate() {
+        let t0 = now();
         let mut failures = Vec::new();
         let mut changes = Changes::default();
         if gate.active() {
@@ -269,6 +283,8 @@ pub(super) fn run_case(
         let step_id = |i: usize| ids.get(i).cloned().unwrap_or_default();
         results.push(StepResult {
             id: id.clone(),
+            line: step.line,
+            time_s: since(t0),
             passed: failures.is_empty(),
             failures,
             decisions,
@@ -296,6 +312,7 @@ pub(super) fn run_case(
         });
     }
     if c.sequence {
+        let t0 = now();
         let failures = check_totals(&c.totals, &all);
         if c.totals.pages.is_some()
             || !c.totals.pages_by_policy.is_empty()
@@ -303,6 +320,8 @@ pub(super) fn run_case(
         {
             results.push(StepResult {
                 id: format!("{file}::{}::totals", c.name),
+                line: c.line,
+                time_s: since(t0),
                 passed: failures.is_empty(),
                 failures,
                 decisions: Vec::new(),

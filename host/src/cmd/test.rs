@@ -93,7 +93,7 @@ fn standard(mut args: Args) -> Exit {
 }
 
 fn run_at(args: &Args) -> Exit {
-    let mut opts = TestOptions::default();
+    let mut opts = TestOptions::default().with_clock(monotonic);
     if let Some(p) = &args.run {
         opts = opts.run(p.clone());
     }
@@ -202,7 +202,13 @@ fn text(out: &mut dyn Write, r: &TestReport) -> std::io::Result<()> {
                     writeln!(out, "  ok    {}", escape(short))?;
                     continue;
                 }
-                writeln!(out, "  FAIL  {}", escape(short))?;
+                writeln!(
+                    out,
+                    "  FAIL  {}  ({}:{})",
+                    escape(short),
+                    escape(&f.file.display().to_string()),
+                    s.line
+                )?;
                 for m in &s.failures {
                     writeln!(
                         out,
@@ -248,4 +254,10 @@ fn text(out: &mut dyn Write, r: &TestReport) -> std::io::Result<()> {
         if r.passed() { "ok" } else { "FAILED" },
         total - failed
     )
+}
+
+/// Time since the first call, on the monotonic clock: what `keel test` times steps with.
+fn monotonic() -> std::time::Duration {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed()
 }

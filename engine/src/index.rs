@@ -117,9 +117,6 @@ struct KeyIndex {
     admits: HashMap<String, Vec<(u32, u64)>, BuildHasherDefault<Fx>>,
     /// The policies with a `Present` atom on this key.
     present: Bits,
-    /// Whether any policy has a `OneOf` atom / a `Present` atom on this key.
-    has_one_of: bool,
-    has_present: bool,
 }
 
 /// The candidates for one event kind.
@@ -196,16 +193,13 @@ impl KindIndex {
             let mut free = members.clone();
             let mut present = Bits::new(n);
             let mut lists: HashMap<String, Vec<u32>> = HashMap::new();
-            let (mut has_one_of, mut has_present) = (false, false);
             let mut order: Vec<_> = per.into_iter().collect();
             order.sort_by_key(|(i, _)| *i);
             for (i, (values, needs)) in order {
                 if needs {
                     present.set(i);
-                    has_present = true;
                 }
                 if let Some(values) = values {
-                    has_one_of = true;
                     if let Some(w) = free.0.get_mut(i as usize / 64) {
                         *w &= !(1 << (i % 64));
                     }
@@ -235,8 +229,6 @@ impl KindIndex {
                 free,
                 admits,
                 present,
-                has_one_of,
-                has_present,
             });
         }
         KindIndex {
@@ -251,12 +243,12 @@ impl KindIndex {
         let mut out = self.members.clone();
         for k in &self.keys {
             match find(ev, &k.key) {
-                Found::Value(v) if k.has_one_of => match k.admits.get(v) {
+                Found::Value(v) => match k.admits.get(v) {
                     Some(listed) => out.and_either(&k.free.0, listed),
                     None => out.and(&k.free.0),
                 },
-                Found::Absent if k.has_present => out.and_not(&k.present.0),
-                _ => {}
+                Found::Absent => out.and_not(&k.present.0),
+                Found::Unknown => {}
             }
         }
         out

@@ -374,3 +374,36 @@ fn every_atom_of_a_policy_narrows_its_candidacy() {
         Outcome::Errored
     );
 }
+
+/// A set spanning several words of the index's bitsets: each value's policies sit in every
+/// word, and exactly they are candidates.
+#[test]
+fn a_value_admits_its_policies_in_every_word_of_a_large_set() {
+    let mut src = String::from("policies:\n");
+    for i in 0..200 {
+        src.push_str(&format!(
+            "  - name: p{i:03}\n    on: [maintenance]\n    when: event.resource.region == \"r{}\"\n    action: drain\n    priority: {i}\n",
+            i % 3
+        ));
+    }
+    let e = Engine::builder().add_source("p.yaml", src).build().unwrap();
+    let ev = Event::from_json_str(
+        &json!({"id": "ingest:1", "time": "2026-04-20T22:26:58Z", "source": "ingest",
+                "kind": "maintenance", "resource": {"region": "r1"},
+                "maintenance": {"type": "reboot", "status": "scheduled"}})
+        .to_string(),
+    )
+    .unwrap();
+    let now: Timestamp = "2026-04-20T22:30:00Z".parse().unwrap();
+    let d = e.decide(&ev, &Ctx::new(now).with_mode(Mode::Full));
+    for (name, outcome) in d.trace.iter() {
+        let i: usize = name[1..].parse().unwrap();
+        let want = if i % 3 == 1 {
+            Outcome::Matched
+        } else {
+            Outcome::SkippedByIndex
+        };
+        assert_eq!(outcome, want, "{name}");
+    }
+    assert_eq!(d.policy.as_deref(), Some("p199"));
+}

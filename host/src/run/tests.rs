@@ -29,20 +29,29 @@ fn se_doc(incarnation: i64, events: &[&str]) -> Inbox {
     )
 }
 
-#[test]
-fn an_approval_survives_a_batch_rolled_back() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = tempfile::tempdir()?;
-    let path = dir.path().join("keel.yaml");
+/// A host in `dir` on the standard policies whose `drain` runbook is the one step `step`
+/// (`name\n      kind: {…}`).
+fn drain_host(
+    dir: &std::path::Path,
+    step: &str,
+) -> Result<std::sync::Arc<Host>, Box<dyn std::error::Error>> {
+    let path = dir.join("keel.yaml");
     let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/standard");
     std::fs::write(
         &path,
         format!(
-            "policies: {}\nstate: state.db\nself: vm-1\nrunbooks:\n  drain:\n    - name: approve\n      azure_ack: {{}}\n",
+            "policies: {}\nstate: state.db\nself: vm-1\nrunbooks:\n  drain:\n    - name: {step}\n",
             policies.display()
         ),
     )?;
     let cfg = crate::config::load(&path).map_err(|e| format!("{e:?}"))?;
-    let host = Host::new(cfg, Box::new(std::io::sink()))?;
+    Ok(Host::new(cfg, Box::new(std::io::sink()))?)
+}
+
+#[test]
+fn an_approval_survives_a_batch_rolled_back() -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let host = drain_host(dir.path(), "approve\n      azure_ack: {}")?;
     let id = "azure.scheduled_events:e1/vm-1";
     assert_eq!(host.process(vec![se_doc(1, &["E1"])]).len(), 1, "a drain");
     // StartRequests is about to be sent: the approval is in the store.
@@ -172,17 +181,7 @@ fn every_log_line_gets_a_time_a_level_and_a_type() {
 async fn a_pending_runbook_no_task_runs_is_found_and_one_that_runs_is_not(
 ) -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
-    let path = dir.path().join("keel.yaml");
-    let policies = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/standard");
-    std::fs::write(
-        &path,
-        format!(
-            "policies: {}\nstate: state.db\nself: vm-1\nrunbooks:\n  drain:\n    - name: note\n      log: {{}}\n",
-            policies.display()
-        ),
-    )?;
-    let cfg = crate::config::load(&path).map_err(|e| format!("{e:?}"))?;
-    let host = Host::new(cfg, Box::new(std::io::sink()))?;
+    let host = drain_host(dir.path(), "note\n      log: {}")?;
     // A drain decided and committed, its runbook never started (as when a store error stopped
     // it, or a commit's answer was lost): pending in the store, running nowhere.
     let work = host.process(vec![se_doc(1, &["E1"])]);

@@ -11,8 +11,11 @@
 #       whole merged branch; otherwise the commit itself), in place, with the baseline skipped
 #       (test.sh has just run the same tests). Installs cargo-mutants first if it is missing.
 #   scripts/mutants.sh full [-- extra cargo-mutants args]
-#       The full run over the engine's core files (normalizers, history, policy loading, the
-#       decide path): slow (hours on 2 cores); its scores go into TESTING.md.
+#       The full run over the engine's core files (normalizers, history, the decide path),
+#       group by group, each with its own tests: slow (hours on 2 cores); its per-file scores
+#       (`scripts/mutants.sh table`) go into TESTING.md.
+#   scripts/mutants.sh table
+#       The per-file table of the full runs recorded under target/mutants/full.
 #
 # Needs cargo-mutants (`cargo install cargo-mutants --locked`). Mutants are tested in a copy of
 # the tree (without target/, so the first build is cold); pass `-- --in-place` to mutate the
@@ -59,14 +62,65 @@ case "$mode" in
     exec cargo mutants "${common[@]}" --in-diff "$diff_file" "$@"
     ;;
   full)
+    # One cargo-mutants run per group of files, each with the tests that exercise it (the
+    # module's unit tests and its integration test files: every keel-engine test for every
+    # mutant would be three times slower, and a file's own tests are what should catch it).
+    # The scores are a lower bound: a mutant "missed" here may be caught by another file.
+    # KEEL_MUTANTS_SHARD=k/n runs the k-th of n round-robin shards (one per worktree, so two
+    # cores build two mutants at once); KEEL_MUTANTS_GROUPS="a b" runs only those groups.
     [ "${1:-}" = "--" ] && shift
-    exec cargo mutants "${common[@]}" \
-      -f 'engine/src/normalize/*.rs' -f engine/src/history.rs \
-      -f 'engine/src/compile/*.rs' -f engine/src/policy.rs -f engine/src/decide.rs -f engine/src/build.rs \
-      -f engine/src/engine.rs "$@"
+    nz="--test normalize_cross_source --test snapshots_fixtures"
+    groups=(
+      "aws_imds|engine/src/normalize/aws_imds.rs|--lib --test normalize_aws_imds $nz"
+      "azure_arm|engine/src/normalize/azure_arm/*.rs|--lib --test normalize_azure_arm $nz"
+      "resource_health|engine/src/normalize/azure_resource_health/*.rs|--lib --test normalize_azure_resource_health $nz"
+      "scheduled_events|engine/src/normalize/azure_scheduled_events.rs engine/src/normalize/azure_maintenance_v1.rs|--test normalize_azure_scheduled_events $nz"
+      "gcp_metadata|engine/src/normalize/gcp_metadata.rs|--lib --test normalize_gcp_metadata $nz"
+      "normalize_shared|engine/src/normalize/azure_id.rs engine/src/normalize/classify.rs engine/src/normalize/http.rs engine/src/normalize/json.rs engine/src/normalize/mod.rs engine/src/normalize/time.rs engine/src/normalize/transform.rs|--lib --test normalize_aws_imds --test normalize_azure_arm --test normalize_azure_resource_health --test normalize_azure_scheduled_events --test normalize_gcp_metadata --test transform --test fuzz $nz"
+      "history|engine/src/history.rs|--lib --test history --test decide --test testing"
+      "decide|engine/src/decide.rs engine/src/engine.rs engine/src/index.rs|--lib --test decide --test index --test parity --test guard --test limits --test load"
+    )
+    shard=()
+    [ -n "${KEEL_MUTANTS_SHARD:-}" ] && shard=(--shard "$KEEL_MUTANTS_SHARD" --sharding round-robin)
+    status=0
+    for g in "${groups[@]}"; do
+      IFS='|' read -r name files tests <<<"$g"
+      if [ -n "${KEEL_MUTANTS_GROUPS:-}" ] && [[ " $KEEL_MUTANTS_GROUPS " != *" $name "* ]]; then
+        continue
+      fi
+      fs=()
+      for f in $files; do fs+=(-f "$f"); done
+      echo "== $name"
+      # shellcheck disable=SC2086 # $tests is a list of cargo test arguments
+      cargo mutants --package keel-engine --timeout "${KEEL_MUTANTS_TIMEOUT:-120}" \
+        --build-timeout 600 --profile mutants --no-shuffle "${shard[@]}" \
+        --output "$out/full/$name${KEEL_MUTANTS_SHARD:+-${KEEL_MUTANTS_SHARD/\//of}}" \
+        "${fs[@]}" "$@" -- $tests || status=$?
+    done
+    bash "$0" table
+    exit "$status"
+    ;;
+  table)
+    # The per-file table of every full run under $out/full (all shards summed).
+    find "$out/full" -name outcomes.json -path '*mutants.out*' 2>/dev/null | sort | while read -r f; do
+      dir="$(dirname "$f")"
+      for kind in caught missed timeout unviable; do
+        [ -f "$dir/$kind.txt" ] && sed "s/:.*//; s/^/$kind /" "$dir/$kind.txt"
+      done
+    done | awk '
+      { n[$2 " " $1]++; files[$2] = 1 }
+      END {
+        print "| File | Caught | Missed | Timeouts | Unviable | Score |"
+        print "|------|--------|--------|----------|----------|-------|"
+        for (f in files) {
+          c = n[f " caught"] + 0; m = n[f " missed"] + 0; t = n[f " timeout"] + 0; u = n[f " unviable"] + 0
+          s = (c + m) ? sprintf("%.0f%%", 100 * c / (c + m)) : "-"
+          printf "| `%s` | %d | %d | %d | %d | %s |\n", f, c, m, t, u, s
+        }
+      }' | { read -r h1; read -r h2; echo "$h1"; echo "$h2"; sort; }
     ;;
   *)
-    echo "usage: scripts/mutants.sh diff [BASE] [-- cargo-mutants args] | ci | full [-- cargo-mutants args]" >&2
+    echo "usage: scripts/mutants.sh diff [BASE] [-- cargo-mutants args] | ci | full [-- cargo-mutants args] | table" >&2
     exit 2
     ;;
 esac

@@ -83,6 +83,7 @@ case "$mode" in
     shard=()
     [ -n "${KEEL_MUTANTS_SHARD:-}" ] && shard=(--shard "$KEEL_MUTANTS_SHARD" --sharding round-robin)
     status=0
+    mkdir -p "$out/full"
     for g in "${groups[@]}"; do
       IFS='|' read -r name files tests <<<"$g"
       if [ -n "${KEEL_MUTANTS_GROUPS:-}" ] && [[ " $KEEL_MUTANTS_GROUPS " != *" $name "* ]]; then

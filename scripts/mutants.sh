@@ -91,12 +91,15 @@ case "$mode" in
       fi
       fs=()
       for f in $files; do fs+=(-f "$f"); done
+      # As cargo args (not after `--`), so the build of each mutant compiles only these
+      # test targets too, not all of keel-engine's.
+      ta=()
+      for t in $tests; do ta+=("--cargo-arg=$t"); done
       echo "== $name"
-      # shellcheck disable=SC2086 # $tests is a list of cargo test arguments
       cargo mutants --package keel-engine --timeout "${KEEL_MUTANTS_TIMEOUT:-120}" \
         --build-timeout 600 --profile mutants --no-shuffle "${shard[@]}" \
         --output "$out/full/$name${KEEL_MUTANTS_SHARD:+-${KEEL_MUTANTS_SHARD/\//of}}" \
-        "${fs[@]}" "$@" -- $tests || status=$?
+        "${fs[@]}" "${ta[@]}" "$@" || status=$?
     done
     bash "$0" table
     exit "$status"

@@ -174,13 +174,49 @@ pub unsafe extern "C" fn decide(handle: i32, ptr: *const u8, len: usize) -> u64 
         let input = unsafe { request(ptr, len) }?;
         let engine = state().registry.get(handle)?;
         let decision = crate::decide(&engine, input)?;
-        serde_json::to_vec(&decision).map_err(|e| {
-            ModuleError::new(
-                ErrorKind::Internal,
-                format!("the decision could not be serialized: {e}"),
-            )
-        })
+        serialized(&decision, "the decision")
     });
+    packed_result(result)
+}
+
+/// Normalizes the `normalize` request in `ptr[..len]`: packed `{"events", "state"}` JSON, or
+/// packed error JSON (also kept for [`last_error`]). Free the result.
+///
+/// # Safety
+///
+/// As for [`load`].
+#[cfg_attr(target_arch = "wasm32", no_mangle)]
+#[allow(unsafe_code)] // `no_mangle`, and reading the caller's buffer.
+pub unsafe extern "C" fn normalize(ptr: *const u8, len: usize) -> u64 {
+    set_last_error(None);
+    let result = guarded(|| {
+        // SAFETY: forwarded from this function's contract.
+        let input = unsafe { request(ptr, len) }?;
+        let out = crate::normalize(input)?;
+        serialized(&out, "the events")
+    });
+    packed_result(result)
+}
+
+/// The normalizers, packed JSON `[{"name", "reads"}]`. Free the result.
+#[cfg_attr(target_arch = "wasm32", no_mangle)]
+#[allow(unsafe_code)] // `no_mangle`: the export name.
+pub extern "C" fn normalizers() -> u64 {
+    packed_result(guarded(|| serialized(&crate::normalizers(), "the list")))
+}
+
+/// `value` as JSON, or an `internal` error naming `what`.
+fn serialized<T: serde::Serialize>(value: &T, what: &str) -> Result<Vec<u8>, ModuleError> {
+    serde_json::to_vec(value).map_err(|e| {
+        ModuleError::new(
+            ErrorKind::Internal,
+            format!("{what} could not be serialized: {e}"),
+        )
+    })
+}
+
+/// The result's JSON packed, or the error's (also kept for [`last_error`]).
+fn packed_result(result: Result<Vec<u8>, ModuleError>) -> u64 {
     let out = match result {
         Ok(json) => json,
         Err(e) => {
@@ -206,7 +242,7 @@ pub extern "C" fn unload(handle: i32) -> i32 {
     }
 }
 
-/// The error JSON of the latest [`load`], [`decide`] or [`unload`] call, packed (a copy: free
+/// The error JSON of the latest [`load`], [`decide`], [`normalize`] or [`unload`] call, packed (a copy: free
 /// it), or `0` when that call succeeded.
 #[cfg_attr(target_arch = "wasm32", no_mangle)]
 #[allow(unsafe_code)] // `no_mangle`: the export name.
@@ -249,6 +285,6 @@ mod tests {
         let code = unsafe { load(std::ptr::null(), 0) };
         assert_eq!(code, ErrorKind::InvalidRequest.code());
         assert_eq!(unload(12345), ErrorKind::UnknownHandle.code());
-        assert_eq!(abi_version(), 1);
+        assert_eq!(abi_version(), 2);
     }
 }

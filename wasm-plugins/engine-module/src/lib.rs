@@ -9,7 +9,7 @@
 //! # → target/wasm32-unknown-unknown/release/keel_engine_module.wasm
 //! ```
 //!
-//! ## The ABI (version 1)
+//! ## The ABI (version 2)
 //!
 //! Pointers and lengths are `i32` (wasm32 addresses and byte counts, read as unsigned). A
 //! *packed* result is an `i64` holding `ptr << 32 | len`: the high 32 bits are the address of
@@ -18,13 +18,15 @@
 //!
 //! | export | signature | what it does |
 //! | --- | --- | --- |
-//! | `abi_version` | `() -> i32` | `1` |
+//! | `abi_version` | `() -> i32` | `2` (version 1 had no `normalize` or `normalizers`) |
 //! | `alloc` | `(len: i32) -> i32` | a buffer of `len` bytes for the caller to write a request into; `0` if memory is exhausted |
 //! | `free` | `(ptr: i32, len: i32)` | releases a buffer from `alloc`, or one the module returned (packed) |
 //! | `load` | `(ptr: i32, len: i32) -> i32` | loads a policy set; a handle `> 0`, or a negative [`ErrorKind::code`] |
 //! | `decide` | `(handle: i32, ptr: i32, len: i32) -> i64` | decides one event; packed Decision JSON, or packed error JSON |
 //! | `unload` | `(handle: i32) -> i32` | drops a policy set: `0`, or a negative [`ErrorKind::code`] |
-//! | `last_error` | `() -> i64` | packed error JSON of the latest `load`, `decide` or `unload` call, or `0` when it succeeded |
+//! | `normalize` | `(ptr: i32, len: i32) -> i64` | turns one vendor payload into events; packed `{"events", "state"}` JSON, or packed error JSON |
+//! | `normalizers` | `() -> i64` | packed JSON list of the normalizers: `[{"name", "reads"}]` |
+//! | `last_error` | `() -> i64` | packed error JSON of the latest `load`, `decide`, `normalize` or `unload` call, or `0` when it succeeded |
 //!
 //! Ownership: the caller owns what it allocates (the module only reads request buffers during
 //! the call; free them, or reuse them, afterwards) and owns every packed buffer the module
@@ -68,6 +70,24 @@
 //!
 //! The output is the [`keel_engine::Decision`] JSON, exactly as the native engine serializes it.
 //!
+//! **`normalize`** takes
+//!
+//! ```json
+//! {"source": "azure.arm", "payload": {"error": {"code": "VMAgentStatusCommunicationError"}},
+//!  "observed_at": "2021-10-13T14:05:00Z", "operation": "create", "self_name": "web-1",
+//!  "http_status": 409, "retry_after_s": 30, "state": {}}
+//! ```
+//!
+//! `source` is a normalizer's name (`normalizers` lists them). `payload` is what the vendor
+//! sent: a JSON string is taken as the payload's text (a plain-text answer such as GCP's
+//! `MIGRATE_ON_HOST_MAINTENANCE`, or an HTTP response for the `.http` forms), any other JSON
+//! value as that JSON. `observed_at` (RFC 3339) is when the payload was seen: the time of
+//! events the vendor does not date; the module reads no clock. The rest is optional, as in
+//! [`keel_engine::normalize::Input`]. `state` is the [`keel_engine::normalize::NormalizerState`]
+//! the previous call returned (stateful protocols: Scheduled Events incarnations, events that
+//! vanished); omit it on the first call. The output is
+//! `{"events": [...], "state": {...}}`: the normalized events and the state to pass next time.
+//!
 //! **Errors** are JSON objects of one shape, returned by `decide` in place of the decision and by
 //! `last_error` after any failed call:
 //!
@@ -81,7 +101,8 @@
 //! ```
 //!
 //! `kind` is one of [`ErrorKind`]; `path` (`event`, `history[2]`, …), `line` and `column` (in the
-//! request, 1-based) are given where known. A Decision never has a top-level `error` key.
+//! request, 1-based; for `invalid_payload`, `path` is `payload` and they are in the payload's
+//! text) are given where known. A Decision never has a top-level `error` key.
 //!
 //! ## Failure model
 //!
@@ -117,6 +138,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use keel_engine::normalize::{Input, NormalizeError, NormalizerState};
 use keel_engine::{
     Action, Ctx, Decision, Engine, Event, EventError, History, LoadError, Mode, Timestamp,
 };
@@ -127,7 +149,7 @@ use serde_json::value::RawValue;
 pub mod ffi;
 
 /// The version of the ABI described in the crate docs; `abi_version` returns it.
-pub const ABI_VERSION: i32 = 1;
+pub const ABI_VERSION: i32 = 2;
 
 /// What kind of failure an error object reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -145,6 +167,9 @@ pub enum ErrorKind {
     UnknownHandle,
     /// A bug in the module (natively: a caught panic).
     Internal,
+    /// `normalize`: the payload is not one its normalizer reads (malformed, wrong shape,
+    /// another vendor's, too large).
+    InvalidPayload,
 }
 
 impl ErrorKind {
@@ -156,6 +181,7 @@ impl ErrorKind {
             ErrorKind::InvalidEvent => -3,
             ErrorKind::UnknownHandle => -4,
             ErrorKind::Internal => -5,
+            ErrorKind::InvalidPayload => -6,
         }
     }
 }
@@ -483,6 +509,109 @@ pub fn decide(engine: &Engine, input: &[u8]) -> Result<Decision, ModuleError> {
         history.record(&event);
     }
     Ok(engine.decide(&event, &ctx.with_history(&history)))
+}
+
+/// A `normalize` request (see the crate docs).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NormalizeRequest<'a> {
+    source: String,
+    #[serde(borrow)]
+    payload: &'a RawValue,
+    observed_at: Timestamp,
+    #[serde(default)]
+    self_name: Option<String>,
+    #[serde(default)]
+    http_status: Option<u16>,
+    #[serde(default)]
+    retry_after_s: Option<i64>,
+    #[serde(default)]
+    operation: Option<keel_engine::Operation>,
+    #[serde(default)]
+    state: Option<NormalizerState>,
+}
+
+/// What `normalize` returns: the events and the state for the next call.
+#[derive(Debug, Serialize)]
+#[non_exhaustive]
+pub struct Normalized {
+    /// The normalized events, in the normalizer's order.
+    pub events: Vec<Event>,
+    /// The state to pass with the next payload of the same stream.
+    pub state: NormalizerState,
+}
+
+/// Normalizes the `normalize` request in `input` (see the crate docs).
+pub fn normalize(input: &[u8]) -> Result<Normalized, ModuleError> {
+    let text = utf8(input)?;
+    let req: NormalizeRequest<'_> =
+        serde_json::from_str(text).map_err(|e| request_error(&e, None))?;
+    // A JSON string is the payload's text; any other value is that JSON.
+    let owned: String;
+    let payload: &[u8] = if req.payload.get().starts_with('"') {
+        owned = serde_json::from_str(req.payload.get()).map_err(|e| {
+            nested_error(
+                ErrorKind::InvalidRequest,
+                text,
+                req.payload,
+                "payload".into(),
+                &e,
+            )
+        })?;
+        owned.as_bytes()
+    } else {
+        req.payload.get().as_bytes()
+    };
+    let mut state = req.state.unwrap_or_default();
+    let mut nin = Input::new(payload, req.observed_at);
+    if let Some(name) = req.self_name.as_deref() {
+        nin = nin.self_name(name);
+    }
+    if let Some(status) = req.http_status {
+        nin = nin.http_status(status);
+    }
+    if let Some(secs) = req.retry_after_s {
+        nin = nin.retry_after_s(secs);
+    }
+    if let Some(op) = req.operation {
+        nin = nin.operation(op);
+    }
+    let events = keel_engine::normalize::normalize(&req.source, &nin, &mut state).map_err(|e| {
+        let kind = match e {
+            NormalizeError::UnknownNormalizer { .. } => ErrorKind::InvalidRequest,
+            _ => ErrorKind::InvalidPayload,
+        };
+        let err = ModuleError::new(kind, e.to_string());
+        match e {
+            NormalizeError::UnknownNormalizer { .. } => err.at(Some("source".into()), None),
+            NormalizeError::Json { line, column, .. } => {
+                err.at(Some("payload".into()), Some((line, column)))
+            }
+            _ => err.at(Some("payload".into()), None),
+        }
+    })?;
+    Ok(Normalized { events, state })
+}
+
+/// One normalizer, as `normalizers` lists it.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct NormalizerEntry {
+    /// Its name: `normalize`'s `source`.
+    pub name: &'static str,
+    /// What it reads.
+    pub reads: &'static str,
+}
+
+/// Every normalizer the module has.
+pub fn normalizers() -> Vec<NormalizerEntry> {
+    keel_engine::normalize::NORMALIZERS
+        .iter()
+        .map(|n| NormalizerEntry {
+            name: n.name,
+            reads: n.reads,
+        })
+        .collect()
 }
 
 /// The loaded policy sets, by handle. The exports keep one in a global; an embedder of the

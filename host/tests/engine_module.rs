@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use keel_engine::normalize::{self, Input, NormalizerState};
@@ -74,6 +74,18 @@ fn compiled() -> &'static (wasmtime::Engine, Module) {
     })
 }
 
+/// The module's requests and answers in the library test, written out for the JavaScript
+/// package's parity test (`wasm-plugins/engine-module/js/test/`): what this test proves alike
+/// natively and in wasmtime must decide alike in Node too.
+static CORPUS: Mutex<Vec<Value>> = Mutex::new(Vec::new());
+
+/// Writes `value` as `target/tmp/<name>` (a parity corpus of the JavaScript package).
+fn write_corpus(name: &str, value: &Value) {
+    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    std::fs::write(&path, serde_json::to_vec(value).unwrap()).unwrap();
+    report(&format!("wrote {}", path.display()));
+}
+
 /// One instance of the module.
 struct Guest {
     store: Store<()>,
@@ -100,7 +112,7 @@ impl Guest {
         let memory = instance.get_memory(&mut store, "memory").unwrap();
         let version: TypedFunc<(), i32> =
             instance.get_typed_func(&mut store, "abi_version").unwrap();
-        assert_eq!(version.call(&mut store, ()).unwrap(), 1);
+        assert_eq!(version.call(&mut store, ()).unwrap(), 2);
         Guest {
             alloc: instance.get_typed_func(&mut store, "alloc").unwrap(),
             free: instance.get_typed_func(&mut store, "free").unwrap(),
@@ -216,6 +228,23 @@ impl Guest {
 
     fn decide(&mut self, handle: i32, request: &Value) -> Value {
         self.decide_raw(handle, request.to_string().as_bytes())
+    }
+
+    /// `normalize`: `{"events", "state"}` or the error object.
+    fn normalize(&mut self, request: &Value) -> Value {
+        let f: TypedFunc<(i32, i32), i64> = self
+            .instance
+            .get_typed_func(&mut self.store, "normalize")
+            .unwrap();
+        let buf = self.put(request.to_string().as_bytes());
+        let packed = f
+            .call(&mut self.store, buf)
+            .unwrap_or_else(|t| panic!("normalize trapped: {t:?}"));
+        self.release(buf);
+        let out = Guest::json(&self.take(packed));
+        let err = self.last_error();
+        assert_eq!(err.is_some(), out.get("error").is_some(), "{out}");
+        out
     }
 }
 
@@ -415,15 +444,17 @@ fn compare(
         h.record(ev);
     }
     let want = native.decide(ev, &ctx.with_history(&h));
-    let got = guest.decide(
-        handle,
-        &json!({
-            "event": ev,
-            "ctx": {"now": now.to_rfc3339(), "mode": "full"},
-            "history": history.1,
-            "record": record,
-        }),
-    );
+    let request = json!({
+        "event": ev,
+        "ctx": {"now": now.to_rfc3339(), "mode": "full"},
+        "history": history.1,
+        "record": record,
+    });
+    let got = guest.decide(handle, &request);
+    CORPUS
+        .lock()
+        .unwrap()
+        .push(json!({"set": handle, "what": what, "request": request, "decision": got}));
     assert_eq!(
         got,
         serde_json::to_value(&want).unwrap(),
@@ -610,7 +641,143 @@ fn decides_every_library_case_like_the_native_engine() {
         "some case of `keel test` was not compared"
     );
     assert!(single >= 60, "only {single} single-event cases compared");
+    let sets: serde_json::Map<String, Value> = sets
+        .iter()
+        .map(|(path, (handle, _))| (handle.to_string(), load_request(path)))
+        .collect();
+    let cases = std::mem::take(&mut *CORPUS.lock().unwrap());
+    write_corpus(
+        "engine-module-decide-corpus.json",
+        &json!({"sets": sets, "cases": cases}),
+    );
 }
+
+#[path = "../../engine/tests/common/owners.rs"]
+mod owners;
+
+#[test]
+fn normalizes_every_vendor_fixture_like_the_native_engine() {
+    let dir = root().join("policies/fixtures");
+    let cases: BTreeMap<String, Value> =
+        serde_json::from_slice(&std::fs::read(dir.join("cases.json")).unwrap()).unwrap();
+    let mut guest = Guest::new();
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .filter(|n| !n.ends_with(".md") && n != "cases.json" && dir.join(n).is_file())
+        .collect();
+    names.sort();
+    let (mut events, mut errors, mut corpus) = (0, 0, Vec::new());
+    for name in &names {
+        let Some(source) = owners::owner(name) else {
+            panic!("{name}: no normalizer owns this fixture");
+        };
+        let opts = cases.get(name).cloned().unwrap_or(json!({}));
+        let bytes = std::fs::read(dir.join(name)).unwrap();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        let observed = opts
+            .get("observed_at")
+            .map_or(DEFAULT_OBSERVED_AT.parse().unwrap(), time);
+        let mut input = Input::new(&bytes, observed);
+        let mut request = json!({
+            "source": source,
+            "payload": text,
+            "observed_at": observed.to_rfc3339(),
+        });
+        if let Some(me) = opts.get("self").and_then(Value::as_str) {
+            input = input.self_name(me);
+            request["self_name"] = json!(me);
+        }
+        if let Some(op) = opts.get("operation").and_then(Value::as_str) {
+            input = input.operation(Operation::parse(op).unwrap());
+            request["operation"] = json!(op);
+        }
+        if let Some(status) = opts.get("http_status").and_then(Value::as_u64) {
+            input = input.http_status(u16::try_from(status).unwrap());
+            request["http_status"] = json!(status);
+        }
+        let got = guest.normalize(&request);
+        let mut state = NormalizerState::default();
+        match normalize::normalize(source, &input, &mut state) {
+            Ok(want) => {
+                let want = json!({"events": want, "state": state});
+                assert_eq!(got, want, "{name}: the module normalized it differently");
+                events += want["events"].as_array().unwrap().len();
+            }
+            Err(e) => {
+                assert_eq!(
+                    got["error"]["message"],
+                    json!(e.to_string()),
+                    "{name}: the module failed differently"
+                );
+                assert_eq!(got["error"]["path"], "payload", "{name}");
+                errors += 1;
+            }
+        }
+        corpus.push(json!({"what": name, "request": request, "result": got}));
+        // The same payload as parsed JSON (where it is JSON): the same result.
+        if let Ok(parsed) = serde_json::from_str::<Value>(&text) {
+            if !parsed.is_string() {
+                let mut as_json = request.clone();
+                as_json["payload"] = parsed;
+                let again = guest.normalize(&as_json);
+                if got.get("error").is_none() {
+                    assert_eq!(again, got, "{name}: given as JSON, normalized differently");
+                }
+            }
+        }
+    }
+    report(&format!(
+        "{} vendor fixtures normalized alike natively and in the module ({events} events, {errors} refused)",
+        names.len()
+    ));
+    assert!(events >= 40, "only {events} events");
+    // State carries between calls: a Scheduled Events document, then an empty one, gives the
+    // vanished event as completed in both.
+    let doc = std::fs::read_to_string(
+        dir.join("azure-scheduled-events-freeze-live-migration-scheduled.json"),
+    )
+    .unwrap();
+    let first = guest.normalize(&json!({"source": "azure.scheduled_events", "payload": doc,
+        "observed_at": "2026-04-11T22:11:58Z"}));
+    let empty = r#"{"DocumentIncarnation": 99, "Events": []}"#;
+    let second = guest.normalize(
+        &json!({"source": "azure.scheduled_events", "payload": empty,
+        "observed_at": "2026-04-11T23:00:00Z", "state": first["state"]}),
+    );
+    let mut state: NormalizerState = serde_json::from_value(first["state"].clone()).unwrap();
+    let want = normalize::normalize(
+        "azure.scheduled_events",
+        &Input::new(empty.as_bytes(), "2026-04-11T23:00:00Z".parse().unwrap()),
+        &mut state,
+    )
+    .unwrap();
+    assert!(!want.is_empty(), "the vanished event is reported");
+    assert_eq!(second["events"], json!(want));
+    assert_eq!(second["state"], json!(state));
+    // Errors: an unknown normalizer is the request's fault, with a suggestion.
+    let unknown = guest.normalize(&json!({"source": "azure.armm", "payload": "{}",
+        "observed_at": "2026-01-01T00:00:00Z"}));
+    assert_eq!(unknown["error"]["kind"], "invalid_request", "{unknown}");
+    assert_eq!(unknown["error"]["path"], "source");
+    assert!(unknown["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("did you mean `azure.arm`"));
+    let broken = guest.normalize(
+        &json!({"source": "azure.arm", "payload": "{\n  \"error\": ",
+        "observed_at": "2026-01-01T00:00:00Z"}),
+    );
+    assert_eq!(broken["error"]["kind"], "invalid_payload", "{broken}");
+    assert_eq!(broken["error"]["line"], 2, "{broken}");
+    write_corpus(
+        "engine-module-normalize-corpus.json",
+        &json!({"cases": corpus}),
+    );
+}
+
+/// The observation time of a fixture `cases.json` does not date (as the snapshot test).
+const DEFAULT_OBSERVED_AT: &str = "2026-01-01T00:00:00Z";
 
 // ------------------------------------------------------------------------------------------
 // Errors.

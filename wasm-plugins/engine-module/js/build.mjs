@@ -1,0 +1,25 @@
+// Builds the engine module (cargo, wasm32-unknown-unknown, release) and copies it beside
+// keel.js, where the package loads it from. KEEL_ENGINE_MODULE=path copies that file instead.
+import { execFileSync } from "node:child_process";
+import { copyFileSync, existsSync, statSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const here = dirname(fileURLToPath(import.meta.url));
+const root = join(here, "..", "..", "..");
+let wasm = process.env.KEEL_ENGINE_MODULE;
+if (!wasm) {
+  const cargo = process.env.CARGO ?? "cargo";
+  execFileSync(cargo, ["build", "-p", "keel-engine-module", "--target", "wasm32-unknown-unknown", "--release"], {
+    cwd: root,
+    stdio: "inherit",
+  });
+  const target = process.env.CARGO_TARGET_DIR ?? join(root, "target");
+  wasm = join(target, "wasm32-unknown-unknown", "release", "keel_engine_module.wasm");
+}
+if (!existsSync(wasm)) {
+  console.error(`no engine module at ${wasm}`);
+  process.exit(1);
+}
+copyFileSync(wasm, join(here, "keel_engine_module.wasm"));
+console.log(`keel_engine_module.wasm (${(statSync(wasm).size / 1048576).toFixed(1)} MiB) copied from ${wasm}`);

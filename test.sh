@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Every test Keel has: formatting, lints, unit/integration/property tests, doc tests, the
-# engine's wasm32 builds, the Wasm plugins (built, then their tests and keel test cases), and
-# the shipped policies validated by `keel check`.
+# engine's wasm32 builds, the Wasm plugins (built, then their tests and keel test cases), the
+# JavaScript package (Node) and the playground (headless Chromium), and the shipped policies
+# validated by `keel check`. Needs node and npm (Node 18 or later); installs PostgreSQL and
+# Chromium from Debian's packages when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -34,6 +36,21 @@ for t in wasm32-unknown-unknown wasm32-wasip1; do
 done
 echo "== the engine as a Wasm module (wasm32-unknown-unknown)"
 cargo build -p keel-engine-module --target wasm32-unknown-unknown --release --locked
+echo "== the JavaScript package over the engine module (Node's test runner; npm pack)"
+# The parity corpora come from host/tests/engine_module.rs (cargo test -p keel-host above).
+(cd wasm-plugins/engine-module/js \
+  && KEEL_ENGINE_MODULE=../../../target/wasm32-unknown-unknown/release/keel_engine_module.wasm node build.mjs \
+  && node --test test/ \
+  && bash test/pack.sh)
+echo "== keel playground in headless Chromium (the engine module embedded: --features playground)"
+if ! command -v chromium >/dev/null; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
+cargo build -q -p keel-host --features playground --locked
+(cd host/tests/playground && npm ci --no-audit --no-fund --loglevel=error \
+  && KEEL_BIN=../../../target/debug/keel node --test)
+echo "   screenshots: target/playground/"
 echo "== keel-engine has no tokio or wasmtime in its default dependency tree"
 if cargo tree -p keel-engine -e normal --locked | grep -E "^.* (tokio|wasmtime) v"; then echo "tokio or wasmtime leaked into keel-engine"; exit 1; fi
 echo "== keel check policies/"; cargo run -q -p keel-host --locked -- check policies/

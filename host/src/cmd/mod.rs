@@ -7,6 +7,7 @@ pub mod eval_input;
 pub mod history;
 pub mod normalize;
 pub mod pause;
+pub mod playground;
 pub mod policies;
 pub mod run;
 pub mod status;

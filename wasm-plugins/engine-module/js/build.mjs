@@ -2,7 +2,7 @@
 // keel.js, where the package loads it from. KEEL_ENGINE_MODULE=path copies that file instead.
 import { execFileSync } from "node:child_process";
 import { copyFileSync, existsSync, statSync } from "node:fs";
-import { dirname, join } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -21,5 +21,6 @@ if (!existsSync(wasm)) {
   console.error(`no engine module at ${wasm}`);
   process.exit(1);
 }
-copyFileSync(wasm, join(here, "keel_engine_module.wasm"));
-console.log(`keel_engine_module.wasm (${(statSync(wasm).size / 1048576).toFixed(1)} MiB) copied from ${wasm}`);
+const dest = join(here, "keel_engine_module.wasm");
+if (resolve(wasm) !== dest) copyFileSync(wasm, dest);
+console.log(`keel_engine_module.wasm (${(statSync(dest).size / 1048576).toFixed(1)} MiB) from ${wasm}`);

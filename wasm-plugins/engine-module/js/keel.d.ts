@@ -48,7 +48,8 @@ export interface Escalation {
   severity: string;
   reason: string;
   key: string;
-  repeat: boolean;
+  /** A page already raised for this incident (absent when false). */
+  repeat?: boolean;
   [field: string]: unknown;
 }
 

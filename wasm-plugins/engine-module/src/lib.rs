@@ -807,6 +807,61 @@ mod tests {
     }
 
     #[test]
+    fn normalize_reads_text_and_json_payloads_and_carries_state() {
+        let body = r#"{"error": {"code": "ArtifactVersionNotFound", "message": "No version found in the artifact repository that satisfies the requested version '' for VM extension with publisher 'Microsoft.WindowsAzure.GuestAgent' and type 'CRPProd'."}}"#;
+        let parsed: Value = serde_json::from_str(body).unwrap();
+        let base = json!({"source": "azure.arm", "observed_at": "2021-10-13T14:05:00Z", "operation": "create"});
+        let mut as_text = base.clone();
+        as_text["payload"] = json!(body);
+        let mut as_json = base.clone();
+        as_json["payload"] = parsed;
+        let a = normalize(as_text.to_string().as_bytes()).unwrap();
+        let b = normalize(as_json.to_string().as_bytes()).unwrap();
+        assert_eq!(a.events.len(), 1);
+        assert_eq!(
+            a.events[0].failure.as_ref().unwrap().code,
+            "ArtifactVersionNotFound"
+        );
+        assert_eq!(
+            serde_json::to_value(&a.events).unwrap(),
+            serde_json::to_value(&b.events).unwrap()
+        );
+        // A plain-text payload (GCP's maintenance-event value).
+        let gcp = json!({"source": "gcp.metadata", "payload": "MIGRATE_ON_HOST_MAINTENANCE",
+                         "observed_at": "2026-01-01T00:00:00Z"});
+        let first = normalize(gcp.to_string().as_bytes()).unwrap();
+        assert_eq!(first.events.len(), 1);
+        // The state the first call returned makes the same value again nothing new.
+        let mut again = gcp.clone();
+        again["state"] = serde_json::to_value(&first.state).unwrap();
+        assert!(normalize(again.to_string().as_bytes())
+            .unwrap()
+            .events
+            .is_empty());
+        let e = normalize(
+            br#"{"source": "nope", "payload": "", "observed_at": "2026-01-01T00:00:00Z"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.kind, e.path.as_deref()),
+            (ErrorKind::InvalidRequest, Some("source"))
+        );
+        let e = normalize(
+            br#"{"source": "azure.arm", "payload": "[1", "observed_at": "2026-01-01T00:00:00Z"}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.kind, e.path.as_deref()),
+            (ErrorKind::InvalidPayload, Some("payload"))
+        );
+        assert_eq!(ErrorKind::InvalidPayload.code(), -6);
+        assert!(normalize(br#"{"source": "azure.arm", "payload": "{}"}"#).is_err());
+        assert!(normalizers()
+            .iter()
+            .any(|n| n.name == "azure.scheduled_events"));
+    }
+
+    #[test]
     fn absolute_positions() {
         let text = "{\"a\":\n  {\"b\": 1}}";
         let v: std::collections::HashMap<&str, &RawValue> = serde_json::from_str(text).unwrap();

@@ -1,6 +1,6 @@
 // `keel playground` in a real browser: headless Chromium (Debian's `chromium` package) driven by
 // puppeteer-core. Run by test.sh:
-//   KEEL_BIN=target/debug/keel node --test host/tests/playground/
+//   (cd host/tests/playground && KEEL_BIN=../../../target/debug/keel node --test)
 // KEEL_BIN is a keel built with `--features playground`; CHROMIUM overrides the browser's path.
 // The screenshot is kept as an artifact in target/playground/ (KEEL_PLAYGROUND_OUT overrides).
 import assert from "node:assert/strict";
@@ -14,7 +14,7 @@ import puppeteer from "puppeteer-core";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = resolve(here, "..", "..", "..");
-const keelBin = resolve(root, process.env.KEEL_BIN ?? "target/debug/keel");
+const keelBin = process.env.KEEL_BIN ? resolve(process.env.KEEL_BIN) : join(root, "target/debug/keel");
 const chromium = process.env.CHROMIUM ?? ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"].find(existsSync);
 const out = resolve(root, process.env.KEEL_PLAYGROUND_OUT ?? "target/playground");
 const fixture = readFileSync(join(root, "policies/fixtures/arm-error-artifact-version-not-found-2021-10-13.json"), "utf8");

@@ -40,8 +40,9 @@ pub enum Mutation {
 #[derive(Debug)]
 enum Input {
     Path(PathBuf),
-    /// A file held in memory: its name in diagnostics, its name in the digest, its text.
-    Source(PathBuf, PathBuf, String),
+    /// A file held in memory: its name in diagnostics, its name in the digest, its text, and
+    /// whether it was found in a tree ([`EngineBuilder::add_tree`]) rather than given.
+    Source(PathBuf, PathBuf, String, bool),
 }
 
 impl EngineBuilder {
@@ -56,7 +57,7 @@ impl EngineBuilder {
     pub fn add_source(mut self, name: impl Into<PathBuf>, yaml: impl Into<String>) -> Self {
         let name = name.into();
         self.inputs
-            .push(Input::Source(name.clone(), name, yaml.into()));
+            .push(Input::Source(name.clone(), name, yaml.into(), false));
         self
     }
 
@@ -85,7 +86,8 @@ impl EngineBuilder {
             .collect();
         files.sort_by(|a, b| a.0.cmp(&b.0));
         for (rel, text) in files {
-            self.inputs.push(Input::Source(root.join(&rel), rel, text));
+            self.inputs
+                .push(Input::Source(root.join(&rel), rel, text, true));
         }
         self
     }
@@ -164,6 +166,7 @@ impl EngineBuilder {
 
     fn build_here(self) -> Result<Engine, LoadError> {
         let mut diags = Vec::new();
+        let mut warnings = Vec::new();
         let mut specs = Vec::new();
         let mut digest = Sha256::new();
         for input in &self.inputs {
@@ -177,11 +180,26 @@ impl EngineBuilder {
                             "no policy files (*.yaml, *.yml) found",
                         ));
                     }
+                    let (total, mut skipped) = (files.len(), 0);
                     for f in files {
                         match std::fs::read(&f) {
-                            Ok(bytes) => {
+                            // The path itself, when it is a file: that file was meant.
+                            Ok(bytes) if f == *p => {
                                 digest_file(&mut digest, &relative(p, &f), &bytes);
                                 specs.extend(policy::parse_file(&f, &bytes, &mut diags));
+                            }
+                            Ok(bytes) => {
+                                let name = relative(p, &f);
+                                let found = (f.as_path(), name.as_path(), &bytes[..]);
+                                if !walked(
+                                    found,
+                                    &mut digest,
+                                    &mut specs,
+                                    &mut diags,
+                                    &mut warnings,
+                                ) {
+                                    skipped += 1;
+                                }
                             }
                             Err(e) => diags.push(Diagnostic::new(
                                 &f,
@@ -190,8 +208,24 @@ impl EngineBuilder {
                             )),
                         }
                     }
+                    if total > 0 && skipped == total {
+                        diags.push(Diagnostic::new(
+                            p,
+                            Pos::FILE,
+                            if total == 1 {
+                                "no policy files found: the YAML file here is not a policy file"
+                                    .to_string()
+                            } else {
+                                format!("no policy files found: the {total} YAML files here are not policy files")
+                            },
+                        ));
+                    }
                 }
-                Input::Source(name, digest_name, text) => {
+                Input::Source(name, digest_name, text, true) => {
+                    let found = (name.as_path(), digest_name.as_path(), text.as_bytes());
+                    walked(found, &mut digest, &mut specs, &mut diags, &mut warnings);
+                }
+                Input::Source(name, digest_name, text, false) => {
                     digest_file(&mut digest, digest_name, text.as_bytes());
                     specs.extend(policy::parse_file(name, text.as_bytes(), &mut diags));
                 }
@@ -223,7 +257,7 @@ impl EngineBuilder {
         };
         #[cfg(not(feature = "plugins"))]
         let mut plugins = Plugins;
-        let mut policies = compile_all(specs, &mut diags, &mut plugins);
+        let mut policies = compile_all(specs, &mut diags, &mut warnings, &mut plugins);
         match &self.mutation {
             Some(Mutation::Disable(name)) => policies.retain(|p| p.spec.name != *name),
             Some(Mutation::ForceFalse(name)) => {
@@ -246,6 +280,10 @@ impl EngineBuilder {
         let digest = hex::encode(digest.finalize());
         let mut engine = Engine::index(policies, default_action, digest);
         engine.guards = self.guards.clone().unwrap_or_default();
+        warnings.sort_by(|a, b| {
+            (a.file(), a.line(), a.column()).cmp(&(b.file(), b.line(), b.column()))
+        });
+        engine.warnings = warnings;
         #[cfg(feature = "plugins")]
         {
             engine.runtime = plugins.runtime;
@@ -320,6 +358,39 @@ impl Plugins {
                 );
                 None
             }
+        }
+    }
+}
+
+/// A file found by walking a directory (its name, its name in the digest, its bytes), parsed
+/// leniently: YAML that is plainly not a policy file is skipped with a warning, and left out
+/// of the digest. Whether it was taken as a policy file.
+fn walked(
+    (file, digest_name, bytes): (&Path, &Path, &[u8]),
+    digest: &mut Sha256,
+    specs: &mut Vec<PolicySpec>,
+    diags: &mut Vec<Diagnostic>,
+    warnings: &mut Vec<Diagnostic>,
+) -> bool {
+    match policy::parse_walked_file(file, bytes, diags) {
+        policy::Walked::Policies(found) => {
+            digest_file(digest, digest_name, bytes);
+            specs.extend(found);
+            true
+        }
+        policy::Walked::Foreign => {
+            warnings.push(
+            Diagnostic::new(
+                file,
+                Pos::FILE,
+                "not a policy file (no `policies:` at its top level): skipped",
+            )
+            .with_help(Some(
+                "policy files hold a `policies:` list; keep other YAML out of the policy directory to silence this"
+                    .into(),
+            )),
+            );
+            false
         }
     }
 }
@@ -434,9 +505,41 @@ fn compile_expr(
     }
 }
 
+/// Warns of each read of a kind's own section (`event.failure.…`) in a policy that is not
+/// `on:` that kind: such a read is always absent there, so the test around it never holds
+/// (or always does, under `!`): usually a policy written for another kind.
+fn warn_absent_sections(
+    spec: &PolicySpec,
+    e: &Expr,
+    c: &compile::Compiled,
+    warnings: &mut Vec<Diagnostic>,
+) {
+    for r in c.sections.iter().filter(|r| !spec.on.contains(&r.kind)) {
+        let on: Vec<&str> = spec.on.iter().map(|k| k.as_str()).collect();
+        warnings.push(
+            Diagnostic::new(
+                &spec.file,
+                e.pos_at(r.offset),
+                format!(
+                    "policy `{}` reads `event.{}`, which only `{}` events have, but it is `on: [{}]`: here it is always absent",
+                    spec.name,
+                    r.path,
+                    r.kind.as_str(),
+                    on.join(", ")
+                ),
+            )
+            .with_help(Some(format!(
+                "add `{}` to `on:`, or read a field the policy's kinds have",
+                r.kind.as_str()
+            ))),
+        );
+    }
+}
+
 fn compile_all(
     specs: Vec<PolicySpec>,
     diags: &mut Vec<Diagnostic>,
+    warnings: &mut Vec<Diagnostic>,
     plugins: &mut Plugins,
 ) -> Vec<Policy> {
     let mut seen: HashMap<String, (Arc<Path>, Pos)> = HashMap::new();
@@ -470,6 +573,15 @@ fn compile_all(
             spec.params.until.as_ref().and_then(|e| {
                 compile_expr(&spec, e, until, Some(Ty::Time), "`params.until`", diags)
             });
+        for (e, c) in [
+            (spec.when.as_ref(), when.as_ref()),
+            (spec.reason_expr.as_ref(), reason_expr.as_ref()),
+            (spec.params.until.as_ref(), until.as_ref()),
+        ] {
+            if let (Some(e), Some(c)) = (e, c) {
+                warn_absent_sections(&spec, e, c, warnings);
+            }
+        }
         if spec.action == Action::Defer
             && spec.params.until.is_none()
             && spec.params.delay.is_none()

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::compile::Compiled;
 use crate::decision::Action;
+use crate::diag::Diagnostic;
 use crate::event::Kind;
 use crate::fields::FieldId;
 use crate::index::KindIndex;
@@ -64,6 +65,8 @@ pub struct Engine {
     pub(crate) digest: String,
     /// The blast-radius guards `decide` applies after resolution.
     pub(crate) guards: crate::guard::GuardConfig,
+    /// What loading noticed without refusing the set (see [`Engine::warnings`]).
+    pub(crate) warnings: Vec<Diagnostic>,
     /// The wasmtime runtime of the plugin policies (with its epoch thread), if any.
     #[cfg(feature = "plugins")]
     pub(crate) runtime: Option<Arc<crate::plugin::Runtime>>,
@@ -147,6 +150,7 @@ impl Engine {
             env: crate::compile::env(),
             digest,
             guards: crate::guard::GuardConfig::default(),
+            warnings: Vec::new(),
             indexed: true,
             #[cfg(feature = "plugins")]
             runtime: None,
@@ -208,6 +212,26 @@ impl Engine {
             .and_then(|p| p.plugin.as_ref())
             .ok_or_else(|| format!("no plugin policy `{policy}`"))?;
         p.cold_instance()
+    }
+
+    /// What loading noticed without refusing the set, each at its file, line and column: a
+    /// policy reading a section its `on:` kinds never have (`event.failure.…` under `on:
+    /// [maintenance]`: always absent there), a YAML file in a policy directory that is not a
+    /// policy file (skipped). `keel check` prints them; sorted by file and position.
+    ///
+    /// ```
+    /// let engine = keel_engine::Engine::builder()
+    ///     .add_source(
+    ///         "p.yaml",
+    ///         "policies:\n  - name: p\n    on: [maintenance]\n    when: event.failure.category == \"vm_agent\"\n    action: drain\n",
+    ///     )
+    ///     .build()?;
+    /// assert_eq!(engine.warnings().len(), 1);
+    /// assert_eq!(engine.warnings()[0].line(), 4);
+    /// # Ok::<(), keel_engine::LoadError>(())
+    /// ```
+    pub fn warnings(&self) -> &[Diagnostic] {
+        &self.warnings
     }
 
     /// Why the plugin cache, or some of its entries, were not used when this set was loaded

@@ -190,6 +190,52 @@ pub(crate) fn parse_file(
     .unwrap_or_default()
 }
 
+/// What [`parse_walked_file`] found.
+pub(crate) enum Walked {
+    /// A policy file (or one meant to be, with its problems in the diagnostics).
+    Policies(Vec<PolicySpec>),
+    /// YAML that is not a policy file: its top level is a map with none of a policy file's
+    /// keys (`policies`, `version`) nor a near miss of them (`polices:` is a mistake, not
+    /// another kind of file).
+    Foreign,
+}
+
+/// Parses a file found by walking a policy directory: like [`parse_file`], but YAML that is
+/// plainly not a policy file (a `keel.yaml`, a Kubernetes manifest kept beside the policies)
+/// is [`Walked::Foreign`] instead of an error.
+pub(crate) fn parse_walked_file(file: &Path, bytes: &[u8], diags: &mut Vec<Diagnostic>) -> Walked {
+    with_yaml_doc(
+        file,
+        bytes,
+        diags,
+        "policy file",
+        "`policies:`",
+        |cx, doc| {
+            if is_foreign(doc) {
+                return Walked::Foreign;
+            }
+            let mut out = Vec::new();
+            cx.file_doc(doc, &mut out);
+            Walked::Policies(out)
+        },
+    )
+    .unwrap_or(Walked::Policies(Vec::new()))
+}
+
+/// A top-level map with none of a policy file's keys, nor a near miss of one.
+fn is_foreign(doc: &MarkedYaml<'_>) -> bool {
+    const KEYS: &[&str] = &["version", "policies"];
+    let YamlData::Mapping(m) = &doc.data else {
+        return false;
+    };
+    !m.is_empty()
+        && m.iter().all(|(k, _)| {
+            scalar_str(k).is_some_and(|k| {
+                !KEYS.contains(&k.as_ref()) && did_you_mean(&k, KEYS.iter().copied()).is_none()
+            })
+        })
+}
+
 impl Cx<'_, '_> {
     fn file_doc(&mut self, doc: &MarkedYaml<'_>, out: &mut Vec<PolicySpec>) {
         let Some(entries) = self.map(doc, "the policy file", &["version", "policies"]) else {

@@ -1068,3 +1068,150 @@ fn a_large_set_compiled_in_parallel_reports_every_problem_in_order() {
     assert_eq!(names.len(), 150);
     assert!(e.policies().all(|p| p.native));
 }
+
+// ------------------------------------------------------------------------------------------
+// Warnings: what loading notices without refusing the set.
+
+/// A policy reading `event.failure` under `on: [maintenance]` is almost surely a policy
+/// written for another kind: the read is always absent there. Warned at the read, once per
+/// path; a policy on every kind, or on the section's kind, is not.
+#[test]
+fn a_read_of_a_section_the_policys_kinds_never_have_is_a_warning_at_the_read() {
+    let src = "policies:\n  - name: wrong-kind\n    on: [maintenance, health]\n    when: >\n      event.failure.category == \"vm_agent\" && has(event.failure.code)\n      && event.failure.category != \"quota\"\n    action: drain\n    reason_expr: '\"down \" + event.health.state'\n  - name: right-kind\n    on: [operation_failure]\n    when: event.failure.category == \"vm_agent\"\n    action: retry\n  - name: every-kind\n    on: [maintenance, health, operation_failure]\n    when: has(event.maintenance) && event.maintenance.type == \"reboot\"\n    action: drain\n";
+    let engine = Engine::builder().add_source("p.yaml", src).build().unwrap();
+    let w = engine.warnings();
+    assert_eq!(w.len(), 2, "{w:#?}");
+    assert_diag(
+        &w[0],
+        5,
+        col_of(src, 5, "failure"),
+        "reads `event.failure.category`",
+    );
+    assert!(
+        w[0].message()
+            .contains("only `operation_failure` events have"),
+        "{w:?}"
+    );
+    assert!(
+        w[0].message().contains("`on: [maintenance, health]`"),
+        "{w:?}"
+    );
+    assert!(w[0].message().contains("policy `wrong-kind`"), "{w:?}");
+    assert_eq!(
+        w[0].help(),
+        Some("add `operation_failure` to `on:`, or read a field the policy's kinds have")
+    );
+    // has(event.failure.code): a different path, the same warning kind.
+    assert_diag(
+        &w[1],
+        5,
+        col_of(src, 5, "failure.code"),
+        "`event.failure.code`",
+    );
+    // The reason expression reads event.health under `on: [maintenance, health]`: fine.
+    assert_eq!(engine.len(), 3);
+    // Under `on: [maintenance]` alone, the reason's `event.health.state` is warned too.
+    let src = src.replace("on: [maintenance, health]", "on: [maintenance]");
+    let engine = Engine::builder()
+        .add_source("p.yaml", &src)
+        .build()
+        .unwrap();
+    assert!(
+        engine
+            .warnings()
+            .iter()
+            .any(|d| d.line() == 8 && d.message().contains("`event.health.state`")),
+        "{:#?}",
+        engine.warnings()
+    );
+    // A valid set without such reads has none.
+    let clean = Engine::builder()
+        .add_source("p.yaml", VALID)
+        .build()
+        .unwrap();
+    assert!(clean.warnings().is_empty(), "{:#?}", clean.warnings());
+}
+
+/// A `keel.yaml` or a Kubernetes manifest kept beside the policies is skipped with a warning
+/// instead of failing the whole set, and left out of the digest; a near miss of `policies:`
+/// is still an error, and so is a directory with no policy file at all.
+#[test]
+fn yaml_that_is_not_a_policy_file_is_skipped_in_a_directory_with_a_warning() {
+    let dir = TempDir::new("foreign");
+    dir.write("a/p.yaml", VALID);
+    dir.write(
+        "a/keel.yaml",
+        "sources:\n  azure_scheduled_events: {}\nstate: ./keel.db\n",
+    );
+    dir.write(
+        "a/z/daemonset.yaml",
+        "apiVersion: apps/v1\nkind: DaemonSet\n",
+    );
+    let engine = Engine::from_dir(dir.path().join("a")).unwrap();
+    assert_eq!(engine.len(), 3);
+    let w = engine.warnings();
+    assert_eq!(w.len(), 2, "{w:#?}");
+    assert!(w[0].file().ends_with("a/keel.yaml"), "{w:?}");
+    assert!(w[1].file().ends_with("a/z/daemonset.yaml"), "{w:?}");
+    assert!(w
+        .iter()
+        .all(|d| d.line() == 0 && d.message().contains("not a policy file")));
+    // The skipped files are not part of the set's identity.
+    let alone = TempDir::new("foreign-alone");
+    alone.write("a/p.yaml", VALID);
+    assert_eq!(
+        engine.digest(),
+        Engine::from_dir(alone.path().join("a")).unwrap().digest()
+    );
+    // A near miss of `policies:` is a mistake, not another kind of file.
+    dir.write("a/typo.yaml", "polices:\n  - name: x\n");
+    let err = Engine::from_dir(dir.path().join("a")).unwrap_err();
+    assert!(
+        err.diagnostics().iter().any(
+            |d| d.file().ends_with("typo.yaml") && d.help() == Some("did you mean `policies`?")
+        ),
+        "{err}"
+    );
+    // Given by name, a file is meant to be a policy file.
+    let err = Engine::from_dir(dir.path().join("a/keel.yaml")).unwrap_err();
+    assert!(
+        err.to_string().contains("missing `policies:` list"),
+        "{err}"
+    );
+    // A directory where nothing is a policy file.
+    let none = TempDir::new("foreign-only");
+    none.write("keel.yaml", "sources: {}\n");
+    none.write("k.yaml", "kind: Pod\n");
+    let err = Engine::from_dir(none.path()).unwrap_err();
+    assert_eq!(err.diagnostics().len(), 1, "{err}");
+    assert!(
+        err.to_string()
+            .contains("the 2 YAML files here are not policy files"),
+        "{err}"
+    );
+    none.write("only/keel.yaml", "sources: {}\n");
+    let err = Engine::from_dir(none.path().join("only")).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("the YAML file here is not a policy file"),
+        "{err}"
+    );
+    // An empty map, a list or a scalar is not "plainly another file": still an error.
+    for text in ["{}\n", "- a\n", "hello\n"] {
+        let d = TempDir::new("foreign-odd");
+        d.write("p.yaml", VALID);
+        d.write("odd.yaml", text);
+        assert!(Engine::from_dir(d.path()).is_err(), "{text:?} was skipped");
+    }
+    // A tree held in memory reads the same way.
+    let engine = Engine::builder()
+        .add_tree("<mem>", [("p.yaml", VALID), ("keel.yaml", "state: x\n")])
+        .build()
+        .unwrap();
+    assert_eq!(engine.len(), 3);
+    assert_eq!(engine.warnings().len(), 1);
+    assert_eq!(
+        engine.digest(),
+        Engine::from_dir(alone.path().join("a")).unwrap().digest()
+    );
+}

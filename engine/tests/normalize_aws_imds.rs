@@ -268,6 +268,27 @@ fn scheduled_codes_and_states() {
     assert_eq!(m.status, MaintenanceStatus::Scheduled);
 }
 
+/// States AWS may add are read as live, and they may be spelled with `-` or `_` (AWS's own codes
+/// use dashes): such an entry must not be rejected as hostile.
+#[test]
+fn new_states_with_dashes_or_underscores_are_live() {
+    for state in ["under-review", "in_progress"] {
+        let doc = format!(
+            r#"[{{"NotBefore": "21 Jan 2019 09:00:43 GMT", "Code": "system-reboot", "Description": "scheduled reboot", "EventId": "instance-event-1", "State": "{state}"}}]"#
+        );
+        let ev = one(doc.as_bytes());
+        assert_eq!(
+            ev.maintenance.unwrap().status,
+            MaintenanceStatus::Scheduled,
+            "{state}"
+        );
+        assert_eq!(
+            ev.id,
+            format!("aws.imds:instance-event-1/{state}/2019-01-21T09:00:43Z")
+        );
+    }
+}
+
 #[test]
 fn empty_not_before_is_malformed() {
     for doc in [

@@ -1099,6 +1099,151 @@ fn the_callers_operation_wins() {
 }
 
 // ----------------------------------------------------------------------------------------
+// Which layer wins: ids, times and statuses (cargo-mutants survivors).
+
+/// An `Azure-AsyncOperation` poll as the host captured it: the HTTP envelope (its own `Date`
+/// and `x-ms-request-id`) around the operation status of the fixture.
+fn polled_async_status(request_id: &str, date: &str) -> String {
+    let status = String::from_utf8(fixture("arm-error-vmextensionprovisioningerror.json")).unwrap();
+    format!("HTTP/1.1 200 OK\r\nDate: {date}\r\nx-ms-request-id: {request_id}\r\nContent-Type: application/json; charset=utf-8\r\n\r\n{status}")
+}
+
+/// The operation's `name` identifies the failure; a request id only one poll of it, so a
+/// second poll of the same failed operation must be the same event, not a new one.
+#[test]
+fn an_async_operation_name_wins_over_a_request_id() {
+    let first = polled_async_status(
+        "5d1e0a42-7a3e-4c3b-9a3a-1f2e3d4c5b6a",
+        "Tue, 10 Oct 2017 21:01:10 GMT",
+    );
+    let again = polled_async_status(
+        "9a4b2c1d-0e8f-4a7b-8c6d-5e4f3a2b1c0d",
+        "Tue, 10 Oct 2017 21:01:40 GMT",
+    );
+    let a = only(norm_op(first.as_bytes(), Operation::Extension));
+    let b = only(norm_op(again.as_bytes(), Operation::Extension));
+    assert_eq!(a.id, "azure.arm:c87e56e6-7d73-4863-8ae1-daa0cb9073f2");
+    assert_eq!(a.id, b.id);
+}
+
+/// The operation's `endTime` is when it failed; the HTTP `Date` only when it was polled, which
+/// would move the event (and a re-poll would disagree with the first).
+#[test]
+fn an_async_operations_end_time_wins_over_the_http_date() {
+    let text = polled_async_status(
+        "5d1e0a42-7a3e-4c3b-9a3a-1f2e3d4c5b6a",
+        "Tue, 10 Oct 2017 21:01:10 GMT",
+    );
+    let e = only(norm_op(text.as_bytes(), Operation::Extension));
+    assert_eq!(e.time, ts("2017-10-10T21:00:44.4626192Z"));
+}
+
+/// Both spellings of an activity event's time are read, `eventTimestamp` first: a `time` beside
+/// it must not move the event to another moment.
+#[test]
+fn an_activity_events_event_timestamp_wins_over_its_time() {
+    let ev = json!({
+        "eventDataId": EVENT_DATA_ID, "operationName": "Microsoft.Compute/virtualMachines/start/action",
+        "status": "Failed", "resourceId": capz_vm_id(),
+        "eventTimestamp": "2024-07-29T14:03:21Z", "time": "2024-07-29T14:05:02Z",
+        "properties": {"statusCode": "Conflict", "statusMessage": "{\"error\":{\"code\":\"AllocationFailed\",\"message\":\"Allocation failed.\"}}"}
+    });
+    let e = only(norm(ev.to_string().as_bytes()).unwrap());
+    assert_eq!(e.time, ts("2024-07-29T14:03:21Z"));
+    // Either alone is the event's time.
+    let mut only_time = ev.clone();
+    only_time.as_object_mut().unwrap().remove("eventTimestamp");
+    let e = only(norm(only_time.to_string().as_bytes()).unwrap());
+    assert_eq!(e.time, ts("2024-07-29T14:05:02Z"));
+}
+
+/// The caller saw the HTTP response and is read first: a status inside the payload never
+/// overrides it (classification depends on the status); and a number outside 100-599 is no
+/// HTTP status at all.
+#[test]
+fn the_callers_http_status_wins_and_out_of_range_statuses_are_ignored() {
+    let bytes = activity_event("Failed").to_string().into_bytes();
+    let e = only(norm_input(&Input::new(&bytes, ts(OBSERVED)).http_status(429)).unwrap());
+    assert_eq!(
+        e.failure.unwrap().http_status,
+        Some(429),
+        "not the event's 409"
+    );
+    let e = only(norm(&bytes).unwrap());
+    assert_eq!(e.failure.unwrap().http_status, Some(409));
+    for status in ["0", "99", "600", "1000"] {
+        let doc = json!({"status": status, "error": {"code": "Conflict", "message": "m"}});
+        let e = only(norm_op(doc.to_string().as_bytes(), Operation::Update));
+        assert_eq!(e.failure.unwrap().http_status, None, "{status}");
+    }
+}
+
+/// Only `operationName` together with an activity-log field makes an activity event: an error
+/// body that carries one of the two (say the correlation id a host logged beside it) is still
+/// read as the error body it is, not refused for lacking `properties.statusMessage`.
+#[test]
+fn an_error_body_with_one_activity_log_field_is_still_an_error_body() {
+    let error = fixture_json("arm-error-zonalallocationfailed.json");
+    for (key, value) in [
+        (
+            "correlationId",
+            json!("1c8f2a9e-3d4b-4e6f-8a0b-2c4d6e8f0a1b"),
+        ),
+        (
+            "operationName",
+            json!("Microsoft.Compute/virtualMachines/write"),
+        ),
+    ] {
+        let mut doc = error.clone();
+        doc[key] = value;
+        let e = only(norm_op(doc.to_string().as_bytes(), Operation::Create));
+        assert_eq!(e.failure.unwrap().category, Category::Allocation, "{key}");
+    }
+}
+
+/// A `name` is the async operation's id only in an operation status; an operation status is
+/// told by its `status` or by either of its times (a host may log one without the others), and
+/// a re-read of it must keep that id rather than a content hash.
+#[test]
+fn a_name_beside_an_operation_time_is_the_operations_id() {
+    let error = json!({"code": "VMExtensionProvisioningError", "message": "VM has reported a failure when processing extension 'customScript'."});
+    for time in ["startTime", "endTime"] {
+        let doc = json!({"name": "c87e56e6-7d73-4863-8ae1-daa0cb9073f2", time: "2017-10-10T21:00:44Z", "error": error});
+        let e = only(norm_op(doc.to_string().as_bytes(), Operation::Extension));
+        assert_eq!(
+            e.id, "azure.arm:c87e56e6-7d73-4863-8ae1-daa0cb9073f2",
+            "{time}"
+        );
+    }
+    let doc = json!({"name": "c87e56e6-7d73-4863-8ae1-daa0cb9073f2", "error": error});
+    let e = only(norm_op(doc.to_string().as_bytes(), Operation::Extension));
+    assert!(
+        is_hash_id(&e.id),
+        "a plain error body's name is no id: {}",
+        e.id
+    );
+}
+
+/// Removing an extension is an extension operation (its failures are the extension's, with the
+/// extension transforms), not a delete of the VM.
+#[test]
+fn deleting_an_extension_is_an_extension_operation() {
+    let ev = json!({
+        "eventDataId": EVENT_DATA_ID, "eventTimestamp": "2024-07-29T14:03:21Z",
+        "operationName": {"value": "Microsoft.Compute/virtualMachines/extensions/delete", "localizedValue": "Delete Virtual Machine Extension"},
+        "status": {"value": "Failed"}, "resourceId": format!("{}/extensions/CustomScriptExtension", capz_vm_id()),
+        "properties": {"statusCode": "Conflict", "statusMessage": "{\"error\":{\"code\":\"VMExtensionProvisioningError\",\"message\":\"VM has reported a failure when processing extension 'CustomScriptExtension'.\"}}"}
+    });
+    let e = only(norm(ev.to_string().as_bytes()).unwrap());
+    assert_eq!(e.failure.unwrap().operation, Operation::Extension);
+    let body = json!({"idempotency_key": "k-ext", "resource": VM_ID,
+        "operation": "Microsoft.Compute/virtualMachines/extensions/delete",
+        "error": {"error": {"code": "VMExtensionProvisioningError", "message": "m"}}});
+    let e = only(norm(body.to_string().as_bytes()).unwrap());
+    assert_eq!(e.failure.unwrap().operation, Operation::Extension);
+}
+
+// ----------------------------------------------------------------------------------------
 // Vendor quirks of ARM errors (docs/protocols.md, "Azure Resource Manager operations").
 
 /// `OperationNotAllowed` needs a message-pattern table; one test per pattern.

@@ -5,19 +5,25 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 
-use keel_engine::{escape, LoadError};
+use keel_engine::{escape, Diagnostic, LoadError};
 
 /// Writes every diagnostic of `err`, with a snippet where the file can be read.
 pub fn diagnostics(out: &mut dyn Write, err: &LoadError) -> std::io::Result<()> {
+    list(out, err.diagnostics(), "error")
+}
+
+/// Writes `diags` as `severity`s (`error`, `warning`), with a snippet where the file can be
+/// read.
+pub fn list(out: &mut dyn Write, diags: &[Diagnostic], severity: &str) -> std::io::Result<()> {
     let mut sources: HashMap<PathBuf, Option<String>> = HashMap::new();
-    for d in err.diagnostics() {
+    for d in diags {
         let file = escape(&d.file().display().to_string());
         if d.line() == 0 {
-            writeln!(out, "{file}: error: {}", escape(d.message()))?;
+            writeln!(out, "{file}: {severity}: {}", escape(d.message()))?;
         } else {
             writeln!(
                 out,
-                "{file}:{}:{}: error: {}",
+                "{file}:{}:{}: {severity}: {}",
                 d.line(),
                 d.column(),
                 escape(d.message())

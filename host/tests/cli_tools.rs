@@ -381,3 +381,54 @@ fn eval_reads_json_lines_from_a_file_and_names_the_bad_line() {
         text(&out.stderr)
     );
 }
+
+/// Warnings do not fail `keel check`: printed as `file:line:col: warning:` with the source
+/// line (text, on stderr) or under `warnings` (JSON), and counted in the summary.
+#[test]
+fn check_prints_warnings_and_still_passes() {
+    let dir = std::env::temp_dir().join(format!("keel-check-warn-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    write(
+        &dir,
+        "p.yaml",
+        b"policies:\n  - name: drain-on-agent\n    on: [maintenance]\n    when: event.failure.category == \"vm_agent\"\n    action: drain\n",
+    );
+    write(&dir, "keel.yaml", b"state: ./keel.db\n");
+    let d = dir.to_string_lossy().into_owned();
+    let out = keel(&["check", &d]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{d}/p.yaml:4:17: warning: policy `drain-on-agent` reads `event.failure.category`"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("4 |     when: event.failure.category"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{d}/keel.yaml: warning: not a policy file")),
+        "{err}"
+    );
+    assert!(
+        text(&out.stdout).contains("(2 warnings)"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = keel(&["check", &d, "--format", "json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let v = json_lines(&out);
+    assert_eq!(v[0]["ok"], true);
+    assert_eq!(v[0]["diagnostics"], serde_json::json!([]));
+    let w = v[0]["warnings"].as_array().unwrap();
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert_eq!(
+        (w[1]["line"].as_u64(), w[1]["column"].as_u64()),
+        (Some(4), Some(17))
+    );
+    assert!(w[0]["line"].is_null());
+    let _ = std::fs::remove_dir_all(&dir);
+}

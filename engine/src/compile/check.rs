@@ -26,6 +26,20 @@ pub(super) struct Checker<'p> {
     pub(super) reads: BTreeSet<Option<FieldId>>,
     pub(super) uses_history: bool,
     pub(super) windows: Vec<Duration>,
+    /// Reads of a kind's own section (`event.failure.…`): the kind, the offset, the path.
+    pub(super) sections: Vec<SectionRead>,
+}
+
+/// A read of `event.maintenance`, `event.health` or `event.failure` (or below): only events
+/// of one kind have that section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SectionRead {
+    /// The kind whose events have the section.
+    pub kind: crate::event::Kind,
+    /// Where the read is, in characters of the expression.
+    pub offset: usize,
+    /// The path read, below `event`.
+    pub path: String,
 }
 
 /// `event.a.b` as ["a", "b"] with the id of each select, if `e` is a select chain on `event`.
@@ -163,10 +177,31 @@ impl Checker<'_> {
     }
 
     /// Walks the whole expression: paths, variables, function names, enum literals.
+    /// Notes a read of a kind's own section.
+    fn note_section(&mut self, segs: &[(&str, u64)]) {
+        use crate::event::Kind;
+        let Some((first, id)) = segs.first() else {
+            return;
+        };
+        let kind = match *first {
+            "maintenance" => Kind::Maintenance,
+            "health" => Kind::Health,
+            "failure" => Kind::OperationFailure,
+            _ => return,
+        };
+        let path = segs.iter().map(|(s, _)| *s).collect::<Vec<_>>().join(".");
+        if self.sections.iter().any(|r| r.path == path) {
+            return;
+        }
+        let offset = self.offset(*id, Some(first));
+        self.sections.push(SectionRead { kind, offset, path });
+    }
+
     pub(super) fn check(&mut self, e: &IdedExpr, scope: &mut Vec<String>) {
         if let Some(segs) = event_path(e) {
             let f = self.check_path(&segs);
             self.reads.insert(f);
+            self.note_section(&segs);
             return;
         }
         match &e.expr {
@@ -194,6 +229,7 @@ impl Checker<'_> {
                         all.push((s.field.as_str(), e.id));
                         let f = self.check_path(&all);
                         self.reads.insert(f);
+                        self.note_section(&all);
                         return;
                     }
                 }

@@ -54,6 +54,8 @@ pub(crate) struct Compiled {
     pub reads: BTreeSet<Option<FieldId>>,
     /// Whether the expression queries the correlation history.
     pub uses_history: bool,
+    /// Its reads of a kind's own section (`event.failure.…`), for the `on:` warning.
+    pub sections: Vec<check::SectionRead>,
     /// The constant history windows it uses (for truncation warnings).
     pub windows: Vec<Duration>,
     /// For an interpreted expression with comprehensions: the same expression with every
@@ -160,6 +162,7 @@ pub(crate) fn compile(expr: &Expr) -> Result<Compiled, Vec<ExprProblem>> {
         reads: BTreeSet::new(),
         uses_history: false,
         windows: Vec::new(),
+        sections: Vec::new(),
     };
     ck.check(program.expression(), &mut Vec::new());
     let lowered = ck.lower(program.expression());
@@ -198,6 +201,7 @@ pub(crate) fn compile(expr: &Expr) -> Result<Compiled, Vec<ExprProblem>> {
     collect_atoms(program.expression(), &mut atoms);
     let uses_history = ck.uses_history;
     let windows = std::mem::take(&mut ck.windows);
+    let sections = std::mem::take(&mut ck.sections);
     let reads = if native.is_some() {
         BTreeSet::new()
     } else {
@@ -211,6 +215,7 @@ pub(crate) fn compile(expr: &Expr) -> Result<Compiled, Vec<ExprProblem>> {
         reads,
         uses_history,
         windows,
+        sections,
         metered,
     })
 }

@@ -4,7 +4,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use keel_engine::{Engine, LoadError};
+use keel_engine::{Diagnostic, Engine, LoadError};
 
 use crate::{render, Exit};
 
@@ -20,7 +20,7 @@ pub enum Format {
 /// Validate a policy set or a host configuration and print every problem with its position.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  keel check\n  keel check policies/\n  keel check policies/standard/azure/vm-agent.yaml\n  keel check --config /etc/keel/keel.yaml\n  keel check --config keel.yaml policies/ --format json | jq -c '.diagnostics[]'\n\n--config loads the configuration as `keel run` would, without reading the secrets it\nnames, and the policy set it names with its guards; nothing is started or written.\n--format json prints one object per input checked: {\"path\", \"kind\" (\"policies\" or\n\"config\"), \"ok\", \"diagnostics\": [{\"path\", \"line\", \"column\", \"message\", \"help\"}]}\n(line and column are null for a problem with the whole file, help null when there is none).\nWith neither PATH nor --config, checks the standard library embedded in the binary (its\ndigest is the digest of a copy written by `keel policies export DIR`).\n\nExit codes: 0 valid, 2 a path that does not exist, 3 invalid (every problem is printed, not\nonly the first)."
+    after_help = "Examples:\n  keel check\n  keel check policies/\n  keel check policies/standard/azure/vm-agent.yaml\n  keel check --config /etc/keel/keel.yaml\n  keel check --config keel.yaml policies/ --format json | jq -c '.diagnostics[]'\n\n--config loads the configuration as `keel run` would, without reading the secrets it\nnames, and the policy set it names with its guards; nothing is started or written.\n--format json prints one object per input checked: {\"path\", \"kind\" (\"policies\" or\n\"config\"), \"ok\", \"diagnostics\": [{\"path\", \"line\", \"column\", \"message\", \"help\"}],\n\"warnings\": [the same]} (line and column are null for a problem with the whole file, help\nnull when there is none).\n\nWarnings do not fail the check: a policy reading a section its `on:` kinds never have\n(`event.failure` under `on: [maintenance]`, always absent there), and YAML in a policy\ndirectory that is not a policy file (no `policies:`: skipped).\n\nWith neither PATH nor --config, checks the standard library embedded in the binary (its\ndigest is the digest of a copy written by `keel policies export DIR`).\n\nExit codes: 0 valid, 2 a path that does not exist, 3 invalid (every problem is printed, not\nonly the first)."
 )]
 pub struct Args {
     /// A policy directory (loaded recursively; *.test.yaml files are skipped) or one file;
@@ -39,7 +39,8 @@ pub struct Args {
 struct Checked {
     path: PathBuf,
     kind: &'static str,
-    result: Result<String, LoadError>,
+    /// The summary and the warnings, or the problems.
+    result: Result<(String, Vec<Diagnostic>), LoadError>,
 }
 
 /// Runs `keel check`.
@@ -66,16 +67,17 @@ pub fn run(args: Args) -> Exit {
         checked.push(Checked {
             path: p.clone(),
             kind: "policies",
-            result: Engine::from_dir(p).map(|e| summary(&e)),
+            result: Engine::from_dir(p).map(|e| (summary(&e), e.warnings().to_vec())),
         });
     }
     if args.path.is_none() && args.config.is_none() {
         checked.push(Checked {
             path: PathBuf::from(crate::library::ROOT),
             kind: "policies",
-            result: crate::library::builder()
-                .build()
-                .map(|e| format!("{} (the embedded library)", summary(&e))),
+            result: crate::library::builder().build().map(|e| {
+                let s = format!("{} (the embedded library)", summary(&e));
+                (s, e.warnings().to_vec())
+            }),
         });
     }
     let res = match args.format {
@@ -97,7 +99,7 @@ pub fn run(args: Args) -> Exit {
 
 /// Loads a configuration without its secrets, then the policy set it names with its guards,
 /// as `keel run` would, but with no plugin cache on disk: nothing is written.
-fn check_config(path: &Path) -> Result<String, LoadError> {
+fn check_config(path: &Path) -> Result<(String, Vec<Diagnostic>), LoadError> {
     let cfg = crate::config::load_without_secrets(path)?;
     let b = match &cfg.policies {
         Some(dir) => Engine::builder().add_path(dir),
@@ -107,7 +109,7 @@ fn check_config(path: &Path) -> Result<String, LoadError> {
     #[cfg(feature = "plugins")]
     let b = b.plugin_cache_dir(None);
     let engine = b.build()?;
-    Ok(format!(
+    let summary = format!(
         "{} policies from {}, set {}",
         engine.len(),
         cfg.policies.as_ref().map_or_else(
@@ -115,7 +117,8 @@ fn check_config(path: &Path) -> Result<String, LoadError> {
             |p| p.display().to_string()
         ),
         &engine.digest()[..12]
-    ))
+    );
+    Ok((summary, engine.warnings().to_vec()))
 }
 
 fn summary(engine: &Engine) -> String {
@@ -138,12 +141,27 @@ fn summary(engine: &Engine) -> String {
 fn text(checked: &[Checked]) -> std::io::Result<()> {
     for c in checked {
         match &c.result {
-            Ok(summary) if c.kind == "config" => println!(
-                "{}: ok ({})",
-                keel_engine::escape(&c.path.display().to_string()),
-                keel_engine::escape(summary)
-            ),
-            Ok(summary) => println!("ok: {}", keel_engine::escape(summary)),
+            Ok((summary, warnings)) => {
+                if !warnings.is_empty() {
+                    let mut stderr = std::io::stderr().lock();
+                    render::list(&mut stderr, warnings, "warning")?;
+                }
+                let n = warnings.len();
+                let noted = match n {
+                    0 => String::new(),
+                    1 => " (1 warning)".to_string(),
+                    n => format!(" ({n} warnings)"),
+                };
+                if c.kind == "config" {
+                    println!(
+                        "{}: ok ({}){noted}",
+                        keel_engine::escape(&c.path.display().to_string()),
+                        keel_engine::escape(summary)
+                    );
+                } else {
+                    println!("ok: {}{noted}", keel_engine::escape(summary));
+                }
+            }
             Err(err) => {
                 let mut stderr = std::io::stderr().lock();
                 render::diagnostics(&mut stderr, err)?;
@@ -172,11 +190,8 @@ fn text(checked: &[Checked]) -> std::io::Result<()> {
 fn json(checked: &[Checked]) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     for c in checked {
-        let diagnostics: Vec<serde_json::Value> = match &c.result {
-            Ok(_) => Vec::new(),
-            Err(err) => err
-                .diagnostics()
-                .iter()
+        let as_json = |ds: &[Diagnostic]| -> Vec<serde_json::Value> {
+            ds.iter()
                 .map(|d| {
                     let pos = |n: usize| (n > 0).then_some(n);
                     serde_json::json!({
@@ -187,13 +202,18 @@ fn json(checked: &[Checked]) -> std::io::Result<()> {
                         "help": d.help(),
                     })
                 })
-                .collect(),
+                .collect()
+        };
+        let (diagnostics, warnings) = match &c.result {
+            Ok((_, warnings)) => (Vec::new(), as_json(warnings)),
+            Err(err) => (as_json(err.diagnostics()), Vec::new()),
         };
         let obj = serde_json::json!({
             "path": c.path.display().to_string(),
             "kind": c.kind,
             "ok": c.result.is_ok(),
             "diagnostics": diagnostics,
+            "warnings": warnings,
         });
         serde_json::to_writer(&mut out, &obj).map_err(std::io::Error::other)?;
         writeln!(out)?;

@@ -204,4 +204,22 @@ mod tests {
         assert_eq!(parse_operation(" Create "), Some(Create));
         assert_eq!(parse_operation("resize"), None);
     }
+
+    /// A resource type and a verb are enough to tell the operation (the provider namespace
+    /// adds nothing to it); only a bare verb is too little.
+    #[test]
+    fn a_resource_type_and_a_verb_name_an_operation() {
+        use Operation::*;
+        for (n, op) in [
+            ("virtualMachines/write", Some(Create)),
+            ("virtualMachines/delete", Some(Delete)),
+            ("extensions/delete", Some(Extension)),
+            ("start/action", Some(Start)),
+            ("/deallocate/action/", Some(Stop)),
+            ("delete", None),
+            ("/write/", None),
+        ] {
+            assert_eq!(operation_from_arm_name(n), op, "{n}");
+        }
+    }
 }

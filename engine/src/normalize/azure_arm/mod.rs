@@ -556,6 +556,26 @@ fn path_or_root(path: &str) -> &str {
 mod tests {
     use super::*;
 
+    /// Outer layers are read first and win: at an equal rank (an HTTP response in an ingest
+    /// body, itself inside an HTTP response) the inner layer's id and time never replace the
+    /// outer one's; only a better rank does.
+    #[test]
+    fn at_an_equal_rank_the_outer_layer_keeps_its_id_and_time() {
+        let t = |s: &str| s.parse::<Timestamp>().ok();
+        let mut ctx = Ctx::default();
+        ctx.offer_id(ID_REQUEST_ID, "outer-request");
+        ctx.offer_id(ID_REQUEST_ID, "inner-request");
+        assert_eq!(ctx.vendor_id, Some((ID_REQUEST_ID, "outer-request".into())));
+        ctx.offer_id(ID_ASYNC_NAME, "operation");
+        ctx.offer_id(ID_REQUEST_ID, "late-request");
+        assert_eq!(ctx.vendor_id, Some((ID_ASYNC_NAME, "operation".into())));
+        ctx.offer_time(T_DATE, t("2021-10-13T07:02:15Z"));
+        ctx.offer_time(T_DATE, t("2021-10-13T07:05:00Z"));
+        assert_eq!(ctx.time, Some((T_DATE, t("2021-10-13T07:02:15Z").unwrap())));
+        ctx.offer_time(T_END, t("2021-10-13T07:01:00Z"));
+        assert_eq!(ctx.time, Some((T_END, t("2021-10-13T07:01:00Z").unwrap())));
+    }
+
     #[test]
     fn retry_after_from_messages() {
         assert_eq!(

@@ -36,10 +36,11 @@ for t in wasm32-unknown-unknown wasm32-wasip1; do
 done
 echo "== the engine as a Wasm module (wasm32-unknown-unknown)"
 cargo build -p keel-engine-module --target wasm32-unknown-unknown --release --locked
-echo "== the JavaScript package over the engine module (Node's test runner; npm pack)"
+echo "== the JavaScript package over the engine module (its .d.ts type-checked, Node's test runner, npm pack)"
 # The parity corpora come from host/tests/engine_module.rs (cargo test -p keel-host above).
 (cd wasm-plugins/engine-module/js \
   && KEEL_ENGINE_MODULE=../../../target/wasm32-unknown-unknown/release/keel_engine_module.wasm node build.mjs \
+  && npm ci --no-audit --no-fund --loglevel=error && npx tsc -p test/tsconfig.json \
   && node --test test/ \
   && bash test/pack.sh)
 echo "== keel playground in headless Chromium (the engine module embedded: --features playground)"

@@ -43,12 +43,13 @@ echo "== the JavaScript package over the engine module (its .d.ts type-checked, 
   && npm ci --no-audit --no-fund --loglevel=error && npx tsc -p test/tsconfig.json \
   && node --test test/ \
   && bash test/pack.sh)
-echo "== keel playground in headless Chromium (the engine module embedded: --features playground)"
+echo "== keel playground in headless Chromium (the engine module embedded by the playground feature)"
 if ! command -v chromium >/dev/null; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
 fi
-cargo build -q -p keel-host --features playground --locked
+# The binary `cargo test -p keel-host --all-features` built (the playground is one of them).
+cargo build -q -p keel-host --all-features --locked
 (cd host/tests/playground && npm ci --no-audit --no-fund --loglevel=error \
   && KEEL_BIN=../../../target/debug/keel node --test)
 echo "   screenshots: target/playground/"

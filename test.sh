@@ -41,7 +41,7 @@ echo "== the JavaScript package over the engine module (its .d.ts type-checked, 
 (cd wasm-plugins/engine-module/js \
   && KEEL_ENGINE_MODULE=../../../target/wasm32-unknown-unknown/release/keel_engine_module.wasm node build.mjs \
   && npm ci --no-audit --no-fund --loglevel=error && npx tsc -p test/tsconfig.json \
-  && node --test test/ \
+  && node --test test/*.test.mjs \
   && bash test/pack.sh)
 echo "== keel playground in headless Chromium (the engine module embedded by the playground feature)"
 if ! command -v chromium >/dev/null; then
@@ -51,7 +51,7 @@ fi
 # The binary `cargo test -p keel-host --all-features` built (the playground is one of them).
 cargo build -q -p keel-host --all-features --locked
 (cd host/tests/playground && npm ci --no-audit --no-fund --loglevel=error \
-  && KEEL_BIN=../../../target/debug/keel node --test)
+  && KEEL_BIN=../../../target/debug/keel node --test playground.test.mjs)
 echo "   screenshots: target/playground/"
 echo "== keel-engine has no tokio or wasmtime in its default dependency tree"
 if cargo tree -p keel-engine -e normal --locked | grep -E "^.* (tokio|wasmtime) v"; then echo "tokio or wasmtime leaked into keel-engine"; exit 1; fi

@@ -1,6 +1,6 @@
 // `keel playground` in a real browser: headless Chromium (Debian's `chromium` package) driven by
 // puppeteer-core. Run by test.sh:
-//   (cd host/tests/playground && KEEL_BIN=../../../target/debug/keel node --test)
+//   (cd host/tests/playground && KEEL_BIN=../../../target/debug/keel node --test playground.test.mjs)
 // KEEL_BIN is a keel built with `--features playground`; CHROMIUM overrides the browser's path.
 // The screenshot is kept as an artifact in target/playground/ (KEEL_PLAYGROUND_OUT overrides).
 import assert from "node:assert/strict";

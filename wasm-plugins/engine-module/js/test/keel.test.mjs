@@ -1,5 +1,5 @@
 // The JavaScript package over the engine module, with Node's own test runner:
-//   node --test wasm-plugins/engine-module/js/test/
+//   node --test wasm-plugins/engine-module/js/test/*.test.mjs
 // Needs the module beside keel.js (`npm run build`, or `node build.mjs`). The parity tests read
 // the corpora `cargo test -p keel-host --test engine_module` writes under target/tmp/.
 import assert from "node:assert/strict";

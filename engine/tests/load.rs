@@ -1124,6 +1124,17 @@ fn a_read_of_a_section_the_policys_kinds_never_have_is_a_warning_at_the_read() {
         "{:#?}",
         engine.warnings()
     );
+    // Each kind's section: `event.maintenance` under `on: [health]` too.
+    let src = "policies:\n  - name: p\n    on: [health]\n    when: event.maintenance.type == \"reboot\"\n    action: drain\n";
+    let engine = Engine::builder().add_source("p.yaml", src).build().unwrap();
+    let w = engine.warnings();
+    assert_eq!(w.len(), 1, "{w:#?}");
+    assert_diag(
+        &w[0],
+        4,
+        col_of(src, 4, "maintenance"),
+        "only `maintenance` events have",
+    );
     // A valid set without such reads has none.
     let clean = Engine::builder()
         .add_source("p.yaml", VALID)

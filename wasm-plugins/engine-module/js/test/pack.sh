@@ -29,3 +29,12 @@ if (d.action !== "retry_without_agent" || d.policy !== "agent.retry") throw new 
 console.log(`npm pack: the installed package decided ${d.action} (${d.policy})`);
 JS
 (cd "$scratch/app" && node main.mjs)
+# The README's deployment-tool example, run from the repository's root against the installed
+# package: it must decide the 2021-10-13 ARM error for a Windows VM as the README says.
+root="$(cd ../../.. && pwd)"
+awk '/^\/\/ deploy\.mjs, run from the repository/{on=1} on&&/^```$/{exit} on{print}' "$root/README.md" > "$scratch/app/deploy.mjs"
+[ -s "$scratch/app/deploy.mjs" ] || { echo "README.md: the deploy.mjs example is missing"; exit 1; }
+out="$(cd "$root" && node "$scratch/app/deploy.mjs")"
+grep -q "creating web-1 again without the VM agent" <<<"$out" || { echo "README example: no retry without the agent:"; echo "$out"; exit 1; }
+grep -q "azure.vm-agent-missing.retry-without-agent  <- wins" <<<"$out" || { echo "README example: unexpected explanation:"; echo "$out"; exit 1; }
+echo "npm pack: the README's deploy.mjs example decided retry_without_agent"

@@ -1244,6 +1244,327 @@ fn deleting_an_extension_is_an_extension_operation() {
 }
 
 // ----------------------------------------------------------------------------------------
+// Nesting limits, empty fields and the request body (cargo-mutants survivors).
+
+/// An async status that is not `Failed` but carries an error is still a failure (ARM cancels a
+/// PUT preempted by a newer one with `Canceled` and `OperationPreempted`); `Failed` without
+/// an error is not an error body at all.
+#[test]
+fn a_canceled_status_with_an_error_is_a_failure_and_failed_without_one_is_refused() {
+    // A dropped failure is a failure the engine never decides on.
+    let doc = json!({"name": "op-7", "status": "Canceled", "startTime": "2024-03-01T09:00:00Z",
+        "endTime": "2024-03-01T09:00:04Z",
+        "error": {"code": "OperationPreempted", "message": "Operation execution has been preempted by a more recent operation."}});
+    let e = only(norm_op(doc.to_string().as_bytes(), Operation::Update));
+    assert_eq!(e.id, "azure.arm:op-7");
+    assert_eq!(e.failure.unwrap().code, "OperationPreempted");
+    let doc = json!({"name": "op-8", "status": "Failed", "startTime": "2024-03-01T09:00:00Z"});
+    let r = azure_arm::normalize_with_operation(
+        &Input::new(doc.to_string().as_bytes(), ts(OBSERVED)),
+        Operation::Update,
+    );
+    match r {
+        Err(NormalizeError::WrongPayload { reason, .. }) => {
+            assert!(reason.contains("no `error` object"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// `wrappers` deployment wrappers around a `Conflict` whose message is JSON of an error member
+/// that is itself a JSON string of the cause: every kind of hop (a wrapper's detail, a message
+/// holding JSON, an `error` member, a string holding JSON) on the way in, the cause
+/// `wrappers + 3` levels deep.
+fn nested_through_every_hop(wrappers: usize) -> Value {
+    let cause = json!({"code": "AllocationFailed", "message": "Allocation failed. We do not have sufficient capacity for the requested VM size in this region."});
+    let in_a_string = json!({"error": cause.to_string()});
+    let mut v = json!({"code": "Conflict", "message": in_a_string.to_string()});
+    for _ in 0..wrappers {
+        v = json!({"code": "DeploymentFailed",
+            "message": "At least one resource deployment operation failed. Please list deployment operations for details.",
+            "details": [v]});
+    }
+    v
+}
+
+/// Every hop counts towards `MAX_NESTING`, and the limit itself is allowed: a hop that did not
+/// count would let a hostile payload nest without bound, an off-by-one would refuse a real one.
+#[test]
+fn every_kind_of_hop_counts_towards_the_nesting_limit_and_the_limit_itself_is_allowed() {
+    let at_limit = nested_through_every_hop(azure_arm::MAX_NESTING - 3);
+    let e = only(norm_op(at_limit.to_string().as_bytes(), Operation::Create));
+    assert_eq!(e.failure.unwrap().code, "AllocationFailed");
+    let past = nested_through_every_hop(azure_arm::MAX_NESTING - 2);
+    let bytes = past.to_string().into_bytes();
+    match azure_arm::normalize_with_operation(&Input::new(&bytes, ts(OBSERVED)), Operation::Create)
+    {
+        Err(NormalizeError::Shape { expected, path, .. }) => {
+            assert_eq!(
+                expected,
+                format!(
+                    "errors nested at most {} levels deep",
+                    azure_arm::MAX_NESTING
+                )
+            );
+            let wrappers = "details[0].".repeat(azure_arm::MAX_NESTING - 2);
+            assert_eq!(path, format!("{wrappers}message(JSON).error(JSON)"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// An error whose `details[]` nest `levels` deep, one `Hint` per level.
+fn error_with_hints(levels: usize) -> Value {
+    let mut details = Value::Null;
+    for i in (1..=levels).rev() {
+        let mut d = json!({"code": "Hint", "message": format!("level {i}")});
+        if !details.is_null() {
+            d["details"] = json!([details]);
+        }
+        details = d;
+    }
+    json!({"error": {"code": "OSProvisioningTimedOut",
+        "message": "OS Provisioning for VM 'web-1' did not finish in the allotted time.",
+        "details": [details]}})
+}
+
+/// `details[]` nest at most `MAX_NESTING` levels counted from the root, the error's own
+/// level included: under `{"error": ...}`, `MAX_NESTING - 1` levels of details are kept whole
+/// and one more is refused.
+#[test]
+fn details_nest_to_the_limit_and_no_deeper() {
+    // Details are flattened recursively: the bound is what keeps a hostile body cheap, and an
+    // off-by-one would refuse (or truncate) a real one.
+    let allowed = azure_arm::MAX_NESTING - 1;
+    let at_limit = error_with_hints(allowed);
+    let e = only(norm_op(at_limit.to_string().as_bytes(), Operation::Create));
+    let want: Vec<FailureDetail> = (1..=allowed)
+        .map(|i| detail("Hint", Some(&format!("level {i}")), None))
+        .collect();
+    assert_eq!(e.failure.unwrap().details, want);
+    let past = error_with_hints(allowed + 1);
+    let bytes = past.to_string().into_bytes();
+    match azure_arm::normalize_with_operation(&Input::new(&bytes, ts(OBSERVED)), Operation::Create)
+    {
+        Err(NormalizeError::Shape { expected, path, .. }) => {
+            assert_eq!(
+                expected,
+                format!(
+                    "details nested at most {} levels deep",
+                    azure_arm::MAX_NESTING
+                )
+            );
+            assert_eq!(
+                path,
+                format!("error.{}details", "details[0].".repeat(allowed + 1))
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// An empty or blank `code` is no code: beside an `error` member the error is read from it,
+/// alone it is a typed error rather than a failure classified on "".
+#[test]
+fn a_blank_code_is_no_code() {
+    // A failure with an empty code would match no rule and hide the real one.
+    let doc = json!({"code": " ", "message": "", "error": {"code": "SkuNotAvailable",
+        "message": "The requested VM size Standard_D2s_v5 is currently not available in location 'eastus'."}});
+    let f = only(norm_op(doc.to_string().as_bytes(), Operation::Create))
+        .failure
+        .unwrap();
+    assert_eq!(
+        (f.code.as_str(), f.category),
+        ("SkuNotAvailable", Category::Allocation)
+    );
+    let doc = json!({"error": {"code": "", "message": "Something went wrong."}});
+    let r = azure_arm::normalize_with_operation(
+        &Input::new(doc.to_string().as_bytes(), ts(OBSERVED)),
+        Operation::Create,
+    );
+    match r {
+        Err(NormalizeError::Shape { path, expected, .. }) => {
+            assert_eq!(path, "error.code");
+            assert!(expected.contains("non-empty"), "{expected}");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A wrapper's cause is the first detail that carries an error: one with a `code` and a plain
+/// message (the usual `DeploymentFailed`), or one that holds an `error` member.
+#[test]
+fn a_wrapper_descends_into_a_detail_with_a_code_or_an_error_member() {
+    // Classified on the wrapper, the failure would be Unknown instead of its real class.
+    let sku = json!({"code": "SkuNotAvailable",
+        "message": "The requested VM size Standard_D2s_v5 is currently not available in location 'eastus'."});
+    for d in [sku.clone(), json!({"error": sku.clone()})] {
+        let doc = json!({"error": {"code": "DeploymentFailed",
+            "message": "At least one resource deployment operation failed. Please list deployment operations for details.",
+            "details": [d]}});
+        let f = only(norm_op(doc.to_string().as_bytes(), Operation::Create))
+            .failure
+            .unwrap();
+        assert_eq!(
+            (f.code.as_str(), f.message.as_deref(), f.category),
+            (
+                "SkuNotAvailable",
+                sku["message"].as_str(),
+                Category::Allocation
+            ),
+            "{doc}"
+        );
+    }
+}
+
+/// `details` given as a string holding a JSON array is read as the array: a wrapper descends
+/// into it, a plain error flattens it.
+#[test]
+fn details_in_a_json_string_are_read_as_an_array() {
+    // Some services serialize `details` once more; dropping it loses the cause.
+    let inner = json!([{"code": "ZonalAllocationFailed",
+        "message": "Allocation failed. We do not have sufficient capacity for the requested VM size in this zone."}]);
+    let doc = json!({"error": {"code": "ResourceDeploymentFailure",
+        "message": "The resource operation completed with terminal provisioning state 'Failed'.",
+        "details": format!(" {inner} ")}});
+    let f = only(norm_op(doc.to_string().as_bytes(), Operation::Create))
+        .failure
+        .unwrap();
+    assert_eq!(
+        (f.code.as_str(), f.category),
+        ("ZonalAllocationFailed", Category::Allocation)
+    );
+    let doc = json!({"code": "InternalServerError",
+        "message": "Encountered internal server error.",
+        "details": inner.to_string()});
+    let f = only(norm_op(doc.to_string().as_bytes(), Operation::Start))
+        .failure
+        .unwrap();
+    assert_eq!(
+        f.details,
+        [detail(
+            "ZonalAllocationFailed",
+            inner[0]["message"].as_str(),
+            None
+        )]
+    );
+}
+
+/// Blank strings are "not given" everywhere: an OData message value, a detail's code (the
+/// detail is dropped: a detail needs a code) and a detail's target.
+#[test]
+fn blank_messages_detail_codes_and_targets_are_not_given() {
+    // Policies test `message` and `details[].target` for presence; "" must not look present.
+    let doc = json!({"odata.error": {"code": "InternalError", "message": {"lang": "en-US", "value": "  "}}});
+    let f = only(norm_op(doc.to_string().as_bytes(), Operation::Update))
+        .failure
+        .unwrap();
+    assert_eq!((f.code.as_str(), f.message), ("InternalError", None));
+    let doc = json!({"error": {"code": "InvalidParameter", "message": "One or more parameters are invalid.",
+        "details": [{"code": "", "message": "no code"},
+                    {"code": "InvalidParameter", "target": " ", "message": "The value of parameter imageReference is invalid."}]}});
+    let f = only(norm_op(doc.to_string().as_bytes(), Operation::Create))
+        .failure
+        .unwrap();
+    assert_eq!(
+        f.details,
+        [detail(
+            "InvalidParameter",
+            Some("The value of parameter imageReference is invalid."),
+            None
+        )]
+    );
+}
+
+/// A failed operation on an availability set: the resource id says which set.
+#[test]
+fn an_availability_set_id_names_the_availability_set() {
+    // Correlation of failures per availability set keys on this field.
+    let id = "/subscriptions/0b1f6471-1bf0-4dda-aec3-cb9272f09590/resourceGroups/rg-web/providers/Microsoft.Compute/availabilitySets/as-web";
+    let body = json!({"idempotency_key": "k-as", "resource": id, "operation": "update",
+        "error": fixture_json("arm-error-internalexecutionerror.json")});
+    let e = only(norm(body.to_string().as_bytes()).unwrap());
+    assert_eq!(
+        e.resource,
+        Resource {
+            id: Some(id.into()),
+            name: Some("as-web".into()),
+            type_: Some("Microsoft.Compute/availabilitySets".into()),
+            availability_set: Some("as-web".into()),
+            ..Resource::default()
+        }
+    );
+}
+
+/// An ingest resource object may give its zone as a number, as ARM's own `zones` sometimes do.
+#[test]
+fn a_numeric_zone_in_a_resource_object_is_read() {
+    // A refused zone would drop the whole failure.
+    let body = json!({"idempotency_key": "k-z", "resource": {"id": VM_ID, "zone": 2}, "operation": "create",
+        "error": fixture_json("arm-error-zonalallocationfailed.json")});
+    let e = only(norm(body.to_string().as_bytes()).unwrap());
+    assert_eq!(e.resource.zone.as_deref(), Some("2"));
+}
+
+/// Without a `resource`, the request body tells the VM: its name, type, region, the OS of an
+/// attached disk (`osDisk.osType`, no `osProfile`) and its availability set.
+#[test]
+fn the_request_body_gives_name_type_os_and_availability_set() {
+    // These are what policies match on when the caller sent only the request.
+    let request = json!({
+        "name": "web-7",
+        "type": "Microsoft.Compute/virtualMachines",
+        "location": "West Europe",
+        "properties": {
+            "hardwareProfile": {"vmSize": "Standard_D2s_v5"},
+            "availabilitySet": {"id": "/subscriptions/0b1f6471-1bf0-4dda-aec3-cb9272f09590/resourceGroups/rg-web/providers/Microsoft.Compute/availabilitySets/as-web"},
+            "storageProfile": {"osDisk": {"osType": "Linux", "createOption": "Attach",
+                "managedDisk": {"id": "/subscriptions/0b1f6471-1bf0-4dda-aec3-cb9272f09590/resourceGroups/rg-web/providers/Microsoft.Compute/disks/web-7-os"}}}
+        }
+    });
+    let body = json!({"idempotency_key": "k-req", "operation": "create", "request": request,
+        "error": fixture_json("arm-error-allocationfailed.json")});
+    let e = only(norm(body.to_string().as_bytes()).unwrap());
+    assert_eq!(
+        e.resource,
+        Resource {
+            name: Some("web-7".into()),
+            type_: Some("Microsoft.Compute/virtualMachines".into()),
+            os: Some("linux".into()),
+            region: Some("westeurope".into()),
+            availability_set: Some("as-web".into()),
+            ..Resource::default()
+        }
+    );
+}
+
+/// A template's request body: template expressions (`[parameters('vmName')]`) are not values,
+/// and a `linuxConfiguration` alone says Linux.
+#[test]
+fn template_expressions_in_the_request_are_not_values_and_linux_configuration_says_linux() {
+    // A name "[parameters('vmName')]" would never match the VM's real name.
+    let request = json!({
+        "name": "[parameters('vmName')]",
+        "location": "[resourceGroup().location]",
+        "properties": {
+            "availabilitySet": {"id": "[resourceId('Microsoft.Compute/availabilitySets', 'as-web')]"},
+            "osProfile": {"computerName": "web-8", "adminUsername": "azureuser",
+                          "linuxConfiguration": {"disablePasswordAuthentication": true}}
+        }
+    });
+    let body = json!({"idempotency_key": "k-tpl", "operation": "create", "request": request,
+        "error": fixture_json("arm-error-allocationfailed.json")});
+    let e = only(norm(body.to_string().as_bytes()).unwrap());
+    assert_eq!(
+        e.resource,
+        Resource {
+            os: Some("linux".into()),
+            ..Resource::default()
+        }
+    );
+}
+
+// ----------------------------------------------------------------------------------------
 // Vendor quirks of ARM errors (docs/protocols.md, "Azure Resource Manager operations").
 
 /// `OperationNotAllowed` needs a message-pattern table; one test per pattern.

@@ -677,3 +677,254 @@ fn cap_of(cap: Option<i64>) -> usize {
 fn resource_key(ev: &Event) -> Option<&str> {
     ev.resource.id.as_deref().or(ev.resource.name.as_deref())
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    fn t0() -> Timestamp {
+        t("2021-10-13T14:00:00Z")
+    }
+
+    /// An operation failure of `vm` in `region` at `at` (a first attempt).
+    fn failure(vm: &str, region: &str, at: Timestamp) -> Event {
+        Event::from_json_str(&format!(
+            r#"{{"id":"azure.arm:{vm}-{ts}","time":"{time}","source":"azure.arm","kind":"operation_failure",
+            "resource":{{"id":"{vm}","name":"{vm}","os":"windows","region":"{region}"}},
+            "failure":{{"operation":"create","code":"ArtifactVersionNotFound","category":"vm_agent","attempt":1}}}}"#,
+            ts = at.timestamp(),
+            time = at.to_rfc3339()
+        ))
+        .unwrap()
+    }
+
+    /// A decision for `ev` with `action` and escalations keyed by `keys`.
+    fn decision(ev: &Event, action: &str, keys: &[&str]) -> Decision {
+        let escalations: Vec<serde_json::Value> = keys
+            .iter()
+            .map(|k| serde_json::json!({"policy": "p", "reason": "r", "key": k, "severity": "error"}))
+            .collect();
+        serde_json::from_value(serde_json::json!({
+            "event_id": ev.id, "action": action, "escalations": escalations
+        }))
+        .unwrap()
+    }
+
+    fn secs(s: i64) -> Duration {
+        Duration::seconds(s)
+    }
+
+    fn keys<V>(map: &HashMap<Arc<str>, V>) -> Vec<String> {
+        let mut k: Vec<String> = map.keys().map(|k| k.to_string()).collect();
+        k.sort();
+        k
+    }
+
+    /// The guards count with binary searches (`count_in`, `storm_over`): each list must stay
+    /// sorted by time, whatever order the events arrive in.
+    #[test]
+    fn guard_lists_stay_sorted_whatever_the_arrival_order() {
+        let mut map = HashMap::new();
+        let key: Arc<str> = Arc::from("s");
+        for s in [10, 20, 5, 20, 15, 30] {
+            GuardIndex::push(&mut map, key.clone(), t0() + secs(s), 100);
+        }
+        let got: Vec<Timestamp> = map[&key].iter().copied().collect();
+        let want: Vec<Timestamp> = [5, 10, 15, 20, 20, 30]
+            .iter()
+            .map(|s| t0() + secs(*s))
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    /// A guard list holds at most `max` times: the newest ones, exactly `max` of them.
+    #[test]
+    fn guard_lists_keep_the_newest_max_times() {
+        let mut map = HashMap::new();
+        let key: Arc<str> = Arc::from("s");
+        GuardIndex::push(&mut map, key.clone(), t0(), 2);
+        GuardIndex::push(&mut map, key.clone(), t0() + secs(1), 2);
+        assert_eq!(map[&key].len(), 2, "exactly max times are all kept");
+        GuardIndex::push(&mut map, key.clone(), t0() + secs(2), 2);
+        let got: Vec<Timestamp> = map[&key].iter().copied().collect();
+        assert_eq!(got, vec![t0() + secs(1), t0() + secs(2)], "the oldest went");
+    }
+
+    /// A page run (which names the guards' escalation keys and marks repeats) grows while
+    /// escalations come at most `PAGE_GAP_S` apart, and starts over past the gap or before
+    /// its start.
+    #[test]
+    fn page_runs_extend_within_the_gap_and_start_over_past_it() {
+        let gap = secs(scope::PAGE_GAP_S);
+        let mut g = GuardIndex::default();
+        let run = |g: &GuardIndex| g.pages.get("s").copied();
+        g.page(Arc::from("s"), t0());
+        assert_eq!(run(&g), Some((t0(), t0())));
+        g.page(Arc::from("s"), t0() + secs(10));
+        assert_eq!(run(&g), Some((t0(), t0() + secs(10))), "10 s later extends");
+        g.page(Arc::from("s"), t0());
+        assert_eq!(
+            run(&g),
+            Some((t0(), t0() + secs(10))),
+            "again at the run's start: no change"
+        );
+        let end = t0() + secs(10) + gap;
+        g.page(Arc::from("s"), end);
+        assert_eq!(run(&g), Some((t0(), end)), "exactly the gap later extends");
+        let past = end + gap + secs(1);
+        g.page(Arc::from("s"), past);
+        assert_eq!(run(&g), Some((past, past)), "past the gap starts over");
+        let before = past - secs(5);
+        g.page(Arc::from("s"), before);
+        assert_eq!(
+            run(&g),
+            Some((before, before)),
+            "before the run's start starts over"
+        );
+    }
+
+    /// An escalating decision starts a page run for its guard scope and its resource; one
+    /// without escalations does not.
+    #[test]
+    fn escalating_decisions_start_page_runs() {
+        let mut h = History::new();
+        let ev = failure("vm1", "eastus", t0());
+        h.record(&ev);
+        h.record_decision(&ev, &decision(&ev, "escalate", &["k"]));
+        assert_eq!(h.page_run("eastus/vm_agent"), Some((t0(), t0())));
+        assert_eq!(h.page_run("resource:vm1"), Some((t0(), t0())));
+        let quiet = failure("vm2", "westus", t0());
+        h.record(&quiet);
+        h.record_decision(&quiet, &decision(&quiet, "retry", &[]));
+        assert_eq!(h.page_run("westus/vm_agent"), None);
+        assert_eq!(h.page_run("resource:vm2"), None);
+        assert_eq!(h.page_run("nowhere"), None);
+    }
+
+    /// The guard index drops times older than the horizon (and lists left empty) at the
+    /// 64th record at the latest (fewer than 64 times kept), not before while no map is over
+    /// twice its bound: stale scopes do not stay, and the sweep is amortized.
+    #[test]
+    fn guard_index_sweeps_stale_times_at_the_64th_record() {
+        let horizon = t0();
+        let mut g = GuardIndex::default();
+        for (k, at) in [
+            ("old", horizon - secs(1)),
+            ("edge", horizon),
+            ("new", horizon + secs(60)),
+        ] {
+            GuardIndex::push(&mut g.failures, Arc::from(k), at, 100);
+        }
+        g.page(Arc::from("old-page"), horizon - secs(1));
+        g.page(Arc::from("edge-page"), horizon);
+        for i in 1..64 {
+            g.trim(horizon, 100);
+            assert_eq!(keys(&g.failures), ["edge", "new", "old"], "record {i}");
+            assert_eq!(keys(&g.pages), ["edge-page", "old-page"], "record {i}");
+        }
+        g.trim(horizon, 100);
+        assert_eq!(
+            keys(&g.failures),
+            ["edge", "new"],
+            "swept: a time exactly at the horizon is kept"
+        );
+        assert_eq!(g.failures["edge"].len(), 1);
+        assert_eq!(keys(&g.pages), ["edge-page"]);
+        assert_eq!(g.since_sweep, 0);
+    }
+
+    /// Past twice `max` keys in a map the guard index sweeps at once and keeps the `max` most
+    /// recently seen keys; at exactly twice `max` it waits.
+    #[test]
+    fn guard_index_keeps_the_newest_max_keys_past_twice_max() {
+        let horizon = t0() - Duration::days(1);
+        let mut g = GuardIndex::default();
+        for i in 1..=4 {
+            GuardIndex::push(
+                &mut g.failures,
+                Arc::from(format!("k{i}")),
+                t0() + secs(i),
+                2,
+            );
+            g.page(Arc::from(format!("p{i}")), t0() + secs(i));
+        }
+        g.trim(horizon, 2);
+        assert_eq!(keys(&g.failures), ["k1", "k2", "k3", "k4"], "4 = 2 * max");
+        assert_eq!(keys(&g.pages), ["p1", "p2", "p3", "p4"]);
+        GuardIndex::push(&mut g.failures, Arc::from("k5"), t0() + secs(5), 2);
+        g.page(Arc::from("p5"), t0() + secs(5));
+        g.trim(horizon, 2);
+        assert_eq!(keys(&g.failures), ["k4", "k5"]);
+        assert_eq!(keys(&g.pages), ["p4", "p5"]);
+    }
+
+    /// `failures_in` counts the scope's failures in the window (the storm guard's count).
+    #[test]
+    fn failures_in_counts_the_scope_failures() {
+        let mut h = History::new();
+        h.record(&failure("vm1", "eastus", t0()));
+        h.record(&failure("vm2", "eastus", t0() + secs(1)));
+        let w = Duration::hours(1);
+        assert_eq!(h.failures_in("eastus/vm_agent", t0() + secs(2), w), 2);
+        assert_eq!(h.failures_in("westus/vm_agent", t0() + secs(2), w), 0);
+    }
+
+    /// The flap guard's count: remediations of the resource since its current run of failures
+    /// began (failures at most `reset_after` apart), in the window, up to the query's end.
+    #[test]
+    fn remediations_in_run_count_the_current_run_up_to_the_end() {
+        let mut h = History::new();
+        let step = |h: &mut History, vm: &str, at: Timestamp, action: &str| {
+            let ev = failure(vm, "eastus", at);
+            h.record(&ev);
+            h.record_decision(&ev, &decision(&ev, action, &[]));
+        };
+        let (w, reset) = (Duration::hours(1), Duration::minutes(10));
+        // vm1: retried at 0 and 1 min, drained at 5 min.
+        step(&mut h, "vm1", t0(), "retry");
+        step(&mut h, "vm1", t0() + Duration::minutes(1), "retry");
+        step(&mut h, "vm1", t0() + Duration::minutes(5), "drain");
+        let run = |h: &History, vm: &str, m: i64| {
+            h.remediations_in_run(vm, t0() + Duration::minutes(m), w, reset)
+        };
+        assert_eq!(
+            run(&h, "vm1", 2),
+            2,
+            "the drain after the end is not counted"
+        );
+        assert_eq!(run(&h, "vm1", 5), 3, "one exactly at the end is");
+        assert_eq!(run(&h, "vm-none", 5), 0);
+        // vm2: failures 20 min apart: the second starts a new run.
+        step(&mut h, "vm2", t0(), "retry");
+        step(&mut h, "vm2", t0() + Duration::minutes(20), "retry");
+        assert_eq!(run(&h, "vm2", 21), 1);
+        // vm3: failures exactly `reset_after` apart: still one run.
+        step(&mut h, "vm3", t0(), "retry");
+        step(&mut h, "vm3", t0() + Duration::minutes(10), "retry");
+        assert_eq!(run(&h, "vm3", 11), 2);
+    }
+
+    /// The Wasm plugins' fault counts and quarantine are kept in the caller's history (the
+    /// engine is immutable): counted, listed and released there.
+    #[test]
+    fn plugin_faults_and_quarantine_live_in_the_history() {
+        let mut h = History::new();
+        assert!(h.quarantined().is_empty());
+        assert_eq!(h.plugin_faults("p"), 0);
+        h.faults().fault("p");
+        h.faults().fault("p");
+        assert_eq!(h.plugin_faults("p"), 2);
+        assert!(h.quarantined().is_empty());
+        h.faults().fault("p");
+        assert_eq!(h.quarantined(), ["p"]);
+        h.release_quarantine("p");
+        assert!(h.quarantined().is_empty());
+        assert_eq!(h.plugin_faults("p"), 0);
+    }
+}

@@ -663,3 +663,140 @@ fn actions_counts_the_same_action_inside_the_window_only() {
     h2.record(&now);
     assert!(!drained_before(&h2, &now, "1h"));
 }
+
+/// A decision exactly one retention period older than the event being recorded is kept (like
+/// an event); one a second older is not.
+#[test]
+fn a_decision_exactly_one_retention_period_old_is_kept() {
+    let start = t("2021-10-13T14:00:00Z");
+    let mut h = History::with_limits(100, 3600);
+    let first = failure("vm1", "windows", "eastus", start);
+    h.record(&first);
+    h.record_decision(&first, &decision(&first, "drain", &[]));
+    let edge = failure("vm1", "windows", "eastus", start + Duration::seconds(3600));
+    h.record(&edge);
+    assert!(drained_before(&h, &edge, "2h"), "exactly 3600 s old: kept");
+    let past = failure("vm1", "windows", "eastus", start + Duration::seconds(3601));
+    h.record(&past);
+    assert!(!drained_before(&h, &past, "2h"), "3601 s old: dropped");
+}
+
+/// The escalation keys' bound keeps the newest keys even at a limit of 1, and when one
+/// decision brings several keys at once.
+#[test]
+fn the_newest_escalation_keys_stay_at_any_limit() {
+    let start = t("2021-10-13T14:00:00Z");
+    let decide = |h: &mut History, vm: &str, s: i64, keys: &[&str]| {
+        let ev = failure(vm, "windows", "eastus", start + Duration::seconds(s));
+        h.record(&ev);
+        h.record_decision(&ev, &decision(&ev, "none", keys));
+    };
+    let mut h = History::with_limits(1, 24 * 3600);
+    decide(&mut h, "vm0", 0, &["a"]);
+    decide(&mut h, "vm1", 1, &["b"]);
+    assert!(h.fired("b") && !h.fired("a"));
+    let mut h = History::with_limits(3, 24 * 3600);
+    for (i, k) in ["k0", "k1", "k2"].into_iter().enumerate() {
+        decide(&mut h, &format!("vm{i}"), i as i64, &[k]);
+    }
+    decide(&mut h, "vm3", 3, &["x", "y", "z"]);
+    for k in ["x", "y", "z"] {
+        assert!(h.fired(k), "{k}");
+    }
+    for k in ["k0", "k1", "k2"] {
+        assert!(!h.fired(k), "{k} is older than the newest 3");
+    }
+}
+
+/// `history.resources` counts a resource once however often it is seen, also after the
+/// history swept its unused interned strings (resources are compared by their interned
+/// string).
+#[test]
+fn a_resource_seen_again_after_a_sweep_of_unused_strings_is_one_resource() {
+    let start = t("2021-10-13T14:00:00Z");
+    // At a limit of 2 events, the first event's strings already pass the sweep's threshold.
+    let mut h = History::with_limits(2, 24 * 3600);
+    h.record(&failure("vm1", "windows", "eastus", start));
+    let again = failure("vm1", "windows", "eastus", start + Duration::seconds(1));
+    h.record(&again);
+    assert_eq!(h.len(), 2);
+    let e = engine(
+        "policies:\n  - name: p\n    on: [operation_failure]\n    when: 'history.resources({\"resource.region\": \"eastus\"}, duration(\"1h\")) == 1'\n    action: drain\n",
+    );
+    let d = e.decide(&again, &Ctx::new(again.time).with_history(&h));
+    assert!(d.errors.is_empty(), "{:?}", d.errors);
+    assert_eq!(d.action, Action::Drain, "one VM, one resource");
+}
+
+/// `history.count`'s window is `(end - window, end]`, `end` being the decided event's time:
+/// an event recorded after it (out of order) and one exactly a window old are not counted.
+#[test]
+fn count_windows_exclude_later_events_and_the_window_start() {
+    let start = t("2021-10-13T14:00:00Z");
+    let mut h = History::new();
+    for (vm, m) in [("a", 0), ("b", 60), ("c", 90)] {
+        h.record(&failure(
+            vm,
+            "windows",
+            "eastus",
+            start + Duration::minutes(m),
+        ));
+    }
+    let probe = failure("b", "windows", "eastus", start + Duration::minutes(60));
+    for n in 0..4 {
+        let e = engine(&format!(
+            "policies:\n  - name: p\n    on: [operation_failure]\n    when: 'history.count({{\"failure.category\": \"vm_agent\"}}, duration(\"1h\")) == {n}'\n    action: drain\n"
+        ));
+        let d = e.decide(&probe, &Ctx::new(probe.time).with_history(&h));
+        assert!(d.errors.is_empty(), "{:?}", d.errors);
+        assert_eq!(d.action == Action::Drain, n == 1, "count == {n}");
+    }
+}
+
+/// `history.actions`' window is `(end - window, end]` too: a drain exactly a window old is out,
+/// one a second younger is in.
+#[test]
+fn actions_windows_exclude_the_window_start() {
+    let start = t("2021-10-13T14:00:00Z");
+    let mut h = History::new();
+    let first = failure("vm1", "windows", "eastus", start);
+    h.record(&first);
+    h.record_decision(&first, &decision(&first, "drain", &[]));
+    let inside = failure("vm1", "windows", "eastus", start + Duration::seconds(3599));
+    assert!(drained_before(&h, &inside, "1h"));
+    let edge = failure("vm1", "windows", "eastus", start + Duration::seconds(3600));
+    assert!(!drained_before(&h, &edge, "1h"));
+}
+
+/// Integer fields (the fault and update domains) are remembered, so a history filter can
+/// count by them.
+#[test]
+fn history_filters_on_integer_fields() {
+    let start = t("2021-10-13T14:00:00Z");
+    let ev = |vm: &str, fd: i64, s: i64| {
+        Event::from_json_str(&format!(
+            r#"{{"id":"azure.arm:{vm}","time":"{}","source":"azure.arm","kind":"operation_failure",
+            "resource":{{"id":"{vm}","region":"eastus","fault_domain":{fd},"update_domain":{fd}}},
+            "failure":{{"operation":"create","code":"X","category":"vm_agent","attempt":1}}}}"#,
+            (start + Duration::seconds(s)).to_rfc3339()
+        ))
+        .unwrap()
+    };
+    let mut h = History::new();
+    h.record(&ev("a", 1, 0));
+    h.record(&ev("b", 1, 1));
+    h.record(&ev("c", 2, 2));
+    let probe = ev("c", 2, 2);
+    for (path, fd, want) in [
+        ("resource.fault_domain", 1, 2),
+        ("resource.fault_domain", 2, 1),
+        ("resource.update_domain", 1, 2),
+    ] {
+        let e = engine(&format!(
+            "policies:\n  - name: p\n    on: [operation_failure]\n    when: 'history.count({{\"{path}\": {fd}}}, duration(\"1h\")) == {want}'\n    action: drain\n"
+        ));
+        let d = e.decide(&probe, &Ctx::new(probe.time).with_history(&h));
+        assert!(d.errors.is_empty(), "{:?}", d.errors);
+        assert_eq!(d.action, Action::Drain, "{path} == {fd}");
+    }
+}

@@ -1177,3 +1177,180 @@ proptest! {
         check(doc.to_string().as_bytes());
     }
 }
+
+// =======================================================================================
+// cargo-mutants survivors
+// =======================================================================================
+
+/// The legacy webhook's own `data.status` says whether the alert is a recovery: Resolved with
+/// no health status given is `available`; Activated (the usual value) decides nothing.
+#[test]
+fn legacy_webhook_data_status_resolved_is_a_recovery_and_activated_is_not() {
+    for (data_status, want) in [
+        ("Resolved", HealthState::Available),
+        ("Activated", HealthState::Unknown),
+    ] {
+        let mut webhook = fixture_json("azure-activity-log-alert-webhook-resourcehealth.json");
+        webhook["data"]["status"] = json!(data_status);
+        // The event inside says nothing of its own about being resolved.
+        webhook["data"]["context"]["activityLog"]["properties"] =
+            json!({"title": "Virtual Machine health event"});
+        assert_eq!(health(&one(&webhook)).state, want, "{data_status}");
+    }
+}
+
+/// A common-schema alert's `monitorCondition` Resolved is a recovery; Fired (what an
+/// activity-log alert always says) decides nothing.
+#[test]
+fn common_alert_monitor_condition_resolved_is_a_recovery_and_fired_is_not() {
+    for (condition, want) in [
+        ("Resolved", HealthState::Available),
+        ("Fired", HealthState::Unknown),
+    ] {
+        let mut alert = common_alert(activity_log(
+            json!({"title": "Virtual Machine health event"}),
+            "Active",
+        ));
+        alert["data"]["essentials"]["monitorCondition"] = json!(condition);
+        assert_eq!(health(&one(&alert)).state, want, "{condition}");
+    }
+}
+
+/// A blank first `alertTargetIDs` entry is no target: without any vendor id, the alert's
+/// content-hash id is the one it has without targets (a blank resource id must not make a
+/// re-delivery a new event).
+#[test]
+fn a_blank_alert_target_is_no_target() {
+    let alert = |targets: Value| {
+        let mut a = common_alert(json!({
+            "eventSource": "ResourceHealth",
+            "eventTimestamp": "2024-03-01T10:00:00Z",
+            "operationName": "Microsoft.Resourcehealth/healthevent/Activated/action",
+            "properties": {"title": "Virtual Machine health status changed to unavailable",
+                           "currentHealthStatus": "Unavailable"},
+            "status": "Active"
+        }));
+        let e = a["data"]["essentials"].as_object_mut().unwrap();
+        e.remove("alertId");
+        e.insert("alertTargetIDs".into(), targets);
+        one(&a)
+    };
+    let blank = alert(json!(["  "]));
+    let none = alert(json!([]));
+    assert_eq!(blank.resource.id, None);
+    assert_eq!(blank.id, none.id);
+}
+
+/// An activity-log event whose `details` repeats its `title` has that sentence once as its
+/// summary, not "title: title".
+#[test]
+fn details_equal_to_the_title_is_not_repeated_in_the_summary() {
+    let t = "Virtual Machine health status changed to unavailable";
+    let e = one(&activity_log(
+        json!({"title": t, "details": t, "currentHealthStatus": "Unavailable"}),
+        "Active",
+    ));
+    assert_eq!(health(&e).summary.as_deref(), Some(t));
+}
+
+/// `recentlyResolved` with any one of its fields says the resource was unavailable before;
+/// responses omit the fields they do not have.
+#[test]
+fn recently_resolved_with_any_one_field_gives_the_previous_state() {
+    for rr in [
+        json!({"unavailableOccurredTime": "2017-02-28T00:48:00Z"}),
+        json!({"resolvedTime": "2017-02-28T00:49:00Z"}),
+        json!({"unavailabilitySummary": "We are sorry your VM is unavailable"}),
+    ] {
+        let e = one(&status(
+            json!({"availabilityState": "Available", "recentlyResolved": rr}),
+        ));
+        assert_eq!(
+            health(&e).previous_state,
+            Some(HealthState::Unavailable),
+            "{rr}"
+        );
+    }
+}
+
+/// Only an `available` status makes `recentlyResolved` a previous `unavailable`: a resource
+/// unavailable again has no previous state from an earlier, resolved outage, and an empty
+/// `recentlyResolved` says nothing.
+#[test]
+fn recently_resolved_gives_a_previous_state_only_when_available_and_given() {
+    let rr = json!({"unavailableOccurredTime": "2017-02-28T00:48:00Z",
+                    "resolvedTime": "2017-02-28T00:49:00Z"});
+    let e = one(&status(
+        json!({"availabilityState": "Unavailable", "recentlyResolved": rr}),
+    ));
+    assert_eq!(health(&e).previous_state, None);
+    let e = one(&status(
+        json!({"availabilityState": "Available", "recentlyResolved": {}}),
+    ));
+    assert_eq!(health(&e).previous_state, None);
+}
+
+/// Without an `id`, a status's `name` identifies it, except the name `current`, which every
+/// resource's current status has and so identifies nothing.
+#[test]
+fn a_status_without_id_is_named_by_its_name_unless_it_is_current() {
+    let props = json!({"availabilityState": "Unavailable", "occuredTime": "2024-03-01T10:00:00Z"});
+    let named = one(&json!({"name": "ev-42", "properties": props}));
+    assert_eq!(named.id, "azure.resource_health:ev-42");
+    let current = one(&json!({"name": "current", "properties": props}));
+    assert!(
+        !current.id.contains("current"),
+        "`current` is not an identity: {}",
+        current.id
+    );
+}
+
+/// A body that is not JSON with a success status is a JSON error (the payload is broken),
+/// not an HTTP error response.
+#[test]
+fn a_non_json_body_with_a_success_status_is_a_json_error() {
+    let input = Input::new(b"{\"value\": [", ts(OBSERVED)).http_status(200);
+    let err = normalize(NAME, &input, &mut NormalizerState::default()).unwrap_err();
+    assert!(matches!(err, NormalizeError::Json { .. }), "{err:?}");
+}
+
+/// A status carrying a top-level `message` is still a status: only an object with a string
+/// `code` and a `message` (and no properties) is Resource Health's flat error body.
+#[test]
+fn a_status_with_a_message_is_not_an_error_body() {
+    let mut s = status(json!({"availabilityState": "Available"}));
+    s["message"] = json!("Resource is healthy");
+    assert_eq!(health(&one(&s)).state, HealthState::Available);
+}
+
+/// A CloudEvent without `specversion` (a relay that dropped it) is still read by its `type`.
+#[test]
+fn an_event_grid_event_with_only_a_type_is_read() {
+    let eg = fixture_json("azure-eventgrid-health-availability-status-changed.json");
+    let bare = json!({"id": eg["id"], "subject": eg["subject"], "data": eg["data"],
+                      "type": eg["eventType"], "time": eg["eventTime"]});
+    let e = one(&bare);
+    assert_eq!(health(&e).state, HealthState::Available);
+    assert_eq!(
+        e.id,
+        "azure.resource_health:1fb6fa94-d965-4306-abeq-4810f0774e97"
+    );
+}
+
+/// Either sign makes an Event Grid event a HealthResources one: the event type, or the
+/// resource info's Microsoft.ResourceHealth type (each may be missing).
+#[test]
+fn event_grid_health_is_told_by_the_event_type_or_the_resource_info_type() {
+    let eg = fixture_json("azure-eventgrid-health-availability-status-changed.json");
+    let mut no_info_type = eg.clone();
+    no_info_type["data"]["resourceInfo"]
+        .as_object_mut()
+        .unwrap()
+        .remove("type");
+    let mut other_event_type = eg.clone();
+    other_event_type["eventType"] =
+        json!("Microsoft.ResourceNotifications.AvailabilityStatusChanged");
+    for doc in [no_info_type, other_event_type] {
+        assert_eq!(health(&one(&doc)).state, HealthState::Available, "{doc}");
+    }
+}

@@ -699,3 +699,55 @@ fn type_without_data_is_the_wrong_payload_not_an_event_grid_shape_error() {
     }
     assert_eq!(st, NormalizerState::default());
 }
+
+// ---- cargo-mutants survivors in the legacy endpoint and the integer fields ----
+
+/// The legacy notice is an event when it has either of EventID and EventCreationTime: a
+/// document with one of them is still a reboot coming, and must not be refused for lacking the
+/// other.
+#[test]
+fn legacy_maintenance_notice_with_only_the_id_or_only_the_creation_time_is_an_event() {
+    let at = t("2015-09-15T06:43:00Z");
+    let mut st = NormalizerState::default();
+    let only_id = br#"{"EventID": "6f0a13a3-dc0d-4bbe-ab24-df710a3917e6"}"#;
+    let evs = normalize("azure.maintenance_v1", &Input::new(only_id, at), &mut st).unwrap();
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    assert_eq!(
+        evs[0].id,
+        "azure.maintenance_v1:6f0a13a3-dc0d-4bbe-ab24-df710a3917e6"
+    );
+    assert_eq!(evs[0].time, at, "no creation time: the observation time");
+    assert_eq!(evs[0].maintenance.as_ref().unwrap().not_before, None);
+
+    let only_created = br#"{"EventCreationTime": "9\/15\/2015 6:42:51 AM"}"#;
+    let evs = normalize(
+        "azure.maintenance_v1",
+        &Input::new(only_created, at),
+        &mut st,
+    )
+    .unwrap();
+    assert_eq!(evs.len(), 1, "{evs:?}");
+    assert_eq!(evs[0].time, t("2015-09-15T06:42:51Z"));
+    assert_eq!(
+        evs[0].maintenance.as_ref().unwrap().not_before,
+        Some(t("2015-09-15T06:47:51Z"))
+    );
+}
+
+/// A blank update or fault domain (`"UD": ""`) is not given, as a blank string is everywhere
+/// else, rather than a malformed integer that would make the whole InstanceInfo unreadable.
+#[test]
+fn legacy_instance_info_with_blank_domains_keeps_the_name() {
+    let mut st = NormalizerState::default();
+    let doc = br#"{"ID": "_TestVM", "UD": "", "FD": "  "}"#;
+    let evs = normalize(
+        "azure.maintenance_v1",
+        &Input::new(doc, t("2015-09-15T06:43:00Z")),
+        &mut st,
+    )
+    .unwrap();
+    assert!(evs.is_empty());
+    assert_eq!(st.azure_maintenance_v1.name.as_deref(), Some("TestVM"));
+    assert_eq!(st.azure_maintenance_v1.update_domain, None);
+    assert_eq!(st.azure_maintenance_v1.fault_domain, None);
+}

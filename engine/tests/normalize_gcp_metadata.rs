@@ -695,3 +695,51 @@ proptest! {
         check(b"NONE", None, t0(), &mut st);
     }
 }
+
+// ---- cargo-mutants survivors ------------------------------------------------------------------
+
+/// A 403 without the missing-header body is some other refusal (an IAM or proxy denial): it
+/// must be reported as forbidden, not as the missing `Metadata-Flavor` header, whose fix (add
+/// the header) would not help.
+#[test]
+fn a_403_without_the_flavor_message_is_forbidden_not_missing_header() {
+    let t = b"GET /computeMetadata/v1/instance/maintenance-event HTTP/1.1\nMetadata-Flavor: Google\n\nHTTP/1.1 403 Forbidden\n\nAccess denied.\n";
+    let e = run(t).unwrap_err();
+    assert!(matches!(e, NormalizeError::WrongPayload { .. }), "{e:?}");
+    let s = e.to_string();
+    assert!(s.contains("HTTP 403 (forbidden)"), "{s}");
+    assert!(!s.contains("Metadata-Flavor"), "{s}");
+}
+
+/// The transcript of `instance/preempted` answering TRUE is the preemption notice.
+#[test]
+fn preempted_transcript_true_is_a_preemption() {
+    let t = b"GET /computeMetadata/v1/instance/preempted HTTP/1.1\nMetadata-Flavor: Google\n\nHTTP/1.1 200 OK\nMetadata-Flavor: Google\nContent-Type: application/text\n\nTRUE\n";
+    let m = one(t).maintenance.unwrap();
+    assert_eq!(m.type_, MaintenanceType::Preempt);
+    assert_eq!(m.status, MaintenanceStatus::Started);
+}
+
+/// A blank maintenance reason is malformed, like a number there: it is not silently turned
+/// into an empty reason in the description.
+#[test]
+fn a_blank_maintenance_reason_is_a_shape_error() {
+    let e =
+        run(br#"{"type": "SCHEDULED", "maintenance_reasons": ["FAILURE_GPU", "  "]}"#).unwrap_err();
+    assert!(
+        matches!(&e, NormalizeError::Shape { path, .. } if path == "maintenance_reasons[1]"),
+        "{e:?}"
+    );
+}
+
+/// A REST Instance with a blank `id` has no id: an empty string would be a resource id that
+/// matches nothing.
+#[test]
+fn a_rest_instance_with_a_blank_id_has_no_id() {
+    let doc = br#"{"kind": "compute#instance", "id": " ", "name": "vm-1",
+        "resourceStatus": {"upcomingMaintenance": {"type": "SCHEDULED",
+          "windowStartTime": "2025-09-10T09:28:15Z"}}}"#;
+    let r = one(doc).resource;
+    assert_eq!(r.id, None);
+    assert_eq!(r.name.as_deref(), Some("vm-1"));
+}

@@ -692,3 +692,47 @@ proptest! {
         check(&body)?;
     }
 }
+
+// ----------------------------------------------------------------------------------------
+// cargo-mutants survivors: what the errors say.
+
+/// A template is recognized by either of its markers: a nested template or a copied
+/// `resources` list has no `$schema`, and a template skeleton may have no `resources` yet.
+#[test]
+fn a_template_is_named_by_its_resources_or_its_schema_alone() {
+    for template in [
+        json!({"resources": [windows_template_resource()]}),
+        json!({"$schema": "https://schema.management.azure.com/schemas/2019-04-01/deploymentTemplate.json#", "contentVersion": "1.0.0.0"}),
+    ] {
+        match retry_without_agent(&template) {
+            Err(TransformError::NotAVirtualMachine { reason }) => {
+                assert!(reason.contains("whole template"), "{template}: {reason}")
+            }
+            other => panic!("{template}: {other:?}"),
+        }
+    }
+}
+
+/// The errors say what was found, so a caller who passed the wrong value can see which.
+#[test]
+fn errors_describe_the_value_found() {
+    for (v, found) in [
+        (json!(null), "null"),
+        (json!(true), "the boolean true"),
+        (json!(3), "the number 3"),
+        (json!("PUT"), "the string \"PUT\""),
+        (json!([1]), "an array"),
+    ] {
+        assert_eq!(
+            retry_without_agent(&v),
+            Err(TransformError::NotAnObject {
+                found: found.into()
+            })
+        );
+    }
+    let e = retry_without_agent(&json!({"properties": "x"})).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "`properties`: expected an object, found the string \"x\""
+    );
+}

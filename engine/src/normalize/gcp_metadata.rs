@@ -594,6 +594,14 @@ mod tests {
     }
 
     #[test]
+    fn signed_etags_are_not_numbers() {
+        // Only plain digits are an incarnation: Rust's integer parsing would also take a sign,
+        // and a "-1" or "+42" token is not a counter the metadata server keeps.
+        assert_eq!(etag_number("-1"), None);
+        assert_eq!(etag_number("\"+42\""), None);
+    }
+
+    #[test]
     fn keys_from_paths() {
         assert_eq!(
             key_of("/computeMetadata/v1/instance/maintenance-event?wait_for_change=true"),

@@ -280,4 +280,93 @@ mod tests {
             assert!(e.to_string().contains("Events[0].NotBefore"), "{e}");
         }
     }
+
+    // ---- cargo-mutants survivors: each test pins one boundary of the parser ----
+
+    /// Padded to `len` characters with spaces between the date and the time (RFC 1123 splits
+    /// on any whitespace, so the padding changes the length and nothing else).
+    fn padded_rfc1123(len: usize) -> String {
+        let (head, tail) = ("Mon, 20 Apr 2026", "22:26:58 GMT");
+        format!("{head}{}{tail}", " ".repeat(len - head.len() - tail.len()))
+    }
+
+    #[test]
+    fn a_time_of_64_characters_is_read_and_65_is_too_long() {
+        // The length cap guards the parsers against huge strings; it must not cut a valid time
+        // at exactly the limit, and it must refuse one past it even when it would parse.
+        assert_eq!(p(&padded_rfc1123(64)), "2026-04-20T22:26:58+00:00");
+        let e = parse("t", &padded_rfc1123(65)).unwrap_err().to_string();
+        assert!(e.contains("too long to be a time"), "{e}");
+    }
+
+    #[test]
+    fn rfc1123_weekday_must_be_three_letters() {
+        // Anything before the comma other than a three-letter weekday means it is not RFC 1123:
+        // "Monday," or "Mo1," must not be skipped over as if it were a weekday.
+        for bad in [
+            "Monday, 20 Apr 2026 22:26:58 GMT",
+            "Mo1, 20 Apr 2026 22:26:58 GMT",
+        ] {
+            let e = parse("t", bad).unwrap_err().to_string();
+            assert!(e.contains("expected RFC 1123"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn rfc1123_day_and_year_digit_counts_are_exact() {
+        // A three-digit day ("011") or a five-digit year ("02026") is not RFC 1123, even though
+        // the number it spells is a valid day or year.
+        for bad in [
+            "Mon, 011 Apr 2026 22:26:58 GMT",
+            "011 Apr 2026 22:26:58 GMT",
+            "Mon, 20 Apr 02026 22:26:58 GMT",
+        ] {
+            let e = parse("t", bad).unwrap_err().to_string();
+            assert!(e.contains("expected RFC 1123"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn rfc1123_numeric_zone_is_a_sign_and_exactly_four_digits() {
+        // "+01000" (five digits) and "00100" (no sign) are not numeric zones; reading their
+        // first four digits would shift the time by an hour that was never written.
+        for bad in [
+            "Mon, 20 Apr 2026 22:26:58 +01000",
+            "Mon, 20 Apr 2026 22:26:58 00100",
+            "Mon, 20 Apr 2026 22:26:58 ++100",
+        ] {
+            let e = parse("t", bad).unwrap_err().to_string();
+            assert!(e.contains("expected RFC 1123"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn rfc1123_numeric_zones_with_minutes_and_west_of_utc() {
+        // India is +05:30 (the minutes count, and add to the hours); a US zone is west of UTC
+        // (its local time is behind, so UTC is later).
+        assert_eq!(
+            p("Mon, 20 Apr 2026 22:26:58 +0530"),
+            "2026-04-20T16:56:58+00:00"
+        );
+        assert_eq!(
+            p("Mon, 20 Apr 2026 14:26:58 -0800"),
+            "2026-04-20T22:26:58+00:00"
+        );
+    }
+
+    #[test]
+    fn us_legacy_needs_exactly_three_unsigned_date_parts() {
+        // "9/15/2015/1" has a fourth part and "9/+15/2015" a sign: neither is the M/D/YYYY
+        // form, though Rust's integer parsing would accept "+15" and the first three parts.
+        for bad in ["9/15/2015/1 6:42:51 AM", "9/+15/2015 6:42:51 AM"] {
+            let e = parse("t", bad).unwrap_err().to_string();
+            assert!(e.contains("expected RFC 1123"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn us_legacy_without_am_pm_is_a_24_hour_time() {
+        // The endpoint's form without the AM/PM marker: the hour is read as written.
+        assert_eq!(p("9/15/2015 18:42:51"), "2015-09-15T18:42:51+00:00");
+    }
 }

@@ -335,6 +335,84 @@ fn dedup_key_distinguishes_absent_from_empty_and_values() {
     );
 }
 
+/// The dedup key of `policy`'s escalation when `e` decides `ev`.
+fn esc_key(e: &Engine, ev: &Event, policy: &str) -> String {
+    let d = fast(e, ev);
+    match d.escalations.iter().find(|x| x.policy == policy) {
+        Some(x) => x.key.clone(),
+        None => panic!("no escalation by {policy}: {d:?}"),
+    }
+}
+
+#[test]
+fn dedup_by_int_bool_and_time_fields_keys_on_their_values() {
+    // Grouping pages by a number, a flag or a time (`failure.http_status`, `failure.transient`,
+    // `maintenance.not_before`) must separate events that differ only there: were the value
+    // left out, every event of the resource would share one key and its later pages be
+    // dropped as repeats.
+    let e = engine(
+        r#"policies:
+  - name: page-by-status
+    on: [operation_failure]
+    action: escalate
+    params: { dedup: { by: [failure.http_status] } }
+  - name: page-by-transient
+    on: [operation_failure]
+    action: escalate
+    params: { dedup: { by: [failure.transient] } }
+  - name: page-by-window
+    on: [maintenance]
+    action: escalate
+    params: { dedup: { by: [maintenance.not_before] } }
+"#,
+    );
+    let vm = json!({"id": "vm-1", "name": "web-1", "region": "eastus2"});
+    let failure = |status: i64, transient: bool| {
+        failure_with(
+            vm.clone(),
+            json!({ "http_status": status, "transient": transient }),
+        )
+    };
+    let status = |ev: &Event| esc_key(&e, ev, "page-by-status");
+    assert_eq!(status(&failure(409, true)), status(&failure(409, false)));
+    assert_ne!(status(&failure(409, true)), status(&failure(500, true)));
+    let transient = |ev: &Event| esc_key(&e, ev, "page-by-transient");
+    assert_eq!(
+        transient(&failure(409, true)),
+        transient(&failure(500, true))
+    );
+    assert_ne!(
+        transient(&failure(409, true)),
+        transient(&failure(409, false))
+    );
+    let window = |nb: Duration| {
+        let ev = maintenance(Some(&(now() + nb).to_rfc3339()));
+        esc_key(&e, &ev, "page-by-window")
+    };
+    assert_eq!(window(Duration::minutes(30)), window(Duration::minutes(30)));
+    assert_ne!(window(Duration::minutes(30)), window(Duration::minutes(90)));
+}
+
+#[test]
+fn dedup_by_paths_all_absent_falls_back_to_the_resource() {
+    // A bare event with none of the `dedup.by` values must not merge with unrelated
+    // resources' events under one key: the resource's name stands in for the missing values.
+    let e = engine(
+        r#"policies:
+  - name: page-region
+    on: [operation_failure]
+    action: escalate
+    params: { dedup: { by: [resource.region] } }
+"#,
+    );
+    let key = |name: &str| {
+        let ev = failure_with(json!({ "id": name, "name": name }), json!({}));
+        esc_key(&e, &ev, "page-region")
+    };
+    assert_eq!(key("web-1"), key("web-1"));
+    assert_ne!(key("web-1"), key("web-2"));
+}
+
 // ---------------------------------------------------------------------------------------
 // Defaults, fast and full mode
 // ---------------------------------------------------------------------------------------
@@ -843,6 +921,26 @@ fn deferral_past_not_before_escalates_and_warns() {
 }
 
 #[test]
+fn deferral_due_exactly_at_not_before_does_not_escalate() {
+    // Deferring to the platform's not_before itself is on time: only a due time past it
+    // overshoots, and paging for an on-time deferral would be noise.
+    let e = engine(
+        r#"policies:
+  - name: wait-an-hour
+    on: [maintenance]
+    action: defer
+    params: { delay: 1h }
+"#,
+    );
+    let at = (now() + Duration::hours(1)).to_rfc3339();
+    let d = fast(&e, &maintenance(Some(&at)));
+    assert_eq!(d.action, Action::Defer);
+    assert_eq!(d.due, Some(now() + Duration::hours(1)));
+    assert!(d.escalations.is_empty(), "{:?}", d.escalations);
+    assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+}
+
+#[test]
 fn defer_whose_until_fails_falls_back_to_the_default_action() {
     let e = Engine::builder()
         .add_source(
@@ -999,6 +1097,62 @@ fn engine_is_send_and_sync_and_decides_the_same_on_every_thread() {
     for h in handles {
         assert_eq!(h.join().unwrap(), reference);
     }
+}
+
+#[test]
+fn a_window_reaching_past_what_the_bounded_history_dropped_is_warned_per_policy() {
+    // A count over a window whose oldest entries the size bound dropped may be low; the
+    // decision must say which policy read it, and stay silent for a window the history
+    // still covers whole.
+    let e = engine(
+        r#"policies:
+  - name: fleet-hour
+    on: [operation_failure]
+    when: 'history.count({"failure.category": "vm_agent"}, duration("1h")) > 100'
+    action: drain
+  - name: fleet-minute
+    on: [operation_failure]
+    when: 'history.count({"failure.category": "vm_agent"}, duration("1m")) > 100'
+    action: drain
+"#,
+    );
+    let mut h = keel_engine::History::with_limits(2, 24 * 3600);
+    let start = ts("2021-10-13T14:00:00Z");
+    let mut last = None;
+    for i in 0..4 {
+        let mut ev = win_failure();
+        ev.id = format!("azure.arm:op-{i}");
+        ev.time = start + Duration::minutes(10 * i);
+        h.record(&ev);
+        last = Some(ev);
+    }
+    assert_eq!(h.len(), 2);
+    let ev = last.unwrap();
+    let d = e.decide(&ev, &Ctx::new(now()).with_mode(Mode::Full).with_history(&h));
+    let truncated: Vec<&String> = d
+        .warnings
+        .iter()
+        .filter(|w| w.contains("size bound"))
+        .collect();
+    assert_eq!(truncated.len(), 1, "{:?}", d.warnings);
+    assert!(truncated[0].contains("`fleet-hour`"), "{truncated:?}");
+
+    // Nothing dropped: no warning.
+    let mut whole = keel_engine::History::new();
+    whole.record(&ev);
+    let d = e.decide(&ev, &Ctx::new(now()).with_history(&whole));
+    assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+}
+
+#[test]
+fn an_engine_debugs_as_its_policy_count_default_action_and_digest() {
+    // `{:?}` of an engine ends up in logs and panics: it must say what set is loaded.
+    let e = engine(ESCALATING);
+    let s = format!("{e:?}");
+    assert!(s.starts_with("Engine {"), "{s}");
+    assert!(s.contains("policies: 4"), "{s}");
+    assert!(s.contains("default_action: None"), "{s}");
+    assert!(s.contains(e.digest()), "{s}");
 }
 
 // ---------------------------------------------------------------------------------------

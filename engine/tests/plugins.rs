@@ -837,3 +837,107 @@ fn fresh_instances_forget_what_a_plugin_kept_between_calls() {
         "a fresh instance after the reset: {again:?}"
     );
 }
+
+/// `yaml`'s policies, `{hostile}` and `{error_budget}` standing for those components' paths.
+fn plugin_set(yaml: &str) -> Engine {
+    let yaml = yaml
+        .replace("{hostile}", &dist("hostile").display().to_string())
+        .replace(
+            "{error_budget}",
+            &dist("error-budget").display().to_string(),
+        );
+    Engine::builder()
+        .plugin_cache_dir(cache())
+        .add_source("set.yaml", yaml)
+        .build()
+        .unwrap()
+}
+
+/// A plugin's action is known only after the call, and it may escalate: fast mode must call
+/// a plugin policy even when a higher-ranked policy has already won, or its page is lost.
+#[test]
+fn fast_mode_calls_a_plugin_policy_ranked_below_the_winner() {
+    let e = plugin_set(
+        r#"policies:
+  - name: cel.ack
+    on: [operation_failure]
+    action: acknowledge
+    priority: 100
+  - name: team.error-budget
+    on: [operation_failure]
+    plugin:
+      path: {error_budget}
+      config: { budget: 0, window_s: 900, delay_s: 60 }
+      limits: { deadline_ms: 1000 }
+"#,
+    );
+    let ev = Event::from_json_str(
+        r#"{"id": "t:3", "time": "2025-03-01T10:00:00Z", "source": "ingest",
+            "kind": "operation_failure", "resource": {"id": "vm-1", "region": "westeurope"},
+            "failure": {"operation": "start", "code": "AllocationFailed", "category": "allocation",
+                        "transient": true, "attempt": 1}}"#,
+    )
+    .unwrap();
+    let mut h = History::new();
+    h.record(&ev);
+    let d = e.decide(&ev, &Ctx::new(now()).with_history(&h));
+    assert_eq!(d.action, Action::Acknowledge, "{d:?}");
+    assert_eq!(d.policy.as_deref(), Some("cel.ack"));
+    assert!(d.not_evaluated.is_empty(), "{:?}", d.not_evaluated);
+    let esc: Vec<&str> = d.escalations.iter().map(|x| x.policy.as_str()).collect();
+    assert_eq!(esc, ["team.error-budget"], "{d:?}");
+}
+
+/// A plugin policy ranks as if it drained, but what it returns may be milder: a policy
+/// ranked below it with a stronger action than the plugin's must still be evaluated and
+/// win, and `matched` lists the two by what they decided, best first.
+#[test]
+fn a_plugin_deciding_less_than_it_ranks_yields_to_a_stronger_lower_ranked_policy() {
+    let e = plugin_set(
+        r#"policies:
+  - name: hostile
+    on: [maintenance]
+    plugin:
+      path: {hostile}
+      config: { mode: ok }
+      limits: { deadline_ms: 1000 }
+  - name: cel.defer
+    on: [maintenance]
+    action: defer
+    params: { delay: 10m }
+"#,
+    );
+    let names: Vec<String> = e.policies().map(|p| p.name).collect();
+    assert_eq!(names, ["hostile", "cel.defer"], "the plugin ranks first");
+    for mode in [Mode::Fast, Mode::Full] {
+        let d = e.decide(&freeze(), &Ctx::new(now()).with_mode(mode));
+        assert_eq!(d.action, Action::Defer, "{mode:?}: {d:?}");
+        assert_eq!(d.policy.as_deref(), Some("cel.defer"), "{mode:?}");
+        assert_eq!(d.due, Some(now() + chrono::Duration::minutes(10)));
+        let matched: Vec<(&str, Action)> = d
+            .matched
+            .iter()
+            .map(|m| (m.policy.as_str(), m.action))
+            .collect();
+        assert_eq!(
+            matched,
+            [
+                ("cel.defer", Action::Defer),
+                ("hostile", Action::Acknowledge)
+            ],
+            "{mode:?}"
+        );
+    }
+}
+
+/// The benchmarks' `__plugin_instantiate` must instantiate the plugin policy it names, and
+/// refuse a name that is not a plugin policy (else a benchmark measures nothing).
+#[test]
+fn plugin_instantiate_runs_the_named_plugin_policy_only() {
+    let e = hostile_set("ok").unwrap();
+    assert_eq!(e.__plugin_instantiate("hostile"), Ok(()));
+    let err = e.__plugin_instantiate("cel.ack").unwrap_err();
+    assert!(err.contains("no plugin policy `cel.ack`"), "{err}");
+    let err = e.__plugin_instantiate("nope").unwrap_err();
+    assert!(err.contains("no plugin policy `nope`"), "{err}");
+}

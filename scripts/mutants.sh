@@ -66,6 +66,7 @@ case "$mode" in
     # module's unit tests and its integration test files: every keel-engine test for every
     # mutant would be three times slower, and a file's own tests are what should catch it).
     # The scores are a lower bound: a mutant "missed" here may be caught by another file.
+    # The decide path is built with the plugin host (`plugins`): its calls are decide code.
     # KEEL_MUTANTS_SHARD=k/n runs the k-th of n round-robin shards (one per worktree, so two
     # cores build two mutants at once); KEEL_MUTANTS_GROUPS="a b" runs only those groups.
     [ "${1:-}" = "--" ] && shift
@@ -78,7 +79,7 @@ case "$mode" in
       "gcp_metadata|engine/src/normalize/gcp_metadata.rs|--lib --test normalize_gcp_metadata $nz"
       "normalize_shared|engine/src/normalize/azure_id.rs engine/src/normalize/classify.rs engine/src/normalize/http.rs engine/src/normalize/json.rs engine/src/normalize/mod.rs engine/src/normalize/time.rs engine/src/normalize/transform.rs|--lib --test normalize_aws_imds --test normalize_azure_arm --test normalize_azure_resource_health --test normalize_azure_scheduled_events --test normalize_gcp_metadata --test transform --test fuzz $nz"
       "history|engine/src/history.rs|--lib --test history --test decide --test testing"
-      "decide|engine/src/decide.rs engine/src/engine.rs engine/src/index.rs|--lib --test decide --test index --test parity --test guard --test limits --test load"
+      "decide|engine/src/decide.rs engine/src/engine.rs engine/src/index.rs|--features=plugins --lib --test decide --test index --test parity --test guard --test limits --test load --test plugins"
     )
     shard=()
     [ -n "${KEEL_MUTANTS_SHARD:-}" ] && shard=(--shard "$KEEL_MUTANTS_SHARD" --sharding round-robin)

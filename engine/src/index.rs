@@ -288,3 +288,50 @@ impl Hasher for Fx {
         self.0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::Fx;
+    use std::collections::HashSet;
+    use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher};
+
+    fn raw(bytes: &[u8]) -> u64 {
+        let mut h = Fx::default();
+        h.write(bytes);
+        h.finish()
+    }
+
+    /// The index's lookups stay one probe only while distinct keys hash apart: every key that
+    /// differs in the 16 low bits of one word, whether the word is a whole 8-byte chunk or the
+    /// bytes after the last one, hashes differently.
+    #[test]
+    fn small_domains_hash_without_collisions() {
+        let mut tail = HashSet::new();
+        let mut chunk = HashSet::new();
+        for v in 0..=u16::MAX {
+            let [a, b] = v.to_le_bytes();
+            assert!(tail.insert(raw(&[a, b])), "two-byte key {v:#06x} collided");
+            let mut key = *b"Redeploy\0\0\0\0\0\0\0\0";
+            key[8] = a;
+            key[9] = b;
+            assert!(chunk.insert(raw(&key)), "16-byte key {v:#06x} collided");
+        }
+    }
+
+    /// `str`'s `Hash` ends every string with a 0xff byte (`write_u8`), so a pair of strings
+    /// split at different places hashes differently: the hasher must feed that byte in.
+    #[test]
+    fn strings_are_prefix_free() {
+        let build = BuildHasherDefault::<Fx>::default();
+        assert_ne!(build.hash_one(("ab", "c")), build.hash_one(("a", "bc")));
+        let mut h = Fx::default();
+        "Reboot".hash(&mut h);
+        assert_ne!(
+            h.finish(),
+            raw(b"Reboot"),
+            "the terminator is part of the hash"
+        );
+    }
+}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every test Keel has: formatting, lints, unit/integration/property tests, doc tests, the
-# engine's wasm32 builds, the Wasm plugins (built, then their tests and keel test cases), the
+# engine's wasm32 builds, the published crates (cargo package), the Wasm plugins (built, then their tests and keel test cases), the
 # JavaScript package (Node) and the playground (headless Chromium), and the shipped policies
 # validated by `keel check`. Needs node and npm (Node 18 or later); installs PostgreSQL and
 # Chromium from Debian's packages when they are missing.
@@ -34,6 +34,11 @@ echo "== wasm32 builds of keel-engine (no default features)"
 for t in wasm32-unknown-unknown wasm32-wasip1; do
   cargo build -p keel-engine --no-default-features --target "$t" --locked
 done
+echo "== the crates as published: cargo package of keel-engine and keel-plugin, built from the packages"
+# --allow-dirty: a clean clone has nothing uncommitted; a working tree packages what it has.
+# The engine is verified with its plugin host, which reads the WIT world from the package too.
+cargo package -p keel-engine --features plugins --locked --allow-dirty
+(cd wasm-plugins && cargo package -p keel-plugin --locked --allow-dirty)
 echo "== the engine as a Wasm module (wasm32-unknown-unknown)"
 cargo build -p keel-engine-module --target wasm32-unknown-unknown --release --locked
 echo "== the JavaScript package over the engine module (its .d.ts type-checked, Node's test runner, npm pack)"

@@ -55,7 +55,7 @@ use host::HostState;
 mod wit {
     #![allow(missing_docs)]
     wasmtime::component::bindgen!({
-        path: "../wasm-plugins/wit",
+        path: "wit",
         world: "policy",
     });
 }

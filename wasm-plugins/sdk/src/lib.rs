@@ -33,7 +33,7 @@ use std::vec::Vec;
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         world: "policy",
         pub_export_macro: true,
         export_macro_name: "__export_policy",

@@ -8,6 +8,8 @@ pub mod history;
 pub mod normalize;
 pub mod pause;
 pub mod playground;
+#[cfg(feature = "plugins")]
+pub mod plugin;
 pub mod policies;
 pub mod run;
 pub mod status;

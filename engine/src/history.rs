@@ -927,4 +927,36 @@ mod tests {
         assert!(h.quarantined().is_empty());
         assert_eq!(h.plugin_faults("p"), 0);
     }
+
+    /// The interned strings stay bounded by the events remembered: strings only evicted
+    /// events referred to are swept once the set passes four per remembered event (or twice
+    /// what the last sweep kept), whatever number of new strings each event brings.
+    #[test]
+    fn interned_strings_are_swept_with_the_events_that_used_them() {
+        // Each event brings two new strings (its id and name); the first one in the second
+        // run brings a third (an availability set), so the set's size takes both parities; with
+        // one event remembered, the first event alone passes the floor.
+        for (max, extra) in [(4, false), (4, true), (1, false)] {
+            let mut h = History::with_limits(max, 86_400);
+            for i in 0..400 {
+                let avset = if extra && i == 0 {
+                    r#","availability_set":"as-0""#
+                } else {
+                    ""
+                };
+                let ev = Event::from_json_str(&format!(
+                    r#"{{"id":"azure.arm:{i}","time":"{time}","source":"azure.arm","kind":"operation_failure",
+                    "resource":{{"id":"/vms/vm-{i}","name":"vm-{i}","region":"eastus2"{avset}}},
+                    "failure":{{"operation":"create","code":"X","category":"vm_agent","attempt":1}}}}"#,
+                    time = (t0() + secs(i)).to_rfc3339()
+                ))
+                .unwrap();
+                h.record(&ev);
+                let n = h.data.interned.len();
+                assert!(n <= 64, "after {} events: {n} strings interned", i + 1);
+            }
+            assert!(h.data.interned.iter().any(|a| &**a == "vm-399"));
+            assert!(!h.data.interned.iter().any(|a| &**a == "vm-0"));
+        }
+    }
 }

@@ -135,6 +135,90 @@ async fn history_shows_the_drain_and_its_steps_and_filters_by_time_event_and_act
     }
 }
 
+/// `log.journald`: the decision log goes to journald's socket over the native protocol, one
+/// datagram a line with the line as MESSAGE and its type and level as fields, instead of
+/// standard output; the same lines as `log.file`.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn the_decision_log_goes_to_journald_natively() {
+    use std::os::unix::net::UnixDatagram;
+    let sc = Scenario::new(true, &common::not_before_in_15_minutes()).await;
+    let socket = sc.dir.path().join("journal.socket");
+    let journal = UnixDatagram::bind(&socket).unwrap();
+    let file = sc.dir.path().join("decisions.jsonl");
+    let text = std::fs::read_to_string(&sc.config).unwrap();
+    std::fs::write(
+        &sc.config,
+        format!(
+            "log:\n  file: {}\n  journald: {}\n{text}",
+            file.display(),
+            socket.display()
+        ),
+    )
+    .unwrap();
+    let mut k = sc.keel(&[], &[]);
+    assert_eq!(
+        sc.wait_runbook_finished(&mut k, Duration::from_secs(60))
+            .await,
+        "done"
+    );
+    k.kill();
+    assert!(k.json_lines().is_empty(), "standard output: {}", k.dump());
+    journal.set_nonblocking(true).unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut entries: Vec<Vec<(String, String)>> = Vec::new();
+    while let Ok(n) = journal.recv(&mut buf) {
+        // Every line here is JSON without newlines: only the `NAME=value` form.
+        let text = String::from_utf8(buf[..n].to_vec()).unwrap();
+        entries.push(
+            text.lines()
+                .map(|l| {
+                    let (k, v) = l.split_once('=').unwrap();
+                    (k.to_string(), v.to_string())
+                })
+                .collect(),
+        );
+    }
+    let get =
+        |e: &[(String, String)], k: &str| e.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let messages: Vec<Value> = entries
+        .iter()
+        .map(|e| serde_json::from_str(&get(e, "MESSAGE").unwrap()).unwrap())
+        .collect();
+    let in_file: Vec<Value> = std::fs::read_to_string(&file)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(messages.len() >= 3, "{messages:?}");
+    assert_eq!(messages, in_file);
+    for (e, m) in entries.iter().zip(&messages) {
+        assert_eq!(get(e, "SYSLOG_IDENTIFIER").as_deref(), Some("keel"));
+        assert_eq!(get(e, "KEEL_TYPE").as_deref(), m["type"].as_str(), "{e:?}");
+        assert_eq!(
+            get(e, "KEEL_LEVEL").as_deref(),
+            m["level"].as_str(),
+            "{e:?}"
+        );
+        let priority = match m["level"].as_str() {
+            Some("error") => "3",
+            Some("warn") => "4",
+            _ => "6",
+        };
+        assert_eq!(get(e, "PRIORITY").as_deref(), Some(priority), "{e:?}");
+    }
+    let decision = entries
+        .iter()
+        .find(|e| get(e, "KEEL_TYPE").as_deref() == Some("decision"))
+        .expect("a decision entry");
+    assert_eq!(
+        get(decision, "KEEL_ACTION").as_deref(),
+        Some("drain"),
+        "{decision:?}"
+    );
+    assert!(get(decision, "KEEL_EVENT_ID").is_some(), "{decision:?}");
+}
+
 /// Issue 15, `log.file`: the decision log also goes to a file (beside standard output), the
 /// same lines; the configuration is checked with positions.
 #[tokio::test(flavor = "multi_thread")]
@@ -184,6 +268,10 @@ async fn the_decision_log_also_goes_to_log_file() {
             "keel.yaml:3:14: error: expected a size in bytes",
         ),
         ("log:\n  keep: 3\n", "`log` needs `file`"),
+        (
+            "log:\n  journald: 3\n",
+            "keel.yaml:2:13: error: expected true, false, or the path",
+        ),
     ] {
         let dir = tempfile::tempdir().unwrap();
         let cfg = dir.path().join("keel.yaml");

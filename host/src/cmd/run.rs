@@ -103,7 +103,7 @@ pub fn run(args: Args) -> Exit {
     })
 }
 
-/// Starts the host, its decision log on standard output and in `log.file` when configured
+/// Starts the host, its decision log on standard output (or journald) and in `log.file` when configured
 /// (`keel run`, `keel demo`); a start error is [`report`]ed.
 pub fn start_host(cfg: config::Config) -> Result<std::sync::Arc<run::Host>, Exit> {
     let file = match &cfg.log.file {
@@ -120,8 +120,23 @@ pub fn start_host(cfg: config::Config) -> Result<std::sync::Arc<run::Host>, Exit
             }
         },
     };
+    // journald (natively) instead of standard output: under systemd both would reach the
+    // journal.
+    let first: Box<dyn std::io::Write + Send> = match &cfg.log.journald {
+        None => Box::new(std::io::stdout()),
+        Some(socket) => match run::journald::Journald::connect(socket) {
+            Ok(j) => Box::new(j),
+            Err(e) => {
+                eprintln!(
+                    "error: log.journald {}: {e} (is systemd-journald running?)",
+                    keel_engine::escape(&socket.display().to_string())
+                );
+                return Err(Exit::Host);
+            }
+        },
+    };
     let out = run::logfile::Tee {
-        first: std::io::stdout(),
+        first,
         second: file,
     };
     run::Host::new(cfg, Box::new(out)).map_err(|e| report(&e))

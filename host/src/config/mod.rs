@@ -98,6 +98,9 @@ pub struct LogFile {
     pub max_bytes: u64,
     /// How many rotated files are kept (`<file>.1` … `<file>.<keep>`).
     pub keep: usize,
+    /// journald's socket, when the log goes to journald (natively, instead of standard
+    /// output).
+    pub journald: Option<PathBuf>,
 }
 
 /// Limits on what runs at once (`limits:`).
@@ -540,15 +543,29 @@ fn parse_self(v: &mut V<'_>, val: Option<&Value>) -> Option<String> {
     }
 }
 
-/// `log: {file, max_bytes, keep}`: 64 MiB and 5 files by default.
+/// `log: {file, max_bytes, keep, journald}`: 64 MiB and 5 files by default.
 fn parse_log(v: &mut V<'_>, base: &Path, l: Option<&Value>) -> LogFile {
     let mut log = LogFile {
         file: None,
         max_bytes: 64 << 20,
         keep: 5,
+        journald: None,
     };
     let Some(l) = l else { return log };
-    v.keys("/log", l, &["file", "max_bytes", "keep"]);
+    v.keys("/log", l, &["file", "max_bytes", "keep", "journald"]);
+    match l.get("journald") {
+        None | Some(Value::Bool(false)) => {}
+        Some(Value::Bool(true)) => {
+            log.journald = Some(PathBuf::from(crate::run::journald::DEFAULT_SOCKET));
+        }
+        Some(Value::String(_)) => {
+            log.journald = Some(v.path(base, "/log/journald", l.get("journald"), ""))
+        }
+        Some(_) => v.err(
+            "/log/journald",
+            "expected true, false, or the path of journald's socket",
+        ),
+    }
     if l.get("file").is_some() {
         let f = v.path(base, "/log/file", l.get("file"), "");
         let dir = f.parent().filter(|d| !d.as_os_str().is_empty());
@@ -562,10 +579,10 @@ fn parse_log(v: &mut V<'_>, base: &Path, l: Option<&Value>) -> LogFile {
         } else {
             log.file = Some(f);
         }
-    } else {
+    } else if l.get("journald").is_none() {
         v.err(
             "/log",
-            "`log` needs `file`: the file the decision log also goes to",
+            "`log` needs `file` (the file the decision log also goes to) or `journald`",
         );
     }
     match l.get("max_bytes") {

@@ -13,6 +13,7 @@ pub mod gate;
 pub mod health;
 pub mod http;
 pub mod identity;
+pub mod journald;
 pub mod lock;
 pub mod logfile;
 pub mod metrics;

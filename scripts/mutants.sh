@@ -96,6 +96,10 @@ case "$mode" in
       # test targets too, not all of keel-engine's.
       ta=()
       for t in $tests; do ta+=("--cargo-arg=$t"); done
+      if [ "$name" = decide ] && [ ! -f wasm-plugins/dist/hostile.wasm ]; then
+        # The plugin tests load the built components.
+        cargo run -q -p xtask --locked -- build-plugins
+      fi
       echo "== $name"
       cargo mutants --package keel-engine --timeout "${KEEL_MUTANTS_TIMEOUT:-120}" \
         --build-timeout 600 --profile mutants --no-shuffle "${shard[@]}" \

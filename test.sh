@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every test Keel has: formatting, lints, unit/integration/property tests, doc tests, the
-# engine's wasm32 builds, the published crates (cargo package), the Wasm plugins (built, then their tests and keel test cases), the
-# JavaScript package (Node) and the playground (headless Chromium), and the shipped policies
+# engine's wasm32 builds, the published crates (cargo package), the Wasm plugins (built, then
+# their tests and keel test cases), the JavaScript package (Node) and the playground (headless
+# Chromium), and the shipped policies
 # validated by `keel check`. Needs node and npm (Node 18 or later); installs PostgreSQL and
 # Chromium from Debian's packages when they are missing.
 set -euo pipefail
@@ -61,6 +62,8 @@ echo "   screenshots: target/playground/"
 echo "== keel-engine has no tokio or wasmtime in its default dependency tree"
 if cargo tree -p keel-engine -e normal --locked | grep -E "^.* (tokio|wasmtime) v"; then echo "tokio or wasmtime leaked into keel-engine"; exit 1; fi
 echo "== keel check policies/"; cargo run -q -p keel-host --locked -- check policies/
+echo "== keel fmt --check (the shipped policies and plugin examples are formatted)"
+cargo run -q -p keel-host --locked -- fmt --check policies/ wasm-plugins/examples/
 echo "== keel test policies/"; cargo run -q -p keel-host --locked -- test policies/
 echo "== keel test policies/ --mutate (no standard policy can be removed unnoticed)"
 cargo run -q -p keel-host --locked -- test policies/ --mutate

@@ -27,7 +27,7 @@ pub use exit::Exit;
     long_about = "Keel normalizes cloud platform events (maintenance notices, resource-health \
 changes, failed management operations), evaluates CEL policies against them, and decides an \
 action: retry_without_agent, retry, drain, defer, acknowledge, escalate, or none.",
-    after_help = "Exit codes:\n  0  success\n  1  test failures (`keel test`), the demo did not complete, or (`keel eval --fail`) a decision has errors\n  2  usage error (a path that does not exist), or an unreadable or malformed input\n  3  invalid policy set, test file or configuration\n  4  the host could not start or stopped on an error (state database, its lock, listen address);\n     keel pause, resume, status, history: the state database could not be opened or written\n\nExamples:\n  keel check\n  keel check policies/\n  keel check --config keel.yaml\n  keel eval --policies policies/ --event event.json --explain\n  keel normalize --from azure.scheduled_events doc.json\n  keel test policies/\n  keel test --standard\n  keel policies export ./policies\n  keel demo\n  keel run --config host/examples/keel.yaml\n  keel pause region:westeurope --reason 'platform incident' --config keel.yaml\n  keel status --config keel.yaml\n  keel history --since 2h --action drain\n  keel playground\n  keel plugin new drain-reboots && cd drain-reboots && keel plugin build && keel test ."
+    after_help = "Exit codes:\n  0  success\n  1  test failures (`keel test`), the demo did not complete, or (`keel eval --fail`) a decision has errors\n  2  usage error (a path that does not exist), or an unreadable or malformed input\n  3  invalid policy set, test file or configuration\n  4  the host could not start or stopped on an error (state database, its lock, listen address);\n     keel pause, resume, status, history: the state database could not be opened or written\n\nExamples:\n  keel check\n  keel check policies/\n  keel check --config keel.yaml\n  keel fmt --check policies/\n  keel eval --policies policies/ --event event.json --explain\n  keel normalize --from azure.scheduled_events doc.json\n  keel test policies/\n  keel test --standard\n  keel policies export ./policies\n  keel demo\n  keel run --config host/examples/keel.yaml\n  keel pause region:westeurope --reason 'platform incident' --config keel.yaml\n  keel status --config keel.yaml\n  keel history --since 2h --action drain\n  keel playground\n  keel plugin new drain-reboots && cd drain-reboots && keel plugin build && keel test ."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -38,6 +38,7 @@ struct Cli {
 enum Command {
     Eval(cmd::eval::Args),
     Check(cmd::check::Args),
+    Fmt(cmd::fmt::Args),
     Normalize(cmd::normalize::Args),
     Test(cmd::test::Args),
     Run(cmd::run::Args),
@@ -57,6 +58,7 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Command::Eval(args) => cmd::eval::run(args),
         Command::Check(args) => cmd::check::run(args),
+        Command::Fmt(args) => cmd::fmt::run(args),
         Command::Normalize(args) => cmd::normalize::run(args),
         Command::Test(args) => cmd::test::run(args),
         Command::Run(args) => cmd::run::run(args),

@@ -432,3 +432,46 @@ fn check_prints_warnings_and_still_passes() {
     assert!(w[0]["line"].is_null());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `keel fmt`: --check lists what would change (exit 1) and writes nothing; without it the
+/// file is rewritten with its comments, and a second run changes nothing; a file that does not
+/// parse is reported with its position (exit 3) and left alone.
+#[test]
+fn fmt_checks_rewrites_and_refuses() {
+    let d = tempfile::tempdir().unwrap();
+    let messy = "# team policies\r\nversion: 1   \r\npolicies:\r\n\r\n\r\n  - action: drain   # why\r\n    name: team.drain\r\n    on: [maintenance]\r\n";
+    let f = write(d.path(), "team.yaml", messy.as_bytes());
+    let other = write(d.path(), "keel.yaml", b"state: x.db\n");
+    let out = keel(&["fmt", "--check", d.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), f);
+    assert_eq!(std::fs::read_to_string(&f).unwrap(), messy);
+
+    let out = keel(&["fmt", d.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read_to_string(&f).unwrap(),
+        "# team policies\nversion: 1\npolicies:\n\n  - name: team.drain\n    on: [maintenance]\n    action: drain   # why\n"
+    );
+    assert_eq!(std::fs::read_to_string(&other).unwrap(), "state: x.db\n");
+    let out = keel(&["fmt", "--check", &f]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).is_empty());
+    let out = keel(&["check", &f]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    let bad = write(d.path(), "bad.yaml", b"policies:\n  - name: [unclosed\n");
+    let out = keel(&["fmt", &bad]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("bad.yaml:"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(&bad).unwrap(),
+        b"policies:\n  - name: [unclosed\n"
+    );
+    let out = keel(&["fmt", "no/such/dir"]);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -4,6 +4,7 @@ pub mod check;
 pub mod demo;
 pub mod eval;
 pub mod eval_input;
+pub mod fmt;
 pub mod history;
 pub mod normalize;
 pub mod pause;

@@ -84,6 +84,34 @@ impl Faults {
         })
     }
 
+    /// Every policy's (consecutive faults, quarantined), for [`crate::History::to_json`].
+    pub(crate) fn entries(&self) -> Vec<(String, u32, bool)> {
+        self.snapshot()
+            .into_iter()
+            .map(|(k, c)| (k, c.consecutive, c.quarantined))
+            .collect()
+    }
+
+    /// Fault counters restored by [`crate::History::from_json`].
+    pub(crate) fn from_entries(entries: impl IntoIterator<Item = (String, u32, bool)>) -> Faults {
+        Faults {
+            counts: Mutex::new(
+                entries
+                    .into_iter()
+                    .map(|(k, consecutive, quarantined)| {
+                        (
+                            k,
+                            Count {
+                                consecutive,
+                                quarantined,
+                            },
+                        )
+                    })
+                    .collect(),
+            ),
+        }
+    }
+
     pub(crate) fn release(&self, policy: &str) {
         self.with(|m| {
             m.remove(policy);

@@ -28,6 +28,9 @@ use crate::event::{Event, Timestamp};
 use crate::fields::{self, FieldId, FieldValue};
 use crate::scope;
 
+mod save;
+pub use save::{HistoryLoadError, HISTORY_FORMAT};
+
 /// Default bound on remembered events.
 pub const DEFAULT_MAX_EVENTS: usize = 50_000;
 /// Default retention: entries older than this (relative to the event being recorded) are dropped.

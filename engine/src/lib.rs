@@ -125,7 +125,7 @@ pub use faults::PLUGIN_QUARANTINE_FAULTS;
 pub use guard::{
     FlapGuard, GuardConfig, GuardHold, GuardName, RetryBudget, StormGuard, PAGE_GAP_S,
 };
-pub use history::History;
+pub use history::{History, HistoryLoadError, HISTORY_FORMAT};
 pub use key::{KeyError, KeyExpr, KeyExprError};
 #[cfg(feature = "plugins")]
 pub use plugin::{PluginCache, PLUGIN_INTERFACE};

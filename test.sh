@@ -30,6 +30,8 @@ cargo test -p keel-host --locked
 # count effects) runs with the host's other tests.
 cargo test -p keel-host --all-features --locked
 cargo test -p keel-engine-module --locked
+# The provisioning agent built on libazureinit, against its loopback IMDS/wireserver stub.
+cargo test -p keel-example-azure-init-agent --locked
 cargo test -p xtask --locked
 echo "== wasm32 builds of keel-engine (no default features)"
 for t in wasm32-unknown-unknown wasm32-wasip1; do

@@ -475,3 +475,35 @@ fn fmt_checks_rewrites_and_refuses() {
     let out = keel(&["fmt", "no/such/dir"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// A `kubernetes` step is checked at its position: a node name Kubernetes would refuse (it
+/// also goes into a field selector), a negative grace period; a keel built without the
+/// feature refuses the step itself and says how to get one with it.
+#[test]
+fn kubernetes_steps_are_checked_with_positions() {
+    let d = tempfile::tempdir().unwrap();
+    let pol = root().join("policies/standard");
+    let cfg = write(
+        d.path(),
+        "keel.yaml",
+        format!(
+            "policies: {}\nstate: s.db\nrunbooks:\n  drain:\n    - kubernetes: {{ node: 'Node_1,spec.x=y', grace_period_s: -1 }}\n",
+            pol.display()
+        )
+        .as_bytes(),
+    );
+    let out = keel(&["check", "--config", &cfg]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    if cfg!(feature = "kubernetes") {
+        assert!(
+            err.contains("keel.yaml:5:") && err.contains("expected a node name"),
+            "{err}"
+        );
+    } else {
+        assert!(
+            err.contains("keel.yaml:5:") && err.contains("--features kubernetes"),
+            "{err}"
+        );
+    }
+}

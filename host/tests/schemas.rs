@@ -30,6 +30,7 @@ const ROOT_KEYS: &[&str] = &[
     "sources",
     "runbooks",
     "arm",
+    "kubernetes",
     "unready_after",
     "policy_reload_interval",
     "limits",

@@ -59,6 +59,10 @@ pub struct Config {
     /// Where `arm` steps may act (`arm.scopes`): subscriptions or resource groups. Required
     /// when a runbook has an `arm` step; a resource outside every scope is never written.
     pub arm_scopes: Vec<ArmScope>,
+    /// The kubeconfig `kubernetes` steps use (`kubernetes.kubeconfig`); none: the pod's
+    /// service account in a cluster, else `$KUBECONFIG` or `~/.kube/config`.
+    #[cfg_attr(not(feature = "kubernetes"), allow(dead_code))]
+    pub kubeconfig: Option<PathBuf>,
     /// Runbooks: the ordered steps of each action.
     pub runbooks: BTreeMap<Action, Vec<Step>>,
     /// A source that has failed for this long makes /readyz red.
@@ -368,6 +372,7 @@ const ROOT_KEYS: &[&str] = &[
     "sources",
     "runbooks",
     "arm",
+    "kubernetes",
     "unready_after",
     "policy_reload_interval",
     "limits",
@@ -449,6 +454,7 @@ fn parse(path: &Path, bytes: &[u8], base: &Path, secrets: bool) -> Result<Config
     let azure_identity = parse_identity(&mut v, root.get("azure_identity"));
     let arm_scopes = parse_arm_scopes(&mut v, root.get("arm"));
     let sources = parse_sources(&mut v, &base, &root, self_name.as_deref(), listen);
+    let kubeconfig = runbooks::parse_kubernetes(&mut v, &base, root.get("kubernetes"));
     let runbooks = parse_runbooks(&mut v, &root);
     let guards = guards::parse_guards(&mut v, root.get("guards"));
     let budgets = budgets::parse_budgets(&mut v);
@@ -476,6 +482,7 @@ fn parse(path: &Path, bytes: &[u8], base: &Path, secrets: bool) -> Result<Config
         files: sources.files,
         azure_identity,
         arm_scopes,
+        kubeconfig,
         runbooks,
         unready_after,
         reload_interval,

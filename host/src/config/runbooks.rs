@@ -67,6 +67,126 @@ pub enum StepKind {
     },
     /// Write the decision to the log.
     Log,
+    /// Cordon this host's Kubernetes node and evict its pods (`kubernetes:`), or, for a
+    /// maintenance event that completed, uncordon the node Keel cordoned for it.
+    Kubernetes(KubeStep),
+}
+
+/// A `kubernetes` step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubeStep {
+    /// The node (`node:`); none: the host's `self` name.
+    pub node: Option<String>,
+    /// What the step does.
+    pub op: KubeOp,
+    /// Uncordon the node once the event completes or is canceled (`uncordon`, default true):
+    /// Keel adds that step to the event's completion by itself.
+    pub uncordon: bool,
+    /// The pods' termination grace on eviction (`grace_period_s`); none: each pod's own.
+    pub grace_period_s: Option<i64>,
+}
+
+/// What a `kubernetes` step does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KubeOp {
+    /// Cordon the node and evict its pods (`evict: true`, the default) through the Eviction
+    /// API, which respects PodDisruptionBudgets, until none is left or the step's timeout.
+    Drain,
+    /// Cordon only (`evict: false`).
+    Cordon,
+    /// Uncordon the node if Keel cordoned it for this event (the completion step).
+    Uncordon,
+}
+
+/// A Kubernetes node name as a `kubernetes` step may name it: an RFC 1123 subdomain (what
+/// the API server accepts; it also goes into a field selector, so nothing else may).
+pub fn node_name_ok(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// The top-level `kubernetes: { kubeconfig }`.
+pub(super) fn parse_kubernetes(v: &mut V<'_>, base: &Path, k: Option<&Value>) -> Option<PathBuf> {
+    let k = k?;
+    v.keys("/kubernetes", k, &["kubeconfig"]);
+    if !k.is_object() {
+        v.err("/kubernetes", "expected a map: { kubeconfig: path }");
+        return None;
+    }
+    let p = k.get("kubeconfig")?;
+    let path = v.path(base, "/kubernetes/kubeconfig", Some(p), "");
+    if !path.is_file() {
+        v.err(
+            "/kubernetes/kubeconfig",
+            format!("`{}`: no such file", path.display()),
+        );
+        return None;
+    }
+    Some(path)
+}
+
+/// A `kubernetes` step: `{ node?, evict?, uncordon?, grace_period_s? }`.
+pub(super) fn parse_kube_step(v: &mut V<'_>, p: &str, k: Option<&Value>) -> Option<StepKind> {
+    if !cfg!(feature = "kubernetes") {
+        v.err(
+            p,
+            "this keel was built without the `kubernetes` feature (cargo install --path host --features kubernetes; the container image has it)",
+        );
+        return None;
+    }
+    let k = match k {
+        Some(k @ Value::Object(_)) => k,
+        Some(Value::Null) | None => &Value::Object(serde_json::Map::new()),
+        Some(_) => {
+            v.err(
+                p,
+                "`kubernetes` is a map: { node?, evict?, uncordon?, grace_period_s? }",
+            );
+            return None;
+        }
+    };
+    v.keys(p, k, &["node", "evict", "uncordon", "grace_period_s"]);
+    let node = match k.get("node") {
+        None => None,
+        Some(Value::String(n)) if node_name_ok(n) => Some(n.clone()),
+        Some(_) => {
+            v.err(
+                &format!("{p}/node"),
+                "expected a node name (lowercase letters, digits, `-` and `.`)",
+            );
+            return None;
+        }
+    };
+    let evict = v.boolean(&format!("{p}/evict"), k.get("evict"), true);
+    let uncordon = v.boolean(&format!("{p}/uncordon"), k.get("uncordon"), true);
+    let grace_period_s = match k.get("grace_period_s") {
+        None => None,
+        Some(n) => match n.as_i64() {
+            Some(g) if (0..=86_400).contains(&g) => Some(g),
+            _ => {
+                v.err(
+                    &format!("{p}/grace_period_s"),
+                    "expected seconds from 0 to 86400",
+                );
+                return None;
+            }
+        },
+    };
+    Some(StepKind::Kubernetes(KubeStep {
+        node,
+        op: if evict { KubeOp::Drain } else { KubeOp::Cordon },
+        uncordon,
+        grace_period_s,
+    }))
 }
 
 /// A scope that `arm` steps may act in (`arm.scopes`): a whole subscription
@@ -289,6 +409,7 @@ pub(super) fn parse_step(v: &mut V<'_>, p: &str, item: &Value) -> Option<Step> {
             "azure_ack",
             "arm",
             "log",
+            "kubernetes",
             "timeout",
             "retries",
             "backoff",
@@ -296,7 +417,7 @@ pub(super) fn parse_step(v: &mut V<'_>, p: &str, item: &Value) -> Option<Step> {
             "env",
         ],
     );
-    let kinds: Vec<&str> = ["exec", "http", "azure_ack", "arm", "log"]
+    let kinds: Vec<&str> = ["exec", "http", "azure_ack", "arm", "log", "kubernetes"]
         .into_iter()
         .filter(|k| item.get(*k).is_some())
         .collect();
@@ -318,8 +439,12 @@ pub(super) fn parse_step(v: &mut V<'_>, p: &str, item: &Value) -> Option<Step> {
         ["azure_ack"] => StepKind::AzureAck,
         ["arm"] => parse_arm(v, &format!("{p}/arm"), item.get("arm"))?,
         ["log"] => StepKind::Log,
+        ["kubernetes"] => parse_kube_step(v, &format!("{p}/kubernetes"), item.get("kubernetes"))?,
         [] => {
-            v.err(p, "a step needs one of exec, http, azure_ack, arm, log");
+            v.err(
+                p,
+                "a step needs one of exec, http, azure_ack, arm, log, kubernetes",
+            );
             return None;
         }
         _ => {
@@ -338,10 +463,17 @@ pub(super) fn parse_step(v: &mut V<'_>, p: &str, item: &Value) -> Option<Step> {
             String::new()
         }
     };
+    // A drain waits for its pods to leave: ten minutes unless told otherwise.
+    let default_timeout = match kind {
+        StepKind::Kubernetes(KubeStep {
+            op: KubeOp::Drain, ..
+        }) => Duration::from_secs(600),
+        _ => Duration::from_secs(30),
+    };
     let timeout = v.duration(
         &format!("{p}/timeout"),
         item.get("timeout"),
-        Duration::from_secs(30),
+        default_timeout,
     );
     let backoff = v.duration(
         &format!("{p}/backoff"),

@@ -14,6 +14,8 @@ pub mod health;
 pub mod http;
 pub mod identity;
 pub mod journald;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 pub mod lock;
 pub mod logfile;
 pub mod metrics;
@@ -35,7 +37,7 @@ use keel_engine::{escape, Action, Ctx, Decision, Engine, Event, History};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::config::Config;
+use crate::config::{Config, Step, StepKind};
 use health::{Change, Health};
 use metrics::Metrics;
 use store::{Db, IngestRecord, NewDecision, NewOutbox, Store, StoreError};
@@ -379,6 +381,50 @@ impl Host {
         }
     }
 
+    /// The steps of the runbook of `d` for `ev`: its action's; or, when it has none and `ev`
+    /// is a maintenance event that completed or was canceled, the uncordon of each node a
+    /// `kubernetes` step may have cordoned for it (the step says whether Keel did).
+    pub fn steps_for(&self, ev: &Event, d: &Decision) -> Vec<Step> {
+        if let Some(steps) = self.cfg.runbooks.get(&d.action).filter(|s| !s.is_empty()) {
+            return steps.clone();
+        }
+        let finished = ev
+            .maintenance
+            .as_ref()
+            .is_some_and(|m| matches!(m.status.as_str(), "completed" | "canceled"));
+        if !finished {
+            return Vec::new();
+        }
+        let mut out: Vec<Step> = Vec::new();
+        for step in self.cfg.runbooks.values().flatten() {
+            let StepKind::Kubernetes(k) = &step.kind else {
+                continue;
+            };
+            let uncordon = crate::config::KubeStep {
+                op: crate::config::KubeOp::Uncordon,
+                ..k.clone()
+            };
+            if !k.uncordon
+                || k.op == crate::config::KubeOp::Uncordon
+                || out
+                    .iter()
+                    .any(|s| matches!(&s.kind, StepKind::Kubernetes(u) if *u == uncordon))
+            {
+                continue;
+            }
+            out.push(Step {
+                name: format!("kubernetes-uncordon-{}", out.len() + 1),
+                kind: StepKind::Kubernetes(uncordon),
+                timeout: std::time::Duration::from_secs(60),
+                retries: 2,
+                backoff: std::time::Duration::from_secs(1),
+                idempotent: true,
+                env: Vec::new(),
+            });
+        }
+        out
+    }
+
     /// The policy set in use.
     pub fn engine(&self) -> Arc<Engine> {
         match self.engine.read() {
@@ -523,7 +569,7 @@ impl Host {
             .observe("keel_decide_seconds", &[], started.elapsed().as_secs_f64());
         let id = decision_id(ev);
         let mode = if self.cfg.dry_run { "dry_run" } else { "live" };
-        let steps = self.cfg.runbooks.get(&decision.action).map_or(0, Vec::len);
+        let steps = self.steps_for(ev, &decision).len();
         let runbook = if steps == 0 {
             "done"
         } else if self.cfg.dry_run {
@@ -615,14 +661,7 @@ impl Host {
             );
         }
         if self.cfg.dry_run {
-            for (i, s) in self
-                .cfg
-                .runbooks
-                .get(&decision.action)
-                .into_iter()
-                .flatten()
-                .enumerate()
-            {
+            for (i, s) in self.steps_for(ev, &decision).iter().enumerate() {
                 fx.logs.push(
                     stamp(&serde_json::json!({
                         "decision_id": id, "step": s.name, "index": i, "attempt": 1,

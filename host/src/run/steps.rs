@@ -46,12 +46,7 @@ fn missed(deadline: DateTime<Utc>) -> String {
 /// approval of a canceled event). A failed runbook escalates (in the decision log and the
 /// outbox).
 pub async fn run_runbook(host: Arc<Host>, decision_id: String, ev: Event, d: Decision) {
-    let steps = host
-        .cfg
-        .runbooks
-        .get(&d.action)
-        .cloned()
-        .unwrap_or_default();
+    let steps = host.steps_for(&ev, &d);
     let decided_at = host
         .store
         .decided_at(&decision_id)
@@ -97,7 +92,9 @@ pub async fn run_runbook(host: Arc<Host>, decision_id: String, ev: Event, d: Dec
         }
         // The gate (pause, window, blocker, budget) holds a runbook before its first effect,
         // never in the middle of them.
-        if !canceled && !pause_checked && !matches!(step.kind, StepKind::Log) {
+        // An uncordon gives capacity back: no gate holds it, nor a cancellation.
+        let uncordon = is_uncordon(step);
+        if !canceled && !pause_checked && !matches!(step.kind, StepKind::Log) && !uncordon {
             pause_checked = true;
             // The gate reads the store (pauses, leases): with a fleet's database away, wait
             // for it rather than pass a gate nobody could ask.
@@ -155,7 +152,7 @@ pub async fn run_runbook(host: Arc<Host>, decision_id: String, ev: Event, d: Dec
                 // (durably, with retries): the decision itself is not sent twice.
                 ("skipped: delivered through the outbox".to_string(), 1)
             }
-            StepRecord::New | StepRecord::InDoubt if canceled => {
+            StepRecord::New | StepRecord::InDoubt if canceled && !uncordon => {
                 skipped = true;
                 ("skipped: the event was canceled".to_string(), 0)
             }
@@ -246,6 +243,14 @@ fn was_canceled(host: &Host, ev: &Event) -> bool {
             .any(|s| host.store.seen(&ev.id, s).unwrap_or(false))
 }
 
+/// Whether `step` is the uncordon Keel adds to a maintenance event's completion.
+fn is_uncordon(step: &Step) -> bool {
+    matches!(
+        &step.kind,
+        StepKind::Kubernetes(k) if k.op == crate::config::KubeOp::Uncordon
+    )
+}
+
 fn executor(k: &StepKind) -> &'static str {
     match k {
         StepKind::Exec(_) => "exec",
@@ -253,6 +258,7 @@ fn executor(k: &StepKind) -> &'static str {
         StepKind::AzureAck => "azure_ack",
         StepKind::Arm { .. } => "arm",
         StepKind::Log => "log",
+        StepKind::Kubernetes(_) => "kubernetes",
     }
 }
 
@@ -392,6 +398,15 @@ async fn once(
                 .map(|()| "ok".to_string())
         }
         StepKind::AzureAck => azure_ack(host, ev, decision_id).await,
+        #[cfg(feature = "kubernetes")]
+        StepKind::Kubernetes(k) => {
+            super::kubernetes::run(host, k, step.timeout, ev, d, decision_id).await
+        }
+        // The configuration refuses the step in a build without the feature.
+        #[cfg(not(feature = "kubernetes"))]
+        StepKind::Kubernetes(_) => Err(StepError::permanent(
+            "this keel was built without the `kubernetes` feature",
+        )),
         StepKind::Arm {
             endpoint,
             api_version,

@@ -154,3 +154,26 @@ fn what_is_not_a_saved_history_is_refused_with_its_position() {
         serde_json::json!({"failure.category": "vm_agent"})
     );
 }
+
+#[test]
+fn each_decision_of_a_resource_keeps_its_own_action() {
+    let engine = standard();
+    let mut h = History::new();
+    // The same VM: a transient failure retried, then one that is not retried.
+    let a = failure(1, "eastus2", 1, t0());
+    let mut b = failure(1, "eastus2", 2, t0() + Duration::seconds(30));
+    b.failure.as_mut().unwrap().code = "QuotaExceeded".into();
+    let da = step(&engine, &mut h, &a);
+    let db = step(&engine, &mut h, &b);
+    assert_ne!(da.action, db.action, "{:?} {:?}", da.action, db.action);
+    let saved: serde_json::Value = serde_json::from_str(&h.to_json()).unwrap();
+    let actions: Vec<&str> = saved["decisions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, vec![da.action.as_str(), db.action.as_str()]);
+    let restored = History::from_json(&h.to_json()).unwrap();
+    assert_eq!(restored.to_json(), h.to_json());
+}

@@ -14,6 +14,9 @@
 #       The full run over the engine's core files (normalizers, history, the decide path),
 #       group by group, each with its own tests: slow (hours on 2 cores); its per-file scores
 #       (`scripts/mutants.sh table`) go into TESTING.md.
+#   scripts/mutants.sh again FILE [-- extra cargo-mutants args]
+#       Runs again the mutants named in FILE (e.g. a full run's missed.txt), each in its group
+#       with that group's tests: after writing tests for survivors.
 #   scripts/mutants.sh table
 #       The per-file table of the full runs recorded under target/mutants/full.
 #
@@ -39,6 +42,18 @@ out="${KEEL_MUTANTS_OUT:-target/mutants}"
 mkdir -p "$out"
 common=(--package keel-engine --all-features --timeout "${KEEL_MUTANTS_TIMEOUT:-300}" --output "$out")
 
+# The full run's groups: name|files|the tests each mutant of them runs.
+nz="--test normalize_cross_source --test snapshots_fixtures"
+groups=(
+  "aws_imds|engine/src/normalize/aws_imds.rs|--lib --test normalize_aws_imds $nz"
+  "azure_arm|engine/src/normalize/azure_arm/*.rs|--lib --test normalize_azure_arm $nz"
+  "resource_health|engine/src/normalize/azure_resource_health/*.rs|--lib --test normalize_azure_resource_health $nz"
+  "scheduled_events|engine/src/normalize/azure_scheduled_events.rs engine/src/normalize/azure_maintenance_v1.rs|--test normalize_azure_scheduled_events $nz"
+  "gcp_metadata|engine/src/normalize/gcp_metadata.rs|--lib --test normalize_gcp_metadata $nz"
+  "normalize_shared|engine/src/normalize/azure_id.rs engine/src/normalize/classify.rs engine/src/normalize/http.rs engine/src/normalize/json.rs engine/src/normalize/mod.rs engine/src/normalize/time.rs engine/src/normalize/transform.rs|--lib --test normalize_aws_imds --test normalize_azure_arm --test normalize_azure_resource_health --test normalize_azure_scheduled_events --test normalize_gcp_metadata --test transform --test fuzz $nz"
+  "history|engine/src/history.rs engine/src/history/*.rs|--lib --test history --test history_save --test decide --test testing"
+  "decide|engine/src/decide.rs engine/src/engine.rs engine/src/index.rs|--features=plugins --lib --test decide --test index --test parity --test guard --test limits --test load --test plugins"
+)
 case "$mode" in
   ci)
     if ! git rev-parse -q --verify HEAD^ >/dev/null; then
@@ -70,17 +85,6 @@ case "$mode" in
     # KEEL_MUTANTS_SHARD=k/n runs the k-th of n round-robin shards (one per worktree, so two
     # cores build two mutants at once); KEEL_MUTANTS_GROUPS="a b" runs only those groups.
     [ "${1:-}" = "--" ] && shift
-    nz="--test normalize_cross_source --test snapshots_fixtures"
-    groups=(
-      "aws_imds|engine/src/normalize/aws_imds.rs|--lib --test normalize_aws_imds $nz"
-      "azure_arm|engine/src/normalize/azure_arm/*.rs|--lib --test normalize_azure_arm $nz"
-      "resource_health|engine/src/normalize/azure_resource_health/*.rs|--lib --test normalize_azure_resource_health $nz"
-      "scheduled_events|engine/src/normalize/azure_scheduled_events.rs engine/src/normalize/azure_maintenance_v1.rs|--test normalize_azure_scheduled_events $nz"
-      "gcp_metadata|engine/src/normalize/gcp_metadata.rs|--lib --test normalize_gcp_metadata $nz"
-      "normalize_shared|engine/src/normalize/azure_id.rs engine/src/normalize/classify.rs engine/src/normalize/http.rs engine/src/normalize/json.rs engine/src/normalize/mod.rs engine/src/normalize/time.rs engine/src/normalize/transform.rs|--lib --test normalize_aws_imds --test normalize_azure_arm --test normalize_azure_resource_health --test normalize_azure_scheduled_events --test normalize_gcp_metadata --test transform --test fuzz $nz"
-      "history|engine/src/history.rs|--lib --test history --test decide --test testing"
-      "decide|engine/src/decide.rs engine/src/engine.rs engine/src/index.rs|--features=plugins --lib --test decide --test index --test parity --test guard --test limits --test load --test plugins"
-    )
     shard=()
     [ -n "${KEEL_MUTANTS_SHARD:-}" ] && shard=(--shard "$KEEL_MUTANTS_SHARD" --sharding round-robin)
     status=0
@@ -109,6 +113,32 @@ case "$mode" in
     bash "$0" table
     exit "$status"
     ;;
+  again)
+    # Runs again the mutants named in FILE (one per line, as cargo-mutants prints them, e.g. a
+    # full run's missed.txt), each in its group with that group's tests: after writing tests
+    # for survivors, to see them caught.
+    list="${1:?usage: scripts/mutants.sh again FILE [-- extra cargo-mutants args]}"
+    shift
+    [ "${1:-}" = "--" ] && shift
+    status=0
+    for g in "${groups[@]}"; do
+      IFS='|' read -r name files _ <<<"$g"
+      res=()
+      while IFS= read -r m; do
+        [ -n "$m" ] || continue
+        f="${m%%:*}"
+        for pat in $files; do
+          # shellcheck disable=SC2053 # the group's file patterns are globs
+          if [[ $f == $pat ]]; then
+            res+=(--re "^$(printf '%s' "$m" | sed -e 's/[][\\.+*?(){}|^$]/\\&/g')\$")
+          fi
+        done
+      done <"$list"
+      [ ${#res[@]} -eq 0 ] && continue
+      KEEL_MUTANTS_GROUPS="$name" bash "$0" full -- "${res[@]}" "$@" || status=$?
+    done
+    exit "$status"
+    ;;
   table)
     # The per-file table of every full run under $out/full (all shards summed).
     find "$out/full" -name outcomes.json -path '*mutants.out*' 2>/dev/null | sort | while read -r f; do
@@ -129,7 +159,7 @@ case "$mode" in
       }' | { read -r h1; read -r h2; echo "$h1"; echo "$h2"; sort; }
     ;;
   *)
-    echo "usage: scripts/mutants.sh diff [BASE] [-- cargo-mutants args] | ci | full [-- cargo-mutants args] | table" >&2
+    echo "usage: scripts/mutants.sh diff [BASE] [-- cargo-mutants args] | ci | full [-- cargo-mutants args] | again FILE [-- args] | table" >&2
     exit 2
     ;;
 esac

@@ -499,17 +499,19 @@ impl HistoryData {
         self.trim(ev.time);
     }
 
+    /// Remembers `action` for `resource` at `time`, in both lists (in the same order).
+    fn push_decision(&mut self, time: Timestamp, resource: &str, action: Action) {
+        let resource = self.intern(resource);
+        self.by_resource
+            .entry(resource.clone())
+            .or_default()
+            .push_back((time, action));
+        self.decisions.push_back(DecisionEntry { time, resource });
+    }
+
     fn record_decision(&mut self, ev: &Event, d: &Decision) {
         if let Some(r) = resource_key(ev) {
-            let resource = self.intern(r);
-            self.by_resource
-                .entry(resource.clone())
-                .or_default()
-                .push_back((ev.time, d.action));
-            self.decisions.push_back(DecisionEntry {
-                time: ev.time,
-                resource,
-            });
+            self.push_decision(ev.time, r, d.action);
         }
         for e in &d.escalations {
             self.fired.entry(e.key.clone()).or_insert(ev.time);

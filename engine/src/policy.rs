@@ -21,6 +21,20 @@ const MAX_DIR_DEPTH: usize = 32;
 /// The newest policy-file format version this engine reads.
 pub const FORMAT_VERSION: i64 = 1;
 
+/// The keys a policy may have, in the order the documentation (and `keel fmt`) gives them.
+pub const POLICY_KEYS: &[&str] = &[
+    "name",
+    "description",
+    "on",
+    "when",
+    "action",
+    "priority",
+    "reason",
+    "reason_expr",
+    "params",
+    "plugin",
+];
+
 /// How a retry's delay grows with the attempt number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Backoff {
@@ -281,19 +295,7 @@ impl Cx<'_, '_> {
     }
 
     fn policy(&mut self, n: &MarkedYaml<'_>) -> Option<PolicySpec> {
-        const KEYS: &[&str] = &[
-            "name",
-            "description",
-            "on",
-            "when",
-            "action",
-            "priority",
-            "reason",
-            "reason_expr",
-            "params",
-            "plugin",
-        ];
-        let entries = self.map(n, "a policy", KEYS)?;
+        let entries = self.map(n, "a policy", POLICY_KEYS)?;
         let before = self.diags.len();
         let mut name = None;
         let mut description = None;

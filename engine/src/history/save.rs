@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::{DecisionEntry, Entry, GuardIndex, History, HistoryData, Val};
+use super::{Entry, GuardIndex, History, HistoryData, Val};
 use crate::decision::Action;
 use crate::event::Timestamp;
 use crate::fields;
@@ -242,15 +242,7 @@ impl History {
         let mut decisions = saved.decisions;
         decisions.sort_by_key(|x| x.time);
         for x in decisions {
-            let resource = d.intern(&x.resource);
-            d.by_resource
-                .entry(resource.clone())
-                .or_default()
-                .push_back((x.time, x.action));
-            d.decisions.push_back(DecisionEntry {
-                time: x.time,
-                resource,
-            });
+            d.push_decision(x.time, &x.resource, x.action);
         }
         d.fired = saved.fired.into_iter().collect();
         d.evicted_until = saved.evicted_until;

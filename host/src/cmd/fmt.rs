@@ -11,6 +11,9 @@
 
 use std::path::{Path, PathBuf};
 
+// The keys of a policy in their documented order: the engine's list, so a new key is ordered too.
+use keel_engine::POLICY_KEYS;
+
 use crate::{render, Exit};
 
 /// Rewrite policy and test files in Keel's layout (comments kept), or check that they are.
@@ -26,20 +29,6 @@ pub struct Args {
     #[arg(long)]
     pub check: bool,
 }
-
-/// The keys of a policy, in the order `keel fmt` gives them.
-const POLICY_KEYS: &[&str] = &[
-    "name",
-    "description",
-    "on",
-    "when",
-    "action",
-    "priority",
-    "reason",
-    "reason_expr",
-    "params",
-    "plugin",
-];
 
 /// Runs `keel fmt`.
 pub fn run(args: Args) -> Exit {

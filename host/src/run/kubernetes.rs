@@ -142,6 +142,15 @@ pub async fn run(
     })
 }
 
+/// The event Keel cordoned `node` for, if it did.
+fn cordoned_for(node: &Node) -> Option<&str> {
+    node.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(CORDONED_FOR))
+        .map(String::as_str)
+}
+
 /// Cordons `node`, recording `key` on it unless someone else had cordoned it already.
 async fn cordon(client: &Client, node: &str, key: &str) -> Result<&'static str, StepError> {
     let nodes: Api<Node> = Api::all(client.clone());
@@ -150,12 +159,7 @@ async fn cordon(client: &Client, node: &str, key: &str) -> Result<&'static str, 
         .await
         .map_err(|e| failed(&format!("node {node}"), &e))?;
     let unschedulable = n.spec.as_ref().and_then(|s| s.unschedulable) == Some(true);
-    let ours = n
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(CORDONED_FOR))
-        .is_some();
+    let ours = cordoned_for(&n).is_some();
     if unschedulable && !ours {
         return Ok("the node was cordoned already (not by Keel: it stays cordoned)");
     }
@@ -177,13 +181,7 @@ async fn uncordon(client: &Client, node: &str, key: &str) -> Result<String, Step
         .get(node)
         .await
         .map_err(|e| failed(&format!("node {node}"), &e))?;
-    let mark = n
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(CORDONED_FOR))
-        .cloned();
-    if mark.as_deref() != Some(key) {
+    if cordoned_for(&n) != Some(key) {
         return Ok("skipped: Keel did not cordon the node for this event".into());
     }
     let patch = serde_json::json!({

@@ -381,19 +381,23 @@ impl Host {
         }
     }
 
-    /// The steps of the runbook of `d` for `ev`: its action's; or, when it has none and `ev`
-    /// is a maintenance event that completed or was canceled, the uncordon of each node a
-    /// `kubernetes` step may have cordoned for it (the step says whether Keel did).
+    /// The steps of the runbook of `d` for `ev`: its action's; when `ev` is a maintenance
+    /// event that completed or was canceled, first the uncordon of each node a `kubernetes`
+    /// step may have cordoned for it (the step says whether Keel did: capacity comes back
+    /// before anything else of the runbook, which may fail).
     pub fn steps_for(&self, ev: &Event, d: &Decision) -> Vec<Step> {
-        if let Some(steps) = self.cfg.runbooks.get(&d.action).filter(|s| !s.is_empty()) {
-            return steps.clone();
-        }
+        let steps: Vec<Step> = self
+            .cfg
+            .runbooks
+            .get(&d.action)
+            .cloned()
+            .unwrap_or_default();
         let finished = ev
             .maintenance
             .as_ref()
             .is_some_and(|m| matches!(m.status.as_str(), "completed" | "canceled"));
         if !finished {
-            return Vec::new();
+            return steps;
         }
         let mut out: Vec<Step> = Vec::new();
         for step in self.cfg.runbooks.values().flatten() {
@@ -422,6 +426,7 @@ impl Host {
                 env: Vec::new(),
             });
         }
+        out.extend(steps);
         out
     }
 

@@ -10,9 +10,8 @@ cd "$(dirname "$0")"
 
 echo "== cargo fmt";   cargo fmt --all -- --check
 (cd wasm-plugins && cargo fmt --all -- --check)
-echo "== cargo clippy"; cargo clippy --workspace --all-targets --locked -- -D warnings
-# The host's optional Kubernetes client (the `kubernetes` step), linted too.
-cargo clippy -p keel-host --all-targets --features kubernetes --locked -- -D warnings
+# With the host's optional Kubernetes client (the `kubernetes` step): linted in the same pass.
+echo "== cargo clippy"; cargo clippy --workspace --all-targets --features keel-host/kubernetes --locked -- -D warnings
 (cd wasm-plugins && cargo clippy --workspace --locked --target wasm32-unknown-unknown -- -D warnings)
 echo "== Wasm plugins: the SDK's examples and the hostile test plugin into wasm-plugins/dist/"
 cargo run -q -p xtask --locked -- build-plugins

@@ -312,7 +312,12 @@ async fn a_reboot_cordons_evicts_approves_and_uncordons_after() {
     })
     .await;
     assert_eq!(k.lock().unwrap().patches[1], (false, None));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    keel.wait_line(
+        "the uncordon step's outcome",
+        Duration::from_secs(20),
+        |l| l["step"] == "kubernetes-uncordon-1" && l.get("outcome").is_some(),
+    )
+    .await;
     keel.kill();
     let lines = keel.json_lines();
     let uncordon = lines
@@ -403,6 +408,11 @@ async fn a_budget_that_never_allows_the_eviction_fails_the_drain_at_its_deadline
         "{}",
         keel.dump()
     );
+    // The runbook's end is recorded, then its escalation logged.
+    keel.wait_line("the escalation", Duration::from_secs(20), |l| {
+        l.get("escalation").is_some()
+    })
+    .await;
     keel.kill();
     let lines = keel.json_lines();
     let step = lines

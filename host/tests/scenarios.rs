@@ -227,12 +227,11 @@ async fn a_drain_that_misses_its_deadline_is_stopped_and_escalates() {
             .starts_with("failed: the runbook missed its deadline"),
         "{st:?}"
     );
-    let lines = k.json_lines();
-    assert!(
-        lines.iter().any(|l| l.get("escalation").is_some()),
-        "a missed deadline escalates\n{}",
-        k.dump()
-    );
+    // A missed deadline escalates (logged right after the runbook's end is recorded).
+    k.wait_line("the escalation", Duration::from_secs(20), |l| {
+        l.get("escalation").is_some()
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -306,6 +305,17 @@ async fn a_plugin_policy_decides_in_the_host_with_its_compile_cache_beside_the_s
     assert!(entries >= 1, "no compiled component in {}", cache.display());
 }
 
+/// Stops the host once its decision log has an escalation line: a failed runbook's state is
+/// recorded first and its escalation logged right after, and a loaded machine can stop
+/// between the two (then the line is missing from a host killed at once).
+async fn stop_after_escalation(k: &mut Keel) {
+    k.wait_line("the runbook's escalation", Duration::from_secs(20), |l| {
+        l.get("escalation").is_some()
+    })
+    .await;
+    k.kill();
+}
+
 /// The escalation lines of the decision log.
 fn escalations(lines: &[Value]) -> Vec<&Value> {
     lines
@@ -344,7 +354,7 @@ async fn a_non_idempotent_step_that_times_out_runs_once_and_escalates_once() {
         "failed"
     );
     // The runbook's end is written after its last attempt: stop the host, then count.
-    k.kill();
+    stop_after_escalation(&mut k).await;
     let runs = std::fs::read_to_string(&count).unwrap_or_default();
     assert_eq!(runs.lines().count(), 1, "ran {runs:?}\n{}", k.dump());
     let st = steps(&k);
@@ -403,7 +413,7 @@ async fn a_non_idempotent_step_is_retried_only_when_it_certainly_did_not_start()
             .await,
         "failed"
     );
-    k.kill();
+    stop_after_escalation(&mut k).await;
     let lines = k.json_lines();
     let probe: Vec<&Value> = lines.iter().filter(|l| l["step"] == "probe").collect();
     assert_eq!(probe.len(), 1, "{probe:?}");
@@ -439,7 +449,7 @@ async fn a_non_idempotent_step_is_retried_only_when_it_certainly_did_not_start()
             .await,
         "failed"
     );
-    k.kill();
+    stop_after_escalation(&mut k).await;
     assert_eq!(
         std::fs::read_to_string(&count).unwrap_or_default(),
         "run\n",

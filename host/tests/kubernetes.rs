@@ -261,6 +261,28 @@ fn runbooks(timeout: &str, retries: u32) -> String {
     )
 }
 
+/// A Reboot announced to a host whose drain runbook is the `kubernetes` step (`timeout`,
+/// `retries`) then the approval, against the stub API server holding `kube`: once the
+/// runbook ends, which must be `want`, the scenario, the stub's state and the running host.
+async fn drain(kube: Kube, timeout: &str, retries: u32, want: &str) -> (Scenario, K, common::Keel) {
+    let sc = Scenario::new(true, &common::not_before_in_15_minutes()).await;
+    let k: K = Arc::new(Mutex::new(kube));
+    let kubeconfig = kube_stub(&sc, k.clone()).await;
+    sc.set_runbooks(
+        &runbooks(timeout, retries),
+        &format!("kubernetes:\n  kubeconfig: {}\n", kubeconfig.display()),
+    );
+    let mut keel = sc.keel(&[], &[]);
+    assert_eq!(
+        sc.wait_runbook_finished(&mut keel, Duration::from_secs(90))
+            .await,
+        want,
+        "{}",
+        keel.dump()
+    );
+    (sc, k, keel)
+}
+
 async fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !f() {
@@ -271,24 +293,16 @@ async fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_reboot_cordons_evicts_approves_and_uncordons_after() {
-    let sc = Scenario::new(true, &common::not_before_in_15_minutes()).await;
-    let k: K = Arc::new(Mutex::new(Kube {
-        pods: pods(2),
-        ..Kube::default()
-    }));
-    let kubeconfig = kube_stub(&sc, k.clone()).await;
-    sc.set_runbooks(
-        &runbooks("30s", 2),
-        &format!("kubernetes:\n  kubeconfig: {}\n", kubeconfig.display()),
-    );
-    let mut keel = sc.keel(&[], &[]);
-    assert_eq!(
-        sc.wait_runbook_finished(&mut keel, Duration::from_secs(60))
-            .await,
+    let (sc, k, mut keel) = drain(
+        Kube {
+            pods: pods(2),
+            ..Kube::default()
+        },
+        "30s",
+        2,
         "done",
-        "{}",
-        keel.dump()
-    );
+    )
+    .await;
     {
         let s = k.lock().unwrap();
         assert_eq!(
@@ -342,25 +356,17 @@ async fn a_reboot_cordons_evicts_approves_and_uncordons_after() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_node_an_operator_cordoned_stays_cordoned() {
-    let sc = Scenario::new(true, &common::not_before_in_15_minutes()).await;
-    let k: K = Arc::new(Mutex::new(Kube {
-        unschedulable: true,
-        pods: pods(0),
-        ..Kube::default()
-    }));
-    let kubeconfig = kube_stub(&sc, k.clone()).await;
-    sc.set_runbooks(
-        &runbooks("30s", 2),
-        &format!("kubernetes:\n  kubeconfig: {}\n", kubeconfig.display()),
-    );
-    let mut keel = sc.keel(&[], &[]);
-    assert_eq!(
-        sc.wait_runbook_finished(&mut keel, Duration::from_secs(60))
-            .await,
+    let (_sc, k, mut keel) = drain(
+        Kube {
+            unschedulable: true,
+            pods: pods(0),
+            ..Kube::default()
+        },
+        "30s",
+        2,
         "done",
-        "{}",
-        keel.dump()
-    );
+    )
+    .await;
     // The event completes; its uncordon finds no record of Keel's and leaves the node.
     wait_for(
         "the completion's uncordon step",
@@ -390,24 +396,16 @@ async fn a_node_an_operator_cordoned_stays_cordoned() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_budget_that_never_allows_the_eviction_fails_the_drain_at_its_deadline() {
-    let sc = Scenario::new(true, &common::not_before_in_15_minutes()).await;
-    let k: K = Arc::new(Mutex::new(Kube {
-        pods: pods(u32::MAX),
-        ..Kube::default()
-    }));
-    let kubeconfig = kube_stub(&sc, k.clone()).await;
-    sc.set_runbooks(
-        &runbooks("5s", 0),
-        &format!("kubernetes:\n  kubeconfig: {}\n", kubeconfig.display()),
-    );
-    let mut keel = sc.keel(&[], &[]);
-    assert_eq!(
-        sc.wait_runbook_finished(&mut keel, Duration::from_secs(90))
-            .await,
+    let (sc, k, mut keel) = drain(
+        Kube {
+            pods: pods(u32::MAX),
+            ..Kube::default()
+        },
+        "5s",
+        0,
         "failed",
-        "{}",
-        keel.dump()
-    );
+    )
+    .await;
     // The runbook's end is recorded, then its escalation logged.
     keel.wait_line("the escalation", Duration::from_secs(20), |l| {
         l.get("escalation").is_some()
@@ -425,6 +423,12 @@ async fn a_budget_that_never_allows_the_eviction_fails_the_drain_at_its_deadline
         "{outcome}"
     );
     assert!(sc.se.lock().unwrap().approvals.is_empty(), "not approved");
+    let s = k.lock().unwrap();
+    assert_eq!(s.evicted, vec!["shop/web-7d9f"], "the budget's pod stays");
+    assert!(
+        s.unschedulable,
+        "the node stays cordoned for the people paged"
+    );
     assert!(
         lines.iter().any(|l| l["escalation"]["reason"]
             .as_str()

@@ -65,6 +65,10 @@ pub struct Config {
     pub kubeconfig: Option<PathBuf>,
     /// Runbooks: the ordered steps of each action.
     pub runbooks: BTreeMap<Action, Vec<Step>>,
+    /// The uncordon steps Keel puts first in the runbook of a maintenance event that
+    /// completed or was canceled: one for each node a `kubernetes` step may cordon (derived
+    /// from `runbooks` at load).
+    pub uncordons: Vec<Step>,
     /// A source that has failed for this long makes /readyz red.
     pub unready_after: Duration,
     /// How often the policy files are checked for changes (`policy_reload_interval`).
@@ -483,6 +487,7 @@ fn parse(path: &Path, bytes: &[u8], base: &Path, secrets: bool) -> Result<Config
         azure_identity,
         arm_scopes,
         kubeconfig,
+        uncordons: runbooks::uncordon_steps(&runbooks),
         runbooks,
         unready_after,
         reload_interval,

@@ -114,6 +114,37 @@ pub fn node_name_ok(s: &str) -> bool {
         })
 }
 
+/// The uncordon step for each distinct node a `kubernetes` step with `uncordon` may cordon,
+/// named `kubernetes-uncordon-<n>`.
+pub(super) fn uncordon_steps(runbooks: &BTreeMap<Action, Vec<Step>>) -> Vec<Step> {
+    let mut out: Vec<Step> = Vec::new();
+    for step in runbooks.values().flatten() {
+        let StepKind::Kubernetes(k) = &step.kind else {
+            continue;
+        };
+        let uncordon = KubeStep {
+            op: KubeOp::Uncordon,
+            ..k.clone()
+        };
+        let known = out
+            .iter()
+            .any(|s| matches!(&s.kind, StepKind::Kubernetes(u) if *u == uncordon));
+        if !k.uncordon || k.op == KubeOp::Uncordon || known {
+            continue;
+        }
+        out.push(Step {
+            name: format!("kubernetes-uncordon-{}", out.len() + 1),
+            kind: StepKind::Kubernetes(uncordon),
+            timeout: Duration::from_secs(60),
+            retries: 2,
+            backoff: Duration::from_secs(1),
+            idempotent: true,
+            env: Vec::new(),
+        });
+    }
+    out
+}
+
 /// The top-level `kubernetes: { kubeconfig }`.
 pub(super) fn parse_kubernetes(v: &mut V<'_>, base: &Path, k: Option<&Value>) -> Option<PathBuf> {
     let k = k?;

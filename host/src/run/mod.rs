@@ -37,7 +37,7 @@ use keel_engine::{escape, Action, Ctx, Decision, Engine, Event, History};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::config::{Config, Step, StepKind};
+use crate::config::{Config, Step};
 use health::{Change, Health};
 use metrics::Metrics;
 use store::{Db, IngestRecord, NewDecision, NewOutbox, Store, StoreError};
@@ -265,6 +265,13 @@ pub fn short_hash(text: &str, bytes: usize) -> String {
     hex::encode(&d[..bytes.min(d.len())])
 }
 
+/// Whether `ev` is a maintenance event that completed or was canceled.
+fn finished(ev: &Event) -> bool {
+    ev.maintenance
+        .as_ref()
+        .is_some_and(|m| matches!(m.status.as_str(), "completed" | "canceled"))
+}
+
 fn status_of(ev: &Event) -> String {
     ev.maintenance
         .as_ref()
@@ -386,48 +393,27 @@ impl Host {
     /// step may have cordoned for it (the step says whether Keel did: capacity comes back
     /// before anything else of the runbook, which may fail).
     pub fn steps_for(&self, ev: &Event, d: &Decision) -> Vec<Step> {
-        let steps: Vec<Step> = self
+        let uncordons = if finished(ev) {
+            &self.cfg.uncordons[..]
+        } else {
+            &[]
+        };
+        let action = self
             .cfg
             .runbooks
             .get(&d.action)
-            .cloned()
-            .unwrap_or_default();
-        let finished = ev
-            .maintenance
-            .as_ref()
-            .is_some_and(|m| matches!(m.status.as_str(), "completed" | "canceled"));
-        if !finished {
-            return steps;
-        }
-        let mut out: Vec<Step> = Vec::new();
-        for step in self.cfg.runbooks.values().flatten() {
-            let StepKind::Kubernetes(k) = &step.kind else {
-                continue;
-            };
-            let uncordon = crate::config::KubeStep {
-                op: crate::config::KubeOp::Uncordon,
-                ..k.clone()
-            };
-            if !k.uncordon
-                || k.op == crate::config::KubeOp::Uncordon
-                || out
-                    .iter()
-                    .any(|s| matches!(&s.kind, StepKind::Kubernetes(u) if *u == uncordon))
-            {
-                continue;
-            }
-            out.push(Step {
-                name: format!("kubernetes-uncordon-{}", out.len() + 1),
-                kind: StepKind::Kubernetes(uncordon),
-                timeout: std::time::Duration::from_secs(60),
-                retries: 2,
-                backoff: std::time::Duration::from_secs(1),
-                idempotent: true,
-                env: Vec::new(),
-            });
-        }
-        out.extend(steps);
-        out
+            .map_or(&[][..], Vec::as_slice);
+        uncordons.iter().chain(action).cloned().collect()
+    }
+
+    /// How many steps [`Host::steps_for`] gives, without copying them (every decision asks).
+    fn step_count(&self, ev: &Event, d: &Decision) -> usize {
+        let uncordons = if finished(ev) {
+            self.cfg.uncordons.len()
+        } else {
+            0
+        };
+        uncordons + self.cfg.runbooks.get(&d.action).map_or(0, Vec::len)
     }
 
     /// The policy set in use.
@@ -574,7 +560,7 @@ impl Host {
             .observe("keel_decide_seconds", &[], started.elapsed().as_secs_f64());
         let id = decision_id(ev);
         let mode = if self.cfg.dry_run { "dry_run" } else { "live" };
-        let steps = self.steps_for(ev, &decision).len();
+        let steps = self.step_count(ev, &decision);
         let runbook = if steps == 0 {
             "done"
         } else if self.cfg.dry_run {

@@ -25,7 +25,10 @@
 //! Timing figures are printed, not asserted (BENCHMARKS.md records them). Environment:
 //! `KEEL_BENCH_SECONDS` (default 5) per throughput run, `KEEL_BENCH_CLIENTS` (default 64),
 //! `KEEL_BENCH_SAMPLES` (default 200) latency samples, `KEEL_BENCH_FLOOD_CLIENTS` (default
-//! 500) and `KEEL_BENCH_FLOOD_PER_CLIENT` (default 40) for the flood.
+//! 500) and `KEEL_BENCH_FLOOD_PER_CLIENT` (default 40) for the flood; `KEEL_BENCH_PARTS`
+//! (default `ingest,flood,latency,fleet,fleet-latency`) runs only the named parts, in that order (`fleet`
+//! compares with the SQLite ingest figure when `ingest` ran; `KEEL_BENCH_FLEET=0` is the
+//! same as leaving `fleet` out).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::collections::HashMap;
@@ -47,6 +50,11 @@ const VM: &str = "bench-vm";
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Whether `KEEL_BENCH_PARTS` (all parts when unset) names `part`.
+fn part(part: &str) -> bool {
+    std::env::var("KEEL_BENCH_PARTS").map_or(true, |v| v.split(',').any(|p| p.trim() == part))
 }
 
 fn env_num(name: &str, default: u64) -> u64 {
@@ -681,60 +689,71 @@ async fn main() {
     let secs = env_num("KEEL_BENCH_SECONDS", 5);
     let clients = env_num("KEEL_BENCH_CLIENTS", 64) as usize;
     let samples = env_num("KEEL_BENCH_SAMPLES", 200) as usize;
-    println!("durability: SQLite WAL, synchronous=FULL (survives power loss)");
-    println!("ingest throughput, {clients} clients, {secs} s each, 202 = committed decision:");
-    let (grouped, e1) = ingest_run(256, clients, secs, "").await;
-    println!("  group commit (commit_batch_max 256): {grouped:>8.0} events/s  (non-202: {e1})");
-    let (single, e2) = ingest_run(1, clients, secs, "").await;
-    println!("  one commit per event (1):            {single:>8.0} events/s  (non-202: {e2})");
-    println!("  ratio grouped/single: {:.2}x", grouped / single.max(1.0));
-    let (budgeted, e3) = ingest_run(256, clients, secs, INGEST_BUDGET).await;
-    println!("  group commit with a budget:          {budgeted:>8.0} events/s  (non-202: {e3})");
-    println!(
-        "  ratio with/without the budget: {:.2}x",
-        budgeted / grouped.max(1.0)
-    );
-    let flood_clients = env_num("KEEL_BENCH_FLOOD_CLIENTS", 500) as usize;
-    let per_client = env_num("KEEL_BENCH_FLOOD_PER_CLIENT", 40) as usize;
-    println!(
-        "ingest flood, {flood_clients} connections x {per_client} bodies, queue 64 (loopback):"
-    );
-    let f = flood(flood_clients, per_client).await;
-    println!(
-        "  accepted (202) {}, refused (503 + Retry-After) {}, other {}; peak RSS {} MiB after (at start {} MiB)",
-        f.accepted,
-        f.refused,
-        f.other,
-        f.rss_after_kib / 1024,
-        f.rss_before_kib / 1024
-    );
-    assert!(
-        f.wrong.is_empty(),
-        "bodies not decided exactly once: {:?}",
-        &f.wrong[..f.wrong.len().min(20)]
-    );
-    println!("  every accepted body decided exactly once, no refused body decided");
-    let (mut without, mut with) = latency_pair(samples, DRAIN_BUDGET).await;
-    let mut p50s = Vec::new();
-    for (label, lat) in [
-        ("without a budget", &mut without),
-        ("with a budget   ", &mut with),
-    ] {
-        lat.sort();
-        p50s.push(pct(lat, 0.50).as_secs_f64());
+    let mut grouped = 0.0;
+    if part("ingest") {
+        println!("durability: SQLite WAL, synchronous=FULL (survives power loss)");
+        println!("ingest throughput, {clients} clients, {secs} s each, 202 = committed decision:");
+        let (g, e1) = ingest_run(256, clients, secs, "").await;
+        grouped = g;
+        println!("  group commit (commit_batch_max 256): {grouped:>8.0} events/s  (non-202: {e1})");
+        let (single, e2) = ingest_run(1, clients, secs, "").await;
+        println!("  one commit per event (1):            {single:>8.0} events/s  (non-202: {e2})");
+        println!("  ratio grouped/single: {:.2}x", grouped / single.max(1.0));
+        let (budgeted, e3) = ingest_run(256, clients, secs, INGEST_BUDGET).await;
         println!(
-            "poll response -> first step, {label} ({} samples, taken in turns): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-            lat.len(),
-            pct(lat, 0.50).as_secs_f64() * 1e3,
-            pct(lat, 0.99).as_secs_f64() * 1e3,
-            lat.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+            "  group commit with a budget:          {budgeted:>8.0} events/s  (non-202: {e3})"
+        );
+        println!(
+            "  ratio with/without the budget: {:.2}x",
+            budgeted / grouped.max(1.0)
         );
     }
-    println!(
-        "  p50 ratio with/without the budget: {:.2}x",
-        p50s[1] / p50s[0].max(1e-9)
-    );
-    if std::env::var("KEEL_BENCH_FLEET").as_deref() == Ok("0") {
+    if part("flood") {
+        let flood_clients = env_num("KEEL_BENCH_FLOOD_CLIENTS", 500) as usize;
+        let per_client = env_num("KEEL_BENCH_FLOOD_PER_CLIENT", 40) as usize;
+        println!(
+            "ingest flood, {flood_clients} connections x {per_client} bodies, queue 64 (loopback):"
+        );
+        let f = flood(flood_clients, per_client).await;
+        println!(
+            "  accepted (202) {}, refused (503 + Retry-After) {}, other {}; peak RSS {} MiB after (at start {} MiB)",
+            f.accepted,
+            f.refused,
+            f.other,
+            f.rss_after_kib / 1024,
+            f.rss_before_kib / 1024
+        );
+        assert!(
+            f.wrong.is_empty(),
+            "bodies not decided exactly once: {:?}",
+            &f.wrong[..f.wrong.len().min(20)]
+        );
+        println!("  every accepted body decided exactly once, no refused body decided");
+    }
+    let mut p50s = vec![0.0, 0.0];
+    if part("latency") {
+        let (mut without, mut with) = latency_pair(samples, DRAIN_BUDGET).await;
+        p50s.clear();
+        for (label, lat) in [
+            ("without a budget", &mut without),
+            ("with a budget   ", &mut with),
+        ] {
+            lat.sort();
+            p50s.push(pct(lat, 0.50).as_secs_f64());
+            println!(
+                "poll response -> first step, {label} ({} samples, taken in turns): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                lat.len(),
+                pct(lat, 0.50).as_secs_f64() * 1e3,
+                pct(lat, 0.99).as_secs_f64() * 1e3,
+                lat.last().copied().unwrap_or_default().as_secs_f64() * 1e3,
+            );
+        }
+        println!(
+            "  p50 ratio with/without the budget: {:.2}x",
+            p50s[1] / p50s[0].max(1e-9)
+        );
+    }
+    if std::env::var("KEEL_BENCH_FLEET").as_deref() == Ok("0") || !part("fleet") {
         return;
     }
     println!("fleet mode: hosts on one PostgreSQL (loopback, fsync off: the server's durability is its own)");
@@ -748,6 +767,9 @@ async fn main() {
         three / grouped.max(1.0),
         one / grouped.max(1.0)
     );
+    if !part("fleet-latency") {
+        return;
+    }
     let fleet_samples = (samples / 2).max(10);
     for (label, rigs) in [("1 host ", 1), ("3 hosts", 3)] {
         let lat = fleet_latency(&pg, &format!("lease{rigs}"), rigs, fleet_samples).await;

@@ -272,7 +272,7 @@ fn finished(ev: &Event) -> bool {
         .is_some_and(|m| matches!(m.status.as_str(), "completed" | "canceled"))
 }
 
-fn status_of(ev: &Event) -> String {
+pub(crate) fn status_of(ev: &Event) -> String {
     ev.maintenance
         .as_ref()
         .map(|m| m.status.as_str().to_string())
@@ -692,6 +692,16 @@ impl Host {
         let before = self.nstate.lock().ok().map(|st| st.clone());
         let res = self.store.batch(|db| {
             self.sync_fleet(db)?;
+            if self.store.is_fleet() {
+                // What the ingest bodies will look up, in one round trip (`Db::prefetch`).
+                let mut want = store::Prefetch::default();
+                for m in &msgs {
+                    if let Inbox::Ingest(p, _) = m {
+                        self.ingest_lookups(p, &mut want);
+                    }
+                }
+                db.prefetch(&want)?;
+            }
             for m in msgs {
                 match m {
                     Inbox::Poll(p, ack) => {
@@ -828,7 +838,7 @@ impl Host {
             let Ok(mut h) = self.history.lock() else {
                 return Err(StoreError::Poisoned);
             };
-            for (_, ev, d) in &rows {
+            for (ev, d) in rows.iter().filter_map(|r| r.1.as_ref()) {
                 if let (Ok(ev), Ok(d)) = (
                     serde_json::from_str::<Event>(ev),
                     serde_json::from_str::<Decision>(d),

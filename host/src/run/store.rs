@@ -310,8 +310,9 @@ pub struct Store {
 }
 
 /// The state database inside a [`Store::batch`] (or for one call): what the decision path
-/// reads and writes. Its writes commit with the batch, all or nothing.
-pub struct Db<'a>(&'a Conn, &'a str);
+/// reads and writes. Its writes commit with the batch, all or nothing. In a fleet's batch it
+/// carries the batch's cache and unwritten decisions ([`batch`]).
+pub struct Db<'a>(&'a Conn, &'a str, Option<&'a batch::Overlay>);
 
 /// A step's record when it is about to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -643,7 +644,7 @@ impl Store {
         f: impl FnOnce(&Db<'_>) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         let c = self.c()?;
-        f(&Db(&c, &self.host))
+        f(&Db(&c, &self.host, None))
     }
 
     /// Group commit: runs `f` in one transaction (SQLite's `BEGIN IMMEDIATE`, PostgreSQL's
@@ -656,7 +657,13 @@ impl Store {
         f: impl FnOnce(&Db<'_>) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         let c = self.c()?;
-        c.tx(Begin::Exclusive, |c| f(&Db(c, &self.host)))
+        let overlay = c.is_fleet().then(batch::Overlay::default);
+        c.tx(Begin::Exclusive, |c| {
+            let db = Db(c, &self.host, overlay.as_ref());
+            let r = f(&db)?;
+            db.flush()?;
+            Ok(r)
+        })
     }
 
     /// Whether an event was seen before in this status.
@@ -957,12 +964,19 @@ fn state_name(host: &str) -> &str {
 }
 
 impl Db<'_> {
+    /// The connection, for a statement: in a fleet's batch, after writing the decisions
+    /// recorded before it (so the database sees the statements in the order they were made).
+    fn c(&self) -> Result<&Conn, StoreError> {
+        self.flush()?;
+        Ok(self.0)
+    }
+
     /// Takes (reads and deletes) this host's deferrals due at `now` (RFC 3339, compared as
     /// text in UTC); use inside a batch, which records their new decisions in the same
     /// transaction.
     pub fn take_due(&self, now: &str) -> Result<Vec<(String, String)>, StoreError> {
         let due = self
-            .0
+            .c()?
             .rows(
                 "SELECT event_id, event_json FROM deferred WHERE due <= ?1 AND host = ?2",
                 p![now, self.1],
@@ -971,7 +985,7 @@ impl Db<'_> {
             .map(|r| Ok((r.get(0)?, r.get(1)?)))
             .collect::<Result<Vec<(String, String)>, StoreError>>()?;
         for (id, _) in &due {
-            self.0
+            self.c()?
                 .exec("DELETE FROM deferred WHERE event_id = ?1", p![id])?;
         }
         Ok(due)
@@ -980,7 +994,7 @@ impl Db<'_> {
     /// Whether StartRequests was (or may have been) sent for the Scheduled Event `event_id`
     /// (compared case-insensitively).
     pub fn approved(&self, event_id: &str) -> Result<bool, StoreError> {
-        self.0.exists(
+        self.c()?.exists(
             "SELECT 1 FROM approvals WHERE event_id = ?1",
             p![event_id.to_ascii_lowercase().as_str()],
         )
@@ -988,6 +1002,9 @@ impl Db<'_> {
 
     /// Whether an event was seen before in this status.
     pub fn seen(&self, event_id: &str, status: &str) -> Result<bool, StoreError> {
+        if let Some(o) = self.2 {
+            return self.seen_cached(o, event_id, status);
+        }
         self.0.exists(
             "SELECT 1 FROM events WHERE id = ?1 AND status = ?2",
             p![event_id, status],
@@ -996,6 +1013,9 @@ impl Db<'_> {
 
     /// The event an ingest idempotency key was accepted as, if it was.
     pub fn ingest_key(&self, key: &str) -> Result<Option<String>, StoreError> {
+        if let Some(o) = self.2 {
+            return self.ingest_key_cached(o, key);
+        }
         self.0
             .one("SELECT event_id FROM ingest_keys WHERE key = ?1", p![key])?
             .map(|r| r.get(0))
@@ -1010,6 +1030,9 @@ impl Db<'_> {
         operation: &str,
         since: &str,
     ) -> Result<i64, StoreError> {
+        if let Some(o) = self.2 {
+            return self.attempts_cached(o, resource, operation, since);
+        }
         self.0
             .one(
                 "SELECT count FROM attempts WHERE resource = ?1 AND operation = ?2 AND last_at >= ?3",
@@ -1023,6 +1046,9 @@ impl Db<'_> {
     /// idempotency key and attempt count). Returns false when the event was seen in this
     /// status before (then only the normalizer state and the ingest key are written).
     pub fn record(&self, r: &NewDecision<'_>) -> Result<bool, StoreError> {
+        if let Some(o) = self.2 {
+            return self.record_cached(o, r);
+        }
         let tx = self.0;
         if tx.is_fleet() {
             return self.record_fleet(r);
@@ -1139,7 +1165,7 @@ impl Db<'_> {
 
     /// Saves the normalizer state alone (a poll that produced no event).
     pub fn save_normalizer_state(&self, json: &str) -> Result<(), StoreError> {
-        self.0.exec(
+        self.c()?.exec(
             "INSERT INTO normalizer_state (name, json) VALUES (?1, ?2)
              ON CONFLICT (name) DO UPDATE SET json = excluded.json",
             p![state_name(self.1), json],
@@ -1149,7 +1175,7 @@ impl Db<'_> {
 
     /// Remembers that `event` must be decided again at `due` (by this host).
     pub fn defer(&self, event_id: &str, due: &str, event_json: &str) -> Result<(), StoreError> {
-        self.0.exec(
+        self.c()?.exec(
             "INSERT INTO deferred (event_id, due, event_json, host) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT (event_id) DO UPDATE SET due = excluded.due, event_json = excluded.event_json,
                host = excluded.host",
@@ -1158,25 +1184,36 @@ impl Db<'_> {
         Ok(())
     }
 
-    /// In a fleet, the decisions other hosts committed after `after` (a `seq`), oldest first,
-    /// at most `limit`: `(seq, event JSON, decision JSON)`. Empty on SQLite (one host).
+    /// In a fleet, the decisions committed after `after` (a `seq`), oldest first, at most
+    /// `limit`: each `seq`, with the event and decision JSON when another host made it
+    /// (`None` for this host's own, which it knows: they are read only to move past them).
+    /// Empty on SQLite (one host).
+    #[allow(clippy::type_complexity)]
     pub fn fleet_decisions(
         &self,
         after: i64,
         limit: usize,
-    ) -> Result<Vec<(i64, String, String)>, StoreError> {
+    ) -> Result<Vec<(i64, Option<(String, String)>)>, StoreError> {
         if !self.0.is_fleet() {
             return Ok(Vec::new());
         }
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.0
+        self.c()?
             .rows(
-                "SELECT seq, event_json, decision_json FROM decisions
-                 WHERE seq > ?1 AND host <> ?2 ORDER BY seq LIMIT ?3",
+                "SELECT seq, CASE WHEN host <> ?2 THEN event_json END,
+                        CASE WHEN host <> ?2 THEN decision_json END
+                   FROM decisions WHERE seq > ?1 ORDER BY seq LIMIT ?3",
                 p![after, self.1, limit],
             )?
             .iter()
-            .map(|r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map(|r| {
+                let seq = r.get(0)?;
+                let theirs = match (r.get::<Option<String>>(1)?, r.get::<Option<String>>(2)?) {
+                    (Some(ev), Some(d)) => Some((ev, d)),
+                    _ => None,
+                };
+                Ok((seq, theirs))
+            })
             .collect()
     }
 
@@ -1185,16 +1222,18 @@ impl Db<'_> {
         if !self.0.is_fleet() {
             return Ok(0);
         }
-        self.0
+        self.c()?
             .one("SELECT COALESCE(MAX(seq), 0) FROM decisions", p![])?
             .map_or(Ok(0), |r| r.get(0))
     }
 }
 
+mod batch;
 mod budget;
 mod pause;
 pub mod pg;
 pub mod sql;
+pub use batch::Prefetch;
 pub use budget::{LeaseRow, LeaseWant};
 pub use pause::{HeldRow, HistoryQuery, PastDecision, Status};
 

@@ -31,14 +31,14 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
-use keel_engine::normalize::{normalize, Input, NormalizerState};
-use keel_engine::{escape, Kind, Timestamp};
+use keel_engine::normalize::{normalize, Input, NormalizeError, NormalizerState};
+use keel_engine::{escape, Event, Kind, Timestamp};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 use super::App;
-use crate::run::store::{Db, IngestRecord};
+use crate::run::store::{Db, IngestRecord, Prefetch};
 use crate::run::{rfc, Effects, Host, Inbox, IngestReply, Payload, Work};
 
 /// The source's name (its metrics label).
@@ -221,7 +221,64 @@ fn bad(msg: impl Into<String>) -> IngestReply {
     }
 }
 
+/// The (resource, operation) whose failed attempts an operation failure counts toward: the
+/// resource's id, else its name, lower-cased. A failure of an unknown resource is never merged
+/// with another's (`None`).
+fn attempt_key(ev: &Event) -> Option<(String, String)> {
+    let resource = ev.resource.id.as_deref().or(ev.resource.name.as_deref())?;
+    let failure = ev.failure.as_ref()?;
+    Some((
+        resource.to_ascii_lowercase(),
+        failure.operation.as_str().to_string(),
+    ))
+}
+
 impl Host {
+    /// Runs the ingest normalizer on `p` with `scratch` holding a copy of the host's
+    /// `azure.arm` state (only an accepted body's changes are kept, by the caller). `Err`: the
+    /// state's lock is poisoned.
+    fn normalize_ingest(
+        &self,
+        p: &Payload,
+        scratch: &mut NormalizerState,
+    ) -> Result<Result<Vec<Event>, NormalizeError>, &'static str> {
+        match self.nstate.lock() {
+            Ok(st) => scratch.azure_arm = st.azure_arm.clone(),
+            Err(_) => return Err("normalizer state lock poisoned"),
+        }
+        let mut input = Input::new(&p.bytes, p.observed_at);
+        if let Some(me) = &self.cfg.self_name {
+            input = input.self_name(me);
+        }
+        Ok(normalize(p.normalizer, &input, scratch))
+    }
+
+    /// What deciding the ingest body `p` will look up in the store (its key, its event, its
+    /// attempt count), added to `want` for a fleet batch's prefetch
+    /// ([`Db::prefetch`](crate::run::store::Db::prefetch)). Found as [`Host::ingest`] finds
+    /// them (the same normalizer on the same state), so exact for a body it accepts; a body
+    /// it refuses adds at most a key.
+    pub fn ingest_lookups(&self, p: &Payload, want: &mut Prefetch) {
+        let Ok(body) = serde_json::from_slice::<Value>(&p.bytes) else {
+            return;
+        };
+        let Some(Value::String(key)) = get_ci(&body, "idempotency_key") else {
+            return;
+        };
+        want.keys.push(key.clone());
+        let mut scratch = NormalizerState::default();
+        let Ok(Ok(events)) = self.normalize_ingest(p, &mut scratch) else {
+            return;
+        };
+        let [ev] = events.as_slice() else {
+            return;
+        };
+        want.events.push((ev.id.clone(), crate::run::status_of(ev)));
+        if get_ci(&body, "attempt").is_none() {
+            want.attempts.extend(attempt_key(ev));
+        }
+    }
+
     /// Accepts one ingest body: normalizes it (`azure.arm`), accepts its idempotency key
     /// once, stamps `failure.attempt` when the body gives none, decides, and records the
     /// decision with the key and the attempt count in one transaction. Returns the HTTP reply
@@ -257,17 +314,10 @@ impl Host {
         // on a copy of the state; only an accepted body's changes are kept.
         // (Only its `azure.arm` part: the one this normalizer reads and writes.)
         let mut scratch = NormalizerState::default();
-        match self.nstate.lock() {
-            Ok(st) => scratch.azure_arm = st.azure_arm.clone(),
-            Err(_) => return (internal(&"normalizer state lock poisoned"), none),
-        }
-        let mut input = Input::new(&p.bytes, p.observed_at);
-        if let Some(me) = &self.cfg.self_name {
-            input = input.self_name(me);
-        }
-        let mut events = match normalize(p.normalizer, &input, &mut scratch) {
-            Ok(evs) => evs,
-            Err(e) => return (bad(escape(&e.to_string())), none),
+        let mut events = match self.normalize_ingest(p, &mut scratch) {
+            Ok(Ok(evs)) => evs,
+            Ok(Err(e)) => return (bad(escape(&e.to_string())), none),
+            Err(poisoned) => return (internal(&poisoned), none),
         };
         // The normalizer accepted it, so it is JSON.
         let body: Value = serde_json::from_slice(&p.bytes).unwrap_or(Value::Null);
@@ -322,6 +372,8 @@ impl Host {
             );
         };
         ev.time = counted_time(ev.time, p.observed_at);
+        // Attempts are counted per (resource, operation).
+        let counted = attempt_key(&ev);
         let Some(failure) = ev
             .failure
             .as_mut()
@@ -329,34 +381,23 @@ impl Host {
         else {
             return (bad("the body holds no operation failure"), none);
         };
-        // Attempts are counted per (resource, operation); a failure of an unknown resource is
-        // never merged with another's.
-        let resource = ev
-            .resource
-            .id
-            .as_deref()
-            .or(ev.resource.name.as_deref())
-            .map(str::to_ascii_lowercase);
-        let operation = failure.operation.as_str();
         let given = get_ci(&body, "attempt").is_some();
-        if !given {
-            if let Some(r) = &resource {
-                let window = chrono::Duration::from_std(
-                    self.cfg
-                        .ingest
-                        .as_ref()
-                        .map(|c| c.attempt_window)
-                        .unwrap_or_default(),
-                )
-                .unwrap_or(chrono::Duration::MAX);
-                let since = p
-                    .observed_at
-                    .checked_sub_signed(window)
-                    .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
-                match db.attempts(r, operation, &rfc(since)) {
-                    Ok(n) => failure.attempt = n.saturating_add(1),
-                    Err(e) => return (internal(&e), none),
-                }
+        if let (false, Some((resource, operation))) = (given, &counted) {
+            let window = chrono::Duration::from_std(
+                self.cfg
+                    .ingest
+                    .as_ref()
+                    .map(|c| c.attempt_window)
+                    .unwrap_or_default(),
+            )
+            .unwrap_or(chrono::Duration::MAX);
+            let since = p
+                .observed_at
+                .checked_sub_signed(window)
+                .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC);
+            match db.attempts(resource, operation, &rfc(since)) {
+                Ok(n) => failure.attempt = n.saturating_add(1),
+                Err(e) => return (internal(&e), none),
             }
         }
         let attempt = failure.attempt;
@@ -368,7 +409,7 @@ impl Host {
         }
         let record = IngestRecord {
             key: &key,
-            counted: resource.as_deref().map(|r| (r, operation)),
+            counted: counted.as_ref().map(|(r, o)| (r.as_str(), o.as_str())),
             attempt,
         };
         match self.decide(db, &ev, p.observed_at, Some(record), fx) {

@@ -346,7 +346,7 @@ impl Db<'_> {
         now: &str,
     ) -> Result<(), StoreError> {
         let h = healthy.map(i64::from);
-        self.0.exec(
+        self.c()?.exec(
             "INSERT INTO budget_members (budget, key, member, healthy, seen_at)
              VALUES (?1, ?2, ?3, COALESCE(CAST(?4 AS BIGINT), 1), ?5)
              ON CONFLICT (budget, key, member) DO UPDATE SET

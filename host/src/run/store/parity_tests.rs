@@ -527,3 +527,180 @@ fn a_fleets_leases_are_stamped_by_the_database_clock() -> Result<(), StoreError>
     assert_eq!(t(&l.expires_at)? - released, chrono::Duration::seconds(30));
     Ok(())
 }
+
+/// An ingest decision (status `-`, as the host records failures), its decision JSON naming it.
+fn ingested<'a>(
+    id: &'a str,
+    now: &'a str,
+    key: &'a str,
+    resource: &'a str,
+    attempt: i64,
+    outbox: &'a [NewOutbox<'a>],
+) -> NewDecision<'a> {
+    NewDecision {
+        status: "-",
+        normalizer_state: None,
+        decision_json: id,
+        ingest: Some(IngestRecord {
+            key,
+            counted: Some((resource, "create")),
+            attempt,
+        }),
+        ..decision(id, now, "done", outbox)
+    }
+}
+
+/// The decision path's look-ups and records inside batches, as the host makes them (on a
+/// fleet: from the batch's cache, and written when the batch commits); each answer a line.
+fn batch_script(s: &Store) -> Vec<String> {
+    let mut out = Vec::new();
+    let want = Prefetch {
+        keys: vec!["k1".into(), "k2".into(), "k9".into()],
+        events: vec![("e1".into(), "-".into()), ("e2".into(), "-".into())],
+        attempts: vec![("vm1".into(), "create".into())],
+    };
+    let outbox = [NewOutbox {
+        key: "storm:x",
+        decision_id: "e5",
+        body: "{}",
+    }];
+    let first = s.batch(|db| {
+        let mut say = |what: &str, v: String| out.push(format!("{what}: {v}"));
+        db.prefetch(&want)?;
+        say("key k1", format!("{:?}", db.ingest_key("k1")?));
+        say(
+            "attempts",
+            format!("{:?}", db.attempts("vm1", "create", T0)?),
+        );
+        say("seen e1", format!("{:?}", db.seen("e1", "-")?));
+        let r = db.record(&ingested("e1", T0, "k1", "vm1", 1, &[]))?;
+        say("record e1", format!("{r:?}"));
+        say("key k1 after", format!("{:?}", db.ingest_key("k1")?));
+        say("seen e1 after", format!("{:?}", db.seen("e1", "-")?));
+        say(
+            "attempts after",
+            format!("{:?}", db.attempts("vm1", "create", T0)?),
+        );
+        // The same event under another key: not new, the key still remembered.
+        let r = db.record(&ingested("e1", T0, "k2", "vm1", 5, &[]))?;
+        say("record e1 again", format!("{r:?}"));
+        say("key k2", format!("{:?}", db.ingest_key("k2")?));
+        say(
+            "attempts unchanged",
+            format!("{:?}", db.attempts("vm1", "create", T0)?),
+        );
+        // Look-ups the prefetch did not name: read, then cached.
+        say("key k3", format!("{:?}", db.ingest_key("k3")?));
+        let r = db.record(&ingested("e3", T1, "k3", "vm1", 2, &[]))?;
+        say("record e3", format!("{r:?}"));
+        say("key k3 after", format!("{:?}", db.ingest_key("k3")?));
+        say(
+            "attempts at T1",
+            format!("{:?}", db.attempts("vm1", "create", T1)?),
+        );
+        say(
+            "attempts since T2",
+            format!("{:?}", db.attempts("vm1", "create", T2)?),
+        );
+        say(
+            "attempts vm2",
+            format!("{:?}", db.attempts("vm2", "create", T0)?),
+        );
+        // Another statement after records: it sees them (a deferral, an outbox entry).
+        db.defer("e3", T2, "{}")?;
+        let r = db.record(&ingested("e5", T2, "k5", "vm2", 1, &outbox))?;
+        say("record e5 with an escalation", format!("{r:?}"));
+        say("due", format!("{:?}", db.take_due(T2)?));
+        Ok(())
+    });
+    out.push(format!("first batch: {first:?}"));
+    // Two failures of one resource written by one statement: the later count stays.
+    let second = s.batch(|db| {
+        db.prefetch(&Prefetch {
+            keys: vec!["k6".into(), "k7".into()],
+            events: vec![("e6".into(), "-".into()), ("e7".into(), "-".into())],
+            attempts: vec![("vm1".into(), "create".into())],
+        })?;
+        db.record(&ingested("e6", T1, "k6", "vm1", 3, &[]))?;
+        db.record(&ingested("e7", T2, "k7", "vm1", 4, &[]))
+    });
+    out.push(format!("second batch: {second:?}"));
+    // A batch that fails writes nothing of what it recorded.
+    let failed: Result<(), StoreError> = s.batch(|db| {
+        db.record(&ingested("e4", T2, "k4", "vm1", 3, &[]))?;
+        Err(StoreError::Poisoned)
+    });
+    out.push(format!("failed batch: {failed:?}"));
+    let mut say = |what: &str, v: String| out.push(format!("{what}: {v}"));
+    say("seen e4", format!("{:?}", s.seen("e4", "-")));
+    say(
+        "keys",
+        format!(
+            "{:?}",
+            ["k1", "k2", "k3", "k4", "k5", "k6", "k7", "k9"].map(|k| s.with(|db| db.ingest_key(k)))
+        ),
+    );
+    say(
+        "attempts",
+        format!("{:?}", s.with(|db| db.attempts("vm1", "create", T0))),
+    );
+    say("decisions", format!("{:?}", s.decisions_since(T0, 10)));
+    say("outbox", format!("{:?}", s.outbox_depth()));
+    out
+}
+
+#[test]
+fn a_fleets_batch_reads_from_its_cache_and_writes_at_commit_what_sqlite_writes_at_once(
+) -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|_| StoreError::Poisoned)?;
+    let lite = Store::open(&dir.path().join("state.db"))?;
+    let pg = server::PgServer::start();
+    pg.create_db("batch");
+    let fleet = pg_store(&pg, "batch", "host-a")?;
+    let (a, b) = (batch_script(&lite), batch_script(&fleet));
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(&b) {
+        assert_eq!(x, y);
+    }
+    assert!(a.contains(&"record e1 again: false".to_string()), "{a:#?}");
+    assert!(a.contains(&"attempts at T1: 2".to_string()), "{a:#?}");
+    assert!(a.contains(&"attempts: Ok(4)".to_string()), "{a:#?}");
+    // The one statement wrote the decisions in the order they were recorded: another host
+    // reads them in that order.
+    let other = pg_store(&pg, "batch", "host-b")?;
+    let seen: Vec<String> = other
+        .with(|db| db.fleet_decisions(0, 10))?
+        .into_iter()
+        .filter_map(|(_, theirs)| theirs.map(|(_, d)| d))
+        .collect();
+    assert_eq!(seen, ["e1", "e3", "e5", "e6", "e7"]);
+    // Its own are read as seq only.
+    assert!(fleet
+        .with(|db| db.fleet_decisions(0, 10))?
+        .iter()
+        .all(|(_, theirs)| theirs.is_none()));
+    Ok(())
+}
+
+#[test]
+fn a_fleets_batch_refuses_to_commit_an_event_another_writer_recorded_meanwhile(
+) -> Result<(), StoreError> {
+    let pg = server::PgServer::start();
+    pg.create_db("race");
+    let a = pg_store(&pg, "race", "host-a")?;
+    let b = pg_store(&pg, "race", "host-b")?;
+    let r = a.batch(|db| {
+        assert!(db.record(&ingested("e1", T0, "k1", "vm1", 1, &[]))?);
+        // A write outside the fleet's write lock (no batch): what only a broken writer does.
+        b.with(|other| other.record(&ingested("e1", T0, "k2", "vm1", 1, &[])))?;
+        Ok(())
+    });
+    assert!(
+        matches!(&r, Err(StoreError::Pg(m)) if m.contains("outside the fleet's write lock")),
+        "{r:?}"
+    );
+    // One decision for the event: the other writer's.
+    assert_eq!(pg.count("race", "SELECT COUNT(*) FROM decisions"), 1);
+    assert_eq!(a.with(|db| db.ingest_key("k1"))?, None);
+    Ok(())
+}

@@ -57,6 +57,8 @@ enum Owned {
     Text(String),
     Int(i64),
     Null,
+    Texts(Vec<Option<String>>),
+    Ints(Vec<i64>),
 }
 
 impl From<&Val<'_>> for Owned {
@@ -65,6 +67,8 @@ impl From<&Val<'_>> for Owned {
             Val::Text(s) => Owned::Text(s.to_string()),
             Val::Int(i) => Owned::Int(i),
             Val::Null => Owned::Null,
+            Val::Texts(l) => Owned::Texts(l.iter().map(|t| t.map(str::to_string)).collect()),
+            Val::Ints(l) => Owned::Ints(l.to_vec()),
         }
     }
 }
@@ -88,6 +92,14 @@ impl ToSql for Owned {
                 Type::BOOL => (*i != 0).to_sql(ty, out),
                 _ => i.to_string().as_str().to_sql(ty, out),
             },
+            Owned::Texts(l) => match *ty {
+                Type::TEXT_ARRAY => l.to_sql(ty, out),
+                _ => Err(format!("a list of texts given for a {ty} parameter").into()),
+            },
+            Owned::Ints(l) => match *ty {
+                Type::INT8_ARRAY => l.to_sql(ty, out),
+                _ => Err(format!("a list of integers given for a {ty} parameter").into()),
+            },
         }
     }
 
@@ -103,6 +115,8 @@ impl ToSql for Owned {
                 | Type::BPCHAR
                 | Type::NAME
                 | Type::UNKNOWN
+                | Type::TEXT_ARRAY
+                | Type::INT8_ARRAY
         )
     }
 
@@ -571,8 +585,10 @@ pub fn harden(config: &mut postgres::Config) {
         .tcp_user_timeout(Duration::from_secs(20))
         .application_name("keel")
         // The server's side of the session too: a host cut off by the network is noticed
-        // within about 30 s (its session, and the identity's lock, then go).
-        .options("-c statement_timeout=30000 -c lock_timeout=30000 -c idle_in_transaction_session_timeout=60000 -c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3");
+        // within about 30 s (its session, and the identity's lock, then go). And every
+        // statement planned for its parameters and the tables as they are now: a generic plan
+        // made while a table was empty (a fresh fleet) scans the whole table once it is not.
+        .options("-c statement_timeout=30000 -c lock_timeout=30000 -c idle_in_transaction_session_timeout=60000 -c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3 -c plan_cache_mode=force_custom_plan");
 }
 
 #[cfg(test)]

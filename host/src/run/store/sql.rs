@@ -18,6 +18,11 @@ pub enum Val<'a> {
     Int(i64),
     /// NULL.
     Null,
+    /// A list of texts (`None` is NULL), bound as one `TEXT[]`: PostgreSQL only (the
+    /// statements that take lists are the fleet's, see [`batch`](super::batch)).
+    Texts(&'a [Option<&'a str>]),
+    /// A list of integers, bound as one `BIGINT[]`: PostgreSQL only.
+    Ints(&'a [i64]),
 }
 
 impl<'a> From<&'a str> for Val<'a> {
@@ -67,6 +72,11 @@ impl rusqlite::ToSql for Val<'_> {
             Val::Text(s) => ToSqlOutput::Borrowed(ValueRef::Text(s.as_bytes())),
             Val::Int(i) => ToSqlOutput::Borrowed(ValueRef::Integer(i)),
             Val::Null => ToSqlOutput::Borrowed(ValueRef::Null),
+            Val::Texts(_) | Val::Ints(_) => {
+                return Err(rusqlite::Error::ToSqlConversionFailure(
+                    "a list parameter is bound on PostgreSQL only".into(),
+                ))
+            }
         })
     }
 }

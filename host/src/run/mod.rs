@@ -690,18 +690,23 @@ impl Host {
         // read again must yield its events again), and compared with after it (an unchanged
         // state is not written).
         let before = self.nstate.lock().ok().map(|st| st.clone());
+        // In a fleet, what can be done before taking the fleet's write lock is: the
+        // batch holds it from its first statement to its commit, and the other hosts wait.
+        // What the ingest bodies will look up (read in one round trip, `Db::prefetch`), and
+        // the other hosts' decisions so far (the batch then reads only those committed since).
+        let mut want = store::Prefetch::default();
+        if self.store.is_fleet() {
+            for m in &msgs {
+                if let Inbox::Ingest(p, _) = m {
+                    self.ingest_lookups(p, &mut want);
+                }
+            }
+            // A failure here is the batch's to report: it reads the same again.
+            let _ = self.store.with(|db| self.sync_fleet(db));
+        }
         let res = self.store.batch(|db| {
             self.sync_fleet(db)?;
-            if self.store.is_fleet() {
-                // What the ingest bodies will look up, in one round trip (`Db::prefetch`).
-                let mut want = store::Prefetch::default();
-                for m in &msgs {
-                    if let Inbox::Ingest(p, _) = m {
-                        self.ingest_lookups(p, &mut want);
-                    }
-                }
-                db.prefetch(&want)?;
-            }
+            db.prefetch(&want)?;
             for m in msgs {
                 match m {
                     Inbox::Poll(p, ack) => {

@@ -406,27 +406,31 @@ impl Worker {
                 // READ COMMITTED whatever the server's default: after the write lock is
                 // granted, each statement sees what the lock's previous holder committed.
                 // A snapshot is one view of everything, for `keel status`.
+                // The write lock is taken in the same round trip as the BEGIN.
+                let exclusive;
                 let sql = match begin {
                     super::sql::Begin::Snapshot => {
                         "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
                     }
-                    _ => "BEGIN ISOLATION LEVEL READ COMMITTED",
+                    super::sql::Begin::Plain => "BEGIN ISOLATION LEVEL READ COMMITTED",
+                    super::sql::Begin::Exclusive => {
+                        exclusive = format!(
+                            "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
+                        );
+                        &exclusive
+                    }
                 };
-                self.simple(sql)?;
+                let began = self.simple(sql);
+                if let Err(e) = began {
+                    // The caller sees no transaction: end any begun here (a lock not granted
+                    // in `lock_timeout`, the connection lost after the BEGIN).
+                    if self.client.as_ref().is_some_and(|c| !c.is_closed()) {
+                        let _ = self.simple("ROLLBACK");
+                    }
+                    return Err(e);
+                }
                 self.in_tx = true;
                 self.aborted = false;
-                if begin == super::sql::Begin::Exclusive {
-                    let locked = self.ensure().and_then(|c| {
-                        c.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])
-                            .map_err(|e| fail(&e))
-                    });
-                    if let Err(e) = locked {
-                        // The caller sees no transaction: end it here.
-                        let _ = self.simple("ROLLBACK");
-                        self.in_tx = false;
-                        return Err(e);
-                    }
-                }
                 Ok(Reply::Done)
             }
             Req::Commit => {
@@ -473,7 +477,7 @@ impl Worker {
 
     fn simple(&mut self, sql: &str) -> Result<(), StoreError> {
         // A COMMIT or ROLLBACK on a connection that broke: the server rolled back already.
-        if sql != "BEGIN" && self.client.as_ref().is_none_or(Client::is_closed) {
+        if !sql.starts_with("BEGIN") && self.client.as_ref().is_none_or(Client::is_closed) {
             return Err(StoreError::Unavailable(
                 "the connection broke inside a transaction (rolled back)".into(),
             ));

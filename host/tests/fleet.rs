@@ -322,6 +322,103 @@ async fn the_2021_10_13_storm_split_across_three_hosts_pages_once_and_retries_a_
     }
 }
 
+/// Posts `body` to `base`'s `/ingest` (again while the queue is full); the status and the
+/// reply's JSON.
+async fn post_reply(client: &reqwest::Client, base: &str, body: &str) -> (u16, Value) {
+    for _ in 0..200 {
+        let r = client
+            .post(format!("{base}/ingest"))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .timeout(Duration::from_secs(60))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        if status != 503 {
+            return (status, r.json().await.unwrap_or(Value::Null));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("still 503 after 200 tries");
+}
+
+/// Issue 14: ingest keys and attempt counts are the fleet's. Each of 30 failures is reported
+/// to all three hosts at once (90 requests in flight): each is accepted once for the fleet
+/// (one 202, two `duplicate`), whichever host's batch takes the write lock first; then each
+/// VM's next failure (a new key, no `attempt`), reported to another host than before, is
+/// stamped as its second attempt. The database holds one decision per failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_reported_to_every_host_is_accepted_once_and_attempts_count_across_hosts() {
+    let pg = PgServer::start();
+    let url = pg.create_db("keys");
+    let (_hook, hook_url) = common::webhook().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pw = pg.password_file(dir.path());
+    let env = [("KEEL_TEST_INGEST_TOKEN", TOKEN)];
+    let mut hosts: Vec<Keel> = fleet_configs(dir.path(), &url, &pw, &hook_url, "")
+        .iter()
+        .map(|c| Keel::start(c, &[], &env))
+        .collect();
+    let mut bases = Vec::new();
+    for k in &mut hosts {
+        k.wait_listen(Duration::from_secs(60)).await;
+        bases.push(k.base());
+    }
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    const VMS: usize = 30;
+    let mut tasks = Vec::new();
+    for i in 0..VMS {
+        let b = body(&format!("web-win-{i}"), "windows", i);
+        for base in &bases {
+            let (client, base, b) = (client.clone(), base.clone(), b.clone());
+            tasks.push(tokio::spawn(async move {
+                (i, post_reply(&client, &base, &b).await)
+            }));
+        }
+    }
+    let mut replies: Vec<Vec<(u16, Value)>> = vec![Vec::new(); VMS];
+    for t in tasks {
+        let (i, r) = t.await.unwrap();
+        replies[i].push(r);
+    }
+    for (i, r) in replies.iter().enumerate() {
+        let mut statuses: Vec<u16> = r.iter().map(|(s, _)| *s).collect();
+        statuses.sort_unstable();
+        assert_eq!(statuses, [200, 200, 202], "web-win-{i}: {r:?}");
+        for (s, j) in r {
+            match s {
+                202 => assert_eq!(j["attempt"], 1, "{j}"),
+                _ => assert_eq!(j["status"], "duplicate", "{j}"),
+            }
+        }
+    }
+    for i in 0..VMS {
+        let mut b: Value =
+            serde_json::from_str(&body(&format!("web-win-{i}"), "windows", i)).unwrap();
+        b["idempotency_key"] = json!(format!("deploy-2021-10-13/web-win-{i}/create/2"));
+        let (s, j) = post_reply(&client, &bases[(i + 1) % 3], &b.to_string()).await;
+        assert_eq!(s, 202, "{j}");
+        assert_eq!(j["attempt"], 2, "web-win-{i}'s second failure: {j}");
+    }
+    assert_eq!(
+        pg.count("keys", "SELECT COUNT(*) FROM decisions"),
+        2 * VMS as i64
+    );
+    assert_eq!(
+        pg.count("keys", "SELECT COUNT(*) FROM ingest_keys"),
+        2 * VMS as i64
+    );
+    assert_eq!(
+        pg.count("keys", "SELECT COUNT(*) FROM attempts WHERE count = 2"),
+        VMS as i64
+    );
+    for k in &mut hosts {
+        k.kill();
+    }
+}
+
 /// One host of a drain fleet: its own Scheduled Events stub announcing a Preempt of `vms`
 /// (no `self`: the standard policies drain every VM named), the fleet's database under
 /// `postgres.identity`, the budget `budget`, and a drain runbook `steps`.

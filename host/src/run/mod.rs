@@ -692,29 +692,34 @@ impl Host {
         let before = self.nstate.lock().ok().map(|st| st.clone());
         // In a fleet, what can be done before taking the fleet's write lock is: the
         // batch holds it from its first statement to its commit, and the other hosts wait.
-        // What the ingest bodies will look up (read in one round trip, `Db::prefetch`), and
-        // the other hosts' decisions so far (the batch then reads only those committed since).
+        // The ingest bodies are normalized, what they will look up gathered (read in one
+        // round trip, `Db::prefetch`), and the other hosts' decisions so far recorded (the
+        // batch then reads only those committed since).
         let mut want = store::Prefetch::default();
+        let mut ahead = Vec::new();
         if self.store.is_fleet() {
-            for m in &msgs {
-                if let Inbox::Ingest(p, _) = m {
-                    self.ingest_lookups(p, &mut want);
-                }
-            }
+            ahead = msgs
+                .iter()
+                .map(|m| match m {
+                    Inbox::Ingest(p, _) => self.normalize_ahead(p, &mut want),
+                    Inbox::Poll(..) => None,
+                })
+                .collect();
             // A failure here is the batch's to report: it reads the same again.
             let _ = self.store.with(|db| self.sync_fleet(db));
         }
         let res = self.store.batch(|db| {
             self.sync_fleet(db)?;
             db.prefetch(&want)?;
-            for m in msgs {
+            for (i, m) in msgs.into_iter().enumerate() {
                 match m {
                     Inbox::Poll(p, ack) => {
                         let r = self.handle(db, p, &mut fx);
                         answers.push(Answer::Poll(ack, r));
                     }
                     Inbox::Ingest(p, reply) => {
-                        let r = self.ingest(db, &p, &mut fx);
+                        let pre = ahead.get_mut(i).and_then(Option::take);
+                        let r = self.ingest(db, &p, pre, &mut fx);
                         answers.push(Answer::Ingest(reply, r));
                     }
                 }

@@ -221,6 +221,13 @@ fn bad(msg: impl Into<String>) -> IngestReply {
     }
 }
 
+/// An ingest body normalized before its batch ([`Host::normalize_ahead`]): its events (or
+/// the normalizer's error), and the `azure.arm` state it was read with (and left unchanged).
+pub struct Normalized {
+    events: Result<Vec<Event>, NormalizeError>,
+    state: keel_engine::normalize::azure_arm::State,
+}
+
 /// The (resource, operation) whose failed attempts an operation failure counts toward: the
 /// resource's id, else its name, lower-cased. A failure of an unknown resource is never merged
 /// with another's (`None`).
@@ -253,38 +260,52 @@ impl Host {
         Ok(normalize(p.normalizer, &input, scratch))
     }
 
-    /// What deciding the ingest body `p` will look up in the store (its key, its event, its
-    /// attempt count), added to `want` for a fleet batch's prefetch
-    /// ([`Db::prefetch`](crate::run::store::Db::prefetch)). Found as [`Host::ingest`] finds
-    /// them (the same normalizer on the same state), so exact for a body it accepts; a body
-    /// it refuses adds at most a key.
-    pub fn ingest_lookups(&self, p: &Payload, want: &mut Prefetch) {
-        let Ok(body) = serde_json::from_slice::<Value>(&p.bytes) else {
-            return;
-        };
-        let Some(Value::String(key)) = get_ci(&body, "idempotency_key") else {
-            return;
-        };
-        want.keys.push(key.clone());
-        let mut scratch = NormalizerState::default();
-        let Ok(Ok(events)) = self.normalize_ingest(p, &mut scratch) else {
-            return;
-        };
-        let [ev] = events.as_slice() else {
-            return;
-        };
-        want.events.push((ev.id.clone(), crate::run::status_of(ev)));
-        if get_ci(&body, "attempt").is_none() {
-            want.attempts.extend(attempt_key(ev));
+    /// Normalizes the ingest body `p` ahead of its batch, for a fleet: the batch then holds
+    /// the fleet's write lock for less. What deciding it will look up in the store (its key,
+    /// its event, its attempt count) is added to `want` for the batch's prefetch
+    /// ([`Db::prefetch`](crate::run::store::Db::prefetch)), found as [`Host::ingest`] finds
+    /// them, so exact for a body it accepts (a body it refuses adds at most a key). `None`
+    /// when the normalizer changed its state (the body is then normalized again in its turn).
+    pub fn normalize_ahead(&self, p: &Payload, want: &mut Prefetch) -> Option<Normalized> {
+        let body = serde_json::from_slice::<Value>(&p.bytes).ok();
+        if let Some(Value::String(key)) = body.as_ref().and_then(|b| get_ci(b, "idempotency_key")) {
+            want.keys.push(key.clone());
         }
+        let mut scratch = NormalizerState::default();
+        let events = self.normalize_ingest(p, &mut scratch).ok()?;
+        let unchanged = self
+            .nstate
+            .lock()
+            .is_ok_and(|st| st.azure_arm == scratch.azure_arm);
+        if !unchanged {
+            return None;
+        }
+        if let (Ok([ev]), Some(body)) = (events.as_deref(), &body) {
+            want.events.push((ev.id.clone(), crate::run::status_of(ev)));
+            if get_ci(body, "attempt").is_none() {
+                want.attempts.extend(attempt_key(ev));
+            }
+        }
+        Some(Normalized {
+            events,
+            state: scratch.azure_arm,
+        })
     }
 
     /// Accepts one ingest body: normalizes it (`azure.arm`), accepts its idempotency key
     /// once, stamps `failure.attempt` when the body gives none, decides, and records the
     /// decision with the key and the attempt count in one transaction. Returns the HTTP reply
     /// and the runbook to run, if any. Called from the run loop, one body at a time.
-    pub fn ingest(self: &Arc<Self>, db: &Db<'_>, p: &Payload, fx: &mut Effects) -> IngestReply {
-        let (reply, work) = self.ingest_inner(db, p, fx);
+    /// `ahead`: the body normalized before the batch ([`Host::normalize_ahead`]), used when
+    /// the normalizer's state is still the one it was normalized with.
+    pub fn ingest(
+        self: &Arc<Self>,
+        db: &Db<'_>,
+        p: &Payload,
+        ahead: Option<Normalized>,
+        fx: &mut Effects,
+    ) -> IngestReply {
+        let (reply, work) = self.ingest_inner(db, p, ahead, fx);
         fx.work.extend(work);
         if reply.status >= 500 {
             let why = reply.body["error"].as_str().unwrap_or("internal error");
@@ -303,6 +324,7 @@ impl Host {
         self: &Arc<Self>,
         db: &Db<'_>,
         p: &Payload,
+        ahead: Option<Normalized>,
         fx: &mut Effects,
     ) -> (IngestReply, Vec<Work>) {
         let none = Vec::new();
@@ -314,10 +336,20 @@ impl Host {
         // on a copy of the state; only an accepted body's changes are kept.
         // (Only its `azure.arm` part: the one this normalizer reads and writes.)
         let mut scratch = NormalizerState::default();
-        let mut events = match self.normalize_ingest(p, &mut scratch) {
-            Ok(Ok(evs)) => evs,
-            Ok(Err(e)) => return (bad(escape(&e.to_string())), none),
-            Err(poisoned) => return (internal(&poisoned), none),
+        let ahead = ahead.filter(|n| self.nstate.lock().is_ok_and(|st| st.azure_arm == n.state));
+        let normalized = match ahead {
+            Some(n) => {
+                scratch.azure_arm = n.state;
+                n.events
+            }
+            None => match self.normalize_ingest(p, &mut scratch) {
+                Ok(r) => r,
+                Err(poisoned) => return (internal(&poisoned), none),
+            },
+        };
+        let mut events = match normalized {
+            Ok(evs) => evs,
+            Err(e) => return (bad(escape(&e.to_string())), none),
         };
         // The normalizer accepted it, so it is JSON.
         let body: Value = serde_json::from_slice(&p.bytes).unwrap_or(Value::Null);

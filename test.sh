@@ -7,52 +7,61 @@
 # Chromium from Debian's packages when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")"
+# Each stage's title with the seconds since the start: where a slow CI run spent its time.
+stage() { echo "== $* [${SECONDS} s]"; }
 
-echo "== cargo fmt";   cargo fmt --all -- --check
+stage "cargo fmt";   cargo fmt --all -- --check
 (cd wasm-plugins && cargo fmt --all -- --check)
 # With the host's optional Kubernetes client (the `kubernetes` step): linted in the same pass.
-echo "== cargo clippy"; cargo clippy --workspace --all-targets --features keel-host/kubernetes --locked -- -D warnings
+stage "cargo clippy"; cargo clippy --workspace --all-targets --features keel-host/kubernetes --locked -- -D warnings
 (cd wasm-plugins && cargo clippy --workspace --locked --target wasm32-unknown-unknown -- -D warnings)
-echo "== Wasm plugins: the SDK's examples and the hostile test plugin into wasm-plugins/dist/"
+stage "Wasm plugins: the SDK's examples and the hostile test plugin into wasm-plugins/dist/"
 cargo run -q -p xtask --locked -- build-plugins
-echo "== PostgreSQL for the fleet tests (host/tests/fleet.rs starts its own servers)"
+stage "PostgreSQL for the fleet tests (host/tests/fleet.rs starts its own servers)"
 # Debian's `postgresql` package, installed when its server binaries are missing.
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
 fi
-echo "== cargo test: every crate on its own, with default features and with all of them"
+stage "cargo test: every crate on its own, with default features and with all of them"
 # One crate at a time, not --workspace: a workspace run unifies features (the host turns the
 # engine's plugins on), which would hide a crate that fails alone.
+stage "  cargo test -p keel-engine"
 cargo test -p keel-engine --locked
+stage "  cargo test -p keel-engine --all-features"
 cargo test -p keel-engine --all-features --locked
+stage "  cargo test -p keel-host"
 cargo test -p keel-host --locked
 # --all-features adds failpoints: the crash matrix (abort at every step boundary, restart,
 # count effects) runs with the host's other tests.
+stage "  cargo test -p keel-host --all-features"
 cargo test -p keel-host --all-features --locked
+stage "  cargo test -p keel-engine-module"
 cargo test -p keel-engine-module --locked
 # The provisioning agent built on libazureinit, against its loopback IMDS/wireserver stub.
+stage "  cargo test -p keel-example-azure-init-agent"
 cargo test -p keel-example-azure-init-agent --locked
+stage "  cargo test -p xtask"
 cargo test -p xtask --locked
-echo "== wasm32 builds of keel-engine (no default features)"
+stage "wasm32 builds of keel-engine (no default features)"
 for t in wasm32-unknown-unknown wasm32-wasip1; do
   cargo build -p keel-engine --no-default-features --target "$t" --locked
 done
-echo "== the crates as published: cargo package of keel-engine and keel-plugin, built from the packages"
+stage "the crates as published: cargo package of keel-engine and keel-plugin, built from the packages"
 # --allow-dirty: a clean clone has nothing uncommitted; a working tree packages what it has.
 # The engine is verified with its plugin host, which reads the WIT world from the package too.
 cargo package -p keel-engine --features plugins --locked --allow-dirty
 (cd wasm-plugins && cargo package -p keel-plugin --locked --allow-dirty)
-echo "== the engine as a Wasm module (wasm32-unknown-unknown)"
+stage "the engine as a Wasm module (wasm32-unknown-unknown)"
 cargo build -p keel-engine-module --target wasm32-unknown-unknown --release --locked
-echo "== the JavaScript package over the engine module (its .d.ts type-checked, Node's test runner, npm pack)"
+stage "the JavaScript package over the engine module (its .d.ts type-checked, Node's test runner, npm pack)"
 # The parity corpora come from host/tests/engine_module.rs (cargo test -p keel-host above).
 (cd wasm-plugins/engine-module/js \
   && KEEL_ENGINE_MODULE=../../../target/wasm32-unknown-unknown/release/keel_engine_module.wasm node build.mjs \
   && npm ci --no-audit --no-fund --loglevel=error && npx tsc -p test/tsconfig.json \
   && node --test test/*.test.mjs \
   && bash test/pack.sh)
-echo "== keel playground in headless Chromium (the engine module embedded by the playground feature)"
+stage "keel playground in headless Chromium (the engine module embedded by the playground feature)"
 if ! command -v chromium >/dev/null; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
@@ -62,18 +71,18 @@ cargo build -q -p keel-host --all-features --locked
 (cd host/tests/playground && npm ci --no-audit --no-fund --loglevel=error \
   && KEEL_BIN=../../../target/debug/keel node --test playground.test.mjs)
 echo "   screenshots: target/playground/"
-echo "== keel-engine has no tokio or wasmtime in its default dependency tree"
+stage "keel-engine has no tokio or wasmtime in its default dependency tree"
 if cargo tree -p keel-engine -e normal --locked | grep -E "^.* (tokio|wasmtime) v"; then echo "tokio or wasmtime leaked into keel-engine"; exit 1; fi
-echo "== keel check policies/"; cargo run -q -p keel-host --locked -- check policies/
-echo "== keel fmt --check (the shipped policies and plugin examples are formatted)"
+stage "keel check policies/"; cargo run -q -p keel-host --locked -- check policies/
+stage "keel fmt --check (the shipped policies and plugin examples are formatted)"
 cargo run -q -p keel-host --locked -- fmt --check policies/ wasm-plugins/examples/
-echo "== keel test policies/"; cargo run -q -p keel-host --locked -- test policies/
-echo "== keel test policies/ --mutate (no standard policy can be removed unnoticed)"
+stage "keel test policies/"; cargo run -q -p keel-host --locked -- test policies/
+stage "keel test policies/ --mutate (no standard policy can be removed unnoticed)"
 cargo run -q -p keel-host --locked -- test policies/ --mutate
-echo "== keel test wasm-plugins/examples/ (plugin policies through the same engine)"
+stage "keel test wasm-plugins/examples/ (plugin policies through the same engine)"
 cargo run -q -p keel-host --locked -- test wasm-plugins/examples/
 cargo run -q -p keel-host --locked -- test wasm-plugins/examples/ --mutate
-echo "== keel demo (a Reboot through drain to StartRequests)"; cargo run -q -p keel-host --locked -- demo
-echo "== cargo-mutants on the lines of engine/src this commit changes (scripts/mutants.sh ci)"
+stage "keel demo (a Reboot through drain to StartRequests)"; cargo run -q -p keel-host --locked -- demo
+stage "cargo-mutants on the lines of engine/src this commit changes (scripts/mutants.sh ci)"
 bash scripts/mutants.sh ci
-echo "all tests passed"
+echo "all tests passed in ${SECONDS} s"

@@ -32,10 +32,14 @@ stage "  cargo test -p keel-engine --all-features"
 cargo test -p keel-engine --all-features --locked
 stage "  cargo test -p keel-host"
 cargo test -p keel-host --locked
-# --all-features adds failpoints: the crash matrix (abort at every step boundary, restart,
-# count effects) runs with the host's other tests.
-stage "  cargo test -p keel-host --all-features"
-cargo test -p keel-host --all-features --locked
+# --all-features adds failpoints (the crash matrix: abort at every step boundary, restart,
+# count effects), the native kubernetes step and the embedded playground. The tests whose
+# outcome those change run again with them: the unit tests, the crash matrix, the
+# kubernetes step, and the CLI and deployment tests that branch on the feature (the others
+# ran above on the same code).
+stage "  cargo test -p keel-host --all-features (the feature-dependent tests)"
+cargo test -p keel-host --all-features --locked \
+  --bin keel --test crash --test kubernetes --test cli_tools --test deploy
 stage "  cargo test -p keel-engine-module"
 cargo test -p keel-engine-module --locked
 # The provisioning agent built on libazureinit, against its loopback IMDS/wireserver stub.
@@ -50,7 +54,11 @@ done
 stage "the crates as published: cargo package of keel-engine and keel-plugin, built from the packages"
 # --allow-dirty: a clean clone has nothing uncommitted; a working tree packages what it has.
 # The engine is verified with its plugin host, which reads the WIT world from the package too.
-cargo package -p keel-engine --features plugins --locked --allow-dirty
+# The verification build reads no profile from this workspace's Cargo.toml (the package is a
+# workspace of its own): the same dev profile is given here, so it reuses the dependencies the
+# tests built instead of building wasmtime and cranelift again with full debug info.
+PROFILE=(--config 'profile.dev.debug="line-tables-only"' --config 'profile.dev.package."*".debug=false')
+cargo package -p keel-engine --features plugins --locked --allow-dirty "${PROFILE[@]}"
 (cd wasm-plugins && cargo package -p keel-plugin --locked --allow-dirty)
 stage "the engine as a Wasm module (wasm32-unknown-unknown)"
 cargo build -p keel-engine-module --target wasm32-unknown-unknown --release --locked

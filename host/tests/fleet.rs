@@ -16,7 +16,9 @@ mod common;
 use common::pg::PgServer;
 use common::{metric, root, Keel};
 
-use common::azure::{outage_body as body, post_ingest as post, INGEST_TOKEN as TOKEN};
+use common::azure::{
+    outage_body as body, post_ingest as post, post_ingest_reply, INGEST_TOKEN as TOKEN,
+};
 
 /// `keel check --config` on a configuration whose text is `yaml`: (success, stderr).
 fn check_config(dir: &Path, yaml: &str) -> (bool, String) {
@@ -148,15 +150,23 @@ runbooks:
         .collect()
 }
 
-/// The 2021-10-13 replay split across three hosts on one PostgreSQL: 300 Windows VM creates
-/// failing with the missing VM-agent artifact (and 15 Linux VMs), posted to the hosts in
-/// turn. The fleet resubmits at most a tenth of them in all (each host alone would have
-/// resubmitted its first ones up to its own budget), every body is decided once, and exactly
-/// one page reaches the webhook for the whole fleet.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_2021_10_13_storm_split_across_three_hosts_pages_once_and_retries_a_tenth() {
+/// Three ingest hosts (see [`fleet_configs`]) on a fresh database `db` of a server of their
+/// own, listening; their escalation webhook, and a client for them.
+struct IngestFleet {
+    pg: PgServer,
+    url: String,
+    dir: tempfile::TempDir,
+    pw: std::path::PathBuf,
+    hook: common::Hook,
+    hook_url: String,
+    hosts: Vec<Keel>,
+    bases: Vec<String>,
+    client: reqwest::Client,
+}
+
+async fn ingest_fleet(db: &str) -> IngestFleet {
     let pg = PgServer::start();
-    let url = pg.create_db("storm");
+    let url = pg.create_db(db);
     let (hook, hook_url) = common::webhook().await;
     let dir = tempfile::tempdir().unwrap();
     let pw = pg.password_file(dir.path());
@@ -171,6 +181,37 @@ async fn the_2021_10_13_storm_split_across_three_hosts_pages_once_and_retries_a_
         bases.push(k.base());
     }
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    IngestFleet {
+        pg,
+        url,
+        dir,
+        pw,
+        hook,
+        hook_url,
+        hosts,
+        bases,
+        client,
+    }
+}
+
+/// The 2021-10-13 replay split across three hosts on one PostgreSQL: 300 Windows VM creates
+/// failing with the missing VM-agent artifact (and 15 Linux VMs), posted to the hosts in
+/// turn. The fleet resubmits at most a tenth of them in all (each host alone would have
+/// resubmitted its first ones up to its own budget), every body is decided once, and exactly
+/// one page reaches the webhook for the whole fleet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_2021_10_13_storm_split_across_three_hosts_pages_once_and_retries_a_tenth() {
+    let IngestFleet {
+        pg,
+        url,
+        dir,
+        pw,
+        hook,
+        hook_url,
+        mut hosts,
+        bases,
+        client,
+    } = ingest_fleet("storm").await;
 
     const WINDOWS: usize = 300;
     const LINUX: usize = 15;
@@ -322,28 +363,6 @@ async fn the_2021_10_13_storm_split_across_three_hosts_pages_once_and_retries_a_
     }
 }
 
-/// Posts `body` to `base`'s `/ingest` (again while the queue is full); the status and the
-/// reply's JSON.
-async fn post_reply(client: &reqwest::Client, base: &str, body: &str) -> (u16, Value) {
-    for _ in 0..200 {
-        let r = client
-            .post(format!("{base}/ingest"))
-            .bearer_auth(TOKEN)
-            .header("content-type", "application/json")
-            .body(body.to_string())
-            .timeout(Duration::from_secs(60))
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        if status != 503 {
-            return (status, r.json().await.unwrap_or(Value::Null));
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("still 503 after 200 tries");
-}
-
 /// Issue 14: ingest keys and attempt counts are the fleet's. Each of 30 failures is reported
 /// to all three hosts at once (90 requests in flight): each is accepted once for the fleet
 /// (one 202, two `duplicate`), whichever host's batch takes the write lock first; then each
@@ -351,22 +370,16 @@ async fn post_reply(client: &reqwest::Client, base: &str, body: &str) -> (u16, V
 /// stamped as its second attempt. The database holds one decision per failure.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_reported_to_every_host_is_accepted_once_and_attempts_count_across_hosts() {
-    let pg = PgServer::start();
-    let url = pg.create_db("keys");
-    let (_hook, hook_url) = common::webhook().await;
-    let dir = tempfile::tempdir().unwrap();
-    let pw = pg.password_file(dir.path());
-    let env = [("KEEL_TEST_INGEST_TOKEN", TOKEN)];
-    let mut hosts: Vec<Keel> = fleet_configs(dir.path(), &url, &pw, &hook_url, "")
-        .iter()
-        .map(|c| Keel::start(c, &[], &env))
-        .collect();
-    let mut bases = Vec::new();
-    for k in &mut hosts {
-        k.wait_listen(Duration::from_secs(60)).await;
-        bases.push(k.base());
-    }
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    // Bound, not `..`: the directory and the webhook live as long as the hosts.
+    let IngestFleet {
+        pg,
+        dir: _dir,
+        hook: _hook,
+        mut hosts,
+        bases,
+        client,
+        ..
+    } = ingest_fleet("keys").await;
     const VMS: usize = 30;
     let mut tasks = Vec::new();
     for i in 0..VMS {
@@ -374,7 +387,7 @@ async fn a_failure_reported_to_every_host_is_accepted_once_and_attempts_count_ac
         for base in &bases {
             let (client, base, b) = (client.clone(), base.clone(), b.clone());
             tasks.push(tokio::spawn(async move {
-                (i, post_reply(&client, &base, &b).await)
+                (i, post_ingest_reply(&client, &base, b).await)
             }));
         }
     }
@@ -398,7 +411,7 @@ async fn a_failure_reported_to_every_host_is_accepted_once_and_attempts_count_ac
         let mut b: Value =
             serde_json::from_str(&body(&format!("web-win-{i}"), "windows", i)).unwrap();
         b["idempotency_key"] = json!(format!("deploy-2021-10-13/web-win-{i}/create/2"));
-        let (s, j) = post_reply(&client, &bases[(i + 1) % 3], &b.to_string()).await;
+        let (s, j) = post_ingest_reply(&client, &bases[(i + 1) % 3], b.to_string()).await;
         assert_eq!(s, 202, "{j}");
         assert_eq!(j["attempt"], 2, "web-win-{i}'s second failure: {j}");
     }

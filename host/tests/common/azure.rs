@@ -322,6 +322,15 @@ pub fn outage_bodies(windows: usize, linux: usize) -> Vec<String> {
 /// Posts `body` to `base`'s `/ingest`; a 503 (queue full, answered at once) is tried again,
 /// as a client would. The final status.
 pub async fn post_ingest(client: &reqwest::Client, base: &str, body: String) -> u16 {
+    post_ingest_reply(client, base, body).await.0
+}
+
+/// [`post_ingest`], with the final reply's JSON (`Null` when it is not JSON).
+pub async fn post_ingest_reply(
+    client: &reqwest::Client,
+    base: &str,
+    body: String,
+) -> (u16, serde_json::Value) {
     for _ in 0..200 {
         let r = client
             .post(format!("{base}/ingest"))
@@ -334,7 +343,7 @@ pub async fn post_ingest(client: &reqwest::Client, base: &str, body: String) -> 
             .unwrap();
         let status = r.status().as_u16();
         if status != 503 {
-            return status;
+            return (status, r.json().await.unwrap_or(serde_json::Value::Null));
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }

@@ -342,19 +342,30 @@ fn script(s: &Store) -> Vec<String> {
     out
 }
 
-#[test]
-fn sqlite_and_postgres_answer_every_store_operation_alike() -> Result<(), StoreError> {
+/// Runs `script` on a fresh SQLite store and on a fresh database `db` of a PostgreSQL server
+/// of its own (as host `host-a`), and checks that they answered alike, line by line. The
+/// answers, the server and the PostgreSQL store.
+fn on_both_backends(
+    db: &str,
+    script: fn(&Store) -> Vec<String>,
+) -> Result<(Vec<String>, server::PgServer, Store), StoreError> {
     let dir = tempfile::tempdir().map_err(|_| StoreError::Poisoned)?;
     let lite = Store::open(&dir.path().join("state.db"))?;
     let pg = server::PgServer::start();
-    pg.create_db("parity");
-    let fleet = pg_store(&pg, "parity", "host-a")?;
-    assert_eq!(fleet.schema_version()?, PG_MIGRATIONS.len() as i64);
+    pg.create_db(db);
+    let fleet = pg_store(&pg, db, "host-a")?;
     let (a, b) = (script(&lite), script(&fleet));
     assert_eq!(a.len(), b.len());
     for (x, y) in a.iter().zip(&b) {
         assert_eq!(x, y);
     }
+    Ok((a, pg, fleet))
+}
+
+#[test]
+fn sqlite_and_postgres_answer_every_store_operation_alike() -> Result<(), StoreError> {
+    let (a, _pg, fleet) = on_both_backends("parity", script)?;
+    assert_eq!(fleet.schema_version()?, PG_MIGRATIONS.len() as i64);
     // Errors are answers too: none here.
     assert!(!a.iter().any(|l| l.contains(": Err(")), "{a:#?}");
     Ok(())
@@ -652,16 +663,7 @@ fn batch_script(s: &Store) -> Vec<String> {
 #[test]
 fn a_fleets_batch_reads_from_its_cache_and_writes_at_commit_what_sqlite_writes_at_once(
 ) -> Result<(), StoreError> {
-    let dir = tempfile::tempdir().map_err(|_| StoreError::Poisoned)?;
-    let lite = Store::open(&dir.path().join("state.db"))?;
-    let pg = server::PgServer::start();
-    pg.create_db("batch");
-    let fleet = pg_store(&pg, "batch", "host-a")?;
-    let (a, b) = (batch_script(&lite), batch_script(&fleet));
-    assert_eq!(a.len(), b.len());
-    for (x, y) in a.iter().zip(&b) {
-        assert_eq!(x, y);
-    }
+    let (a, pg, fleet) = on_both_backends("batch", batch_script)?;
     assert!(a.contains(&"record e1 again: false".to_string()), "{a:#?}");
     assert!(a.contains(&"attempts at T1: 2".to_string()), "{a:#?}");
     assert!(a.contains(&"attempts: Ok(4)".to_string()), "{a:#?}");

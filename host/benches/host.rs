@@ -182,15 +182,65 @@ async fn ingest_run(batch: usize, clients: usize, secs: u64, extra: &str) -> (f6
         ),
     );
     let keel = Keel::start(&config);
-    let r = ingest_load(std::slice::from_ref(&keel.base), clients, secs, "").await;
+    let r = ingest_load(
+        std::slice::from_ref(&keel.base),
+        &[keel.child.id()],
+        clients,
+        secs,
+        "",
+    )
+    .await;
     drop(keel);
     r
 }
 
+/// CPU time (user + system, in clock ticks) a process has used: fields 14 and 15 of
+/// `/proc/<pid>/stat` (after the command name, which may hold spaces). 0 when unreadable.
+fn cpu_ticks(pid: &str) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (the state).
+    let field = |n: usize| {
+        f.get(n - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    field(14) + field(15)
+}
+
+/// CPU ticks of every running `postgres` process (the benchmark's server and its backends).
+fn postgres_ticks() -> u64 {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "postgres")
+        })
+        .map(|pid| cpu_ticks(&pid))
+        .sum()
+}
+
 /// `clients` keep-alive connections post the 2021-10-13 failure (a new key and VM each time,
 /// `tag` in both) for `secs` seconds after one of warm-up, spread over the hosts at `bases`
-/// in turn: accepted (202) bodies per second, and how many other answers came.
-async fn ingest_load(bases: &[String], clients: usize, secs: u64, tag: &str) -> (f64, u64) {
+/// in turn: accepted (202) bodies per second, and how many other answers came. Prints the
+/// CPU time each accepted body cost the hosts (`pids`), the load generator (this process)
+/// and any PostgreSQL server running, over the counted seconds.
+async fn ingest_load(
+    bases: &[String],
+    pids: &[u32],
+    clients: usize,
+    secs: u64,
+    tag: &str,
+) -> (f64, u64) {
     let template: Value = serde_json::from_str(
         &std::fs::read_to_string(
             root().join("engine/tests/data/ingest/vm-agent-windows-2021-10-13.json"),
@@ -262,11 +312,26 @@ async fn ingest_load(bases: &[String], clients: usize, secs: u64, tag: &str) -> 
     }
     // One second of warm-up, then count.
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let ticks = || {
+        let hosts: u64 = pids.iter().map(|p| cpu_ticks(&p.to_string())).sum();
+        (hosts, cpu_ticks("self"), postgres_ticks())
+    };
+    let before = ticks();
     counting.store(true, Ordering::Relaxed);
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(secs)).await;
     counting.store(false, Ordering::Relaxed);
     let elapsed = t0.elapsed().as_secs_f64();
+    let after = ticks();
+    let n = accepted.load(Ordering::Relaxed).max(1) as f64;
+    // Clock ticks are 1/100 s on Linux (`getconf CLK_TCK`).
+    let per = |a: u64, b: u64| (b.saturating_sub(a)) as f64 * 1e4 / n;
+    println!(
+        "    CPU per accepted body: hosts {:.0} µs, load generator {:.0} µs, PostgreSQL {:.0} µs",
+        per(before.0, after.0),
+        per(before.1, after.1),
+        per(before.2, after.2),
+    );
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         let _ = t.await;
@@ -595,7 +660,8 @@ async fn fleet_ingest(
         })
         .collect();
     let bases: Vec<String> = keels.iter().map(|k| k.base.clone()).collect();
-    ingest_load(&bases, clients, secs, db).await
+    let pids: Vec<u32> = keels.iter().map(|k| k.child.id()).collect();
+    ingest_load(&bases, &pids, clients, secs, db).await
 }
 
 /// A budget every host of the fleet takes a slot of before its drain's first step (never

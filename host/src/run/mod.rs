@@ -697,11 +697,17 @@ impl Host {
         // batch then reads only those committed since).
         let mut want = store::Prefetch::default();
         let mut ahead = Vec::new();
-        if self.store.is_fleet() {
+        let snapshot = self
+            .nstate
+            .lock()
+            .ok()
+            .filter(|_| self.store.is_fleet())
+            .map(|st| Arc::new(st.azure_arm.clone()));
+        if let Some(snapshot) = &snapshot {
             ahead = msgs
                 .iter()
                 .map(|m| match m {
-                    Inbox::Ingest(p, _) => self.normalize_ahead(p, &mut want),
+                    Inbox::Ingest(p, _) => self.normalize_ahead(p, snapshot, &mut want),
                     Inbox::Poll(..) => None,
                 })
                 .collect();

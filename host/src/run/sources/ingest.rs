@@ -222,11 +222,15 @@ fn bad(msg: impl Into<String>) -> IngestReply {
 }
 
 /// An ingest body normalized before its batch ([`Host::normalize_ahead`]): its events (or
-/// the normalizer's error), and the `azure.arm` state it was read with (and left unchanged).
+/// the normalizer's error), and the `azure.arm` state it was read with (and left unchanged):
+/// one snapshot the batch's bodies share.
 pub struct Normalized {
     events: Result<Vec<Event>, NormalizeError>,
-    state: keel_engine::normalize::azure_arm::State,
+    state: Arc<ArmState>,
 }
+
+/// The `azure.arm` normalizer's state.
+pub type ArmState = keel_engine::normalize::azure_arm::State;
 
 /// The (resource, operation) whose failed attempts an operation failure counts toward: the
 /// resource's id, else its name, lower-cased. A failure of an unknown resource is never merged
@@ -265,19 +269,21 @@ impl Host {
     /// its event, its attempt count) is added to `want` for the batch's prefetch
     /// ([`Db::prefetch`](crate::run::store::Db::prefetch)), found as [`Host::ingest`] finds
     /// them, so exact for a body it accepts (a body it refuses adds at most a key). `None`
-    /// when the normalizer changed its state (the body is then normalized again in its turn).
-    pub fn normalize_ahead(&self, p: &Payload, want: &mut Prefetch) -> Option<Normalized> {
+    /// when the normalizer's state is not `snapshot` (taken once for the batch) or the
+    /// normalizer changed it: the body is then normalized again in its turn.
+    pub fn normalize_ahead(
+        &self,
+        p: &Payload,
+        snapshot: &Arc<ArmState>,
+        want: &mut Prefetch,
+    ) -> Option<Normalized> {
         let body = serde_json::from_slice::<Value>(&p.bytes).ok();
         if let Some(Value::String(key)) = body.as_ref().and_then(|b| get_ci(b, "idempotency_key")) {
             want.keys.push(key.clone());
         }
         let mut scratch = NormalizerState::default();
         let events = self.normalize_ingest(p, &mut scratch).ok()?;
-        let unchanged = self
-            .nstate
-            .lock()
-            .is_ok_and(|st| st.azure_arm == scratch.azure_arm);
-        if !unchanged {
+        if scratch.azure_arm != **snapshot {
             return None;
         }
         if let (Ok([ev]), Some(body)) = (events.as_deref(), &body) {
@@ -288,7 +294,7 @@ impl Host {
         }
         Some(Normalized {
             events,
-            state: scratch.azure_arm,
+            state: snapshot.clone(),
         })
     }
 
@@ -336,10 +342,10 @@ impl Host {
         // on a copy of the state; only an accepted body's changes are kept.
         // (Only its `azure.arm` part: the one this normalizer reads and writes.)
         let mut scratch = NormalizerState::default();
-        let ahead = ahead.filter(|n| self.nstate.lock().is_ok_and(|st| st.azure_arm == n.state));
+        let ahead = ahead.filter(|n| self.nstate.lock().is_ok_and(|st| st.azure_arm == *n.state));
         let normalized = match ahead {
             Some(n) => {
-                scratch.azure_arm = n.state;
+                scratch.azure_arm = (*n.state).clone();
                 n.events
             }
             None => match self.normalize_ingest(p, &mut scratch) {

@@ -514,12 +514,19 @@ fn warn_absent_sections(
     c: &compile::Compiled,
     warnings: &mut Vec<Diagnostic>,
 ) {
+    let mut placed = None;
     for r in c.sections.iter().filter(|r| !spec.on.contains(&r.kind)) {
         let on: Vec<&str> = spec.on.iter().map(|k| k.as_str()).collect();
+        // Loads parse without positions; the rare warning parses again to place itself.
+        let offset = placed
+            .get_or_insert_with(|| compile::placed_sections(&e.text))
+            .iter()
+            .find(|p| p.path == r.path)
+            .map_or(r.offset, |p| p.offset);
         warnings.push(
             Diagnostic::new(
                 &spec.file,
-                e.pos_at(r.offset),
+                e.pos_at(offset),
                 format!(
                     "policy `{}` reads `event.{}`, which only `{}` events have, but it is `on: [{}]`: here it is always absent",
                     spec.name,

@@ -138,5 +138,5 @@ pub use yaml::{MAX_POLICY_DEPTH, MAX_POLICY_FILE_BYTES};
 #[doc(hidden)]
 pub mod __private {
     //! Internals exposed for the engine's own benchmarks and parity tests. Not a stable API.
-    pub use crate::compile::{check_expression_here, parity_check};
+    pub use crate::compile::{check_expression_here, fast_parse, parity_check};
 }

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
+use saphyr::{MarkedYaml, Scalar, YamlData};
 use serde_json::Value;
 
 use crate::diag::{Diagnostic, LoadError, Pos};
@@ -175,13 +175,13 @@ pub(crate) fn with_yaml_doc<R>(
             return None;
         }
     };
-    if let Err(d) = precheck(file, text) {
-        diags.push(d);
-        return None;
-    }
-    let docs = match MarkedYaml::load_from_str(text) {
+    let docs = match load_docs(file, text) {
         Ok(d) => d,
-        Err(e) => {
+        Err(Err(d)) => {
+            diags.push(d);
+            return None;
+        }
+        Err(Ok(e)) => {
             let m = e.marker();
             let help = e.info().contains("mapping values are not allowed").then(|| {
                 "a plain value cannot contain `: `; quote it (\"...\") or use a folded block (`>`)".to_string()
@@ -225,16 +225,22 @@ pub(crate) fn with_yaml_doc<R>(
     }
 }
 
-/// Rejects what the tree loader should never see: aliases (no billion laughs) and nesting
-/// deeper than [`MAX_POLICY_DEPTH`] (no stack exhaustion).
-fn precheck(file: &Path, text: &str) -> Result<(), Diagnostic> {
+/// Loads the documents of `text` in one pass of the YAML parser, rejecting before the tree
+/// loader sees them what it should never see: aliases (no billion laughs) and nesting deeper
+/// than [`MAX_POLICY_DEPTH`]. The parser's events are pulled one at a time (its own `load`
+/// recurses per nesting level) and handed to the tree loader only once checked. The error is
+/// a refusal (`Err(Err(_))`), or a YAML syntax error (`Err(Ok(_))`, the parser's or the
+/// loader's, such as a duplicate key) for the caller to place.
+#[allow(clippy::type_complexity)]
+fn load_docs<'t>(
+    file: &Path,
+    text: &'t str,
+) -> Result<Vec<MarkedYaml<'t>>, Result<saphyr::ScanError, Diagnostic>> {
+    use saphyr_parser::SpannedEventReceiver;
+    let mut loader = saphyr::YamlLoader::<MarkedYaml<'t>>::default();
     let mut depth = 0usize;
     for ev in saphyr_parser::Parser::new_from_str(text) {
-        let (ev, span) = match ev {
-            Ok(e) => e,
-            // Syntax errors are reported by the loader with the same position.
-            Err(_) => return Ok(()),
-        };
+        let (ev, span) = ev.map_err(Ok)?;
         let at = Pos {
             line: span.start.line(),
             column: span.start.col() + 1,
@@ -243,27 +249,31 @@ fn precheck(file: &Path, text: &str) -> Result<(), Diagnostic> {
             saphyr_parser::Event::SequenceStart(..) | saphyr_parser::Event::MappingStart(..) => {
                 depth += 1;
                 if depth > MAX_POLICY_DEPTH {
-                    return Err(Diagnostic::new(
+                    return Err(Err(Diagnostic::new(
                         file,
                         at,
                         format!("YAML nested deeper than {MAX_POLICY_DEPTH} levels"),
-                    ));
+                    )));
                 }
             }
             saphyr_parser::Event::SequenceEnd | saphyr_parser::Event::MappingEnd => {
                 depth = depth.saturating_sub(1);
             }
             saphyr_parser::Event::Alias(_) => {
-                return Err(Diagnostic::new(
+                return Err(Err(Diagnostic::new(
                     file,
                     at,
                     "YAML aliases (`*name`) are not allowed in policy files",
-                ));
+                )));
             }
             _ => {}
         }
+        loader.on_event(ev, span);
     }
-    Ok(())
+    if let Some(e) = loader.error() {
+        return Err(Ok(e.clone()));
+    }
+    Ok(loader.into_documents())
 }
 
 pub(crate) fn pos(n: &MarkedYaml<'_>) -> Pos {

@@ -21,7 +21,9 @@ pub(super) enum Lowered {
 }
 
 pub(super) struct Checker<'p> {
-    pub(super) program: &'p cel::Program,
+    /// Where each node is, when the expression was parsed with positions (see `compile`):
+    /// without, problems are found but not placed, and the caller parses again to place them.
+    pub(super) info: Option<&'p SourceInfo>,
     pub(super) problems: Vec<ExprProblem>,
     pub(super) reads: BTreeSet<Option<FieldId>>,
     pub(super) uses_history: bool,
@@ -36,7 +38,8 @@ pub(super) struct Checker<'p> {
 pub(crate) struct SectionRead {
     /// The kind whose events have the section.
     pub kind: crate::event::Kind,
-    /// Where the read is, in characters of the expression.
+    /// Where the read is, in characters of the expression (0 when parsed without positions:
+    /// see [`super::placed_sections`]).
     pub offset: usize,
     /// The path read, below `event`.
     pub path: String,
@@ -61,27 +64,31 @@ pub(super) fn event_path(e: &IdedExpr) -> Option<Vec<(&str, u64)>> {
     }
 }
 
+/// The character offset of node `id`. The parser points a selection at its dot, a `has()`
+/// at its parenthesis and a method call at its parenthesis, so when the node names
+/// something, step onto the nearest occurrence of that name.
+pub(super) fn offset_in(info: &SourceInfo, id: u64, name: Option<&str>) -> usize {
+    let at = info.offset_for(id).map(|(s, _)| s as usize).unwrap_or(0);
+    let Some(name) = name.filter(|n| !n.is_empty()) else {
+        return at;
+    };
+    let chars: Vec<char> = info.source.chars().collect();
+    let needle: Vec<char> = name.chars().collect();
+    let matches_at = |i: usize| chars.get(i..i + needle.len()) == Some(&needle[..]);
+    let after = (at..chars.len().min(at + 256)).find(|&i| matches_at(i));
+    let before = (at.saturating_sub(256)..at).rev().find(|&i| matches_at(i));
+    match (before, after) {
+        (Some(b), Some(a)) if at - b < a - at => b,
+        (_, Some(a)) => a,
+        (Some(b), None) => b,
+        (None, None) => at,
+    }
+}
+
 impl Checker<'_> {
-    /// The character offset of node `id`. The parser points a selection at its dot, a `has()`
-    /// at its parenthesis and a method call at its parenthesis, so when the node names
-    /// something, step onto the nearest occurrence of that name.
+    /// The character offset of node `id` (see [`offset_in`]); 0 when parsed without positions.
     fn offset(&self, id: u64, name: Option<&str>) -> usize {
-        let info = self.program.source_info();
-        let at = info.offset_for(id).map(|(s, _)| s as usize).unwrap_or(0);
-        let Some(name) = name.filter(|n| !n.is_empty()) else {
-            return at;
-        };
-        let chars: Vec<char> = info.source.chars().collect();
-        let needle: Vec<char> = name.chars().collect();
-        let matches_at = |i: usize| chars.get(i..i + needle.len()) == Some(&needle[..]);
-        let after = (at..chars.len().min(at + 256)).find(|&i| matches_at(i));
-        let before = (at.saturating_sub(256)..at).rev().find(|&i| matches_at(i));
-        match (before, after) {
-            (Some(b), Some(a)) if at - b < a - at => b,
-            (_, Some(a)) => a,
-            (Some(b), None) => b,
-            (None, None) => at,
-        }
+        self.info.map_or(0, |info| offset_in(info, id, name))
     }
 
     fn problem(&mut self, id: u64, message: String, help: Option<String>) {

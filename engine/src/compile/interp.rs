@@ -394,6 +394,11 @@ impl<'a> Interp<'a> {
         if let Some(n) = &c.native {
             return n.eval(ev, now, self.history);
         }
+        let Some(tree) = &c.interpreted else {
+            return Err(
+                "internal error: an expression with neither a native form nor a tree".into(),
+            );
+        };
         let (ctx, cost) = self.ctx.get_or_insert_with(|| {
             let cost = CostMeter::default();
             let mut cx = cel::Context::with_env(self.env.clone());
@@ -406,13 +411,9 @@ impl<'a> Interp<'a> {
         });
         // The `cel` interpreter can panic on inputs it does not guard (chrono overflow in
         // time arithmetic, for one): a policy error, never a crash of the caller.
-        let program = &c.program;
         let ctx = &*ctx;
         cost.store(0, std::sync::atomic::Ordering::Relaxed);
-        let run = || match &c.metered {
-            Some(m) => ctx.resolve(m),
-            None => program.execute(ctx),
-        };
+        let run = || ctx.resolve(tree);
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(run));
         // Over budget is an error even where `||`, `&&` or a macro absorbed the failure.
         if cost.load(std::sync::atomic::Ordering::Relaxed) > MAX_EVAL_COST {

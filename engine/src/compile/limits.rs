@@ -25,7 +25,15 @@ pub(super) const MAX_UNARY_RUN: usize = 8;
 /// literal that does not end, or holds an undefined escape, is rejected here: the parser
 /// would reject it too, but its lexer would first skip a character and read the rest of the
 /// literal as code.
-pub(super) fn precheck(text: &str) -> Result<(), ExprProblem> {
+///
+/// Returns whether the text avoids the few constructs on which the `cel` crate's Pratt parser
+/// and its ANTLR parser disagree (found by `engine/tests/parser_parity.rs`): a `0X` hex prefix
+/// (only `0x` is CEL; the Pratt parser takes both), a quote right after an identifier other
+/// than a string prefix (the Pratt parser reads `rb"…"` as raw bytes, the grammar as the
+/// identifier `rb` and a string) and a run of unary operators holding a `-`
+/// (`!-x`, `-!x`, `- -3`: the ANTLR grammar takes a run of `!` or of `-` only, and folds a
+/// negated literal differently). Such text is parsed with the ANTLR parser alone.
+pub(super) fn precheck(text: &str) -> Result<bool, ExprProblem> {
     let n = text.chars().count();
     if n > MAX_EXPR_CHARS {
         return Err(ExprProblem {
@@ -49,6 +57,8 @@ pub(super) fn precheck(text: &str) -> Result<(), ExprProblem> {
     let mut frames: Vec<usize> = vec![0];
     let mut depth = 0usize;
     let mut unary = 0usize;
+    let mut unary_minus = false;
+    let mut pratt_safe = true;
     let mut i = 0;
     while i < chars.len() {
         let c = chars[i];
@@ -67,10 +77,16 @@ pub(super) fn precheck(text: &str) -> Result<(), ExprProblem> {
             while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_') {
                 i += 1;
             }
+            if matches!(chars.get(i), Some('"' | '\'')) {
+                pratt_safe = false;
+            }
             unary = 0;
             continue;
         }
         if c.is_ascii_digit() {
+            if c == '0' && chars.get(i + 1) == Some(&'X') {
+                pratt_safe = false;
+            }
             i = skip_number(&chars, i);
             unary = 0;
             continue;
@@ -106,7 +122,14 @@ pub(super) fn precheck(text: &str) -> Result<(), ExprProblem> {
         }
         match c {
             '!' | '-' => {
+                if unary == 0 {
+                    unary_minus = false;
+                }
                 unary += 1;
+                unary_minus |= c == '-';
+                if unary > 1 && unary_minus {
+                    pratt_safe = false;
+                }
                 if unary > MAX_UNARY_RUN {
                     return Err(ExprProblem {
                         offset: i,
@@ -120,7 +143,7 @@ pub(super) fn precheck(text: &str) -> Result<(), ExprProblem> {
         }
         i += 1;
     }
-    Ok(())
+    Ok(pratt_safe)
 }
 
 /// If a string or bytes literal starts at `i`: the index of its first quote and whether it is
@@ -386,6 +409,29 @@ mod precheck_tests {
                 "{text:?}: {}",
                 err.message
             );
+        }
+    }
+
+    #[test]
+    fn the_constructs_the_two_parsers_disagree_on_leave_the_fast_parser_out() {
+        for text in [
+            "0XaB == 1",
+            "!-x",
+            "-!x",
+            "! -2.5",
+            "a - -3",
+            "!(-1 < x)",
+            "rb'x'",
+            "x == Rb\"y\"",
+        ] {
+            assert_eq!(precheck(text).ok(), Some(false), "{text:?}");
+        }
+        for text in [
+            "0xaB == 1 && !has(event.a) && -1 < x && !!y",
+            "x - 3 > -1 || b'\\xff' == br'x' || r\"a\" == R'b'",
+            "'0X' == \"!-\" // 0X !- rb'\n&& true",
+        ] {
+            assert_eq!(precheck(text).ok(), Some(true), "{text:?}");
         }
     }
 

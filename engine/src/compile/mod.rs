@@ -18,6 +18,7 @@ mod native;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use cel::common::ast::SourceInfo;
 use cel::objects::Value;
 use cel::IdedExpr;
 use chrono::Duration;
@@ -44,7 +45,6 @@ pub(crate) struct ExprProblem {
 #[derive(Debug)]
 pub(crate) struct Compiled {
     pub native: Option<Native>,
-    pub program: cel::Program,
     /// Static result type, where known.
     pub ty: Option<Ty>,
     /// The conjuncts the policy index decides (see the `index` module).
@@ -58,10 +58,11 @@ pub(crate) struct Compiled {
     pub sections: Vec<check::SectionRead>,
     /// The constant history windows it uses (for truncation warnings).
     pub windows: Vec<Duration>,
-    /// For an interpreted expression with comprehensions: the same expression with every
-    /// comprehension range and operand passed through [`COST_FN`], which charges the
-    /// evaluation's cost budget (see [`meter`]). The interpreter runs this form instead.
-    pub metered: Option<IdedExpr>,
+    /// What the interpreter runs when `native` is `None` (and `None` when it is not: a
+    /// lowered expression keeps no tree): the parsed expression or, where it has
+    /// comprehensions, the same with every comprehension range and operand passed through
+    /// [`COST_FN`], which charges the evaluation's cost budget (see [`meter`]).
+    pub interpreted: Option<IdedExpr>,
 }
 
 /// The interpreter's environment: the CEL standard library and the strings extension
@@ -128,23 +129,66 @@ const KNOWN_FUNCTIONS: &[&str] = &[
 
 /// Parses, checks and lowers one expression. Problems are returned with offsets into the
 /// expression's text.
+///
+/// The expression is parsed with the `cel` crate's hand-written (Pratt) parser, about fifteen
+/// times faster than its ANTLR one, which was most of a load's time. That parser keeps no
+/// positions, so where positions matter (a syntax error, a problem the checks find) the
+/// expression is parsed again with the ANTLR parser, which gives the same tree (but for its
+/// node ids: tested on every string of the repository's YAML files, the benchmark's policies
+/// and random expressions), and checked again on that tree: a set that loads never pays for
+/// positions, and every diagnostic is placed as the ANTLR parser's positions place it.
 pub(crate) fn compile(expr: &Expr) -> Result<Compiled, Vec<ExprProblem>> {
-    precheck(&expr.text).map_err(|p| vec![p])?;
-    let program = match cel::Program::compile(&expr.text) {
-        Ok(p) => p,
-        Err(errs) => {
-            return Err(errs
-                .errors
+    let pratt_safe = precheck(&expr.text).map_err(|p| vec![p])?;
+    if pratt_safe {
+        if let Ok(ast) = cel::parser::PrattParser::default().parse(&expr.text) {
+            if let Ok(c) = compile_ast(ast, None) {
+                return Ok(c);
+            }
+        }
+    }
+    let (ast, info) = parse_with_positions(&expr.text)?;
+    compile_ast(ast, Some(&info))
+}
+
+/// The tree the engine's fast path parses `text` to, or `None` where it leaves `text` to the
+/// ANTLR parser (the pre-check fails or flags a construct the parsers disagree on, or the
+/// Pratt parser rejects it). For the engine's parity tests; not a stable API.
+pub fn fast_parse(text: &str) -> Option<IdedExpr> {
+    if precheck(text).ok()? {
+        cel::parser::PrattParser::default().parse(text).ok()
+    } else {
+        None
+    }
+}
+
+/// Parses `text` with the ANTLR parser, which records where each node is.
+fn parse_with_positions(text: &str) -> Result<(IdedExpr, SourceInfo), Vec<ExprProblem>> {
+    cel::parser::Parser::default()
+        .parse_with_source_info(text)
+        .map_err(|errs| {
+            errs.errors
                 .iter()
                 .map(|e| ExprProblem {
-                    offset: line_col_to_offset(&expr.text, e.pos.0, e.pos.1),
+                    offset: line_col_to_offset(text, e.pos.0, e.pos.1),
                     message: format!("CEL syntax error: {}", strip_syntax_prefix(&e.msg)),
                     help: None,
                 })
-                .collect())
-        }
-    };
-    let depth = ast_depth(program.expression());
+                .collect::<Vec<_>>()
+        })
+}
+
+/// The section reads of `text` with their offsets (for a warning): the expression is parsed
+/// again with positions and checked again. Empty if it no longer compiles (it did).
+pub(crate) fn placed_sections(text: &str) -> Vec<SectionRead> {
+    parse_with_positions(text)
+        .and_then(|(ast, info)| compile_ast(ast, Some(&info)))
+        .map(|c| c.sections)
+        .unwrap_or_default()
+}
+
+/// Checks and lowers a parsed expression; `info`, where given, places the problems.
+fn compile_ast(ast: IdedExpr, info: Option<&SourceInfo>) -> Result<Compiled, Vec<ExprProblem>> {
+    let depth = ast_depth(&ast);
     if depth > MAX_AST_DEPTH {
         return Err(vec![ExprProblem {
             offset: 0,
@@ -157,15 +201,15 @@ pub(crate) fn compile(expr: &Expr) -> Result<Compiled, Vec<ExprProblem>> {
         }]);
     }
     let mut ck = Checker {
-        program: &program,
+        info,
         problems: Vec::new(),
         reads: BTreeSet::new(),
         uses_history: false,
         windows: Vec::new(),
         sections: Vec::new(),
     };
-    ck.check(program.expression(), &mut Vec::new());
-    let lowered = ck.lower(program.expression());
+    ck.check(&ast, &mut Vec::new());
+    let lowered = ck.lower(&ast);
     if !ck.problems.is_empty() {
         return Err(ck.problems);
     }
@@ -180,8 +224,12 @@ pub(crate) fn compile(expr: &Expr) -> Result<Compiled, Vec<ExprProblem>> {
             help: Some("keep history queries in expressions of field tests, comparisons, `in` lists, `&&`, `||`, `!` and `has()`; move `size`, conversions or macros into another policy".into()),
         }]);
     }
-    let metered = if native.is_none() && has_comprehension(program.expression()) {
-        let n = literal_iterations(program.expression());
+    let mut atoms = Vec::new();
+    collect_atoms(&ast, &mut atoms);
+    let interpreted = if native.is_some() {
+        None
+    } else if has_comprehension(&ast) {
+        let n = literal_iterations(&ast);
         if n > MAX_EVAL_COST {
             return Err(vec![ExprProblem {
                 offset: 0,
@@ -191,14 +239,12 @@ pub(crate) fn compile(expr: &Expr) -> Result<Compiled, Vec<ExprProblem>> {
                 help: Some("nest fewer comprehensions, or over shorter lists".into()),
             }]);
         }
-        let mut m = program.expression().clone();
+        let mut m = ast;
         meter(&mut m, &mut Vec::new());
         Some(m)
     } else {
-        None
+        Some(ast)
     };
-    let mut atoms = Vec::new();
-    collect_atoms(program.expression(), &mut atoms);
     let uses_history = ck.uses_history;
     let windows = std::mem::take(&mut ck.windows);
     let sections = std::mem::take(&mut ck.sections);
@@ -209,14 +255,13 @@ pub(crate) fn compile(expr: &Expr) -> Result<Compiled, Vec<ExprProblem>> {
     };
     Ok(Compiled {
         native,
-        program,
         ty,
         atoms,
         reads,
         uses_history,
         windows,
         sections,
-        metered,
+        interpreted,
     })
 }
 
@@ -234,13 +279,15 @@ pub fn parity_check(expr: &str, ev: &Event, now: Timestamp) -> Option<ParityOutc
     };
     let c = compile(&e).ok()?;
     let native = c.native.as_ref()?;
+    // A lowered expression keeps no tree: the interpreter runs the ANTLR parser's.
+    let (tree, _) = parse_with_positions(expr).ok()?;
     let n = native.eval(ev, now, None).map(|v| format!("{v:?}"));
     let mut ctx = cel::Context::with_env(env());
     let mut all = BTreeSet::new();
     all.insert(None);
     ctx.add_variable_from_value("event", event_value(ev, &all));
     ctx.add_variable_from_value("now", Value::Timestamp(to_fixed(now)));
-    let i = match c.program.execute(&ctx) {
+    let i = match ctx.resolve(&tree) {
         Ok(v) => from_cel(&v)
             .map(|v| format!("{v:?}"))
             .ok_or_else(|| format!("unsupported {v:?}")),

@@ -184,6 +184,43 @@ fn cmp(x: &BoxedStrategy<String>) -> BoxedStrategy<String> {
         .boxed()
 }
 
+const QUANTIFIERS: &[&str] = &["all", "exists", "exists_one"];
+/// A detail's fields (`message` and `target` may be absent: reading one is then an error).
+const DETAIL_FIELDS: &[&str] = &["d.code", "d.message", "d.target"];
+const DETAIL_HAS: &[&str] = &["has(d.code)", "has(d.message)", "has(d.target)"];
+const DETAIL_LITS: &[&str] = &[
+    "\"VMExtensionProvisioningError\"",
+    "\"ArtifactVersionNotFound\"",
+    "\"\"",
+    "\"VM\"",
+    "\"extensions/agent\"",
+];
+
+/// The body of a quantifier over `event.failure.details`: tests of the detail `d`, alone or
+/// with a test of the level below (which may read the event, or fail).
+fn detail_body(p: &Exprs) -> BoxedStrategy<String> {
+    let str_fn = proptest::sample::select(&["startsWith", "endsWith", "contains"][..]);
+    let detail_str = prop_oneof![pick(DETAIL_FIELDS), pick(DETAIL_LITS)];
+    let atom = prop_oneof![
+        (
+            pick(DETAIL_FIELDS),
+            prop_oneof![pick(DETAIL_LITS), p.s.clone()]
+        )
+            .prop_map(|(a, b)| format!("({a} == {b})")),
+        (pick(DETAIL_FIELDS), str_fn, detail_str).prop_map(|(a, f, b)| format!("{a}.{f}({b})")),
+        pick(DETAIL_HAS),
+        (pick(DETAIL_FIELDS), pick(PATTERNS)).prop_map(|(a, re)| format!("{a}.matches({re})")),
+    ]
+    .boxed();
+    prop_oneof![
+        2 => atom.clone(),
+        2 => (atom.clone(), prop::sample::select(&["&&", "||"][..]), prop_oneof![atom.clone(), p.b.clone()])
+            .prop_map(|(a, o, b)| format!("({a} {o} {b})")),
+        1 => atom.prop_map(|a| format!("!{a}")),
+    ]
+    .boxed()
+}
+
 /// One level deeper: every composite built from the level below, or the level below itself.
 fn step(p: &Exprs) -> Exprs {
     let str_list = proptest::collection::vec(pick(STR_LITS), 0..4).prop_map(|v| v.join(", "));
@@ -204,6 +241,8 @@ fn step(p: &Exprs) -> Exprs {
             1 => (p.s.clone(), str_list).prop_map(|(a, l)| format!("({a} in [{l}])")),
             1 => (p.s.clone(), str_fn, p.s.clone())
                 .prop_map(|(a, f, b)| format!("{a}.{f}({b})")),
+            1 => (pick(QUANTIFIERS), detail_body(p))
+                .prop_map(|(q, body)| format!("event.failure.details.{q}(d, {body})")),
             1 => (p.s.clone(), pick(PATTERNS), any::<bool>()).prop_map(|(a, re, method)| {
                 if method {
                     format!("{a}.matches({re})")
@@ -350,19 +389,44 @@ fn failure() -> impl Strategy<Value = Value> {
         opt(int_value()),
         any::<bool>(),
         opt(pick(&["the artifact was not found", ""])),
+        proptest::collection::vec(
+            (
+                pick(&[
+                    "VMExtensionProvisioningError",
+                    "ArtifactVersionNotFound",
+                    "",
+                ]),
+                opt(pick(&["extensions/agent failed", ""])),
+                opt(pick(&["extensions/agent", "VM"])),
+            ),
+            0..4,
+        ),
     )
-        .prop_map(|(code, attempt, http, retry_after, transient, message)| {
-            let mut m = Map::new();
-            m.insert("operation".into(), "create".into());
-            m.insert("code".into(), code.into());
-            m.insert("category".into(), "vm_agent".into());
-            m.insert("attempt".into(), attempt.into());
-            insert(&mut m, "http_status", http.map(Value::from));
-            insert(&mut m, "retry_after_s", retry_after.map(Value::from));
-            m.insert("transient".into(), transient.into());
-            insert(&mut m, "message", message.map(Value::from));
-            Value::Object(m)
-        })
+        .prop_map(
+            |(code, attempt, http, retry_after, transient, message, details)| {
+                let mut m = Map::new();
+                m.insert("operation".into(), "create".into());
+                m.insert("code".into(), code.into());
+                m.insert("category".into(), "vm_agent".into());
+                m.insert("attempt".into(), attempt.into());
+                insert(&mut m, "http_status", http.map(Value::from));
+                insert(&mut m, "retry_after_s", retry_after.map(Value::from));
+                m.insert("transient".into(), transient.into());
+                insert(&mut m, "message", message.map(Value::from));
+                let details: Vec<Value> = details
+                    .into_iter()
+                    .map(|(code, message, target)| {
+                        let mut d = Map::new();
+                        d.insert("code".into(), code.into());
+                        insert(&mut d, "message", message.map(Value::from));
+                        insert(&mut d, "target", target.map(Value::from));
+                        Value::Object(d)
+                    })
+                    .collect();
+                m.insert("details".into(), details.into());
+                Value::Object(m)
+            },
+        )
 }
 
 /// An event with each section present or not, whatever its kind says.
@@ -632,6 +696,88 @@ fn hand_picked_expressions_agree() {
     }
 }
 
+/// Quantifiers over `failure.details` run natively with the interpreter's handling of
+/// errors: `exists` and `all` keep an error pending until an element decides, `exists_one`
+/// fails at the first.
+#[test]
+fn quantifiers_over_details_agree() {
+    let now: Timestamp = "2021-10-13T14:05:03Z".parse().unwrap();
+    let failure = |details: Value| {
+        json!({"failure": {"operation": "create", "code": "VMExtensionProvisioningError",
+            "category": "vm_agent", "attempt": 1, "details": details}})
+    };
+    let two = sample_event(failure(json!([
+        {"code": "VMExtensionProvisioningError", "message": "x"},
+        {"code": "ArtifactVersionNotFound", "target": "extensions/agent"}
+    ])));
+    let none = sample_event(failure(json!([])));
+    let no_failure = sample_event(json!({"kind": "health", "failure": null,
+        "health": {"state": "degraded"}}));
+    let q = |body: &str, q: &str| format!("event.failure.details.{q}(d, {body})");
+    let cases: Vec<(&Event, String, Option<&str>)> = vec![
+        (
+            &two,
+            q("d.code == \"ArtifactVersionNotFound\"", "exists"),
+            Some("Bool(true)"),
+        ),
+        (
+            &two,
+            q("d.code.startsWith(\"V\")", "all"),
+            Some("Bool(false)"),
+        ),
+        (
+            &two,
+            q("d.code.startsWith(\"V\")", "exists_one"),
+            Some("Bool(true)"),
+        ),
+        (&two, q("has(d.message)", "exists_one"), Some("Bool(true)")),
+        (&two, q("has(d.code)", "all"), Some("Bool(true)")),
+        (
+            &two,
+            q("d.target == \"extensions/agent\"", "exists"),
+            Some("Bool(true)"),
+        ),
+        // The first detail decides before the second fails.
+        (&two, q("d.message == \"x\"", "exists"), Some("Bool(true)")),
+        (&two, q("d.message == \"nope\"", "all"), Some("Bool(false)")),
+        // The second fails and nothing decides: the error stands.
+        (&two, q("d.message == \"x\"", "all"), None),
+        (&two, q("d.message == \"nope\"", "exists"), None),
+        (&two, q("d.message == \"x\"", "exists_one"), None),
+        // An error absorbed inside the body is no error.
+        (
+            &two,
+            q("has(d.message) && d.message == \"x\"", "exists_one"),
+            Some("Bool(true)"),
+        ),
+        (
+            &two,
+            q("d.code == event.failure.code", "exists_one"),
+            Some("Bool(true)"),
+        ),
+        (&none, q("d.code == \"X\"", "exists"), Some("Bool(false)")),
+        (&none, q("d.code == \"X\"", "all"), Some("Bool(true)")),
+        (
+            &none,
+            q("d.code == \"X\"", "exists_one"),
+            Some("Bool(false)"),
+        ),
+        (&no_failure, q("d.code == \"X\"", "exists"), None),
+    ];
+    for (ev, expr, want) in &cases {
+        let (native, interp) =
+            parity_check(expr, ev, now).unwrap_or_else(|| panic!("{expr} is not lowered natively"));
+        match (&native, &interp, want) {
+            (Ok(a), Ok(b), Some(w)) => {
+                assert_eq!(a, b, "{expr}");
+                assert_eq!(a, w, "{expr}");
+            }
+            (Err(_), Err(_), None) => {}
+            _ => panic!("{expr}: native {native:?}, interpreter {interp:?}, want {want:?}"),
+        }
+    }
+}
+
 #[test]
 fn event_times_outside_cel_range_agree() {
     // Year 0000 is valid RFC 3339 but before CEL's first timestamp.
@@ -675,7 +821,11 @@ fn interpreter_fallback_is_reported_as_not_lowered() {
     let ev = sample_event(json!({}));
     let now: Timestamp = "2021-10-13T14:05:03Z".parse().unwrap();
     for expr in [
-        "event.failure.details.exists(d, d.code == \"X\")",
+        "event.failure.details.exists(d, size(d.code) > 3)",
+        "event.failure.details.exists(event, event.code == \"X\")",
+        "event.failure.details.map(d, d.code).exists(c, c == \"X\")",
+        "event.failure.details.exists(d, d.code == \"X\" && [1].all(x, x > 0))",
+        "event.failure.details.exists(d, d == {\"code\": \"X\"})",
         "event.failure.code.matches(event.resource.os)",
         "size(event.failure.code) > 3",
         "event.failure.attempt / 2 == 0",

@@ -30,6 +30,8 @@ pub(super) struct Checker<'p> {
     pub(super) windows: Vec<Duration>,
     /// Reads of a kind's own section (`event.failure.…`): the kind, the offset, the path.
     pub(super) sections: Vec<SectionRead>,
+    /// While lowering a quantifier's body: the name of its iteration variable.
+    pub(super) elem: Option<String>,
 }
 
 /// A read of `event.maintenance`, `event.health` or `event.failure` (or below): only events
@@ -534,6 +536,12 @@ impl Checker<'_> {
                 None => Fallback(None),
             },
             Ast::Ident(n) if n == "now" => N(Native::Now, Ty::Time),
+            Ast::Select(s) if self.is_elem(&s.operand) => match DetailField::named(&s.field) {
+                Some(f) if s.test => N(Native::ElemHas(f), Ty::Bool),
+                Some(f) => N(Native::Elem(f), Ty::Str),
+                None => Fallback(None),
+            },
+            Ast::Comprehension(c) => self.lower_quantifier(c),
             Ast::Select(s) if s.test => {
                 let Some(mut segs) = event_path(&s.operand) else {
                     return Fallback(Some(Ty::Bool));
@@ -550,6 +558,80 @@ impl Checker<'_> {
             }
             Ast::Call(c) => self.lower_call(e.id, c),
             _ => Fallback(None),
+        }
+    }
+
+    /// Whether `e` is the iteration variable of the quantifier whose body is being lowered.
+    fn is_elem(&self, e: &IdedExpr) -> bool {
+        matches!((&e.expr, &self.elem), (Ast::Ident(n), Some(v)) if n == v)
+    }
+
+    /// `event.failure.details.all(d, body)`, `.exists(d, body)` or `.exists_one(d, body)`, as
+    /// the `cel` parser expands them (see its macros), with a body lowered natively in which
+    /// `d` is read only as `d.code`, `d.message`, `d.target` or `has()` of them.
+    fn lower_quantifier(&mut self, c: &cel::common::ast::ComprehensionExpr) -> Lowered {
+        use Lowered::{Fallback, Native as N};
+        let accu = c.accu_var.as_str();
+        let is_accu = |e: &IdedExpr| matches!(&e.expr, Ast::Ident(n) if n == accu);
+        let call = |e: &'_ IdedExpr, name: &str, n: usize| -> bool {
+            matches!(&e.expr, Ast::Call(k) if k.func_name == name && k.target.is_none() && k.args.len() == n)
+        };
+        let args = |e: &IdedExpr| match &e.expr {
+            Ast::Call(k) => k.args.clone(),
+            _ => Vec::new(),
+        };
+        let lit = |e: &IdedExpr| match &e.expr {
+            Ast::Literal(l) => literal(l),
+            _ => None,
+        };
+        if c.iter_var2.is_some() || VARIABLES.contains(&c.iter_var.as_str()) || self.elem.is_some()
+        {
+            return Fallback(None);
+        }
+        let Some(list) = event_path(&c.iter_range).and_then(|segs| {
+            let path: Vec<&str> = segs.iter().map(|(s, _)| *s).collect();
+            fields::lookup(&path.join("."))
+        }) else {
+            return Fallback(None);
+        };
+        if fields::field(list).ty != FieldType::DetailList {
+            return Fallback(None);
+        }
+        let step = args(&c.loop_step);
+        let (q, body) = match (lit(&c.accu_init), step.as_slice()) {
+            (Some(V::Bool(init)), [a, body])
+                if is_accu(a)
+                    && is_accu(&c.result)
+                    && call(
+                        &c.loop_step,
+                        if init {
+                            operators::LOGICAL_AND
+                        } else {
+                            operators::LOGICAL_OR
+                        },
+                        2,
+                    ) =>
+            {
+                (if init { Quant::All } else { Quant::Exists }, body)
+            }
+            (Some(V::Int(0)), [body, plus, same])
+                if call(&c.loop_step, operators::CONDITIONAL, 3)
+                    && is_accu(same)
+                    && call(plus, operators::ADD, 2)
+                    && matches!(args(plus).as_slice(), [a, one] if is_accu(a) && lit(one) == Some(V::Int(1)))
+                    && call(&c.result, operators::EQUALS, 2)
+                    && matches!(args(&c.result).as_slice(), [a, one] if is_accu(a) && lit(one) == Some(V::Int(1))) =>
+            {
+                (Quant::ExistsOne, body)
+            }
+            _ => return Fallback(None),
+        };
+        self.elem = Some(c.iter_var.clone());
+        let lowered = self.lower(body);
+        self.elem = None;
+        match lowered {
+            N(b, Ty::Bool) => N(Native::Quant(q, list, Box::new(b)), Ty::Bool),
+            _ => Fallback(Some(Ty::Bool)),
         }
     }
 

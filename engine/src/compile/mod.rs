@@ -207,6 +207,7 @@ fn compile_ast(ast: IdedExpr, info: Option<&SourceInfo>) -> Result<Compiled, Vec
         uses_history: false,
         windows: Vec::new(),
         sections: Vec::new(),
+        elem: None,
     };
     ck.check(&ast, &mut Vec::new());
     let lowered = ck.lower(&ast);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use chrono::{Datelike, Duration};
 
 use crate::decision::Action;
-use crate::event::{Event, Timestamp};
+use crate::event::{Event, FailureDetail, Timestamp};
 use crate::fields::{self, FieldId, FieldValue};
 use crate::history::{History, Val as HVal};
 
@@ -110,6 +110,56 @@ pub(crate) enum Native {
     Actions(Box<Native>, Action, Box<Native>, Option<i64>),
     /// `string(x)` of an int or a string.
     ToString(Box<Native>),
+    /// `event.failure.details.all(d, …)`, `.exists(d, …)` or `.exists_one(d, …)`: the body
+    /// evaluated on each detail in turn, with the `cel` crate's handling of errors (see
+    /// [`Quant`]).
+    Quant(Quant, FieldId, Box<Native>),
+    /// A field of the detail a [`Native::Quant`] body is evaluated on (`d.code`).
+    Elem(DetailField),
+    /// `has(d.message)` on that detail.
+    ElemHas(DetailField),
+}
+
+/// A quantifier over a list, as the `cel` crate's macros expand and evaluate it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Quant {
+    /// `all`: `false` if the body is false for some element, else the last error if the body
+    /// failed for some element, else `true`.
+    All,
+    /// `exists`: `true` if the body is true for some element, else the last error if the body
+    /// failed for some element, else `false`.
+    Exists,
+    /// `exists_one`: the first error if the body fails for any element, else whether it is
+    /// true for exactly one.
+    ExistsOne,
+}
+
+/// A field of a `failure.details` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DetailField {
+    Code,
+    Message,
+    Target,
+}
+
+impl DetailField {
+    /// The field named `name`, if a detail has it.
+    pub(crate) fn named(name: &str) -> Option<DetailField> {
+        match name {
+            "code" => Some(DetailField::Code),
+            "message" => Some(DetailField::Message),
+            "target" => Some(DetailField::Target),
+            _ => None,
+        }
+    }
+
+    fn read(self, d: &FailureDetail) -> Result<&str, &'static str> {
+        match self {
+            DetailField::Code => Ok(&d.code),
+            DetailField::Message => d.message.as_deref().ok_or("message"),
+            DetailField::Target => d.target.as_deref().ok_or("target"),
+        }
+    }
 }
 
 /// An evaluation error (recorded in `Decision.errors`).
@@ -125,6 +175,17 @@ impl Native {
         ev: &'e Event,
         now: Timestamp,
         h: Option<&History>,
+    ) -> EvalResult<'e> {
+        self.eval_at(ev, now, h, None)
+    }
+
+    /// [`Native::eval`] inside a [`Native::Quant`] body, on the detail `el`.
+    fn eval_at<'e>(
+        &self,
+        ev: &'e Event,
+        now: Timestamp,
+        h: Option<&History>,
+        el: Option<&'e FailureDetail>,
     ) -> EvalResult<'e> {
         match self {
             Native::Lit(v) => Ok(v.clone()),
@@ -148,24 +209,34 @@ impl Native {
                 Ok(v) => Ok(V::Bool(v.is_some())),
                 Err(parent) => Err(no_such_key(parent)),
             },
-            Native::Not(a) => match a.eval(ev, now, h)? {
+            Native::Not(a) => match a.eval_at(ev, now, h, el)? {
                 V::Bool(b) => Ok(V::Bool(!b)),
                 other => Err(format!("no such overload: !{}", vname(&other))),
             },
-            Native::And(a, b) => logic(a.eval(ev, now, h), || b.eval(ev, now, h), false),
-            Native::Or(a, b) => logic(a.eval(ev, now, h), || b.eval(ev, now, h), true),
-            Native::Cond(c, a, b) => match c.eval(ev, now, h)? {
-                V::Bool(true) => a.eval(ev, now, h),
-                V::Bool(false) => b.eval(ev, now, h),
+            Native::And(a, b) => logic(
+                a.eval_at(ev, now, h, el),
+                || b.eval_at(ev, now, h, el),
+                false,
+            ),
+            Native::Or(a, b) => logic(
+                a.eval_at(ev, now, h, el),
+                || b.eval_at(ev, now, h, el),
+                true,
+            ),
+            Native::Cond(c, a, b) => match c.eval_at(ev, now, h, el)? {
+                V::Bool(true) => a.eval_at(ev, now, h, el),
+                V::Bool(false) => b.eval_at(ev, now, h, el),
                 other => Err(format!("no such overload: {} ? _ : _", vname(&other))),
             },
             Native::Cmp(op, a, b) => {
-                let (a, b) = (a.eval(ev, now, h)?, b.eval(ev, now, h)?);
+                let (a, b) = (a.eval_at(ev, now, h, el)?, b.eval_at(ev, now, h, el)?);
                 compare(*op, &a, &b).map(V::Bool)
             }
-            Native::Arith(op, a, b) => arith(*op, a.eval(ev, now, h)?, b.eval(ev, now, h)?),
+            Native::Arith(op, a, b) => {
+                arith(*op, a.eval_at(ev, now, h, el)?, b.eval_at(ev, now, h, el)?)
+            }
             Native::In(a, list) => {
-                let a = a.eval(ev, now, h)?;
+                let a = a.eval_at(ev, now, h, el)?;
                 Ok(V::Bool(list.contains(&a)))
             }
             Native::History {
@@ -174,10 +245,10 @@ impl Native {
                 window,
                 cap,
             } => {
-                let window = duration_of(window.eval(ev, now, h)?)?;
+                let window = duration_of(window.eval_at(ev, now, h, el)?)?;
                 let mut f = Vec::with_capacity(filter.len());
                 for (id, n) in filter {
-                    f.push((*id, history_val(n.eval(ev, now, h)?)?));
+                    f.push((*id, history_val(n.eval_at(ev, now, h, el)?)?));
                 }
                 Ok(V::Int(match h {
                     None => 0,
@@ -186,39 +257,100 @@ impl Native {
                 }))
             }
             Native::Actions(resource, action, window, cap) => {
-                let window = duration_of(window.eval(ev, now, h)?)?;
-                let V::Str(r) = resource.eval(ev, now, h)? else {
+                let window = duration_of(window.eval_at(ev, now, h, el)?)?;
+                let V::Str(r) = resource.eval_at(ev, now, h, el)? else {
                     return Err("history.actions: the resource must be a string".into());
                 };
                 Ok(V::Int(h.map_or(0, |h| {
                     h.actions(&r, *action, ev.time, window, *cap)
                 })))
             }
-            Native::ToString(a) => match a.eval(ev, now, h)? {
+            Native::ToString(a) => match a.eval_at(ev, now, h, el)? {
                 V::Int(i) => Ok(V::Str(Cow::Owned(i.to_string()))),
                 V::Str(s) => Ok(V::Str(s)),
                 other => Err(format!("no such overload: string({})", vname(&other))),
             },
-            Native::Matches(a, re) => match a.eval(ev, now, h)? {
+            Native::Matches(a, re) => match a.eval_at(ev, now, h, el)? {
                 V::Str(s) => Ok(V::Bool(re.is_match(&s))),
                 other => Err(format!(
                     "no such overload: matches({}, string)",
                     vname(&other)
                 )),
             },
-            Native::StrFn(op, a, b) => match (a.eval(ev, now, h)?, b.eval(ev, now, h)?) {
-                (V::Str(a), V::Str(b)) => Ok(V::Bool(match op {
-                    StrOp::StartsWith => a.starts_with(b.as_ref()),
-                    StrOp::EndsWith => a.ends_with(b.as_ref()),
-                    StrOp::Contains => a.contains(b.as_ref()),
-                })),
-                (a, b) => Err(format!(
-                    "no such overload for {op:?}({}, {})",
-                    vname(&a),
-                    vname(&b)
-                )),
+            Native::Elem(f) => match el.map(|d| f.read(d)) {
+                Some(Ok(s)) => Ok(V::Str(Cow::Borrowed(s))),
+                Some(Err(k)) => Err(no_such_key(k)),
+                None => Err("internal error: a detail field read outside its quantifier".into()),
             },
+            Native::ElemHas(f) => match el {
+                Some(d) => Ok(V::Bool(f.read(d).is_ok())),
+                None => Err("internal error: a detail field read outside its quantifier".into()),
+            },
+            Native::Quant(q, list, body) => {
+                let items = match fields::read(ev, *list) {
+                    Ok(Some(FieldValue::Details(d))) => d,
+                    Ok(Some(_)) => {
+                        return Err("internal error: a quantifier over a non-list".into())
+                    }
+                    Ok(None) => {
+                        let path = fields::field(*list).path;
+                        return Err(no_such_key(path.rsplit('.').next().unwrap_or(path)));
+                    }
+                    Err(parent) => return Err(no_such_key(parent)),
+                };
+                quantify(*q, items, |d| body.eval_at(ev, now, h, Some(d)))
+            }
+            Native::StrFn(op, a, b) => {
+                match (a.eval_at(ev, now, h, el)?, b.eval_at(ev, now, h, el)?) {
+                    (V::Str(a), V::Str(b)) => Ok(V::Bool(match op {
+                        StrOp::StartsWith => a.starts_with(b.as_ref()),
+                        StrOp::EndsWith => a.ends_with(b.as_ref()),
+                        StrOp::Contains => a.contains(b.as_ref()),
+                    })),
+                    (a, b) => Err(format!(
+                        "no such overload for {op:?}({}, {})",
+                        vname(&a),
+                        vname(&b)
+                    )),
+                }
+            }
         }
+    }
+}
+
+/// Folds `body` over `items` as the `cel` crate evaluates the expansion of `all`, `exists`
+/// and `exists_one`: `@result && body` and `@result || body` keep an error pending until an
+/// element decides the result or the loop ends, while `exists_one`'s `body ? @result + 1 :
+/// @result` fails at the first error.
+fn quantify<'e>(
+    q: Quant,
+    items: &'e [FailureDetail],
+    mut body: impl FnMut(&'e FailureDetail) -> EvalResult<'e>,
+) -> EvalResult<'e> {
+    let mut pending: Option<String> = None;
+    let mut count: i64 = 0;
+    for d in items {
+        match (q, body(d)) {
+            (Quant::All, Ok(V::Bool(false))) => return Ok(V::Bool(false)),
+            (Quant::Exists, Ok(V::Bool(true))) => return Ok(V::Bool(true)),
+            (Quant::All | Quant::Exists, Ok(V::Bool(_))) => {}
+            (Quant::All | Quant::Exists, Ok(other)) => {
+                let op = if q == Quant::All { "_&&_" } else { "_||_" };
+                pending = Some(format!("no such overload: {op}(bool, {})", vname(&other)));
+            }
+            (Quant::All | Quant::Exists, Err(e)) => pending = Some(e),
+            (Quant::ExistsOne, Ok(V::Bool(b))) => count += i64::from(b),
+            (Quant::ExistsOne, Ok(other)) => {
+                return Err(format!("no such overload: {} ? _ : _", vname(&other)))
+            }
+            (Quant::ExistsOne, Err(e)) => return Err(e),
+        }
+    }
+    match (q, pending) {
+        (Quant::ExistsOne, _) => Ok(V::Bool(count == 1)),
+        (_, Some(e)) => Err(e),
+        (Quant::All, None) => Ok(V::Bool(true)),
+        (Quant::Exists, None) => Ok(V::Bool(false)),
     }
 }
 

@@ -105,8 +105,9 @@ impl Engine {
             escalations: Vec::new(),
             retry: None,
             due: None,
-            matched: Vec::new(),
-            not_evaluated: Vec::new(),
+            // Sized for a typical decision: a few matches, a few skipped candidates.
+            matched: Vec::with_capacity(8),
+            not_evaluated: Vec::with_capacity(8),
             errors: Vec::new(),
             warnings: Vec::new(),
             trace: Trace::default(),
@@ -611,6 +612,26 @@ fn exhausted(p: &Policy, ev: &Event) -> bool {
         }
 }
 
+/// `n` in decimal, written into `buf` (an `i64` takes at most 20 bytes) without allocating:
+/// the same bytes as `n.to_string()`.
+fn decimal(n: i64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    let mut m = n.unsigned_abs();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (m % 10) as u8;
+        m /= 10;
+        if m == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        i -= 1;
+        buf[i] = b'-';
+    }
+    &buf[i..]
+}
+
 /// The escalation dedup key: hex SHA-256 of the policy name, the values of its `dedup.by`
 /// paths and `floor(event.time / window)`. When none of the `dedup.by` values is known, the
 /// resource's name (else the event id) stands in, so unrelated events never share a key. Uses the vendor's event time, never a clock, so
@@ -618,6 +639,7 @@ fn exhausted(p: &Policy, ev: &Event) -> bool {
 /// another host and page twice.
 pub fn dedup_key(policy: &str, by: &[FieldId], ev: &Event, window_s: i64) -> String {
     let mut h = Sha256::new();
+    let mut buf = [0u8; 20];
     h.update(policy.as_bytes());
     let mut known = 0;
     for f in by {
@@ -627,7 +649,7 @@ pub fn dedup_key(policy: &str, by: &[FieldId], ev: &Event, window_s: i64) -> Str
         known += 1;
         match fields::read(ev, *f) {
             Ok(Some(FieldValue::Str(s))) => h.update(s.as_bytes()),
-            Ok(Some(FieldValue::Int(i))) => h.update(i.to_string().as_bytes()),
+            Ok(Some(FieldValue::Int(i))) => h.update(decimal(i, &mut buf)),
             Ok(Some(FieldValue::Bool(b))) => h.update(if b { b"true" as &[u8] } else { b"false" }),
             Ok(Some(FieldValue::Time(t))) => h.update(t.to_rfc3339().as_bytes()),
             _ => {
@@ -644,7 +666,7 @@ pub fn dedup_key(policy: &str, by: &[FieldId], ev: &Event, window_s: i64) -> Str
     }
     h.update([0x1e]);
     let bucket = ev.time.timestamp().div_euclid(window_s.max(1));
-    h.update(bucket.to_string().as_bytes());
+    h.update(decimal(bucket, &mut buf));
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(64);
     for b in h.finalize() {
@@ -652,4 +674,28 @@ pub fn dedup_key(policy: &str, by: &[FieldId], ev: &Event, window_s: i64) -> Str
         out.push(char::from(HEX[usize::from(b & 0xf)]));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    #[test]
+    fn decimal_writes_what_to_string_writes() {
+        let mut buf = [0u8; 20];
+        for n in [
+            0,
+            1,
+            -1,
+            9,
+            10,
+            -10,
+            1_634_133_900,
+            i64::MAX,
+            i64::MIN,
+            i64::MIN + 1,
+        ] {
+            assert_eq!(super::decimal(n, &mut buf), n.to_string().as_bytes(), "{n}");
+        }
+    }
 }

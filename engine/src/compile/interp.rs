@@ -387,7 +387,7 @@ impl<'a> Interp<'a> {
     /// Evaluates `c` on `ev` at `now`: natively when it was lowered, else in the interpreter.
     pub(crate) fn eval<'e>(
         &mut self,
-        c: &Compiled,
+        c: &'e Compiled,
         ev: &'e Event,
         now: Timestamp,
     ) -> Result<V<'e>, String> {

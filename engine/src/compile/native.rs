@@ -171,7 +171,7 @@ pub(super) fn no_such_key(k: &str) -> String {
 
 impl Native {
     pub(crate) fn eval<'e>(
-        &self,
+        &'e self,
         ev: &'e Event,
         now: Timestamp,
         h: Option<&History>,
@@ -181,13 +181,15 @@ impl Native {
 
     /// [`Native::eval`] inside a [`Native::Quant`] body, on the detail `el`.
     fn eval_at<'e>(
-        &self,
+        &'e self,
         ev: &'e Event,
         now: Timestamp,
         h: Option<&History>,
         el: Option<&'e FailureDetail>,
     ) -> EvalResult<'e> {
         match self {
+            // Borrowed from the policy: a string literal is not copied per evaluation.
+            Native::Lit(V::Str(s)) => Ok(V::Str(Cow::Borrowed(s.as_ref()))),
             Native::Lit(v) => Ok(v.clone()),
             Native::Now => Ok(V::Time(now)),
             Native::Field(id) => match fields::read(ev, *id) {

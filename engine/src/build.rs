@@ -7,7 +7,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use crate::compile::{self, Compiled, Ty};
-use crate::decision::Action;
+use crate::decision::{Action, SharedStr};
 use crate::diag::LoadError;
 use crate::diag::{Diagnostic, Pos};
 use crate::engine::{Engine, Policy};
@@ -641,6 +641,11 @@ fn compile_all(
         let _ = &plugins;
         if diags.len() == before {
             out.push(Policy {
+                name: SharedStr::from(spec.name.as_str()),
+                reason: spec.reason.as_deref().map(SharedStr::from),
+                fallback_reason: SharedStr::from(
+                    spec.description.as_deref().unwrap_or(spec.name.as_str()),
+                ),
                 spec,
                 when,
                 reason_expr,

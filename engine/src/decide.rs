@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 
 use crate::compile::{Compiled, Interp, V};
 use crate::decision::{
-    Action, Decision, Escalation, Matched, Outcome, PolicyError, Retry, Severity, Trace,
+    Action, Decision, Escalation, Matched, Outcome, PolicyError, Retry, Severity, SharedStr, Trace,
 };
 use crate::engine::{kind_slot, Engine, Policy};
 use crate::event::{Event, Timestamp};
@@ -136,7 +136,7 @@ impl Engine {
                     name: &p.spec.name,
                 };
                 if !best.beats(w) {
-                    d.not_evaluated.push(p.spec.name.clone());
+                    d.not_evaluated.push(p.name.clone());
                     record(pi, Outcome::NotEvaluated);
                     continue;
                 }
@@ -160,7 +160,7 @@ impl Engine {
                 Ok(false) => Ok(None),
                 Err(e) => {
                     d.errors.push(PolicyError {
-                        policy: p.spec.name.clone(),
+                        policy: p.name.clone(),
                         message: e,
                     });
                     Err(Outcome::Errored)
@@ -276,7 +276,7 @@ impl Engine {
         let name = &p.spec.name;
         if history.is_some_and(|h| h.faults().is_quarantined(name)) {
             d.errors.push(PolicyError {
-                policy: name.clone(),
+                policy: p.name.clone(),
                 message: format!(
                     "quarantined after {} consecutive plugin faults: not called",
                     crate::faults::PLUGIN_QUARANTINE_FAULTS
@@ -307,7 +307,7 @@ impl Engine {
             }
             Err(message) => {
                 d.errors.push(PolicyError {
-                    policy: name.clone(),
+                    policy: p.name.clone(),
                     message,
                 });
                 if history.is_some_and(|h| h.faults().fault(name)) {
@@ -328,27 +328,24 @@ impl Engine {
         ctx: &Ctx<'_>,
         interp: &mut Interp<'_>,
         d: &mut Decision,
-    ) -> String {
-        if let Some(r) = &p.spec.reason {
+    ) -> SharedStr {
+        if let Some(r) = &p.reason {
             return r.clone();
         }
         if let Some(c) = &p.reason_expr {
             match interp.eval(c, ev, ctx.now) {
-                Ok(V::Str(s)) => return s.into_owned(),
+                Ok(V::Str(s)) => return SharedStr::from(s.as_ref()),
                 Ok(other) => d.errors.push(PolicyError {
-                    policy: p.spec.name.clone(),
+                    policy: p.name.clone(),
                     message: format!("`reason_expr` evaluated to {other:?}, not a string"),
                 }),
                 Err(e) => d.errors.push(PolicyError {
-                    policy: p.spec.name.clone(),
+                    policy: p.name.clone(),
                     message: format!("`reason_expr`: {e}"),
                 }),
             }
         }
-        p.spec
-            .description
-            .clone()
-            .unwrap_or_else(|| p.spec.name.clone())
+        p.fallback_reason.clone()
     }
 
     fn apply_winner(
@@ -362,9 +359,9 @@ impl Engine {
     ) {
         let action = hit.map_or(p.spec.action, |h| h.action);
         d.action = action;
-        d.policy = Some(p.spec.name.clone());
-        d.reason = Some(match hit.and_then(|h| h.reason.clone()) {
-            Some(r) => r,
+        d.policy = Some(p.name.clone());
+        d.reason = Some(match hit.and_then(|h| h.reason.as_deref()) {
+            Some(r) => SharedStr::from(r),
             None => self.reason(p, ev, ctx, interp, d),
         });
         d.params = match hit {
@@ -423,7 +420,7 @@ impl Engine {
                         Ok(V::Time(t)) => Some(t),
                         Ok(other) => {
                             d.errors.push(PolicyError {
-                                policy: p.spec.name.clone(),
+                                policy: p.name.clone(),
                                 message: format!(
                                     "`params.until` evaluated to {other:?}, not a timestamp"
                                 ),
@@ -432,7 +429,7 @@ impl Engine {
                         }
                         Err(e) => {
                             d.errors.push(PolicyError {
-                                policy: p.spec.name.clone(),
+                                policy: p.name.clone(),
                                 message: format!("`params.until`: {e}"),
                             });
                             None
@@ -482,8 +479,11 @@ impl Engine {
         reason: Option<String>,
         hit: Option<&PluginHit>,
     ) {
-        let reason = match reason.or_else(|| hit.and_then(|h| h.reason.clone())) {
-            Some(r) => r,
+        let reason = match reason
+            .as_deref()
+            .or_else(|| hit.and_then(|h| h.reason.as_deref()))
+        {
+            Some(r) => SharedStr::from(r),
             None => self.reason(p, ev, ctx, interp, d),
         };
         let severity = hit
@@ -502,7 +502,7 @@ impl Engine {
         }
         let repeat = interp.history.is_some_and(|h| h.fired(&key));
         d.escalations.push(Escalation {
-            policy: p.spec.name.clone(),
+            policy: p.name.clone(),
             reason,
             key,
             severity,
@@ -570,7 +570,7 @@ fn add_secs(t: Timestamp, secs: i64) -> Option<Timestamp> {
 
 fn matched(p: &Policy, action: Action) -> Matched {
     Matched {
-        policy: p.spec.name.clone(),
+        policy: p.name.clone(),
         action,
         priority: p.spec.priority,
     }

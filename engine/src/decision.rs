@@ -2,6 +2,7 @@
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 use crate::event::Timestamp;
 
@@ -122,10 +123,10 @@ pub struct Decision {
     pub action: Action,
     /// The winning policy; absent when the default applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub policy: Option<String>,
+    pub policy: Option<SharedStr>,
     /// The winner's reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
+    pub reason: Option<SharedStr>,
     /// The winner's parameters (validated per action), for runbooks.
     #[serde(default)]
     pub params: serde_json::Map<String, serde_json::Value>,
@@ -143,7 +144,7 @@ pub struct Decision {
     pub matched: Vec<Matched>,
     /// Candidates fast mode skipped because they could no longer win.
     #[serde(default)]
-    pub not_evaluated: Vec<String>,
+    pub not_evaluated: Vec<SharedStr>,
     /// Policies that failed to evaluate. Never fatal.
     #[serde(default)]
     pub errors: Vec<PolicyError>,
@@ -165,9 +166,9 @@ pub struct Decision {
 #[non_exhaustive]
 pub struct Escalation {
     /// The policy that raised it.
-    pub policy: String,
+    pub policy: SharedStr,
     /// Why.
-    pub reason: String,
+    pub reason: SharedStr,
     /// Deduplication key: hex SHA-256 of the policy name, its `dedup.by` values and the
     /// event's time bucket. Independent hosts fed the same fleet events produce the same key.
     pub key: String,
@@ -197,7 +198,7 @@ pub struct Retry {
 #[non_exhaustive]
 pub struct Matched {
     /// The policy.
-    pub policy: String,
+    pub policy: SharedStr,
     /// Its action.
     pub action: Action,
     /// Its priority.
@@ -210,7 +211,7 @@ pub struct Matched {
 #[non_exhaustive]
 pub struct PolicyError {
     /// The policy.
-    pub policy: String,
+    pub policy: SharedStr,
     /// What went wrong, e.g. `no such key: failure`.
     pub message: String,
 }
@@ -421,4 +422,145 @@ pub struct GuardHold {
     pub held_action: Action,
     /// Why, with the figures.
     pub reason: String,
+}
+
+/// A string in a [`Decision`] that many decisions share (a policy's name, a fixed reason):
+/// cloned by reference count, not copied. It reads as a `str` (it derefs to one, and compares
+/// equal to `str`, `&str` and `String`), and serializes as a plain JSON string.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct SharedStr(Arc<str>);
+
+/// A plain string in the schemas, as it is on the wire.
+impl JsonSchema for SharedStr {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        String::schema_name()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        String::json_schema(generator)
+    }
+}
+
+impl SharedStr {
+    /// The string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for SharedStr {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for SharedStr {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::borrow::Borrow<str> for SharedStr {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for SharedStr {
+    fn default() -> Self {
+        SharedStr(Arc::from(""))
+    }
+}
+
+impl std::fmt::Debug for SharedStr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl std::fmt::Display for SharedStr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&*self.0, f)
+    }
+}
+
+impl From<&str> for SharedStr {
+    fn from(s: &str) -> Self {
+        SharedStr(Arc::from(s))
+    }
+}
+
+impl From<String> for SharedStr {
+    fn from(s: String) -> Self {
+        SharedStr(Arc::from(s))
+    }
+}
+
+impl From<SharedStr> for String {
+    fn from(s: SharedStr) -> Self {
+        s.0.to_string()
+    }
+}
+
+impl PartialEq<str> for SharedStr {
+    fn eq(&self, other: &str) -> bool {
+        *self.0 == *other
+    }
+}
+
+impl PartialEq<&str> for SharedStr {
+    fn eq(&self, other: &&str) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl PartialEq<String> for SharedStr {
+    fn eq(&self, other: &String) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl PartialEq<SharedStr> for str {
+    fn eq(&self, other: &SharedStr) -> bool {
+        *self == *other.0
+    }
+}
+
+impl PartialEq<SharedStr> for &str {
+    fn eq(&self, other: &SharedStr) -> bool {
+        **self == *other.0
+    }
+}
+
+impl PartialEq<SharedStr> for String {
+    fn eq(&self, other: &SharedStr) -> bool {
+        **self == *other.0
+    }
+}
+
+#[cfg(test)]
+mod shared_str_tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::SharedStr;
+
+    #[test]
+    fn a_shared_string_is_a_plain_string_on_the_wire_and_in_comparisons() {
+        let s = SharedStr::from("vm-agent");
+        assert_eq!(serde_json::to_string(&s).unwrap(), "\"vm-agent\"");
+        let back: SharedStr = serde_json::from_str("\"vm-agent\"").unwrap();
+        assert_eq!(back, s);
+        assert!(s == "vm-agent" && "vm-agent" == s && s == *"vm-agent");
+        assert!(s == String::from("vm-agent") && String::from("vm-agent") == s);
+        assert_eq!(format!("{s} {s:?}"), "vm-agent \"vm-agent\"");
+        assert_eq!(s.len(), 8);
+        assert_eq!(String::from(s.clone()), "vm-agent");
+        assert_eq!(SharedStr::default(), "");
+    }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::compile::Compiled;
-use crate::decision::Action;
+use crate::decision::{Action, SharedStr};
 use crate::diag::Diagnostic;
 use crate::event::Kind;
 use crate::fields::FieldId;
@@ -15,6 +15,13 @@ use crate::policy::PolicySpec;
 /// One compiled policy.
 #[derive(Debug)]
 pub(crate) struct Policy {
+    /// `spec.name`, shared with every decision that names the policy.
+    pub(crate) name: SharedStr,
+    /// `spec.reason`, shared likewise.
+    pub(crate) reason: Option<SharedStr>,
+    /// The reason when there is no `reason` and `reason_expr` fails or is absent: the
+    /// description, else the name.
+    pub(crate) fallback_reason: SharedStr,
     pub(crate) spec: PolicySpec,
     pub(crate) when: Option<Compiled>,
     pub(crate) reason_expr: Option<Compiled>,

@@ -24,7 +24,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::decision::{Action, Decision, Escalation, Severity};
+use crate::decision::{Action, Decision, Escalation, Severity, SharedStr};
 pub use crate::decision::{GuardHold, GuardName};
 use crate::event::{Event, Timestamp};
 use crate::history::History;
@@ -190,9 +190,10 @@ pub(crate) fn apply(cfg: &GuardConfig, ev: &Event, h: &History, d: &mut Decision
     let (key, seen) = page_key(&page_scope, ev.time, h);
     // A policy escalating in this same decision already pages for the scope.
     let repeat = seen || !d.escalations.is_empty();
+    let shared: SharedStr = SharedStr::from(reason.as_str());
     d.escalations.push(Escalation {
-        policy: name.policy().to_string(),
-        reason: reason.clone(),
+        policy: SharedStr::from(name.policy()),
+        reason: shared.clone(),
         key,
         severity: if name == GuardName::Storm {
             Severity::Critical
@@ -205,10 +206,10 @@ pub(crate) fn apply(cfg: &GuardConfig, ev: &Event, h: &History, d: &mut Decision
         name,
         scope: guard_scope,
         held_action: d.action,
-        reason: reason.clone(),
+        reason,
     });
     d.action = Action::Escalate;
-    d.reason = Some(reason);
+    d.reason = Some(shared);
     d.retry = None;
 }
 

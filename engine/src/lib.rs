@@ -110,7 +110,8 @@ pub use compile::MAX_EVAL_COST;
 pub use decide::{dedup_key, Ctx, Mode};
 pub use decision::DEFAULT_DEDUP_WINDOW_S;
 pub use decision::{
-    Action, Decision, Escalation, Matched, Outcome, PolicyError, Retry, Severity, Trace, TraceEntry,
+    Action, Decision, Escalation, Matched, Outcome, PolicyError, Retry, Severity, SharedStr, Trace,
+    TraceEntry,
 };
 pub use diag::LoadError;
 pub use diag::{escape, Diagnostic};

@@ -209,7 +209,7 @@ fn equal_priority_ties_break_by_action_severity_then_name() {
         }
         let d = fast(&engine(&src), &win_failure());
         assert_eq!(d.action, order[i].1, "{src}");
-        assert_eq!(d.policy, Some(format!("p{i}")));
+        assert_eq!(d.policy.as_deref(), Some(format!("p{i}").as_str()));
     }
 }
 

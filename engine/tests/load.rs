@@ -890,7 +890,7 @@ fn valid_set_loads_and_reports_native_lowering() {
     assert_eq!(agent.line, 4);
 
     let details = infos.iter().find(|p| p.name == "details-scan").unwrap();
-    assert!(!details.native, "the exists() macro needs the interpreter");
+    assert!(details.native, "exists() over the details runs natively");
     assert_eq!(details.action, Action::Escalate);
 
     let ack = infos.iter().find(|p| p.name == "ack-everything").unwrap();
@@ -927,7 +927,16 @@ fn native_flag_for_various_shapes() {
             "\"team\" in event.resource.tags && event.resource.tags.team == \"x\"",
             true,
         ),
-        ("event.failure.details.exists(d, d.code == \"X\")", false),
+        ("event.failure.details.exists(d, d.code == \"X\")", true),
+        (
+            "event.failure.details.all(d, has(d.target) && d.target.endsWith(\"/agent\"))",
+            true,
+        ),
+        ("event.failure.details.exists(d, size(d.code) > 1)", false),
+        (
+            "event.failure.details.map(d, d.code).exists(c, c == \"X\")",
+            false,
+        ),
         ("event.failure.code.matches(\"^Artifact\")", true),
         ("event.failure.code.matches(event.resource.os)", false),
         ("size(event.failure.details) > 0", false),

@@ -419,7 +419,11 @@ pub(super) fn check(e: &Expect, d: &Decision, now: Timestamp, out: &mut Vec<Mism
     }
     if let Some(r) = &e.reason {
         if d.reason.as_deref() != Some(r.as_str()) {
-            miss("reason", r.clone(), d.reason.clone().unwrap_or_default());
+            miss(
+                "reason",
+                r.clone(),
+                d.reason.as_deref().unwrap_or_default().to_string(),
+            );
         }
     }
     if let Some(r) = &e.reason_contains {
@@ -427,7 +431,7 @@ pub(super) fn check(e: &Expect, d: &Decision, now: Timestamp, out: &mut Vec<Mism
             miss(
                 "reason",
                 format!("containing {r:?}"),
-                d.reason.clone().unwrap_or_default(),
+                d.reason.as_deref().unwrap_or_default().to_string(),
             );
         }
     }
@@ -471,7 +475,7 @@ pub(super) fn check(e: &Expect, d: &Decision, now: Timestamp, out: &mut Vec<Mism
             .iter()
             .zip(&unused)
             .filter(|(_, u)| **u)
-            .map(|(p, _)| p.policy.clone())
+            .map(|(p, _)| p.policy.to_string())
             .collect();
         if !missing.is_empty() || !extra.is_empty() {
             miss(

@@ -556,8 +556,12 @@ mod shared_str_tests {
         assert_eq!(serde_json::to_string(&s).unwrap(), "\"vm-agent\"");
         let back: SharedStr = serde_json::from_str("\"vm-agent\"").unwrap();
         assert_eq!(back, s);
-        assert!(s == "vm-agent" && "vm-agent" == s && s == *"vm-agent");
-        assert!(s == String::from("vm-agent") && String::from("vm-agent") == s);
+        assert_eq!(s, "vm-agent");
+        assert_eq!("vm-agent", s);
+        assert_eq!(s, *"vm-agent");
+        let owned = String::from("vm-agent");
+        assert_eq!(s, owned);
+        assert_eq!(owned, s);
         assert_eq!(format!("{s} {s:?}"), "vm-agent \"vm-agent\"");
         assert_eq!(s.len(), 8);
         assert_eq!(String::from(s.clone()), "vm-agent");

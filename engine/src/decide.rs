@@ -14,7 +14,7 @@ use crate::engine::{kind_slot, Engine, Policy};
 use crate::event::{Event, Timestamp};
 use crate::fields::{self, FieldId, FieldValue};
 use crate::history::History;
-use crate::index::{Bits, KindIndex};
+use crate::index::{Bits, Found64, KindIndex};
 use crate::policy::Backoff;
 
 /// How much work [`crate::Engine::decide`] may skip.
@@ -73,14 +73,14 @@ impl<'h> Ctx<'h> {
 pub use crate::decision::DEFAULT_DEDUP_WINDOW_S;
 
 impl Engine {
-    fn candidates(&self, ev: &Event) -> (Bits, &KindIndex) {
+    fn candidates(&self, ev: &Event) -> (Bits, Found64, &KindIndex) {
         let idx = &self.kinds[kind_slot(ev.kind)];
-        let set = if self.indexed {
+        let (set, found) = if self.indexed {
             idx.candidates(ev)
         } else {
-            idx.members()
+            (idx.members(), Found64::default())
         };
-        (set, idx)
+        (set, found, idx)
     }
 
     /// Decides what to do about `event` at `ctx.now`. Never fails: a policy that cannot be
@@ -94,7 +94,7 @@ impl Engine {
     /// decision says so in a warning.
     pub fn decide(&self, event: &Event, ctx: &Ctx<'_>) -> Decision {
         let history = ctx.history;
-        let (cands, idx) = self.candidates(event);
+        let (cands, found, idx) = self.candidates(event);
         let full = ctx.mode == Mode::Full;
         let mut d = Decision {
             event_id: event.id.clone(),
@@ -149,11 +149,21 @@ impl Engine {
             }
             let res = match &p.when {
                 None => Ok(true),
-                Some(w) => match interp.eval(w, event, ctx.now) {
-                    Ok(V::Bool(b)) => Ok(b),
-                    Ok(other) => Err(format!("`when` evaluated to {other:?}, not a bool")),
-                    Err(e) => Err(e),
-                },
+                Some(w) => {
+                    // Where the index proved the atoms true, the rest of the conjunction
+                    // decides.
+                    let value = match w.residual.as_ref() {
+                        Some(r) if idx.residual_decides(pi, found) => {
+                            r.eval(event, ctx.now, history)
+                        }
+                        _ => interp.eval(w, event, ctx.now),
+                    };
+                    match value {
+                        Ok(V::Bool(b)) => Ok(b),
+                        Ok(other) => Err(format!("`when` evaluated to {other:?}, not a bool")),
+                        Err(e) => Err(e),
+                    }
+                }
             };
             // The action the policy takes, if it matched; a plugin's decision rides along.
             let hit: Result<Option<(Action, Option<PluginHit>)>, Outcome> = match res {

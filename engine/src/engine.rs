@@ -144,7 +144,8 @@ impl Engine {
                     .filter(|(_, p)| p.spec.on.contains(&k))
                     .map(|(i, p)| {
                         let atoms = p.when.as_ref().map_or(&[][..], |w| &w.atoms[..]);
-                        (i as u32, atoms, p.reads().copied().collect())
+                        let residual = p.when.as_ref().is_some_and(|w| w.residual.is_some());
+                        (i as u32, atoms, p.reads().copied().collect(), residual)
                     }),
             )
         });

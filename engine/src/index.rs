@@ -127,11 +127,23 @@ pub(crate) struct KindIndex {
     keys: Vec<KeyIndex>,
     /// Event paths the interpreter needs for this kind's fallback policies.
     pub(crate) reads: BTreeSet<Option<FieldId>>,
+    /// Per policy position: the keys (bit `i` for `keys[i]`) an event must have a value
+    /// under for the index to have proved every atom of the policy true, so that its
+    /// residual (`Compiled::residual`) decides it; `None` when it has no residual, or keys
+    /// past the 64th.
+    residual_keys: Vec<Option<u64>>,
 }
+
+/// The keys under which an event has a value (bit `i` for a kind's `keys[i]`), as
+/// [`KindIndex::candidates`] found them.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Found64(u64);
 
 /// What an event has under a key.
 enum Found<'e> {
     Value(&'e str),
+    /// A value that is not a string (an int, a time): present, so `has()` holds.
+    Other,
     Absent,
     /// The parent object is absent, or the value is not a string: atoms can tell nothing.
     Unknown,
@@ -141,8 +153,9 @@ fn find<'e>(ev: &'e Event, key: &Key) -> Found<'e> {
     match key {
         Key::Field(f) => match fields::read(ev, *f) {
             Ok(Some(FieldValue::Str(v))) => Found::Value(v),
+            Ok(Some(_)) => Found::Other,
             Ok(None) => Found::Absent,
-            _ => Found::Unknown,
+            Err(_) => Found::Unknown,
         },
         Key::Tag(k) => match ev.resource.tags.get(k) {
             Some(v) => Found::Value(v),
@@ -156,7 +169,7 @@ impl KindIndex {
     /// this kind, its position and atoms.
     pub(crate) fn build<'a>(
         n: usize,
-        policies: impl Iterator<Item = (u32, &'a [Atom], BTreeSet<Option<FieldId>>)>,
+        policies: impl Iterator<Item = (u32, &'a [Atom], BTreeSet<Option<FieldId>>, bool)>,
     ) -> KindIndex {
         let mut members = Bits::new(n);
         let mut reads = BTreeSet::new();
@@ -164,9 +177,11 @@ impl KindIndex {
         // whether it needs the key present.
         type PerPolicy = (Option<BTreeSet<String>>, bool);
         let mut by_key: Vec<(Key, HashMap<u32, PerPolicy>)> = Vec::new();
-        for (i, atoms, r) in policies {
+        let mut residual_keys: Vec<Option<u64>> = vec![None; n];
+        for (i, atoms, r, has_residual) in policies {
             members.set(i);
             reads.extend(r);
+            let mut needs = Some(0u64);
             for a in atoms {
                 let pos = match by_key.iter().position(|(k, _)| *k == a.key) {
                     Some(pos) => pos,
@@ -175,6 +190,7 @@ impl KindIndex {
                         by_key.len() - 1
                     }
                 };
+                needs = needs.and_then(|m| (pos < 64).then(|| m | 1 << pos));
                 let entry = by_key[pos].1.entry(i).or_insert((None, false));
                 match &a.test {
                     Test::Present => entry.1 = true,
@@ -185,6 +201,11 @@ impl KindIndex {
                             Some(prev) => prev.intersection(&vs).cloned().collect(),
                         });
                     }
+                }
+            }
+            if has_residual {
+                if let Some(slot) = residual_keys.get_mut(i as usize) {
+                    *slot = needs;
                 }
             }
         }
@@ -235,23 +256,39 @@ impl KindIndex {
             members,
             keys,
             reads,
+            residual_keys,
         }
     }
 
+    /// Whether the candidate at `pos` may be decided by its residual: the event has a value
+    /// under every key its atoms test, so the index proved each of them true.
+    pub(crate) fn residual_decides(&self, pos: u32, found: Found64) -> bool {
+        matches!(
+            self.residual_keys.get(pos as usize),
+            Some(Some(needs)) if needs & !found.0 == 0
+        )
+    }
+
     /// The policies that can match `ev`, in rank order.
-    pub(crate) fn candidates(&self, ev: &Event) -> Bits {
+    pub(crate) fn candidates(&self, ev: &Event) -> (Bits, Found64) {
         let mut out = self.members.clone();
-        for k in &self.keys {
+        let mut found = 0u64;
+        for (i, k) in self.keys.iter().enumerate() {
+            let bit = if i < 64 { 1u64 << i } else { 0 };
             match find(ev, &k.key) {
-                Found::Value(v) => match k.admits.get(v) {
-                    Some(listed) => out.and_either(&k.free.0, listed),
-                    None => out.and(&k.free.0),
-                },
+                Found::Value(v) => {
+                    found |= bit;
+                    match k.admits.get(v) {
+                        Some(listed) => out.and_either(&k.free.0, listed),
+                        None => out.and(&k.free.0),
+                    }
+                }
+                Found::Other => found |= bit,
                 Found::Absent => out.and_not(&k.present.0),
                 Found::Unknown => {}
             }
         }
-        out
+        (out, Found64(found))
     }
 
     /// Every policy of the kind (the unindexed path).

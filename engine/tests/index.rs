@@ -3,6 +3,9 @@
 //! use, some erroring, some interpreted) decided on random events with and without the index
 //! agree on everything but the policies the index proves false: those are absent from fast
 //! mode's `not_evaluated` and traced `skipped_by_index` instead of `false` in full mode.
+//! The indexed engine also decides a candidate by its residual (the `when` without the atoms
+//! the index proved true) where the event has a value under every key those atoms test: a
+//! residual used without that check fails these tests.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

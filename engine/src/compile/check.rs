@@ -952,6 +952,42 @@ pub(crate) fn parse_cel_duration(s: &str) -> Option<Duration> {
 }
 
 /// Collects the index atoms (see the `index` module) of the top-level conjunction.
+impl Checker<'_> {
+    /// The conjunction `e` without its atoms (see [`collect_atoms`]), lowered natively, in
+    /// the order of its conjuncts: `true` if only atoms; `None` if a conjunct does not lower.
+    /// CEL's `&&` is commutative over errors, and a true conjunct changes no result, so where
+    /// the atoms hold this decides exactly as `e` does.
+    pub(super) fn residual(&mut self, e: &IdedExpr) -> Option<Native> {
+        fn conjuncts<'a>(e: &'a IdedExpr, out: &mut Vec<&'a IdedExpr>) {
+            if let Ast::Call(c) = &e.expr {
+                if c.func_name == operators::LOGICAL_AND && c.args.len() == 2 && c.target.is_none()
+                {
+                    conjuncts(&c.args[0], out);
+                    conjuncts(&c.args[1], out);
+                    return;
+                }
+            }
+            out.push(e);
+        }
+        let mut all = Vec::new();
+        conjuncts(e, &mut all);
+        let mut rest: Option<Native> = None;
+        for c in all {
+            if one_of(c).is_some() || presence(c).is_some() {
+                continue;
+            }
+            let Lowered::Native(n, Ty::Bool) = self.lower(c) else {
+                return None;
+            };
+            rest = Some(match rest {
+                None => n,
+                Some(prev) => Native::And(Box::new(prev), Box::new(n)),
+            });
+        }
+        Some(rest.unwrap_or(Native::Lit(V::Bool(true))))
+    }
+}
+
 pub(super) fn collect_atoms(e: &IdedExpr, out: &mut Vec<Atom>) {
     if let Ast::Call(c) = &e.expr {
         if c.func_name == operators::LOGICAL_AND && c.args.len() == 2 && c.target.is_none() {

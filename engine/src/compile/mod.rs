@@ -49,6 +49,10 @@ pub(crate) struct Compiled {
     pub ty: Option<Ty>,
     /// The conjuncts the policy index decides (see the `index` module).
     pub atoms: Vec<crate::index::Atom>,
+    /// The native form of the conjunction without those conjuncts (`true` if nothing else
+    /// is left): what decides a candidate whose atoms the index proved true (the event has a
+    /// value under each of their keys). `None` when not lowered, or no conjunct is an atom.
+    pub residual: Option<Native>,
     /// Event paths the interpreter needs (only when `native` is `None`); `None` entries mean
     /// "the whole event".
     pub reads: BTreeSet<Option<FieldId>>,
@@ -227,6 +231,11 @@ fn compile_ast(ast: IdedExpr, info: Option<&SourceInfo>) -> Result<Compiled, Vec
     }
     let mut atoms = Vec::new();
     collect_atoms(&ast, &mut atoms);
+    let residual = if native.is_some() && !atoms.is_empty() {
+        ck.residual(&ast)
+    } else {
+        None
+    };
     let interpreted = if native.is_some() {
         None
     } else if has_comprehension(&ast) {
@@ -258,6 +267,7 @@ fn compile_ast(ast: IdedExpr, info: Option<&SourceInfo>) -> Result<Compiled, Vec
         native,
         ty,
         atoms,
+        residual,
         reads,
         uses_history,
         windows,

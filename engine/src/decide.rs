@@ -678,12 +678,13 @@ pub fn dedup_key(policy: &str, by: &[FieldId], ev: &Event, window_s: i64) -> Str
     let bucket = ev.time.timestamp().div_euclid(window_s.max(1));
     h.update(decimal(bucket, &mut buf));
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(64);
-    for b in h.finalize() {
-        out.push(char::from(HEX[usize::from(b >> 4)]));
-        out.push(char::from(HEX[usize::from(b & 0xf)]));
+    let mut hex = [0u8; 64];
+    for (i, b) in h.finalize().iter().enumerate() {
+        hex[2 * i] = HEX[usize::from(b >> 4)];
+        hex[2 * i + 1] = HEX[usize::from(b & 0xf)];
     }
-    out
+    // ASCII hex digits: always UTF-8.
+    String::from_utf8_lossy(&hex).into_owned()
 }
 
 #[cfg(test)]

@@ -293,6 +293,12 @@ fn dedup_key_groups_vms_by_region_within_the_window() {
     // The key is the public function of policy name, dedup paths and bucket.
     let region = fields::lookup("resource.region").unwrap();
     assert_eq!(k1, dedup_key("page-region", &[region], &ev1, 3600));
+    // Pinned: hosts of different versions in one fleet must compute the same key. SHA-256 of
+    // the name, 0x1f, `resource.region=eastus2`, 0x1e and the hour bucket (453926).
+    assert_eq!(
+        k1,
+        "5ff7660e6f45029a2ca2f0800641e46976a6ab2caab0715d032dddf0892c8e26"
+    );
     assert_ne!(k1, dedup_key("page-regio", &[region], &ev1, 3600));
     assert_ne!(k1, dedup_key("page-region", &[region], &ev1, 60));
 

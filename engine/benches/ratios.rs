@@ -48,7 +48,7 @@ fn main() {
     println!("policies | floor (ns) | fast (ns) | fast / floor | full (ns) | full / floor");
     println!("---: | ---: | ---: | ---: | ---: | ---:");
     // The generated sets, then the largest without its one-in-twenty `exists`/`matches`
-    // tests (`exists` runs in the CEL interpreter).
+    // tests.
     let sets = SIZES
         .iter()
         .map(|&n| (n.to_string(), common::policies(n)))

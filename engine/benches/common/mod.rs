@@ -7,7 +7,7 @@
 //! resource tags (`has()`-guarded or not), the OS, numeric guards (`duration_s`, `attempt`,
 //! optional ones behind `!has(…) ||`) and `has()` guards. About one policy in seven is
 //! kind-agnostic (`on` all three kinds, testing only the resource and the source), and one
-//! in twenty uses `matches` or `exists` (the latter only the CEL interpreter runs). Values are
+//! in twenty uses `matches` or `exists` (a quantifier over the error's details). Values are
 //! drawn with a fixed-seed generator, so the same `n` always gives the same set; the events
 //! draw from the same value pools, so a few policies match each event and many more share
 //! one or two of its values.

@@ -591,6 +591,20 @@ fn sample_event(extra: Value) -> Event {
     Event::from_json_str(&ev.to_string()).unwrap()
 }
 
+/// `expr` is lowered natively, and both evaluators give `want` (`None`: both fail).
+fn expect(expr: &str, ev: &Event, now: Timestamp, want: Option<&str>) {
+    let (native, interp) =
+        parity_check(expr, ev, now).unwrap_or_else(|| panic!("{expr} is not lowered natively"));
+    match (&native, &interp, want) {
+        (Ok(a), Ok(b), Some(w)) => {
+            assert_eq!(a, b, "{expr}");
+            assert_eq!(a, w, "{expr}");
+        }
+        (Err(_), Err(_), None) => {}
+        _ => panic!("{expr}: native {native:?}, interpreter {interp:?}, want {want:?}"),
+    }
+}
+
 #[test]
 fn hand_picked_expressions_agree() {
     let ev = sample_event(json!({}));
@@ -683,16 +697,7 @@ fn hand_picked_expressions_agree() {
         ),
     ];
     for (expr, want) in cases {
-        let (native, interp) = parity_check(expr, &ev, now)
-            .unwrap_or_else(|| panic!("{expr} is not lowered natively"));
-        match (&native, &interp, want) {
-            (Ok(a), Ok(b), Some(w)) => {
-                assert_eq!(a, b, "{expr}");
-                assert_eq!(a, w, "{expr}");
-            }
-            (Err(_), Err(_), None) => {}
-            _ => panic!("{expr}: native {native:?}, interpreter {interp:?}, want {want:?}"),
-        }
+        expect(expr, &ev, now, *want);
     }
 }
 
@@ -765,16 +770,7 @@ fn quantifiers_over_details_agree() {
         (&no_failure, q("d.code == \"X\"", "exists"), None),
     ];
     for (ev, expr, want) in &cases {
-        let (native, interp) =
-            parity_check(expr, ev, now).unwrap_or_else(|| panic!("{expr} is not lowered natively"));
-        match (&native, &interp, want) {
-            (Ok(a), Ok(b), Some(w)) => {
-                assert_eq!(a, b, "{expr}");
-                assert_eq!(a, w, "{expr}");
-            }
-            (Err(_), Err(_), None) => {}
-            _ => panic!("{expr}: native {native:?}, interpreter {interp:?}, want {want:?}"),
-        }
+        expect(expr, ev, now, *want);
     }
 }
 

@@ -134,6 +134,15 @@ fn cel_syntax_error_in_single_line_when() {
     assert_eq!(col, 49);
 }
 
+/// Positions count characters, not bytes: text before the expression, and inside it, that is
+/// not ASCII moves no diagnostic.
+#[test]
+fn positions_after_non_ascii_text_count_characters() {
+    let src = "policies:\n  - name: a\n    description: Redémarrage de l’hôte — planifié\n    on: [maintenance]\n    when: 'event.resource.name == \"hôte—1\" && event.maintenance.typo == \"reboot\"'\n    action: none\n";
+    let d = only(src);
+    assert_diag(&d, 5, col_of(src, 5, "typo"), "typo");
+}
+
 #[test]
 fn cel_syntax_error_at_end_of_expression() {
     let src = "policies:\n  - name: a\n    on: [maintenance]\n    when: event.maintenance.type ==\n    action: none\n";

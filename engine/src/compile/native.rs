@@ -336,9 +336,12 @@ fn quantify<'e>(
             (Quant::All, Ok(V::Bool(false))) => return Ok(V::Bool(false)),
             (Quant::Exists, Ok(V::Bool(true))) => return Ok(V::Bool(true)),
             (Quant::All | Quant::Exists, Ok(V::Bool(_))) => {}
+            // (A body is lowered only when it is a bool: unreachable, kept total.)
             (Quant::All | Quant::Exists, Ok(other)) => {
-                let op = if q == Quant::All { "_&&_" } else { "_||_" };
-                pending = Some(format!("no such overload: {op}(bool, {})", vname(&other)));
+                pending = Some(format!(
+                    "no such overload: logical operator on {}",
+                    vname(&other)
+                ));
             }
             (Quant::All | Quant::Exists, Err(e)) => pending = Some(e),
             (Quant::ExistsOne, Ok(V::Bool(b))) => count += i64::from(b),

@@ -323,3 +323,125 @@ pub fn check_expression_here(text: &str) -> Result<(), String> {
             .join("; ")
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    fn compiled(text: &str) -> Compiled {
+        let e = Expr {
+            text: text.to_string(),
+            positions: Arc::from(vec![crate::diag::Pos::FILE; text.chars().count() + 1]),
+        };
+        compile(&e).unwrap_or_else(|p| panic!("{text}: {:?}", p[0].message))
+    }
+
+    /// The residual keeps exactly the conjuncts that are not atoms, in order.
+    #[test]
+    fn the_residual_is_the_conjunction_without_its_atoms() {
+        let c = compiled(
+            r#"event.failure.code == "A" && event.failure.attempt > 1 && has(event.resource.os) && event.resource.region in ["x", "y"] && event.failure.attempt < 5"#,
+        );
+        assert_eq!(c.atoms.len(), 3);
+        let r = format!("{:?}", c.residual.expect("a residual"));
+        assert!(r.starts_with("And(Cmp(Gt"), "{r}");
+        assert!(r.contains("Cmp(Lt"), "{r}");
+        for atom_part in ["Eq", "In(", "Has("] {
+            assert!(!r.contains(atom_part), "{atom_part} in {r}");
+        }
+        // Only atoms: the residual is `true`.
+        let c = compiled(r#"event.failure.code == "A" && has(event.resource.os)"#);
+        assert_eq!(
+            format!("{:?}", c.residual),
+            format!("{:?}", Some(Native::Lit(V::Bool(true))))
+        );
+        // A disjunction of two keys is no atom: it stays, whole.
+        let c = compiled(
+            r#"event.failure.code == "A" && (event.resource.os == "x" || event.failure.attempt > 1)"#,
+        );
+        let r = format!("{:?}", c.residual.expect("a residual"));
+        assert!(r.starts_with("Or("), "{r}");
+        // No atom, no residual; a single atom, `true`.
+        assert!(compiled("event.failure.attempt > 1").residual.is_none());
+        assert!(compiled(r#"event.failure.code == "A""#).residual.is_some());
+    }
+
+    /// Only the exact expansion of `all`, `exists` and `exists_one` over `failure.details`
+    /// is lowered: the same comprehension with any part changed runs in the interpreter.
+    #[test]
+    fn only_the_standard_expansions_of_the_quantifiers_are_lowered() {
+        use cel::common::ast::{Expr as Ast, LiteralValue};
+        let base = |q: &str| {
+            cel::parser::Parser::default()
+                .parse(&format!(r#"event.failure.details.{q}(d, d.code == "X")"#))
+                .unwrap()
+        };
+        let lowers = |ast: IdedExpr| compile_ast(ast, None).is_ok_and(|c| c.native.is_some());
+        for q in ["all", "exists", "exists_one"] {
+            assert!(lowers(base(q)), "{q}");
+        }
+        type Edit = fn(&mut cel::common::ast::ComprehensionExpr);
+        let edits: &[(&str, Edit)] = &[
+            // The accumulator's start swapped: `exists` folding with `&&`.
+            ("exists", |c| {
+                c.accu_init.expr = Ast::Literal(LiteralValue::Boolean(true.into()))
+            }),
+            // The result is not the accumulator.
+            ("all", |c| c.result.expr = Ast::Ident("x".into())),
+            ("exists", |c| c.result.expr = Ast::Ident("x".into())),
+            // The step folds something other than the accumulator.
+            ("all", |c| {
+                if let Ast::Call(k) = &mut c.loop_step.expr {
+                    k.args[0].expr = Ast::Ident("x".into());
+                }
+            }),
+            ("exists_one", |c| {
+                if let Ast::Call(k) = &mut c.loop_step.expr {
+                    k.args[2].expr = Ast::Ident("x".into());
+                }
+            }),
+            // `exists_one` counting by 2, or comparing the count with 2.
+            ("exists_one", |c| {
+                if let Ast::Call(k) = &mut c.loop_step.expr {
+                    if let Ast::Call(plus) = &mut k.args[1].expr {
+                        plus.args[1].expr = Ast::Literal(LiteralValue::Int(2.into()));
+                    }
+                }
+            }),
+            ("exists_one", |c| {
+                if let Ast::Call(k) = &mut c.loop_step.expr {
+                    if let Ast::Call(plus) = &mut k.args[1].expr {
+                        plus.func_name = "_-_".into();
+                    }
+                }
+            }),
+            ("exists_one", |c| {
+                if let Ast::Call(k) = &mut c.result.expr {
+                    k.args[1].expr = Ast::Literal(LiteralValue::Int(2.into()));
+                }
+            }),
+            ("exists_one", |c| {
+                if let Ast::Call(k) = &mut c.result.expr {
+                    k.args[0].expr = Ast::Ident("x".into());
+                }
+            }),
+            ("exists_one", |c| {
+                if let Ast::Call(k) = &mut c.result.expr {
+                    k.func_name = "_!=_".into();
+                }
+            }),
+            // A second iteration variable.
+            ("exists", |c| c.iter_var2 = Some("e".into())),
+        ];
+        for (q, edit) in edits {
+            let mut ast = base(q);
+            let Ast::Comprehension(c) = &mut ast.expr else {
+                panic!("{q} is not a comprehension");
+            };
+            edit(c);
+            assert!(!lowers(ast), "{q}, edited");
+        }
+    }
+}

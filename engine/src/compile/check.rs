@@ -576,10 +576,12 @@ impl Checker<'_> {
         let call = |e: &'_ IdedExpr, name: &str, n: usize| -> bool {
             matches!(&e.expr, Ast::Call(k) if k.func_name == name && k.target.is_none() && k.args.len() == n)
         };
-        let args = |e: &IdedExpr| match &e.expr {
-            Ast::Call(k) => k.args.clone(),
-            _ => Vec::new(),
-        };
+        fn args(e: &IdedExpr) -> &[IdedExpr] {
+            match &e.expr {
+                Ast::Call(k) => &k.args,
+                _ => &[],
+            }
+        }
         let lit = |e: &IdedExpr| match &e.expr {
             Ast::Literal(l) => literal(l),
             _ => None,
@@ -597,8 +599,7 @@ impl Checker<'_> {
         if fields::field(list).ty != FieldType::DetailList {
             return Fallback(None);
         }
-        let step = args(&c.loop_step);
-        let (q, body) = match (lit(&c.accu_init), step.as_slice()) {
+        let (q, body) = match (lit(&c.accu_init), args(&c.loop_step)) {
             (Some(V::Bool(init)), [a, body])
                 if is_accu(a)
                     && is_accu(&c.result)
@@ -618,9 +619,9 @@ impl Checker<'_> {
                 if call(&c.loop_step, operators::CONDITIONAL, 3)
                     && is_accu(same)
                     && call(plus, operators::ADD, 2)
-                    && matches!(args(plus).as_slice(), [a, one] if is_accu(a) && lit(one) == Some(V::Int(1)))
+                    && matches!(args(plus), [a, one] if is_accu(a) && lit(one) == Some(V::Int(1)))
                     && call(&c.result, operators::EQUALS, 2)
-                    && matches!(args(&c.result).as_slice(), [a, one] if is_accu(a) && lit(one) == Some(V::Int(1))) =>
+                    && matches!(args(&c.result), [a, one] if is_accu(a) && lit(one) == Some(V::Int(1))) =>
             {
                 (Quant::ExistsOne, body)
             }
@@ -641,6 +642,11 @@ impl Checker<'_> {
         let args = &c.args;
         let bx = Box::new;
         if is_history_call(c) {
+            // Not once per detail: a body with a history query runs in the interpreter, which
+            // refuses history queries at load (an ingest body chooses how many details).
+            if self.elem.is_some() {
+                return Fallback(None);
+            }
             return self.lower_history(c);
         }
         match (name, &c.target, args.len()) {
@@ -951,62 +957,69 @@ pub(crate) fn parse_cel_duration(s: &str) -> Option<Duration> {
     Some(Duration::nanoseconds(ns))
 }
 
-/// Collects the index atoms (see the `index` module) of the top-level conjunction.
-impl Checker<'_> {
-    /// The conjunction `e` without its atoms (see [`collect_atoms`]), lowered natively, in
-    /// the order of its conjuncts: `true` if only atoms; `None` if a conjunct does not lower.
-    /// CEL's `&&` is commutative over errors, and a true conjunct changes no result, so where
-    /// the atoms hold this decides exactly as `e` does.
-    pub(super) fn residual(&mut self, e: &IdedExpr) -> Option<Native> {
-        fn conjuncts<'a>(e: &'a IdedExpr, out: &mut Vec<&'a IdedExpr>) {
-            if let Ast::Call(c) = &e.expr {
-                if c.func_name == operators::LOGICAL_AND && c.args.len() == 2 && c.target.is_none()
-                {
-                    conjuncts(&c.args[0], out);
-                    conjuncts(&c.args[1], out);
-                    return;
-                }
+/// The conjuncts of `e`'s top-level conjunction (`e` itself if it is not one), in order.
+pub(super) fn conjuncts(e: &IdedExpr) -> Vec<&IdedExpr> {
+    fn walk<'a>(e: &'a IdedExpr, out: &mut Vec<&'a IdedExpr>) {
+        if let Ast::Call(c) = &e.expr {
+            if c.func_name == operators::LOGICAL_AND && c.args.len() == 2 && c.target.is_none() {
+                walk(&c.args[0], out);
+                walk(&c.args[1], out);
+                return;
             }
-            out.push(e);
         }
-        let mut all = Vec::new();
-        conjuncts(e, &mut all);
-        let mut rest: Option<Native> = None;
-        for c in all {
-            if one_of(c).is_some() || presence(c).is_some() {
-                continue;
-            }
-            let Lowered::Native(n, Ty::Bool) = self.lower(c) else {
-                return None;
-            };
-            rest = Some(match rest {
-                None => n,
-                Some(prev) => Native::And(Box::new(prev), Box::new(n)),
-            });
-        }
-        Some(rest.unwrap_or(Native::Lit(V::Bool(true))))
+        out.push(e);
     }
+    let mut out = Vec::new();
+    walk(e, &mut out);
+    out
 }
 
-pub(super) fn collect_atoms(e: &IdedExpr, out: &mut Vec<Atom>) {
-    if let Ast::Call(c) = &e.expr {
-        if c.func_name == operators::LOGICAL_AND && c.args.len() == 2 && c.target.is_none() {
-            collect_atoms(&c.args[0], out);
-            collect_atoms(&c.args[1], out);
-            return;
-        }
-    }
+/// The index atom a conjunct is, if it is one.
+fn atom(e: &IdedExpr) -> Option<Atom> {
     if let Some((key, values)) = one_of(e) {
-        out.push(Atom {
+        return Some(Atom {
             key,
             test: Test::OneOf(values),
         });
-    } else if let Some(key) = presence(e) {
-        out.push(Atom {
-            key,
-            test: Test::Present,
-        });
     }
+    presence(e).map(|key| Atom {
+        key,
+        test: Test::Present,
+    })
+}
+
+/// Collects the index atoms (see the `index` module) of the top-level conjunction.
+pub(super) fn collect_atoms(e: &IdedExpr) -> Vec<Atom> {
+    conjuncts(e).into_iter().filter_map(atom).collect()
+}
+
+/// The conjunction `e`, lowered natively as `native`, without its atoms (see
+/// [`collect_atoms`]), in the order of its conjuncts: `true` if only atoms. CEL's `&&` is
+/// commutative over errors, and a true conjunct changes no result, so where the atoms hold
+/// this decides exactly as `e` does. Taken from `native` (lowering maps each `&&` to a
+/// [`Native::And`]); `None` if its conjuncts do not line up with `e`'s.
+pub(super) fn residual(e: &IdedExpr, native: &Native) -> Option<Native> {
+    fn walk<'a>(n: &'a Native, out: &mut Vec<&'a Native>) {
+        if let Native::And(a, b) = n {
+            walk(a, out);
+            walk(b, out);
+        } else {
+            out.push(n);
+        }
+    }
+    let parts = conjuncts(e);
+    let mut lowered = Vec::with_capacity(parts.len());
+    walk(native, &mut lowered);
+    if lowered.len() != parts.len() {
+        return None;
+    }
+    let rest = parts
+        .into_iter()
+        .zip(lowered)
+        .filter(|(c, _)| atom(c).is_none())
+        .map(|(_, n)| n.clone())
+        .reduce(|prev, n| Native::And(Box::new(prev), Box::new(n)));
+    Some(rest.unwrap_or(Native::Lit(V::Bool(true))))
 }
 
 /// What an index may key on: a string field (`event.failure.code`) or a resource tag

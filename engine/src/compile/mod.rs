@@ -143,11 +143,9 @@ const KNOWN_FUNCTIONS: &[&str] = &[
 /// positions, and every diagnostic is placed as the ANTLR parser's positions place it.
 pub(crate) fn compile(expr: &Expr) -> Result<Compiled, Vec<ExprProblem>> {
     let pratt_safe = precheck(&expr.text).map_err(|p| vec![p])?;
-    if pratt_safe {
-        if let Ok(ast) = cel::parser::PrattParser::default().parse(&expr.text) {
-            if let Ok(c) = compile_ast(ast, None) {
-                return Ok(c);
-            }
+    if let Some(ast) = pratt(&expr.text, pratt_safe) {
+        if let Ok(c) = compile_ast(ast, None) {
+            return Ok(c);
         }
     }
     let (ast, info) = parse_with_positions(&expr.text)?;
@@ -158,11 +156,14 @@ pub(crate) fn compile(expr: &Expr) -> Result<Compiled, Vec<ExprProblem>> {
 /// ANTLR parser (the pre-check fails or flags a construct the parsers disagree on, or the
 /// Pratt parser rejects it). For the engine's parity tests; not a stable API.
 pub fn fast_parse(text: &str) -> Option<IdedExpr> {
-    if precheck(text).ok()? {
-        cel::parser::PrattParser::default().parse(text).ok()
-    } else {
-        None
-    }
+    pratt(text, precheck(text).ok()?)
+}
+
+/// The Pratt parser's tree of `text`, where the pre-check found it safe for that parser.
+fn pratt(text: &str, pratt_safe: bool) -> Option<IdedExpr> {
+    pratt_safe
+        .then(|| cel::parser::PrattParser::default().parse(text).ok())
+        .flatten()
 }
 
 /// Parses `text` with the ANTLR parser, which records where each node is.
@@ -229,12 +230,10 @@ fn compile_ast(ast: IdedExpr, info: Option<&SourceInfo>) -> Result<Compiled, Vec
             help: Some("keep history queries in expressions of field tests, comparisons, `in` lists, `&&`, `||`, `!` and `has()`; move `size`, conversions or macros into another policy".into()),
         }]);
     }
-    let mut atoms = Vec::new();
-    collect_atoms(&ast, &mut atoms);
-    let residual = if native.is_some() && !atoms.is_empty() {
-        ck.residual(&ast)
-    } else {
-        None
+    let atoms = collect_atoms(&ast);
+    let residual = match &native {
+        Some(n) if !atoms.is_empty() => residual(&ast, n),
+        _ => None,
     };
     let interpreted = if native.is_some() {
         None
@@ -366,6 +365,28 @@ mod tests {
         // No atom, no residual; a single atom, `true`.
         assert!(compiled("event.failure.attempt > 1").residual.is_none());
         assert!(compiled(r#"event.failure.code == "A""#).residual.is_some());
+    }
+
+    /// A history query runs at most once per expression and event, never once per detail
+    /// (the ingest body chooses how many there are): inside a quantifier it is refused at
+    /// load, as in any expression the interpreter would run.
+    #[test]
+    fn a_history_query_inside_a_quantifier_is_a_load_error() {
+        let e = Expr {
+            text: r#"event.failure.details.exists(d, history.count({"failure.code": d.code}, duration("1h")) > 3)"#.into(),
+            positions: Arc::from(Vec::new()),
+        };
+        let problems = compile(&e).expect_err("refused");
+        assert!(
+            problems[0].message.contains("must be evaluable natively"),
+            "{}",
+            problems[0].message
+        );
+        // Beside a quantifier, it stays native.
+        let c = compiled(
+            r#"event.failure.details.exists(d, d.code == "X") && history.count({"failure.code": event.failure.code}, duration("1h")) > 3"#,
+        );
+        assert!(c.native.is_some());
     }
 
     /// Only the exact expansion of `all`, `exists` and `exists_one` over `failure.details`

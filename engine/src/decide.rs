@@ -105,9 +105,8 @@ impl Engine {
             escalations: Vec::new(),
             retry: None,
             due: None,
-            // Sized for a typical decision: a few matches, a few skipped candidates.
-            matched: Vec::with_capacity(8),
-            not_evaluated: Vec::with_capacity(8),
+            matched: Vec::new(),
+            not_evaluated: Vec::new(),
             errors: Vec::new(),
             warnings: Vec::new(),
             trace: Trace::default(),

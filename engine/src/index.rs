@@ -145,7 +145,7 @@ enum Found<'e> {
     /// A value that is not a string (an int, a time): present, so `has()` holds.
     Other,
     Absent,
-    /// The parent object is absent, or the value is not a string: atoms can tell nothing.
+    /// The parent object is absent: atoms can tell nothing.
     Unknown,
 }
 

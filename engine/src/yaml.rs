@@ -177,11 +177,11 @@ pub(crate) fn with_yaml_doc<R>(
     };
     let docs = match load_docs(file, text) {
         Ok(d) => d,
-        Err(Err(d)) => {
+        Err(Unloaded::Refused(d)) => {
             diags.push(d);
             return None;
         }
-        Err(Ok(e)) => {
+        Err(Unloaded::Syntax(e)) => {
             let m = e.marker();
             let help = e.info().contains("mapping values are not allowed").then(|| {
                 "a plain value cannot contain `: `; quote it (\"...\") or use a folded block (`>`)".to_string()
@@ -225,22 +225,25 @@ pub(crate) fn with_yaml_doc<R>(
     }
 }
 
+/// Why [`load_docs`] loaded nothing.
+enum Unloaded {
+    /// What the tree loader must never see (an alias, nesting too deep), placed.
+    Refused(Diagnostic),
+    /// A YAML syntax error, the parser's or the loader's (a duplicate key), for the caller
+    /// to place.
+    Syntax(saphyr::ScanError),
+}
+
 /// Loads the documents of `text` in one pass of the YAML parser, rejecting before the tree
 /// loader sees them what it should never see: aliases (no billion laughs) and nesting deeper
 /// than [`MAX_POLICY_DEPTH`]. The parser's events are pulled one at a time (its own `load`
-/// recurses per nesting level) and handed to the tree loader only once checked. The error is
-/// a refusal (`Err(Err(_))`), or a YAML syntax error (`Err(Ok(_))`, the parser's or the
-/// loader's, such as a duplicate key) for the caller to place.
-#[allow(clippy::type_complexity)]
-fn load_docs<'t>(
-    file: &Path,
-    text: &'t str,
-) -> Result<Vec<MarkedYaml<'t>>, Result<saphyr::ScanError, Diagnostic>> {
+/// recurses per nesting level) and handed to the tree loader only once checked.
+fn load_docs<'t>(file: &Path, text: &'t str) -> Result<Vec<MarkedYaml<'t>>, Unloaded> {
     use saphyr_parser::SpannedEventReceiver;
     let mut loader = saphyr::YamlLoader::<MarkedYaml<'t>>::default();
     let mut depth = 0usize;
     for ev in saphyr_parser::Parser::new_from_str(text) {
-        let (ev, span) = ev.map_err(Ok)?;
+        let (ev, span) = ev.map_err(Unloaded::Syntax)?;
         let at = Pos {
             line: span.start.line(),
             column: span.start.col() + 1,
@@ -249,7 +252,7 @@ fn load_docs<'t>(
             saphyr_parser::Event::SequenceStart(..) | saphyr_parser::Event::MappingStart(..) => {
                 depth += 1;
                 if depth > MAX_POLICY_DEPTH {
-                    return Err(Err(Diagnostic::new(
+                    return Err(Unloaded::Refused(Diagnostic::new(
                         file,
                         at,
                         format!("YAML nested deeper than {MAX_POLICY_DEPTH} levels"),
@@ -260,7 +263,7 @@ fn load_docs<'t>(
                 depth = depth.saturating_sub(1);
             }
             saphyr_parser::Event::Alias(_) => {
-                return Err(Err(Diagnostic::new(
+                return Err(Unloaded::Refused(Diagnostic::new(
                     file,
                     at,
                     "YAML aliases (`*name`) are not allowed in policy files",
@@ -271,7 +274,7 @@ fn load_docs<'t>(
         loader.on_event(ev, span);
     }
     if let Some(e) = loader.error() {
-        return Err(Ok(e.clone()));
+        return Err(Unloaded::Syntax(e.clone()));
     }
     Ok(loader.into_documents())
 }

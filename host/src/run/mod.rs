@@ -697,12 +697,14 @@ impl Host {
         // batch then reads only those committed since).
         let mut want = store::Prefetch::default();
         let mut ahead = Vec::new();
-        let snapshot = self
-            .nstate
-            .lock()
-            .ok()
-            .filter(|_| self.store.is_fleet())
-            .map(|st| Arc::new(st.azure_arm.clone()));
+        let snapshot = if self.store.is_fleet() {
+            self.nstate
+                .lock()
+                .ok()
+                .map(|st| Arc::new(st.azure_arm.clone()))
+        } else {
+            None
+        };
         if let Some(snapshot) = &snapshot {
             ahead = msgs
                 .iter()

@@ -28,7 +28,9 @@
 //! 500) and `KEEL_BENCH_FLOOD_PER_CLIENT` (default 40) for the flood; `KEEL_BENCH_PARTS`
 //! (default `ingest,flood,latency,fleet,fleet-latency`) runs only the named parts, in that order (`fleet`
 //! compares with the SQLite ingest figure when `ingest` ran; `KEEL_BENCH_FLEET=0` is the
-//! same as leaving `fleet` out).
+//! same as leaving `fleet` out). `KEEL_BENCH_PARTS=ab KEEL_BENCH_BASELINE=/path/to/keel`
+//! compares an older build's group-commit ingest with this one's, in turns
+//! (`KEEL_BENCH_ROUNDS`, default 3), and prints the ratio of the medians.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::collections::HashMap;
@@ -78,7 +80,12 @@ impl Keel {
     }
 
     fn start_counting(config: &Path, count: bool) -> Keel {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
+        Keel::start_bin(config, count, Path::new(env!("CARGO_BIN_EXE_keel")))
+    }
+
+    /// `keel run` from the binary `bin` (the A/B part runs an older build beside this one).
+    fn start_bin(config: &Path, count: bool, bin: &Path) -> Keel {
+        let mut child = Command::new(bin)
             .args(["run", "--config"])
             .arg(config)
             .env("KEEL_BENCH_TOKEN", TOKEN)
@@ -173,6 +180,16 @@ const DRAIN_BUDGET: &str = r#"budgets:
 "#;
 
 async fn ingest_run(batch: usize, clients: usize, secs: u64, extra: &str) -> (f64, u64) {
+    ingest_run_bin(batch, clients, secs, extra, Path::new(env!("CARGO_BIN_EXE_keel"))).await
+}
+
+async fn ingest_run_bin(
+    batch: usize,
+    clients: usize,
+    secs: u64,
+    extra: &str,
+    bin: &Path,
+) -> (f64, u64) {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(
         dir.path(),
@@ -181,7 +198,7 @@ async fn ingest_run(batch: usize, clients: usize, secs: u64, extra: &str) -> (f6
             "commit_batch_max: {batch}\nsources:\n  ingest:\n    token_env: KEEL_BENCH_TOKEN\n{extra}"
         ),
     );
-    let keel = Keel::start(&config);
+    let keel = Keel::start_bin(&config, false, bin);
     let r = ingest_load(
         std::slice::from_ref(&keel.base),
         &[keel.child.id()],
@@ -773,6 +790,32 @@ async fn main() {
             "  ratio with/without the budget: {:.2}x",
             budgeted / grouped.max(1.0)
         );
+    }
+    if let (true, Ok(base)) = (part("ab"), std::env::var("KEEL_BENCH_BASELINE")) {
+        // Group commit, an older build (`KEEL_BENCH_BASELINE`, a `keel` binary) and this one
+        // in turns, the order swapped every round: the machine's load hits both alike.
+        let rounds = env_num("KEEL_BENCH_ROUNDS", 3);
+        let this = Path::new(env!("CARGO_BIN_EXE_keel"));
+        println!("A/B, group commit, {rounds} rounds: {base} (A) against this build (B)");
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        for r in 0..rounds {
+            for first in [r % 2 == 0, r % 2 != 0] {
+                let (bin, out) = if first {
+                    (Path::new(&base), &mut a)
+                } else {
+                    (this, &mut b)
+                };
+                let (rate, _) = ingest_run_bin(256, clients, secs, "", bin).await;
+                println!("  {}: {rate:>8.0} events/s", if first { "A" } else { "B" });
+                out.push(rate);
+            }
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (ma, mb) = (median(&mut a), median(&mut b));
+        println!("  median A {ma:.0}, B {mb:.0} events/s: B/A {:.2}x", mb / ma.max(1.0));
     }
     if part("flood") {
         let flood_clients = env_num("KEEL_BENCH_FLOOD_CLIENTS", 500) as usize;

@@ -276,14 +276,18 @@ impl Conn {
         }
     }
 
+    /// Whether a transaction is open on this connection.
+    pub fn in_tx(&self) -> bool {
+        match self {
+            Conn::Lite(c) => !c.is_autocommit(),
+            Conn::Pg(pg) => pg.in_tx(),
+        }
+    }
+
     /// Runs `f` atomically: a savepoint, which nests inside a batch's transaction and is a
     /// transaction of its own outside one.
     pub fn atomic<R>(&self, f: impl FnOnce() -> Result<R, StoreError>) -> Result<R, StoreError> {
-        let in_tx = match self {
-            Conn::Lite(c) => !c.is_autocommit(),
-            Conn::Pg(pg) => pg.in_tx(),
-        };
-        if !in_tx {
+        if !self.in_tx() {
             return self.tx(Begin::Plain, |_| f());
         }
         self.exec("SAVEPOINT keel_atomic", &[])?;

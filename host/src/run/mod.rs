@@ -337,6 +337,7 @@ impl Host {
         let store = Store::open_config(&cfg)?;
         // A fleet's hosts judge leases by one clock, the database's.
         store.use_database_clock();
+        store.checkpoint_in_background()?;
         let nstate = match store.normalizer_state()? {
             Some(json) => serde_json::from_str(&json).unwrap_or_default(),
             None => NormalizerState::default(),

@@ -4,7 +4,7 @@
 //! power loss) for one host, and PostgreSQL ([`pg`]) for a fleet whose hosts share budgets,
 //! guards, escalations and history. Versioned migrations for each.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::Connection;
@@ -306,6 +306,10 @@ fn restrict(path: &Path, mode: u32) -> std::io::Result<()> {
     }
 }
 
+/// With [`Store::checkpoint_in_background`], the WAL size (in pages) past which a batch's
+/// commit checkpoints by itself (SQLite's default, used without the thread, is 1,000).
+pub const WAL_FALLBACK_PAGES: i64 = 16_000;
+
 /// The state database.
 pub struct Store {
     conn: Mutex<Conn>,
@@ -315,6 +319,11 @@ pub struct Store {
     /// The host's identity in a fleet's shared database (its decisions, held decisions,
     /// deferrals and normalizer state); empty on SQLite, which has one host.
     host: String,
+    /// On SQLite, the database file (for the checkpointing thread's own connection).
+    path: Option<PathBuf>,
+    /// With [`Store::checkpoint_in_background`]: wakes the checkpointing thread after a
+    /// batch commits (it stops when the store is dropped).
+    checkpoint: std::sync::OnceLock<std::sync::mpsc::SyncSender<()>>,
 }
 
 /// The state database inside a [`Store::batch`] (or for one call): what the decision path
@@ -523,6 +532,8 @@ impl Store {
             conn: Mutex::new(Conn::Lite(conn)),
             db_clock: Default::default(),
             host: String::new(),
+            path: Some(path.to_path_buf()),
+            checkpoint: Default::default(),
         })
     }
 
@@ -537,6 +548,8 @@ impl Store {
             conn: Mutex::new(Conn::Pg(pg)),
             db_clock: Default::default(),
             host,
+            path: None,
+            checkpoint: Default::default(),
         })
     }
 
@@ -574,6 +587,8 @@ impl Store {
             conn: Mutex::new(Conn::Pg(pg::Pg::connect(settings)?)),
             db_clock: Default::default(),
             host: String::from("#cli"),
+            path: None,
+            checkpoint: Default::default(),
         };
         let found = match store.schema_version() {
             Ok(v) => v,
@@ -671,12 +686,55 @@ impl Store {
     ) -> Result<R, StoreError> {
         let c = self.c()?;
         let overlay = c.is_fleet().then(batch::Overlay::default);
-        c.tx(Begin::Exclusive, |c| {
+        let r = c.tx(Begin::Exclusive, |c| {
             let db = Db(c, &self.host, overlay.as_ref());
             let r = f(&db)?;
             db.flush()?;
             Ok(r)
-        })
+        });
+        if let (Ok(_), Some(wake)) = (&r, self.checkpoint.get()) {
+            // Full: it is awake already, and will see this batch's frames.
+            let _ = wake.try_send(());
+        }
+        r
+    }
+
+    /// On SQLite, moves the WAL checkpoints (copying the log's committed pages into the
+    /// database file, and syncing it) off the commit path: a thread of its own, with its own
+    /// connection, checkpoints after the batches commit (at most once per `PAUSE`), without
+    /// blocking them (`PASSIVE`). The batches' connection still checkpoints by itself should
+    /// the log pass [`WAL_FALLBACK_PAGES`] (the thread stuck or gone), so the log stays
+    /// bounded. Done in the commit, the checkpoint was a twentieth of the ingest path. A
+    /// no-op on PostgreSQL, or when called again.
+    pub fn checkpoint_in_background(&self) -> Result<(), StoreError> {
+        /// The least time between two checkpoints.
+        const PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        if self.checkpoint.get().is_some() {
+            return Ok(());
+        }
+        let own = Connection::open(path)?;
+        own.busy_timeout(std::time::Duration::from_secs(5))?;
+        own.pragma_update(None, "synchronous", "FULL")?;
+        if let Conn::Lite(c) = &*self.c()? {
+            c.pragma_update(None, "wal_autocheckpoint", WAL_FALLBACK_PAGES)?;
+        }
+        let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
+        std::thread::Builder::new()
+            .name("keel-checkpoint".into())
+            .spawn(move || {
+                while woken.recv().is_ok() {
+                    // A failure (the database busy past the timeout) is retried after the
+                    // next batch; the fallback bounds the log meanwhile.
+                    let _ = own.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                    std::thread::sleep(PAUSE);
+                }
+            })
+            .map_err(|e| StoreError::Files(path.clone(), e))?;
+        let _ = self.checkpoint.set(wake);
+        Ok(())
     }
 
     /// Whether an event was seen before in this status.

@@ -160,6 +160,9 @@ impl Store {
             conn: std::sync::Mutex::new(Conn::Lite(conn)),
             db_clock: Default::default(),
             host: String::new(),
+            // Read-only: nothing to checkpoint.
+            path: None,
+            checkpoint: Default::default(),
         })
     }
 

@@ -454,3 +454,43 @@ fn lease_writes_leave_the_connection_synchronous_full() -> Result<(), StoreError
     assert_eq!(sync(&s)?, 2);
     Ok(())
 }
+
+#[test]
+fn a_background_checkpoint_copies_committed_batches_into_the_database_file(
+) -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|e| StoreError::Files("tmp".into(), e))?;
+    let path = dir.path().join("state.db");
+    let s = Store::open(&path)?;
+    s.checkpoint_in_background()?;
+    // Called again: no second thread, no error.
+    s.checkpoint_in_background()?;
+    let size = || std::fs::metadata(&path).map_or(0, |m| m.len());
+    let before = size();
+    let big = "x".repeat(4000);
+    let ids: Vec<String> = (0..200).map(|i| format!("ev-{i}")).collect();
+    s.batch(|db| {
+        for id in &ids {
+            let mut r = rec(id, None);
+            r.event_json = &big;
+            db.record(&r)?;
+        }
+        Ok(())
+    })?;
+    // The batch's pages are in the log; below the fallback, only the thread copies them into
+    // the database file.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while size() < before + 200 * 4000 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        size() >= before + 200 * 4000,
+        "the database file was not checkpointed: {} bytes (from {before})",
+        size()
+    );
+    if let Conn::Lite(c) = &*s.c()? {
+        let pages: i64 = c.pragma_query_value(None, "wal_autocheckpoint", |r| r.get(0))?;
+        assert_eq!(pages, WAL_FALLBACK_PAGES);
+    }
+    assert!(s.seen("ev-199", "-")?);
+    Ok(())
+}

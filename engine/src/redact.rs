@@ -73,12 +73,40 @@ pub const SECRET_SUFFIXES: &[&str] = &[
 
 /// Whether a JSON key names a secret (see the module documentation).
 pub fn is_secret_key(key: &str) -> bool {
-    let k: String = key
-        .chars()
-        .filter(|c| *c != '_' && *c != '-')
-        .map(|c| c.to_ascii_lowercase())
+    is_secret_key_bytes(key.as_bytes())
+}
+
+/// [`is_secret_key`] of a key's UTF-8 bytes (normalizing them byte by byte is the same as
+/// char by char: ASCII case folding leaves the bytes of other characters alone). Normalized
+/// on the stack: it runs for every key of everything stored.
+fn is_secret_key_bytes(key: &[u8]) -> bool {
+    let mut buf = [0u8; 64];
+    let mut n = 0;
+    for &b in key {
+        if b == b'_' || b == b'-' {
+            continue;
+        }
+        let Some(slot) = buf.get_mut(n) else {
+            // Longer than any name: only a suffix can match.
+            return is_secret_long(key);
+        };
+        *slot = b.to_ascii_lowercase();
+        n += 1;
+    }
+    let k = &buf[..n];
+    SECRET_KEYS.iter().any(|s| s.as_bytes() == k)
+        || SECRET_SUFFIXES.iter().any(|s| k.ends_with(s.as_bytes()))
+}
+
+/// [`is_secret_key_bytes`] of a key too long to normalize on the stack.
+fn is_secret_long(key: &[u8]) -> bool {
+    let k: Vec<u8> = key
+        .iter()
+        .filter(|b| **b != b'_' && **b != b'-')
+        .map(u8::to_ascii_lowercase)
         .collect();
-    SECRET_KEYS.contains(&k.as_str()) || SECRET_SUFFIXES.iter().any(|s| k.ends_with(s))
+    SECRET_KEYS.iter().any(|s| s.as_bytes() == k.as_slice())
+        || SECRET_SUFFIXES.iter().any(|s| k.ends_with(s.as_bytes()))
 }
 
 /// Whether a string holds a PEM private key.
@@ -114,11 +142,27 @@ pub fn redact(v: &mut Value) -> usize {
 }
 
 /// `t` as JSON text with its secrets redacted ([`redact`]): for a log line or a stored row.
+///
+/// Written directly, without building a [`Value`] first, yet exactly as
+/// `serde_json::to_string` of the redacted `serde_json::to_value(t)` (object keys sorted).
 pub fn to_redacted_string<T: serde::Serialize + ?Sized>(t: &T) -> serde_json::Result<String> {
+    let mut out = Vec::with_capacity(256);
+    match writer::write(t, &mut out) {
+        // Only `str`s and escapes were written.
+        Ok(()) => String::from_utf8(out).map_err(serde::ser::Error::custom),
+        Err(e) if e.to_string() == writer::UNSUPPORTED => via_value(t),
+        Err(e) => Err(e),
+    }
+}
+
+/// [`to_redacted_string`] through a [`Value`]: what the direct writer must equal.
+fn via_value<T: serde::Serialize + ?Sized>(t: &T) -> serde_json::Result<String> {
     let mut v = serde_json::to_value(t)?;
     redact(&mut v);
     serde_json::to_string(&v)
 }
+
+mod writer;
 
 /// The JSON paths (`/properties/osProfile/adminPassword`) of the secret values in `v` that
 /// were redacted ([`REDACTED`]): a request read back from storage cannot be resubmitted with

@@ -180,7 +180,14 @@ const DRAIN_BUDGET: &str = r#"budgets:
 "#;
 
 async fn ingest_run(batch: usize, clients: usize, secs: u64, extra: &str) -> (f64, u64) {
-    ingest_run_bin(batch, clients, secs, extra, Path::new(env!("CARGO_BIN_EXE_keel"))).await
+    ingest_run_bin(
+        batch,
+        clients,
+        secs,
+        extra,
+        Path::new(env!("CARGO_BIN_EXE_keel")),
+    )
+    .await
 }
 
 async fn ingest_run_bin(
@@ -815,7 +822,10 @@ async fn main() {
             v[v.len() / 2]
         };
         let (ma, mb) = (median(&mut a), median(&mut b));
-        println!("  median A {ma:.0}, B {mb:.0} events/s: B/A {:.2}x", mb / ma.max(1.0));
+        println!(
+            "  median A {ma:.0}, B {mb:.0} events/s: B/A {:.2}x",
+            mb / ma.max(1.0)
+        );
     }
     if part("flood") {
         let flood_clients = env_num("KEEL_BENCH_FLOOD_CLIENTS", 500) as usize;

@@ -146,10 +146,9 @@ pub fn redact(v: &mut Value) -> usize {
 /// Written directly, without building a [`Value`] first, yet exactly as
 /// `serde_json::to_string` of the redacted `serde_json::to_value(t)` (object keys sorted).
 pub fn to_redacted_string<T: serde::Serialize + ?Sized>(t: &T) -> serde_json::Result<String> {
-    let mut out = Vec::with_capacity(256);
-    match writer::write(t, &mut out) {
+    match writer::write(t) {
         // Only `str`s and escapes were written.
-        Ok(()) => String::from_utf8(out).map_err(serde::ser::Error::custom),
+        Ok(out) => String::from_utf8(out).map_err(serde::ser::Error::custom),
         Err(e) if e.to_string() == writer::UNSUPPORTED => via_value(t),
         Err(e) => Err(e),
     }

@@ -11,8 +11,10 @@
 //! and the caller takes the `Value` path instead.
 //!
 //! Building the `Value` allocated every key and string of an event once more, then freed
-//! them: it was a sixth of the host's ingest path. Here an object allocates one buffer (its
-//! entries, to sort them) and nothing per key.
+//! them: it was a sixth of the host's ingest path. Here everything is written into one
+//! buffer: an object's entries (each key's text, then its value's JSON) are written where
+//! the object goes, then sorted and rewritten in place through a scratch buffer shared by
+//! the whole value, so a call allocates a few buffers whatever the value holds.
 
 use std::ops::Range;
 
@@ -27,9 +29,45 @@ const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
 /// exactly (a raw value).
 pub(super) const UNSUPPORTED: &str = "keel-redact: unsupported by the direct writer";
 
-/// Writes `t` as redacted JSON into `out`.
-pub(super) fn write<T: Serialize + ?Sized>(t: &T, out: &mut Vec<u8>) -> serde_json::Result<()> {
-    t.serialize(W { out })
+/// The most a thread's buffers keep between two calls.
+const KEEP_BYTES: usize = 64 << 10;
+
+thread_local! {
+    /// The buffers of the calls on this thread, kept from one call to the next.
+    static BUFFERS: std::cell::RefCell<Ctx> = const {
+        std::cell::RefCell::new(Ctx {
+            out: Vec::new(),
+            entries: Vec::new(),
+            tmp: Vec::new(),
+        })
+    };
+}
+
+/// `t` as redacted JSON.
+pub(super) fn write<T: Serialize + ?Sized>(t: &T) -> serde_json::Result<Vec<u8>> {
+    let run = |cx: &mut Ctx| {
+        cx.out.clear();
+        cx.entries.clear();
+        let r = t.serialize(W { cx }).map(|()| cx.out.as_slice().to_vec());
+        // One large value does not keep its buffers' size for the thread's life.
+        if cx.out.capacity() > KEEP_BYTES || cx.tmp.capacity() > KEEP_BYTES {
+            *cx = Ctx {
+                out: Vec::new(),
+                entries: Vec::new(),
+                tmp: Vec::new(),
+            };
+        }
+        r
+    };
+    BUFFERS.with(|b| match b.try_borrow_mut() {
+        Ok(mut cx) => run(&mut cx),
+        // A `Serialize` that redacts something itself: fresh buffers for the inner call.
+        Err(_) => run(&mut Ctx {
+            out: Vec::new(),
+            entries: Vec::new(),
+            tmp: Vec::new(),
+        }),
+    })
 }
 
 /// An error of this serializer.
@@ -47,9 +85,109 @@ fn string_value(out: &mut Vec<u8>, s: &str) -> serde_json::Result<()> {
     string(out, if is_private_key_text(s) { REDACTED } else { s })
 }
 
+/// The buffers of one call.
+struct Ctx {
+    /// The JSON written so far; an object not yet ended holds its entries' text here, each
+    /// key unescaped and followed by its value's JSON.
+    out: Vec<u8>,
+    /// The entries of the objects not yet ended (innermost last): key and value, as ranges
+    /// of `out`.
+    entries: Vec<(Range<usize>, Range<usize>)>,
+    /// Where an ending object is written in key order, before it replaces its entries.
+    tmp: Vec<u8>,
+}
+
+/// Where an object began: in `out`, and in `entries`.
+#[derive(Clone, Copy)]
+struct Mark {
+    start: usize,
+    first: usize,
+}
+
+impl Ctx {
+    /// Begins an object.
+    fn open(&self) -> Mark {
+        Mark {
+            start: self.out.len(),
+            first: self.entries.len(),
+        }
+    }
+
+    /// Writes an entry's key text; its value follows.
+    fn key(&mut self, key: &str) -> Range<usize> {
+        let start = self.out.len();
+        self.out.extend_from_slice(key.as_bytes());
+        start..self.out.len()
+    }
+
+    /// Ends the entry whose key is at `key` and whose value follows it, up to the end of
+    /// `out`; a secret key's value, unless `null`, becomes `"[redacted]"` (it was serialized
+    /// all the same: its errors are the `Value` path's too).
+    fn push(&mut self, key: Range<usize>) {
+        let start = key.end;
+        if is_secret_key_bytes(&self.out[key.clone()]) && &self.out[start..] != b"null" {
+            self.out.truncate(start);
+            // Writing into a `Vec` cannot fail.
+            let _ = string(&mut self.out, REDACTED);
+        }
+        self.entries.push((key, start..self.out.len()));
+    }
+
+    /// Ends the object begun at `m`: its entries, sorted by key (stable: of a key given
+    /// twice, the last is kept, as a `Value`'s map keeps one entry per key), replace their
+    /// text.
+    fn close(&mut self, m: Mark) {
+        let Ctx { out, entries, tmp } = self;
+        let mine = &mut entries[m.first..];
+        mine.sort_by(|a, b| out[a.0.clone()].cmp(&out[b.0.clone()]));
+        tmp.clear();
+        tmp.push(b'{');
+        let mut first = true;
+        for (i, (k, v)) in mine.iter().enumerate() {
+            let key = &out[k.clone()];
+            if mine
+                .get(i + 1)
+                .is_some_and(|(next, _)| &out[next.clone()] == key)
+            {
+                continue;
+            }
+            if !first {
+                tmp.push(b',');
+            }
+            first = false;
+            // The key's bytes came from a `str`.
+            let _ = string(tmp, std::str::from_utf8(key).unwrap_or_default());
+            tmp.push(b':');
+            tmp.extend_from_slice(&out[v.clone()]);
+        }
+        tmp.push(b'}');
+        out.truncate(m.start);
+        out.extend_from_slice(tmp);
+        entries.truncate(m.first);
+    }
+}
+
 /// Writes one value.
 struct W<'a> {
-    out: &'a mut Vec<u8>,
+    cx: &'a mut Ctx,
+}
+
+/// A string of at most 64 bytes on the stack, for `collect_str` (timestamps).
+struct Small {
+    buf: [u8; 64],
+    len: usize,
+}
+
+impl std::fmt::Write for Small {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        self.buf
+            .get_mut(self.len..end)
+            .ok_or(std::fmt::Error)?
+            .copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
 }
 
 impl<'a> ser::Serializer for W<'a> {
@@ -64,7 +202,7 @@ impl<'a> ser::Serializer for W<'a> {
     type SerializeStructVariant = StructVariant<'a>;
 
     fn serialize_bool(self, v: bool) -> serde_json::Result<()> {
-        serde_json::to_writer(self.out, &v)
+        serde_json::to_writer(&mut self.cx.out, &v)
     }
     fn serialize_i8(self, v: i8) -> serde_json::Result<()> {
         self.serialize_i64(i64::from(v))
@@ -76,7 +214,7 @@ impl<'a> ser::Serializer for W<'a> {
         self.serialize_i64(i64::from(v))
     }
     fn serialize_i64(self, v: i64) -> serde_json::Result<()> {
-        serde_json::to_writer(self.out, &v)
+        serde_json::to_writer(&mut self.cx.out, &v)
     }
     fn serialize_i128(self, v: i128) -> serde_json::Result<()> {
         // A `Value` holds 64-bit numbers only (without serde_json's arbitrary precision).
@@ -98,7 +236,7 @@ impl<'a> ser::Serializer for W<'a> {
         self.serialize_u64(u64::from(v))
     }
     fn serialize_u64(self, v: u64) -> serde_json::Result<()> {
-        serde_json::to_writer(self.out, &v)
+        serde_json::to_writer(&mut self.cx.out, &v)
     }
     fn serialize_u128(self, v: u128) -> serde_json::Result<()> {
         match u64::try_from(v) {
@@ -111,16 +249,29 @@ impl<'a> ser::Serializer for W<'a> {
     }
     fn serialize_f64(self, v: f64) -> serde_json::Result<()> {
         // Non-finite: `null`, as in a `Value`.
-        serde_json::to_writer(self.out, &v)
+        serde_json::to_writer(&mut self.cx.out, &v)
     }
     fn serialize_char(self, v: char) -> serde_json::Result<()> {
         self.serialize_str(v.encode_utf8(&mut [0; 4]))
     }
     fn serialize_str(self, v: &str) -> serde_json::Result<()> {
-        string_value(self.out, v)
+        string_value(&mut self.cx.out, v)
+    }
+    fn collect_str<T: std::fmt::Display + ?Sized>(self, v: &T) -> serde_json::Result<()> {
+        use std::fmt::Write as _;
+        let mut small = Small {
+            buf: [0; 64],
+            len: 0,
+        };
+        if write!(small, "{v}").is_ok() {
+            // Whole `str`s were copied in: valid UTF-8.
+            let text = std::str::from_utf8(&small.buf[..small.len]).unwrap_or_default();
+            return self.serialize_str(text);
+        }
+        self.serialize_str(&v.to_string())
     }
     fn serialize_bytes(self, v: &[u8]) -> serde_json::Result<()> {
-        let mut seq = Seq::open(self.out);
+        let mut seq = Seq::open(self.cx);
         for b in v {
             seq.element(b)?;
         }
@@ -134,7 +285,7 @@ impl<'a> ser::Serializer for W<'a> {
         v.serialize(self)
     }
     fn serialize_unit(self) -> serde_json::Result<()> {
-        self.out.extend_from_slice(b"null");
+        self.cx.out.extend_from_slice(b"null");
         Ok(())
     }
     fn serialize_unit_struct(self, _: &'static str) -> serde_json::Result<()> {
@@ -166,19 +317,21 @@ impl<'a> ser::Serializer for W<'a> {
         v: &T,
     ) -> serde_json::Result<()> {
         // `{"variant": v}`: an object of one key, redacted like any other.
-        let mut obj = Obj::default();
-        obj.entry(variant, v)?;
-        obj.write(self.out);
+        let m = self.cx.open();
+        let key = self.cx.key(variant);
+        v.serialize(W { cx: self.cx })?;
+        self.cx.push(key);
+        self.cx.close(m);
         Ok(())
     }
     fn serialize_seq(self, _: Option<usize>) -> serde_json::Result<Seq<'a>> {
-        Ok(Seq::open(self.out))
+        Ok(Seq::open(self.cx))
     }
     fn serialize_tuple(self, _: usize) -> serde_json::Result<Seq<'a>> {
-        Ok(Seq::open(self.out))
+        Ok(Seq::open(self.cx))
     }
     fn serialize_tuple_struct(self, _: &'static str, _: usize) -> serde_json::Result<Seq<'a>> {
-        Ok(Seq::open(self.out))
+        Ok(Seq::open(self.cx))
     }
     fn serialize_tuple_variant(
         self,
@@ -187,17 +340,22 @@ impl<'a> ser::Serializer for W<'a> {
         variant: &'static str,
         _: usize,
     ) -> serde_json::Result<TupleVariant<'a>> {
+        let outer = self.cx.open();
+        let key = self.cx.key(variant);
+        self.cx.out.push(b'[');
         Ok(TupleVariant {
-            out: self.out,
-            variant,
-            items: vec![b'['],
+            cx: self.cx,
+            outer,
+            key,
             first: true,
         })
     }
     fn serialize_map(self, _: Option<usize>) -> serde_json::Result<Map<'a>> {
+        let mark = self.cx.open();
         Ok(Map {
-            out: self.out,
-            obj: Obj::default(),
+            cx: self.cx,
+            mark,
+            key: None,
         })
     }
     fn serialize_struct(self, name: &'static str, _: usize) -> serde_json::Result<Map<'a>> {
@@ -213,36 +371,40 @@ impl<'a> ser::Serializer for W<'a> {
         variant: &'static str,
         _: usize,
     ) -> serde_json::Result<StructVariant<'a>> {
+        let outer = self.cx.open();
+        let key = self.cx.key(variant);
+        let inner = self.cx.open();
         Ok(StructVariant {
-            out: self.out,
-            variant,
-            obj: Obj::default(),
+            cx: self.cx,
+            outer,
+            key,
+            inner,
         })
     }
 }
 
 /// An array being written.
 pub(super) struct Seq<'a> {
-    out: &'a mut Vec<u8>,
+    cx: &'a mut Ctx,
     first: bool,
 }
 
 impl<'a> Seq<'a> {
-    fn open(out: &'a mut Vec<u8>) -> Seq<'a> {
-        out.push(b'[');
-        Seq { out, first: true }
+    fn open(cx: &'a mut Ctx) -> Seq<'a> {
+        cx.out.push(b'[');
+        Seq { cx, first: true }
     }
 
     fn element<T: Serialize + ?Sized>(&mut self, v: &T) -> serde_json::Result<()> {
         if !self.first {
-            self.out.push(b',');
+            self.cx.out.push(b',');
         }
         self.first = false;
-        v.serialize(W { out: self.out })
+        v.serialize(W { cx: self.cx })
     }
 
     fn close(self) {
-        self.out.push(b']');
+        self.cx.out.push(b']');
     }
 }
 
@@ -266,104 +428,36 @@ seq_impl!(SerializeSeq, serialize_element);
 seq_impl!(SerializeTuple, serialize_element);
 seq_impl!(SerializeTupleStruct, serialize_field);
 
-/// An object's entries, gathered in `buf` (each key's bytes, unescaped, then its value's
-/// JSON) and written sorted by key when it ends.
-#[derive(Default)]
-struct Obj {
-    buf: Vec<u8>,
-    /// Each entry's key and value, as ranges of `buf`.
-    entries: Vec<(Range<usize>, Range<usize>)>,
-    /// A map's key, given before its value.
-    key: Option<Range<usize>>,
-}
-
-impl Obj {
-    /// One entry, its key given as text.
-    fn entry<T: Serialize + ?Sized>(&mut self, key: &str, v: &T) -> serde_json::Result<()> {
-        let start = self.buf.len();
-        self.buf.extend_from_slice(key.as_bytes());
-        let key = start..self.buf.len();
-        v.serialize(W { out: &mut self.buf })?;
-        self.push(key);
-        Ok(())
-    }
-
-    /// Ends the entry whose key is at `key` in `buf` and whose value follows it; a secret
-    /// key's value, unless `null`, becomes `"[redacted]"` (it was serialized all the same: its
-    /// errors are the `Value` path's too).
-    fn push(&mut self, key: Range<usize>) {
-        let start = key.end;
-        let secret = is_secret_key_bytes(&self.buf[key.clone()]);
-        if secret && &self.buf[start..] != b"null" {
-            self.buf.truncate(start);
-            // Writing into a `Vec` cannot fail.
-            let _ = string(&mut self.buf, REDACTED);
-        }
-        self.entries.push((key, start..self.buf.len()));
-    }
-
-    /// Writes the object: keys sorted by their bytes, and of a key given twice the last
-    /// value (a `Value`'s map keeps one entry per key).
-    fn write(mut self, out: &mut Vec<u8>) {
-        let buf = &self.buf;
-        // Stable: of equal keys, the last given stays last.
-        self.entries
-            .sort_by(|a, b| buf[a.0.clone()].cmp(&buf[b.0.clone()]));
-        out.push(b'{');
-        let mut first = true;
-        for (i, (k, v)) in self.entries.iter().enumerate() {
-            let key = &buf[k.clone()];
-            if self
-                .entries
-                .get(i + 1)
-                .is_some_and(|(next, _)| &buf[next.clone()] == key)
-            {
-                continue;
-            }
-            if !first {
-                out.push(b',');
-            }
-            first = false;
-            // The key's bytes came from a `str`.
-            let _ = string(out, std::str::from_utf8(key).unwrap_or_default());
-            out.push(b':');
-            out.extend_from_slice(&buf[v.clone()]);
-        }
-        out.push(b'}');
-    }
-}
-
 /// A map or a struct being written.
 pub(super) struct Map<'a> {
-    out: &'a mut Vec<u8>,
-    obj: Obj,
+    cx: &'a mut Ctx,
+    mark: Mark,
+    /// A map's key, given before its value.
+    key: Option<Range<usize>>,
 }
 
 impl ser::SerializeMap for Map<'_> {
     type Ok = ();
     type Error = serde_json::Error;
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> serde_json::Result<()> {
-        let start = self.obj.buf.len();
+        let start = self.cx.out.len();
         key.serialize(Key {
-            out: &mut self.obj.buf,
+            out: &mut self.cx.out,
         })?;
-        self.obj.key = Some(start..self.obj.buf.len());
+        self.key = Some(start..self.cx.out.len());
         Ok(())
     }
     fn serialize_value<T: Serialize + ?Sized>(&mut self, v: &T) -> serde_json::Result<()> {
         let key = self
-            .obj
             .key
             .take()
             .ok_or_else(|| custom("serialize_value called before serialize_key"))?;
-        v.serialize(W {
-            out: &mut self.obj.buf,
-        })?;
-        self.obj.push(key);
+        v.serialize(W { cx: self.cx })?;
+        self.cx.push(key);
         Ok(())
     }
     fn end(self) -> serde_json::Result<()> {
-        self.obj.write(self.out);
+        self.cx.close(self.mark);
         Ok(())
     }
 }
@@ -376,29 +470,23 @@ impl ser::SerializeStruct for Map<'_> {
         key: &'static str,
         v: &T,
     ) -> serde_json::Result<()> {
-        self.obj.entry(key, v)
+        let key = self.cx.key(key);
+        v.serialize(W { cx: self.cx })?;
+        self.cx.push(key);
+        Ok(())
     }
     fn end(self) -> serde_json::Result<()> {
-        self.obj.write(self.out);
+        self.cx.close(self.mark);
         Ok(())
     }
 }
 
-/// Writes `{"variant": content}`: an object of one key, redacted like any other.
-fn wrap(out: &mut Vec<u8>, variant: &str, content: &[u8]) {
-    let mut obj = Obj::default();
-    obj.buf.extend_from_slice(variant.as_bytes());
-    let key = 0..obj.buf.len();
-    obj.buf.extend_from_slice(content);
-    obj.push(key);
-    obj.write(out);
-}
-
-/// A tuple variant being written, `{"variant": [...]}`.
+/// A tuple variant being written, `{"variant": [...]}`: an object of one key, redacted like
+/// any other.
 pub(super) struct TupleVariant<'a> {
-    out: &'a mut Vec<u8>,
-    variant: &'static str,
-    items: Vec<u8>,
+    cx: &'a mut Ctx,
+    outer: Mark,
+    key: Range<usize>,
     first: bool,
 }
 
@@ -406,26 +494,26 @@ impl ser::SerializeTupleVariant for TupleVariant<'_> {
     type Ok = ();
     type Error = serde_json::Error;
     fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> serde_json::Result<()> {
-        let mut seq = Seq {
-            out: &mut self.items,
-            first: self.first,
-        };
-        seq.element(v)?;
+        if !self.first {
+            self.cx.out.push(b',');
+        }
         self.first = false;
-        Ok(())
+        v.serialize(W { cx: self.cx })
     }
-    fn end(mut self) -> serde_json::Result<()> {
-        self.items.push(b']');
-        wrap(self.out, self.variant, &self.items);
+    fn end(self) -> serde_json::Result<()> {
+        self.cx.out.push(b']');
+        self.cx.push(self.key);
+        self.cx.close(self.outer);
         Ok(())
     }
 }
 
 /// A struct variant being written, `{"variant": {...}}`.
 pub(super) struct StructVariant<'a> {
-    out: &'a mut Vec<u8>,
-    variant: &'static str,
-    obj: Obj,
+    cx: &'a mut Ctx,
+    outer: Mark,
+    key: Range<usize>,
+    inner: Mark,
 }
 
 impl ser::SerializeStructVariant for StructVariant<'_> {
@@ -436,12 +524,15 @@ impl ser::SerializeStructVariant for StructVariant<'_> {
         key: &'static str,
         v: &T,
     ) -> serde_json::Result<()> {
-        self.obj.entry(key, v)
+        let key = self.cx.key(key);
+        v.serialize(W { cx: self.cx })?;
+        self.cx.push(key);
+        Ok(())
     }
     fn end(self) -> serde_json::Result<()> {
-        let mut content = Vec::new();
-        self.obj.write(&mut content);
-        wrap(self.out, self.variant, &content);
+        self.cx.close(self.inner);
+        self.cx.push(self.key);
+        self.cx.close(self.outer);
         Ok(())
     }
 }
@@ -783,6 +874,26 @@ mod tests {
         fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
             s.collect_map(self.0.iter().copied())
         }
+    }
+
+    /// A value whose serialization redacts another value itself.
+    struct Reentrant;
+
+    impl Serialize for Reentrant {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            let inner = to_redacted_string(&serde_json::json!({"password": "x", "b": 1}))
+                .map_err(serde::ser::Error::custom)?;
+            s.collect_map([("z", inner.as_str()), ("a", "-")])
+        }
+    }
+
+    #[test]
+    fn a_value_that_redacts_while_being_redacted_gets_buffers_of_its_own() {
+        same(&Reentrant).unwrap();
+        assert_eq!(
+            to_redacted_string(&Reentrant).unwrap(),
+            r#"{"a":"-","z":"{\"b\":1,\"password\":\"[redacted]\"}"}"#
+        );
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! runs it), at 1, 10, 100 and 1000 policies, beside
 //! (a) the floor: serde_json parsing the event into the typed `Event` alone, and (b) the naive
 //! approach: the whole event converted to CEL values and every policy run by the `cel`
-//! interpreter. Plus loading and compiling 1000 policies.
+//! interpreter. Plus loading and compiling 1000 policies, and writing an event and its
+//! decision as redacted JSON (what the host stores).
 //!
 //! Run: `cargo bench -p keel-engine --bench decide`
 // Benchmarks run on generated, known-valid inputs: a failure here is a bug in the generator.
@@ -120,5 +121,53 @@ fn bench_load(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_decide, bench_load);
+/// What the host stores of each ingest body: the event and the decision as JSON with their
+/// secrets redacted, beside the floor (serde_json writing them unredacted) and the way it was
+/// done before (through a `serde_json::Value`).
+fn bench_redact(c: &mut Criterion) {
+    use keel_engine::normalize::{normalize, Input, NormalizerState};
+    use keel_engine::redact::{redact, to_redacted_string};
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
+    let body = std::fs::read(format!(
+        "{root}/engine/tests/data/ingest/vm-agent-windows-2021-10-13.json"
+    ))
+    .unwrap();
+    let at = "2021-10-13T07:03:00Z".parse().unwrap();
+    let ev = normalize(
+        "azure.arm",
+        &Input::new(&body, at),
+        &mut NormalizerState::default(),
+    )
+    .unwrap()
+    .remove(0);
+    let engine = Engine::from_dir(format!("{root}/policies/standard")).unwrap();
+    let d = engine.decide(&ev, &Ctx::new(at));
+    fn value_path<T: serde::Serialize>(t: &T) -> String {
+        let mut v = serde_json::to_value(t).unwrap();
+        redact(&mut v);
+        serde_json::to_string(&v).unwrap()
+    }
+    let mut g = c.benchmark_group("redact");
+    g.bench_function("event/unredacted", |b| {
+        b.iter(|| serde_json::to_string(black_box(&ev)).unwrap())
+    });
+    g.bench_function("event/value_path", |b| {
+        b.iter(|| value_path(black_box(&ev)))
+    });
+    g.bench_function("event/direct", |b| {
+        b.iter(|| to_redacted_string(black_box(&ev)).unwrap())
+    });
+    g.bench_function("decision/unredacted", |b| {
+        b.iter(|| serde_json::to_string(black_box(&d)).unwrap())
+    });
+    g.bench_function("decision/value_path", |b| {
+        b.iter(|| value_path(black_box(&d)))
+    });
+    g.bench_function("decision/direct", |b| {
+        b.iter(|| to_redacted_string(black_box(&d)).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_decide, bench_load, bench_redact);
 criterion_main!(benches);

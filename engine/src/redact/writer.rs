@@ -120,6 +120,27 @@ impl Ctx {
         start..self.out.len()
     }
 
+    /// One entry of an object: its key, then its value.
+    fn field<T: Serialize + ?Sized>(&mut self, key: &str, v: &T) -> serde_json::Result<()> {
+        let key = self.key(key);
+        v.serialize(W { cx: self })?;
+        self.push(key);
+        Ok(())
+    }
+
+    /// One element of an array (`first`: none was written yet).
+    fn element<T: Serialize + ?Sized>(
+        &mut self,
+        first: &mut bool,
+        v: &T,
+    ) -> serde_json::Result<()> {
+        if !*first {
+            self.out.push(b',');
+        }
+        *first = false;
+        v.serialize(W { cx: self })
+    }
+
     /// Ends the entry whose key is at `key` and whose value follows it, up to the end of
     /// `out`; a secret key's value, unless `null`, becomes `"[redacted]"` (it was serialized
     /// all the same: its errors are the `Value` path's too).
@@ -318,9 +339,7 @@ impl<'a> ser::Serializer for W<'a> {
     ) -> serde_json::Result<()> {
         // `{"variant": v}`: an object of one key, redacted like any other.
         let m = self.cx.open();
-        let key = self.cx.key(variant);
-        v.serialize(W { cx: self.cx })?;
-        self.cx.push(key);
+        self.cx.field(variant, v)?;
         self.cx.close(m);
         Ok(())
     }
@@ -396,11 +415,7 @@ impl<'a> Seq<'a> {
     }
 
     fn element<T: Serialize + ?Sized>(&mut self, v: &T) -> serde_json::Result<()> {
-        if !self.first {
-            self.cx.out.push(b',');
-        }
-        self.first = false;
-        v.serialize(W { cx: self.cx })
+        self.cx.element(&mut self.first, v)
     }
 
     fn close(self) {
@@ -470,10 +485,7 @@ impl ser::SerializeStruct for Map<'_> {
         key: &'static str,
         v: &T,
     ) -> serde_json::Result<()> {
-        let key = self.cx.key(key);
-        v.serialize(W { cx: self.cx })?;
-        self.cx.push(key);
-        Ok(())
+        self.cx.field(key, v)
     }
     fn end(self) -> serde_json::Result<()> {
         self.cx.close(self.mark);
@@ -494,11 +506,7 @@ impl ser::SerializeTupleVariant for TupleVariant<'_> {
     type Ok = ();
     type Error = serde_json::Error;
     fn serialize_field<T: Serialize + ?Sized>(&mut self, v: &T) -> serde_json::Result<()> {
-        if !self.first {
-            self.cx.out.push(b',');
-        }
-        self.first = false;
-        v.serialize(W { cx: self.cx })
+        self.cx.element(&mut self.first, v)
     }
     fn end(self) -> serde_json::Result<()> {
         self.cx.out.push(b']');
@@ -524,10 +532,7 @@ impl ser::SerializeStructVariant for StructVariant<'_> {
         key: &'static str,
         v: &T,
     ) -> serde_json::Result<()> {
-        let key = self.cx.key(key);
-        v.serialize(W { cx: self.cx })?;
-        self.cx.push(key);
-        Ok(())
+        self.cx.field(key, v)
     }
     fn end(self) -> serde_json::Result<()> {
         self.cx.close(self.inner);
@@ -535,6 +540,16 @@ impl ser::SerializeStructVariant for StructVariant<'_> {
         self.cx.close(self.outer);
         Ok(())
     }
+}
+
+/// An integer map key: its decimal text.
+macro_rules! decimal_keys {
+    ($($method:ident: $t:ty),*) => {
+        $(fn $method(self, v: $t) -> serde_json::Result<()> {
+            use std::io::Write as _;
+            write!(self.out, "{v}").map_err(serde_json::Error::io)
+        })*
+    };
 }
 
 /// Writes a map key's text, unescaped, as a `Value`'s map would hold it: strings and chars
@@ -564,36 +579,18 @@ impl ser::Serializer for Key<'_> {
         // The text serde_json makes of it depends on its version: its own path decides.
         Err(custom(UNSUPPORTED))
     }
-    fn serialize_i8(self, v: i8) -> serde_json::Result<()> {
-        self.serialize_str(&v.to_string())
-    }
-    fn serialize_i16(self, v: i16) -> serde_json::Result<()> {
-        self.serialize_str(&v.to_string())
-    }
-    fn serialize_i32(self, v: i32) -> serde_json::Result<()> {
-        self.serialize_str(&v.to_string())
-    }
-    fn serialize_i64(self, v: i64) -> serde_json::Result<()> {
-        self.serialize_str(&v.to_string())
-    }
-    fn serialize_i128(self, v: i128) -> serde_json::Result<()> {
-        self.serialize_str(&v.to_string())
-    }
-    fn serialize_u8(self, v: u8) -> serde_json::Result<()> {
-        self.serialize_str(&v.to_string())
-    }
-    fn serialize_u16(self, v: u16) -> serde_json::Result<()> {
-        self.serialize_str(&v.to_string())
-    }
-    fn serialize_u32(self, v: u32) -> serde_json::Result<()> {
-        self.serialize_str(&v.to_string())
-    }
-    fn serialize_u64(self, v: u64) -> serde_json::Result<()> {
-        self.serialize_str(&v.to_string())
-    }
-    fn serialize_u128(self, v: u128) -> serde_json::Result<()> {
-        self.serialize_str(&v.to_string())
-    }
+    decimal_keys!(
+        serialize_i8: i8,
+        serialize_i16: i16,
+        serialize_i32: i32,
+        serialize_i64: i64,
+        serialize_i128: i128,
+        serialize_u8: u8,
+        serialize_u16: u16,
+        serialize_u32: u32,
+        serialize_u64: u64,
+        serialize_u128: u128
+    );
     fn serialize_f32(self, _: f32) -> serde_json::Result<()> {
         Err(custom(UNSUPPORTED))
     }

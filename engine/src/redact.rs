@@ -277,6 +277,20 @@ mod tests {
     }
 
     #[test]
+    fn keys_longer_than_the_stack_buffer_are_matched_by_suffix() {
+        let long = "x".repeat(70);
+        assert!(is_secret_key(&format!("{long}Password")));
+        assert!(is_secret_key(&format!("{long}_API-key")));
+        assert!(is_secret_key(&format!("{long}Pass_Word")));
+        assert!(is_secret_key(&format!("{long}pass-word")));
+        assert!(!is_secret_key(&format!("{long}Name")));
+        assert!(!is_secret_key(&format!("{long}passwordHint")));
+        // Separators do not count toward the length: this one fits, and is a name.
+        assert!(is_secret_key(&format!("{}password", "_".repeat(70))));
+        assert!(is_secret_key(&format!("{}pass-word", "-_".repeat(40))));
+    }
+
+    #[test]
     fn ordinary_keys_are_not_secret() {
         for k in [
             "adminUsername",

@@ -780,8 +780,19 @@ mod tests {
         by_number: BTreeMap<i32, String>,
         unit: (),
         pair: (u8, String),
+        shown: Shown,
         #[serde(flatten)]
         rest: BTreeMap<String, Value>,
+    }
+
+    /// A value serialized through its `Display` (as timestamps are).
+    #[derive(Debug, Clone)]
+    struct Shown(String);
+
+    impl Serialize for Shown {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.collect_str(&self.0)
+        }
     }
 
     #[derive(Serialize, Debug, Clone)]
@@ -824,11 +835,13 @@ mod tests {
             by_name in proptest::collection::hash_map(key(), value(), 0..5),
             by_number in proptest::collection::btree_map(any::<i32>(), any::<String>(), 0..4),
             pair in (any::<u8>(), any::<String>()),
+            // Short (written on the stack) and long.
+            shown in prop_oneof![".{0,20}", ".{60,90}"].prop_map(Shown),
             rest in proptest::collection::btree_map(key(), value(), 0..4),
         ) -> Typed {
             Typed {
                 zeta, alpha, mid, narrow, letter, wide, unsigned, password, by_name,
-                by_number, unit: (), pair, rest,
+                by_number, unit: (), pair, shown, rest,
             }
         }
     }
@@ -862,6 +875,39 @@ mod tests {
         fn any_typed_value_is_written_as_the_value_path_writes_it(t in typed()) {
             same(&t)?;
         }
+    }
+
+    /// The capacity of this thread's kept buffers (`out`, `tmp`).
+    fn kept() -> (usize, usize) {
+        super::BUFFERS.with(|b| {
+            let cx = b.borrow();
+            (cx.out.capacity(), cx.tmp.capacity())
+        })
+    }
+
+    #[test]
+    fn a_thread_keeps_its_buffers_between_values_but_not_a_large_ones() {
+        let small = serde_json::json!({"b": 1, "a": [1, 2]});
+        to_redacted_string(&small).unwrap();
+        let (out, tmp) = kept();
+        assert!(out > 0 && tmp > 0, "kept: {out}, {tmp}");
+        // A large string alone: only `out` grows past the bound.
+        to_redacted_string(&"x".repeat(super::KEEP_BYTES * 2)).unwrap();
+        assert!(kept().0 <= super::KEEP_BYTES, "{:?}", kept());
+        // A large object: `tmp` grows too.
+        to_redacted_string(&serde_json::json!({"k": "x".repeat(super::KEEP_BYTES * 2)})).unwrap();
+        let (out, tmp) = kept();
+        assert!(
+            out <= super::KEEP_BYTES && tmp <= super::KEEP_BYTES,
+            "{out}, {tmp}"
+        );
+        // Below the bound, both are kept.
+        to_redacted_string(&serde_json::json!({"k": "x".repeat(super::KEEP_BYTES / 4)})).unwrap();
+        let (out, tmp) = kept();
+        assert!(
+            out >= super::KEEP_BYTES / 4 && tmp >= super::KEEP_BYTES / 4,
+            "{out}, {tmp}"
+        );
     }
 
     /// A map whose keys are floats.

@@ -59,13 +59,8 @@ pub enum Inbox {
     /// A payload read by a polling source; the loop answers whether it normalized (the
     /// normalizer's error otherwise), so that the source can count the failure and back off.
     Poll(Payload, oneshot::Sender<Result<(), String>>),
-    /// A body posted to the ingest endpoint, with what its normalizer made of it on arrival
-    /// if it ran then ([`Host::normalize_on_arrival`]); the loop answers with the HTTP reply.
-    Ingest(
-        Payload,
-        Option<sources::ingest::Normalized>,
-        oneshot::Sender<IngestReply>,
-    ),
+    /// A body posted to the ingest endpoint; the loop answers with the HTTP reply.
+    Ingest(Payload, oneshot::Sender<IngestReply>),
 }
 
 /// The ingest endpoint's answer to one body.
@@ -141,11 +136,6 @@ pub struct Host {
     /// In a fleet: the newest other host's decision already in `history` (its `seq`).
     fleet_seq: std::sync::atomic::AtomicI64,
     nstate: Mutex<NormalizerState>,
-    /// The `azure.arm` part of `nstate` as of the last batch that committed: what ingest
-    /// bodies are normalized against on arrival, on the HTTP server's threads
-    /// ([`Host::normalize_on_arrival`]); a body whose batch finds another state is
-    /// normalized again there.
-    arm_published: Mutex<Arc<sources::ingest::ArmState>>,
     log: Mutex<Box<dyn std::io::Write + Send>>,
     /// The exclusive lock on the SQLite state database, held for the host's life (a fleet's
     /// database holds a session lock on the host's identity instead).
@@ -379,7 +369,6 @@ impl Host {
             running: Arc::default(),
             history: Mutex::new(history),
             fleet_seq: std::sync::atomic::AtomicI64::new(fleet_seq),
-            arm_published: Mutex::new(Arc::new(nstate.azure_arm.clone())),
             nstate: Mutex::new(nstate),
             log: Mutex::new(log),
             _lock: state_lock,
@@ -721,14 +710,13 @@ impl Host {
             ahead = msgs
                 .iter()
                 .map(|m| match m {
-                    Inbox::Ingest(p, ..) => self.normalize_ahead(p, snapshot, &mut want),
+                    Inbox::Ingest(p, _) => self.normalize_ahead(p, snapshot, &mut want),
                     Inbox::Poll(..) => None,
                 })
                 .collect();
             // A failure here is the batch's to report: it reads the same again.
             let _ = self.store.with(|db| self.sync_fleet(db));
         }
-        let mut published = None;
         let res = self.store.batch(|db| {
             self.sync_fleet(db)?;
             db.prefetch(&want)?;
@@ -738,8 +726,8 @@ impl Host {
                         let r = self.handle(db, p, &mut fx);
                         answers.push(Answer::Poll(ack, r));
                     }
-                    Inbox::Ingest(p, arrival, reply) => {
-                        let pre = ahead.get_mut(i).and_then(Option::take).or(arrival);
+                    Inbox::Ingest(p, reply) => {
+                        let pre = ahead.get_mut(i).and_then(Option::take);
                         let r = self.ingest(db, &p, pre, &mut fx);
                         answers.push(Answer::Ingest(reply, r));
                     }
@@ -754,15 +742,11 @@ impl Host {
             };
             if changed {
                 db.save_normalizer_state(&self.state_json())?;
-                published = self.nstate.lock().ok().map(|st| st.azure_arm.clone());
             }
             Ok(())
         });
         match res {
             Ok(()) => {
-                if let (Some(arm), Ok(mut p)) = (published, self.arm_published.lock()) {
-                    *p = Arc::new(arm);
-                }
                 if fx.recorded > 0 {
                     crate::failpoint::hit(crate::failpoint::DECISION_AFTER_RECORD, None);
                 }

@@ -158,8 +158,7 @@ async fn accept(app: &App, req: Request) -> Response {
         bytes: bytes.to_vec(),
         observed_at: Utc::now(),
     };
-    let arrival = host.normalize_on_arrival(&p);
-    match inbox.try_send(Inbox::Ingest(p, arrival, tx)) {
+    match inbox.try_send(Inbox::Ingest(p, tx)) {
         Ok(()) => {}
         Err(mpsc::error::TrySendError::Full(_)) => {
             return busy(&host, "the ingest queue is full; retry later");
@@ -225,12 +224,9 @@ fn bad(msg: impl Into<String>) -> IngestReply {
 /// An ingest body normalized before its batch ([`Host::normalize_ahead`]): its events (or
 /// the normalizer's error), and the `azure.arm` state it was read with (and left unchanged):
 /// one snapshot the batch's bodies share.
-#[derive(Debug)]
 pub struct Normalized {
     events: Result<Vec<Event>, NormalizeError>,
     state: Arc<ArmState>,
-    /// The body as JSON, read once for its key and attempt (`None`: not JSON).
-    body: Option<Value>,
 }
 
 /// The `azure.arm` normalizer's state.
@@ -261,34 +257,11 @@ impl Host {
             Ok(st) => scratch.azure_arm = st.azure_arm.clone(),
             Err(_) => return Err("normalizer state lock poisoned"),
         }
-        Ok(self.normalize_with(p, scratch))
-    }
-
-    /// Runs the ingest normalizer on `p` against the `azure.arm` state in `scratch`.
-    fn normalize_with(
-        &self,
-        p: &Payload,
-        scratch: &mut NormalizerState,
-    ) -> Result<Vec<Event>, NormalizeError> {
         let mut input = Input::new(&p.bytes, p.observed_at);
         if let Some(me) = &self.cfg.self_name {
             input = input.self_name(me);
         }
-        normalize(p.normalizer, &input, scratch)
-    }
-
-    /// Normalizes an ingest body as it arrives, on the HTTP server's thread, against the
-    /// `azure.arm` state of the last committed batch, so that the run loop (one thread, every
-    /// batch's decisions and commit) does not: its batch uses the result if the state is still
-    /// that one ([`Host::ingest`] checks), and normalizes the body again otherwise. `None` in
-    /// a fleet, whose batches normalize their bodies before taking the fleet's lock, with the
-    /// look-ups to prefetch ([`Host::normalize_ahead`]).
-    pub fn normalize_on_arrival(&self, p: &Payload) -> Option<Normalized> {
-        if self.store.is_fleet() {
-            return None;
-        }
-        let snapshot = self.arm_published.lock().ok()?.clone();
-        self.normalize_ahead(p, &snapshot, &mut Prefetch::default())
+        Ok(normalize(p.normalizer, &input, scratch))
     }
 
     /// Normalizes the ingest body `p` ahead of its batch, for a fleet: the batch then holds
@@ -309,8 +282,7 @@ impl Host {
             want.keys.push(key.clone());
         }
         let mut scratch = NormalizerState::default();
-        scratch.azure_arm = (**snapshot).clone();
-        let events = self.normalize_with(p, &mut scratch);
+        let events = self.normalize_ingest(p, &mut scratch).ok()?;
         if scratch.azure_arm != **snapshot {
             return None;
         }
@@ -323,7 +295,6 @@ impl Host {
         Some(Normalized {
             events,
             state: snapshot.clone(),
-            body,
         })
     }
 
@@ -370,26 +341,24 @@ impl Host {
         // The normalizer first: its error is the most precise (with a JSON position). It runs
         // on a copy of the state; only an accepted body's changes are kept.
         // (Only its `azure.arm` part: the one this normalizer reads and writes.)
-        // Normalized ahead against the state the normalizer has now: the same events, and the
-        // state unchanged (so nothing to keep of it).
+        let mut scratch = NormalizerState::default();
         let ahead = ahead.filter(|n| self.nstate.lock().is_ok_and(|st| st.azure_arm == *n.state));
-        let (normalized, body, learnt) = match ahead {
-            Some(n) => (n.events, n.body, None),
-            None => {
-                let mut scratch = NormalizerState::default();
-                match self.normalize_ingest(p, &mut scratch) {
-                    Ok(r) => (r, None, Some(scratch.azure_arm)),
-                    Err(poisoned) => return (internal(&poisoned), none),
-                }
+        let normalized = match ahead {
+            Some(n) => {
+                scratch.azure_arm = (*n.state).clone();
+                n.events
             }
+            None => match self.normalize_ingest(p, &mut scratch) {
+                Ok(r) => r,
+                Err(poisoned) => return (internal(&poisoned), none),
+            },
         };
         let mut events = match normalized {
             Ok(evs) => evs,
             Err(e) => return (bad(escape(&e.to_string())), none),
         };
         // The normalizer accepted it, so it is JSON.
-        let body: Value =
-            body.unwrap_or_else(|| serde_json::from_slice(&p.bytes).unwrap_or(Value::Null));
+        let body: Value = serde_json::from_slice(&p.bytes).unwrap_or(Value::Null);
         let key = match get_ci(&body, "idempotency_key") {
             Some(Value::String(k)) if !k.trim().is_empty() && k.chars().count() <= MAX_KEY_CHARS => {
                 k.clone()
@@ -472,10 +441,9 @@ impl Host {
         let attempt = failure.attempt;
         // Keep what the normalizer learnt (only its `azure.arm` part: runbooks may have
         // changed the rest meanwhile); the batch saves the state with the decision.
-        match (self.nstate.lock(), learnt) {
-            (Ok(mut st), Some(learnt)) => st.azure_arm = learnt,
-            (Ok(_), None) => {}
-            (Err(_), _) => return (internal(&"normalizer state lock poisoned"), none),
+        match self.nstate.lock() {
+            Ok(mut st) => st.azure_arm = scratch.azure_arm,
+            Err(_) => return (internal(&"normalizer state lock poisoned"), none),
         }
         let record = IngestRecord {
             key: &key,
@@ -519,67 +487,6 @@ impl Host {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    /// Decides `p` in a batch of its own, with `arrival` as what was made of it on arrival.
-    fn decide_one(host: &Arc<Host>, p: Payload, arrival: Option<Normalized>) -> IngestReply {
-        let (tx, mut rx) = tokio::sync::oneshot::channel();
-        host.process(vec![Inbox::Ingest(p, arrival, tx)]);
-        rx.try_recv().unwrap()
-    }
-
-    #[test]
-    fn a_body_normalized_on_arrival_is_used_only_while_the_state_is_the_one_it_was_read_with() {
-        let dir = tempfile::tempdir().unwrap();
-        let policies =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies/standard");
-        let path = dir.path().join("keel.yaml");
-        std::fs::write(
-            &path,
-            format!("policies: {}\nstate: state.db\n", policies.display()),
-        )
-        .unwrap();
-        let cfg = crate::config::load(&path).unwrap();
-        let host = Host::new(cfg, Box::new(std::io::sink())).unwrap();
-        let body = std::fs::read(
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../engine/tests/data/ingest/vm-agent-windows-2021-10-13.json"),
-        )
-        .unwrap();
-        let payload = |key: &str| {
-            let mut v: Value = serde_json::from_slice(&body).unwrap();
-            v["idempotency_key"] = json!(key);
-            Payload {
-                normalizer: NORMALIZER,
-                bytes: v.to_string().into_bytes(),
-                observed_at: chrono::Utc::now(),
-            }
-        };
-        // What was made of it on arrival is what the batch uses: here, doctored to "no
-        // failure", the answer says so.
-        let p = payload("k1");
-        let mut arrival = host.normalize_on_arrival(&p).unwrap();
-        assert!(matches!(arrival.events.as_deref(), Ok([_])));
-        arrival.events = Ok(Vec::new());
-        let r = decide_one(&host, p, Some(arrival));
-        assert_eq!(r.body["status"], "no_failure", "{}", r.body);
-        // Once the normalizer's state moved on, it is normalized again: accepted.
-        let p = payload("k2");
-        let mut arrival = host.normalize_on_arrival(&p).unwrap();
-        arrival.events = Ok(Vec::new());
-        host.nstate
-            .lock()
-            .unwrap()
-            .azure_arm
-            .first_seen
-            .insert("moved".into(), "2026-01-01T00:00:00Z".parse().unwrap());
-        let r = decide_one(&host, p, Some(arrival));
-        assert_eq!(
-            (r.status, &r.body["status"]),
-            (202, &json!("accepted")),
-            "{}",
-            r.body
-        );
-    }
 
     #[test]
     fn a_reported_time_counts_only_near_its_arrival() {

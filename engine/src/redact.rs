@@ -93,9 +93,7 @@ fn is_secret_key_bytes(key: &[u8]) -> bool {
         *slot = b.to_ascii_lowercase();
         n += 1;
     }
-    let k = &buf[..n];
-    SECRET_KEYS.iter().any(|s| s.as_bytes() == k)
-        || SECRET_SUFFIXES.iter().any(|s| k.ends_with(s.as_bytes()))
+    is_secret_normalized(&buf[..n])
 }
 
 /// [`is_secret_key_bytes`] of a key too long to normalize on the stack.
@@ -105,7 +103,12 @@ fn is_secret_long(key: &[u8]) -> bool {
         .filter(|b| **b != b'_' && **b != b'-')
         .map(u8::to_ascii_lowercase)
         .collect();
-    SECRET_KEYS.iter().any(|s| s.as_bytes() == k.as_slice())
+    is_secret_normalized(&k)
+}
+
+/// Whether a normalized key (lower case, no `_` or `-`) names a secret.
+fn is_secret_normalized(k: &[u8]) -> bool {
+    SECRET_KEYS.iter().any(|s| s.as_bytes() == k)
         || SECRET_SUFFIXES.iter().any(|s| k.ends_with(s.as_bytes()))
 }
 

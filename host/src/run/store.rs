@@ -701,14 +701,16 @@ impl Store {
 
     /// On SQLite, moves the WAL checkpoints (copying the log's committed pages into the
     /// database file, and syncing it) off the commit path: a thread of its own, with its own
-    /// connection, checkpoints after the batches commit (at most once per `PAUSE`), without
-    /// blocking them (`PASSIVE`). The batches' connection still checkpoints by itself should
+    /// connection, checkpoints after the batches commit (at most once per `PAUSE`) and at
+    /// least every `IDLE` (for writes outside batches), without blocking them (`PASSIVE`). The batches' connection still checkpoints by itself should
     /// the log pass [`WAL_FALLBACK_PAGES`] (the thread stuck or gone), so the log stays
     /// bounded. Done in the commit, the checkpoint was a twentieth of the ingest path. A
     /// no-op on PostgreSQL, or when called again.
     pub fn checkpoint_in_background(&self) -> Result<(), StoreError> {
         /// The least time between two checkpoints.
         const PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+        /// The most time between two checkpoints.
+        const IDLE: std::time::Duration = std::time::Duration::from_secs(1);
         let Some(path) = &self.path else {
             return Ok(());
         };
@@ -724,13 +726,17 @@ impl Store {
         let (wake, woken) = std::sync::mpsc::sync_channel::<()>(1);
         std::thread::Builder::new()
             .name("keel-checkpoint".into())
-            .spawn(move || {
-                while woken.recv().is_ok() {
-                    // A failure (the database busy past the timeout) is retried after the
-                    // next batch; the fallback bounds the log meanwhile.
-                    let _ = own.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-                    std::thread::sleep(PAUSE);
+            .spawn(move || loop {
+                // Woken by a batch, or every `IDLE` for what was written outside batches
+                // (runbook steps, leases, the outbox); gone with the store.
+                match woken.recv_timeout(IDLE) {
+                    Ok(()) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
                 }
+                // A failure (the database busy past the timeout) is retried next time; the
+                // fallback bounds the log meanwhile.
+                let _ = own.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                std::thread::sleep(PAUSE);
             })
             .map_err(|e| StoreError::Files(path.clone(), e))?;
         let _ = self.checkpoint.set(wake);

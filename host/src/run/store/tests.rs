@@ -492,5 +492,20 @@ fn a_background_checkpoint_copies_committed_batches_into_the_database_file(
         assert_eq!(pages, WAL_FALLBACK_PAGES);
     }
     assert!(s.seen("ev-199", "-")?);
+    // A write outside any batch (as a runbook step's record) is checkpointed too.
+    let before = size();
+    s.record(&{
+        let mut r = rec("outside", None);
+        r.event_json = &big;
+        r
+    })?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while size() <= before && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        size() > before,
+        "a write outside a batch was not checkpointed"
+    );
     Ok(())
 }

@@ -93,6 +93,78 @@ enum Answer {
     Ingest(oneshot::Sender<IngestReply>, IngestReply),
 }
 
+/// Answers a batch that failed (`why`, escaped): sources are told, ingest clients get 500.
+fn fail_answers(answers: Vec<Answer>, why: &str) {
+    for a in answers {
+        match a {
+            Answer::Poll(ack, _) => {
+                let _ = ack.send(Err(why.to_string()));
+            }
+            Answer::Ingest(reply, _) => {
+                let _ = reply.send(IngestReply {
+                    status: 500,
+                    body: serde_json::json!({ "error": why }),
+                });
+            }
+        }
+    }
+}
+
+/// A batch committed by [`Host::commit`] and perhaps not yet on the disk: what it holds
+/// back until [`Host::deliver`].
+#[derive(Default)]
+pub struct Committed {
+    unsynced: store::Unsynced,
+    answers: Vec<Answer>,
+    logs: Vec<String>,
+    work: Vec<Work>,
+    recorded: usize,
+    reserved: Reserved,
+}
+
+/// A batch on the disk and answered ([`Host::deliver`]): the runbooks to start.
+#[derive(Default)]
+pub struct Delivered {
+    /// The runbooks to start.
+    pub work: Vec<Work>,
+    /// Until dropped (once they are started), the scan for orphaned runbooks leaves them
+    /// alone.
+    reserved: Reserved,
+}
+
+/// Decisions whose runbooks are on their way to a task (committed, waiting for the disk or
+/// for the run loop): [`Host::orphans`] leaves them alone until this is dropped. Released
+/// however it is dropped, so a batch lost on the way (a panic) leaves its runbooks to the
+/// scan.
+#[derive(Default)]
+struct Reserved(
+    Option<Arc<Mutex<std::collections::BTreeSet<String>>>>,
+    Vec<String>,
+);
+
+impl Reserved {
+    fn new(set: &Arc<Mutex<std::collections::BTreeSet<String>>>, work: &[Work]) -> Reserved {
+        if work.is_empty() {
+            return Reserved::default();
+        }
+        let ids: Vec<String> = work.iter().map(|w| w.0.clone()).collect();
+        if let Ok(mut r) = set.lock() {
+            r.extend(ids.iter().cloned());
+        }
+        Reserved(Some(set.clone()), ids)
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        if let Some(Ok(mut r)) = self.0.as_ref().map(|s| s.lock()) {
+            for id in &self.1 {
+                r.remove(id);
+            }
+        }
+    }
+}
+
 /// An event decided and recorded.
 struct Recorded {
     decision_id: String,
@@ -130,6 +202,8 @@ pub struct Host {
     leases: Mutex<(std::collections::BTreeSet<String>, Option<DateTime<Utc>>)>,
     /// The decisions whose runbook runs in this process now.
     running: Arc<Mutex<std::collections::BTreeSet<String>>>,
+    /// Decisions committed whose runbooks are on their way to a task ([`Reserved`]).
+    reserved: Arc<Mutex<std::collections::BTreeSet<String>>>,
     /// The blockers' last results (`blockers:`), written by their tasks.
     pub blockers: blocker::Blockers,
     history: Mutex<History>,
@@ -165,6 +239,9 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// A thread of the host could not be started.
+    #[error("cannot start a thread: {0}")]
+    Thread(#[source] std::io::Error),
 }
 
 impl StartError {
@@ -367,6 +444,7 @@ impl Host {
             holder: budget::new_holder(holder_name.as_deref()),
             leases: Mutex::new((std::collections::BTreeSet::new(), None)),
             running: Arc::default(),
+            reserved: Arc::default(),
             history: Mutex::new(history),
             fleet_seq: std::sync::atomic::AtomicI64::new(fleet_seq),
             nstate: Mutex::new(nstate),
@@ -679,12 +757,22 @@ impl Host {
             .unwrap_or_else(|| "{}".into())
     }
 
-    /// Group commit: normalizes and decides every message of `msgs` in one transaction
-    /// (`synchronous=FULL`: durable when it returns), saves the normalizer state once, and
-    /// only then answers the sources and the ingest clients and writes the decision log.
-    /// Returns the runbooks to start. When the commit fails, nothing of the batch happened:
-    /// the sources are told (they back off and read again) and ingest clients get 500.
+    /// Group commit: normalizes and decides every message of `msgs` in one transaction,
+    /// saves the normalizer state once, and once the transaction is on the disk answers the
+    /// sources and the ingest clients and writes the decision log. Returns the runbooks to
+    /// start. When the commit fails, nothing of the batch happened: the sources are told
+    /// (they back off and read again) and ingest clients get 500.
+    #[cfg(test)]
     pub fn process(self: &Arc<Self>, msgs: Vec<Inbox>) -> Vec<Work> {
+        let c = self.commit(msgs);
+        self.deliver(c).work
+    }
+
+    /// The first half of [`Host::process`]: decides and commits the batch without waiting for
+    /// the disk ([`Store::batch_unsynced`]), so that the next batch can be decided while
+    /// this one's log is synced. Its answers, decision-log lines and runbooks are held in the
+    /// returned [`Committed`] until [`Host::deliver`]. A batch that fails is answered here.
+    pub fn commit(self: &Arc<Self>, mut msgs: Vec<Inbox>) -> Committed {
         let mut fx = Effects::default();
         let mut answers = Vec::with_capacity(msgs.len());
         // What the normalizers knew before the batch: restored if it rolls back (a document
@@ -717,10 +805,10 @@ impl Host {
             // A failure here is the batch's to report: it reads the same again.
             let _ = self.store.with(|db| self.sync_fleet(db));
         }
-        let res = self.store.batch(|db| {
+        let res = self.store.batch_unsynced(|db| {
             self.sync_fleet(db)?;
             db.prefetch(&want)?;
-            for (i, m) in msgs.into_iter().enumerate() {
+            for (i, m) in msgs.drain(..).enumerate() {
                 match m {
                     Inbox::Poll(p, ack) => {
                         let r = self.handle(db, p, &mut fx);
@@ -746,42 +834,75 @@ impl Host {
             Ok(())
         });
         match res {
-            Ok(()) => {
-                if fx.recorded > 0 {
-                    crate::failpoint::hit(crate::failpoint::DECISION_AFTER_RECORD, None);
+            Ok(((), unsynced)) => {
+                // The scan for orphaned runbooks must not start these while the batch waits
+                // for the disk and the run loop: reserved until they are started, or dropped.
+                let reserved = Reserved::new(&self.reserved, &fx.work);
+                Committed {
+                    unsynced,
+                    answers,
+                    logs: fx.logs,
+                    work: fx.work,
+                    recorded: fx.recorded,
+                    reserved,
                 }
-                self.log_lines(&fx.logs);
-                for a in answers {
-                    match a {
-                        Answer::Poll(ack, r) => {
-                            let _ = ack.send(r);
-                        }
-                        Answer::Ingest(reply, r) => {
-                            let _ = reply.send(r);
-                        }
-                    }
-                }
-                fx.work
             }
             Err(e) => {
                 let why = escape(&e.to_string());
                 self.log_line(&serde_json::json!({"time": rfc(now()), "error": why}));
                 self.roll_back(before);
-                for a in answers {
-                    match a {
-                        Answer::Poll(ack, _) => {
-                            let _ = ack.send(Err(why.clone()));
-                        }
-                        Answer::Ingest(reply, _) => {
-                            let _ = reply.send(IngestReply {
-                                status: 500,
-                                body: serde_json::json!({"error": why}),
-                            });
-                        }
-                    }
-                }
-                Vec::new()
+                fail_answers(answers, &why);
+                // A batch that could not begin (the database busy, the store broken)
+                // handled none of its messages: they fail alike.
+                fail_answers(
+                    msgs.into_iter()
+                        .map(|m| match m {
+                            Inbox::Poll(_, ack) => Answer::Poll(ack, Ok(())),
+                            Inbox::Ingest(_, reply) => Answer::Ingest(
+                                reply,
+                                IngestReply {
+                                    status: 500,
+                                    body: serde_json::Value::Null,
+                                },
+                            ),
+                        })
+                        .collect(),
+                    &why,
+                );
+                Committed::default()
             }
+        }
+    }
+
+    /// The second half of [`Host::process`]: waits until `c`'s batch is on the disk
+    /// ([`Store::sync`]), then writes its decision-log lines, answers its sources and
+    /// ingest clients, and returns its runbooks. Batches must be delivered in the order they
+    /// were committed. If the disk cannot be synced, the batch is answered as failed (500)
+    /// and the store refuses everything after it.
+    pub fn deliver(&self, c: Committed) -> Delivered {
+        if let Err(e) = self.store.sync(c.unsynced) {
+            let why = escape(&e.to_string());
+            self.log_line(&serde_json::json!({"time": rfc(now()), "error": why}));
+            fail_answers(c.answers, &why);
+            return Delivered::default();
+        }
+        if c.recorded > 0 {
+            crate::failpoint::hit(crate::failpoint::DECISION_AFTER_RECORD, None);
+        }
+        self.log_lines(&c.logs);
+        for a in c.answers {
+            match a {
+                Answer::Poll(ack, r) => {
+                    let _ = ack.send(r);
+                }
+                Answer::Ingest(reply, r) => {
+                    let _ = reply.send(r);
+                }
+            }
+        }
+        Delivered {
+            work: c.work,
+            reserved: c.reserved,
         }
     }
 
@@ -989,9 +1110,13 @@ impl Host {
         let Ok(pending) = self.store.pending() else {
             return Vec::new();
         };
-        let Ok(running) = self.running.lock().map(|r| r.clone()) else {
+        let Ok(mut running) = self.running.lock().map(|r| r.clone()) else {
             return Vec::new();
         };
+        match self.reserved.lock() {
+            Ok(r) => running.extend(r.iter().cloned()),
+            Err(_) => return Vec::new(),
+        }
         pending
             .into_iter()
             .filter(|p| !running.contains(&p.decision_id))
@@ -1146,10 +1271,40 @@ pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(),
     let mut scanned = std::time::Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let (mut polls_open, mut ingest_open) = (true, true);
+    // Batches are committed one at a time, then handed to the `keel-sync` thread, which
+    // waits for each to be on the disk (one sync for all it finds waiting) and delivers it
+    // (`Host::deliver`: the decision log, the answers, the runbooks sent back here), while
+    // the next batch is decided. At most `IN_SYNC` batches wait for the disk at once.
+    const IN_SYNC: usize = 2;
+    let (to_sync, synced) = std::sync::mpsc::sync_channel::<Committed>(IN_SYNC);
+    let (delivered, mut runbooks_rx) = mpsc::unbounded_channel::<Delivered>();
+    let syncer = {
+        let host = host.clone();
+        std::thread::Builder::new()
+            .name("keel-sync".into())
+            .spawn(move || {
+                for c in synced {
+                    let d = host.deliver(c);
+                    if !d.work.is_empty() {
+                        let _ = delivered.send(d);
+                    }
+                }
+            })
+            .map_err(StartError::Thread)?
+    };
     loop {
         let first = tokio::select! {
             _ = stop.changed() => {
                 if *stop.borrow() { break; }
+                continue;
+            }
+            Some(d) = runbooks_rx.recv() => {
+                // Started (running) before their reservation is dropped.
+                let Delivered { work, reserved } = d;
+                for w in work {
+                    spawn_runbook(&mut runbooks, &host, w);
+                }
+                drop(reserved);
                 continue;
             }
             m = rx.recv(), if polls_open => m.or_else(|| { polls_open = false; None }),
@@ -1196,10 +1351,20 @@ pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(),
             }
         }
         host.metrics.add("keel_commit_batches_total", &[], 1.0);
-        for w in off_runtime(&host, move |h| h.process(msgs)).await {
+        let to_sync = to_sync.clone();
+        let commit = move |h: &Arc<Host>| match to_sync.send(h.commit(msgs)) {
+            Ok(()) => Vec::new(),
+            // The syncing thread is gone (it panicked): deliver here.
+            Err(std::sync::mpsc::SendError(c)) => h.deliver(c).work,
+        };
+        for w in off_runtime(&host, commit).await {
             spawn_runbook(&mut runbooks, &host, w);
         }
     }
+    // Every committed batch is delivered before the host stops (its clients answered, its
+    // decision-log lines written); its runbooks stay `pending` for the next start.
+    drop(to_sync);
+    let _ = tokio::task::spawn_blocking(move || syncer.join()).await;
     // Graceful shutdown: in-flight runbooks get a moment to finish; the rest stay `pending`
     // in the store and resume at the next start.
     notify::notify_or_warn("STOPPING=1");

@@ -59,6 +59,10 @@ pub enum StoreError {
     /// A row did not have the shape the store wrote.
     #[error("state database: unexpected row: {0}")]
     Shape(String),
+    /// Syncing the write-ahead log to the disk failed: the store refuses everything after
+    /// it, and a restart recovers what is on the disk.
+    #[error("state database: the log could not be synced to the disk ({0}); restart keel run, which recovers what the disk holds")]
+    Unsynced(String),
 }
 
 /// The migrations, in order; `PRAGMA user_version` records how many ran.
@@ -324,7 +328,29 @@ pub struct Store {
     /// With [`Store::checkpoint_in_background`]: wakes the checkpointing thread after a
     /// batch commits (it stops when the store is dropped).
     checkpoint: std::sync::OnceLock<std::sync::mpsc::SyncSender<()>>,
+    /// [`Store::batch_unsynced`]'s commits and how far the log on disk holds them.
+    sync: LogSync,
 }
+
+/// How far the commits of [`Store::batch_unsynced`] are on the disk.
+#[derive(Default)]
+struct LogSync {
+    /// Commits made without waiting for the disk, numbered from 1.
+    committed: std::sync::atomic::AtomicU64,
+    /// The last of them the log is synced through, and the log file (kept open).
+    synced: Mutex<(u64, Option<std::fs::File>)>,
+    /// Why syncing the log failed: the store then refuses every operation (after a failed
+    /// `fsync` the kernel may have dropped the pages it could not write, so nothing written
+    /// since the last good sync can be trusted to be on the disk; a restart recovers what
+    /// is).
+    broken: std::sync::OnceLock<String>,
+}
+
+/// A batch committed by [`Store::batch_unsynced`]: on the disk once [`Store::sync`] returns
+/// `Ok` for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[must_use = "a batch is durable only once `Store::sync` returns Ok for it"]
+pub struct Unsynced(u64);
 
 /// The state database inside a [`Store::batch`] (or for one call): what the decision path
 /// reads and writes. Its writes commit with the batch, all or nothing. In a fleet's batch it
@@ -456,6 +482,47 @@ impl GcCounts {
     }
 }
 
+/// `fdatasync` of the database's write-ahead log (`<path>-wal`), kept open in `file`. The
+/// file is opened again should it not be the one at that path any more (SQLite keeps it
+/// while a connection is open; this is a check, not an expected case), and then its
+/// directory is synced too: SQLite syncs the directory of a log it creates only at its own
+/// first sync, which a log written by `synchronous = NORMAL` commits alone may never have.
+fn sync_log(path: &Path, file: &mut Option<std::fs::File>) -> std::io::Result<()> {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let wal = PathBuf::from(wal);
+    let on_disk = std::fs::metadata(&wal)?;
+    let same = match file {
+        Some(f) => same_file(&f.metadata()?, &on_disk),
+        None => false,
+    };
+    if !same {
+        let f = std::fs::File::open(&wal)?;
+        if let Some(dir) = wal.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)?.sync_all()?;
+        } else {
+            std::fs::File::open(".")?.sync_all()?;
+        }
+        *file = Some(f);
+    }
+    match file {
+        Some(f) => f.sync_data(),
+        None => Ok(()),
+    }
+}
+
+#[cfg(unix)]
+fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    (a.dev(), a.ino()) == (b.dev(), b.ino())
+}
+
+#[cfg(not(unix))]
+fn same_file(_: &std::fs::Metadata, _: &std::fs::Metadata) -> bool {
+    // Without inode numbers: open it again every time.
+    false
+}
+
 /// A decision whose runbook did not finish.
 #[derive(Debug, Clone)]
 pub struct Pending {
@@ -534,6 +601,7 @@ impl Store {
             host: String::new(),
             path: Some(path.to_path_buf()),
             checkpoint: Default::default(),
+            sync: Default::default(),
         })
     }
 
@@ -550,6 +618,7 @@ impl Store {
             host,
             path: None,
             checkpoint: Default::default(),
+            sync: Default::default(),
         })
     }
 
@@ -589,6 +658,7 @@ impl Store {
             host: String::from("#cli"),
             path: None,
             checkpoint: Default::default(),
+            sync: Default::default(),
         };
         let found = match store.schema_version() {
             Ok(v) => v,
@@ -649,6 +719,9 @@ impl Store {
     /// with [`tokio::task::block_in_place`], which hands the worker's other tasks (`/healthz`,
     /// ingest, timers, drain deadlines) to another thread instead of stalling them.
     fn c(&self) -> Result<MutexGuard<'_, Conn>, StoreError> {
+        if let Some(why) = self.sync.broken.get() {
+            return Err(StoreError::Unsynced(why.clone()));
+        }
         match self.conn.try_lock() {
             Ok(c) => Ok(c),
             Err(std::sync::TryLockError::Poisoned(_)) => Err(StoreError::Poisoned),
@@ -697,6 +770,76 @@ impl Store {
             let _ = wake.try_send(());
         }
         r
+    }
+
+    /// Group commit without waiting for the disk: [`Store::batch`], except that on SQLite
+    /// the `COMMIT` returns once the log is written (`synchronous = NORMAL` for it alone),
+    /// not once it is on the disk. Nothing of the batch may be acknowledged, and no effect
+    /// may follow from it, before [`Store::sync`] returns `Ok` for the returned
+    /// [`Unsynced`]; meanwhile the next batch can decide and commit. A crash of the process
+    /// loses nothing committed (the kernel holds the writes); a power loss may lose the
+    /// batches not yet synced, which were never acknowledged (the log is written in order,
+    /// so a later batch on the disk means every earlier one is). On PostgreSQL the commit
+    /// is durable as in [`Store::batch`] and `sync` has nothing to do.
+    pub fn batch_unsynced<R>(
+        &self,
+        f: impl FnOnce(&Db<'_>) -> Result<R, StoreError>,
+    ) -> Result<(R, Unsynced), StoreError> {
+        use std::sync::atomic::Ordering;
+        if self.path.is_none() {
+            return self.batch(f).map(|r| (r, Unsynced(0)));
+        }
+        let c = self.c()?;
+        let Conn::Lite(lite) = &*c else {
+            return Err(StoreError::Shape("a SQLite store without SQLite".into()));
+        };
+        lite.pragma_update(None, "synchronous", "NORMAL")?;
+        let res = c.tx(Begin::Exclusive, |c| f(&Db(c, &self.host, None)));
+        // Counted while the connection is held: commits are numbered in the log's order.
+        let n = self.sync.committed.fetch_add(1, Ordering::SeqCst) + 1;
+        let reset = lite.pragma_update(None, "synchronous", "FULL");
+        drop(c);
+        if let (Ok(_), Some(wake)) = (&res, self.checkpoint.get()) {
+            let _ = wake.try_send(());
+        }
+        let r = res?;
+        reset?;
+        Ok((r, Unsynced(n)))
+    }
+
+    /// Makes `batch` durable: returns once the log on the disk holds it (and every commit
+    /// before it). One `fdatasync` of the log serves every batch committed before it starts,
+    /// so a caller that syncs batches in order waits once for several. Meanwhile the
+    /// connection is free: batches keep committing. After a failed sync the store refuses
+    /// everything ([`StoreError::Unsynced`]).
+    pub fn sync(&self, batch: Unsynced) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        let Some(path) = self.path.as_ref().filter(|_| batch.0 > 0) else {
+            // PostgreSQL, or nothing committed.
+            return Ok(());
+        };
+        if let Some(why) = self.sync.broken.get() {
+            return Err(StoreError::Unsynced(why.clone()));
+        }
+        let Ok(mut synced) = self.sync.synced.lock() else {
+            return Err(StoreError::Poisoned);
+        };
+        if synced.0 >= batch.0 {
+            return Ok(());
+        }
+        // Every commit counted by now has written its frames: one sync covers them all.
+        let through = self.sync.committed.load(Ordering::SeqCst);
+        match sync_log(path, &mut synced.1) {
+            Ok(()) => {
+                synced.0 = synced.0.max(through);
+                Ok(())
+            }
+            Err(e) => {
+                let why = e.to_string();
+                let _ = self.sync.broken.set(why.clone());
+                Err(StoreError::Unsynced(why))
+            }
+        }
     }
 
     /// On SQLite, moves the WAL checkpoints (copying the log's committed pages into the

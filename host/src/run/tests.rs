@@ -4,6 +4,14 @@ use super::*;
 
 /// A Scheduled Events document with `events` (EventId, for VM `vm-1`) at `incarnation`.
 fn se_doc(incarnation: i64, events: &[&str]) -> Inbox {
+    se_doc_acked(incarnation, events).0
+}
+
+/// [`se_doc`], and where the run loop's answer to it arrives.
+fn se_doc_acked(
+    incarnation: i64,
+    events: &[&str],
+) -> (Inbox, oneshot::Receiver<Result<(), String>>) {
     let nb = (now() + chrono::Duration::minutes(15))
         .format("%a, %d %b %Y %H:%M:%S GMT")
         .to_string();
@@ -18,15 +26,66 @@ fn se_doc(incarnation: i64, events: &[&str]) -> Inbox {
         })
         .collect();
     let doc = serde_json::json!({"DocumentIncarnation": incarnation, "Events": evs});
-    let (ack, _) = oneshot::channel();
-    Inbox::Poll(
+    let (ack, answer) = oneshot::channel();
+    let inbox = Inbox::Poll(
         Payload {
             normalizer: sources::SE,
             bytes: doc.to_string().into_bytes(),
             observed_at: now(),
         },
         ack,
-    )
+    );
+    (inbox, answer)
+}
+
+#[test]
+fn a_batch_is_answered_and_its_runbooks_released_only_once_it_is_on_the_disk(
+) -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let host = drain_host(dir.path(), "note\n      log: {}")?;
+    let (doc, mut answer) = se_doc_acked(1, &["E1"]);
+    let committed = host.commit(vec![doc]);
+    // Committed, not yet synced: the source has no answer, and the drain, pending in the
+    // store, is no orphan for the scan to start a second time.
+    assert!(matches!(
+        answer.try_recv(),
+        Err(oneshot::error::TryRecvError::Empty)
+    ));
+    assert_eq!(host.store.pending()?.len(), 1);
+    assert!(host.orphans().is_empty());
+    let delivered = host.deliver(committed);
+    assert_eq!(answer.try_recv()?, Ok(()));
+    assert_eq!(delivered.work.len(), 1, "the drain");
+    assert!(host.orphans().is_empty(), "reserved until started");
+    // Dropped on the way instead of started: the scan finds it.
+    drop(delivered);
+    assert_eq!(host.orphans().len(), 1);
+    Ok(())
+}
+
+#[test]
+fn a_batch_whose_log_cannot_be_synced_is_answered_as_failed(
+) -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let host = drain_host(dir.path(), "note\n      log: {}")?;
+    let (doc, mut answer) = se_doc_acked(1, &["E1"]);
+    let committed = host.commit(vec![doc]);
+    std::fs::rename(
+        dir.path().join("state.db-wal"),
+        dir.path().join("moved-away"),
+    )?;
+    let delivered = host.deliver(committed);
+    assert!(
+        delivered.work.is_empty(),
+        "no runbook for a batch not on the disk"
+    );
+    let why = answer.try_recv()?.err().ok_or("answered as accepted")?;
+    assert!(why.contains("could not be synced"), "{why}");
+    // Nothing after it is accepted either.
+    let (doc, mut answer) = se_doc_acked(2, &["E2"]);
+    assert!(host.process(vec![doc]).is_empty());
+    assert!(answer.try_recv()?.is_err());
+    Ok(())
 }
 
 /// A host in `dir` on the standard policies whose `drain` runbook is the one step `step`

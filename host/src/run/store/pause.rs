@@ -163,6 +163,7 @@ impl Store {
             // Read-only: nothing to checkpoint.
             path: None,
             checkpoint: Default::default(),
+            sync: Default::default(),
         })
     }
 

@@ -509,3 +509,64 @@ fn a_background_checkpoint_copies_committed_batches_into_the_database_file(
     );
     Ok(())
 }
+
+/// `synchronous` on the batches' connection (2: FULL).
+fn synchronous(s: &Store) -> Result<i64, StoreError> {
+    match &*s.c()? {
+        Conn::Lite(c) => Ok(c.pragma_query_value(None, "synchronous", |r| r.get(0))?),
+        Conn::Pg(_) => Err(StoreError::Shape("a SQLite store".into())),
+    }
+}
+
+#[test]
+fn an_unsynced_batch_is_committed_at_once_and_one_sync_covers_every_batch_before_it(
+) -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|e| StoreError::Files("tmp".into(), e))?;
+    let path = dir.path().join("state.db");
+    let s = Store::open(&path)?;
+    let ((), first) = s.batch_unsynced(|db| db.record(&rec("a", None)).map(drop))?;
+    assert_eq!(synchronous(&s)?, 2, "the connection is FULL again after it");
+    let ((), second) = s.batch_unsynced(|db| db.record(&rec("b", None)).map(drop))?;
+    assert!(first.0 < second.0, "numbered in commit order");
+    // Committed: another connection (`keel status`, another process) reads both already.
+    let other = Store::open(&path)?;
+    assert!(other.seen("a", "-")? && other.seen("b", "-")?);
+    assert_eq!(s.sync.synced.lock().map_err(|_| StoreError::Poisoned)?.0, 0);
+    // Syncing the first covers the second, committed before the sync began.
+    s.sync(first)?;
+    assert!(s.sync.synced.lock().map_err(|_| StoreError::Poisoned)?.0 >= second.0);
+    s.sync(second)?;
+    // A batch that fails commits nothing and leaves the connection FULL.
+    let failed = s.batch_unsynced(|db| {
+        db.record(&rec("c", None))?;
+        Err::<(), _>(StoreError::Shape("refused".into()))
+    });
+    assert!(matches!(failed, Err(StoreError::Shape(_))));
+    assert!(!s.seen("c", "-")?);
+    assert_eq!(synchronous(&s)?, 2);
+    s.sync(Unsynced(0))?;
+    Ok(())
+}
+
+#[test]
+fn a_log_that_cannot_be_synced_fails_the_batch_and_the_store_refuses_everything_after_it(
+) -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|e| StoreError::Files("tmp".into(), e))?;
+    let path = dir.path().join("state.db");
+    let s = Store::open(&path)?;
+    let ((), first) = s.batch_unsynced(|db| db.record(&rec("a", None)).map(drop))?;
+    s.sync(first)?;
+    let ((), second) = s.batch_unsynced(|db| db.record(&rec("b", None)).map(drop))?;
+    // The log is not where it was any more: the file kept open is not trusted blindly.
+    let wal = dir.path().join("state.db-wal");
+    std::fs::rename(&wal, dir.path().join("moved"))
+        .map_err(|e| StoreError::Files(wal.clone(), e))?;
+    assert!(matches!(s.sync(second), Err(StoreError::Unsynced(_))));
+    assert!(matches!(s.seen("a", "-"), Err(StoreError::Unsynced(_))));
+    assert!(matches!(
+        s.batch_unsynced(|_| Ok(())),
+        Err(StoreError::Unsynced(_))
+    ));
+    assert!(matches!(s.sync(second), Err(StoreError::Unsynced(_))));
+    Ok(())
+}

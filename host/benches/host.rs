@@ -812,8 +812,11 @@ async fn main() {
                 } else {
                     (this, &mut b)
                 };
-                let (rate, _) = ingest_run_bin(256, clients, secs, "", bin).await;
-                println!("  {}: {rate:>8.0} events/s", if first { "A" } else { "B" });
+                let (rate, other) = ingest_run_bin(256, clients, secs, "", bin).await;
+                println!(
+                    "  {}: {rate:>8.0} events/s ({other} answers other than 202)",
+                    if first { "A" } else { "B" }
+                );
                 out.push(rate);
             }
         }

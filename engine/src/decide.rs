@@ -73,14 +73,15 @@ impl<'h> Ctx<'h> {
 pub use crate::decision::DEFAULT_DEDUP_WINDOW_S;
 
 impl Engine {
-    fn candidates(&self, ev: &Event) -> (Bits, Found64, &KindIndex) {
+    fn candidates(&self, ev: &Event, set: &mut Bits) -> (Found64, &KindIndex) {
         let idx = &self.kinds[kind_slot(ev.kind)];
-        let (set, found) = if self.indexed {
-            idx.candidates(ev)
+        let found = if self.indexed {
+            idx.candidates(ev, set)
         } else {
-            (idx.members(), Found64::default())
+            idx.members(set);
+            Found64::default()
         };
-        (set, found, idx)
+        (found, idx)
     }
 
     /// Decides what to do about `event` at `ctx.now`. Never fails: a policy that cannot be
@@ -93,8 +94,20 @@ impl Engine {
     /// [`crate::Escalation::repeat`]. Without a history, policies see an empty one, and the
     /// decision says so in a warning.
     pub fn decide(&self, event: &Event, ctx: &Ctx<'_>) -> Decision {
+        thread_local! {
+            /// The last decision's candidate set, reused: no allocation for it per decision.
+            static CANDIDATES: std::cell::RefCell<Bits> = std::cell::RefCell::default();
+        }
+        let mut cands = CANDIDATES.with(|c| c.take());
+        let d = self.decide_among(event, ctx, &mut cands);
+        CANDIDATES.with(|c| *c.borrow_mut() = cands);
+        d
+    }
+
+    fn decide_among(&self, event: &Event, ctx: &Ctx<'_>, cands: &mut Bits) -> Decision {
         let history = ctx.history;
-        let (cands, found, idx) = self.candidates(event);
+        let (found, idx) = self.candidates(event, cands);
+        let cands = &*cands;
         let full = ctx.mode == Mode::Full;
         // Every candidate lands in at most one of `matched` and `not_evaluated`: room for
         // all of them up front (one allocation each instead of a doubling per few).

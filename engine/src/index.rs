@@ -91,6 +91,13 @@ impl Bits {
         }
     }
 
+    /// Makes this set a copy of `other`, in the room it has (no allocation once it has
+    /// held a set as large).
+    fn copy_from(&mut self, other: &Bits) {
+        self.0.clear();
+        self.0.extend_from_slice(&other.0);
+    }
+
     /// How many members the set has.
     pub(crate) fn count(&self) -> usize {
         self.0.iter().map(|w| w.count_ones() as usize).sum()
@@ -360,8 +367,8 @@ impl KindIndex {
     }
 
     /// The policies that can match `ev`, in rank order.
-    pub(crate) fn candidates(&self, ev: &Event) -> (Bits, Found64) {
-        let mut out = self.members.clone();
+    pub(crate) fn candidates(&self, ev: &Event, out: &mut Bits) -> Found64 {
+        out.copy_from(&self.members);
         let mut found = 0u64;
         for (i, k) in self.keys.iter().enumerate() {
             let bit = if i < 64 { 1u64 << i } else { 0 };
@@ -378,12 +385,12 @@ impl KindIndex {
                 Found::Unknown => {}
             }
         }
-        (out, Found64(found))
+        Found64(found)
     }
 
     /// Every policy of the kind (the unindexed path).
-    pub(crate) fn members(&self) -> Bits {
-        self.members.clone()
+    pub(crate) fn members(&self, out: &mut Bits) {
+        out.copy_from(&self.members);
     }
 }
 

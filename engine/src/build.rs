@@ -641,9 +641,9 @@ fn compile_all(
         let _ = &plugins;
         if diags.len() == before {
             out.push(Policy {
-                name: SharedStr::from(spec.name.as_str()),
-                reason: spec.reason.as_deref().map(SharedStr::from),
-                fallback_reason: SharedStr::from(
+                name: SharedStr::interned(spec.name.as_str()),
+                reason: spec.reason.as_deref().map(SharedStr::interned),
+                fallback_reason: SharedStr::interned(
                     spec.description.as_deref().unwrap_or(spec.name.as_str()),
                 ),
                 spec,

@@ -192,7 +192,7 @@ pub(crate) fn apply(cfg: &GuardConfig, ev: &Event, h: &History, d: &mut Decision
     let repeat = seen || !d.escalations.is_empty();
     let shared: SharedStr = SharedStr::from(reason.as_str());
     d.escalations.push(Escalation {
-        policy: SharedStr::from(name.policy()),
+        policy: SharedStr::interned(name.policy()),
         reason: shared.clone(),
         key,
         severity: if name == GuardName::Storm {

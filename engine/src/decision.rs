@@ -431,8 +431,9 @@ pub struct GuardHold {
 /// The engine's own (policy names and fixed reasons, [`SharedStr::interned`]) are kept for
 /// the life of the process, one copy per distinct string, so that cloning one into a decision
 /// touches no reference count (at 1000 policies those counts were a tenth of a decision's
-/// time); the memory they take is bounded by the distinct names and reasons ever loaded.
-/// Others are reference-counted.
+/// time). At most [`SharedStr::INTERNED_BYTES`] are kept so (a process that loads ever new
+/// policy sets, such as a service evaluating its users' policies, does not grow without
+/// bound): past that, strings are reference-counted, as every other one is.
 #[derive(Clone)]
 pub struct SharedStr(Repr);
 
@@ -443,21 +444,29 @@ enum Repr {
 }
 
 impl SharedStr {
-    /// The process-wide copy of `s` (made on its first use): for strings a loaded policy set
-    /// holds, which the process keeps anyway while it runs.
+    /// The most bytes of strings [`SharedStr::interned`] keeps for the process (1 MiB: the
+    /// names and reasons of some ten thousand policies).
+    pub const INTERNED_BYTES: usize = 1 << 20;
+
+    /// The process-wide copy of `s` (made on its first use, while fewer than
+    /// [`SharedStr::INTERNED_BYTES`] are kept; a reference-counted one after): for strings a
+    /// loaded policy set holds, which the process keeps anyway while it runs.
     pub fn interned(s: &str) -> SharedStr {
-        static INTERNED: std::sync::OnceLock<
-            std::sync::Mutex<std::collections::HashSet<&'static str>>,
-        > = std::sync::OnceLock::new();
-        let Ok(mut set) = INTERNED.get_or_init(Default::default).lock() else {
+        type Kept = (std::collections::HashSet<&'static str>, usize);
+        static INTERNED: std::sync::OnceLock<std::sync::Mutex<Kept>> = std::sync::OnceLock::new();
+        let Ok(mut kept) = INTERNED.get_or_init(Default::default).lock() else {
             return SharedStr::from(s);
         };
-        if let Some(&kept) = set.get(s) {
-            return SharedStr(Repr::Static(kept));
+        if let Some(&k) = kept.0.get(s) {
+            return SharedStr(Repr::Static(k));
         }
-        let kept: &'static str = Box::leak(s.to_owned().into_boxed_str());
-        set.insert(kept);
-        SharedStr(Repr::Static(kept))
+        if kept.1.saturating_add(s.len()) > SharedStr::INTERNED_BYTES {
+            return SharedStr::from(s);
+        }
+        let k: &'static str = Box::leak(s.to_owned().into_boxed_str());
+        kept.0.insert(k);
+        kept.1 += s.len();
+        SharedStr(Repr::Static(k))
     }
 }
 
@@ -661,5 +670,11 @@ mod shared_str_tests {
         assert_eq!(back, a);
         let set: std::collections::BTreeSet<SharedStr> = [a.clone(), counted].into();
         assert_eq!(set.len(), 1);
+        // Beyond the bound, a string is counted, not kept: it still reads the same.
+        let big = "x".repeat(SharedStr::INTERNED_BYTES + 1);
+        let first = SharedStr::interned(&big);
+        let again = SharedStr::interned(&big);
+        assert!(!std::ptr::eq(first.as_str(), again.as_str()));
+        assert_eq!(first, again);
     }
 }

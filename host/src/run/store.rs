@@ -813,7 +813,6 @@ impl Store {
     /// connection is free: batches keep committing. After a failed sync the store refuses
     /// everything ([`StoreError::Unsynced`]).
     pub fn sync(&self, batch: Unsynced) -> Result<(), StoreError> {
-        use std::sync::atomic::Ordering;
         let Some(path) = self.path.as_ref().filter(|_| batch.0 > 0) else {
             // PostgreSQL, or nothing committed.
             return Ok(());
@@ -827,6 +826,32 @@ impl Store {
         if synced.0 >= batch.0 {
             return Ok(());
         }
+        self.sync_locked(path, &mut synced)
+    }
+
+    /// Makes everything committed so far durable, whatever was synced before: for a reader
+    /// about to act on what it read (the outbox delivering an escalation), which may have
+    /// seen a batch not yet synced, or not yet counted.
+    pub fn sync_all(&self) -> Result<(), StoreError> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        if let Some(why) = self.sync.broken.get() {
+            return Err(StoreError::Unsynced(why.clone()));
+        }
+        let Ok(mut synced) = self.sync.synced.lock() else {
+            return Err(StoreError::Poisoned);
+        };
+        self.sync_locked(path, &mut synced)
+    }
+
+    /// One `fdatasync` of the log, holding the sync state.
+    fn sync_locked(
+        &self,
+        path: &Path,
+        synced: &mut (u64, Option<std::fs::File>),
+    ) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
         // Every commit counted by now has written its frames: one sync covers them all.
         let through = self.sync.committed.load(Ordering::SeqCst);
         match sync_log(path, &mut synced.1) {
@@ -1025,11 +1050,18 @@ impl Store {
                 p![now, claim_until, limit],
             )?
         } else {
-            c.rows(
+            let rows = c.rows(
                 "SELECT key, decision_id, body, attempts, created_at FROM outbox
                  WHERE delivered_at IS NULL AND next_at <= ?1 ORDER BY created_at, key LIMIT ?2",
                 p![now, limit],
-            )?
+            )?;
+            drop(c);
+            // An entry may come from a batch committed and not yet on the disk
+            // (`batch_unsynced`): nothing is delivered before it is.
+            if !rows.is_empty() {
+                self.sync_all()?;
+            }
+            rows
         };
         let mut out = rows
             .iter()

@@ -570,3 +570,25 @@ fn a_log_that_cannot_be_synced_fails_the_batch_and_the_store_refuses_everything_
     assert!(matches!(s.sync(second), Err(StoreError::Unsynced(_))));
     Ok(())
 }
+
+#[test]
+fn the_outbox_hands_out_no_entry_of_a_batch_not_yet_on_the_disk() -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|e| StoreError::Files("tmp".into(), e))?;
+    let s = Store::open(&dir.path().join("state.db"))?;
+    let outbox = [NewOutbox {
+        key: "storm:eastus2",
+        decision_id: "a",
+        body: "{}",
+    }];
+    let ((), batch) = s.batch_unsynced(|db| {
+        let mut r = rec("a", None);
+        r.outbox = &outbox;
+        db.record(&r).map(drop)
+    })?;
+    assert!(s.sync.synced.lock().map_err(|_| StoreError::Poisoned)?.0 < batch.0);
+    let due = s.outbox_due("2100-01-01T00:00:00.000Z", "2100-01-01T00:00:00.000Z", 8)?;
+    assert_eq!(due.len(), 1);
+    // Handed out only once the log holding it was synced.
+    assert!(s.sync.synced.lock().map_err(|_| StoreError::Poisoned)?.0 >= batch.0);
+    Ok(())
+}

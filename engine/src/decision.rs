@@ -676,5 +676,15 @@ mod shared_str_tests {
         let again = SharedStr::interned(&big);
         assert!(!std::ptr::eq(first.as_str(), again.as_str()));
         assert_eq!(first, again);
+        // The bound counts every string kept: distinct kibibytes fill it within about
+        // `INTERNED_BYTES / 1024` of them; after that, the next ones are counted.
+        let kept = |s: &str| {
+            let (a, b) = (SharedStr::interned(s), SharedStr::interned(s));
+            std::ptr::eq(a.as_str(), b.as_str())
+        };
+        let full = (0..=SharedStr::INTERNED_BYTES / 1024 + 1)
+            .any(|i| !kept(&format!("{i:08}{}", "k".repeat(1016))));
+        assert!(full, "the bound was never reached");
+        assert!(!kept(&format!("late{}", "k".repeat(1020))));
     }
 }

@@ -1365,6 +1365,14 @@ pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(),
     // decision-log lines written); its runbooks stay `pending` for the next start.
     drop(to_sync);
     let _ = tokio::task::spawn_blocking(move || syncer.join()).await;
+    // The runbooks of the batches delivered since the loop last looked (all of them, when the
+    // sources ended: a replay) start as any other, and get the grace below.
+    while let Ok(Delivered { work, reserved }) = runbooks_rx.try_recv() {
+        for w in work {
+            spawn_runbook(&mut runbooks, &host, w);
+        }
+        drop(reserved);
+    }
     // Graceful shutdown: in-flight runbooks get a moment to finish; the rest stay `pending`
     // in the store and resume at the next start.
     notify::notify_or_warn("STOPPING=1");

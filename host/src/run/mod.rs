@@ -64,7 +64,7 @@ pub enum Inbox {
 }
 
 /// The ingest endpoint's answer to one body.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct IngestReply {
     /// The HTTP status: 202 accepted, 200 duplicate (or no failure in the body), 400 bad
     /// body, 500 the state store failed.
@@ -93,8 +93,9 @@ enum Answer {
     Ingest(oneshot::Sender<IngestReply>, IngestReply),
 }
 
-/// Answers a batch that failed (`why`, escaped): sources are told, ingest clients get 500.
-fn fail_answers(answers: Vec<Answer>, why: &str) {
+/// Answers a batch that failed (`why`, escaped): sources are told, ingest clients get 500
+/// (whatever each answer held before).
+fn fail_answers(answers: impl IntoIterator<Item = Answer>, why: &str) {
     for a in answers {
         match a {
             Answer::Poll(ack, _) => {
@@ -855,18 +856,10 @@ impl Host {
                 // A batch that could not begin (the database busy, the store broken)
                 // handled none of its messages: they fail alike.
                 fail_answers(
-                    msgs.into_iter()
-                        .map(|m| match m {
-                            Inbox::Poll(_, ack) => Answer::Poll(ack, Ok(())),
-                            Inbox::Ingest(_, reply) => Answer::Ingest(
-                                reply,
-                                IngestReply {
-                                    status: 500,
-                                    body: serde_json::Value::Null,
-                                },
-                            ),
-                        })
-                        .collect(),
+                    msgs.into_iter().map(|m| match m {
+                        Inbox::Poll(_, ack) => Answer::Poll(ack, Ok(())),
+                        Inbox::Ingest(_, reply) => Answer::Ingest(reply, IngestReply::default()),
+                    }),
                     &why,
                 );
                 Committed::default()

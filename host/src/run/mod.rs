@@ -133,10 +133,10 @@ pub struct Delivered {
     reserved: Reserved,
 }
 
-/// Decisions whose runbooks are on their way to a task (committed, waiting for the disk or
-/// for the run loop): [`Host::orphans`] leaves them alone until this is dropped. Released
-/// however it is dropped, so a batch lost on the way (a panic) leaves its runbooks to the
-/// scan.
+/// Decision ids held in one of the host's sets until this is dropped, however it is dropped:
+/// runbooks on their way to a task (committed, waiting for the disk or for the run loop),
+/// which [`Host::orphans`] leaves alone, so that a batch lost on the way (a panic) leaves
+/// them to the scan; and runbooks whose task runs (`Host::running`).
 #[derive(Default)]
 struct Reserved(
     Option<Arc<Mutex<std::collections::BTreeSet<String>>>>,
@@ -1057,21 +1057,10 @@ async fn collect_garbage(host: Arc<Host>, mut stop: watch::Receiver<bool>) {
 /// `limits.concurrent_runbooks` slots (a drain waits for its own, `limits.concurrent_drains`,
 /// in [`steps::run_runbook`]).
 fn spawn_runbook(runbooks: &mut tokio::task::JoinSet<()>, host: &Arc<Host>, work: Work) {
+    // In the running set until its task ends, however it ends.
+    let running = Reserved::new(&host.running, std::slice::from_ref(&work));
     let (id, ev, d) = work;
     let host = host.clone();
-    /// Takes the decision off the running set when its task ends, however it ends.
-    struct Running(Arc<Mutex<std::collections::BTreeSet<String>>>, String);
-    impl Drop for Running {
-        fn drop(&mut self) {
-            if let Ok(mut r) = self.0.lock() {
-                r.remove(&self.1);
-            }
-        }
-    }
-    if let Ok(mut r) = host.running.lock() {
-        r.insert(id.clone());
-    }
-    let running = Running(host.running.clone(), id.clone());
     runbooks.spawn(async move {
         let _running = running;
         let _slot = if d.action == Action::Drain {

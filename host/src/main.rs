@@ -19,6 +19,11 @@ mod stub;
 
 pub use exit::Exit;
 
+/// The process's allocator: mimalloc, which frees what another thread allocated without the
+/// contention of glibc's arenas (the host's HTTP threads allocate what its deciding thread frees).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "keel",

@@ -779,14 +779,26 @@ async fn main() {
     let secs = env_num("KEEL_BENCH_SECONDS", 5);
     let clients = env_num("KEEL_BENCH_CLIENTS", 64) as usize;
     let samples = env_num("KEEL_BENCH_SAMPLES", 200) as usize;
+    // `KEEL_BENCH_CONCURRENT`: the host's `sources.ingest.concurrent_requests` (and room for as
+    // many connections) in the ingest and A/B parts; the host's default (64) when unset.
+    let concurrent = std::env::var("KEEL_BENCH_CONCURRENT")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map(|n| {
+            format!(
+                "    concurrent_requests: {n}\nlimits:\n  connections: {}\n",
+                n + 64
+            )
+        })
+        .unwrap_or_default();
     let mut grouped = 0.0;
     if part("ingest") {
         println!("durability: SQLite WAL, synchronous=FULL (survives power loss)");
         println!("ingest throughput, {clients} clients, {secs} s each, 202 = committed decision:");
-        let (g, e1) = ingest_run(256, clients, secs, "").await;
+        let (g, e1) = ingest_run(256, clients, secs, &concurrent).await;
         grouped = g;
         println!("  group commit (commit_batch_max 256): {grouped:>8.0} events/s  (non-202: {e1})");
-        let (single, e2) = ingest_run(1, clients, secs, "").await;
+        let (single, e2) = ingest_run(1, clients, secs, &concurrent).await;
         println!("  one commit per event (1):            {single:>8.0} events/s  (non-202: {e2})");
         println!("  ratio grouped/single: {:.2}x", grouped / single.max(1.0));
         let (budgeted, e3) = ingest_run(256, clients, secs, INGEST_BUDGET).await;
@@ -812,7 +824,7 @@ async fn main() {
                 } else {
                     (this, &mut b)
                 };
-                let (rate, other) = ingest_run_bin(256, clients, secs, "", bin).await;
+                let (rate, other) = ingest_run_bin(256, clients, secs, &concurrent, bin).await;
                 println!(
                     "  {}: {rate:>8.0} events/s ({other} answers other than 202)",
                     if first { "A" } else { "B" }

@@ -59,8 +59,13 @@ pub enum Inbox {
     /// A payload read by a polling source; the loop answers whether it normalized (the
     /// normalizer's error otherwise), so that the source can count the failure and back off.
     Poll(Payload, oneshot::Sender<Result<(), String>>),
-    /// A body posted to the ingest endpoint; the loop answers with the HTTP reply.
-    Ingest(Payload, oneshot::Sender<IngestReply>),
+    /// A body posted to the ingest endpoint; the loop answers with the HTTP reply. With the
+    /// body normalized on arrival, when it could be ([`Host::normalize_on_arrival`]).
+    Ingest(
+        Payload,
+        oneshot::Sender<IngestReply>,
+        Option<sources::ingest::Normalized>,
+    ),
 }
 
 /// The ingest endpoint's answer to one body.
@@ -786,7 +791,13 @@ impl Host {
         // round trip, `Db::prefetch`), and the other hosts' decisions so far recorded (the
         // batch then reads only those committed since).
         let mut want = store::Prefetch::default();
-        let mut ahead = Vec::new();
+        let mut ahead: Vec<Option<sources::ingest::Normalized>> = msgs
+            .iter_mut()
+            .map(|m| match m {
+                Inbox::Ingest(_, _, arrived) => arrived.take(),
+                Inbox::Poll(..) => None,
+            })
+            .collect();
         let snapshot = if self.store.is_fleet() {
             self.nstate
                 .lock()
@@ -796,13 +807,11 @@ impl Host {
             None
         };
         if let Some(snapshot) = &snapshot {
-            ahead = msgs
-                .iter()
-                .map(|m| match m {
-                    Inbox::Ingest(p, _) => self.normalize_ahead(p, snapshot, &mut want),
-                    Inbox::Poll(..) => None,
-                })
-                .collect();
+            for (m, pre) in msgs.iter().zip(ahead.iter_mut()) {
+                if let Inbox::Ingest(p, ..) = m {
+                    *pre = self.normalize_ahead(p, pre.take(), snapshot, &mut want);
+                }
+            }
             // A failure here is the batch's to report: it reads the same again.
             let _ = self.store.with(|db| self.sync_fleet(db));
         }
@@ -815,7 +824,7 @@ impl Host {
                         let r = self.handle(db, p, &mut fx);
                         answers.push(Answer::Poll(ack, r));
                     }
-                    Inbox::Ingest(p, reply) => {
+                    Inbox::Ingest(p, reply, _) => {
                         let pre = ahead.get_mut(i).and_then(Option::take);
                         let r = self.ingest(db, &p, pre, &mut fx);
                         answers.push(Answer::Ingest(reply, r));
@@ -858,7 +867,7 @@ impl Host {
                 fail_answers(
                     msgs.into_iter().map(|m| match m {
                         Inbox::Poll(_, ack) => Answer::Poll(ack, Ok(())),
-                        Inbox::Ingest(_, reply) => Answer::Ingest(reply, IngestReply::default()),
+                        Inbox::Ingest(_, reply, _) => Answer::Ingest(reply, IngestReply::default()),
                     }),
                     &why,
                 );

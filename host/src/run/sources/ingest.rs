@@ -158,7 +158,8 @@ async fn accept(app: &App, req: Request) -> Response {
         bytes: bytes.to_vec(),
         observed_at: Utc::now(),
     };
-    match inbox.try_send(Inbox::Ingest(p, tx)) {
+    let arrived = host.normalize_on_arrival(&p);
+    match inbox.try_send(Inbox::Ingest(p, tx, arrived)) {
         Ok(()) => {}
         Err(mpsc::error::TrySendError::Full(_)) => {
             return busy(&host, "the ingest queue is full; retry later");
@@ -221,12 +222,54 @@ fn bad(msg: impl Into<String>) -> IngestReply {
     }
 }
 
-/// An ingest body normalized before its batch ([`Host::normalize_ahead`]): its events (or
-/// the normalizer's error), and the `azure.arm` state it was read with (and left unchanged):
-/// one snapshot the batch's bodies share.
+/// An ingest body normalized before its batch ([`Host::normalize_on_arrival`],
+/// [`Host::normalize_ahead`]): its events (or the normalizer's error), the `azure.arm` state
+/// it was read with (and left unchanged), and what the batch reads of the body besides.
+#[derive(Debug)]
 pub struct Normalized {
     events: Result<Vec<Event>, NormalizeError>,
     state: Arc<ArmState>,
+    head: Head,
+}
+
+impl Normalized {
+    /// Adds to `want` what deciding this body will look up in the store, found as
+    /// [`Host::ingest`] finds them: exact for a body it accepts (a body it refuses adds at
+    /// most a key).
+    fn wanted(&self, want: &mut Prefetch) {
+        self.head.wanted(want);
+        if let Ok([ev]) = self.events.as_deref() {
+            want.events.push((ev.id.clone(), crate::run::status_of(ev)));
+            if !self.head.attempt_given {
+                want.attempts.extend(attempt_key(ev));
+            }
+        }
+    }
+}
+
+/// What the batch reads of an ingest body besides its events: its `idempotency_key` as given
+/// (checked in the batch), and whether it gives its `attempt`. Both case-insensitive.
+#[derive(Debug)]
+struct Head {
+    key: Option<Value>,
+    attempt_given: bool,
+}
+
+impl Head {
+    /// Reads the head of a body (nothing of one that is not JSON).
+    fn of(bytes: &[u8]) -> Head {
+        let body = serde_json::from_slice::<Value>(bytes).unwrap_or(Value::Null);
+        Head {
+            key: get_ci(&body, "idempotency_key").cloned(),
+            attempt_given: get_ci(&body, "attempt").is_some(),
+        }
+    }
+
+    fn wanted(&self, want: &mut Prefetch) {
+        if let Some(Value::String(key)) = &self.key {
+            want.keys.push(key.clone());
+        }
+    }
 }
 
 /// The `azure.arm` normalizer's state.
@@ -257,45 +300,72 @@ impl Host {
             Ok(st) => scratch.azure_arm = st.azure_arm.clone(),
             Err(_) => return Err("normalizer state lock poisoned"),
         }
+        Ok(self.normalize_with(p, scratch))
+    }
+
+    fn normalize_with(
+        &self,
+        p: &Payload,
+        scratch: &mut NormalizerState,
+    ) -> Result<Vec<Event>, NormalizeError> {
         let mut input = Input::new(&p.bytes, p.observed_at);
         if let Some(me) = &self.cfg.self_name {
             input = input.self_name(me);
         }
-        Ok(normalize(p.normalizer, &input, scratch))
+        normalize(p.normalizer, &input, scratch)
+    }
+
+    /// Normalizes the ingest body `p` as it arrives, on the HTTP server's thread, so that the
+    /// one thread that decides batches does not. Only while the normalizer's `azure.arm`
+    /// state is empty, and only if the body leaves it so (a body that carries its own
+    /// operation id or time, as ingest bodies do): the batch uses the result only when its
+    /// state is still the one the body was read with, so it is exactly what the batch would
+    /// have computed. `None` otherwise: the batch normalizes the body in its turn.
+    pub fn normalize_on_arrival(&self, p: &Payload) -> Option<Normalized> {
+        if self.nstate.lock().ok()?.azure_arm != ArmState::default() {
+            return None;
+        }
+        let mut scratch = NormalizerState::default();
+        let events = self.normalize_with(p, &mut scratch);
+        (scratch.azure_arm == ArmState::default()).then(|| Normalized {
+            events,
+            state: Arc::new(ArmState::default()),
+            head: Head::of(&p.bytes),
+        })
     }
 
     /// Normalizes the ingest body `p` ahead of its batch, for a fleet: the batch then holds
     /// the fleet's write lock for less. What deciding it will look up in the store (its key,
     /// its event, its attempt count) is added to `want` for the batch's prefetch
-    /// ([`Db::prefetch`](crate::run::store::Db::prefetch)), found as [`Host::ingest`] finds
-    /// them, so exact for a body it accepts (a body it refuses adds at most a key). `None`
-    /// when the normalizer's state is not `snapshot` (taken once for the batch) or the
-    /// normalizer changed it: the body is then normalized again in its turn.
+    /// ([`Db::prefetch`](crate::run::store::Db::prefetch)). `arrived`: the body normalized on
+    /// arrival, if it was ([`Host::normalize_on_arrival`]). `None` when the normalizer's
+    /// state is not `snapshot` (taken once for the batch) or the normalizer changed it: the
+    /// body is then normalized again in its turn.
     pub fn normalize_ahead(
         &self,
         p: &Payload,
+        arrived: Option<Normalized>,
         snapshot: &Arc<ArmState>,
         want: &mut Prefetch,
     ) -> Option<Normalized> {
-        let body = serde_json::from_slice::<Value>(&p.bytes).ok();
-        if let Some(Value::String(key)) = body.as_ref().and_then(|b| get_ci(b, "idempotency_key")) {
-            want.keys.push(key.clone());
+        if let Some(n) = arrived {
+            n.wanted(want);
+            return Some(n);
         }
+        let head = Head::of(&p.bytes);
+        head.wanted(want);
         let mut scratch = NormalizerState::default();
         let events = self.normalize_ingest(p, &mut scratch).ok()?;
         if scratch.azure_arm != **snapshot {
             return None;
         }
-        if let (Ok([ev]), Some(body)) = (events.as_deref(), &body) {
-            want.events.push((ev.id.clone(), crate::run::status_of(ev)));
-            if get_ci(body, "attempt").is_none() {
-                want.attempts.extend(attempt_key(ev));
-            }
-        }
-        Some(Normalized {
+        let n = Normalized {
             events,
             state: snapshot.clone(),
-        })
+            head,
+        };
+        n.wanted(want);
+        Some(n)
     }
 
     /// Accepts one ingest body: normalizes it (`azure.arm`), accepts its idempotency key
@@ -343,13 +413,13 @@ impl Host {
         // (Only its `azure.arm` part: the one this normalizer reads and writes.)
         let mut scratch = NormalizerState::default();
         let ahead = ahead.filter(|n| self.nstate.lock().is_ok_and(|st| st.azure_arm == *n.state));
-        let normalized = match ahead {
+        let (normalized, head) = match ahead {
             Some(n) => {
                 scratch.azure_arm = (*n.state).clone();
-                n.events
+                (n.events, Some(n.head))
             }
             None => match self.normalize_ingest(p, &mut scratch) {
-                Ok(r) => r,
+                Ok(r) => (r, None),
                 Err(poisoned) => return (internal(&poisoned), none),
             },
         };
@@ -358,10 +428,10 @@ impl Host {
             Err(e) => return (bad(escape(&e.to_string())), none),
         };
         // The normalizer accepted it, so it is JSON.
-        let body: Value = serde_json::from_slice(&p.bytes).unwrap_or(Value::Null);
-        let key = match get_ci(&body, "idempotency_key") {
+        let head = head.unwrap_or_else(|| Head::of(&p.bytes));
+        let key = match head.key {
             Some(Value::String(k)) if !k.trim().is_empty() && k.chars().count() <= MAX_KEY_CHARS => {
-                k.clone()
+                k
             }
             Some(_) => {
                 return (
@@ -419,7 +489,7 @@ impl Host {
         else {
             return (bad("the body holds no operation failure"), none);
         };
-        let given = get_ci(&body, "attempt").is_some();
+        let given = head.attempt_given;
         if let (false, Some((resource, operation))) = (given, &counted) {
             let window = chrono::Duration::from_std(
                 self.cfg
@@ -485,8 +555,89 @@ impl Host {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
+
+    fn host(dir: &std::path::Path) -> Arc<Host> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let path = dir.join("keel.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "policies: {}\nstate: state.db\nsources:\n  ingest:\n    token_env: KEEL_UNIT_TEST_NO_TOKEN\n",
+                root.join("policies/standard").display()
+            ),
+        )
+        .unwrap();
+        // The token is never read: nothing is served.
+        let cfg = crate::config::load_without_secrets(&path).unwrap();
+        Host::new(cfg, Box::new(std::io::sink())).unwrap()
+    }
+
+    fn payload(body: &Value) -> Payload {
+        Payload {
+            normalizer: NORMALIZER,
+            bytes: body.to_string().into_bytes(),
+            observed_at: Utc::now(),
+        }
+    }
+
+    /// Sends `body` through a batch as the run loop does, normalized on arrival when it can be.
+    fn post(host: &Arc<Host>, body: &Value) -> IngestReply {
+        let p = payload(body);
+        let arrived = host.normalize_on_arrival(&p);
+        let (tx, mut rx) = oneshot::channel();
+        let c = host.commit(vec![Inbox::Ingest(p, tx, arrived)]);
+        host.deliver(c);
+        rx.try_recv().unwrap()
+    }
+
+    #[test]
+    fn a_body_is_normalized_on_arrival_only_where_its_batch_would_compute_the_same() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = host(dir.path());
+        let fixture: Value = serde_json::from_str(
+            &std::fs::read_to_string(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../engine/tests/data/ingest/vm-agent-windows-2021-10-13.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        // With its own operation id and times: read on arrival, exactly as the batch reads it.
+        let p = payload(&fixture);
+        let arrived = host
+            .normalize_on_arrival(&p)
+            .expect("normalized on arrival");
+        let mut scratch = NormalizerState::default();
+        let in_batch = host.normalize_ingest(&p, &mut scratch).unwrap().unwrap();
+        assert_eq!(arrived.events.as_deref().ok(), Some(&in_batch[..]));
+        assert_eq!(arrived.head.key, Some(fixture["idempotency_key"].clone()));
+        assert!(arrived.head.attempt_given);
+        // Without a key (its vendor id), times or operation name, the normalizer remembers
+        // when it first saw the failure: that is the batch's to do, in its turn (where this
+        // body, without its key, is refused, its state change dropped).
+        let mut bare = fixture.clone();
+        bare.as_object_mut().unwrap().remove("idempotency_key");
+        let e = bare["error"].as_object_mut().unwrap();
+        for k in ["startTime", "endTime", "name"] {
+            e.remove(k);
+        }
+        assert!(host.normalize_on_arrival(&payload(&bare)).is_none());
+        assert_eq!(post(&host, &bare).status, 400);
+        assert!(
+            host.normalize_on_arrival(&p).is_some(),
+            "the state is empty"
+        );
+        // The same document read from a file source leaves the state non-empty: nothing is
+        // normalized on arrival any more, and a body is still decided, in its batch.
+        let (ack, _answer) = oneshot::channel();
+        host.deliver(host.commit(vec![Inbox::Poll(payload(&bare), ack)]));
+        assert!(host.normalize_on_arrival(&p).is_none());
+        assert_eq!(post(&host, &fixture).status, 202);
+        // The same body again, on arrival or not: one decision.
+        assert_eq!(post(&host, &fixture).status, 200);
+    }
 
     #[test]
     fn a_reported_time_counts_only_near_its_arrival() {

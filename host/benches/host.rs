@@ -801,7 +801,8 @@ async fn main() {
         let (single, e2) = ingest_run(1, clients, secs, &concurrent).await;
         println!("  one commit per event (1):            {single:>8.0} events/s  (non-202: {e2})");
         println!("  ratio grouped/single: {:.2}x", grouped / single.max(1.0));
-        let (budgeted, e3) = ingest_run(256, clients, secs, &format!("{concurrent}{INGEST_BUDGET}")).await;
+        let (budgeted, e3) =
+            ingest_run(256, clients, secs, &format!("{concurrent}{INGEST_BUDGET}")).await;
         println!(
             "  group commit with a budget:          {budgeted:>8.0} events/s  (non-202: {e3})"
         );

@@ -790,21 +790,14 @@ impl Store {
             return self.batch(f).map(|r| (r, Unsynced(0)));
         }
         let c = self.c()?;
-        let Conn::Lite(lite) = &*c else {
-            return Err(StoreError::Shape("a SQLite store without SQLite".into()));
-        };
-        lite.pragma_update(None, "synchronous", "NORMAL")?;
-        let res = c.tx(Begin::Exclusive, |c| f(&Db(c, &self.host, None)));
+        let res = c.tx_unsynced(|c| f(&Db(c, &self.host, None)));
         // Counted while the connection is held: commits are numbered in the log's order.
         let n = self.sync.committed.fetch_add(1, Ordering::SeqCst) + 1;
-        let reset = lite.pragma_update(None, "synchronous", "FULL");
         drop(c);
         if let (Ok(_), Some(wake)) = (&res, self.checkpoint.get()) {
             let _ = wake.try_send(());
         }
-        let r = res?;
-        reset?;
-        Ok((r, Unsynced(n)))
+        Ok((res?, Unsynced(n)))
     }
 
     /// Makes `batch` durable: returns once the log on the disk holds it (and every commit

@@ -4,7 +4,7 @@
 
 use serde::Serialize;
 
-use super::sql::{p, Begin, Conn, Row};
+use super::sql::{p, Conn, Row};
 use super::{Db, Store, StoreError};
 
 /// A lease as stored (and as `keel status` shows it).
@@ -136,22 +136,14 @@ fn view(
 
 /// Runs `f` in a write transaction (on PostgreSQL, under the fleet's write lock: no two
 /// hosts admit against the same leases at once). On SQLite it commits without waiting for
-/// the disk (`synchronous = NORMAL` for it alone). A lease write needs no fsync of its own:
-/// the next `FULL` commit on the connection syncs the log with every frame before it, and for
-/// a slot taken that commit is the runbook's first step start, written before any effect; a
-/// lease lost with the machine's power was never used (and a renewal or release lost only
-/// ends earlier or later at the lease's expiry). The first-step latency keeps one fsync
-/// instead of two.
+/// the disk ([`Conn::tx_unsynced`]). A lease write needs no fsync of its own: the next
+/// `FULL` commit on the connection syncs the log with every frame before it, and for a slot
+/// taken that commit is the runbook's first step start, written before any effect; a lease
+/// lost with the machine's power was never used (and a renewal or release lost only ends
+/// earlier or later at the lease's expiry). The first-step latency keeps one fsync instead
+/// of two.
 fn lease_tx<R>(c: &Conn, f: impl FnOnce(&Conn) -> Result<R, StoreError>) -> Result<R, StoreError> {
-    let Conn::Lite(lite) = c else {
-        return c.tx(Begin::Exclusive, f);
-    };
-    lite.pragma_update(None, "synchronous", "NORMAL")?;
-    let res = c.tx(Begin::Exclusive, f);
-    let reset = lite.pragma_update(None, "synchronous", "FULL");
-    let r = res?;
-    reset?;
-    Ok(r)
+    c.tx_unsynced(f)
 }
 
 impl Store {

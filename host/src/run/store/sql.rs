@@ -246,6 +246,25 @@ impl Conn {
         r
     }
 
+    /// [`Conn::tx`] in a write transaction that, on SQLite, commits without waiting for the
+    /// disk (`synchronous = NORMAL` for it alone, `FULL` again after it whatever its outcome):
+    /// the caller makes it durable later, or relies on the next `FULL` commit, which syncs the
+    /// log with every frame before it. On PostgreSQL, [`Conn::tx`] as it is.
+    pub fn tx_unsynced<R>(
+        &self,
+        f: impl FnOnce(&Conn) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        let Conn::Lite(lite) = self else {
+            return self.tx(Begin::Exclusive, f);
+        };
+        lite.pragma_update(None, "synchronous", "NORMAL")?;
+        let res = self.tx(Begin::Exclusive, f);
+        let reset = lite.pragma_update(None, "synchronous", "FULL");
+        let r = res?;
+        reset?;
+        Ok(r)
+    }
+
     /// Begins a transaction (see [`Conn::tx`]; a batch spans several calls).
     pub fn begin(&self, begin: Begin) -> Result<(), StoreError> {
         match (self, begin) {

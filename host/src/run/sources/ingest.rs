@@ -207,6 +207,7 @@ pub fn counted_time(reported: Timestamp, observed: Timestamp) -> Timestamp {
     }
 }
 
+#[cfg(test)]
 fn get_ci<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
     v.as_object()?
         .iter()
@@ -256,12 +257,20 @@ struct Head {
 }
 
 impl Head {
-    /// Reads the head of a body (nothing of one that is not JSON).
+    /// Reads the head of a body (nothing of one that is not a JSON object), as
+    /// [`get_ci`] finds the two fields in the body parsed whole, without building the rest:
+    /// of the keys that match case-insensitively the first in byte order, the last of its
+    /// duplicates, and `null` as absent.
     fn of(bytes: &[u8]) -> Head {
-        let body = serde_json::from_slice::<Value>(bytes).unwrap_or(Value::Null);
-        Head {
-            key: get_ci(&body, "idempotency_key").cloned(),
-            attempt_given: get_ci(&body, "attempt").is_some(),
+        match serde_json::from_slice::<HeadDoc>(bytes) {
+            Ok(HeadDoc { key, attempt }) => Head {
+                key: key.map(|(_, v)| v).filter(|v| !v.is_null()),
+                attempt_given: attempt.is_some_and(|(_, given)| given),
+            },
+            Err(_) => Head {
+                key: None,
+                attempt_given: false,
+            },
         }
     }
 
@@ -285,6 +294,54 @@ fn attempt_key(ev: &Event) -> Option<(String, String)> {
         resource.to_ascii_lowercase(),
         failure.operation.as_str().to_string(),
     ))
+}
+
+/// The two fields [`Head`] reads, each with the key it was found under (`attempt`: whether
+/// its value is not `null`); every other value is skipped unbuilt.
+struct HeadDoc {
+    key: Option<(String, Value)>,
+    attempt: Option<(String, bool)>,
+}
+
+impl<'de> serde::Deserialize<'de> for HeadDoc {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, Visitor};
+        struct Fields;
+        impl<'de> Visitor<'de> for Fields {
+            type Value = HeadDoc;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<HeadDoc, A::Error> {
+                // A key replaces the one found so far if it sorts before it, or is the same
+                // (a duplicate: the last one counts), as in a map parsed whole.
+                fn wins<T>(found: &Option<(String, T)>, k: &str) -> bool {
+                    found.as_ref().is_none_or(|(f, _)| k <= f.as_str())
+                }
+                let mut doc = HeadDoc {
+                    key: None,
+                    attempt: None,
+                };
+                while let Some(k) = m.next_key::<String>()? {
+                    if k.eq_ignore_ascii_case("idempotency_key") {
+                        let v: Value = m.next_value()?;
+                        if wins(&doc.key, &k) {
+                            doc.key = Some((k, v));
+                        }
+                    } else if k.eq_ignore_ascii_case("attempt") {
+                        let v: Option<IgnoredAny> = m.next_value()?;
+                        if wins(&doc.attempt, &k) {
+                            doc.attempt = Some((k, v.is_some()));
+                        }
+                    } else {
+                        m.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(doc)
+            }
+        }
+        d.deserialize_map(Fields)
+    }
 }
 
 impl Host {
@@ -572,6 +629,60 @@ mod tests {
         // The token is never read: nothing is served.
         let cfg = crate::config::load_without_secrets(&path).unwrap();
         Host::new(cfg, Box::new(std::io::sink())).unwrap()
+    }
+
+    /// What [`Head::of`] must find: the body parsed whole, read with [`get_ci`].
+    fn head_whole(bytes: &[u8]) -> (Option<Value>, bool) {
+        let body = serde_json::from_slice::<Value>(bytes).unwrap_or(Value::Null);
+        (
+            get_ci(&body, "idempotency_key").cloned(),
+            get_ci(&body, "attempt").is_some(),
+        )
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_head_of_a_body_is_what_the_body_parsed_whole_holds(
+            entries in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec![
+                        "idempotency_key", "Idempotency_Key", "IDEMPOTENCY_KEY", "attempt",
+                        "Attempt", "ATTEMPT", "resource", "error", "idempotency-key", "attempts",
+                    ]),
+                    proptest::sample::select(vec![
+                        "null", "\"k-1\"", "\"\"", "3", "{\"a\": [1, null]}", "[]", "true",
+                        "\"k\\u00e9\"",
+                    ]),
+                ),
+                0..8,
+            ),
+            tail in proptest::sample::select(vec!["", " ", "x", "]"]),
+        ) {
+            let body = format!(
+                "{{{}}}{tail}",
+                entries.iter().map(|(k, v)| format!("\"{k}\": {v}")).collect::<Vec<_>>().join(", ")
+            );
+            let h = Head::of(body.as_bytes());
+            proptest::prop_assert_eq!((h.key, h.attempt_given), head_whole(body.as_bytes()), "{}", body);
+        }
+    }
+
+    #[test]
+    fn a_body_that_is_not_an_object_has_no_head() {
+        for body in [
+            "[]",
+            "\"idempotency_key\"",
+            "null",
+            "{\"idempotency_key\": }",
+            "",
+        ] {
+            let h = Head::of(body.as_bytes());
+            assert_eq!(
+                (h.key, h.attempt_given),
+                head_whole(body.as_bytes()),
+                "{body}"
+            );
+        }
     }
 
     fn payload(body: &Value) -> Payload {

@@ -70,6 +70,17 @@ impl RotatingFile {
 
 impl Write for RotatingFile {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // Several lines at once go in one write while they fit; past the limit, one line at
+        // a time (the caller's `write_all` comes back for the rest), so that each line is
+        // checked against the limit where it starts.
+        let buf = if self.size.saturating_add(buf.len() as u64) > self.max_bytes {
+            match buf.iter().position(|b| *b == b'\n') {
+                Some(end) => &buf[..=end],
+                None => buf,
+            }
+        } else {
+            buf
+        };
         if self.at_line_start
             && self.size > 0
             && self.size.saturating_add(buf.len() as u64) > self.max_bytes
@@ -121,17 +132,33 @@ mod tests {
 
     #[test]
     fn lines_rotate_at_their_boundary_and_the_oldest_file_goes() -> std::io::Result<()> {
+        // A line in two writes, as `writeln!` may make it, and several lines in one write,
+        // as the host writes a batch's: never split across files.
+        lines_rotate(false)?;
+        lines_rotate(true)
+    }
+
+    fn lines_rotate(several_at_once: bool) -> std::io::Result<()> {
         let dir = tempfile::tempdir()?;
         let path = dir.path().join("decisions.jsonl");
         let mut f = RotatingFile::open(&path, 100, 2)?;
         let mut written = Vec::new();
+        let mut pending = String::new();
         for i in 0..20 {
-            // A line in two writes, as `writeln!` may make it: never split across files.
             let line = format!("{{\"n\":{i:02},\"pad\":\"{}\"}}", "x".repeat(20));
-            write!(f, "{line}")?;
-            writeln!(f)?;
+            if several_at_once {
+                pending.push_str(&line);
+                pending.push('\n');
+                if i % 3 == 2 {
+                    f.write_all(std::mem::take(&mut pending).as_bytes())?;
+                }
+            } else {
+                write!(f, "{line}")?;
+                writeln!(f)?;
+            }
             written.push(line);
         }
+        f.write_all(pending.as_bytes())?;
         f.flush()?;
         let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
         let (now, one, two) = (

@@ -529,15 +529,19 @@ impl Host {
         }
     }
 
-    /// Writes serialized JSON lines to the decision log, flushed once.
+    /// Writes serialized JSON lines to the decision log in one write (standard output is
+    /// line-buffered: a write per line would be a system call per line), flushed once.
     fn log_lines(&self, lines: &[String]) {
         if lines.is_empty() {
             return;
         }
+        let mut all = String::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
+        for line in lines {
+            all.push_str(line);
+            all.push('\n');
+        }
         if let Ok(mut w) = self.log.lock() {
-            for line in lines {
-                let _ = writeln!(w, "{line}");
-            }
+            let _ = w.write_all(all.as_bytes());
             let _ = w.flush();
         }
     }

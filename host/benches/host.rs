@@ -24,6 +24,8 @@
 //!
 //! Timing figures are printed, not asserted (BENCHMARKS.md records them). Environment:
 //! `KEEL_BENCH_SECONDS` (default 5) per throughput run, `KEEL_BENCH_CLIENTS` (default 64),
+//! `KEEL_BENCH_CONCURRENT` (the host's `sources.ingest.concurrent_requests` in the ingest
+//! and A/B parts; its default, 64, when unset: set it with more clients, or they get 503s),
 //! `KEEL_BENCH_SAMPLES` (default 200) latency samples, `KEEL_BENCH_FLOOD_CLIENTS` (default
 //! 500) and `KEEL_BENCH_FLOOD_PER_CLIENT` (default 40) for the flood; `KEEL_BENCH_PARTS`
 //! (default `ingest,flood,latency,fleet,fleet-latency`) runs only the named parts, in that order (`fleet`

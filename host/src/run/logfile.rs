@@ -111,11 +111,13 @@ pub struct Tee<A: Write, B: Write> {
 
 impl<A: Write, B: Write> Write for Tee<A, B> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.first.write_all(buf)?;
+        // The file gets every line even when standard output fails (a batch's lines come
+        // in one write: an error here must not cost the file the rest of them).
+        let first = self.first.write_all(buf);
         if let Some(f) = &mut self.second {
             let _ = f.write_all(buf);
         }
-        Ok(buf.len())
+        first.map(|()| buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -193,6 +195,26 @@ mod tests {
             assert_eq!(mode, 0o600);
         }
         Ok(())
+    }
+
+    #[test]
+    fn the_file_gets_every_line_when_standard_output_fails() {
+        struct Closed;
+        impl Write for Closed {
+            fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::other("closed"))
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut file = Vec::new();
+        let mut tee = Tee {
+            first: Closed,
+            second: Some(&mut file),
+        };
+        assert!(tee.write_all(b"a\nb\n").is_err());
+        assert_eq!(file, b"a\nb\n");
     }
 
     #[test]

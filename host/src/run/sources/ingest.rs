@@ -379,7 +379,9 @@ impl Host {
     /// state is still the one the body was read with, so it is exactly what the batch would
     /// have computed. `None` otherwise: the batch normalizes the body in its turn.
     pub fn normalize_on_arrival(&self, p: &Payload) -> Option<Normalized> {
-        if self.nstate.lock().ok()?.azure_arm != ArmState::default() {
+        // Never waits for the lock (a poll's batch may hold it across store reads): the HTTP
+        // threads serve other requests meanwhile.
+        if self.nstate.try_lock().ok()?.azure_arm != ArmState::default() {
             return None;
         }
         let mut scratch = NormalizerState::default();
@@ -405,17 +407,19 @@ impl Host {
         snapshot: &Arc<ArmState>,
         want: &mut Prefetch,
     ) -> Option<Normalized> {
-        if let Some(n) = arrived {
+        if let Some(n) = arrived.filter(|n| *n.state == **snapshot) {
             n.wanted(want);
             return Some(n);
         }
         let head = Head::of(&p.bytes);
-        head.wanted(want);
         let mut scratch = NormalizerState::default();
-        let events = self.normalize_ingest(p, &mut scratch).ok()?;
-        if scratch.azure_arm != **snapshot {
-            return None;
-        }
+        let events = match self.normalize_ingest(p, &mut scratch) {
+            Ok(events) if scratch.azure_arm == **snapshot => events,
+            _ => {
+                head.wanted(want);
+                return None;
+            }
+        };
         let n = Normalized {
             events,
             state: snapshot.clone(),

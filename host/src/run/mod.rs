@@ -335,9 +335,9 @@ pub fn stamp(v: &serde_json::Value) -> serde_json::Value {
     Value::Object(m)
 }
 
-/// `decision_id`: a stable hash of the event and its status, so a replay finds the same id.
-fn decision_id(ev: &Event) -> String {
-    let status = status_of(ev);
+/// `decision_id`: a stable hash of the event and its status (`status_of(ev)`), so a replay
+/// finds the same id.
+fn decision_id(ev: &Event, status: &str) -> String {
     short_hash(&format!("{}\u{1f}{status}", ev.id), 8)
 }
 
@@ -647,7 +647,8 @@ impl Host {
         };
         self.metrics
             .observe("keel_decide_seconds", &[], started.elapsed().as_secs_f64());
-        let id = decision_id(ev);
+        let id = decision_id(ev, &status);
+        let at_s = rfc(at);
         let mode = if self.cfg.dry_run { "dry_run" } else { "live" };
         let steps = self.step_count(ev, &decision);
         let runbook = if steps == 0 {
@@ -679,7 +680,7 @@ impl Host {
         let new = db.record(&NewDecision {
             event_id: &ev.id,
             status: &status,
-            now: &rfc(at),
+            now: &at_s,
             normalizer_state: None,
             decision_id: &id,
             mode,
@@ -694,7 +695,7 @@ impl Host {
         if !new {
             return Ok(None);
         }
-        self.note_budget_members(db, ev, &rfc(at))?;
+        self.note_budget_members(db, ev, &at_s)?;
         if let (Action::Defer, Some(due)) = (decision.action, decision.due) {
             db.defer(&ev.id, &rfc(due), &ev_json)?;
         }
@@ -711,10 +712,10 @@ impl Host {
             1.0,
         );
         // The decision line reuses the decision's JSON serialized for the store.
-        let js = |v: &str| serde_json::Value::from(v).to_string();
+        let js = |v: &str| serde_json::to_string(v).unwrap_or_default();
         fx.logs.push(format!(
             r#"{{"time":{},"level":"info","type":"decision","decision_id":{},"event_id":{},"mode":{},"policy_set_digest":{},"decision":{d_json}}}"#,
-            js(&rfc(at)),
+            js(&at_s),
             js(&id),
             js(&ev.id),
             js(mode),

@@ -250,7 +250,7 @@ impl Normalized {
 
 /// What the batch reads of an ingest body besides its events: its `idempotency_key` as given
 /// (checked in the batch), and whether it gives its `attempt`. Both case-insensitive.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Head {
     key: Option<Value>,
     attempt_given: bool,
@@ -262,22 +262,56 @@ impl Head {
     /// of the keys that match case-insensitively the first in byte order, the last of its
     /// duplicates, and `null` as absent.
     fn of(bytes: &[u8]) -> Head {
-        match serde_json::from_slice::<HeadDoc>(bytes) {
-            Ok(HeadDoc { key, attempt }) => Head {
-                key: key.map(|(_, v)| v).filter(|v| !v.is_null()),
-                attempt_given: attempt.is_some_and(|(_, given)| given),
-            },
-            Err(_) => Head {
-                key: None,
-                attempt_given: false,
-            },
-        }
+        serde_json::from_slice(bytes).unwrap_or_default()
     }
 
     fn wanted(&self, want: &mut Prefetch) {
         if let Some(Value::String(key)) = &self.key {
             want.keys.push(key.clone());
         }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Head {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{IgnoredAny, MapAccess, Visitor};
+        struct Fields;
+        impl<'de> Visitor<'de> for Fields {
+            type Value = Head;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Head, A::Error> {
+                // Each field with the key it was found under. A key replaces the one found
+                // so far if it sorts before it, or is the same (a duplicate: the last one
+                // counts), as in a map parsed whole; every other value is skipped unbuilt.
+                fn wins<T>(found: &Option<(String, T)>, k: &str) -> bool {
+                    found.as_ref().is_none_or(|(f, _)| k <= f.as_str())
+                }
+                let mut key: Option<(String, Value)> = None;
+                let mut attempt: Option<(String, bool)> = None;
+                while let Some(k) = m.next_key::<String>()? {
+                    if k.eq_ignore_ascii_case("idempotency_key") {
+                        let v: Value = m.next_value()?;
+                        if wins(&key, &k) {
+                            key = Some((k, v));
+                        }
+                    } else if k.eq_ignore_ascii_case("attempt") {
+                        let v: Option<IgnoredAny> = m.next_value()?;
+                        if wins(&attempt, &k) {
+                            attempt = Some((k, v.is_some()));
+                        }
+                    } else {
+                        m.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(Head {
+                    key: key.map(|(_, v)| v).filter(|v| !v.is_null()),
+                    attempt_given: attempt.is_some_and(|(_, given)| given),
+                })
+            }
+        }
+        d.deserialize_map(Fields)
     }
 }
 
@@ -294,54 +328,6 @@ fn attempt_key(ev: &Event) -> Option<(String, String)> {
         resource.to_ascii_lowercase(),
         failure.operation.as_str().to_string(),
     ))
-}
-
-/// The two fields [`Head`] reads, each with the key it was found under (`attempt`: whether
-/// its value is not `null`); every other value is skipped unbuilt.
-struct HeadDoc {
-    key: Option<(String, Value)>,
-    attempt: Option<(String, bool)>,
-}
-
-impl<'de> serde::Deserialize<'de> for HeadDoc {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::{IgnoredAny, MapAccess, Visitor};
-        struct Fields;
-        impl<'de> Visitor<'de> for Fields {
-            type Value = HeadDoc;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<HeadDoc, A::Error> {
-                // A key replaces the one found so far if it sorts before it, or is the same
-                // (a duplicate: the last one counts), as in a map parsed whole.
-                fn wins<T>(found: &Option<(String, T)>, k: &str) -> bool {
-                    found.as_ref().is_none_or(|(f, _)| k <= f.as_str())
-                }
-                let mut doc = HeadDoc {
-                    key: None,
-                    attempt: None,
-                };
-                while let Some(k) = m.next_key::<String>()? {
-                    if k.eq_ignore_ascii_case("idempotency_key") {
-                        let v: Value = m.next_value()?;
-                        if wins(&doc.key, &k) {
-                            doc.key = Some((k, v));
-                        }
-                    } else if k.eq_ignore_ascii_case("attempt") {
-                        let v: Option<IgnoredAny> = m.next_value()?;
-                        if wins(&doc.attempt, &k) {
-                            doc.attempt = Some((k, v.is_some()));
-                        }
-                    } else {
-                        m.next_value::<IgnoredAny>()?;
-                    }
-                }
-                Ok(doc)
-            }
-        }
-        d.deserialize_map(Fields)
-    }
 }
 
 impl Host {
@@ -386,10 +372,16 @@ impl Host {
         }
         let mut scratch = NormalizerState::default();
         let events = self.normalize_with(p, &mut scratch);
+        // A body the normalizer refused is answered 400 before its head is read.
+        let head = if events.is_ok() {
+            Head::of(&p.bytes)
+        } else {
+            Head::default()
+        };
         (scratch.azure_arm == ArmState::default()).then(|| Normalized {
             events,
             state: Arc::new(ArmState::default()),
-            head: Head::of(&p.bytes),
+            head,
         })
     }
 

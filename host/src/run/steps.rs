@@ -609,16 +609,10 @@ async fn until_reachable<T>(
 ) -> Result<T, StoreError> {
     let until = tokio::time::Instant::now() + UNREACHABLE_WAIT;
     let mut logged = false;
-    // The write blocks (a connection attempt may take seconds): hand this worker's other
-    // tasks to another thread meanwhile.
-    let on_worker = tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
     loop {
-        let r = if on_worker {
-            tokio::task::block_in_place(&mut write)
-        } else {
-            write()
-        };
+        // The write blocks (a connection attempt may take seconds): this worker's other
+        // tasks move to another thread meanwhile.
+        let r = crate::run::store::blocking(&mut write);
         match r {
             Err(StoreError::Unavailable(why)) if tokio::time::Instant::now() < until => {
                 if !logged {

@@ -65,6 +65,20 @@ pub enum StoreError {
     Unsynced(String),
 }
 
+/// Runs `f`, which blocks (a lock wait, a flush, a query that may take long), with
+/// [`tokio::task::block_in_place`] when called on a worker of a multi-threaded runtime, so
+/// that the worker's other tasks (`/healthz`, ingest, timers, drain deadlines) move to another
+/// thread meanwhile; else as it is.
+pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    let on_worker = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if on_worker {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
+}
+
 /// The migrations, in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
     "CREATE TABLE events (
@@ -726,15 +740,7 @@ impl Store {
             Ok(c) => Ok(c),
             Err(std::sync::TryLockError::Poisoned(_)) => Err(StoreError::Poisoned),
             Err(std::sync::TryLockError::WouldBlock) => {
-                let wait = || self.conn.lock().map_err(|_| StoreError::Poisoned);
-                let on_worker = tokio::runtime::Handle::try_current().is_ok_and(|h| {
-                    h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
-                });
-                if on_worker {
-                    tokio::task::block_in_place(wait)
-                } else {
-                    wait()
-                }
+                blocking(|| self.conn.lock().map_err(|_| StoreError::Poisoned))
             }
         }
     }
@@ -832,10 +838,14 @@ impl Store {
         if let Some(why) = self.sync.broken.get() {
             return Err(StoreError::Unsynced(why.clone()));
         }
-        let Ok(mut synced) = self.sync.synced.lock() else {
-            return Err(StoreError::Poisoned);
-        };
-        self.sync_locked(path, &mut synced)
+        // A flush, after the syncing thread's if it holds the state: off the caller's
+        // runtime worker (the outbox calls this from a task).
+        blocking(|| {
+            let Ok(mut synced) = self.sync.synced.lock() else {
+                return Err(StoreError::Poisoned);
+            };
+            self.sync_locked(path, &mut synced)
+        })
     }
 
     /// One `fdatasync` of the log, holding the sync state.

@@ -239,6 +239,40 @@ fn cpu_ticks(pid: &str) -> u64 {
     field(14) + field(15)
 }
 
+/// The CPU per accepted body of the last [`ingest_load`]: the hosts', the whole machine's
+/// (µs), for the A/B part's medians.
+static LAST_COST: std::sync::Mutex<(f64, f64)> = std::sync::Mutex::new((0.0, 0.0));
+
+/// The whole machine's busy CPU time (every process, the kernel's own threads, interrupts),
+/// in clock ticks: the `cpu` line of `/proc/stat` less its idle and I/O-wait columns.
+fn machine_ticks() -> u64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0;
+    };
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0;
+    };
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is counted in user).
+    v.iter().take(8).sum::<u64>() - v.get(3).copied().unwrap_or(0) - v.get(4).copied().unwrap_or(0)
+}
+
+/// Bytes a process caused to be written to storage (`write_bytes` of `/proc/<pid>/io`).
+fn written_bytes(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|l| l.strip_prefix("write_bytes:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// CPU ticks of every running `postgres` process (the benchmark's server and its backends).
 fn postgres_ticks() -> u64 {
     std::fs::read_dir("/proc")
@@ -340,7 +374,14 @@ async fn ingest_load(
     tokio::time::sleep(Duration::from_secs(1)).await;
     let ticks = || {
         let hosts: u64 = pids.iter().map(|p| cpu_ticks(&p.to_string())).sum();
-        (hosts, cpu_ticks("self"), postgres_ticks())
+        let written: u64 = pids.iter().map(|p| written_bytes(&p.to_string())).sum();
+        (
+            hosts,
+            cpu_ticks("self"),
+            postgres_ticks(),
+            machine_ticks(),
+            written,
+        )
     };
     let before = ticks();
     counting.store(true, Ordering::Relaxed);
@@ -358,6 +399,14 @@ async fn ingest_load(
         per(before.1, after.1),
         per(before.2, after.2),
     );
+    println!(
+        "    the whole machine's busy CPU per body {:.0} µs (with the kernel's threads); the hosts wrote {:.1} KB a body to storage",
+        per(before.3, after.3),
+        after.4.saturating_sub(before.4) as f64 / n / 1000.0,
+    );
+    if let Ok(mut last) = LAST_COST.lock() {
+        *last = (per(before.0, after.0), per(before.3, after.3));
+    }
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         let _ = t.await;
@@ -819,7 +868,8 @@ async fn main() {
         let rounds = env_num("KEEL_BENCH_ROUNDS", 3);
         let this = Path::new(env!("CARGO_BIN_EXE_keel"));
         println!("A/B, group commit, {rounds} rounds: {base} (A) against this build (B)");
-        let (mut a, mut b) = (Vec::new(), Vec::new());
+        // Per build: events/s, the host's CPU per body, the machine's CPU per body.
+        let (mut a, mut b) = ([vec![], vec![], vec![]], [vec![], vec![], vec![]]);
         for r in 0..rounds {
             for first in [r % 2 == 0, r % 2 != 0] {
                 let (bin, out) = if first {
@@ -832,17 +882,23 @@ async fn main() {
                     "  {}: {rate:>8.0} events/s ({other} answers other than 202)",
                     if first { "A" } else { "B" }
                 );
-                out.push(rate);
+                let (host, machine) = LAST_COST.lock().map(|c| *c).unwrap_or_default();
+                for (v, x) in out.iter_mut().zip([rate, host, machine]) {
+                    v.push(x);
+                }
             }
         }
         let median = |v: &mut Vec<f64>| {
             v.sort_by(f64::total_cmp);
             v[v.len() / 2]
         };
-        let (ma, mb) = (median(&mut a), median(&mut b));
+        let [ma, ha, ca] = a.each_mut().map(median);
+        let [mb, hb, cb] = b.each_mut().map(median);
         println!(
-            "  median A {ma:.0}, B {mb:.0} events/s: B/A {:.2}x",
-            mb / ma.max(1.0)
+            "  median A {ma:.0}, B {mb:.0} events/s: B/A {:.2}x; CPU per body, host A {ha:.0} B {hb:.0} µs ({:.2}x), machine A {ca:.0} B {cb:.0} µs ({:.2}x)",
+            mb / ma.max(1.0),
+            hb / ha.max(1.0),
+            cb / ca.max(1.0),
         );
     }
     if part("flood") {

@@ -600,7 +600,7 @@ impl Host {
             }
         };
         for ev in events {
-            match self.decide(db, &ev, p.observed_at, None, fx) {
+            match self.decide(db, &ev, p.observed_at, None, None, fx) {
                 Ok(Some(r)) => {
                     if r.pending {
                         fx.work.push((r.decision_id, ev, r.decision));
@@ -619,13 +619,16 @@ impl Host {
 
     /// Decides an event not seen before in its status, and records it with its decision (and,
     /// for an ingest body, its key) atomically inside the batch `db`. `Ok(None)`: seen
-    /// before, nothing done.
+    /// before, nothing done. `ev_json`: the event's redacted JSON when it was written before
+    /// the batch (an ingest body's, on arrival: [`sources::ingest::Normalized`]); it must be
+    /// what [`keel_engine::redact::to_redacted_string`] makes of `ev`.
     fn decide(
         self: &Arc<Self>,
         db: &Db<'_>,
         ev: &Event,
         at: DateTime<Utc>,
         ingest: Option<IngestRecord<'_>>,
+        ev_json: Option<String>,
         fx: &mut Effects,
     ) -> Result<Option<Recorded>, StoreError> {
         let status = status_of(ev);
@@ -660,7 +663,17 @@ impl Host {
         };
         // What leaves memory (the store, the decision log) has its secrets redacted
         // (`keel_engine::redact`); the runbook gets the event and decision unredacted.
-        let ev_json = keel_engine::redact::to_redacted_string(ev).unwrap_or_default();
+        let ev_json = match ev_json {
+            Some(j) => {
+                debug_assert_eq!(
+                    Some(&j),
+                    keel_engine::redact::to_redacted_string(ev).ok().as_ref(),
+                    "an event's JSON written ahead is not the event's"
+                );
+                j
+            }
+            None => keel_engine::redact::to_redacted_string(ev).unwrap_or_default(),
+        };
         let d_json = keel_engine::redact::to_redacted_string(&decision).unwrap_or_default();
         // New escalations go to the outbox with the decision (never in dry-run: no effects).
         let entries = if self.cfg.dry_run {
@@ -946,7 +959,7 @@ impl Host {
                 // A re-decision is a new decision for the same event: mark it so the store
                 // keeps both (the original id, once: a deferral deferred again keeps it).
                 ev.id = redecision_id(&ev.id, at);
-                if let Some(r) = self.decide(db, &ev, at, None, &mut fx)? {
+                if let Some(r) = self.decide(db, &ev, at, None, None, &mut fx)? {
                     if r.pending {
                         fx.work.push((r.decision_id, ev, r.decision));
                     }

@@ -231,6 +231,29 @@ pub struct Normalized {
     events: Result<Vec<Event>, NormalizeError>,
     state: Arc<ArmState>,
     head: Head,
+    /// The redacted JSON the batch will store of the body's one event, when it is known
+    /// before the batch ([`ahead_json`]).
+    event_json: Option<String>,
+}
+
+/// Writes, on arrival, the redacted JSON that deciding the body will store of its event, so
+/// that the one thread deciding batches does not: for a body of one operation failure that
+/// gives its `attempt` (a body without one has it counted from the store, in the batch).
+/// The event's time is set as the batch sets it ([`counted_time`] of its arrival: the same
+/// again in the batch).
+fn ahead_json(
+    events: &mut Result<Vec<Event>, NormalizeError>,
+    head: &Head,
+    observed_at: Timestamp,
+) -> Option<String> {
+    let [ev] = events.as_deref_mut().ok()? else {
+        return None;
+    };
+    if !head.attempt_given || ev.kind != Kind::OperationFailure || ev.failure.is_none() {
+        return None;
+    }
+    ev.time = counted_time(ev.time, observed_at);
+    keel_engine::redact::to_redacted_string(ev).ok()
 }
 
 impl Normalized {
@@ -371,17 +394,22 @@ impl Host {
             return None;
         }
         let mut scratch = NormalizerState::default();
-        let events = self.normalize_with(p, &mut scratch);
+        let mut events = self.normalize_with(p, &mut scratch);
+        if scratch.azure_arm != ArmState::default() {
+            return None;
+        }
         // A body the normalizer refused is answered 400 before its head is read.
         let head = if events.is_ok() {
             Head::of(&p.bytes)
         } else {
             Head::default()
         };
-        (scratch.azure_arm == ArmState::default()).then(|| Normalized {
+        let event_json = ahead_json(&mut events, &head, p.observed_at);
+        Some(Normalized {
             events,
             state: Arc::new(ArmState::default()),
             head,
+            event_json,
         })
     }
 
@@ -416,6 +444,7 @@ impl Host {
             events,
             state: snapshot.clone(),
             head,
+            event_json: None,
         };
         n.wanted(want);
         Some(n)
@@ -466,13 +495,13 @@ impl Host {
         // (Only its `azure.arm` part: the one this normalizer reads and writes.)
         let mut scratch = NormalizerState::default();
         let ahead = ahead.filter(|n| self.nstate.lock().is_ok_and(|st| st.azure_arm == *n.state));
-        let (normalized, head) = match ahead {
+        let (normalized, head, ev_json) = match ahead {
             Some(n) => {
                 scratch.azure_arm = (*n.state).clone();
-                (n.events, Some(n.head))
+                (n.events, Some(n.head), n.event_json)
             }
             None => match self.normalize_ingest(p, &mut scratch) {
-                Ok(r) => (r, None),
+                Ok(r) => (r, None, None),
                 Err(poisoned) => return (internal(&poisoned), none),
             },
         };
@@ -573,7 +602,9 @@ impl Host {
             counted: counted.as_ref().map(|(r, o)| (r.as_str(), o.as_str())),
             attempt,
         };
-        match self.decide(db, &ev, p.observed_at, Some(record), fx) {
+        // Written on arrival only for a body that gives its attempt: the event is as it was.
+        let ev_json = ev_json.filter(|_| given);
+        match self.decide(db, &ev, p.observed_at, Some(record), ev_json, fx) {
             Ok(Some(r)) => {
                 let body = json!({
                     "status": "accepted", "idempotency_key": key, "event_id": ev.id,
@@ -717,10 +748,23 @@ mod tests {
             .normalize_on_arrival(&p)
             .expect("normalized on arrival");
         let mut scratch = NormalizerState::default();
-        let in_batch = host.normalize_ingest(&p, &mut scratch).unwrap().unwrap();
+        let mut in_batch = host.normalize_ingest(&p, &mut scratch).unwrap().unwrap();
+        // The batch dates the event as on arrival (its 2021 time is too old to count).
+        in_batch[0].time = counted_time(in_batch[0].time, p.observed_at);
+        assert_eq!(in_batch[0].time, p.observed_at);
         assert_eq!(arrived.events.as_deref().ok(), Some(&in_batch[..]));
         assert_eq!(arrived.head.key, Some(fixture["idempotency_key"].clone()));
         assert!(arrived.head.attempt_given);
+        // The body gives its attempt: the event's JSON, as the batch stores it, is written
+        // on arrival too; without an attempt (counted in the batch from the store), not.
+        assert_eq!(
+            arrived.event_json,
+            Some(keel_engine::redact::to_redacted_string(&in_batch[0]).unwrap())
+        );
+        let mut unnumbered = fixture.clone();
+        unnumbered.as_object_mut().unwrap().remove("attempt");
+        let arrived_unnumbered = host.normalize_on_arrival(&payload(&unnumbered)).unwrap();
+        assert!(arrived_unnumbered.events.is_ok() && arrived_unnumbered.event_json.is_none());
         // Without a key (its vendor id), times or operation name, the normalizer remembers
         // when it first saw the failure: that is the batch's to do, in its turn (where this
         // body, without its key, is refused, its state change dropped).

@@ -239,9 +239,9 @@ fn cpu_ticks(pid: &str) -> u64 {
     field(14) + field(15)
 }
 
-/// The CPU per accepted body of the last [`ingest_load`]: the hosts', the whole machine's
-/// (µs), for the A/B part's medians.
-static LAST_COST: std::sync::Mutex<(f64, f64)> = std::sync::Mutex::new((0.0, 0.0));
+/// The CPU per accepted body of the last [`ingest_load`]: the hosts', the whole machine's,
+/// the hosts' deciding threads' (µs), for the A/B part's medians.
+static LAST_COST: std::sync::Mutex<(f64, f64, f64)> = std::sync::Mutex::new((0.0, 0.0, 0.0));
 
 /// The whole machine's busy CPU time (every process, the kernel's own threads, interrupts),
 /// in clock ticks: the `cpu` line of `/proc/stat` less its idle and I/O-wait columns.
@@ -259,6 +259,26 @@ fn machine_ticks() -> u64 {
         .collect();
     // user nice system idle iowait irq softirq steal (guest time is counted in user).
     v.iter().take(8).sum::<u64>() - v.get(3).copied().unwrap_or(0) - v.get(4).copied().unwrap_or(0)
+}
+
+/// CPU time (ns) the threads of process `pid` named `name` have run (the first field of
+/// `/proc/<pid>/task/<tid>/schedstat`).
+fn thread_run_ns(pid: &str, name: &str) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
+        .filter_map(|t| {
+            std::fs::read_to_string(t.path().join("schedstat"))
+                .ok()
+                .and_then(|s| {
+                    s.split_whitespace()
+                        .next()
+                        .and_then(|v| v.parse::<u64>().ok())
+                })
+        })
+        .sum()
 }
 
 /// Bytes a process caused to be written to storage (`write_bytes` of `/proc/<pid>/io`).
@@ -375,12 +395,17 @@ async fn ingest_load(
     let ticks = || {
         let hosts: u64 = pids.iter().map(|p| cpu_ticks(&p.to_string())).sum();
         let written: u64 = pids.iter().map(|p| written_bytes(&p.to_string())).sum();
+        let deciding: u64 = pids
+            .iter()
+            .map(|p| thread_run_ns(&p.to_string(), "keel-decide"))
+            .sum();
         (
             hosts,
             cpu_ticks("self"),
             postgres_ticks(),
             machine_ticks(),
             written,
+            deciding,
         )
     };
     let before = ticks();
@@ -399,13 +424,15 @@ async fn ingest_load(
         per(before.1, after.1),
         per(before.2, after.2),
     );
+    let deciding = after.5.saturating_sub(before.5) as f64 / n / 1000.0;
     println!(
-        "    the whole machine's busy CPU per body {:.0} µs (with the kernel's threads); the hosts wrote {:.1} KB a body to storage",
+        "    the whole machine's busy CPU per body {:.0} µs (with the kernel's threads), the deciding thread's {deciding:.1} µs ({:.0}% of the time); the hosts wrote {:.1} KB a body to storage",
         per(before.3, after.3),
+        after.5.saturating_sub(before.5) as f64 / 1e7 / elapsed / pids.len().max(1) as f64,
         after.4.saturating_sub(before.4) as f64 / n / 1000.0,
     );
     if let Ok(mut last) = LAST_COST.lock() {
-        *last = (per(before.0, after.0), per(before.3, after.3));
+        *last = (per(before.0, after.0), per(before.3, after.3), deciding);
     }
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
@@ -869,7 +896,10 @@ async fn main() {
         let this = Path::new(env!("CARGO_BIN_EXE_keel"));
         println!("A/B, group commit, {rounds} rounds: {base} (A) against this build (B)");
         // Per build: events/s, the host's CPU per body, the machine's CPU per body.
-        let (mut a, mut b) = ([vec![], vec![], vec![]], [vec![], vec![], vec![]]);
+        let (mut a, mut b) = (
+            [vec![], vec![], vec![], vec![]],
+            [vec![], vec![], vec![], vec![]],
+        );
         for r in 0..rounds {
             for first in [r % 2 == 0, r % 2 != 0] {
                 let (bin, out) = if first {
@@ -882,8 +912,8 @@ async fn main() {
                     "  {}: {rate:>8.0} events/s ({other} answers other than 202)",
                     if first { "A" } else { "B" }
                 );
-                let (host, machine) = LAST_COST.lock().map(|c| *c).unwrap_or_default();
-                for (v, x) in out.iter_mut().zip([rate, host, machine]) {
+                let (host, machine, deciding) = LAST_COST.lock().map(|c| *c).unwrap_or_default();
+                for (v, x) in out.iter_mut().zip([rate, host, machine, deciding]) {
                     v.push(x);
                 }
             }
@@ -892,10 +922,10 @@ async fn main() {
             v.sort_by(f64::total_cmp);
             v[v.len() / 2]
         };
-        let [ma, ha, ca] = a.each_mut().map(median);
-        let [mb, hb, cb] = b.each_mut().map(median);
+        let [ma, ha, ca, da] = a.each_mut().map(median);
+        let [mb, hb, cb, db] = b.each_mut().map(median);
         println!(
-            "  median A {ma:.0}, B {mb:.0} events/s: B/A {:.2}x; CPU per body, host A {ha:.0} B {hb:.0} µs ({:.2}x), machine A {ca:.0} B {cb:.0} µs ({:.2}x)",
+            "  median A {ma:.0}, B {mb:.0} events/s: B/A {:.2}x; CPU per body, host A {ha:.0} B {hb:.0} µs ({:.2}x), machine A {ca:.0} B {cb:.0} µs ({:.2}x), deciding thread A {da:.1} B {db:.1} µs",
             mb / ma.max(1.0),
             hb / ha.max(1.0),
             cb / ca.max(1.0),

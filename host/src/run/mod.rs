@@ -1138,15 +1138,69 @@ impl Host {
     }
 }
 
-/// Runs a batch (or the deferrals due) on a thread of the blocking pool: deciding may call
-/// plugins until their deadlines and the commit waits for the disk, and neither may hold a
-/// worker of the runtime, which serves `/healthz`, ingest, the timers and the drain deadlines.
+/// What the run loop hands the deciding thread: a batch, the deferrals due, the orphans.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The thread that decides and commits (`keel-decide`), one job at a time, in the order the
+/// run loop sends them. Its own thread rather than one of the blocking pool's: deciding may
+/// call plugins until their deadlines and the commit waits for the disk, and neither may hold
+/// a worker of the runtime (which serves `/healthz`, ingest, the timers and the drain
+/// deadlines); and one long-lived thread keeps its caches warm and is easy to find (`top -H`,
+/// `perf`) where the pool's threads took turns.
+struct Decider {
+    jobs: std::sync::mpsc::Sender<Job>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Decider {
+    /// Starts the thread, inside the runtime of the caller (a job may spawn on it).
+    fn start() -> std::io::Result<Decider> {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        let rt = tokio::runtime::Handle::current();
+        let thread = std::thread::Builder::new()
+            .name("keel-decide".into())
+            .spawn(move || {
+                let _rt = rt.enter();
+                for job in queue {
+                    // A job that panics drops its answer (its caller logs the failure); the
+                    // thread goes on with the next.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                }
+            })?;
+        Ok(Decider { jobs, thread })
+    }
+
+    /// Ends the thread once its queue is done.
+    fn stop(self) {
+        drop(self.jobs);
+        let _ = self.thread.join();
+    }
+}
+
+/// Runs a batch (or the deferrals due) on the deciding thread ([`Decider`]), or, without
+/// one, on the blocking pool.
 async fn off_runtime(
+    decider: Option<&Decider>,
     host: &Arc<Host>,
     f: impl FnOnce(&Arc<Host>) -> Vec<Work> + Send + 'static,
 ) -> Vec<Work> {
     let h = host.clone();
-    match tokio::task::spawn_blocking(move || f(&h)).await {
+    let res = match decider {
+        Some(d) => {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let job: Job = Box::new(move || {
+                let _ = tx.send(f(&h));
+            });
+            match d.jobs.send(job) {
+                Ok(()) => rx.await.map_err(|_| "it panicked".to_string()),
+                Err(_) => Err("the deciding thread is gone".to_string()),
+            }
+        }
+        None => tokio::task::spawn_blocking(move || f(&h))
+            .await
+            .map_err(|e| e.to_string()),
+    };
+    match res {
         Ok(work) => work,
         Err(e) => {
             host.log_line(&serde_json::json!({
@@ -1287,6 +1341,17 @@ pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(),
     const IN_SYNC: usize = 2;
     let (to_sync, synced) = std::sync::mpsc::sync_channel::<Committed>(IN_SYNC);
     let (delivered, mut runbooks_rx) = mpsc::unbounded_channel::<Delivered>();
+    // Without its own thread (none could be started), batches go to the blocking pool.
+    let decider = match Decider::start() {
+        Ok(d) => Some(d),
+        Err(e) => {
+            host.log_line(&serde_json::json!({
+                "time": rfc(now()), "level": "warn",
+                "message": format!("no deciding thread ({e}): batches run on the blocking pool"),
+            }));
+            None
+        }
+    };
     let syncer = {
         let host = host.clone();
         std::thread::Builder::new()
@@ -1324,12 +1389,12 @@ pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(),
                     work.extend(h.due_deferrals());
                     work
                 };
-                for w in off_runtime(&host, due).await {
+                for w in off_runtime(decider.as_ref(), &host, due).await {
                     spawn_runbook(&mut runbooks, &host, w);
                 }
                 if scanned.elapsed() >= ORPHAN_SCAN {
                     scanned = std::time::Instant::now();
-                    for w in off_runtime(&host, |h| h.orphans()).await {
+                    for w in off_runtime(decider.as_ref(), &host, |h| h.orphans()).await {
                         h_log_orphan(&host, &w.0);
                         spawn_runbook(&mut runbooks, &host, w);
                     }
@@ -1366,12 +1431,15 @@ pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(),
             // The syncing thread is gone (it panicked): deliver here.
             Err(std::sync::mpsc::SendError(c)) => h.deliver(c).work,
         };
-        for w in off_runtime(&host, commit).await {
+        for w in off_runtime(decider.as_ref(), &host, commit).await {
             spawn_runbook(&mut runbooks, &host, w);
         }
     }
     // Every committed batch is delivered before the host stops (its clients answered, its
     // decision-log lines written); its runbooks stay `pending` for the next start.
+    if let Some(d) = decider {
+        let _ = tokio::task::spawn_blocking(move || d.stop()).await;
+    }
     drop(to_sync);
     let _ = tokio::task::spawn_blocking(move || syncer.join()).await;
     // The runbooks of the batches delivered since the loop last looked (all of them, when the

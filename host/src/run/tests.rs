@@ -264,3 +264,39 @@ async fn a_pending_runbook_no_task_runs_is_found_and_one_that_runs_is_not(
     assert!(host.orphans().is_empty(), "done: not pending any more");
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deciding_thread_runs_jobs_in_order_and_outlives_one_that_panics(
+) -> Result<(), Box<dyn std::error::Error>> {
+    let dir = tempfile::tempdir()?;
+    let host = drain_host(dir.path(), "note\n      log: {}")?;
+    let decider = Decider::start()?;
+    // A batch that panics (a bug, a plugin host's) answers nothing: its caller logs it.
+    let none = off_runtime(Some(&decider), &host, |_| panic!("a bug in a batch")).await;
+    assert!(none.is_empty());
+    // The next one runs, on the same named thread, inside the runtime (it may spawn on it),
+    // and its work comes back.
+    let work = off_runtime(Some(&decider), &host, |h| {
+        assert_eq!(std::thread::current().name(), Some("keel-decide"));
+        assert!(tokio::runtime::Handle::try_current().is_ok());
+        h.process(vec![se_doc(1, &["E1"])])
+    })
+    .await;
+    assert_eq!(work.len(), 1, "a drain decided on the deciding thread");
+    // Jobs run in the order they were sent.
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (a, b) = (order.clone(), order.clone());
+    let first = off_runtime(Some(&decider), &host, move |_| {
+        std::thread::sleep(Duration::from_millis(20));
+        a.lock().map(|mut v| v.push(1)).ok();
+        Vec::new()
+    });
+    let second = off_runtime(Some(&decider), &host, move |_| {
+        b.lock().map(|mut v| v.push(2)).ok();
+        Vec::new()
+    });
+    tokio::join!(first, second);
+    assert_eq!(*order.lock().map_err(|_| "poisoned")?, vec![1, 2]);
+    tokio::task::spawn_blocking(move || decider.stop()).await?;
+    Ok(())
+}

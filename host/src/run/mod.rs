@@ -338,7 +338,7 @@ pub fn stamp(v: &serde_json::Value) -> serde_json::Value {
 /// `decision_id`: a stable hash of the event and its status (`status_of(ev)`), so a replay
 /// finds the same id.
 fn decision_id(ev: &Event, status: &str) -> String {
-    short_hash(&format!("{}\u{1f}{status}", ev.id), 8)
+    store::decision_key(&ev.id, status)
 }
 
 /// The first `bytes` bytes (at most 32) of the SHA-256 of `text`, in lowercase hex: the
@@ -1066,7 +1066,7 @@ async fn collect_garbage(host: Arc<Host>, mut stop: watch::Receiver<bool>) {
                 host.log_line(&serde_json::json!({
                     "time": rfc(now()), "gc": {
                         "before": rfc(before), "decisions": n.decisions, "steps": n.steps,
-                        "events": n.events, "outbox": n.outbox,
+                        "outbox": n.outbox,
                         "ingest_keys": n.ingest_keys, "attempts": n.attempts,
                         "approvals": n.approvals,
                     },

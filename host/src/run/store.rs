@@ -79,6 +79,19 @@ pub fn blocking<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
+/// A decision's id: the first 8 bytes of the SHA-256 of its event's id and the status it
+/// was decided in, so that a replay finds the same id. The store knows an event was seen
+/// in a status by its decision ([`SEEN`]).
+pub fn decision_key(event_id: &str, status: &str) -> String {
+    super::short_hash(&format!("{event_id}\u{1f}{status}"), 8)
+}
+
+/// Whether an event was seen in a status: its decision exists (`?1` its id,
+/// [`decision_key`]; `?2` the event's id, so that two events whose ids hash alike are
+/// never taken for each other). The decision is written with the event's first sight,
+/// in the same transaction, and the garbage collector removes it with its history.
+pub(crate) const SEEN: &str = "SELECT 1 FROM decisions WHERE decision_id = ?1 AND event_id = ?2";
+
 /// The migrations, in order; `PRAGMA user_version` records how many ran.
 const MIGRATIONS: &[&str] = &[
     "CREATE TABLE events (
@@ -154,6 +167,12 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE decisions ADD COLUMN host TEXT NOT NULL DEFAULT '';
      ALTER TABLE held ADD COLUMN host TEXT NOT NULL DEFAULT '';
      ALTER TABLE deferred ADD COLUMN host TEXT NOT NULL DEFAULT '';",
+    // 9: an event is seen in a status when its decision exists ([`SEEN`]): the events
+    // table said the same (a decision was written exactly when its event was new) and
+    // cost, with the decisions' index by event that only its garbage collection read,
+    // three more B-tree inserts a decision.
+    "DROP INDEX decisions_event;
+     DROP TABLE events;",
 ];
 
 /// The PostgreSQL schema's migrations, in order; `keel_schema.version` records how many ran.
@@ -234,19 +253,23 @@ pub const PG_MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE decisions SET (toast_tuple_target = 8160);
 "#,
+    // 3: an event is seen in a status when its decision exists, as on SQLite (its
+    // migration 9).
+    r#"
+    DROP INDEX decisions_event;
+    DROP TABLE events;
+"#,
 ];
 
 /// The garbage collector's deletes, in order ([`Store::gc`]); `?1` is the cut-off time. Each
 /// finds its rows through an index (migration 4), except `steps`, whose scan probes the
 /// decisions' primary key once per row.
-const GC_DELETES: [&str; 9] = [
+const GC_DELETES: [&str; 8] = [
     "DELETE FROM decisions WHERE time < ?1 AND runbook NOT IN ('pending', 'held')
        AND NOT EXISTS (SELECT 1 FROM outbox o
                        WHERE o.decision_id = decisions.decision_id AND o.delivered_at IS NULL)",
     "DELETE FROM steps WHERE NOT EXISTS
        (SELECT 1 FROM decisions d WHERE d.decision_id = steps.decision_id)",
-    "DELETE FROM events WHERE first_seen < ?1 AND NOT EXISTS
-       (SELECT 1 FROM decisions d WHERE d.event_id = events.id)",
     "DELETE FROM outbox WHERE delivered_at IS NOT NULL AND delivered_at < ?1",
     "DELETE FROM ingest_keys WHERE received_at < ?1",
     "DELETE FROM attempts WHERE last_at < ?1",
@@ -465,8 +488,6 @@ pub struct GcCounts {
     pub decisions: usize,
     /// Step executions of those decisions.
     pub steps: usize,
-    /// Seen events no decision refers to any more.
-    pub events: usize,
     /// Delivered escalations.
     pub outbox: usize,
     /// Ingest idempotency keys.
@@ -486,7 +507,6 @@ impl GcCounts {
     pub fn total(&self) -> usize {
         self.decisions
             + self.steps
-            + self.events
             + self.outbox
             + self.ingest_keys
             + self.attempts
@@ -1165,8 +1185,8 @@ impl Store {
     }
 
     /// Deletes finished history older than `before` (RFC 3339, UTC): decisions whose runbook
-    /// is not pending nor held by a pause and that have no undelivered escalation, their step executions, the seen
-    /// events no remaining decision refers to, delivered escalations, ingest keys and attempt
+    /// is not pending nor held by a pause and that have no undelivered escalation, their step executions (and with them the
+    /// sight of their events), delivered escalations, ingest keys and attempt
     /// counts, budget leases and members. Pending runbooks, deferrals and undelivered escalations are never collected.
     /// Returns how many rows went, per table.
     pub fn gc(&self, before: &str) -> Result<GcCounts, StoreError> {
@@ -1181,12 +1201,11 @@ impl Store {
             }
             Ok(n)
         })?;
-        let [decisions, steps, events, outbox, ingest_keys, attempts, approvals, leases, budget_members] =
+        let [decisions, steps, outbox, ingest_keys, attempts, approvals, leases, budget_members] =
             n;
         Ok(GcCounts {
             decisions,
             steps,
-            events,
             outbox,
             ingest_keys,
             attempts,
@@ -1260,10 +1279,8 @@ impl Db<'_> {
         if let Some(o) = self.2 {
             return self.seen_cached(o, event_id, status);
         }
-        self.0.exists(
-            "SELECT 1 FROM events WHERE id = ?1 AND status = ?2",
-            p![event_id, status],
-        )
+        let id = decision_key(event_id, status);
+        self.0.exists(SEEN, p![id.as_str(), event_id])
     }
 
     /// The event an ingest idempotency key was accepted as, if it was.
@@ -1307,6 +1324,11 @@ impl Db<'_> {
     /// there, and SQLite copied every page it touched into its statement journal (a
     /// fifteenth of the ingest path's time). Outside one, the record is its own transaction.
     pub fn record(&self, r: &NewDecision<'_>) -> Result<bool, StoreError> {
+        debug_assert_eq!(
+            r.decision_id,
+            decision_key(r.event_id, r.status),
+            "a decision's id is its event's and status's key: how the store knows the event was seen"
+        );
         if let Some(o) = self.2 {
             return self.record_cached(o, r);
         }
@@ -1316,18 +1338,14 @@ impl Db<'_> {
         }
         let write = || {
             let new = tx.exec(
-                "INSERT OR IGNORE INTO events (id, status, first_seen) VALUES (?1, ?2, ?3)",
-                p![r.event_id, r.status, r.now],
+                "INSERT OR IGNORE INTO decisions (decision_id, time, event_id, mode, policy_set, action, event_json, decision_json, runbook, host)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                p![r.decision_id, r.now, r.event_id, r.mode, r.policy_set, r.action, r.event_json, r.decision_json, r.runbook, self.1],
             )? == 1;
             if let Some(state) = r.normalizer_state {
                 self.save_normalizer_state(state)?;
             }
             if new {
-                tx.exec(
-                    "INSERT INTO decisions (decision_id, time, event_id, mode, policy_set, action, event_json, decision_json, runbook, host)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                    p![r.decision_id, r.now, r.event_id, r.mode, r.policy_set, r.action, r.event_json, r.decision_json, r.runbook, self.1],
-                )?;
                 for o in r.outbox {
                     insert_outbox(tx, o, r.now)?;
                 }
@@ -1354,8 +1372,8 @@ impl Db<'_> {
         }
     }
 
-    /// [`Db::record`] on PostgreSQL: the event, decision, ingest key and attempt count in one
-    /// statement (one round trip instead of six; a statement is atomic, so no savepoint), then
+    /// [`Db::record`] on PostgreSQL: the decision, ingest key and attempt count in one
+    /// statement (one round trip instead of five; a statement is atomic, so no savepoint), then
     /// the outbox entries and the normalizer state when there are any. Should one of those
     /// fail, the server aborts the transaction and the batch commits nothing.
     fn record_fleet(&self, r: &NewDecision<'_>) -> Result<bool, StoreError> {
@@ -1371,36 +1389,31 @@ impl Db<'_> {
         };
         let new = tx
             .one(
-                "WITH ev AS (
-                   INSERT INTO events (id, status, first_seen)
-                   VALUES (CAST(?1 AS TEXT), CAST(?2 AS TEXT), CAST(?3 AS TEXT))
-                   ON CONFLICT DO NOTHING RETURNING id
-                 ), dec AS (
+                "WITH dec AS (
                    INSERT INTO decisions (decision_id, time, event_id, mode, policy_set, action,
                                           event_json, decision_json, runbook, host)
-                   SELECT CAST(?4 AS TEXT), CAST(?3 AS TEXT), CAST(?1 AS TEXT), CAST(?5 AS TEXT),
-                          CAST(?6 AS TEXT), CAST(?7 AS TEXT), CAST(?8 AS TEXT), CAST(?9 AS TEXT),
-                          CAST(?10 AS TEXT), CAST(?11 AS TEXT)
-                   WHERE EXISTS (SELECT 1 FROM ev)
+                   VALUES (CAST(?3 AS TEXT), CAST(?2 AS TEXT), CAST(?1 AS TEXT), CAST(?4 AS TEXT),
+                           CAST(?5 AS TEXT), CAST(?6 AS TEXT), CAST(?7 AS TEXT), CAST(?8 AS TEXT),
+                           CAST(?9 AS TEXT), CAST(?10 AS TEXT))
+                   ON CONFLICT (decision_id) DO NOTHING
                    RETURNING 1
                  ), ik AS (
                    INSERT INTO ingest_keys (key, received_at, event_id)
-                   SELECT CAST(?12 AS TEXT), CAST(?3 AS TEXT), CAST(?1 AS TEXT)
-                   WHERE CAST(?12 AS TEXT) IS NOT NULL
+                   SELECT CAST(?11 AS TEXT), CAST(?2 AS TEXT), CAST(?1 AS TEXT)
+                   WHERE CAST(?11 AS TEXT) IS NOT NULL
                    ON CONFLICT DO NOTHING RETURNING 1
                  ), att AS (
                    INSERT INTO attempts (resource, operation, count, last_at)
-                   SELECT CAST(?13 AS TEXT), CAST(?14 AS TEXT), CAST(?15 AS BIGINT), CAST(?3 AS TEXT)
-                   WHERE CAST(?13 AS TEXT) IS NOT NULL AND CAST(?12 AS TEXT) IS NOT NULL
-                     AND EXISTS (SELECT 1 FROM ev)
+                   SELECT CAST(?12 AS TEXT), CAST(?13 AS TEXT), CAST(?14 AS BIGINT), CAST(?2 AS TEXT)
+                   WHERE CAST(?12 AS TEXT) IS NOT NULL AND CAST(?11 AS TEXT) IS NOT NULL
+                     AND EXISTS (SELECT 1 FROM dec)
                    ON CONFLICT (resource, operation) DO UPDATE
                      SET count = excluded.count, last_at = excluded.last_at
                    RETURNING 1
                  )
-                 SELECT COUNT(*) FROM ev",
+                 SELECT COUNT(*) FROM dec",
                 p![
                     r.event_id,
-                    r.status,
                     r.now,
                     r.decision_id,
                     r.mode,

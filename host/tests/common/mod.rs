@@ -326,15 +326,18 @@ runbooks:
         self.se.lock().unwrap().vanish = true;
     }
 
-    /// The statuses the store has seen the announced event in, oldest first.
+    /// The statuses the store has seen the announced event in, oldest first: those of its
+    /// decisions (an event is seen in a status when it has a decision in it).
     pub fn statuses(&self) -> Vec<String> {
         if !self.state.exists() {
             return Vec::new();
         }
         let c = self.db();
-        let Ok(mut st) =
-            c.prepare("SELECT status FROM events WHERE id LIKE ?1 ORDER BY first_seen, rowid")
-        else {
+        let Ok(mut st) = c.prepare(
+            "SELECT COALESCE(json_extract(event_json, '$.maintenance.status'),
+                                 json_extract(event_json, '$.health.state'), '-')
+                   FROM decisions WHERE event_id LIKE ?1 ORDER BY time, rowid",
+        ) else {
             return Vec::new();
         };
         st.query_map([format!("%{}%", EVENT_ID.to_lowercase())], |r| r.get(0))

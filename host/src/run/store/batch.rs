@@ -2,15 +2,15 @@
 //!
 //! On PostgreSQL every statement is a round trip to the server (and a hop to the connection's
 //! thread), where SQLite runs the same statement in-process; a decision's reads (its ingest
-//! key, its attempt count, whether its event was seen) and writes (the event, the decision,
-//! the ingest key, the attempt count) cost four of them. So inside a batch a fleet's store
+//! key, its attempt count, whether its event was seen) and writes (the decision, the ingest
+//! key, the attempt count) cost four of them. So inside a batch a fleet's store
 //! reads what the batch will look up in one query, before deciding ([`Db::prefetch`]), and
 //! keeps the decisions it records in memory until the batch commits, writing them then in one
 //! statement ([`Db::flush`]): a batch of 64 ingest bodies takes a handful of round trips
 //! instead of 256.
 //!
 //! What the batch read is exact, not a guess: a batch holds the fleet's write lock from its
-//! first statement to its commit, and every statement that writes events, ingest keys and
+//! first statement to its commit, and every statement that writes decisions, ingest keys and
 //! attempt counts runs under that lock; the only other writer, the garbage collector, only
 //! deletes rows older than what a batch reads. The batch's own writes update the cache as
 //! they are recorded, so a second body with the same key in one batch is a duplicate, as it
@@ -65,7 +65,6 @@ struct Inner {
 /// One recorded decision, not yet written.
 struct Write {
     event_id: String,
-    status: String,
     now: String,
     decision_id: String,
     mode: String,
@@ -86,29 +85,30 @@ fn first(pairs: &[(String, String)]) -> Vec<Option<&str>> {
     pairs.iter().map(|(a, _)| Some(a.as_str())).collect()
 }
 
-/// One row of the prefetch query: which look-up (0 key, 1 event, 2 attempts), two texts, a
-/// count and a time. Each look-up is an index scan on the leading column of its table's
+/// One row of the prefetch query: which look-up (0 key, 1 decision, 2 attempts), two texts,
+/// a count and a time. Each look-up is an index scan on the leading column of its table's
 /// primary key, one per value: the `OFFSET 0` keeps the planner from turning the list into a
 /// join, which it may plan as a scan of the whole table (its costs assume a cold disk, and
-/// the scan grows with the table). The rows of an event's other statuses and of a resource's
-/// other operations come along, and are cached as the facts they are.
+/// the scan grows with the table). The rows of a resource's other operations come along, and
+/// are cached as the facts they are.
 const PREFETCH: &str = "
     SELECT 0, f.key, f.event_id, CAST(NULL AS BIGINT), CAST(NULL AS TEXT)
       FROM unnest(CAST(?1 AS TEXT[])) AS w(key)
       CROSS JOIN LATERAL (SELECT key, event_id FROM ingest_keys
                            WHERE key = w.key OFFSET 0) AS f
     UNION ALL
-    SELECT 1, f.id, f.status, CAST(NULL AS BIGINT), CAST(NULL AS TEXT)
+    SELECT 1, f.decision_id, f.event_id, CAST(NULL AS BIGINT), CAST(NULL AS TEXT)
       FROM unnest(CAST(?2 AS TEXT[])) AS w(id)
-      CROSS JOIN LATERAL (SELECT id, status FROM events WHERE id = w.id OFFSET 0) AS f
+      CROSS JOIN LATERAL (SELECT decision_id, event_id FROM decisions
+                           WHERE decision_id = w.id OFFSET 0) AS f
     UNION ALL
     SELECT 2, f.resource, f.operation, f.count, f.last_at
       FROM unnest(CAST(?3 AS TEXT[])) AS w(resource)
       CROSS JOIN LATERAL (SELECT resource, operation, count, last_at FROM attempts
                            WHERE resource = w.resource OFFSET 0) AS f";
 
-/// Every unwritten decision of a batch in one statement: the events (`ON CONFLICT DO
-/// NOTHING`, as one at a time), the decisions of the events that were new, the ingest keys,
+/// Every unwritten decision of a batch in one statement: the decisions of the events that
+/// were new (`ON CONFLICT DO NOTHING`, as one at a time), the ingest keys,
 /// and the attempt counts (the last one per resource and operation, as one upsert after the
 /// other would leave it). Decisions get their `seq` in the order they were recorded. Returns
 /// how many events were inserted.
@@ -117,23 +117,18 @@ const FLUSH: &str = "
       SELECT * FROM unnest(
         CAST(?1 AS TEXT[]), CAST(?2 AS TEXT[]), CAST(?3 AS TEXT[]), CAST(?4 AS TEXT[]),
         CAST(?5 AS TEXT[]), CAST(?6 AS TEXT[]), CAST(?7 AS TEXT[]), CAST(?8 AS TEXT[]),
-        CAST(?9 AS TEXT[]), CAST(?10 AS TEXT[]), CAST(?11 AS BIGINT[]), CAST(?12 AS TEXT[]),
-        CAST(?13 AS TEXT[]), CAST(?14 AS TEXT[]), CAST(?15 AS BIGINT[])
-      ) WITH ORDINALITY AS x(event_id, status, now, decision_id, mode, policy_set, action,
+        CAST(?9 AS TEXT[]), CAST(?10 AS BIGINT[]), CAST(?11 AS TEXT[]), CAST(?12 AS TEXT[]),
+        CAST(?13 AS TEXT[]), CAST(?14 AS BIGINT[])
+      ) WITH ORDINALITY AS x(event_id, now, decision_id, mode, policy_set, action,
                              event_json, decision_json, runbook, new, key, resource,
                              operation, attempt, ord)
-    ), ev AS (
-      INSERT INTO events (id, status, first_seen)
-      SELECT event_id, status, now FROM input WHERE new = 1 ORDER BY ord
-      ON CONFLICT DO NOTHING RETURNING id, status
     ), dec AS (
       INSERT INTO decisions (decision_id, time, event_id, mode, policy_set, action,
                              event_json, decision_json, runbook, host)
-      SELECT i.decision_id, i.now, i.event_id, i.mode, i.policy_set, i.action,
-             i.event_json, i.decision_json, i.runbook, CAST(?16 AS TEXT)
-        FROM input i JOIN ev ON ev.id = i.event_id AND ev.status = i.status
-       WHERE i.new = 1 ORDER BY i.ord
-      RETURNING 1
+      SELECT decision_id, now, event_id, mode, policy_set, action, event_json,
+             decision_json, runbook, CAST(?15 AS TEXT)
+        FROM input WHERE new = 1 ORDER BY ord
+      ON CONFLICT (decision_id) DO NOTHING RETURNING 1
     ), ik AS (
       INSERT INTO ingest_keys (key, received_at, event_id)
       SELECT key, now, event_id FROM input WHERE key IS NOT NULL ORDER BY ord
@@ -147,7 +142,7 @@ const FLUSH: &str = "
         SET count = excluded.count, last_at = excluded.last_at
       RETURNING 1
     )
-    SELECT COUNT(*) FROM ev";
+    SELECT COUNT(*) FROM dec";
 
 impl Db<'_> {
     /// In a fleet's batch, reads in one query what `want` names, so that the batch's look-ups
@@ -161,7 +156,14 @@ impl Db<'_> {
             return Ok(());
         }
         let keys: Vec<Option<&str>> = want.keys.iter().map(|k| Some(k.as_str())).collect();
-        let ids = first(&want.events);
+        // An event seen in a status is one whose decision exists (`SEEN`): looked up by the
+        // decision's id, and taken only for the event it was asked for.
+        let by_decision: HashMap<String, &(String, String)> = want
+            .events
+            .iter()
+            .map(|e| (super::decision_key(&e.0, &e.1), e))
+            .collect();
+        let ids: Vec<Option<&str>> = by_decision.keys().map(|d| Some(d.as_str())).collect();
         let resources = first(&want.attempts);
         let rows = self.c()?.rows(
             PREFETCH,
@@ -185,7 +187,9 @@ impl Db<'_> {
                     inner.keys.insert(a, Some(b));
                 }
                 1 => {
-                    inner.seen.insert((a, b), true);
+                    if let Some(e) = by_decision.get(&a).filter(|e| e.0 == b) {
+                        inner.seen.insert((*e).clone(), true);
+                    }
                 }
                 _ => {
                     let found = (r.get::<i64>(3)?, r.get::<String>(4)?);
@@ -207,10 +211,8 @@ impl Db<'_> {
         if let Some(&s) = o.0.borrow().seen.get(&k) {
             return Ok(s);
         }
-        let s = self.c()?.exists(
-            "SELECT 1 FROM events WHERE id = ?1 AND status = ?2",
-            p![id, status],
-        )?;
+        let decision = super::decision_key(id, status);
+        let s = self.c()?.exists(super::SEEN, p![decision.as_str(), id])?;
         o.0.borrow_mut().seen.insert(k, s);
         Ok(s)
     }
@@ -302,7 +304,6 @@ impl Db<'_> {
             if new || key.is_some() {
                 inner.writes.push(Write {
                     event_id: r.event_id.into(),
-                    status: r.status.into(),
                     now: r.now.into(),
                     decision_id: r.decision_id.into(),
                     mode: r.mode.into(),
@@ -344,7 +345,6 @@ impl Db<'_> {
         let col =
             |f: fn(&Write) -> Option<&str>| -> Vec<Option<&str>> { writes.iter().map(f).collect() };
         let event_id = col(|w| Some(&w.event_id));
-        let status = col(|w| Some(&w.status));
         let now = col(|w| Some(&w.now));
         let decision_id = col(|w| Some(&w.decision_id));
         let mode = col(|w| Some(&w.mode));
@@ -364,7 +364,6 @@ impl Db<'_> {
                 FLUSH,
                 &[
                     Val::Texts(&event_id),
-                    Val::Texts(&status),
                     Val::Texts(&now),
                     Val::Texts(&decision_id),
                     Val::Texts(&mode),

@@ -39,7 +39,7 @@ fn decision<'a>(
         status: "Scheduled",
         now,
         normalizer_state: Some(r#"{"n":1}"#),
-        decision_id: id,
+        decision_id: super::tests::did(id, "Scheduled"),
         mode: "live",
         policy_set: "digest",
         action: "drain",
@@ -550,6 +550,7 @@ fn ingested<'a>(
 ) -> NewDecision<'a> {
     NewDecision {
         status: "-",
+        decision_id: super::tests::did(id, "-"),
         normalizer_state: None,
         decision_json: id,
         ingest: Some(IngestRecord {
@@ -572,7 +573,7 @@ fn batch_script(s: &Store) -> Vec<String> {
     };
     let outbox = [NewOutbox {
         key: "storm:x",
-        decision_id: "e5",
+        decision_id: super::tests::did("e5", "-"),
         body: "{}",
     }];
     let first = s.batch(|db| {

@@ -68,13 +68,19 @@ fn a_store_error_keeps_its_source() {
     assert!(StoreError::Poisoned.source().is_none());
 }
 
+/// The id the host gives the decision of `event_id` in `status` ([`decision_key`]: how the
+/// store knows the event was seen), kept for the test's lifetime.
+pub(super) fn did(event_id: &str, status: &str) -> &'static str {
+    Box::leak(decision_key(event_id, status).into_boxed_str())
+}
+
 fn rec<'a>(event_id: &'a str, ingest: Option<IngestRecord<'a>>) -> NewDecision<'a> {
     NewDecision {
         event_id,
         status: "-",
         now: "2026-01-01T00:00:00.000Z",
         normalizer_state: Some("{}"),
-        decision_id: event_id,
+        decision_id: did(event_id, "-"),
         mode: "live",
         policy_set: "digest",
         action: "none",
@@ -96,15 +102,23 @@ fn a_version_1_database_is_migrated_and_keeps_its_rows() -> Result<(), StoreErro
             "BEGIN; {}; PRAGMA user_version = 1; COMMIT;",
             MIGRATIONS[0]
         ))?;
+        // An event and its decision, as version 1 wrote them (both or neither).
         c.execute(
             "INSERT INTO events (id, status, first_seen) VALUES ('old', '-', 'then')",
             [],
+        )?;
+        c.execute(
+            "INSERT INTO decisions (decision_id, time, event_id, mode, policy_set, action,
+                                    event_json, decision_json, runbook)
+             VALUES (?1, 'then', 'old', 'live', 'p', 'none', '{}', '{}', 'done')",
+            [decision_key("old", "-")],
         )?;
     }
     let s = Store::open(&path)?;
     let version: i64 = s.schema_version()?;
     assert_eq!(version, MIGRATIONS.len() as i64);
-    assert!(s.seen("old", "-")?);
+    assert!(s.seen("old", "-")?, "seen: its decision is there");
+    assert!(!s.seen("old", "completed")?, "not in another status");
     assert_eq!(s.ingest_key("k")?, None);
     let r = IngestRecord {
         key: "k",
@@ -287,7 +301,7 @@ fn gc_deletes_old_finished_history_and_never_pending_work() -> Result<(), StoreE
     let new = "2026-03-01T00:00:00.000Z";
     let undelivered = [NewOutbox {
         key: "esc-1",
-        decision_id: "old-escalating",
+        decision_id: did("old-escalating", "-"),
         body: "{}",
     }];
     let key = |k| {
@@ -315,9 +329,16 @@ fn gc_deletes_old_finished_history_and_never_pending_work() -> Result<(), StoreE
         now: new,
         ..rec("new-done", key("k-new"))
     })?;
-    s.begin_step("step-old", "old-done", 0, "cordon", false, old)?;
+    s.begin_step("step-old", did("old-done", "-"), 0, "cordon", false, old)?;
     s.finish_step("step-old", "ok", old)?;
-    s.begin_step("step-pending", "old-pending", 0, "cordon", false, old)?;
+    s.begin_step(
+        "step-pending",
+        did("old-pending", "-"),
+        0,
+        "cordon",
+        false,
+        old,
+    )?;
     s.defer("deferred", old, "{}")?;
     let got = s.gc("2026-02-01T00:00:00.000Z")?;
     assert_eq!(
@@ -325,7 +346,6 @@ fn gc_deletes_old_finished_history_and_never_pending_work() -> Result<(), StoreE
         GcCounts {
             decisions: 1,
             steps: 1,
-            events: 1,
             outbox: 0,
             ingest_keys: 1,
             attempts: 0,
@@ -346,7 +366,11 @@ fn gc_deletes_old_finished_history_and_never_pending_work() -> Result<(), StoreE
     // Once delivered and old, the escalation and its decision go too.
     s.outbox_delivered("esc-1", old)?;
     let got = s.gc("2026-02-01T00:00:00.000Z")?;
-    assert_eq!((got.decisions, got.outbox, got.events), (1, 1, 1));
+    assert_eq!((got.decisions, got.outbox), (1, 1));
+    assert!(
+        !s.seen("old-escalating", "-")?,
+        "its decision gone, its event is new again"
+    );
     assert_eq!(s.gc("2026-02-01T00:00:00.000Z")?.total(), 0);
     Ok(())
 }
@@ -357,7 +381,7 @@ fn a_held_decision_outlives_gc_and_is_released_or_expired_once() -> Result<(), S
     let s = Store::open(&dir.path().join("state.db"))?;
     let old = "2026-01-01T00:00:00.000Z";
     let held = |id: &str| HeldRow {
-        decision_id: id.into(),
+        decision_id: did(id, "-").into(),
         event_id: id.into(),
         action: "drain".into(),
         event_json: "{}".into(),
@@ -381,20 +405,24 @@ fn a_held_decision_outlives_gc_and_is_released_or_expired_once() -> Result<(), S
     assert_eq!(s.held()?.len(), 2);
     assert_eq!(s.status(old)?.held.len(), 2);
     // Released once: pending again, with its decision.
-    assert_eq!(s.release("a")?.as_deref(), Some("{\"d\":1}"));
-    assert_eq!(s.release("a")?, None);
+    assert_eq!(s.release(did("a", "-"))?.as_deref(), Some("{\"d\":1}"));
+    assert_eq!(s.release(did("a", "-"))?, None);
     assert_eq!(s.pending()?.len(), 1);
     // Expired once: one escalation in the outbox.
     let esc = NewOutbox {
         key: "late",
-        decision_id: "b",
+        decision_id: did("b", "-"),
         body: "{}",
     };
-    s.expire_held("b", &esc, old)?;
-    s.expire_held("b", &esc, old)?;
+    s.expire_held(did("b", "-"), &esc, old)?;
+    s.expire_held(did("b", "-"), &esc, old)?;
     assert_eq!(s.outbox_depth()?, 1);
     assert!(s.held()?.is_empty());
-    assert_eq!(s.release("b")?, None, "an expired decision never runs");
+    assert_eq!(
+        s.release(did("b", "-"))?,
+        None,
+        "an expired decision never runs"
+    );
     // Pauses: replaced by scope, lifted by scope or all at once.
     assert!(s.pause("all", "x", "me", old)?);
     assert!(!s.pause("all", "y", "me", old)?);

@@ -632,9 +632,10 @@ impl Host {
         fx: &mut Effects,
     ) -> Result<Option<Recorded>, StoreError> {
         let status = status_of(ev);
+        let id = decision_id(ev, &status);
         // A stateless source (AWS IMDS) re-reads the same notice every poll: decide it once,
         // and keep the correlation history free of repeats.
-        if db.seen(&ev.id, &status)? {
+        if db.seen_as(&id, &ev.id, &status)? {
             return Ok(None);
         }
         let started = std::time::Instant::now();
@@ -650,7 +651,6 @@ impl Host {
         };
         self.metrics
             .observe("keel_decide_seconds", &[], started.elapsed().as_secs_f64());
-        let id = decision_id(ev, &status);
         let at_s = rfc(at);
         let mode = if self.cfg.dry_run { "dry_run" } else { "live" };
         let steps = self.step_count(ev, &decision);

@@ -1288,11 +1288,22 @@ impl Db<'_> {
 
     /// Whether an event was seen before in this status.
     pub fn seen(&self, event_id: &str, status: &str) -> Result<bool, StoreError> {
+        self.seen_as(&decision_key(event_id, status), event_id, status)
+    }
+
+    /// [`Db::seen`] with the decision's id ([`decision_key`] of the event's id and the
+    /// status) already made.
+    pub fn seen_as(
+        &self,
+        decision_id: &str,
+        event_id: &str,
+        status: &str,
+    ) -> Result<bool, StoreError> {
+        debug_assert_eq!(decision_id, decision_key(event_id, status));
         if let Some(o) = self.2 {
-            return self.seen_cached(o, event_id, status);
+            return self.seen_cached(o, decision_id, event_id, status);
         }
-        let id = decision_key(event_id, status);
-        self.0.exists(SEEN, p![id.as_str(), event_id])
+        self.0.exists(SEEN, p![decision_id, event_id])
     }
 
     /// The event an ingest idempotency key was accepted as, if it was.

@@ -204,6 +204,7 @@ impl Db<'_> {
     pub(super) fn seen_cached(
         &self,
         o: &Overlay,
+        decision_id: &str,
         id: &str,
         status: &str,
     ) -> Result<bool, StoreError> {
@@ -211,8 +212,7 @@ impl Db<'_> {
         if let Some(&s) = o.0.borrow().seen.get(&k) {
             return Ok(s);
         }
-        let decision = super::decision_key(id, status);
-        let s = self.c()?.exists(super::SEEN, p![decision.as_str(), id])?;
+        let s = self.c()?.exists(super::SEEN, p![decision_id, id])?;
         o.0.borrow_mut().seen.insert(k, s);
         Ok(s)
     }
@@ -276,7 +276,7 @@ impl Db<'_> {
         o: &Overlay,
         r: &NewDecision<'_>,
     ) -> Result<bool, StoreError> {
-        let new = !self.seen_cached(o, r.event_id, r.status)?;
+        let new = !self.seen_cached(o, r.decision_id, r.event_id, r.status)?;
         let (key, counted, attempt) = match &r.ingest {
             Some(i) => (
                 Some(i.key.to_string()),

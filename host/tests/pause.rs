@@ -328,7 +328,7 @@ async fn a_runbook_under_way_finishes_under_a_pause_and_status_shows_it_in_fligh
         st["in_flight"][0]["step"]["name"] == "wait-for-gate"
     })
     .await;
-    assert_eq!(st["schema_version"].as_i64(), Some(9));
+    assert_eq!(st["schema_version"].as_i64(), Some(10));
     for key in ["pauses", "held", "leases", "in_flight", "deferrals"] {
         assert!(st[key].is_array(), "{key}: {st}");
     }

@@ -186,7 +186,7 @@ impl Host {
     /// leases (renewed) and the held decisions, oldest first: one whose deadline passed
     /// escalates, one the gate now lets through is released (its runbook is returned, to
     /// start), one still held stays (its reason updated when another gate holds it now).
-    /// Runs on the blocking pool, every tick of the run loop.
+    /// Runs on the deciding thread, every tick of the run loop.
     pub fn check_held(self: &Arc<Self>) -> Vec<Work> {
         let mut work: Vec<Work> = Vec::new();
         self.report_pauses();

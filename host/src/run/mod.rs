@@ -1177,6 +1177,16 @@ impl Decider {
     }
 }
 
+/// What a panic's payload says (a `panic!`'s message), for the log.
+fn panicked(payload: &(dyn std::any::Any + Send)) -> String {
+    let what = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string());
+    format!("it panicked: {what}")
+}
+
 /// Runs a batch (or the deferrals due) on the deciding thread ([`Decider`]), or, without
 /// one, on the blocking pool.
 async fn off_runtime(
@@ -1189,10 +1199,13 @@ async fn off_runtime(
         Some(d) => {
             let (tx, rx) = tokio::sync::oneshot::channel();
             let job: Job = Box::new(move || {
-                let _ = tx.send(f(&h));
+                let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&h)));
+                let _ = tx.send(done.map_err(|p| panicked(p.as_ref())));
             });
             match d.jobs.send(job) {
-                Ok(()) => rx.await.map_err(|_| "it panicked".to_string()),
+                Ok(()) => rx
+                    .await
+                    .unwrap_or_else(|_| Err("its answer was dropped".to_string())),
                 Err(_) => Err("the deciding thread is gone".to_string()),
             }
         }
@@ -1215,7 +1228,8 @@ async fn off_runtime(
 /// and ingest endpoints. Pending runbooks from before a restart are resumed first. A source
 /// that fails backs off and is reported; it never stops the other sources or the loop.
 ///
-/// Batches are decided and committed on the blocking pool, one at a time, in arrival order;
+/// Batches are decided and committed on the deciding thread ([`Decider`]), one at a time, in
+/// arrival order;
 /// polled payloads and ingest bodies have separate queues, so that a flood of ingest bodies
 /// (answered 503 once `sources.ingest.queue` is full) never delays the platform's notices.
 pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(), StartError> {

@@ -176,6 +176,11 @@ const MIGRATIONS: &[&str] = &[
     // three more B-tree inserts a decision.
     "DROP INDEX decisions_event;
      DROP TABLE events;",
+    // 10: the open decisions (a runbook pending or held) by event, for the garbage
+    // collector: it keeps every decision of an event one of them is open for, so that the
+    // statuses a pending runbook checks (was its event canceled?) stay seen. Partial: a
+    // finished decision is not written into it.
+    "CREATE INDEX decisions_open ON decisions (event_id) WHERE runbook IN ('pending', 'held');",
 ];
 
 /// The PostgreSQL schema's migrations, in order; `keel_schema.version` records how many ran.
@@ -262,6 +267,10 @@ pub const PG_MIGRATIONS: &[&str] = &[
     DROP INDEX decisions_event;
     DROP TABLE events;
 "#,
+    // 4: the open decisions by event, as on SQLite (its migration 10).
+    r#"
+    CREATE INDEX decisions_open ON decisions (event_id) WHERE runbook IN ('pending', 'held');
+"#,
 ];
 
 /// The garbage collector's deletes, in order ([`Store::gc`]); `?1` is the cut-off time. Each
@@ -270,7 +279,8 @@ pub const PG_MIGRATIONS: &[&str] = &[
 const GC_DELETES: [&str; 8] = [
     "DELETE FROM decisions WHERE time < ?1 AND runbook NOT IN ('pending', 'held')
        AND NOT EXISTS (SELECT 1 FROM outbox o
-                       WHERE o.decision_id = decisions.decision_id AND o.delivered_at IS NULL)",
+                       WHERE o.decision_id = decisions.decision_id AND o.delivered_at IS NULL)
+       AND event_id NOT IN (SELECT event_id FROM decisions WHERE runbook IN ('pending', 'held'))",
     "DELETE FROM steps WHERE NOT EXISTS
        (SELECT 1 FROM decisions d WHERE d.decision_id = steps.decision_id)",
     "DELETE FROM outbox WHERE delivered_at IS NOT NULL AND delivered_at < ?1",
@@ -1199,7 +1209,9 @@ impl Store {
     /// Deletes finished history older than `before` (RFC 3339, UTC): decisions whose runbook
     /// is not pending nor held by a pause and that have no undelivered escalation, their step executions (and with them the
     /// sight of their events), delivered escalations, ingest keys and attempt
-    /// counts, budget leases and members. Pending runbooks, deferrals and undelivered escalations are never collected.
+    /// counts, budget leases and members. Pending runbooks, deferrals and undelivered escalations are never collected,
+    /// nor any decision of an event one of whose decisions is pending or held (its other
+    /// statuses stay seen).
     /// Returns how many rows went, per table.
     pub fn gc(&self, before: &str) -> Result<GcCounts, StoreError> {
         let n = self.c()?.tx(Begin::Plain, |c| {

@@ -277,6 +277,14 @@ async fn the_deciding_thread_runs_jobs_in_order_and_outlives_one_that_panics(
     })
     .await;
     assert!(none.is_empty());
+    assert_eq!(
+        panicked(&"a bug in a batch"),
+        "it panicked: a bug in a batch"
+    );
+    assert_eq!(
+        panicked(&String::from("formatted")),
+        "it panicked: formatted"
+    );
     // The next one runs, on the same named thread, inside the runtime (it may spawn on it),
     // and its work comes back.
     let work = off_runtime(Some(&decider), &host, |h| {

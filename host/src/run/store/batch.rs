@@ -111,7 +111,7 @@ const PREFETCH: &str = "
 /// were new (`ON CONFLICT DO NOTHING`, as one at a time), the ingest keys,
 /// and the attempt counts (the last one per resource and operation, as one upsert after the
 /// other would leave it). Decisions get their `seq` in the order they were recorded. Returns
-/// how many events were inserted.
+/// how many decisions were inserted.
 const FLUSH: &str = "
     WITH input AS (
       SELECT * FROM unnest(

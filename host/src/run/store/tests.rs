@@ -268,7 +268,8 @@ fn decisions_since_gives_the_newest_within_the_window_oldest_first() -> Result<(
 }
 
 #[test]
-fn every_gc_delete_but_the_steps_one_finds_its_rows_through_an_index() -> Result<(), StoreError> {
+fn every_gc_delete_but_the_steps_one_finds_its_rows_through_an_index_or_the_open_ones(
+) -> Result<(), StoreError> {
     let dir = tempfile::tempdir().map_err(|_| StoreError::Poisoned)?;
     let s = Store::open(&dir.path().join("state.db"))?;
     let guard = s.c()?;
@@ -284,9 +285,15 @@ fn every_gc_delete_but_the_steps_one_finds_its_rows_through_an_index() -> Result
         } else {
             st.query_map([], detail)?.collect::<Result<_, _>>()?
         };
+        // The open decisions' partial index is read whole: it holds only the decisions
+        // pending or held, not the history.
         let scans: Vec<&String> = plan
             .iter()
-            .filter(|l| l.starts_with("SCAN") && !l.starts_with("SCAN steps"))
+            .filter(|l| {
+                l.starts_with("SCAN")
+                    && !l.starts_with("SCAN steps")
+                    && *l != "SCAN decisions USING INDEX decisions_open"
+            })
             .collect();
         assert!(scans.is_empty(), "{sql}\nscans: {plan:?}");
     }
@@ -329,6 +336,19 @@ fn gc_deletes_old_finished_history_and_never_pending_work() -> Result<(), StoreE
         now: new,
         ..rec("new-done", key("k-new"))
     })?;
+    // An event decided twice, both long ago: its drain still pending, then canceled (that
+    // decision finished). Both stay while the drain is pending: it checks the cancel.
+    s.record(&NewDecision {
+        now: old,
+        runbook: "pending",
+        ..rec("drained", None)
+    })?;
+    s.record(&NewDecision {
+        now: old,
+        status: "canceled",
+        decision_id: did("drained", "canceled"),
+        ..rec("drained", None)
+    })?;
     s.begin_step("step-old", did("old-done", "-"), 0, "cordon", false, old)?;
     s.finish_step("step-old", "ok", old)?;
     s.begin_step(
@@ -356,9 +376,10 @@ fn gc_deletes_old_finished_history_and_never_pending_work() -> Result<(), StoreE
     );
     assert!(!s.seen("old-done", "-")?);
     assert!(s.seen("old-pending", "-")?);
+    assert!(s.seen("drained", "canceled")? && s.seen("drained", "-")?);
     assert!(s.seen("old-escalating", "-")?);
     assert!(s.seen("new-done", "-")?);
-    assert_eq!(s.pending()?.len(), 1);
+    assert_eq!(s.pending()?.len(), 2);
     assert_eq!(s.ingest_key("k-old")?, None);
     assert!(s.ingest_key("k-new")?.is_some());
     assert_eq!(s.outbox_depth()?, 1);
@@ -367,6 +388,10 @@ fn gc_deletes_old_finished_history_and_never_pending_work() -> Result<(), StoreE
     s.outbox_delivered("esc-1", old)?;
     let got = s.gc("2026-02-01T00:00:00.000Z")?;
     assert_eq!((got.decisions, got.outbox), (1, 1));
+    // The drain done: its event's two decisions go together.
+    s.finish_runbook_escalating(did("drained", "-"), "done", None, old)?;
+    assert_eq!(s.gc("2026-02-01T00:00:00.000Z")?.decisions, 2);
+    assert!(!s.seen("drained", "canceled")?);
     assert!(
         !s.seen("old-escalating", "-")?,
         "its decision gone, its event is new again"

@@ -1161,10 +1161,9 @@ impl Decider {
             .name("keel-decide".into())
             .spawn(move || {
                 let _rt = rt.enter();
+                // Each job catches its own panic ([`off_runtime`]): the thread goes on.
                 for job in queue {
-                    // A job that panics drops its answer (its caller logs the failure); the
-                    // thread goes on with the next.
-                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                    job();
                 }
             })?;
         Ok(Decider { jobs, thread })
@@ -1187,31 +1186,24 @@ fn panicked(payload: &(dyn std::any::Any + Send)) -> String {
     format!("it panicked: {what}")
 }
 
-/// Runs a batch (or the deferrals due) on the deciding thread ([`Decider`]), or, without
-/// one, on the blocking pool.
+/// Runs a batch (or the deferrals due) on the deciding thread ([`Decider`]); a panic in it is
+/// caught there and logged here with its message.
 async fn off_runtime(
-    decider: Option<&Decider>,
+    decider: &Decider,
     host: &Arc<Host>,
     f: impl FnOnce(&Arc<Host>) -> Vec<Work> + Send + 'static,
 ) -> Vec<Work> {
     let h = host.clone();
-    let res = match decider {
-        Some(d) => {
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            let job: Job = Box::new(move || {
-                let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&h)));
-                let _ = tx.send(done.map_err(|p| panicked(p.as_ref())));
-            });
-            match d.jobs.send(job) {
-                Ok(()) => rx
-                    .await
-                    .unwrap_or_else(|_| Err("its answer was dropped".to_string())),
-                Err(_) => Err("the deciding thread is gone".to_string()),
-            }
-        }
-        None => tokio::task::spawn_blocking(move || f(&h))
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job: Job = Box::new(move || {
+        let done = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&h)));
+        let _ = tx.send(done.map_err(|p| panicked(p.as_ref())));
+    });
+    let res = match decider.jobs.send(job) {
+        Ok(()) => rx
             .await
-            .map_err(|e| e.to_string()),
+            .unwrap_or_else(|_| Err("its answer was dropped".to_string())),
+        Err(_) => Err("the deciding thread is gone".to_string()),
     };
     match res {
         Ok(work) => work,
@@ -1355,17 +1347,7 @@ pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(),
     const IN_SYNC: usize = 2;
     let (to_sync, synced) = std::sync::mpsc::sync_channel::<Committed>(IN_SYNC);
     let (delivered, mut runbooks_rx) = mpsc::unbounded_channel::<Delivered>();
-    // Without its own thread (none could be started), batches go to the blocking pool.
-    let decider = match Decider::start() {
-        Ok(d) => Some(d),
-        Err(e) => {
-            host.log_line(&serde_json::json!({
-                "time": rfc(now()), "level": "warn",
-                "message": format!("no deciding thread ({e}): batches run on the blocking pool"),
-            }));
-            None
-        }
-    };
+    let decider = Decider::start().map_err(StartError::Thread)?;
     let syncer = {
         let host = host.clone();
         std::thread::Builder::new()
@@ -1403,12 +1385,12 @@ pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(),
                     work.extend(h.due_deferrals());
                     work
                 };
-                for w in off_runtime(decider.as_ref(), &host, due).await {
+                for w in off_runtime(&decider, &host, due).await {
                     spawn_runbook(&mut runbooks, &host, w);
                 }
                 if scanned.elapsed() >= ORPHAN_SCAN {
                     scanned = std::time::Instant::now();
-                    for w in off_runtime(decider.as_ref(), &host, |h| h.orphans()).await {
+                    for w in off_runtime(&decider, &host, |h| h.orphans()).await {
                         h_log_orphan(&host, &w.0);
                         spawn_runbook(&mut runbooks, &host, w);
                     }
@@ -1445,15 +1427,13 @@ pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(),
             // The syncing thread is gone (it panicked): deliver here.
             Err(std::sync::mpsc::SendError(c)) => h.deliver(c).work,
         };
-        for w in off_runtime(decider.as_ref(), &host, commit).await {
+        for w in off_runtime(&decider, &host, commit).await {
             spawn_runbook(&mut runbooks, &host, w);
         }
     }
     // Every committed batch is delivered before the host stops (its clients answered, its
     // decision-log lines written); its runbooks stay `pending` for the next start.
-    if let Some(d) = decider {
-        let _ = tokio::task::spawn_blocking(move || d.stop()).await;
-    }
+    let _ = tokio::task::spawn_blocking(move || decider.stop()).await;
     drop(to_sync);
     let _ = tokio::task::spawn_blocking(move || syncer.join()).await;
     // The runbooks of the batches delivered since the loop last looked (all of them, when the

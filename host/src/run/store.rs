@@ -1373,8 +1373,9 @@ impl Db<'_> {
         }
         let write = || {
             let new = tx.exec(
-                "INSERT OR IGNORE INTO decisions (decision_id, time, event_id, mode, policy_set, action, event_json, decision_json, runbook, host)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                "INSERT INTO decisions (decision_id, time, event_id, mode, policy_set, action, event_json, decision_json, runbook, host)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                 ON CONFLICT (decision_id) DO NOTHING",
                 p![r.decision_id, r.now, r.event_id, r.mode, r.policy_set, r.action, r.event_json, r.decision_json, r.runbook, self.1],
             )? == 1;
             if let Some(state) = r.normalizer_state {

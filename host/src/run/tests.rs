@@ -272,7 +272,7 @@ async fn the_deciding_thread_runs_jobs_in_order_and_outlives_one_that_panics(
     let host = drain_host(dir.path(), "note\n      log: {}")?;
     let decider = Decider::start()?;
     // A batch that panics (a bug, a plugin host's) answers nothing: its caller logs it.
-    let none = off_runtime(Some(&decider), &host, |_| {
+    let none = off_runtime(&decider, &host, |_| {
         std::panic::resume_unwind(Box::new("a bug in a batch"))
     })
     .await;
@@ -287,7 +287,7 @@ async fn the_deciding_thread_runs_jobs_in_order_and_outlives_one_that_panics(
     );
     // The next one runs, on the same named thread, inside the runtime (it may spawn on it),
     // and its work comes back.
-    let work = off_runtime(Some(&decider), &host, |h| {
+    let work = off_runtime(&decider, &host, |h| {
         assert_eq!(std::thread::current().name(), Some("keel-decide"));
         assert!(tokio::runtime::Handle::try_current().is_ok());
         h.process(vec![se_doc(1, &["E1"])])
@@ -297,12 +297,12 @@ async fn the_deciding_thread_runs_jobs_in_order_and_outlives_one_that_panics(
     // Jobs run in the order they were sent.
     let order = Arc::new(std::sync::Mutex::new(Vec::new()));
     let (a, b) = (order.clone(), order.clone());
-    let first = off_runtime(Some(&decider), &host, move |_| {
+    let first = off_runtime(&decider, &host, move |_| {
         std::thread::sleep(Duration::from_millis(20));
         a.lock().map(|mut v| v.push(1)).ok();
         Vec::new()
     });
-    let second = off_runtime(Some(&decider), &host, move |_| {
+    let second = off_runtime(&decider, &host, move |_| {
         b.lock().map(|mut v| v.push(2)).ok();
         Vec::new()
     });

@@ -28,6 +28,7 @@ pub mod steps;
 pub mod store;
 pub mod window;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -985,7 +986,6 @@ impl Host {
     /// `history.*`, the storm guard and the retry budget count the whole fleet's events, and
     /// an escalation one host raised is not raised again by another.
     fn sync_fleet(&self, db: &Db<'_>) -> Result<(), StoreError> {
-        use std::sync::atomic::Ordering;
         if !self.store.is_fleet() {
             return Ok(());
         }
@@ -1186,6 +1186,34 @@ fn panicked(payload: &(dyn std::any::Any + Send)) -> String {
     format!("it panicked: {what}")
 }
 
+/// How long the deciding thread goes on with the batches that arrived while it decided one,
+/// before it hands back to the run loop (which starts runbooks and checks the held decisions
+/// and the deferrals due).
+const KEEP_DECIDING: Duration = Duration::from_millis(25);
+
+/// The run loop's queues: polled payloads and ingest bodies. The run loop waits on them;
+/// the deciding thread takes what else is waiting, polled payloads first.
+struct Queues {
+    polls: tokio::sync::Mutex<mpsc::Receiver<Inbox>>,
+    ingest: tokio::sync::Mutex<mpsc::Receiver<Inbox>>,
+}
+
+impl Queues {
+    /// Adds to `msgs` what is waiting, up to `max` messages in all, without waiting.
+    fn gather(&self, msgs: &mut Vec<Inbox>, max: usize) {
+        for q in [&self.polls, &self.ingest] {
+            // Only the run loop's wait holds them, and it does not wait while this runs.
+            let Ok(mut q) = q.try_lock() else { continue };
+            while msgs.len() < max {
+                match q.try_recv() {
+                    Ok(m) => msgs.push(m),
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+}
+
 /// Runs a batch (or the deferrals due) on the deciding thread ([`Decider`]); a panic in it is
 /// caught there and logged here with its message.
 async fn off_runtime(
@@ -1225,9 +1253,13 @@ async fn off_runtime(
 /// polled payloads and ingest bodies have separate queues, so that a flood of ingest bodies
 /// (answered 503 once `sources.ingest.queue` is full) never delays the platform's notices.
 pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(), StartError> {
-    let (tx, mut rx) = mpsc::channel::<Inbox>(host.cfg.commit_batch_max.max(64));
+    let (tx, rx) = mpsc::channel::<Inbox>(host.cfg.commit_batch_max.max(64));
     let queue = host.cfg.ingest.as_ref().map_or(1, |i| i.queue);
-    let (itx, mut irx) = mpsc::channel::<Inbox>(queue);
+    let (itx, irx) = mpsc::channel::<Inbox>(queue);
+    let queues = Arc::new(Queues {
+        polls: tokio::sync::Mutex::new(rx),
+        ingest: tokio::sync::Mutex::new(irx),
+    });
     let mut tasks = tokio::task::JoinSet::new();
     let listen = |source| StartError::Listen {
         addr: host.cfg.listen,
@@ -1348,14 +1380,18 @@ pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(),
     let (to_sync, synced) = std::sync::mpsc::sync_channel::<Committed>(IN_SYNC);
     let (delivered, mut runbooks_rx) = mpsc::unbounded_channel::<Delivered>();
     let decider = Decider::start().map_err(StartError::Thread)?;
+    // How many delivered batches' runbooks wait for this loop to start them.
+    let waiting = Arc::new(AtomicUsize::new(0));
     let syncer = {
         let host = host.clone();
+        let waiting = waiting.clone();
         std::thread::Builder::new()
             .name("keel-sync".into())
             .spawn(move || {
                 for c in synced {
                     let d = host.deliver(c);
                     if !d.work.is_empty() {
+                        waiting.fetch_add(1, Ordering::SeqCst);
                         let _ = delivered.send(d);
                     }
                 }
@@ -1369,6 +1405,7 @@ pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(),
                 continue;
             }
             Some(d) = runbooks_rx.recv() => {
+                waiting.fetch_sub(1, Ordering::SeqCst);
                 // Started (running) before their reservation is dropped.
                 let Delivered { work, reserved } = d;
                 for w in work {
@@ -1377,8 +1414,12 @@ pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(),
                 drop(reserved);
                 continue;
             }
-            m = rx.recv(), if polls_open => m.or_else(|| { polls_open = false; None }),
-            m = irx.recv(), if ingest_open => m.or_else(|| { ingest_open = false; None }),
+            m = async { queues.polls.lock().await.recv().await }, if polls_open => {
+                m.or_else(|| { polls_open = false; None })
+            }
+            m = async { queues.ingest.lock().await.recv().await }, if ingest_open => {
+                m.or_else(|| { ingest_open = false; None })
+            }
             _ = tick.tick() => {
                 let due = |h: &Arc<Host>| {
                     let mut work = h.check_held();
@@ -1414,18 +1455,33 @@ pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(),
         // Group commit: whatever else is already waiting joins this message's transaction
         // (one fsync for all of them); polled payloads first.
         let mut msgs = vec![m];
-        while msgs.len() < host.cfg.commit_batch_max {
-            match rx.try_recv().or_else(|_| irx.try_recv()) {
-                Ok(m) => msgs.push(m),
-                Err(_) => break,
-            }
-        }
-        host.metrics.add("keel_commit_batches_total", &[], 1.0);
+        queues.gather(&mut msgs, host.cfg.commit_batch_max);
         let to_sync = to_sync.clone();
-        let commit = move |h: &Arc<Host>| match to_sync.send(h.commit(msgs)) {
-            Ok(()) => Vec::new(),
-            // The syncing thread is gone (it panicked): deliver here.
-            Err(std::sync::mpsc::SendError(c)) => h.deliver(c).work,
+        let (queues, stop, waiting) = (queues.clone(), stop.clone(), waiting.clone());
+        // The deciding thread goes on with what arrived meanwhile (without waiting for this
+        // loop's turn among the runtime's tasks), for at most `KEEP_DECIDING`, and hands
+        // back as soon as runbooks wait to start or the host stops.
+        let commit = move |h: &Arc<Host>| {
+            let since = std::time::Instant::now();
+            let mut msgs = msgs;
+            loop {
+                h.metrics.add("keel_commit_batches_total", &[], 1.0);
+                if let Err(std::sync::mpsc::SendError(c)) = to_sync.send(h.commit(msgs)) {
+                    // The syncing thread is gone (it panicked): deliver here.
+                    return h.deliver(c).work;
+                }
+                if since.elapsed() >= KEEP_DECIDING
+                    || waiting.load(Ordering::SeqCst) > 0
+                    || *stop.borrow()
+                {
+                    return Vec::new();
+                }
+                msgs = Vec::new();
+                queues.gather(&mut msgs, h.cfg.commit_batch_max);
+                if msgs.is_empty() {
+                    return Vec::new();
+                }
+            }
         };
         for w in off_runtime(&decider, &host, commit).await {
             spawn_runbook(&mut runbooks, &host, w);

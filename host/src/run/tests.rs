@@ -311,3 +311,43 @@ async fn the_deciding_thread_runs_jobs_in_order_and_outlives_one_that_panics(
     tokio::task::spawn_blocking(move || decider.stop()).await?;
     Ok(())
 }
+
+#[test]
+fn the_deciding_thread_gathers_polled_payloads_first_and_no_more_than_the_batch_holds() {
+    let (ptx, prx) = mpsc::channel::<Inbox>(8);
+    let (itx, irx) = mpsc::channel::<Inbox>(8);
+    let ingest = |i: u8| {
+        let (reply, _) = oneshot::channel();
+        let p = Payload {
+            normalizer: sources::ingest::NORMALIZER,
+            bytes: vec![i],
+            observed_at: now(),
+        };
+        Inbox::Ingest(p, reply, None)
+    };
+    for i in 0..5 {
+        assert!(itx.try_send(ingest(i)).is_ok());
+    }
+    for i in 0..3 {
+        assert!(ptx.try_send(se_doc(i, &["e"])).is_ok());
+    }
+    let queues = Queues {
+        polls: tokio::sync::Mutex::new(prx),
+        ingest: tokio::sync::Mutex::new(irx),
+    };
+    let mut msgs = Vec::new();
+    queues.gather(&mut msgs, 6);
+    let kinds: Vec<&str> = msgs
+        .iter()
+        .map(|m| match m {
+            Inbox::Poll(..) => "poll",
+            Inbox::Ingest(p, ..) => ["i0", "i1", "i2", "i3", "i4"][usize::from(p.bytes[0])],
+        })
+        .collect();
+    assert_eq!(kinds, ["poll", "poll", "poll", "i0", "i1", "i2"]);
+    // The rest waits for the next batch, in order.
+    let mut rest = Vec::new();
+    queues.gather(&mut rest, 6);
+    assert_eq!(rest.len(), 2);
+    assert!(matches!(&rest[0], Inbox::Ingest(p, ..) if p.bytes == [3]));
+}

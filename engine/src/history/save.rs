@@ -7,7 +7,9 @@
 //! restored history is trimmed to its bounds, so a file edited by hand cannot make it hold
 //! more than [`History::with_limits`] allows.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};

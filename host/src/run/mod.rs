@@ -85,12 +85,55 @@ pub type Work = (String, Event, Decision);
 /// What a batch releases once it commits: the decision-log lines and the runbooks to start.
 #[derive(Default)]
 pub struct Effects {
-    /// Decision-log lines, serialized.
-    logs: Vec<String>,
+    /// Decision-log lines, written once the batch is on the disk.
+    logs: Vec<LogLine>,
     work: Vec<Work>,
     recorded: usize,
     /// The state store failed inside the batch: the whole batch is rolled back.
     failed: Option<StoreError>,
+}
+
+/// A decision-log line of a batch, serialized when it is written (by the thread that syncs
+/// and delivers the batch, not the deciding thread).
+enum LogLine {
+    /// A line already serialized.
+    Text(String),
+    /// A decision: its time, id, event id, mode, policy set's digest and redacted JSON.
+    Decision {
+        at: String,
+        id: String,
+        event_id: String,
+        mode: &'static str,
+        digest: String,
+        json: String,
+    },
+}
+
+impl LogLine {
+    /// Appends the line (without its newline) to `out`.
+    fn write_to(&self, out: &mut String) {
+        match self {
+            LogLine::Text(t) => out.push_str(t),
+            LogLine::Decision {
+                at,
+                id,
+                event_id,
+                mode,
+                digest,
+                json,
+            } => {
+                let js = |v: &str| serde_json::to_string(v).unwrap_or_default();
+                out.push_str(&format!(
+                    r#"{{"time":{},"level":"info","type":"decision","decision_id":{},"event_id":{},"mode":{},"policy_set_digest":{},"decision":{json}}}"#,
+                    js(at),
+                    js(id),
+                    js(event_id),
+                    js(mode),
+                    js(digest),
+                ));
+            }
+        }
+    }
 }
 
 /// An answer to a source or an ingest client, sent once the batch is committed.
@@ -123,7 +166,7 @@ fn fail_answers(answers: impl IntoIterator<Item = Answer>, why: &str) {
 pub struct Committed {
     unsynced: store::Unsynced,
     answers: Vec<Answer>,
-    logs: Vec<String>,
+    logs: Vec<LogLine>,
     work: Vec<Work>,
     recorded: usize,
     reserved: Reserved,
@@ -532,13 +575,13 @@ impl Host {
 
     /// Writes serialized JSON lines to the decision log in one write (standard output is
     /// line-buffered: a write per line would be a system call per line), flushed once.
-    fn log_lines(&self, lines: &[String]) {
+    fn log_lines(&self, lines: &[LogLine]) {
         if lines.is_empty() {
             return;
         }
-        let mut all = String::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
+        let mut all = String::with_capacity(lines.len() * 2048);
         for line in lines {
-            all.push_str(line);
+            line.write_to(&mut all);
             all.push('\n');
         }
         if let Ok(mut w) = self.log.lock() {
@@ -726,15 +769,14 @@ impl Host {
             1.0,
         );
         // The decision line reuses the decision's JSON serialized for the store.
-        let js = |v: &str| serde_json::to_string(v).unwrap_or_default();
-        fx.logs.push(format!(
-            r#"{{"time":{},"level":"info","type":"decision","decision_id":{},"event_id":{},"mode":{},"policy_set_digest":{},"decision":{d_json}}}"#,
-            js(&at_s),
-            js(&id),
-            js(&ev.id),
-            js(mode),
-            js(engine.digest()),
-        ));
+        fx.logs.push(LogLine::Decision {
+            at: at_s,
+            id: id.clone(),
+            event_id: ev.id.clone(),
+            mode,
+            digest: engine.digest().to_string(),
+            json: d_json,
+        });
         if let Some(g) = &decision.guard {
             self.metrics.add(
                 "keel_guard_holds_total",
@@ -757,13 +799,13 @@ impl Host {
         }
         if self.cfg.dry_run {
             for (i, s) in self.steps_for(ev, &decision).iter().enumerate() {
-                fx.logs.push(
+                fx.logs.push(LogLine::Text(
                     stamp(&serde_json::json!({
                         "decision_id": id, "step": s.name, "index": i, "attempt": 1,
                         "idempotency_key": steps::step_key(&id, i, &s.name), "outcome": "planned",
                     }))
                     .to_string(),
-                );
+                ));
             }
         }
         Ok(Some(Recorded {

@@ -380,6 +380,9 @@ pub struct Store {
     checkpoint: std::sync::OnceLock<std::sync::mpsc::SyncSender<()>>,
     /// [`Store::batch_unsynced`]'s commits and how far the log on disk holds them.
     sync: LogSync,
+    /// On SQLite, written by this process: the decisions' and ingest keys' filters
+    /// ([`known`]). None when read-only (`keel run` may be writing meanwhile).
+    known: Option<known::Tables>,
 }
 
 /// How far the commits of [`Store::batch_unsynced`] are on the disk.
@@ -405,7 +408,14 @@ pub struct Unsynced(u64);
 /// The state database inside a [`Store::batch`] (or for one call): what the decision path
 /// reads and writes. Its writes commit with the batch, all or nothing. In a fleet's batch it
 /// carries the batch's cache and unwritten decisions ([`batch`]).
-pub struct Db<'a>(&'a Conn, &'a str, Option<&'a batch::Overlay>);
+///
+/// On SQLite it also carries the filters of what the tables hold ([`known`]).
+pub struct Db<'a>(
+    &'a Conn,
+    &'a str,
+    Option<&'a batch::Overlay>,
+    Option<&'a known::Tables>,
+);
 
 /// A step's record when it is about to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -658,6 +668,7 @@ impl Store {
             path: Some(path.to_path_buf()),
             checkpoint: Default::default(),
             sync: Default::default(),
+            known: Some(known::Tables::default()),
         })
     }
 
@@ -675,6 +686,7 @@ impl Store {
             path: None,
             checkpoint: Default::default(),
             sync: Default::default(),
+            known: Some(known::Tables::default()),
         })
     }
 
@@ -715,6 +727,7 @@ impl Store {
             path: None,
             checkpoint: Default::default(),
             sync: Default::default(),
+            known: Some(known::Tables::default()),
         };
         let found = match store.schema_version() {
             Ok(v) => v,
@@ -787,13 +800,18 @@ impl Store {
         }
     }
 
+    /// The filters of what the tables hold, on SQLite ([`known`]).
+    fn filters(&self, c: &Conn) -> Option<&known::Tables> {
+        self.known.as_ref().filter(|_| !c.is_fleet())
+    }
+
     /// Runs `f` on the database; its writes are one transaction per call of a [`Db`] method.
     pub fn with<R>(
         &self,
         f: impl FnOnce(&Db<'_>) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         let c = self.c()?;
-        f(&Db(&c, &self.host, None))
+        f(&Db(&c, &self.host, None, self.filters(&c)))
     }
 
     /// Group commit: runs `f` in one transaction (SQLite's `BEGIN IMMEDIATE`, PostgreSQL's
@@ -808,7 +826,7 @@ impl Store {
         let c = self.c()?;
         let overlay = c.is_fleet().then(batch::Overlay::default);
         let r = c.tx(Begin::Exclusive, |c| {
-            let db = Db(c, &self.host, overlay.as_ref());
+            let db = Db(c, &self.host, overlay.as_ref(), self.filters(c));
             let r = f(&db)?;
             db.flush()?;
             Ok(r)
@@ -838,7 +856,7 @@ impl Store {
             return self.batch(f).map(|r| (r, Unsynced(0)));
         }
         let c = self.c()?;
-        let res = c.tx_unsynced(|c| f(&Db(c, &self.host, None)));
+        let res = c.tx_unsynced(|c| f(&Db(c, &self.host, None, self.filters(c))));
         // Counted while the connection is held: commits are numbered in the log's order.
         let n = self.sync.committed.fetch_add(1, Ordering::SeqCst) + 1;
         drop(c);
@@ -1315,6 +1333,11 @@ impl Db<'_> {
         if let Some(o) = self.2 {
             return self.seen_cached(o, decision_id, event_id, status);
         }
+        if let Some(k) = self.3 {
+            if !k.decisions.maybe(self.0, decision_id)? {
+                return Ok(false);
+            }
+        }
         self.0.exists(SEEN, p![decision_id, event_id])
     }
 
@@ -1322,6 +1345,11 @@ impl Db<'_> {
     pub fn ingest_key(&self, key: &str) -> Result<Option<String>, StoreError> {
         if let Some(o) = self.2 {
             return self.ingest_key_cached(o, key);
+        }
+        if let Some(k) = self.3 {
+            if !k.ingest_keys.maybe(self.0, key)? {
+                return Ok(None);
+            }
         }
         self.0
             .one("SELECT event_id FROM ingest_keys WHERE key = ?1", p![key])?
@@ -1378,6 +1406,9 @@ impl Db<'_> {
                  ON CONFLICT (decision_id) DO NOTHING",
                 p![r.decision_id, r.now, r.event_id, r.mode, r.policy_set, r.action, r.event_json, r.decision_json, r.runbook, self.1],
             )? == 1;
+            if let (true, Some(k)) = (new, self.3) {
+                k.decisions.add(r.decision_id)?;
+            }
             if let Some(state) = r.normalizer_state {
                 self.save_normalizer_state(state)?;
             }
@@ -1391,6 +1422,9 @@ impl Db<'_> {
                     "INSERT OR IGNORE INTO ingest_keys (key, received_at, event_id) VALUES (?1, ?2, ?3)",
                     p![i.key, r.now, r.event_id],
                 )?;
+                if let Some(k) = self.3 {
+                    k.ingest_keys.add(i.key)?;
+                }
                 if let (true, Some((resource, operation))) = (new, i.counted) {
                     tx.exec(
                         "INSERT INTO attempts (resource, operation, count, last_at) VALUES (?1, ?2, ?3, ?4)
@@ -1545,6 +1579,7 @@ impl Db<'_> {
 
 mod batch;
 mod budget;
+mod known;
 mod pause;
 pub mod pg;
 pub mod sql;

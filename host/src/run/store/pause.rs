@@ -164,6 +164,8 @@ impl Store {
             path: None,
             checkpoint: Default::default(),
             sync: Default::default(),
+            // Read-only: `keel run` may insert meanwhile; every look-up goes to the file.
+            known: None,
         })
     }
 

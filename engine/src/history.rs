@@ -87,6 +87,9 @@ pub(crate) struct HistoryData {
     /// The decisions again, per resource, in the same order (`history.actions` reads these).
     by_resource: HashMap<Arc<str>, VecDeque<(Timestamp, Action)>>,
     fired: HashMap<String, Timestamp>,
+    /// No time in `fired` is older than this (when it holds any): the retention sweeps
+    /// `fired` only once something in it may have expired.
+    fired_oldest: Option<Timestamp>,
     interned: HashSet<Arc<str>>,
     /// The size `interned` must pass before the next sweep (twice what the last one kept).
     interned_floor: usize,
@@ -440,6 +443,7 @@ impl HistoryData {
             decisions: VecDeque::new(),
             by_resource: HashMap::new(),
             fired: HashMap::new(),
+            fired_oldest: None,
             interned: HashSet::new(),
             interned_floor: 0,
             // Each remembered event costs a few hundred bytes; beyond this nothing sensible fits.
@@ -519,7 +523,8 @@ impl HistoryData {
             self.push_decision(ev.time, r, d.action);
         }
         for e in &d.escalations {
-            self.fired.entry(e.key.clone()).or_insert(ev.time);
+            let t = *self.fired.entry(e.key.clone()).or_insert(ev.time);
+            self.fired_oldest = Some(self.fired_oldest.map_or(t, |o| o.min(t)));
         }
         if let Some(scope) = scope::scope(ev) {
             let scope = self.intern(&scope);
@@ -571,14 +576,19 @@ impl HistoryData {
                 }
             }
         }
-        self.fired.retain(|_, t| *t >= horizon);
+        if self.fired_oldest.is_some_and(|t| t < horizon) {
+            self.fired.retain(|_, t| *t >= horizon);
+            self.fired_oldest = self.fired.values().min().copied();
+        }
         self.guards.trim(horizon, self.max_events);
         if self.fired.len() > self.max_events {
             // Keep the newest keys.
             let mut times: Vec<Timestamp> = self.fired.values().copied().collect();
             times.sort_unstable();
-            let cut = times[times.len() - self.max_events];
-            self.fired.retain(|_, t| *t >= cut);
+            if let Some(cut) = times.get(times.len() - self.max_events).copied() {
+                self.fired.retain(|_, t| *t >= cut);
+                self.fired_oldest = Some(cut);
+            }
         }
         if self.interned.len() > self.max_events.saturating_mul(4).max(self.interned_floor) {
             // Drop strings no entry refers to any more.

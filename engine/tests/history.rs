@@ -800,3 +800,24 @@ fn history_filters_on_integer_fields() {
         assert_eq!(d.action, Action::Drain, "{path} == {fd}");
     }
 }
+
+/// Escalation keys expire with the retention, each at its own time, also when newer keys
+/// were fired since (the sweep runs once the oldest may have expired).
+#[test]
+fn escalation_keys_expire_one_retention_period_after_they_fired() {
+    let start = t("2021-10-13T14:00:00Z");
+    let mut h = History::with_limits(100, 3600);
+    let decide = |h: &mut History, vm: &str, s: i64, keys: &[&str]| {
+        let ev = failure(vm, "windows", "eastus", start + Duration::seconds(s));
+        h.record(&ev);
+        h.record_decision(&ev, &decision(&ev, "none", keys));
+    };
+    decide(&mut h, "vm0", 0, &["a"]);
+    decide(&mut h, "vm1", 10, &["b"]);
+    decide(&mut h, "vm2", 3600, &[]);
+    assert!(h.fired("a") && h.fired("b"), "exactly 3600 s old: kept");
+    decide(&mut h, "vm3", 3601, &[]);
+    assert!(!h.fired("a") && h.fired("b"), "a is 3601 s old, b 3591 s");
+    decide(&mut h, "vm4", 3611, &["c"]);
+    assert!(!h.fired("b") && h.fired("c"));
+}

@@ -247,6 +247,7 @@ impl History {
             d.push_decision(x.time, &x.resource, x.action);
         }
         d.fired = saved.fired.into_iter().collect();
+        d.fired_oldest = d.fired.values().min().copied();
         d.evicted_until = saved.evicted_until;
         let mut lists = |saved: BTreeMap<String, Vec<Timestamp>>| {
             let mut out = HashMap::new();

@@ -23,7 +23,9 @@ use std::sync::Arc;
 
 // The history's maps are keyed by what events say (resources, scopes, escalation keys):
 // foldhash, seeded per process, hashes them in a fraction of SipHash's time (a tenth of
-// recording an event was SipHash).
+// recording an event was SipHash). Its seed is not cryptographic: a client holding the ingest
+// token who could observe the host's timing long enough might build colliding keys; the
+// maps stay bounded by the history's limits, so that costs time per event, not memory.
 use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 
 use chrono::Duration;

@@ -380,9 +380,9 @@ pub struct Store {
     checkpoint: std::sync::OnceLock<std::sync::mpsc::SyncSender<()>>,
     /// [`Store::batch_unsynced`]'s commits and how far the log on disk holds them.
     sync: LogSync,
-    /// On SQLite, written by this process: the decisions' and ingest keys' filters
-    /// ([`known`]). None when read-only (`keel run` may be writing meanwhile).
-    known: Option<known::Tables>,
+    /// On SQLite, once [`Store::track_keys`] was called (by `keel run`, holding the state's
+    /// lock): the decisions' and ingest keys' filters ([`known`]).
+    known: std::sync::OnceLock<known::Tables>,
 }
 
 /// How far the commits of [`Store::batch_unsynced`] are on the disk.
@@ -668,7 +668,7 @@ impl Store {
             path: Some(path.to_path_buf()),
             checkpoint: Default::default(),
             sync: Default::default(),
-            known: Some(known::Tables::default()),
+            known: Default::default(),
         })
     }
 
@@ -686,7 +686,7 @@ impl Store {
             path: None,
             checkpoint: Default::default(),
             sync: Default::default(),
-            known: Some(known::Tables::default()),
+            known: Default::default(),
         })
     }
 
@@ -727,7 +727,7 @@ impl Store {
             path: None,
             checkpoint: Default::default(),
             sync: Default::default(),
-            known: Some(known::Tables::default()),
+            known: Default::default(),
         };
         let found = match store.schema_version() {
             Ok(v) => v,
@@ -800,9 +800,16 @@ impl Store {
         }
     }
 
+    /// Keeps filters of the decisions' ids and the ingest keys ([`known`]) from now on, on
+    /// SQLite: only for the process that holds the state's lock (`keel run`), since a filter
+    /// must be given every key inserted into its table. A no-op on PostgreSQL.
+    pub fn track_keys(&self) {
+        let _ = self.known.set(known::Tables::default());
+    }
+
     /// The filters of what the tables hold, on SQLite ([`known`]).
     fn filters(&self, c: &Conn) -> Option<&known::Tables> {
-        self.known.as_ref().filter(|_| !c.is_fleet())
+        self.known.get().filter(|_| !c.is_fleet())
     }
 
     /// Runs `f` on the database; its writes are one transaction per call of a [`Db`] method.

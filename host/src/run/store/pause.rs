@@ -165,7 +165,7 @@ impl Store {
             checkpoint: Default::default(),
             sync: Default::default(),
             // Read-only: `keel run` may insert meanwhile; every look-up goes to the file.
-            known: None,
+            known: Default::default(),
         })
     }
 

@@ -645,3 +645,49 @@ fn the_outbox_hands_out_no_entry_of_a_batch_not_yet_on_the_disk() -> Result<(), 
     assert!(s.sync.synced.lock().map_err(|_| StoreError::Poisoned)?.0 >= batch.0);
     Ok(())
 }
+
+/// With the filters kept (`keel run`), what a batch records is seen by the next batch, and
+/// by a store opened again on the file (its filters built from the tables); what was never
+/// recorded is not.
+#[test]
+fn with_key_filters_recorded_decisions_and_ingest_keys_are_found_again_after_a_reopen(
+) -> Result<(), StoreError> {
+    let dir = tempfile::tempdir().map_err(|_| StoreError::Poisoned)?;
+    let path = dir.path().join("state.db");
+    let key = |k: &'static str| IngestRecord {
+        key: k,
+        counted: None,
+        attempt: 1,
+    };
+    {
+        let s = Store::open(&path)?;
+        s.track_keys();
+        s.batch(|db| {
+            assert!(!db.seen("ev-0", "-")?);
+            db.record(&rec("ev-0", Some(key("k-0"))))?;
+            Ok(())
+        })?;
+        s.batch(|db| {
+            assert!(db.seen("ev-0", "-")?);
+            assert_eq!(db.ingest_key("k-0")?.as_deref(), Some("ev-0"));
+            assert!(!db.seen("ev-1", "-")?);
+            assert_eq!(db.ingest_key("k-1")?, None);
+            // Recorded earlier in the same batch: found too.
+            db.record(&rec("ev-1", Some(key("k-1"))))?;
+            assert!(db.seen("ev-1", "-")?);
+            assert_eq!(db.ingest_key("k-1")?.as_deref(), Some("ev-1"));
+            Ok(())
+        })?;
+    }
+    let s = Store::open(&path)?;
+    s.track_keys();
+    s.batch(|db| {
+        for (ev, k) in [("ev-0", "k-0"), ("ev-1", "k-1")] {
+            assert!(db.seen(ev, "-")?, "{ev}");
+            assert_eq!(db.ingest_key(k)?.as_deref(), Some(ev));
+        }
+        assert!(!db.seen("ev-2", "-")? && db.ingest_key("k-2")?.is_none());
+        Ok(())
+    })?;
+    Ok(())
+}

@@ -32,7 +32,10 @@
 //! compares with the SQLite ingest figure when `ingest` ran; `KEEL_BENCH_FLEET=0` is the
 //! same as leaving `fleet` out). `KEEL_BENCH_PARTS=ab KEEL_BENCH_BASELINE=/path/to/keel`
 //! compares an older build's group-commit ingest with this one's, in turns
-//! (`KEEL_BENCH_ROUNDS`, default 3), and prints the ratio of the medians.
+//! (`KEEL_BENCH_ROUNDS`, default 3), and prints the ratio of the medians; `fleet-ab` does
+//! the same with the fleet's ingest, 1 and 3 hosts on one PostgreSQL. `KEEL_BENCH_PG_STATS=1`
+//! prints, after each fleet ingest run, the statements the server spent the most time on
+//! (`pg_stat_statements`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::collections::HashMap;
@@ -743,7 +746,37 @@ async fn fleet_ingest(
     clients: usize,
     secs: u64,
 ) -> (f64, u64) {
+    fleet_ingest_bin(
+        pg,
+        db,
+        hosts,
+        clients,
+        secs,
+        Path::new(env!("CARGO_BIN_EXE_keel")),
+    )
+    .await
+}
+
+/// [`fleet_ingest`] with the `keel` binary `bin` (the fleet A/B part runs an older build).
+async fn fleet_ingest_bin(
+    pg: &pg::PgServer,
+    db: &str,
+    hosts: usize,
+    clients: usize,
+    secs: u64,
+    bin: &Path,
+) -> (f64, u64) {
     let url = pg.create_db(db);
+    let stats = std::env::var("KEEL_BENCH_PG_STATS").as_deref() == Ok("1");
+    if stats {
+        pg.with_client(db, |c| {
+            c.batch_execute(
+                "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset()",
+            )
+        })
+        .unwrap()
+        .unwrap();
+    }
     let dir = tempfile::tempdir().unwrap();
     let pw = pg.password_file(dir.path());
     let keels: Vec<Keel> = (0..hosts)
@@ -758,12 +791,27 @@ async fn fleet_ingest(
                     fleet_state(&url, &pw, &format!("host-{h}"))
                 ),
             );
-            Keel::start(&config)
+            Keel::start_bin(&config, false, bin)
         })
         .collect();
     let bases: Vec<String> = keels.iter().map(|k| k.base.clone()).collect();
     let pids: Vec<u32> = keels.iter().map(|k| k.child.id()).collect();
-    ingest_load(&bases, &pids, clients, secs, db).await
+    let r = ingest_load(&bases, &pids, clients, secs, db).await;
+    if stats {
+        // The statements the server spent the most time on: calls, ms, rows, the text.
+        for row in pg.texts(
+            db,
+            "SELECT calls::text, round(total_exec_time)::text, rows::text,
+                    left(regexp_replace(query, '\\s+', ' ', 'g'), 80)
+               FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 6",
+        ) {
+            let [calls, ms, rows, text] = [0, 1, 2, 3].map(|i| row[i].clone().unwrap_or_default());
+            println!("    statement: {calls} calls, {ms} ms, {rows} rows: {text}");
+        }
+    }
+    drop(keels);
+    pg.drop_db(db);
+    r
 }
 
 /// A budget every host of the fleet takes a slot of before its drain's first step (never
@@ -975,6 +1023,36 @@ async fn main() {
             "  p50 ratio with/without the budget: {:.2}x",
             p50s[1] / p50s[0].max(1e-9)
         );
+    }
+    if let (true, Ok(base)) = (part("fleet-ab"), std::env::var("KEEL_BENCH_BASELINE")) {
+        // The fleet's ingest, 1 and 3 hosts on one PostgreSQL (a fresh database each run), an
+        // older build and this one in turns, the order swapped every round.
+        let rounds = env_num("KEEL_BENCH_ROUNDS", 3);
+        let this = Path::new(env!("CARGO_BIN_EXE_keel"));
+        println!("fleet A/B, {rounds} rounds: {base} (A) against this build (B)");
+        let pg = pg::PgServer::start();
+        for hosts in [1, 3] {
+            let (mut a, mut b) = (vec![], vec![]);
+            for r in 0..rounds {
+                for first in [r % 2 == 0, r % 2 != 0] {
+                    let bin = if first { Path::new(&base) } else { this };
+                    let db = format!("ab{hosts}_{r}_{}", u8::from(first));
+                    let (rate, other) = fleet_ingest_bin(&pg, &db, hosts, clients, secs, bin).await;
+                    println!(
+                        "  {hosts} host(s), {}: {rate:>8.0} events/s ({other} answers other than 202)",
+                        if first { "A" } else { "B" }
+                    );
+                    if first { &mut a } else { &mut b }.push(rate);
+                }
+            }
+            a.sort_by(f64::total_cmp);
+            b.sort_by(f64::total_cmp);
+            let (ma, mb) = (a[a.len() / 2], b[b.len() / 2]);
+            println!(
+                "  {hosts} host(s): median A {ma:.0}, B {mb:.0} events/s: B/A {:.2}x",
+                mb / ma.max(1.0)
+            );
+        }
     }
     if std::env::var("KEEL_BENCH_FLEET").as_deref() == Ok("0") || !part("fleet") {
         return;

@@ -432,6 +432,83 @@ async fn a_failure_reported_to_every_host_is_accepted_once_and_attempts_count_ac
     }
 }
 
+/// The fleet's write lock (`pg_advisory_xact_lock` of this key in every deciding batch).
+const WRITE_LOCK: i64 = 0x6b65_656c_0001;
+
+/// Bodies that arrive while a host waits for the fleet's write lock are decided in the batch
+/// that waited for it: under contention each hold of the lock
+/// decides more, instead of one batch per wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_arriving_while_the_write_lock_is_awaited_join_the_waiting_batch() {
+    let IngestFleet {
+        pg,
+        dir: _dir,
+        hook: _hook,
+        mut hosts,
+        bases,
+        client,
+        ..
+    } = ingest_fleet("gather").await;
+    // Another session holds the write lock until told.
+    let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let port = pg.port;
+    let holder = std::thread::spawn(move || {
+        let mut c = postgres::Config::new()
+            .host("127.0.0.1")
+            .port(port)
+            .user("keel")
+            .password(common::pg::PASSWORD)
+            .dbname("gather")
+            .connect(postgres::NoTls)
+            .unwrap();
+        c.execute("SELECT pg_advisory_lock($1)", &[&WRITE_LOCK])
+            .unwrap();
+        held_tx.send(()).unwrap();
+        release_rx.recv().unwrap();
+        c.execute("SELECT pg_advisory_unlock($1)", &[&WRITE_LOCK])
+            .unwrap();
+    });
+    held_rx.recv().unwrap();
+    let post = |i: usize| {
+        let (client, base) = (client.clone(), bases[0].clone());
+        tokio::spawn(async move {
+            post_ingest_reply(&client, &base, body(&format!("web-win-{i}"), "windows", i)).await
+        })
+    };
+    // The first body's batch waits for the lock; the others arrive meanwhile.
+    let mut replies = vec![post(0)];
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    replies.extend((1..20).map(post));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        pg.count("gather", "SELECT COUNT(*) FROM decisions"),
+        0,
+        "decided without the write lock"
+    );
+    release_tx.send(()).unwrap();
+    for r in replies {
+        let (s, j) = r.await.unwrap();
+        assert_eq!(s, 202, "{j}");
+    }
+    holder.join().unwrap();
+    assert_eq!(pg.count("gather", "SELECT COUNT(*) FROM decisions"), 20);
+    // One batch decided them all.
+    let m = hosts[0].metrics().await;
+    assert_eq!(
+        metric(&m, "keel_commit_batches_total"),
+        Some(1.0),
+        "{}",
+        m.lines()
+            .filter(|l| l.starts_with("keel_commit"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    for k in &mut hosts {
+        k.kill();
+    }
+}
+
 /// One host of a drain fleet: its own Scheduled Events stub announcing a Preempt of `vms`
 /// (no `self`: the standard policies drain every VM named), the fleet's database under
 /// `postgres.identity`, the budget `budget`, and a drain runbook `steps`.

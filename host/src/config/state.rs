@@ -16,7 +16,7 @@ pub struct Postgres {
     /// The URL as given (it never holds a password: one is refused).
     pub url: String,
     /// Host, port, user, database, timeouts.
-    pub config: postgres::Config,
+    pub config: tokio_postgres::Config,
     /// The password (`postgres.password_file` or `postgres.password_env`), if any.
     pub password: Option<Secret>,
     /// TLS with the server's certificate and host name verified; `None` only on loopback with
@@ -162,7 +162,7 @@ fn parse_postgres(
             return None;
         }
     };
-    let mut config = postgres::Config::new();
+    let mut config = tokio_postgres::Config::new();
     let host = url
         .host_str()
         .unwrap_or("")
@@ -243,9 +243,9 @@ fn parse_postgres(
     // With TLS, nothing but TLS: tokio-postgres' default (`prefer`) would go on in plain
     // text when the server (or anyone in between) declines it.
     config.ssl_mode(if tls {
-        postgres::config::SslMode::Require
+        tokio_postgres::config::SslMode::Require
     } else {
-        postgres::config::SslMode::Disable
+        tokio_postgres::config::SslMode::Disable
     });
     let tls = if tls {
         Some(Arc::new(tls_config(v, base, section.get("ca_file"))?))

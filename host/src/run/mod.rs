@@ -837,11 +837,24 @@ impl Host {
         self.deliver(c).work
     }
 
+    /// [`Host::commit_more`] with nothing more.
+    #[cfg(test)]
+    pub fn commit(self: &Arc<Self>, msgs: Vec<Inbox>) -> Committed {
+        self.commit_more(msgs, |_| {})
+    }
+
     /// The first half of [`Host::process`]: decides and commits the batch without waiting for
     /// the disk ([`Store::batch_unsynced`]), so that the next batch can be decided while
     /// this one's log is synced. Its answers, decision-log lines and runbooks are held in the
     /// returned [`Committed`] until [`Host::deliver`]. A batch that fails is answered here.
-    pub fn commit(self: &Arc<Self>, mut msgs: Vec<Inbox>) -> Committed {
+    /// In a fleet, once the batch holds the fleet's write lock, what `more` adds to `msgs`
+    /// joins it (what arrived while the lock was awaited: under contention each hold of the
+    /// lock then decides more).
+    pub fn commit_more(
+        self: &Arc<Self>,
+        mut msgs: Vec<Inbox>,
+        mut more: impl FnMut(&mut Vec<Inbox>),
+    ) -> Committed {
         let mut fx = Effects::default();
         let mut answers = Vec::with_capacity(msgs.len());
         // What the normalizers knew before the batch: restored if it rolls back (a document
@@ -880,6 +893,20 @@ impl Host {
         }
         let res = self.store.batch_unsynced(|db| {
             self.sync_fleet(db)?;
+            if let Some(snapshot) = &snapshot {
+                // The lock is held from the first statement's answer (`sync_fleet`'s).
+                let before = msgs.len();
+                more(&mut msgs);
+                for m in &mut msgs[before..] {
+                    let pre = match m {
+                        Inbox::Ingest(p, _, arrived) => {
+                            self.normalize_ahead(p, arrived.take(), snapshot, &mut want)
+                        }
+                        Inbox::Poll(..) => None,
+                    };
+                    ahead.push(pre);
+                }
+            }
             db.prefetch(&want)?;
             for (i, m) in msgs.drain(..).enumerate() {
                 match m {
@@ -1514,7 +1541,9 @@ pub async fn run(host: Arc<Host>, mut stop: watch::Receiver<bool>) -> Result<(),
             let mut msgs = msgs;
             loop {
                 h.metrics.add("keel_commit_batches_total", &[], 1.0);
-                if let Err(std::sync::mpsc::SendError(c)) = to_sync.send(h.commit(msgs)) {
+                if let Err(std::sync::mpsc::SendError(c)) =
+                    to_sync.send(h.commit_more(msgs, |m| queues.gather(m, h.cfg.commit_batch_max)))
+                {
                     // The syncing thread is gone (it panicked): deliver here.
                     return h.deliver(c).work;
                 }

@@ -831,13 +831,25 @@ impl Store {
         f: impl FnOnce(&Db<'_>) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         let c = self.c()?;
-        let overlay = c.is_fleet().then(batch::Overlay::default);
-        let r = c.tx(Begin::Exclusive, |c| {
-            let db = Db(c, &self.host, overlay.as_ref(), self.filters(c));
-            let r = f(&db)?;
-            db.flush()?;
-            Ok(r)
-        });
+        let r = if c.is_fleet() {
+            // The decisions the batch recorded are written with its COMMIT, in one round
+            // trip: the fleet's write lock is held for one fewer.
+            let overlay = batch::Overlay::default();
+            c.begin(Begin::Exclusive)?;
+            let db = Db(&c, &self.host, Some(&overlay), None);
+            let r = f(&db).and_then(|r| {
+                db.flush_and_commit()?;
+                Ok(r)
+            });
+            if r.is_err() {
+                c.rollback();
+            }
+            r
+        } else {
+            c.tx(Begin::Exclusive, |c| {
+                f(&Db(c, &self.host, None, self.filters(c)))
+            })
+        };
         if let (Ok(_), Some(wake)) = (&r, self.checkpoint.get()) {
             // Full: it is awake already, and will see this batch's frames.
             let _ = wake.try_send(());

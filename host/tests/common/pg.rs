@@ -149,6 +149,10 @@ impl PgServer {
             self.port,
             self.dir.path().display()
         );
+        // The benchmark's statement counts and times (`KEEL_BENCH_PG_STATS=1`).
+        if std::env::var("KEEL_BENCH_PG_STATS").as_deref() == Ok("1") {
+            opts.push_str(" -c shared_preload_libraries=pg_stat_statements");
+        }
         if self.ca.is_some() {
             let tls = self.dir.path().join("tls");
             opts.push_str(&format!(
@@ -271,6 +275,16 @@ impl PgServer {
         .unwrap()
         .unwrap();
         format!("postgres://keel@127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// Drops a database (its hosts stopped): a benchmark's next run then shares the server
+    /// with no vacuum of the last one's rows.
+    pub fn drop_db(&self, name: &str) {
+        self.with_client("postgres", |c| {
+            c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        })
+        .unwrap()
+        .unwrap();
     }
 
     /// A file holding the password (for `postgres.password_file`).

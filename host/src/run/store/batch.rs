@@ -108,7 +108,7 @@ const PREFETCH: &str = "
                            WHERE resource = w.resource OFFSET 0) AS f";
 
 /// Every unwritten decision of a batch in one statement: the decisions of the events that
-/// were new (`ON CONFLICT DO NOTHING`, as one at a time), the ingest keys,
+/// were new (a decision already there fails the statement: see [`Db::flush`]), the ingest keys,
 /// and the attempt counts (the last one per resource and operation, as one upsert after the
 /// other would leave it). Decisions get their `seq` in the order they were recorded. Returns
 /// how many decisions were inserted.
@@ -128,7 +128,7 @@ const FLUSH: &str = "
       SELECT decision_id, now, event_id, mode, policy_set, action, event_json,
              decision_json, runbook, CAST(?15 AS TEXT)
         FROM input WHERE new = 1 ORDER BY ord
-      ON CONFLICT (decision_id) DO NOTHING RETURNING 1
+      RETURNING 1
     ), ik AS (
       INSERT INTO ingest_keys (key, received_at, event_id)
       SELECT key, now, event_id FROM input WHERE key IS NOT NULL ORDER BY ord
@@ -335,6 +335,29 @@ impl Db<'_> {
     /// after all, which only a writer outside the fleet's write lock could cause: never a
     /// decision answered as recorded and not written.
     pub(super) fn flush(&self) -> Result<(), StoreError> {
+        self.write_recorded(|sql, p| self.0.one(sql, p))
+    }
+
+    /// Ends a fleet's batch: writes the decisions it recorded and commits, in one round trip.
+    /// The refusal of [`Db::flush`] is the server's here (the decision's primary key), so that
+    /// nothing is committed when it refuses.
+    pub(super) fn flush_and_commit(&self) -> Result<(), StoreError> {
+        let mut committed = false;
+        self.write_recorded(|sql, p| {
+            committed = true;
+            self.0.commit_with(sql, p)
+        })?;
+        if !committed {
+            self.0.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Runs [`FLUSH`] with `run` over the decisions recorded and not written yet (if any).
+    fn write_recorded(
+        &self,
+        run: impl FnOnce(&str, &[Val<'_>]) -> Result<Option<super::sql::Row>, StoreError>,
+    ) -> Result<(), StoreError> {
         let Some(o) = self.2 else {
             return Ok(());
         };
@@ -358,29 +381,27 @@ impl Db<'_> {
         let operation = col(|w| w.counted.as_ref().map(|c| c.1.as_str()));
         let new: Vec<i64> = writes.iter().map(|w| i64::from(w.new)).collect();
         let attempt: Vec<i64> = writes.iter().map(|w| w.attempt).collect();
-        let inserted = self
-            .0
-            .one(
-                FLUSH,
-                &[
-                    Val::Texts(&event_id),
-                    Val::Texts(&now),
-                    Val::Texts(&decision_id),
-                    Val::Texts(&mode),
-                    Val::Texts(&policy_set),
-                    Val::Texts(&action),
-                    Val::Texts(&event_json),
-                    Val::Texts(&decision_json),
-                    Val::Texts(&runbook),
-                    Val::Ints(&new),
-                    Val::Texts(&key),
-                    Val::Texts(&resource),
-                    Val::Texts(&operation),
-                    Val::Ints(&attempt),
-                    Val::Text(self.1),
-                ],
-            )?
-            .map_or(Ok(0), |r| r.get::<i64>(0))?;
+        let inserted = run(
+            FLUSH,
+            &[
+                Val::Texts(&event_id),
+                Val::Texts(&now),
+                Val::Texts(&decision_id),
+                Val::Texts(&mode),
+                Val::Texts(&policy_set),
+                Val::Texts(&action),
+                Val::Texts(&event_json),
+                Val::Texts(&decision_json),
+                Val::Texts(&runbook),
+                Val::Ints(&new),
+                Val::Texts(&key),
+                Val::Texts(&resource),
+                Val::Texts(&operation),
+                Val::Ints(&attempt),
+                Val::Text(self.1),
+            ],
+        )?
+        .map_or(Ok(0), |r| r.get::<i64>(0))?;
         let expected = new.iter().sum::<i64>();
         if inserted != expected {
             return Err(StoreError::Pg(format!(

@@ -9,7 +9,7 @@ use super::*;
 mod server;
 
 fn pg_store(pg: &server::PgServer, db: &str, host: &str) -> Result<Store, StoreError> {
-    let mut config = postgres::Config::new();
+    let mut config = tokio_postgres::Config::new();
     config
         .host("127.0.0.1")
         .port(pg.port)

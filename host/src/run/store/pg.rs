@@ -1,6 +1,12 @@
-//! The PostgreSQL backend: one connection, owned by a thread of its own (the synchronous
-//! client runs its own small runtime, which must not run on the host's), reconnected when it
-//! breaks, never in the middle of a transaction.
+//! The PostgreSQL backend: one connection, owned by a thread of its own (with its own small
+//! runtime, which must not run on the host's), reconnected when it breaks, never in the
+//! middle of a transaction.
+//!
+//! Statements that need no answer of their own are pipelined with the next: a `BEGIN` (and
+//! the fleet's write lock) goes out with the transaction's first statement, and a batch's
+//! last write with its `COMMIT`, so that the lock is held for fewer round trips. The server
+//! runs them in order; when one fails, the transaction is aborted, the ones after it fail
+//! or roll back, and the first failure is the answer.
 //!
 //! Each host holds a session advisory lock on its identity for as long as it is connected, so
 //! two `keel run` with the same identity cannot share a database (the second is refused, as
@@ -16,8 +22,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use postgres::types::{IsNull, ToSql, Type};
-use postgres::{Client, Statement};
+use tokio_postgres::types::{IsNull, ToSql, Type};
+use tokio_postgres::{Client, Statement};
 
 use super::sql::{Cell, Row, Val};
 use super::StoreError;
@@ -31,7 +37,7 @@ const MIGRATE_LOCK: i64 = 0x6b65_656c_0002;
 #[derive(Clone)]
 pub struct Settings {
     /// The connection settings (host, port, user, database, password, timeouts).
-    pub config: postgres::Config,
+    pub config: tokio_postgres::Config,
     /// TLS (certificates verified against these roots), or none on loopback.
     pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
     /// This host's identity: the key of its session lock and of its host-local rows.
@@ -120,7 +126,7 @@ impl ToSql for Owned {
         )
     }
 
-    postgres::types::to_sql_checked!();
+    tokio_postgres::types::to_sql_checked!();
 }
 
 /// The SQL both backends share, in PostgreSQL's spelling: `?N` parameters become `$N`, and
@@ -154,7 +160,8 @@ enum Req {
     Exec(String, Vec<Owned>),
     Rows(String, Vec<Owned>),
     Begin(super::sql::Begin),
-    Commit,
+    /// Commits, after running the statement given (pipelined with the `COMMIT`).
+    Commit(Option<(String, Vec<Owned>)>),
     Rollback,
     Migrate(&'static [&'static str]),
 }
@@ -180,9 +187,15 @@ impl Pg {
     pub fn connect(settings: Settings) -> Result<Pg, StoreError> {
         let (to, from) = mpsc::channel::<(Req, mpsc::SyncSender<Answer>)>();
         let up = std::sync::Arc::new(AtomicBool::new(false));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("cannot start its runtime: {e}")))?;
         let mut w = Worker {
             settings,
+            rt,
             client: None,
+            pending: None,
             stmts: HashMap::new(),
             in_tx: false,
             aborted: false,
@@ -258,7 +271,21 @@ impl Pg {
     /// Commits.
     pub fn commit(&self) -> Result<(), StoreError> {
         self.in_tx.store(false, Ordering::Relaxed);
-        self.ask(Req::Commit).map(drop)
+        self.ask(Req::Commit(None)).map(drop)
+    }
+
+    /// Runs `sql` and commits, in one round trip; the rows of `sql`. When `sql` fails,
+    /// nothing is committed (the server answers the `COMMIT` of the aborted transaction with
+    /// a rollback) and its error is returned.
+    pub fn commit_with(&self, sql: &str, p: &[Val<'_>]) -> Result<Vec<Row>, StoreError> {
+        self.in_tx.store(false, Ordering::Relaxed);
+        match self.ask(Req::Commit(Some((
+            sql.to_string(),
+            p.iter().map(Owned::from).collect(),
+        ))))? {
+            Reply::Rows(r) => Ok(r),
+            _ => Ok(Vec::new()),
+        }
     }
 
     /// Rolls back.
@@ -293,7 +320,11 @@ impl Pg {
 
 struct Worker {
     settings: Settings,
+    /// Drives the connection, only while a request is served.
+    rt: tokio::runtime::Runtime,
     client: Option<Client>,
+    /// A `BEGIN` not sent yet: it goes out with the transaction's first statement.
+    pending: Option<String>,
     /// Prepared statements by the store's SQL (before [`dialect`]).
     stmts: HashMap<String, Statement>,
     in_tx: bool,
@@ -305,7 +336,7 @@ struct Worker {
     up: std::sync::Arc<AtomicBool>,
 }
 
-fn fail(e: &postgres::Error) -> StoreError {
+fn fail(e: &tokio_postgres::Error) -> StoreError {
     // The server's message (a constraint, a type) with its code; a dropped connection as
     // unavailable. A server message may quote a value of a statement (an event's id in a
     // key conflict): escaped, as any untrusted text bound for a log or a terminal.
@@ -315,6 +346,17 @@ fn fail(e: &postgres::Error) -> StoreError {
         // the database is away, not the statement wrong.
         Some(db) if db.code().code().starts_with("08") || db.code().code().starts_with("57P0") => {
             StoreError::Unavailable(escape(db.message()))
+        }
+        // A decision's id taken already: the batches of a fleet write decisions under its
+        // write lock, having read which exist, so only a writer outside it can cause this.
+        Some(db)
+            if *db.code() == tokio_postgres::error::SqlState::UNIQUE_VIOLATION
+                && db.constraint() == Some("decisions_pkey") =>
+        {
+            StoreError::Pg(
+                "a new event of the batch was recorded by a writer outside the fleet's write lock; the batch is rolled back"
+                    .into(),
+            )
         }
         Some(db) => StoreError::Pg(format!("{} ({})", escape(db.message()), db.code().code())),
         None if e.is_closed() => StoreError::Unavailable(escape(&e.to_string())),
@@ -360,21 +402,34 @@ impl Worker {
 
     fn open(&self) -> Result<Client, StoreError> {
         let s = &self.settings;
-        let mut c = match &s.tls {
-            Some(tls) => s
-                .config
-                .connect(tokio_postgres_rustls::MakeRustlsConnect::new(
-                    (**tls).clone(),
-                )),
-            None => s.config.connect(postgres::NoTls),
-        }
-        .map_err(|e| fail(&e))?;
+        let c = match &s.tls {
+            Some(tls) => {
+                let tls = tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone());
+                let (c, conn) = self
+                    .rt
+                    .block_on(s.config.connect(tls))
+                    .map_err(|e| fail(&e))?;
+                // Polled whenever a request is served (the runtime runs only then); it ends
+                // when the client is dropped or the connection breaks.
+                self.rt.spawn(conn);
+                c
+            }
+            None => {
+                let (c, conn) = self
+                    .rt
+                    .block_on(s.config.connect(tokio_postgres::NoTls))
+                    .map_err(|e| fail(&e))?;
+                self.rt.spawn(conn);
+                c
+            }
+        };
         let key = format!("keel-host:{}", s.host);
-        let got: bool = c
-            .query_one(
+        let got: bool = self
+            .rt
+            .block_on(c.query_one(
                 "SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
                 &[&key],
-            )
+            ))
             .map_err(|e| fail(&e))?
             .try_get(0)
             .map_err(|e| fail(&e))?;
@@ -406,34 +461,26 @@ impl Worker {
                 // READ COMMITTED whatever the server's default: after the write lock is
                 // granted, each statement sees what the lock's previous holder committed.
                 // A snapshot is one view of everything, for `keel status`.
-                // The write lock is taken in the same round trip as the BEGIN.
-                let exclusive;
-                let sql = match begin {
+                // Sent with the transaction's first statement (the write lock then granted
+                // before it runs), or not at all if there is none.
+                self.pending = Some(match begin {
                     super::sql::Begin::Snapshot => {
-                        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+                        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY".into()
                     }
-                    super::sql::Begin::Plain => "BEGIN ISOLATION LEVEL READ COMMITTED",
-                    super::sql::Begin::Exclusive => {
-                        exclusive = format!(
-                            "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
-                        );
-                        &exclusive
-                    }
-                };
-                let began = self.simple(sql);
-                if let Err(e) = began {
-                    // The caller sees no transaction: end any begun here (a lock not granted
-                    // in `lock_timeout`, the connection lost after the BEGIN).
-                    if self.client.as_ref().is_some_and(|c| !c.is_closed()) {
-                        let _ = self.simple("ROLLBACK");
-                    }
-                    return Err(e);
-                }
-                self.in_tx = true;
+                    super::sql::Begin::Plain => "BEGIN ISOLATION LEVEL READ COMMITTED".into(),
+                    super::sql::Begin::Exclusive => format!(
+                        "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
+                    ),
+                });
                 self.aborted = false;
                 Ok(Reply::Done)
             }
-            Req::Commit => {
+            Req::Commit(last) => {
+                if self.pending.is_some() && last.is_none() {
+                    // Nothing was sent: there is no transaction to end.
+                    self.pending = None;
+                    return Ok(Reply::Done);
+                }
                 if self.aborted {
                     let _ = self.simple("ROLLBACK");
                     self.in_tx = false;
@@ -442,36 +489,75 @@ impl Worker {
                         "the transaction was rolled back: one of its statements failed".into(),
                     ));
                 }
-                let r = self.simple("COMMIT");
+                let r = match last {
+                    Some((sql, p)) => self.pipelined(&sql, &p, Some("COMMIT"), false),
+                    None => self.simple("COMMIT").map(|()| Reply::Done),
+                };
                 self.in_tx = false;
-                r.map(|()| Reply::Done)
+                r
             }
             Req::Rollback => {
+                if self.pending.take().is_some() {
+                    return Ok(Reply::Done);
+                }
                 let r = self.simple("ROLLBACK");
                 self.in_tx = false;
                 r.map(|()| Reply::Done)
             }
-            Req::Exec(sql, p) => {
-                let st = self.prepared(&sql)?;
-                let c = self.ensure()?;
-                let refs: Vec<&(dyn ToSql + Sync)> =
-                    p.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-                c.execute(&st, &refs)
-                    .map(Reply::Count)
-                    .map_err(|e| fail(&e))
-            }
-            Req::Rows(sql, p) => {
-                let st = self.prepared(&sql)?;
-                let c = self.ensure()?;
-                let refs: Vec<&(dyn ToSql + Sync)> =
-                    p.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-                let rows = c.query(&st, &refs).map_err(|e| fail(&e))?;
-                rows.iter()
-                    .map(cells)
-                    .collect::<Result<Vec<_>, _>>()
-                    .map(Reply::Rows)
-            }
+            Req::Exec(sql, p) => self.pipelined(&sql, &p, None, true),
+            Req::Rows(sql, p) => self.pipelined(&sql, &p, None, false),
             Req::Migrate(migrations) => self.migrate(migrations).map(|()| Reply::Done),
+        }
+    }
+
+    /// Runs `sql` (prepared), after the pending `BEGIN` if there is one and before `then` (a
+    /// `COMMIT`) if given, in one round trip: its rows, or with `count`, how many rows it
+    /// changed. The first failure is the answer: the server aborts the transaction at it, so
+    /// nothing after it takes effect.
+    fn pipelined(&mut self, sql: &str, p: &[Owned], then: Option<&str>, count: bool) -> Answer {
+        let st = self.prepared(sql)?;
+        self.ensure()?;
+        let begin = self.pending.take();
+        if begin.is_some() {
+            // From here the server may have a transaction open: a failure is rolled back.
+            self.in_tx = true;
+        }
+        let Some(c) = self.client.as_ref() else {
+            return Err(StoreError::Unavailable("not connected".into()));
+        };
+        let refs: Vec<&(dyn ToSql + Sync)> = p.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
+        let simple = |s: Option<String>| async move {
+            match s {
+                Some(s) => c.batch_execute(&s).await,
+                None => Ok(()),
+            }
+        };
+        let main = async {
+            if count {
+                c.execute(&st, &refs).await.map(Err)
+            } else {
+                c.query(&st, &refs).await.map(Ok)
+            }
+        };
+        // `biased`: first polled in this order, so sent in this order.
+        let (b, out, t) = self.rt.block_on(async {
+            tokio::join!(
+                biased;
+                simple(begin),
+                main,
+                simple(then.map(str::to_string)),
+            )
+        });
+        b.map_err(|e| fail(&e))?;
+        let out = out.map_err(|e| fail(&e))?;
+        t.map_err(|e| fail(&e))?;
+        match out {
+            Ok(rows) => rows
+                .iter()
+                .map(cells)
+                .collect::<Result<Vec<_>, _>>()
+                .map(Reply::Rows),
+            Err(n) => Ok(Reply::Count(n)),
         }
     }
 
@@ -482,7 +568,11 @@ impl Worker {
                 "the connection broke inside a transaction (rolled back)".into(),
             ));
         }
-        self.ensure()?.batch_execute(sql).map_err(|e| fail(&e))
+        self.ensure()?;
+        let Some(c) = self.client.as_ref() else {
+            return Err(StoreError::Unavailable("not connected".into()));
+        };
+        self.rt.block_on(c.batch_execute(sql)).map_err(|e| fail(&e))
     }
 
     /// The prepared statement of `sql` (as the store writes it), translated by [`dialect`]
@@ -492,61 +582,83 @@ impl Worker {
         if let Some(st) = self.stmts.get(sql) {
             return Ok(st.clone());
         }
-        let c = self.ensure()?;
-        let st = c.prepare(&dialect(sql)).map_err(|e| fail(&e))?;
+        let Some(c) = self.client.as_ref() else {
+            return Err(StoreError::Unavailable("not connected".into()));
+        };
+        let st = self
+            .rt
+            .block_on(c.prepare(&dialect(sql)))
+            .map_err(|e| fail(&e))?;
         self.stmts.insert(sql.to_string(), st.clone());
         Ok(st)
     }
 
     fn migrate(&mut self, migrations: &[&str]) -> Result<(), StoreError> {
-        let c = self.ensure()?;
-        let db = |e: postgres::Error| fail(&e);
-        c.execute("SELECT pg_advisory_lock($1)", &[&MIGRATE_LOCK])
-            .map_err(db)?;
-        let r = (|| {
-            c.batch_execute(
-                "CREATE TABLE IF NOT EXISTS keel_schema (version BIGINT NOT NULL);
-                 INSERT INTO keel_schema (version)
-                   SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM keel_schema);",
-            )
-            .map_err(db)?;
-            let version: i64 = c
-                .query_one("SELECT version FROM keel_schema", &[])
-                .map_err(db)?
-                .try_get(0)
+        self.ensure()?;
+        let Some(c) = self.client.as_ref() else {
+            return Err(StoreError::Unavailable("not connected".into()));
+        };
+        let db = |e: tokio_postgres::Error| fail(&e);
+        self.rt.block_on(async {
+            c.execute("SELECT pg_advisory_lock($1)", &[&MIGRATE_LOCK])
+                .await
                 .map_err(db)?;
-            let known = i64::try_from(migrations.len()).unwrap_or(i64::MAX);
-            if version > known {
-                return Err(StoreError::NewerSchema {
-                    found: version,
-                    supported: known,
-                });
-            }
-            for (i, m) in migrations
-                .iter()
-                .enumerate()
-                .skip(usize::try_from(version).unwrap_or(0))
-            {
-                let mut tx = c.transaction().map_err(db)?;
-                tx.batch_execute(m).map_err(db)?;
-                let v = i64::try_from(i + 1).unwrap_or(i64::MAX);
-                tx.execute("UPDATE keel_schema SET version = $1", &[&v])
+            let r = async {
+                c.batch_execute(
+                    "CREATE TABLE IF NOT EXISTS keel_schema (version BIGINT NOT NULL);
+                     INSERT INTO keel_schema (version)
+                       SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM keel_schema);",
+                )
+                .await
+                .map_err(db)?;
+                let version: i64 = c
+                    .query_one("SELECT version FROM keel_schema", &[])
+                    .await
+                    .map_err(db)?
+                    .try_get(0)
                     .map_err(db)?;
-                tx.commit().map_err(db)?;
+                let known = i64::try_from(migrations.len()).unwrap_or(i64::MAX);
+                if version > known {
+                    return Err(StoreError::NewerSchema {
+                        found: version,
+                        supported: known,
+                    });
+                }
+                for (i, m) in migrations
+                    .iter()
+                    .enumerate()
+                    .skip(usize::try_from(version).unwrap_or(0))
+                {
+                    let v = i64::try_from(i + 1).unwrap_or(i64::MAX);
+                    c.batch_execute("BEGIN").await.map_err(db)?;
+                    let step = async {
+                        c.batch_execute(m).await?;
+                        c.execute("UPDATE keel_schema SET version = $1", &[&v])
+                            .await?;
+                        c.batch_execute("COMMIT").await
+                    }
+                    .await;
+                    if let Err(e) = step {
+                        let _ = c.batch_execute("ROLLBACK").await;
+                        return Err(db(e));
+                    }
+                }
+                Ok(())
             }
-            Ok(())
-        })();
-        let unlock = c
-            .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATE_LOCK])
-            .map_err(db);
-        r?;
-        unlock.map(drop)
+            .await;
+            let unlock = c
+                .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATE_LOCK])
+                .await
+                .map_err(db);
+            r?;
+            unlock.map(drop)
+        })
     }
 }
 
 /// A PostgreSQL row as [`Cell`]s.
-fn cells(r: &postgres::Row) -> Result<Row, StoreError> {
-    let bad = |e: postgres::Error| StoreError::Shape(e.to_string());
+fn cells(r: &tokio_postgres::Row) -> Result<Row, StoreError> {
+    let bad = |e: tokio_postgres::Error| StoreError::Shape(e.to_string());
     r.columns()
         .iter()
         .enumerate()
@@ -579,7 +691,7 @@ fn cells(r: &postgres::Row) -> Result<Row, StoreError> {
 
 /// The default timeouts of a fleet's connection: a dead server or network is noticed within
 /// seconds, and no statement (a lock wait included) hangs a host forever.
-pub fn harden(config: &mut postgres::Config) {
+pub fn harden(config: &mut tokio_postgres::Config) {
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(5));
     }

@@ -282,6 +282,20 @@ impl Conn {
         }
     }
 
+    /// Runs `sql` and commits; its first row. On PostgreSQL in one round trip (see
+    /// [`Pg::commit_with`]); nothing is committed when `sql` fails, and the transaction is
+    /// then still to be rolled back on SQLite (as after any failed statement).
+    pub fn commit_with(&self, sql: &str, p: &[Val<'_>]) -> Result<Option<Row>, StoreError> {
+        match self {
+            Conn::Lite(_) => {
+                let r = self.one(sql, p)?;
+                self.commit()?;
+                Ok(r)
+            }
+            Conn::Pg(pg) => Ok(pg.commit_with(sql, p)?.into_iter().next()),
+        }
+    }
+
     /// Rolls the transaction back, if one is open (errors are moot: the transaction ends
     /// either way).
     pub fn rollback(&self) {

@@ -187,27 +187,37 @@ impl Pg {
     pub fn connect(settings: Settings) -> Result<Pg, StoreError> {
         let (to, from) = mpsc::channel::<(Req, mpsc::SyncSender<Answer>)>();
         let up = std::sync::Arc::new(AtomicBool::new(false));
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| StoreError::Unavailable(format!("cannot start its runtime: {e}")))?;
-        let mut w = Worker {
-            settings,
-            rt,
-            client: None,
-            pending: None,
-            stmts: HashMap::new(),
-            in_tx: false,
-            aborted: false,
-            connected_once: false,
-            up: up.clone(),
-        };
-        // The first connection is made on the thread too: the client must never block a
-        // thread that drives the host's runtime.
+        let thread_up = up.clone();
+        // The runtime and the first connection are made on the thread too: the client must
+        // never block a thread that drives the host's runtime, and a runtime must not be
+        // dropped on one.
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         std::thread::Builder::new()
             .name("keel-postgres".into())
             .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(StoreError::Unavailable(format!(
+                            "cannot start its runtime: {e}"
+                        ))));
+                        return;
+                    }
+                };
+                let mut w = Worker {
+                    settings,
+                    rt,
+                    client: None,
+                    pending: None,
+                    stmts: HashMap::new(),
+                    in_tx: false,
+                    aborted: false,
+                    connected_once: false,
+                    up: thread_up,
+                };
                 let first = w.ensure().map(drop);
                 let ok = first.is_ok();
                 let _ = ready_tx.send(first);

@@ -843,6 +843,27 @@ guards:
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(red, "/readyz stayed green with the database away");
+    // And it stays red while batches keep failing on the unreachable database.
+    for probe in 0..5 {
+        let _ = client
+            .post(format!("{}/ingest", bases[0]))
+            .bearer_auth(TOKEN)
+            .header("content-type", "application/json")
+            .body(body(&format!("probe-{probe}"), "linux", 0))
+            .send()
+            .await;
+        let r = client
+            .get(format!("{}/readyz", bases[0]))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let report: Value = r.json().await.unwrap();
+        assert!(
+            status == 503 && report["state"]["reachable"] == false,
+            "probe {probe}: /readyz turned green with the database still away: {status} {report}"
+        );
+    }
     let during: Vec<_> = (N / 3..2 * N / 3)
         .map(|i| tokio::spawn(accept(i)))
         .collect();

@@ -895,9 +895,9 @@ impl Host {
             self.sync_fleet(db)?;
             if let Some(snapshot) = &snapshot {
                 // The lock is held from the first statement's answer (`sync_fleet`'s).
-                let before = msgs.len();
+                let had = msgs.len();
                 more(&mut msgs);
-                for m in &mut msgs[before..] {
+                for m in msgs.iter_mut().skip(had) {
                     let pre = match m {
                         Inbox::Ingest(p, _, arrived) => {
                             self.normalize_ahead(p, arrived.take(), snapshot, &mut want)

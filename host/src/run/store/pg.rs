@@ -452,6 +452,11 @@ impl Worker {
     fn serve(&mut self, req: Req) -> Answer {
         let savepoint_back =
             matches!(&req, Req::Exec(sql, _) if sql.starts_with("ROLLBACK TO SAVEPOINT"));
+        // A request that sends nothing (a BEGIN kept for the next statement, the end of a
+        // transaction that sent nothing) says nothing of whether the database is reachable.
+        let silent = matches!(req, Req::Begin(_))
+            || (self.pending.is_some() && matches!(req, Req::Commit(None) | Req::Rollback))
+            || (!self.in_tx && self.pending.is_none() && matches!(req, Req::Rollback));
         let r = self.run(req);
         if self.in_tx {
             match &r {
@@ -460,8 +465,10 @@ impl Worker {
                 Ok(_) => {}
             }
         }
-        let lost = matches!(r, Err(StoreError::Unavailable(_)));
-        self.up.store(!lost, Ordering::Relaxed);
+        if !silent {
+            let lost = matches!(r, Err(StoreError::Unavailable(_)));
+            self.up.store(!lost, Ordering::Relaxed);
+        }
         r
     }
 
@@ -499,15 +506,20 @@ impl Worker {
                         "the transaction was rolled back: one of its statements failed".into(),
                     ));
                 }
-                let r = match last {
+                match last {
+                    // Ends the transaction once the COMMIT is sent (`pipelined`); when it
+                    // could not be, the transaction is still the caller's to roll back.
                     Some((sql, p)) => self.pipelined(&sql, &p, Some("COMMIT"), false),
-                    None => self.simple("COMMIT").map(|()| Reply::Done),
-                };
-                self.in_tx = false;
-                r
+                    None => {
+                        let r = self.simple("COMMIT").map(|()| Reply::Done);
+                        self.in_tx = false;
+                        r
+                    }
+                }
             }
             Req::Rollback => {
-                if self.pending.take().is_some() {
+                if self.pending.take().is_some() || !self.in_tx {
+                    // Nothing was sent, or the transaction ended already.
                     return Ok(Reply::Done);
                 }
                 let r = self.simple("ROLLBACK");
@@ -542,22 +554,37 @@ impl Worker {
                 None => Ok(()),
             }
         };
+        // Set when `sql` failed; read by `then` when it is first polled, right after `sql`
+        // was: a statement that failed before it was sent (its parameters could not be
+        // encoded) left the transaction open and not aborted, so `then` is not sent
+        // as it is: a ROLLBACK instead.
+        let failed = std::cell::Cell::new(false);
         let main = async {
-            if count {
+            let r = if count {
                 c.execute(&st, &refs).await.map(Err)
             } else {
                 c.query(&st, &refs).await.map(Ok)
+            };
+            if r.is_err() {
+                failed.set(true);
+            }
+            r
+        };
+        let last = async {
+            match then {
+                Some(_) if failed.get() => c.batch_execute("ROLLBACK").await,
+                Some(t) => c.batch_execute(t).await,
+                None => Ok(()),
             }
         };
         // `biased`: first polled in this order, so sent in this order.
-        let (b, out, t) = self.rt.block_on(async {
-            tokio::join!(
-                biased;
-                simple(begin),
-                main,
-                simple(then.map(str::to_string)),
-            )
-        });
+        let (b, out, t) = self
+            .rt
+            .block_on(async { tokio::join!(biased; simple(begin), main, last) });
+        if then.is_some() {
+            // The COMMIT (or ROLLBACK) was sent: the transaction is over, whatever came back.
+            self.in_tx = false;
+        }
         b.map_err(|e| fail(&e))?;
         let out = out.map_err(|e| fail(&e))?;
         t.map_err(|e| fail(&e))?;

@@ -465,6 +465,34 @@ fn on_postgres_a_batch_with_a_failed_statement_commits_nothing() -> Result<(), S
 }
 
 #[test]
+fn on_postgres_a_last_write_that_cannot_be_sent_commits_nothing() -> Result<(), StoreError> {
+    let pg = server::PgServer::start();
+    pg.create_db("unsent");
+    let s = pg_store(&pg, "unsent", "host-a")?;
+    {
+        let c = s.c()?;
+        c.begin(Begin::Exclusive)?;
+        c.exec(
+            "INSERT INTO normalizer_state (name, json) VALUES (?1, ?2)",
+            p!["early", "{}"],
+        )?;
+        // Text for a BIGINT parameter: refused while the statement is encoded, before it is
+        // sent. The COMMIT that would have followed it must not be sent either.
+        let r = c.commit_with("SELECT CAST(?1 AS BIGINT)", p!["not a number"]);
+        assert!(r.is_err(), "{r:?}");
+        c.rollback();
+    }
+    assert_eq!(
+        pg.count("unsent", "SELECT COUNT(*) FROM normalizer_state"),
+        0
+    );
+    // The connection is usable again, and a batch commits.
+    s.batch(|db| db.record(&decision("u1", T0, "done", &[])).map(drop))?;
+    assert!(s.seen("u1", "Scheduled")?);
+    Ok(())
+}
+
+#[test]
 fn a_fleets_leases_are_stamped_by_the_database_clock() -> Result<(), StoreError> {
     let pg = server::PgServer::start();
     pg.create_db("clock");

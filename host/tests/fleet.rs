@@ -822,46 +822,39 @@ guards:
     }
     pg.stop();
     // While it is away: the hosts say so on /readyz, and new bodies are not accepted.
+    // A probe posts a body (its batch fails) and reads /readyz: whether it is red.
+    let probe = |name: String| {
+        let (client, base) = (client.clone(), bases[0].clone());
+        async move {
+            let _ = client
+                .post(format!("{base}/ingest"))
+                .bearer_auth(TOKEN)
+                .header("content-type", "application/json")
+                .body(body(&name, "linux", 0))
+                .send()
+                .await;
+            let r = client.get(format!("{base}/readyz")).send().await.unwrap();
+            let status = r.status().as_u16();
+            let report: Value = r.json().await.unwrap();
+            (
+                status == 503 && report["state"]["reachable"] == false,
+                report,
+            )
+        }
+    };
     let mut red = false;
     let deadline = Instant::now() + Duration::from_secs(20);
     while !red && Instant::now() < deadline {
-        let _ = client
-            .post(format!("{}/ingest", bases[0]))
-            .bearer_auth(TOKEN)
-            .header("content-type", "application/json")
-            .body(body("probe", "linux", 0))
-            .send()
-            .await;
-        let r = client
-            .get(format!("{}/readyz", bases[0]))
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        let report: Value = r.json().await.unwrap();
-        red = status == 503 && report["state"]["reachable"] == false;
+        red = probe("probe".into()).await.0;
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(red, "/readyz stayed green with the database away");
     // And it stays red while batches keep failing on the unreachable database.
-    for probe in 0..5 {
-        let _ = client
-            .post(format!("{}/ingest", bases[0]))
-            .bearer_auth(TOKEN)
-            .header("content-type", "application/json")
-            .body(body(&format!("probe-{probe}"), "linux", 0))
-            .send()
-            .await;
-        let r = client
-            .get(format!("{}/readyz", bases[0]))
-            .send()
-            .await
-            .unwrap();
-        let status = r.status().as_u16();
-        let report: Value = r.json().await.unwrap();
+    for i in 0..5 {
+        let (red, report) = probe(format!("probe-{i}")).await;
         assert!(
-            status == 503 && report["state"]["reachable"] == false,
-            "probe {probe}: /readyz turned green with the database still away: {status} {report}"
+            red,
+            "probe {i}: /readyz turned green with the database still away: {report}"
         );
     }
     let during: Vec<_> = (N / 3..2 * N / 3)

@@ -110,8 +110,7 @@ const PREFETCH: &str = "
 /// Every unwritten decision of a batch in one statement: the decisions of the events that
 /// were new (a decision already there fails the statement: see [`Db::flush`]), the ingest keys,
 /// and the attempt counts (the last one per resource and operation, as one upsert after the
-/// other would leave it). Decisions get their `seq` in the order they were recorded. Returns
-/// how many decisions were inserted.
+/// other would leave it). Decisions get their `seq` in the order they were recorded.
 const FLUSH: &str = "
     WITH input AS (
       SELECT * FROM unnest(
@@ -336,7 +335,7 @@ impl Db<'_> {
     /// cause: its decision's primary key. Never a decision answered as recorded and not
     /// written.
     pub(super) fn flush(&self) -> Result<(), StoreError> {
-        self.write_recorded(|sql, p| self.0.one(sql, p))
+        self.write_recorded(|sql, p| self.0.one(sql, p).map(drop))
     }
 
     /// Ends a fleet's batch: writes the decisions it recorded and commits, in one round trip.
@@ -356,7 +355,7 @@ impl Db<'_> {
     /// Runs [`FLUSH`] with `run` over the decisions recorded and not written yet (if any).
     fn write_recorded(
         &self,
-        run: impl FnOnce(&str, &[Val<'_>]) -> Result<Option<super::sql::Row>, StoreError>,
+        run: impl FnOnce(&str, &[Val<'_>]) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         let Some(o) = self.2 else {
             return Ok(());
@@ -400,7 +399,6 @@ impl Db<'_> {
                 Val::Ints(&attempt),
                 Val::Text(self.1),
             ],
-        )?;
-        Ok(())
+        )
     }
 }

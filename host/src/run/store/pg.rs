@@ -284,18 +284,16 @@ impl Pg {
         self.ask(Req::Commit(None)).map(drop)
     }
 
-    /// Runs `sql` and commits, in one round trip; the rows of `sql`. When `sql` fails,
-    /// nothing is committed (the server answers the `COMMIT` of the aborted transaction with
-    /// a rollback) and its error is returned.
-    pub fn commit_with(&self, sql: &str, p: &[Val<'_>]) -> Result<Vec<Row>, StoreError> {
+    /// Runs `sql` and commits, in one round trip. When `sql` fails, nothing is committed
+    /// (the server answers the `COMMIT` of the aborted transaction with a rollback, and one
+    /// that could not be sent is followed by a `ROLLBACK`) and its error is returned.
+    pub fn commit_with(&self, sql: &str, p: &[Val<'_>]) -> Result<(), StoreError> {
         self.in_tx.store(false, Ordering::Relaxed);
-        match self.ask(Req::Commit(Some((
+        self.ask(Req::Commit(Some((
             sql.to_string(),
             p.iter().map(Owned::from).collect(),
-        ))))? {
-            Reply::Rows(r) => Ok(r),
-            _ => Ok(Vec::new()),
-        }
+        ))))
+        .map(drop)
     }
 
     /// Rolls back.
@@ -378,9 +376,9 @@ fn fail(e: &tokio_postgres::Error) -> StoreError {
 }
 
 impl Worker {
-    /// A live connection: the one there is, or a new one when none is and no transaction
-    /// was open on the one that broke.
-    fn ensure(&mut self) -> Result<&mut Client, StoreError> {
+    /// A live connection (with the runtime that drives it): the one there is, or a new one
+    /// when none is and no transaction was open on the one that broke.
+    fn ensure(&mut self) -> Result<(&tokio::runtime::Runtime, &Client), StoreError> {
         if self.client.as_ref().is_some_and(Client::is_closed) {
             self.client = None;
             self.stmts.clear();
@@ -405,9 +403,10 @@ impl Worker {
             self.connected_once = true;
             self.client = Some(c);
         }
-        self.client
-            .as_mut()
-            .ok_or_else(|| StoreError::Unavailable("not connected".into()))
+        match &self.client {
+            Some(c) => Ok((&self.rt, c)),
+            None => Err(StoreError::Unavailable("not connected".into())),
+        }
     }
 
     fn open(&self) -> Result<Client, StoreError> {
@@ -537,20 +536,24 @@ impl Worker {
     /// changed. The first failure is the answer: the server aborts the transaction at it, so
     /// nothing after it takes effect.
     fn pipelined(&mut self, sql: &str, p: &[Owned], then: Option<&str>, count: bool) -> Answer {
+        // Prepared on the live connection (reconnected first when none is and no transaction
+        // is open), and sent on that same one: never a statement of a connection replaced.
         let st = self.prepared(sql)?;
-        self.ensure()?;
+        let Some(c) = self.client.as_ref().filter(|c| !c.is_closed()) else {
+            return Err(StoreError::Unavailable(
+                "the connection to the database broke".into(),
+            ));
+        };
+        let rt = &self.rt;
         let begin = self.pending.take();
         if begin.is_some() {
             // From here the server may have a transaction open: a failure is rolled back.
             self.in_tx = true;
         }
-        let Some(c) = self.client.as_ref() else {
-            return Err(StoreError::Unavailable("not connected".into()));
-        };
         let refs: Vec<&(dyn ToSql + Sync)> = p.iter().map(|v| v as &(dyn ToSql + Sync)).collect();
-        let simple = |s: Option<String>| async move {
-            match s {
-                Some(s) => c.batch_execute(&s).await,
+        let first = async {
+            match begin {
+                Some(b) => c.batch_execute(&b).await,
                 None => Ok(()),
             }
         };
@@ -578,9 +581,7 @@ impl Worker {
             }
         };
         // `biased`: first polled in this order, so sent in this order.
-        let (b, out, t) = self
-            .rt
-            .block_on(async { tokio::join!(biased; simple(begin), main, last) });
+        let (b, out, t) = rt.block_on(async { tokio::join!(biased; first, main, last) });
         if then.is_some() {
             // The COMMIT (or ROLLBACK) was sent: the transaction is over, whatever came back.
             self.in_tx = false;
@@ -605,11 +606,8 @@ impl Worker {
                 "the connection broke inside a transaction (rolled back)".into(),
             ));
         }
-        self.ensure()?;
-        let Some(c) = self.client.as_ref() else {
-            return Err(StoreError::Unavailable("not connected".into()));
-        };
-        self.rt.block_on(c.batch_execute(sql)).map_err(|e| fail(&e))
+        let (rt, c) = self.ensure()?;
+        rt.block_on(c.batch_execute(sql)).map_err(|e| fail(&e))
     }
 
     /// The prepared statement of `sql` (as the store writes it), translated by [`dialect`]
@@ -619,11 +617,8 @@ impl Worker {
         if let Some(st) = self.stmts.get(sql) {
             return Ok(st.clone());
         }
-        let Some(c) = self.client.as_ref() else {
-            return Err(StoreError::Unavailable("not connected".into()));
-        };
-        let st = self
-            .rt
+        let (rt, c) = self.ensure()?;
+        let st = rt
             .block_on(c.prepare(&dialect(sql)))
             .map_err(|e| fail(&e))?;
         self.stmts.insert(sql.to_string(), st.clone());
@@ -631,12 +626,9 @@ impl Worker {
     }
 
     fn migrate(&mut self, migrations: &[&str]) -> Result<(), StoreError> {
-        self.ensure()?;
-        let Some(c) = self.client.as_ref() else {
-            return Err(StoreError::Unavailable("not connected".into()));
-        };
+        let (rt, c) = self.ensure()?;
         let db = |e: tokio_postgres::Error| fail(&e);
-        self.rt.block_on(async {
+        rt.block_on(async {
             c.execute("SELECT pg_advisory_lock($1)", &[&MIGRATE_LOCK])
                 .await
                 .map_err(db)?;

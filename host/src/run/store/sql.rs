@@ -282,17 +282,16 @@ impl Conn {
         }
     }
 
-    /// Runs `sql` and commits; its first row. On PostgreSQL in one round trip (see
-    /// [`Pg::commit_with`]); nothing is committed when `sql` fails, and the transaction is
-    /// then still to be rolled back on SQLite (as after any failed statement).
-    pub fn commit_with(&self, sql: &str, p: &[Val<'_>]) -> Result<Option<Row>, StoreError> {
+    /// Runs `sql` and commits. On PostgreSQL in one round trip (see [`Pg::commit_with`]);
+    /// nothing is committed when `sql` fails, and the transaction is then still to be rolled
+    /// back on SQLite (as after any failed statement).
+    pub fn commit_with(&self, sql: &str, p: &[Val<'_>]) -> Result<(), StoreError> {
         match self {
             Conn::Lite(_) => {
-                let r = self.one(sql, p)?;
-                self.commit()?;
-                Ok(r)
+                self.rows(sql, p)?;
+                self.commit()
             }
-            Conn::Pg(pg) => Ok(pg.commit_with(sql, p)?.into_iter().next()),
+            Conn::Pg(pg) => pg.commit_with(sql, p),
         }
     }
 

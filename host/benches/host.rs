@@ -737,28 +737,9 @@ fn fleet_state(url: &str, pw: &Path, identity: &str) -> String {
     )
 }
 
-/// Ingest throughput of `hosts` hosts on one fresh database of `pg`, the clients spread over
-/// them.
+/// Ingest throughput of `hosts` hosts of the `keel` binary `bin` (the fleet A/B part runs an
+/// older build) on one fresh database of `pg`, the clients spread over them.
 async fn fleet_ingest(
-    pg: &pg::PgServer,
-    db: &str,
-    hosts: usize,
-    clients: usize,
-    secs: u64,
-) -> (f64, u64) {
-    fleet_ingest_bin(
-        pg,
-        db,
-        hosts,
-        clients,
-        secs,
-        Path::new(env!("CARGO_BIN_EXE_keel")),
-    )
-    .await
-}
-
-/// [`fleet_ingest`] with the `keel` binary `bin` (the fleet A/B part runs an older build).
-async fn fleet_ingest_bin(
     pg: &pg::PgServer,
     db: &str,
     hosts: usize,
@@ -1037,7 +1018,7 @@ async fn main() {
                 for first in [r % 2 == 0, r % 2 != 0] {
                     let bin = if first { Path::new(&base) } else { this };
                     let db = format!("ab{hosts}_{r}_{}", u8::from(first));
-                    let (rate, other) = fleet_ingest_bin(&pg, &db, hosts, clients, secs, bin).await;
+                    let (rate, other) = fleet_ingest(&pg, &db, hosts, clients, secs, bin).await;
                     println!(
                         "  {hosts} host(s), {}: {rate:>8.0} events/s ({other} answers other than 202)",
                         if first { "A" } else { "B" }
@@ -1059,9 +1040,10 @@ async fn main() {
     }
     println!("fleet mode: hosts on one PostgreSQL (loopback, fsync off: the server's durability is its own)");
     let pg = pg::PgServer::start();
-    let (one, f1) = fleet_ingest(&pg, "ingest1", 1, clients, secs).await;
+    let this = Path::new(env!("CARGO_BIN_EXE_keel"));
+    let (one, f1) = fleet_ingest(&pg, "ingest1", 1, clients, secs, this).await;
     println!("  ingest, 1 host on PostgreSQL:        {one:>8.0} events/s  (non-202: {f1})");
-    let (three, f3) = fleet_ingest(&pg, "ingest3", 3, clients, secs).await;
+    let (three, f3) = fleet_ingest(&pg, "ingest3", 3, clients, secs, this).await;
     println!("  ingest, 3 hosts on one PostgreSQL:   {three:>8.0} events/s  (non-202: {f3})");
     println!(
         "  ratios: 3 PostgreSQL hosts / 1 SQLite host {:.2}x, 1 PostgreSQL host / 1 SQLite host {:.2}x",

@@ -440,15 +440,9 @@ const WRITE_LOCK: i64 = 0x6b65_656c_0001;
 /// decides more, instead of one batch per wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_arriving_while_the_write_lock_is_awaited_join_the_waiting_batch() {
-    let IngestFleet {
-        pg,
-        dir: _dir,
-        hook: _hook,
-        mut hosts,
-        bases,
-        client,
-        ..
-    } = ingest_fleet("gather").await;
+    // Kept whole: the directory and the webhook live as long as the hosts.
+    let mut fleet = ingest_fleet("gather").await;
+    let pg = &fleet.pg;
     // Another session holds the write lock until told.
     let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
     let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
@@ -471,7 +465,7 @@ async fn bodies_arriving_while_the_write_lock_is_awaited_join_the_waiting_batch(
     });
     held_rx.recv().unwrap();
     let post = |i: usize| {
-        let (client, base) = (client.clone(), bases[0].clone());
+        let (client, base) = (fleet.client.clone(), fleet.bases[0].clone());
         tokio::spawn(async move {
             post_ingest_reply(&client, &base, body(&format!("web-win-{i}"), "windows", i)).await
         })
@@ -494,7 +488,7 @@ async fn bodies_arriving_while_the_write_lock_is_awaited_join_the_waiting_batch(
     holder.join().unwrap();
     assert_eq!(pg.count("gather", "SELECT COUNT(*) FROM decisions"), 20);
     // One batch decided them all.
-    let m = hosts[0].metrics().await;
+    let m = fleet.hosts[0].metrics().await;
     assert_eq!(
         metric(&m, "keel_commit_batches_total"),
         Some(1.0),
@@ -504,7 +498,7 @@ async fn bodies_arriving_while_the_write_lock_is_awaited_join_the_waiting_batch(
             .collect::<Vec<_>>()
             .join("\n")
     );
-    for k in &mut hosts {
+    for k in &mut fleet.hosts {
         k.kill();
     }
 }

@@ -210,6 +210,10 @@ mod generated {
         let mut text = format!("event.failure.attempt != {}1", "-".repeat(minus));
         let (mut depth, mut unary, mut ast) = (0usize, minus, 4 + minus);
         let mut run = 0usize;
+        // Ternaries whose `:` operand is still open at the text's end: an `&&` layer appended
+        // lands inside them (`a ? b : c && d` is `a ? b : (c && d)`). A bracket layer wraps
+        // them all and closes them.
+        let mut open_ternaries = 0usize;
         for l in layers {
             text = match l {
                 Layer::Paren => format!("({text})"),
@@ -232,11 +236,16 @@ mod generated {
             ast += a;
             // How deep the text's brackets nest: a bracket or ternary layer wraps all of it
             // (one level more); an `&&` layer wraps it in none, but a chain's call brackets
-            // (`lowerAscii()`, `startsWith("w")`) open one level themselves, which every later
-            // wrapping layer then deepens like the rest.
+            // (`lowerAscii()`, `startsWith("w")`) open one level themselves, inside the
+            // ternaries still open, which every later wrapping layer then deepens like the rest.
             depth = match l {
-                Layer::Chain => depth.max(1),
+                Layer::Chain => depth.max(open_ternaries + 1),
                 _ => depth + b,
+            };
+            open_ternaries = match l {
+                Layer::Ternary => open_ternaries + 1,
+                Layer::Str(_) | Layer::Chain => open_ternaries,
+                Layer::Paren | Layer::List | Layer::Map | Layer::Not => 0,
             };
             // The `!(` and `(` prefixes of consecutive layers are adjacent (`&&` layers add
             // only a suffix); `[`, `{` and `false ? …` end the run.
@@ -295,6 +304,31 @@ mod generated {
             .to_string();
         assert!(msg.contains("nested more than 24"), "{msg}");
         assert_eq!(build(&layers[..24], 0).brackets, 24);
+    }
+
+    /// A chain appended to a ternary is inside its `:` operand, one level deeper: inside 23
+    /// parentheses it is the 25th level (a case the generator found, when its model put the
+    /// chain at the top level).
+    #[test]
+    fn a_chain_after_a_ternary_inside_23_parentheses_is_25_levels_deep() {
+        let mut layers = vec![Layer::Ternary, Layer::Chain];
+        layers.extend(std::iter::repeat_n(Layer::Paren, 23));
+        let b = build(&layers, 0);
+        assert_eq!(b.brackets, 25);
+        let when = b.text.clone();
+        let res = on_stack(256, move || {
+            Engine::builder().add_source("p.yaml", yaml(&when)).build()
+        });
+        let msg = res.expect_err(&b.text).diagnostics()[0]
+            .message()
+            .to_string();
+        assert!(msg.contains("nested more than 24"), "{msg}");
+        // One parenthesis fewer loads.
+        let when = build(&layers[..24], 0).text;
+        let res = on_stack(256, move || {
+            Engine::builder().add_source("p.yaml", yaml(&when)).build()
+        });
+        assert!(res.is_ok(), "{:?}", res.err().map(|e| e.to_string()));
     }
 
     proptest! {

@@ -256,15 +256,31 @@ impl History {
     }
 
     /// Remembers an event. Call it before deciding the event, so that its own occurrence
-    /// counts.
+    /// counts. What is older than the retention before the event's time is forgotten: where
+    /// an event can be dated ahead of the clock (an AWS scheduled event is dated by its
+    /// `NotBefore`), use [`History::record_at`], or such an event forgets everything.
     pub fn record(&mut self, ev: &Event) {
-        Arc::make_mut(&mut self.data).record(ev);
+        Arc::make_mut(&mut self.data).record(ev, ev.time);
+    }
+
+    /// [`History::record`] with the caller's clock: what is older than the retention before
+    /// `now` or the event's time, whichever is earlier, is forgotten. An event dated in the
+    /// future is remembered (and counted once its time comes) without making the rest look
+    /// old.
+    pub fn record_at(&mut self, ev: &Event, now: Timestamp) {
+        Arc::make_mut(&mut self.data).record(ev, ev.time.min(now));
     }
 
     /// Remembers a decision: its action for the event's resource, and the keys of its
-    /// escalations (so that repeats are marked [`crate::Escalation::repeat`]).
+    /// escalations (so that repeats are marked [`crate::Escalation::repeat`]). Forgets as
+    /// [`History::record`] does.
     pub fn record_decision(&mut self, ev: &Event, d: &Decision) {
-        Arc::make_mut(&mut self.data).record_decision(ev, d);
+        Arc::make_mut(&mut self.data).record_decision(ev, d, ev.time);
+    }
+
+    /// [`History::record_decision`] with the caller's clock, as [`History::record_at`].
+    pub fn record_decision_at(&mut self, ev: &Event, d: &Decision, now: Timestamp) {
+        Arc::make_mut(&mut self.data).record_decision(ev, d, ev.time.min(now));
     }
 
     /// Whether an escalation key was recorded before.
@@ -466,7 +482,8 @@ impl HistoryData {
         a
     }
 
-    fn record(&mut self, ev: &Event) {
+    /// Remembers `ev`; forgets what is older than the retention before `clock`.
+    fn record(&mut self, ev: &Event, clock: Timestamp) {
         let mut values = Vec::new();
         for id in FieldId::all() {
             if !correlatable(id) {
@@ -507,7 +524,7 @@ impl HistoryData {
                 GuardIndex::push(&mut self.guards.resource_failures, r, ev.time, max);
             }
         }
-        self.trim(ev.time);
+        self.trim(clock);
     }
 
     /// Remembers `action` for `resource` at `time`, in both lists (in the same order).
@@ -520,7 +537,8 @@ impl HistoryData {
         self.decisions.push_back(DecisionEntry { time, resource });
     }
 
-    fn record_decision(&mut self, ev: &Event, d: &Decision) {
+    /// Remembers `d` for `ev`; forgets what is older than the retention before `clock`.
+    fn record_decision(&mut self, ev: &Event, d: &Decision, clock: Timestamp) {
         if let Some(r) = resource_key(ev) {
             self.push_decision(ev.time, r, d.action);
         }
@@ -544,12 +562,12 @@ impl HistoryData {
             let page: Arc<str> = Arc::from(scope::resource_scope(r));
             self.guards.page(page, ev.time);
         }
-        self.trim(ev.time);
+        self.trim(clock);
     }
 
-    /// Drops what is older than the retention before `now` (the event being recorded: one
-    /// event dated far in the future must not make everything else look old) and what exceeds
-    /// the size bound.
+    /// Drops what is older than the retention before `now` (the time of the event being
+    /// recorded, or the caller's clock when that is earlier: one event dated far in the future
+    /// must not make everything else look old) and what exceeds the size bound.
     fn trim(&mut self, now: Timestamp) {
         let Some(horizon) = now.checked_sub_signed(self.retention) else {
             return;

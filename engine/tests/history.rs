@@ -351,6 +351,52 @@ fn one_future_dated_event_does_not_blind_the_history() {
     assert_eq!(pages, 1, "the three eastus failures are still one incident");
 }
 
+/// [`step`] on the caller's clock `now` (what `keel run` does: an AWS scheduled event is
+/// dated by its `NotBefore`, days ahead of the clock).
+fn step_at(engine: &Engine, h: &mut History, ev: &Event, now: Timestamp) -> Decision {
+    h.record_at(ev, now);
+    let d = engine.decide(ev, &Ctx::new(now).with_history(h));
+    h.record_decision_at(ev, &d, now);
+    d
+}
+
+#[test]
+fn an_event_dated_ahead_of_the_clock_does_not_make_the_incident_so_far_look_old() {
+    let e = engine(FLEET);
+    let mut h = History::new();
+    let start = t("2021-10-13T14:00:00Z");
+    let mut pages = 0;
+    let fail = |h: &mut History, i: i64| {
+        let at = start + Duration::seconds(i);
+        let d = step_at(
+            &e,
+            h,
+            &failure(&format!("w{i}"), "windows", "eastus", at),
+            at,
+        );
+        d.escalations.iter().filter(|x| !x.repeat).count()
+    };
+    for i in 0..3 {
+        pages += fail(&mut h, i);
+    }
+    assert_eq!(pages, 1, "three eastus failures page once");
+    // Dated three days ahead, seen now.
+    let ahead = failure("later", "linux", "westus", start + Duration::days(3));
+    step_at(&e, &mut h, &ahead, start + Duration::seconds(3));
+    assert_eq!(
+        h.len(),
+        4,
+        "the incident's three failures are still remembered"
+    );
+    for i in 4..6 {
+        pages += fail(&mut h, i);
+    }
+    assert_eq!(
+        pages, 1,
+        "the incident goes on: its escalation is a repeat, not a new page"
+    );
+}
+
 #[test]
 fn extreme_times_and_limits_never_panic() {
     let mut h = History::with_limits(usize::MAX, i64::MAX);

@@ -231,7 +231,7 @@ pub(super) fn run_case(
         let mut held = Vec::new();
         for ev in &events {
             if !redecide {
-                history.record(ev);
+                history.record_at(ev, step.at);
             }
             let d = engine.decide(
                 ev,
@@ -239,7 +239,7 @@ pub(super) fn run_case(
                     .with_mode(Mode::Full)
                     .with_history(&history),
             );
-            history.record_decision(ev, &d);
+            history.record_decision_at(ev, &d, step.at);
             for cov in coverage.iter_mut() {
                 if d.matched.iter().any(|m| m.policy == cov.policy) {
                     cov.matched += 1;

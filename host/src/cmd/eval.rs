@@ -134,12 +134,12 @@ pub fn run(args: Args) -> Exit {
                 return Exit::Usage;
             }
         };
-        history.record(&event);
+        history.record_at(&event, now);
         let decision = engine.decide(
             &event,
             &Ctx::new(now).with_mode(mode).with_history(&history),
         );
-        history.record_decision(&event, &decision);
+        history.record_decision_at(&event, &decision, now);
         errored += usize::from(!decision.errors.is_empty());
         let res = write_decision(&mut out, &args, cfg.as_ref(), &event, &decision, now, n);
         n += 1;

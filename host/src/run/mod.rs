@@ -413,7 +413,8 @@ pub(crate) fn status_of(ev: &Event) -> String {
 /// drain it a second time as unannounced.
 fn rebuild_history(store: &Store) -> Result<History, StoreError> {
     let mut h = History::new();
-    let since = now() - chrono::Duration::seconds(keel_engine::history::DEFAULT_RETENTION_S);
+    let clock = now();
+    let since = clock - chrono::Duration::seconds(keel_engine::history::DEFAULT_RETENTION_S);
     for (ev, d) in store.decisions_since(&rfc(since), keel_engine::history::DEFAULT_MAX_EVENTS)? {
         let (Ok(ev), Ok(d)) = (
             serde_json::from_str::<Event>(&ev),
@@ -421,8 +422,8 @@ fn rebuild_history(store: &Store) -> Result<History, StoreError> {
         ) else {
             continue;
         };
-        h.record(&ev);
-        h.record_decision(&ev, &d);
+        h.record_at(&ev, clock);
+        h.record_decision_at(&ev, &d, clock);
     }
     Ok(h)
 }
@@ -690,9 +691,9 @@ impl Host {
             let Ok(mut h) = self.history.lock() else {
                 return Err(StoreError::Poisoned);
             };
-            h.record(ev);
+            h.record_at(ev, at);
             let d = engine.decide(ev, &Ctx::new(at).with_history(&h));
-            h.record_decision(ev, &d);
+            h.record_decision_at(ev, &d, at);
             d
         };
         self.metrics
@@ -1069,13 +1070,14 @@ impl Host {
             let Ok(mut h) = self.history.lock() else {
                 return Err(StoreError::Poisoned);
             };
+            let clock = now();
             for (ev, d) in rows.iter().filter_map(|r| r.1.as_ref()) {
                 if let (Ok(ev), Ok(d)) = (
                     serde_json::from_str::<Event>(ev),
                     serde_json::from_str::<Decision>(d),
                 ) {
-                    h.record(&ev);
-                    h.record_decision(&ev, &d);
+                    h.record_at(&ev, clock);
+                    h.record_decision_at(&ev, &d, clock);
                 }
             }
             self.fleet_seq.store(last, Ordering::Relaxed);

@@ -501,12 +501,12 @@ pub fn decide(engine: &Engine, input: &[u8]) -> Result<Decision, ModuleError> {
     let mut history = History::new();
     for (i, raw) in entries.iter().enumerate() {
         match parse_history_entry(text, raw, i)? {
-            Entry::Event(ev) => history.record(&ev),
-            Entry::Decision(ev, d) => history.record_decision(&ev, &d),
+            Entry::Event(ev) => history.record_at(&ev, req.ctx.now),
+            Entry::Decision(ev, d) => history.record_decision_at(&ev, &d, req.ctx.now),
         }
     }
     if req.record {
-        history.record(&event);
+        history.record_at(&event, req.ctx.now);
     }
     Ok(engine.decide(&event, &ctx.with_history(&history)))
 }

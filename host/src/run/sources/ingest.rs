@@ -207,12 +207,18 @@ pub fn counted_time(reported: Timestamp, observed: Timestamp) -> Timestamp {
     }
 }
 
+/// The ingest normalizer's look-up of a field (`keel_engine`'s own is not public): the key
+/// spelled exactly `key` first, else the first that matches case-insensitively (in byte
+/// order: the map is sorted); `null` as absent.
 #[cfg(test)]
 fn get_ci<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
-    v.as_object()?
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(key))
-        .map(|(_, v)| v)
+    let obj = v.as_object()?;
+    obj.get(key)
+        .or_else(|| {
+            obj.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(key))
+                .map(|(_, v)| v)
+        })
         .filter(|v| !v.is_null())
 }
 
@@ -280,10 +286,12 @@ struct Head {
 }
 
 impl Head {
-    /// Reads the head of a body (nothing of one that is not a JSON object), as
-    /// [`get_ci`] finds the two fields in the body parsed whole, without building the rest:
-    /// of the keys that match case-insensitively the first in byte order, the last of its
-    /// duplicates, and `null` as absent.
+    /// Reads the head of a body (nothing of one that is not a JSON object), as the
+    /// normalizer finds the two fields in the body parsed whole ([`get_ci`]), without
+    /// building the rest: the key spelled exactly as the field first, else of the keys that
+    /// match case-insensitively the first in byte order; the last of its duplicates; `null`
+    /// as absent. (A body giving `IDEMPOTENCY_KEY` and `idempotency_key` is recorded under
+    /// the key its event is named by.)
     fn of(bytes: &[u8]) -> Head {
         serde_json::from_slice(bytes).unwrap_or_default()
     }
@@ -305,23 +313,26 @@ impl<'de> serde::Deserialize<'de> for Head {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Head, A::Error> {
-                // Each field with the key it was found under. A key replaces the one found
-                // so far if it sorts before it, or is the same (a duplicate: the last one
-                // counts), as in a map parsed whole; every other value is skipped unbuilt.
-                fn wins<T>(found: &Option<(String, T)>, k: &str) -> bool {
-                    found.as_ref().is_none_or(|(f, _)| k <= f.as_str())
+                // Each field with the key it was found under, chosen as the normalizer's
+                // case-insensitive look-up chooses in the map parsed whole: the key spelled
+                // exactly `field` first, else the first match in byte order; of duplicates
+                // the last one. Every other value is skipped unbuilt.
+                fn wins<T>(found: &Option<(String, T)>, k: &str, field: &str) -> bool {
+                    found
+                        .as_ref()
+                        .is_none_or(|(f, _)| k == field || (f != field && k <= f.as_str()))
                 }
                 let mut key: Option<(String, Value)> = None;
                 let mut attempt: Option<(String, bool)> = None;
                 while let Some(k) = m.next_key::<String>()? {
                     if k.eq_ignore_ascii_case("idempotency_key") {
                         let v: Value = m.next_value()?;
-                        if wins(&key, &k) {
+                        if wins(&key, &k, "idempotency_key") {
                             key = Some((k, v));
                         }
                     } else if k.eq_ignore_ascii_case("attempt") {
                         let v: Option<IgnoredAny> = m.next_value()?;
-                        if wins(&attempt, &k) {
+                        if wins(&attempt, &k, "attempt") {
                             attempt = Some((k, v.is_some()));
                         }
                     } else {
@@ -788,6 +799,40 @@ mod tests {
         assert_eq!(post(&host, &fixture).status, 202);
         // The same body again, on arrival or not: one decision.
         assert_eq!(post(&host, &fixture).status, 200);
+    }
+
+    #[test]
+    fn a_key_given_under_two_spellings_is_the_one_its_event_is_named_by() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = host(dir.path());
+        let mut body: Value = serde_json::from_str(
+            &std::fs::read_to_string(
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../engine/tests/data/ingest/vm-agent-windows-2021-10-13.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let obj = body.as_object_mut().unwrap();
+        obj.insert("idempotency_key".into(), json!("exact"));
+        // Sorts first (upper case before lower): the exact spelling wins all the same.
+        obj.insert("IDEMPOTENCY_KEY".into(), json!("shouted"));
+        let p = payload(&body);
+        let mut scratch = NormalizerState::default();
+        let events = host.normalize_ingest(&p, &mut scratch).unwrap().unwrap();
+        assert_eq!(events[0].id, "azure.arm:exact");
+        assert_eq!(Head::of(&p.bytes).key, Some(json!("exact")));
+        // Recorded under that key: the same body again is a repeat, and so is one giving
+        // only the exact spelling; one giving only the other is another failure.
+        assert_eq!(post(&host, &body).status, 202);
+        assert_eq!(post(&host, &body).status, 200);
+        let obj = body.as_object_mut().unwrap();
+        obj.remove("IDEMPOTENCY_KEY");
+        assert_eq!(post(&host, &body).status, 200);
+        let obj = body.as_object_mut().unwrap();
+        obj.remove("idempotency_key");
+        obj.insert("IDEMPOTENCY_KEY".into(), json!("shouted"));
+        assert_eq!(post(&host, &body).status, 202);
     }
 
     #[test]

@@ -592,6 +592,95 @@ fn tracking_is_capped_at_1024_and_the_oldest_goes_first() {
     assert!(tracked.contains_key("azure.scheduled_events:e01023/vm"));
 }
 
+/// One entry naming `vms` VMs, with a description of `description` bytes.
+fn one_entry(vms: usize, description: usize) -> Vec<u8> {
+    let names: Vec<String> = (0..vms).map(|i| format!("vm{i}")).collect();
+    serde_json::to_vec(&serde_json::json!({"DocumentIncarnation": 1, "Events": [
+        {"EventId": "E", "EventStatus": "Scheduled", "EventType": "Freeze",
+         "ResourceType": "VirtualMachine", "Resources": names, "EventSource": "Platform",
+         "Description": "d".repeat(description)}
+    ]}))
+    .unwrap()
+}
+
+/// Each VM's event keeps its entry in `raw` with its own name only: an entry naming many VMs
+/// is not copied whole into each of their events (with 200,000 names, 4 MiB, that took
+/// hundreds of GB), and a document that would still make too much is refused.
+#[test]
+fn an_entry_naming_many_vms_is_kept_once_per_vm_narrowed_to_it() {
+    let mut st = NormalizerState::default();
+    let evs = se(&mut st, &one_entry(4096, 10), "2026-04-20T22:00:00Z").unwrap();
+    assert_eq!(evs.len(), 4096);
+    for (i, e) in evs.iter().enumerate().step_by(511) {
+        let raw = e.raw.as_ref().unwrap();
+        let name = e.resource.name.as_deref().unwrap();
+        assert_eq!(raw["Resources"], serde_json::json!([name]), "event {i}");
+        assert_eq!(raw["EventId"], "E");
+        assert_eq!(raw["Description"], "d".repeat(10));
+    }
+    // More VMs than a document may name: refused, the state unchanged.
+    let before = st.clone();
+    let err = se(&mut st, &one_entry(200_000, 10), "2026-04-20T22:01:00Z").unwrap_err();
+    assert!(
+        matches!(&err, NormalizeError::Shape { path, .. } if path == "Events[0].Resources"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("at most 4096 VM events"), "{err}");
+    assert_eq!(st, before);
+    // A long description is copied into each VM's event: within the bound for two VMs,
+    // refused for eight.
+    let mut fresh = NormalizerState::default();
+    let two = se(&mut fresh, &one_entry(2, 3 << 20), "2026-04-20T22:02:00Z").unwrap();
+    assert_eq!(two.len(), 2);
+    let err = se(&mut fresh, &one_entry(8, 3 << 20), "2026-04-20T22:03:00Z").unwrap_err();
+    assert!(err.to_string().contains("bytes of entries"), "{err}");
+}
+
+/// The approval (StartRequests) starts an event for every VM it lists, and the host reads
+/// them from the raw entry of its own VM's event: that one keeps the whole list.
+#[test]
+fn this_vms_own_event_keeps_every_name_its_entry_lists() {
+    let mut st = NormalizerState::default();
+    let doc = one_entry(3, 10);
+    let evs = normalize(
+        "azure.scheduled_events",
+        &Input::new(&doc, t("2026-04-20T22:00:00Z")).self_name("VM1"),
+        &mut st,
+    )
+    .unwrap();
+    let by_name = |n: &str| {
+        evs.iter()
+            .find(|e| e.resource.name.as_deref() == Some(n))
+            .unwrap()
+    };
+    assert_eq!(by_name("vm1").resource.is_self, Some(true));
+    assert_eq!(
+        by_name("vm1").raw.as_ref().unwrap()["Resources"],
+        serde_json::json!(["vm0", "vm1", "vm2"])
+    );
+    assert_eq!(
+        by_name("vm2").raw.as_ref().unwrap()["Resources"],
+        serde_json::json!(["vm2"])
+    );
+}
+
+#[test]
+fn an_event_grid_envelope_naming_many_vms_is_kept_narrowed_to_each() {
+    let names: Vec<String> = (0..300).map(|i| format!("myvmss_{i}")).collect();
+    let doc = event_grid_doc("Started", "Platform", serde_json::json!(names));
+    let mut st = NormalizerState::default();
+    let evs = se(&mut st, &doc, "2025-09-19T18:31:00Z").unwrap();
+    assert_eq!(evs.len(), 300);
+    for e in &evs {
+        let raw = e.raw.as_ref().unwrap();
+        assert_eq!(raw["id"], "eg-1", "the envelope is kept");
+        assert_eq!(
+            raw["data"]["resourceInfo"]["properties"]["Resources"],
+            serde_json::json!([e.resource.name.as_deref().unwrap()])
+        );
+    }
+}
+
 fn event_grid_doc(status: &str, source: &str, resources: serde_json::Value) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
         "id": "eg-1",

@@ -191,6 +191,31 @@ async fn a_preempt_with_30_seconds_notice_is_drained_and_approved_before_not_bef
     assert_eq!(sc.exec_runs().len(), 1);
 }
 
+/// Approving an event starts it for every VM it lists: one that names another VM too is
+/// drained here but never approved (its NotBefore runs out for the other VM's sake).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_preempt_that_names_another_vm_too_is_drained_and_never_approved() {
+    let sc = Scenario::new(true, &common::not_before_in_15_minutes()).await;
+    sc.change_document(|evs| {
+        let mut p = preempt(&common::not_before_in_15_minutes());
+        p["Resources"] = json!(["other-vm", VM]);
+        *evs = vec![p]
+    });
+    let mut k = sc.keel(&[], &[]);
+    assert_eq!(
+        sc.wait_runbook_finished(&mut k, Duration::from_secs(60))
+            .await,
+        "done"
+    );
+    assert!(sc.approvals().is_empty(), "{:?}", sc.approvals());
+    let st = steps(&k);
+    assert!(
+        st.iter().any(|(name, outcome)| name == "approve"
+            && outcome.starts_with("skipped: the event lists VMs other than this one")),
+        "{st:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_drain_that_misses_its_deadline_is_stopped_and_escalates() {
     let sc = Scenario::new(true, &not_before_in(3)).await;

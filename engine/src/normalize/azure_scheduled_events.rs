@@ -24,6 +24,13 @@
 //!
 //! An unchanged `DocumentIncarnation` yields no events, and re-reading a document never yields
 //! the same (event, status) twice.
+//!
+//! Each VM's event keeps its entry (for Event Grid, the envelope) in `raw`: whole for the VM
+//! the normalizer runs on ([`Input::self_name`]: approving an event starts it for every VM it
+//! lists, so the approval reads them all), with `Resources` narrowed to the VM for the others.
+//! A document naming more than 4096 VM events, or whose events would hold more than 16 MiB
+//! of entries and descriptions, is refused whole (a `Shape` error at the entry's
+//! `Resources`): an entry naming many VMs is copied once per VM.
 
 use std::collections::BTreeMap;
 
@@ -40,6 +47,107 @@ use crate::event::{
 const SOURCE: &str = "azure.scheduled_events";
 /// Bound on tracked events, so that a hostile endpoint cannot grow the state without limit.
 const MAX_TRACKED: usize = 1024;
+/// The most events (an entry's VMs, summed over the entries) one document may name.
+const MAX_DOCUMENT_EVENTS: usize = 4 * MAX_TRACKED;
+/// Bound on what one document's events hold (each its entry, narrowed to its VM, in `raw`,
+/// and its description): an entry naming many VMs is copied once per VM.
+const MAX_OUTPUT_BYTES: usize = 4 * super::MAX_PAYLOAD_BYTES;
+
+/// What a document's events may still hold ([`MAX_DOCUMENT_EVENTS`], [`MAX_OUTPUT_BYTES`]).
+struct Budget {
+    events: usize,
+    bytes: usize,
+}
+
+impl Budget {
+    fn new() -> Budget {
+        Budget {
+            events: MAX_DOCUMENT_EVENTS,
+            bytes: MAX_OUTPUT_BYTES,
+        }
+    }
+
+    /// Takes `n` events of `each` bytes, or says why the document is refused.
+    fn take(&mut self, path: &str, n: usize, each: usize) -> Result<(), NormalizeError> {
+        let bytes = n.saturating_mul(each);
+        if n > self.events || bytes > self.bytes {
+            return Err(NormalizeError::Shape {
+                path: format!("{path}.Resources"),
+                expected: format!(
+                    "at most {MAX_DOCUMENT_EVENTS} VM events in a document, holding at most \
+                     {MAX_OUTPUT_BYTES} bytes of entries"
+                ),
+                found: format!("{n} more VMs, an entry of {each} bytes each"),
+            });
+        }
+        self.events -= n;
+        self.bytes -= bytes;
+        Ok(())
+    }
+}
+
+/// `v` with the `Resources` list of the object at `path` (keys compared as [`get_ci`] does)
+/// emptied: what each VM's event keeps of its entry in `raw`, with its own name put back by
+/// [`with_vm`].
+fn without_vms(v: &Value, path: &[&str]) -> Value {
+    fn key_of(obj: &Map<String, Value>, key: &str) -> Option<String> {
+        if obj.contains_key(key) {
+            return Some(key.to_string());
+        }
+        obj.keys().find(|k| k.eq_ignore_ascii_case(key)).cloned()
+    }
+    fn walk(v: &Value, path: &[&str]) -> Value {
+        let Value::Object(obj) = v else {
+            return v.clone();
+        };
+        let (target, rest) = match path.split_first() {
+            Some((first, rest)) => (key_of(obj, first), rest),
+            None => (key_of(obj, "Resources"), &[][..]),
+        };
+        let mut out = Map::new();
+        for (k, x) in obj {
+            if Some(k) == target.as_ref() {
+                out.insert(
+                    k.clone(),
+                    if path.is_empty() {
+                        Value::Array(Vec::new())
+                    } else {
+                        walk(x, rest)
+                    },
+                );
+            } else {
+                out.insert(k.clone(), x.clone());
+            }
+        }
+        Value::Object(out)
+    }
+    walk(v, path)
+}
+
+/// `template` ([`without_vms`]) with `vm` as the only name of its `Resources` list.
+fn with_vm(template: &Value, path: &[&str], vm: &str) -> Value {
+    let mut out = template.clone();
+    let mut at = &mut out;
+    for key in path.iter().chain(std::iter::once(&"Resources")) {
+        let Value::Object(obj) = at else {
+            return out;
+        };
+        let found = if obj.contains_key(*key) {
+            Some((*key).to_string())
+        } else {
+            obj.keys().find(|k| k.eq_ignore_ascii_case(key)).cloned()
+        };
+        let Some(k) = found else {
+            return out;
+        };
+        let Some(next) = obj.get_mut(&k) else {
+            return out;
+        };
+        at = next;
+    }
+    *at = Value::Array(vec![Value::String(vm.to_string())]);
+    out
+}
 
 /// What the normalizer remembers between documents.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -130,12 +238,14 @@ pub fn normalize(
     };
     // Parse everything before touching the state: a bad document changes nothing.
     let mut current: Vec<Event> = Vec::new();
+    let mut budget = Budget::new();
     for (i, item) in items.iter().enumerate() {
         current.extend(parse_event(
-            item,
+            (item, item, &[]),
             &format!("Events[{i}]"),
             incarnation,
             input,
+            &mut budget,
         )?);
     }
     let se = &mut state.azure_scheduled_events;
@@ -210,18 +320,18 @@ pub fn normalize(
         out.push(ev);
     }
     se.incarnation = Some(incarnation);
-    // Keep the state bounded: drop the oldest tracked events beyond the limit.
-    while se.events.len() > MAX_TRACKED {
-        let oldest = se
+    // Keep the state bounded: drop the oldest tracked events beyond the limit (in one pass:
+    // first seen first, then by id, as one at a time would).
+    if se.events.len() > MAX_TRACKED {
+        let mut by_age: Vec<(Timestamp, String)> = se
             .events
             .iter()
-            .min_by_key(|(_, t)| t.first_seen)
-            .map(|(k, _)| k.clone());
-        match oldest {
-            Some(k) => {
-                se.events.remove(&k);
-            }
-            None => break,
+            .map(|(k, t)| (t.first_seen, k.clone()))
+            .collect();
+        by_age.sort_unstable();
+        let excess = se.events.len() - MAX_TRACKED;
+        for (_, k) in by_age.into_iter().take(excess) {
+            se.events.remove(&k);
         }
     }
     Ok(out)
@@ -241,6 +351,7 @@ fn resources(
     _input: &Input<'_>,
 ) -> Result<Vec<String>, NormalizeError> {
     let mut out: Vec<String> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     match get_ci(obj, "Resources") {
         None | Some(Value::Null) => {}
         Some(v) => {
@@ -249,7 +360,7 @@ fn resources(
                     .as_str()
                     .ok_or_else(|| shape(&format!("{path}.Resources[{i}]"), "a VM name", r))?
                     .trim();
-                if !name.is_empty() && !out.iter().any(|o| o.eq_ignore_ascii_case(name)) {
+                if !name.is_empty() && seen.insert(name.to_ascii_lowercase()) {
                     out.push(name.to_string());
                 }
             }
@@ -258,13 +369,17 @@ fn resources(
     Ok(out)
 }
 
-/// Parses one element of `Events` into one event per listed VM.
+/// Parses one element of `Events` into one event per listed VM. `entry`: the element, what
+/// each event keeps in `raw` (the element itself, or the Event Grid envelope holding it) and
+/// the path from that to the element; each event's `raw` lists its own VM only.
 fn parse_event(
-    item: &Value,
+    entry: (&Value, &Value, &[&str]),
     path: &str,
     incarnation: i64,
     input: &Input<'_>,
+    budget: &mut Budget,
 ) -> Result<Vec<Event>, NormalizeError> {
+    let (item, raw, to_item) = entry;
     let obj = object(item, path)?;
     let eid = req_str(obj, "EventId", path)?;
     let vendor_type = req_str(obj, "EventType", path)?;
@@ -308,18 +423,39 @@ fn parse_event(
             found: "none".into(),
         });
     }
+    let template = without_vms(raw, to_item);
+    let longest = vms.iter().map(String::len).max().unwrap_or(0);
+    let each = serde_json::to_string(&template)
+        .map_or(0, |t| t.len())
+        .saturating_add(description.as_ref().map_or(0, String::len))
+        .saturating_add(longest.saturating_mul(2));
+    budget.take(path, vms.len(), each)?;
+    let is_self = |vm: &str| {
+        input.self_name.map(|s| {
+            s.trim_start_matches('_')
+                .eq_ignore_ascii_case(vm.trim_start_matches('_'))
+        })
+    };
+    if vms.iter().any(|vm| is_self(vm) == Some(true)) {
+        let whole = serde_json::to_string(raw).map_or(0, |t| t.len());
+        budget.take(path, 1, whole)?;
+    }
     Ok(vms
         .into_iter()
         .map(|vm| Event {
+            // This VM's own event keeps every name the entry lists: approving the event
+            // (StartRequests) starts it for all of them, so the approval step reads them.
+            raw: Some(if is_self(&vm) == Some(true) {
+                raw.clone()
+            } else {
+                with_vm(&template, to_item, &vm)
+            }),
             id: event_id(eid, &vm),
             time: input.observed_at,
             source: Source::AzureScheduledEvents,
             kind: Kind::Maintenance,
             resource: Resource {
-                is_self: input.self_name.map(|s| {
-                    s.trim_start_matches('_')
-                        .eq_ignore_ascii_case(vm.trim_start_matches('_'))
-                }),
+                is_self: is_self(&vm),
                 name: Some(vm),
                 ..Resource::default()
             },
@@ -338,7 +474,6 @@ fn parse_event(
             }),
             health: None,
             failure: None,
-            raw: Some(item.clone()),
         })
         .collect())
 }
@@ -364,6 +499,7 @@ fn event_grid(doc: &Value, input: &Input<'_>) -> Result<Vec<Event>, NormalizeErr
         v => vec![("$".to_string(), v)],
     };
     let mut out = Vec::new();
+    let mut budget = Budget::new();
     for (path, env) in envelopes {
         let env_obj = object(env, &path)?;
         let data = get_ci(env_obj, "data")
@@ -397,14 +533,14 @@ fn event_grid(doc: &Value, input: &Input<'_>) -> Result<Vec<Event>, NormalizeErr
             Some(t) => time::parse(&format!("{path}.eventTime"), t)?,
             None => None,
         };
-        for mut ev in parse_event(props, &props_path, 0, input)? {
+        let to_props: Vec<&str> = ["data", "resourceInfo", "properties"].to_vec();
+        for mut ev in parse_event((props, env, &to_props), &props_path, 0, input, &mut budget)? {
             ev.time = time.unwrap_or(input.observed_at);
             ev.resource.region.clone_from(&region);
             ev.resource.scale_set.clone_from(&scale_set);
             if let Some(m) = ev.maintenance.as_mut() {
                 m.incarnation = None;
             }
-            ev.raw = Some(env.clone());
             out.push(ev);
         }
     }

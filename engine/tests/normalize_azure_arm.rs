@@ -431,6 +431,53 @@ fn ingest_without_a_key_gets_a_hash_id_that_counts_the_attempt() {
     assert_ne!(a1.id, a2.id, "the next attempt is another event");
 }
 
+/// The correlation history remembers the resource's identifiers and the enum-like fields of
+/// up to 50,000 events: a body giving a megabyte in one of them is refused (the state
+/// unchanged), not remembered.
+#[test]
+fn ingest_fields_the_history_remembers_are_bounded() {
+    let long = "x".repeat(keel_engine::normalize::MAX_FIELD_BYTES + 1);
+    let ok = "y".repeat(keel_engine::normalize::MAX_FIELD_BYTES);
+    let body = |resource: &str, code: &str, key: &str| {
+        json!({
+            "idempotency_key": key,
+            "resource": resource,
+            "operation": "create",
+            "error": {"error": {"code": code, "message": "m"}},
+        })
+        .to_string()
+        .into_bytes()
+    };
+    let long_id = format!("{VM_ID}{long}");
+    for (bytes, field) in [
+        (body(&long_id, "X", "k"), "resource.id"),
+        (body(VM_ID, &long, "k"), "failure.code"),
+    ] {
+        let mut st = NormalizerState::default();
+        let err = normalize("azure.arm", &Input::new(&bytes, ts(OBSERVED)), &mut st).unwrap_err();
+        match &err {
+            NormalizeError::Shape { path, expected, .. } => {
+                assert_eq!(path, field, "{err}");
+                assert!(expected.contains("at most 2048 bytes"), "{err}");
+            }
+            other => panic!("{field}: {other}"),
+        }
+        assert_eq!(
+            st,
+            NormalizerState::default(),
+            "{field}: the state is unchanged"
+        );
+    }
+    let mut st = NormalizerState::default();
+    let evs = normalize(
+        "azure.arm",
+        &Input::new(&body(VM_ID, &ok, "k"), ts(OBSERVED)),
+        &mut st,
+    )
+    .unwrap();
+    assert_eq!(evs[0].failure.as_ref().unwrap().code, ok);
+}
+
 #[test]
 fn ingest_errors_name_the_field() {
     let cases = [

@@ -255,7 +255,39 @@ pub fn normalize(
             size: input.payload.len(),
         });
     }
-    (n.run)(input, state)
+    // A payload refused for a field's size changes nothing, as any other refused payload.
+    let before = state.clone();
+    let events = (n.run)(input, state)?;
+    if let Err(e) = events.iter().try_for_each(check_field_sizes) {
+        *state = before;
+        return Err(e);
+    }
+    Ok(events)
+}
+
+/// The most bytes a field the correlation history remembers (the resource's identifiers and
+/// every enum-like field: [`crate::history::correlatable`]) may hold. The history keeps
+/// those of up to 50,000 events; a payload giving a longer one is refused.
+pub const MAX_FIELD_BYTES: usize = 2048;
+
+/// Refuses an event whose remembered fields are longer than [`MAX_FIELD_BYTES`].
+fn check_field_sizes(ev: &Event) -> Result<(), NormalizeError> {
+    let too_long = |path: &str, len: usize| NormalizeError::Shape {
+        path: path.to_string(),
+        expected: format!("at most {MAX_FIELD_BYTES} bytes"),
+        found: format!("{len} bytes"),
+    };
+    for id in crate::fields::FieldId::all() {
+        if !crate::history::correlatable(id) {
+            continue;
+        }
+        if let Ok(Some(crate::fields::FieldValue::Str(s))) = crate::fields::read(ev, id) {
+            if s.len() > MAX_FIELD_BYTES {
+                return Err(too_long(crate::fields::field(id).path, s.len()));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A maintenance notice from the platform, with nothing but its type and status known yet.

@@ -680,6 +680,7 @@ impl Host {
     ) -> Result<Option<Recorded>, StoreError> {
         let status = status_of(ev);
         let id = decision_id(ev, &status);
+        let from_ingest = ingest.is_some();
         // A stateless source (AWS IMDS) re-reads the same notice every poll: decide it once,
         // and keep the correlation history free of repeats.
         if db.seen_as(&id, &ev.id, &status)? {
@@ -755,7 +756,12 @@ impl Host {
         if !new {
             return Ok(None);
         }
-        self.note_budget_members(db, ev, &at_s)?;
+        // A budget's observed group is learned from the platform's signals, not from ingest
+        // bodies: a client could otherwise name made-up members into a group, widening a
+        // `max_in_flight` given as a share of it.
+        if !from_ingest {
+            self.note_budget_members(db, ev, &at_s)?;
+        }
         if let (Action::Defer, Some(due)) = (decision.action, decision.due) {
             db.defer(&ev.id, &rfc(due), &ev_json)?;
         }

@@ -835,6 +835,48 @@ mod tests {
         assert_eq!(post(&host, &body).status, 202);
     }
 
+    /// A budget's group size, when not given, is the members seen: learned from the
+    /// platform's signals, never from ingest bodies, which could name made-up VMs into a
+    /// group and widen a `max_in_flight` given as a share of it.
+    #[test]
+    fn ingest_bodies_add_no_members_to_a_budget_s_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let path = dir.path().join("keel.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "policies: {}\nstate: state.db\nsources:\n  ingest:\n    token_env: KEEL_UNIT_TEST_NO_TOKEN\n\
+                 budgets:\n  - {{ name: sets, key: event.resource.availability_set, max_in_flight: \"25%\" }}\n",
+                root.join("policies/standard").display()
+            ),
+        )
+        .unwrap();
+        let cfg = crate::config::load_without_secrets(&path).unwrap();
+        let host = Host::new(cfg, Box::new(std::io::sink())).unwrap();
+        let fixture: Value = serde_json::from_str(
+            &std::fs::read_to_string(
+                root.join("engine/tests/data/ingest/vm-agent-windows-2021-10-13.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        for i in 0..5 {
+            let mut body = fixture.clone();
+            body["idempotency_key"] = json!(format!("made-up-{i}"));
+            body["resource"] = json!({
+                "id": format!("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/fake-{i}"),
+                "availability_set": "web",
+            });
+            assert_eq!(post(&host, &body).status, 202, "{i}");
+        }
+        let view = host
+            .store
+            .key_view("sets", "web", &keel_engine::budget::rfc(Utc::now()))
+            .unwrap();
+        assert!(view.members.is_empty(), "{:?}", view.members);
+    }
+
     #[test]
     fn a_reported_time_counts_only_near_its_arrival() {
         let at = |s: &str| {

@@ -270,20 +270,41 @@ pub fn normalize(
 /// those of up to 50,000 events; a payload giving a longer one is refused.
 pub const MAX_FIELD_BYTES: usize = 2048;
 
-/// Refuses an event whose remembered fields are longer than [`MAX_FIELD_BYTES`].
+/// Refuses an event whose remembered fields are longer than [`MAX_FIELD_BYTES`], or whose id
+/// or remembered fields hold a NUL character (no vendor's identifiers do, and a runbook's
+/// `exec` step passes the id and the resource's name and id in its environment, which cannot
+/// hold one).
 fn check_field_sizes(ev: &Event) -> Result<(), NormalizeError> {
-    let too_long = |path: &str, len: usize| NormalizeError::Shape {
+    let bad = |path: &str, expected: String, found: String| NormalizeError::Shape {
         path: path.to_string(),
-        expected: format!("at most {MAX_FIELD_BYTES} bytes"),
-        found: format!("{len} bytes"),
+        expected,
+        found,
     };
+    let nul = |path: &str| {
+        bad(
+            path,
+            "text without NUL characters".into(),
+            "a NUL character".into(),
+        )
+    };
+    if ev.id.contains('\0') {
+        return Err(nul("id"));
+    }
     for id in crate::fields::FieldId::all() {
         if !crate::history::correlatable(id) {
             continue;
         }
         if let Ok(Some(crate::fields::FieldValue::Str(s))) = crate::fields::read(ev, id) {
+            let path = crate::fields::field(id).path;
             if s.len() > MAX_FIELD_BYTES {
-                return Err(too_long(crate::fields::field(id).path, s.len()));
+                return Err(bad(
+                    path,
+                    format!("at most {MAX_FIELD_BYTES} bytes"),
+                    format!("{} bytes", s.len()),
+                ));
+            }
+            if s.contains('\0') {
+                return Err(nul(path));
             }
         }
     }

@@ -106,7 +106,7 @@ pub use budget::{
     KeyView, Lease, Member,
 };
 pub use build::{EngineBuilder, Mutation};
-pub use compile::MAX_EVAL_COST;
+pub use compile::{MAX_EVAL_COST, MAX_STRING_BYTES};
 pub use decide::{dedup_key, Ctx, Mode};
 pub use decision::DEFAULT_DEDUP_WINDOW_S;
 pub use decision::{

@@ -395,3 +395,38 @@ mod generated {
         }
     }
 }
+
+/// `replace` with an empty pattern puts the replacement between every two characters: three
+/// such calls in a 4 KB expression asked for a terabyte. Past 64 KiB a `replace` is an
+/// evaluation error in the decision, and ordinary uses are unchanged.
+#[test]
+fn a_replace_that_would_grow_past_64_kib_is_an_error_not_an_allocation() {
+    let big = "a".repeat(1000);
+    let bomb = format!(
+        r#"size("{big}".replace("", "{big}").replace("", "{big}").replace("", "{big}")) > 0"#
+    );
+    let e = load(&bomb).unwrap();
+    let d = e.decide(&event(), &Ctx::new(event().time));
+    assert_eq!(d.action, Action::None);
+    assert_eq!(d.errors.len(), 1, "{:?}", d.errors);
+    assert!(
+        d.errors[0].message.contains("longer than 65536 bytes"),
+        "{:?}",
+        d.errors
+    );
+    for when in [
+        r#"event.resource.name.replace("-", "_") == "web_1""#,
+        r#"event.resource.name.replace("", ".") == ".w.e.b.-.1.""#,
+        r#"event.resource.name.replace("w", "W", 1) == "Web-1""#,
+        r#"event.resource.name.replace("e", "E", -1) == "wEb-1""#,
+        r#"event.resource.name.replace("x", "y", 0) == "web-1""#,
+        r#"[1, 2].all(i, event.resource.name.replace("web", "db") == "db-1")"#,
+        r#"size("ab".replace("", "x".replace("x", "yy"))) == 8"#,
+    ] {
+        let d = load(when)
+            .unwrap()
+            .decide(&event(), &Ctx::new(event().time));
+        assert!(d.errors.is_empty(), "{when}: {:?}", d.errors);
+        assert_eq!(d.action, Action::Retry, "{when}");
+    }
+}

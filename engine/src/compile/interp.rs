@@ -30,6 +30,130 @@ pub const MAX_EVAL_COST: u64 = 1_000_000;
 /// name it (`@` cannot start an identifier).
 pub(crate) const COST_FN: &str = "@keel_cost";
 
+/// The function every `s.replace(from, to)` and `s.replace(from, to, n)` of an interpreted
+/// expression calls instead of the `cel` crate's ([`bound_replace`]): the same result, refused
+/// past [`MAX_STRING_BYTES`]. No CEL source can name it.
+pub(crate) const REPLACE_FN: &str = "@keel_replace";
+
+/// The longest string a `replace` may make. Each call multiplies its receiver's length by up
+/// to the replacement's plus one (an empty pattern matches between every two characters), so
+/// three calls in a 4 KB expression asked for a terabyte; past this it is an evaluation error.
+pub const MAX_STRING_BYTES: usize = 64 * 1024;
+
+/// Rewrites every member call `s.replace(...)` of `e` into a call of [`REPLACE_FN`] with the
+/// receiver first. Recursion is bounded by the AST depth limit.
+pub(super) fn bound_replace(e: &mut IdedExpr) {
+    match &mut e.expr {
+        Ast::Comprehension(c) => {
+            for x in [
+                &mut c.iter_range,
+                &mut c.accu_init,
+                &mut c.loop_cond,
+                &mut c.loop_step,
+                &mut c.result,
+            ] {
+                bound_replace(x);
+            }
+        }
+        Ast::Call(call) => {
+            for a in call.args.iter_mut() {
+                bound_replace(a);
+            }
+            if let Some(t) = call.target.as_mut() {
+                bound_replace(t);
+            }
+            if call.func_name == "replace" && matches!(call.args.len(), 2 | 3) {
+                if let Some(t) = call.target.take() {
+                    call.func_name = REPLACE_FN.to_string();
+                    call.args.insert(0, *t);
+                }
+            }
+        }
+        Ast::Select(s) => bound_replace(&mut s.operand),
+        Ast::List(l) => l.elements.iter_mut().for_each(bound_replace),
+        Ast::Map(m) => {
+            for entry in m.entries.iter_mut() {
+                if let cel::common::ast::EntryExpr::MapEntry(me) = &mut entry.expr {
+                    bound_replace(&mut me.key);
+                    bound_replace(&mut me.value);
+                }
+            }
+        }
+        Ast::Struct(st) => {
+            for entry in st.entries.iter_mut() {
+                if let cel::common::ast::EntryExpr::StructField(f) = &mut entry.expr {
+                    bound_replace(&mut f.value);
+                }
+            }
+        }
+        Ast::Ident(_) | Ast::Literal(_) | Ast::Unspecified => {}
+    }
+}
+
+/// `this.replace(from, to)` (all matches) or with `n` (the first `n`, all when negative), as
+/// the `cel` crate's strings extension computes it, or `None` when the result would be longer
+/// than [`MAX_STRING_BYTES`].
+pub(crate) fn replace_bounded(this: &str, from: &str, to: &str, n: Option<i64>) -> Option<String> {
+    let limit = n.and_then(|n| usize::try_from(n).ok());
+    let matches = if from.is_empty() {
+        this.chars().count().saturating_add(1)
+    } else {
+        this.matches(from).count()
+    };
+    let replaced = limit.map_or(matches, |l| l.min(matches));
+    let len = (this.len() - replaced.saturating_mul(from.len()).min(this.len()))
+        .saturating_add(replaced.saturating_mul(to.len()));
+    if len > MAX_STRING_BYTES {
+        return None;
+    }
+    Some(match limit {
+        Some(l) => this.replacen(from, to, l),
+        None => this.replace(from, to),
+    })
+}
+
+/// The interpreter function [`REPLACE_FN`].
+#[allow(clippy::type_complexity)]
+pub(crate) fn replace_function() -> Box<
+    dyn for<'c, 'k> Fn(
+            &mut cel::FunctionContext<'c, 'k>,
+        ) -> Result<cel::common::value::CowVal<'c, 'k>, cel::ExecutionError>
+        + Send
+        + Sync,
+> {
+    use cel::common::types::{CelInt, CelString};
+    Box::new(|ftx| {
+        let args = std::mem::take(&mut ftx.args);
+        let text = |i: usize| {
+            args.get(i)
+                .and_then(|v| v.as_ref().downcast_ref::<CelString>())
+                .map(|s| s.inner().to_string())
+                .ok_or_else(|| {
+                    cel::ExecutionError::function_error("replace", "expected string arguments")
+                })
+        };
+        let n = match args.get(3) {
+            None => None,
+            Some(v) => Some(
+                *v.as_ref()
+                    .downcast_ref::<CelInt>()
+                    .ok_or_else(|| {
+                        cel::ExecutionError::function_error("replace", "expected an int count")
+                    })?
+                    .inner(),
+            ),
+        };
+        let (this, from, to) = (text(0)?, text(1)?, text(2)?);
+        let out = replace_bounded(&this, &from, &to, n).ok_or_else(|| {
+            cel::ExecutionError::function_error(
+                "replace",
+                format!("the result would be longer than {MAX_STRING_BYTES} bytes"),
+            )
+        })?;
+        Ok(cel::common::value::CowVal::owned(CelString::from(out)))
+    })
+}
+
 /// Whether `e` holds a comprehension (a macro: `all`, `exists`, `exists_one`, `map`,
 /// `filter`).
 pub(super) fn has_comprehension(e: &IdedExpr) -> bool {
@@ -407,6 +531,9 @@ impl<'a> Interp<'a> {
             // The name cannot clash with the standard library's (it starts with `@`); were
             // it refused, metered expressions would fail as undeclared, never run unbounded.
             let _ = cx.add_function(COST_FN, cost_function(cost.clone()));
+            // Likewise: were it refused, `replace` would fail as undeclared, never run
+            // unbounded.
+            let _ = cx.add_function(REPLACE_FN, replace_function());
             (cx, cost)
         });
         // The `cel` interpreter can panic on inputs it does not guard (chrono overflow in

@@ -28,7 +28,7 @@ use crate::expr::Expr;
 use crate::fields::FieldId;
 
 pub(crate) use self::check::*;
-pub use self::interp::MAX_EVAL_COST;
+pub use self::interp::{MAX_EVAL_COST, MAX_STRING_BYTES};
 pub(crate) use self::interp::*;
 pub(crate) use self::limits::*;
 pub(crate) use self::native::*;
@@ -250,9 +250,12 @@ fn compile_ast(ast: IdedExpr, info: Option<&SourceInfo>) -> Result<Compiled, Vec
         }
         let mut m = ast;
         meter(&mut m, &mut Vec::new());
+        interp::bound_replace(&mut m);
         Some(m)
     } else {
-        Some(ast)
+        let mut m = ast;
+        interp::bound_replace(&mut m);
+        Some(m)
     };
     let uses_history = ck.uses_history;
     let windows = std::mem::take(&mut ck.windows);
@@ -335,6 +338,53 @@ mod tests {
             positions: Arc::from(vec![crate::diag::Pos::FILE; text.chars().count() + 1]),
         };
         compile(&e).unwrap_or_else(|p| panic!("{text}: {:?}", p[0].message))
+    }
+
+    proptest::proptest! {
+        /// The bounded `replace` is the `cel` crate's (`str::replace`, or `replacen` for a
+        /// count of zero or more), and refuses exactly the results past the bound.
+        #[test]
+        fn bounded_replace_is_the_crates_replace(
+            this in "[ab\u{e9}-]{0,12}",
+            from in "[ab]{0,2}",
+            to in "[xy\u{e9}]{0,3}",
+            n in proptest::option::of(-2i64..5),
+        ) {
+            let expected = match n.and_then(|n| usize::try_from(n).ok()) {
+                Some(l) => this.replacen(from.as_str(), &to, l),
+                None => this.replace(from.as_str(), &to),
+            };
+            proptest::prop_assert_eq!(replace_bounded(&this, &from, &to, n), Some(expected));
+        }
+    }
+
+    #[test]
+    fn bounded_replace_refuses_only_past_the_bound() {
+        let quarter = "x".repeat(MAX_STRING_BYTES / 4);
+        // Three insertions into two characters: under; four into three: over.
+        let len = |r: Option<String>| r.map(|s| s.len());
+        assert_eq!(
+            len(replace_bounded("ab", "", &quarter, None)),
+            Some(3 * MAX_STRING_BYTES / 4 + 2)
+        );
+        assert_eq!(replace_bounded("abc", "", &quarter, None), None);
+        assert_eq!(
+            len(replace_bounded("abc", "", &quarter, Some(3))),
+            Some(3 * MAX_STRING_BYTES / 4 + 3)
+        );
+        let whole = "x".repeat(MAX_STRING_BYTES);
+        assert_eq!(
+            len(replace_bounded("", "", &whole, None)),
+            Some(MAX_STRING_BYTES),
+            "at the bound"
+        );
+        let long = "a".repeat(MAX_STRING_BYTES + 10);
+        assert_eq!(replace_bounded(&long, "a", "", None), Some(String::new()));
+        assert_eq!(
+            replace_bounded(&long, "b", "c", None),
+            None,
+            "unchanged, but already past"
+        );
     }
 
     /// The residual keeps exactly the conjuncts that are not atoms, in order.

@@ -56,6 +56,18 @@ pub fn export(dir: &Path, force: bool) -> Result<usize, ExportError> {
     let mut n = 0;
     for (rel, text) in files() {
         let path = dir.join(rel);
+        // Nothing is written through a symlink below `dir` (one planted there would send an
+        // overwrite with `--force` anywhere the user can write).
+        let mut at = dir.to_path_buf();
+        for part in Path::new(rel).components() {
+            at.push(part);
+            if std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(ExportError::Io(
+                    at,
+                    std::io::Error::other("a symbolic link: not written through"),
+                ));
+            }
+        }
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| ExportError::Io(parent.into(), e))?;
         }

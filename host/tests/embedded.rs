@@ -107,6 +107,32 @@ fn check_with_no_path_checks_the_embedded_library_and_an_export_has_its_digest()
     );
 }
 
+/// `--force` overwrites the library's files in place, never through a symbolic link planted
+/// in the directory (which would send the overwrite anywhere the user can write).
+#[cfg(unix)]
+#[test]
+fn export_never_writes_through_a_symbolic_link() {
+    let d = tempfile::tempdir().unwrap();
+    let elsewhere = d.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let victim = elsewhere.join("vm-agent.yaml");
+    std::fs::write(&victim, "# not the library's\n").unwrap();
+    let lib = d.path().join("lib");
+    std::fs::create_dir_all(lib.join("standard")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, lib.join("standard/azure")).unwrap();
+    let out = keel_in(d.path(), &["policies", "export", "lib", "--force"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("a symbolic link: not written through"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "# not the library's\n"
+    );
+}
+
 #[test]
 fn export_writes_the_library_as_in_the_repository_and_refuses_a_non_empty_directory() {
     let d = tempfile::tempdir().unwrap();

@@ -28,8 +28,8 @@ use crate::expr::Expr;
 use crate::fields::FieldId;
 
 pub(crate) use self::check::*;
-pub use self::interp::{MAX_EVAL_COST, MAX_STRING_BYTES};
 pub(crate) use self::interp::*;
+pub use self::interp::{MAX_EVAL_COST, MAX_STRING_BYTES};
 pub(crate) use self::limits::*;
 pub(crate) use self::native::*;
 

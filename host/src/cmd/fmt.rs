@@ -152,18 +152,31 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 /// Replaces `path` by `bytes` through a temporary file beside it, keeping its permissions.
+/// The temporary file is created new (`O_EXCL`: never through a file or symlink already
+/// there, which someone able to write the directory could have planted to redirect the write
+/// and the permissions elsewhere), written and given its permissions through its handle.
 fn write_in_place(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
     let perms = std::fs::metadata(path)?.permissions();
     let name = path.file_name().unwrap_or_default();
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
     tmp_name.push(format!(".fmt{}", std::process::id()));
     let tmp = path.with_file_name(tmp_name);
-    std::fs::write(&tmp, bytes)?;
-    std::fs::set_permissions(&tmp, perms)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)?;
+    let written = file
+        .write_all(bytes)
+        .and_then(|()| file.set_permissions(perms))
+        .and_then(|()| file.sync_all());
+    drop(file);
+    written
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
 }
 
 // ---- the layout ---------------------------------------------------------------------------
@@ -421,6 +434,32 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use super::*;
+
+    /// The temporary file is created new: a symbolic link planted under its name fails the
+    /// write, and neither the link's target nor the file is touched.
+    #[cfg(unix)]
+    #[test]
+    fn the_rewrite_never_follows_a_planted_temporary_file() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("p.yaml");
+        std::fs::write(&file, "policies: []\n").unwrap();
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, "mine\n").unwrap();
+        let planted = d.path().join(format!(".p.yaml.fmt{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        let err = write_in_place(&file, b"policies: []\n# new\n").unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "mine\n");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "policies: []\n");
+        // Without it, the file is rewritten and keeps its mode.
+        std::fs::remove_file(&planted).unwrap();
+        write_in_place(&file, b"policies: []\n# new\n").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            "policies: []\n# new\n"
+        );
+        assert!(!planted.exists());
+    }
 
     #[test]
     fn whitespace_and_blank_lines() {

@@ -133,9 +133,9 @@ fn table(past: &[PastDecision], q: &HistoryQuery) -> String {
         let _ = writeln!(
             o,
             "{}  {:<20} {:<10} {}  policy {}{host}{}",
-            d.time,
-            d.action,
-            d.runbook,
+            escape(&d.time),
+            escape(&d.action),
+            escape(&d.runbook),
             escape(&d.event_id),
             escape(d.policy.as_deref().unwrap_or("-")),
             if d.mode == "live" { "" } else { "  (dry run)" },
@@ -148,12 +148,57 @@ fn table(past: &[PastDecision], q: &HistoryQuery) -> String {
                 escape(&s.name),
                 escape(s.outcome.as_deref().unwrap_or("running")),
                 s.attempts,
-                s.started_at,
+                escape(&s.started_at),
                 s.finished_at
                     .as_deref()
-                    .map_or(String::new(), |f| format!(", finished {f}")),
+                    .map_or(String::new(), |f| format!(", finished {}", escape(f))),
             );
         }
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use crate::run::store::PastStep;
+
+    /// Every field read from the database is shown escaped: in a fleet, any host (or anyone
+    /// who can write the database) writes them, and a raw escape sequence or newline would
+    /// reach the operator's terminal or forge a line.
+    #[test]
+    fn the_table_shows_no_control_character_from_the_database() {
+        let hostile = "x\u{1b}[2J\nforged";
+        let d = PastDecision {
+            time: hostile.into(),
+            decision_id: hostile.into(),
+            event_id: hostile.into(),
+            action: hostile.into(),
+            policy: Some(hostile.into()),
+            reason: Some(hostile.into()),
+            mode: "live".into(),
+            runbook: hostile.into(),
+            host: hostile.into(),
+            steps: vec![PastStep {
+                index: 0,
+                name: hostile.into(),
+                started_at: hostile.into(),
+                finished_at: Some(hostile.into()),
+                attempts: 1,
+                outcome: Some(hostile.into()),
+            }],
+        };
+        let q = HistoryQuery {
+            since: "a".into(),
+            until: "b".into(),
+            event: None,
+            action: None,
+            limit: 10,
+        };
+        let out = table(&[d], &q);
+        assert!(!out.contains('\u{1b}'), "{out:?}");
+        assert!(!out.lines().any(|l| l.starts_with("forged")), "{out:?}");
+    }
 }

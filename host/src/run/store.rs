@@ -1604,6 +1604,8 @@ pub mod pg;
 pub mod sql;
 pub use batch::Prefetch;
 pub use budget::{LeaseRow, LeaseWant};
+#[cfg(test)]
+pub(crate) use pause::PastStep;
 pub use pause::{HeldRow, HistoryQuery, PastDecision, Status};
 
 #[cfg(test)]

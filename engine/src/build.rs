@@ -182,7 +182,7 @@ impl EngineBuilder {
                     }
                     let (total, mut skipped) = (files.len(), 0);
                     for f in files {
-                        match std::fs::read(&f) {
+                        match policy::read_regular(&f, crate::yaml::MAX_POLICY_FILE_BYTES) {
                             // The path itself, when it is a file: that file was meant.
                             Ok(bytes) if f == *p => {
                                 digest_file(&mut digest, &relative(p, &f), &bytes);

@@ -172,9 +172,27 @@ fn walk(
         if ft.is_dir() {
             walk(&p, depth + 1, out, diags, want);
         } else if want(&name) {
+            // A FIFO or a device named `*.yaml` is read as what it is, a file that is not a
+            // regular file: [`read_regular`] says so.
             out.push(p);
         }
     }
+}
+
+/// Reads a file that a policy set or a test file names: only a regular file (a FIFO would
+/// block the reader, `/dev/zero` would never end), and at most `max` bytes plus one, so that
+/// the caller's size check sees that it is too large without the whole of it in memory.
+pub(crate) fn read_regular(path: &Path, max: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// `*.yaml` / `*.yml`, except test files `*.test.yaml` / `*.test.yml`.

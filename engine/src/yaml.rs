@@ -155,11 +155,8 @@ pub(crate) fn with_yaml_doc<R>(
         diags.push(Diagnostic::new(
             file,
             Pos::FILE,
-            format!(
-                "{what} is {} bytes; the limit is {} bytes (8 MiB)",
-                bytes.len(),
-                MAX_POLICY_FILE_BYTES
-            ),
+            // Files are read only to one byte past the limit: the size is not known.
+            format!("{what} is too large: the limit is {MAX_POLICY_FILE_BYTES} bytes (8 MiB)"),
         ));
         return None;
     }

@@ -670,6 +670,39 @@ fn absurdly_deep_nesting_is_rejected_without_stack_overflow() {
     }
 }
 
+/// Only regular files are read, and no more of them than the limit: a FIFO named like a
+/// policy file would block the load (a reload: the host), `/dev/zero` would never end.
+#[cfg(unix)]
+#[test]
+fn a_policy_file_that_is_not_a_regular_file_is_an_error_not_a_hang() {
+    let dir = TempDir::new("special");
+    std::fs::write(dir.0.join("ok.yaml"), "policies: []\n").unwrap();
+    std::os::unix::fs::symlink("/dev/zero", dir.0.join("zero.yaml")).unwrap();
+    let fifo = dir.0.join("fifo.yaml");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .is_ok_and(|s| s.success());
+    let err = Engine::builder().add_path(&dir.0).build().unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("zero.yaml"), "{text}");
+    assert!(text.contains("not a regular file"), "{text}");
+    if made {
+        assert!(text.contains("fifo.yaml"), "{text}");
+    }
+    // A regular file past the limit is read only to one byte past it.
+    let big = dir.0.join("big.yaml");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(1 << 40).unwrap();
+    std::fs::remove_file(dir.0.join("zero.yaml")).unwrap();
+    if made {
+        std::fs::remove_file(&fifo).unwrap();
+    }
+    let err = Engine::builder().add_path(&dir.0).build().unwrap_err();
+    assert!(err.to_string().contains("big.yaml"), "{err}");
+    assert!(err.to_string().contains("too large"), "{err}");
+}
+
 #[test]
 fn oversized_source_is_rejected() {
     let mut src = String::from("policies: []\n");

@@ -352,15 +352,27 @@ fn check_interface(rt: &Runtime, component: &Component) -> Result<(), LoadFailur
     Ok(())
 }
 
+/// The largest plugin component Keel reads (a policy's plugin is a few hundred KB to a few MB).
+const MAX_COMPONENT_BYTES: usize = 128 << 20;
+
 /// Loads the plugin of a policy: reads and hashes the component, checks `sha256`, compiles
 /// (through the cache), checks the interface, prepares instantiation and runs `init` once.
 pub(crate) fn load(rt: &Arc<Runtime>, spec: &PluginSpec) -> Result<Plugin, LoadFailure> {
-    let bytes = std::fs::read(&spec.path).map_err(|e| {
+    let bytes = crate::policy::read_regular(&spec.path, MAX_COMPONENT_BYTES).map_err(|e| {
         LoadFailure::new(
             format!("cannot read plugin `{}`: {e}", spec.path.display()),
             Some("build the plugins first: cargo run -p xtask -- build-plugins"),
         )
     })?;
+    if bytes.len() > MAX_COMPONENT_BYTES {
+        return Err(LoadFailure::new(
+            format!(
+                "plugin `{}` is larger than {MAX_COMPONENT_BYTES} bytes",
+                spec.path.display()
+            ),
+            None,
+        ));
+    }
     let sha = hex::encode(Sha256::digest(&bytes));
     if let Some((want, _)) = &spec.sha256 {
         if *want != sha {

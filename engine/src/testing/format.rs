@@ -130,7 +130,7 @@ pub(super) fn find_test_files(root: &Path, diags: &mut Vec<Diagnostic>) -> Vec<P
 }
 
 pub(super) fn parse_test_file(path: &Path, diags: &mut Vec<Diagnostic>) -> Option<TestFile> {
-    let bytes = match std::fs::read(path) {
+    let bytes = match policy::read_regular(path, crate::yaml::MAX_POLICY_FILE_BYTES) {
         Ok(b) => b,
         Err(e) => {
             diags.push(Diagnostic::new(
@@ -570,7 +570,7 @@ pub(super) fn from_spec(cx: &mut Cx<'_, '_>, n: &MarkedYaml<'_>, dir: &Path) -> 
         let v = get(key)?;
         let rel = cx.string(v, &format!("`{key}`"))?;
         let path = dir.join(&rel);
-        match std::fs::read(&path) {
+        match policy::read_regular(&path, crate::normalize::MAX_PAYLOAD_BYTES) {
             Ok(b) => Some(b),
             Err(e) => {
                 cx.err(

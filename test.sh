@@ -10,6 +10,12 @@ cd "$(dirname "$0")"
 # Each stage's title with the seconds since the start: where a slow CI run spent its time.
 stage() { echo "== $* [${SECONDS} s]"; }
 
+# The engine must build for both wasm32 targets and the plugins for wasm32-unknown-unknown;
+# a fresh machine's toolchain lacks them (already installed, this is quick and offline).
+stage "wasm32 targets"
+if command -v rustup >/dev/null; then
+  rustup target add wasm32-unknown-unknown wasm32-wasip1
+fi
 stage "cargo fmt";   cargo fmt --all -- --check
 (cd wasm-plugins && cargo fmt --all -- --check)
 # With the host's optional Kubernetes client (the `kubernetes` step): linted in the same pass.

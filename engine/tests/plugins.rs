@@ -767,6 +767,22 @@ fn keel_test_runs_the_example_plugins_cases() {
     assert!(report.steps().count() >= 17);
 }
 
+/// A history query is compared with every event of its window on the host, where the
+/// plugin's deadline does not reach: its filter is refused past 16 entries.
+#[test]
+fn a_history_filter_wider_than_16_entries_is_refused() {
+    let e = hostile_set("wide-filter").unwrap();
+    let mut h = History::new();
+    h.record(&freeze());
+    let d = decide_full(&e, &h);
+    assert_eq!(d.policy.as_deref(), Some("hostile"), "{d:?}");
+    let reason = d.reason.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains("refused: a history filter has at most 16 entries, this one 17"),
+        "{reason}"
+    );
+}
+
 #[test]
 fn a_plugin_querying_the_history_without_one_gets_zero_and_a_warning() {
     let e = Engine::builder()

@@ -106,6 +106,9 @@ impl wit::keel::policy::host::Host for HostState {
     }
 }
 
+/// The most (path, value) entries of one history query of a plugin.
+const MAX_FILTER_ENTRIES: usize = 16;
+
 impl HostState {
     fn query(
         &mut self,
@@ -118,6 +121,15 @@ impl HostState {
         }
         let window = chrono::Duration::try_seconds(window_s)
             .ok_or_else(|| format!("window {window_s}s is out of range"))?;
+        // Each entry is compared with every event of the window, on the host, where the
+        // plugin's deadline does not reach: a filter of millions of entries would hold the
+        // deciding thread for minutes. No filter needs more entries than there are fields.
+        if filter.len() > MAX_FILTER_ENTRIES {
+            return Err(format!(
+                "a history filter has at most {MAX_FILTER_ENTRIES} entries, this one {}",
+                filter.len()
+            ));
+        }
         let mut f = Vec::with_capacity(filter.len());
         for (path, value) in filter {
             let p = path.strip_prefix("event.").unwrap_or(&path);

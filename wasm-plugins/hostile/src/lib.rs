@@ -5,7 +5,8 @@
 //! `panic`, `bad-action` (returns an action that does not exist), `bad-params` (returns params
 //! that are not JSON), `defer-without-due`, `init-error` (fails `init`), `log` (logs, then
 //! acknowledges), `stateful` (drains on its instance's first call only: global state that
-//! outlives a call).
+//! outlives a call), `wide-filter` (queries the history with a filter of 17 entries, and says
+//! what the host answered in its decision's reason).
 
 use keel_plugin::{Ctx, Decision, Event, Level, Plugin};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -71,6 +72,14 @@ impl Plugin for Hostile {
                 keel_plugin::log(Level::Warn, "hostile plugin says hello");
                 keel_plugin::log(Level::Debug, "not shown");
                 Some(Decision::new("acknowledge"))
+            }
+            "wide-filter" => {
+                let filter = vec![("resource.region", "eastus"); 17];
+                let answer = match keel_plugin::history::count(&filter, 60) {
+                    Ok(n) => format!("counted {n}"),
+                    Err(e) => format!("refused: {e}"),
+                };
+                Some(Decision::new("acknowledge").reason(answer))
             }
             _ => Some(Decision::new("acknowledge").reason("hostile plugin in mode ok")),
         }

@@ -86,16 +86,19 @@ impl Budget {
     }
 }
 
+/// The key of `obj` that [`get_ci`] reads for `key`: `key` itself, else the first that
+/// matches it case-insensitively.
+fn key_of(obj: &Map<String, Value>, key: &str) -> Option<String> {
+    if obj.contains_key(key) {
+        return Some(key.to_string());
+    }
+    obj.keys().find(|k| k.eq_ignore_ascii_case(key)).cloned()
+}
+
 /// `v` with the `Resources` list of the object at `path` (keys compared as [`get_ci`] does)
 /// emptied: what each VM's event keeps of its entry in `raw`, with its own name put back by
 /// [`with_vm`].
 fn without_vms(v: &Value, path: &[&str]) -> Value {
-    fn key_of(obj: &Map<String, Value>, key: &str) -> Option<String> {
-        if obj.contains_key(key) {
-            return Some(key.to_string());
-        }
-        obj.keys().find(|k| k.eq_ignore_ascii_case(key)).cloned()
-    }
     fn walk(v: &Value, path: &[&str]) -> Value {
         let Value::Object(obj) = v else {
             return v.clone();
@@ -132,12 +135,7 @@ fn with_vm(template: &Value, path: &[&str], vm: &str) -> Value {
         let Value::Object(obj) = at else {
             return out;
         };
-        let found = if obj.contains_key(*key) {
-            Some((*key).to_string())
-        } else {
-            obj.keys().find(|k| k.eq_ignore_ascii_case(key)).cloned()
-        };
-        let Some(k) = found else {
+        let Some(k) = key_of(obj, key) else {
             return out;
         };
         let Some(next) = obj.get_mut(&k) else {

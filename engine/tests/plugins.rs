@@ -783,6 +783,23 @@ fn a_history_filter_wider_than_16_entries_is_refused() {
     );
 }
 
+/// A filter of 50,000 entries all pointing at one 512 KiB string of the plugin's memory: the
+/// host counts the entries before it copies any (copying each, as generated bindings do,
+/// asked for 51 GB).
+#[test]
+fn a_history_filter_aliasing_one_string_is_refused_before_it_is_copied() {
+    let e = hostile_set("alias-filter").unwrap();
+    let mut h = History::new();
+    h.record(&freeze());
+    let d = decide_full(&e, &h);
+    assert_eq!(d.policy.as_deref(), Some("hostile"), "{d:?}");
+    let reason = d.reason.as_deref().unwrap_or_default();
+    assert!(
+        reason.contains("refused: a history filter has at most 16 entries, this one 50000"),
+        "{reason}"
+    );
+}
+
 #[test]
 fn a_plugin_querying_the_history_without_one_gets_zero_and_a_warning() {
     let e = Engine::builder()

@@ -3,7 +3,8 @@
 
 use std::sync::Arc;
 
-use wasmtime::ResourceLimiter;
+use wasmtime::component::{Linker, WasmList, WasmStr};
+use wasmtime::{AsContext, AsContextMut, ResourceLimiter, StoreContextMut};
 
 use super::{t, wit, MAX_LOG_BYTES, MAX_LOG_LINES};
 use crate::event::Timestamp;
@@ -67,6 +68,72 @@ impl ResourceLimiter for Limits {
 
 impl t::Host for HostState {}
 
+/// The `host` interface's functions, linked by hand rather than through the bindings'
+/// `add_to_linker`: those lift a history query's whole `filter` into host strings before
+/// the function runs, and a plugin can make a list of millions of entries that all point at
+/// one large string of its memory (terabytes to copy). Here the list is counted first, and
+/// only a filter within [`MAX_FILTER_ENTRIES`] entries of at most [`MAX_FILTER_TEXT`] bytes
+/// each is copied.
+pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    let mut host = linker.instance("keel:policy/host@1.0.0")?;
+    host.func_wrap(
+        "log",
+        |mut store: StoreContextMut<'_, HostState>, (level, message): (t::Level, String)| {
+            wit::keel::policy::host::Host::log(store.data_mut(), level, message);
+            Ok(())
+        },
+    )?;
+    for (name, distinct) in [("history-count", false), ("history-resources", true)] {
+        host.func_wrap(
+            name,
+            move |mut store: StoreContextMut<'_, HostState>,
+                  (filter, window_s): (WasmList<(WasmStr, WasmStr)>, i64)| {
+                let answer = lift_filter(&mut store, &filter)
+                    .and_then(|f| store.data_mut().query(f, window_s, distinct));
+                Ok((answer,))
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// The longest path or value of a history filter entry a plugin may give.
+const MAX_FILTER_TEXT: usize = crate::normalize::MAX_FIELD_BYTES;
+
+/// A plugin's history filter as host strings, or why it is refused: more than
+/// [`MAX_FILTER_ENTRIES`] entries, or a path or value longer than [`MAX_FILTER_TEXT`] bytes.
+fn lift_filter(
+    store: &mut StoreContextMut<'_, HostState>,
+    filter: &WasmList<(WasmStr, WasmStr)>,
+) -> Result<Vec<(String, String)>, String> {
+    if filter.len() > MAX_FILTER_ENTRIES {
+        return Err(format!(
+            "a history filter has at most {MAX_FILTER_ENTRIES} entries, this one {}",
+            filter.len()
+        ));
+    }
+    let entries: Vec<(WasmStr, WasmStr)> = filter
+        .iter(store.as_context_mut())
+        .map_err(|e| format!("the history filter cannot be read: {e}"))?
+        .collect::<wasmtime::Result<_>>()
+        .map_err(|e| format!("the history filter cannot be read: {e}"))?;
+    let text = |s: &WasmStr| -> Result<String, String> {
+        let t = s
+            .to_str(store.as_context())
+            .map_err(|e| format!("the history filter cannot be read: {e}"))?;
+        if t.len() > MAX_FILTER_TEXT {
+            return Err(format!(
+                "a history filter's paths and values are at most {MAX_FILTER_TEXT} bytes"
+            ));
+        }
+        Ok(t.into_owned())
+    };
+    entries
+        .iter()
+        .map(|(p, v)| Ok((text(p)?, text(v)?)))
+        .collect()
+}
+
 impl wit::keel::policy::host::Host for HostState {
     fn log(&mut self, level: t::Level, message: String) {
         if !matches!(level, t::Level::Warn | t::Level::Error) || self.logs.len() >= MAX_LOG_LINES {
@@ -110,7 +177,7 @@ impl wit::keel::policy::host::Host for HostState {
 const MAX_FILTER_ENTRIES: usize = 16;
 
 impl HostState {
-    fn query(
+    pub(super) fn query(
         &mut self,
         filter: Vec<(String, String)>,
         window_s: i64,
@@ -124,6 +191,7 @@ impl HostState {
         // Each entry is compared with every event of the window, on the host, where the
         // plugin's deadline does not reach: a filter of millions of entries would hold the
         // deciding thread for minutes. No filter needs more entries than there are fields.
+        // (Checked again here for callers other than [`add_to_linker`].)
         if filter.len() > MAX_FILTER_ENTRIES {
             return Err(format!(
                 "a history filter has at most {MAX_FILTER_ENTRIES} entries, this one {}",

@@ -219,8 +219,7 @@ impl Runtime {
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = wasmtime::Engine::new(&config).map_err(|e| format!("wasmtime: {e}"))?;
         let mut linker = Linker::new(&engine);
-        wit::keel::policy::host::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
-            .map_err(|e| format!("wasmtime linker: {e}"))?;
+        host::add_to_linker(&mut linker).map_err(|e| format!("wasmtime linker: {e}"))?;
         wit::keel::policy::types::add_to_linker::<HostState, HasSelf<HostState>>(
             &mut linker,
             |s| s,

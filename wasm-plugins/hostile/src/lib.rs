@@ -6,7 +6,9 @@
 //! that are not JSON), `defer-without-due`, `init-error` (fails `init`), `log` (logs, then
 //! acknowledges), `stateful` (drains on its instance's first call only: global state that
 //! outlives a call), `wide-filter` (queries the history with a filter of 17 entries, and says
-//! what the host answered in its decision's reason).
+//! what the host answered in its decision's reason), `alias-filter` (the same with 50,000
+//! entries that all point at one 512 KiB string of its memory: 51 GB for a host that copies
+//! each entry before counting them).
 
 use keel_plugin::{Ctx, Decision, Event, Level, Plugin};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -79,6 +81,36 @@ impl Plugin for Hostile {
                     Ok(n) => format!("counted {n}"),
                     Err(e) => format!("refused: {e}"),
                 };
+                Some(Decision::new("acknowledge").reason(answer))
+            }
+            "alias-filter" => {
+                let big = std::mem::ManuallyDrop::new("x".repeat(512 << 10));
+                // Every entry's two strings are the same bytes (never freed: the list is
+                // leaked, so that no buffer is freed twice).
+                let alias = || {
+                    // SAFETY: a `String` over `big`'s bytes, which outlive it (`big` is never
+                    // dropped) and are valid UTF-8; it is never dropped or grown (the list
+                    // holding it is leaked, and the host only reads it).
+                    std::mem::ManuallyDrop::new(unsafe {
+                        String::from_raw_parts(big.as_ptr() as *mut u8, big.len(), big.capacity())
+                    })
+                };
+                let filter: std::mem::ManuallyDrop<Vec<(String, String)>> =
+                    std::mem::ManuallyDrop::new(
+                        (0..50_000)
+                            .map(|_| {
+                                (
+                                    std::mem::ManuallyDrop::into_inner(alias()),
+                                    std::mem::ManuallyDrop::into_inner(alias()),
+                                )
+                            })
+                            .collect(),
+                    );
+                let answer =
+                    match keel_plugin::bindings::keel::policy::host::history_count(&filter, 60) {
+                        Ok(n) => format!("counted {n}"),
+                        Err(e) => format!("refused: {e}"),
+                    };
                 Some(Decision::new("acknowledge").reason(answer))
             }
             _ => Some(Decision::new("acknowledge").reason("hostile plugin in mode ok")),

@@ -123,7 +123,10 @@ pub(crate) fn find_matching(
     let mut out = Vec::new();
     match std::fs::metadata(path) {
         Ok(m) if m.is_file() => out.push(path.to_path_buf()),
-        Ok(_) => walk(path, 0, &mut out, diags, want),
+        Ok(_) => {
+            walk(path, 0, &mut out, diags, want);
+            confine(path, &mut out, diags);
+        }
         Err(e) => diags.push(Diagnostic::new(
             path,
             Pos::FILE,
@@ -132,6 +135,35 @@ pub(crate) fn find_matching(
     }
     out.sort();
     out
+}
+
+/// Drops, with an error, the files found under the directory `root` that are symbolic links
+/// (or lie under ones) to something outside it: whoever may write a policy directory must not
+/// make Keel read, and quote in its diagnostics, a file elsewhere (`x.yaml` -> `/etc/shadow`).
+/// Links within it stay (a Kubernetes ConfigMap mounts each file as a link into a hidden
+/// directory beside it).
+fn confine(root: &Path, found: &mut Vec<PathBuf>, diags: &mut Vec<Diagnostic>) {
+    let Ok(real_root) = std::fs::canonicalize(root) else {
+        return;
+    };
+    found.retain(|f| match std::fs::canonicalize(f) {
+        Ok(real) if real.starts_with(&real_root) => true,
+        Ok(_) => {
+            diags.push(Diagnostic::new(
+                f,
+                Pos::FILE,
+                format!(
+                    "a symbolic link to a file outside `{}`: not read",
+                    crate::diag::escape(&root.display().to_string())
+                ),
+            ));
+            false
+        }
+        Err(e) => {
+            diags.push(Diagnostic::new(f, Pos::FILE, format!("cannot read: {e}")));
+            false
+        }
+    });
 }
 
 fn walk(

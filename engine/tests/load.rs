@@ -670,8 +670,38 @@ fn absurdly_deep_nesting_is_rejected_without_stack_overflow() {
     }
 }
 
+/// A policy directory's files are read only where they resolve inside it: a link to a file
+/// elsewhere is an error (its content is never read or quoted); a link within it, as a
+/// Kubernetes ConfigMap mounts every file, is read.
+#[cfg(unix)]
+#[test]
+fn a_policy_file_linking_outside_its_directory_is_not_read() {
+    let outside = TempDir::new("outside");
+    let secret = outside.0.join("secret.yaml");
+    std::fs::write(&secret, "root:$6$hash-that-must-not-be-shown\n").unwrap();
+    let dir = TempDir::new("confined");
+    // A ConfigMap's layout: `p.yaml -> ..data/p.yaml`, `..data -> ..2026_12_04`.
+    std::fs::create_dir_all(dir.0.join("..2026_12_04")).unwrap();
+    std::fs::write(
+        dir.0.join("..2026_12_04/p.yaml"),
+        "policies:\n  - name: a\n    on: [maintenance]\n    action: drain\n",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("..2026_12_04", dir.0.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/p.yaml", dir.0.join("p.yaml")).unwrap();
+    let e = Engine::builder().add_path(&dir.0).build().unwrap();
+    assert_eq!(e.policies().count(), 1);
+    std::os::unix::fs::symlink(&secret, dir.0.join("x.yaml")).unwrap();
+    let err = Engine::builder().add_path(&dir.0).build().unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("x.yaml"), "{text}");
+    assert!(text.contains("a symbolic link to a file outside"), "{text}");
+    assert!(!text.contains("hash-that-must-not-be-shown"), "{text}");
+}
+
 /// Only regular files are read, and no more of them than the limit: a FIFO named like a
-/// policy file would block the load (a reload: the host), `/dev/zero` would never end.
+/// policy file would block the load (a reload: the host), `/dev/zero` would never end (and a
+/// link to it leaves the directory, which is refused first).
 #[cfg(unix)]
 #[test]
 fn a_policy_file_that_is_not_a_regular_file_is_an_error_not_a_hang() {
@@ -685,10 +715,12 @@ fn a_policy_file_that_is_not_a_regular_file_is_an_error_not_a_hang() {
         .is_ok_and(|s| s.success());
     let err = Engine::builder().add_path(&dir.0).build().unwrap_err();
     let text = err.to_string();
+    // The link to `/dev/zero` leaves the directory: refused as such, before any read.
     assert!(text.contains("zero.yaml"), "{text}");
-    assert!(text.contains("not a regular file"), "{text}");
+    assert!(text.contains("a symbolic link to a file outside"), "{text}");
     if made {
         assert!(text.contains("fifo.yaml"), "{text}");
+        assert!(text.contains("not a regular file"), "{text}");
     }
     // A regular file past the limit is read only to one byte past it.
     let big = dir.0.join("big.yaml");

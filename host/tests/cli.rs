@@ -214,7 +214,8 @@ fn check_bad_inputs_exit_nonzero_with_file_and_position() {
     let out = keel(&["check", d.path().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(3));
     assert!(
-        text(&out.stderr).contains("big.yaml: error: policy file is 52428800 bytes"),
+        text(&out.stderr)
+            .contains("big.yaml: error: policy file is too large: the limit is 8388608 bytes"),
         "{}",
         text(&out.stderr)
     );

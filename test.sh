@@ -10,12 +10,27 @@ cd "$(dirname "$0")"
 # Each stage's title with the seconds since the start: where a slow CI run spent its time.
 stage() { echo "== $* [${SECONDS} s]"; }
 
-# The engine must build for both wasm32 targets and the plugins for wasm32-unknown-unknown;
-# a fresh machine's toolchain lacks them (already installed, this is quick and offline).
-stage "wasm32 targets"
+# What the tests need beyond cargo, installed when missing (a fresh machine has none of it;
+# each check is quick when it is there): the wasm32 targets (the engine builds for both, the
+# plugins for wasm32-unknown-unknown); systemd-analyze (the deployment tests verify the
+# systemd unit), Python's venv (hadolint, dockerfile-parse and kubernetes-validate, pinned,
+# go into one under target/ through host/deploy/validate.py); promtool (Debian's
+# `prometheus`, which parses /metrics in host/tests/metrics.rs); Node 18+ and npm (the
+# JavaScript package and the playground). PostgreSQL and Chromium are installed below, where
+# they are first needed.
+stage "prerequisites"
 if command -v rustup >/dev/null; then
   rustup target add wasm32-unknown-unknown wasm32-wasip1
 fi
+apt_install() {
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+command -v systemd-analyze >/dev/null || apt_install systemd
+python3 -c 'import ensurepip' 2>/dev/null || apt_install python3-venv
+python3 host/deploy/validate.py target/tmp/deploy-tools --install-only
+command -v promtool >/dev/null || apt_install prometheus
+{ command -v node >/dev/null && command -v npm >/dev/null; } || apt_install nodejs npm
 stage "cargo fmt";   cargo fmt --all -- --check
 (cd wasm-plugins && cargo fmt --all -- --check)
 # With the host's optional Kubernetes client (the `kubernetes` step): linted in the same pass.

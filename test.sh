@@ -22,9 +22,17 @@ stage "prerequisites"
 if command -v rustup >/dev/null; then
   rustup target add wasm32-unknown-unknown wasm32-wasip1
 fi
+# Debian's packages `$@`, as root (through sudo when not root); elsewhere, says what is
+# missing and stops.
 apt_install() {
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  local as_root=()
+  [ "$(id -u)" -eq 0 ] || as_root=(sudo)
+  if ! command -v apt-get >/dev/null || { [ "${#as_root[@]}" -gt 0 ] && ! command -v sudo >/dev/null; }; then
+    echo "test.sh: install $* (Debian's package names) and run it again" >&2
+    exit 1
+  fi
+  "${as_root[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 command -v systemd-analyze >/dev/null || apt_install systemd
 python3 -c 'import ensurepip' 2>/dev/null || apt_install python3-venv
@@ -41,8 +49,7 @@ cargo run -q -p xtask --locked -- build-plugins
 stage "PostgreSQL for the fleet tests (host/tests/fleet.rs starts its own servers)"
 # Debian's `postgresql` package, installed when its server binaries are missing.
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+  apt_install postgresql
 fi
 stage "cargo test: every crate on its own, with default features and with all of them"
 # One crate at a time, not --workspace: a workspace run unifies features (the host turns the
@@ -106,8 +113,7 @@ stage "the JavaScript package over the engine module (its .d.ts type-checked, No
   && bash test/pack.sh)
 stage "keel playground in headless Chromium (the engine module embedded by the playground feature)"
 if ! command -v chromium >/dev/null; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  apt_install chromium
 fi
 # The binary `cargo test -p keel-host --all-features` built (the playground is one of them).
 cargo build -q -p keel-host --all-features --locked

@@ -122,10 +122,23 @@ fn bounds_and_plugin_quarantines_are_restored() {
     assert_eq!(r.len(), 5);
     assert_eq!(r.quarantined(), vec!["team.plugin".to_string()]);
     assert_eq!(r.plugin_faults("team.plugin"), 3);
-    // An event older than the retention before the newest is dropped.
+    // An event older than the retention is forgotten at the next record, on the caller's
+    // clock, not at load: the newest entry may be an event dated ahead of the clock, and
+    // the retention before it would forget the whole incident before it.
     let mut v: serde_json::Value = serde_json::from_str(&h.to_json()).unwrap();
     v["events"][0]["time"] = serde_json::json!((t0() - Duration::hours(2)).to_rfc3339());
-    assert_eq!(History::from_json(&v.to_string()).unwrap().len(), 2);
+    let mut r = History::from_json(&v.to_string()).unwrap();
+    assert_eq!(r.len(), 3);
+    let at = t0() + Duration::seconds(3);
+    r.record_at(&failure(1, "eastus2", 1, at), at);
+    assert_eq!(r.len(), 3, "the old one forgotten, the new one remembered");
+    let mut v: serde_json::Value = serde_json::from_str(&h.to_json()).unwrap();
+    v["events"][2]["time"] = serde_json::json!((t0() + Duration::days(3)).to_rfc3339());
+    assert_eq!(
+        History::from_json(&v.to_string()).unwrap().len(),
+        3,
+        "an event dated three days ahead makes nothing before it look old"
+    );
 }
 
 #[test]

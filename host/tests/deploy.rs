@@ -154,12 +154,12 @@ fn keel_run_runs_without_a_notify_socket_and_warns_when_it_cannot_notify() {
 #[test]
 fn the_systemd_unit_passes_systemd_analyze_verify() {
     let unit = root().join("host/deploy/systemd/keel.service");
-    // .ci/run installs it (Debian's `systemd`); a machine without it fails here, never skips.
+    // test.sh installs it (Debian's `systemd`); a machine without it fails here, never skips.
     let which = Command::new("systemd-analyze")
         .arg("--version")
         .output()
         .unwrap_or_else(|e| {
-            panic!("systemd-analyze not runnable ({e}): install Debian's `systemd` package (.ci/run does)")
+            panic!("systemd-analyze not runnable ({e}): install Debian's `systemd` package (test.sh does)")
         });
     assert!(which.status.success());
     // `verify` also checks that ExecStart's binary exists: the unit is verified as installed,

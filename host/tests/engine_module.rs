@@ -441,7 +441,7 @@ fn compare(
     let ctx = Ctx::new(now).with_mode(Mode::Full);
     let mut h = history.0.clone();
     if record {
-        h.record(ev);
+        h.record_at(ev, now);
     }
     let want = native.decide(ev, &ctx.with_history(&h));
     let request = json!({
@@ -552,10 +552,10 @@ fn decides_every_library_case_like_the_native_engine() {
                             &format!("{what}::{step_name}"),
                         );
                         if record {
-                            history.record(ev);
+                            history.record_at(ev, at);
                             log.push(serde_json::to_value(ev).unwrap());
                         }
-                        history.record_decision(ev, &d);
+                        history.record_decision_at(ev, &d, at);
                         log.push(json!({"event": ev, "decision": d}));
                         got.push(d);
                     }

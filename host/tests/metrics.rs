@@ -1,6 +1,6 @@
 //! `/metrics` of a running `keel run`, after a platform Reboot was polled, decided and drained
 //! (log, exec, http and azure_ack steps), parsed whole by a real exposition-format parser and
-//! linter: `promtool check metrics`, from Debian's `prometheus` package (`.ci/run` installs
+//! linter: `promtool check metrics`, from Debian's `prometheus` package (`test.sh` installs
 //! it). Then the families the issue asks for: the histograms, `keel_build_info` and
 //! `keel_policy_set_info`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -25,7 +25,7 @@ fn promtool(text: &str) -> (bool, String) {
         Ok(c) => c,
         Err(e) => panic!(
             "promtool not runnable ({e}): install Debian's `prometheus` package \
-             (`apt-get install -y prometheus`, as .ci/run does)"
+             (`apt-get install -y prometheus`, as test.sh does)"
         ),
     };
     child

@@ -2,7 +2,7 @@
 //! walks through it: `keel plugin new` in an empty temporary directory, `keel plugin build`
 //! (cargo for wasm32-unknown-unknown, then the component), `keel test .` and `keel check .`,
 //! with the vendored SDK and only the `keel` binary. Needs the wasm32-unknown-unknown target
-//! (test.sh and .ci/run add it) and crates.io for the SDK's dependencies.
+//! (test.sh adds it) and crates.io for the SDK's dependencies.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::Path;

@@ -35,9 +35,10 @@ pub(crate) const COST_FN: &str = "@keel_cost";
 /// past [`MAX_STRING_BYTES`]. No CEL source can name it.
 pub(crate) const REPLACE_FN: &str = "@keel_replace";
 
-/// The longest string a `replace` may make. Each call multiplies its receiver's length by up
-/// to the replacement's plus one (an empty pattern matches between every two characters), so
-/// three calls in a 4 KB expression asked for a terabyte; past this it is an evaluation error.
+/// The longest string a `replace` may grow to (one longer already may shrink or keep its
+/// length). Each call multiplies its receiver's length by up to the replacement's plus one (an
+/// empty pattern matches between every two characters), so three calls in a 4 KB expression
+/// asked for a terabyte; past this it is an evaluation error.
 pub const MAX_STRING_BYTES: usize = 64 * 1024;
 
 /// Rewrites every member call `s.replace(...)` of `e` into a call of [`REPLACE_FN`] with the
@@ -92,7 +93,7 @@ pub(super) fn bound_replace(e: &mut IdedExpr) {
 
 /// `this.replace(from, to)` (all matches) or with `n` (the first `n`, all when negative), as
 /// the `cel` crate's strings extension computes it, or `None` when the result would be longer
-/// than [`MAX_STRING_BYTES`].
+/// than [`MAX_STRING_BYTES`] and than `this`.
 pub(crate) fn replace_bounded(this: &str, from: &str, to: &str, n: Option<i64>) -> Option<String> {
     let limit = n.and_then(|n| usize::try_from(n).ok());
     let matches = if from.is_empty() {
@@ -103,7 +104,8 @@ pub(crate) fn replace_bounded(this: &str, from: &str, to: &str, n: Option<i64>) 
     let replaced = limit.map_or(matches, |l| l.min(matches));
     let len = (this.len() - replaced.saturating_mul(from.len()).min(this.len()))
         .saturating_add(replaced.saturating_mul(to.len()));
-    if len > MAX_STRING_BYTES {
+    // A string already longer (a long error message from the event) may be edited, not grown.
+    if len > MAX_STRING_BYTES.max(this.len()) {
         return None;
     }
     Some(match limit {

@@ -381,9 +381,14 @@ mod tests {
         let long = "a".repeat(MAX_STRING_BYTES + 10);
         assert_eq!(replace_bounded(&long, "a", "", None), Some(String::new()));
         assert_eq!(
-            replace_bounded(&long, "b", "c", None),
+            replace_bounded(&long, "a", "b", None).map(|s| s.len()),
+            Some(long.len()),
+            "already past, not grown"
+        );
+        assert_eq!(
+            replace_bounded(&long, "a", "bb", Some(1)),
             None,
-            "unchanged, but already past"
+            "grown past"
         );
     }
 

@@ -275,16 +275,18 @@ impl History {
             since_sweep: 0,
         };
         d.guards = guards;
-        // Apply the bounds as of the newest thing remembered.
-        let newest = [
-            d.events.back().map(|e| e.time),
-            d.decisions.back().map(|x| x.time),
+        // Apply the size bounds only (trimming as of the oldest thing remembered forgets
+        // nothing by age): the newest may be an event dated ahead of the clock, and what the
+        // retention forgets is forgotten at the next record, on the caller's clock.
+        let oldest = [
+            d.events.front().map(|e| e.time),
+            d.decisions.front().map(|x| x.time),
         ]
         .into_iter()
         .flatten()
-        .max();
-        if let Some(now) = newest {
-            d.trim(now);
+        .min();
+        if let Some(then) = oldest {
+            d.trim(then);
         }
         Ok(History {
             data: Arc::new(d),

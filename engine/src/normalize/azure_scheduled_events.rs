@@ -67,9 +67,8 @@ impl Budget {
         }
     }
 
-    /// Takes `n` events of `each` bytes, or says why the document is refused.
-    fn take(&mut self, path: &str, n: usize, each: usize) -> Result<(), NormalizeError> {
-        let bytes = n.saturating_mul(each);
+    /// Takes `n` events holding `bytes` in all, or says why the document is refused.
+    fn take(&mut self, path: &str, n: usize, bytes: usize) -> Result<(), NormalizeError> {
         if n > self.events || bytes > self.bytes {
             return Err(NormalizeError::Shape {
                 path: format!("{path}.Resources"),
@@ -77,7 +76,7 @@ impl Budget {
                     "at most {MAX_DOCUMENT_EVENTS} VM events in a document, holding at most \
                      {MAX_OUTPUT_BYTES} bytes of entries"
                 ),
-                found: format!("{n} more VMs, an entry of {each} bytes each"),
+                found: format!("{n} more VMs holding {bytes} more bytes"),
             });
         }
         self.events -= n;
@@ -427,7 +426,7 @@ fn parse_event(
         .map_or(0, |t| t.len())
         .saturating_add(description.as_ref().map_or(0, String::len))
         .saturating_add(longest.saturating_mul(2));
-    budget.take(path, vms.len(), each)?;
+    budget.take(path, vms.len(), vms.len().saturating_mul(each))?;
     let is_self = |vm: &str| {
         input.self_name.map(|s| {
             s.trim_start_matches('_')
@@ -435,8 +434,9 @@ fn parse_event(
         })
     };
     if vms.iter().any(|vm| is_self(vm) == Some(true)) {
+        // Its event, counted above, keeps the whole entry: only the bytes are more.
         let whole = serde_json::to_string(raw).map_or(0, |t| t.len());
-        budget.take(path, 1, whole)?;
+        budget.take(path, 0, whole)?;
     }
     Ok(vms
         .into_iter()

@@ -680,7 +680,10 @@ impl Host {
     ) -> Result<Option<Recorded>, StoreError> {
         let status = status_of(ev);
         let id = decision_id(ev, &status);
-        let from_ingest = ingest.is_some();
+        // A budget's members are learned from the platform's own signals: not from ingest
+        // bodies, nor from a deferral decided again (its first decision noted what it could,
+        // and an ingested one's must not be noted now).
+        let learns_members = ingest.is_none() && !ev.id.contains(REDECIDED);
         // A stateless source (AWS IMDS) re-reads the same notice every poll: decide it once,
         // and keep the correlation history free of repeats.
         if db.seen_as(&id, &ev.id, &status)? {
@@ -756,10 +759,9 @@ impl Host {
         if !new {
             return Ok(None);
         }
-        // A budget's observed group is learned from the platform's signals, not from ingest
-        // bodies: a client could otherwise name made-up members into a group, widening a
+        // An ingest client could otherwise name made-up members into a group, widening a
         // `max_in_flight` given as a share of it.
-        if !from_ingest {
+        if learns_members {
             self.note_budget_members(db, ev, &at_s)?;
         }
         if let (Action::Defer, Some(due)) = (decision.action, decision.due) {
@@ -1112,9 +1114,12 @@ impl Host {
 /// The id of a deferred event decided again at `at`: the original id (once, however often it
 /// was deferred) and the time.
 fn redecision_id(id: &str, at: DateTime<Utc>) -> String {
-    let original = id.split_once("#deferred@").map_or(id, |(o, _)| o);
-    format!("{original}#deferred@{}", rfc(at))
+    let original = id.split_once(REDECIDED).map_or(id, |(o, _)| o);
+    format!("{original}{REDECIDED}{}", rfc(at))
 }
+
+/// What marks the id of a deferred event decided again ([`redecision_id`]).
+const REDECIDED: &str = "#deferred@";
 
 /// Deletes finished history older than `retention`, at start and every `gc_interval`
 /// ([`Store::gc`]: pending work is never collected), counting the rows in

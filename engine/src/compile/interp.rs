@@ -44,50 +44,54 @@ pub const MAX_STRING_BYTES: usize = 64 * 1024;
 /// Rewrites every member call `s.replace(...)` of `e` into a call of [`REPLACE_FN`] with the
 /// receiver first. Recursion is bounded by the AST depth limit.
 pub(super) fn bound_replace(e: &mut IdedExpr) {
+    if let Ast::Call(call) = &mut e.expr {
+        if call.func_name == "replace" && matches!(call.args.len(), 2 | 3) {
+            if let Some(t) = call.target.take() {
+                call.func_name = REPLACE_FN.to_string();
+                call.args.insert(0, *t);
+            }
+        }
+    }
+    for child in children_mut(e) {
+        bound_replace(child);
+    }
+}
+
+/// The direct subexpressions of `e`.
+fn children_mut(e: &mut IdedExpr) -> Vec<&mut IdedExpr> {
     match &mut e.expr {
-        Ast::Comprehension(c) => {
-            for x in [
-                &mut c.iter_range,
-                &mut c.accu_init,
-                &mut c.loop_cond,
-                &mut c.loop_step,
-                &mut c.result,
-            ] {
-                bound_replace(x);
-            }
-        }
-        Ast::Call(call) => {
-            for a in call.args.iter_mut() {
-                bound_replace(a);
-            }
-            if let Some(t) = call.target.as_mut() {
-                bound_replace(t);
-            }
-            if call.func_name == "replace" && matches!(call.args.len(), 2 | 3) {
-                if let Some(t) = call.target.take() {
-                    call.func_name = REPLACE_FN.to_string();
-                    call.args.insert(0, *t);
-                }
-            }
-        }
-        Ast::Select(s) => bound_replace(&mut s.operand),
-        Ast::List(l) => l.elements.iter_mut().for_each(bound_replace),
-        Ast::Map(m) => {
-            for entry in m.entries.iter_mut() {
-                if let cel::common::ast::EntryExpr::MapEntry(me) = &mut entry.expr {
-                    bound_replace(&mut me.key);
-                    bound_replace(&mut me.value);
-                }
-            }
-        }
-        Ast::Struct(st) => {
-            for entry in st.entries.iter_mut() {
-                if let cel::common::ast::EntryExpr::StructField(f) = &mut entry.expr {
-                    bound_replace(&mut f.value);
-                }
-            }
-        }
-        Ast::Ident(_) | Ast::Literal(_) | Ast::Unspecified => {}
+        Ast::Comprehension(c) => vec![
+            &mut c.iter_range,
+            &mut c.accu_init,
+            &mut c.loop_cond,
+            &mut c.loop_step,
+            &mut c.result,
+        ],
+        Ast::Call(call) => call
+            .args
+            .iter_mut()
+            .chain(call.target.as_deref_mut())
+            .collect(),
+        Ast::Select(s) => vec![&mut s.operand],
+        Ast::List(l) => l.elements.iter_mut().collect(),
+        Ast::Map(m) => m
+            .entries
+            .iter_mut()
+            .filter_map(|entry| match &mut entry.expr {
+                cel::common::ast::EntryExpr::MapEntry(me) => Some([&mut me.key, &mut me.value]),
+                cel::common::ast::EntryExpr::StructField(_) => None,
+            })
+            .flatten()
+            .collect(),
+        Ast::Struct(st) => st
+            .entries
+            .iter_mut()
+            .filter_map(|entry| match &mut entry.expr {
+                cel::common::ast::EntryExpr::StructField(f) => Some(&mut f.value),
+                cel::common::ast::EntryExpr::MapEntry(_) => None,
+            })
+            .collect(),
+        Ast::Ident(_) | Ast::Literal(_) | Ast::Unspecified => Vec::new(),
     }
 }
 

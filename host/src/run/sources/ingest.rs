@@ -835,25 +835,26 @@ mod tests {
         assert_eq!(post(&host, &body).status, 202);
     }
 
-    /// A budget's group size, when not given, is the members seen: learned from the
-    /// platform's signals, never from ingest bodies, which could name made-up VMs into a
-    /// group and widen a `max_in_flight` given as a share of it.
-    #[test]
-    fn ingest_bodies_add_no_members_to_a_budget_s_group() {
-        let dir = tempfile::tempdir().unwrap();
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let path = dir.path().join("keel.yaml");
+    /// A host deciding with the policies in `policies`, with a budget whose group is the
+    /// availability set, given as a percentage (so its members count).
+    fn budget_host(dir: &std::path::Path, policies: &std::path::Path) -> Arc<Host> {
+        let path = dir.join("keel.yaml");
         std::fs::write(
             &path,
             format!(
                 "policies: {}\nstate: state.db\nsources:\n  ingest:\n    token_env: KEEL_UNIT_TEST_NO_TOKEN\n\
                  budgets:\n  - {{ name: sets, key: event.resource.availability_set, max_in_flight: \"25%\" }}\n",
-                root.join("policies/standard").display()
+                policies.display()
             ),
         )
         .unwrap();
         let cfg = crate::config::load_without_secrets(&path).unwrap();
-        let host = Host::new(cfg, Box::new(std::io::sink())).unwrap();
+        Host::new(cfg, Box::new(std::io::sink())).unwrap()
+    }
+
+    /// Posts `n` bodies of made-up VMs of the availability set `web`.
+    fn post_made_up_vms(host: &Arc<Host>, n: usize) {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let fixture: Value = serde_json::from_str(
             &std::fs::read_to_string(
                 root.join("engine/tests/data/ingest/vm-agent-windows-2021-10-13.json"),
@@ -861,20 +862,53 @@ mod tests {
             .unwrap(),
         )
         .unwrap();
-        for i in 0..5 {
+        for i in 0..n {
             let mut body = fixture.clone();
             body["idempotency_key"] = json!(format!("made-up-{i}"));
             body["resource"] = json!({
                 "id": format!("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/fake-{i}"),
                 "availability_set": "web",
             });
-            assert_eq!(post(&host, &body).status, 202, "{i}");
+            assert_eq!(post(host, &body).status, 202, "{i}");
         }
-        let view = host
-            .store
+    }
+
+    fn web_members(host: &Arc<Host>) -> Vec<keel_engine::budget::Member> {
+        host.store
             .key_view("sets", "web", &keel_engine::budget::rfc(Utc::now()))
-            .unwrap();
-        assert!(view.members.is_empty(), "{:?}", view.members);
+            .unwrap()
+            .members
+    }
+
+    /// A budget's group size, when not given, is the members seen: learned from the
+    /// platform's signals, never from ingest bodies, which could name made-up VMs into a
+    /// group and widen a `max_in_flight` given as a share of it.
+    #[test]
+    fn ingest_bodies_add_no_members_to_a_budget_s_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let host = budget_host(dir.path(), &root.join("policies/standard"));
+        post_made_up_vms(&host, 5);
+        assert!(web_members(&host).is_empty(), "{:?}", web_members(&host));
+    }
+
+    /// Nor when a policy defers them and they are decided again.
+    #[test]
+    fn deferred_ingest_bodies_decided_again_add_no_members_either() {
+        let dir = tempfile::tempdir().unwrap();
+        let policies = dir.path().join("policies");
+        std::fs::create_dir_all(&policies).unwrap();
+        std::fs::write(
+            policies.join("later.yaml"),
+            "policies:\n  - name: later\n    on: [operation_failure]\n    when: event.failure.attempt >= 1\n    action: defer\n    params: { until: now }\n",
+        )
+        .unwrap();
+        let host = budget_host(dir.path(), &policies);
+        post_made_up_vms(&host, 3);
+        assert!(host.store.pending().unwrap().is_empty());
+        let redecided = host.due_deferrals();
+        assert!(redecided.is_empty(), "deferred again, no runbook");
+        assert!(web_members(&host).is_empty(), "{:?}", web_members(&host));
     }
 
     #[test]

@@ -840,3 +840,21 @@ fn legacy_instance_info_with_blank_domains_keeps_the_name() {
     assert_eq!(st.azure_maintenance_v1.update_domain, None);
     assert_eq!(st.azure_maintenance_v1.fault_domain, None);
 }
+
+/// A document naming a VM longer than the history keeps is refused, and the state the
+/// earlier documents built is left as it was.
+#[test]
+fn a_document_refused_for_a_field_s_size_changes_no_state() {
+    let mut st = NormalizerState::default();
+    se(&mut st, &one_entry(2, 10), "2026-04-20T22:00:00Z").unwrap();
+    let before = st.clone();
+    let long = "v".repeat(keel_engine::normalize::MAX_FIELD_BYTES + 1);
+    let doc = serde_json::to_vec(&serde_json::json!({"DocumentIncarnation": 2, "Events": [
+        {"EventId": "F", "EventStatus": "Scheduled", "EventType": "Freeze",
+         "ResourceType": "VirtualMachine", "Resources": [long], "EventSource": "Platform"}
+    ]}))
+    .unwrap();
+    let err = se(&mut st, &doc, "2026-04-20T22:01:00Z").unwrap_err();
+    assert!(err.to_string().contains("at most 2048 bytes"), "{err}");
+    assert_eq!(st, before);
+}

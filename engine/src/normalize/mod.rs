@@ -255,14 +255,35 @@ pub fn normalize(
             size: input.payload.len(),
         });
     }
-    // A payload refused for a field's size changes nothing, as any other refused payload.
-    let before = state.clone();
+    // A payload refused for a field's size changes nothing, as any other refused payload:
+    // the running normalizer's own part of the state (the only part it changes) is kept to
+    // be put back.
+    let mut before = NormalizerState::default();
+    copy_part(n.name, state, &mut before);
     let events = (n.run)(input, state)?;
     if let Err(e) = events.iter().try_for_each(check_field_sizes) {
-        *state = before;
+        copy_part(n.name, &before, state);
         return Err(e);
     }
     Ok(events)
+}
+
+/// Copies the part of `from` that the normalizer `name` keeps into `to`; the stateless
+/// normalizers have none.
+fn copy_part(name: &str, from: &NormalizerState, to: &mut NormalizerState) {
+    match name {
+        "azure.scheduled_events" => {
+            to.azure_scheduled_events
+                .clone_from(&from.azure_scheduled_events);
+        }
+        "azure.maintenance_v1" => to
+            .azure_maintenance_v1
+            .clone_from(&from.azure_maintenance_v1),
+        "gcp.metadata" => to.gcp_metadata.clone_from(&from.gcp_metadata),
+        "aws.imds" => to.aws_imds.clone_from(&from.aws_imds),
+        "azure.arm" => to.azure_arm.clone_from(&from.azure_arm),
+        _ => {}
+    }
 }
 
 /// The most bytes a field the correlation history remembers (the resource's identifiers and

@@ -2174,3 +2174,28 @@ proptest! {
         prop_assert!(classify::rule(c.rule).is_some());
     }
 }
+
+/// An error body with neither an id nor a time is dated by its first sight, kept in the
+/// state; one refused for a field the history could not keep leaves no first sight behind.
+#[test]
+fn a_body_refused_for_a_field_s_size_records_no_first_sight() {
+    let long = "x".repeat(keel_engine::normalize::MAX_FIELD_BYTES + 1);
+    let bare = |code: &str| json!({"error": {"code": code, "message": "m"}}).to_string();
+    let mut st = NormalizerState::default();
+    let input_at = |body: &str, at: &str, st: &mut NormalizerState| {
+        normalize(
+            "azure.arm",
+            &Input::new(body.as_bytes(), ts(at)).operation(Operation::Create),
+            st,
+        )
+    };
+    input_at(&bare("First"), OBSERVED, &mut st).unwrap();
+    let before = st.clone();
+    assert_eq!(before.azure_arm.first_seen.len(), 1);
+    let err = input_at(&bare(&long), OBSERVED, &mut st).unwrap_err();
+    assert!(err.to_string().contains("at most 2048 bytes"), "{err}");
+    assert_eq!(st, before);
+    let ok = input_at(&bare("Second"), OBSERVED, &mut st).unwrap();
+    assert_eq!(ok.len(), 1);
+    assert_eq!(st.azure_arm.first_seen.len(), 2);
+}

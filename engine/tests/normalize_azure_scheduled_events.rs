@@ -858,3 +858,36 @@ fn a_document_refused_for_a_field_s_size_changes_no_state() {
     assert!(err.to_string().contains("at most 2048 bytes"), "{err}");
     assert_eq!(st, before);
 }
+
+/// An InstanceInfo whose `ID` the history could not keep (over 2048 bytes, or holding a NUL)
+/// is refused, and the name the earlier one gave is kept: it is every later notice's
+/// `resource.name`, which would have every notice refused.
+#[test]
+fn legacy_instance_info_with_an_id_the_history_cannot_keep_is_refused() {
+    let at = t("2015-09-15T06:43:00Z");
+    let mut st = NormalizerState::default();
+    let good = br#"{"FD": "1", "ID": "_TestVM", "UD": "2"}"#;
+    normalize("azure.maintenance_v1", &Input::new(good, at), &mut st).unwrap();
+    let before = st.clone();
+    let long = format!(
+        "_{}",
+        "v".repeat(keel_engine::normalize::MAX_FIELD_BYTES + 1)
+    );
+    for (id, says) in [
+        (long.as_str(), "at most 2048 bytes"),
+        ("_Test\0VM", "without NUL"),
+    ] {
+        let doc = serde_json::to_vec(&serde_json::json!({"FD": "0", "ID": id, "UD": "0"})).unwrap();
+        match normalize("azure.maintenance_v1", &Input::new(&doc, at), &mut st) {
+            Err(NormalizeError::Shape { path, expected, .. }) => {
+                assert_eq!(path, "$.ID");
+                assert!(expected.contains(says), "{expected}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(st, before);
+    }
+    let pending = br#"{"EventID": "e1"}"#;
+    let evs = normalize("azure.maintenance_v1", &Input::new(pending, at), &mut st).unwrap();
+    assert_eq!(evs[0].resource.name.as_deref(), Some("TestVM"));
+}

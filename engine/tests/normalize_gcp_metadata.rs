@@ -743,3 +743,31 @@ fn a_rest_instance_with_a_blank_id_has_no_id() {
     assert_eq!(r.id, None);
     assert_eq!(r.name.as_deref(), Some("vm-1"));
 }
+
+/// A payload refused for a field the history could not keep (here the caller's VM name, the
+/// event's `resource.name`) leaves the state as the earlier reads built it: the next read
+/// with a usable name still starts the maintenance, with the id its first sight gives.
+#[test]
+fn a_read_refused_for_a_field_s_size_changes_no_state() {
+    let none = fixture("gcp-maintenance-event-none.txt");
+    let migrate = fixture("gcp-maintenance-event-migrate.txt");
+    let mut st = NormalizerState::default();
+    at(&none, t0(), &mut st);
+    let before = st.clone();
+    let long = "v".repeat(keel_engine::normalize::MAX_FIELD_BYTES + 1);
+    let t1 = t0() + Duration::seconds(30);
+    let err = normalize(NAME, &Input::new(&migrate, t1).self_name(&long), &mut st).unwrap_err();
+    assert!(err.to_string().contains("at most 2048 bytes"), "{err}");
+    assert_eq!(st, before);
+    let t2 = t1 + Duration::seconds(30);
+    let evs = normalize(NAME, &Input::new(&migrate, t2).self_name("vm-1"), &mut st).unwrap();
+    assert_eq!(
+        evs.len(),
+        1,
+        "the maintenance was not taken as already reported"
+    );
+    assert_eq!(
+        evs[0].id,
+        me_id("MIGRATE_ON_HOST_MAINTENANCE", "2026-04-20T12:01:00Z")
+    );
+}

@@ -59,6 +59,11 @@ pub fn normalize(
     let st = &mut state.azure_maintenance_v1;
     if is_instance_info(obj) {
         let name = opt_str(obj, "ID", "$")?.map(|n| n.trim_start_matches('_').to_string());
+        // The name is every later notice's `resource.name`: one the history could not keep
+        // would have every notice refused until the next InstanceInfo.
+        if let Some(n) = &name {
+            super::check_remembered("$.ID", n)?;
+        }
         let ud = opt_int(obj, "UD", "$")?;
         let fd = opt_int(obj, "FD", "$")?;
         *st = State {

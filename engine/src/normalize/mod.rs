@@ -268,20 +268,24 @@ pub fn normalize(
     Ok(events)
 }
 
-/// Copies the part of `from` that the normalizer `name` keeps into `to`; the stateless
-/// normalizers have none.
+/// Copies the part of `from` that the normalizer `name` may change on a call that returns
+/// events into `to`. Each part is named here, so a new one does not compile until it is
+/// decided whether a refused payload must put it back.
 fn copy_part(name: &str, from: &NormalizerState, to: &mut NormalizerState) {
+    let NormalizerState {
+        azure_scheduled_events,
+        gcp_metadata,
+        azure_arm,
+        // Changed only by an InstanceInfo document, which returns no event and refuses an
+        // over-long or NUL-holding `ID` itself.
+        azure_maintenance_v1: _,
+        // Keeps nothing.
+        aws_imds: aws_imds::State {},
+    } = from;
     match name {
-        "azure.scheduled_events" => {
-            to.azure_scheduled_events
-                .clone_from(&from.azure_scheduled_events);
-        }
-        "azure.maintenance_v1" => to
-            .azure_maintenance_v1
-            .clone_from(&from.azure_maintenance_v1),
-        "gcp.metadata" => to.gcp_metadata.clone_from(&from.gcp_metadata),
-        "aws.imds" => to.aws_imds.clone_from(&from.aws_imds),
-        "azure.arm" => to.azure_arm.clone_from(&from.azure_arm),
+        "azure.scheduled_events" => to.azure_scheduled_events.clone_from(azure_scheduled_events),
+        "gcp.metadata" => to.gcp_metadata.clone_from(gcp_metadata),
+        "azure.arm" => to.azure_arm.clone_from(azure_arm),
         _ => {}
     }
 }
@@ -296,40 +300,42 @@ pub const MAX_FIELD_BYTES: usize = 2048;
 /// `exec` step passes the id and the resource's name and id in its environment, which cannot
 /// hold one).
 fn check_field_sizes(ev: &Event) -> Result<(), NormalizeError> {
-    let bad = |path: &str, expected: String, found: String| NormalizeError::Shape {
-        path: path.to_string(),
-        expected,
-        found,
-    };
-    let nul = |path: &str| {
-        bad(
-            path,
-            "text without NUL characters".into(),
-            "a NUL character".into(),
-        )
-    };
     if ev.id.contains('\0') {
-        return Err(nul("id"));
+        return Err(nul_in("id"));
     }
     for id in crate::fields::FieldId::all() {
         if !crate::history::correlatable(id) {
             continue;
         }
         if let Ok(Some(crate::fields::FieldValue::Str(s))) = crate::fields::read(ev, id) {
-            let path = crate::fields::field(id).path;
-            if s.len() > MAX_FIELD_BYTES {
-                return Err(bad(
-                    path,
-                    format!("at most {MAX_FIELD_BYTES} bytes"),
-                    format!("{} bytes", s.len()),
-                ));
-            }
-            if s.contains('\0') {
-                return Err(nul(path));
-            }
+            check_remembered(crate::fields::field(id).path, s)?;
         }
     }
     Ok(())
+}
+
+/// Refuses `text`, read at `path`, if the correlation history could not remember it: longer
+/// than [`MAX_FIELD_BYTES`] or holding a NUL character.
+pub(crate) fn check_remembered(path: &str, text: &str) -> Result<(), NormalizeError> {
+    if text.len() > MAX_FIELD_BYTES {
+        return Err(NormalizeError::Shape {
+            path: path.to_string(),
+            expected: format!("at most {MAX_FIELD_BYTES} bytes"),
+            found: format!("{} bytes", text.len()),
+        });
+    }
+    if text.contains('\0') {
+        return Err(nul_in(path));
+    }
+    Ok(())
+}
+
+fn nul_in(path: &str) -> NormalizeError {
+    NormalizeError::Shape {
+        path: path.to_string(),
+        expected: "text without NUL characters".into(),
+        found: "a NUL character".into(),
+    }
 }
 
 /// A maintenance notice from the platform, with nothing but its type and status known yet.

@@ -464,6 +464,19 @@ impl Engine {
                     p.spec.params.delay.and_then(|s| add_secs(ctx.now, s))
                 };
                 match due {
+                    // A due time not after the decision has nothing to wait for: deciding
+                    // again at it would defer again to the same past time, every time the host
+                    // looks (a policy deferring to `not_before - 5m` for a notice given with
+                    // less lead than that).
+                    Some(due) if due <= ctx.now => {
+                        d.action = self.default_action;
+                        d.warnings.push(format!(
+                            "policy `{}` deferred until {}, not after the decision time {}; the default action applies",
+                            p.spec.name,
+                            due.to_rfc3339(),
+                            ctx.now.to_rfc3339()
+                        ));
+                    }
                     Some(due) => {
                         d.due = Some(due);
                         let nb = ev.maintenance.as_ref().and_then(|m| m.not_before);

@@ -975,6 +975,49 @@ fn defer_whose_until_fails_falls_back_to_the_default_action() {
     assert!(d.warnings[0].contains("could not compute its due time"));
 }
 
+/// A deferral to a time not after the decision has nothing to wait for: decided again at
+/// it, the policy would defer to the same past time at every look of the host. The default
+/// action applies instead, with a warning naming the policy and both times.
+#[test]
+fn defer_to_a_time_not_after_now_falls_back_to_the_default_action() {
+    let e = Engine::builder()
+        .add_source(
+            "t.yaml",
+            r#"policies:
+  - name: until-not-before
+    on: [maintenance]
+    action: defer
+    params: { until: 'event.maintenance.not_before - duration("5m")' }
+"#,
+        )
+        .default_action(Action::Acknowledge)
+        .build()
+        .unwrap();
+    // Notices given 3 minutes ahead (due 2 minutes ago), and exactly 5 (due now: what the
+    // host's decision at the due time sees).
+    for (nb, due) in [
+        ("2021-10-13T14:08:03Z", "2021-10-13T14:03:03Z"),
+        ("2021-10-13T14:10:03Z", NOW),
+    ] {
+        let d = fast(&e, &maintenance(Some(nb)));
+        assert_eq!(d.action, Action::Acknowledge, "{nb}");
+        assert_eq!(d.due, None);
+        assert_eq!(d.policy.as_deref(), Some("until-not-before"));
+        assert_eq!(d.warnings.len(), 1, "{:?}", d.warnings);
+        assert!(
+            d.warnings[0].contains("`until-not-before` deferred until")
+                && d.warnings[0].contains(&ts(due).to_rfc3339())
+                && d.warnings[0].contains("not after the decision time"),
+            "{:?}",
+            d.warnings
+        );
+    }
+    // A second later is a deferral.
+    let d = fast(&e, &maintenance(Some("2021-10-13T14:10:04Z")));
+    assert_eq!(d.action, Action::Defer);
+    assert_eq!(d.due, Some(ts("2021-10-13T14:05:04Z")));
+}
+
 // ---------------------------------------------------------------------------------------
 // `now` and the interpreter fallback
 // ---------------------------------------------------------------------------------------

@@ -428,11 +428,11 @@ fn event_grid_both_envelopes_and_batches() {
     assert_eq!(batch.len(), 2);
     assert_eq!(
         batch[0].id,
-        "azure.resource_health:1fb6fa94-d965-4306-abeq-4810f0774e97"
+        "azure.resource_health:/subscriptions/{subscription-id}/resourceGroups/{rg-name}/providers/Microsoft.Compute/virtualMachines/{vm-name}/providers/Microsoft.ResourceHealth/availabilityStatuses/{event-id}"
     );
     assert_eq!(
         batch[1].id,
-        "azure.resource_health:8945cf9b-e220-496e-ab4f-f3a239318995"
+        "azure.resource_health:/subscriptions/{subscription-id}/resourceGroups/{rg-name}/providers/Microsoft.Compute/virtualMachines/{vm-name}/providers/Microsoft.ResourceHealth/resourceAnnotations/{event-id}"
     );
     assert_eq!(batch[1].raw.as_ref(), Some(&ce));
     assert!(run_json(&json!([])).is_empty());
@@ -1333,7 +1333,7 @@ fn an_event_grid_event_with_only_a_type_is_read() {
     assert_eq!(health(&e).state, HealthState::Available);
     assert_eq!(
         e.id,
-        "azure.resource_health:1fb6fa94-d965-4306-abeq-4810f0774e97"
+        "azure.resource_health:/subscriptions/{subscription-id}/resourceGroups/{rg-name}/providers/Microsoft.Compute/virtualMachines/{vm-name}/providers/Microsoft.ResourceHealth/availabilityStatuses/{event-id}"
     );
 }
 
@@ -1353,4 +1353,48 @@ fn event_grid_health_is_told_by_the_event_type_or_the_resource_info_type() {
     for doc in [no_info_type, other_event_type] {
         assert_eq!(health(&one(&doc)).state, HealthState::Available, "{doc}");
     }
+}
+
+/// An Event Grid health event is named by the availability status it is about (its resource
+/// id, as the REST API's history lists the same status, so both channels give one id; else
+/// its name, the event id), not by the delivery's envelope id: two deliveries of one change
+/// (an Event Grid and a CloudEvents subscription) are one event. A `current` status names no
+/// one event: the envelope's id is taken then.
+#[test]
+fn an_event_grid_health_event_is_named_by_its_status_not_its_delivery() {
+    let eg = fixture_json("azure-eventgrid-health-availability-status-changed.json");
+    let status = "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm1/providers/Microsoft.ResourceHealth/availabilityStatuses/0b3c2f5e-aaaa-bbbb-cccc-1234567890ab";
+    let delivery = |envelope: &str, info_id: Option<&str>, name: Option<&str>| {
+        let mut v = eg.clone();
+        v["id"] = json!(envelope);
+        let info = v["data"]["resourceInfo"].as_object_mut().unwrap();
+        match info_id {
+            Some(i) => info.insert("id".into(), json!(i)),
+            None => info.remove("id"),
+        };
+        match name {
+            Some(n) => info.insert("name".into(), json!(n)),
+            None => info.remove("name"),
+        };
+        one(&v).id
+    };
+    let want = format!("azure.resource_health:{status}");
+    assert_eq!(delivery("env-1", Some(status), Some("0b3c2f5e")), want);
+    assert_eq!(delivery("env-2", Some(status), Some("0b3c2f5e")), want);
+    assert_eq!(
+        delivery("env-3", None, Some("0b3c2f5e-aaaa")),
+        "azure.resource_health:0b3c2f5e-aaaa"
+    );
+    let current = status.replace("0b3c2f5e-aaaa-bbbb-cccc-1234567890ab", "current");
+    assert_eq!(
+        delivery("env-4", Some(&current), Some("current")),
+        "azure.resource_health:env-4"
+    );
+    // The REST API's history entry for the same status: the same id.
+    let rest = json!({"value": [{
+        "id": status, "name": "0b3c2f5e-aaaa-bbbb-cccc-1234567890ab",
+        "type": "Microsoft.ResourceHealth/AvailabilityStatuses", "location": "westeurope",
+        "properties": {"availabilityState": "Available", "occurredTime": "2023-07-24T19:20:37Z"}
+    }]});
+    assert_eq!(run_json(&rest)[0].id, want);
 }

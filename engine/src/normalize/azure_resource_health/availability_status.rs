@@ -115,7 +115,9 @@ pub(super) fn read_status(
     ))
 }
 
-fn is_current(key: &str) -> bool {
+/// Whether a status key (a name or a resource id) is the resource's `current` status, which
+/// names no one event.
+pub(super) fn is_current(key: &str) -> bool {
     let k = key.trim_end_matches('/');
     k.eq_ignore_ascii_case("current")
         || (k.len() >= 8

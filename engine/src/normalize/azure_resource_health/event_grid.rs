@@ -3,7 +3,7 @@
 
 use serde_json::{Map, Value};
 
-use super::availability_status::strip_health_suffix;
+use super::availability_status::{is_current, strip_health_suffix};
 use super::resource::{region, resource_from_id};
 use super::vocabulary::{reason_type, PROPERTIES_REASON_KEYS};
 use super::{event, hint, rfc3339, state_field, str_field, time_field, wrong, NULL, SOURCE};
@@ -72,7 +72,16 @@ pub(super) fn read_event_grid(
         .or(str_field(info, &["location"], &ipath)?)
         .map(region);
 
-    let vendor = str_field(obj, &["id"], path)?.or(str_field(info, &["name"], &ipath)?);
+    // The availability status (or annotation) the event is about names it: its resource id
+    // (`…/availabilityStatuses/{event-id}`, as the REST API's history lists it, so that both
+    // channels give one id) or its name, the event id. The envelope's id is the delivery's,
+    // taken only where the resource info names no one event (`current`).
+    let info_name = str_field(info, &["name"], &ipath)?;
+    let envelope_id = str_field(obj, &["id"], path)?;
+    let vendor = info_id
+        .or(info_name)
+        .filter(|k| !is_current(k))
+        .or(envelope_id);
     let id = match vendor {
         Some(v) => format!("{SOURCE}:{v}"),
         None => hash_id(

@@ -328,14 +328,25 @@ fn upcoming_status_mapping_and_reschedule() {
         pending.id, ongoing.id,
         "PENDING → ONGOING is the same maintenance"
     );
-    for s in ["UNKNOWN", "UNDEFINED_MAINTENANCE_STATUS", "SOMETHING_NEW"] {
+    // The enum's UNKNOWN and UNDEFINED_MAINTENANCE_STATUS, a value new to Keel, and no
+    // status at all say neither that it is coming nor that it began.
+    for s in [
+        "UNKNOWN",
+        "UNDEFINED_MAINTENANCE_STATUS",
+        "SOMETHING_NEW",
+        "pending ",
+    ] {
         let ev = one(doc(s, "2025-09-10T09:28:15Z").as_bytes());
-        assert_eq!(
-            ev.maintenance.unwrap().status,
-            MaintenanceStatus::Scheduled,
-            "{s}"
-        );
+        let want = if s == "pending " {
+            MaintenanceStatus::Scheduled
+        } else {
+            MaintenanceStatus::Unknown
+        };
+        assert_eq!(ev.maintenance.unwrap().status, want, "{s}");
+        assert_eq!(ev.id, pending.id, "{s}: the same maintenance");
     }
+    let bare = one(br#"{"type": "SCHEDULED", "window_start_time": "2025-09-10T09:28:15Z"}"#);
+    assert_eq!(bare.maintenance.unwrap().status, MaintenanceStatus::Unknown);
     // The owner reschedules (window start moves, latest start does not): same id.
     let moved = one(doc("PENDING", "2025-09-11T09:00:00Z").as_bytes());
     assert_eq!(moved.id, pending.id);

@@ -29,8 +29,8 @@
 //! works the same way: the first `TRUE` emits, a repeated `TRUE` does not, `FALSE` resets.
 //!
 //! `upcoming-maintenance` mapping: `maintenance_status` `PENDING` → `scheduled`, `ONGOING` →
-//! `started`, `UNKNOWN` / `UNDEFINED_MAINTENANCE_STATUS` / absent / new values → `scheduled` (the
-//! document exists, so maintenance is planned; nothing says it began). The impact (live
+//! `started`, `UNKNOWN` / `UNDEFINED_MAINTENANCE_STATUS` / absent / new values → `unknown` (the
+//! document says maintenance is coming or under way, not which). The impact (live
 //! migration or stop) depends on the VM's `onHostMaintenance` policy, which the document does not
 //! carry, so the type is `host_maintenance` with the raw `type` (`SCHEDULED`, `UNSCHEDULED`,
 //! `MULTIPLE`, ...) in `vendor_type`. `not_before` = `window_start_time` (else
@@ -461,9 +461,12 @@ fn upcoming(
         }
     };
     let status = match status_raw.map(|s| s.trim().to_ascii_uppercase()).as_deref() {
+        Some("PENDING") => MaintenanceStatus::Scheduled,
         Some("ONGOING") => MaintenanceStatus::Started,
-        // PENDING; UNKNOWN, UNDEFINED_MAINTENANCE_STATUS, absent or new values: planned.
-        _ => MaintenanceStatus::Scheduled,
+        // UNKNOWN, UNDEFINED_MAINTENANCE_STATUS, absent or a new value: the document says
+        // maintenance is coming or under way, not which; `scheduled` would say it has not
+        // begun.
+        _ => MaintenanceStatus::Unknown,
     };
     let not_before = window_start.or(earliest);
     let epoch = match latest_start.or(not_before).or(window_end) {

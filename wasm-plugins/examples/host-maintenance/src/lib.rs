@@ -39,10 +39,15 @@ impl Plugin for HostMaintenance {
             return None;
         }
         let m = event.maintenance?;
-        if m.type_ != "host_maintenance" || m.status != "scheduled" {
+        // `unknown`: the platform does not say whether it is still coming or under way.
+        let unknown = m.status == "unknown";
+        if m.type_ != "host_maintenance" || !(unknown || m.status == "scheduled") {
             return None;
         }
-        let far = m.not_before.map(|nb| nb - ctx.now > THIRTY_MIN_MS);
+        let far = m
+            .not_before
+            .map(|nb| nb - ctx.now > THIRTY_MIN_MS)
+            .filter(|_| !unknown);
         match (rule, m.not_before, far) {
             (Rule::Defer, Some(nb), Some(true)) => Some(
                 Decision::new("defer")

@@ -685,6 +685,8 @@ fn wrong_payloads_name_what_was_expected() {
     assert!(!msg.contains('\u{1b}') && msg.len() < 2000, "{msg}");
 }
 
+/// Bare payloads, the history among them, never say they are the whole scheduled list: the
+/// state stays empty.
 #[test]
 fn aws_state_stays_empty() {
     let mut st = NormalizerState::default();
@@ -692,6 +694,8 @@ fn aws_state_stays_empty() {
         "aws-spot-instance-action-terminate.json",
         "aws-scheduled-events-history-canceled-completed.json",
         "aws-imds-404-not-found.html",
+        "aws-scheduled-events-system-reboot-active.json",
+        "aws-scheduled-events-instance-retirement.json",
     ] {
         normalize(NAME, &Input::new(&fixture(f), observed()), &mut st).unwrap();
     }
@@ -808,4 +812,218 @@ proptest! {
         check(eb.as_bytes(), None);
         check(time.as_bytes(), None);
     }
+}
+
+// ---- A cleared scheduled event -----------------------------------------------------------
+
+const REBOOT_ID: &str = "instance-event-0d59937288b749b32";
+
+/// A read of `events/maintenance/scheduled` as `keel run` hands it over: an HTTP transcript
+/// (`None`: a 404).
+fn scheduled_read(body: Option<&[u8]>) -> Vec<u8> {
+    let status = if body.is_some() {
+        "200 OK"
+    } else {
+        "404 Not Found"
+    };
+    let mut t = format!(
+        "GET /latest/meta-data/events/maintenance/scheduled HTTP/1.1\n\nHTTP/1.1 {status}\n\n"
+    )
+    .into_bytes();
+    t.extend_from_slice(body.unwrap_or_default());
+    t
+}
+
+fn read_at(payload: &[u8], at: &str, st: &mut NormalizerState) -> Vec<Event> {
+    normalize(NAME, &Input::new(payload, ts(at)).self_name("i-1"), st)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// AWS ends a scheduled event by marking it or by clearing it from the list. Cleared after
+/// its `NotBefore`, it completed: the event comes with the id a listed completed entry
+/// would have, its vendor id (what a cordon is recorded under), `inferred`, and the
+/// observation time; once.
+#[test]
+fn a_scheduled_event_cleared_after_its_window_opened_completed() {
+    let active = fixture("aws-scheduled-events-system-reboot-active.json");
+    let mut st = NormalizerState::default();
+    let first = read_at(
+        &scheduled_read(Some(&active)),
+        "2019-01-20T09:00:00Z",
+        &mut st,
+    );
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0].id, format!("aws.imds:{REBOOT_ID}"));
+    assert_eq!(st.aws_imds.scheduled.len(), 1);
+    // Listed again: nothing ends.
+    let again = read_at(
+        &scheduled_read(Some(&active)),
+        "2019-01-21T09:05:00Z",
+        &mut st,
+    );
+    assert_eq!(again, first);
+    // Cleared (IMDS answers 404, or an empty list): completed.
+    for cleared in [scheduled_read(None), scheduled_read(Some(b"[]"))] {
+        let mut st = st.clone();
+        let evs = read_at(&cleared, "2019-01-21T09:30:00Z", &mut st);
+        assert_eq!(evs.len(), 1, "{evs:#?}");
+        let ev = &evs[0];
+        assert_eq!(
+            ev.id,
+            format!("aws.imds:{REBOOT_ID}/completed/2019-01-21T09:00:43Z")
+        );
+        assert_eq!(ev.time, ts("2019-01-21T09:30:00Z"));
+        assert_eq!(ev.resource.name.as_deref(), Some("i-1"));
+        let m = ev.maintenance.as_ref().unwrap();
+        assert_eq!(m.status, MaintenanceStatus::Completed);
+        assert!(m.inferred);
+        assert_eq!(m.vendor_id.as_deref(), Some(REBOOT_ID));
+        assert_eq!(m.type_, MaintenanceType::Reboot);
+        assert_eq!(st, NormalizerState::default(), "nothing left to end");
+        assert!(read_at(&cleared, "2019-01-21T09:31:00Z", &mut st).is_empty());
+    }
+}
+
+/// Cleared before its window opened, it was canceled. An entry AWS marks ends as marked,
+/// and is not ended a second time when it then leaves the list; the other entries of the
+/// list are untouched.
+#[test]
+fn a_scheduled_event_cleared_before_its_window_was_canceled_and_a_marked_one_ends_once() {
+    let entry = |id: &str, state: &str| {
+        serde_json::json!({"NotBefore": "21 Jan 2019 09:00:43 GMT", "Code": "instance-stop",
+            "Description": "stop", "EventId": id, "NotAfter": "21 Jan 2019 09:17:23 GMT",
+            "State": state})
+    };
+    let list = |entries: &[serde_json::Value]| serde_json::to_vec(entries).unwrap();
+    let mut st = NormalizerState::default();
+    let both = list(&[
+        entry("instance-event-a", "active"),
+        entry("instance-event-b", "active"),
+    ]);
+    assert_eq!(
+        read_at(
+            &scheduled_read(Some(&both)),
+            "2019-01-20T00:00:00Z",
+            &mut st
+        )
+        .len(),
+        2
+    );
+    // b is marked completed; a is cleared a day before its window: canceled.
+    let marked = list(&[entry("instance-event-b", "completed")]);
+    let evs = read_at(
+        &scheduled_read(Some(&marked)),
+        "2019-01-20T09:00:00Z",
+        &mut st,
+    );
+    let got: Vec<(&str, MaintenanceStatus, bool)> = evs
+        .iter()
+        .map(|e| {
+            let m = e.maintenance.as_ref().unwrap();
+            (e.id.as_str(), m.status, m.inferred)
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "aws.imds:instance-event-b/completed/2019-01-21T09:00:43Z",
+                MaintenanceStatus::Completed,
+                false
+            ),
+            (
+                "aws.imds:instance-event-a/canceled/2019-01-21T09:00:43Z",
+                MaintenanceStatus::Canceled,
+                true
+            ),
+        ]
+    );
+    assert!(st.aws_imds.scheduled.is_empty());
+    assert!(read_at(&scheduled_read(None), "2019-01-22T00:00:00Z", &mut st).is_empty());
+}
+
+/// Only a read of the scheduled path says what is no longer listed: a bare empty array (the
+/// history's shape too), another path's 404, or a read that fails ends nothing and keeps what
+/// is tracked.
+#[test]
+fn only_a_read_of_the_scheduled_path_ends_a_tracked_event() {
+    let active = fixture("aws-scheduled-events-system-reboot-active.json");
+    let mut st = NormalizerState::default();
+    read_at(
+        &scheduled_read(Some(&active)),
+        "2019-01-20T09:00:00Z",
+        &mut st,
+    );
+    let tracked = st.clone();
+    let other_404 =
+        b"GET /latest/meta-data/spot/instance-action HTTP/1.1\n\nHTTP/1.1 404 Not Found\n\n";
+    for payload in [
+        &b"[]"[..],
+        b"",
+        other_404,
+        &fixture("aws-scheduled-events-history-canceled-completed.json"),
+    ] {
+        let evs = read_at(payload, "2019-01-22T00:00:00Z", &mut st);
+        assert!(
+            evs.iter()
+                .all(|e| !e.maintenance.as_ref().unwrap().inferred),
+            "{evs:#?}"
+        );
+        assert_eq!(st, tracked);
+    }
+    let failed = b"GET /latest/meta-data/events/maintenance/scheduled HTTP/1.1\n\nHTTP/1.1 503 Service Unavailable\n\n";
+    assert!(normalize(
+        NAME,
+        &Input::new(failed, ts("2019-01-22T00:00:00Z")),
+        &mut st
+    )
+    .is_err());
+    assert_eq!(st, tracked);
+    // A read refused for a field the history could not keep (here a new entry's code)
+    // changes nothing either: the cleared event is still ended by the next good read.
+    let long = serde_json::to_vec(
+        &serde_json::json!([{"NotBefore": "21 Jan 2019 09:00:43 GMT",
+        "Code": "c".repeat(keel_engine::normalize::MAX_FIELD_BYTES + 1),
+        "EventId": "instance-event-new", "State": "active"}]),
+    )
+    .unwrap();
+    let err = normalize(
+        NAME,
+        &Input::new(&scheduled_read(Some(&long)), ts("2019-01-22T00:00:00Z")),
+        &mut st,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("at most 2048 bytes"), "{err}");
+    assert_eq!(st, tracked);
+    assert_eq!(
+        read_at(&scheduled_read(None), "2019-01-22T00:00:01Z", &mut st).len(),
+        1
+    );
+}
+
+/// The state keeps at most 64 live events, whatever a list holds.
+#[test]
+fn tracked_scheduled_events_are_bounded() {
+    let entries: Vec<serde_json::Value> = (0..500)
+        .map(|i| {
+            serde_json::json!({"NotBefore": "21 Jan 2019 09:00:43 GMT", "Code": "system-reboot",
+                "EventId": format!("instance-event-{i}"), "State": "active"})
+        })
+        .collect();
+    let mut st = NormalizerState::default();
+    let list = serde_json::to_vec(&entries).unwrap();
+    assert_eq!(
+        read_at(
+            &scheduled_read(Some(&list)),
+            "2019-01-20T00:00:00Z",
+            &mut st
+        )
+        .len(),
+        500
+    );
+    assert_eq!(st.aws_imds.scheduled.len(), 64);
+    assert_eq!(
+        read_at(&scheduled_read(None), "2019-01-22T00:00:00Z", &mut st).len(),
+        64
+    );
 }

@@ -66,6 +66,8 @@ struct Imds {
     fail: Option<(u16, Option<u64>)>,
     failed_served: usize,
     spot: Option<Value>,
+    /// The `events/maintenance/scheduled` list while set; a 404 otherwise.
+    scheduled: Option<Value>,
 }
 
 type ImdsState = Arc<Mutex<Imds>>;
@@ -142,7 +144,10 @@ fn imds(st: &ImdsState, method: &Method, path: &str, h: &HeaderMap) -> Response 
             Some(v) => text(StatusCode::OK, v.to_string()),
             None => text(StatusCode::NOT_FOUND, imds_page("404 - Not Found")),
         },
-        "/latest/meta-data/events/maintenance/scheduled" => text(StatusCode::OK, "[]".into()),
+        "/latest/meta-data/events/maintenance/scheduled" => match &s.scheduled {
+            Some(v) => text(StatusCode::OK, v.to_string()),
+            None => text(StatusCode::NOT_FOUND, imds_page("404 - Not Found")),
+        },
         _ => text(StatusCode::NOT_FOUND, imds_page("404 - Not Found")),
     }
 }
@@ -150,6 +155,43 @@ fn imds(st: &ImdsState, method: &Method, path: &str, h: &HeaderMap) -> Response 
 fn spot_terminate() -> Value {
     let at = chrono::Utc::now() + chrono::Duration::seconds(120);
     json!({"action": "terminate", "time": at.format("%Y-%m-%dT%H:%M:%SZ").to_string()})
+}
+
+/// AWS ends a scheduled event by clearing it from `events/maintenance/scheduled` (or by
+/// marking it): once IMDS no longer lists it (an empty list, then a 404), the host decides its
+/// completion, with the vendor id a drain's cordon was recorded under.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_a_cleared_scheduled_event_is_decided_as_completed() {
+    let (url, imds) = imds_stub().await;
+    let id = "instance-event-0d59937288b749b32";
+    imds.lock().unwrap().scheduled = Some(json!([{"NotBefore": "21 Jan 2019 09:00:43 GMT",
+        "Code": "system-reboot", "Description": "scheduled reboot", "EventId": id,
+        "NotAfter": "21 Jan 2019 09:17:23 GMT", "State": "active"}]));
+    let mut k = start(&aws_source(&url, ""), &[]).await;
+    let live = format!("aws.imds:{id}");
+    k.wait_line("the live event's decision", Duration::from_secs(10), |l| {
+        l["event_id"] == live.as_str()
+    })
+    .await;
+    imds.lock().unwrap().scheduled = Some(json!([]));
+    let done = format!("aws.imds:{id}/completed/2019-01-21T09:00:43Z");
+    let line = k
+        .wait_line("the completion's decision", Duration::from_secs(10), |l| {
+            l["event_id"] == done.as_str()
+        })
+        .await;
+    assert!(line["decision"].is_object(), "{line}");
+    // Cleared for good (404 now): decided once.
+    imds.lock().unwrap().scheduled = None;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let decided = |k: &Keel, id: &str| {
+        k.json_lines()
+            .iter()
+            .filter(|l| l["event_id"] == id && l.get("decision").is_some())
+            .count()
+    };
+    assert_eq!(decided(&k, &done), 1);
+    assert_eq!(decided(&k, &live), 1);
 }
 
 fn aws_source(url: &str, extra: &str) -> String {

@@ -42,14 +42,26 @@
 //! - Notices without a vendor id (Spot, rebalance, entries without `EventId`): a hash over the
 //!   kind, the action and the payload's time. EventBridge events use the envelope `id`.
 //!
-//! The normalizer keeps no state: every AWS notice carries its own time or id. A notice without
+//! # A cleared event
+//!
+//! AWS ends a scheduled event in one of two ways: it marks it (`State` `completed`, or the
+//! `[Completed]` prefix) or clears it from `events/maintenance/scheduled`. A cleared event
+//! is seen only by comparing two reads of that list, so the normalizer remembers the live
+//! entries of the last read ([`State::scheduled`]), and only of a read it knows came from that
+//! path: an HTTP transcript of it (a 404 there is an empty list; `keel run` hands its reads
+//! over that way). A bare array is not enough (`history` is an array too). An entry that
+//! leaves the list is `completed` once its `NotBefore` has passed, else `canceled`, marked
+//! `inferred`, with the id a listed entry of that state would have (below), at the
+//! observation time.
+//!
+//! Otherwise the normalizer keeps no state: every AWS notice carries its own time or id. A notice without
 //! its documented time (`time`, `noticeTime`, the EventBridge `time`) is an error, as in
 //! aws-node-termination-handler. Every initiator is `platform`. In-VM payloads (IMDS) are about
 //! this host: with [`Input::self_name`] set they get `resource.name` = that name and
 //! `is_self: true`; EC2 API and EventBridge payloads get `is_self` from comparing the name to the
 //! instance id.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -66,10 +78,20 @@ use crate::event::{
 const SOURCE: &str = "aws.imds";
 const EXPECTED: &str = "AWS IMDS";
 
-/// State carried between calls. AWS needs none (every notice carries its own time or id); the
-/// struct exists so that the state file has a stable place should that change.
+/// State carried between calls: the live events of the last `events/maintenance/scheduled`
+/// list read, so that one that leaves the list is known to have ended (AWS: after the work
+/// "the event is cleared", or marked `[Completed]`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct State {}
+pub struct State {
+    /// The live (not completed or canceled) entries of the last scheduled list read from its
+    /// path, as their events, by `EventId`; at most [`MAX_TRACKED`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub scheduled: BTreeMap<String, Event>,
+}
+
+/// Bound on tracked scheduled events (an instance has a handful at most), so that a hostile
+/// endpoint cannot grow the state without limit.
+const MAX_TRACKED: usize = 64;
 
 /// What the normalizer knows about the call.
 struct Ctx<'a> {
@@ -80,6 +102,8 @@ struct Ctx<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Endpoint {
     TerminationTime,
+    /// `events/maintenance/scheduled`: the whole list of live events ([`State::scheduled`]).
+    Scheduled,
     Token,
     Other,
 }
@@ -99,7 +123,7 @@ enum Channel<'v> {
 /// Normalizes one AWS payload (see the module documentation for what is read).
 pub fn normalize(
     input: &Input<'_>,
-    _state: &mut NormalizerState,
+    state: &mut NormalizerState,
 ) -> Result<Vec<Event>, NormalizeError> {
     let text = json::text(input.payload)?;
     let ctx = Ctx {
@@ -114,9 +138,60 @@ pub fn normalize(
                     .into(),
             ));
         }
-        return body(&resp.text(), Some(resp.status), endpoint, &ctx);
+        let mut events = body(&resp.text(), Some(resp.status), endpoint, &ctx)?;
+        if endpoint == Endpoint::Scheduled {
+            cleared(&mut state.aws_imds, &mut events, input.observed_at);
+        }
+        return Ok(events);
     }
     body(text, input.http_status, Endpoint::Other, &ctx)
+}
+
+/// After a read of the `events/maintenance/scheduled` path (`events`, its list; none for a
+/// 404): each live event of the previous read that is no longer listed has ended, as AWS
+/// clears an event after the work. It is `completed` once its `NotBefore` has passed, else
+/// `canceled`, marked `inferred`, with the id a listed entry of that state would have, at
+/// `observed_at`. The live events listed are remembered for the next read.
+fn cleared(st: &mut State, events: &mut Vec<Event>, observed_at: Timestamp) {
+    let listed: HashSet<&str> = events
+        .iter()
+        .filter_map(|e| e.maintenance.as_ref()?.vendor_id.as_deref())
+        .collect();
+    let mut ended = Vec::new();
+    for (vid, ev) in &st.scheduled {
+        if listed.contains(vid.as_str()) {
+            continue;
+        }
+        let mut ev = ev.clone();
+        let Some(m) = ev.maintenance.as_mut() else {
+            continue;
+        };
+        let Some(nb) = m.not_before else {
+            continue;
+        };
+        let (status, label) = if observed_at >= nb {
+            (MaintenanceStatus::Completed, "completed")
+        } else {
+            (MaintenanceStatus::Canceled, "canceled")
+        };
+        m.status = status;
+        m.inferred = true;
+        ev.id = format!("{SOURCE}:{vid}/{label}/{}", stamp(&nb));
+        ev.time = observed_at;
+        ended.push(ev);
+    }
+    st.scheduled = events
+        .iter()
+        .filter_map(|e| {
+            let m = e.maintenance.as_ref()?;
+            if m.status != MaintenanceStatus::Scheduled {
+                return None;
+            }
+            Some((m.vendor_id.clone()?, e.clone()))
+        })
+        .take(MAX_TRACKED)
+        .collect();
+    events.extend(ended);
 }
 
 fn wrong(reason: String) -> NormalizeError {
@@ -688,6 +763,8 @@ fn endpoint_of(path: &str) -> Endpoint {
     let p = path.split('?').next().unwrap_or(path).trim_end_matches('/');
     if p.ends_with("spot/termination-time") {
         Endpoint::TerminationTime
+    } else if p.ends_with("events/maintenance/scheduled") {
+        Endpoint::Scheduled
     } else if p.ends_with("api/token") {
         Endpoint::Token
     } else {

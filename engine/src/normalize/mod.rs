@@ -115,7 +115,7 @@ pub struct NormalizerState {
     /// GCP metadata: the last maintenance-event value and when it was first seen.
     #[serde(default)]
     pub gcp_metadata: gcp_metadata::State,
-    /// AWS IMDS: first-seen times of notices without a vendor id.
+    /// AWS IMDS: the live events of the last scheduled-events list read from its path.
     #[serde(default)]
     pub aws_imds: aws_imds::State,
     /// Azure Resource Manager: first-seen times of failures with neither an id nor a time.
@@ -276,16 +276,16 @@ fn copy_part(name: &str, from: &NormalizerState, to: &mut NormalizerState) {
         azure_scheduled_events,
         gcp_metadata,
         azure_arm,
+        aws_imds,
         // Changed only by an InstanceInfo document, which returns no event and refuses an
         // over-long or NUL-holding `ID` itself.
         azure_maintenance_v1: _,
-        // Keeps nothing.
-        aws_imds: aws_imds::State {},
     } = from;
     match name {
         "azure.scheduled_events" => to.azure_scheduled_events.clone_from(azure_scheduled_events),
         "gcp.metadata" => to.gcp_metadata.clone_from(gcp_metadata),
         "azure.arm" => to.azure_arm.clone_from(azure_arm),
+        "aws.imds" => to.aws_imds.clone_from(aws_imds),
         _ => {}
     }
 }

@@ -29,8 +29,11 @@ pub const SOURCE: &str = "aws.imds";
 pub const PATHS: [&str; 3] = [
     "spot/instance-action",
     "events/recommendations/rebalance",
-    "events/maintenance/scheduled",
+    SCHEDULED,
 ];
+
+/// The path whose read is the whole list of live scheduled events.
+const SCHEDULED: &str = "events/maintenance/scheduled";
 
 /// The longest token accepted from IMDS (real ones are about 56 characters).
 const MAX_TOKEN_BYTES: usize = 4096;
@@ -139,12 +142,29 @@ impl Poller {
     }
 }
 
+/// A read of [`SCHEDULED`] (`None`: 404) as an HTTP transcript: the normalizer then knows the
+/// list is that path's, and an event that has left it ended (AWS clears an event after the
+/// work), a 404 being an empty list.
+fn scheduled_transcript(body: Option<Vec<u8>>) -> Vec<u8> {
+    let (status, body) = match body {
+        Some(b) => ("200 OK", b),
+        None => ("404 Not Found", Vec::new()),
+    };
+    let mut t =
+        format!("GET /latest/meta-data/{SCHEDULED} HTTP/1.1\n\nHTTP/1.1 {status}\n\n").into_bytes();
+    t.extend_from_slice(&body);
+    t
+}
+
 impl Poll for Poller {
-    /// One round: every path, each body handed to the normalizer.
+    /// One round: every path, each body handed to the normalizer (the scheduled events'
+    /// always, as a transcript: [`scheduled_transcript`]).
     async fn round(&mut self) -> Result<Duration, Halt> {
         for path in PATHS {
-            let Some(body) = self.get(path).await? else {
-                continue;
+            let body = match self.get(path).await? {
+                body if path == SCHEDULED => scheduled_transcript(body),
+                Some(body) => body,
+                None => continue,
             };
             deliver(&self.tx, SOURCE, body)
                 .await

@@ -946,9 +946,10 @@ fn deferral_due_exactly_at_not_before_does_not_escalate() {
     assert!(d.warnings.is_empty(), "{:?}", d.warnings);
 }
 
-#[test]
-fn defer_whose_until_fails_falls_back_to_the_default_action() {
-    let e = Engine::builder()
+/// A deferral until five minutes before the notice's `not_before`, with `acknowledge` as the
+/// default action.
+fn until_not_before() -> Engine {
+    Engine::builder()
         .add_source(
             "t.yaml",
             r#"policies:
@@ -960,7 +961,12 @@ fn defer_whose_until_fails_falls_back_to_the_default_action() {
         )
         .default_action(Action::Acknowledge)
         .build()
-        .unwrap();
+        .unwrap()
+}
+
+#[test]
+fn defer_whose_until_fails_falls_back_to_the_default_action() {
+    let e = until_not_before();
     let nb = "2021-10-13T15:00:00Z";
     let d = fast(&e, &maintenance(Some(nb)));
     assert_eq!(d.action, Action::Defer);
@@ -980,19 +986,7 @@ fn defer_whose_until_fails_falls_back_to_the_default_action() {
 /// action applies instead, with a warning naming the policy and both times.
 #[test]
 fn defer_to_a_time_not_after_now_falls_back_to_the_default_action() {
-    let e = Engine::builder()
-        .add_source(
-            "t.yaml",
-            r#"policies:
-  - name: until-not-before
-    on: [maintenance]
-    action: defer
-    params: { until: 'event.maintenance.not_before - duration("5m")' }
-"#,
-        )
-        .default_action(Action::Acknowledge)
-        .build()
-        .unwrap();
+    let e = until_not_before();
     // Notices given 3 minutes ahead (due 2 minutes ago), and exactly 5 (due now: what the
     // host's decision at the due time sees).
     for (nb, due) in [

@@ -665,6 +665,70 @@ async fn resource_health_reads_this_vm_from_instance_metadata_when_none_is_confi
     );
 }
 
+/// Without `self`, the Scheduled Events source reads this VM's name from instance metadata
+/// before its first read: Scheduled Events go to every VM of an availability set or scale-set
+/// placement group, and a neighbour's event must not drain this VM (the standard policies
+/// take an event whose `is_self` is unknown as this VM's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_events_learn_this_vm_from_instance_metadata_when_none_is_configured() {
+    let (imds_url, imds) = imds_stub().await;
+    let nb = (chrono::Utc::now() + chrono::Duration::minutes(10))
+        .format("%a, %d %b %Y %H:%M:%S GMT")
+        .to_string();
+    let ev = |id: &str, vm: &str| {
+        json!({"EventId": id, "EventType": "Reboot", "ResourceType": "VirtualMachine",
+               "Resources": [vm], "EventStatus": "Scheduled", "NotBefore": nb,
+               "Description": "", "EventSource": "Platform", "DurationInSeconds": -1})
+    };
+    imds.lock().unwrap().scheduled = json!({"DocumentIncarnation": 1,
+        "Events": [ev("E-OTHER", "other-vm"), ev("E-MINE", "found-vm")]});
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("keel.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "policies: {}\nstate: {}\nlisten: 127.0.0.1:0\nsources:\n  azure_scheduled_events:\n    url: {imds_url}/metadata/scheduledevents?api-version=2020-07-01\n    interval: 200ms\n    timeout: 2s\n    first_timeout: 2s\nrunbooks:\n  drain:\n    - name: announce\n      log: {{}}\n",
+            root().join("policies/standard").display(),
+            dir.path().join("state.db").display(),
+        ),
+    )
+    .unwrap();
+    let mut k = Keel::start(&cfg, &[], &[]);
+    let mine = k
+        .wait_line("this VM's event decided", Duration::from_secs(10), |l| {
+            l["event_id"] == "azure.scheduled_events:e-mine/found-vm"
+        })
+        .await;
+    assert_eq!(mine["decision"]["action"], "drain", "{mine}");
+    let other = k
+        .wait_line(
+            "the neighbour's event decided",
+            Duration::from_secs(10),
+            |l| l["event_id"] == "azure.scheduled_events:e-other/other-vm",
+        )
+        .await;
+    assert_eq!(other["decision"]["action"], "none", "{other}");
+    let state = dir.path().join("state.db");
+    assert_eq!(
+        event_json(&state, "azure.scheduled_events:e-other/other-vm")["resource"]["is_self"],
+        false
+    );
+    assert_eq!(
+        event_json(&state, "azure.scheduled_events:e-mine/found-vm")["resource"]["is_self"],
+        true
+    );
+    let s = imds.lock().unwrap();
+    let compute = s
+        .paths
+        .iter()
+        .position(|p| p == "/metadata/instance/compute");
+    let first_read = s
+        .paths
+        .iter()
+        .position(|p| p == "/metadata/scheduledevents");
+    assert!(compute.is_some() && compute < first_read, "{:?}", s.paths);
+}
+
 /// Runs the `arm` step for one reported failure against an ARM stub prepared by `setup`;
 /// the step's log line and the stub.
 async fn arm_run(setup: impl FnOnce(&mut common::azure::Arm)) -> (Value, common::azure::ArmState) {

@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use common::{not_before_in_15_minutes, Keel, Scenario};
+use common::{not_before_in_15_minutes, root, Keel, Scenario};
 use serde_json::{json, Value};
 
 const WITHIN: Duration = Duration::from_secs(30);
@@ -51,8 +51,9 @@ fn time_of(v: &Value) -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
-/// A scenario where one Reboot names `vms` (each gets its own event), with no `self` (so the
-/// standard policies drain every VM named), a budget of one VM at a time (`bake`, `ttl`), and a
+/// A scenario where one Reboot names `vms` (each gets its own event), with a policy that
+/// drains every VM named (this host standing for each of them), a budget of one VM at a time
+/// (`bake`, `ttl`), and a
 /// drain runbook whose one `exec` step (four drains may run at once on the host: only the
 /// budget holds them) logs `start NAME`, waits for the file `gate.NAME`,
 /// then logs `done NAME`.
@@ -88,11 +89,14 @@ async fn scenario_with(
     sc.change_document(|evs| {
         evs[0]["Resources"] = json!(vms);
     });
+    let policies = root().join("host/tests/data/drain-every-vm");
     let text = std::fs::read_to_string(&sc.config).unwrap();
     let text: String = text
         .lines()
-        .filter(|l| !l.starts_with("self:"))
-        .map(|l| format!("{l}\n"))
+        .map(|l| match l.strip_prefix("policies:") {
+            Some(_) => format!("policies: {}\n", policies.display()),
+            None => format!("{l}\n"),
+        })
         .collect();
     std::fs::write(&sc.config, text).unwrap();
     let gate = sc.dir.path().join("gate");
@@ -149,7 +153,7 @@ async fn a_full_budget_holds_the_second_drain_with_its_reason_until_the_first_en
     let held = k.wait_line("the budget hold", WITHIN, is_budget_hold).await;
     let reason = held["held"]["reason"].as_str().unwrap().to_string();
     assert!(
-        reason.starts_with("held: budget one-at-a-time/web full, 1/1 in flight, holder keel#"),
+        reason.starts_with("held: budget one-at-a-time/web full, 1/1 in flight, holder test-vm#"),
         "{reason}"
     );
     assert!(reason.contains(" until 20"), "the lease's expiry: {reason}");
@@ -170,7 +174,7 @@ async fn a_full_budget_holds_the_second_drain_with_its_reason_until_the_first_en
     assert_eq!(lease["key"], "web");
     assert_eq!(lease["unit"], first);
     assert!(
-        lease["holder"].as_str().unwrap().starts_with("keel#"),
+        lease["holder"].as_str().unwrap().starts_with("test-vm#"),
         "{lease}"
     );
     assert!(lease["released_at"].is_null());

@@ -504,7 +504,7 @@ async fn bodies_arriving_while_the_write_lock_is_awaited_join_the_waiting_batch(
 }
 
 /// One host of a drain fleet: its own Scheduled Events stub announcing a Preempt of `vms`
-/// (no `self`: the standard policies drain every VM named), the fleet's database under
+/// (`self` names the host, and a test policy drains every VM named), the fleet's database under
 /// `postgres.identity`, the budget `budget`, and a drain runbook `steps`.
 async fn drain_host(
     dir: &Path,
@@ -540,6 +540,7 @@ postgres:
   identity: {name}
 plugin_cache: {cache}
 listen: 127.0.0.1:0
+self: {name}
 sources:
   azure_scheduled_events:
     url: {se_url}
@@ -551,7 +552,7 @@ limits:
 {budget}runbooks:
   drain:
 {steps}"#,
-            policies = root().join("policies/standard").display(),
+            policies = root().join("host/tests/data/drain-every-vm").display(),
             pw = pw.display(),
             cache = dir.join(format!("cache-{name}")).display(),
         ),

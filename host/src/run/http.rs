@@ -185,7 +185,7 @@ pub async fn azure_ack(
     let Some(vid) = ev.maintenance.as_ref().and_then(|m| m.vendor_id.clone()) else {
         return Ok("skipped: not a Scheduled Event".into());
     };
-    let me = host.cfg.self_name.as_deref().unwrap_or("");
+    let me = host.self_name().unwrap_or("");
     let listed: Vec<String> = ev
         .raw
         .as_ref()

@@ -226,6 +226,9 @@ struct Recorded {
 pub struct Host {
     /// The configuration.
     pub cfg: Config,
+    /// This VM's name as the Scheduled Events source learned it from IMDS, where `self` is
+    /// not configured ([`Host::self_name`]).
+    learned_self: std::sync::OnceLock<String>,
     /// The policy set, swapped whole when the policy files change.
     engine: RwLock<Arc<Engine>>,
     /// The state store.
@@ -487,6 +490,7 @@ impl Host {
             drain_slots: Arc::new(tokio::sync::Semaphore::new(cfg.limits.concurrent_drains)),
             runbook_slots: Arc::new(tokio::sync::Semaphore::new(cfg.limits.concurrent_runbooks)),
             cfg,
+            learned_self: std::sync::OnceLock::new(),
             engine: RwLock::new(Arc::new(engine)),
             store,
             identity,
@@ -507,6 +511,20 @@ impl Host {
         host.metrics.policy_set(host.engine().digest());
         host.log_plugin_warnings();
         Ok(host)
+    }
+
+    /// This VM's name as the platform lists it: `self`, else what the Scheduled Events
+    /// source learned from IMDS before its first read ([`Host::learn_self`]).
+    pub fn self_name(&self) -> Option<&str> {
+        self.cfg
+            .self_name
+            .as_deref()
+            .or_else(|| self.learned_self.get().map(String::as_str))
+    }
+
+    /// Records this VM's name learned from IMDS (the first one learned stays).
+    pub fn learn_self(&self, name: String) {
+        let _ = self.learned_self.set(name);
     }
 
     /// Logs why the plugin cache, or entries of it, were not used by the policy set in use
@@ -637,7 +655,7 @@ impl Host {
                 return Ok(());
             }
             let mut input = Input::new(&p.bytes, p.observed_at);
-            if let Some(me) = &self.cfg.self_name {
+            if let Some(me) = self.self_name() {
                 input = input.self_name(me);
             }
             match normalize(p.normalizer, &input, &mut st) {

@@ -38,6 +38,8 @@ pub struct Imds {
     pub issued: usize,
     /// `expires_in` of issued tokens.
     pub expires_in: u64,
+    /// The Scheduled Events document (`/metadata/scheduledevents`).
+    pub scheduled: Value,
 }
 
 pub type ImdsState = Arc<Mutex<Imds>>;
@@ -61,6 +63,12 @@ pub fn imds(st: &ImdsState, uri: &Uri, h: &HeaderMap) -> Response {
     s.paths.push(uri.path().to_string());
     match uri.path() {
         "/metadata/v1/maintenance" => (StatusCode::OK, s.maintenance.to_string()).into_response(),
+        "/metadata/scheduledevents" => {
+            if h.get("metadata").and_then(|v| v.to_str().ok()) != Some("true") {
+                return (StatusCode::BAD_REQUEST, "{}".to_string()).into_response();
+            }
+            (StatusCode::OK, s.scheduled.to_string()).into_response()
+        }
         "/metadata/v1/InstanceInfo" => (
             StatusCode::OK,
             r#"{"ID":"_test-vm","UD":"2","FD":"1"}"#.to_string(),

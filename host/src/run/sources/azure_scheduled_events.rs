@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
+use super::azure_resource_health::INSTANCE_API_VERSION;
 use super::poll::{self, Halt, Poll};
-use super::{deliver, read_limited};
+use super::{deliver, read_limited, Failure};
 use crate::config::SeSource;
 use crate::run::backoff::{retry_after, Backoff};
 use crate::run::{Host, Inbox};
@@ -24,6 +25,52 @@ struct Poller {
     first: bool,
 }
 
+/// The longest VM name accepted from IMDS (Azure's are at most 64 characters; a scale set's
+/// instance name adds `_` and its index).
+const MAX_VM_NAME: usize = 128;
+
+/// This VM's name, from IMDS instance metadata (`compute.name`, `Metadata: true`) at the origin
+/// of the Scheduled Events URL: the name Scheduled Events list it under.
+async fn vm_name(host: &Host, se: &SeSource, timeout: Duration) -> Result<String, Failure> {
+    let fail = |why: String| {
+        format!("this VM's name (set `self:` to give it), from instance metadata: {why}")
+    };
+    let mut url = reqwest::Url::parse(&se.url).map_err(|e| (fail(e.to_string()), None))?;
+    url.set_path("/metadata/instance/compute");
+    url.set_query(Some(&format!("api-version={INSTANCE_API_VERSION}")));
+    url.set_fragment(None);
+    let r = host
+        .http
+        .get(url)
+        .header("Metadata", "true")
+        .timeout(timeout)
+        .send()
+        .await
+        .map_err(|e| (fail(e.to_string()), None))?;
+    if !r.status().is_success() {
+        return Err((
+            fail(format!("HTTP {}", r.status())),
+            retry_after(r.headers()),
+        ));
+    }
+    let body = read_limited(r).await.map_err(|e| (fail(e), None))?;
+    let doc: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| (fail(e.to_string()), None))?;
+    match doc.get("name").and_then(|n| n.as_str()).map(str::trim) {
+        Some(n) if !n.is_empty() && n.len() <= MAX_VM_NAME && !n.contains(char::is_control) => {
+            Ok(n.to_string())
+        }
+        Some(n) => Err((
+            fail(format!(
+                "`name` is not a VM name: \"{}\"",
+                keel_engine::escape(&n.chars().take(80).collect::<String>())
+            )),
+            None,
+        )),
+        None => Err((fail("no `name`".into()), None)),
+    }
+}
+
 impl Poll for Poller {
     async fn round(&mut self) -> Result<Duration, Halt> {
         let se = &self.se;
@@ -32,6 +79,13 @@ impl Poll for Poller {
         } else {
             se.timeout
         };
+        // Without this VM's name every VM's event would be taken as this one's: an event for
+        // a neighbour in the availability set would drain this VM. Nothing is read until it
+        // is known.
+        if self.host.self_name().is_none() {
+            let name = vm_name(&self.host, se, timeout).await?;
+            self.host.learn_self(name);
+        }
         let r = self
             .host
             .http

@@ -386,7 +386,7 @@ impl Host {
         scratch: &mut NormalizerState,
     ) -> Result<Vec<Event>, NormalizeError> {
         let mut input = Input::new(&p.bytes, p.observed_at);
-        if let Some(me) = &self.cfg.self_name {
+        if let Some(me) = self.self_name() {
             input = input.self_name(me);
         }
         normalize(p.normalizer, &input, scratch)

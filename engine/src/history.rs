@@ -44,7 +44,8 @@ pub const DEFAULT_MAX_EVENTS: usize = 50_000;
 pub const DEFAULT_RETENTION_S: i64 = 24 * 3600;
 
 /// Paths a history filter may test: the discrete fields plus the resource's identity and
-/// placement.
+/// placement, and the vendor's maintenance event id (so that a policy can ask whether this
+/// very event was announced before, rather than whether anything happened to its resource).
 pub fn correlatable(id: FieldId) -> bool {
     let f = fields::field(id);
     f.discrete
@@ -56,6 +57,7 @@ pub fn correlatable(id: FieldId) -> bool {
                 | "resource.scale_set"
                 | "resource.fault_domain"
                 | "resource.update_domain"
+                | "maintenance.vendor_id"
         )
 }
 

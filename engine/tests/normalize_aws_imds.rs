@@ -626,7 +626,12 @@ fn other_pages_and_statuses_are_errors() {
 fn imdsv2_token_flow_transcript() {
     // Every IMDS response is text/plain, JSON included; the body decides.
     let ev = one(&fixture("aws-imdsv2-token-flow.http"));
-    let direct = one(&fixture("aws-spot-instance-action-terminate.json"));
+    let mut direct = one(&fixture("aws-spot-instance-action-terminate.json"));
+    // Read from its path, the notice is named by when it was first read.
+    direct.id = hash_id(
+        "aws.imds",
+        &["spot/instance-action", "first read", "2026-04-20T12:00:00Z"],
+    );
     assert_eq!(
         ev, direct,
         "the transcript's last response is the instance-action JSON"
@@ -1025,5 +1030,89 @@ fn tracked_scheduled_events_are_bounded() {
     assert_eq!(
         read_at(&scheduled_read(None), "2019-01-22T00:00:00Z", &mut st).len(),
         64
+    );
+}
+
+/// A read of `path` as `keel run` hands it over (`None`: a 404).
+fn path_read(path: &str, body: Option<&str>) -> Vec<u8> {
+    let status = if body.is_some() {
+        "200 OK"
+    } else {
+        "404 Not Found"
+    };
+    format!(
+        "GET /latest/meta-data/{path} HTTP/1.1\n\nHTTP/1.1 {status}\n\n{}",
+        body.unwrap_or_default()
+    )
+    .into_bytes()
+}
+
+/// A Spot notice read from its path stays one event for as long as the path lists one, even
+/// when its `time` moves at every read (AWS's metadata mock dates it afresh each time; a
+/// corrected notice would too): a new time is not a new interruption to drain for. A 404
+/// ends it; the next notice is a new event. The rebalance path works the same way.
+#[test]
+fn a_spot_notice_read_from_its_path_is_one_event_until_the_path_is_empty() {
+    let mut st = NormalizerState::default();
+    let notice = |t: &str| format!(r#"{{"action": "terminate", "time": "{t}"}}"#);
+    let path = "spot/instance-action";
+    let a = read_at(
+        &path_read(path, Some(&notice("2026-04-20T12:02:00Z"))),
+        "2026-04-20T12:00:00Z",
+        &mut st,
+    );
+    let b = read_at(
+        &path_read(path, Some(&notice("2026-04-20T12:02:05Z"))),
+        "2026-04-20T12:00:05Z",
+        &mut st,
+    );
+    assert_eq!(a.len(), 1);
+    assert_eq!(a[0].id, b[0].id, "a moved time is the same notice");
+    assert_eq!(
+        a[0].id,
+        hash_id(
+            "aws.imds",
+            &["spot/instance-action", "first read", "2026-04-20T12:00:00Z"]
+        )
+    );
+    assert_eq!(
+        b[0].maintenance.as_ref().unwrap().not_before,
+        Some(ts("2026-04-20T12:02:05Z")),
+        "the event says the latest time"
+    );
+    assert!(read_at(&path_read(path, None), "2026-04-20T12:00:10Z", &mut st).is_empty());
+    assert_eq!(st.aws_imds.spot_since, None);
+    let c = read_at(
+        &path_read(path, Some(&notice("2026-04-20T12:02:05Z"))),
+        "2026-04-20T12:30:00Z",
+        &mut st,
+    );
+    assert_ne!(c[0].id, a[0].id, "after a 404, a new notice");
+
+    let rebalance = |t: &str| format!(r#"{{"noticeTime": "{t}"}}"#);
+    let path = "events/recommendations/rebalance";
+    let r1 = read_at(
+        &path_read(path, Some(&rebalance("2026-04-20T12:00:00Z"))),
+        "2026-04-20T12:00:00Z",
+        &mut st,
+    );
+    let r2 = read_at(
+        &path_read(path, Some(&rebalance("2026-04-20T12:00:09Z"))),
+        "2026-04-20T12:00:10Z",
+        &mut st,
+    );
+    assert_eq!(r1[0].id, r2[0].id);
+    assert_ne!(r1[0].id, c[0].id, "the two paths keep their own notices");
+    assert!(
+        st.aws_imds.spot_since.is_some(),
+        "the rebalance path leaves the Spot notice alone"
+    );
+    // Bare payloads keep their content ids: nothing says which path they came from.
+    assert_eq!(
+        run_ok(notice("2026-04-20T12:02:00Z").as_bytes())[0].id,
+        hash_id(
+            "aws.imds",
+            &["spot/instance-action", "terminate", "2026-04-20T12:02:00Z"]
+        )
     );
 }

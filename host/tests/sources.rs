@@ -194,6 +194,41 @@ async fn aws_a_cleared_scheduled_event_is_decided_as_completed() {
     assert_eq!(decided(&k, &live), 1);
 }
 
+/// A Spot notice whose `time` moves at every read (AWS's metadata mock dates it afresh; a
+/// corrected notice would too) is one interruption, drained once; after IMDS answers 404 a new
+/// notice is a new interruption.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_a_spot_notice_whose_time_moves_is_drained_once() {
+    let (url, imds) = imds_stub().await;
+    imds.lock().unwrap().spot = Some(spot_terminate());
+    let mut k = start(&aws_source(&url, ""), &[]).await;
+    let first = k
+        .decision("aws.spot.interruption.drain", Duration::from_secs(10))
+        .await;
+    let first = first["event_id"].as_str().unwrap().to_string();
+    for i in 0..10 {
+        let at = chrono::Utc::now() + chrono::Duration::seconds(120 + i);
+        imds.lock().unwrap().spot = Some(
+            json!({"action": "terminate", "time": at.format("%Y-%m-%dT%H:%M:%SZ").to_string()}),
+        );
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+    let drains = |k: &Keel| {
+        k.json_lines()
+            .iter()
+            .filter(|l| l["decision"]["policy"] == "aws.spot.interruption.drain")
+            .count()
+    };
+    assert_eq!(drains(&k), 1, "{}", k.dump());
+    imds.lock().unwrap().spot = None;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    imds.lock().unwrap().spot = Some(spot_terminate());
+    k.wait_line("the next interruption", Duration::from_secs(10), |l| {
+        l["decision"]["policy"] == "aws.spot.interruption.drain" && l["event_id"] != first.as_str()
+    })
+    .await;
+}
+
 fn aws_source(url: &str, extra: &str) -> String {
     format!("  aws_imds:\n    url: {url}\n    interval: 100ms\n    timeout: 1s\n    max_backoff: 300ms\n{extra}")
 }

@@ -40,7 +40,10 @@
 //!   (`EventId`, `State`, `NotBefore`), and terminal entries never change, so the id is stable
 //!   across re-reads. Duplicate ids within one document are dropped (first one wins).
 //! - Notices without a vendor id (Spot, rebalance, entries without `EventId`): a hash over the
-//!   kind, the action and the payload's time. EventBridge events use the envelope `id`.
+//!   kind, the action and the payload's time. EventBridge events use the envelope `id`. A Spot
+//!   or rebalance notice read from its path (an HTTP transcript of it, as `keel run` hands
+//!   them over) hashes the path and when it was first read ([`State::spot_since`]): it stays
+//!   one event whatever time later reads give, until a read finds none.
 //!
 //! # A cleared event
 //!
@@ -87,6 +90,13 @@ pub struct State {
     /// path, as their events, by `EventId`; at most [`MAX_TRACKED`].
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub scheduled: BTreeMap<String, Event>,
+    /// When the `spot/instance-action` notice now listed was first read from its path (the
+    /// epoch of its id); cleared by a read that finds none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spot_since: Option<Timestamp>,
+    /// The same for `events/recommendations/rebalance`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebalance_since: Option<Timestamp>,
 }
 
 /// Bound on tracked scheduled events (an instance has a handful at most), so that a hostile
@@ -104,6 +114,10 @@ enum Endpoint {
     TerminationTime,
     /// `events/maintenance/scheduled`: the whole list of live events ([`State::scheduled`]).
     Scheduled,
+    /// `spot/instance-action` ([`State::spot_since`]).
+    InstanceAction,
+    /// `events/recommendations/rebalance` ([`State::rebalance_since`]).
+    Rebalance,
     Token,
     Other,
 }
@@ -139,12 +153,49 @@ pub fn normalize(
             ));
         }
         let mut events = body(&resp.text(), Some(resp.status), endpoint, &ctx)?;
-        if endpoint == Endpoint::Scheduled {
-            cleared(&mut state.aws_imds, &mut events, input.observed_at);
+        let st = &mut state.aws_imds;
+        match endpoint {
+            Endpoint::Scheduled => cleared(st, &mut events, input.observed_at),
+            Endpoint::InstanceAction => {
+                same_notice(
+                    &mut st.spot_since,
+                    "spot/instance-action",
+                    &mut events,
+                    input.observed_at,
+                );
+            }
+            Endpoint::Rebalance => {
+                same_notice(
+                    &mut st.rebalance_since,
+                    "events/recommendations/rebalance",
+                    &mut events,
+                    input.observed_at,
+                );
+            }
+            _ => {}
         }
         return Ok(events);
     }
     body(text, input.http_status, Endpoint::Other, &ctx)
+}
+
+/// After a read of the `spot/instance-action` or the rebalance path (`events`: its notice,
+/// none for a 404): a notice stays one event for as long as the path lists one, whatever time
+/// it gives (a corrected notice, or a mock that dates it afresh at every read, would otherwise
+/// be a new event, drained again, at every read). Its id hashes the path and when it was first
+/// read; a read that finds none ends it, and the next notice is a new event.
+fn same_notice(
+    since: &mut Option<Timestamp>,
+    path: &str,
+    events: &mut [Event],
+    observed_at: Timestamp,
+) {
+    let [ev] = events else {
+        *since = None;
+        return;
+    };
+    let first = *since.get_or_insert(observed_at);
+    ev.id = hash_id(SOURCE, &[path, "first read", &stamp(&first)]);
 }
 
 /// After a read of the `events/maintenance/scheduled` path (`events`, its list; none for a
@@ -765,6 +816,10 @@ fn endpoint_of(path: &str) -> Endpoint {
         Endpoint::TerminationTime
     } else if p.ends_with("events/maintenance/scheduled") {
         Endpoint::Scheduled
+    } else if p.ends_with("spot/instance-action") {
+        Endpoint::InstanceAction
+    } else if p.ends_with("events/recommendations/rebalance") {
+        Endpoint::Rebalance
     } else if p.ends_with("api/token") {
         Endpoint::Token
     } else {

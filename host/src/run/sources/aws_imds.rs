@@ -142,30 +142,27 @@ impl Poller {
     }
 }
 
-/// A read of [`SCHEDULED`] (`None`: 404) as an HTTP transcript: the normalizer then knows the
-/// list is that path's, and an event that has left it ended (AWS clears an event after the
-/// work), a 404 being an empty list.
-fn scheduled_transcript(body: Option<Vec<u8>>) -> Vec<u8> {
+/// A read of `path` (`None`: 404) as an HTTP transcript, so that the normalizer knows which
+/// path answered: a scheduled event that has left [`SCHEDULED`]'s list has ended (AWS clears
+/// an event after the work), and a Spot or rebalance notice stays one event for as long as its
+/// path lists one; a 404 says there is none.
+fn transcript(path: &str, body: Option<Vec<u8>>) -> Vec<u8> {
     let (status, body) = match body {
         Some(b) => ("200 OK", b),
         None => ("404 Not Found", Vec::new()),
     };
     let mut t =
-        format!("GET /latest/meta-data/{SCHEDULED} HTTP/1.1\n\nHTTP/1.1 {status}\n\n").into_bytes();
+        format!("GET /latest/meta-data/{path} HTTP/1.1\n\nHTTP/1.1 {status}\n\n").into_bytes();
     t.extend_from_slice(&body);
     t
 }
 
 impl Poll for Poller {
-    /// One round: every path, each body handed to the normalizer (the scheduled events'
-    /// always, as a transcript: [`scheduled_transcript`]).
+    /// One round: every path's answer, 404s included, handed to the normalizer as a
+    /// [`transcript`].
     async fn round(&mut self) -> Result<Duration, Halt> {
         for path in PATHS {
-            let body = match self.get(path).await? {
-                body if path == SCHEDULED => scheduled_transcript(body),
-                Some(body) => body,
-                None => continue,
-            };
+            let body = transcript(path, self.get(path).await?);
             deliver(&self.tx, SOURCE, body)
                 .await
                 .map_err(|d| Halt::from(d).within(path))?;

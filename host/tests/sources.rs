@@ -395,6 +395,9 @@ struct Gcp {
     hanging: usize,
     waiting_now: usize,
     missing_flavor: usize,
+    /// A misbehaving server (or proxy): `wait_for_change` answers at once, the value
+    /// unchanged under a new ETag.
+    fresh_etags: bool,
 }
 
 struct GcpStub {
@@ -456,8 +459,15 @@ async fn gcp(stub: &GcpStub, uri: &Uri, h: &HeaderMap) -> Response {
         .split('&')
         .filter_map(|kv| kv.split_once('='))
         .collect();
-    let etag_of = |s: &Gcp| format!("etag-{key}-{}", s.values.get(&key).map_or(0, |v| v.1));
-    if q.get("wait_for_change") == Some(&"true") {
+    let etag_of = |s: &Gcp| {
+        let fresh = if s.fresh_etags { s.requests } else { 0 };
+        format!(
+            "etag-{key}-{}-{fresh}",
+            s.values.get(&key).map_or(0, |v| v.1)
+        )
+    };
+    let fresh = stub.state.lock().unwrap().fresh_etags;
+    if q.get("wait_for_change") == Some(&"true") && !fresh {
         let last = q.get("last_etag").copied().unwrap_or("");
         let secs: u64 = q
             .get("timeout_sec")
@@ -489,6 +499,22 @@ async fn gcp(stub: &GcpStub, uri: &Uri, h: &HeaderMap) -> Response {
     r.headers_mut()
         .insert("metadata-flavor", "Google".parse().unwrap());
     r
+}
+
+/// A server (or a proxy) that answers a hanging request at once with the value unchanged
+/// under a new ETag is read again only after `interval`, not in a loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcp_an_unchanged_value_under_new_etags_is_not_read_in_a_loop() {
+    let (url, stub) = gcp_stub().await;
+    stub.state.lock().unwrap().fresh_etags = true;
+    let src = format!("  gcp_metadata:\n    url: {url}\n    wait_timeout: 30s\n    timeout: 2s\n    interval: 200ms\n    max_backoff: 500ms\n");
+    let k = start(&src, &[]).await;
+    k.wait_ready(200, Duration::from_secs(10)).await;
+    let before = stub.state.lock().unwrap().requests;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let n = stub.state.lock().unwrap().requests - before;
+    // Two keys, one read each per 200 ms: about ten in a second.
+    assert!(n <= 16, "requests in one second: {n}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -48,7 +48,7 @@ pub struct GcpMetadataSource {
     /// The least time between two requests when the server does not hang (no `ETag`, or an
     /// unchanged value returned early).
     pub interval: Duration,
-    /// The longest wait between retries after failures.
+    /// The longest wait between retries after failures (default 5 s: the notice is 60 s).
     pub max_backoff: Duration,
 }
 
@@ -325,7 +325,9 @@ pub(super) fn parse_gcp(v: &mut V<'_>, s: &Value) -> GcpMetadataSource {
         wait_timeout,
         timeout: v.positive_at(p, s, "timeout", Duration::from_secs(5)),
         interval: v.positive_at(p, s, "interval", Duration::from_secs(1)),
-        max_backoff: v.positive_at(p, s, "max_backoff", Duration::from_secs(30)),
+        // Google: the server "can return a 503" during maintenance, retry after a second; the
+        // notice is 60 s, so a retry is never more than 5 s away by default.
+        max_backoff: v.positive_at(p, s, "max_backoff", Duration::from_secs(5)),
     }
 }
 

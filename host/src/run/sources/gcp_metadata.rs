@@ -47,6 +47,8 @@ struct Poller {
     wait_s: String,
     /// The `ETag` of the value last read: the next request hangs until it changes.
     etag: Option<String>,
+    /// The value last read.
+    last: Option<Vec<u8>>,
 }
 
 impl Poller {
@@ -97,18 +99,21 @@ impl Poll for Poller {
         let started = Instant::now();
         let hanging = self.etag.is_some();
         let (body, new_etag) = self.fetch().await?;
+        // Without an ETag the server cannot hang: read again after `interval`. An unchanged
+        // value (or ETag) returned well before `timeout_sec` means it did not hang either (a
+        // proxy or an emulator whose ETags change at every answer): do not spin.
+        let cfg = &self.cfg;
+        let early = started.elapsed() < cfg.wait_timeout / 2;
+        let unchanged = self.etag == new_etag || self.last.as_deref() == Some(body.as_slice());
+        let pace = match (&new_etag, hanging) {
+            (None, _) => cfg.interval,
+            (Some(_), true) if early && unchanged => cfg.interval,
+            _ => Duration::ZERO,
+        };
+        self.last = Some(body.clone());
         deliver(&self.tx, SOURCE, body)
             .await
             .map_err(|d| Halt::from(d).within(self.key))?;
-        // Without an ETag the server cannot hang: read again after `interval`. An unchanged
-        // value returned well before `timeout_sec` means it did not hang either; do not spin.
-        let cfg = &self.cfg;
-        let early = started.elapsed() < cfg.wait_timeout / 2;
-        let pace = match (&new_etag, hanging) {
-            (None, _) => cfg.interval,
-            (Some(n), true) if early && self.etag.as_deref() == Some(n.as_str()) => cfg.interval,
-            _ => Duration::ZERO,
-        };
         self.etag = new_etag;
         Ok(pace)
     }
@@ -131,6 +136,7 @@ pub async fn watch(
         key,
         tx,
         etag: None,
+        last: None,
     };
     poll::run(&host, SOURCE, key, backoff, poller, stop).await;
 }

@@ -115,7 +115,8 @@ pub struct NormalizerState {
     /// GCP metadata: the last maintenance-event value and when it was first seen.
     #[serde(default)]
     pub gcp_metadata: gcp_metadata::State,
-    /// AWS IMDS: the live events of the last scheduled-events list read from its path.
+    /// AWS IMDS: the live events of the last scheduled-events list read from its path, and
+    /// when the Spot and rebalance notices now listed were first read.
     #[serde(default)]
     pub aws_imds: aws_imds::State,
     /// Azure Resource Manager: first-seen times of failures with neither an id nor a time.

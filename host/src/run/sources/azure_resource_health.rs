@@ -77,15 +77,26 @@ pub fn resource_id_of(compute: &[u8]) -> Result<String, String> {
 
 /// This VM's resource id, read from IMDS (`Metadata: true`).
 async fn discover(host: &Host, cfg: &ResourceHealthSource) -> Result<String, Failure> {
+    let body = instance_compute(host, &host.cfg.azure_identity.endpoint, cfg.timeout).await?;
+    resource_id_of(&body).map_err(|e| (e, None))
+}
+
+/// IMDS's instance metadata compute document (`GET {base}/metadata/instance/compute`,
+/// `Metadata: true`): this VM's name, resource group, subscription and resource id.
+pub async fn instance_compute(
+    host: &Host,
+    base: &str,
+    timeout: std::time::Duration,
+) -> Result<Vec<u8>, Failure> {
     let r = host
         .http
         .get(format!(
             "{}/metadata/instance/compute",
-            host.cfg.azure_identity.endpoint
+            base.trim_end_matches('/')
         ))
         .query(&[("api-version", INSTANCE_API_VERSION)])
         .header("Metadata", "true")
-        .timeout(cfg.timeout)
+        .timeout(timeout)
         .send()
         .await
         .map_err(|e| (format!("instance metadata: {e}"), None))?;
@@ -95,10 +106,9 @@ async fn discover(host: &Host, cfg: &ResourceHealthSource) -> Result<String, Fai
             retry_after(r.headers()),
         ));
     }
-    let body = read_limited(r)
+    read_limited(r)
         .await
-        .map_err(|e| (format!("instance metadata: {e}"), None))?;
-    resource_id_of(&body).map_err(|e| (e, None))
+        .map_err(|e| (format!("instance metadata: {e}"), None))
 }
 
 /// One GET of the current status, renewing the token once on 401.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
-use super::azure_resource_health::INSTANCE_API_VERSION;
+use super::azure_resource_health::instance_compute;
 use super::poll::{self, Halt, Poll};
 use super::{deliver, read_limited, Failure};
 use crate::config::SeSource;
@@ -29,33 +29,17 @@ struct Poller {
 /// instance name adds `_` and its index).
 const MAX_VM_NAME: usize = 128;
 
-/// This VM's name, from IMDS instance metadata (`compute.name`, `Metadata: true`) at the origin
-/// of the Scheduled Events URL: the name Scheduled Events list it under.
+/// This VM's name, from IMDS instance metadata (`compute.name`) at the origin of the
+/// Scheduled Events URL: the name Scheduled Events list it under.
 async fn vm_name(host: &Host, se: &SeSource, timeout: Duration) -> Result<String, Failure> {
-    let fail = |why: String| {
-        format!("this VM's name (set `self:` to give it), from instance metadata: {why}")
-    };
-    let mut url = reqwest::Url::parse(&se.url).map_err(|e| (fail(e.to_string()), None))?;
-    url.set_path("/metadata/instance/compute");
-    url.set_query(Some(&format!("api-version={INSTANCE_API_VERSION}")));
-    url.set_fragment(None);
-    let r = host
-        .http
-        .get(url)
-        .header("Metadata", "true")
-        .timeout(timeout)
-        .send()
+    let fail = |why: String| format!("this VM's name (set `self:` to give it): {why}");
+    let url = reqwest::Url::parse(&se.url).map_err(|e| (fail(e.to_string()), None))?;
+    let origin = url.origin().ascii_serialization();
+    let body = instance_compute(host, &origin, timeout)
         .await
-        .map_err(|e| (fail(e.to_string()), None))?;
-    if !r.status().is_success() {
-        return Err((
-            fail(format!("HTTP {}", r.status())),
-            retry_after(r.headers()),
-        ));
-    }
-    let body = read_limited(r).await.map_err(|e| (fail(e), None))?;
-    let doc: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|e| (fail(e.to_string()), None))?;
+        .map_err(|(why, after)| (fail(why), after))?;
+    let doc: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|_| (fail("the compute document is not JSON".into()), None))?;
     match doc.get("name").and_then(|n| n.as_str()).map(str::trim) {
         Some(n) if !n.is_empty() && n.len() <= MAX_VM_NAME && !n.contains(char::is_control) => {
             Ok(n.to_string())
@@ -67,7 +51,7 @@ async fn vm_name(host: &Host, se: &SeSource, timeout: Duration) -> Result<String
             )),
             None,
         )),
-        None => Err((fail("no `name`".into()), None)),
+        None => Err((fail("the compute document has no `name`".into()), None)),
     }
 }
 
